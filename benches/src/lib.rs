@@ -1,0 +1,1 @@
+//! Benchmarks and the load harness arrive with the performance issue.

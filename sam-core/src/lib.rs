@@ -1,0 +1,136 @@
+//! # sam-core
+//!
+//! The domain model, traits and pure policies of the SAM SDK, an SDK for running AI
+//! coding agents on cloud VMs.
+//!
+//! - **Model** ([`model`]): ids ([`TaskId`], [`NodeId`], [`WorkspaceId`], [`VmId`]),
+//!   [`TaskStatus`], [`ExecutionStep`] with its label, [`NodeStatus`], [`VmSize`],
+//!   [`ProviderKind`], [`Location`], [`Labels`], [`VmSpec`], [`VmInstance`], and the
+//!   catalog types [`Catalog`] and [`ServerType`].
+//! - **Reservations** ([`reservation`]): [`ResourceRequirements`] in seven layers,
+//!   resolved by [`resolve_reservation`] into a [`Reservation`] that records the
+//!   source of every field; [`check_slot`] enforces it on a node; [`smallest_size`].
+//! - **Fallback** ([`fallback`]): the ordered `(size, location)` attempts of a
+//!   [`FallbackPlan`]; explicit sizes never descend.
+//! - **Errors** ([`error`]): one [`ErrorCategory`] for the whole SDK, the
+//!   [`Classify`] trait, [`ProviderError`], [`StoreError`]; [`classify_agent_error`]
+//!   and [`is_agent_crash`] read what coding agents report.
+//! - **Retry and timeouts** ([`retry`], [`timeout`]): [`RetryPolicy`] with a pure
+//!   `next_delay` and one async [`retry()`] loop; [`TimeoutPolicy`] with derived sweep
+//!   thresholds.
+//! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text.
+//! - **Traits**: [`Provider`], [`Store`], [`Scheduler`], [`AgentSession`], each with a
+//!   `# Contract`.
+//!
+//! sam-core performs no network, file or SQL IO of its own.
+//!
+//! ## Features
+//! - `testkit`: conformance suites for [`Store`] and [`Provider`] backends
+//!   ([`store_conformance!`], [`provider_conformance!`]).
+//! - `mock`: `mockall` mocks of the traits (`MockProvider`, `MockStore`, …).
+//!
+//! ## Example
+//! Resolve a reservation, then plan which machines to try for it:
+//! ```
+//! use sam_core::{
+//!     Catalog, FallbackPlan, Layer, Location, PlanRequest, ProviderKind, RequirementLayers,
+//!     ResourceRequirements, ServerType, SizeDescent, VmSize, classify_agent_error,
+//!     resolve_reservation, ErrorCategory,
+//! };
+//!
+//! // The project asks for 6 GB of memory; everything else is the platform default.
+//! let mut layers = RequirementLayers::default();
+//! layers.project = ResourceRequirements { min_memory_gb: Some(6.0), ..Default::default() };
+//! let reservation = resolve_reservation(&layers).unwrap();
+//! assert_eq!(reservation.memory_mb, 6 * 1024);
+//! assert_eq!(reservation.sources.memory, Layer::Project);
+//! assert_eq!(reservation.sources.vcpu, Layer::Platform);
+//!
+//! let loc = |s: &str| Location::new(s).unwrap();
+//! let server = |name: &str, vcpu, memory_gb, disk_gb| ServerType {
+//!     name: name.into(), vcpu, memory_gb, disk_gb: Some(disk_gb), price: None,
+//!     locations: vec![loc("fsn1"), loc("nbg1")],
+//! };
+//! let catalog = Catalog {
+//!     provider: ProviderKind::Hetzner,
+//!     server_types: vec![server("cx23", 2, 4, 40), server("cx33", 4, 8, 80), server("cx43", 8, 16, 160)],
+//!     sizes: [(VmSize::Small, "cx23"), (VmSize::Medium, "cx33"), (VmSize::Large, "cx43")]
+//!         .into_iter().map(|(s, n)| (s, n.to_string())).collect(),
+//!     default_location: Some(loc("fsn1")),
+//! };
+//!
+//! // A platform-default "large" may step down, but never below what 6 GB needs.
+//! let plan = FallbackPlan::new(&PlanRequest {
+//!     catalog: &catalog,
+//!     size: VmSize::Large,
+//!     size_source: Layer::Platform,
+//!     location: None,
+//!     location_source: Layer::Platform,
+//!     reservation: &reservation,
+//!     descent: SizeDescent::Allowed,
+//! }).unwrap();
+//! assert_eq!(plan.sizes(), vec![VmSize::Large, VmSize::Medium]);
+//! assert_eq!(plan.attempts()[0].location.as_str(), "fsn1");
+//!
+//! // What an agent reports when its model provider is overloaded.
+//! let text = r#"Internal error: API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+//! assert_eq!(classify_agent_error(text), ErrorCategory::TransientCapacity);
+//! ```
+
+pub mod classify;
+pub mod error;
+pub mod fallback;
+pub mod model;
+pub mod provider;
+pub mod reservation;
+pub mod retry;
+pub mod scheduler;
+pub mod secret;
+pub mod session;
+pub mod store;
+pub mod timeout;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use classify::{classify_agent_error, is_agent_crash};
+pub use error::{
+    BoxError, Classify, Error, ErrorCategory, MAX_BODY_BYTES, PolicyError, ProviderError, Result,
+    StoreError, StoreErrorKind, truncate_body,
+};
+pub use fallback::{Attempt, FallbackPlan, PlanError, PlanRequest, PlanStep, SizeDescent};
+pub use model::{
+    Catalog, ExecutionStep, Id, Labels, Location, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId,
+    NodeLifecycle, NodeStatus, ParseError, Price, ProviderKind, ServerType, TaskId, TaskStatus,
+    VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
+};
+pub use provider::{Provider, ProviderCapabilities};
+pub use reservation::{
+    Capacity, Layer, NoSizeFits, RequirementLayers, Reservation, ReservationSources,
+    ResourceRequirements, SlotRejection, check_slot, resolve_reservation, smallest_size,
+};
+pub use retry::{RetryError, RetryEvent, RetryOn, RetryPolicy, retry, retry_notify};
+pub use scheduler::{
+    NodeChoice, Placement, PlacementDecision, PlacementExplanation, PlacementRequest, Rejected,
+    Scheduler,
+};
+pub use secret::{REDACTED, Secret, redact};
+pub use session::{
+    AgentError, AgentFailure, AgentInfo, AgentSession, SessionEvent, SessionId, StopReason,
+    TimedEvent,
+};
+pub use store::{
+    ApiTokenRecord, LeaseRequest, NodeFilter, NodeRecord, SlotOutcome, StatusEvent, Store,
+    TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim,
+    WorkspaceRecord, WorkspaceStatus,
+};
+pub use timeout::TimeoutPolicy;
+
+#[cfg(feature = "mock")]
+pub use provider::MockProvider;
+#[cfg(feature = "mock")]
+pub use scheduler::MockScheduler;
+#[cfg(feature = "mock")]
+pub use session::MockAgentSession;
+#[cfg(feature = "mock")]
+pub use store::MockStore;

@@ -1,0 +1,116 @@
+//! The [`Scheduler`] trait: where a task runs, and why.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::model::{Location, NodeId, ProviderKind, TaskId, VmSize};
+use crate::reservation::{Layer, Reservation};
+
+/// What a placement decision is made from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementRequest {
+    /// The task being placed.
+    pub task_id: TaskId,
+    /// The provider to place on.
+    pub provider: ProviderKind,
+    /// The requested size.
+    pub size: VmSize,
+    /// Where the size came from.
+    pub size_source: Layer,
+    /// The requested location, if any.
+    pub location: Option<Location>,
+    /// Where the location came from.
+    pub location_source: Layer,
+    /// The resolved reservation.
+    pub reservation: Reservation,
+    /// A node the task asked for, if any.
+    pub preferred_node: Option<NodeId>,
+}
+
+/// How an existing node was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeChoice {
+    /// The task's preferred node.
+    Preferred,
+    /// A warm node, claimed atomically.
+    Warm,
+    /// A running node with room for the reservation.
+    Existing,
+}
+
+/// Where the task goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Placement {
+    /// Onto an existing node.
+    Node {
+        /// The node.
+        node_id: NodeId,
+        /// How it was chosen.
+        choice: NodeChoice,
+    },
+    /// Onto a new VM, walking the fallback plan from this size and location.
+    Provision {
+        /// The size to start from.
+        size: VmSize,
+        /// The location to start from, if any.
+        location: Option<Location>,
+    },
+}
+
+/// A candidate placement turned down, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// The candidate (a node id, or a size and location).
+    pub candidate: String,
+    /// Why it was turned down, as a sentence.
+    pub reason: String,
+}
+
+/// Why a task was placed where it was; persisted on the task so the database can
+/// answer "why was this allowed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementExplanation {
+    /// What was chosen (a node id, or "new <size> in <location>").
+    pub chosen: String,
+    /// Why, as a sentence.
+    pub reason: String,
+    /// Every candidate considered and turned down, in the order considered.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A placement and its explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementDecision {
+    /// Where the task goes.
+    pub placement: Placement,
+    /// Why.
+    pub explanation: PlacementExplanation,
+}
+
+/// Decides where a task runs.
+///
+/// # Contract
+/// - **Order**: the preferred node (if given and it fits, else a clear permanent
+///   error), then a warm node claimed atomically (exact size first, then location),
+///   then an existing healthy node whose capacity minus its live reservations covers
+///   the reservation (best fit), then provisioning.
+/// - **Never over-commits**: a chosen node satisfies
+///   [`crate::reservation::check_slot`]; `exclusive` and `max_co_tenants` hold.
+/// - **Explains**: every decision lists the chosen target, the reason, and every
+///   rejected candidate with its reason.
+/// - **Deterministic**: the same store contents and request give the same decision.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Scheduler: Send + Sync + Debug {
+    /// Decides where `request` runs.
+    ///
+    /// # Errors
+    /// `invalid_config` for a preferred node that cannot take the task; store
+    /// failures as classified.
+    async fn place(&self, request: &PlacementRequest) -> Result<PlacementDecision, Error>;
+}

@@ -1,0 +1,501 @@
+//! The [`Store`] trait and the records it keeps: tasks, nodes, workspaces, API tokens.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCategory, StoreError};
+use crate::model::{
+    ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
+    TaskId, TaskStatus, VmId, VmSize, WorkspaceId,
+};
+use crate::reservation::{Capacity, Layer, Reservation, RequirementLayers, SlotRejection};
+use crate::scheduler::PlacementExplanation;
+
+/// What the user asked for, beyond sizing: the repository, the prompt, the agent.
+///
+/// Stored as JSON; later fields are added with serde defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Repository URL or local path.
+    pub repo: String,
+    /// Branch to start from; `None` for the repository's default.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The prompt for the agent.
+    pub prompt: String,
+    /// The agent (`claude`, `codex`, …, or a command).
+    pub agent: String,
+    /// The workspace profile requested (`full`, `lightweight`), if any.
+    #[serde(default)]
+    pub workspace_profile: Option<String>,
+    /// The devcontainer configuration name requested, if any.
+    #[serde(default)]
+    pub devcontainer: Option<String>,
+}
+
+/// The error a failed task ended with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// Its category.
+    pub category: ErrorCategory,
+    /// One sentence a user can act on.
+    pub message: String,
+}
+
+/// A task as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub id: TaskId,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Its current step.
+    pub execution_step: ExecutionStep,
+    /// What the user asked for.
+    pub spec: TaskSpec,
+    /// The provider to place on.
+    pub provider: ProviderKind,
+    /// The requested size.
+    pub requested_size: VmSize,
+    /// Where the size came from.
+    pub size_source: Layer,
+    /// The requested location, if any.
+    pub requested_location: Option<Location>,
+    /// Where the location came from.
+    pub location_source: Layer,
+    /// The requirements of every layer, as submitted.
+    pub requirements: RequirementLayers,
+    /// The resolved reservation, with every field's source.
+    pub reservation: Reservation,
+    /// Why the task was placed where it was.
+    pub placement: Option<PlacementExplanation>,
+    /// The node recorded for this task before any provider call.
+    pub provisioned_node_id: Option<NodeId>,
+    /// The size actually provisioned.
+    pub provisioned_size: Option<VmSize>,
+    /// The location actually provisioned.
+    pub provisioned_location: Option<Location>,
+    /// The workspace serving the task.
+    pub workspace_id: Option<WorkspaceId>,
+    /// When the runner should next look at the task (a durable timer).
+    pub next_wake_at: Option<DateTime<Utc>>,
+    /// The driver holding the task's lease.
+    pub lease_owner: Option<String>,
+    /// When that lease ends.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When the current node's creation started; the provisioning and agent-ready clocks.
+    pub provisioning_started_at: Option<DateTime<Utc>>,
+    /// When `execution_step` last changed; the clock of the current wait.
+    pub step_started_at: DateTime<Utc>,
+    /// The error a failed task ended with.
+    pub error: Option<TaskError>,
+    /// When the task was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When the task last changed (a lease or a repeated step write is not a change).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A change of a task's status, recorded for every transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// The task.
+    pub task_id: TaskId,
+    /// The status before; `None` for the submission.
+    pub from: Option<TaskStatus>,
+    /// The status after.
+    pub to: TaskStatus,
+    /// Who made the change (`runner`, `sweep`, `user`, a driver id).
+    pub actor: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// An optimistic status change: it applies only if the task is still in `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The status the caller believes the task is in.
+    pub from: TaskStatus,
+    /// The status to move to; must satisfy [`TaskStatus::can_transition_to`].
+    pub to: TaskStatus,
+    /// Who makes the change.
+    pub actor: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// The error, when moving to `failed`.
+    pub error: Option<TaskError>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Fields of a task to change. `None` leaves a field alone; `Some(None)` clears a
+/// nullable field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskUpdate {
+    /// The placement explanation.
+    pub placement: Option<Option<PlacementExplanation>>,
+    /// The node recorded for the task.
+    pub provisioned_node_id: Option<Option<NodeId>>,
+    /// The size provisioned.
+    pub provisioned_size: Option<Option<VmSize>>,
+    /// The location provisioned.
+    pub provisioned_location: Option<Option<Location>>,
+    /// The workspace.
+    pub workspace_id: Option<Option<WorkspaceId>>,
+    /// The next wake-up.
+    pub next_wake_at: Option<Option<DateTime<Utc>>>,
+    /// When the node's creation started.
+    pub provisioning_started_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFilter {
+    /// Only these statuses; empty means all.
+    pub statuses: Vec<TaskStatus>,
+    /// Only tasks recorded on this node.
+    pub node: Option<NodeId>,
+    /// Only tasks created after this one in list order (a cursor).
+    pub after: Option<TaskId>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+/// A request to lease due tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRequest {
+    /// The driver asking.
+    pub owner: String,
+    /// The current time.
+    pub now: DateTime<Utc>,
+    /// How long the lease lasts.
+    pub lease: Duration,
+    /// At most this many tasks.
+    pub limit: usize,
+}
+
+/// A node as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's id (also its VM's `sam-node` label).
+    pub id: NodeId,
+    /// The provider running it.
+    pub provider: ProviderKind,
+    /// The provider's VM id, once known.
+    pub vm_id: Option<VmId>,
+    /// Its size.
+    pub size: VmSize,
+    /// Its concrete server type.
+    pub server_type: String,
+    /// Where it runs.
+    pub location: Location,
+    /// What it can hold, from the catalog.
+    pub capacity: Capacity,
+    /// Its VM's labels.
+    pub labels: Labels,
+    /// Its status.
+    pub status: NodeStatus,
+    /// Its lifecycle.
+    pub lifecycle: NodeLifecycle,
+    /// Since when it has been warm.
+    pub warm_since: Option<DateTime<Utc>>,
+    /// Its health.
+    pub health: NodeHealth,
+    /// Its last heartbeat.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// The VM agent's version, from its ready callback.
+    pub agent_version: Option<String>,
+    /// When the VM agent reported ready.
+    pub ready_at: Option<DateTime<Utc>>,
+    /// The task whose provisioning created the node, if any.
+    pub created_for: Option<TaskId>,
+    /// When the row was written.
+    pub created_at: DateTime<Utc>,
+    /// When the row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which nodes to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFilter {
+    /// Only these statuses; empty means all.
+    pub statuses: Vec<NodeStatus>,
+    /// Only these lifecycles; empty means all.
+    pub lifecycles: Vec<NodeLifecycle>,
+    /// Only this provider.
+    pub provider: Option<ProviderKind>,
+}
+
+/// Which warm node a task may claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmClaim {
+    /// The claiming task.
+    pub task_id: TaskId,
+    /// The provider.
+    pub provider: ProviderKind,
+    /// The exact size.
+    pub size: VmSize,
+    /// The exact location; `None` accepts any.
+    pub location: Option<Location>,
+    /// The current time.
+    pub now: DateTime<Utc>,
+}
+
+/// Status of a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceStatus {
+    /// The slot is reserved and the workspace is being created.
+    Creating,
+    /// Ready, on the requested profile.
+    Running,
+    /// Ready, on a fallback profile.
+    Recovery,
+    /// Being stopped.
+    Stopping,
+    /// Stopped; its slot is free.
+    Stopped,
+    /// Failed; its slot is free.
+    Error,
+}
+
+impl WorkspaceStatus {
+    /// Whether the workspace still holds its slot on the node.
+    pub const fn holds_slot(self) -> bool {
+        matches!(
+            self,
+            Self::Creating | Self::Running | Self::Recovery | Self::Stopping
+        )
+    }
+}
+
+/// A workspace as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    /// Its id.
+    pub id: WorkspaceId,
+    /// The node it runs on.
+    pub node_id: NodeId,
+    /// The task it serves.
+    pub task_id: TaskId,
+    /// Its status.
+    pub status: WorkspaceStatus,
+    /// The profile actually used (`full`, `lightweight`), once known.
+    pub effective_profile: Option<String>,
+    /// What it reserved on the node.
+    pub reservation: Reservation,
+    /// When the slot was reserved.
+    pub created_at: DateTime<Utc>,
+    /// When the row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The result of a slot reservation the store could carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// The workspace row is written and holds its slot.
+    Reserved,
+    /// The node cannot take it; nothing was written.
+    Rejected(SlotRejection),
+}
+
+/// A user API token, stored only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    /// Public id of the token.
+    pub id: String,
+    /// Hex SHA-256 of the token; the token itself is never stored.
+    pub hash: String,
+    /// A human label.
+    pub label: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Durable state of the control plane.
+///
+/// # Contract
+/// Every backend guarantees:
+/// - **Reads of missing rows are `Ok(None)`**; updates of missing rows are
+///   `StoreErrorKind::NotFound`; creating an existing id is `AlreadyExists`.
+/// - **Lists are ordered**: tasks by `(created_at, id)`, nodes by `(created_at, id)`,
+///   workspaces by `(created_at, id)`, status events by time of writing.
+/// - **`transition_task` is optimistic and atomic**: it changes the status only if
+///   the task is still in `from` (one statement or one transaction), records a
+///   [`StatusEvent`], sets `updated_at`, and returns whether it applied. A move
+///   [`TaskStatus::can_transition_to`] forbids is `InvalidInput`.
+/// - **`set_execution_step` is idempotent**: writing the step the task is already in
+///   changes nothing (`updated_at` included) and returns `false`; a new step sets
+///   `step_started_at` and `updated_at`.
+/// - **`claim_due_tasks` leases atomically**: it returns live (non-terminal) tasks
+///   whose `next_wake_at` is due and whose lease is free, expired or already the
+///   caller's, and leases them to the caller. Two concurrent callers never receive
+///   the same task while a lease holds. Leasing does not touch `updated_at`.
+/// - **`claim_warm_node` has one winner**: of concurrent claims for the same warm
+///   node, exactly one gets it (moved to `active`, `warm_since` cleared); only
+///   `running`, `healthy` nodes of the exact provider, size (and location, when
+///   given) are claimed.
+/// - **`reserve_workspace_slot` never over-commits**: in one transaction it checks
+///   the node's capacity minus the reservations of its workspaces that hold a slot
+///   with [`crate::reservation::check_slot`], and writes the workspace only if that
+///   passes; concurrent reservations on one node never exceed its capacity, an
+///   exclusive workspace is alone, and `max_co_tenants` holds.
+/// - **`release_node_to_warm` is atomic**: an `active` node with no slot-holding
+///   workspace becomes `warm` with `warm_since` set; otherwise nothing changes.
+/// - **Deletes are idempotent**: deleting a missing row succeeds.
+/// - **Bad stored data is a typed error** (`InvalidData`), never a panic.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Store: Send + Sync + Debug {
+    /// Writes a new task and its submission status event.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when the id is taken.
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
+
+    /// Reads a task.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Lists tasks matching `filter`, ordered by `(created_at, id)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Applies an optimistic status change; `Ok(false)` when the task is no longer in `from`.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing task; `InvalidInput` for a forbidden move.
+    async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError>;
+
+    /// Sets the execution step; `Ok(false)` (and no write) when it is already `step`.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing task.
+    async fn set_execution_step(
+        &self,
+        id: &TaskId,
+        step: ExecutionStep,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Changes the given fields and sets `updated_at`.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing task.
+    async fn update_task(
+        &self,
+        id: &TaskId,
+        update: &TaskUpdate,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Leases due tasks to `request.owner`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Gives a lease back; `Ok(false)` when `owner` does not hold it.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError>;
+
+    /// The status events of a task, oldest first.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError>;
+
+    /// Writes a node row, replacing any row with the same id.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+
+    /// Reads a node.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError>;
+
+    /// Lists nodes matching `filter`, ordered by `(created_at, id)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Deletes a node row; succeeds when it is already gone.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError>;
+
+    /// Claims one matching warm node for a task, atomically.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError>;
+
+    /// Returns an idle active node to the warm pool; `Ok(false)` when it still holds a
+    /// workspace or is not active.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing node.
+    async fn release_node_to_warm(&self, id: &NodeId, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Reserves a workspace slot on its node, atomically.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing node; `AlreadyExists` for a taken workspace id.
+    async fn reserve_workspace_slot(
+        &self,
+        workspace: &WorkspaceRecord,
+    ) -> Result<SlotOutcome, StoreError>;
+
+    /// Reads a workspace.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError>;
+
+    /// Lists the workspaces of a node, ordered by `(created_at, id)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError>;
+
+    /// Sets a workspace's status (and effective profile, when given); a status that
+    /// does not hold a slot frees it.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing workspace.
+    async fn update_workspace(
+        &self,
+        id: &WorkspaceId,
+        status: WorkspaceStatus,
+        effective_profile: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Stores an API token's hash.
+    ///
+    /// # Errors
+    /// `AlreadyExists` for a taken id or hash.
+    async fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
+
+    /// Finds an API token by its hash.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError>;
+}
