@@ -104,15 +104,16 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// The most bytes of a provider's response body an error keeps.
 pub const MAX_BODY_BYTES: usize = 4096;
 
-/// Truncates `body` to [`MAX_BODY_BYTES`] on a character boundary and redacts secrets.
+/// Redacts secrets in `body`, then truncates it to [`MAX_BODY_BYTES`] on a character
+/// boundary. Redacting first means a secret cut in half by the limit is still removed.
 pub fn truncate_body(body: &str) -> String {
-    let mut end = body.len().min(MAX_BODY_BYTES);
-    while !body.is_char_boundary(end) {
+    let redacted = redact(body);
+    let mut end = redacted.len().min(MAX_BODY_BYTES);
+    while !redacted.is_char_boundary(end) {
         end -= 1;
     }
-    let cut = &body[..end];
-    let mut kept = redact(cut).into_owned();
-    if end < body.len() {
+    let mut kept = redacted[..end].to_owned();
+    if end < redacted.len() {
         kept.push_str("…[truncated]");
     }
     kept
@@ -451,3 +452,6 @@ pub struct PolicyError {
 
 /// sam-core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests;

@@ -260,3 +260,6 @@ impl FallbackPlan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

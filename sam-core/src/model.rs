@@ -825,3 +825,6 @@ impl Catalog {
         self.server_types.iter().find(|t| t.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -313,3 +313,6 @@ where
         tokio::time::sleep(delay).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -109,8 +109,6 @@ impl TimeoutPolicy {
             ("node_provisioning", self.node_provisioning),
             ("agent_ready", self.agent_ready),
             ("workspace_ready", self.workspace_ready),
-            ("queued_grace", self.queued_grace),
-            ("delegated_grace", self.delegated_grace),
             ("in_progress_soft", self.in_progress_soft),
             ("warm_node", self.warm_node),
             ("heartbeat_interval", self.heartbeat_interval),
@@ -171,3 +169,6 @@ impl TimeoutPolicy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+use super::*;
+use proptest::prelude::*;
+
+fn minutes(range: std::ops::Range<u64>) -> impl Strategy<Value = Duration> {
+    range.prop_map(|m| Duration::from_secs(m * 60))
+}
+
+/// Policies built the supported way: any base waits, positive graces, and ordered
+/// limits derived from them.
+fn derived_policy() -> impl Strategy<Value = TimeoutPolicy> {
+    (
+        (minutes(1..120), minutes(1..120), minutes(1..240), minutes(1..30), minutes(1..30)),
+        (minutes(1..600), minutes(0..600), minutes(0..600)),
+        (minutes(1..120), minutes(0..1440), 1u64..600),
+    )
+        .prop_map(|((prov, ready, ws, qg, dg), (soft, hard_extra, abs_extra), (warm, life_extra, beat))| {
+            let mut p = TimeoutPolicy {
+                node_provisioning: prov,
+                agent_ready: ready,
+                workspace_ready: ws,
+                queued_grace: qg,
+                delegated_grace: dg,
+                in_progress_soft: soft,
+                in_progress_hard: soft + hard_extra,
+                task_absolute: Duration::ZERO,
+                warm_node: warm,
+                node_max_lifetime: warm + life_extra,
+                heartbeat_interval: Duration::from_secs(beat),
+                heartbeat_stale: Duration::from_secs(beat * 3),
+            };
+            p.task_absolute = p.longest_legitimate_task() + abs_extra;
+            p
+        })
+}
+
+proptest! {
+    #[test]
+    fn every_derived_policy_is_valid(p in derived_policy()) {
+        prop_assert_eq!(p.validate(), Ok(()));
+        // The sweeps fire strictly after the waits they guard.
+        prop_assert!(p.stuck_queued() > p.agent_ready);
+        prop_assert!(p.stuck_queued() > p.node_provisioning);
+        prop_assert!(p.stuck_delegated() > p.workspace_ready);
+    }
+
+    #[test]
+    fn crafted_bad_policies_are_rejected(p in derived_policy(), flaw in 0usize..6) {
+        let mut bad = p;
+        let field = match flaw {
+            0 => { bad.queued_grace = Duration::ZERO; "queued_grace" }
+            1 => { bad.delegated_grace = Duration::ZERO; "delegated_grace" }
+            2 => { bad.in_progress_hard = bad.in_progress_soft - Duration::from_secs(1); "in_progress_hard" }
+            3 => { bad.task_absolute = bad.longest_legitimate_task() - Duration::from_secs(1); "task_absolute" }
+            4 => { bad.heartbeat_stale = bad.heartbeat_interval; "heartbeat_stale" }
+            _ => { bad.node_max_lifetime = bad.warm_node - Duration::from_secs(1); "node_max_lifetime" }
+        };
+        prop_assert_eq!(bad.validate().unwrap_err().field, field);
+    }
+}
+
+#[test]
+fn defaults_are_valid_and_match_sam() {
+    let p = TimeoutPolicy::default();
+    p.validate().unwrap();
+    assert_eq!(p.stuck_queued(), Duration::from_secs(20 * 60));
+    assert_eq!(p.stuck_delegated(), Duration::from_secs(31 * 60));
+}
+
+#[test]
+fn sams_incident_is_rejected() {
+    // Agent ready 10 min and an independent stuck-queued sweep of 10 min: the sweep
+    // fired before the agent could report ready. Expressed here, that is a zero grace.
+    let p = TimeoutPolicy {
+        node_provisioning: Duration::from_secs(600),
+        agent_ready: Duration::from_secs(600),
+        queued_grace: Duration::ZERO,
+        ..TimeoutPolicy::default()
+    };
+    let err = p.validate().unwrap_err();
+    assert_eq!(err.field, "queued_grace");
+    assert!(err.to_string().contains("before node_provisioning can finish"), "{err}");
+}
