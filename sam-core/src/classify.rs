@@ -75,7 +75,9 @@ fn classify_json(value: &Value, depth: u8) -> Option<ErrorCategory> {
     let rpc = if value.get("code").is_some_and(Value::is_i64) {
         Some(value)
     } else {
-        value.get("error").filter(|e| e.get("code").is_some_and(Value::is_i64))
+        value
+            .get("error")
+            .filter(|e| e.get("code").is_some_and(Value::is_i64))
     };
     if let Some(rpc) = rpc {
         let code = rpc.get("code").and_then(Value::as_i64).unwrap_or_default();
@@ -128,7 +130,9 @@ fn google_status(error: &Value) -> Option<ErrorCategory> {
     let status = str_at(error, &["status"])?;
     let category = match status {
         "RESOURCE_EXHAUSTED" => {
-            let message = str_at(error, &["message"]).unwrap_or_default().to_ascii_lowercase();
+            let message = str_at(error, &["message"])
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             if message.contains("per day") || message.contains("billing") {
                 ErrorCategory::QuotaExceeded
             } else {
@@ -171,7 +175,8 @@ fn classify_native_code(code: &str) -> Option<ErrorCategory> {
 /// has sent overloads as `500 api_error "Overloaded"`.
 fn refine_weak(category: ErrorCategory, error: &Value) -> ErrorCategory {
     if category == ErrorCategory::Transient
-        && str_at(error, &["message"]).is_some_and(|m| m.to_ascii_lowercase().contains("overloaded"))
+        && str_at(error, &["message"])
+            .is_some_and(|m| m.to_ascii_lowercase().contains("overloaded"))
     {
         ErrorCategory::TransientCapacity
     } else {
@@ -281,7 +286,10 @@ mod tests {
             r#"API Error: 500 {"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#,
             Transient,
         );
-        check("upstream returned 503: service temporarily unavailable", Transient);
+        check(
+            "upstream returned 503: service temporarily unavailable",
+            Transient,
+        );
         check("HTTP 504 Gateway Timeout", Transient);
         check("API Error: 429 rate limit reached", RateLimited);
         check(
@@ -292,7 +300,10 @@ mod tests {
             r#"429 {"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
             QuotaExceeded,
         );
-        check(r#"{"code":-32000,"message":"Authentication required"}"#, AuthError);
+        check(
+            r#"{"code":-32000,"message":"Authentication required"}"#,
+            AuthError,
+        );
         check(
             r#"ACP error: {"jsonrpc":"2.0","id":3,"error":{"code":-32000,"message":"Authentication required"}}"#,
             AuthError,

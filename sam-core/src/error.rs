@@ -138,7 +138,11 @@ pub struct ProviderError {
 
 impl ProviderError {
     /// A new error with its category and a message from the provider (or the SDK).
-    pub fn new(provider: ProviderKind, category: ErrorCategory, message: impl Into<String>) -> Self {
+    pub fn new(
+        provider: ProviderKind,
+        category: ErrorCategory,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             provider,
             category,
@@ -246,9 +250,7 @@ fn advice(category: ErrorCategory) -> &'static str {
         }
         ErrorCategory::RateLimited => "too many requests; wait and try again",
         ErrorCategory::Transient => "a temporary failure; trying again later may work",
-        ErrorCategory::Conflict => {
-            "the resource is busy or changing state; try again in a moment"
-        }
+        ErrorCategory::Conflict => "the resource is busy or changing state; try again in a moment",
         ErrorCategory::AuthError => "check the credentials and their permissions",
         ErrorCategory::NotFound => "the resource does not exist",
         ErrorCategory::InvalidConfig => "the request is invalid as sent; fix the configuration",

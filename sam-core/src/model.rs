@@ -613,7 +613,10 @@ pub const MANAGED_LABEL: &str = "sam-managed";
 /// Keys and values are restricted to what every supported provider accepts:
 /// keys 1–63 characters of `[a-z0-9_-]` starting with a letter, values 0–63 of the same set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub struct Labels(BTreeMap<String, String>);
 
 impl Labels {

@@ -389,8 +389,18 @@ pub fn check_slot(
     }
     let used = |f: fn(&Reservation) -> u64| live.iter().map(f).fold(0u64, u64::saturating_add);
     let mut checks = vec![
-        ("cpu_millis", capacity.cpu_millis, used(|r| r.cpu_millis), new.cpu_millis),
-        ("memory_mb", capacity.memory_mb, used(|r| r.memory_mb), new.memory_mb),
+        (
+            "cpu_millis",
+            capacity.cpu_millis,
+            used(|r| r.cpu_millis),
+            new.cpu_millis,
+        ),
+        (
+            "memory_mb",
+            capacity.memory_mb,
+            used(|r| r.memory_mb),
+            new.memory_mb,
+        ),
     ];
     if let Some(disk) = capacity.disk_mb {
         checks.push(("disk_mb", disk, used(|r| r.disk_mb), new.disk_mb));
@@ -439,7 +449,9 @@ pub fn smallest_size(
         .iter()
         .find_map(|&size| {
             let t = catalog.server_type(size)?;
-            Capacity::of(t).covers(reservation).then(|| (size, t.clone()))
+            Capacity::of(t)
+                .covers(reservation)
+                .then(|| (size, t.clone()))
         })
         .ok_or_else(|| {
             let largest = VmSize::ALL

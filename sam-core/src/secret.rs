@@ -121,10 +121,7 @@ mod tests {
             "Authorization: Bearer abc.def-123",
             "Authorization: Bearer ***",
         );
-        check(
-            "key sk-ant-api03-AbCdEf123456 rejected",
-            "key *** rejected",
-        );
+        check("key sk-ant-api03-AbCdEf123456 rejected", "key *** rejected");
         check("token ghp_abcdefghijklmnopqrstuvwxyz0123", "token ***");
         check("github_pat_11ABCDEFG0123456789_abcdef", "***");
         check(
@@ -153,7 +150,11 @@ mod tests {
             "[A-Za-z0-9_-]{8,40}".prop_map(|t| format!("sk-ant-{t}")),
             ("[pousr]", "[A-Za-z0-9]{16,40}").prop_map(|(k, t)| format!("gh{k}_{t}")),
             "[A-Za-z0-9_]{16,40}".prop_map(|t| format!("github_pat_{t}")),
-            ("[A-Za-z0-9_-]{4,30}", "[A-Za-z0-9_-]{4,30}", "[A-Za-z0-9_-]{4,30}")
+            (
+                "[A-Za-z0-9_-]{4,30}",
+                "[A-Za-z0-9_-]{4,30}",
+                "[A-Za-z0-9_-]{4,30}"
+            )
                 .prop_map(|(a, b, c)| format!("eyJ{a}.{b}.{c}")),
             (
                 prop_oneof![

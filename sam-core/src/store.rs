@@ -12,7 +12,7 @@ use crate::model::{
     ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
     TaskId, TaskStatus, VmId, VmSize, WorkspaceId,
 };
-use crate::reservation::{Capacity, Layer, Reservation, RequirementLayers, SlotRejection};
+use crate::reservation::{Capacity, Layer, RequirementLayers, Reservation, SlotRejection};
 use crate::scheduler::PlacementExplanation;
 
 /// What the user asked for, beyond sizing: the repository, the prompt, the agent.
@@ -451,7 +451,11 @@ pub trait Store: Send + Sync + Debug {
     ///
     /// # Errors
     /// `NotFound` for a missing node.
-    async fn release_node_to_warm(&self, id: &NodeId, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn release_node_to_warm(
+        &self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Reserves a workspace slot on its node, atomically.
     ///

@@ -133,8 +133,7 @@ impl TimeoutPolicy {
         if self.stuck_delegated() <= self.workspace_ready {
             return bad(
                 "delegated_grace",
-                "makes the stuck-delegated sweep fire before workspace_ready can finish"
-                    .to_owned(),
+                "makes the stuck-delegated sweep fire before workspace_ready can finish".to_owned(),
             );
         }
         if self.in_progress_hard < self.in_progress_soft {

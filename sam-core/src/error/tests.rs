@@ -5,7 +5,13 @@ use proptest::prelude::*;
 fn categories_serialize_snake_case() {
     let names: Vec<String> = ErrorCategory::ALL
         .iter()
-        .map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_owned())
+        .map(|c| {
+            serde_json::to_value(c)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(
         names,
@@ -26,10 +32,17 @@ fn categories_serialize_snake_case() {
         let back: ErrorCategory = serde_json::from_value(serde_json::json!(c.as_str())).unwrap();
         assert_eq!(back, c);
     }
-    let retryable: Vec<_> = ErrorCategory::ALL.into_iter().filter(|c| c.is_retryable()).collect();
+    let retryable: Vec<_> = ErrorCategory::ALL
+        .into_iter()
+        .filter(|c| c.is_retryable())
+        .collect();
     assert_eq!(
         retryable,
-        [ErrorCategory::RateLimited, ErrorCategory::Transient, ErrorCategory::Conflict]
+        [
+            ErrorCategory::RateLimited,
+            ErrorCategory::Transient,
+            ErrorCategory::Conflict
+        ]
     );
 }
 
@@ -56,10 +69,22 @@ fn provider_error_is_one_actionable_sentence() {
 
 #[test]
 fn provider_error_keeps_cleanup_failure_and_redacts() {
-    let cleanup = ProviderError::new(ProviderKind::Scaleway, ErrorCategory::Transient, "terminate failed");
-    let e = ProviderError::new(ProviderKind::Scaleway, ErrorCategory::Transient, "upload failed with token=abc123")
-        .with_cleanup_failure(cleanup);
-    assert!(e.to_string().contains("(cleanup also failed: terminate failed)"), "{e}");
+    let cleanup = ProviderError::new(
+        ProviderKind::Scaleway,
+        ErrorCategory::Transient,
+        "terminate failed",
+    );
+    let e = ProviderError::new(
+        ProviderKind::Scaleway,
+        ErrorCategory::Transient,
+        "upload failed with token=abc123",
+    )
+    .with_cleanup_failure(cleanup);
+    assert!(
+        e.to_string()
+            .contains("(cleanup also failed: terminate failed)"),
+        "{e}"
+    );
     assert!(!e.to_string().contains("abc123"));
     assert_eq!(e.cleanup_failure().unwrap().message(), "terminate failed");
 }
@@ -68,8 +93,14 @@ fn provider_error_keeps_cleanup_failure_and_redacts() {
 fn store_errors_classify_by_kind() {
     let e = StoreError::new(StoreErrorKind::Unavailable, "database is locked");
     assert!(e.is_retryable());
-    assert_eq!(StoreError::new(StoreErrorKind::AlreadyExists, "x").category(), ErrorCategory::Conflict);
-    assert_eq!(StoreError::new(StoreErrorKind::Corrupt, "x").category(), ErrorCategory::Unknown);
+    assert_eq!(
+        StoreError::new(StoreErrorKind::AlreadyExists, "x").category(),
+        ErrorCategory::Conflict
+    );
+    assert_eq!(
+        StoreError::new(StoreErrorKind::Corrupt, "x").category(),
+        ErrorCategory::Unknown
+    );
 }
 
 proptest! {

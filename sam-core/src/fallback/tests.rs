@@ -1,6 +1,6 @@
 use super::*;
-use crate::reservation::{RequirementLayers, ResourceRequirements, resolve_reservation};
 use crate::model::ServerType;
+use crate::reservation::{RequirementLayers, ResourceRequirements, resolve_reservation};
 use proptest::prelude::*;
 
 fn loc(s: &str) -> Location {
@@ -24,26 +24,38 @@ fn catalog() -> Catalog {
             t("DEV1-XL", 4, 12, &["fr-par-1", "nl-ams-1", "pl-waw-1"]),
             t("GP1-S", 8, 32, &["fr-par-2", "nl-ams-1"]),
         ],
-        sizes: [(VmSize::Small, "DEV1-M"), (VmSize::Medium, "DEV1-XL"), (VmSize::Large, "GP1-S")]
-            .into_iter()
-            .map(|(s, n)| (s, n.to_owned()))
-            .collect(),
+        sizes: [
+            (VmSize::Small, "DEV1-M"),
+            (VmSize::Medium, "DEV1-XL"),
+            (VmSize::Large, "GP1-S"),
+        ]
+        .into_iter()
+        .map(|(s, n)| (s, n.to_owned()))
+        .collect(),
         default_location: Some(loc("fr-par-1")),
     }
 }
 
 fn reservation(vcpu: f64, memory_gb: f64) -> Reservation {
-    let mut layers = RequirementLayers::default();
-    layers.task = ResourceRequirements {
-        min_vcpu: Some(vcpu),
-        min_memory_gb: Some(memory_gb),
-        min_disk_gb: Some(20.0),
+    let layers = RequirementLayers {
+        task: ResourceRequirements {
+            min_vcpu: Some(vcpu),
+            min_memory_gb: Some(memory_gb),
+            min_disk_gb: Some(20.0),
+            ..Default::default()
+        },
         ..Default::default()
     };
     resolve_reservation(&layers).unwrap()
 }
 
-fn plan(size: VmSize, source: Layer, location: Option<&str>, location_source: Layer, r: &Reservation) -> Result<FallbackPlan, PlanError> {
+fn plan(
+    size: VmSize,
+    source: Layer,
+    location: Option<&str>,
+    location_source: Layer,
+    r: &Reservation,
+) -> Result<FallbackPlan, PlanError> {
     let catalog = catalog();
     FallbackPlan::new(&PlanRequest {
         catalog: &catalog,
@@ -57,13 +69,26 @@ fn plan(size: VmSize, source: Layer, location: Option<&str>, location_source: La
 }
 
 fn pairs(plan: &FallbackPlan) -> Vec<(VmSize, String)> {
-    plan.attempts().iter().map(|a| (a.size, a.location.to_string())).collect()
+    plan.attempts()
+        .iter()
+        .map(|a| (a.size, a.location.to_string()))
+        .collect()
 }
 
 #[test]
 fn project_default_large_descends_through_every_size() {
-    let p = plan(VmSize::Large, Layer::Project, None, Layer::Platform, &reservation(2.0, 4.0)).unwrap();
-    assert_eq!(p.sizes(), vec![VmSize::Large, VmSize::Medium, VmSize::Small]);
+    let p = plan(
+        VmSize::Large,
+        Layer::Project,
+        None,
+        Layer::Platform,
+        &reservation(2.0, 4.0),
+    )
+    .unwrap();
+    assert_eq!(
+        p.sizes(),
+        vec![VmSize::Large, VmSize::Medium, VmSize::Small]
+    );
     // The default location first where a size offers it, then the others in catalog order.
     assert_eq!(
         pairs(&p),
@@ -78,41 +103,126 @@ fn project_default_large_descends_through_every_size() {
             (VmSize::Small, "nl-ams-1".into()),
         ]
     );
-    assert_eq!(p.exhausted_message(), "No capacity for any available VM size (tried large, medium, small).");
+    assert_eq!(
+        p.exhausted_message(),
+        "No capacity for any available VM size (tried large, medium, small)."
+    );
 }
 
 #[test]
 fn explicit_sizes_never_descend() {
-    for layer in [Layer::Task, Layer::Trigger, Layer::Skill, Layer::AgentProfile] {
-        let p = plan(VmSize::Large, layer, Some("nl-ams-1"), Layer::Task, &reservation(2.0, 4.0)).unwrap();
-        assert_eq!(pairs(&p), vec![(VmSize::Large, "nl-ams-1".into())], "{layer}");
-        assert_eq!(p.exhausted_message(), "There were no large machines available.");
-        assert_eq!(p.after_failure(0, ErrorCategory::TransientCapacity), PlanStep::EndOfPass);
+    for layer in [
+        Layer::Task,
+        Layer::Trigger,
+        Layer::Skill,
+        Layer::AgentProfile,
+    ] {
+        let p = plan(
+            VmSize::Large,
+            layer,
+            Some("nl-ams-1"),
+            Layer::Task,
+            &reservation(2.0, 4.0),
+        )
+        .unwrap();
+        assert_eq!(
+            pairs(&p),
+            vec![(VmSize::Large, "nl-ams-1".into())],
+            "{layer}"
+        );
+        assert_eq!(
+            p.exhausted_message(),
+            "There were no large machines available."
+        );
+        assert_eq!(
+            p.after_failure(0, ErrorCategory::TransientCapacity),
+            PlanStep::EndOfPass
+        );
     }
 }
 
 #[test]
 fn explicit_size_too_small_is_an_error() {
-    let err = plan(VmSize::Small, Layer::Task, None, Layer::Platform, &reservation(4.0, 4.0)).unwrap_err();
-    assert!(matches!(err, PlanError::ExplicitSizeTooSmall { size: VmSize::Small, .. }), "{err:?}");
+    let err = plan(
+        VmSize::Small,
+        Layer::Task,
+        None,
+        Layer::Platform,
+        &reservation(4.0, 4.0),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlanError::ExplicitSizeTooSmall {
+                size: VmSize::Small,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn default_size_below_the_reservation_starts_at_what_fits() {
-    let p = plan(VmSize::Small, Layer::Platform, None, Layer::Platform, &reservation(4.0, 8.0)).unwrap();
+    let p = plan(
+        VmSize::Small,
+        Layer::Platform,
+        None,
+        Layer::Platform,
+        &reservation(4.0, 8.0),
+    )
+    .unwrap();
     assert_eq!(p.sizes(), vec![VmSize::Medium]);
 }
 
 #[test]
 fn explicit_location_never_moves_and_must_be_offered() {
-    let p = plan(VmSize::Large, Layer::Project, Some("nl-ams-1"), Layer::Project, &reservation(2.0, 4.0)).unwrap();
-    assert!(p.attempts().iter().all(|a| a.location.as_str() == "nl-ams-1"));
-    assert_eq!(p.sizes(), vec![VmSize::Large, VmSize::Medium, VmSize::Small]);
+    let p = plan(
+        VmSize::Large,
+        Layer::Project,
+        Some("nl-ams-1"),
+        Layer::Project,
+        &reservation(2.0, 4.0),
+    )
+    .unwrap();
+    assert!(
+        p.attempts()
+            .iter()
+            .all(|a| a.location.as_str() == "nl-ams-1")
+    );
+    assert_eq!(
+        p.sizes(),
+        vec![VmSize::Large, VmSize::Medium, VmSize::Small]
+    );
     // A smaller size not offered there is skipped, not moved elsewhere.
-    let p = plan(VmSize::Large, Layer::Project, Some("fr-par-2"), Layer::Task, &reservation(2.0, 4.0)).unwrap();
-    assert_eq!(pairs(&p), vec![(VmSize::Large, "fr-par-2".into()), (VmSize::Small, "fr-par-2".into())]);
-    let err = plan(VmSize::Large, Layer::Task, Some("pl-waw-1"), Layer::Task, &reservation(2.0, 4.0)).unwrap_err();
-    assert!(matches!(err, PlanError::LocationNotOffered { .. }), "{err:?}");
+    let p = plan(
+        VmSize::Large,
+        Layer::Project,
+        Some("fr-par-2"),
+        Layer::Task,
+        &reservation(2.0, 4.0),
+    )
+    .unwrap();
+    assert_eq!(
+        pairs(&p),
+        vec![
+            (VmSize::Large, "fr-par-2".into()),
+            (VmSize::Small, "fr-par-2".into())
+        ]
+    );
+    let err = plan(
+        VmSize::Large,
+        Layer::Task,
+        Some("pl-waw-1"),
+        Layer::Task,
+        &reservation(2.0, 4.0),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, PlanError::LocationNotOffered { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -134,7 +244,14 @@ fn kill_switch_disables_descent() {
 
 #[test]
 fn nothing_fits_is_an_error() {
-    let err = plan(VmSize::Large, Layer::Platform, None, Layer::Platform, &reservation(64.0, 4.0)).unwrap_err();
+    let err = plan(
+        VmSize::Large,
+        Layer::Platform,
+        None,
+        Layer::Platform,
+        &reservation(64.0, 4.0),
+    )
+    .unwrap_err();
     assert!(matches!(err, PlanError::NoSizeFits(_)), "{err:?}");
 }
 

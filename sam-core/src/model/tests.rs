@@ -7,7 +7,10 @@ fn provider_kind_parses_and_prints() {
         assert_eq!(kind.to_string().parse::<ProviderKind>().unwrap(), kind);
         assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
     }
-    assert_eq!("HETZNER".parse::<ProviderKind>().unwrap(), ProviderKind::Hetzner);
+    assert_eq!(
+        "HETZNER".parse::<ProviderKind>().unwrap(),
+        ProviderKind::Hetzner
+    );
     let err = "aws".parse::<ProviderKind>().unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -37,15 +40,31 @@ fn enums_serialize_as_their_display_names() {
         TaskStatus::Failed,
         TaskStatus::Cancelled,
     ]);
-    check(&[NodeStatus::Creating, NodeStatus::Running, NodeStatus::Recovery, NodeStatus::Deleted]);
-    check(&[NodeLifecycle::Active, NodeLifecycle::Warm, NodeLifecycle::Destroying]);
-    check(&[NodeHealth::Healthy, NodeHealth::Stale, NodeHealth::Unhealthy]);
+    check(&[
+        NodeStatus::Creating,
+        NodeStatus::Running,
+        NodeStatus::Recovery,
+        NodeStatus::Deleted,
+    ]);
+    check(&[
+        NodeLifecycle::Active,
+        NodeLifecycle::Warm,
+        NodeLifecycle::Destroying,
+    ]);
+    check(&[
+        NodeHealth::Healthy,
+        NodeHealth::Stale,
+        NodeHealth::Unhealthy,
+    ]);
 }
 
 #[test]
 fn execution_steps_have_labels() {
     assert_eq!(ExecutionStep::NodeSelection.label(), "Finding a server…");
-    assert_eq!(ExecutionStep::WaitingForCapacity.label(), "Waiting for server capacity…");
+    assert_eq!(
+        ExecutionStep::WaitingForCapacity.label(),
+        "Waiting for server capacity…"
+    );
     assert_eq!(ExecutionStep::Running.label(), "Agent is working…");
     assert_eq!(ExecutionStep::ALL.len(), 8);
 }

@@ -116,13 +116,22 @@ fn sample_reservation() -> Reservation {
     resolve_reservation(&RequirementLayers::default()).unwrap()
 }
 
-fn check(capacity: Capacity, live: &[Reservation], new: &Reservation, expected: Result<(), SlotRejection>) {
+fn check(
+    capacity: Capacity,
+    live: &[Reservation],
+    new: &Reservation,
+    expected: Result<(), SlotRejection>,
+) {
     assert_eq!(check_slot(&capacity, live, new), expected);
 }
 
 #[test]
 fn slot_rejections_say_why() {
-    let cap = Capacity { cpu_millis: 4000, memory_mb: 8192, disk_mb: Some(81920) };
+    let cap = Capacity {
+        cpu_millis: 4000,
+        memory_mb: 8192,
+        disk_mb: Some(81920),
+    };
     let base = sample_reservation(); // 2 vCPU, 4 GB, 40 GB, 4 co-tenants
     check(cap, &[], &base, Ok(()));
     check(cap, &[base], &base, Ok(()));
@@ -130,17 +139,57 @@ fn slot_rejections_say_why() {
         cap,
         &[base, base],
         &base,
-        Err(SlotRejection::Insufficient { resource: "cpu_millis".into(), needed: 2000, free: 0, total: 4000 }),
+        Err(SlotRejection::Insufficient {
+            resource: "cpu_millis".into(),
+            needed: 2000,
+            free: 0,
+            total: 4000,
+        }),
     );
-    let exclusive = Reservation { exclusive: true, ..base };
-    check(cap, &[exclusive], &base, Err(SlotRejection::HeldExclusively));
-    check(cap, &[base], &exclusive, Err(SlotRejection::NotEmpty { live: 1 }));
-    let tiny = Reservation { cpu_millis: 1, memory_mb: 1, disk_mb: 1, ..base };
-    let solo = Reservation { max_co_tenants: 1, ..tiny };
-    check(cap, &[solo], &tiny, Err(SlotRejection::TooManyTenants { would_hold: 2, limit: 1 }));
+    let exclusive = Reservation {
+        exclusive: true,
+        ..base
+    };
+    check(
+        cap,
+        &[exclusive],
+        &base,
+        Err(SlotRejection::HeldExclusively),
+    );
+    check(
+        cap,
+        &[base],
+        &exclusive,
+        Err(SlotRejection::NotEmpty { live: 1 }),
+    );
+    let tiny = Reservation {
+        cpu_millis: 1,
+        memory_mb: 1,
+        disk_mb: 1,
+        ..base
+    };
+    let solo = Reservation {
+        max_co_tenants: 1,
+        ..tiny
+    };
+    check(
+        cap,
+        &[solo],
+        &tiny,
+        Err(SlotRejection::TooManyTenants {
+            would_hold: 2,
+            limit: 1,
+        }),
+    );
     // Unknown disk is not enforced.
-    let no_disk = Capacity { disk_mb: None, ..cap };
-    let big_disk = Reservation { disk_mb: u64::MAX, ..tiny };
+    let no_disk = Capacity {
+        disk_mb: None,
+        ..cap
+    };
+    let big_disk = Reservation {
+        disk_mb: u64::MAX,
+        ..tiny
+    };
     check(no_disk, &[], &big_disk, Ok(()));
 }
 
@@ -156,11 +205,19 @@ fn hetzner() -> Catalog {
     };
     Catalog {
         provider: ProviderKind::Hetzner,
-        server_types: vec![t("cx23", 2, 4, 40), t("cx33", 4, 8, 80), t("cx43", 8, 16, 160)],
-        sizes: [(VmSize::Small, "cx23"), (VmSize::Medium, "cx33"), (VmSize::Large, "cx43")]
-            .into_iter()
-            .map(|(s, n)| (s, n.to_owned()))
-            .collect(),
+        server_types: vec![
+            t("cx23", 2, 4, 40),
+            t("cx33", 4, 8, 80),
+            t("cx43", 8, 16, 160),
+        ],
+        sizes: [
+            (VmSize::Small, "cx23"),
+            (VmSize::Medium, "cx33"),
+            (VmSize::Large, "cx43"),
+        ]
+        .into_iter()
+        .map(|(s, n)| (s, n.to_owned()))
+        .collect(),
         default_location: Some(loc("fsn1")),
     }
 }
@@ -173,9 +230,22 @@ fn smallest_size_that_holds_the_reservation() {
         f(&mut layers.task);
         resolve_reservation(&layers).unwrap()
     };
-    assert_eq!(smallest_size(&catalog, &sample_reservation()).unwrap().0, VmSize::Small);
-    assert_eq!(smallest_size(&catalog, &with(|r| r.min_vcpu = Some(3.0))).unwrap().0, VmSize::Medium);
-    assert_eq!(smallest_size(&catalog, &with(|r| r.min_memory_gb = Some(9.0))).unwrap().0, VmSize::Large);
+    assert_eq!(
+        smallest_size(&catalog, &sample_reservation()).unwrap().0,
+        VmSize::Small
+    );
+    assert_eq!(
+        smallest_size(&catalog, &with(|r| r.min_vcpu = Some(3.0)))
+            .unwrap()
+            .0,
+        VmSize::Medium
+    );
+    assert_eq!(
+        smallest_size(&catalog, &with(|r| r.min_memory_gb = Some(9.0)))
+            .unwrap()
+            .0,
+        VmSize::Large
+    );
     let err = smallest_size(&catalog, &with(|r| r.min_vcpu = Some(16.0))).unwrap_err();
     assert_eq!(
         err.to_string(),

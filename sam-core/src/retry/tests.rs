@@ -1,19 +1,26 @@
 use super::*;
-use std::cell::Cell;
 use proptest::prelude::*;
+use std::cell::Cell;
 
 fn policy() -> impl Strategy<Value = RetryPolicy> {
-    (1u64..5_000, 1u64..100, 1u32..20, 1u64..3_600_000, 0.0f64..=1.0).prop_map(
-        |(initial_ms, factor, attempts, budget_ms, jitter)| RetryPolicy {
-            initial_delay: Duration::from_millis(initial_ms),
-            max_delay: Duration::from_millis(initial_ms * factor),
-            max_attempts: attempts,
-            budget: Duration::from_millis(budget_ms),
-            jitter,
-            per_attempt_timeout: None,
-            retry_on: RetryOn::Retryable,
-        },
+    (
+        1u64..5_000,
+        1u64..100,
+        1u32..20,
+        1u64..3_600_000,
+        0.0f64..=1.0,
     )
+        .prop_map(
+            |(initial_ms, factor, attempts, budget_ms, jitter)| RetryPolicy {
+                initial_delay: Duration::from_millis(initial_ms),
+                max_delay: Duration::from_millis(initial_ms * factor),
+                max_attempts: attempts,
+                budget: Duration::from_millis(budget_ms),
+                jitter,
+                per_attempt_timeout: None,
+                retry_on: RetryOn::Retryable,
+            },
+        )
 }
 
 proptest! {
@@ -73,8 +80,15 @@ fn validate_names_the_bad_field() {
     check(|p| p.budget = Duration::ZERO, "budget");
     check(|p| p.jitter = f64::NAN, "jitter");
     check(|p| p.jitter = 1.5, "jitter");
-    check(|p| p.per_attempt_timeout = Some(Duration::ZERO), "per_attempt_timeout");
-    for p in [RetryPolicy::default(), RetryPolicy::capacity(), RetryPolicy::prompt()] {
+    check(
+        |p| p.per_attempt_timeout = Some(Duration::ZERO),
+        "per_attempt_timeout",
+    );
+    for p in [
+        RetryPolicy::default(),
+        RetryPolicy::capacity(),
+        RetryPolicy::prompt(),
+    ] {
         p.validate().unwrap();
     }
 }
@@ -84,10 +98,18 @@ fn defaults_are_sams() {
     let c = RetryPolicy::capacity();
     assert_eq!(
         (c.initial_delay, c.max_delay, c.max_attempts, c.budget),
-        (Duration::from_secs(15), Duration::from_secs(120), 10, Duration::from_secs(300))
+        (
+            Duration::from_secs(15),
+            Duration::from_secs(120),
+            10,
+            Duration::from_secs(300)
+        )
     );
     let p = RetryPolicy::prompt();
-    assert_eq!((p.initial_delay, p.max_delay, p.max_attempts), (Duration::from_secs(15), Duration::from_secs(120), 3));
+    assert_eq!(
+        (p.initial_delay, p.max_delay, p.max_attempts),
+        (Duration::from_secs(15), Duration::from_secs(120), 3)
+    );
     assert!(p.retry_on.retries(ErrorCategory::TransientCapacity));
     assert!(!c.retry_on.retries(ErrorCategory::TransientCapacity));
 }
@@ -127,7 +149,13 @@ async fn retries_retryable_errors_with_backoff_then_succeeds() {
         || {
             calls.set(calls.get() + 1);
             let n = calls.get();
-            async move { if n < 4 { Err(Failure(ErrorCategory::Transient, None)) } else { Ok(n) } }
+            async move {
+                if n < 4 {
+                    Err(Failure(ErrorCategory::Transient, None))
+                } else {
+                    Ok(n)
+                }
+            }
         },
         |e| delays.push(e.delay),
     )
@@ -139,7 +167,12 @@ async fn retries_retryable_errors_with_backoff_then_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn fails_fast_on_errors_that_are_not_retryable() {
-    for category in [ErrorCategory::QuotaExceeded, ErrorCategory::AuthError, ErrorCategory::InvalidConfig, ErrorCategory::TransientCapacity] {
+    for category in [
+        ErrorCategory::QuotaExceeded,
+        ErrorCategory::AuthError,
+        ErrorCategory::InvalidConfig,
+        ErrorCategory::TransientCapacity,
+    ] {
         let calls = Cell::new(0u32);
         let start = Instant::now();
         let out: Result<(), _> = retry(&quick(5), || {
@@ -160,7 +193,16 @@ async fn honours_retry_after_that_fits_and_gives_up_on_one_that_does_not() {
     let out = retry(&quick(5), || {
         calls.set(calls.get() + 1);
         let n = calls.get();
-        async move { if n == 1 { Err(Failure(ErrorCategory::RateLimited, Some(Duration::from_secs(30)))) } else { Ok(()) } }
+        async move {
+            if n == 1 {
+                Err(Failure(
+                    ErrorCategory::RateLimited,
+                    Some(Duration::from_secs(30)),
+                ))
+            } else {
+                Ok(())
+            }
+        }
     })
     .await;
     assert!(out.is_ok());
@@ -169,11 +211,20 @@ async fn honours_retry_after_that_fits_and_gives_up_on_one_that_does_not() {
     let calls = Cell::new(0u32);
     let out: Result<(), _> = retry(&quick(5), || {
         calls.set(calls.get() + 1);
-        async move { Err(Failure(ErrorCategory::RateLimited, Some(Duration::from_secs(600)))) }
+        async move {
+            Err(Failure(
+                ErrorCategory::RateLimited,
+                Some(Duration::from_secs(600)),
+            ))
+        }
     })
     .await;
     assert!(matches!(out, Err(RetryError::Failed(_))));
-    assert_eq!(calls.get(), 1, "a Retry-After past the budget gives up at once");
+    assert_eq!(
+        calls.get(),
+        1,
+        "a Retry-After past the budget gives up at once"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -191,8 +242,16 @@ async fn attempts_time_out_and_the_budget_is_wall_clock() {
     assert!(matches!(out, Err(RetryError::TimedOut { .. })), "{out:?}");
     assert_eq!(out.unwrap_err().category(), ErrorCategory::Transient);
     // 5 s per attempt plus 1, 2, 4, 8, 8 … s of waiting; the 60 s budget ends it.
-    assert!(start.elapsed() <= Duration::from_secs(60), "{:?}", start.elapsed());
-    assert!(calls.get() >= 4 && calls.get() < 10, "{} calls", calls.get());
+    assert!(
+        start.elapsed() <= Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        calls.get() >= 4 && calls.get() < 10,
+        "{} calls",
+        calls.get()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,28 +9,40 @@ fn minutes(range: std::ops::Range<u64>) -> impl Strategy<Value = Duration> {
 /// limits derived from them.
 fn derived_policy() -> impl Strategy<Value = TimeoutPolicy> {
     (
-        (minutes(1..120), minutes(1..120), minutes(1..240), minutes(1..30), minutes(1..30)),
+        (
+            minutes(1..120),
+            minutes(1..120),
+            minutes(1..240),
+            minutes(1..30),
+            minutes(1..30),
+        ),
         (minutes(1..600), minutes(0..600), minutes(0..600)),
         (minutes(1..120), minutes(0..1440), 1u64..600),
     )
-        .prop_map(|((prov, ready, ws, qg, dg), (soft, hard_extra, abs_extra), (warm, life_extra, beat))| {
-            let mut p = TimeoutPolicy {
-                node_provisioning: prov,
-                agent_ready: ready,
-                workspace_ready: ws,
-                queued_grace: qg,
-                delegated_grace: dg,
-                in_progress_soft: soft,
-                in_progress_hard: soft + hard_extra,
-                task_absolute: Duration::ZERO,
-                warm_node: warm,
-                node_max_lifetime: warm + life_extra,
-                heartbeat_interval: Duration::from_secs(beat),
-                heartbeat_stale: Duration::from_secs(beat * 3),
-            };
-            p.task_absolute = p.longest_legitimate_task() + abs_extra;
-            p
-        })
+        .prop_map(
+            |(
+                (prov, ready, ws, qg, dg),
+                (soft, hard_extra, abs_extra),
+                (warm, life_extra, beat),
+            )| {
+                let mut p = TimeoutPolicy {
+                    node_provisioning: prov,
+                    agent_ready: ready,
+                    workspace_ready: ws,
+                    queued_grace: qg,
+                    delegated_grace: dg,
+                    in_progress_soft: soft,
+                    in_progress_hard: soft + hard_extra,
+                    task_absolute: Duration::ZERO,
+                    warm_node: warm,
+                    node_max_lifetime: warm + life_extra,
+                    heartbeat_interval: Duration::from_secs(beat),
+                    heartbeat_stale: Duration::from_secs(beat * 3),
+                };
+                p.task_absolute = p.longest_legitimate_task() + abs_extra;
+                p
+            },
+        )
 }
 
 proptest! {
@@ -78,5 +90,9 @@ fn sams_incident_is_rejected() {
     };
     let err = p.validate().unwrap_err();
     assert_eq!(err.field, "queued_grace");
-    assert!(err.to_string().contains("before node_provisioning can finish"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("before node_provisioning can finish"),
+        "{err}"
+    );
 }
