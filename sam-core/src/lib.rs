@@ -19,6 +19,8 @@
 //!   `next_delay` and one async [`retry()`] loop; [`TimeoutPolicy`] with derived sweep
 //!   thresholds.
 //! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text.
+//! - **Tokens** ([`token`]): scoped, signed, expiring tokens between the control
+//!   plane and VM agents ([`TokenSigner`]).
 //! - **Traits**: [`Provider`], [`Store`], [`Scheduler`], [`AgentSession`], each with a
 //!   `# Contract`.
 //!
@@ -89,6 +91,7 @@ pub mod secret;
 pub mod session;
 pub mod store;
 pub mod timeout;
+pub mod token;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -125,6 +128,7 @@ pub use store::{
     WorkspaceRecord, WorkspaceStatus,
 };
 pub use timeout::TimeoutPolicy;
+pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner};
 
 #[cfg(feature = "mock")]
 pub use provider::MockProvider;

@@ -1,0 +1,321 @@
+//! Scoped, signed, expiring tokens between the control plane and VM agents.
+//!
+//! A token is `base64url(claims JSON) . base64url(HMAC-SHA256(key, claims))`.
+//! Its claims name an audience, a scope (`node` or `workspace`), a subject (the node
+//! or workspace id) and an expiry in hours, not days; [`TokenSigner::verify`] rejects
+//! a token with a wrong audience, scope or subject, a bad signature, an expired one,
+//! and one without a scope. Cloud credentials never reach a VM: a node holds only
+//! its node-scoped token.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::secret::Secret;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Node-level calls: ready, heartbeat, node management.
+    Node,
+    /// Calls about one workspace: workspace ready, session events.
+    Workspace,
+}
+
+/// The signed content of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenClaims {
+    /// Who the token is for (`sam-control-plane`, `sam-vm-agent`).
+    pub aud: String,
+    /// What it allows. Required: a token without one is rejected.
+    pub scope: Option<TokenScope>,
+    /// The node or workspace id it is about.
+    pub sub: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Expires at, seconds since the epoch.
+    pub exp: i64,
+}
+
+impl TokenClaims {
+    /// Whether the token is past half its life, when it should be refreshed.
+    pub fn needs_refresh(&self, now: DateTime<Utc>) -> bool {
+        let half = self.iat + (self.exp - self.iat) / 2;
+        now.timestamp() >= half
+    }
+}
+
+/// Why a token was rejected. Deliberately coarse in `Display`, so an attacker learns little.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not of the `claims.signature` form, or not decodable.
+    #[error("the token is malformed")]
+    Malformed,
+    /// The signature does not match.
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    /// The token has expired.
+    #[error("the token has expired")]
+    Expired,
+    /// The token is for another audience.
+    #[error("the token is for another audience")]
+    WrongAudience,
+    /// The token has no scope.
+    #[error("the token has no scope")]
+    NoScope,
+    /// The token has another scope.
+    #[error("the token's scope does not allow this call")]
+    WrongScope,
+    /// The token is about another node or workspace.
+    #[error("the token is for another subject")]
+    WrongSubject,
+}
+
+/// Longest lifetime a signer issues: tokens live for hours, not days.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Issues and verifies tokens for one audience with one key.
+#[derive(Debug, Clone)]
+pub struct TokenSigner {
+    key: Secret,
+    audience: String,
+}
+
+impl TokenSigner {
+    /// A signer for `audience` with `key` (at least 32 bytes).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] for a key shorter than 32 bytes or an empty audience.
+    pub fn new(key: Secret, audience: impl Into<String>) -> Result<Self, crate::Error> {
+        let audience = audience.into();
+        if key.expose().len() < 32 {
+            return Err(crate::Error::InvalidInput {
+                field: "token_key",
+                reason: "must be at least 32 bytes".to_owned(),
+            });
+        }
+        if audience.is_empty() {
+            return Err(crate::Error::InvalidInput {
+                field: "audience",
+                reason: "must not be empty".to_owned(),
+            });
+        }
+        Ok(Self { key, audience })
+    }
+
+    fn mac(&self, payload: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(self.key.expose().as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(payload);
+        mac
+    }
+
+    /// Issues a token for `subject` in `scope`, valid for `ttl` (capped at [`MAX_TOKEN_TTL`]).
+    pub fn issue(
+        &self,
+        scope: TokenScope,
+        subject: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Secret {
+        let ttl = ttl.min(MAX_TOKEN_TTL).as_secs() as i64;
+        let claims = TokenClaims {
+            aud: self.audience.clone(),
+            scope: Some(scope),
+            sub: subject.to_owned(),
+            iat: now.timestamp(),
+            exp: now.timestamp() + ttl,
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary claims (tests use it to craft bad tokens).
+    pub fn sign(&self, claims: &TokenClaims) -> Secret {
+        let payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims always serialize"));
+        let signature =
+            URL_SAFE_NO_PAD.encode(self.mac(payload.as_bytes()).finalize().into_bytes());
+        Secret::new(format!("{payload}.{signature}"))
+    }
+
+    /// Verifies `token` for a call in `scope` about `subject` at `now`.
+    ///
+    /// # Errors
+    /// The first [`TokenError`] that applies: malformed, bad signature, wrong
+    /// audience, no scope, wrong scope, wrong subject, expired.
+    pub fn verify(
+        &self,
+        token: &str,
+        scope: TokenScope,
+        subject: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenClaims, TokenError> {
+        let (payload, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        self.mac(payload.as_bytes())
+            .verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: TokenClaims =
+            serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        if claims.aud != self.audience {
+            return Err(TokenError::WrongAudience);
+        }
+        match claims.scope {
+            None => return Err(TokenError::NoScope),
+            Some(s) if s != scope => return Err(TokenError::WrongScope),
+            Some(_) => {}
+        }
+        if claims.sub != subject {
+            return Err(TokenError::WrongSubject);
+        }
+        if now.timestamp() >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn signer() -> TokenSigner {
+        TokenSigner::new(Secret::new("k".repeat(32)), "sam-control-plane").unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap()
+    }
+
+    fn check(
+        token: &str,
+        scope: TokenScope,
+        subject: &str,
+        at: DateTime<Utc>,
+        expected: Result<(), TokenError>,
+    ) {
+        assert_eq!(
+            signer().verify(token, scope, subject, at).map(|_| ()),
+            expected,
+            "token {token}"
+        );
+    }
+
+    #[test]
+    fn accepts_only_the_right_scope_subject_audience_and_time() {
+        let hour = Duration::from_secs(3600);
+        let t = signer().issue(TokenScope::Workspace, "ws-1", now(), hour);
+        let t = t.expose();
+        check(t, TokenScope::Workspace, "ws-1", now(), Ok(()));
+        check(
+            t,
+            TokenScope::Node,
+            "ws-1",
+            now(),
+            Err(TokenError::WrongScope),
+        );
+        check(
+            t,
+            TokenScope::Workspace,
+            "ws-2",
+            now(),
+            Err(TokenError::WrongSubject),
+        );
+        check(
+            t,
+            TokenScope::Workspace,
+            "ws-1",
+            now() + chrono::Duration::hours(1),
+            Err(TokenError::Expired),
+        );
+        let other = TokenSigner::new(Secret::new("k".repeat(32)), "sam-vm-agent").unwrap();
+        assert_eq!(
+            other
+                .verify(t, TokenScope::Workspace, "ws-1", now())
+                .unwrap_err(),
+            TokenError::WrongAudience
+        );
+        let forged = TokenSigner::new(Secret::new("x".repeat(32)), "sam-control-plane").unwrap();
+        let f = forged.issue(TokenScope::Workspace, "ws-1", now(), hour);
+        check(
+            f.expose(),
+            TokenScope::Workspace,
+            "ws-1",
+            now(),
+            Err(TokenError::BadSignature),
+        );
+    }
+
+    #[test]
+    fn rejects_scopeless_tampered_and_garbage_tokens() {
+        let scopeless = signer().sign(&TokenClaims {
+            aud: "sam-control-plane".into(),
+            scope: None,
+            sub: "node-1".into(),
+            iat: now().timestamp(),
+            exp: now().timestamp() + 3600,
+        });
+        check(
+            scopeless.expose(),
+            TokenScope::Node,
+            "node-1",
+            now(),
+            Err(TokenError::NoScope),
+        );
+        let good = signer().issue(TokenScope::Node, "node-1", now(), Duration::from_secs(3600));
+        let (payload, sig) = good.expose().split_once('.').unwrap();
+        let mut claims: TokenClaims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims.sub = "node-2".into();
+        let tampered = format!(
+            "{}.{sig}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        check(
+            &tampered,
+            TokenScope::Node,
+            "node-2",
+            now(),
+            Err(TokenError::BadSignature),
+        );
+        for garbage in ["", ".", "abc", "a.b", "!!.!!"] {
+            assert!(
+                signer()
+                    .verify(garbage, TokenScope::Node, "node-1", now())
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn lifetime_is_capped_and_refresh_starts_at_half_life() {
+        let t = signer().issue(
+            TokenScope::Node,
+            "n",
+            now(),
+            Duration::from_secs(30 * 24 * 3600),
+        );
+        let claims = signer()
+            .verify(t.expose(), TokenScope::Node, "n", now())
+            .unwrap();
+        assert_eq!(claims.exp - claims.iat, MAX_TOKEN_TTL.as_secs() as i64);
+        assert!(!claims.needs_refresh(now() + chrono::Duration::hours(11)));
+        assert!(claims.needs_refresh(now() + chrono::Duration::hours(12)));
+        assert!(TokenSigner::new(Secret::new("short"), "a").is_err());
+    }
+}
