@@ -83,6 +83,7 @@ pub mod classify;
 pub mod error;
 pub mod fallback;
 pub mod model;
+pub mod placement;
 pub mod provider;
 pub mod reservation;
 pub mod retry;
@@ -107,6 +108,7 @@ pub use model::{
     NodeLifecycle, NodeStatus, ParseError, Price, ProviderKind, ServerType, TaskId, TaskStatus,
     VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
 };
+pub use placement::{Candidate, DefaultScheduler, best_fit};
 pub use provider::{Provider, ProviderCapabilities};
 pub use reservation::{
     Capacity, Layer, NoSizeFits, RequirementLayers, Reservation, ReservationSources,

@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -28,6 +29,8 @@ pub struct PlacementRequest {
     pub reservation: Reservation,
     /// A node the task asked for, if any.
     pub preferred_node: Option<NodeId>,
+    /// The current time (for warm-node claims), supplied by the caller's clock.
+    pub now: DateTime<Utc>,
 }
 
 /// How an existing node was chosen.
