@@ -405,6 +405,12 @@ pub enum Error {
     /// A store call failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A callback's token was rejected.
+    #[error("unauthorized: {0}")]
+    Unauthorized(crate::token::TokenError),
+    /// A VM agent call failed.
+    #[error(transparent)]
+    NodeAgent(#[from] crate::node_agent::NodeAgentError),
 }
 
 impl From<ProviderError> for Error {
@@ -430,6 +436,8 @@ impl Classify for Error {
             | Self::Plan(_) => ErrorCategory::InvalidConfig,
             Self::Provider(e) => e.category(),
             Self::Store(e) => e.category(),
+            Self::Unauthorized(_) => ErrorCategory::AuthError,
+            Self::NodeAgent(e) => e.category(),
         }
     }
     fn retry_after(&self) -> Option<Duration> {

@@ -80,17 +80,22 @@
 //! ```
 
 pub mod classify;
+pub mod clock;
+pub mod control;
 pub mod error;
 pub mod fallback;
 pub mod model;
+pub mod node_agent;
 pub mod placement;
 pub mod provider;
 pub mod reservation;
 pub mod retry;
+mod runner;
 pub mod scheduler;
 pub mod secret;
 pub mod session;
 pub mod store;
+pub mod sweep;
 pub mod timeout;
 pub mod token;
 
@@ -98,6 +103,12 @@ pub mod token;
 pub mod testkit;
 
 pub use classify::{classify_agent_error, is_agent_crash};
+pub use clock::{Clock, TokioClock};
+pub use control::{
+    BootRenderer, ControlPlane, ControlPlaneConfig, ControlPlaneParts, HeartbeatReply,
+    LayerSettings, NodeMetrics, SessionCallback, SubmitRequest, TaskEvent, TaskEventKind,
+    WorkspaceProfile,
+};
 pub use error::{
     BoxError, Classify, Error, ErrorCategory, MAX_BODY_BYTES, PolicyError, ProviderError, Result,
     StoreError, StoreErrorKind, truncate_body,
@@ -107,6 +118,10 @@ pub use model::{
     Catalog, ExecutionStep, Id, Labels, Location, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId,
     NodeLifecycle, NodeStatus, ParseError, Price, ProviderKind, ServerType, TaskId, TaskStatus,
     VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
+};
+pub use node_agent::{
+    AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,
+    WorkspaceRequest,
 };
 pub use placement::{Candidate, DefaultScheduler, best_fit};
 pub use provider::{Provider, ProviderCapabilities};
@@ -129,9 +144,12 @@ pub use store::{
     TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim,
     WorkspaceRecord, WorkspaceStatus,
 };
+pub use sweep::SweepReport;
 pub use timeout::TimeoutPolicy;
 pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner};
 
+#[cfg(feature = "mock")]
+pub use node_agent::MockNodeAgent;
 #[cfg(feature = "mock")]
 pub use provider::MockProvider;
 #[cfg(feature = "mock")]

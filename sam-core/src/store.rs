@@ -35,6 +35,13 @@ pub struct TaskSpec {
     /// The devcontainer configuration name requested, if any.
     #[serde(default)]
     pub devcontainer: Option<String>,
+    /// A node the task asked to run on, if any.
+    #[serde(default)]
+    pub preferred_node: Option<NodeId>,
+    /// Where each resolved setting came from (`provider`, `size`, `location`, `agent`,
+    /// `workspace_profile`, `devcontainer`).
+    #[serde(default)]
+    pub provenance: std::collections::BTreeMap<String, Layer>,
 }
 
 /// The error a failed task ended with.
@@ -89,6 +96,10 @@ pub struct TaskRecord {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// When the current node's creation started; the provisioning and agent-ready clocks.
     pub provisioning_started_at: Option<DateTime<Utc>>,
+    /// Full passes of the fallback plan that ended without capacity; the exponent of
+    /// the backoff before the next pass.
+    #[serde(default)]
+    pub capacity_passes: u32,
     /// When `execution_step` last changed; the clock of the current wait.
     pub step_started_at: DateTime<Utc>,
     /// The error a failed task ended with.
@@ -151,6 +162,8 @@ pub struct TaskUpdate {
     pub next_wake_at: Option<Option<DateTime<Utc>>>,
     /// When the node's creation started.
     pub provisioning_started_at: Option<Option<DateTime<Utc>>>,
+    /// Full capacity passes so far.
+    pub capacity_passes: Option<u32>,
 }
 
 /// Which tasks to list.

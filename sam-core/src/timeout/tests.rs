@@ -26,6 +26,7 @@ fn derived_policy() -> impl Strategy<Value = TimeoutPolicy> {
                 (warm, life_extra, beat),
             )| {
                 let mut p = TimeoutPolicy {
+                    capacity_wait: Duration::from_secs(300),
                     node_provisioning: prov,
                     agent_ready: ready,
                     workspace_ready: ws,
@@ -50,8 +51,8 @@ proptest! {
     fn every_derived_policy_is_valid(p in derived_policy()) {
         prop_assert_eq!(p.validate(), Ok(()));
         // The sweeps fire strictly after the waits they guard.
-        prop_assert!(p.stuck_queued() > p.agent_ready);
-        prop_assert!(p.stuck_queued() > p.node_provisioning);
+        prop_assert!(p.stuck_queued() > p.capacity_wait + p.agent_ready);
+        prop_assert!(p.stuck_queued() > p.capacity_wait + p.node_provisioning);
         prop_assert!(p.stuck_delegated() > p.workspace_ready);
     }
 
@@ -74,7 +75,7 @@ proptest! {
 fn defaults_are_valid_and_match_sam() {
     let p = TimeoutPolicy::default();
     p.validate().unwrap();
-    assert_eq!(p.stuck_queued(), Duration::from_secs(20 * 60));
+    assert_eq!(p.stuck_queued(), Duration::from_secs(25 * 60));
     assert_eq!(p.stuck_delegated(), Duration::from_secs(31 * 60));
 }
 

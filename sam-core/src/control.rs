@@ -1,0 +1,983 @@
+//! The control plane: submission, callbacks, the durable task runner and its sweeps.
+//!
+//! [`ControlPlane`] is generic over the traits ([`Store`], [`Provider`], [`Scheduler`],
+//! [`NodeAgent`]) and performs no IO of its own. Each task is a state machine
+//! persisted in the store; [`ControlPlane::tick`] leases due tasks and advances each
+//! by one step handler, which reads persisted state, acts idempotently, persists,
+//! and sets the task's next wake-up. Several control planes can share one database:
+//! the lease guarantees a task is never run by two of them at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::clock::Clock;
+use crate::error::{Classify, Error, ErrorCategory};
+use crate::fallback::SizeDescent;
+use crate::model::{
+    ExecutionStep, Location, NodeHealth, NodeId, NodeStatus, ProviderKind, TaskId, TaskStatus,
+    VmSize, WorkspaceId,
+};
+use crate::node_agent::{NodeAgent, SessionReport, WorkspaceReport};
+use crate::provider::Provider;
+use crate::reservation::{Layer, RequirementLayers, ResourceRequirements, resolve_reservation};
+use crate::retry::RetryPolicy;
+use crate::scheduler::Scheduler;
+use crate::secret::{Secret, redact};
+use crate::session::{SessionEvent, StopReason};
+use crate::store::{
+    NodeRecord, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
+    WorkspaceStatus,
+};
+use crate::timeout::TimeoutPolicy;
+use crate::token::{TokenError, TokenScope, TokenSigner};
+
+/// The workspace profile: a full devcontainer, or the lightweight image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceProfile {
+    /// Use the repository's devcontainer configuration when it has one.
+    Full,
+    /// The lightweight image, without a devcontainer.
+    Lightweight,
+}
+
+impl WorkspaceProfile {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Lightweight => "lightweight",
+        }
+    }
+}
+
+/// The settings one layer (task, trigger, skill, agent profile, project, user,
+/// platform) may set; each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSettings {
+    /// VM size.
+    #[serde(default)]
+    pub size: Option<VmSize>,
+    /// Provider.
+    #[serde(default)]
+    pub provider: Option<ProviderKind>,
+    /// Location.
+    #[serde(default)]
+    pub location: Option<Location>,
+    /// Workspace profile.
+    #[serde(default)]
+    pub workspace_profile: Option<WorkspaceProfile>,
+    /// Devcontainer configuration name.
+    #[serde(default)]
+    pub devcontainer: Option<String>,
+    /// Coding agent.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Resource requirements.
+    #[serde(default)]
+    pub requirements: ResourceRequirements,
+}
+
+/// A task to submit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubmitRequest {
+    /// Repository URL or local path.
+    pub repo: String,
+    /// Branch, if any.
+    pub branch: Option<String>,
+    /// The prompt.
+    pub prompt: String,
+    /// Settings by layer; the platform layer comes from [`ControlPlaneConfig::platform`]
+    /// and is ignored here.
+    pub layers: BTreeMap<Layer, LayerSettings>,
+    /// A node to run on, if the caller wants one.
+    pub preferred_node: Option<NodeId>,
+}
+
+/// How the control plane behaves; plain data, checked by [`ControlPlane::new`].
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// This process's name in leases and status events; unique per process.
+    pub driver_id: String,
+    /// The platform layer: defaults for every setting.
+    pub platform: LayerSettings,
+    /// Every wait's timeout.
+    pub timeouts: TimeoutPolicy,
+    /// Backoff between capacity passes; its budget is `timeouts.capacity_wait`.
+    pub capacity_retry: RetryPolicy,
+    /// Whether default-derived sizes may step down.
+    pub descent: SizeDescent,
+    /// How long a lease on a task lasts.
+    pub lease: Duration,
+    /// How soon to look again at a task waiting on something outside (a booting VM).
+    pub poll_interval: Duration,
+    /// Tasks advanced at once by one [`ControlPlane::tick`].
+    pub max_concurrent: usize,
+    /// Lifetime of issued node and workspace tokens.
+    pub token_ttl: Duration,
+    /// Agents a task may name.
+    pub agents: Vec<String>,
+    /// Provider VMs with the managed label and no live node are deleted once older than this.
+    pub orphan_min_age: Duration,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults around a driver id and the platform's provider: medium size, the
+    /// lightweight profile unless a devcontainer is named, the `demo` agent, SAM's
+    /// timeouts, leases of 30 s, polls every 2 s, 16 tasks at once, tokens for 8 h.
+    pub fn new(driver_id: impl Into<String>, provider: ProviderKind) -> Self {
+        Self {
+            driver_id: driver_id.into(),
+            platform: LayerSettings {
+                size: Some(VmSize::Medium),
+                provider: Some(provider),
+                agent: Some("demo".to_owned()),
+                workspace_profile: Some(WorkspaceProfile::Full),
+                ..LayerSettings::default()
+            },
+            timeouts: TimeoutPolicy::default(),
+            capacity_retry: RetryPolicy::capacity(),
+            descent: SizeDescent::Allowed,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            max_concurrent: 16,
+            token_ttl: Duration::from_secs(8 * 3600),
+            agents: ["demo", "claude", "codex", "gemini", "opencode"]
+                .map(str::to_owned)
+                .to_vec(),
+            orphan_min_age: Duration::from_secs(600),
+        }
+    }
+
+    /// The capacity retry policy with its budget taken from the timeout policy, so
+    /// the sweep and the backoff can never disagree.
+    pub(crate) fn capacity_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            budget: self.timeouts.capacity_wait,
+            ..self.capacity_retry
+        }
+    }
+}
+
+/// Renders a node's boot script (cloud-init user data) from its record and token.
+///
+/// `sam-core` does no templating; `sam-cloudinit` provides the real renderer.
+pub trait BootRenderer: Send + Sync + fmt::Debug {
+    /// The user data for `node`, which will hold only `token`.
+    ///
+    /// # Errors
+    /// `invalid_config` when the node cannot be booted with this configuration.
+    fn user_data(&self, node: &NodeRecord, token: &Secret) -> Result<String, Error>;
+}
+
+/// The trait objects a control plane drives.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneParts {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Providers by kind.
+    pub providers: Vec<Arc<dyn Provider>>,
+    /// Placement.
+    pub scheduler: Arc<dyn Scheduler>,
+    /// The client for VM agents.
+    pub node_agent: Arc<dyn NodeAgent>,
+    /// Boot scripts.
+    pub boot: Arc<dyn BootRenderer>,
+    /// Token signing.
+    pub signer: TokenSigner,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What happened to a task, for live displays (the CLI's progress, server-sent events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// The task.
+    pub task_id: TaskId,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub kind: TaskEventKind,
+}
+
+/// The kinds of [`TaskEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TaskEventKind {
+    /// The task entered a step.
+    Step {
+        /// The step.
+        step: ExecutionStep,
+        /// Its label.
+        label: String,
+    },
+    /// The task's status changed.
+    Status {
+        /// The new status.
+        status: TaskStatus,
+        /// The error, for `failed`.
+        error: Option<TaskError>,
+    },
+    /// A smaller size than requested was provisioned.
+    Downgraded {
+        /// Requested.
+        requested: VmSize,
+        /// Provisioned.
+        provisioned: VmSize,
+    },
+    /// A provisioning attempt failed for capacity.
+    CapacityUnavailable {
+        /// The size tried.
+        size: VmSize,
+        /// The location tried.
+        location: Location,
+    },
+    /// An event from the agent session.
+    Session {
+        /// The event.
+        event: SessionEvent,
+    },
+    /// The agent's last message when its turn ended.
+    LastMessage {
+        /// The message, redacted.
+        text: String,
+    },
+}
+
+/// The reply to a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatReply {
+    /// A fresh node token when the current one is past half its life.
+    pub refreshed_token: Option<Secret>,
+}
+
+/// Resource metrics a heartbeat carries.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    /// One-minute load average.
+    pub cpu_load_avg1: f64,
+    /// Memory used, percent.
+    pub memory_percent: f64,
+    /// Root disk used, percent.
+    pub disk_percent: f64,
+}
+
+/// The control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) providers: HashMap<ProviderKind, Arc<dyn Provider>>,
+    pub(crate) scheduler: Arc<dyn Scheduler>,
+    pub(crate) node_agent: Arc<dyn NodeAgent>,
+    pub(crate) boot: Arc<dyn BootRenderer>,
+    pub(crate) signer: TokenSigner,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: ControlPlaneConfig,
+    pub(crate) events: broadcast::Sender<TaskEvent>,
+}
+
+/// A random 64-bit value from the standard library's per-process random keys.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidInput {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The value of one setting and the layer it came from.
+fn pick<T: Clone>(
+    layers: &BTreeMap<Layer, LayerSettings>,
+    platform: &LayerSettings,
+    field: impl Fn(&LayerSettings) -> Option<T>,
+) -> Option<(T, Layer)> {
+    Layer::ALL
+        .iter()
+        .filter(|l| **l != Layer::Platform)
+        .find_map(|l| layers.get(l).and_then(&field).map(|v| (v, *l)))
+        .or_else(|| field(platform).map(|v| (v, Layer::Platform)))
+}
+
+impl ControlPlane {
+    /// Builds a control plane from its parts and configuration.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] for contradictory timeouts or retry values; [`Error::InvalidInput`]
+    /// when the platform provider is not among the parts or a value is out of range.
+    pub fn new(parts: ControlPlaneParts, config: ControlPlaneConfig) -> Result<Self, Error> {
+        config.timeouts.validate()?;
+        config.capacity_policy().validate()?;
+        if config.max_concurrent == 0 {
+            return Err(invalid("max_concurrent", "must be at least 1"));
+        }
+        if config.lease.is_zero() || config.poll_interval.is_zero() {
+            return Err(invalid(
+                "lease",
+                "lease and poll interval must be greater than zero",
+            ));
+        }
+        if config.driver_id.is_empty() {
+            return Err(invalid("driver_id", "must not be empty"));
+        }
+        let providers: HashMap<ProviderKind, Arc<dyn Provider>> =
+            parts.providers.into_iter().map(|p| (p.kind(), p)).collect();
+        if let Some(p) = config.platform.provider
+            && !providers.contains_key(&p)
+        {
+            return Err(invalid(
+                "platform.provider",
+                format!("{p} is the default provider but is not configured"),
+            ));
+        }
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            store: parts.store,
+            providers,
+            scheduler: parts.scheduler,
+            node_agent: parts.node_agent,
+            boot: parts.boot,
+            signer: parts.signer,
+            clock: parts.clock,
+            config,
+            events,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControlPlaneConfig {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Subscribes to task events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, task_id: &TaskId, kind: TaskEventKind) {
+        // Nobody listening is fine: events are for live displays, the store is the record.
+        let _ = self.events.send(TaskEvent {
+            task_id: task_id.clone(),
+            at: self.clock.now(),
+            kind,
+        });
+    }
+
+    pub(crate) fn provider(&self, kind: ProviderKind) -> Result<&Arc<dyn Provider>, Error> {
+        self.providers
+            .get(&kind)
+            .ok_or_else(|| invalid("provider", format!("{kind} is not configured")))
+    }
+
+    /// Validates and persists a task; returns its id. Every setting is resolved
+    /// through the layers and its source recorded; so is the reservation.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (and other `invalid_config` errors) for a request that
+    /// can never run: empty repo or prompt, unknown provider or agent, a named
+    /// devcontainer with the lightweight profile, requirements no size can meet, an
+    /// explicit size too small for them. Store failures as classified.
+    pub async fn submit(&self, request: &SubmitRequest) -> Result<TaskId, Error> {
+        if request.repo.trim().is_empty() {
+            return Err(invalid("repo", "must not be empty"));
+        }
+        if request.prompt.trim().is_empty() {
+            return Err(invalid("prompt", "must not be empty"));
+        }
+        let platform = &self.config.platform;
+        let layers = &request.layers;
+        let (provider, provider_source) = pick(layers, platform, |l| l.provider)
+            .ok_or_else(|| invalid("provider", "no layer names a provider"))?;
+        let provider_impl = self.provider(provider)?;
+        let (size, size_source) =
+            pick(layers, platform, |l| l.size).unwrap_or((VmSize::Medium, Layer::Platform));
+        let location = pick(layers, platform, |l| l.location.clone());
+        let (agent, agent_source) = pick(layers, platform, |l| l.agent.clone())
+            .ok_or_else(|| invalid("agent", "no layer names an agent"))?;
+        if !self.config.agents.iter().any(|a| a == &agent) {
+            return Err(invalid(
+                "agent",
+                format!(
+                    "unknown agent {agent:?}; expected one of {}",
+                    self.config.agents.join(", ")
+                ),
+            ));
+        }
+        let devcontainer = pick(layers, platform, |l| l.devcontainer.clone());
+        let profile = pick(layers, platform, |l| l.workspace_profile);
+        if let (Some((name, _)), Some((WorkspaceProfile::Lightweight, source))) =
+            (&devcontainer, &profile)
+        {
+            return Err(invalid(
+                "devcontainer",
+                format!(
+                    "devcontainer {name:?} is named but the workspace profile (from {source}) is lightweight, which uses no devcontainer"
+                ),
+            ));
+        }
+
+        let mut requirements = RequirementLayers::default();
+        for layer in Layer::ALL {
+            let settings = if layer == Layer::Platform {
+                Some(platform)
+            } else {
+                layers.get(&layer)
+            };
+            if let Some(s) = settings {
+                *requirements.layer_mut(layer) = s.requirements.clone();
+            }
+        }
+        let reservation = resolve_reservation(&requirements)?;
+        let catalog = provider_impl.catalog();
+        crate::reservation::smallest_size(catalog, &reservation)?;
+        let (location, location_source) = match location {
+            Some((l, s)) => (Some(l), s),
+            None => (catalog.default_location.clone(), Layer::Platform),
+        };
+        // Build the plan once now, so an impossible request fails at submission.
+        crate::fallback::FallbackPlan::new(&crate::fallback::PlanRequest {
+            catalog,
+            size,
+            size_source,
+            location: location.clone(),
+            location_source,
+            reservation: &reservation,
+            descent: self.config.descent,
+        })?;
+
+        let mut provenance = BTreeMap::new();
+        provenance.insert("provider".to_owned(), provider_source);
+        provenance.insert("size".to_owned(), size_source);
+        provenance.insert("location".to_owned(), location_source);
+        provenance.insert("agent".to_owned(), agent_source);
+        if let Some((_, s)) = &devcontainer {
+            provenance.insert("devcontainer".to_owned(), *s);
+        }
+        if let Some((_, s)) = &profile {
+            provenance.insert("workspace_profile".to_owned(), *s);
+        }
+
+        let now = self.clock.now();
+        let id = TaskId::new(format!("t-{:016x}", random_u64()))?;
+        let task = TaskRecord {
+            id: id.clone(),
+            status: TaskStatus::Queued,
+            execution_step: ExecutionStep::NodeSelection,
+            spec: TaskSpec {
+                repo: request.repo.clone(),
+                branch: request.branch.clone(),
+                prompt: request.prompt.clone(),
+                agent,
+                workspace_profile: profile.map(|(p, _)| p.as_str().to_owned()),
+                devcontainer: devcontainer.map(|(d, _)| d),
+                preferred_node: request.preferred_node.clone(),
+                provenance,
+            },
+            provider,
+            requested_size: size,
+            size_source,
+            requested_location: location,
+            location_source,
+            requirements,
+            reservation,
+            placement: None,
+            provisioned_node_id: None,
+            provisioned_size: None,
+            provisioned_location: None,
+            workspace_id: None,
+            next_wake_at: Some(now),
+            lease_owner: None,
+            lease_expires_at: None,
+            provisioning_started_at: None,
+            capacity_passes: 0,
+            step_started_at: now,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create_task(&task).await?;
+        self.emit(
+            &id,
+            TaskEventKind::Status {
+                status: TaskStatus::Queued,
+                error: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Reads a task.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn get(&self, id: &TaskId) -> Result<Option<TaskRecord>, Error> {
+        Ok(self.store.get_task(id).await?)
+    }
+
+    /// Lists tasks.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+        Ok(self.store.list_tasks(filter).await?)
+    }
+
+    /// Cancels a task and releases everything it claimed. Cancelling a finished task
+    /// changes nothing and returns `false`.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown task; store failures.
+    pub async fn cancel(&self, id: &TaskId, actor: &str) -> Result<bool, Error> {
+        let task = self.require_task(id).await?;
+        if task.status.is_terminal() {
+            return Ok(false);
+        }
+        if let (Some(node_id), Some(ws)) = (&task.provisioned_node_id, &task.workspace_id)
+            && task.status == TaskStatus::InProgress
+            && let Some(node) = self.store.get_node(node_id).await?
+            && let Err(e) = self.node_agent.cancel_session(&node, ws).await
+        {
+            tracing::warn!(task = %id, error = %e, "could not cancel the agent session");
+        }
+        let done = self
+            .finish(
+                &task,
+                TaskStatus::Cancelled,
+                None,
+                actor,
+                "cancelled by the user",
+            )
+            .await?;
+        Ok(done)
+    }
+
+    pub(crate) async fn require_task(&self, id: &TaskId) -> Result<TaskRecord, Error> {
+        self.store.get_task(id).await?.ok_or_else(|| {
+            Error::Store(crate::error::StoreError::new(
+                crate::error::StoreErrorKind::NotFound,
+                format!("task {id} does not exist"),
+            ))
+        })
+    }
+
+    /// Moves a live task to a terminal status and releases what it claimed.
+    /// Returns `false` when another actor finished it first.
+    pub(crate) async fn finish(
+        &self,
+        task: &TaskRecord,
+        to: TaskStatus,
+        error: Option<TaskError>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<bool, Error> {
+        let mut current = task.clone();
+        loop {
+            if current.status.is_terminal() {
+                return Ok(false);
+            }
+            let applied = self
+                .store
+                .transition_task(
+                    &current.id,
+                    &Transition {
+                        from: current.status,
+                        to,
+                        actor: actor.to_owned(),
+                        reason: Some(redact(reason).into_owned()),
+                        error: error.clone(),
+                        at: self.clock.now(),
+                    },
+                )
+                .await?;
+            if applied {
+                break;
+            }
+            current = self.require_task(&task.id).await?;
+        }
+        self.store
+            .update_task(
+                &task.id,
+                &TaskUpdate {
+                    next_wake_at: Some(None),
+                    ..TaskUpdate::default()
+                },
+                self.clock.now(),
+            )
+            .await?;
+        self.emit(&task.id, TaskEventKind::Status { status: to, error });
+        self.release(&current).await;
+        Ok(true)
+    }
+
+    /// Releases what a finished task held: stops its workspace, returns a healthy node
+    /// to the warm pool, destroys a node it created that never became ready.
+    /// Failures are logged; the sweeps finish what this could not.
+    pub(crate) async fn release(&self, task: &TaskRecord) {
+        let Some(node_id) = &task.provisioned_node_id else {
+            return;
+        };
+        let node = match self.store.get_node(node_id).await {
+            Ok(Some(node)) => node,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, "could not read the task's node");
+                return;
+            }
+        };
+        let now = self.clock.now();
+        if let Some(ws) = &task.workspace_id {
+            if let Err(e) = self.node_agent.stop_workspace(&node, ws).await {
+                tracing::warn!(task = %task.id, error = %e, "could not stop the workspace");
+            }
+            if let Err(e) = self
+                .store
+                .update_workspace(ws, WorkspaceStatus::Stopped, None, now)
+                .await
+                && e.category() != ErrorCategory::NotFound
+            {
+                tracing::warn!(task = %task.id, error = %e, "could not free the workspace slot");
+            }
+        }
+        let ever_ready = node.ready_at.is_some() && node.health == NodeHealth::Healthy;
+        if ever_ready {
+            if let Err(e) = self.store.release_node_to_warm(node_id, now).await {
+                tracing::warn!(node = %node_id, error = %e, "could not return the node to the warm pool");
+            }
+        } else if node.created_for.as_ref() == Some(&task.id) {
+            self.destroy_node(&node).await;
+        }
+    }
+
+    /// Deletes a node's VM (idempotent at the provider) and marks the row deleted.
+    pub(crate) async fn destroy_node(&self, node: &NodeRecord) {
+        if let Some(vm) = &node.vm_id {
+            match self.provider(node.provider) {
+                Ok(provider) => {
+                    if let Err(e) = provider.delete_vm(vm).await {
+                        tracing::warn!(node = %node.id, error = %e, "could not delete the VM; the orphan sweep will retry");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.id, error = %e, "no provider for the node");
+                    return;
+                }
+            }
+        }
+        let mut gone = node.clone();
+        gone.status = NodeStatus::Deleted;
+        gone.lifecycle = crate::model::NodeLifecycle::Destroying;
+        gone.updated_at = self.clock.now();
+        if let Err(e) = self.store.put_node(&gone).await {
+            tracing::warn!(node = %node.id, error = %e, "could not mark the node deleted");
+        }
+    }
+
+    fn verify(&self, token: &str, scope: TokenScope, subject: &str) -> Result<(), Error> {
+        self.signer
+            .verify(token, scope, subject, self.clock.now())
+            .map(|_| ())
+            .map_err(|e: TokenError| Error::Unauthorized(e))
+    }
+
+    /// Issues the node-scoped token a node boots with.
+    pub fn issue_node_token(&self, node: &NodeId) -> Secret {
+        self.signer.issue(
+            TokenScope::Node,
+            node.as_str(),
+            self.clock.now(),
+            self.config.token_ttl,
+        )
+    }
+
+    /// Issues a workspace-scoped token.
+    pub fn issue_workspace_token(&self, workspace: &WorkspaceId) -> Secret {
+        self.signer.issue(
+            TokenScope::Workspace,
+            workspace.as_str(),
+            self.clock.now(),
+            self.config.token_ttl,
+        )
+    }
+
+    async fn wake_tasks_on(&self, node: &NodeId) -> Result<(), Error> {
+        let now = self.clock.now();
+        let tasks = self
+            .store
+            .list_tasks(&TaskFilter {
+                statuses: vec![
+                    TaskStatus::Queued,
+                    TaskStatus::Delegated,
+                    TaskStatus::InProgress,
+                ],
+                node: Some(node.clone()),
+                ..TaskFilter::default()
+            })
+            .await?;
+        for task in tasks {
+            self.store
+                .update_task(
+                    &task.id,
+                    &TaskUpdate {
+                        next_wake_at: Some(Some(now)),
+                        ..TaskUpdate::default()
+                    },
+                    now,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Callback: the VM agent on `node` is up.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this node's; `not_found` for an
+    /// unknown node; store failures.
+    pub async fn node_ready(&self, token: &str, node: &NodeId, version: &str) -> Result<(), Error> {
+        self.verify(token, TokenScope::Node, node.as_str())?;
+        let mut record = self.require_node(node).await?;
+        let now = self.clock.now();
+        record.status = NodeStatus::Running;
+        record.health = NodeHealth::Healthy;
+        record.ready_at.get_or_insert(now);
+        record.last_heartbeat_at = Some(now);
+        record.agent_version = Some(version.chars().take(64).collect());
+        record.updated_at = now;
+        self.store.put_node(&record).await?;
+        self.wake_tasks_on(node).await
+    }
+
+    async fn require_node(&self, node: &NodeId) -> Result<NodeRecord, Error> {
+        self.store.get_node(node).await?.ok_or_else(|| {
+            Error::Store(crate::error::StoreError::new(
+                crate::error::StoreErrorKind::NotFound,
+                format!("node {node} does not exist"),
+            ))
+        })
+    }
+
+    /// Callback: a heartbeat with metrics. Returns a fresh token past half-life.
+    ///
+    /// # Errors
+    /// As [`ControlPlane::node_ready`].
+    pub async fn heartbeat(
+        &self,
+        token: &str,
+        node: &NodeId,
+        metrics: &NodeMetrics,
+    ) -> Result<HeartbeatReply, Error> {
+        let claims = self
+            .signer
+            .verify(token, TokenScope::Node, node.as_str(), self.clock.now())
+            .map_err(Error::Unauthorized)?;
+        let mut record = self.require_node(node).await?;
+        let now = self.clock.now();
+        record.last_heartbeat_at = Some(now);
+        if record.health == NodeHealth::Stale {
+            record.health = NodeHealth::Healthy;
+        }
+        record.updated_at = now;
+        self.store.put_node(&record).await?;
+        tracing::debug!(node = %node, load = metrics.cpu_load_avg1, memory = metrics.memory_percent, disk = metrics.disk_percent, "heartbeat");
+        Ok(HeartbeatReply {
+            refreshed_token: claims
+                .needs_refresh(now)
+                .then(|| self.issue_node_token(node)),
+        })
+    }
+
+    /// Callback: a workspace is ready (or failed).
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this workspace's; `not_found`;
+    /// store failures.
+    pub async fn workspace_ready(
+        &self,
+        token: &str,
+        workspace: &WorkspaceId,
+        report: &WorkspaceReport,
+    ) -> Result<(), Error> {
+        self.verify(token, TokenScope::Workspace, workspace.as_str())?;
+        let record = self.store.get_workspace(workspace).await?.ok_or_else(|| {
+            Error::Store(crate::error::StoreError::new(
+                crate::error::StoreErrorKind::NotFound,
+                format!("workspace {workspace} does not exist"),
+            ))
+        })?;
+        self.apply_workspace_report(&record.task_id, workspace, report)
+            .await
+    }
+
+    pub(crate) async fn apply_workspace_report(
+        &self,
+        task_id: &TaskId,
+        workspace: &WorkspaceId,
+        report: &WorkspaceReport,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        match report {
+            WorkspaceReport::Preparing => Ok(()),
+            WorkspaceReport::Ready {
+                effective_profile,
+                recovery,
+            } => {
+                let status = if *recovery {
+                    WorkspaceStatus::Recovery
+                } else {
+                    WorkspaceStatus::Running
+                };
+                self.store
+                    .update_workspace(workspace, status, Some(effective_profile.clone()), now)
+                    .await?;
+                self.store
+                    .update_task(
+                        task_id,
+                        &TaskUpdate {
+                            next_wake_at: Some(Some(now)),
+                            ..TaskUpdate::default()
+                        },
+                        now,
+                    )
+                    .await?;
+                Ok(())
+            }
+            WorkspaceReport::Failed { error } => {
+                let task = self.require_task(task_id).await?;
+                self.finish(
+                    &task,
+                    TaskStatus::Failed,
+                    Some(error.clone()),
+                    "node-agent",
+                    "the workspace failed",
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Callback: something happened in a workspace's agent session.
+    ///
+    /// # Errors
+    /// As [`ControlPlane::workspace_ready`].
+    pub async fn session_event(
+        &self,
+        token: &str,
+        workspace: &WorkspaceId,
+        report: &SessionCallback,
+    ) -> Result<(), Error> {
+        self.verify(token, TokenScope::Workspace, workspace.as_str())?;
+        let record = self.store.get_workspace(workspace).await?.ok_or_else(|| {
+            Error::Store(crate::error::StoreError::new(
+                crate::error::StoreErrorKind::NotFound,
+                format!("workspace {workspace} does not exist"),
+            ))
+        })?;
+        match report {
+            SessionCallback::Event(event) => {
+                self.emit(
+                    &record.task_id,
+                    TaskEventKind::Session {
+                        event: event.clone(),
+                    },
+                );
+                Ok(())
+            }
+            SessionCallback::Report(report) => {
+                let task = self.require_task(&record.task_id).await?;
+                self.apply_session_report(&task, report).await
+            }
+        }
+    }
+
+    pub(crate) async fn apply_session_report(
+        &self,
+        task: &TaskRecord,
+        report: &SessionReport,
+    ) -> Result<(), Error> {
+        match report {
+            SessionReport::Running => Ok(()),
+            SessionReport::Stopped {
+                reason,
+                last_message,
+            } => {
+                if let Some(text) = last_message {
+                    self.emit(
+                        &task.id,
+                        TaskEventKind::LastMessage {
+                            text: redact(text).into_owned(),
+                        },
+                    );
+                }
+                let to = reason.outcome();
+                let error = (to == TaskStatus::Failed).then(|| TaskError {
+                    category: ErrorCategory::InvalidConfig,
+                    message: stop_message(*reason),
+                });
+                self.finish(
+                    task,
+                    to,
+                    error,
+                    "node-agent",
+                    &format!("the agent stopped: {reason:?}"),
+                )
+                .await?;
+                Ok(())
+            }
+            SessionReport::Failed { error } => {
+                self.finish(
+                    task,
+                    TaskStatus::Failed,
+                    Some(error.clone()),
+                    "node-agent",
+                    "the agent session failed",
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn stop_message(reason: StopReason) -> String {
+    match reason {
+        StopReason::MaxTokens => "The agent ran out of output tokens before finishing.".to_owned(),
+        StopReason::MaxTurnRequests => {
+            "The agent hit its limit of model requests in one turn.".to_owned()
+        }
+        StopReason::Refusal => "The model refused to continue.".to_owned(),
+        StopReason::EndTurn | StopReason::Cancelled => String::new(),
+    }
+}
+
+/// What a VM agent reports about a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SessionCallback {
+    /// Progress, retries, crashes: shown, not acted on.
+    Event(SessionEvent),
+    /// A state change that may end the task.
+    Report(SessionReport),
+}

@@ -1,0 +1,826 @@
+//! The task runner: one step handler per [`ExecutionStep`], driven by leases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use crate::control::{ControlPlane, TaskEventKind, random_u64};
+use crate::error::{Classify, Error, ErrorCategory, ProviderError};
+use crate::fallback::{FallbackPlan, PlanRequest};
+use crate::model::{
+    ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskStatus, VmSpec,
+    VmState, WorkspaceId,
+};
+use crate::node_agent::{SessionReport, SessionRequest, WorkspaceReport, WorkspaceRequest};
+use crate::provider::Provider;
+use crate::reservation::Capacity;
+use crate::scheduler::{Placement, PlacementRequest};
+use crate::store::{
+    LeaseRequest, NodeRecord, SlotOutcome, TaskError, TaskRecord, TaskUpdate, Transition,
+    WorkspaceRecord, WorkspaceStatus,
+};
+
+/// When a handler wants the task looked at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// At this time.
+    At(DateTime<Utc>),
+    /// Never: the task is finished.
+    Done,
+}
+
+fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (now - since).to_std().unwrap_or_default()
+}
+
+/// Minutes, for messages ("within 15 minutes").
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 120 && secs.is_multiple_of(60) {
+        format!("{} minutes", secs / 60)
+    } else {
+        format!("{secs} seconds")
+    }
+}
+
+impl ControlPlane {
+    /// Leases the tasks that are due and advances each by one step, at most
+    /// `max_concurrent` at once. Returns how many tasks it advanced.
+    ///
+    /// # Errors
+    /// Store failures while leasing; failures inside a task are handled per task.
+    pub async fn tick(&self) -> Result<usize, Error> {
+        let now = self.clock.now();
+        let tasks = self
+            .store
+            .claim_due_tasks(&LeaseRequest {
+                owner: self.config.driver_id.clone(),
+                now,
+                lease: self.config.lease,
+                limit: self.config.max_concurrent,
+            })
+            .await?;
+        let count = tasks.len();
+        futures::stream::iter(tasks)
+            .for_each_concurrent(self.config.max_concurrent, |task| self.drive(task))
+            .await;
+        Ok(count)
+    }
+
+    /// Runs ticks and sweeps until `shutdown` resolves. A tick that found work is
+    /// followed at once by another; otherwise the loop waits `poll_interval`.
+    /// Leases left behind at shutdown expire, so another process resumes the tasks.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut last_sweep: Option<DateTime<Utc>> = None;
+        loop {
+            let now = self.clock.now();
+            if last_sweep.is_none_or(|t| elapsed(t, now) >= self.config.poll_interval * 15) {
+                if let Err(e) = self.sweep().await {
+                    tracing::warn!(error = %e, "sweep failed; it runs again later");
+                }
+                last_sweep = Some(now);
+            }
+            let worked = match self.tick().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not lease tasks");
+                    false
+                }
+            };
+            let pause = if worked {
+                Duration::ZERO
+            } else {
+                self.config.poll_interval
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn drive(&self, task: TaskRecord) {
+        let id = task.id.clone();
+        let next = match self.advance(&task).await {
+            Ok(next) => next,
+            Err(e) if e.category().is_retryable() || matches!(e, Error::Store(_)) => {
+                tracing::warn!(task = %id, error = %e, "step failed; retrying later");
+                Next::At(after(self.clock.now(), self.config.poll_interval))
+            }
+            Err(e) => {
+                let message = e.to_string();
+                match self.fail(&task, e.category(), &message).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::warn!(task = %id, error = %e, "could not record the failure");
+                        Next::At(after(self.clock.now(), self.config.poll_interval))
+                    }
+                }
+            }
+        };
+        let now = self.clock.now();
+        if let Next::At(at) = next {
+            let update = TaskUpdate {
+                next_wake_at: Some(Some(at)),
+                ..TaskUpdate::default()
+            };
+            if let Err(e) = self.store.update_task(&id, &update, now).await {
+                tracing::warn!(task = %id, error = %e, "could not schedule the next wake-up");
+            }
+        }
+        if let Err(e) = self.store.release_lease(&id, &self.config.driver_id).await {
+            tracing::warn!(task = %id, error = %e, "could not release the lease; it will expire");
+        }
+    }
+
+    /// One step handler for the task's current state.
+    pub(crate) async fn advance(&self, task: &TaskRecord) -> Result<Next, Error> {
+        if task.status.is_terminal() {
+            return Ok(Next::Done);
+        }
+        match task.execution_step {
+            ExecutionStep::NodeSelection => self.select_node(task).await,
+            ExecutionStep::NodeProvisioning | ExecutionStep::WaitingForCapacity => {
+                self.provision(task).await
+            }
+            ExecutionStep::NodeAgentReady => self.await_agent_ready(task).await,
+            ExecutionStep::WorkspaceCreation => self.create_workspace(task).await,
+            ExecutionStep::WorkspaceReady => self.await_workspace(task).await,
+            ExecutionStep::AgentSession => self.start_session(task).await,
+            ExecutionStep::Running => self.probe_session(task).await,
+        }
+    }
+
+    pub(crate) async fn set_step(
+        &self,
+        task: &TaskRecord,
+        step: ExecutionStep,
+    ) -> Result<(), Error> {
+        let changed = self
+            .store
+            .set_execution_step(&task.id, step, self.clock.now())
+            .await?;
+        if changed {
+            self.emit(
+                &task.id,
+                TaskEventKind::Step {
+                    step,
+                    label: step.label().to_owned(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn update(&self, task: &TaskRecord, update: TaskUpdate) -> Result<(), Error> {
+        Ok(self
+            .store
+            .update_task(&task.id, &update, self.clock.now())
+            .await?)
+    }
+
+    /// Fails a task with a category and a message, releasing what it held.
+    pub(crate) async fn fail(
+        &self,
+        task: &TaskRecord,
+        category: ErrorCategory,
+        message: &str,
+    ) -> Result<Next, Error> {
+        let error = TaskError {
+            category,
+            message: crate::secret::redact(message).into_owned(),
+        };
+        self.finish(
+            task,
+            TaskStatus::Failed,
+            Some(error),
+            &self.config.driver_id,
+            message,
+        )
+        .await?;
+        Ok(Next::Done)
+    }
+
+    fn poll(&self) -> Next {
+        Next::At(after(self.clock.now(), self.config.poll_interval))
+    }
+
+    async fn select_node(&self, task: &TaskRecord) -> Result<Next, Error> {
+        let decision = self
+            .scheduler
+            .place(&PlacementRequest {
+                task_id: task.id.clone(),
+                provider: task.provider,
+                size: task.requested_size,
+                size_source: task.size_source,
+                location: task.requested_location.clone(),
+                location_source: task.location_source,
+                reservation: task.reservation,
+                preferred_node: task.spec.preferred_node.clone(),
+                now: self.clock.now(),
+            })
+            .await;
+        let decision = match decision {
+            Ok(d) => d,
+            Err(e) if e.category() == ErrorCategory::InvalidConfig => {
+                return self.fail(task, e.category(), &e.to_string()).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let (node, step) = match &decision.placement {
+            Placement::Node { node_id, .. } => (
+                Some(Some(node_id.clone())),
+                ExecutionStep::WorkspaceCreation,
+            ),
+            Placement::Provision { .. } => (None, ExecutionStep::NodeProvisioning),
+        };
+        self.update(
+            task,
+            TaskUpdate {
+                placement: Some(Some(decision.explanation)),
+                provisioned_node_id: node,
+                ..TaskUpdate::default()
+            },
+        )
+        .await?;
+        self.set_step(task, step).await?;
+        Ok(Next::At(self.clock.now()))
+    }
+
+    fn plan(&self, task: &TaskRecord, provider: &dyn Provider) -> Result<FallbackPlan, Error> {
+        Ok(FallbackPlan::new(&PlanRequest {
+            catalog: provider.catalog(),
+            size: task.requested_size,
+            size_source: task.size_source,
+            location: task.requested_location.clone(),
+            location_source: task.location_source,
+            reservation: &task.reservation,
+            descent: self.config.descent,
+        })?)
+    }
+
+    async fn provision(&self, task: &TaskRecord) -> Result<Next, Error> {
+        let provider = Arc::clone(self.provider(task.provider)?);
+        // Adopt the node recorded for this task; a row deleted after a capacity
+        // failure is gone, so it is never adopted.
+        if let Some(node_id) = &task.provisioned_node_id
+            && let Some(node) = self.store.get_node(node_id).await?
+            && node.status != NodeStatus::Deleted
+        {
+            return self.continue_node(task, node, provider.as_ref()).await;
+        }
+        let plan = self.plan(task, provider.as_ref())?;
+        self.set_step(task, ExecutionStep::NodeProvisioning).await?;
+        self.walk_plan(task, &plan, 0, provider.as_ref()).await
+    }
+
+    /// Tries the plan's attempts from `start`, each recorded before its provider call.
+    async fn walk_plan(
+        &self,
+        task: &TaskRecord,
+        plan: &FallbackPlan,
+        start: usize,
+        provider: &dyn Provider,
+    ) -> Result<Next, Error> {
+        for index in start..plan.attempts().len() {
+            let attempt = &plan.attempts()[index];
+            let server_type = provider
+                .catalog()
+                .server_type_named(&attempt.server_type)
+                .ok_or_else(|| Error::InvalidInput {
+                    field: "server_type",
+                    reason: format!("{} is not in the catalog", attempt.server_type),
+                })?;
+            let now = self.clock.now();
+            let id = NodeId::new(format!("n-{:012x}", random_u64() >> 16))?;
+            let node = NodeRecord {
+                labels: Labels::for_node(&id),
+                id,
+                provider: provider.kind(),
+                vm_id: None,
+                size: attempt.size,
+                server_type: attempt.server_type.clone(),
+                location: attempt.location.clone(),
+                capacity: Capacity::of(server_type),
+                status: NodeStatus::Creating,
+                lifecycle: NodeLifecycle::Active,
+                warm_since: None,
+                health: NodeHealth::Unhealthy,
+                last_heartbeat_at: None,
+                agent_version: None,
+                ready_at: None,
+                created_for: Some(task.id.clone()),
+                created_at: now,
+                updated_at: now,
+            };
+            // Record the truth before the paid call: a runner that dies after the
+            // create finds this row and adopts the VM by its label.
+            self.store.put_node(&node).await?;
+            self.update(
+                task,
+                TaskUpdate {
+                    provisioned_node_id: Some(Some(node.id.clone())),
+                    provisioned_size: Some(Some(attempt.size)),
+                    provisioned_location: Some(Some(attempt.location.clone())),
+                    provisioning_started_at: Some(Some(now)),
+                    next_wake_at: Some(Some(after(now, self.config.lease))),
+                    ..TaskUpdate::default()
+                },
+            )
+            .await?;
+            match self.create_vm(task, &node, provider).await {
+                Ok(next) => return Ok(next),
+                Err(e) if e.category() == ErrorCategory::TransientCapacity => {
+                    self.emit(
+                        &task.id,
+                        TaskEventKind::CapacityUnavailable {
+                            size: attempt.size,
+                            location: attempt.location.clone(),
+                        },
+                    );
+                    tracing::info!(task = %task.id, size = %attempt.size, location = %attempt.location, "no capacity; trying the next entry");
+                    self.store.delete_node(&node.id).await?;
+                    self.update(
+                        task,
+                        TaskUpdate {
+                            provisioned_node_id: Some(None),
+                            provisioned_size: Some(None),
+                            provisioned_location: Some(None),
+                            ..TaskUpdate::default()
+                        },
+                    )
+                    .await?;
+                }
+                Err(e) => return self.create_failed(task, &node, e).await,
+            }
+        }
+        // A full pass without capacity: back off within the capacity budget.
+        let passes = task.capacity_passes + 1;
+        let now = self.clock.now();
+        let delay = self.config.capacity_policy().next_delay(
+            passes,
+            elapsed(task.created_at, now),
+            None,
+            (random_u64() >> 11) as f64 / (1u64 << 53) as f64,
+        );
+        match delay {
+            Some(delay) => {
+                self.update(
+                    task,
+                    TaskUpdate {
+                        capacity_passes: Some(passes),
+                        ..TaskUpdate::default()
+                    },
+                )
+                .await?;
+                self.set_step(task, ExecutionStep::WaitingForCapacity)
+                    .await?;
+                Ok(Next::At(after(now, delay)))
+            }
+            None => {
+                self.fail(
+                    task,
+                    ErrorCategory::TransientCapacity,
+                    &plan.exhausted_message(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Calls the provider for a recorded node. Capacity errors go back to the caller
+    /// (the plan moves on); everything else is handled here.
+    async fn create_vm(
+        &self,
+        task: &TaskRecord,
+        node: &NodeRecord,
+        provider: &dyn Provider,
+    ) -> Result<Next, ProviderError> {
+        let token = self.issue_node_token(&node.id);
+        let user_data = self
+            .boot
+            .user_data(node, &token)
+            .map_err(|e| ProviderError::new(provider.kind(), e.category(), e.to_string()))?;
+        let spec = VmSpec {
+            node_id: node.id.clone(),
+            name: node.id.to_string(),
+            size: node.size,
+            server_type: node.server_type.clone(),
+            location: node.location.clone(),
+            image: None,
+            user_data,
+            labels: node.labels.clone(),
+        };
+        let vm = provider.create_vm(&spec).await?;
+        let mut created = node.clone();
+        created.vm_id = Some(vm.id.clone());
+        created.updated_at = self.clock.now();
+        if let Err(e) = self.store.put_node(&created).await {
+            // The VM carries the node label: the next visit adopts it by label.
+            tracing::warn!(node = %node.id, error = %e, "could not record the VM id");
+        }
+        if node.size < task.requested_size {
+            self.emit(
+                &task.id,
+                TaskEventKind::Downgraded {
+                    requested: task.requested_size,
+                    provisioned: node.size,
+                },
+            );
+        }
+        Ok(Next::At(self.clock.now()))
+    }
+
+    /// A create (or poll) failed with something other than capacity.
+    async fn create_failed(
+        &self,
+        task: &TaskRecord,
+        node: &NodeRecord,
+        error: ProviderError,
+    ) -> Result<Next, Error> {
+        if error.category().is_retryable() {
+            // The create may have gone through with its response lost; the next visit
+            // looks the VM up by its label before creating again.
+            let wait = error
+                .retry_after()
+                .unwrap_or(self.config.poll_interval)
+                .max(self.config.poll_interval);
+            tracing::info!(task = %task.id, error = %error, "provider call failed; checking again later");
+            return Ok(Next::At(after(self.clock.now(), wait)));
+        }
+        self.destroy_node(node).await;
+        let category = error.category();
+        self.fail(task, category, &error.to_string()).await
+    }
+
+    /// Continues with a node recorded for this task: find its VM, poll it, or create
+    /// it again when the earlier create never reached the provider.
+    async fn continue_node(
+        &self,
+        task: &TaskRecord,
+        mut node: NodeRecord,
+        provider: &dyn Provider,
+    ) -> Result<Next, Error> {
+        let now = self.clock.now();
+        let started = task.provisioning_started_at.unwrap_or(node.created_at);
+        if elapsed(started, now) > self.config.timeouts.node_provisioning {
+            self.destroy_node(&node).await;
+            let message = format!(
+                "The server was not running within {} (node provisioning timeout).",
+                human(self.config.timeouts.node_provisioning)
+            );
+            return self.fail(task, ErrorCategory::Transient, &message).await;
+        }
+        let vm = match &node.vm_id {
+            Some(id) => provider.get_vm(id).await,
+            None => provider
+                .list_vms(&Labels::for_node(&node.id))
+                .await
+                .map(|vms| vms.into_iter().next()),
+        };
+        let vm = match vm {
+            Ok(vm) => vm,
+            Err(e) => return self.create_failed(task, &node, e).await,
+        };
+        let Some(vm) = vm else {
+            if node.vm_id.is_some() {
+                // The VM vanished while being created: treat it as a failed attempt.
+                let error = ProviderError::new(
+                    provider.kind(),
+                    ErrorCategory::Transient,
+                    "the VM disappeared while it was being created",
+                );
+                return self.create_failed(task, &node, error).await;
+            }
+            // No VM carries the label: the earlier create never happened. Create now.
+            return match self.create_vm(task, &node, provider).await {
+                Ok(next) => Ok(next),
+                Err(e) if e.category() == ErrorCategory::TransientCapacity => {
+                    self.store.delete_node(&node.id).await?;
+                    let plan = self.plan(task, provider)?;
+                    let index = plan
+                        .attempts()
+                        .iter()
+                        .position(|a| a.size == node.size && a.location == node.location)
+                        .map_or(0, |i| i + 1);
+                    self.walk_plan(task, &plan, index, provider).await
+                }
+                Err(e) => self.create_failed(task, &node, e).await,
+            };
+        };
+        if node.vm_id.as_ref() != Some(&vm.id) {
+            node.vm_id = Some(vm.id.clone());
+            node.updated_at = now;
+            self.store.put_node(&node).await?;
+        }
+        let polled = match provider.poll_create(&vm).await {
+            Ok(polled) => polled,
+            Err(e) if e.category() == ErrorCategory::TransientCapacity => {
+                // Accepted, then failed for capacity in its action/operation.
+                self.destroy_node(&node).await;
+                self.store.delete_node(&node.id).await?;
+                let plan = self.plan(task, provider)?;
+                let index = plan
+                    .attempts()
+                    .iter()
+                    .position(|a| a.size == node.size && a.location == node.location)
+                    .map_or(0, |i| i + 1);
+                self.update(
+                    task,
+                    TaskUpdate {
+                        provisioned_node_id: Some(None),
+                        ..TaskUpdate::default()
+                    },
+                )
+                .await?;
+                return self.walk_plan(task, &plan, index, provider).await;
+            }
+            Err(e) => return self.create_failed(task, &node, e).await,
+        };
+        match polled.state {
+            VmState::Running => {
+                node.status = NodeStatus::Running;
+                node.updated_at = self.clock.now();
+                self.store.put_node(&node).await?;
+                self.set_step(task, ExecutionStep::NodeAgentReady).await?;
+                Ok(Next::At(self.clock.now()))
+            }
+            VmState::Failed => {
+                let error = ProviderError::new(
+                    provider.kind(),
+                    ErrorCategory::Unknown,
+                    "the provider reports the VM as failed",
+                );
+                self.create_failed(task, &node, error).await
+            }
+            _ => Ok(self.poll()),
+        }
+    }
+
+    async fn task_node(&self, task: &TaskRecord) -> Result<Option<NodeRecord>, Error> {
+        match &task.provisioned_node_id {
+            Some(id) => Ok(self
+                .store
+                .get_node(id)
+                .await?
+                .filter(|n| n.status != NodeStatus::Deleted)),
+            None => Ok(None),
+        }
+    }
+
+    /// The node is gone: place the task again (only possible before it was delegated).
+    async fn node_lost(&self, task: &TaskRecord) -> Result<Next, Error> {
+        if task.status == TaskStatus::Queued {
+            self.update(
+                task,
+                TaskUpdate {
+                    provisioned_node_id: Some(None),
+                    ..TaskUpdate::default()
+                },
+            )
+            .await?;
+            self.set_step(task, ExecutionStep::NodeSelection).await?;
+            return Ok(Next::At(self.clock.now()));
+        }
+        self.fail(task, ErrorCategory::Transient, "The task's server is gone.")
+            .await
+    }
+
+    async fn await_agent_ready(&self, task: &TaskRecord) -> Result<Next, Error> {
+        let Some(mut node) = self.task_node(task).await? else {
+            return self.node_lost(task).await;
+        };
+        let now = self.clock.now();
+        if node.ready_at.is_none() {
+            match self.node_agent.health(&node).await {
+                Ok(Some(health)) => {
+                    node.ready_at = Some(now);
+                    node.health = NodeHealth::Healthy;
+                    node.status = NodeStatus::Running;
+                    node.agent_version = Some(health.version);
+                    node.last_heartbeat_at = Some(now);
+                    node.updated_at = now;
+                    self.store.put_node(&node).await?;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(node = %node.id, error = %e, "agent not reachable yet"),
+            }
+        }
+        if node.ready_at.is_some() {
+            self.set_step(task, ExecutionStep::WorkspaceCreation)
+                .await?;
+            return Ok(Next::At(now));
+        }
+        let started = task.provisioning_started_at.unwrap_or(node.created_at);
+        if elapsed(started, now) > self.config.timeouts.agent_ready {
+            let message = format!(
+                "The server's agent did not report ready within {} (agent ready timeout).",
+                human(self.config.timeouts.agent_ready)
+            );
+            return self.fail(task, ErrorCategory::Transient, &message).await;
+        }
+        Ok(self.poll())
+    }
+
+    fn workspace_id(task: &TaskRecord) -> Result<WorkspaceId, Error> {
+        let suffix = task.id.as_str().trim_start_matches("t-");
+        Ok(WorkspaceId::new(format!("w-{suffix}"))?)
+    }
+
+    async fn create_workspace(&self, task: &TaskRecord) -> Result<Next, Error> {
+        let Some(node) = self.task_node(task).await? else {
+            return self.node_lost(task).await;
+        };
+        let ws = Self::workspace_id(task)?;
+        let now = self.clock.now();
+        if self.store.get_workspace(&ws).await?.is_none() {
+            let record = WorkspaceRecord {
+                id: ws.clone(),
+                node_id: node.id.clone(),
+                task_id: task.id.clone(),
+                status: WorkspaceStatus::Creating,
+                effective_profile: None,
+                reservation: task.reservation,
+                created_at: now,
+                updated_at: now,
+            };
+            if let SlotOutcome::Rejected(reason) =
+                self.store.reserve_workspace_slot(&record).await?
+            {
+                tracing::info!(task = %task.id, node = %node.id, %reason, "slot taken meanwhile; placing again");
+                if node.created_for.as_ref() == Some(&task.id) {
+                    return self
+                        .fail(
+                            task,
+                            ErrorCategory::InvalidConfig,
+                            &format!("The new server cannot hold the task: {reason}."),
+                        )
+                        .await;
+                }
+                return self.node_lost(task).await;
+            }
+        }
+        if task.status == TaskStatus::Queued {
+            self.store
+                .transition_task(
+                    &task.id,
+                    &Transition {
+                        from: TaskStatus::Queued,
+                        to: TaskStatus::Delegated,
+                        actor: self.config.driver_id.clone(),
+                        reason: Some(format!("workspace {ws} on node {}", node.id)),
+                        error: None,
+                        at: now,
+                    },
+                )
+                .await?;
+            self.emit(
+                &task.id,
+                TaskEventKind::Status {
+                    status: TaskStatus::Delegated,
+                    error: None,
+                },
+            );
+        }
+        self.update(
+            task,
+            TaskUpdate {
+                workspace_id: Some(Some(ws.clone())),
+                ..TaskUpdate::default()
+            },
+        )
+        .await?;
+        let request = WorkspaceRequest {
+            workspace_id: ws.clone(),
+            task_id: task.id.clone(),
+            repo: task.spec.repo.clone(),
+            branch: task.spec.branch.clone(),
+            profile: task.spec.workspace_profile.clone(),
+            devcontainer: task.spec.devcontainer.clone(),
+            token: self.issue_workspace_token(&ws),
+        };
+        match self.node_agent.create_workspace(&node, &request).await {
+            Ok(()) => {
+                self.set_step(task, ExecutionStep::WorkspaceReady).await?;
+                Ok(Next::At(self.clock.now()))
+            }
+            Err(e) if e.category.is_retryable() => Ok(self.poll()),
+            Err(e) => self.fail(task, e.category, &e.message).await,
+        }
+    }
+
+    async fn await_workspace(&self, task: &TaskRecord) -> Result<Next, Error> {
+        let Some(node) = self.task_node(task).await? else {
+            return self.node_lost(task).await;
+        };
+        let ws = Self::workspace_id(task)?;
+        let ready = |w: &WorkspaceRecord| {
+            matches!(
+                w.status,
+                WorkspaceStatus::Running | WorkspaceStatus::Recovery
+            )
+        };
+        let mut record = self.store.get_workspace(&ws).await?;
+        if !record.as_ref().is_some_and(ready) {
+            match self.node_agent.workspace_status(&node, &ws).await {
+                Ok(Some(WorkspaceReport::Preparing)) | Ok(None) => {}
+                Ok(Some(report)) => {
+                    self.apply_workspace_report(&task.id, &ws, &report).await?;
+                    record = self.store.get_workspace(&ws).await?;
+                }
+                Err(e) => tracing::debug!(task = %task.id, error = %e, "workspace status unknown"),
+            }
+        }
+        let current = self.require_task(&task.id).await?;
+        if current.status.is_terminal() {
+            return Ok(Next::Done);
+        }
+        if record.as_ref().is_some_and(ready) {
+            self.set_step(task, ExecutionStep::AgentSession).await?;
+            return Ok(Next::At(self.clock.now()));
+        }
+        let now = self.clock.now();
+        if elapsed(current.step_started_at, now) > self.config.timeouts.workspace_ready {
+            let message = format!(
+                "The workspace was not ready within {} (workspace ready timeout).",
+                human(self.config.timeouts.workspace_ready)
+            );
+            return self.fail(task, ErrorCategory::Transient, &message).await;
+        }
+        Ok(self.poll())
+    }
+
+    async fn start_session(&self, task: &TaskRecord) -> Result<Next, Error> {
+        let Some(node) = self.task_node(task).await? else {
+            return self.node_lost(task).await;
+        };
+        let ws = Self::workspace_id(task)?;
+        let request = SessionRequest {
+            workspace_id: ws,
+            agent: task.spec.agent.clone(),
+            prompt: task.spec.prompt.clone(),
+        };
+        match self.node_agent.start_session(&node, &request).await {
+            Ok(()) => {}
+            Err(e) if e.category.is_retryable() => return Ok(self.poll()),
+            Err(e) => return self.fail(task, e.category, &e.message).await,
+        }
+        if task.status == TaskStatus::Delegated {
+            self.store
+                .transition_task(
+                    &task.id,
+                    &Transition {
+                        from: TaskStatus::Delegated,
+                        to: TaskStatus::InProgress,
+                        actor: self.config.driver_id.clone(),
+                        reason: Some("agent session started".to_owned()),
+                        error: None,
+                        at: self.clock.now(),
+                    },
+                )
+                .await?;
+            self.emit(
+                &task.id,
+                TaskEventKind::Status {
+                    status: TaskStatus::InProgress,
+                    error: None,
+                },
+            );
+        }
+        self.set_step(task, ExecutionStep::Running).await?;
+        Ok(self.poll())
+    }
+
+    async fn probe_session(&self, task: &TaskRecord) -> Result<Next, Error> {
+        let Some(node) = self.task_node(task).await? else {
+            return self.node_lost(task).await;
+        };
+        let ws = Self::workspace_id(task)?;
+        match self.node_agent.session_status(&node, &ws).await {
+            Ok(Some(SessionReport::Running)) => Ok(self.poll()),
+            Ok(Some(report)) => {
+                self.apply_session_report(task, &report).await?;
+                Ok(Next::Done)
+            }
+            Ok(None) => {
+                self.fail(
+                    task,
+                    ErrorCategory::Unknown,
+                    "The VM agent no longer knows the task's session.",
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::debug!(task = %task.id, error = %e, "session status unknown");
+                Ok(self.poll())
+            }
+        }
+    }
+}

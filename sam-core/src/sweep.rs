@@ -1,0 +1,259 @@
+//! Sweeps: stuck tasks, the warm pool, node lifetimes, stale heartbeats and orphans.
+//!
+//! Every threshold is derived from the [`crate::TimeoutPolicy`], so a sweep never
+//! fires before the wait it guards can finish.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::control::ControlPlane;
+use crate::error::{Error, ErrorCategory};
+use crate::model::{
+    Labels, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeLifecycle, NodeStatus, TaskStatus,
+};
+use crate::node_agent::SessionReport;
+use crate::store::{NodeFilter, TaskFilter, TaskRecord};
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// Tasks failed for being stuck past a threshold.
+    pub stuck_failed: usize,
+    /// In-progress tasks probed and found alive.
+    pub probed_alive: usize,
+    /// Warm or expired nodes destroyed.
+    pub nodes_destroyed: usize,
+    /// Nodes marked stale for missing heartbeats.
+    pub nodes_stale: usize,
+    /// Provider VMs deleted as orphans.
+    pub orphans_deleted: usize,
+    /// Node rows marked deleted because their VM is gone.
+    pub rows_marked_deleted: usize,
+}
+
+fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (now - since).to_std().unwrap_or_default()
+}
+
+fn minutes(d: Duration) -> String {
+    format!("{} minutes", d.as_secs().div_ceil(60))
+}
+
+impl ControlPlane {
+    /// Runs every sweep once.
+    ///
+    /// # Errors
+    /// Store failures while listing; a failure on one item is logged and the sweep
+    /// goes on with the rest.
+    pub async fn sweep(&self) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        self.sweep_tasks(&mut report).await?;
+        self.sweep_nodes(&mut report).await?;
+        self.sweep_orphans(&mut report).await?;
+        Ok(report)
+    }
+
+    /// Why a live task is stuck, or `None`.
+    fn stuck_reason(&self, task: &TaskRecord, now: DateTime<Utc>) -> Option<String> {
+        let t = &self.config.timeouts;
+        let age = elapsed(task.created_at, now);
+        if age > t.task_absolute {
+            return Some(format!(
+                "The task ran longer than the absolute limit of {} hours.",
+                t.task_absolute.as_secs() / 3600
+            ));
+        }
+        match task.status {
+            TaskStatus::Queued if age > t.stuck_queued() => Some(format!(
+                "The task was stuck in {} (\"{}\") for over {}: waiting for capacity, the server and its agent took longer than their limits allow.",
+                task.execution_step,
+                task.execution_step.label(),
+                minutes(t.stuck_queued())
+            )),
+            TaskStatus::Delegated if elapsed(task.step_started_at, now) > t.stuck_delegated() => {
+                Some(format!(
+                    "The task was stuck in {} (\"{}\") for over {}: the workspace did not become ready.",
+                    task.execution_step,
+                    task.execution_step.label(),
+                    minutes(t.stuck_delegated())
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    async fn sweep_tasks(&self, report: &mut SweepReport) -> Result<(), Error> {
+        let now = self.clock.now();
+        let live = self
+            .store
+            .list_tasks(&TaskFilter {
+                statuses: vec![
+                    TaskStatus::Queued,
+                    TaskStatus::Delegated,
+                    TaskStatus::InProgress,
+                ],
+                ..TaskFilter::default()
+            })
+            .await?;
+        for task in live {
+            if let Some(reason) = self.stuck_reason(&task, now) {
+                match self.fail(&task, ErrorCategory::Transient, &reason).await {
+                    Ok(_) => report.stuck_failed += 1,
+                    Err(e) => {
+                        tracing::warn!(task = %task.id, error = %e, "could not fail a stuck task")
+                    }
+                }
+                continue;
+            }
+            if task.status != TaskStatus::InProgress {
+                continue;
+            }
+            // In progress: probe past the soft limit; fail past the hard limit only
+            // when the probe cannot show the session alive.
+            let t = &self.config.timeouts;
+            let running_for = elapsed(task.step_started_at, now);
+            if running_for <= t.in_progress_soft {
+                continue;
+            }
+            let probe = match (&task.provisioned_node_id, &task.workspace_id) {
+                (Some(node), Some(ws)) => match self.store.get_node(node).await? {
+                    Some(node) => self
+                        .node_agent
+                        .session_status(&node, ws)
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                },
+                _ => None,
+            };
+            match probe {
+                Some(SessionReport::Running) => report.probed_alive += 1,
+                Some(other) => {
+                    if let Err(e) = self.apply_session_report(&task, &other).await {
+                        tracing::warn!(task = %task.id, error = %e, "could not apply the probed session state");
+                    }
+                }
+                None if running_for > t.in_progress_hard => {
+                    let reason = format!(
+                        "The agent has been working for over {} hours and its session cannot be reached.",
+                        t.in_progress_hard.as_secs() / 3600
+                    );
+                    if self
+                        .fail(&task, ErrorCategory::Transient, &reason)
+                        .await
+                        .is_ok()
+                    {
+                        report.stuck_failed += 1;
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_nodes(&self, report: &mut SweepReport) -> Result<(), Error> {
+        let now = self.clock.now();
+        let t = &self.config.timeouts;
+        let nodes = self
+            .store
+            .list_nodes(&NodeFilter {
+                statuses: vec![NodeStatus::Running, NodeStatus::Recovery],
+                ..NodeFilter::default()
+            })
+            .await?;
+        for mut node in nodes {
+            let warm_expired = node.lifecycle == NodeLifecycle::Warm
+                && node
+                    .warm_since
+                    .is_some_and(|since| elapsed(since, now) > t.warm_node);
+            let too_old = elapsed(node.created_at, now) > t.node_max_lifetime;
+            if warm_expired || too_old {
+                let busy = self
+                    .store
+                    .list_workspaces(&node.id)
+                    .await?
+                    .iter()
+                    .any(|w| w.status.holds_slot());
+                if !busy {
+                    tracing::info!(node = %node.id, warm_expired, too_old, "destroying node");
+                    self.destroy_node(&node).await;
+                    report.nodes_destroyed += 1;
+                    continue;
+                }
+            }
+            let stale = node
+                .last_heartbeat_at
+                .is_some_and(|beat| elapsed(beat, now) > t.heartbeat_stale);
+            if stale && node.health == NodeHealth::Healthy {
+                node.health = NodeHealth::Stale;
+                node.updated_at = now;
+                self.store.put_node(&node).await?;
+                report.nodes_stale += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_orphans(&self, report: &mut SweepReport) -> Result<(), Error> {
+        let now = self.clock.now();
+        let rows = self.store.list_nodes(&NodeFilter::default()).await?;
+        let live: HashSet<String> = rows
+            .iter()
+            .filter(|n| n.status.is_live())
+            .map(|n| crate::model::label_safe(n.id.as_str()))
+            .collect();
+        let mut managed = Labels::new();
+        managed.insert(MANAGED_LABEL, "true")?;
+        for provider in self.providers.values() {
+            let vms = match provider.list_vms(&managed).await {
+                Ok(vms) => vms,
+                Err(e) => {
+                    tracing::warn!(provider = %provider.kind(), error = %e, "could not list VMs for orphan reconciliation");
+                    continue;
+                }
+            };
+            let existing: HashSet<&str> = vms.iter().map(|v| v.id.as_str()).collect();
+            for vm in &vms {
+                let owned = vm.labels.get(NODE_LABEL).is_some_and(|n| live.contains(n));
+                let old_enough = vm
+                    .created_at
+                    .is_none_or(|at| elapsed(at, now) >= self.config.orphan_min_age);
+                if !owned && old_enough {
+                    match provider.delete_vm(&vm.id).await {
+                        Ok(()) => {
+                            tracing::info!(vm = %vm.id, provider = %provider.kind(), "deleted orphan VM");
+                            report.orphans_deleted += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(vm = %vm.id, error = %e, "could not delete orphan VM")
+                        }
+                    }
+                }
+            }
+            // Rows whose VM is gone are marked deleted (rows still being created have
+            // no VM id yet and belong to their task's provisioning step).
+            for node in rows.iter().filter(|n| {
+                n.provider == provider.kind()
+                    && n.status.is_live()
+                    && n.status != NodeStatus::Creating
+            }) {
+                if let Some(vm) = &node.vm_id
+                    && !existing.contains(vm.as_str())
+                    && matches!(provider.get_vm(vm).await, Ok(None))
+                {
+                    let mut gone = node.clone();
+                    gone.status = NodeStatus::Deleted;
+                    gone.updated_at = now;
+                    self.store.put_node(&gone).await?;
+                    report.rows_marked_deleted += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
