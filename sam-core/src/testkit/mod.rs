@@ -17,6 +17,7 @@
 //! backend (a fresh database, a fresh schema).
 
 pub mod fixtures;
+pub mod node_agent;
 pub mod provider;
 pub mod store;
 

@@ -1,0 +1,219 @@
+//! A scriptable [`NodeAgent`] and a trivial [`BootRenderer`] for control-plane tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::control::BootRenderer;
+use crate::error::Error;
+use crate::model::{NodeId, WorkspaceId};
+use crate::node_agent::{
+    AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,
+    WorkspaceRequest,
+};
+use crate::secret::Secret;
+use crate::store::NodeRecord;
+
+/// How the fake VM agents behave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeAgentScript {
+    /// Health probes answered "not reachable" before a node reports ready;
+    /// `None` means it never does (an agent that never calls back).
+    pub ready_after_probes: Option<u32>,
+    /// What a workspace reports once created.
+    pub workspace: WorkspaceReport,
+    /// What a session reports once started.
+    pub session: SessionReport,
+}
+
+impl Default for FakeAgentScript {
+    /// Ready at the first probe, full profile, and a turn that ends normally.
+    fn default() -> Self {
+        Self {
+            ready_after_probes: Some(0),
+            workspace: WorkspaceReport::Ready {
+                effective_profile: "full".to_owned(),
+                recovery: false,
+            },
+            session: SessionReport::Stopped {
+                reason: crate::session::StopReason::EndTurn,
+                last_message: Some("Done.".to_owned()),
+            },
+        }
+    }
+}
+
+/// Calls the fake received, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeAgentCall {
+    /// `health`.
+    Health(NodeId),
+    /// `create_workspace`.
+    CreateWorkspace(NodeId, WorkspaceId),
+    /// `start_session`.
+    StartSession(NodeId, WorkspaceId),
+    /// `cancel_session`.
+    CancelSession(NodeId, WorkspaceId),
+    /// `stop_workspace`.
+    StopWorkspace(NodeId, WorkspaceId),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    probes: HashMap<NodeId, u32>,
+    workspaces: HashMap<WorkspaceId, NodeId>,
+    sessions: HashMap<WorkspaceId, SessionReport>,
+    calls: Vec<FakeAgentCall>,
+}
+
+/// A [`NodeAgent`] whose VM agents follow a [`FakeAgentScript`], answering at once.
+#[derive(Debug, Default)]
+pub struct FakeNodeAgent {
+    script: Mutex<FakeAgentScript>,
+    state: Mutex<State>,
+}
+
+impl FakeNodeAgent {
+    /// A fake following `script`.
+    pub fn new(script: FakeAgentScript) -> Self {
+        Self {
+            script: Mutex::new(script),
+            state: Mutex::default(),
+        }
+    }
+
+    /// Replaces the script for calls from now on.
+    pub fn set_script(&self, script: FakeAgentScript) {
+        *self.script.lock().expect("script lock") = script;
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<FakeAgentCall> {
+        self.state.lock().expect("state lock").calls.clone()
+    }
+
+    fn script(&self) -> FakeAgentScript {
+        self.script.lock().expect("script lock").clone()
+    }
+}
+
+#[async_trait]
+impl NodeAgent for FakeNodeAgent {
+    async fn health(&self, node: &NodeRecord) -> Result<Option<AgentHealth>, NodeAgentError> {
+        let script = self.script();
+        let mut state = self.state.lock().expect("state lock");
+        state.calls.push(FakeAgentCall::Health(node.id.clone()));
+        let probes = state.probes.entry(node.id.clone()).or_default();
+        let ready = script.ready_after_probes.is_some_and(|n| *probes >= n);
+        *probes += 1;
+        Ok(ready.then(|| AgentHealth {
+            version: "fake-1.0".to_owned(),
+        }))
+    }
+
+    async fn create_workspace(
+        &self,
+        node: &NodeRecord,
+        request: &WorkspaceRequest,
+    ) -> Result<(), NodeAgentError> {
+        let mut state = self.state.lock().expect("state lock");
+        state.calls.push(FakeAgentCall::CreateWorkspace(
+            node.id.clone(),
+            request.workspace_id.clone(),
+        ));
+        state
+            .workspaces
+            .insert(request.workspace_id.clone(), node.id.clone());
+        Ok(())
+    }
+
+    async fn workspace_status(
+        &self,
+        _node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<WorkspaceReport>, NodeAgentError> {
+        let script = self.script();
+        let state = self.state.lock().expect("state lock");
+        Ok(state
+            .workspaces
+            .contains_key(workspace)
+            .then_some(script.workspace))
+    }
+
+    async fn start_session(
+        &self,
+        node: &NodeRecord,
+        request: &SessionRequest,
+    ) -> Result<(), NodeAgentError> {
+        let script = self.script();
+        let mut state = self.state.lock().expect("state lock");
+        state.calls.push(FakeAgentCall::StartSession(
+            node.id.clone(),
+            request.workspace_id.clone(),
+        ));
+        state
+            .sessions
+            .entry(request.workspace_id.clone())
+            .or_insert(script.session);
+        Ok(())
+    }
+
+    async fn session_status(
+        &self,
+        _node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<SessionReport>, NodeAgentError> {
+        Ok(self
+            .state
+            .lock()
+            .expect("state lock")
+            .sessions
+            .get(workspace)
+            .cloned())
+    }
+
+    async fn cancel_session(
+        &self,
+        node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<(), NodeAgentError> {
+        let mut state = self.state.lock().expect("state lock");
+        state
+            .calls
+            .push(FakeAgentCall::CancelSession(node.id.clone(), workspace.clone()));
+        state.sessions.insert(
+            workspace.clone(),
+            SessionReport::Stopped {
+                reason: crate::session::StopReason::Cancelled,
+                last_message: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop_workspace(
+        &self,
+        node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<(), NodeAgentError> {
+        let mut state = self.state.lock().expect("state lock");
+        state
+            .calls
+            .push(FakeAgentCall::StopWorkspace(node.id.clone(), workspace.clone()));
+        state.workspaces.remove(workspace);
+        state.sessions.remove(workspace);
+        Ok(())
+    }
+}
+
+/// A [`BootRenderer`] that renders a minimal cloud-config naming the node; it never
+/// includes the token, which is what a real renderer must keep to a root-only file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainBoot;
+
+impl BootRenderer for PlainBoot {
+    fn user_data(&self, node: &NodeRecord, _token: &Secret) -> Result<String, Error> {
+        Ok(format!("#cloud-config\nhostname: {}\n", node.id))
+    }
+}
