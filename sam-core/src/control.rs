@@ -6,6 +6,52 @@
 //! by one step handler, which reads persisted state, acts idempotently, persists,
 //! and sets the task's next wake-up. Several control planes can share one database:
 //! the lease guarantees a task is never run by two of them at once.
+//!
+//! # Example
+//! The whole control plane over the in-memory store, the fake provider and a fake
+//! node agent:
+//! ```
+//! use std::sync::Arc;
+//! use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+//! use sam_core::{
+//!     ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, ProviderKind,
+//!     Secret, Store, SubmitRequest, TaskStatus, TokioClock, TokenSigner,
+//! };
+//! use sam_providers::FakeProvider;
+//! use sam_store::MemoryStore;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+//! let cp = ControlPlane::new(
+//!     ControlPlaneParts {
+//!         store: store.clone(),
+//!         providers: vec![Arc::new(FakeProvider::new())],
+//!         scheduler: Arc::new(DefaultScheduler::new(store.clone())),
+//!         node_agent: Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+//!         boot: Arc::new(PlainBoot),
+//!         signer: TokenSigner::new(Secret::new("a-key-of-at-least-32-bytes-long!"), "sam").unwrap(),
+//!         clock: Arc::new(TokioClock::new()),
+//!     },
+//!     ControlPlaneConfig::new("driver-1", ProviderKind::Fake),
+//! )
+//! .unwrap();
+//!
+//! let id = cp
+//!     .submit(&SubmitRequest {
+//!         repo: "https://example.invalid/repo.git".into(),
+//!         prompt: "fix the flaky test".into(),
+//!         ..SubmitRequest::default()
+//!     })
+//!     .await
+//!     .unwrap();
+//! // Drive it: each tick advances every due task by one step.
+//! while !cp.get(&id).await.unwrap().unwrap().status.is_terminal() {
+//!     cp.tick().await.unwrap();
+//!     tokio::time::advance(cp.config().poll_interval).await;
+//! }
+//! assert_eq!(cp.get(&id).await.unwrap().unwrap().status, TaskStatus::Completed);
+//! # });
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

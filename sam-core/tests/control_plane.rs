@@ -1,0 +1,589 @@
+//! The control plane end to end over real stores, the fake provider and the fake
+//! node agent, on tokio's paused clock.
+//!
+//! Integration tests link the normal build of `sam-core`, the same one `sam-store`
+//! and `sam-providers` link, so real backends can be dev-dependencies here without
+//! duplicating sam-core's types.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+use sam_core::{
+    Classify, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler,
+    ErrorCategory, ExecutionStep, Layer, LayerSettings, Provider, ProviderKind, Secret,
+    SessionReport, SizeDescent, StopReason, Store, SubmitRequest, TaskError, TaskEventKind,
+    TaskId, TaskRecord, TaskStatus, TokioClock, TokenSigner, VmSize, WorkspaceReport,
+};
+use sam_providers::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
+use sam_store::MemoryStore;
+
+struct Harness {
+    cp: ControlPlane,
+    store: Arc<dyn Store>,
+    provider: Arc<FakeProvider>,
+    agent: Arc<FakeNodeAgent>,
+}
+
+fn config(driver: &str) -> ControlPlaneConfig {
+    ControlPlaneConfig::new(driver, ProviderKind::Fake)
+}
+
+fn harness_with(
+    store: Arc<dyn Store>,
+    provider: Arc<FakeProvider>,
+    agent: Arc<FakeNodeAgent>,
+    config: ControlPlaneConfig,
+) -> Harness {
+    let parts = ControlPlaneParts {
+        store: Arc::clone(&store),
+        providers: vec![Arc::clone(&provider) as Arc<dyn Provider>],
+        scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
+        node_agent: Arc::clone(&agent) as _,
+        boot: Arc::new(PlainBoot),
+        signer: TokenSigner::new(Secret::new("s".repeat(32)), "sam-control-plane").unwrap(),
+        clock: Arc::new(TokioClock::starting_at(
+            Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap(),
+        )),
+    };
+    Harness {
+        cp: ControlPlane::new(parts, config).unwrap(),
+        store,
+        provider,
+        agent,
+    }
+}
+
+fn harness(config: ControlPlaneConfig) -> Harness {
+    harness_with(
+        Arc::new(MemoryStore::new()),
+        Arc::new(FakeProvider::new()),
+        Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+        config,
+    )
+}
+
+fn request(layers: &[(Layer, LayerSettings)]) -> SubmitRequest {
+    SubmitRequest {
+        repo: "https://example.invalid/repo.git".into(),
+        prompt: "fix the flaky test".into(),
+        layers: layers.iter().cloned().collect::<BTreeMap<_, _>>(),
+        ..SubmitRequest::default()
+    }
+}
+
+fn sized(size: VmSize) -> LayerSettings {
+    LayerSettings {
+        size: Some(size),
+        ..LayerSettings::default()
+    }
+}
+
+impl Harness {
+    /// Ticks, advancing the paused clock to each next wake-up, until the task ends
+    /// or `limit` of virtual time has passed.
+    async fn run(&self, id: &TaskId, limit: Duration) -> TaskRecord {
+        let start = tokio::time::Instant::now();
+        loop {
+            self.cp.tick().await.unwrap();
+            let task = self.store.get_task(id).await.unwrap().unwrap();
+            if task.status.is_terminal() || start.elapsed() > limit {
+                return task;
+            }
+            tokio::time::advance(self.cp.config().poll_interval).await;
+        }
+    }
+
+    fn creates(&self) -> Vec<(VmSize, String)> {
+        self.provider
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                FakeCall::CreateVm(spec) => Some((spec.size, spec.server_type)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn node_rows(&self) -> usize {
+        self.store
+            .list_nodes(&Default::default())
+            .await
+            .unwrap()
+            .len()
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test(start_paused = true)]
+async fn a_task_runs_to_completion_and_its_node_goes_warm() {
+    let h = harness(config("d1"));
+    let mut events = h.cp.subscribe();
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.provisioned_size, Some(VmSize::Medium));
+    assert!(task.placement.is_some());
+    assert_eq!(task.spec.provenance["size"], Layer::Platform);
+    let statuses: Vec<_> = h
+        .store
+        .list_status_events(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            TaskStatus::Queued,
+            TaskStatus::Delegated,
+            TaskStatus::InProgress,
+            TaskStatus::Completed
+        ]
+    );
+    let nodes = h.store.list_nodes(&Default::default()).await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].lifecycle, sam_core::NodeLifecycle::Warm);
+    let mut steps = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let TaskEventKind::Step { step, .. } = e.kind {
+            steps.push(step);
+        }
+    }
+    assert_eq!(
+        steps,
+        [
+            ExecutionStep::NodeProvisioning,
+            ExecutionStep::NodeAgentReady,
+            ExecutionStep::WorkspaceCreation,
+            ExecutionStep::WorkspaceReady,
+            ExecutionStep::AgentSession,
+            ExecutionStep::Running,
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_task_reuses_the_warm_node() {
+    let h = harness(config("d1"));
+    let first = h.cp.submit(&request(&[])).await.unwrap();
+    assert_eq!(h.run(&first, HOUR).await.status, TaskStatus::Completed);
+    let second = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&second, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(h.creates().len(), 1, "the warm node was reused");
+    let placement = task.placement.unwrap();
+    assert!(placement.reason.contains("warm"), "{placement:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn project_large_steps_down_to_medium_and_records_it() {
+    let h = harness(config("d1"));
+    h.provider
+        .script(FakeOp::CreateVm, [FakeOutcome::Fail(ErrorCategory::TransientCapacity)]);
+    let mut events = h.cp.subscribe();
+    let id = h
+        .cp
+        .submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+        .await
+        .unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(
+        h.creates().iter().map(|c| c.0).collect::<Vec<_>>(),
+        [VmSize::Large, VmSize::Medium]
+    );
+    assert_eq!(task.requested_size, VmSize::Large);
+    assert_eq!(task.provisioned_size, Some(VmSize::Medium));
+    assert_eq!(h.node_rows().await, 1, "the capacity-failed row was deleted");
+    let mut downgraded = false;
+    while let Ok(e) = events.try_recv() {
+        downgraded |= matches!(
+            e.kind,
+            TaskEventKind::Downgraded {
+                requested: VmSize::Large,
+                provisioned: VmSize::Medium
+            }
+        );
+    }
+    assert!(downgraded, "the downgrade is an event the user sees");
+}
+
+#[tokio::test(start_paused = true)]
+async fn platform_default_tries_every_size_then_backs_off_until_the_budget_ends() {
+    let h = harness(config("d1"));
+    h.provider.script(
+        FakeOp::CreateVm,
+        std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
+    );
+    let id = h
+        .cp
+        .submit(&request(&[(Layer::Platform, sized(VmSize::Large))]))
+        .await
+        .unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    let error = task.error.unwrap();
+    assert_eq!(error.category, ErrorCategory::TransientCapacity);
+    assert_eq!(
+        error.message,
+        "No capacity for any available VM size (tried large, medium, small)."
+    );
+    let creates = h.creates();
+    assert!(creates.len() >= 6 && creates.len() % 3 == 0, "{creates:?}");
+    for pass in creates.chunks(3) {
+        assert_eq!(
+            pass.iter().map(|c| c.0).collect::<Vec<_>>(),
+            [VmSize::Large, VmSize::Medium, VmSize::Small]
+        );
+    }
+    assert_eq!(h.node_rows().await, 0, "no dead row lingers");
+}
+
+#[tokio::test(start_paused = true)]
+async fn explicit_sizes_never_descend() {
+    for layer in [Layer::Task, Layer::Trigger, Layer::Skill, Layer::AgentProfile] {
+        let h = harness(config("d1"));
+        h.provider.script(
+            FakeOp::CreateVm,
+            std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
+        );
+        let id = h
+            .cp
+            .submit(&request(&[(layer, sized(VmSize::Large))]))
+            .await
+            .unwrap();
+        let task = h.run(&id, HOUR).await;
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert_eq!(
+            task.error.unwrap().message,
+            "There were no large machines available."
+        );
+        assert!(h.creates().iter().all(|c| c.0 == VmSize::Large), "{layer}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_and_invalid_config_stop_after_one_attempt() {
+    for category in [ErrorCategory::QuotaExceeded, ErrorCategory::InvalidConfig, ErrorCategory::AuthError] {
+        let h = harness(config("d1"));
+        h.provider
+            .script(FakeOp::CreateVm, [FakeOutcome::Fail(category)]);
+        let id = h
+            .cp
+            .submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+            .await
+            .unwrap();
+        let task = h.run(&id, HOUR).await;
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert_eq!(task.error.unwrap().category, category);
+        assert_eq!(h.creates().len(), 1, "{category}");
+        assert_eq!(h.node_rows().await, 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_kill_switch_disables_descent() {
+    let mut c = config("d1");
+    c.descent = SizeDescent::Disabled;
+    let h = harness(c);
+    h.provider.script(
+        FakeOp::CreateVm,
+        std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
+    );
+    let id = h
+        .cp
+        .submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+        .await
+        .unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(h.creates().iter().all(|c| c.0 == VmSize::Large));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_create_response_is_adopted_by_label_not_created_twice() {
+    let h = harness(config("d1"));
+    h.provider
+        .script(FakeOp::CreateVm, [FakeOutcome::ResponseLost]);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(h.creates().len(), 1);
+    assert_eq!(h.provider.vms().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_runner_adopts_the_in_flight_vm() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let provider = Arc::new(FakeProvider::new());
+    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript {
+        ready_after_probes: Some(3),
+        ..FakeAgentScript::default()
+    }));
+    let first = harness_with(Arc::clone(&store), Arc::clone(&provider), Arc::clone(&agent), config("d1"));
+    let id = first.cp.submit(&request(&[])).await.unwrap();
+    // Run until the VM exists, then "crash" the first runner (drop it).
+    for _ in 0..3 {
+        first.cp.tick().await.unwrap();
+    }
+    assert_eq!(provider.vms().len(), 1);
+    drop(first);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let second = harness_with(store, Arc::clone(&provider), agent, config("d2"));
+    let task = second.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(second.creates().len(), 1, "no second VM for one task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        ready_after_probes: None,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    let error = task.error.unwrap();
+    assert!(error.message.contains("agent ready timeout"), "{error:?}");
+    assert!(error.message.contains("15 minutes"), "{error:?}");
+    let elapsed = task.updated_at - task.created_at;
+    assert!(elapsed >= chrono::Duration::minutes(15) && elapsed < chrono::Duration::minutes(16));
+    assert!(h.provider.vms().is_empty(), "a node that never became ready is destroyed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_that_never_runs_fails_at_the_provisioning_limit() {
+    let h = harness(config("d1"));
+    h.provider.script(
+        FakeOp::PollCreate,
+        std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::Transient), 10_000),
+    );
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(
+        task.error.as_ref().unwrap().message.contains("node provisioning timeout"),
+        "{task:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workspace_that_never_gets_ready_fails_at_the_workspace_limit() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        workspace: WorkspaceReport::Preparing,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, 2 * HOUR).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(
+        task.error.as_ref().unwrap().message.contains("workspace ready timeout"),
+        "{task:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_auth_failure_fails_fast_with_its_category() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        session: SessionReport::Failed {
+            error: TaskError {
+                category: ErrorCategory::AuthError,
+                message: "Authentication required: set ANTHROPIC_API_KEY".into(),
+            },
+        },
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error.unwrap().category, ErrorCategory::AuthError);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_reasons_map_to_outcomes() {
+    for (reason, status) in [
+        (StopReason::MaxTokens, TaskStatus::Failed),
+        (StopReason::Refusal, TaskStatus::Failed),
+        (StopReason::Cancelled, TaskStatus::Cancelled),
+    ] {
+        let h = harness(config("d1"));
+        h.agent.set_script(FakeAgentScript {
+            session: SessionReport::Stopped {
+                reason,
+                last_message: None,
+            },
+            ..FakeAgentScript::default()
+        });
+        let id = h.cp.submit(&request(&[])).await.unwrap();
+        assert_eq!(h.run(&id, HOUR).await.status, status, "{reason:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_releases_the_workspace_and_node() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        session: SessionReport::Running,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    for _ in 0..20 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+    }
+    let task = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::InProgress);
+    assert!(h.cp.cancel(&id, "user").await.unwrap());
+    let task = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    let ws = h
+        .store
+        .get_workspace(task.workspace_id.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!ws.status.holds_slot());
+    let node = h
+        .store
+        .get_node(task.provisioned_node_id.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.lifecycle, sam_core::NodeLifecycle::Warm);
+    assert!(!h.cp.cancel(&id, "user").await.unwrap(), "a finished task stays finished");
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_requests_are_rejected_at_submission() {
+    let h = harness(config("d1"));
+    let check = |layers: Vec<(Layer, LayerSettings)>, field: &str| {
+        let h = &h;
+        let field = field.to_owned();
+        async move {
+            let err = h.cp.submit(&request(&layers)).await.unwrap_err();
+            assert_eq!(err.category(), ErrorCategory::InvalidConfig, "{err}");
+            assert!(err.to_string().contains(&field), "{err} should name {field}");
+        }
+    };
+    check(
+        vec![(Layer::Task, LayerSettings { provider: Some(ProviderKind::Hetzner), ..Default::default() })],
+        "hetzner",
+    )
+    .await;
+    check(
+        vec![(Layer::Task, LayerSettings { agent: Some("nope".into()), ..Default::default() })],
+        "unknown agent",
+    )
+    .await;
+    check(
+        vec![(
+            Layer::Task,
+            LayerSettings {
+                devcontainer: Some("python".into()),
+                workspace_profile: Some(sam_core::WorkspaceProfile::Lightweight),
+                ..Default::default()
+            },
+        )],
+        "lightweight",
+    )
+    .await;
+    let mut huge = LayerSettings::default();
+    huge.requirements.min_vcpu = Some(64.0);
+    check(vec![(Layer::Task, huge)], "64 vCPU").await;
+    let mut too_small = sized(VmSize::Small);
+    too_small.requirements.min_memory_gb = Some(8.0);
+    check(vec![(Layer::Task, too_small)], "requested size small").await;
+    let mut empty = request(&[]);
+    empty.prompt = "  ".into();
+    assert!(h.cp.submit(&empty).await.is_err());
+    assert!(h.store.list_tasks(&Default::default()).await.unwrap().is_empty(), "nothing persisted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn callbacks_check_scope_and_subject() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        ready_after_probes: None,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    for _ in 0..5 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+    }
+    let task = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.execution_step, ExecutionStep::NodeAgentReady);
+    let node = task.provisioned_node_id.unwrap();
+    let other = sam_core::NodeId::new("n-other").unwrap();
+    let wrong_subject = h.cp.issue_node_token(&other);
+    let err = h.cp.node_ready(wrong_subject.expose(), &node, "1.0").await.unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::AuthError);
+    let ws_token = h.cp.issue_workspace_token(&sam_core::WorkspaceId::new(node.as_str()).unwrap());
+    assert!(h.cp.node_ready(ws_token.expose(), &node, "1.0").await.is_err());
+    // The right token moves the task on.
+    let token = h.cp.issue_node_token(&node);
+    h.cp.node_ready(token.expose(), &node, "1.0").await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweeps_destroy_expired_warm_nodes_and_orphans() {
+    let h = harness(config("d1"));
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    assert_eq!(h.run(&id, HOUR).await.status, TaskStatus::Completed);
+    // An orphan: a managed VM with no node row.
+    let orphan_node = sam_core::NodeId::new("n-orphan").unwrap();
+    h.provider
+        .create_vm(&sam_core::VmSpec {
+            node_id: orphan_node.clone(),
+            name: "orphan".into(),
+            size: VmSize::Small,
+            server_type: "local-small".into(),
+            location: sam_core::Location::new("local").unwrap(),
+            image: None,
+            user_data: String::new(),
+            labels: sam_core::Labels::for_node(&orphan_node),
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.provider.vms().len(), 2);
+    let report = h.cp.sweep().await.unwrap();
+    assert_eq!(report.nodes_destroyed, 0, "the warm node is still within its warm timeout");
+    tokio::time::advance(Duration::from_secs(31 * 60)).await;
+    let report = h.cp.sweep().await.unwrap();
+    assert_eq!(report.nodes_destroyed, 1);
+    assert_eq!(report.orphans_deleted, 1);
+    assert!(h.provider.vms().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stuck_sweep_never_fires_before_the_waits_it_guards() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        ready_after_probes: None,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    // Sweep throughout the agent-ready wait: the runner's own limit must fire first.
+    let task = loop {
+        h.cp.tick().await.unwrap();
+        let report = h.cp.sweep().await.unwrap();
+        assert_eq!(report.stuck_failed, 0, "the sweep fired before the wait it guards");
+        let task = h.store.get_task(&id).await.unwrap().unwrap();
+        if task.status.is_terminal() {
+            break task;
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+    };
+    assert!(task.error.unwrap().message.contains("agent ready timeout"));
+}
