@@ -29,14 +29,22 @@ fn typed(status: u16, kind: &str, message: &str) -> ResponseTemplate {
 
 impl Respond for FakeScaleway {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        let auth = request.headers.get("x-auth-token").and_then(|v| v.to_str().ok());
+        let auth = request
+            .headers
+            .get("x-auth-token")
+            .and_then(|v| v.to_str().ok());
         if auth != Some(TOKEN) {
             return ResponseTemplate::new(401)
                 .set_body_json(json!({ "method": "api_key", "reason": "not_found", "type": "denied_authentication" }));
         }
         let mut servers = self.servers.lock().expect("lock");
         let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
-        let segments: Vec<&str> = request.url.path().trim_start_matches('/').split('/').collect();
+        let segments: Vec<&str> = request
+            .url
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .collect();
         match (request.method.as_str(), segments.as_slice()) {
             ("GET", ["marketplace", "v2", "local-images"]) => ResponseTemplate::new(200).set_body_json(json!({
                 "local_images": [{ "id": IMAGE, "compatible_commercial_types": ["DEV1-M", "DEV1-XL", "GP1-S"] }],
@@ -116,7 +124,9 @@ async fn mocked() -> Mocked<ScalewayProvider> {
         .with_priority(10)
         .mount(&server)
         .await;
-    let zones = ["fr-par-1", "nl-ams-1"].map(|z| Location::new(z).expect("valid")).to_vec();
+    let zones = ["fr-par-1", "nl-ams-1"]
+        .map(|z| Location::new(z).expect("valid"))
+        .to_vec();
     let mut config = ScalewayConfig::new(Secret::new(TOKEN), "project-1", zones);
     config.base_url = server.uri();
     let provider = ScalewayProvider::new(config).expect("valid config");
@@ -129,16 +139,25 @@ mod conformance {
 
 /// Makes every call matching `method` and `path_pattern` (and the optional JSON part)
 /// answer with `status` and `body`.
-async fn fail(mocked: &Mocked<ScalewayProvider>, verb: &str, path_pattern: &str, part: Option<Value>, status: u16, body: &str) {
+async fn fail(
+    mocked: &Mocked<ScalewayProvider>,
+    verb: &str,
+    path_pattern: &str,
+    part: Option<Value>,
+    status: u16,
+    body: &str,
+) {
     let mock = Mock::given(method(verb)).and(path_regex(path_pattern));
     let mock = match part {
         Some(part) => mock.and(body_partial_json(part)),
         None => mock,
     };
-    mock.respond_with(ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json"))
-        .with_priority(1)
-        .mount(&mocked.server)
-        .await;
+    mock.respond_with(
+        ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json"),
+    )
+    .with_priority(1)
+    .mount(&mocked.server)
+    .await;
 }
 
 async fn leftovers(mocked: &Mocked<ScalewayProvider>) -> usize {
@@ -153,8 +172,17 @@ async fn every_recorded_error_surfaces_with_its_category() {
         let mocked = mocked().await;
         let status = case.http_status.expect("status");
         fail(&mocked, "POST", "/servers$", None, status, &case.body).await;
-        let error = mocked.create_vm(&spec(&*mocked, "errors")).await.expect_err("scripted failure");
-        assert!(case.accept.contains(&error.category()), "case {}: {} not in {:?}", case.id, error.category(), case.accept);
+        let error = mocked
+            .create_vm(&spec(&*mocked, "errors"))
+            .await
+            .expect_err("scripted failure");
+        assert!(
+            case.accept.contains(&error.category()),
+            "case {}: {} not in {:?}",
+            case.id,
+            error.category(),
+            case.accept
+        );
     }
 }
 
@@ -162,9 +190,24 @@ async fn every_recorded_error_surfaces_with_its_category() {
 async fn a_failed_upload_terminates_the_new_server() {
     let mocked = mocked().await;
     let busy = case("scaleway-04");
-    fail(&mocked, "PATCH", "/user_data/cloud-init$", None, 409, &busy.body).await;
-    let error = mocked.create_vm(&spec(&*mocked, "upload")).await.expect_err("upload failed");
-    assert_eq!(error.category(), ErrorCategory::Conflict, "the original error is returned");
+    fail(
+        &mocked,
+        "PATCH",
+        "/user_data/cloud-init$",
+        None,
+        409,
+        &busy.body,
+    )
+    .await;
+    let error = mocked
+        .create_vm(&spec(&*mocked, "upload"))
+        .await
+        .expect_err("upload failed");
+    assert_eq!(
+        error.category(),
+        ErrorCategory::Conflict,
+        "the original error is returned"
+    );
     assert!(error.cleanup_failure().is_none());
     assert_eq!(leftovers(&mocked).await, 0, "the server was terminated");
 }
@@ -174,9 +217,28 @@ async fn a_failed_power_on_falls_back_to_delete_when_terminate_is_refused() {
     let mocked = mocked().await;
     let quota = case("scaleway-08");
     let not_running = case("scaleway-09");
-    fail(&mocked, "POST", "/action$", Some(json!({ "action": "poweron" })), 403, &quota.body).await;
-    fail(&mocked, "POST", "/action$", Some(json!({ "action": "terminate" })), 400, &not_running.body).await;
-    let error = mocked.create_vm(&spec(&*mocked, "poweron")).await.expect_err("power-on failed");
+    fail(
+        &mocked,
+        "POST",
+        "/action$",
+        Some(json!({ "action": "poweron" })),
+        403,
+        &quota.body,
+    )
+    .await;
+    fail(
+        &mocked,
+        "POST",
+        "/action$",
+        Some(json!({ "action": "terminate" })),
+        400,
+        &not_running.body,
+    )
+    .await;
+    let error = mocked
+        .create_vm(&spec(&*mocked, "poweron"))
+        .await
+        .expect_err("power-on failed");
     assert_eq!(error.category(), ErrorCategory::QuotaExceeded);
     assert!(error.cleanup_failure().is_none(), "DELETE cleaned up");
     assert_eq!(leftovers(&mocked).await, 0, "the server was deleted");
@@ -187,15 +249,50 @@ async fn a_failed_cleanup_is_attached_to_the_original_error() {
     let mocked = mocked().await;
     let quota = case("scaleway-08");
     let not_running = case("scaleway-09");
-    fail(&mocked, "POST", "/action$", Some(json!({ "action": "poweron" })), 403, &quota.body).await;
-    fail(&mocked, "POST", "/action$", Some(json!({ "action": "terminate" })), 400, &not_running.body).await;
-    fail(&mocked, "DELETE", "/servers/[^/]+$", None, 500, r#"{"type":"internal_error","message":"boom"}"#).await;
-    let error = mocked.create_vm(&spec(&*mocked, "cleanup")).await.expect_err("power-on failed");
-    assert_eq!(error.category(), ErrorCategory::QuotaExceeded, "the original error stays primary");
+    fail(
+        &mocked,
+        "POST",
+        "/action$",
+        Some(json!({ "action": "poweron" })),
+        403,
+        &quota.body,
+    )
+    .await;
+    fail(
+        &mocked,
+        "POST",
+        "/action$",
+        Some(json!({ "action": "terminate" })),
+        400,
+        &not_running.body,
+    )
+    .await;
+    fail(
+        &mocked,
+        "DELETE",
+        "/servers/[^/]+$",
+        None,
+        500,
+        r#"{"type":"internal_error","message":"boom"}"#,
+    )
+    .await;
+    let error = mocked
+        .create_vm(&spec(&*mocked, "cleanup"))
+        .await
+        .expect_err("power-on failed");
+    assert_eq!(
+        error.category(),
+        ErrorCategory::QuotaExceeded,
+        "the original error stays primary"
+    );
     let cleanup = error.cleanup_failure().expect("cleanup failure attached");
     assert_eq!(cleanup.category(), ErrorCategory::Transient);
     assert!(error.to_string().contains("cleanup also failed"), "{error}");
-    assert_eq!(leftovers(&mocked).await, 1, "the server is still there, and the caller knows");
+    assert_eq!(
+        leftovers(&mocked).await,
+        1,
+        "the server is still there, and the caller knows"
+    );
 }
 
 #[tokio::test]
@@ -204,7 +301,11 @@ async fn get_and_delete_search_every_configured_zone() {
     let mut spec = spec(&*mocked, "zones");
     spec.location = Location::new("nl-ams-1").expect("valid");
     let vm = mocked.create_vm(&spec).await.expect("create");
-    let found = mocked.get_vm(&vm.id).await.expect("get").expect("found in the second zone");
+    let found = mocked
+        .get_vm(&vm.id)
+        .await
+        .expect("get")
+        .expect("found in the second zone");
     assert_eq!(found.location.as_str(), "nl-ams-1");
     mocked.delete_vm(&vm.id).await.expect("delete");
     assert_eq!(mocked.get_vm(&vm.id).await.expect("get"), None);
