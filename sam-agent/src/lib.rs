@@ -1,1 +1,10 @@
-//! Placeholder: this crate arrives with its own issue.
+//! # sam-agent
+//!
+//! The SAM VM agent as a library.
+
+pub mod acp;
+pub mod fake;
+
+pub use acp::{
+    AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
+};
