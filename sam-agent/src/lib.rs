@@ -3,6 +3,7 @@
 //! The SAM VM agent as a library.
 
 pub mod acp;
+pub mod devcontainer;
 pub mod fake;
 
 pub use acp::{
