@@ -7,6 +7,9 @@ use std::fmt::{self, Write};
 
 use sam_core::{Catalog, Location, Price, ProviderKind, ServerType, VmSize};
 
+/// A server type as `(name, vCPU, memory GB, disk GB)`.
+type Row = (&'static str, u32, u32, u32);
+
 /// The catalog of `provider` with its locations.
 ///
 /// Hetzner and Scaleway list the locations SAM's catalogs offer. GCP lists no zone
@@ -14,7 +17,7 @@ use sam_core::{Catalog, Location, Price, ProviderKind, ServerType, VmSize};
 /// The local and fake catalogs carry nominal capacities (they run on this machine or
 /// nowhere), which the formatter reports as "exact specs unavailable".
 pub fn catalog(provider: ProviderKind, locations: &[Location]) -> Catalog {
-    let (types, default_locations): (&[(&str, u32, u32, u32)], &[&str]) = match provider {
+    let (types, default_locations): (&[Row], &[&str]) = match provider {
         ProviderKind::Hetzner => (
             &[("cx23", 2, 4, 40), ("cx33", 4, 8, 80), ("cx43", 8, 16, 160)],
             &["fsn1", "nbg1", "hel1", "ash", "hil"],

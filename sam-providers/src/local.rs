@@ -170,10 +170,10 @@ impl LocalProvider {
 
     /// Whether the record's process still runs (reaping it if this instance started it).
     fn is_alive(&self, record: &Record) -> bool {
-        if let Some(child) = self.children().get_mut(&record.pid) {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return false;
-            }
+        if let Some(child) = self.children().get_mut(&record.pid)
+            && !matches!(child.try_wait(), Ok(None))
+        {
+            return false;
         }
         match proc_stat(record.pid) {
             Some((state, ticks)) => {
@@ -204,11 +204,13 @@ impl LocalProvider {
 
     /// Kills the node's process group, if it is still the process we started.
     fn stop(&self, record: &Record) {
-        if self.is_alive(record) {
-            if let Some(pid) = rustix::process::Pid::from_raw(record.pid as i32) {
-                // Already gone is fine: the goal is that it does not run.
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
+        // Already gone is fine: the goal is that it does not run.
+        if self.is_alive(record)
+            && let Some(pid) = i32::try_from(record.pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
         let mut children = self.children();
         if let Some(mut child) = children.remove(&record.pid) {

@@ -76,10 +76,10 @@ impl TokenSource {
     /// A valid access token, minted when the cached one is missing or about to expire.
     pub(super) async fn token(&self) -> Result<Secret, ProviderError> {
         let mut cached = self.cached.lock().await;
-        if let Some((token, expires)) = cached.as_ref() {
-            if Instant::now() + MARGIN < *expires {
-                return Ok(token.clone());
-            }
+        if let Some((token, expires)) = cached.as_ref()
+            && Instant::now() + MARGIN < *expires
+        {
+            return Ok(token.clone());
         }
         let assertion = self.assertion()?;
         let request = self.http.post(&self.account.token_uri).form(&[
