@@ -14,10 +14,19 @@ fn token_file(content: &str) -> tempfile::NamedTempFile {
     file
 }
 
-/// The single place that runs the binary.
-fn sam(args: &[&str]) -> Output {
+/// The single place that runs the binary: `sam cloud-init` with the three
+/// required options, then `extra`.
+fn cloud_init(node_id: &str, url: &str, token_path: &str, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sam"))
-        .args(args)
+        .args([
+            "cloud-init",
+            "--node-id",
+            node_id,
+            "--control-plane-url",
+            url,
+        ])
+        .args(["--callback-token-file", token_path])
+        .args(extra)
         .output()
         .expect("run sam")
 }
@@ -26,21 +35,12 @@ fn sam(args: &[&str]) -> Output {
 fn prints_the_same_user_data_as_the_library() {
     let token = token_file(&format!("{TOKEN}\n"));
     let path = token.path().to_str().unwrap();
-    let output = sam(&[
-        "cloud-init",
-        "--node-id",
+    let output = cloud_init(
         "node-7",
-        "--control-plane-url",
         "https://sam.example.com",
-        "--callback-token-file",
         path,
-        "--swap-mb",
-        "0",
-        "--swappiness",
-        "5",
-        "--provider",
-        "gcp",
-    ]);
+        &["--swap-mb", "0", "--swappiness", "5", "--provider", "gcp"],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let mut expected = NodeBoot::new("node-7", "https://sam.example.com", Secret::new(TOKEN));
@@ -54,17 +54,12 @@ fn prints_the_same_user_data_as_the_library() {
 #[test]
 fn invalid_input_exits_non_zero_naming_every_field() {
     let token = token_file("short;token");
-    let output = sam(&[
-        "cloud-init",
-        "--node-id",
+    let output = cloud_init(
         "node;reboot",
-        "--control-plane-url",
         "http://sam.example.com",
-        "--callback-token-file",
         token.path().to_str().unwrap(),
-        "--swap-mb",
-        "70000",
-    ]);
+        &["--swap-mb", "70000"],
+    );
     assert!(!output.status.success());
     assert!(output.stdout.is_empty(), "nothing is printed on failure");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -79,15 +74,12 @@ fn invalid_input_exits_non_zero_naming_every_field() {
 
 #[test]
 fn a_missing_token_file_is_an_error() {
-    let output = sam(&[
-        "cloud-init",
-        "--node-id",
+    let output = cloud_init(
         "node-7",
-        "--control-plane-url",
         "https://sam.example.com",
-        "--callback-token-file",
         "/nonexistent/sam-token",
-    ]);
+        &[],
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/sam-token"), "{stderr}");
@@ -96,17 +88,12 @@ fn a_missing_token_file_is_an_error() {
 #[test]
 fn an_unknown_provider_is_a_usage_error() {
     let token = token_file(TOKEN);
-    let output = sam(&[
-        "cloud-init",
-        "--node-id",
+    let output = cloud_init(
         "node-7",
-        "--control-plane-url",
         "https://sam.example.com",
-        "--callback-token-file",
         token.path().to_str().unwrap(),
-        "--provider",
-        "aws",
-    ]);
+        &["--provider", "aws"],
+    );
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("aws"));
 }

@@ -135,7 +135,10 @@ pub(crate) fn tool_available(program: &str, probe: &[&str]) -> bool {
             "`{program} {}` failed, and CI=true requires it (.ci/run installs it)",
             probe.join(" ")
         );
-        eprintln!(
+        // Written to the stream itself, not through `eprintln!`, so the test
+        // harness's output capture does not swallow the notice.
+        let _ = writeln!(
+            std::io::stderr(),
             "notice: skipping this check: `{program} {}` failed; install it to run the check",
             probe.join(" ")
         );
