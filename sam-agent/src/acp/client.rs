@@ -1,0 +1,324 @@
+//! The client side of ACP: what the host answers when the agent asks something
+//! (`session/request_permission`, `fs/read_text_file`, `fs/write_text_file`) and what
+//! it does with `session/update` notifications.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use chrono::Utc;
+use sam_core::{SessionEvent, SessionId, TimedEvent, redact};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::fs::{PathDenied, WorkspaceRoot, slice_lines};
+use super::rpc::RpcError;
+
+/// How the host answers `session/request_permission` (the task's permission mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionMode {
+    /// Allow every tool call (the agent runs unattended in a disposable workspace).
+    #[default]
+    AllowAll,
+    /// Allow tool calls that only look (`read`, `search`, `think`, `fetch`); reject
+    /// the rest.
+    ReadOnly,
+    /// Reject every tool call.
+    RejectAll,
+}
+
+impl PermissionMode {
+    /// Whether a tool call of ACP `kind` (`None` when the agent did not say) is allowed.
+    pub fn allows(self, kind: Option<&str>) -> bool {
+        match self {
+            Self::AllowAll => true,
+            Self::ReadOnly => matches!(kind, Some("read" | "search" | "think" | "fetch")),
+            Self::RejectAll => false,
+        }
+    }
+}
+
+/// JSON-RPC "invalid params".
+const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC "method not found".
+const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC "internal error".
+const INTERNAL_ERROR: i64 = -32603;
+/// ACP "resource not found".
+const RESOURCE_NOT_FOUND: i64 = -32002;
+
+/// Answers the agent's requests and turns its notifications into events.
+#[derive(Debug)]
+pub(crate) struct ClientHandler {
+    permission: PermissionMode,
+    events: broadcast::Sender<TimedEvent>,
+    roots: Mutex<HashMap<String, WorkspaceRoot>>,
+    tool_kinds: Mutex<HashMap<String, String>>,
+    updates: AtomicU64,
+    muted: AtomicBool,
+}
+
+impl ClientHandler {
+    pub(crate) fn new(permission: PermissionMode, events: broadcast::Sender<TimedEvent>) -> Self {
+        Self {
+            permission,
+            events,
+            roots: Mutex::default(),
+            tool_kinds: Mutex::default(),
+            updates: AtomicU64::new(0),
+            muted: AtomicBool::new(false),
+        }
+    }
+
+    /// Emits an event (redacted by the caller where it carries agent text).
+    pub(crate) fn emit(&self, event: SessionEvent) {
+        // No subscriber is fine: events are also written to the log by the embedder.
+        let _ = self.events.send(TimedEvent {
+            at: Utc::now(),
+            event,
+        });
+    }
+
+    /// Confines the session's file requests to `root`.
+    pub(crate) fn set_root(&self, session: &SessionId, root: WorkspaceRoot) {
+        if let Ok(mut roots) = self.roots.lock() {
+            roots.insert(session.0.clone(), root);
+        }
+    }
+
+    /// The workspace of a session.
+    pub(crate) fn root(&self, session: &SessionId) -> Option<PathBuf> {
+        self.roots
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&session.0).map(|w| w.path().to_path_buf()))
+    }
+
+    /// `session/update` notifications seen so far.
+    pub(crate) fn updates(&self) -> u64 {
+        self.updates.load(Ordering::SeqCst)
+    }
+
+    /// While muted (replaying history during crash recovery), updates are not emitted.
+    pub(crate) fn set_muted(&self, muted: bool) {
+        self.muted.store(muted, Ordering::SeqCst);
+    }
+
+    /// Handles a notification from the agent.
+    pub(crate) fn on_notification(&self, method: &str, params: Value) {
+        if method != "session/update" {
+            tracing::debug!(method, "ignoring an agent notification we do not know");
+            return;
+        }
+        let Some(update) = params.get("update").cloned() else {
+            tracing::warn!("session/update without an update");
+            return;
+        };
+        if let (Some(id), Some(kind)) = (
+            update.get("toolCallId").and_then(Value::as_str),
+            update.get("kind").and_then(Value::as_str),
+        ) && let Ok(mut kinds) = self.tool_kinds.lock()
+        {
+            kinds.insert(id.to_owned(), kind.to_owned());
+        }
+        if self.muted.load(Ordering::SeqCst) {
+            return;
+        }
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        // Unknown `sessionUpdate` kinds pass through as they are.
+        self.emit(SessionEvent::Update {
+            update: redact_value(update),
+        });
+    }
+
+    /// Handles a request from the agent.
+    pub(crate) async fn on_request(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        match method {
+            "session/request_permission" => Ok(self.permission(&params)),
+            "fs/read_text_file" => self.read_text_file(&params).await,
+            "fs/write_text_file" => self.write_text_file(&params).await,
+            _ => Err(RpcError::new(
+                METHOD_NOT_FOUND,
+                format!("the client does not offer {method}"),
+            )),
+        }
+    }
+
+    fn permission(&self, params: &Value) -> Value {
+        let tool = params.get("toolCall").unwrap_or(&Value::Null);
+        let kind = tool
+            .get("kind")
+            .and_then(Value::as_str)
+            .map(ToOwned::to_owned)
+            .or_else(|| {
+                let id = tool.get("toolCallId").and_then(Value::as_str)?;
+                self.tool_kinds.lock().ok()?.get(id).cloned()
+            });
+        let allow = self.permission.allows(kind.as_deref());
+        let preferred: &[&str] = if allow {
+            &["allow_once", "allow_always"]
+        } else {
+            &["reject_once", "reject_always"]
+        };
+        let options = params
+            .get("options")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let chosen = preferred.iter().find_map(|want| {
+            options
+                .iter()
+                .find(|o| o.get("kind").and_then(Value::as_str) == Some(want))
+                .and_then(|o| o.get("optionId").cloned())
+        });
+        tracing::info!(?kind, allow, ?chosen, "answered a permission request");
+        match chosen {
+            Some(option) => json!({ "outcome": { "outcome": "selected", "optionId": option } }),
+            None => json!({ "outcome": { "outcome": "cancelled" } }),
+        }
+    }
+
+    fn session_root(&self, params: &Value) -> Result<WorkspaceRoot, RpcError> {
+        let session = params
+            .get("sessionId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RpcError::new(INVALID_PARAMS, "sessionId is missing"))?;
+        self.roots
+            .lock()
+            .ok()
+            .and_then(|r| r.get(session).cloned())
+            .ok_or_else(|| RpcError::new(INVALID_PARAMS, format!("unknown session {session}")))
+    }
+
+    async fn read_text_file(&self, params: &Value) -> Result<Value, RpcError> {
+        let root = self.session_root(params)?;
+        let requested = str_param(params, "path")?;
+        let path = root.resolve_existing(requested).map_err(denied)?;
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| io_error(requested, &e))?;
+        let line = params.get("line").and_then(Value::as_u64);
+        let limit = params.get("limit").and_then(Value::as_u64);
+        Ok(json!({ "content": slice_lines(&text, line, limit) }))
+    }
+
+    async fn write_text_file(&self, params: &Value) -> Result<Value, RpcError> {
+        let root = self.session_root(params)?;
+        let requested = str_param(params, "path")?;
+        let content = str_param(params, "content")?;
+        let path = root.resolve_for_write(requested).map_err(denied)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_error(requested, &e))?;
+        }
+        tokio::fs::write(&path, content)
+            .await
+            .map_err(|e| io_error(requested, &e))?;
+        Ok(json!({}))
+    }
+}
+
+fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, RpcError> {
+    params
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::new(INVALID_PARAMS, format!("{name} is missing")))
+}
+
+fn denied(e: PathDenied) -> RpcError {
+    tracing::warn!(error = %e, "refused a file request from the agent");
+    let code = if e.is_not_found() {
+        RESOURCE_NOT_FOUND
+    } else {
+        INVALID_PARAMS
+    };
+    RpcError::new(code, e.to_string())
+}
+
+fn io_error(path: &str, e: &std::io::Error) -> RpcError {
+    let code = if e.kind() == std::io::ErrorKind::NotFound {
+        RESOURCE_NOT_FOUND
+    } else {
+        INTERNAL_ERROR
+    };
+    RpcError::new(code, format!("{path}: {e}"))
+}
+
+/// `value` with [`redact`] applied to every string in it.
+pub(crate) fn redact_value(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(redact(&s).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact_value).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, redact_value(v))).collect())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_permission(mode: PermissionMode, kind: Option<&str>, expected: &str) {
+        let (tx, _) = broadcast::channel(8);
+        let handler = ClientHandler::new(mode, tx);
+        let mut tool = json!({ "toolCallId": "t1" });
+        if let Some(kind) = kind {
+            tool["kind"] = json!(kind);
+        }
+        let params = json!({
+            "sessionId": "s",
+            "toolCall": tool,
+            "options": [
+                { "optionId": "yes", "name": "Allow", "kind": "allow_once" },
+                { "optionId": "no", "name": "Reject", "kind": "reject_once" },
+            ],
+        });
+        let answer = handler.permission(&params);
+        assert_eq!(
+            answer["outcome"]["optionId"], expected,
+            "{mode:?} {kind:?} -> {answer}"
+        );
+    }
+
+    #[test]
+    fn permission_modes() {
+        check_permission(PermissionMode::AllowAll, Some("edit"), "yes");
+        check_permission(PermissionMode::AllowAll, None, "yes");
+        check_permission(PermissionMode::ReadOnly, Some("read"), "yes");
+        check_permission(PermissionMode::ReadOnly, Some("execute"), "no");
+        check_permission(PermissionMode::ReadOnly, None, "no");
+        check_permission(PermissionMode::RejectAll, Some("read"), "no");
+    }
+
+    #[test]
+    fn kind_from_an_earlier_tool_call() {
+        let (tx, _) = broadcast::channel(8);
+        let handler = ClientHandler::new(PermissionMode::ReadOnly, tx);
+        handler.on_notification(
+            "session/update",
+            json!({ "sessionId": "s", "update": { "sessionUpdate": "tool_call", "toolCallId": "c", "kind": "read" } }),
+        );
+        let answer = handler.permission(&json!({
+            "toolCall": { "toolCallId": "c" },
+            "options": [{ "optionId": "ok", "kind": "allow_always" }],
+        }));
+        assert_eq!(answer["outcome"]["optionId"], "ok");
+        let none = handler.permission(&json!({ "toolCall": {}, "options": [] }));
+        assert_eq!(none["outcome"]["outcome"], "cancelled");
+    }
+
+    #[test]
+    fn redaction_reaches_nested_strings() {
+        let value = json!({ "a": ["Bearer abc.def", { "k": "sk-ant-abcdefghijkl" }], "n": 1 });
+        let redacted = redact_value(value);
+        assert_eq!(redacted["a"][0], "Bearer ***");
+        assert_eq!(redacted["a"][1]["k"], "***");
+        assert_eq!(redacted["n"], 1);
+    }
+}

@@ -1,0 +1,273 @@
+//! Starting an agent: the [`AgentLauncher`] trait, [`AgentCommand`] (a child process,
+//! with the registry of known agents) and the pipes an [`AgentIo`] carries.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use sam_core::{AgentError, AgentFailure, ErrorCategory, Secret, redact};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::process::Child;
+
+/// The most stderr output kept for a crash report.
+const STDERR_TAIL_BYTES: usize = 4096;
+
+/// Starts one agent process (or an in-process stand-in) and hands over its pipes.
+///
+/// # Contract
+/// - Every call starts a fresh agent; crash recovery calls it again.
+/// - Credentials reach only the agent, never this process's environment or logs.
+#[async_trait]
+pub trait AgentLauncher: Send + Sync + fmt::Debug {
+    /// Starts the agent.
+    ///
+    /// # Errors
+    /// An [`AgentFailure::Spawn`] error when it cannot be started.
+    async fn launch(&self) -> Result<AgentIo, AgentError>;
+}
+
+/// A running agent's stdio, and the process behind it when there is one.
+pub struct AgentIo {
+    pub(crate) stdin: Box<dyn AsyncWrite + Send + Unpin>,
+    pub(crate) stdout: Box<dyn AsyncRead + Send + Unpin>,
+    pub(crate) child: Option<Child>,
+    pub(crate) stderr_tail: Arc<Mutex<String>>,
+}
+
+impl fmt::Debug for AgentIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentIo")
+            .field("pid", &self.child.as_ref().and_then(Child::id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentIo {
+    /// An agent reached through a pair of streams (an in-process agent, a socket).
+    /// The agent has ended when `stdout` reaches its end.
+    pub fn from_streams(
+        stdin: impl AsyncWrite + Send + Unpin + 'static,
+        stdout: impl AsyncRead + Send + Unpin + 'static,
+    ) -> Self {
+        Self {
+            stdin: Box::new(stdin),
+            stdout: Box::new(stdout),
+            child: None,
+            stderr_tail: Arc::default(),
+        }
+    }
+
+    /// An agent running as `child`, spawned with piped stdin, stdout and stderr. Its
+    /// stderr is drained in the background and the end of it kept for crash reports.
+    ///
+    /// # Errors
+    /// When the child's stdin or stdout was not piped.
+    pub fn from_child(mut child: Child) -> Result<Self, AgentError> {
+        let missing = || spawn_error("the agent's stdin and stdout must be piped".to_owned());
+        let stdin = child.stdin.take().ok_or_else(missing)?;
+        let stdout = child.stdout.take().ok_or_else(missing)?;
+        let stderr_tail = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let tail = Arc::clone(&stderr_tail);
+            let pid = child.id();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let line = redact(&line).into_owned();
+                    tracing::debug!(pid, stderr = %line, "agent stderr");
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    tail.push_str(&line);
+                    tail.push('\n');
+                    if tail.len() > STDERR_TAIL_BYTES {
+                        let mut cut = tail.len() - STDERR_TAIL_BYTES;
+                        while !tail.is_char_boundary(cut) {
+                            cut += 1;
+                        }
+                        tail.drain(..cut);
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            stdin: Box::new(stdin),
+            stdout: Box::new(stdout),
+            child: Some(child),
+            stderr_tail,
+        })
+    }
+}
+
+fn spawn_error(message: String) -> AgentError {
+    super::agent_error(AgentFailure::Spawn, ErrorCategory::InvalidConfig, &message)
+}
+
+/// A command that starts an ACP agent on stdio.
+///
+/// Known agents are named with [`AgentCommand::known`]; any other command works with
+/// [`AgentCommand::new`]. The agent runs in its own process group, so stopping it
+/// stops the tools it started too; it is killed when the session drops it.
+#[derive(Clone)]
+pub struct AgentCommand {
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, Secret)>,
+    cwd: Option<PathBuf>,
+}
+
+impl fmt::Debug for AgentCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values of the environment are credentials: print their names only.
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("AgentCommand")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("cwd", &self.cwd)
+            .finish()
+    }
+}
+
+/// The agents the registry knows, with the command that starts each one in ACP mode.
+pub const KNOWN_AGENTS: &[(&str, &str, &[&str])] = &[
+    ("claude", "claude-agent-acp", &[]),
+    ("codex", "codex-acp", &[]),
+    ("gemini", "gemini", &["--acp"]),
+    ("opencode", "opencode", &["acp"]),
+];
+
+impl AgentCommand {
+    /// Any command speaking ACP on stdio.
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+        }
+    }
+
+    /// The registry's command for a known agent (`claude`, `codex`, `gemini`,
+    /// `opencode`), or `None` for an unknown name.
+    pub fn known(agent: &str) -> Option<Self> {
+        KNOWN_AGENTS
+            .iter()
+            .find(|(name, _, _)| *name == agent)
+            .map(|(_, program, args)| Self::new(*program).with_args(args.iter().copied()))
+    }
+
+    /// Appends arguments.
+    #[must_use]
+    pub fn with_args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the agent only (an API key, say). The value is
+    /// never printed.
+    #[must_use]
+    pub fn with_env(mut self, name: impl Into<String>, value: Secret) -> Self {
+        self.env.push((name.into(), value));
+        self
+    }
+
+    /// Runs the agent in `dir` (by default, this process's working directory).
+    #[must_use]
+    pub fn with_cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// The program.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The arguments.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Starts the command as a child process.
+    ///
+    /// # Errors
+    /// An [`AgentFailure::Spawn`] error naming the program when it cannot be started.
+    pub fn spawn(&self) -> Result<AgentIo, AgentError> {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v.expose())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(dir) = &self.cwd {
+            command.current_dir(dir);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| spawn_error(format!("cannot start agent {:?}: {e}", self.program)))?;
+        AgentIo::from_child(child)
+    }
+}
+
+#[async_trait]
+impl AgentLauncher for AgentCommand {
+    async fn launch(&self) -> Result<AgentIo, AgentError> {
+        self.spawn()
+    }
+}
+
+/// Kills the whole process group of an agent when dropped (the child itself is also
+/// killed by tokio's `kill_on_drop`).
+#[derive(Debug)]
+pub(crate) struct GroupGuard(pub(crate) Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) else {
+            return;
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            // The group may be gone already; that is the goal, so errors are ignored.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry() {
+        let check = |name: &str, program: &str, args: &[&str]| {
+            let command = AgentCommand::known(name).unwrap();
+            assert_eq!(command.program(), program);
+            assert_eq!(command.args(), args);
+        };
+        check("claude", "claude-agent-acp", &[]);
+        check("codex", "codex-acp", &[]);
+        check("gemini", "gemini", &["--acp"]);
+        check("opencode", "opencode", &["acp"]);
+        assert!(AgentCommand::known("vim").is_none());
+    }
+
+    #[test]
+    fn debug_hides_env_values() {
+        let command =
+            AgentCommand::new("agent").with_env("ANTHROPIC_API_KEY", Secret::new("sk-ant-123"));
+        let text = format!("{command:?}");
+        assert!(text.contains("ANTHROPIC_API_KEY"));
+        assert!(!text.contains("sk-ant-123"));
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let err = AgentCommand::new("/nonexistent/agent").spawn().unwrap_err();
+        assert_eq!(err.failure, AgentFailure::Spawn);
+        assert!(err.message.contains("/nonexistent/agent"));
+    }
+}

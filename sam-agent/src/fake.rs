@@ -1,0 +1,506 @@
+//! A scripted ACP agent for tests and examples, always compiled (like the fake
+//! provider).
+//!
+//! [`FakeAgentScript`] says how the agent misbehaves; [`serve`] runs it on any pair of
+//! streams. The `fake-acp-agent` binary runs it on stdio with the script read from
+//! `FAKE_ACP_*` environment variables ([`FakeAgentScript::from_env`], the inverse of
+//! [`FakeAgentScript::to_env`]), so tests drive a real process; the script is also an
+//! [`AgentLauncher`] that runs the agent in-process over a pipe, for doctests.
+//!
+//! On a prompt the agent: fails the first [`FakeAgentScript::fail_prompts`] prompts
+//! with an error carrying [`FakeAgentScript::fail_text`]; streams an
+//! `agent_message_chunk` and an update of a kind no specification defines; crashes
+//! when told to; asks for permission, reads and writes files when told to, reporting
+//! each answer as an `agent_message_chunk` (`permission: …`, `read: …`, `write: …`);
+//! waits [`FakeAgentScript::slow`] (answering `session/cancel` with `cancelled`);
+//! then ends the turn with [`FakeAgentScript::stop_reason`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sam_core::AgentError;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::acp::{AgentIo, AgentLauncher};
+
+/// When the fake agent crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeCrash {
+    /// Exit right after start, before reading anything.
+    AtStart,
+    /// Exit in the middle of a prompt turn, after streaming one update.
+    MidPrompt,
+}
+
+/// What the fake agent does; see the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeAgentScript {
+    /// Prompts that fail before any update, counted per process.
+    pub fail_prompts: u32,
+    /// The failing prompts' error message (an agent-relayed provider error).
+    pub fail_text: String,
+    /// The failing prompts' JSON-RPC error code.
+    pub fail_code: i64,
+    /// Whether `initialize` advertises `loadSession`.
+    pub load_session: bool,
+    /// When to crash.
+    pub crash: Option<FakeCrash>,
+    /// With a crash: crash only while this file does not exist, creating it first, so
+    /// a restarted agent behaves.
+    pub crash_marker: Option<PathBuf>,
+    /// How long each turn takes.
+    pub slow: Duration,
+    /// Ask permission for an `edit` tool call in each turn.
+    pub ask_permission: bool,
+    /// A path to read with `fs/read_text_file` in each turn.
+    pub read_path: Option<String>,
+    /// A path to write (`written by the fake agent`) with `fs/write_text_file`.
+    pub write_path: Option<String>,
+    /// How each turn ends (`end_turn`, `refusal`, …).
+    pub stop_reason: String,
+    /// The name of an environment variable whose presence (never its value)
+    /// `initialize` reports in `agentInfo.name`.
+    pub report_env: Option<String>,
+    /// A file to which every received message's method and session id are appended.
+    pub record: Option<PathBuf>,
+}
+
+impl Default for FakeAgentScript {
+    /// A well-behaved agent: no failures, no crash, no `loadSession`, turns end with
+    /// `end_turn` at once.
+    fn default() -> Self {
+        Self {
+            fail_prompts: 0,
+            fail_text: "Internal error".to_owned(),
+            fail_code: -32603,
+            load_session: false,
+            crash: None,
+            crash_marker: None,
+            slow: Duration::ZERO,
+            ask_permission: false,
+            read_path: None,
+            write_path: None,
+            stop_reason: "end_turn".to_owned(),
+            report_env: None,
+            record: None,
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "FAKE_ACP_";
+
+impl FakeAgentScript {
+    /// The script as `FAKE_ACP_*` environment variables, for the `fake-acp-agent`
+    /// binary.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("FAIL_PROMPTS", self.fail_prompts.to_string()),
+            ("FAIL_TEXT", self.fail_text.clone()),
+            ("FAIL_CODE", self.fail_code.to_string()),
+            ("LOAD_SESSION", self.load_session.to_string()),
+            ("SLOW_MS", self.slow.as_millis().to_string()),
+            ("ASK_PERMISSION", self.ask_permission.to_string()),
+            ("STOP_REASON", self.stop_reason.clone()),
+        ];
+        if let Some(crash) = self.crash {
+            let crash = match crash {
+                FakeCrash::AtStart => "at_start",
+                FakeCrash::MidPrompt => "mid_prompt",
+            };
+            env.push(("CRASH", crash.to_owned()));
+        }
+        let paths = [
+            (
+                "CRASH_MARKER",
+                self.crash_marker.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("READ_PATH", self.read_path.clone()),
+            ("WRITE_PATH", self.write_path.clone()),
+            ("REPORT_ENV", self.report_env.clone()),
+            (
+                "RECORD",
+                self.record.as_ref().map(|p| p.display().to_string()),
+            ),
+        ];
+        env.extend(paths.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        env.into_iter()
+            .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v))
+            .collect()
+    }
+
+    /// Reads the script from `FAKE_ACP_*` variables; missing or unreadable ones keep
+    /// their default.
+    pub fn from_env() -> Self {
+        let vars: HashMap<String, String> = std::env::vars()
+            .filter_map(|(k, v)| k.strip_prefix(ENV_PREFIX).map(|k| (k.to_owned(), v)))
+            .collect();
+        Self::from_vars(&vars)
+    }
+
+    fn from_vars(vars: &HashMap<String, String>) -> Self {
+        fn parse<T: std::str::FromStr>(vars: &HashMap<String, String>, key: &str) -> Option<T> {
+            vars.get(key).and_then(|v| v.parse().ok())
+        }
+        let defaults = Self::default();
+        let get = |k: &str| vars.get(k).cloned();
+        Self {
+            fail_prompts: parse(vars, "FAIL_PROMPTS").unwrap_or(defaults.fail_prompts),
+            fail_text: get("FAIL_TEXT").unwrap_or(defaults.fail_text),
+            fail_code: parse(vars, "FAIL_CODE").unwrap_or(defaults.fail_code),
+            load_session: parse(vars, "LOAD_SESSION").unwrap_or(defaults.load_session),
+            crash: match vars.get("CRASH").map(String::as_str) {
+                Some("at_start") => Some(FakeCrash::AtStart),
+                Some("mid_prompt") => Some(FakeCrash::MidPrompt),
+                _ => None,
+            },
+            crash_marker: get("CRASH_MARKER").map(PathBuf::from),
+            slow: Duration::from_millis(parse(vars, "SLOW_MS").unwrap_or(0)),
+            ask_permission: parse(vars, "ASK_PERMISSION").unwrap_or(false),
+            read_path: get("READ_PATH"),
+            write_path: get("WRITE_PATH"),
+            stop_reason: get("STOP_REASON").unwrap_or(defaults.stop_reason),
+            report_env: get("REPORT_ENV"),
+            record: get("RECORD").map(PathBuf::from),
+        }
+    }
+
+    /// Whether the scripted crash happens now (consuming the marker).
+    fn crash_now(&self, when: FakeCrash) -> bool {
+        if self.crash != Some(when) {
+            return false;
+        }
+        match &self.crash_marker {
+            None => true,
+            Some(marker) if marker.exists() => false,
+            Some(marker) => std::fs::write(marker, b"crashed\n").is_ok(),
+        }
+    }
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeExit {
+    /// The client closed the input.
+    Closed,
+    /// The script crashed the agent.
+    Crashed,
+}
+
+/// Runs the fake agent until its input ends or the script crashes it.
+///
+/// # Errors
+/// When writing to `output` fails.
+pub async fn serve(
+    script: &FakeAgentScript,
+    input: impl AsyncRead + Send + Unpin + 'static,
+    output: impl AsyncWrite + Send + Unpin,
+) -> std::io::Result<FakeExit> {
+    if script.crash_now(FakeCrash::AtStart) {
+        return Ok(FakeExit::Crashed);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(input).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(message) = serde_json::from_str::<Value>(&line)
+                && tx.send(message).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut agent = Agent {
+        script,
+        rx,
+        output,
+        prompts: 0,
+        next_id: 1000,
+        sessions: 0,
+    };
+    agent.run().await
+}
+
+struct Agent<'a, W> {
+    script: &'a FakeAgentScript,
+    rx: mpsc::UnboundedReceiver<Value>,
+    output: W,
+    prompts: u32,
+    next_id: u64,
+    sessions: u32,
+}
+
+impl<W: AsyncWrite + Unpin> Agent<'_, W> {
+    async fn send(&mut self, message: Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&message).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.output.write_all(&line).await?;
+        self.output.flush().await
+    }
+
+    async fn reply(&mut self, id: Value, result: Value) -> std::io::Result<()> {
+        self.send(json!({ "jsonrpc": "2.0", "id": id, "result": result }))
+            .await
+    }
+
+    async fn update(&mut self, session: &str, update: Value) -> std::io::Result<()> {
+        self.send(json!({ "jsonrpc": "2.0", "method": "session/update", "params": { "sessionId": session, "update": update } }))
+            .await
+    }
+
+    async fn say(&mut self, session: &str, text: &str) -> std::io::Result<()> {
+        self.update(
+            session,
+            json!({ "sessionUpdate": "agent_message_chunk", "content": { "type": "text", "text": text } }),
+        )
+        .await
+    }
+
+    fn record(&self, message: &Value) {
+        let Some(path) = &self.script.record else {
+            return;
+        };
+        let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+        let session = message
+            .pointer("/params/sessionId")
+            .and_then(Value::as_str)
+            .unwrap_or("-");
+        let line = format!("{method} {session}\n");
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            use std::io::Write as _;
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+
+    async fn run(&mut self) -> std::io::Result<FakeExit> {
+        while let Some(message) = self.rx.recv().await {
+            self.record(&message);
+            let id = message.get("id").cloned();
+            let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+            let Some(id) = id else { continue };
+            match method {
+                "initialize" => {
+                    let name = match &self.script.report_env {
+                        Some(var) if std::env::var_os(var).is_some() => {
+                            format!("fake-acp-agent ({var} set)")
+                        }
+                        Some(var) => format!("fake-acp-agent ({var} unset)"),
+                        None => "fake-acp-agent".to_owned(),
+                    };
+                    let result = json!({
+                        "protocolVersion": 1,
+                        "agentCapabilities": { "loadSession": self.script.load_session },
+                        "agentInfo": { "name": name, "version": env!("CARGO_PKG_VERSION") },
+                        "authMethods": [],
+                    });
+                    self.reply(id, result).await?;
+                }
+                "session/new" => {
+                    self.sessions += 1;
+                    let session = format!("fake-session-{}", self.sessions);
+                    self.reply(id, json!({ "sessionId": session })).await?;
+                }
+                "session/load" => {
+                    let session = message
+                        .pointer("/params/sessionId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    // Replay the history, as real agents do.
+                    self.update(&session, json!({ "sessionUpdate": "user_message_chunk", "content": { "type": "text", "text": "(history)" } }))
+                        .await?;
+                    self.reply(id, json!({})).await?;
+                }
+                "session/prompt" => {
+                    let session = message
+                        .pointer("/params/sessionId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(exit) = self.prompt(id, &session).await? {
+                        return Ok(exit);
+                    }
+                }
+                _ => {
+                    self.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32601, "message": format!("method not found: {method}") } }))
+                        .await?;
+                }
+            }
+        }
+        Ok(FakeExit::Closed)
+    }
+
+    /// Sends a request and waits for its answer, ending the turn on `session/cancel`.
+    async fn ask(&mut self, method: &str, params: Value) -> std::io::Result<Option<Value>> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
+            .await?;
+        while let Some(message) = self.rx.recv().await {
+            self.record(&message);
+            if message.get("id").and_then(Value::as_u64) == Some(id)
+                && message.get("method").is_none()
+            {
+                return Ok(Some(message));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn prompt(&mut self, id: Value, session: &str) -> std::io::Result<Option<FakeExit>> {
+        self.prompts += 1;
+        if self.prompts <= self.script.fail_prompts {
+            let error = json!({ "code": self.script.fail_code, "message": self.script.fail_text });
+            self.send(json!({ "jsonrpc": "2.0", "id": id, "error": error }))
+                .await?;
+            return Ok(None);
+        }
+        self.say(session, "working").await?;
+        self.update(
+            session,
+            json!({ "sessionUpdate": "fake_kind_from_the_future", "detail": 1 }),
+        )
+        .await?;
+        if self.script.crash_now(FakeCrash::MidPrompt) {
+            return Ok(Some(FakeExit::Crashed));
+        }
+        if self.script.ask_permission {
+            let answer = self
+                .ask(
+                    "session/request_permission",
+                    json!({
+                        "sessionId": session,
+                        "toolCall": { "toolCallId": "fake-edit", "kind": "edit", "title": "Edit a file" },
+                        "options": [
+                            { "optionId": "allow", "name": "Allow", "kind": "allow_once" },
+                            { "optionId": "reject", "name": "Reject", "kind": "reject_once" },
+                        ],
+                    }),
+                )
+                .await?;
+            let outcome = answer
+                .as_ref()
+                .and_then(|a| a.pointer("/result/outcome/optionId"))
+                .and_then(Value::as_str)
+                .unwrap_or("cancelled")
+                .to_owned();
+            self.say(session, &format!("permission: {outcome}")).await?;
+        }
+        if let Some(path) = self.script.read_path.clone() {
+            let answer = self
+                .ask(
+                    "fs/read_text_file",
+                    json!({ "sessionId": session, "path": path }),
+                )
+                .await?;
+            let text = describe_answer(answer.as_ref(), |r| {
+                let content = r.get("content").and_then(Value::as_str).unwrap_or("");
+                format!("{} bytes", content.len())
+            });
+            self.say(session, &format!("read: {text}")).await?;
+        }
+        if let Some(path) = self.script.write_path.clone() {
+            let answer = self
+                .ask(
+                    "fs/write_text_file",
+                    json!({ "sessionId": session, "path": path, "content": "written by the fake agent\n" }),
+                )
+                .await?;
+            let text = describe_answer(answer.as_ref(), |_| "ok".to_owned());
+            self.say(session, &format!("write: {text}")).await?;
+        }
+        let mut reason = self.script.stop_reason.clone();
+        if !self.script.slow.is_zero() {
+            let sleep = tokio::time::sleep(self.script.slow);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    message = self.rx.recv() => match message {
+                        Some(message) => {
+                            self.record(&message);
+                            if message.get("method").and_then(Value::as_str) == Some("session/cancel") {
+                                reason = "cancelled".to_owned();
+                                break;
+                            }
+                        }
+                        None => return Ok(Some(FakeExit::Closed)),
+                    },
+                }
+            }
+        }
+        self.reply(id, json!({ "stopReason": reason })).await?;
+        Ok(None)
+    }
+}
+
+fn describe_answer(answer: Option<&Value>, ok: impl FnOnce(&Value) -> String) -> String {
+    match answer {
+        Some(a) if a.get("result").is_some() => ok(&a["result"]),
+        Some(a) => format!(
+            "error {} {}",
+            a.pointer("/error/code").unwrap_or(&Value::Null),
+            a.pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ),
+        None => "no answer".to_owned(),
+    }
+}
+
+#[async_trait]
+impl AgentLauncher for FakeAgentScript {
+    /// Runs the fake agent in-process, connected by an in-memory pipe.
+    async fn launch(&self) -> Result<AgentIo, AgentError> {
+        let (host_side, agent_side) = tokio::io::duplex(64 * 1024);
+        let (host_read, host_write) = tokio::io::split(host_side);
+        let (agent_read, agent_write) = tokio::io::split(agent_side);
+        let script = self.clone();
+        tokio::spawn(async move {
+            // The pipe closes when this task ends, which the host sees as the exit.
+            let _ = serve(&script, agent_read, agent_write).await;
+        });
+        Ok(AgentIo::from_streams(host_write, host_read))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_round_trip() {
+        let script = FakeAgentScript {
+            fail_prompts: 2,
+            fail_text: "API Error: 529 overloaded".to_owned(),
+            fail_code: -32000,
+            load_session: true,
+            crash: Some(FakeCrash::MidPrompt),
+            crash_marker: Some(PathBuf::from("/tmp/marker")),
+            slow: Duration::from_millis(250),
+            ask_permission: true,
+            read_path: Some("../../etc/passwd".to_owned()),
+            write_path: Some("out.txt".to_owned()),
+            stop_reason: "refusal".to_owned(),
+            report_env: Some("ANTHROPIC_API_KEY".to_owned()),
+            record: Some(PathBuf::from("/tmp/record")),
+        };
+        let vars = script
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix(ENV_PREFIX).unwrap().to_owned(), v))
+            .collect();
+        assert_eq!(FakeAgentScript::from_vars(&vars), script);
+        assert_eq!(
+            FakeAgentScript::from_vars(&HashMap::new()),
+            FakeAgentScript::default()
+        );
+    }
+}

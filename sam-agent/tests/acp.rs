@@ -1,0 +1,530 @@
+//! The ACP session host against the scripted fake agent, run as a real process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use sam_agent::fake::{FakeAgentScript, FakeCrash};
+use sam_agent::{AcpOptions, AcpSession, AgentCommand, CrashPolicy, PermissionMode};
+use sam_core::{
+    AgentError, AgentFailure, AgentSession, ErrorCategory, RetryOn, RetryPolicy, Secret,
+    SessionEvent, StopReason, TaskStatus, TimedEvent,
+};
+use tempfile::TempDir;
+
+fn fast_options() -> AcpOptions {
+    AcpOptions {
+        permission: PermissionMode::AllowAll,
+        prompt_retry: RetryPolicy {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+            max_attempts: 3,
+            budget: Duration::from_secs(20),
+            jitter: 0.0,
+            per_attempt_timeout: None,
+            retry_on: RetryOn::RetryableAndCapacity,
+        },
+        crash: CrashPolicy {
+            max_restarts: 3,
+            decay: Duration::from_secs(300),
+            min_uptime: Duration::ZERO,
+            recovery_timeout: Duration::from_secs(20),
+        },
+        request_timeout: Duration::from_secs(20),
+    }
+}
+
+fn command(script: &FakeAgentScript) -> AgentCommand {
+    script.to_env().into_iter().fold(
+        AgentCommand::new(env!("CARGO_BIN_EXE_fake-acp-agent")),
+        |c, (k, v)| c.with_env(k, Secret::new(v)),
+    )
+}
+
+/// A workspace with one file, `hello.txt`, and a secret next to it.
+fn workspace() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    std::fs::write(dir.path().join("ws/hello.txt"), "hello\nworld\n").unwrap();
+    std::fs::write(dir.path().join("outside.txt"), "secret\n").unwrap();
+    dir
+}
+
+/// What one prompt turn produced.
+struct Turn {
+    result: Result<StopReason, AgentError>,
+    events: Vec<SessionEvent>,
+}
+
+impl Turn {
+    fn texts(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::Update { update }
+                    if update["sessionUpdate"] == "agent_message_chunk" =>
+                {
+                    update["content"]["text"].as_str().map(ToOwned::to_owned)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.events
+            .iter()
+            .filter(
+                |e| matches!(e, SessionEvent::Update { update } if update["sessionUpdate"] == kind),
+            )
+            .count()
+    }
+
+    fn retries(&self) -> Vec<(u32, ErrorCategory)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::PromptRetry {
+                    attempt, category, ..
+                } => Some((*attempt, *category)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn drain(events: &mut futures::stream::BoxStream<'static, TimedEvent>) -> Vec<SessionEvent> {
+    let mut out = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        out.push(event.event);
+    }
+    out
+}
+
+/// Starts the fake agent as a process, opens a session in `root/ws`, sends one prompt.
+async fn turn(script: &FakeAgentScript, options: AcpOptions, root: &Path) -> Turn {
+    let session = AcpSession::new(Arc::new(command(script)), options);
+    let mut events = session.events();
+    session.initialize().await.unwrap();
+    let id = session.new_session(&root.join("ws")).await.unwrap();
+    let result = session.prompt(&id, "fix the flaky test").await;
+    Turn {
+        result,
+        events: drain(&mut events),
+    }
+}
+
+#[tokio::test]
+async fn a_turn_streams_every_update_and_ends() {
+    let dir = workspace();
+    let turn = turn(&FakeAgentScript::default(), fast_options(), dir.path()).await;
+    assert_eq!(turn.result.clone().unwrap(), StopReason::EndTurn);
+    assert_eq!(turn.count("user_message_chunk"), 1);
+    assert_eq!(turn.texts(), ["working"]);
+    // An update kind no specification defines is passed through, not dropped.
+    assert_eq!(turn.count("fake_kind_from_the_future"), 1);
+    assert_eq!(
+        turn.events.last(),
+        Some(&SessionEvent::Stopped {
+            reason: StopReason::EndTurn
+        })
+    );
+}
+
+/// Prompt failures: (error code, text, prompts that fail, expected outcome, expected retries).
+async fn check_retry(
+    code: i64,
+    text: &str,
+    failures: u32,
+    expected: Result<StopReason, ErrorCategory>,
+    retries: &[(u32, ErrorCategory)],
+) {
+    let dir = workspace();
+    let script = FakeAgentScript {
+        fail_prompts: failures,
+        fail_text: text.to_owned(),
+        fail_code: code,
+        ..FakeAgentScript::default()
+    };
+    let turn = turn(&script, fast_options(), dir.path()).await;
+    match (&turn.result, expected) {
+        (Ok(got), Ok(want)) => assert_eq!(*got, want, "{text}"),
+        (Err(e), Err(category)) => {
+            assert_eq!(e.category, category, "{text}: {e}");
+            assert_eq!(e.failure, AgentFailure::Rpc);
+            assert_eq!(e.code, Some(code));
+        }
+        (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+    }
+    assert_eq!(turn.retries(), retries, "{text}");
+    assert_eq!(
+        turn.count("user_message_chunk"),
+        1,
+        "the user message is recorded once"
+    );
+}
+
+#[tokio::test]
+async fn overloads_are_retried_then_succeed() {
+    use ErrorCategory::TransientCapacity as C;
+    let text = r#"Internal error: API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    check_retry(-32603, text, 2, Ok(StopReason::EndTurn), &[(1, C), (2, C)]).await;
+}
+
+#[tokio::test]
+async fn transient_errors_give_up_after_the_policy() {
+    use ErrorCategory::Transient as T;
+    let text = "provider returned HTTP 502 Bad Gateway";
+    check_retry(-32603, text, 5, Err(T), &[(1, T), (2, T)]).await;
+}
+
+#[tokio::test]
+async fn auth_quota_and_invalid_fail_at_once() {
+    check_retry(
+        -32000,
+        "Authentication required",
+        1,
+        Err(ErrorCategory::AuthError),
+        &[],
+    )
+    .await;
+    let quota = r#"429 {"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+    check_retry(-32603, quota, 1, Err(ErrorCategory::QuotaExceeded), &[]).await;
+    check_retry(
+        -32602,
+        "Invalid params",
+        1,
+        Err(ErrorCategory::InvalidConfig),
+        &[],
+    )
+    .await;
+    check_retry(
+        -32603,
+        "Internal error: invalid tool call payload",
+        1,
+        Err(ErrorCategory::Unknown),
+        &[],
+    )
+    .await;
+}
+
+fn crashing(dir: &Path, load_session: bool, once: bool) -> FakeAgentScript {
+    FakeAgentScript {
+        load_session,
+        crash: Some(FakeCrash::MidPrompt),
+        crash_marker: once.then(|| dir.join("crashed-once")),
+        record: Some(dir.join("record.log")),
+        ..FakeAgentScript::default()
+    }
+}
+
+fn crashes(turn: &Turn) -> Vec<bool> {
+    turn.events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Crashed { resumable, .. } => Some(*resumable),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_crash_with_load_session_restarts_and_loads_the_same_session() {
+    let dir = workspace();
+    let script = crashing(dir.path(), true, true);
+    let turn = turn(&script, fast_options(), dir.path()).await;
+    assert_eq!(turn.result.clone().unwrap(), StopReason::EndTurn);
+    assert_eq!(crashes(&turn), [true]);
+    assert!(
+        turn.events
+            .contains(&SessionEvent::Restarted { restarts: 1 })
+    );
+    let crash_reason = turn.events.iter().find_map(|e| match e {
+        SessionEvent::Crashed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(
+        crash_reason.unwrap().contains("scripted crash"),
+        "the reason carries stderr"
+    );
+    // The history the agent replayed on load is not streamed a second time.
+    assert!(!turn.texts().iter().any(|t| t.contains("history")));
+    assert_eq!(turn.count("user_message_chunk"), 1);
+    let record = std::fs::read_to_string(dir.path().join("record.log")).unwrap();
+    let lines: Vec<&str> = record.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "initialize -",
+            "session/new -",
+            "session/prompt fake-session-1",
+            "initialize -",
+            "session/load fake-session-1",
+            "session/prompt fake-session-1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_crash_without_load_session_is_reported() {
+    let dir = workspace();
+    let turn = turn(
+        &crashing(dir.path(), false, true),
+        fast_options(),
+        dir.path(),
+    )
+    .await;
+    let error = turn.result.clone().unwrap_err();
+    assert_eq!(error.failure, AgentFailure::Crash);
+    assert!(error.message.contains("loadSession"), "{error}");
+    assert!(error.message.contains("exit status: 3"), "{error}");
+    assert_eq!(crashes(&turn), [false]);
+    assert!(turn.retries().is_empty(), "a crash is not a prompt retry");
+}
+
+#[tokio::test]
+async fn an_exit_soon_after_start_is_a_crash_not_a_restart() {
+    let dir = workspace();
+    let mut options = fast_options();
+    options.crash.min_uptime = Duration::from_secs(60);
+    let turn = turn(&crashing(dir.path(), true, true), options, dir.path()).await;
+    let error = turn.result.clone().unwrap_err();
+    assert_eq!(error.failure, AgentFailure::Crash);
+    assert!(error.message.contains("after it started"), "{error}");
+    assert_eq!(crashes(&turn), [false]);
+}
+
+#[tokio::test]
+async fn restarts_stop_at_the_budget() {
+    let dir = workspace();
+    let mut options = fast_options();
+    options.crash.max_restarts = 2;
+    let turn = turn(&crashing(dir.path(), true, false), options, dir.path()).await;
+    let error = turn.result.clone().unwrap_err();
+    assert_eq!(error.failure, AgentFailure::Crash);
+    assert!(error.message.contains("restarted 2 times"), "{error}");
+    assert_eq!(crashes(&turn), [true, true, false]);
+    let restarts: Vec<_> = turn
+        .events
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::Restarted { .. }))
+        .collect();
+    assert_eq!(restarts.len(), 2);
+}
+
+#[tokio::test]
+async fn an_agent_that_exits_at_once_fails_initialize_with_a_crash() {
+    let script = FakeAgentScript {
+        crash: Some(FakeCrash::AtStart),
+        ..FakeAgentScript::default()
+    };
+    let session = AcpSession::new(Arc::new(command(&script)), fast_options());
+    let error = session.initialize().await.unwrap_err();
+    assert_eq!(error.failure, AgentFailure::Crash);
+    assert!(error.message.contains("scripted crash"), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_agent_is_a_spawn_error() {
+    let session = AcpSession::new(
+        Arc::new(AgentCommand::new("/nonexistent/claude-agent-acp")),
+        fast_options(),
+    );
+    let error = session.initialize().await.unwrap_err();
+    assert_eq!(error.failure, AgentFailure::Spawn);
+}
+
+#[tokio::test]
+async fn cancel_ends_a_slow_turn() {
+    let dir = workspace();
+    let script = FakeAgentScript {
+        slow: Duration::from_secs(30),
+        record: Some(dir.path().join("record.log")),
+        ..FakeAgentScript::default()
+    };
+    let session = Arc::new(AcpSession::new(Arc::new(command(&script)), fast_options()));
+    let mut events = session.events();
+    session.initialize().await.unwrap();
+    let id = session.new_session(&dir.path().join("ws")).await.unwrap();
+    let prompt = {
+        let (session, id) = (Arc::clone(&session), id.clone());
+        tokio::spawn(async move { session.prompt(&id, "take your time").await })
+    };
+    // Wait until the agent is working, then cancel.
+    while let Some(event) = events.next().await {
+        if matches!(&event.event, SessionEvent::Update { update } if update["content"]["text"] == "working")
+        {
+            break;
+        }
+    }
+    session.cancel(&id).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(10), prompt)
+        .await
+        .expect("cancel ends the turn well before the agent's 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reason, StopReason::Cancelled);
+    assert_eq!(reason.outcome(), TaskStatus::Cancelled);
+    let record = std::fs::read_to_string(dir.path().join("record.log")).unwrap();
+    assert!(record.contains("session/cancel fake-session-1"), "{record}");
+}
+
+#[tokio::test]
+async fn permission_requests_follow_the_mode() {
+    for (mode, expected) in [
+        (PermissionMode::AllowAll, "permission: allow"),
+        (PermissionMode::ReadOnly, "permission: reject"),
+        (PermissionMode::RejectAll, "permission: reject"),
+    ] {
+        let dir = workspace();
+        let script = FakeAgentScript {
+            ask_permission: true,
+            ..FakeAgentScript::default()
+        };
+        let options = AcpOptions {
+            permission: mode,
+            ..fast_options()
+        };
+        let turn = turn(&script, options, dir.path()).await;
+        assert_eq!(turn.result.clone().unwrap(), StopReason::EndTurn);
+        assert!(
+            turn.texts().contains(&expected.to_owned()),
+            "{mode:?}: {:?}",
+            turn.texts()
+        );
+    }
+}
+
+/// File requests: (read path, write path, expected reports).
+async fn check_files(read: Option<&str>, write: Option<&str>, expected: &[&str]) -> TempDir {
+    let dir = workspace();
+    let script = FakeAgentScript {
+        read_path: read.map(ToOwned::to_owned),
+        write_path: write.map(ToOwned::to_owned),
+        ..FakeAgentScript::default()
+    };
+    let turn = turn(&script, fast_options(), dir.path()).await;
+    assert_eq!(turn.result.clone().unwrap(), StopReason::EndTurn);
+    let reports: Vec<String> = turn
+        .texts()
+        .into_iter()
+        .filter(|t| t.starts_with("read") || t.starts_with("write"))
+        .collect();
+    assert_eq!(reports.len(), expected.len(), "{reports:?}");
+    for (report, want) in reports.iter().zip(expected) {
+        assert!(
+            report.starts_with(want),
+            "{report:?} should start with {want:?}"
+        );
+    }
+    dir
+}
+
+#[tokio::test]
+async fn file_requests_stay_inside_the_workspace() {
+    check_files(Some("hello.txt"), None, &["read: 12 bytes"]).await;
+    check_files(Some("../../etc/passwd"), None, &["read: error -32602"]).await;
+    check_files(Some("/etc/passwd"), None, &["read: error -32602"]).await;
+    check_files(Some("../outside.txt"), None, &["read: error -32602"]).await;
+    check_files(Some("missing.txt"), None, &["read: error -32002"]).await;
+    let dir = check_files(None, Some("notes/new.txt"), &["write: ok"]).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ws/notes/new.txt")).unwrap(),
+        "written by the fake agent\n"
+    );
+    let dir = check_files(None, Some("../escape.txt"), &["write: error -32602"]).await;
+    assert!(!dir.path().join("escape.txt").exists());
+}
+
+#[tokio::test]
+async fn a_symlink_out_of_the_workspace_is_refused() {
+    let dir = workspace();
+    std::os::unix::fs::symlink(dir.path().join("outside.txt"), dir.path().join("ws/link")).unwrap();
+    let script = FakeAgentScript {
+        read_path: Some("link".to_owned()),
+        write_path: Some("link".to_owned()),
+        ..FakeAgentScript::default()
+    };
+    let turn = turn(&script, fast_options(), dir.path()).await;
+    let texts = turn.texts();
+    assert!(
+        texts.iter().any(|t| t.starts_with("read: error -32602")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.starts_with("write: error -32602")),
+        "{texts:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("outside.txt")).unwrap(),
+        "secret\n"
+    );
+}
+
+#[tokio::test]
+async fn stop_reasons_map_to_outcomes() {
+    for (reason, stop, outcome) in [
+        ("end_turn", StopReason::EndTurn, TaskStatus::Completed),
+        ("refusal", StopReason::Refusal, TaskStatus::Failed),
+        ("max_tokens", StopReason::MaxTokens, TaskStatus::Failed),
+        (
+            "max_turn_requests",
+            StopReason::MaxTurnRequests,
+            TaskStatus::Failed,
+        ),
+        ("cancelled", StopReason::Cancelled, TaskStatus::Cancelled),
+    ] {
+        let dir = workspace();
+        let script = FakeAgentScript {
+            stop_reason: reason.to_owned(),
+            ..FakeAgentScript::default()
+        };
+        let turn = turn(&script, fast_options(), dir.path()).await;
+        let got = turn.result.clone().unwrap();
+        assert_eq!(got, stop, "{reason}");
+        assert_eq!(got.outcome(), outcome, "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn api_keys_reach_only_the_agent() {
+    const VAR: &str = "SAM_TEST_AGENT_API_KEY";
+    let script = FakeAgentScript {
+        report_env: Some(VAR.to_owned()),
+        ..FakeAgentScript::default()
+    };
+    let command = command(&script).with_env(VAR, Secret::new("sk-ant-test-0123456789"));
+    assert!(!format!("{command:?}").contains("sk-ant-test"));
+    let session = AcpSession::new(Arc::new(command), fast_options());
+    let info = session.initialize().await.unwrap();
+    assert_eq!(
+        info.name.unwrap(),
+        format!("fake-acp-agent ({VAR} set) {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(
+        std::env::var_os(VAR).is_none(),
+        "the key never enters this process's environment"
+    );
+}
+
+#[tokio::test]
+async fn load_session_needs_the_capability() {
+    let dir = workspace();
+    for load_session in [false, true] {
+        let script = FakeAgentScript {
+            load_session,
+            ..FakeAgentScript::default()
+        };
+        let session = AcpSession::new(Arc::new(command(&script)), fast_options());
+        let info = session.initialize().await.unwrap();
+        assert_eq!(info.load_session, load_session);
+        assert_eq!(info.protocol_version, 1);
+        let id = sam_core::SessionId("earlier".to_owned());
+        let loaded = session.load_session(&id, &dir.path().join("ws")).await;
+        assert_eq!(loaded.is_ok(), load_session, "{loaded:?}");
+        if let Err(e) = loaded {
+            assert_eq!(e.category, ErrorCategory::InvalidConfig);
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Boot phases and the cloud-config they become.
+//!
+//! Every file a phase needs, including the helper scripts, is written through
+//! `write_files`; `runcmd` holds only argument vectors. A value from the input
+//! reaches a command only as one argument of such a vector (the swap size, the
+//! agent URL), and everything else travels as file content.
+
+use sam_core::ProviderKind;
+use serde::Serialize;
+
+use crate::boot::{Checked, NodeRole};
+use crate::config::{Account, CloudConfig, Command, FileContent, User, WriteFile};
+
+/// Tag of every boot log line (`journalctl -t sam-boot`).
+pub const BOOT_LOG_TAG: &str = "sam-boot";
+/// The message logged after the last phase ended.
+pub const ALL_PHASES_COMPLETE: &str = "ALL PHASES COMPLETE";
+/// Where the agent binary is installed.
+pub const AGENT_BINARY_PATH: &str = "/usr/local/bin/sam-vm-agent";
+/// The agent's configuration (JSON: `node_id`, `control_plane_url`,
+/// `callback_token_file`, `port`, `provider`, `role`, `agent_user`).
+pub const AGENT_CONFIG_PATH: &str = "/etc/sam/agent.json";
+/// The node-scoped callback token: mode 0600, owned by root.
+pub const CALLBACK_TOKEN_PATH: &str = "/etc/sam/callback-token";
+/// The agent's systemd unit.
+pub const AGENT_UNIT: &str = "sam-vm-agent.service";
+/// The unprivileged user that coding agents run as (some refuse to run as root).
+pub const AGENT_USER: &str = "sam";
+
+const SCRIPT_DIR: &str = "/usr/local/lib/sam-boot";
+const SWAP_SCRIPT: &str = "/usr/local/lib/sam-boot/swap.sh";
+const METADATA_BLOCK_SCRIPT: &str = "/usr/local/lib/sam-boot/metadata-block.sh";
+const INSTALL_AGENT_SCRIPT: &str = "/usr/local/lib/sam-boot/install-agent.sh";
+const METADATA_BLOCK_UNIT: &str = "sam-metadata-block.service";
+const AGENT_SHA256_PATH: &str = "/etc/sam/sam-vm-agent.sha256";
+const AGENT_DOWNLOAD_PATH: &str = "/usr/local/bin/sam-vm-agent.download";
+const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Packages every node needs; Docker nodes add `docker.io`.
+const BASE_PACKAGES: [&str; 4] = ["ca-certificates", "curl", "git", "iptables"];
+
+/// A boot phase. [`Phase::ALL`] is the order boot runs them in (DESIGN.md §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Stop apt's timers, so no background upgrade holds the dpkg lock or restarts services.
+    AptTimers,
+    /// Create the swap file and set swappiness; left out when swap is 0.
+    Swap,
+    /// Install what the agent needs.
+    Packages,
+    /// Apply the journald limits.
+    Journald,
+    /// (Re)start Docker with its configuration; Docker nodes only. The last point
+    /// where Docker may restart.
+    Docker,
+    /// Keep workspaces away from the metadata endpoint.
+    MetadataBlock,
+    /// Refresh the trusted CA certificates (with the extra CA, if any).
+    Tls,
+    /// Download, check and install the agent.
+    AgentDownload,
+    /// Start the agent: always the last phase.
+    AgentStart,
+}
+
+impl Phase {
+    /// Every phase, in boot order.
+    pub const ALL: [Self; 9] = [
+        Self::AptTimers,
+        Self::Swap,
+        Self::Packages,
+        Self::Journald,
+        Self::Docker,
+        Self::MetadataBlock,
+        Self::Tls,
+        Self::AgentDownload,
+        Self::AgentStart,
+    ];
+
+    /// The name in the boot log (`PHASE START: <name>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AptTimers => "apt-timers",
+            Self::Swap => "swap",
+            Self::Packages => "packages",
+            Self::Journald => "journald",
+            Self::Docker => "docker",
+            Self::MetadataBlock => "metadata-block",
+            Self::Tls => "tls",
+            Self::AgentDownload => "agent-download",
+            Self::AgentStart => "agent-start",
+        }
+    }
+
+    /// The phase's commands for this node, or `None` when the node skips it.
+    fn commands(self, boot: &Checked<'_>) -> Option<Vec<Command>> {
+        let docker = boot.role == NodeRole::Docker;
+        let commands = match self {
+            Self::AptTimers => vec![Command::new([
+                "systemctl",
+                "disable",
+                "--now",
+                "apt-daily.timer",
+                "apt-daily-upgrade.timer",
+            ])],
+            Self::Swap if boot.swap_mb == 0 => return None,
+            Self::Swap => vec![Command::new([
+                SWAP_SCRIPT.to_owned(),
+                boot.swap_mb.to_string(),
+            ])],
+            Self::Packages => {
+                let install = [
+                    "env",
+                    "DEBIAN_FRONTEND=noninteractive",
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "-o",
+                    "DPkg::Lock::Timeout=300",
+                ];
+                let packages = BASE_PACKAGES.iter().chain(docker.then_some(&"docker.io"));
+                vec![
+                    Command::new(["apt-get", "update", "-q"]),
+                    Command::new(install.iter().chain(packages).copied()),
+                ]
+            }
+            Self::Journald => vec![Command::new(["systemctl", "restart", "systemd-journald"])],
+            Self::Docker if !docker => return None,
+            Self::Docker => vec![
+                Command::new(["systemctl", "enable", "docker.service"]),
+                Command::new(["systemctl", "restart", "docker.service"]),
+            ],
+            Self::MetadataBlock => enable_now(METADATA_BLOCK_UNIT),
+            Self::Tls => vec![Command::new(["update-ca-certificates"])],
+            Self::AgentDownload => vec![Command::new([
+                INSTALL_AGENT_SCRIPT,
+                boot.agent_download_url.as_str(),
+            ])],
+            Self::AgentStart => enable_now(AGENT_UNIT),
+        };
+        Some(commands)
+    }
+}
+
+fn enable_now(unit: &str) -> Vec<Command> {
+    vec![
+        Command::new(["systemctl", "daemon-reload"]),
+        Command::new(["systemctl", "enable", "--now", unit]),
+    ]
+}
+
+fn log(message: &str) -> Command {
+    Command::new(["logger", "-t", BOOT_LOG_TAG, message])
+}
+
+/// What the agent reads from [`AGENT_CONFIG_PATH`].
+#[derive(Debug, Serialize)]
+struct AgentConfig<'a> {
+    node_id: &'a str,
+    control_plane_url: &'a str,
+    callback_token_file: &'a str,
+    port: u16,
+    provider: ProviderKind,
+    role: NodeRole,
+    agent_user: &'a str,
+}
+
+/// Builds the cloud-config of a validated input.
+pub(crate) fn cloud_config(boot: &Checked<'_>) -> CloudConfig {
+    let mut runcmd = Vec::new();
+    for phase in Phase::ALL {
+        if let Some(commands) = phase.commands(boot) {
+            runcmd.push(log(&format!("PHASE START: {}", phase.as_str())));
+            runcmd.extend(commands);
+            runcmd.push(log(&format!("PHASE END: {}", phase.as_str())));
+        }
+    }
+    runcmd.push(log(ALL_PHASES_COMPLETE));
+
+    CloudConfig {
+        hostname: boot.hostname.clone(),
+        package_update: false,
+        package_upgrade: false,
+        users: vec![
+            User::Default,
+            User::Account(Account {
+                name: AGENT_USER.into(),
+                gecos: Some("SAM coding agents".into()),
+                shell: Some("/bin/bash".into()),
+                lock_passwd: true,
+            }),
+        ],
+        write_files: write_files(boot),
+        bootcmd: Vec::new(),
+        runcmd,
+    }
+}
+
+fn write_files(boot: &Checked<'_>) -> Vec<WriteFile> {
+    let agent_config = AgentConfig {
+        node_id: boot.node_id.as_str(),
+        control_plane_url: boot.control_plane_url.as_str(),
+        callback_token_file: CALLBACK_TOKEN_PATH,
+        port: boot.agent_port,
+        provider: boot.provider,
+        role: boot.role,
+        agent_user: AGENT_USER,
+    };
+    let agent_config = serde_json::to_string_pretty(&agent_config)
+        .expect("strings, numbers and unit enums always serialize");
+    let journald = format!(
+        "[Journal]\nSystemMaxUse={}\nMaxRetentionSec={}\n",
+        boot.journald.system_max_use, boot.journald.max_retention
+    );
+
+    let mut files = vec![
+        secret_file(CALLBACK_TOKEN_PATH, boot),
+        text(AGENT_CONFIG_PATH, format!("{agent_config}\n"), "0644"),
+    ];
+    if let Some(sha) = &boot.agent_sha256 {
+        let line = format!("{sha}  {AGENT_DOWNLOAD_PATH}\n");
+        files.push(text(AGENT_SHA256_PATH, line, "0644"));
+    }
+    if boot.swap_mb > 0 {
+        let sysctl = format!("vm.swappiness = {}\n", boot.swappiness);
+        files.push(text("/etc/sysctl.d/60-sam-swap.conf", sysctl, "0644"));
+        files.push(script(SWAP_SCRIPT, include_str!("files/swap.sh")));
+    }
+    files.push(text(
+        "/etc/systemd/journald.conf.d/60-sam.conf",
+        journald,
+        "0644",
+    ));
+    if boot.role == NodeRole::Docker {
+        let daemon = include_str!("files/daemon.json");
+        files.push(text("/etc/docker/daemon.json", daemon.into(), "0644"));
+    }
+    if let Some(pem) = &boot.extra_ca_pem {
+        let path = "/usr/local/share/ca-certificates/sam-extra-ca.crt";
+        files.push(text(path, pem.clone(), "0644"));
+    }
+    files.extend([
+        script(
+            METADATA_BLOCK_SCRIPT,
+            include_str!("files/metadata-block.sh"),
+        ),
+        script(INSTALL_AGENT_SCRIPT, include_str!("files/install-agent.sh")),
+        unit(
+            METADATA_BLOCK_UNIT,
+            include_str!("files/sam-metadata-block.service"),
+        ),
+        unit(AGENT_UNIT, include_str!("files/sam-vm-agent.service")),
+    ]);
+    files
+}
+
+fn text(path: &str, content: String, permissions: &str) -> WriteFile {
+    WriteFile {
+        path: path.into(),
+        content: FileContent::Text(content),
+        owner: "root:root".into(),
+        permissions: permissions.into(),
+        defer: false,
+    }
+}
+
+fn secret_file(path: &str, boot: &Checked<'_>) -> WriteFile {
+    WriteFile {
+        content: FileContent::Secret(boot.callback_token.clone()),
+        ..text(path, String::new(), "0600")
+    }
+}
+
+fn script(path: &str, content: &str) -> WriteFile {
+    debug_assert!(path.starts_with(SCRIPT_DIR));
+    text(path, content.into(), "0755")
+}
+
+fn unit(name: &str, content: &str) -> WriteFile {
+    text(
+        &format!("{SYSTEMD_UNIT_DIR}/{name}"),
+        content.into(),
+        "0644",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The static files name the same paths as the constants the agent relies on.
+    #[test]
+    fn static_files_agree_with_the_path_constants() {
+        let agent_unit = include_str!("files/sam-vm-agent.service");
+        for path in [AGENT_BINARY_PATH, AGENT_CONFIG_PATH, CALLBACK_TOKEN_PATH] {
+            assert!(agent_unit.contains(path), "{path} missing from the unit");
+        }
+        assert!(agent_unit.contains(METADATA_BLOCK_UNIT));
+        for hard_dependency in ["Requires=", "Requisite=", "BindsTo=", "PartOf="] {
+            assert!(!agent_unit.contains(hard_dependency), "{hard_dependency}");
+        }
+        assert!(!agent_unit.contains("Environment"));
+        let metadata_unit = include_str!("files/sam-metadata-block.service");
+        assert!(metadata_unit.contains(METADATA_BLOCK_SCRIPT));
+        let install = include_str!("files/install-agent.sh");
+        for path in [AGENT_BINARY_PATH, AGENT_SHA256_PATH, AGENT_DOWNLOAD_PATH] {
+            assert!(install.contains(path), "{path} missing from the installer");
+        }
+        let block = include_str!("files/metadata-block.sh");
+        assert!(block.contains(&format!("--uid-owner {AGENT_USER} ")));
+    }
+}

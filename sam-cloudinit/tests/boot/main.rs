@@ -1,0 +1,11 @@
+//! Tests of rendered node boot user-data: snapshots, boot order, injection,
+//! YAML 1.1 round trips and `cloud-init schema`.
+//!
+//! One test binary with modules, so the support code builds once.
+
+mod injection;
+mod order;
+mod render;
+mod schema;
+mod support;
+mod yaml11;

@@ -1,0 +1,131 @@
+//! The boot order invariant, checked on the rendered output: phases run in the
+//! order of DESIGN.md §8, the agent starts last, and nothing after the agent's
+//! start can restart Docker.
+
+use proptest::prelude::*;
+use sam_cloudinit::{ALL_PHASES_COMPLETE, BOOT_LOG_TAG, Phase};
+
+use crate::render::Rendered;
+use crate::support::{fixtures, valid_boot};
+
+/// A `logger -t sam-boot <message>` command's message.
+fn boot_log(argv: &[String]) -> Option<&str> {
+    match argv {
+        [logger, flag, tag, message]
+            if logger == "logger" && flag == "-t" && tag == BOOT_LOG_TAG =>
+        {
+            Some(message)
+        }
+        _ => None,
+    }
+}
+
+/// Checks the invariant on one rendered document; returns the phases it ran.
+fn check_order(text: &str) -> Vec<Phase> {
+    let rendered = Rendered::parse(text);
+    let runcmd = &rendered.runcmd;
+    let mut phases = Vec::new();
+    let mut open: Option<Phase> = None;
+    let mut agent_start_at = None;
+    for (i, argv) in runcmd.iter().enumerate() {
+        let Some(message) = boot_log(argv) else {
+            assert!(open.is_some(), "command {argv:?} runs outside any phase");
+            continue;
+        };
+        if let Some(name) = message.strip_prefix("PHASE START: ") {
+            assert_eq!(open, None, "{name} starts inside another phase");
+            let phase = *Phase::ALL
+                .iter()
+                .find(|p| p.as_str() == name)
+                .unwrap_or_else(|| panic!("unknown phase {name}"));
+            open = Some(phase);
+            phases.push(phase);
+            if phase == Phase::AgentStart {
+                agent_start_at = Some(i);
+            }
+        } else if let Some(name) = message.strip_prefix("PHASE END: ") {
+            assert_eq!(
+                open.map(Phase::as_str),
+                Some(name),
+                "unbalanced end of {name}"
+            );
+            open = None;
+        } else {
+            assert_eq!(message, ALL_PHASES_COMPLETE);
+            assert_eq!(
+                i,
+                runcmd.len() - 1,
+                "{ALL_PHASES_COMPLETE} is not the last command"
+            );
+        }
+    }
+    assert_eq!(open, None, "a phase never ends");
+
+    // Phases come in Phase::ALL's order, each at most once.
+    let positions: Vec<usize> = phases
+        .iter()
+        .map(|p| Phase::ALL.iter().position(|q| q == p).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {phases:?}"
+    );
+
+    // The agent is downloaded, then started, and its start is the last phase.
+    assert_eq!(phases.last(), Some(&Phase::AgentStart), "{phases:?}");
+    assert!(phases.contains(&Phase::AgentDownload));
+    for required in [
+        Phase::AptTimers,
+        Phase::Packages,
+        Phase::Journald,
+        Phase::MetadataBlock,
+    ] {
+        assert!(phases.contains(&required), "{required:?} missing");
+    }
+
+    // Nothing after the agent's start touches Docker or apt (which can restart it).
+    let start = agent_start_at.expect("agent start is logged");
+    for argv in &runcmd[start..] {
+        for arg in argv {
+            assert!(
+                !arg.contains("docker") && !arg.contains("apt"),
+                "{argv:?} runs after the agent started"
+            );
+        }
+    }
+    phases
+}
+
+#[test]
+fn fixtures_boot_in_order() {
+    for (name, boot) in fixtures() {
+        let phases = check_order(boot.render().unwrap().expose());
+        assert_eq!(phases.contains(&Phase::Swap), boot.swap_mb > 0, "{name}");
+        let docker = boot.role == sam_cloudinit::NodeRole::Docker;
+        assert_eq!(phases.contains(&Phase::Docker), docker, "{name}");
+    }
+}
+
+/// The checker itself catches a Docker restart after the agent's start.
+#[test]
+#[should_panic(expected = "runs after the agent started")]
+fn checker_rejects_a_late_docker_restart() {
+    let text = crate::support::default_boot()
+        .render()
+        .unwrap()
+        .into_string();
+    let end = format!("- - logger\n  - -t\n  - {BOOT_LOG_TAG}\n  - \"PHASE END: agent-start\"");
+    let late = text.replace(
+        &end,
+        &format!("- - systemctl\n  - restart\n  - docker\n{end}"),
+    );
+    assert_ne!(late, text, "the replacement must apply");
+    check_order(&late);
+}
+
+proptest! {
+    #[test]
+    fn every_valid_input_boots_in_order(boot in valid_boot()) {
+        check_order(boot.render().unwrap().expose());
+    }
+}
