@@ -716,27 +716,50 @@ impl ControlPlane {
     }
 
     /// Deletes a node's VM (idempotent at the provider) and marks the row deleted.
+    ///
+    /// A row without a VM id may still have a VM whose create response was lost, so
+    /// the provider is asked by the node's label first; a row that truly never got a
+    /// VM is deleted outright, so nothing dead lingers. When the provider cannot be
+    /// reached the row stays, and the orphan sweep finishes the job later.
     pub(crate) async fn destroy_node(&self, node: &NodeRecord) {
-        if let Some(vm) = &node.vm_id {
-            match self.provider(node.provider) {
-                Ok(provider) => {
-                    if let Err(e) = provider.delete_vm(vm).await {
-                        tracing::warn!(node = %node.id, error = %e, "could not delete the VM; the orphan sweep will retry");
-                        return;
-                    }
-                }
+        let provider = match self.provider(node.provider) {
+            Ok(provider) => Arc::clone(provider),
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "no provider for the node");
+                return;
+            }
+        };
+        let vm = match &node.vm_id {
+            Some(vm) => Some(vm.clone()),
+            None => match provider
+                .list_vms(&crate::model::Labels::for_node(&node.id))
+                .await
+            {
+                Ok(vms) => vms.into_iter().next().map(|v| v.id),
                 Err(e) => {
-                    tracing::warn!(node = %node.id, error = %e, "no provider for the node");
+                    tracing::warn!(node = %node.id, error = %e, "could not look the node's VM up; the orphan sweep will retry");
                     return;
                 }
-            }
+            },
+        };
+        if let Some(vm) = &vm
+            && let Err(e) = provider.delete_vm(vm).await
+        {
+            tracing::warn!(node = %node.id, error = %e, "could not delete the VM; the orphan sweep will retry");
+            return;
         }
-        let mut gone = node.clone();
-        gone.status = NodeStatus::Deleted;
-        gone.lifecycle = crate::model::NodeLifecycle::Destroying;
-        gone.updated_at = self.clock.now();
-        if let Err(e) = self.store.put_node(&gone).await {
-            tracing::warn!(node = %node.id, error = %e, "could not mark the node deleted");
+        let result = if node.vm_id.is_none() && vm.is_none() {
+            self.store.delete_node(&node.id).await
+        } else {
+            let mut gone = node.clone();
+            gone.vm_id = vm;
+            gone.status = NodeStatus::Deleted;
+            gone.lifecycle = crate::model::NodeLifecycle::Destroying;
+            gone.updated_at = self.clock.now();
+            self.store.put_node(&gone).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(node = %node.id, error = %e, "could not record the node's deletion");
         }
     }
 

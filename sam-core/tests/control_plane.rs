@@ -9,13 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
-    Classify, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler,
-    ErrorCategory, ExecutionStep, Layer, LayerSettings, Provider, ProviderKind, Secret,
-    SessionReport, SizeDescent, StopReason, Store, SubmitRequest, TaskError, TaskEventKind,
-    TaskId, TaskRecord, TaskStatus, TokioClock, TokenSigner, VmSize, WorkspaceReport,
+    Classify, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, ErrorCategory,
+    ExecutionStep, Layer, LayerSettings, Provider, ProviderKind, Secret, SessionReport,
+    SizeDescent, StopReason, Store, SubmitRequest, TaskError, TaskEventKind, TaskId, TaskRecord,
+    TaskStatus, TokenSigner, TokioClock, VmSize, WorkspaceReport,
 };
 use sam_providers::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
 use sam_store::MemoryStore;
@@ -44,9 +43,8 @@ fn harness_with(
         node_agent: Arc::clone(&agent) as _,
         boot: Arc::new(PlainBoot),
         signer: TokenSigner::new(Secret::new("s".repeat(32)), "sam-control-plane").unwrap(),
-        clock: Arc::new(TokioClock::starting_at(
-            Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap(),
-        )),
+        // Anchored at the real time: the fake provider stamps VMs with it.
+        clock: Arc::new(TokioClock::new()),
     };
     Harness {
         cp: ControlPlane::new(parts, config).unwrap(),
@@ -183,14 +181,15 @@ async fn a_second_task_reuses_the_warm_node() {
 #[tokio::test(start_paused = true)]
 async fn project_large_steps_down_to_medium_and_records_it() {
     let h = harness(config("d1"));
-    h.provider
-        .script(FakeOp::CreateVm, [FakeOutcome::Fail(ErrorCategory::TransientCapacity)]);
+    h.provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::Fail(ErrorCategory::TransientCapacity)],
+    );
     let mut events = h.cp.subscribe();
-    let id = h
-        .cp
-        .submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
-        .await
-        .unwrap();
+    let id =
+        h.cp.submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+            .await
+            .unwrap();
     let task = h.run(&id, HOUR).await;
     assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
     assert_eq!(
@@ -199,7 +198,11 @@ async fn project_large_steps_down_to_medium_and_records_it() {
     );
     assert_eq!(task.requested_size, VmSize::Large);
     assert_eq!(task.provisioned_size, Some(VmSize::Medium));
-    assert_eq!(h.node_rows().await, 1, "the capacity-failed row was deleted");
+    assert_eq!(
+        h.node_rows().await,
+        1,
+        "the capacity-failed row was deleted"
+    );
     let mut downgraded = false;
     while let Ok(e) = events.try_recv() {
         downgraded |= matches!(
@@ -215,16 +218,14 @@ async fn project_large_steps_down_to_medium_and_records_it() {
 
 #[tokio::test(start_paused = true)]
 async fn platform_default_tries_every_size_then_backs_off_until_the_budget_ends() {
-    let h = harness(config("d1"));
+    let mut c = config("d1");
+    c.platform.size = Some(VmSize::Large);
+    let h = harness(c);
     h.provider.script(
         FakeOp::CreateVm,
         std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
     );
-    let id = h
-        .cp
-        .submit(&request(&[(Layer::Platform, sized(VmSize::Large))]))
-        .await
-        .unwrap();
+    let id = h.cp.submit(&request(&[])).await.unwrap();
     let task = h.run(&id, HOUR).await;
     assert_eq!(task.status, TaskStatus::Failed);
     let error = task.error.unwrap();
@@ -234,7 +235,7 @@ async fn platform_default_tries_every_size_then_backs_off_until_the_budget_ends(
         "No capacity for any available VM size (tried large, medium, small)."
     );
     let creates = h.creates();
-    assert!(creates.len() >= 6 && creates.len() % 3 == 0, "{creates:?}");
+    assert!(creates.len() >= 6 && creates.len().is_multiple_of(3), "{creates:?}");
     for pass in creates.chunks(3) {
         assert_eq!(
             pass.iter().map(|c| c.0).collect::<Vec<_>>(),
@@ -246,17 +247,21 @@ async fn platform_default_tries_every_size_then_backs_off_until_the_budget_ends(
 
 #[tokio::test(start_paused = true)]
 async fn explicit_sizes_never_descend() {
-    for layer in [Layer::Task, Layer::Trigger, Layer::Skill, Layer::AgentProfile] {
+    for layer in [
+        Layer::Task,
+        Layer::Trigger,
+        Layer::Skill,
+        Layer::AgentProfile,
+    ] {
         let h = harness(config("d1"));
         h.provider.script(
             FakeOp::CreateVm,
             std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
         );
-        let id = h
-            .cp
-            .submit(&request(&[(layer, sized(VmSize::Large))]))
-            .await
-            .unwrap();
+        let id =
+            h.cp.submit(&request(&[(layer, sized(VmSize::Large))]))
+                .await
+                .unwrap();
         let task = h.run(&id, HOUR).await;
         assert_eq!(task.status, TaskStatus::Failed);
         assert_eq!(
@@ -269,15 +274,18 @@ async fn explicit_sizes_never_descend() {
 
 #[tokio::test(start_paused = true)]
 async fn quota_and_invalid_config_stop_after_one_attempt() {
-    for category in [ErrorCategory::QuotaExceeded, ErrorCategory::InvalidConfig, ErrorCategory::AuthError] {
+    for category in [
+        ErrorCategory::QuotaExceeded,
+        ErrorCategory::InvalidConfig,
+        ErrorCategory::AuthError,
+    ] {
         let h = harness(config("d1"));
         h.provider
             .script(FakeOp::CreateVm, [FakeOutcome::Fail(category)]);
-        let id = h
-            .cp
-            .submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
-            .await
-            .unwrap();
+        let id =
+            h.cp.submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+                .await
+                .unwrap();
         let task = h.run(&id, HOUR).await;
         assert_eq!(task.status, TaskStatus::Failed);
         assert_eq!(task.error.unwrap().category, category);
@@ -295,11 +303,10 @@ async fn the_kill_switch_disables_descent() {
         FakeOp::CreateVm,
         std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
     );
-    let id = h
-        .cp
-        .submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
-        .await
-        .unwrap();
+    let id =
+        h.cp.submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+            .await
+            .unwrap();
     let task = h.run(&id, HOUR).await;
     assert_eq!(task.status, TaskStatus::Failed);
     assert!(h.creates().iter().all(|c| c.0 == VmSize::Large));
@@ -325,7 +332,12 @@ async fn a_restarted_runner_adopts_the_in_flight_vm() {
         ready_after_probes: Some(3),
         ..FakeAgentScript::default()
     }));
-    let first = harness_with(Arc::clone(&store), Arc::clone(&provider), Arc::clone(&agent), config("d1"));
+    let first = harness_with(
+        Arc::clone(&store),
+        Arc::clone(&provider),
+        Arc::clone(&agent),
+        config("d1"),
+    );
     let id = first.cp.submit(&request(&[])).await.unwrap();
     // Run until the VM exists, then "crash" the first runner (drop it).
     for _ in 0..3 {
@@ -355,7 +367,10 @@ async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
     assert!(error.message.contains("15 minutes"), "{error:?}");
     let elapsed = task.updated_at - task.created_at;
     assert!(elapsed >= chrono::Duration::minutes(15) && elapsed < chrono::Duration::minutes(16));
-    assert!(h.provider.vms().is_empty(), "a node that never became ready is destroyed");
+    assert!(
+        h.provider.vms().is_empty(),
+        "a node that never became ready is destroyed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -369,7 +384,11 @@ async fn a_vm_that_never_runs_fails_at_the_provisioning_limit() {
     let task = h.run(&id, HOUR).await;
     assert_eq!(task.status, TaskStatus::Failed);
     assert!(
-        task.error.as_ref().unwrap().message.contains("node provisioning timeout"),
+        task.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("node provisioning timeout"),
         "{task:?}"
     );
 }
@@ -385,7 +404,11 @@ async fn a_workspace_that_never_gets_ready_fails_at_the_workspace_limit() {
     let task = h.run(&id, 2 * HOUR).await;
     assert_eq!(task.status, TaskStatus::Failed);
     assert!(
-        task.error.as_ref().unwrap().message.contains("workspace ready timeout"),
+        task.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("workspace ready timeout"),
         "{task:?}"
     );
 }
@@ -459,7 +482,10 @@ async fn cancel_releases_the_workspace_and_node() {
         .unwrap()
         .unwrap();
     assert_eq!(node.lifecycle, sam_core::NodeLifecycle::Warm);
-    assert!(!h.cp.cancel(&id, "user").await.unwrap(), "a finished task stays finished");
+    assert!(
+        !h.cp.cancel(&id, "user").await.unwrap(),
+        "a finished task stays finished"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -471,16 +497,31 @@ async fn invalid_requests_are_rejected_at_submission() {
         async move {
             let err = h.cp.submit(&request(&layers)).await.unwrap_err();
             assert_eq!(err.category(), ErrorCategory::InvalidConfig, "{err}");
-            assert!(err.to_string().contains(&field), "{err} should name {field}");
+            assert!(
+                err.to_string().contains(&field),
+                "{err} should name {field}"
+            );
         }
     };
     check(
-        vec![(Layer::Task, LayerSettings { provider: Some(ProviderKind::Hetzner), ..Default::default() })],
+        vec![(
+            Layer::Task,
+            LayerSettings {
+                provider: Some(ProviderKind::Hetzner),
+                ..Default::default()
+            },
+        )],
         "hetzner",
     )
     .await;
     check(
-        vec![(Layer::Task, LayerSettings { agent: Some("nope".into()), ..Default::default() })],
+        vec![(
+            Layer::Task,
+            LayerSettings {
+                agent: Some("nope".into()),
+                ..Default::default()
+            },
+        )],
         "unknown agent",
     )
     .await;
@@ -505,7 +546,14 @@ async fn invalid_requests_are_rejected_at_submission() {
     let mut empty = request(&[]);
     empty.prompt = "  ".into();
     assert!(h.cp.submit(&empty).await.is_err());
-    assert!(h.store.list_tasks(&Default::default()).await.unwrap().is_empty(), "nothing persisted");
+    assert!(
+        h.store
+            .list_tasks(&Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing persisted"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -525,10 +573,18 @@ async fn callbacks_check_scope_and_subject() {
     let node = task.provisioned_node_id.unwrap();
     let other = sam_core::NodeId::new("n-other").unwrap();
     let wrong_subject = h.cp.issue_node_token(&other);
-    let err = h.cp.node_ready(wrong_subject.expose(), &node, "1.0").await.unwrap_err();
+    let err =
+        h.cp.node_ready(wrong_subject.expose(), &node, "1.0")
+            .await
+            .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::AuthError);
-    let ws_token = h.cp.issue_workspace_token(&sam_core::WorkspaceId::new(node.as_str()).unwrap());
-    assert!(h.cp.node_ready(ws_token.expose(), &node, "1.0").await.is_err());
+    let ws_token =
+        h.cp.issue_workspace_token(&sam_core::WorkspaceId::new(node.as_str()).unwrap());
+    assert!(
+        h.cp.node_ready(ws_token.expose(), &node, "1.0")
+            .await
+            .is_err()
+    );
     // The right token moves the task on.
     let token = h.cp.issue_node_token(&node);
     h.cp.node_ready(token.expose(), &node, "1.0").await.unwrap();
@@ -558,10 +614,14 @@ async fn sweeps_destroy_expired_warm_nodes_and_orphans() {
         .unwrap();
     assert_eq!(h.provider.vms().len(), 2);
     let report = h.cp.sweep().await.unwrap();
-    assert_eq!(report.nodes_destroyed, 0, "the warm node is still within its warm timeout");
+    assert_eq!(
+        report.nodes_destroyed, 0,
+        "the warm node is still within its warm timeout"
+    );
     tokio::time::advance(Duration::from_secs(31 * 60)).await;
     let report = h.cp.sweep().await.unwrap();
-    assert_eq!(report.nodes_destroyed, 1);
+    let nodes = h.store.list_nodes(&Default::default()).await.unwrap();
+    assert_eq!(report.nodes_destroyed, 1, "{report:?} {nodes:#?}");
     assert_eq!(report.orphans_deleted, 1);
     assert!(h.provider.vms().is_empty());
 }
@@ -578,7 +638,10 @@ async fn the_stuck_sweep_never_fires_before_the_waits_it_guards() {
     let task = loop {
         h.cp.tick().await.unwrap();
         let report = h.cp.sweep().await.unwrap();
-        assert_eq!(report.stuck_failed, 0, "the sweep fired before the wait it guards");
+        assert_eq!(
+            report.stuck_failed, 0,
+            "the sweep fired before the wait it guards"
+        );
         let task = h.store.get_task(&id).await.unwrap().unwrap();
         if task.status.is_terminal() {
             break task;
@@ -586,4 +649,126 @@ async fn the_stuck_sweep_never_fires_before_the_waits_it_guards() {
         tokio::time::advance(Duration::from_secs(30)).await;
     };
     assert!(task.error.unwrap().message.contains("agent ready timeout"));
+}
+
+fn two_location_catalog() -> sam_core::Catalog {
+    let locations = [
+        sam_core::Location::new("fsn1").unwrap(),
+        sam_core::Location::new("nbg1").unwrap(),
+    ];
+    sam_providers::catalog(ProviderKind::Fake, &locations)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_default_location_moves_before_the_size_steps_down() {
+    let h = harness_with(
+        Arc::new(MemoryStore::new()),
+        Arc::new(FakeProvider::with_catalog(two_location_catalog())),
+        Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+        config("d1"),
+    );
+    h.provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::Fail(ErrorCategory::TransientCapacity)],
+    );
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.provisioned_size, Some(VmSize::Medium));
+    assert_eq!(task.provisioned_location.unwrap().as_str(), "nbg1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_explicit_location_never_moves() {
+    let h = harness_with(
+        Arc::new(MemoryStore::new()),
+        Arc::new(FakeProvider::with_catalog(two_location_catalog())),
+        Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+        config("d1"),
+    );
+    h.provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::Fail(ErrorCategory::TransientCapacity)],
+    );
+    let settings = LayerSettings {
+        location: Some(sam_core::Location::new("fsn1").unwrap()),
+        ..LayerSettings::default()
+    };
+    let id =
+        h.cp.submit(&request(&[(Layer::Task, settings)]))
+            .await
+            .unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    // Medium in fsn1 was out; the plan stepped down to small, still in fsn1.
+    assert_eq!(task.provisioned_size, Some(VmSize::Small));
+    assert_eq!(task.provisioned_location.unwrap().as_str(), "fsn1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn descent_never_goes_below_what_the_reservation_needs() {
+    let h = harness(config("d1"));
+    h.provider.script(
+        FakeOp::CreateVm,
+        std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
+    );
+    let mut project = sized(VmSize::Large);
+    project.requirements.min_vcpu = Some(3.0);
+    let id =
+        h.cp.submit(&request(&[(Layer::Project, project)]))
+            .await
+            .unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(
+        h.creates().iter().all(|c| c.0 != VmSize::Small),
+        "{:?}",
+        h.creates()
+    );
+    assert_eq!(
+        task.error.unwrap().message,
+        "No capacity for any available VM size (tried large, medium)."
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_that_fails_in_its_action_moves_to_the_next_entry() {
+    let h = harness(config("d1"));
+    h.provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::FailInAction(ErrorCategory::TransientCapacity)],
+    );
+    let id =
+        h.cp.submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+            .await
+            .unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.provisioned_size, Some(VmSize::Medium));
+    assert_eq!(h.provider.vms().len(), 1, "the failed VM was deleted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_nodes_are_preferred_over_running_ones() {
+    let h = harness(config("d1"));
+    // Two tasks at once: two nodes (the medium default holds one default workspace
+    // twice over, so make each task exclusive).
+    let mut exclusive = LayerSettings::default();
+    exclusive.requirements.exclusive_node = Some(true);
+    let a =
+        h.cp.submit(&request(&[(Layer::Task, exclusive.clone())]))
+            .await
+            .unwrap();
+    let b =
+        h.cp.submit(&request(&[(Layer::Task, exclusive.clone())]))
+            .await
+            .unwrap();
+    h.run(&a, HOUR).await;
+    h.run(&b, HOUR).await;
+    assert_eq!(h.creates().len(), 2);
+    let c = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&c, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(h.creates().len(), 2, "no third VM");
+    assert!(task.placement.unwrap().reason.contains("warm"));
 }

@@ -106,6 +106,17 @@ impl FakeProvider {
         }
     }
 
+    /// An empty fake offering `catalog` (several sizes and locations, for fallback tests).
+    pub fn with_catalog(catalog: Catalog) -> Self {
+        Self {
+            state: Mutex::default(),
+            catalog: Catalog {
+                provider: KIND,
+                ..catalog
+            },
+        }
+    }
+
     /// Appends outcomes for the next calls of `op`, in order.
     pub fn script(&self, op: FakeOp, outcomes: impl IntoIterator<Item = FakeOutcome>) {
         self.lock().scripts.entry(op).or_default().extend(outcomes);

@@ -179,9 +179,10 @@ impl NodeAgent for FakeNodeAgent {
         workspace: &WorkspaceId,
     ) -> Result<(), NodeAgentError> {
         let mut state = self.state.lock().expect("state lock");
-        state
-            .calls
-            .push(FakeAgentCall::CancelSession(node.id.clone(), workspace.clone()));
+        state.calls.push(FakeAgentCall::CancelSession(
+            node.id.clone(),
+            workspace.clone(),
+        ));
         state.sessions.insert(
             workspace.clone(),
             SessionReport::Stopped {
@@ -198,9 +199,10 @@ impl NodeAgent for FakeNodeAgent {
         workspace: &WorkspaceId,
     ) -> Result<(), NodeAgentError> {
         let mut state = self.state.lock().expect("state lock");
-        state
-            .calls
-            .push(FakeAgentCall::StopWorkspace(node.id.clone(), workspace.clone()));
+        state.calls.push(FakeAgentCall::StopWorkspace(
+            node.id.clone(),
+            workspace.clone(),
+        ));
         state.workspaces.remove(workspace);
         state.sessions.remove(workspace);
         Ok(())
