@@ -115,6 +115,7 @@ impl TimeoutPolicy {
             })
         };
         let positive = [
+            ("capacity_wait", self.capacity_wait),
             ("node_provisioning", self.node_provisioning),
             ("agent_ready", self.agent_ready),
             ("workspace_ready", self.workspace_ready),

@@ -235,7 +235,10 @@ async fn platform_default_tries_every_size_then_backs_off_until_the_budget_ends(
         "No capacity for any available VM size (tried large, medium, small)."
     );
     let creates = h.creates();
-    assert!(creates.len() >= 6 && creates.len().is_multiple_of(3), "{creates:?}");
+    assert!(
+        creates.len() >= 6 && creates.len().is_multiple_of(3),
+        "{creates:?}"
+    );
     for pass in creates.chunks(3) {
         assert_eq!(
             pass.iter().map(|c| c.0).collect::<Vec<_>>(),
@@ -771,4 +774,60 @@ async fn warm_nodes_are_preferred_over_running_ones() {
     assert_eq!(task.status, TaskStatus::Completed);
     assert_eq!(h.creates().len(), 2, "no third VM");
     assert!(task.placement.unwrap().reason.contains("warm"));
+}
+
+mod sweep_order {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn minutes(range: std::ops::Range<u64>) -> impl Strategy<Value = Duration> {
+        range.prop_map(|m| Duration::from_secs(m * 60))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+        /// Over random valid policies, a node whose agent never reports ready is
+        /// failed by the runner's own agent-ready limit, never earlier by the sweep.
+        #[test]
+        fn the_sweep_never_fires_before_the_runner_limit(
+            capacity in minutes(1..10),
+            provisioning in minutes(1..30),
+            ready in minutes(1..30),
+            grace in minutes(1..10),
+        ) {
+            let mut c = config("d1");
+            c.timeouts.capacity_wait = capacity;
+            c.timeouts.node_provisioning = provisioning;
+            c.timeouts.agent_ready = ready;
+            c.timeouts.queued_grace = grace;
+            c.timeouts.validate().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let message = rt.block_on(async move {
+                let h = harness(c);
+                h.agent.set_script(FakeAgentScript {
+                    ready_after_probes: None,
+                    ..FakeAgentScript::default()
+                });
+                let id = h.cp.submit(&request(&[])).await.unwrap();
+                loop {
+                    h.cp.tick().await.unwrap();
+                    let report = h.cp.sweep().await.unwrap();
+                    assert_eq!(report.stuck_failed, 0, "the sweep fired first");
+                    let task = h.store.get_task(&id).await.unwrap().unwrap();
+                    if task.status.is_terminal() {
+                        break task.error.unwrap().message;
+                    }
+                    tokio::time::advance(Duration::from_secs(20)).await;
+                }
+            });
+            prop_assert!(
+                message.contains("agent ready timeout") || message.contains("node provisioning timeout"),
+                "{}", message
+            );
+        }
+    }
 }
