@@ -4,8 +4,12 @@
 
 pub mod acp;
 pub mod devcontainer;
+pub mod error;
 pub mod fake;
+pub mod runtime;
 
 pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
 };
+pub use error::{Error, Result};
+pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};

@@ -189,6 +189,39 @@ impl AgentCommand {
         &self.args
     }
 
+    /// This command run inside a container with `docker exec -i`: the environment
+    /// variables are named on `docker exec`'s command line and their values reach it
+    /// through its own environment, so they never appear in a process listing.
+    pub(crate) fn in_container(
+        &self,
+        docker: &str,
+        container: &str,
+        user: Option<&str>,
+        workdir: &str,
+    ) -> Self {
+        let mut args = vec![
+            "exec".to_owned(),
+            "-i".to_owned(),
+            "-w".to_owned(),
+            workdir.to_owned(),
+        ];
+        if let Some(user) = user {
+            args.extend(["-u".to_owned(), user.to_owned()]);
+        }
+        for (name, _) in &self.env {
+            args.extend(["-e".to_owned(), name.clone()]);
+        }
+        args.push(container.to_owned());
+        args.push(self.program.clone());
+        args.extend(self.args.iter().cloned());
+        Self {
+            program: docker.to_owned(),
+            args,
+            env: self.env.clone(),
+            cwd: None,
+        }
+    }
+
     /// Starts the command as a child process.
     ///
     /// # Errors
