@@ -3,9 +3,11 @@
 //! The SAM VM agent as a library.
 
 pub mod acp;
+pub mod boot;
 pub mod devcontainer;
 pub mod error;
 pub mod fake;
+pub mod monitor;
 pub mod runtime;
 
 pub use acp::{
