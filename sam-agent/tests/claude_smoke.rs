@@ -42,8 +42,10 @@ async fn claude_agent_acp_without_a_key_fails_with_auth_error_once() {
     let command = AgentCommand::new(agent.display().to_string())
         .with_env("IS_SANDBOX", Secret::new("1"))
         .with_cwd(workspace.path());
-    let mut options = AcpOptions::default();
-    options.request_timeout = Duration::from_secs(60);
+    let options = AcpOptions {
+        request_timeout: Duration::from_secs(60),
+        ..AcpOptions::default()
+    };
     let session = AcpSession::new(Arc::new(command), options);
     let mut events = session.events();
 

@@ -34,6 +34,8 @@ pub struct AgentIo {
     pub(crate) stdout: Box<dyn AsyncRead + Send + Unpin>,
     pub(crate) child: Option<Child>,
     pub(crate) stderr_tail: Arc<Mutex<String>>,
+    /// Ends when the agent's stderr has been drained.
+    pub(crate) stderr_done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for AgentIo {
@@ -56,6 +58,7 @@ impl AgentIo {
             stdout: Box::new(stdout),
             child: None,
             stderr_tail: Arc::default(),
+            stderr_done: None,
         }
     }
 
@@ -69,10 +72,11 @@ impl AgentIo {
         let stdin = child.stdin.take().ok_or_else(missing)?;
         let stdout = child.stdout.take().ok_or_else(missing)?;
         let stderr_tail = Arc::new(Mutex::new(String::new()));
+        let mut stderr_done = None;
         if let Some(stderr) = child.stderr.take() {
             let tail = Arc::clone(&stderr_tail);
             let pid = child.id();
-            tokio::spawn(async move {
+            stderr_done = Some(tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let line = redact(&line).into_owned();
@@ -88,13 +92,14 @@ impl AgentIo {
                         tail.drain(..cut);
                     }
                 }
-            });
+            }));
         }
         Ok(Self {
             stdin: Box::new(stdin),
             stdout: Box::new(stdout),
             child: Some(child),
             stderr_tail,
+            stderr_done,
         })
     }
 }
