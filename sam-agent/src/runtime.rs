@@ -125,6 +125,7 @@ pub struct Container {
 ///   devcontainer requested by name that does not exist is an error, never a fallback.
 /// - `agent_command` wraps an agent command so it runs inside the workspace, keeping
 ///   its credentials out of command lines.
+/// - `remove` is idempotent: what is already gone counts as removed.
 #[async_trait]
 pub trait WorkspaceRuntime: Send + Sync + std::fmt::Debug {
     /// Creates the workspace.
@@ -135,6 +136,22 @@ pub trait WorkspaceRuntime: Send + Sync + std::fmt::Debug {
 
     /// The command that runs `agent` in `workspace`.
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand;
+
+    /// Removes the workspace: its container, if any, then its directory.
+    ///
+    /// # Errors
+    /// When the container or the directory cannot be removed.
+    async fn remove(&self, workspace: &Workspace) -> Result<()>;
+}
+
+/// Removes a workspace directory; a directory that is gone already is fine.
+async fn remove_dir(dir: &Path) -> Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("removing {}", dir.display()), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The profile decision, before any container exists.
@@ -318,6 +335,10 @@ impl WorkspaceRuntime for HostRuntime {
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
         agent.clone().with_cwd(&workspace.dir)
     }
+
+    async fn remove(&self, workspace: &Workspace) -> Result<()> {
+        remove_dir(&workspace.dir).await
+    }
 }
 
 /// The Docker runtime: a container per workspace, agents through `docker exec -i`.
@@ -484,6 +505,18 @@ impl WorkspaceRuntime for DockerRuntime {
             Some(c) => agent.in_container(&self.docker, &c.id, c.user.as_deref(), &c.folder),
             None => agent.clone().with_cwd(&workspace.dir),
         }
+    }
+
+    async fn remove(&self, workspace: &Workspace) -> Result<()> {
+        if let Some(container) = &workspace.container {
+            // `docker rm --force` of a container that is gone fails; the directory
+            // must go either way, so that failure is only logged.
+            let args = ["rm", "--force", container.id.as_str()].map(ToOwned::to_owned);
+            if let Err(e) = run(&self.docker, &args, None).await {
+                tracing::warn!(container = %container.id, error = %e, "could not remove the workspace container");
+            }
+        }
+        remove_dir(&workspace.dir).await
     }
 }
 

@@ -345,3 +345,30 @@ async fn a_missing_named_devcontainer_is_an_error() {
     );
     assert!(tools.calls().is_empty(), "no container is started");
 }
+
+#[tokio::test]
+async fn remove_deletes_the_container_and_the_clone_and_is_idempotent() {
+    let source = repo(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let tools = FakeTools::new();
+    let runtime = DockerRuntime::new(HostRuntime::new(root.path()), "sam/lightweight:1")
+        .with_programs(tools.path("docker"), tools.path("devcontainer"));
+    let ws = runtime
+        .prepare(&request(source.path(), ProfileRequest::Lightweight, None))
+        .await
+        .unwrap();
+    assert!(ws.dir.is_dir());
+    runtime.remove(&ws).await.unwrap();
+    assert!(!ws.dir.exists());
+    assert_eq!(tools.calls().last().unwrap(), "docker rm --force c0ffee");
+    runtime.remove(&ws).await.unwrap();
+
+    let host = HostRuntime::new(root.path());
+    let ws = host
+        .prepare(&request(source.path(), ProfileRequest::Auto, None))
+        .await
+        .unwrap();
+    host.remove(&ws).await.unwrap();
+    assert!(!ws.dir.exists());
+    host.remove(&ws).await.unwrap();
+}
