@@ -64,19 +64,42 @@
 //! # }
 //! ```
 //!
-//! Not in this crate yet: the HTTP API, control-plane callbacks and the SQLite event
-//! log and metrics store wiring (see the crate's issue).
+//! ## The VM agent over HTTP
+//! [`VmAgent`] wires it together ([`server`]): it serves the HTTP API of [`api`]
+//! (`GET /health`, and under `/v1` with a management token: workspaces, sessions,
+//! cancel, events), prepares workspaces with a [`WorkspaceRuntime`], hosts one
+//! [`AcpSession`] per workspace, and reports to the control plane through
+//! [`Callbacks`] (node ready with the boot timeline, heartbeats with metrics,
+//! workspace ready, session events), retrying with [`callbacks::callback_policy`].
+//! [`HttpNodeAgent`] is the control plane's [`sam_core::NodeAgent`] over that API.
+//! Events go to an [`events::EventLog`]; today that is the bounded in-process
+//! [`events::MemoryEventLog`].
+//!
+//! Not in this crate yet: the SQLite event log and metrics store (an
+//! [`events::EventLog`] backend from `sam-store`), and the `/v1/events/export` and
+//! `/v1/metrics/export` routes that stream them.
 
 pub mod acp;
+pub mod api;
 pub mod boot;
+pub mod callbacks;
 pub mod devcontainer;
 pub mod error;
+pub mod events;
 pub mod fake;
 pub mod monitor;
+pub mod node_agent;
 pub mod runtime;
+pub mod server;
 
 pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
 };
+pub use callbacks::{Callbacks, CallbacksConfig};
 pub use error::{Error, Result};
+pub use events::{EventLog, MemoryEventLog};
+pub use node_agent::{
+    HttpNodeAgent, HttpNodeAgentConfig, NodeDirectory, NodeEndpoint, StaticNodeDirectory,
+};
 pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
+pub use server::{VmAgent, VmAgentConfig};
