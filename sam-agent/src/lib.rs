@@ -1,11 +1,105 @@
 //! # sam-agent
 //!
-//! The SAM VM agent as a library.
+//! The SAM VM agent as a library: what runs on a node to prepare workspaces and host
+//! coding agents.
+//!
+//! - **ACP session host** ([`acp`]): [`AcpSession`] implements
+//!   [`sam_core::AgentSession`] over the Agent Client Protocol for any
+//!   [`AgentLauncher`] — an [`AgentCommand`] (the registry knows `claude`, `codex`,
+//!   `gemini` and `opencode`; any command works), or an in-process agent. It answers
+//!   permission requests by [`PermissionMode`], serves file requests strictly inside
+//!   the workspace, retries prompts that fail before the agent accepted them
+//!   ([`sam_core::RetryPolicy::prompt`]), and recovers crashed agents with
+//!   `session/load` ([`CrashPolicy`]).
+//! - **Devcontainers** ([`devcontainer`]): `discover` and `select` in the
+//!   specification's order, JSONC with comments and trailing commas.
+//! - **Workspace runtimes** ([`runtime`]): [`HostRuntime`] (the embedded default) and
+//!   [`DockerRuntime`]; the [`runtime::ReadyReport`] carries the effective profile.
+//! - **Boot timeline** ([`boot`]) and **resource monitor** ([`monitor`]): parsing of
+//!   the `sam-boot` phase markers, `/proc` and `statvfs`.
+//! - **Fake agent** ([`fake`]): a scripted ACP agent, always compiled, also shipped as
+//!   the `fake-acp-agent` binary for tests.
+//!
+//! ## Example
+//! Discover a repository's devcontainer, then run one prompt turn against the fake
+//! agent (in-process here; tests run the same agent as a real process):
+//! ```
+//! use std::sync::Arc;
+//! use futures::StreamExt;
+//! use sam_agent::{AcpOptions, AcpSession, devcontainer};
+//! use sam_agent::fake::FakeAgentScript;
+//! use sam_core::{AgentSession, SessionEvent, StopReason};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let repo = tempfile::tempdir()?;
+//! std::fs::write(repo.path().join(".devcontainer.json"), r#"{ "image": "debian:12", }"#)?;
+//! let config = devcontainer::select(repo.path(), None)?.expect("the repo has one");
+//! assert_eq!(config.image.as_deref(), Some("debian:12"));
+//!
+//! // An agent whose model provider is overloaded once: the prompt is retried.
+//! let agent = FakeAgentScript {
+//!     fail_prompts: 1,
+//!     fail_text: "API Error: 529 overloaded".to_owned(),
+//!     ..FakeAgentScript::default()
+//! };
+//! let mut options = AcpOptions::default();
+//! options.prompt_retry.initial_delay = std::time::Duration::from_millis(10);
+//! let session = AcpSession::new(Arc::new(agent), options);
+//! let mut events = session.events();
+//! session.initialize().await?;
+//! let id = session.new_session(repo.path()).await?;
+//! assert_eq!(session.prompt(&id, "fix the flaky test").await?, StopReason::EndTurn);
+//!
+//! let mut retries = 0;
+//! while let Some(event) = events.next().await {
+//!     match event.event {
+//!         SessionEvent::PromptRetry { .. } => retries += 1,
+//!         SessionEvent::Stopped { .. } => break,
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(retries, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## The VM agent over HTTP
+//! [`VmAgent`] wires it together ([`server`]): it serves the HTTP API of [`api`]
+//! (`GET /health`, and under `/v1` with a management token: workspaces, sessions,
+//! cancel, events), prepares workspaces with a [`WorkspaceRuntime`], hosts one
+//! [`AcpSession`] per workspace, and reports to the control plane through
+//! [`Callbacks`] (node ready with the boot timeline, heartbeats with metrics,
+//! workspace ready, session events), retrying with [`callbacks::callback_policy`].
+//! [`HttpNodeAgent`] is the control plane's [`sam_core::NodeAgent`] over that API.
+//! Events go to an [`events::EventLog`]; today that is the bounded in-process
+//! [`events::MemoryEventLog`].
+//!
+//! Not in this crate yet: the SQLite event log and metrics store (an
+//! [`events::EventLog`] backend from `sam-store`), and the `/v1/events/export` and
+//! `/v1/metrics/export` routes that stream them.
 
 pub mod acp;
+pub mod api;
+pub mod boot;
+pub mod callbacks;
 pub mod devcontainer;
+pub mod error;
+pub mod events;
 pub mod fake;
+pub mod monitor;
+pub mod node_agent;
+pub mod runtime;
+pub mod server;
 
 pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
 };
+pub use callbacks::{Callbacks, CallbacksConfig};
+pub use error::{Error, Result};
+pub use events::{EventLog, MemoryEventLog};
+pub use node_agent::{
+    HttpNodeAgent, HttpNodeAgentConfig, NodeDirectory, NodeEndpoint, StaticNodeDirectory,
+};
+pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
+pub use server::{VmAgent, VmAgentConfig};

@@ -34,6 +34,8 @@ pub struct AgentIo {
     pub(crate) stdout: Box<dyn AsyncRead + Send + Unpin>,
     pub(crate) child: Option<Child>,
     pub(crate) stderr_tail: Arc<Mutex<String>>,
+    /// Ends when the agent's stderr has been drained.
+    pub(crate) stderr_done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for AgentIo {
@@ -56,6 +58,7 @@ impl AgentIo {
             stdout: Box::new(stdout),
             child: None,
             stderr_tail: Arc::default(),
+            stderr_done: None,
         }
     }
 
@@ -69,10 +72,11 @@ impl AgentIo {
         let stdin = child.stdin.take().ok_or_else(missing)?;
         let stdout = child.stdout.take().ok_or_else(missing)?;
         let stderr_tail = Arc::new(Mutex::new(String::new()));
+        let mut stderr_done = None;
         if let Some(stderr) = child.stderr.take() {
             let tail = Arc::clone(&stderr_tail);
             let pid = child.id();
-            tokio::spawn(async move {
+            stderr_done = Some(tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let line = redact(&line).into_owned();
@@ -88,13 +92,14 @@ impl AgentIo {
                         tail.drain(..cut);
                     }
                 }
-            });
+            }));
         }
         Ok(Self {
             stdin: Box::new(stdin),
             stdout: Box::new(stdout),
             child: Some(child),
             stderr_tail,
+            stderr_done,
         })
     }
 }
@@ -187,6 +192,39 @@ impl AgentCommand {
     /// The arguments.
     pub fn args(&self) -> &[String] {
         &self.args
+    }
+
+    /// This command run inside a container with `docker exec -i`: the environment
+    /// variables are named on `docker exec`'s command line and their values reach it
+    /// through its own environment, so they never appear in a process listing.
+    pub(crate) fn in_container(
+        &self,
+        docker: &str,
+        container: &str,
+        user: Option<&str>,
+        workdir: &str,
+    ) -> Self {
+        let mut args = vec![
+            "exec".to_owned(),
+            "-i".to_owned(),
+            "-w".to_owned(),
+            workdir.to_owned(),
+        ];
+        if let Some(user) = user {
+            args.extend(["-u".to_owned(), user.to_owned()]);
+        }
+        for (name, _) in &self.env {
+            args.extend(["-e".to_owned(), name.clone()]);
+        }
+        args.push(container.to_owned());
+        args.push(self.program.clone());
+        args.extend(self.args.iter().cloned());
+        Self {
+            program: docker.to_owned(),
+            args,
+            env: self.env.clone(),
+            cwd: None,
+        }
     }
 
     /// Starts the command as a child process.

@@ -101,6 +101,7 @@ impl Connection {
             stdout,
             mut child,
             stderr_tail,
+            stderr_done,
         } = io;
         let writer: Writer = Arc::new(Mutex::new(stdin));
         let pending: Pending = Arc::default();
@@ -123,6 +124,10 @@ impl Connection {
                     }
                     None => String::new(),
                 };
+                // Let the last words on stderr arrive before reporting them.
+                if let Some(done) = stderr_done {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+                }
                 let tail = stderr_tail
                     .lock()
                     .map(|t| t.trim().to_owned())
@@ -175,7 +180,10 @@ impl Connection {
         if write_message(&self.writer.0, &message).await.is_err() {
             return Err(CallError::Closed(self.wait_closed().await));
         }
+        // Biased: the reader answers a request before it reports the end of output, so
+        // a reply that is ready wins over a close that is ready too.
         tokio::select! {
+            biased;
             reply = rx => match reply {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(error)) => Err(CallError::Rpc(error)),

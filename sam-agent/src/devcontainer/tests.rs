@@ -289,7 +289,12 @@ fn check_broken(text: &str, line: usize, column: usize, words: &str) {
 fn broken_files_name_the_position() {
     check_broken("{\n  \"image\": 'debian'\n}", 2, 12, "single-quoted");
     check_broken("{\n  image: \"debian\"\n}", 2, 3, "");
-    check_broken("{\n  \"image\": \"a\"\n  \"name\": \"b\"\n}", 2, 15, "comma");
+    check_broken(
+        "{\n  \"image\": \"a\"\n  \"name\": \"b\"\n}",
+        2,
+        15,
+        "comma",
+    );
     check_broken("{\n  \"image\": \"debian\",\n", 3, 1, "");
     check_broken("{ \"forwardPorts\": [0x50] }", 1, 20, "hexadecimal");
     check_broken("{ \"image\": 42 }", 1, 12, "");

@@ -1,0 +1,308 @@
+//! The VM agent's HTTP API and its callbacks to the control plane: paths, bodies,
+//! tokens. The server ([`crate::server`]), its client ([`crate::HttpNodeAgent`]) and
+//! the callback client ([`crate::Callbacks`]) all use these types, so they cannot
+//! drift apart.
+//!
+//! # The agent's routes
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /health` | | [`AgentHealth`], without a token, as soon as the agent listens |
+//! | `POST /v1/workspaces` | [`CreateWorkspace`] | `202` [`WorkspaceView`] (`200` when it exists already) |
+//! | `GET /v1/workspaces/{id}` | | [`WorkspaceView`] |
+//! | `DELETE /v1/workspaces/{id}` | | `204`, also for an unknown workspace |
+//! | `POST /v1/workspaces/{id}/sessions` | [`StartSession`] | `202` [`SessionView`] (`200` when a session exists already) |
+//! | `GET /v1/workspaces/{id}/sessions` | | [`SessionView`]; `404` without a session |
+//! | `POST /v1/workspaces/{id}/cancel` | | `204` |
+//! | `GET /v1/events?limit=N` | | [`AgentEvent`](crate::events::AgentEvent)s, newest first |
+//!
+//! Failures answer an [`ErrorBody`] with the status of its category
+//! ([`status_for`]); a malformed body names the field.
+//!
+//! # Management tokens
+//! Every `/v1` request carries `Authorization: Bearer <token>`, a
+//! [`TokenSigner`] token with audience [`MANAGEMENT_AUDIENCE`], scope `node` and the
+//! node id as subject, issued for minutes ([`MANAGEMENT_TOKEN_TTL`]).
+//!
+//! Its HMAC key is the **node token** the agent was started with
+//! ([`management_signer`]). DESIGN.md §8 allows one secret on the VM: the
+//! node-scoped callback token in a root-only file. Keying management tokens with it
+//! needs no second secret on the VM, and binds the key to the node: the token of one
+//! node is useless against another, and it is at least as long as the 32 bytes a
+//! signer requires (claims and a 256-bit signature, base64url). The control plane
+//! issued that token, so it can sign management tokens without knowing anything the
+//! VM does not. A token refreshed over the heartbeat replaces the *callback* token
+//! only; the management key stays the token the agent started with, so the control
+//! plane must keep the token it booted the node with (see
+//! [`crate::NodeEndpoint::management_key`]). The alternative — giving the agent the
+//! control plane's own key — would let one compromised VM forge tokens for every
+//! node.
+
+use std::time::Duration;
+
+use sam_core::{
+    AgentHealth, ErrorCategory, NodeMetrics, Secret, SessionReport, TokenSigner, WorkspaceId,
+    WorkspaceReport,
+};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::boot::BootTimeline;
+use crate::runtime::{ProfileRequest, WorkspaceRequest};
+
+/// The audience of management tokens (control plane → VM agent).
+pub const MANAGEMENT_AUDIENCE: &str = "sam-vm-agent";
+
+/// How long a management token the client issues lives: one request's worth.
+pub const MANAGEMENT_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// The largest `limit` `GET /v1/events` accepts; larger ones are capped.
+pub const MAX_EVENTS: usize = 1000;
+
+/// The signer that issues and verifies a node's management tokens, keyed with the
+/// node token the agent started with (see the [module docs](self)).
+///
+/// # Errors
+/// `invalid_input` when the token is shorter than 32 bytes.
+pub fn management_signer(node_token: &Secret) -> Result<TokenSigner, sam_core::Error> {
+    TokenSigner::new(node_token.clone(), MANAGEMENT_AUDIENCE)
+}
+
+/// Serializes a secret where the wire needs it; only the API's bodies do this.
+fn expose<S: Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose())
+}
+
+fn expose_option<S: Serializer>(secret: &Option<Secret>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(s) => serializer.serialize_some(s.expose()),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// The profile a control plane names (`full`, `lightweight`; `auto` and
+/// `devcontainer` too), or `None` for a name the agent does not know.
+pub fn parse_profile(name: &str) -> Option<ProfileRequest> {
+    match name {
+        "full" | "auto" => Some(ProfileRequest::Auto),
+        "lightweight" => Some(ProfileRequest::Lightweight),
+        "devcontainer" => Some(ProfileRequest::Devcontainer),
+        _ => None,
+    }
+}
+
+/// `POST /v1/workspaces`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    /// The workspace.
+    pub id: WorkspaceId,
+    /// The repository to clone (a URL or a path on the node).
+    pub repo: String,
+    /// The branch; the repository's default when absent.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The requested profile.
+    #[serde(default)]
+    pub profile: ProfileRequest,
+    /// A devcontainer configuration by name.
+    #[serde(default)]
+    pub devcontainer: Option<String>,
+    /// The workspace-scoped token for this workspace's callbacks.
+    #[serde(serialize_with = "expose")]
+    pub token: Secret,
+}
+
+impl CreateWorkspace {
+    /// What the workspace runtime prepares.
+    pub fn to_runtime_request(&self) -> WorkspaceRequest {
+        WorkspaceRequest {
+            id: self.id.clone(),
+            repo: self.repo.clone(),
+            branch: self.branch.clone(),
+            profile: self.profile,
+            devcontainer: self.devcontainer.clone(),
+        }
+    }
+}
+
+/// A workspace's state: the answer to `GET /v1/workspaces/{id}` and to creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceView {
+    /// The workspace.
+    pub id: WorkspaceId,
+    /// Its state.
+    pub report: WorkspaceReport,
+}
+
+/// `POST /v1/workspaces/{id}/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSession {
+    /// The agent, by a name the VM agent knows (`claude`, `codex`, …).
+    pub agent: String,
+    /// The prompt.
+    pub prompt: String,
+}
+
+/// A session's state: the answer to `GET /v1/workspaces/{id}/sessions` and to
+/// starting one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// The agent.
+    pub agent: String,
+    /// Its state.
+    pub report: SessionReport,
+}
+
+/// `GET /v1/events` query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsQuery {
+    /// How many events, newest first; 100 by default, at most [`MAX_EVENTS`].
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// The body of every failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One sentence, redacted.
+    pub error: String,
+    /// What kind of failure.
+    pub category: ErrorCategory,
+    /// The request field at fault, for malformed requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// The HTTP status that answers a failure of `category`.
+pub fn status_for(category: ErrorCategory) -> u16 {
+    match category {
+        ErrorCategory::InvalidConfig => 400,
+        ErrorCategory::AuthError => 401,
+        ErrorCategory::NotFound => 404,
+        ErrorCategory::Conflict => 409,
+        ErrorCategory::QuotaExceeded | ErrorCategory::RateLimited => 429,
+        ErrorCategory::Transient | ErrorCategory::TransientCapacity => 503,
+        _ => 500,
+    }
+}
+
+/// The category of an HTTP failure status, for both clients: 401 and 403 are
+/// `auth_error`, 404 `not_found`, every other 4xx `invalid_config` (permanent: the
+/// same request will fail again), 5xx and anything else `transient`.
+///
+/// A 429 is permanent here too, as the agent's issue asks of callbacks: the control
+/// plane does not rate-limit its own nodes, so a 429 means a misrouted request.
+pub fn classify_status(status: u16) -> ErrorCategory {
+    match status {
+        401 | 403 => ErrorCategory::AuthError,
+        404 => ErrorCategory::NotFound,
+        400..=499 => ErrorCategory::InvalidConfig,
+        _ => ErrorCategory::Transient,
+    }
+}
+
+/// `POST /v1/nodes/{id}/ready` (agent → control plane).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReady {
+    /// The agent's version.
+    pub version: String,
+    /// Where the node's boot time went.
+    pub boot: BootTimeline,
+}
+
+/// `POST /v1/nodes/{id}/heartbeat` (agent → control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The node's resource use.
+    pub metrics: NodeMetrics,
+}
+
+/// The control plane's answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// A fresh node token when the current one is past half its life; it replaces
+    /// the token the agent's callbacks carry.
+    #[serde(default, serialize_with = "expose_option")]
+    pub refreshed_token: Option<Secret>,
+}
+
+/// The agent's health, re-exported for the API's users.
+pub type Health = AgentHealth;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classification_table() {
+        for (status, category) in [
+            (400, ErrorCategory::InvalidConfig),
+            (401, ErrorCategory::AuthError),
+            (403, ErrorCategory::AuthError),
+            (404, ErrorCategory::NotFound),
+            (409, ErrorCategory::InvalidConfig),
+            (422, ErrorCategory::InvalidConfig),
+            (429, ErrorCategory::InvalidConfig),
+            (500, ErrorCategory::Transient),
+            (502, ErrorCategory::Transient),
+            (503, ErrorCategory::Transient),
+        ] {
+            assert_eq!(classify_status(status), category, "status {status}");
+            assert!(
+                (status >= 500) == category.is_retryable(),
+                "4xx is permanent, 5xx is retried: {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_match_their_categories() {
+        for category in [
+            ErrorCategory::InvalidConfig,
+            ErrorCategory::AuthError,
+            ErrorCategory::NotFound,
+        ] {
+            assert_eq!(classify_status(status_for(category)), category);
+        }
+        assert!(classify_status(status_for(ErrorCategory::Transient)).is_retryable());
+    }
+
+    #[test]
+    fn secrets_go_on_the_wire_only_in_their_field() {
+        let body = CreateWorkspace {
+            id: WorkspaceId::new("ws-1").unwrap(),
+            repo: "/srv/repo".to_owned(),
+            branch: None,
+            profile: ProfileRequest::Auto,
+            devcontainer: None,
+            token: Secret::new("the-workspace-token"),
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["token"], "the-workspace-token");
+        assert!(!format!("{body:?}").contains("the-workspace-token"));
+        let back: CreateWorkspace = serde_json::from_value(json).unwrap();
+        assert_eq!(back, body);
+
+        let reply = HeartbeatResponse {
+            refreshed_token: Some(Secret::new("fresh")),
+        };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(json, r#"{"refreshed_token":"fresh"}"#);
+        assert_eq!(
+            serde_json::from_str::<HeartbeatResponse>("{}").unwrap(),
+            HeartbeatResponse::default()
+        );
+    }
+
+    #[test]
+    fn profile_names() {
+        assert_eq!(parse_profile("full"), Some(ProfileRequest::Auto));
+        assert_eq!(
+            parse_profile("lightweight"),
+            Some(ProfileRequest::Lightweight)
+        );
+        assert_eq!(parse_profile("huge"), None);
+    }
+}

@@ -1,0 +1,524 @@
+//! Workspace runtimes: where a workspace lives and how agents run in it.
+//!
+//! Both runtimes clone the repository into a directory per workspace, then choose the
+//! profile ([`choose_profile`]) and report the *effective* one in a [`ReadyReport`]:
+//! - [`HostRuntime`] (the embedded default) runs agents as host processes in the
+//!   clone; it cannot build containers, so a repository's devcontainer is noted and
+//!   not used.
+//! - [`DockerRuntime`] starts the lightweight image with `docker run`, or the
+//!   devcontainer with `devcontainer up`, and runs agents with `docker exec -i`.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use sam_core::{WorkspaceId, redact};
+use serde::{Deserialize, Serialize};
+
+use crate::acp::AgentCommand;
+use crate::devcontainer::{self, DevcontainerConfig, DevcontainerKind};
+use crate::error::{Error, Result};
+
+/// The profile a workspace request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileRequest {
+    /// The repository's devcontainer when it has one, else the lightweight image.
+    #[default]
+    Auto,
+    /// The lightweight image, even when the repository has a devcontainer.
+    Lightweight,
+    /// The repository's devcontainer; without one the workspace falls back to the
+    /// lightweight image and reports `recovery`.
+    Devcontainer,
+}
+
+/// A request to create a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceRequest {
+    /// The workspace.
+    pub id: WorkspaceId,
+    /// The repository to clone (a URL or a local path).
+    pub repo: String,
+    /// The branch to check out; the repository's default branch when `None`.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The requested profile.
+    #[serde(default)]
+    pub profile: ProfileRequest,
+    /// A devcontainer configuration by name (`.devcontainer/<name>/devcontainer.json`).
+    /// A name that does not exist is an error.
+    #[serde(default)]
+    pub devcontainer: Option<String>,
+}
+
+/// The profile a workspace actually runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "profile", rename_all = "snake_case")]
+pub enum EffectiveProfile {
+    /// Agents run as host processes in the clone.
+    Host,
+    /// The lightweight image.
+    Lightweight {
+        /// The image.
+        image: String,
+    },
+    /// A devcontainer configuration.
+    Devcontainer {
+        /// `None` for the default configuration.
+        name: Option<String>,
+        /// The file, relative to the repository.
+        path: PathBuf,
+        /// How it builds.
+        kind: DevcontainerKind,
+    },
+}
+
+/// Whether the workspace runs as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    /// As asked.
+    Running,
+    /// With a fallback ([`ReadyReport::message`] says which).
+    Recovery,
+}
+
+/// What the workspace-ready callback reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyReport {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// Running as asked, or with a fallback.
+    pub status: ReadyStatus,
+    /// The profile in effect.
+    pub profile: EffectiveProfile,
+    /// What happened, when it is not obvious (a fallback, an unused devcontainer).
+    pub message: Option<String>,
+}
+
+/// A prepared workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// The clone on the host.
+    pub dir: PathBuf,
+    /// What to report.
+    pub report: ReadyReport,
+    /// The container agents run in, for the Docker runtime.
+    pub container: Option<Container>,
+}
+
+/// A running workspace container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// The container id.
+    pub id: String,
+    /// The user agents run as.
+    pub user: Option<String>,
+    /// The workspace folder inside the container.
+    pub folder: String,
+}
+
+/// Where workspaces live and how agents run in them.
+///
+/// # Contract
+/// - `prepare` clones the repository and returns the *effective* profile; a
+///   devcontainer requested by name that does not exist is an error, never a fallback.
+/// - `agent_command` wraps an agent command so it runs inside the workspace, keeping
+///   its credentials out of command lines.
+/// - `remove` is idempotent: what is already gone counts as removed.
+#[async_trait]
+pub trait WorkspaceRuntime: Send + Sync + std::fmt::Debug {
+    /// Creates the workspace.
+    ///
+    /// # Errors
+    /// Clone or container failures, and devcontainer errors.
+    async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace>;
+
+    /// The command that runs `agent` in `workspace`.
+    fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand;
+
+    /// Removes the workspace: its container, if any, then its directory.
+    ///
+    /// # Errors
+    /// When the container or the directory cannot be removed.
+    async fn remove(&self, workspace: &Workspace) -> Result<()>;
+}
+
+/// Removes a workspace directory; a directory that is gone already is fine.
+async fn remove_dir(dir: &Path) -> Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("removing {}", dir.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The profile decision, before any container exists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProfileChoice {
+    /// The lightweight image; `fallback` says why when a devcontainer was asked for.
+    Lightweight {
+        /// Why a requested devcontainer was not used.
+        fallback: Option<String>,
+    },
+    /// This configuration.
+    Devcontainer(Box<DevcontainerConfig>),
+}
+
+/// Chooses the profile for `request` in the clone at `repo_root`.
+///
+/// # Errors
+/// A named devcontainer that does not exist, or a configuration that cannot be read.
+pub fn choose_profile(repo_root: &Path, request: &WorkspaceRequest) -> Result<ProfileChoice> {
+    if let Some(name) = &request.devcontainer {
+        let config = devcontainer::select(repo_root, Some(name))?;
+        return Ok(
+            config.map_or(ProfileChoice::Lightweight { fallback: None }, |c| {
+                ProfileChoice::Devcontainer(Box::new(c))
+            }),
+        );
+    }
+    match request.profile {
+        ProfileRequest::Lightweight => Ok(ProfileChoice::Lightweight { fallback: None }),
+        ProfileRequest::Auto | ProfileRequest::Devcontainer => {
+            Ok(match devcontainer::select(repo_root, None)? {
+                Some(config) => ProfileChoice::Devcontainer(Box::new(config)),
+                None => ProfileChoice::Lightweight {
+                    fallback: (request.profile == ProfileRequest::Devcontainer).then(|| {
+                        "the repository has no devcontainer configuration; using the lightweight image"
+                            .to_owned()
+                    }),
+                },
+            })
+        }
+    }
+}
+
+/// Runs `program` with `args` and returns its standard output.
+async fn run(program: &str, args: &[String], cwd: Option<&Path>) -> Result<String> {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).kill_on_drop(true);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let output = command
+        .output()
+        .await
+        .map_err(|e| Error::io(format!("cannot run {program}"), e))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: String = stderr
+            .trim()
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(Error::Command {
+            program: program.to_owned(),
+            status: output.status.to_string(),
+            stderr: redact(&tail).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The host runtime: a clone per workspace, agents as host processes.
+#[derive(Debug, Clone)]
+pub struct HostRuntime {
+    root: PathBuf,
+    git: String,
+}
+
+impl HostRuntime {
+    /// Workspaces in `root/<workspace id>`, cloned with `git` from `PATH`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            git: "git".to_owned(),
+        }
+    }
+
+    /// Uses another `git` executable.
+    #[must_use]
+    pub fn with_git(mut self, git: impl Into<String>) -> Self {
+        self.git = git.into();
+        self
+    }
+
+    /// Clones the repository for `request`, returning the directory.
+    ///
+    /// # Errors
+    /// A repository or branch that looks like an option, an existing workspace
+    /// directory, or a failed clone.
+    pub async fn clone_repo(&self, request: &WorkspaceRequest) -> Result<PathBuf> {
+        if request.repo.starts_with('-')
+            || request
+                .branch
+                .as_deref()
+                .is_some_and(|b| b.starts_with('-'))
+        {
+            return Err(Error::InvalidRequest(
+                "repository and branch must not start with '-'".to_owned(),
+            ));
+        }
+        let dir = self.root.join(request.id.as_str());
+        if dir.exists() {
+            return Err(Error::InvalidRequest(format!(
+                "workspace {} exists already",
+                request.id
+            )));
+        }
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
+        let mut args = vec!["clone".to_owned(), "--quiet".to_owned()];
+        if let Some(branch) = &request.branch {
+            args.extend(["--branch".to_owned(), branch.clone()]);
+        }
+        args.extend([
+            "--".to_owned(),
+            request.repo.clone(),
+            dir.display().to_string(),
+        ]);
+        run(&self.git, &args, None).await?;
+        Ok(dir)
+    }
+}
+
+#[async_trait]
+impl WorkspaceRuntime for HostRuntime {
+    async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace> {
+        let dir = self.clone_repo(request).await?;
+        let choice = choose_profile(&dir, request)?;
+        let (status, message) = match choice {
+            ProfileChoice::Lightweight { fallback: None } => (ReadyStatus::Running, None),
+            ProfileChoice::Lightweight {
+                fallback: Some(why),
+            } => (ReadyStatus::Recovery, Some(why)),
+            ProfileChoice::Devcontainer(config) => {
+                let asked = request.devcontainer.is_some()
+                    || request.profile == ProfileRequest::Devcontainer;
+                let note = format!(
+                    "the host runtime runs agents on the host; devcontainer {} is not used",
+                    config
+                        .path
+                        .strip_prefix(&dir)
+                        .unwrap_or(&config.path)
+                        .display()
+                );
+                (
+                    if asked {
+                        ReadyStatus::Recovery
+                    } else {
+                        ReadyStatus::Running
+                    },
+                    Some(note),
+                )
+            }
+        };
+        Ok(Workspace {
+            report: ReadyReport {
+                workspace_id: request.id.clone(),
+                status,
+                profile: EffectiveProfile::Host,
+                message,
+            },
+            dir,
+            container: None,
+        })
+    }
+
+    fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
+        agent.clone().with_cwd(&workspace.dir)
+    }
+
+    async fn remove(&self, workspace: &Workspace) -> Result<()> {
+        remove_dir(&workspace.dir).await
+    }
+}
+
+/// The Docker runtime: a container per workspace, agents through `docker exec -i`.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    host: HostRuntime,
+    docker: String,
+    devcontainer_cli: String,
+    image: String,
+}
+
+impl DockerRuntime {
+    /// Clones like `host`, then runs `image` (the lightweight profile) or the
+    /// repository's devcontainer, with `docker` and `devcontainer` from `PATH`.
+    pub fn new(host: HostRuntime, image: impl Into<String>) -> Self {
+        Self {
+            host,
+            docker: "docker".to_owned(),
+            devcontainer_cli: "devcontainer".to_owned(),
+            image: image.into(),
+        }
+    }
+
+    /// Uses other `docker` and `devcontainer` executables.
+    #[must_use]
+    pub fn with_programs(
+        mut self,
+        docker: impl Into<String>,
+        devcontainer_cli: impl Into<String>,
+    ) -> Self {
+        self.docker = docker.into();
+        self.devcontainer_cli = devcontainer_cli.into();
+        self
+    }
+
+    async fn run_lightweight(&self, request: &WorkspaceRequest, dir: &Path) -> Result<Container> {
+        let folder = format!("/workspaces/{}", request.id);
+        let args: Vec<String> = [
+            "run",
+            "--detach",
+            "--init",
+            "--name",
+            &format!("sam-ws-{}", request.id),
+            "--label",
+            &format!("sam-workspace={}", request.id),
+            "--volume",
+            &format!("{}:{folder}", dir.display()),
+            "--workdir",
+            &folder,
+            &self.image,
+            "sleep",
+            "infinity",
+        ]
+        .into_iter()
+        .map(ToOwned::to_owned)
+        .collect();
+        let id = run(&self.docker, &args, None).await?.trim().to_owned();
+        if id.is_empty() {
+            return Err(Error::Command {
+                program: self.docker.clone(),
+                status: "success".to_owned(),
+                stderr: "docker run printed no container id".to_owned(),
+            });
+        }
+        Ok(Container {
+            id,
+            user: None,
+            folder,
+        })
+    }
+
+    async fn devcontainer_up(&self, dir: &Path, config: &DevcontainerConfig) -> Result<Container> {
+        let args: Vec<String> = vec![
+            "up".to_owned(),
+            "--workspace-folder".to_owned(),
+            dir.display().to_string(),
+            "--config".to_owned(),
+            config.path.display().to_string(),
+            "--docker-path".to_owned(),
+            self.docker.clone(),
+        ];
+        let out = run(&self.devcontainer_cli, &args, Some(dir)).await?;
+        // `devcontainer up` prints logs, then one JSON object with the outcome.
+        let outcome = out
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+            .ok_or_else(|| Error::Command {
+                program: self.devcontainer_cli.clone(),
+                status: "success".to_owned(),
+                stderr: "devcontainer up printed no outcome".to_owned(),
+            })?;
+        let field = |k: &str| {
+            outcome
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(ToOwned::to_owned)
+        };
+        match (field("outcome").as_deref(), field("containerId")) {
+            (Some("success"), Some(id)) => Ok(Container {
+                id,
+                user: field("remoteUser"),
+                folder: field("remoteWorkspaceFolder").unwrap_or_else(|| "/workspaces".to_owned()),
+            }),
+            _ => Err(Error::Command {
+                program: self.devcontainer_cli.clone(),
+                status: "failed".to_owned(),
+                stderr: redact(&outcome.to_string()).into_owned(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl WorkspaceRuntime for DockerRuntime {
+    async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace> {
+        let dir = self.host.clone_repo(request).await?;
+        let choice = choose_profile(&dir, request)?;
+        let (container, profile, status, message) = match choice {
+            ProfileChoice::Lightweight { fallback } => {
+                let container = self.run_lightweight(request, &dir).await?;
+                let status = if fallback.is_some() {
+                    ReadyStatus::Recovery
+                } else {
+                    ReadyStatus::Running
+                };
+                (
+                    container,
+                    EffectiveProfile::Lightweight {
+                        image: self.image.clone(),
+                    },
+                    status,
+                    fallback,
+                )
+            }
+            ProfileChoice::Devcontainer(config) => {
+                let container = self.devcontainer_up(&dir, &config).await?;
+                let profile = EffectiveProfile::Devcontainer {
+                    name: config.name.clone(),
+                    path: config
+                        .path
+                        .strip_prefix(&dir)
+                        .unwrap_or(&config.path)
+                        .to_path_buf(),
+                    kind: config.kind,
+                };
+                (container, profile, ReadyStatus::Running, None)
+            }
+        };
+        Ok(Workspace {
+            report: ReadyReport {
+                workspace_id: request.id.clone(),
+                status,
+                profile,
+                message,
+            },
+            dir,
+            container: Some(container),
+        })
+    }
+
+    fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
+        match &workspace.container {
+            Some(c) => agent.in_container(&self.docker, &c.id, c.user.as_deref(), &c.folder),
+            None => agent.clone().with_cwd(&workspace.dir),
+        }
+    }
+
+    async fn remove(&self, workspace: &Workspace) -> Result<()> {
+        if let Some(container) = &workspace.container {
+            // `docker rm --force` of a container that is gone fails; the directory
+            // must go either way, so that failure is only logged.
+            let args = ["rm", "--force", container.id.as_str()].map(ToOwned::to_owned);
+            if let Err(e) = run(&self.docker, &args, None).await {
+                tracing::warn!(container = %container.id, error = %e, "could not remove the workspace container");
+            }
+        }
+        remove_dir(&workspace.dir).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

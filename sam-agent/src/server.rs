@@ -1,0 +1,1030 @@
+//! [`VmAgent`]: the agent on a node, wired together.
+//!
+//! [`VmAgent::serve`] answers the HTTP API of [`crate::api`] on a listener the
+//! caller bound (so `GET /health` answers as soon as it runs), and meanwhile:
+//! - reads the boot timeline ([`crate::boot`]), records each phase as an event and
+//!   reports the node ready with the agent's version and the timeline;
+//! - sends a heartbeat with the resource monitor's metrics every
+//!   [`VmAgentConfig::heartbeat_interval`], adopting any refreshed node token;
+//! - prepares workspaces with its [`WorkspaceRuntime`] in the background and reports
+//!   each ready (or failed) with the workspace's own token;
+//! - hosts one ACP session per workspace ([`AcpSession`]): every session event goes
+//!   to the control plane as [`SessionCallback::Event`], in order, and the end of the
+//!   turn as [`SessionCallback::Report`] (`stopped` with the stop reason and the
+//!   agent's last message, or `failed` with the classified error);
+//! - writes what happens to its [`EventLog`], which `GET /v1/events` reads.
+//!
+//! Idempotency follows [`sam_core::NodeAgent`]'s contract: creating a workspace that
+//! exists, or starting a session in a workspace that has one, answers `200` with the
+//! current state and starts nothing. A workspace runs one session: the control
+//! plane gives each task its own workspace.
+//!
+//! Agents are named, never given as commands: a request picks one of
+//! [`VmAgentConfig::agents`] (the known agents by default), so a management token
+//! cannot run an arbitrary program.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use futures::{FutureExt, StreamExt};
+use sam_core::{
+    AgentHealth, AgentSession, Classify, ErrorCategory, NodeId, NodeMetrics, RetryPolicy, Secret,
+    SessionCallback, SessionEvent, SessionId, SessionReport, StopReason, TaskError, TokenScope,
+    TokenSigner, WorkspaceId, WorkspaceReport, redact,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use url::Url;
+
+use crate::acp::{AcpOptions, AcpSession, AgentCommand, KNOWN_AGENTS};
+use crate::api::{
+    CreateWorkspace, ErrorBody, EventsQuery, MAX_EVENTS, NodeReady, SessionView, StartSession,
+    WorkspaceView, management_signer, status_for,
+};
+use crate::boot::{self, BootTimeline};
+use crate::callbacks::{Callbacks, CallbacksConfig, callback_policy};
+use crate::error::{Error, Result};
+use crate::events::{EventLevel, EventLog, NewEvent};
+use crate::runtime::{EffectiveProfile, ReadyReport, ReadyStatus, Workspace, WorkspaceRuntime};
+
+/// The agent's version, reported by `/health` and the ready callback.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where cloud-init writes its output: the boot timeline's fallback source.
+pub const DEFAULT_BOOT_LOG: &str = "/var/log/cloud-init-output.log";
+
+/// How long the resource monitor samples `/proc/stat` for the CPU percentage.
+const CPU_WINDOW: Duration = Duration::from_millis(200);
+
+/// The longest agent message a stop report carries (its end is kept).
+const LAST_MESSAGE_CHARS: usize = 4000;
+
+/// How a [`VmAgent`] runs. No `Default`: it holds the node's identity and token.
+#[derive(Debug, Clone)]
+pub struct VmAgentConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// The node token from the node's root-only boot file: it authenticates
+    /// callbacks and keys management tokens ([`crate::api`]).
+    pub node_token: Secret,
+    /// The control plane's base URL.
+    pub control_plane: Url,
+    /// How callbacks are retried.
+    pub callback_retry: RetryPolicy,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// The boot timeline's fallback log when there is no journal; `None` reports an
+    /// empty timeline without reading anything (off a real node).
+    pub boot_log: Option<PathBuf>,
+    /// The agents a session may name, by name.
+    pub agents: BTreeMap<String, AgentCommand>,
+    /// How ACP sessions behave.
+    pub acp: AcpOptions,
+}
+
+impl VmAgentConfig {
+    /// Defaults around the node's identity: [`callback_policy`], heartbeats every
+    /// 60 s, the boot timeline from the journal or [`DEFAULT_BOOT_LOG`], the known
+    /// agents ([`KNOWN_AGENTS`]), [`AcpOptions::default`].
+    pub fn new(node_id: NodeId, node_token: Secret, control_plane: Url) -> Self {
+        Self {
+            node_id,
+            node_token,
+            control_plane,
+            callback_retry: callback_policy(),
+            heartbeat_interval: Duration::from_secs(60),
+            boot_log: Some(PathBuf::from(DEFAULT_BOOT_LOG)),
+            agents: KNOWN_AGENTS
+                .iter()
+                .filter_map(|(name, _, _)| Some(((*name).to_owned(), AgentCommand::known(name)?)))
+                .collect(),
+            acp: AcpOptions::default(),
+        }
+    }
+}
+
+/// The VM agent; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct VmAgent {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    node_id: NodeId,
+    heartbeat_interval: Duration,
+    boot_log: Option<PathBuf>,
+    agents: BTreeMap<String, AgentCommand>,
+    acp: AcpOptions,
+    runtime: Arc<dyn WorkspaceRuntime>,
+    events: Arc<dyn EventLog>,
+    callbacks: Callbacks,
+    signer: TokenSigner,
+    workspaces: Mutex<HashMap<WorkspaceId, Arc<Entry>>>,
+}
+
+/// One workspace and what runs in it.
+#[derive(Debug)]
+struct Entry {
+    id: WorkspaceId,
+    token: Secret,
+    state: Mutex<EntryState>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct EntryState {
+    report: WorkspaceReport,
+    workspace: Option<Workspace>,
+    session: Option<Slot>,
+}
+
+/// A workspace's session.
+#[derive(Debug)]
+struct Slot {
+    agent: String,
+    report: SessionReport,
+    acp: Arc<AcpSession>,
+    id: Option<SessionId>,
+    /// The turn has started (its user message was recorded): cancel goes to the agent.
+    prompting: bool,
+    cancel_requested: bool,
+}
+
+/// Locks a mutex; a panic elsewhere while holding it leaves consistent data here,
+/// because every critical section only assigns whole values.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Entry {
+    fn view(&self) -> WorkspaceView {
+        WorkspaceView {
+            id: self.id.clone(),
+            report: lock(&self.state).report.clone(),
+        }
+    }
+
+    fn session_view(&self) -> Option<SessionView> {
+        lock(&self.state).session.as_ref().map(|s| SessionView {
+            workspace_id: self.id.clone(),
+            agent: s.agent.clone(),
+            report: s.report.clone(),
+        })
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        lock(&self.tasks).push(tokio::spawn(task));
+    }
+
+    fn abort(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// A failed request: its status and body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(category: ErrorCategory, message: &str) -> Self {
+        Self {
+            status: StatusCode::from_u16(status_for(category))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body: ErrorBody {
+                error: redact(message).into_owned(),
+                category,
+                field: None,
+            },
+        }
+    }
+
+    fn field(field: &str, message: &str) -> Self {
+        let mut error = Self::new(ErrorCategory::InvalidConfig, message);
+        error.body.field = Some(field.to_owned());
+        error
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        Self::new(error.category(), &error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// Parses a JSON body; a malformed one is refused naming the field at fault.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // Missing and unknown fields are reported at the parent: their name is in
+        // the message, between backticks.
+        let field = if inner.is_syntax() || inner.is_eof() {
+            None
+        } else if path == "." || path == "?" {
+            message.split('`').nth(1).map(ToOwned::to_owned)
+        } else {
+            Some(path)
+        };
+        let mut error = ApiError::new(
+            ErrorCategory::InvalidConfig,
+            &format!("malformed request body: {message}"),
+        );
+        error.body.field = field;
+        error
+    })?;
+    deserializer.end().map_err(|e| {
+        ApiError::new(
+            ErrorCategory::InvalidConfig,
+            &format!("malformed request body: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+fn workspace_id(id: &str) -> Result<WorkspaceId, ApiError> {
+    if id == "." || id == ".." {
+        return Err(ApiError::field("id", "a workspace id must not be . or .."));
+    }
+    WorkspaceId::new(id).map_err(|e| ApiError::field("id", &e.to_string()))
+}
+
+/// The profile string the control plane stores, from the runtime's report.
+fn profile_name(report: &ReadyReport) -> String {
+    match &report.profile {
+        EffectiveProfile::Host => "host".to_owned(),
+        EffectiveProfile::Lightweight { .. } => "lightweight".to_owned(),
+        EffectiveProfile::Devcontainer { name: None, .. } => "devcontainer".to_owned(),
+        EffectiveProfile::Devcontainer {
+            name: Some(name), ..
+        } => format!("devcontainer/{name}"),
+    }
+}
+
+/// A session event's kind in the event log.
+fn event_kind(event: &SessionEvent) -> &'static str {
+    match event {
+        SessionEvent::Update { .. } => "agent_session.update",
+        SessionEvent::PromptRetry { .. } => "agent_session.prompt_retry",
+        SessionEvent::Crashed { .. } => "agent_session.crashed",
+        SessionEvent::Restarted { .. } => "agent_session.restarted",
+        SessionEvent::Stopped { .. } => "agent_session.stopped",
+    }
+}
+
+/// The agent's message text in a `session/update`, if it is one.
+fn agent_message_text(event: &SessionEvent) -> Option<Option<&str>> {
+    let SessionEvent::Update { update } = event else {
+        return None;
+    };
+    match update.get("sessionUpdate").and_then(Value::as_str) {
+        Some("agent_message_chunk") => {
+            Some(update.pointer("/content/text").and_then(Value::as_str))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the event is a user message: the host records it when a turn starts.
+fn is_user_message(event: &SessionEvent) -> bool {
+    matches!(event, SessionEvent::Update { update }
+        if update.get("sessionUpdate").and_then(Value::as_str) == Some("user_message_chunk"))
+}
+
+impl VmAgent {
+    /// An agent for `config`, preparing workspaces with `runtime` and writing events
+    /// to `events`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a node token too short to key management tokens,
+    /// a zero heartbeat interval, or a callback configuration that cannot work.
+    pub fn new(
+        config: VmAgentConfig,
+        runtime: Arc<dyn WorkspaceRuntime>,
+        events: Arc<dyn EventLog>,
+    ) -> Result<Self> {
+        let signer = management_signer(&config.node_token)
+            .map_err(|e| Error::InvalidRequest(format!("node token: {e}")))?;
+        if config.heartbeat_interval.is_zero() {
+            return Err(Error::InvalidRequest(
+                "the heartbeat interval must be greater than zero".to_owned(),
+            ));
+        }
+        let callbacks = Callbacks::new(CallbacksConfig {
+            base_url: config.control_plane,
+            node_id: config.node_id.clone(),
+            node_token: config.node_token,
+            retry: config.callback_retry,
+        })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                node_id: config.node_id,
+                heartbeat_interval: config.heartbeat_interval,
+                boot_log: config.boot_log,
+                agents: config.agents,
+                acp: config.acp,
+                runtime,
+                events,
+                callbacks,
+                signer,
+                workspaces: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The HTTP API, without the background work of [`VmAgent::serve`].
+    pub fn router(&self) -> Router {
+        let managed = Router::new()
+            .route("/v1/workspaces", post(create_workspace))
+            .route(
+                "/v1/workspaces/{id}",
+                get(get_workspace).delete(delete_workspace),
+            )
+            .route(
+                "/v1/workspaces/{id}/sessions",
+                post(start_session).get(get_session),
+            )
+            .route("/v1/workspaces/{id}/cancel", post(cancel_session))
+            .route("/v1/events", get(list_events))
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(&self.shared),
+                require_management,
+            ));
+        Router::new()
+            .route("/health", get(health))
+            .merge(managed)
+            .fallback(|| async { ApiError::new(ErrorCategory::NotFound, "no such route") })
+            .with_state(Arc::clone(&self.shared))
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes, reporting ready and
+    /// sending heartbeats meanwhile; then stops every session and background task.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the listener fails.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let background = tokio::spawn(run_node(Arc::clone(&self.shared)));
+        let served = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        background.abort();
+        let entries: Vec<Arc<Entry>> = lock(&self.shared.workspaces)
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
+        for entry in entries {
+            entry.abort();
+            // Dropping the sessions stops their agents' process groups.
+            lock(&entry.state).session.take();
+        }
+        served.map_err(|e| Error::io("serving the VM agent API", e))
+    }
+}
+
+impl Shared {
+    async fn record(&self, event: NewEvent) {
+        if let Err(e) = self.events.append(event).await {
+            tracing::warn!(error = %e, "could not record an event");
+        }
+    }
+
+    fn entry(&self, id: &WorkspaceId) -> Result<Arc<Entry>, ApiError> {
+        lock(&self.workspaces).get(id).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorCategory::NotFound,
+                &format!("workspace {id} does not exist"),
+            )
+        })
+    }
+}
+
+/// Reports ready, then heartbeats forever.
+async fn run_node(shared: Arc<Shared>) {
+    let timeline = match &shared.boot_log {
+        Some(log) => match boot::read_timeline(log).await {
+            Ok(timeline) => timeline,
+            Err(e) => {
+                shared
+                    .record(NewEvent::new(
+                        EventLevel::Warn,
+                        "node.boot_timeline",
+                        &format!("the boot timeline cannot be read: {e}"),
+                    ))
+                    .await;
+                BootTimeline::default()
+            }
+        },
+        None => BootTimeline::default(),
+    };
+    for phase in &timeline.phases {
+        let message = match phase.duration {
+            Some(d) => format!("boot phase {} took {} ms", phase.name, d.as_millis()),
+            None => format!("boot phase {} never ended", phase.name),
+        };
+        shared
+            .record(
+                NewEvent::new(EventLevel::Info, "node.boot_phase", &message)
+                    .with_detail(serde_json::to_value(phase).unwrap_or(Value::Null)),
+            )
+            .await;
+    }
+    let ready = NodeReady {
+        version: VERSION.to_owned(),
+        boot: timeline,
+    };
+    match shared.callbacks.node_ready(&ready).await {
+        Ok(()) => {
+            shared
+                .record(NewEvent::new(
+                    EventLevel::Info,
+                    "node.ready",
+                    &format!("reported ready (agent {VERSION})"),
+                ))
+                .await;
+        }
+        Err(e) => {
+            shared
+                .record(NewEvent::new(
+                    EventLevel::Error,
+                    "callback.failed",
+                    &format!("the ready callback failed: {e}"),
+                ))
+                .await;
+        }
+    }
+    let mut ticks = tokio::time::interval(shared.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        heartbeat(&shared).await;
+    }
+}
+
+async fn heartbeat(shared: &Shared) {
+    let metrics = match crate::monitor::sample(CPU_WINDOW).await {
+        Ok(snapshot) => {
+            let metrics = NodeMetrics {
+                cpu_load_avg1: snapshot.cpu_load_avg1,
+                memory_percent: snapshot.memory_percent,
+                disk_percent: snapshot.disk_percent,
+            };
+            shared
+                .record(
+                    NewEvent::new(EventLevel::Info, "node.metrics", "resource snapshot")
+                        .with_detail(serde_json::to_value(&snapshot).unwrap_or(Value::Null)),
+                )
+                .await;
+            metrics
+        }
+        Err(e) => {
+            // The heartbeat still goes: liveness matters more than the numbers.
+            shared
+                .record(NewEvent::new(
+                    EventLevel::Warn,
+                    "node.metrics",
+                    &format!("the resource monitor failed: {e}"),
+                ))
+                .await;
+            NodeMetrics::default()
+        }
+    };
+    match shared.callbacks.heartbeat(&metrics).await {
+        Ok(true) => {
+            shared
+                .record(NewEvent::new(
+                    EventLevel::Info,
+                    "node.token_refreshed",
+                    "the control plane refreshed the node token",
+                ))
+                .await;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            shared
+                .record(NewEvent::new(
+                    EventLevel::Warn,
+                    "callback.failed",
+                    &format!("a heartbeat failed: {e}"),
+                ))
+                .await;
+        }
+    }
+}
+
+async fn require_management(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return ApiError::new(
+            ErrorCategory::AuthError,
+            "a management token is required (Authorization: Bearer …)",
+        )
+        .into_response();
+    };
+    match shared.signer.verify(
+        token.trim(),
+        TokenScope::Node,
+        shared.node_id.as_str(),
+        Utc::now(),
+    ) {
+        Ok(_) => next.run(request).await,
+        Err(e) => ApiError::new(ErrorCategory::AuthError, &e.to_string()).into_response(),
+    }
+}
+
+async fn health() -> axum::Json<AgentHealth> {
+    axum::Json(AgentHealth {
+        version: VERSION.to_owned(),
+    })
+}
+
+async fn create_workspace(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<WorkspaceView>), ApiError> {
+    let request: CreateWorkspace = parse_body(&body)?;
+    workspace_id(request.id.as_str())?;
+    if request.repo.trim().is_empty() {
+        return Err(ApiError::field("repo", "the repository must not be empty"));
+    }
+    if request.token.is_empty() {
+        return Err(ApiError::field(
+            "token",
+            "the workspace token must not be empty",
+        ));
+    }
+    let entry = {
+        let mut workspaces = lock(&shared.workspaces);
+        if let Some(entry) = workspaces.get(&request.id) {
+            return Ok((StatusCode::OK, axum::Json(entry.view())));
+        }
+        let entry = Arc::new(Entry {
+            id: request.id.clone(),
+            token: request.token.clone(),
+            state: Mutex::new(EntryState {
+                report: WorkspaceReport::Preparing,
+                workspace: None,
+                session: None,
+            }),
+            tasks: Mutex::new(Vec::new()),
+        });
+        workspaces.insert(request.id.clone(), Arc::clone(&entry));
+        entry
+    };
+    shared
+        .record(
+            NewEvent::new(
+                EventLevel::Info,
+                "workspace.created",
+                &format!("preparing workspace {} from {}", request.id, request.repo),
+            )
+            .with_workspace(&request.id),
+        )
+        .await;
+    entry.spawn(prepare(
+        Arc::clone(&shared),
+        Arc::clone(&entry),
+        request.to_runtime_request(),
+    ));
+    Ok((StatusCode::ACCEPTED, axum::Json(entry.view())))
+}
+
+/// Prepares a workspace, then reports it ready or failed.
+async fn prepare(
+    shared: Arc<Shared>,
+    entry: Arc<Entry>,
+    request: crate::runtime::WorkspaceRequest,
+) {
+    let (report, event) = match shared.runtime.prepare(&request).await {
+        Ok(workspace) => {
+            let report = WorkspaceReport::Ready {
+                effective_profile: profile_name(&workspace.report),
+                recovery: workspace.report.status == ReadyStatus::Recovery,
+            };
+            let mut message = format!(
+                "workspace ready with the {} profile",
+                profile_name(&workspace.report)
+            );
+            if let Some(note) = &workspace.report.message {
+                message.push_str(": ");
+                message.push_str(note);
+            }
+            let level = match workspace.report.status {
+                ReadyStatus::Running => EventLevel::Info,
+                ReadyStatus::Recovery => EventLevel::Warn,
+            };
+            let event = NewEvent::new(level, "workspace.ready", &message)
+                .with_detail(serde_json::to_value(&workspace.report).unwrap_or(Value::Null));
+            lock(&entry.state).workspace = Some(workspace);
+            (report, event)
+        }
+        Err(e) => {
+            let error = TaskError {
+                category: e.category(),
+                message: redact(&e.to_string()).into_owned(),
+            };
+            let event = NewEvent::new(EventLevel::Error, "workspace.failed", &error.message)
+                .with_detail(json!({ "category": error.category }));
+            (WorkspaceReport::Failed { error }, event)
+        }
+    };
+    lock(&entry.state).report = report.clone();
+    shared.record(event.with_workspace(&entry.id)).await;
+    if let Err(e) = shared
+        .callbacks
+        .workspace_ready(&entry.id, &entry.token, &report)
+        .await
+    {
+        shared
+            .record(
+                NewEvent::new(
+                    EventLevel::Error,
+                    "callback.failed",
+                    &format!("the workspace-ready callback failed: {e}"),
+                )
+                .with_workspace(&entry.id),
+            )
+            .await;
+    }
+}
+
+async fn get_workspace(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<WorkspaceView>, ApiError> {
+    Ok(axum::Json(shared.entry(&workspace_id(&id)?)?.view()))
+}
+
+async fn delete_workspace(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = workspace_id(&id)?;
+    let Some(entry) = lock(&shared.workspaces).remove(&id) else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    entry.abort();
+    let (session, workspace) = {
+        let mut state = lock(&entry.state);
+        (state.session.take(), state.workspace.take())
+    };
+    // Dropping the session stops the agent's process group.
+    drop(session);
+    if let Some(workspace) = workspace {
+        shared.runtime.remove(&workspace).await?;
+    }
+    shared
+        .record(
+            NewEvent::new(EventLevel::Info, "workspace.removed", "workspace removed")
+                .with_workspace(&id),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start_session(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<SessionView>), ApiError> {
+    let id = workspace_id(&id)?;
+    let request: StartSession = parse_body(&body)?;
+    if request.prompt.trim().is_empty() {
+        return Err(ApiError::field("prompt", "the prompt must not be empty"));
+    }
+    let entry = shared.entry(&id)?;
+    let (acp, dir) = {
+        let mut state = lock(&entry.state);
+        if let Some(slot) = &state.session {
+            let view = SessionView {
+                workspace_id: id,
+                agent: slot.agent.clone(),
+                report: slot.report.clone(),
+            };
+            return Ok((StatusCode::OK, axum::Json(view)));
+        }
+        let command = shared.agents.get(&request.agent).ok_or_else(|| {
+            ApiError::field(
+                "agent",
+                &format!(
+                    "unknown agent {:?}; this node runs {}",
+                    request.agent,
+                    shared.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        let workspace = match (&state.report, &state.workspace) {
+            (WorkspaceReport::Ready { .. }, Some(workspace)) => workspace,
+            (WorkspaceReport::Failed { error }, _) => {
+                return Err(ApiError::new(
+                    ErrorCategory::InvalidConfig,
+                    &format!("workspace {id} failed: {}", error.message),
+                ));
+            }
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCategory::Conflict,
+                    &format!("workspace {id} is still being prepared"),
+                ));
+            }
+        };
+        let command = shared.runtime.agent_command(workspace, command);
+        let acp = Arc::new(AcpSession::new(Arc::new(command), shared.acp));
+        let dir = workspace.dir.clone();
+        state.session = Some(Slot {
+            agent: request.agent.clone(),
+            report: SessionReport::Running,
+            acp: Arc::clone(&acp),
+            id: None,
+            prompting: false,
+            cancel_requested: false,
+        });
+        (acp, dir)
+    };
+    shared
+        .record(
+            NewEvent::new(
+                EventLevel::Info,
+                "agent_session.started",
+                &format!("starting {}", request.agent),
+            )
+            .with_workspace(&id),
+        )
+        .await;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    entry.spawn(forward(Arc::clone(&shared), Arc::clone(&entry), receiver));
+    entry.spawn(run_session(
+        Arc::clone(&shared),
+        Arc::clone(&entry),
+        acp,
+        dir,
+        request.prompt,
+        sender,
+    ));
+    let view = entry.session_view().ok_or_else(|| {
+        ApiError::new(
+            ErrorCategory::NotFound,
+            "the workspace was removed meanwhile",
+        )
+    })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(view)))
+}
+
+/// Sends a session's callbacks to the control plane, one at a time, in order.
+async fn forward(
+    shared: Arc<Shared>,
+    entry: Arc<Entry>,
+    mut receiver: mpsc::UnboundedReceiver<SessionCallback>,
+) {
+    while let Some(callback) = receiver.recv().await {
+        if let Err(e) = shared
+            .callbacks
+            .session_event(&entry.id, &entry.token, &callback)
+            .await
+        {
+            shared
+                .record(
+                    NewEvent::new(
+                        EventLevel::Warn,
+                        "callback.failed",
+                        &format!("a session callback failed: {e}"),
+                    )
+                    .with_workspace(&entry.id),
+                )
+                .await;
+        }
+    }
+}
+
+/// The agent's last message of a turn, assembled from its chunks.
+#[derive(Debug, Default)]
+struct LastMessage {
+    text: String,
+    /// Something else came after the current message: the next chunk starts anew.
+    closed: bool,
+}
+
+impl LastMessage {
+    fn observe(&mut self, event: &SessionEvent) {
+        match agent_message_text(event) {
+            Some(chunk) => {
+                if self.closed {
+                    self.text.clear();
+                    self.closed = false;
+                }
+                self.text.push_str(chunk.unwrap_or_default());
+            }
+            None => self.closed = !self.text.is_empty(),
+        }
+    }
+
+    fn into_text(self) -> Option<String> {
+        let count = self.text.chars().count();
+        let text: String = self
+            .text
+            .chars()
+            .skip(count.saturating_sub(LAST_MESSAGE_CHARS))
+            .collect();
+        (!text.trim().is_empty()).then(|| redact(&text).into_owned())
+    }
+}
+
+/// Runs one prompt turn, streaming its events, then reports how it ended.
+async fn run_session(
+    shared: Arc<Shared>,
+    entry: Arc<Entry>,
+    acp: Arc<AcpSession>,
+    dir: PathBuf,
+    prompt: String,
+    sender: mpsc::UnboundedSender<SessionCallback>,
+) {
+    let mut events = acp.events();
+    let turn = async {
+        acp.initialize().await?;
+        let id = acp.new_session(&dir).await?;
+        let cancelled = {
+            let mut state = lock(&entry.state);
+            state.session.as_mut().is_some_and(|slot| {
+                slot.id = Some(id.clone());
+                slot.cancel_requested
+            })
+        };
+        if cancelled {
+            return Ok(StopReason::Cancelled);
+        }
+        acp.prompt(&id, &prompt).await
+    };
+    tokio::pin!(turn);
+    let mut last = LastMessage::default();
+    let relay = |event: SessionEvent, last: &mut LastMessage| {
+        last.observe(&event);
+        let record = NewEvent::new(EventLevel::Info, event_kind(&event), event_kind(&event))
+            .with_workspace(&entry.id)
+            .with_detail(serde_json::to_value(&event).unwrap_or(Value::Null));
+        // A closed channel means the workspace is being removed: nothing to report to.
+        let _ = sender.send(SessionCallback::Event(event));
+        record
+    };
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut turn => break outcome,
+            Some(timed) = events.next() => {
+                // The turn's user message is recorded after the prompt began: from
+                // then on a cancel reaches the agent.
+                let started = is_user_message(&timed.event);
+                let record = relay(timed.event, &mut last);
+                shared.record(record).await;
+                if !started {
+                    continue;
+                }
+                let pending_cancel = {
+                    let mut state = lock(&entry.state);
+                    state.session.as_mut().and_then(|slot| {
+                        let first = !slot.prompting;
+                        slot.prompting = true;
+                        (first && slot.cancel_requested).then(|| slot.id.clone()).flatten()
+                    })
+                };
+                if let Some(id) = pending_cancel
+                    && let Err(e) = acp.cancel(&id).await
+                {
+                    tracing::warn!(error = %e, "could not cancel the turn");
+                }
+            }
+        }
+    };
+    // Events emitted before the turn returned are buffered: relay them before the report.
+    while let Some(Some(timed)) = events.next().now_or_never() {
+        let record = relay(timed.event, &mut last);
+        shared.record(record).await;
+    }
+    let report = match outcome {
+        Ok(reason) => SessionReport::Stopped {
+            reason,
+            last_message: last.into_text(),
+        },
+        Err(e) => SessionReport::Failed {
+            error: TaskError {
+                category: e.category,
+                message: e.message,
+            },
+        },
+    };
+    if let Some(slot) = lock(&entry.state).session.as_mut() {
+        slot.report = report.clone();
+    }
+    let (level, message) = match &report {
+        SessionReport::Failed { error } => (
+            EventLevel::Error,
+            format!("the session failed: {}", error.message),
+        ),
+        _ => (EventLevel::Info, "the turn ended".to_owned()),
+    };
+    shared
+        .record(
+            NewEvent::new(level, "agent_session.report", &message)
+                .with_workspace(&entry.id)
+                .with_detail(serde_json::to_value(&report).unwrap_or(Value::Null)),
+        )
+        .await;
+    let _ = sender.send(SessionCallback::Report(report));
+}
+
+async fn get_session(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<SessionView>, ApiError> {
+    let id = workspace_id(&id)?;
+    shared
+        .entry(&id)?
+        .session_view()
+        .map(axum::Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCategory::NotFound,
+                &format!("workspace {id} has no session"),
+            )
+        })
+}
+
+async fn cancel_session(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = workspace_id(&id)?;
+    let entry = shared.entry(&id)?;
+    let target = {
+        let mut state = lock(&entry.state);
+        state.session.as_mut().and_then(|slot| {
+            if slot.report != SessionReport::Running {
+                return None;
+            }
+            slot.cancel_requested = true;
+            // Before the turn started, the session task sends the cancel itself.
+            slot.prompting
+                .then(|| slot.id.clone().map(|sid| (Arc::clone(&slot.acp), sid)))
+                .flatten()
+        })
+    };
+    if let Some((acp, session)) = target {
+        acp.cancel(&session).await.map_err(Error::from)?;
+    }
+    shared
+        .record(
+            NewEvent::new(EventLevel::Info, "agent_session.cancel", "cancel requested")
+                .with_workspace(&id),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_events(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<axum::Json<Vec<crate::events::AgentEvent>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::field("limit", &e.body_text()))?;
+    let limit = query.limit.unwrap_or(100).min(MAX_EVENTS);
+    Ok(axum::Json(shared.events.recent(limit).await?))
+}

@@ -1,0 +1,812 @@
+//! The VM agent's HTTP API over loopback: a real server on 127.0.0.1, the host
+//! runtime on a temporary git repository, the fake ACP agent as a process, and a
+//! wiremock control plane receiving the callbacks.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sam_agent::api::{MANAGEMENT_AUDIENCE, SessionView, WorkspaceView, management_signer};
+use sam_agent::fake::FakeAgentScript;
+use sam_agent::{
+    AcpOptions, AgentCommand, HostRuntime, HttpNodeAgent, HttpNodeAgentConfig, MemoryEventLog,
+    NodeEndpoint, StaticNodeDirectory, VmAgent, VmAgentConfig,
+};
+use sam_core::{
+    Capacity, ErrorCategory, Labels, Location, NodeAgent, NodeHealth, NodeId, NodeLifecycle,
+    NodeRecord, NodeStatus, ProviderKind, RetryOn, RetryPolicy, Secret, SessionReport,
+    SessionRequest, StopReason, TaskId, TokenClaims, TokenScope, TokenSigner, VmSize, WorkspaceId,
+    WorkspaceReport, WorkspaceRequest,
+};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const NODE: &str = "node-1";
+
+/// A repository with one commit on `main`.
+fn repo() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=sam",
+                "-c",
+                "user.email=sam@example.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+    };
+    git(&["init", "--quiet"]);
+    std::fs::write(dir.path().join("README.md"), "hello\n").unwrap();
+    git(&["add", "-A"]);
+    git(&["commit", "--quiet", "-m", "init"]);
+    dir
+}
+
+fn fake_agent(script: &FakeAgentScript) -> AgentCommand {
+    script.to_env().into_iter().fold(
+        AgentCommand::new(env!("CARGO_BIN_EXE_fake-acp-agent")),
+        |c, (k, v)| c.with_env(k, Secret::new(v)),
+    )
+}
+
+/// A running agent, its control plane, and what a client needs.
+struct Harness {
+    base: String,
+    node_token: Secret,
+    control_plane: MockServer,
+    root: TempDir,
+    repo: TempDir,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<sam_agent::Result<()>>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let control_plane = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+            .mount(&control_plane)
+            .await;
+        // The control plane's own signer issued the node token the node booted with.
+        let cp = TokenSigner::new(Secret::new("c".repeat(32)), "sam-control-plane").unwrap();
+        let node_token = cp.issue(
+            TokenScope::Node,
+            NODE,
+            Utc::now(),
+            Duration::from_secs(3600),
+        );
+        let mut config = VmAgentConfig::new(
+            NodeId::new(NODE).unwrap(),
+            node_token.clone(),
+            control_plane.uri().parse().unwrap(),
+        );
+        config.boot_log = None;
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.callback_retry = RetryPolicy {
+            initial_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+            max_attempts: 3,
+            budget: Duration::from_secs(5),
+            jitter: 0.0,
+            per_attempt_timeout: Some(Duration::from_secs(5)),
+            retry_on: RetryOn::Retryable,
+        };
+        config.agents.insert(
+            "fake".to_owned(),
+            fake_agent(&FakeAgentScript {
+                stop_reason: "end_turn".to_owned(),
+                ..FakeAgentScript::default()
+            }),
+        );
+        config.agents.insert(
+            "slow".to_owned(),
+            fake_agent(&FakeAgentScript {
+                slow: Duration::from_secs(30),
+                ..FakeAgentScript::default()
+            }),
+        );
+        config.acp = AcpOptions {
+            request_timeout: Duration::from_secs(20),
+            ..AcpOptions::default()
+        };
+        let root = tempfile::tempdir().unwrap();
+        let agent = VmAgent::new(
+            config,
+            Arc::new(HostRuntime::new(root.path())),
+            Arc::new(MemoryEventLog::new(1000)),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            agent
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self {
+            base,
+            node_token,
+            control_plane,
+            root,
+            repo: repo(),
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            served,
+        }
+    }
+
+    fn management_token(&self) -> Secret {
+        management_signer(&self.node_token).unwrap().issue(
+            TokenScope::Node,
+            NODE,
+            Utc::now(),
+            Duration::from_secs(300),
+        )
+    }
+
+    /// A request with a valid management token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.management_token().expose())
+    }
+
+    async fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn create_body(&self, id: &str) -> Value {
+        json!({
+            "id": id,
+            "repo": self.repo.path().display().to_string(),
+            "token": format!("token-of-{id}"),
+        })
+    }
+
+    /// Polls until `check` accepts the answer to `GET path`.
+    async fn until<T>(&self, path: &str, check: impl Fn(u16, &Value) -> Option<T>) -> T {
+        for _ in 0..400 {
+            let (status, body) = self.json(reqwest::Method::GET, path, None).await;
+            if let Some(value) = check(status, &body) {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{path} never reached the expected state");
+    }
+
+    async fn ready_workspace(&self, id: &str) -> WorkspaceView {
+        let (status, _) = self
+            .json(
+                reqwest::Method::POST,
+                "/v1/workspaces",
+                Some(self.create_body(id)),
+            )
+            .await;
+        assert_eq!(status, 202);
+        self.until(&format!("/v1/workspaces/{id}"), |_, body| {
+            let view: WorkspaceView = serde_json::from_value(body.clone()).ok()?;
+            (view.report != WorkspaceReport::Preparing).then_some(view)
+        })
+        .await
+    }
+
+    async fn session_done(&self, id: &str) -> SessionView {
+        self.until(&format!("/v1/workspaces/{id}/sessions"), |_, body| {
+            let view: SessionView = serde_json::from_value(body.clone()).ok()?;
+            (view.report != SessionReport::Running).then_some(view)
+        })
+        .await
+    }
+
+    /// The callbacks the control plane received on `path`, with their bearer tokens.
+    async fn callbacks(&self, path: &str) -> Vec<(String, Value)> {
+        self.control_plane
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.url.path() == path)
+            .map(|r| {
+                let auth = r
+                    .headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                (auth, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+            })
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.served).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn health_answers_at_once_without_a_token() {
+    let h = Harness::start().await;
+    let response = h
+        .http
+        .get(format!("{}/health", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({ "version": env!("CARGO_PKG_VERSION") }));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn management_tokens_are_checked() {
+    let h = Harness::start().await;
+    let signer = management_signer(&h.node_token).unwrap();
+    let now = Utc::now();
+    let hour = Duration::from_secs(3600);
+    let claims = |scope, sub: &str, exp_offset: i64| TokenClaims {
+        aud: MANAGEMENT_AUDIENCE.to_owned(),
+        scope,
+        sub: sub.to_owned(),
+        iat: now.timestamp() - 7200,
+        exp: now.timestamp() + exp_offset,
+    };
+    let other_key = TokenSigner::new(Secret::new("x".repeat(40)), MANAGEMENT_AUDIENCE).unwrap();
+    let other_audience = TokenSigner::new(h.node_token.clone(), "sam-control-plane").unwrap();
+    let rejected = [
+        ("no token", None),
+        (
+            "expired",
+            Some(signer.sign(&claims(Some(TokenScope::Node), NODE, -1))),
+        ),
+        ("scopeless", Some(signer.sign(&claims(None, NODE, 3600)))),
+        (
+            "wrong scope",
+            Some(signer.issue(TokenScope::Workspace, NODE, now, hour)),
+        ),
+        (
+            "wrong subject",
+            Some(signer.issue(TokenScope::Node, "node-2", now, hour)),
+        ),
+        (
+            "other key",
+            Some(other_key.issue(TokenScope::Node, NODE, now, hour)),
+        ),
+        (
+            "other audience",
+            Some(other_audience.issue(TokenScope::Node, NODE, now, hour)),
+        ),
+        ("the node token itself", Some(h.node_token.clone())),
+        ("garbage", Some(Secret::new("not-a-token"))),
+    ];
+    for (why, token) in rejected {
+        let mut request = h.http.get(format!("{}/v1/events", h.base));
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.expose());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{why}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["category"], "auth_error", "{why}");
+    }
+    let (status, _) = h.json(reqwest::Method::GET, "/v1/events", None).await;
+    assert_eq!(status, 200);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_naming_the_field() {
+    let h = Harness::start().await;
+    let post = |path: &'static str, body: &'static str| {
+        h.request(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let cases: [(&str, &str, u16, Option<&str>); 7] = [
+        ("/v1/workspaces", "{not json", 400, None),
+        (
+            "/v1/workspaces",
+            r#"{"id":"ws-1","token":"t"}"#,
+            400,
+            Some("repo"),
+        ),
+        (
+            "/v1/workspaces",
+            r#"{"id":"ws-1","repo":"r","token":"t","branch":5}"#,
+            400,
+            Some("branch"),
+        ),
+        (
+            "/v1/workspaces",
+            r#"{"id":"ws 1","repo":"r","token":"t"}"#,
+            400,
+            Some("id"),
+        ),
+        (
+            "/v1/workspaces",
+            r#"{"id":"ws-1","repo":"r","token":"t","profile":"huge"}"#,
+            400,
+            Some("profile"),
+        ),
+        (
+            "/v1/workspaces",
+            r#"{"id":"ws-1","repo":"r","token":"t","colour":"red"}"#,
+            400,
+            Some("colour"),
+        ),
+        (
+            "/v1/workspaces/ws-x/sessions",
+            r#"{"agent":"fake"}"#,
+            400,
+            Some("prompt"),
+        ),
+    ];
+    for (path, body, status, field) in cases {
+        let response = post(path, body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["category"], "invalid_config", "{body}");
+        assert_eq!(answer["field"].as_str(), field, "{body}: {answer}");
+    }
+    let (status, body) = h
+        .json(reqwest::Method::GET, "/v1/events?limit=lots", None)
+        .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("limit")));
+
+    // Unknown routes and workspaces.
+    let (status, _) = h.json(reqwest::Method::GET, "/v1/nothing", None).await;
+    assert_eq!(status, 404);
+    let response = h
+        .http
+        .get(format!("{}/nothing", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let (status, body) = h
+        .json(reqwest::Method::GET, "/v1/workspaces/ws-x", None)
+        .await;
+    assert_eq!(
+        (status, body["category"].as_str()),
+        (404, Some("not_found"))
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_workspace_and_a_session_end_to_end() {
+    let h = Harness::start().await;
+    let view = h.ready_workspace("ws-1").await;
+    assert_eq!(
+        view.report,
+        WorkspaceReport::Ready {
+            effective_profile: "host".to_owned(),
+            recovery: false
+        }
+    );
+    assert!(h.root.path().join("ws-1/README.md").is_file());
+    // Creating it again changes nothing.
+    let (status, body) = h
+        .json(
+            reqwest::Method::POST,
+            "/v1/workspaces",
+            Some(h.create_body("ws-1")),
+        )
+        .await;
+    assert_eq!((status, &body["report"]["state"]), (200, &json!("ready")));
+
+    // An unknown agent is refused; the fake one runs a turn.
+    let (status, body) = h
+        .json(
+            reqwest::Method::POST,
+            "/v1/workspaces/ws-1/sessions",
+            Some(json!({ "agent": "nobody", "prompt": "hi" })),
+        )
+        .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("agent")));
+    let (status, _) = h
+        .json(
+            reqwest::Method::POST,
+            "/v1/workspaces/ws-1/sessions",
+            Some(json!({ "agent": "fake", "prompt": "fix the flaky test" })),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let done = h.session_done("ws-1").await;
+    let SessionReport::Stopped {
+        reason,
+        last_message,
+    } = &done.report
+    else {
+        panic!("the turn failed: {:?}", done.report);
+    };
+    assert_eq!(*reason, StopReason::EndTurn);
+    assert!(last_message.is_some(), "the fake agent says something");
+    // Starting again answers the existing session.
+    let (status, body) = h
+        .json(
+            reqwest::Method::POST,
+            "/v1/workspaces/ws-1/sessions",
+            Some(json!({ "agent": "fake", "prompt": "again" })),
+        )
+        .await;
+    assert_eq!((status, &body["report"]["state"]), (200, &json!("stopped")));
+
+    // The control plane heard about it all, each with the right token.
+    let ready = h.callbacks("/v1/workspaces/ws-1/ready").await;
+    assert_eq!(
+        ready,
+        [(
+            "Bearer token-of-ws-1".to_owned(),
+            json!({ "state": "ready", "effective_profile": "host", "recovery": false })
+        )]
+    );
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = h.callbacks("/v1/workspaces/ws-1/events").await;
+        if events.iter().any(|(_, b)| b["kind"] == "report") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        events
+            .iter()
+            .all(|(auth, _)| auth == "Bearer token-of-ws-1")
+    );
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|(_, b)| {
+            format!(
+                "{}:{}",
+                b["kind"].as_str().unwrap(),
+                b["type"].as_str().or(b["state"].as_str()).unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("event:update"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("report:stopped"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds[kinds.len() - 2],
+        "event:stopped",
+        "the report comes after every event: {kinds:?}"
+    );
+    assert_eq!(events.last().unwrap().1["reason"], "end_turn");
+    let ready = h.callbacks(&format!("/v1/nodes/{NODE}/ready")).await;
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].1["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(ready[0].0, format!("Bearer {}", h.node_token.expose()));
+    let mut heartbeats = Vec::new();
+    for _ in 0..200 {
+        heartbeats = h.callbacks(&format!("/v1/nodes/{NODE}/heartbeat")).await;
+        if !heartbeats.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let metrics = &heartbeats[0].1["metrics"];
+    assert!(
+        metrics["memory_percent"].as_f64().unwrap() > 0.0,
+        "{metrics}"
+    );
+
+    // The event log, newest first.
+    let (_, log) = h
+        .json(reqwest::Method::GET, "/v1/events?limit=1000", None)
+        .await;
+    let log = log.as_array().unwrap();
+    let ids: Vec<u64> = log.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let types: Vec<&str> = log.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for kind in [
+        "workspace.created",
+        "workspace.ready",
+        "agent_session.started",
+        "agent_session.update",
+        "agent_session.report",
+        "node.ready",
+    ] {
+        assert!(types.contains(&kind), "{kind} in {types:?}");
+    }
+    let (_, two) = h
+        .json(reqwest::Method::GET, "/v1/events?limit=2", None)
+        .await;
+    assert_eq!(two.as_array().unwrap().len(), 2);
+
+    // Removal is idempotent and takes the clone away.
+    for _ in 0..2 {
+        let response = h
+            .request(reqwest::Method::DELETE, "/v1/workspaces/ws-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204);
+    }
+    assert!(!h.root.path().join("ws-1").exists());
+    let (status, _) = h
+        .json(reqwest::Method::GET, "/v1/workspaces/ws-1", None)
+        .await;
+    assert_eq!(status, 404);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_workspace_reports_why() {
+    let h = Harness::start().await;
+    let (status, _) = h
+        .json(
+            reqwest::Method::POST,
+            "/v1/workspaces",
+            Some(json!({
+                "id": "ws-bad",
+                "repo": h.repo.path().display().to_string(),
+                "devcontainer": "missing",
+                "token": "t",
+            })),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let view = h
+        .until("/v1/workspaces/ws-bad", |_, body| {
+            let view: WorkspaceView = serde_json::from_value(body.clone()).ok()?;
+            (view.report != WorkspaceReport::Preparing).then_some(view)
+        })
+        .await;
+    let WorkspaceReport::Failed { error } = view.report else {
+        panic!("{view:?}");
+    };
+    assert_eq!(error.category, ErrorCategory::NotFound, "{}", error.message);
+    assert!(error.message.contains("missing"), "{}", error.message);
+    let (status, body) = h
+        .json(
+            reqwest::Method::POST,
+            "/v1/workspaces/ws-bad/sessions",
+            Some(json!({ "agent": "fake", "prompt": "hi" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["category"].as_str()),
+        (400, Some("invalid_config"))
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_turn() {
+    let h = Harness::start().await;
+    h.ready_workspace("ws-1").await;
+    let (status, _) = h
+        .json(
+            reqwest::Method::POST,
+            "/v1/workspaces/ws-1/sessions",
+            Some(json!({ "agent": "slow", "prompt": "take your time" })),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // Wait until the turn has begun (its user message is in the log).
+    h.until("/v1/events", |_, body| {
+        body.as_array()?
+            .iter()
+            .any(|e| e["type"] == "agent_session.update")
+            .then_some(())
+    })
+    .await;
+    let response = h
+        .request(reqwest::Method::POST, "/v1/workspaces/ws-1/cancel")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let done = h.session_done("ws-1").await;
+    assert!(
+        matches!(
+            done.report,
+            SessionReport::Stopped {
+                reason: StopReason::Cancelled,
+                ..
+            }
+        ),
+        "{:?}",
+        done.report
+    );
+    h.stop().await;
+}
+
+fn node(id: &str) -> NodeRecord {
+    let now = Utc::now();
+    NodeRecord {
+        id: NodeId::new(id).unwrap(),
+        provider: ProviderKind::Fake,
+        vm_id: None,
+        size: VmSize::Small,
+        server_type: "fake".to_owned(),
+        location: Location::new("local").unwrap(),
+        capacity: Capacity {
+            cpu_millis: 2000,
+            memory_mb: 4096,
+            disk_mb: None,
+        },
+        labels: Labels::default(),
+        status: NodeStatus::Running,
+        lifecycle: NodeLifecycle::Active,
+        warm_since: None,
+        health: NodeHealth::Healthy,
+        last_heartbeat_at: None,
+        agent_version: None,
+        ready_at: None,
+        created_for: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+#[tokio::test]
+async fn http_node_agent_drives_the_real_server() {
+    let h = Harness::start().await;
+    let directory = Arc::new(StaticNodeDirectory::new());
+    directory.insert(
+        NodeId::new(NODE).unwrap(),
+        NodeEndpoint {
+            base_url: h.base.parse().unwrap(),
+            management_key: h.node_token.clone(),
+        },
+    );
+    // A node whose port is closed, and one with the wrong key.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    directory.insert(
+        NodeId::new("node-down").unwrap(),
+        NodeEndpoint {
+            base_url: closed_url.parse().unwrap(),
+            management_key: h.node_token.clone(),
+        },
+    );
+    let agent = HttpNodeAgent::new(directory.clone(), HttpNodeAgentConfig::default()).unwrap();
+    let n = node(NODE);
+
+    let health = agent.health(&n).await.unwrap().unwrap();
+    assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(agent.health(&node("node-unknown")).await.unwrap(), None);
+    assert_eq!(agent.health(&node("node-down")).await.unwrap(), None);
+    let down = agent
+        .workspace_status(&node("node-down"), &WorkspaceId::new("ws-1").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(down.category, ErrorCategory::Transient);
+
+    let ws = WorkspaceId::new("ws-1").unwrap();
+    assert_eq!(agent.workspace_status(&n, &ws).await.unwrap(), None);
+    assert_eq!(agent.session_status(&n, &ws).await.unwrap(), None);
+    let request = WorkspaceRequest {
+        workspace_id: ws.clone(),
+        task_id: TaskId::new("t-1").unwrap(),
+        repo: h.repo.path().display().to_string(),
+        branch: None,
+        profile: Some("full".to_owned()),
+        devcontainer: None,
+        token: Secret::new("workspace-token"),
+    };
+    agent.create_workspace(&n, &request).await.unwrap();
+    agent.create_workspace(&n, &request).await.unwrap();
+    let bad_profile = WorkspaceRequest {
+        profile: Some("huge".to_owned()),
+        ..request.clone()
+    };
+    assert_eq!(
+        agent
+            .create_workspace(&n, &bad_profile)
+            .await
+            .unwrap_err()
+            .category,
+        ErrorCategory::InvalidConfig
+    );
+    let session = SessionRequest {
+        workspace_id: ws.clone(),
+        agent: "fake".to_owned(),
+        prompt: "fix it".to_owned(),
+    };
+    // Until the workspace is ready a session start is a conflict, which the runner retries.
+    let mut started = false;
+    for _ in 0..400 {
+        match agent.start_session(&n, &session).await {
+            Ok(()) => {
+                started = true;
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.category, ErrorCategory::Conflict, "{e}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+    assert!(started);
+    assert!(matches!(
+        agent.workspace_status(&n, &ws).await.unwrap(),
+        Some(WorkspaceReport::Ready { .. })
+    ));
+    agent.start_session(&n, &session).await.unwrap();
+    let mut report = SessionReport::Running;
+    for _ in 0..400 {
+        report = agent.session_status(&n, &ws).await.unwrap().unwrap();
+        if report != SessionReport::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        matches!(
+            report,
+            SessionReport::Stopped {
+                reason: StopReason::EndTurn,
+                ..
+            }
+        ),
+        "{report:?}"
+    );
+    let unknown_agent = SessionRequest {
+        workspace_id: WorkspaceId::new("ws-none").unwrap(),
+        ..session.clone()
+    };
+    assert_eq!(
+        agent
+            .start_session(&n, &unknown_agent)
+            .await
+            .unwrap_err()
+            .category,
+        ErrorCategory::NotFound
+    );
+    agent.cancel_session(&n, &ws).await.unwrap();
+    agent
+        .cancel_session(&n, &WorkspaceId::new("ws-none").unwrap())
+        .await
+        .unwrap();
+    agent.stop_workspace(&n, &ws).await.unwrap();
+    agent.stop_workspace(&n, &ws).await.unwrap();
+    assert_eq!(agent.workspace_status(&n, &ws).await.unwrap(), None);
+
+    // The wrong key is an auth error, not a retry.
+    directory.insert(
+        NodeId::new(NODE).unwrap(),
+        NodeEndpoint {
+            base_url: h.base.parse().unwrap(),
+            management_key: Secret::new("k".repeat(64)),
+        },
+    );
+    let error = agent.workspace_status(&n, &ws).await.unwrap_err();
+    assert_eq!(error.category, ErrorCategory::AuthError);
+    assert!(!error.category.is_retryable());
+    h.stop().await;
+}
