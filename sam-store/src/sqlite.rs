@@ -12,7 +12,7 @@ use std::time::Duration;
 use sam_core::StoreErrorKind;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Executor};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, Executor};
 
 use crate::error::{Dialect, Error};
 use crate::sql::{self, Migration, Schema, SqlStore};
@@ -122,6 +122,19 @@ async fn pool(config: &SqliteConfig, connections: u32) -> Result<AnyPool, Error>
          PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         config.busy_timeout.as_millis()
     );
+    // One connection first, so an unusable file fails at once with its own error,
+    // rather than as a pool timeout after the pool has retried it.
+    let mut probe = AnyConnection::connect_with(&options)
+        .await
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
+    probe
+        .execute(sqlx::raw_sql(AssertSqlSafe(pragmas.clone())))
+        .await
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
+    probe
+        .close()
+        .await
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
     AnyPoolOptions::new()
         .max_connections(connections)
         .after_connect(move |conn, _| {
