@@ -362,6 +362,7 @@ pub struct ApiTokenRecord {
 ///   workspace becomes `warm` with `warm_since` set; otherwise nothing changes.
 /// - **Deletes are idempotent**: deleting a missing row succeeds.
 /// - **Bad stored data is a typed error** (`InvalidData`), never a panic.
+/// - **Timestamps round-trip to the microsecond**; finer precision may be dropped.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync + Debug {

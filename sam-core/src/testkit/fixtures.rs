@@ -1,1 +1,235 @@
-//! placeholder
+//! Sample records for the conformance suites.
+//!
+//! Times are whole seconds after a fixed epoch, so they round-trip exactly through
+//! every backend (stores keep timestamps to the microsecond).
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::error::ErrorCategory;
+use crate::model::{
+    ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
+    TaskId, TaskStatus, VmId, VmSize, WorkspaceId,
+};
+use crate::reservation::{
+    Capacity, Layer, RequirementLayers, Reservation, ResourceRequirements, resolve_reservation,
+};
+use crate::scheduler::{PlacementExplanation, Rejected};
+use crate::store::{
+    ApiTokenRecord, NodeRecord, TaskError, TaskRecord, TaskSpec, WorkspaceRecord, WorkspaceStatus,
+};
+
+/// `secs` seconds after 2025-01-01T00:00:00Z.
+pub fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_735_689_600 + secs, 0)
+        .single()
+        .expect("fixture times are in range")
+}
+
+/// A task id.
+pub fn task_id(id: &str) -> TaskId {
+    TaskId::new(id).expect("fixture task ids are valid")
+}
+
+/// A node id.
+pub fn node_id(id: &str) -> NodeId {
+    NodeId::new(id).expect("fixture node ids are valid")
+}
+
+/// A workspace id.
+pub fn workspace_id(id: &str) -> WorkspaceId {
+    WorkspaceId::new(id).expect("fixture workspace ids are valid")
+}
+
+/// A location.
+pub fn location(name: &str) -> Location {
+    Location::new(name).expect("fixture locations are valid")
+}
+
+/// A queued task created at `at(created)`, with platform-default requirements and no
+/// optional field set.
+pub fn task(id: &str, created: i64) -> TaskRecord {
+    let requirements = RequirementLayers::default();
+    TaskRecord {
+        id: task_id(id),
+        status: TaskStatus::Queued,
+        execution_step: ExecutionStep::NodeSelection,
+        spec: TaskSpec {
+            repo: "https://example.invalid/repo.git".into(),
+            branch: None,
+            prompt: "fix the flaky test".into(),
+            agent: "claude".into(),
+            workspace_profile: None,
+            devcontainer: None,
+        },
+        provider: ProviderKind::Hetzner,
+        requested_size: VmSize::Medium,
+        size_source: Layer::Platform,
+        requested_location: None,
+        location_source: Layer::Platform,
+        reservation: resolve_reservation(&requirements).expect("defaults resolve"),
+        requirements,
+        placement: None,
+        provisioned_node_id: None,
+        provisioned_size: None,
+        provisioned_location: None,
+        workspace_id: None,
+        next_wake_at: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        provisioning_started_at: None,
+        step_started_at: at(created),
+        error: None,
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+/// A task that wakes at `at(wake)`.
+pub fn due_task(id: &str, created: i64, wake: i64) -> TaskRecord {
+    TaskRecord {
+        next_wake_at: Some(at(wake)),
+        ..task(id, created)
+    }
+}
+
+/// A task with every optional field set, to check that nothing is lost on a round trip.
+pub fn full_task(id: &str, created: i64) -> TaskRecord {
+    let requirements = RequirementLayers {
+        task: ResourceRequirements {
+            min_vcpu: Some(0.5),
+            min_memory_gb: Some(6.0),
+            ..Default::default()
+        },
+        project: ResourceRequirements {
+            exclusive_node: Some(true),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    TaskRecord {
+        status: TaskStatus::InProgress,
+        execution_step: ExecutionStep::Running,
+        spec: TaskSpec {
+            repo: "git@example.invalid:org/repo.git".into(),
+            branch: Some("feature/ü-unicode".into()),
+            prompt: "line one\nline \"two\" with 'quotes' and ; DROP TABLE tasks; --".into(),
+            agent: "codex".into(),
+            workspace_profile: Some("full".into()),
+            devcontainer: Some("python".into()),
+        },
+        provider: ProviderKind::Scaleway,
+        requested_size: VmSize::Large,
+        size_source: Layer::Task,
+        requested_location: Some(location("fr-par-1")),
+        location_source: Layer::Project,
+        reservation: resolve_reservation(&requirements).expect("valid requirements"),
+        requirements,
+        placement: Some(PlacementExplanation {
+            chosen: "node-7".into(),
+            reason: "warm node of the exact size".into(),
+            rejected: vec![Rejected {
+                candidate: "node-3".into(),
+                reason: "not enough memory_mb".into(),
+            }],
+        }),
+        provisioned_node_id: Some(node_id("node-7")),
+        provisioned_size: Some(VmSize::Medium),
+        provisioned_location: Some(location("fr-par-2")),
+        workspace_id: Some(workspace_id("ws-7")),
+        next_wake_at: Some(at(created + 60)),
+        lease_owner: Some("driver-a".into()),
+        lease_expires_at: Some(at(created + 30)),
+        provisioning_started_at: Some(at(created + 5)),
+        step_started_at: at(created + 20),
+        error: Some(TaskError {
+            category: ErrorCategory::TransientCapacity,
+            message: "There were no large machines available".into(),
+        }),
+        ..task(id, created)
+    }
+}
+
+/// The capacity of a Hetzner `cx33`: 4 vCPU, 8 GB, 80 GB.
+pub fn cx33_capacity() -> Capacity {
+    Capacity {
+        cpu_millis: 4000,
+        memory_mb: 8192,
+        disk_mb: Some(80 * 1024),
+    }
+}
+
+/// A running, healthy, active Hetzner medium node in `fsn1` created at `at(created)`.
+pub fn node(id: &str, created: i64) -> NodeRecord {
+    let nid = node_id(id);
+    NodeRecord {
+        labels: Labels::for_node(&nid),
+        id: nid,
+        provider: ProviderKind::Hetzner,
+        vm_id: Some(VmId::new(format!("vm-{id}")).expect("valid VM id")),
+        size: VmSize::Medium,
+        server_type: "cx33".into(),
+        location: location("fsn1"),
+        capacity: cx33_capacity(),
+        status: NodeStatus::Running,
+        lifecycle: NodeLifecycle::Active,
+        warm_since: None,
+        health: NodeHealth::Healthy,
+        last_heartbeat_at: Some(at(created + 10)),
+        agent_version: Some("0.1.0".into()),
+        ready_at: Some(at(created + 5)),
+        created_for: Some(task_id("task-origin")),
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+/// [`node`], but warm since `at(created + 1)`.
+pub fn warm_node(id: &str, created: i64) -> NodeRecord {
+    NodeRecord {
+        lifecycle: NodeLifecycle::Warm,
+        warm_since: Some(at(created + 1)),
+        ..node(id, created)
+    }
+}
+
+/// A reservation of `cpu_millis` and `memory_mb` (1 GB disk), with tenancy rules.
+pub fn reservation(
+    cpu_millis: u64,
+    memory_mb: u64,
+    exclusive: bool,
+    max_co_tenants: u32,
+) -> Reservation {
+    let base = resolve_reservation(&RequirementLayers::default()).expect("defaults resolve");
+    Reservation {
+        cpu_millis,
+        memory_mb,
+        disk_mb: 1024,
+        exclusive,
+        max_co_tenants,
+        ..base
+    }
+}
+
+/// A `creating` workspace on `node` holding `reservation`, created at `at(created)`.
+pub fn workspace(id: &str, node: &str, reservation: Reservation, created: i64) -> WorkspaceRecord {
+    WorkspaceRecord {
+        id: workspace_id(id),
+        node_id: node_id(node),
+        task_id: task_id(&format!("task-for-{id}")),
+        status: WorkspaceStatus::Creating,
+        effective_profile: None,
+        reservation,
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+/// An API token record whose hash is 64 hex characters derived from `seed`.
+pub fn api_token(id: &str, seed: u8) -> ApiTokenRecord {
+    ApiTokenRecord {
+        id: id.into(),
+        hash: format!("{seed:02x}").repeat(32),
+        label: format!("token {id}"),
+        created_at: at(0),
+    }
+}

@@ -1,1 +1,1274 @@
-//! placeholder
+//! The conformance suite of the [`Store`] contract.
+//!
+//! Every case takes a fresh, empty store and checks one clause of the contract
+//! (see [`Store`]); it panics with a message naming the clause when the backend
+//! breaks it. [`crate::store_conformance!`] turns every case into its own test.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::TestRunner;
+
+use crate::error::{ErrorCategory, StoreErrorKind};
+use crate::model::{
+    ExecutionStep, Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId,
+    TaskStatus, VmSize,
+};
+use crate::reservation::{Reservation, SlotRejection, check_slot};
+use crate::scheduler::PlacementExplanation;
+use crate::store::{
+    LeaseRequest, NodeFilter, NodeRecord, SlotOutcome, Store, TaskError, TaskFilter, TaskRecord,
+    TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
+};
+use crate::testkit::fixtures::{
+    api_token, at, due_task, full_task, location, node, node_id, reservation, task, task_id,
+    warm_node, workspace, workspace_id,
+};
+
+/// Expands to one `#[tokio::test]` per conformance case of the [`Store`] contract.
+///
+/// `$make` is an expression of a future that yields the store (or any [`UnderTest`]);
+/// it is evaluated once per case, so every case runs against a fresh store. With `optional`, the future
+/// yields `Option<store>` and a `None` skips the case (for servers that are not
+/// configured, see [`crate::testkit::required_env`]).
+///
+/// ```text
+/// #[cfg(test)]
+/// mod conformance {
+///     sam_core::store_conformance!(async { crate::MemoryStore::new() });
+/// }
+/// ```
+#[macro_export]
+macro_rules! store_conformance {
+    (@cases [] $make:expr; $($case:ident),*) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let store = $make.await;
+            $crate::testkit::store::$case($crate::testkit::store::UnderTest::store(&store)).await;
+        }
+    )*};
+    (@cases [optional] $make:expr; $($case:ident),*) => {$(
+        #[tokio::test]
+        async fn $case() {
+            if let Some(store) = $make.await {
+                $crate::testkit::store::$case($crate::testkit::store::UnderTest::store(&store))
+                    .await;
+            }
+        }
+    )*};
+    (@list [$($mode:ident)?] $make:expr) => {
+        $crate::store_conformance!(@cases [$($mode)?] $make;
+            missing_rows_are_none,
+            task_round_trips,
+            create_task_twice_is_already_exists,
+            create_task_records_submission_event,
+            list_tasks_is_ordered,
+            list_tasks_filters,
+            transition_applies_and_records_event,
+            transition_from_stale_status_is_false,
+            terminal_task_cannot_leave,
+            transition_of_missing_task_is_not_found,
+            transition_to_failed_keeps_error,
+            set_execution_step_is_idempotent,
+            set_execution_step_of_missing_task_is_not_found,
+            update_task_sets_and_clears,
+            update_of_missing_task_is_not_found,
+            claim_due_tasks_leases_only_due_live_tasks,
+            claim_due_tasks_respects_limit_and_order,
+            claim_skips_held_lease_and_takes_over_expired,
+            claim_renews_own_lease,
+            release_lease_only_by_owner,
+            put_node_replaces_and_round_trips,
+            list_nodes_is_ordered_and_filters,
+            deletes_are_idempotent,
+            claim_warm_node_matches_exactly,
+            claim_warm_node_has_one_winner,
+            release_node_to_warm_only_when_idle,
+            reserve_slot_checks_capacity,
+            reserve_slot_keeps_exclusive_alone,
+            reserve_slot_keeps_co_tenant_limit,
+            update_workspace_frees_slot,
+            reserve_slot_rejects_missing_node_and_taken_id,
+            list_workspaces_is_ordered,
+            api_tokens_are_found_by_hash,
+            concurrent_claimers_claim_each_task_once,
+            concurrent_warm_claims_have_one_winner,
+            concurrent_reservations_never_over_commit
+        );
+    };
+    (optional $make:expr) => {
+        $crate::store_conformance!(@list [optional] $make);
+    };
+    ($make:expr) => {
+        $crate::store_conformance!(@list [] $make);
+    };
+}
+
+/// What a conformance test runs against: a store, or a value that owns one (for
+/// example together with the temporary directory holding its files).
+pub trait UnderTest {
+    /// The store to check.
+    fn store(&self) -> &dyn Store;
+}
+
+impl<S: Store + 'static> UnderTest for S {
+    fn store(&self) -> &dyn Store {
+        self
+    }
+}
+
+/// Asserts `result` failed with `kind`, naming the contract `clause` otherwise.
+fn expect_kind<T: std::fmt::Debug>(
+    result: Result<T, crate::error::StoreError>,
+    kind: StoreErrorKind,
+    clause: &str,
+) {
+    match result {
+        Err(e) => assert_eq!(e.kind(), kind, "{clause}: wrong error kind ({e})"),
+        Ok(v) => panic!("{clause}: expected {kind:?}, got Ok({v:?})"),
+    }
+}
+
+async fn create(store: &dyn Store, task: TaskRecord) {
+    store.create_task(&task).await.expect("create_task");
+}
+
+async fn put(store: &dyn Store, node: NodeRecord) {
+    store.put_node(&node).await.expect("put_node");
+}
+
+async fn reserve(store: &dyn Store, workspace: &WorkspaceRecord) -> SlotOutcome {
+    store
+        .reserve_workspace_slot(workspace)
+        .await
+        .expect("reserve_workspace_slot")
+}
+
+async fn must_get_task(store: &dyn Store, id: &TaskId) -> TaskRecord {
+    store
+        .get_task(id)
+        .await
+        .expect("get_task")
+        .unwrap_or_else(|| panic!("task {id} must exist"))
+}
+
+fn transition(from: TaskStatus, to: TaskStatus, secs: i64) -> Transition {
+    Transition {
+        from,
+        to,
+        actor: "runner".into(),
+        reason: Some(format!("{from} to {to}")),
+        error: None,
+        at: at(secs),
+    }
+}
+
+fn lease(owner: &str, now: i64, limit: usize) -> LeaseRequest {
+    LeaseRequest {
+        owner: owner.into(),
+        now: at(now),
+        lease: Duration::from_secs(30),
+        limit,
+    }
+}
+
+fn ids(tasks: &[TaskRecord]) -> Vec<String> {
+    tasks.iter().map(|t| t.id.to_string()).collect()
+}
+
+fn sorted_ids(tasks: &[TaskRecord]) -> Vec<String> {
+    let mut ids = ids(tasks);
+    ids.sort();
+    ids
+}
+
+async fn claim(store: &dyn Store, owner: &str, now: i64, limit: usize) -> Vec<TaskRecord> {
+    store
+        .claim_due_tasks(&lease(owner, now, limit))
+        .await
+        .expect("claim_due_tasks")
+}
+
+fn warm_claim(task: &str, location: Option<Location>, now: i64) -> WarmClaim {
+    WarmClaim {
+        task_id: task_id(task),
+        provider: ProviderKind::Hetzner,
+        size: VmSize::Medium,
+        location,
+        now: at(now),
+    }
+}
+
+/// Reads of missing rows are `Ok(None)`.
+pub async fn missing_rows_are_none(store: &dyn Store) {
+    let clause = "reads of missing rows are Ok(None)";
+    assert_eq!(
+        store.get_task(&task_id("nope")).await.expect(clause),
+        None,
+        "{clause}"
+    );
+    assert_eq!(
+        store.get_node(&node_id("nope")).await.expect(clause),
+        None,
+        "{clause}"
+    );
+    let ws = store.get_workspace(&workspace_id("nope")).await;
+    assert_eq!(ws.expect(clause), None, "{clause}");
+    let token = store.find_api_token(&"00".repeat(32)).await;
+    assert_eq!(token.expect(clause), None, "{clause}");
+    assert!(
+        store
+            .list_status_events(&task_id("nope"))
+            .await
+            .expect(clause)
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_workspaces(&node_id("nope"))
+            .await
+            .expect(clause)
+            .is_empty()
+    );
+}
+
+/// A task with every field set reads back equal, and so does a minimal one.
+pub async fn task_round_trips(store: &dyn Store) {
+    for record in [full_task("t-full", 1), task("t-min", 2)] {
+        create(store, record.clone()).await;
+        let read = must_get_task(store, &record.id).await;
+        assert_eq!(read, record, "a stored task reads back unchanged");
+    }
+}
+
+/// Creating an existing id is `AlreadyExists`, and the first row stays.
+pub async fn create_task_twice_is_already_exists(store: &dyn Store) {
+    let first = task("t-1", 1);
+    create(store, first.clone()).await;
+    let second = TaskRecord {
+        spec: full_task("t-1", 2).spec,
+        ..first.clone()
+    };
+    expect_kind(
+        store.create_task(&second).await,
+        StoreErrorKind::AlreadyExists,
+        "creating an existing id is AlreadyExists",
+    );
+    assert_eq!(
+        must_get_task(store, &first.id).await,
+        first,
+        "the first row stays"
+    );
+}
+
+/// `create_task` records the submission as the first status event.
+pub async fn create_task_records_submission_event(store: &dyn Store) {
+    create(store, task("t-1", 7)).await;
+    let events = store
+        .list_status_events(&task_id("t-1"))
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 1, "one submission event");
+    assert_eq!(events[0].task_id, task_id("t-1"));
+    assert_eq!(
+        events[0].from, None,
+        "the submission has no previous status"
+    );
+    assert_eq!(events[0].to, TaskStatus::Queued);
+    assert_eq!(
+        events[0].at,
+        at(7),
+        "the submission is recorded at created_at"
+    );
+}
+
+/// Tasks list by `(created_at, id)`, whatever the order of writing.
+pub async fn list_tasks_is_ordered(store: &dyn Store) {
+    for (id, created) in [("c", 20), ("b", 10), ("a", 20), ("d", 5)] {
+        create(store, task(id, created)).await;
+    }
+    let all = store
+        .list_tasks(&TaskFilter::default())
+        .await
+        .expect("list_tasks");
+    assert_eq!(
+        ids(&all),
+        ["d", "b", "a", "c"],
+        "tasks are ordered by (created_at, id)"
+    );
+}
+
+/// Task filters: statuses, node, the `after` cursor and the limit.
+pub async fn list_tasks_filters(store: &dyn Store) {
+    for (i, id) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        let mut t = task(id, i as i64);
+        if id == "b" || id == "d" {
+            t.status = TaskStatus::InProgress;
+            t.provisioned_node_id = Some(node_id("n-1"));
+        }
+        create(store, t).await;
+    }
+    let list =
+        |filter: TaskFilter| async move { ids(&store.list_tasks(&filter).await.expect("list")) };
+    let in_progress = TaskFilter {
+        statuses: vec![TaskStatus::InProgress],
+        ..Default::default()
+    };
+    assert_eq!(list(in_progress).await, ["b", "d"], "status filter");
+    let both = TaskFilter {
+        statuses: vec![TaskStatus::Queued, TaskStatus::InProgress],
+        ..Default::default()
+    };
+    assert_eq!(
+        list(both).await,
+        ["a", "b", "c", "d", "e"],
+        "several statuses"
+    );
+    let on_node = TaskFilter {
+        node: Some(node_id("n-1")),
+        ..Default::default()
+    };
+    assert_eq!(list(on_node).await, ["b", "d"], "node filter");
+    let page = TaskFilter {
+        after: Some(task_id("b")),
+        limit: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(page).await,
+        ["c", "d"],
+        "the cursor starts after `after`, limit caps"
+    );
+    let last = TaskFilter {
+        after: Some(task_id("e")),
+        ..Default::default()
+    };
+    assert!(list(last).await.is_empty(), "nothing after the last task");
+}
+
+/// An optimistic transition applies, sets `updated_at` and records an event.
+pub async fn transition_applies_and_records_event(store: &dyn Store) {
+    create(store, task("t-1", 1)).await;
+    let applied = store
+        .transition_task(
+            &task_id("t-1"),
+            &transition(TaskStatus::Queued, TaskStatus::Delegated, 50),
+        )
+        .await
+        .expect("transition_task");
+    assert!(applied, "a transition from the current status applies");
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.status, TaskStatus::Delegated);
+    assert_eq!(read.updated_at, at(50), "a transition sets updated_at");
+    let events = store
+        .list_status_events(&task_id("t-1"))
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 2, "submission plus the transition");
+    let last = &events[1];
+    assert_eq!(last.from, Some(TaskStatus::Queued));
+    assert_eq!(last.to, TaskStatus::Delegated);
+    assert_eq!(last.actor, "runner");
+    assert_eq!(last.reason.as_deref(), Some("queued to delegated"));
+    assert_eq!(last.at, at(50));
+}
+
+/// A transition whose `from` is stale returns `false` and changes nothing.
+pub async fn transition_from_stale_status_is_false(store: &dyn Store) {
+    create(store, task("t-1", 1)).await;
+    let id = task_id("t-1");
+    let step = transition(TaskStatus::Queued, TaskStatus::Delegated, 10);
+    assert!(store.transition_task(&id, &step).await.expect("first"));
+    let stale = transition(TaskStatus::Queued, TaskStatus::Cancelled, 20);
+    let applied = store
+        .transition_task(&id, &stale)
+        .await
+        .expect("stale transition");
+    assert!(!applied, "a transition from a stale status does not apply");
+    let read = must_get_task(store, &id).await;
+    assert_eq!(
+        read.status,
+        TaskStatus::Delegated,
+        "the status is unchanged"
+    );
+    assert_eq!(read.updated_at, at(10), "updated_at is unchanged");
+    let events = store.list_status_events(&id).await.expect("events");
+    assert_eq!(
+        events.len(),
+        2,
+        "no event for a transition that did not apply"
+    );
+}
+
+/// Nothing leaves a terminal status: such a move is `InvalidInput`.
+pub async fn terminal_task_cannot_leave(store: &dyn Store) {
+    create(store, task("t-1", 1)).await;
+    let id = task_id("t-1");
+    let done = transition(TaskStatus::Queued, TaskStatus::Completed, 10);
+    assert!(store.transition_task(&id, &done).await.expect("complete"));
+    for to in [
+        TaskStatus::Queued,
+        TaskStatus::InProgress,
+        TaskStatus::Failed,
+    ] {
+        expect_kind(
+            store
+                .transition_task(&id, &transition(TaskStatus::Completed, to, 20))
+                .await,
+            StoreErrorKind::InvalidInput,
+            "a move can_transition_to forbids is InvalidInput",
+        );
+    }
+    expect_kind(
+        store
+            .transition_task(
+                &id,
+                &transition(TaskStatus::InProgress, TaskStatus::Queued, 20),
+            )
+            .await,
+        StoreErrorKind::InvalidInput,
+        "a backward move is InvalidInput",
+    );
+    assert_eq!(
+        must_get_task(store, &id).await.status,
+        TaskStatus::Completed
+    );
+}
+
+/// Transitioning a missing task is `NotFound`.
+pub async fn transition_of_missing_task_is_not_found(store: &dyn Store) {
+    expect_kind(
+        store
+            .transition_task(
+                &task_id("nope"),
+                &transition(TaskStatus::Queued, TaskStatus::Delegated, 1),
+            )
+            .await,
+        StoreErrorKind::NotFound,
+        "updates of missing rows are NotFound",
+    );
+}
+
+/// A move to `failed` keeps the error it carries.
+pub async fn transition_to_failed_keeps_error(store: &dyn Store) {
+    create(store, task("t-1", 1)).await;
+    let error = TaskError {
+        category: ErrorCategory::QuotaExceeded,
+        message: "The Hetzner project has reached its server limit".into(),
+    };
+    let change = Transition {
+        error: Some(error.clone()),
+        ..transition(TaskStatus::Queued, TaskStatus::Failed, 9)
+    };
+    assert!(
+        store
+            .transition_task(&task_id("t-1"), &change)
+            .await
+            .expect("fail")
+    );
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.status, TaskStatus::Failed);
+    assert_eq!(read.error, Some(error), "the failure's error is stored");
+}
+
+/// Writing the current step again changes nothing, `updated_at` included.
+pub async fn set_execution_step_is_idempotent(store: &dyn Store) {
+    create(store, task("t-1", 1)).await;
+    let id = task_id("t-1");
+    let changed = store
+        .set_execution_step(&id, ExecutionStep::NodeProvisioning, at(10))
+        .await
+        .expect("new step");
+    assert!(changed, "a new step is written");
+    let read = must_get_task(store, &id).await;
+    assert_eq!(read.execution_step, ExecutionStep::NodeProvisioning);
+    assert_eq!(
+        read.step_started_at,
+        at(10),
+        "a new step sets step_started_at"
+    );
+    assert_eq!(read.updated_at, at(10), "a new step sets updated_at");
+    let again = store
+        .set_execution_step(&id, ExecutionStep::NodeProvisioning, at(99))
+        .await
+        .expect("same step");
+    assert!(!again, "writing the current step again returns false");
+    let reread = must_get_task(store, &id).await;
+    assert_eq!(
+        reread, read,
+        "writing the current step again changes nothing"
+    );
+}
+
+/// Setting the step of a missing task is `NotFound`.
+pub async fn set_execution_step_of_missing_task_is_not_found(store: &dyn Store) {
+    expect_kind(
+        store
+            .set_execution_step(&task_id("nope"), ExecutionStep::Running, at(1))
+            .await,
+        StoreErrorKind::NotFound,
+        "updates of missing rows are NotFound",
+    );
+}
+
+/// `update_task` sets given fields, clears `Some(None)` ones, leaves the rest.
+pub async fn update_task_sets_and_clears(store: &dyn Store) {
+    create(store, task("t-1", 1)).await;
+    let id = task_id("t-1");
+    let placement = PlacementExplanation {
+        chosen: "new medium in fsn1".into(),
+        reason: "no node had room".into(),
+        rejected: vec![],
+    };
+    let set = TaskUpdate {
+        placement: Some(Some(placement.clone())),
+        provisioned_node_id: Some(Some(node_id("n-1"))),
+        provisioned_size: Some(Some(VmSize::Small)),
+        provisioned_location: Some(Some(location("nbg1"))),
+        workspace_id: Some(Some(workspace_id("ws-1"))),
+        next_wake_at: Some(Some(at(40))),
+        provisioning_started_at: Some(Some(at(30))),
+    };
+    store
+        .update_task(&id, &set, at(20))
+        .await
+        .expect("update_task");
+    let read = must_get_task(store, &id).await;
+    let expected = TaskRecord {
+        placement: Some(placement.clone()),
+        provisioned_node_id: Some(node_id("n-1")),
+        provisioned_size: Some(VmSize::Small),
+        provisioned_location: Some(location("nbg1")),
+        workspace_id: Some(workspace_id("ws-1")),
+        next_wake_at: Some(at(40)),
+        provisioning_started_at: Some(at(30)),
+        updated_at: at(20),
+        ..task("t-1", 1)
+    };
+    assert_eq!(
+        read, expected,
+        "update_task sets every given field and updated_at"
+    );
+
+    let clear = TaskUpdate {
+        provisioned_node_id: Some(None),
+        next_wake_at: Some(None),
+        ..Default::default()
+    };
+    store
+        .update_task(&id, &clear, at(25))
+        .await
+        .expect("update_task");
+    let read = must_get_task(store, &id).await;
+    let expected = TaskRecord {
+        provisioned_node_id: None,
+        next_wake_at: None,
+        updated_at: at(25),
+        ..expected
+    };
+    assert_eq!(
+        read, expected,
+        "Some(None) clears, None leaves a field alone"
+    );
+}
+
+/// Updating a missing task is `NotFound`.
+pub async fn update_of_missing_task_is_not_found(store: &dyn Store) {
+    expect_kind(
+        store
+            .update_task(&task_id("nope"), &TaskUpdate::default(), at(1))
+            .await,
+        StoreErrorKind::NotFound,
+        "updates of missing rows are NotFound",
+    );
+}
+
+/// Only live tasks that are due are leased; leasing leaves `updated_at` alone.
+pub async fn claim_due_tasks_leases_only_due_live_tasks(store: &dyn Store) {
+    create(store, due_task("due", 1, 10)).await;
+    create(store, due_task("exactly-due", 2, 100)).await;
+    create(store, due_task("later", 3, 500)).await;
+    create(store, task("no-wake", 4)).await;
+    let done = TaskRecord {
+        status: TaskStatus::Completed,
+        ..due_task("done", 5, 10)
+    };
+    create(store, done).await;
+
+    let claimed = claim(store, "a", 100, 10).await;
+    let got = sorted_ids(&claimed);
+    assert_eq!(
+        got,
+        ["due", "exactly-due"],
+        "only live, due tasks are leased"
+    );
+    for t in &claimed {
+        assert_eq!(
+            t.lease_owner.as_deref(),
+            Some("a"),
+            "the returned task shows the lease"
+        );
+        assert_eq!(
+            t.lease_expires_at,
+            Some(at(130)),
+            "the lease ends at now + lease"
+        );
+    }
+    let read = must_get_task(store, &task_id("due")).await;
+    assert_eq!(
+        read.lease_owner.as_deref(),
+        Some("a"),
+        "the lease is stored"
+    );
+    assert_eq!(read.lease_expires_at, Some(at(130)));
+    assert_eq!(read.updated_at, at(1), "leasing does not touch updated_at");
+    let later = must_get_task(store, &task_id("later")).await;
+    assert_eq!(later.lease_owner, None, "a task not yet due is not leased");
+}
+
+/// At most `limit` tasks are leased, the earliest due first.
+pub async fn claim_due_tasks_respects_limit_and_order(store: &dyn Store) {
+    for (id, wake) in [("w3", 30), ("w1", 10), ("w2", 20), ("w4", 40)] {
+        create(store, due_task(id, 1, wake)).await;
+    }
+    let first = claim(store, "a", 100, 2).await;
+    let got = sorted_ids(&first);
+    assert_eq!(
+        got,
+        ["w1", "w2"],
+        "the earliest due tasks are leased first, up to limit"
+    );
+    let second = claim(store, "b", 100, 10).await;
+    let got = sorted_ids(&second);
+    assert_eq!(got, ["w3", "w4"], "another owner gets the rest");
+}
+
+/// A held lease keeps others out; an expired one can be taken over.
+pub async fn claim_skips_held_lease_and_takes_over_expired(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    assert_eq!(claim(store, "a", 100, 10).await.len(), 1);
+    let during = claim(store, "b", 129, 10).await;
+    assert!(
+        during.is_empty(),
+        "two callers never receive a task while a lease holds"
+    );
+    let after = claim(store, "b", 130, 10).await;
+    assert_eq!(ids(&after), ["t-1"], "an expired lease can be taken over");
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.lease_owner.as_deref(), Some("b"));
+    assert_eq!(read.lease_expires_at, Some(at(160)));
+    assert_eq!(read.updated_at, at(1), "leasing does not touch updated_at");
+}
+
+/// A caller may claim a task it already holds, which renews the lease.
+pub async fn claim_renews_own_lease(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    claim(store, "a", 100, 10).await;
+    let again = claim(store, "a", 110, 10).await;
+    assert_eq!(
+        ids(&again),
+        ["t-1"],
+        "a lease already the caller's can be claimed again"
+    );
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(
+        read.lease_expires_at,
+        Some(at(140)),
+        "claiming again renews the lease"
+    );
+}
+
+/// Only the owner can give a lease back; then anyone can claim the task.
+pub async fn release_lease_only_by_owner(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    let id = task_id("t-1");
+    claim(store, "a", 100, 10).await;
+    assert!(
+        !store.release_lease(&id, "b").await.expect("release"),
+        "b holds no lease"
+    );
+    assert!(
+        store.release_lease(&id, "a").await.expect("release"),
+        "a holds the lease"
+    );
+    let read = must_get_task(store, &id).await;
+    assert_eq!(
+        (read.lease_owner, read.lease_expires_at),
+        (None, None),
+        "the lease is cleared"
+    );
+    assert_eq!(
+        read.updated_at,
+        at(1),
+        "releasing does not touch updated_at"
+    );
+    assert!(
+        !store.release_lease(&id, "a").await.expect("release"),
+        "already released"
+    );
+    let claimed = claim(store, "b", 101, 10).await;
+    assert_eq!(
+        ids(&claimed),
+        ["t-1"],
+        "a released task can be claimed at once"
+    );
+    assert!(
+        !store
+            .release_lease(&task_id("nope"), "a")
+            .await
+            .expect("missing task")
+    );
+}
+
+/// `put_node` writes a row that reads back equal and replaces a row with the same id.
+pub async fn put_node_replaces_and_round_trips(store: &dyn Store) {
+    let first = node("n-1", 1);
+    store.put_node(&first).await.expect("put_node");
+    assert_eq!(
+        store.get_node(&first.id).await.expect("get"),
+        Some(first.clone())
+    );
+    let replaced = NodeRecord {
+        status: NodeStatus::Stopping,
+        health: NodeHealth::Stale,
+        vm_id: None,
+        agent_version: None,
+        updated_at: at(50),
+        ..first.clone()
+    };
+    store.put_node(&replaced).await.expect("put_node again");
+    assert_eq!(
+        store.get_node(&first.id).await.expect("get"),
+        Some(replaced),
+        "put_node replaces the row with the same id"
+    );
+}
+
+/// Nodes list by `(created_at, id)` and filter by status, lifecycle and provider.
+pub async fn list_nodes_is_ordered_and_filters(store: &dyn Store) {
+    put(store, node("n-c", 20)).await;
+    put(store, warm_node("n-b", 10)).await;
+    put(store, node("n-a", 20)).await;
+    let gcp = NodeRecord {
+        provider: ProviderKind::Gcp,
+        status: NodeStatus::Creating,
+        ..node("n-d", 5)
+    };
+    put(store, gcp).await;
+    let list = |filter: NodeFilter| async move {
+        let nodes = store.list_nodes(&filter).await.expect("list_nodes");
+        nodes
+            .into_iter()
+            .map(|n| n.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(NodeFilter::default()).await,
+        ["n-d", "n-b", "n-a", "n-c"],
+        "ordered"
+    );
+    let running = NodeFilter {
+        statuses: vec![NodeStatus::Running],
+        ..Default::default()
+    };
+    assert_eq!(list(running).await, ["n-b", "n-a", "n-c"], "status filter");
+    let warm = NodeFilter {
+        lifecycles: vec![NodeLifecycle::Warm],
+        ..Default::default()
+    };
+    assert_eq!(list(warm).await, ["n-b"], "lifecycle filter");
+    let gcp = NodeFilter {
+        provider: Some(ProviderKind::Gcp),
+        ..Default::default()
+    };
+    assert_eq!(list(gcp).await, ["n-d"], "provider filter");
+}
+
+/// Deleting a missing row succeeds; deleting twice succeeds.
+pub async fn deletes_are_idempotent(store: &dyn Store) {
+    store
+        .delete_node(&node_id("never-existed"))
+        .await
+        .expect("delete missing");
+    put(store, node("n-1", 1)).await;
+    store.delete_node(&node_id("n-1")).await.expect("delete");
+    assert_eq!(
+        store.get_node(&node_id("n-1")).await.expect("get"),
+        None,
+        "the row is gone"
+    );
+    store
+        .delete_node(&node_id("n-1"))
+        .await
+        .expect("delete again");
+}
+
+/// Only running, healthy, warm nodes of the exact provider, size and location match.
+pub async fn claim_warm_node_matches_exactly(store: &dyn Store) {
+    let mismatches = [
+        NodeRecord {
+            provider: ProviderKind::Scaleway,
+            ..warm_node("other-provider", 1)
+        },
+        NodeRecord {
+            size: VmSize::Large,
+            ..warm_node("other-size", 2)
+        },
+        NodeRecord {
+            location: location("nbg1"),
+            ..warm_node("other-location", 3)
+        },
+        NodeRecord {
+            health: NodeHealth::Stale,
+            ..warm_node("stale", 4)
+        },
+        NodeRecord {
+            status: NodeStatus::Stopping,
+            ..warm_node("stopping", 5)
+        },
+        node("active", 6),
+        NodeRecord {
+            lifecycle: NodeLifecycle::Destroying,
+            ..warm_node("destroying", 7)
+        },
+    ];
+    for n in &mismatches {
+        store.put_node(n).await.expect("put");
+    }
+    let none = store
+        .claim_warm_node(&warm_claim("t-1", Some(location("fsn1")), 50))
+        .await;
+    assert_eq!(none.expect("claim"), None, "no node matches every rule");
+
+    put(store, warm_node("fits", 8)).await;
+    let got = store
+        .claim_warm_node(&warm_claim("t-1", Some(location("fsn1")), 50))
+        .await;
+    let got = got
+        .expect("claim")
+        .expect("the matching warm node is claimed");
+    assert_eq!(got.id, node_id("fits"));
+    assert_eq!(
+        got.lifecycle,
+        NodeLifecycle::Active,
+        "a claimed node is active"
+    );
+    assert_eq!(got.warm_since, None, "a claimed node is no longer warm");
+    let read = store
+        .get_node(&node_id("fits"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read, got, "the claim is stored as returned");
+
+    let other = store
+        .claim_warm_node(&warm_claim("t-2", None, 50))
+        .await
+        .expect("claim");
+    let other = other.expect("without a location, any location matches");
+    assert_eq!(other.id, node_id("other-location"));
+}
+
+/// Of two claims for one warm node, exactly one gets it.
+pub async fn claim_warm_node_has_one_winner(store: &dyn Store) {
+    put(store, warm_node("n-1", 1)).await;
+    let first = store
+        .claim_warm_node(&warm_claim("t-1", None, 10))
+        .await
+        .expect("claim");
+    let second = store
+        .claim_warm_node(&warm_claim("t-2", None, 11))
+        .await
+        .expect("claim");
+    assert!(first.is_some(), "the first claim wins");
+    assert_eq!(second, None, "a claimed node is not claimed again");
+}
+
+/// An idle active node goes warm; a busy, warm or missing one does not.
+pub async fn release_node_to_warm_only_when_idle(store: &dyn Store) {
+    put(store, node("idle", 1)).await;
+    put(store, node("busy", 2)).await;
+    let ws = workspace("ws-1", "busy", reservation(1000, 1024, false, 4), 3);
+    assert_eq!(reserve(store, &ws).await, SlotOutcome::Reserved);
+
+    assert!(
+        store
+            .release_node_to_warm(&node_id("idle"), at(10))
+            .await
+            .expect("release")
+    );
+    let idle = store
+        .get_node(&node_id("idle"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        idle.lifecycle,
+        NodeLifecycle::Warm,
+        "an idle active node becomes warm"
+    );
+    assert_eq!(idle.warm_since, Some(at(10)), "warm_since is set");
+    let again = store
+        .release_node_to_warm(&node_id("idle"), at(20))
+        .await
+        .expect("release");
+    assert!(!again, "a warm node is not active");
+    let idle = store
+        .get_node(&node_id("idle"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        idle.warm_since,
+        Some(at(10)),
+        "a refused release changes nothing"
+    );
+
+    let busy = store
+        .release_node_to_warm(&node_id("busy"), at(10))
+        .await
+        .expect("release");
+    assert!(!busy, "a node with a slot-holding workspace stays active");
+    store
+        .update_workspace(&ws.id, WorkspaceStatus::Stopped, None, at(30))
+        .await
+        .expect("stop workspace");
+    let freed = store
+        .release_node_to_warm(&node_id("busy"), at(31))
+        .await
+        .expect("release");
+    assert!(freed, "a node whose workspaces stopped can go warm");
+    expect_kind(
+        store.release_node_to_warm(&node_id("nope"), at(10)).await,
+        StoreErrorKind::NotFound,
+        "release_node_to_warm of a missing node is NotFound",
+    );
+}
+
+/// A reservation that the node's remaining capacity cannot cover is rejected.
+pub async fn reserve_slot_checks_capacity(store: &dyn Store) {
+    put(store, node("n-1", 1)).await;
+    let first = workspace("ws-1", "n-1", reservation(3000, 2048, false, 8), 2);
+    assert_eq!(reserve(store, &first).await, SlotOutcome::Reserved);
+    let too_big = workspace("ws-2", "n-1", reservation(1500, 1024, false, 8), 3);
+    let outcome = reserve(store, &too_big).await;
+    assert_eq!(
+        outcome,
+        SlotOutcome::Rejected(SlotRejection::Insufficient {
+            resource: "cpu_millis".into(),
+            needed: 1500,
+            free: 1000,
+            total: 4000,
+        }),
+        "capacity minus live reservations must cover the new one"
+    );
+    assert_eq!(
+        store.get_workspace(&too_big.id).await.expect("get"),
+        None,
+        "nothing written"
+    );
+    let fits = workspace("ws-3", "n-1", reservation(1000, 6144, false, 8), 4);
+    assert_eq!(reserve(store, &fits).await, SlotOutcome::Reserved);
+    let read = store.get_workspace(&fits.id).await.expect("get");
+    assert_eq!(
+        read,
+        Some(fits),
+        "a reserved workspace reads back unchanged"
+    );
+}
+
+/// An exclusive workspace is alone on its node.
+pub async fn reserve_slot_keeps_exclusive_alone(store: &dyn Store) {
+    put(store, node("n-1", 1)).await;
+    put(store, node("n-2", 1)).await;
+    let small = |id: &str, node: &str, exclusive| {
+        workspace(id, node, reservation(500, 512, exclusive, 8), 2)
+    };
+    let alone = small("ws-1", "n-1", true);
+    assert_eq!(reserve(store, &alone).await, SlotOutcome::Reserved);
+    assert_eq!(
+        reserve(store, &small("ws-2", "n-1", false)).await,
+        SlotOutcome::Rejected(SlotRejection::HeldExclusively),
+        "nothing joins an exclusive workspace"
+    );
+    let shared = small("ws-3", "n-2", false);
+    assert_eq!(reserve(store, &shared).await, SlotOutcome::Reserved);
+    assert_eq!(
+        reserve(store, &small("ws-4", "n-2", true)).await,
+        SlotOutcome::Rejected(SlotRejection::NotEmpty { live: 1 }),
+        "an exclusive workspace needs an empty node"
+    );
+}
+
+/// No workspace's `max_co_tenants` is exceeded.
+pub async fn reserve_slot_keeps_co_tenant_limit(store: &dyn Store) {
+    put(store, node("n-1", 1)).await;
+    let ws = |id: &str, limit| workspace(id, "n-1", reservation(100, 100, false, limit), 2);
+    assert_eq!(reserve(store, &ws("ws-1", 2)).await, SlotOutcome::Reserved);
+    assert_eq!(reserve(store, &ws("ws-2", 8)).await, SlotOutcome::Reserved);
+    assert_eq!(
+        reserve(store, &ws("ws-3", 8)).await,
+        SlotOutcome::Rejected(SlotRejection::TooManyTenants {
+            would_hold: 3,
+            limit: 2
+        }),
+        "a live workspace's co-tenant limit holds"
+    );
+}
+
+/// A status that does not hold a slot frees it; the effective profile is kept.
+pub async fn update_workspace_frees_slot(store: &dyn Store) {
+    put(store, node("n-1", 1)).await;
+    let big = |id: &str| workspace(id, "n-1", reservation(3000, 1024, false, 8), 2);
+    assert_eq!(reserve(store, &big("ws-1")).await, SlotOutcome::Reserved);
+    let id = workspace_id("ws-1");
+    store
+        .update_workspace(
+            &id,
+            WorkspaceStatus::Running,
+            Some("lightweight".into()),
+            at(5),
+        )
+        .await
+        .expect("update_workspace");
+    let read = store
+        .get_workspace(&id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read.status, WorkspaceStatus::Running);
+    assert_eq!(read.effective_profile.as_deref(), Some("lightweight"));
+    assert_eq!(read.updated_at, at(5));
+    assert!(
+        matches!(
+            reserve(store, &big("ws-2")).await,
+            SlotOutcome::Rejected(SlotRejection::Insufficient { .. })
+        ),
+        "a running workspace holds its slot"
+    );
+    store
+        .update_workspace(&id, WorkspaceStatus::Stopped, None, at(6))
+        .await
+        .expect("update_workspace");
+    let read = store
+        .get_workspace(&id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        read.effective_profile.as_deref(),
+        Some("lightweight"),
+        "None keeps the profile"
+    );
+    assert_eq!(
+        reserve(store, &big("ws-2")).await,
+        SlotOutcome::Reserved,
+        "a stopped workspace frees its slot"
+    );
+    expect_kind(
+        store
+            .update_workspace(&workspace_id("nope"), WorkspaceStatus::Stopped, None, at(7))
+            .await,
+        StoreErrorKind::NotFound,
+        "updating a missing workspace is NotFound",
+    );
+}
+
+/// Reserving on a missing node is `NotFound`; reusing a workspace id is `AlreadyExists`.
+pub async fn reserve_slot_rejects_missing_node_and_taken_id(store: &dyn Store) {
+    let orphan = workspace("ws-1", "nope", reservation(100, 100, false, 8), 1);
+    expect_kind(
+        store.reserve_workspace_slot(&orphan).await,
+        StoreErrorKind::NotFound,
+        "reserving on a missing node is NotFound",
+    );
+    put(store, node("n-1", 1)).await;
+    let ws = workspace("ws-1", "n-1", reservation(100, 100, false, 8), 1);
+    assert_eq!(reserve(store, &ws).await, SlotOutcome::Reserved);
+    expect_kind(
+        store.reserve_workspace_slot(&ws).await,
+        StoreErrorKind::AlreadyExists,
+        "a taken workspace id is AlreadyExists",
+    );
+}
+
+/// Workspaces of a node list by `(created_at, id)`, stopped ones included.
+pub async fn list_workspaces_is_ordered(store: &dyn Store) {
+    put(store, node("n-1", 1)).await;
+    put(store, node("n-2", 1)).await;
+    for (id, node, created) in [
+        ("ws-c", "n-1", 9),
+        ("ws-b", "n-1", 3),
+        ("ws-a", "n-1", 9),
+        ("ws-x", "n-2", 1),
+    ] {
+        let ws = workspace(id, node, reservation(100, 100, false, 8), created);
+        assert_eq!(reserve(store, &ws).await, SlotOutcome::Reserved);
+    }
+    store
+        .update_workspace(&workspace_id("ws-b"), WorkspaceStatus::Error, None, at(10))
+        .await
+        .expect("update");
+    let list = store
+        .list_workspaces(&node_id("n-1"))
+        .await
+        .expect("list_workspaces");
+    let got: Vec<String> = list.iter().map(|w| w.id.to_string()).collect();
+    assert_eq!(
+        got,
+        ["ws-b", "ws-a", "ws-c"],
+        "ordered by (created_at, id), one node only"
+    );
+}
+
+/// API tokens are found by hash; ids and hashes are unique.
+pub async fn api_tokens_are_found_by_hash(store: &dyn Store) {
+    let token = api_token("tok-1", 0xab);
+    store.put_api_token(&token).await.expect("put_api_token");
+    let found = store.find_api_token(&token.hash).await.expect("find");
+    assert_eq!(found, Some(token.clone()), "a token is found by its hash");
+    let other = store
+        .find_api_token(&api_token("x", 0xcd).hash)
+        .await
+        .expect("find");
+    assert_eq!(other, None, "an unknown hash finds nothing");
+    expect_kind(
+        store.put_api_token(&api_token("tok-1", 0x01)).await,
+        StoreErrorKind::AlreadyExists,
+        "a taken token id is AlreadyExists",
+    );
+    expect_kind(
+        store.put_api_token(&api_token("tok-2", 0xab)).await,
+        StoreErrorKind::AlreadyExists,
+        "a taken token hash is AlreadyExists",
+    );
+}
+
+/// N due tasks, M concurrent claimers: every task is claimed exactly once.
+pub async fn concurrent_claimers_claim_each_task_once(store: &dyn Store) {
+    const TASKS: usize = 60;
+    const CLAIMERS: usize = 6;
+    for i in 0..TASKS {
+        let id = format!("t-{i:03}");
+        create(store, due_task(&id, i as i64, 10)).await;
+    }
+    let claimer = |owner: String| async move {
+        let mut mine = Vec::new();
+        loop {
+            let got = claim(store, &owner, 100, 4).await;
+            if got.is_empty() {
+                return mine;
+            }
+            for t in &got {
+                assert_eq!(t.lease_owner.as_deref(), Some(owner.as_str()));
+                // "Run" the task: it sleeps until further notice, then the lease ends.
+                let done = TaskUpdate {
+                    next_wake_at: Some(None),
+                    ..Default::default()
+                };
+                store
+                    .update_task(&t.id, &done, at(101))
+                    .await
+                    .expect("update_task");
+                assert!(
+                    store
+                        .release_lease(&t.id, &owner)
+                        .await
+                        .expect("release_lease")
+                );
+            }
+            mine.extend(ids(&got));
+        }
+    };
+    let results = join_all((0..CLAIMERS).map(|c| claimer(format!("driver-{c}")))).await;
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for id in results.iter().flatten() {
+        *count.entry(id.clone()).or_default() += 1;
+    }
+    assert_eq!(count.len(), TASKS, "every due task is claimed");
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "two callers never receive the same task: {twice:?}"
+    );
+}
+
+/// Concurrent claims for one warm node: exactly one wins.
+pub async fn concurrent_warm_claims_have_one_winner(store: &dyn Store) {
+    for round in 0..5 {
+        let nid = format!("warm-{round}");
+        put(store, warm_node(&nid, round)).await;
+        let claims = (0..4).map(|c| async move {
+            let claim = warm_claim(&format!("t-{round}-{c}"), None, 100);
+            store
+                .claim_warm_node(&claim)
+                .await
+                .expect("claim_warm_node")
+        });
+        let won: Vec<_> = join_all(claims).await.into_iter().flatten().collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "exactly one concurrent claim wins the warm node"
+        );
+        assert_eq!(won[0].id.to_string(), nid);
+    }
+}
+
+/// Concurrent reservations on one node never over-commit it, for generated
+/// reservations.
+pub async fn concurrent_reservations_never_over_commit(store: &dyn Store) {
+    let one = (
+        1u64..=16,
+        1u64..=32,
+        proptest::bool::weighted(0.1),
+        1u32..=6,
+    )
+        .prop_map(|(cpu, mem, exclusive, co)| reservation(cpu * 250, mem * 256, exclusive, co));
+    let batch = proptest::collection::vec(one, 2..12);
+    let mut runner = TestRunner::deterministic();
+    for round in 0..8 {
+        let wanted: Vec<Reservation> = batch
+            .new_tree(&mut runner)
+            .expect("generate reservations")
+            .current();
+        let nid = format!("n-{round}");
+        let n = node(&nid, round);
+        put(store, n.clone()).await;
+        let attempts = wanted.iter().enumerate().map(|(i, r)| {
+            let ws = workspace(&format!("ws-{round}-{i}"), &nid, *r, i as i64);
+            async move { reserve(store, &ws).await }
+        });
+        let outcomes = join_all(attempts).await;
+        let live = store.list_workspaces(&n.id).await.expect("list_workspaces");
+        let reserved = outcomes
+            .iter()
+            .filter(|o| **o == SlotOutcome::Reserved)
+            .count();
+        assert_eq!(
+            live.len(),
+            reserved,
+            "exactly the reserved workspaces are written"
+        );
+        assert!(
+            reserved >= 1,
+            "the first reservation on an empty node fits: {wanted:?}"
+        );
+        let held: Vec<Reservation> = live.iter().map(|w| w.reservation).collect();
+        for (i, w) in held.iter().enumerate() {
+            let others: Vec<Reservation> = held
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, r)| *r)
+                .collect();
+            assert_eq!(
+                check_slot(&n.capacity, &others, w),
+                Ok(()),
+                "concurrent reservations broke capacity, exclusivity or co-tenancy: {held:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! [`MemoryStore`]: the in-memory backend, always compiled, for tests and
+//! single-process embedding.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sam_core::{
+    ApiTokenRecord, ExecutionStep, LeaseRequest, NodeFilter, NodeHealth, NodeId, NodeLifecycle,
+    NodeRecord, NodeStatus, Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter,
+    TaskId, TaskRecord, TaskUpdate, Transition, WarmClaim, WorkspaceId, WorkspaceRecord,
+    WorkspaceStatus, check_slot,
+};
+
+use crate::error::Error;
+use crate::task::{SUBMISSION_ACTOR, check_transition, lease_until};
+
+/// A [`Store`] that keeps everything in memory behind one lock.
+///
+/// Every operation holds the lock for its whole duration, so each one is atomic.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tasks: BTreeMap<TaskId, TaskRecord>,
+    events: Vec<StatusEvent>,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
+    tokens: BTreeMap<String, ApiTokenRecord>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written record: every
+        // operation validates before it writes, so the state is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    fn task_mut(&mut self, id: &TaskId) -> Result<&mut TaskRecord, Error> {
+        self.tasks
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("task {id}")))
+    }
+
+    fn live_reservations(&self, node: &NodeId) -> Vec<Reservation> {
+        self.workspaces
+            .values()
+            .filter(|w| &w.node_id == node && w.status.holds_slot())
+            .map(|w| w.reservation)
+            .collect()
+    }
+}
+
+fn by_creation<T>(items: &mut [T], key: impl Fn(&T) -> (DateTime<Utc>, String)) {
+    items.sort_by_key(|item| key(item));
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if state.tasks.contains_key(&task.id) {
+            return Err(Error::already_exists(format!("task {}", task.id)).into());
+        }
+        state.tasks.insert(task.id.clone(), task.clone());
+        state.events.push(StatusEvent {
+            task_id: task.id.clone(),
+            from: None,
+            to: task.status,
+            actor: SUBMISSION_ACTOR.into(),
+            reason: None,
+            at: task.created_at,
+        });
+        Ok(())
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.state().tasks.get(id).cloned())
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        let state = self.state();
+        let mut tasks: Vec<TaskRecord> = state
+            .tasks
+            .values()
+            .filter(|t| filter.statuses.is_empty() || filter.statuses.contains(&t.status))
+            .filter(|t| filter.node.is_none() || t.provisioned_node_id == filter.node)
+            .cloned()
+            .collect();
+        by_creation(&mut tasks, |t| (t.created_at, t.id.to_string()));
+        if let Some(after) = &filter.after {
+            let Some(cursor) = state.tasks.get(after) else {
+                return Ok(Vec::new());
+            };
+            let cursor = (cursor.created_at, cursor.id.to_string());
+            tasks.retain(|t| (t.created_at, t.id.to_string()) > cursor);
+        }
+        tasks.truncate(filter.limit.unwrap_or(usize::MAX));
+        Ok(tasks)
+    }
+
+    async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError> {
+        check_transition(change)?;
+        let mut state = self.state();
+        let task = state.task_mut(id)?;
+        if task.status != change.from {
+            return Ok(false);
+        }
+        task.status = change.to;
+        task.updated_at = change.at;
+        if change.error.is_some() {
+            task.error.clone_from(&change.error);
+        }
+        state.events.push(StatusEvent {
+            task_id: id.clone(),
+            from: Some(change.from),
+            to: change.to,
+            actor: change.actor.clone(),
+            reason: change.reason.clone(),
+            at: change.at,
+        });
+        Ok(true)
+    }
+
+    async fn set_execution_step(
+        &self,
+        id: &TaskId,
+        step: ExecutionStep,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let task = state.task_mut(id)?;
+        if task.execution_step == step {
+            return Ok(false);
+        }
+        task.execution_step = step;
+        task.step_started_at = at;
+        task.updated_at = at;
+        Ok(true)
+    }
+
+    async fn update_task(
+        &self,
+        id: &TaskId,
+        update: &TaskUpdate,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let task = state.task_mut(id)?;
+        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                field.clone_from(v);
+            }
+        }
+        set(&mut task.placement, &update.placement);
+        set(&mut task.provisioned_node_id, &update.provisioned_node_id);
+        set(&mut task.provisioned_size, &update.provisioned_size);
+        set(&mut task.provisioned_location, &update.provisioned_location);
+        set(&mut task.workspace_id, &update.workspace_id);
+        set(&mut task.next_wake_at, &update.next_wake_at);
+        set(
+            &mut task.provisioning_started_at,
+            &update.provisioning_started_at,
+        );
+        task.updated_at = at;
+        Ok(())
+    }
+
+    async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError> {
+        let until = lease_until(request)?;
+        let mut state = self.state();
+        let mut due: Vec<&mut TaskRecord> = state
+            .tasks
+            .values_mut()
+            .filter(|t| !t.status.is_terminal())
+            .filter(|t| t.next_wake_at.is_some_and(|w| w <= request.now))
+            .filter(|t| match (&t.lease_owner, t.lease_expires_at) {
+                (Some(owner), Some(expires)) => owner == &request.owner || expires <= request.now,
+                _ => true,
+            })
+            .collect();
+        due.sort_by_key(|t| (t.next_wake_at, t.created_at, t.id.to_string()));
+        Ok(due
+            .into_iter()
+            .take(request.limit)
+            .map(|t| {
+                t.lease_owner = Some(request.owner.clone());
+                t.lease_expires_at = Some(until);
+                t.clone()
+            })
+            .collect())
+    }
+
+    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        match state.tasks.get_mut(id) {
+            Some(t) if t.lease_owner.as_deref() == Some(owner) => {
+                t.lease_owner = None;
+                t.lease_expires_at = None;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .events
+            .iter()
+            .filter(|e| &e.task_id == id)
+            .cloned()
+            .collect())
+    }
+
+    async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.state().nodes.insert(node.id.clone(), node.clone());
+        Ok(())
+    }
+
+    async fn get_node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self.state().nodes.get(id).cloned())
+    }
+
+    async fn list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut nodes: Vec<NodeRecord> = self
+            .state()
+            .nodes
+            .values()
+            .filter(|n| filter.statuses.is_empty() || filter.statuses.contains(&n.status))
+            .filter(|n| filter.lifecycles.is_empty() || filter.lifecycles.contains(&n.lifecycle))
+            .filter(|n| filter.provider.is_none_or(|p| p == n.provider))
+            .cloned()
+            .collect();
+        by_creation(&mut nodes, |n| (n.created_at, n.id.to_string()));
+        Ok(nodes)
+    }
+
+    async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
+        self.state().nodes.remove(id);
+        Ok(())
+    }
+
+    async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
+        let mut state = self.state();
+        let chosen = state
+            .nodes
+            .values_mut()
+            .filter(|n| {
+                n.lifecycle == NodeLifecycle::Warm
+                    && n.status == NodeStatus::Running
+                    && n.health == NodeHealth::Healthy
+                    && n.provider == claim.provider
+                    && n.size == claim.size
+                    && claim.location.as_ref().is_none_or(|l| l == &n.location)
+            })
+            .min_by_key(|n| (n.warm_since, n.created_at, n.id.to_string()));
+        Ok(chosen.map(|n| {
+            n.lifecycle = NodeLifecycle::Active;
+            n.warm_since = None;
+            n.updated_at = claim.now;
+            n.clone()
+        }))
+    }
+
+    async fn release_node_to_warm(
+        &self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let busy = !state.live_reservations(id).is_empty();
+        let node = state
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("node {id}")))?;
+        if busy || node.lifecycle != NodeLifecycle::Active {
+            return Ok(false);
+        }
+        node.lifecycle = NodeLifecycle::Warm;
+        node.warm_since = Some(at);
+        node.updated_at = at;
+        Ok(true)
+    }
+
+    async fn reserve_workspace_slot(
+        &self,
+        workspace: &WorkspaceRecord,
+    ) -> Result<SlotOutcome, StoreError> {
+        let mut state = self.state();
+        let capacity = match state.nodes.get(&workspace.node_id) {
+            Some(node) => node.capacity,
+            None => return Err(Error::not_found(format!("node {}", workspace.node_id)).into()),
+        };
+        if state.workspaces.contains_key(&workspace.id) {
+            return Err(Error::already_exists(format!("workspace {}", workspace.id)).into());
+        }
+        let live = state.live_reservations(&workspace.node_id);
+        if let Err(rejection) = check_slot(&capacity, &live, &workspace.reservation) {
+            return Ok(SlotOutcome::Rejected(rejection));
+        }
+        state
+            .workspaces
+            .insert(workspace.id.clone(), workspace.clone());
+        Ok(SlotOutcome::Reserved)
+    }
+
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
+        Ok(self.state().workspaces.get(id).cloned())
+    }
+
+    async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let mut list: Vec<WorkspaceRecord> = self
+            .state()
+            .workspaces
+            .values()
+            .filter(|w| &w.node_id == node)
+            .cloned()
+            .collect();
+        by_creation(&mut list, |w| (w.created_at, w.id.to_string()));
+        Ok(list)
+    }
+
+    async fn update_workspace(
+        &self,
+        id: &WorkspaceId,
+        status: WorkspaceStatus,
+        effective_profile: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let ws = state
+            .workspaces
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("workspace {id}")))?;
+        ws.status = status;
+        if effective_profile.is_some() {
+            ws.effective_profile = effective_profile;
+        }
+        ws.updated_at = at;
+        Ok(())
+    }
+
+    async fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if state.tokens.contains_key(&token.id)
+            || state.tokens.values().any(|t| t.hash == token.hash)
+        {
+            return Err(Error::already_exists(format!("API token {}", token.id)).into());
+        }
+        state.tokens.insert(token.id.clone(), token.clone());
+        Ok(())
+    }
+
+    async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        Ok(self
+            .state()
+            .tokens
+            .values()
+            .find(|t| t.hash == hash)
+            .cloned())
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    sam_core::store_conformance!(async { crate::MemoryStore::new() });
+}

@@ -1,0 +1,885 @@
+//! The SQL both dialects share: [`SqlStore`], generic over a [`Dialect`] marker.
+//!
+//! [`crate::SqliteStore`] and [`crate::PgStore`] are this type with a dialect. The
+//! statements are written once in the subset SQLite and PostgreSQL agree on
+//! (numbered `$n` parameters, `RETURNING`, `ON CONFLICT`); where they differ (row
+//! locks, how a write transaction starts) the dialect supplies the text.
+
+mod migrate;
+mod rows;
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sam_core::{
+    ApiTokenRecord, ExecutionStep, LeaseRequest, NodeFilter, NodeId, NodeLifecycle, NodeRecord,
+    SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate,
+    Transition, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+};
+use sqlx::any::{Any, AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};
+
+pub(crate) use migrate::{Migration, Schema, migrate};
+
+use crate::error::Error;
+use crate::task::{SUBMISSION_ACTOR, check_transition, lease_until};
+use rows::{json, micros, name, opt_micros};
+
+/// Marks which SQL dialect a [`SqlStore`] speaks; implemented by [`Sqlite`] and
+/// [`Postgres`] only.
+pub trait Dialect: sealed::Sealed + Send + Sync + 'static {}
+
+/// The SQLite dialect.
+#[derive(Debug, Clone, Copy)]
+pub enum Sqlite {}
+
+/// The PostgreSQL dialect.
+#[derive(Debug, Clone, Copy)]
+pub enum Postgres {}
+
+impl Dialect for Sqlite {}
+impl Dialect for Postgres {}
+
+// The trait is sealed: its items are for this crate only.
+#[allow(private_interfaces)]
+mod sealed {
+    /// Keeps [`super::Dialect`] closed.
+    pub trait Sealed {
+        /// The dialect's name for error classification.
+        const DIALECT: crate::error::Dialect;
+        /// Starts a write transaction.
+        const BEGIN: &'static str;
+        /// Locks the rows a `SELECT` reads until the transaction ends.
+        const FOR_UPDATE: &'static str;
+        /// Locks the rows a `SELECT` reads, skipping rows others hold.
+        const FOR_UPDATE_SKIP_LOCKED: &'static str;
+    }
+    impl Sealed for super::Sqlite {
+        const DIALECT: crate::error::Dialect = crate::error::Dialect::Sqlite;
+        // The write lock is taken at BEGIN, so a transaction never has to upgrade a
+        // read snapshot (which would fail with SQLITE_BUSY instead of waiting).
+        const BEGIN: &'static str = "BEGIN IMMEDIATE";
+        // SQLite serializes writers: a write transaction already excludes the others.
+        const FOR_UPDATE: &'static str = "";
+        const FOR_UPDATE_SKIP_LOCKED: &'static str = "";
+    }
+    impl Sealed for super::Postgres {
+        const DIALECT: crate::error::Dialect = crate::error::Dialect::Postgres;
+        const BEGIN: &'static str = "BEGIN";
+        const FOR_UPDATE: &'static str = " FOR UPDATE";
+        const FOR_UPDATE_SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    }
+}
+
+/// A [`Store`] over a SQL database; see [`crate::SqliteStore`] and [`crate::PgStore`].
+pub struct SqlStore<D> {
+    /// Runs every write (for SQLite: the single writer connection).
+    writer: AnyPool,
+    /// Runs reads (for PostgreSQL: the same pool as `writer`).
+    reader: AnyPool,
+    /// What `Debug` shows: the file or the server, without credentials.
+    target: String,
+    dialect: PhantomData<D>,
+}
+
+impl<D> fmt::Debug for SqlStore<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+const TASK_COLUMNS: &str = "id, status, execution_step, spec, provider, requested_size, \
+    size_source, requested_location, location_source, requirements, reservation, placement, \
+    provisioned_node_id, provisioned_size, provisioned_location, workspace_id, next_wake_at, \
+    lease_owner, lease_expires_at, provisioning_started_at, step_started_at, error_category, \
+    error_message, created_at, updated_at";
+
+const NODE_COLUMNS: &str = "id, provider, vm_id, size, server_type, location, capacity, labels, \
+    status, lifecycle, warm_since, health, last_heartbeat_at, agent_version, ready_at, \
+    created_for, created_at, updated_at";
+
+const WORKSPACE_COLUMNS: &str =
+    "id, node_id, task_id, status, effective_profile, reservation, created_at, updated_at";
+
+/// The statuses of workspaces that hold a slot, as an SQL list.
+const SLOT_HOLDING: &str = "('creating', 'running', 'recovery', 'stopping')";
+
+/// The terminal task statuses, as an SQL list.
+const TERMINAL: &str = "('completed', 'failed', 'cancelled')";
+
+type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
+
+fn query(sql: impl Into<String>) -> AnyQuery<'static> {
+    sqlx::query(AssertSqlSafe(sql.into()))
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// Wraps opened (and migrated) pools.
+    pub(crate) fn from_pools(writer: AnyPool, reader: AnyPool, target: String) -> Self {
+        Self {
+            writer,
+            reader,
+            target,
+            dialect: PhantomData,
+        }
+    }
+
+    /// Closes the pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    fn db(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
+        move |e| Error::database(D::DIALECT, context, e)
+    }
+
+    async fn begin(&self, context: &str) -> Result<Transaction<'static, Any>, Error> {
+        self.writer
+            .begin_with(D::BEGIN)
+            .await
+            .map_err(Self::db(context))
+    }
+
+    async fn commit(tx: Transaction<'static, Any>, context: &str) -> Result<(), Error> {
+        tx.commit().await.map_err(Self::db(context))
+    }
+
+    async fn fetch_all<T>(
+        &self,
+        q: AnyQuery<'_>,
+        decode: fn(&AnyRow) -> Result<T, Error>,
+        context: &str,
+    ) -> Result<Vec<T>, Error> {
+        let rows = q.fetch_all(&self.reader).await.map_err(Self::db(context))?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn fetch_optional<T>(
+        &self,
+        q: AnyQuery<'_>,
+        decode: fn(&AnyRow) -> Result<T, Error>,
+        context: &str,
+    ) -> Result<Option<T>, Error> {
+        let row = q
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Self::db(context))?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Whether a row with `id` exists in `table`, inside `tx`.
+    async fn exists(
+        tx: &mut Transaction<'static, Any>,
+        table: &str,
+        id: &str,
+    ) -> Result<bool, Error> {
+        let found = query(format!("SELECT 1 AS found FROM {table} WHERE id = $1"))
+            .bind(id.to_owned())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(Self::db("checking a row exists"))?;
+        Ok(found.is_some())
+    }
+
+    async fn insert_status_event(
+        tx: &mut Transaction<'static, Any>,
+        event: &StatusEvent,
+    ) -> Result<(), Error> {
+        query(
+            "INSERT INTO task_status_events (task_id, from_status, to_status, actor, reason, at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(event.task_id.to_string())
+        .bind(event.from.map(|s| s.as_str().to_owned()))
+        .bind(event.to.as_str().to_owned())
+        .bind(event.actor.clone())
+        .bind(event.reason.clone())
+        .bind(micros(event.at))
+        .execute(&mut **tx)
+        .await
+        .map_err(Self::db("recording a status event"))?;
+        Ok(())
+    }
+
+    async fn try_create_task(&self, task: &TaskRecord) -> Result<(), Error> {
+        let context = "creating a task";
+        let mut tx = self.begin(context).await?;
+        if Self::exists(&mut tx, "tasks", task.id.as_str()).await? {
+            return Err(Error::already_exists(format!("task {}", task.id)));
+        }
+        let placeholders: Vec<String> = (1..=25).map(|i| format!("${i}")).collect();
+        query(format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({})",
+            placeholders.join(", ")
+        ))
+        .bind(task.id.to_string())
+        .bind(task.status.as_str().to_owned())
+        .bind(task.execution_step.as_str().to_owned())
+        .bind(json(&task.spec))
+        .bind(task.provider.as_str().to_owned())
+        .bind(task.requested_size.as_str().to_owned())
+        .bind(task.size_source.as_str().to_owned())
+        .bind(task.requested_location.as_ref().map(|l| l.to_string()))
+        .bind(task.location_source.as_str().to_owned())
+        .bind(json(&task.requirements))
+        .bind(json(&task.reservation))
+        .bind(task.placement.as_ref().map(json))
+        .bind(task.provisioned_node_id.as_ref().map(|n| n.to_string()))
+        .bind(task.provisioned_size.map(|s| s.as_str().to_owned()))
+        .bind(task.provisioned_location.as_ref().map(|l| l.to_string()))
+        .bind(task.workspace_id.as_ref().map(|w| w.to_string()))
+        .bind(opt_micros(task.next_wake_at))
+        .bind(task.lease_owner.clone())
+        .bind(opt_micros(task.lease_expires_at))
+        .bind(opt_micros(task.provisioning_started_at))
+        .bind(micros(task.step_started_at))
+        .bind(task.error.as_ref().map(|e| name(&e.category)))
+        .bind(task.error.as_ref().map(|e| e.message.clone()))
+        .bind(micros(task.created_at))
+        .bind(micros(task.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::db(context))?;
+        let event = StatusEvent {
+            task_id: task.id.clone(),
+            from: None,
+            to: task.status,
+            actor: SUBMISSION_ACTOR.into(),
+            reason: None,
+            at: task.created_at,
+        };
+        Self::insert_status_event(&mut tx, &event).await?;
+        Self::commit(tx, context).await
+    }
+
+    async fn try_list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if !filter.statuses.is_empty() {
+            let list: Vec<String> = filter.statuses.iter().map(|_| next()).collect();
+            sql += &format!(" AND status IN ({})", list.join(", "));
+        }
+        if filter.node.is_some() {
+            sql += &format!(" AND provisioned_node_id = {}", next());
+        }
+        if filter.after.is_some() {
+            let p = next();
+            sql += &format!(
+                " AND (created_at, id) > (SELECT created_at, id FROM tasks WHERE id = {p})"
+            );
+        }
+        sql += &format!(" ORDER BY created_at, id LIMIT {}", next());
+        let mut q = query(sql);
+        for status in &filter.statuses {
+            q = q.bind(status.as_str().to_owned());
+        }
+        if let Some(node) = &filter.node {
+            q = q.bind(node.to_string());
+        }
+        if let Some(after) = &filter.after {
+            q = q.bind(after.to_string());
+        }
+        let limit = filter
+            .limit
+            .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        q = q.bind(limit);
+        self.fetch_all(q, rows::task, "listing tasks").await
+    }
+
+    async fn try_transition(&self, id: &TaskId, change: &Transition) -> Result<bool, Error> {
+        check_transition(change)?;
+        let context = "transitioning a task";
+        let mut tx = self.begin(context).await?;
+        let done = query(
+            "UPDATE tasks SET status = $1, updated_at = $2, \
+             error_category = CASE WHEN $3 = 1 THEN $4 ELSE error_category END, \
+             error_message = CASE WHEN $3 = 1 THEN $5 ELSE error_message END \
+             WHERE id = $6 AND status = $7",
+        )
+        .bind(change.to.as_str().to_owned())
+        .bind(micros(change.at))
+        .bind(i64::from(change.error.is_some()))
+        .bind(change.error.as_ref().map(|e| name(&e.category)))
+        .bind(change.error.as_ref().map(|e| e.message.clone()))
+        .bind(id.to_string())
+        .bind(change.from.as_str().to_owned())
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::db(context))?;
+        if done.rows_affected() == 0 {
+            return if Self::exists(&mut tx, "tasks", id.as_str()).await? {
+                Ok(false)
+            } else {
+                Err(Error::not_found(format!("task {id}")))
+            };
+        }
+        let event = StatusEvent {
+            task_id: id.clone(),
+            from: Some(change.from),
+            to: change.to,
+            actor: change.actor.clone(),
+            reason: change.reason.clone(),
+            at: change.at,
+        };
+        Self::insert_status_event(&mut tx, &event).await?;
+        Self::commit(tx, context).await?;
+        Ok(true)
+    }
+
+    /// Runs a single-row update of `table`; `Ok(false)` when it matched no row and
+    /// the row exists, `NotFound` when the row does not exist.
+    async fn update_existing(
+        &self,
+        q: AnyQuery<'_>,
+        table: &str,
+        id: &str,
+        context: &str,
+    ) -> Result<bool, Error> {
+        let mut tx = self.begin(context).await?;
+        let done = q.execute(&mut *tx).await.map_err(Self::db(context))?;
+        if done.rows_affected() == 0 && !Self::exists(&mut tx, table, id).await? {
+            let what = table.trim_end_matches('s');
+            return Err(Error::not_found(format!("{what} {id}")));
+        }
+        Self::commit(tx, context).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn try_set_step(
+        &self,
+        id: &TaskId,
+        step: ExecutionStep,
+        at: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let q = query(
+            "UPDATE tasks SET execution_step = $1, step_started_at = $2, updated_at = $2 \
+             WHERE id = $3 AND execution_step <> $1",
+        )
+        .bind(step.as_str().to_owned())
+        .bind(micros(at))
+        .bind(id.to_string());
+        self.update_existing(q, "tasks", id.as_str(), "setting the execution step")
+            .await
+    }
+
+    async fn try_update_task(
+        &self,
+        id: &TaskId,
+        update: &TaskUpdate,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        // One fixed statement: each column takes a flag ("change it?") and a value.
+        let columns = [
+            "placement",
+            "provisioned_node_id",
+            "provisioned_size",
+            "provisioned_location",
+            "workspace_id",
+            "next_wake_at",
+            "provisioning_started_at",
+        ];
+        let sets: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (flag, value) = (2 * i + 1, 2 * i + 2);
+                format!("{c} = CASE WHEN ${flag} = 1 THEN ${value} ELSE {c} END")
+            })
+            .collect();
+        let n = 2 * columns.len();
+        let sql = format!(
+            "UPDATE tasks SET {}, updated_at = ${} WHERE id = ${}",
+            sets.join(", "),
+            n + 1,
+            n + 2
+        );
+        fn text<'q, T>(
+            q: AnyQuery<'q>,
+            v: &Option<Option<T>>,
+            f: impl Fn(&T) -> String,
+        ) -> AnyQuery<'q> {
+            q.bind(i64::from(v.is_some()))
+                .bind(v.as_ref().and_then(|inner| inner.as_ref().map(&f)))
+        }
+        fn time<'q>(q: AnyQuery<'q>, v: &Option<Option<DateTime<Utc>>>) -> AnyQuery<'q> {
+            q.bind(i64::from(v.is_some())).bind(v.and_then(opt_micros))
+        }
+        let mut q = query(sql);
+        q = text(q, &update.placement, json);
+        q = text(q, &update.provisioned_node_id, ToString::to_string);
+        q = text(q, &update.provisioned_size, |s| s.as_str().to_owned());
+        q = text(q, &update.provisioned_location, ToString::to_string);
+        q = text(q, &update.workspace_id, ToString::to_string);
+        q = time(q, &update.next_wake_at);
+        q = time(q, &update.provisioning_started_at);
+        let q = q.bind(micros(at)).bind(id.to_string());
+        let done = q
+            .execute(&self.writer)
+            .await
+            .map_err(Self::db("updating a task"))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found(format!("task {id}")));
+        }
+        Ok(())
+    }
+
+    async fn try_claim(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, Error> {
+        let until = lease_until(request)?;
+        let sql = format!(
+            "WITH due AS (SELECT id FROM tasks \
+                WHERE status NOT IN {TERMINAL} \
+                  AND next_wake_at IS NOT NULL AND next_wake_at <= $1 \
+                  AND (lease_owner IS NULL OR lease_expires_at IS NULL \
+                       OR lease_expires_at <= $1 OR lease_owner = $2) \
+                ORDER BY next_wake_at, created_at, id LIMIT $3{}) \
+             UPDATE tasks SET lease_owner = $2, lease_expires_at = $4 \
+             WHERE id IN (SELECT id FROM due) \
+             RETURNING {TASK_COLUMNS}",
+            D::FOR_UPDATE_SKIP_LOCKED
+        );
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let q = query(sql)
+            .bind(micros(request.now))
+            .bind(request.owner.clone())
+            .bind(limit)
+            .bind(micros(until));
+        let context = "claiming due tasks";
+        let mut tx = self.begin(context).await?;
+        let rows = q.fetch_all(&mut *tx).await.map_err(Self::db(context))?;
+        Self::commit(tx, context).await?;
+        let mut tasks = rows.iter().map(rows::task).collect::<Result<Vec<_>, _>>()?;
+        tasks.sort_by_key(|t| (t.next_wake_at, t.created_at, t.id.to_string()));
+        Ok(tasks)
+    }
+
+    async fn try_release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, Error> {
+        let done = query(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id.to_string())
+        .bind(owner.to_owned())
+        .execute(&self.writer)
+        .await
+        .map_err(Self::db("releasing a lease"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn try_put_node(&self, node: &NodeRecord) -> Result<(), Error> {
+        let placeholders: Vec<String> = (1..=18).map(|i| format!("${i}")).collect();
+        let updates: Vec<String> = NODE_COLUMNS
+            .split(", ")
+            .skip(1)
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        query(format!(
+            "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+            placeholders.join(", "),
+            updates.join(", ")
+        ))
+        .bind(node.id.to_string())
+        .bind(node.provider.as_str().to_owned())
+        .bind(node.vm_id.as_ref().map(|v| v.to_string()))
+        .bind(node.size.as_str().to_owned())
+        .bind(node.server_type.clone())
+        .bind(node.location.to_string())
+        .bind(json(&node.capacity))
+        .bind(json(&node.labels))
+        .bind(node.status.as_str().to_owned())
+        .bind(node.lifecycle.as_str().to_owned())
+        .bind(opt_micros(node.warm_since))
+        .bind(node.health.as_str().to_owned())
+        .bind(opt_micros(node.last_heartbeat_at))
+        .bind(node.agent_version.clone())
+        .bind(opt_micros(node.ready_at))
+        .bind(node.created_for.as_ref().map(|t| t.to_string()))
+        .bind(micros(node.created_at))
+        .bind(micros(node.updated_at))
+        .execute(&self.writer)
+        .await
+        .map_err(Self::db("writing a node"))?;
+        Ok(())
+    }
+
+    async fn try_list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, Error> {
+        let mut sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE 1 = 1");
+        let mut values: Vec<String> = Vec::new();
+        let mut add = |column: &str, names: Vec<&str>, sql: &mut String| {
+            if names.is_empty() {
+                return;
+            }
+            let list: Vec<String> = names
+                .into_iter()
+                .map(|n| {
+                    values.push(n.to_owned());
+                    format!("${}", values.len())
+                })
+                .collect();
+            *sql += &format!(" AND {column} IN ({})", list.join(", "));
+        };
+        add(
+            "status",
+            filter.statuses.iter().map(|s| s.as_str()).collect(),
+            &mut sql,
+        );
+        add(
+            "lifecycle",
+            filter.lifecycles.iter().map(|l| l.as_str()).collect(),
+            &mut sql,
+        );
+        add(
+            "provider",
+            filter.provider.iter().map(|p| p.as_str()).collect(),
+            &mut sql,
+        );
+        sql += " ORDER BY created_at, id";
+        let q = values.into_iter().fold(query(sql), |q, v| q.bind(v));
+        self.fetch_all(q, rows::node, "listing nodes").await
+    }
+
+    async fn try_claim_warm(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, Error> {
+        let sql = format!(
+            "WITH pick AS (SELECT id FROM nodes \
+                WHERE lifecycle = 'warm' AND status = 'running' AND health = 'healthy' \
+                  AND provider = $1 AND size = $2 AND ($3 = 0 OR location = $4) \
+                ORDER BY warm_since, created_at, id LIMIT 1{}) \
+             UPDATE nodes SET lifecycle = 'active', warm_since = NULL, updated_at = $5 \
+             WHERE id IN (SELECT id FROM pick) AND lifecycle = 'warm' \
+             RETURNING {NODE_COLUMNS}",
+            D::FOR_UPDATE_SKIP_LOCKED
+        );
+        let q = query(sql)
+            .bind(claim.provider.as_str().to_owned())
+            .bind(claim.size.as_str().to_owned())
+            .bind(i64::from(claim.location.is_some()))
+            .bind(
+                claim
+                    .location
+                    .as_ref()
+                    .map(|l| l.to_string())
+                    .unwrap_or_default(),
+            )
+            .bind(micros(claim.now));
+        let context = "claiming a warm node";
+        let mut tx = self.begin(context).await?;
+        let row = q
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Self::db(context))?;
+        Self::commit(tx, context).await?;
+        row.as_ref().map(rows::node).transpose()
+    }
+
+    /// Locks the node row and returns its capacity; `NotFound` when it is missing.
+    async fn lock_node(tx: &mut Transaction<'static, Any>, id: &NodeId) -> Result<AnyRow, Error> {
+        let sql = format!(
+            "SELECT id, capacity, lifecycle FROM nodes WHERE id = $1{}",
+            D::FOR_UPDATE
+        );
+        query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(Self::db("locking a node"))?
+            .ok_or_else(|| Error::not_found(format!("node {id}")))
+    }
+
+    /// The reservations of the node's slot-holding workspaces, inside `tx`.
+    async fn live_reservations(
+        tx: &mut Transaction<'static, Any>,
+        node: &NodeId,
+    ) -> Result<Vec<sam_core::Reservation>, Error> {
+        let sql = format!(
+            "SELECT id, reservation FROM workspaces WHERE node_id = $1 AND status IN {SLOT_HOLDING}"
+        );
+        let rows = query(sql)
+            .bind(node.to_string())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(Self::db("reading live reservations"))?;
+        rows.iter().map(rows::reservation).collect()
+    }
+
+    async fn try_release_to_warm(&self, id: &NodeId, at: DateTime<Utc>) -> Result<bool, Error> {
+        let context = "returning a node to the warm pool";
+        let mut tx = self.begin(context).await?;
+        let node = Self::lock_node(&mut tx, id).await?;
+        let lifecycle: String = node.try_get("lifecycle").map_err(Self::db(context))?;
+        if lifecycle != NodeLifecycle::Active.as_str()
+            || !Self::live_reservations(&mut tx, id).await?.is_empty()
+        {
+            return Ok(false);
+        }
+        query(
+            "UPDATE nodes SET lifecycle = 'warm', warm_since = $1, updated_at = $1 WHERE id = $2",
+        )
+        .bind(micros(at))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::db(context))?;
+        Self::commit(tx, context).await?;
+        Ok(true)
+    }
+
+    async fn try_reserve(&self, ws: &WorkspaceRecord) -> Result<SlotOutcome, Error> {
+        let context = "reserving a workspace slot";
+        let mut tx = self.begin(context).await?;
+        let node = Self::lock_node(&mut tx, &ws.node_id).await?;
+        let capacity = rows::capacity(&node)?;
+        if Self::exists(&mut tx, "workspaces", ws.id.as_str()).await? {
+            return Err(Error::already_exists(format!("workspace {}", ws.id)));
+        }
+        let live = Self::live_reservations(&mut tx, &ws.node_id).await?;
+        if let Err(rejection) = check_slot(&capacity, &live, &ws.reservation) {
+            return Ok(SlotOutcome::Rejected(rejection));
+        }
+        query(format!(
+            "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(ws.id.to_string())
+        .bind(ws.node_id.to_string())
+        .bind(ws.task_id.to_string())
+        .bind(name(&ws.status))
+        .bind(ws.effective_profile.clone())
+        .bind(json(&ws.reservation))
+        .bind(micros(ws.created_at))
+        .bind(micros(ws.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::db(context))?;
+        Self::commit(tx, context).await?;
+        Ok(SlotOutcome::Reserved)
+    }
+
+    async fn try_update_workspace(
+        &self,
+        id: &WorkspaceId,
+        status: WorkspaceStatus,
+        effective_profile: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let done = query(
+            "UPDATE workspaces SET status = $1, \
+             effective_profile = COALESCE($2, effective_profile), updated_at = $3 WHERE id = $4",
+        )
+        .bind(name(&status))
+        .bind(effective_profile)
+        .bind(micros(at))
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(Self::db("updating a workspace"))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found(format!("workspace {id}")));
+        }
+        Ok(())
+    }
+
+    async fn try_put_token(&self, token: &ApiTokenRecord) -> Result<(), Error> {
+        let result =
+            query("INSERT INTO api_tokens (id, hash, label, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(token.id.clone())
+                .bind(token.hash.clone())
+                .bind(token.label.clone())
+                .bind(micros(token.created_at))
+                .execute(&self.writer)
+                .await;
+        match result.map_err(Self::db("storing an API token")) {
+            Err(e) if e.kind() == sam_core::StoreErrorKind::AlreadyExists => Err(
+                Error::already_exists(format!("API token {} (or its hash)", token.id)),
+            ),
+            other => other.map(drop),
+        }
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Store for SqlStore<D> {
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        Ok(self.try_create_task(task).await?)
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let q =
+            query(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")).bind(id.to_string());
+        Ok(self.fetch_optional(q, rows::task, "reading a task").await?)
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(self.try_list_tasks(filter).await?)
+    }
+
+    async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError> {
+        Ok(self.try_transition(id, change).await?)
+    }
+
+    async fn set_execution_step(
+        &self,
+        id: &TaskId,
+        step: ExecutionStep,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.try_set_step(id, step, at).await?)
+    }
+
+    async fn update_task(
+        &self,
+        id: &TaskId,
+        update: &TaskUpdate,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        Ok(self.try_update_task(id, update, at).await?)
+    }
+
+    async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(self.try_claim(request).await?)
+    }
+
+    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError> {
+        Ok(self.try_release_lease(id, owner).await?)
+    }
+
+    async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
+        let q = query(
+            "SELECT task_id, from_status, to_status, actor, reason, at \
+             FROM task_status_events WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(id.to_string());
+        Ok(self
+            .fetch_all(q, rows::status_event, "listing status events")
+            .await?)
+    }
+
+    async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        Ok(self.try_put_node(node).await?)
+    }
+
+    async fn get_node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        let q =
+            query(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1")).bind(id.to_string());
+        Ok(self.fetch_optional(q, rows::node, "reading a node").await?)
+    }
+
+    async fn list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(self.try_list_nodes(filter).await?)
+    }
+
+    async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
+        query("DELETE FROM nodes WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(Self::db("deleting a node"))?;
+        Ok(())
+    }
+
+    async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self.try_claim_warm(claim).await?)
+    }
+
+    async fn release_node_to_warm(
+        &self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.try_release_to_warm(id, at).await?)
+    }
+
+    async fn reserve_workspace_slot(
+        &self,
+        workspace: &WorkspaceRecord,
+    ) -> Result<SlotOutcome, StoreError> {
+        Ok(self.try_reserve(workspace).await?)
+    }
+
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let q = query(format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1"
+        ))
+        .bind(id.to_string());
+        Ok(self
+            .fetch_optional(q, rows::workspace, "reading a workspace")
+            .await?)
+    }
+
+    async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let q = query(format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE node_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(node.to_string());
+        Ok(self
+            .fetch_all(q, rows::workspace, "listing workspaces")
+            .await?)
+    }
+
+    async fn update_workspace(
+        &self,
+        id: &WorkspaceId,
+        status: WorkspaceStatus,
+        effective_profile: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        Ok(self
+            .try_update_workspace(id, status, effective_profile, at)
+            .await?)
+    }
+
+    async fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        Ok(self.try_put_token(token).await?)
+    }
+
+    async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        let q = query("SELECT id, hash, label, created_at FROM api_tokens WHERE hash = $1")
+            .bind(hash.to_owned());
+        Ok(self
+            .fetch_optional(q, rows::api_token, "finding an API token")
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sam_core::TaskStatus;
+
+    #[test]
+    fn status_lists_match_the_model() {
+        let terminal: Vec<String> = [
+            TaskStatus::Queued,
+            TaskStatus::Delegated,
+            TaskStatus::InProgress,
+            TaskStatus::Completed,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+        ]
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("'{s}'"))
+        .collect();
+        assert_eq!(TERMINAL, format!("({})", terminal.join(", ")));
+        let holding: Vec<String> = [
+            WorkspaceStatus::Creating,
+            WorkspaceStatus::Running,
+            WorkspaceStatus::Recovery,
+            WorkspaceStatus::Stopping,
+            WorkspaceStatus::Stopped,
+            WorkspaceStatus::Error,
+        ]
+        .into_iter()
+        .filter(|s| s.holds_slot())
+        .map(|s| format!("'{}'", name(&s)))
+        .collect();
+        assert_eq!(SLOT_HOLDING, format!("({})", holding.join(", ")));
+    }
+}

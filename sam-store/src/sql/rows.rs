@@ -1,0 +1,254 @@
+//! Encoding records into column values and decoding rows back, for both dialects.
+//!
+//! Timestamps are microseconds since the Unix epoch in 64-bit integer columns, enums
+//! their snake_case names, and nested records JSON text; so one decoder serves
+//! SQLite and PostgreSQL alike, and bad stored data becomes
+//! [`Error::InvalidData`] naming the column, never a panic.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sam_core::{
+    ApiTokenRecord, ErrorCategory, NodeRecord, StatusEvent, TaskError, TaskRecord, WorkspaceRecord,
+    WorkspaceStatus,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::error::Error;
+
+/// Microseconds since the epoch.
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+/// [`micros`] of an optional time.
+pub(crate) fn opt_micros(at: Option<DateTime<Utc>>) -> Option<i64> {
+    at.map(micros)
+}
+
+/// JSON text of a value.
+pub(crate) fn json<T: Serialize>(value: &T) -> String {
+    // The records serialized here contain only maps with string keys, strings and
+    // numbers, which serde_json always encodes.
+    serde_json::to_string(value).expect("store records serialize to JSON")
+}
+
+/// The snake_case name of a value that serializes as a plain string.
+pub(crate) fn name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => unreachable!("enum stored by name serialized as {other:?}"),
+    }
+}
+
+/// Reads typed columns of one row, naming the table, column and row in errors.
+pub(crate) struct Columns<'r> {
+    row: &'r AnyRow,
+    table: &'static str,
+    id: String,
+}
+
+impl<'r> Columns<'r> {
+    /// Reads `row` of `table`, whose `id` column identifies it in errors.
+    pub(crate) fn new(row: &'r AnyRow, table: &'static str) -> Self {
+        let id = row.try_get::<String, _>("id").unwrap_or_default();
+        Self { row, table, id }
+    }
+
+    fn bad(&self, column: &str, source: impl Into<sam_core::BoxError>) -> Error {
+        Error::invalid_data(format!("{}.{column} of {:?}", self.table, self.id), source)
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>, Error> {
+        self.row
+            .try_get::<Option<String>, _>(column)
+            .map_err(|e| self.bad(column, e))
+    }
+
+    fn text(&self, column: &str) -> Result<String, Error> {
+        self.opt_text(column)?
+            .ok_or_else(|| self.bad(column, "unexpected NULL"))
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, Error> {
+        self.row
+            .try_get::<Option<i64>, _>(column)
+            .map_err(|e| self.bad(column, e))
+    }
+
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, Error> {
+        self.opt_int(column)?
+            .map(|us| {
+                DateTime::from_timestamp_micros(us)
+                    .ok_or_else(|| self.bad(column, format!("{us} is not a timestamp")))
+            })
+            .transpose()
+    }
+
+    fn time(&self, column: &str) -> Result<DateTime<Utc>, Error> {
+        self.opt_time(column)?
+            .ok_or_else(|| self.bad(column, "unexpected NULL"))
+    }
+
+    fn opt_parse<T>(&self, column: &str) -> Result<Option<T>, Error>
+    where
+        T: FromStr,
+        T::Err: Into<sam_core::BoxError>,
+    {
+        self.opt_text(column)?
+            .map(|s| s.parse::<T>().map_err(|e| self.bad(column, e)))
+            .transpose()
+    }
+
+    fn parse<T>(&self, column: &str) -> Result<T, Error>
+    where
+        T: FromStr,
+        T::Err: Into<sam_core::BoxError>,
+    {
+        self.opt_parse(column)?
+            .ok_or_else(|| self.bad(column, "unexpected NULL"))
+    }
+
+    fn opt_json<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>, Error> {
+        self.opt_text(column)?
+            .map(|s| serde_json::from_str(&s).map_err(|e| self.bad(column, e)))
+            .transpose()
+    }
+
+    fn json<T: DeserializeOwned>(&self, column: &str) -> Result<T, Error> {
+        self.opt_json(column)?
+            .ok_or_else(|| self.bad(column, "unexpected NULL"))
+    }
+
+    /// A column holding an enum by its snake_case name.
+    fn named<T: DeserializeOwned>(&self, column: &str) -> Result<T, Error> {
+        let text = self.text(column)?;
+        serde_json::from_value(serde_json::Value::String(text)).map_err(|e| self.bad(column, e))
+    }
+
+    fn opt_named<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>, Error> {
+        self.opt_text(column)?
+            .map(|text| {
+                serde_json::from_value(serde_json::Value::String(text))
+                    .map_err(|e| self.bad(column, e))
+            })
+            .transpose()
+    }
+}
+
+/// Decodes a `tasks` row.
+pub(crate) fn task(row: &AnyRow) -> Result<TaskRecord, Error> {
+    let c = Columns::new(row, "tasks");
+    let error = match c.opt_text("error_message")? {
+        Some(message) => Some(TaskError {
+            category: c
+                .opt_named::<ErrorCategory>("error_category")?
+                .unwrap_or(ErrorCategory::Unknown),
+            message,
+        }),
+        None => None,
+    };
+    Ok(TaskRecord {
+        id: c.parse("id")?,
+        status: c.parse("status")?,
+        execution_step: c.parse("execution_step")?,
+        spec: c.json("spec")?,
+        provider: c.parse("provider")?,
+        requested_size: c.parse("requested_size")?,
+        size_source: c.named("size_source")?,
+        requested_location: c.opt_parse("requested_location")?,
+        location_source: c.named("location_source")?,
+        requirements: c.json("requirements")?,
+        reservation: c.json("reservation")?,
+        placement: c.opt_json("placement")?,
+        provisioned_node_id: c.opt_parse("provisioned_node_id")?,
+        provisioned_size: c.opt_parse("provisioned_size")?,
+        provisioned_location: c.opt_parse("provisioned_location")?,
+        workspace_id: c.opt_parse("workspace_id")?,
+        next_wake_at: c.opt_time("next_wake_at")?,
+        lease_owner: c.opt_text("lease_owner")?,
+        lease_expires_at: c.opt_time("lease_expires_at")?,
+        provisioning_started_at: c.opt_time("provisioning_started_at")?,
+        step_started_at: c.time("step_started_at")?,
+        error,
+        created_at: c.time("created_at")?,
+        updated_at: c.time("updated_at")?,
+    })
+}
+
+/// Decodes a `task_status_events` row.
+pub(crate) fn status_event(row: &AnyRow) -> Result<StatusEvent, Error> {
+    let c = Columns::new(row, "task_status_events");
+    Ok(StatusEvent {
+        task_id: c.parse("task_id")?,
+        from: c.opt_parse("from_status")?,
+        to: c.parse("to_status")?,
+        actor: c.text("actor")?,
+        reason: c.opt_text("reason")?,
+        at: c.time("at")?,
+    })
+}
+
+/// Decodes a `nodes` row.
+pub(crate) fn node(row: &AnyRow) -> Result<NodeRecord, Error> {
+    let c = Columns::new(row, "nodes");
+    Ok(NodeRecord {
+        id: c.parse("id")?,
+        provider: c.parse("provider")?,
+        vm_id: c.opt_parse("vm_id")?,
+        size: c.parse("size")?,
+        server_type: c.text("server_type")?,
+        location: c.parse("location")?,
+        capacity: c.json("capacity")?,
+        labels: c.json("labels")?,
+        status: c.parse("status")?,
+        lifecycle: c.parse("lifecycle")?,
+        warm_since: c.opt_time("warm_since")?,
+        health: c.parse("health")?,
+        last_heartbeat_at: c.opt_time("last_heartbeat_at")?,
+        agent_version: c.opt_text("agent_version")?,
+        ready_at: c.opt_time("ready_at")?,
+        created_for: c.opt_parse("created_for")?,
+        created_at: c.time("created_at")?,
+        updated_at: c.time("updated_at")?,
+    })
+}
+
+/// Decodes a `workspaces` row.
+pub(crate) fn workspace(row: &AnyRow) -> Result<WorkspaceRecord, Error> {
+    let c = Columns::new(row, "workspaces");
+    Ok(WorkspaceRecord {
+        id: c.parse("id")?,
+        node_id: c.parse("node_id")?,
+        task_id: c.parse("task_id")?,
+        status: c.named::<WorkspaceStatus>("status")?,
+        effective_profile: c.opt_text("effective_profile")?,
+        reservation: c.json("reservation")?,
+        created_at: c.time("created_at")?,
+        updated_at: c.time("updated_at")?,
+    })
+}
+
+/// Decodes the `reservation` column of a `workspaces` row.
+pub(crate) fn reservation(row: &AnyRow) -> Result<sam_core::Reservation, Error> {
+    Columns::new(row, "workspaces").json("reservation")
+}
+
+/// Decodes the `capacity` column of a `nodes` row.
+pub(crate) fn capacity(row: &AnyRow) -> Result<sam_core::Capacity, Error> {
+    Columns::new(row, "nodes").json("capacity")
+}
+
+/// Decodes an `api_tokens` row.
+pub(crate) fn api_token(row: &AnyRow) -> Result<ApiTokenRecord, Error> {
+    let c = Columns::new(row, "api_tokens");
+    Ok(ApiTokenRecord {
+        id: c.text("id")?,
+        hash: c.text("hash")?,
+        label: c.text("label")?,
+        created_at: c.time("created_at")?,
+    })
+}

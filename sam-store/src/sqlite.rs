@@ -1,0 +1,181 @@
+//! [`SqliteStore`]: the embedded default backend, one SQLite file in WAL mode.
+//!
+//! Every write goes through a single writer connection, and write transactions
+//! take the write lock when they begin (`BEGIN IMMEDIATE`), so callers in this
+//! process never see `SQLITE_BUSY`; other processes on the same file wait up to the
+//! busy timeout for the lock. Reads run on a small pool of reader connections,
+//! which WAL lets proceed alongside the writer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sam_core::StoreErrorKind;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, Executor};
+
+use crate::error::{Dialect, Error};
+use crate::sql::{self, Migration, Schema, SqlStore};
+
+/// The SQLite [`sam_core::Store`] backend; open it with [`SqliteStore::new`].
+pub type SqliteStore = SqlStore<sql::Sqlite>;
+
+/// Settings of a SQLite database file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct SqliteConfig {
+    /// The database file; created (with its directory's permissions) if missing.
+    pub path: PathBuf,
+    /// How long a write waits for another process's lock before failing.
+    #[serde(default = "default_busy_timeout", with = "millis")]
+    pub busy_timeout: Duration,
+    /// Reader connections besides the single writer.
+    #[serde(default = "default_readers")]
+    pub readers: u32,
+}
+
+fn default_busy_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_readers() -> u32 {
+    4
+}
+
+/// `busy_timeout` is written in milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+impl SqliteConfig {
+    /// A file at `path`, with a 5 s busy timeout and 4 readers.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            busy_timeout: default_busy_timeout(),
+            readers: default_readers(),
+        }
+    }
+}
+
+const STORE_SCHEMA: Schema = Schema {
+    table: "sam_store_migrations",
+    migrations: &[Migration {
+        version: 1,
+        sql: include_str!("../migrations/sqlite/0001_initial.sql"),
+    }],
+};
+
+impl SqlStore<sql::Sqlite> {
+    /// Opens (creating if needed) and migrates the database file.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the file when it is not a SQLite database;
+    /// [`Error::SchemaTooNew`] when a newer build wrote it; other database errors.
+    pub async fn new(config: &SqliteConfig) -> Result<Self, Error> {
+        let (writer, reader) = open(config, &STORE_SCHEMA).await?;
+        Ok(Self::from_pools(
+            writer,
+            reader,
+            config.path.display().to_string(),
+        ))
+    }
+}
+
+/// Opens the writer and reader pools of a SQLite file and migrates it to `schema`.
+pub(crate) async fn open(
+    config: &SqliteConfig,
+    schema: &Schema,
+) -> Result<(AnyPool, AnyPool), Error> {
+    let path = &config.path;
+    let named = |e: Error| match e.kind() {
+        StoreErrorKind::Corrupt => Error::Corrupt {
+            path: path.clone(),
+            source: Box::new(e),
+        },
+        _ => e,
+    };
+    let writer = pool(config, 1).await.map_err(named)?;
+    sql::migrate(&writer, Dialect::Sqlite, "BEGIN IMMEDIATE", None, schema)
+        .await
+        .map_err(named)?;
+    let reader = pool(config, config.readers.max(1)).await.map_err(named)?;
+    Ok((writer, reader))
+}
+
+async fn pool(config: &SqliteConfig, connections: u32) -> Result<AnyPool, Error> {
+    sqlx::any::install_default_drivers();
+    let context = || format!("opening {}", config.path.display());
+    let url = SqliteConnectOptions::new()
+        .filename(&config.path)
+        .create_if_missing(true)
+        .to_url_lossy();
+    let options = AnyConnectOptions::from_url(&url)
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
+    let pragmas = format!(
+        "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
+         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        config.busy_timeout.as_millis()
+    );
+    // One connection first, so an unusable file fails at once with its own error,
+    // rather than as a pool timeout after the pool has retried it.
+    let mut probe = AnyConnection::connect_with(&options)
+        .await
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
+    probe
+        .execute(sqlx::raw_sql(AssertSqlSafe(pragmas.clone())))
+        .await
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
+    probe
+        .close()
+        .await
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(move |conn, _| {
+            let pragmas = pragmas.clone();
+            Box::pin(async move {
+                conn.execute(sqlx::raw_sql(AssertSqlSafe(pragmas))).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    use sam_core::Store;
+    use sam_core::testkit::store::UnderTest;
+
+    use super::{SqliteConfig, SqliteStore};
+
+    /// A store on a fresh file in a temporary directory removed with it.
+    #[derive(Debug)]
+    pub(crate) struct Fresh {
+        pub(crate) store: SqliteStore,
+        pub(crate) _dir: tempfile::TempDir,
+    }
+
+    impl UnderTest for Fresh {
+        fn store(&self) -> &dyn Store {
+            &self.store
+        }
+    }
+
+    pub(crate) async fn fresh() -> Fresh {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::new(&SqliteConfig::new(dir.path().join("store.db")))
+            .await
+            .expect("open a fresh SQLite store");
+        Fresh { store, _dir: dir }
+    }
+
+    sam_core::store_conformance!(fresh());
+}

@@ -1,0 +1,154 @@
+//! Bad input for the SQLite store: damaged files, two openers, bad rows, a newer schema.
+
+use futures::future::join_all;
+use sam_core::StoreErrorKind;
+use sam_core::testkit::fixtures::{due_task, task, task_id};
+use sam_core::{LeaseRequest, Store, TaskFilter};
+use sam_store::{Error, SqliteConfig, SqliteStore};
+use sqlx::{Connection, SqliteConnection};
+
+async fn raw(path: &std::path::Path, sql: &str) {
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = SqliteConnection::connect(&url)
+        .await
+        .expect("raw connection");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .expect("raw SQL");
+    conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_a_clear_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("not-a-db.sqlite");
+    std::fs::write(&path, "this is a text file, not SQLite\n".repeat(200)).expect("write");
+    let err = SqliteStore::new(&SqliteConfig::new(&path))
+        .await
+        .expect_err("opening a text file must fail");
+    assert!(
+        matches!(&err, Error::Corrupt { path: p, .. } if p == &path),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt);
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("not a SQLite database"), "{message}");
+}
+
+#[tokio::test]
+async fn two_stores_on_one_file_never_leak_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SqliteConfig::new(dir.path().join("shared.db"));
+    let (a, b) = tokio::join!(SqliteStore::new(&config), SqliteStore::new(&config));
+    let (a, b) = (a.expect("open a"), b.expect("open b"));
+    let stores: [&dyn Store; 2] = [&a, &b];
+    // Both write at once, in many small transactions, then both claim at once.
+    let writes = (0..200).map(|i| {
+        let store = stores[i % 2];
+        async move {
+            store
+                .create_task(&due_task(&format!("t-{i:03}"), i as i64, 5))
+                .await
+        }
+    });
+    for result in join_all(writes).await {
+        result.expect("a concurrent write on a shared file succeeds");
+    }
+    let claims = (0..20).map(|i| {
+        let store = stores[i % 2];
+        async move {
+            let request = LeaseRequest {
+                owner: format!("driver-{}", i % 2),
+                now: sam_core::testkit::fixtures::at(10),
+                lease: std::time::Duration::from_secs(60),
+                limit: 5,
+            };
+            store.claim_due_tasks(&request).await
+        }
+    });
+    let mut claimed = 0;
+    for result in join_all(claims).await {
+        claimed += result
+            .expect("a concurrent claim on a shared file succeeds")
+            .len();
+    }
+    assert!(claimed >= 100, "both drivers got work: {claimed}");
+    let all = a.list_tasks(&TaskFilter::default()).await.expect("list");
+    assert_eq!(all.len(), 200, "every write of both stores is there");
+}
+
+#[tokio::test]
+async fn invalid_json_in_a_row_is_a_typed_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::new(&SqliteConfig::new(&path))
+        .await
+        .expect("open");
+    store.create_task(&task("t-1", 1)).await.expect("create");
+    store.create_task(&task("t-2", 2)).await.expect("create");
+    raw(
+        &path,
+        "UPDATE tasks SET spec = '{not json' WHERE id = 't-1'",
+    )
+    .await;
+    raw(
+        &path,
+        "UPDATE tasks SET status = 'exploded' WHERE id = 't-2'",
+    )
+    .await;
+    for id in ["t-1", "t-2"] {
+        let err = store.get_task(&task_id(id)).await.expect_err("bad row");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidData, "{err}");
+        assert!(err.message().contains(id), "the error names the row: {err}");
+    }
+    let err = store
+        .list_tasks(&TaskFilter::default())
+        .await
+        .expect_err("bad rows");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::new(&SqliteConfig::new(&path))
+        .await
+        .expect("open");
+    store.close().await;
+    raw(
+        &path,
+        "INSERT INTO sam_store_migrations (version, applied_at) VALUES (999, 0)",
+    )
+    .await;
+    let err = SqliteStore::new(&SqliteConfig::new(&path))
+        .await
+        .expect_err("a newer schema must be refused");
+    assert!(
+        matches!(
+            err,
+            Error::SchemaTooNew {
+                found: 999,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("upgrade sam-store"), "{err}");
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_does_not_migrate_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = SqliteConfig::new(dir.path().join("store.db"));
+    let store = SqliteStore::new(&config).await.expect("open");
+    store.create_task(&task("t-1", 1)).await.expect("create");
+    store.close().await;
+    let again = SqliteStore::new(&config).await.expect("reopen");
+    assert_eq!(
+        again.get_task(&task_id("t-1")).await.expect("get"),
+        Some(task("t-1", 1))
+    );
+}
