@@ -234,22 +234,23 @@ impl ControlPlane {
             }
             Err(e) => return Err(e),
         };
-        let (node, step) = match &decision.placement {
-            Placement::Node { node_id, .. } => (
-                Some(Some(node_id.clone())),
-                ExecutionStep::WorkspaceCreation,
-            ),
-            Placement::Provision { .. } => (None, ExecutionStep::NodeProvisioning),
+        let mut update = TaskUpdate {
+            placement: Some(Some(decision.explanation)),
+            ..TaskUpdate::default()
         };
-        self.update(
-            task,
-            TaskUpdate {
-                placement: Some(Some(decision.explanation)),
-                provisioned_node_id: node,
-                ..TaskUpdate::default()
-            },
-        )
-        .await?;
+        let step = match &decision.placement {
+            Placement::Node { node_id, .. } => {
+                // The size and location the task actually runs on, recorded as for a
+                // provisioned node, so a task on a smaller warm node shows that too.
+                let node = self.store.get_node(node_id).await?;
+                update.provisioned_node_id = Some(Some(node_id.clone()));
+                update.provisioned_size = Some(node.as_ref().map(|n| n.size));
+                update.provisioned_location = Some(node.map(|n| n.location));
+                ExecutionStep::WorkspaceCreation
+            }
+            Placement::Provision { .. } => ExecutionStep::NodeProvisioning,
+        };
+        self.update(task, update).await?;
         self.set_step(task, step).await?;
         Ok(Next::At(self.clock.now()))
     }

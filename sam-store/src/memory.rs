@@ -175,6 +175,9 @@ impl Store for MemoryStore {
             &mut task.provisioning_started_at,
             &update.provisioning_started_at,
         );
+        if let Some(passes) = update.capacity_passes {
+            task.capacity_passes = passes;
+        }
         task.updated_at = at;
         Ok(())
     }

@@ -60,6 +60,8 @@ pub fn task(id: &str, created: i64) -> TaskRecord {
             agent: "claude".into(),
             workspace_profile: None,
             devcontainer: None,
+            preferred_node: None,
+            provenance: Default::default(),
         },
         provider: ProviderKind::Hetzner,
         requested_size: VmSize::Medium,
@@ -77,6 +79,7 @@ pub fn task(id: &str, created: i64) -> TaskRecord {
         lease_owner: None,
         lease_expires_at: None,
         provisioning_started_at: None,
+        capacity_passes: 0,
         step_started_at: at(created),
         error: None,
         created_at: at(created),
@@ -116,6 +119,13 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
             agent: "codex".into(),
             workspace_profile: Some("full".into()),
             devcontainer: Some("python".into()),
+            preferred_node: Some(NodeId::new("n-preferred").expect("valid id")),
+            provenance: [
+                ("size".to_owned(), Layer::Task),
+                ("provider".to_owned(), Layer::Project),
+            ]
+            .into_iter()
+            .collect(),
         },
         provider: ProviderKind::Scaleway,
         requested_size: VmSize::Large,
@@ -140,6 +150,7 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
         lease_owner: Some("driver-a".into()),
         lease_expires_at: Some(at(created + 30)),
         provisioning_started_at: Some(at(created + 5)),
+        capacity_passes: 3,
         step_started_at: at(created + 20),
         error: Some(TaskError {
             category: ErrorCategory::TransientCapacity,

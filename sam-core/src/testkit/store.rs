@@ -530,6 +530,7 @@ pub async fn update_task_sets_and_clears(store: &dyn Store) {
         workspace_id: Some(Some(workspace_id("ws-1"))),
         next_wake_at: Some(Some(at(40))),
         provisioning_started_at: Some(Some(at(30))),
+        capacity_passes: Some(2),
     };
     store
         .update_task(&id, &set, at(20))
@@ -544,6 +545,7 @@ pub async fn update_task_sets_and_clears(store: &dyn Store) {
         workspace_id: Some(workspace_id("ws-1")),
         next_wake_at: Some(at(40)),
         provisioning_started_at: Some(at(30)),
+        capacity_passes: 2,
         updated_at: at(20),
         ..task("t-1", 1)
     };

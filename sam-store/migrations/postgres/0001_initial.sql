@@ -26,7 +26,8 @@ CREATE TABLE tasks (
     error_category          TEXT,
     error_message           TEXT,
     created_at              BIGINT NOT NULL,
-    updated_at              BIGINT NOT NULL
+    updated_at              BIGINT NOT NULL,
+    capacity_passes         BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX tasks_by_creation ON tasks (created_at, id);
 CREATE INDEX tasks_by_wake ON tasks (next_wake_at)

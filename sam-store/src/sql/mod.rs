@@ -97,7 +97,7 @@ const TASK_COLUMNS: &str = "id, status, execution_step, spec, provider, requeste
     size_source, requested_location, location_source, requirements, reservation, placement, \
     provisioned_node_id, provisioned_size, provisioned_location, workspace_id, next_wake_at, \
     lease_owner, lease_expires_at, provisioning_started_at, step_started_at, error_category, \
-    error_message, created_at, updated_at";
+    error_message, created_at, updated_at, capacity_passes";
 
 const NODE_COLUMNS: &str = "id, provider, vm_id, size, server_type, location, capacity, labels, \
     status, lifecycle, warm_since, health, last_heartbeat_at, agent_version, ready_at, \
@@ -213,7 +213,7 @@ impl<D: Dialect> SqlStore<D> {
         if Self::exists(&mut tx, "tasks", task.id.as_str()).await? {
             return Err(Error::already_exists(format!("task {}", task.id)));
         }
-        let placeholders: Vec<String> = (1..=25).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=26).map(|i| format!("${i}")).collect();
         query(format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({})",
             placeholders.join(", ")
@@ -243,6 +243,7 @@ impl<D: Dialect> SqlStore<D> {
         .bind(task.error.as_ref().map(|e| e.message.clone()))
         .bind(micros(task.created_at))
         .bind(micros(task.updated_at))
+        .bind(i64::from(task.capacity_passes))
         .execute(&mut *tx)
         .await
         .map_err(Self::db(context))?;
@@ -387,6 +388,7 @@ impl<D: Dialect> SqlStore<D> {
             "workspace_id",
             "next_wake_at",
             "provisioning_started_at",
+            "capacity_passes",
         ];
         let sets: Vec<String> = columns
             .iter()
@@ -422,6 +424,9 @@ impl<D: Dialect> SqlStore<D> {
         q = text(q, &update.workspace_id, ToString::to_string);
         q = time(q, &update.next_wake_at);
         q = time(q, &update.provisioning_started_at);
+        q = q
+            .bind(i64::from(update.capacity_passes.is_some()))
+            .bind(i64::from(update.capacity_passes.unwrap_or_default()));
         let q = q.bind(micros(at)).bind(id.to_string());
         let done = q
             .execute(&self.writer)

@@ -176,6 +176,10 @@ pub(crate) fn task(row: &AnyRow) -> Result<TaskRecord, Error> {
         error,
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
+        capacity_passes: c
+            .opt_int("capacity_passes")?
+            .map_or(Ok(0), u32::try_from)
+            .map_err(|e| c.bad("capacity_passes", e))?,
     })
 }
 
