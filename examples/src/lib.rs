@@ -1,1 +1,11 @@
-//! Shared code of the example binaries; they arrive with their issues.
+//! Shared code of the example binaries (`sam`, `sam-vm-agent`, `sam-demo-agent`),
+//! so each binary stays a thin argument parser.
+//!
+//! - [`embedded`]: the embedded control plane (SQLite store, local provider, callback
+//!   server) that `sam run` drives.
+//! - [`quickstart`]: one task end to end with a progress display and a summary.
+//! - [`node`]: the VM agent process, for `sam-vm-agent` and the local provider.
+
+pub mod embedded;
+pub mod node;
+pub mod quickstart;

@@ -19,6 +19,13 @@
 //!   the `sam-boot` phase markers, `/proc` and `statvfs`.
 //! - **Fake agent** ([`fake`]): a scripted ACP agent, always compiled, also shipped as
 //!   the `fake-acp-agent` binary for tests.
+//! - **Demo agent** ([`demo`]): a real ACP agent that needs no model (it reads the
+//!   repository and writes one file), the `demo` agent of the offline quickstart.
+//! - **Node configuration** ([`node_config`]): [`NodeConfig`] (cloud-init's
+//!   `agent.json` or the local provider's user data) and [`LocalBoot`].
+//! - **The control plane's side** ([`control_plane`]): [`callback_router`] serves the
+//!   callback routes over a `sam_core::ControlPlane`; [`ProviderNodeDirectory`] and
+//!   [`FileNodeKeys`] let [`HttpNodeAgent`] find nodes and keep their boot tokens.
 //!
 //! ## Example
 //! Discover a repository's devcontainer, then run one prompt turn against the fake
@@ -83,12 +90,15 @@ pub mod acp;
 pub mod api;
 pub mod boot;
 pub mod callbacks;
+pub mod control_plane;
+pub mod demo;
 pub mod devcontainer;
 pub mod error;
 pub mod events;
 pub mod fake;
 pub mod monitor;
 pub mod node_agent;
+pub mod node_config;
 pub mod runtime;
 pub mod server;
 
@@ -96,10 +106,13 @@ pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
 };
 pub use callbacks::{Callbacks, CallbacksConfig};
+pub use control_plane::callback_router;
 pub use error::{Error, Result};
 pub use events::{EventLog, MemoryEventLog};
 pub use node_agent::{
-    HttpNodeAgent, HttpNodeAgentConfig, NodeDirectory, NodeEndpoint, StaticNodeDirectory,
+    FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, NodeDirectory, NodeEndpoint,
+    ProviderNodeDirectory, StaticNodeDirectory,
 };
+pub use node_config::{LocalBoot, NodeConfig};
 pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
 pub use server::{VmAgent, VmAgentConfig};

@@ -409,3 +409,179 @@ impl NodeAgent for HttpNodeAgent {
         .map(drop)
     }
 }
+
+/// The node tokens a control plane booted its nodes with, kept as files (one per
+/// node, mode 0600) so a restarted control plane can still manage its nodes.
+///
+/// A VM agent keys its management tokens with its boot token
+/// ([`crate::api::management_signer`]); the token is signed with an issue time, so
+/// it cannot be derived again and must be kept. [`KeyedBoot`] records each token as
+/// it is issued; [`ProviderNodeDirectory`] reads it back.
+#[derive(Debug, Clone)]
+pub struct FileNodeKeys {
+    dir: std::path::PathBuf,
+}
+
+impl FileNodeKeys {
+    /// Keys in `dir`, which is created (mode 0700) when missing.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] when the directory cannot be created.
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> crate::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = dir.into();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| crate::Error::io(format!("creating {}", dir.display()), e))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, node: &NodeId) -> std::path::PathBuf {
+        self.dir.join(format!("{}.token", node.as_str()))
+    }
+
+    /// Records `node`'s boot token, replacing an earlier one.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] when the file cannot be written.
+    pub fn put(&self, node: &NodeId, token: &Secret) -> crate::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.path(node);
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(token.expose().as_bytes()).map(|()| f))
+            .map_err(|e| crate::Error::io(format!("writing {}", tmp.display()), e))?;
+        file.flush()
+            .map_err(|e| crate::Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| crate::Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// `node`'s boot token, if one was recorded.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] when the file exists but cannot be read.
+    pub fn get(&self, node: &NodeId) -> crate::Result<Option<Secret>> {
+        let path = self.path(node);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(Secret::new(text))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(crate::Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+}
+
+/// A [`sam_core::BootRenderer`] that records each node's boot token in
+/// [`FileNodeKeys`] before the wrapped renderer puts it into the user data.
+#[derive(Debug, Clone)]
+pub struct KeyedBoot {
+    inner: Arc<dyn sam_core::BootRenderer>,
+    keys: FileNodeKeys,
+}
+
+impl KeyedBoot {
+    /// Wraps `inner`, recording tokens in `keys`.
+    pub fn new(inner: Arc<dyn sam_core::BootRenderer>, keys: FileNodeKeys) -> Self {
+        Self { inner, keys }
+    }
+}
+
+impl sam_core::BootRenderer for KeyedBoot {
+    fn user_data(&self, node: &NodeRecord, token: &Secret) -> Result<String, sam_core::Error> {
+        // Recorded first: a node whose key is lost could not be managed.
+        self.keys
+            .put(&node.id, token)
+            .map_err(|e| sam_core::Error::InvalidInput {
+                field: "node_keys",
+                reason: e.to_string(),
+            })?;
+        self.inner.user_data(node, token)
+    }
+}
+
+/// A [`NodeDirectory`] that finds a node's address through its provider
+/// ([`sam_core::VmInstance::address`]) and its management key in [`FileNodeKeys`].
+///
+/// An address with a port (`127.0.0.1:40123`, the local provider) is used as is; a
+/// bare IP address or host name gets [`ProviderNodeDirectory::new`]'s port. Agents
+/// are reached over plain HTTP.
+#[derive(Debug, Clone)]
+pub struct ProviderNodeDirectory {
+    providers: HashMap<sam_core::ProviderKind, Arc<dyn sam_core::Provider>>,
+    keys: FileNodeKeys,
+    port: u16,
+}
+
+impl ProviderNodeDirectory {
+    /// A directory over `providers`, with agents on `port` unless the address says.
+    pub fn new(
+        providers: impl IntoIterator<Item = Arc<dyn sam_core::Provider>>,
+        keys: FileNodeKeys,
+        port: u16,
+    ) -> Self {
+        Self {
+            providers: providers.into_iter().map(|p| (p.kind(), p)).collect(),
+            keys,
+            port,
+        }
+    }
+
+    /// The agent's base URL for a VM address.
+    fn base_url(&self, address: &str) -> Option<Url> {
+        let host = if address.parse::<std::net::SocketAddr>().is_ok() {
+            address.to_owned()
+        } else if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+            std::net::SocketAddr::new(ip, self.port).to_string()
+        } else {
+            format!("{address}:{}", self.port)
+        };
+        Url::parse(&format!("http://{host}/")).ok()
+    }
+}
+
+#[async_trait]
+impl NodeDirectory for ProviderNodeDirectory {
+    async fn endpoint(&self, node: &NodeRecord) -> Result<Option<NodeEndpoint>, NodeAgentError> {
+        let (Some(vm_id), Some(provider)) = (&node.vm_id, self.providers.get(&node.provider))
+        else {
+            return Ok(None);
+        };
+        let vm = provider.get_vm(vm_id).await.map_err(|e| {
+            failure(
+                sam_core::Classify::category(&e),
+                &format!("could not look up node {}: {e}", node.id),
+            )
+        })?;
+        let Some(url) = vm
+            .and_then(|vm| vm.address)
+            .and_then(|address| self.base_url(&address))
+        else {
+            return Ok(None);
+        };
+        let key = self
+            .keys
+            .get(&node.id)
+            .map_err(|e| failure(ErrorCategory::Unknown, &e.to_string()))?;
+        let Some(management_key) = key else {
+            return Err(failure(
+                ErrorCategory::InvalidConfig,
+                &format!(
+                    "the boot token of node {} was not kept, so its agent cannot be managed",
+                    node.id
+                ),
+            ));
+        };
+        Ok(Some(NodeEndpoint {
+            base_url: url,
+            management_key,
+        }))
+    }
+}

@@ -1,0 +1,39 @@
+//! `sam-vm-agent`: the agent on a node (see `sam_examples::node`).
+//!
+//! On a cloud node: `sam-vm-agent --config /etc/sam/agent.json --callback-token-file
+//! /etc/sam/callback-token`. Under the local provider: no arguments; the provider
+//! passes `SAM_USER_DATA`, `SAM_PORT` and `SAM_DATA_DIR`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The SAM VM agent.
+#[derive(Debug, Parser)]
+#[command(name = "sam-vm-agent", version)]
+struct Cli {
+    /// The agent's configuration (JSON, as cloud-init writes it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The file holding the node's callback token.
+    #[arg(long)]
+    callback_token_file: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match sam_examples::node::run_vm_agent(
+        cli.config.as_deref(),
+        cli.callback_token_file.as_deref(),
+    )
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sam-vm-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The embedded control plane: everything on one machine, state in one directory.
+//!
+//! [`Embedded::start`] builds a [`ControlPlane`] from the embedded defaults and runs
+//! it in this process:
+//! - the store: SQLite at `<data dir>/sam.db` ([`open_store`]);
+//! - the provider: [`LocalProvider`] with its state under `<data dir>/local`, each
+//!   node a real `sam-vm-agent` process on a loopback port;
+//! - boot: [`LocalBoot`] user data, with every node's boot token kept in
+//!   `<data dir>/node-keys` ([`KeyedBoot`]) so a later process can still manage the
+//!   node ([`ProviderNodeDirectory`]);
+//! - the callback routes ([`sam_agent::callback_router`]) on a loopback port that is
+//!   kept in `<data dir>/control-plane.addr` and bound again next time, so warm
+//!   nodes of an earlier run keep reaching the control plane;
+//! - the signing key in `<data dir>/signing-key` (0600), for the same reason.
+//!
+//! Workspaces are handed over when their task ends ([`HandOver`]): the directory
+//! moves to `<data dir>/workspaces/<workspace id>` instead of being deleted, so the
+//! user can look at what the agent did.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use sam_agent::node_config::AgentProgram;
+use sam_agent::{
+    FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, LocalBoot, ProviderNodeDirectory,
+};
+use sam_core::{
+    AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, NodeAgent,
+    NodeAgentError, NodeRecord, Provider, ProviderKind, Secret, SessionReport, SessionRequest,
+    Store, TokenSigner, TokioClock, WorkspaceId, WorkspaceReport, WorkspaceRequest,
+};
+use sam_providers::{LocalConfig, LocalProvider};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The agent name under which `--agent-command` runs.
+pub const CUSTOM_AGENT: &str = "custom";
+
+/// How a process is started: a program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl Program {
+    /// `name` next to the running executable when it is there; otherwise the running
+    /// executable itself with `fallback_args` (the `sam` binary runs every role through
+    /// hidden subcommands, so `cargo run --bin sam` needs nothing else built).
+    ///
+    /// # Errors
+    /// When the running executable cannot be found.
+    pub fn sibling_or_self(name: &str, fallback_args: &[&str]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the running executable")?;
+        let sibling = exe.parent().map(|dir| dir.join(name));
+        Ok(match sibling.filter(|p| p.is_file()) {
+            Some(program) => Self {
+                program,
+                args: Vec::new(),
+            },
+            None => Self {
+                program: exe,
+                args: fallback_args.iter().map(|a| (*a).to_owned()).collect(),
+            },
+        })
+    }
+}
+
+/// How [`Embedded::start`] builds the control plane.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Where all state lives (`.sam` by default in the CLI).
+    pub data_dir: PathBuf,
+    /// How a node's VM agent is started.
+    pub vm_agent: Program,
+    /// How the nodes run the demo agent.
+    pub demo_agent: Program,
+    /// A command to run as the [`CUSTOM_AGENT`] agent, if any.
+    pub agent_command: Option<String>,
+    /// How often the runner looks at waiting tasks.
+    pub poll_interval: Duration,
+    /// Seconds between the nodes' heartbeats.
+    pub heartbeat_interval_secs: u64,
+}
+
+impl EmbeddedOptions {
+    /// Defaults for `data_dir`: this executable's `sam-vm-agent` and `sam-demo-agent`
+    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s.
+    ///
+    /// # Errors
+    /// When the running executable cannot be found.
+    pub fn new(data_dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        Ok(Self {
+            data_dir: data_dir.into(),
+            vm_agent: Program::sibling_or_self("sam-vm-agent", &["vm-agent"])?,
+            demo_agent: Program::sibling_or_self(sam_agent::demo::DEMO_BINARY, &["demo-agent"])?,
+            agent_command: None,
+            poll_interval: Duration::from_millis(250),
+            heartbeat_interval_secs: 10,
+        })
+    }
+}
+
+/// Opens the embedded store: SQLite in WAL mode at `<data_dir>/sam.db`.
+///
+/// # Errors
+/// When the database cannot be opened or migrated.
+pub async fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    let path = data_dir.join("sam.db");
+    let store = sam_store::SqliteStore::new(&sam_store::SqliteConfig::new(&path))
+        .await
+        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// A control plane running in this process; see the [module docs](self).
+#[derive(Debug)]
+pub struct Embedded {
+    /// The control plane.
+    pub control_plane: ControlPlane,
+    /// The local provider.
+    pub provider: Arc<LocalProvider>,
+    /// Where handed-over workspaces go.
+    pub workspaces_dir: PathBuf,
+    /// Where the callback routes listen.
+    pub callback_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The control plane's signing key, created at first use from the kernel's randomness.
+fn signing_key(data_dir: &Path) -> anyhow::Result<Secret> {
+    let path = data_dir.join("signing-key");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && text.trim().len() >= 32
+    {
+        return Ok(Secret::new(text.trim()));
+    }
+    let mut bytes = [0_u8; 32];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?,
+        &mut bytes,
+    )
+    .context("cannot read /dev/urandom")?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, key.as_bytes())?;
+    Ok(Secret::new(key))
+}
+
+/// Binds the callback listener on the address an earlier run used, else anywhere on
+/// loopback, and records the address.
+async fn callback_listener(data_dir: &Path) -> anyhow::Result<tokio::net::TcpListener> {
+    let path = data_dir.join("control-plane.addr");
+    let earlier = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<SocketAddr>().ok())
+        .filter(|a| a.ip().is_loopback());
+    let listener = match earlier {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(_) => tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?,
+        },
+        None => tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?,
+    };
+    let addr = listener.local_addr()?;
+    std::fs::write(&path, addr.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(listener)
+}
+
+impl Embedded {
+    /// Builds the control plane and starts its callback server and runner.
+    ///
+    /// # Errors
+    /// When the data directory, the store, the listener or a part cannot be set up.
+    pub async fn start(options: EmbeddedOptions) -> anyhow::Result<Self> {
+        let data_dir = &options.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+        // The data directory usually sits inside the repository: keep it out of git.
+        let ignore = data_dir.join(".gitignore");
+        if !ignore.exists() {
+            std::fs::write(&ignore, "*\n")
+                .with_context(|| format!("cannot write {}", ignore.display()))?;
+        }
+        let store = open_store(&data_dir).await?;
+        let listener = callback_listener(&data_dir).await?;
+        let callback_addr = listener.local_addr()?;
+        let url = url::Url::parse(&format!("http://{callback_addr}/"))?;
+
+        let mut local = LocalConfig::new(data_dir.join("local"), &options.vm_agent.program);
+        local.args = options.vm_agent.args.clone();
+        let provider = Arc::new(LocalProvider::new(local)?);
+
+        let mut agents = BTreeMap::new();
+        agents.insert(
+            sam_agent::demo::DEMO_AGENT.to_owned(),
+            AgentProgram {
+                program: options.demo_agent.program.display().to_string(),
+                args: options.demo_agent.args.clone(),
+            },
+        );
+        // The custom agent reads its command from a file at each start, so a warm node
+        // booted by an earlier run runs the command of this one.
+        let command_file = data_dir.join("agent-command");
+        if let Some(command) = &options.agent_command {
+            std::fs::write(&command_file, command)
+                .with_context(|| format!("cannot write {}", command_file.display()))?;
+        }
+        agents.insert(
+            CUSTOM_AGENT.to_owned(),
+            AgentProgram {
+                program: "/bin/sh".to_owned(),
+                args: vec![
+                    "-c".to_owned(),
+                    "exec /bin/sh -c \"$(cat \"$0\")\"".to_owned(),
+                    command_file.display().to_string(),
+                ],
+            },
+        );
+        let boot = LocalBoot {
+            control_plane_url: url,
+            heartbeat_interval_secs: Some(options.heartbeat_interval_secs),
+            agents,
+        };
+        let keys = FileNodeKeys::new(data_dir.join("node-keys"))?;
+        let directory = ProviderNodeDirectory::new(
+            [Arc::clone(&provider) as Arc<dyn Provider>],
+            keys.clone(),
+            sam_agent::node_config::DEFAULT_PORT,
+        );
+        let http = HttpNodeAgent::new(
+            Arc::new(directory),
+            HttpNodeAgentConfig {
+                request_timeout: Duration::from_secs(10),
+            },
+        )?;
+        let workspaces_dir = data_dir.join("workspaces");
+        let node_agent = HandOver {
+            inner: http,
+            nodes_dir: data_dir.join("local").join("vms"),
+            to: workspaces_dir.clone(),
+        };
+
+        let mut config =
+            ControlPlaneConfig::new(format!("sam-{}", std::process::id()), ProviderKind::Local);
+        config.poll_interval = options.poll_interval;
+        config.agents.push(CUSTOM_AGENT.to_owned());
+        let control_plane = ControlPlane::new(
+            ControlPlaneParts {
+                store: Arc::clone(&store),
+                providers: vec![Arc::clone(&provider) as Arc<dyn Provider>],
+                scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
+                node_agent: Arc::new(node_agent),
+                boot: Arc::new(KeyedBoot::new(Arc::new(boot), keys)),
+                signer: TokenSigner::new(signing_key(&data_dir)?, "sam-control-plane")?,
+                clock: Arc::new(TokioClock::new()),
+            },
+            config,
+        )?;
+
+        let (stop, stopped) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let router = sam_agent::callback_router(control_plane.clone());
+        let server = tokio::spawn({
+            let shutdown = until(stopped.clone());
+            async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::warn!(error = %e, "the callback server stopped");
+                }
+            }
+        });
+        let runner = tokio::spawn({
+            let cp = control_plane.clone();
+            let shutdown = until(stopped);
+            async move { cp.run(shutdown).await }
+        });
+        Ok(Self {
+            control_plane,
+            provider,
+            workspaces_dir,
+            callback_addr,
+            stop,
+            tasks: vec![server, runner],
+        })
+    }
+
+    /// Stops the runner and the callback server. Nodes keep running (warm), and
+    /// unfinished tasks resume in the next process.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+/// A [`NodeAgent`] that moves a workspace's directory out of its local node before
+/// the node removes it, so what the agent did stays for the user to see.
+///
+/// The local provider runs each node in `<nodes_dir>/<vm id>` and the VM agent keeps
+/// workspaces in its data directory's `workspaces/<workspace id>`
+/// ([`sam_agent::NodeConfig::serve`]).
+#[derive(Debug)]
+pub struct HandOver<A> {
+    inner: A,
+    nodes_dir: PathBuf,
+    to: PathBuf,
+}
+
+impl<A> HandOver<A> {
+    /// Where `workspace` of `node` lives on the node.
+    fn on_node(&self, node: &NodeRecord, workspace: &WorkspaceId) -> Option<PathBuf> {
+        let vm = node.vm_id.as_ref()?;
+        Some(
+            self.nodes_dir
+                .join(vm.as_str())
+                .join("workspaces")
+                .join(workspace.as_str()),
+        )
+    }
+}
+
+#[async_trait]
+impl<A: NodeAgent> NodeAgent for HandOver<A> {
+    async fn health(&self, node: &NodeRecord) -> Result<Option<AgentHealth>, NodeAgentError> {
+        self.inner.health(node).await
+    }
+
+    async fn create_workspace(
+        &self,
+        node: &NodeRecord,
+        request: &WorkspaceRequest,
+    ) -> Result<(), NodeAgentError> {
+        self.inner.create_workspace(node, request).await
+    }
+
+    async fn workspace_status(
+        &self,
+        node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<WorkspaceReport>, NodeAgentError> {
+        self.inner.workspace_status(node, workspace).await
+    }
+
+    async fn start_session(
+        &self,
+        node: &NodeRecord,
+        request: &SessionRequest,
+    ) -> Result<(), NodeAgentError> {
+        self.inner.start_session(node, request).await
+    }
+
+    async fn session_status(
+        &self,
+        node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<SessionReport>, NodeAgentError> {
+        self.inner.session_status(node, workspace).await
+    }
+
+    async fn cancel_session(
+        &self,
+        node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<(), NodeAgentError> {
+        self.inner.cancel_session(node, workspace).await
+    }
+
+    async fn stop_workspace(
+        &self,
+        node: &NodeRecord,
+        workspace: &WorkspaceId,
+    ) -> Result<(), NodeAgentError> {
+        if let Some(from) = self.on_node(node, workspace)
+            && from.is_dir()
+        {
+            let to = self.to.join(workspace.as_str());
+            let moved = tokio::fs::create_dir_all(&self.to).await.is_ok()
+                && tokio::fs::rename(&from, &to).await.is_ok();
+            if !moved {
+                tracing::warn!(workspace = %workspace, "could not hand the workspace over; the node removes it");
+            }
+        }
+        self.inner.stop_workspace(node, workspace).await
+    }
+}

@@ -1,0 +1,53 @@
+//! The VM agent process: reads its configuration and runs `sam_agent::VmAgent`.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use sam_agent::NodeConfig;
+
+/// Runs the VM agent until SIGINT or SIGTERM.
+///
+/// With `config` (cloud-init's `/etc/sam/agent.json`) the token comes from
+/// `token_file` or the file the configuration names, and the boot timeline from the
+/// journal or cloud-init's log. Without it the agent runs under the local provider:
+/// the configuration is the user data at `SAM_USER_DATA`, with `SAM_PORT` and
+/// `SAM_DATA_DIR` ([`NodeConfig::from_local_env`]).
+///
+/// # Errors
+/// When the configuration or token cannot be read, or the agent cannot serve.
+pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> anyhow::Result<()> {
+    let (node, boot_log) = match config {
+        Some(path) => (
+            NodeConfig::read(path)?,
+            Some(sam_agent::server::DEFAULT_BOOT_LOG.into()),
+        ),
+        None => (NodeConfig::from_local_env()?, None),
+    };
+    let token = node.token(token_file)?;
+    eprintln!(
+        "sam-vm-agent {}: node {} on port {}, control plane {}",
+        sam_agent::server::VERSION,
+        node.node_id,
+        node.port,
+        node.control_plane_url
+    );
+    node.serve(token, boot_log, shutdown_signal())
+        .await
+        .context("the VM agent stopped")
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

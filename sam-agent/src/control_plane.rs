@@ -1,0 +1,156 @@
+//! The control plane's side of the callback contract ([`crate::callbacks`]):
+//! [`callback_router`] serves the four routes VM agents call and hands each to a
+//! [`ControlPlane`].
+//!
+//! Client ([`crate::Callbacks`]) and server share this crate's body types
+//! ([`NodeReady`], [`Heartbeat`], [`HeartbeatResponse`]), so they cannot drift
+//! apart. Failures answer an [`ErrorBody`] with the status of their category
+//! ([`status_for`]): a token that is not the node's or the workspace's gets `401`,
+//! an unknown node `404`, a malformed body `400` naming the field.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use sam_core::{
+    Classify, ControlPlane, ErrorCategory, NodeId, SessionCallback, WorkspaceId, WorkspaceReport,
+    redact,
+};
+use serde::de::DeserializeOwned;
+
+use crate::api::{ErrorBody, Heartbeat, HeartbeatResponse, NodeReady, status_for};
+
+/// The callback routes (`/v1/nodes/{id}/ready`, `/v1/nodes/{id}/heartbeat`,
+/// `/v1/workspaces/{id}/ready`, `/v1/workspaces/{id}/events`) over `control_plane`.
+/// Merge it into a larger router, or serve it alone.
+pub fn callback_router(control_plane: ControlPlane) -> Router {
+    Router::new()
+        .route("/v1/nodes/{id}/ready", post(node_ready))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/v1/workspaces/{id}/ready", post(workspace_ready))
+        .route("/v1/workspaces/{id}/events", post(session_event))
+        .with_state(control_plane)
+}
+
+/// A failed callback.
+#[derive(Debug)]
+struct Failure {
+    category: ErrorCategory,
+    message: String,
+    field: Option<String>,
+}
+
+impl Failure {
+    fn new(category: ErrorCategory, message: &str) -> Self {
+        Self {
+            category,
+            message: redact(message).into_owned(),
+            field: None,
+        }
+    }
+}
+
+impl From<sam_core::Error> for Failure {
+    fn from(error: sam_core::Error) -> Self {
+        Self::new(error.category(), &error.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(status_for(self.category))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: self.message,
+            category: self.category,
+            field: self.field,
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Failure::new(ErrorCategory::AuthError, "a bearer token is required"))
+}
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let mut failure = Failure::new(
+            ErrorCategory::InvalidConfig,
+            &format!("malformed request body: {}", e.inner()),
+        );
+        failure.field = (path != "." && path != "?").then_some(path);
+        failure
+    })
+}
+
+fn node_id(id: &str) -> Result<NodeId, Failure> {
+    NodeId::new(id).map_err(|e| Failure::new(ErrorCategory::InvalidConfig, &e.to_string()))
+}
+
+fn workspace_id(id: &str) -> Result<WorkspaceId, Failure> {
+    WorkspaceId::new(id).map_err(|e| Failure::new(ErrorCategory::InvalidConfig, &e.to_string()))
+}
+
+async fn node_ready(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<StatusCode, Failure> {
+    let token = bearer(&headers)?;
+    let node = node_id(&id)?;
+    let ready: NodeReady = body(&bytes)?;
+    cp.node_ready(token, &node, &ready.version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn heartbeat(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<axum::Json<HeartbeatResponse>, Failure> {
+    let token = bearer(&headers)?;
+    let node = node_id(&id)?;
+    let beat: Heartbeat = body(&bytes)?;
+    let reply = cp.heartbeat(token, &node, &beat.metrics).await?;
+    Ok(axum::Json(HeartbeatResponse {
+        refreshed_token: reply.refreshed_token,
+    }))
+}
+
+async fn workspace_ready(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<StatusCode, Failure> {
+    let token = bearer(&headers)?;
+    let workspace = workspace_id(&id)?;
+    let report: WorkspaceReport = body(&bytes)?;
+    cp.workspace_ready(token, &workspace, &report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn session_event(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<StatusCode, Failure> {
+    let token = bearer(&headers)?;
+    let workspace = workspace_id(&id)?;
+    let callback: SessionCallback = body(&bytes)?;
+    cp.session_event(token, &workspace, &callback).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,320 @@
+//! How a VM agent process learns who it is: [`NodeConfig`], and [`LocalBoot`], which
+//! writes that configuration for nodes of the local provider.
+//!
+//! Two sources, one format (JSON):
+//! - **cloud nodes**: cloud-init writes `/etc/sam/agent.json` (`node_id`,
+//!   `control_plane_url`, `callback_token_file`, `port`, and fields the agent does
+//!   not need) and the node token in a root-only file; the agent's unit runs
+//!   `sam-vm-agent --config /etc/sam/agent.json --callback-token-file /etc/sam/callback-token`.
+//! - **local nodes**: the local provider starts the agent with `SAM_USER_DATA` (a
+//!   file holding the user data [`LocalBoot`] rendered: the same fields, with the
+//!   token inline), `SAM_PORT` and `SAM_DATA_DIR` ([`NodeConfig::from_local_env`]).
+//!
+//! [`NodeConfig::agent_config`] turns either into a [`VmAgentConfig`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sam_core::{BootRenderer, NodeId, NodeRecord, Secret};
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
+
+use crate::acp::AgentCommand;
+use crate::error::{Error, Result};
+use crate::events::MemoryEventLog;
+use crate::runtime::HostRuntime;
+use crate::server::{VmAgent, VmAgentConfig};
+
+/// The agent's port when the configuration names none.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Where a cloud node keeps its workspaces when the configuration names no data
+/// directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/sam";
+
+/// An agent command in a [`NodeConfig`]: a program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentProgram {
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+fn expose_option<S: Serializer>(secret: &Option<Secret>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(s) => serializer.serialize_some(s.expose()),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A node agent's configuration; see the [module docs](self).
+///
+/// Unknown fields are ignored, so cloud-init may carry more than the agent reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// The control plane's base URL.
+    pub control_plane_url: Url,
+    /// The file holding the node token (cloud nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_token_file: Option<PathBuf>,
+    /// The node token itself (local nodes, whose user data is a file of their own).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "expose_option"
+    )]
+    pub callback_token: Option<Secret>,
+    /// The port of the agent's HTTP API.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The address the API listens on (all interfaces when absent; local nodes use
+    /// loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::IpAddr>,
+    /// Where workspaces live ([`DEFAULT_DATA_DIR`] when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between heartbeats (60 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_secs: Option<u64>,
+    /// Agents added to (or replacing) the known ones, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, AgentProgram>,
+}
+
+const fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+
+impl NodeConfig {
+    /// Parses a configuration file's text.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] naming what is wrong.
+    pub fn parse(text: &str) -> Result<Self> {
+        serde_json::from_str(text)
+            .map_err(|e| Error::InvalidRequest(format!("the node configuration is invalid: {e}")))
+    }
+
+    /// Reads and parses a configuration file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be read; as [`NodeConfig::parse`].
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Self::parse(&text)
+    }
+
+    /// The configuration of a local-provider node: the user data at `SAM_USER_DATA`,
+    /// with `SAM_PORT` and `SAM_DATA_DIR` taking precedence over what it says.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when `SAM_USER_DATA` is unset or `SAM_PORT` is not a
+    /// port; as [`NodeConfig::read`].
+    pub fn from_local_env() -> Result<Self> {
+        let path = std::env::var_os("SAM_USER_DATA").ok_or_else(|| {
+            Error::InvalidRequest(
+                "SAM_USER_DATA is not set: pass --config, or run under the local provider"
+                    .to_owned(),
+            )
+        })?;
+        let mut config = Self::read(Path::new(&path))?;
+        if let Ok(port) = std::env::var("SAM_PORT") {
+            config.port = port.parse().map_err(|_| {
+                Error::InvalidRequest(format!("SAM_PORT {port:?} is not a port number"))
+            })?;
+        }
+        if let Some(dir) = std::env::var_os("SAM_DATA_DIR") {
+            config.data_dir = Some(PathBuf::from(dir));
+        }
+        Ok(config)
+    }
+
+    /// The node token: from `token_file` when given (the command line wins), else
+    /// from [`NodeConfig::callback_token_file`], else inline.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when there is no token or it is empty; [`Error::Io`]
+    /// when its file cannot be read.
+    pub fn token(&self, token_file: Option<&Path>) -> Result<Secret> {
+        let token = match token_file.or(self.callback_token_file.as_deref()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::io(format!("reading the token file {}", path.display()), e)
+                })?;
+                Secret::new(text.trim_end_matches(['\n', '\r']))
+            }
+            None => self.callback_token.clone().ok_or_else(|| {
+                Error::InvalidRequest(
+                    "the node configuration has no callback token nor token file".to_owned(),
+                )
+            })?,
+        };
+        if token.is_empty() {
+            return Err(Error::InvalidRequest(
+                "the callback token is empty".to_owned(),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Where workspaces live.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// The [`VmAgentConfig`] for this node with `token`: the known agents, plus the
+    /// demo agent ([`crate::demo::command`]), plus this configuration's agents.
+    /// `boot_log` is the boot timeline's fallback source (`None` off a real node).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a zero heartbeat interval.
+    pub fn agent_config(&self, token: Secret, boot_log: Option<PathBuf>) -> Result<VmAgentConfig> {
+        let mut config =
+            VmAgentConfig::new(self.node_id.clone(), token, self.control_plane_url.clone());
+        config.boot_log = boot_log;
+        if let Some(secs) = self.heartbeat_interval_secs {
+            if secs == 0 {
+                return Err(Error::InvalidRequest(
+                    "heartbeat_interval_secs must be at least 1".to_owned(),
+                ));
+            }
+            config.heartbeat_interval = Duration::from_secs(secs);
+        }
+        config
+            .agents
+            .insert(crate::demo::DEMO_AGENT.to_owned(), crate::demo::command());
+        for (name, program) in &self.agents {
+            config.agents.insert(
+                name.clone(),
+                AgentCommand::new(program.program.clone()).with_args(program.args.clone()),
+            );
+        }
+        Ok(config)
+    }
+}
+
+impl NodeConfig {
+    /// Runs the VM agent for this configuration until `shutdown` completes: binds
+    /// the API's port, prepares workspaces with the host runtime under
+    /// `<data dir>/workspaces`, keeps events in memory.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the port cannot be bound or the listener fails; as
+    /// [`NodeConfig::agent_config`] and [`VmAgent::new`].
+    pub async fn serve(
+        &self,
+        token: Secret,
+        boot_log: Option<PathBuf>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let agent_config = self.agent_config(token, boot_log)?;
+        let workspaces = self.data_dir().join("workspaces");
+        std::fs::create_dir_all(&workspaces)
+            .map_err(|e| Error::io(format!("creating {}", workspaces.display()), e))?;
+        let agent = VmAgent::new(
+            agent_config,
+            Arc::new(HostRuntime::new(workspaces)),
+            Arc::new(MemoryEventLog::new(EVENTS_KEPT)),
+        )?;
+        let ip = self
+            .listen
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let listener = tokio::net::TcpListener::bind((ip, self.port))
+            .await
+            .map_err(|e| Error::io(format!("binding {ip}:{}", self.port), e))?;
+        agent.serve(listener, shutdown).await
+    }
+}
+
+/// How many events the in-memory event log keeps.
+const EVENTS_KEPT: usize = 10_000;
+
+/// Renders local-provider user data: a [`NodeConfig`] with the token inline.
+///
+/// Used as the control plane's [`BootRenderer`] when nodes are local processes; the
+/// node's directory is its own, so the token travels in its user-data file.
+#[derive(Debug, Clone)]
+pub struct LocalBoot {
+    /// Where the control plane listens for callbacks.
+    pub control_plane_url: Url,
+    /// Seconds between heartbeats; `None` keeps the agent's default.
+    pub heartbeat_interval_secs: Option<u64>,
+    /// Extra agents by name (a demo agent run by another executable, say).
+    pub agents: BTreeMap<String, AgentProgram>,
+}
+
+impl LocalBoot {
+    /// Nodes calling back to `control_plane_url`, with the agent's defaults.
+    pub fn new(control_plane_url: Url) -> Self {
+        Self {
+            control_plane_url,
+            heartbeat_interval_secs: None,
+            agents: BTreeMap::new(),
+        }
+    }
+}
+
+impl BootRenderer for LocalBoot {
+    fn user_data(&self, node: &NodeRecord, token: &Secret) -> Result<String, sam_core::Error> {
+        let config = NodeConfig {
+            node_id: node.id.clone(),
+            control_plane_url: self.control_plane_url.clone(),
+            callback_token_file: None,
+            callback_token: Some(token.clone()),
+            // The local provider chooses the port and the directory (SAM_PORT, SAM_DATA_DIR).
+            port: DEFAULT_PORT,
+            listen: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            data_dir: None,
+            heartbeat_interval_secs: self.heartbeat_interval_secs,
+            agents: self.agents.clone(),
+        };
+        serde_json::to_string_pretty(&config).map_err(|e| sam_core::Error::InvalidInput {
+            field: "user_data",
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cloud_inits_agent_json_with_the_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("callback-token");
+        std::fs::write(&token, "the-node-token\n").unwrap();
+        let json = format!(
+            r#"{{"node_id":"n-1","control_plane_url":"https://cp.example.com/","callback_token_file":{:?},"port":8080,"provider":"hetzner","role":"docker","agent_user":"sam"}}"#,
+            token.display()
+        );
+        let config = NodeConfig::parse(&json).unwrap();
+        assert_eq!(config.node_id.as_str(), "n-1");
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.token(None).unwrap().expose(), "the-node-token");
+        assert_eq!(config.data_dir(), PathBuf::from(DEFAULT_DATA_DIR));
+        let agent = config
+            .agent_config(config.token(None).unwrap(), None)
+            .unwrap();
+        assert!(agent.agents.contains_key("demo") && agent.agents.contains_key("claude"));
+    }
+
+    #[test]
+    fn a_missing_token_is_an_error_not_an_empty_token() {
+        let config =
+            NodeConfig::parse(r#"{"node_id":"n-1","control_plane_url":"http://127.0.0.1:1/"}"#)
+                .unwrap();
+        assert!(config.token(None).is_err());
+        assert!(NodeConfig::parse(r#"{"node_id":"n-1"}"#).is_err());
+    }
+}
