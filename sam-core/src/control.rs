@@ -341,6 +341,14 @@ pub(crate) fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// The `not_found` error for a record that must exist (`"task t-1"`).
+fn missing(what: impl std::fmt::Display) -> Error {
+    Error::Store(crate::error::StoreError::new(
+        crate::error::StoreErrorKind::NotFound,
+        format!("{what} does not exist"),
+    ))
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidInput {
         field,
@@ -619,12 +627,10 @@ impl ControlPlane {
     }
 
     pub(crate) async fn require_task(&self, id: &TaskId) -> Result<TaskRecord, Error> {
-        self.store.get_task(id).await?.ok_or_else(|| {
-            Error::Store(crate::error::StoreError::new(
-                crate::error::StoreErrorKind::NotFound,
-                format!("task {id} does not exist"),
-            ))
-        })
+        self.store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| missing(format_args!("task {id}")))
     }
 
     /// Moves a live task to a terminal status and releases what it claimed.
@@ -838,13 +844,21 @@ impl ControlPlane {
         self.wake_tasks_on(node).await
     }
 
+    async fn require_workspace(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<crate::store::WorkspaceRecord, Error> {
+        self.store
+            .get_workspace(workspace)
+            .await?
+            .ok_or_else(|| missing(format_args!("workspace {workspace}")))
+    }
+
     async fn require_node(&self, node: &NodeId) -> Result<NodeRecord, Error> {
-        self.store.get_node(node).await?.ok_or_else(|| {
-            Error::Store(crate::error::StoreError::new(
-                crate::error::StoreErrorKind::NotFound,
-                format!("node {node} does not exist"),
-            ))
-        })
+        self.store
+            .get_node(node)
+            .await?
+            .ok_or_else(|| missing(format_args!("node {node}")))
     }
 
     /// Callback: a heartbeat with metrics. Returns a fresh token past half-life.
@@ -889,12 +903,7 @@ impl ControlPlane {
         report: &WorkspaceReport,
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
-        let record = self.store.get_workspace(workspace).await?.ok_or_else(|| {
-            Error::Store(crate::error::StoreError::new(
-                crate::error::StoreErrorKind::NotFound,
-                format!("workspace {workspace} does not exist"),
-            ))
-        })?;
+        let record = self.require_workspace(workspace).await?;
         self.apply_workspace_report(&record.task_id, workspace, report)
             .await
     }
@@ -958,12 +967,7 @@ impl ControlPlane {
         report: &SessionCallback,
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
-        let record = self.store.get_workspace(workspace).await?.ok_or_else(|| {
-            Error::Store(crate::error::StoreError::new(
-                crate::error::StoreErrorKind::NotFound,
-                format!("workspace {workspace} does not exist"),
-            ))
-        })?;
+        let record = self.require_workspace(workspace).await?;
         match report {
             SessionCallback::Event(event) => {
                 self.emit(

@@ -174,7 +174,11 @@ async fn a_second_task_reuses_the_warm_node() {
     let task = h.run(&second, HOUR).await;
     assert_eq!(task.status, TaskStatus::Completed);
     assert_eq!(h.creates().len(), 1, "the warm node was reused");
-    assert_eq!(task.provisioned_size, Some(VmSize::Medium), "the warm node's size is recorded");
+    assert_eq!(
+        task.provisioned_size,
+        Some(VmSize::Medium),
+        "the warm node's size is recorded"
+    );
     let placement = task.placement.unwrap();
     assert!(placement.reason.contains("warm"), "{placement:?}");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, NodeId, Provider,
-    ProviderKind, Secret, Store, SubmitRequest, TaskFilter, TaskStatus, TokioClock, TokenSigner,
+    ProviderKind, Secret, Store, SubmitRequest, TaskFilter, TaskStatus, TokenSigner, TokioClock,
 };
 use sam_providers::{FakeCall, FakeProvider};
 use sam_store::{PgConfig, PgStore, SqliteConfig, SqliteStore};
@@ -63,7 +63,11 @@ async fn two_drivers(first: Arc<dyn Store>, second: Arc<dyn Store>) {
             cp.tick().await.unwrap();
             let live = cp
                 .list(&TaskFilter {
-                    statuses: vec![TaskStatus::Queued, TaskStatus::Delegated, TaskStatus::InProgress],
+                    statuses: vec![
+                        TaskStatus::Queued,
+                        TaskStatus::Delegated,
+                        TaskStatus::InProgress,
+                    ],
                     ..TaskFilter::default()
                 })
                 .await
@@ -71,7 +75,11 @@ async fn two_drivers(first: Arc<dyn Store>, second: Arc<dyn Store>) {
             if live.is_empty() {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{} tasks still live", live.len());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} tasks still live",
+                live.len()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
