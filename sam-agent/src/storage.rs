@@ -216,3 +216,51 @@ impl Stores {
         opened.map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeId {
+        NodeId::new("node-1").unwrap()
+    }
+
+    #[tokio::test]
+    async fn memory_keeps_no_files() {
+        let stores = Stores::open(&Storage::default(), &node()).await.unwrap();
+        assert!(stores.export(ExportKind::Events).await.unwrap().is_none());
+        assert!(stores.export(ExportKind::Metrics).await.unwrap().is_none());
+        assert_eq!(stores.prune_events(Utc::now()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn sqlite_files_are_created_and_a_zero_retention_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = SqliteStorage::new(dir.path().join("data"));
+        storage.retention = Duration::ZERO;
+        let refused = Stores::open(&Storage::Sqlite(storage.clone()), &node()).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidRequest(_))),
+            "{refused:?}"
+        );
+
+        storage.retention = Duration::from_secs(60);
+        // A leftover from a crash mid-export is cleared.
+        std::fs::create_dir_all(storage.dir.join(EXPORTS_DIR)).unwrap();
+        std::fs::write(storage.dir.join(EXPORTS_DIR).join("events-0.db"), "x").unwrap();
+        let stores = Stores::open(&Storage::Sqlite(storage.clone()), &node())
+            .await
+            .unwrap();
+        assert!(storage.dir.join(EVENTS_FILE).exists());
+        assert!(storage.dir.join(METRICS_FILE).exists());
+        let staged = std::fs::read_dir(storage.dir.join(EXPORTS_DIR)).unwrap();
+        assert_eq!(staged.count(), 0);
+        let exported = stores.export(ExportKind::Metrics).await.unwrap().unwrap();
+        assert!(exported.len > 0);
+        assert_eq!(
+            exported.file.metadata().await.unwrap().len(),
+            exported.len,
+            "the unlinked copy is still readable"
+        );
+    }
+}
