@@ -14,6 +14,8 @@
 //! | `GET /v1/workspaces/{id}/sessions` | | [`SessionView`]; `404` without a session |
 //! | `POST /v1/workspaces/{id}/cancel` | | `204` |
 //! | `GET /v1/events?limit=N` | | [`AgentEvent`](crate::events::AgentEvent)s, newest first |
+//! | `GET /v1/events/export` | | the event log's SQLite file after a WAL checkpoint (`application/vnd.sqlite3`); `404` with [`Storage::Memory`](crate::Storage::Memory) |
+//! | `GET /v1/metrics/export` | | the metrics store's SQLite file, likewise |
 //!
 //! Failures answer an [`ErrorBody`] with the status of its category
 //! ([`status_for`]); a malformed body names the field.

@@ -131,7 +131,8 @@ fn journal_message(value: &Value) -> Option<String> {
 }
 
 /// Reads the timeline from the journal, or from `fallback_log` when `journalctl` is
-/// missing or fails.
+/// missing or fails, or when the journal holds no boot markers (the boot script's
+/// `logger` wrote to syslog files only).
 ///
 /// # Errors
 /// When neither source can be read.
@@ -143,9 +144,16 @@ pub async fn read_timeline(fallback_log: &Path) -> crate::Result<BootTimeline> {
     if let Ok(output) = journal
         && output.status.success()
     {
-        return Ok(BootTimeline::from_journal_json(&String::from_utf8_lossy(
-            &output.stdout,
-        )));
+        let timeline = BootTimeline::from_journal_json(&String::from_utf8_lossy(&output.stdout));
+        if timeline != BootTimeline::default() {
+            return Ok(timeline);
+        }
+        // A readable journal without markers: the file may have them; if it cannot be
+        // read, the empty timeline from the journal stands.
+        return Ok(match tokio::fs::read_to_string(fallback_log).await {
+            Ok(text) => BootTimeline::from_syslog(&text),
+            Err(_) => timeline,
+        });
     }
     let text = tokio::fs::read_to_string(fallback_log)
         .await

@@ -49,6 +49,9 @@ pub enum Error {
     /// The event log or metrics store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The SQLite event log or metrics store failed; `sam-store` classified it.
+    #[error("event log or metrics: {0}")]
+    Sqlite(#[from] sam_store::Error),
 }
 
 /// `Result` with the crate's [`Error`].
@@ -89,6 +92,7 @@ impl Classify for Error {
             Self::Io { .. } => ErrorCategory::Transient,
             Self::Agent(e) => e.category,
             Self::Callback { category, .. } => *category,
+            Self::Sqlite(e) => e.category(),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The agent's event log: what happened on the node, newest first over the API.
 //!
 //! [`EventLog`] is the seam: the agent writes every event through it, and
-//! `GET /v1/events` reads the most recent ones back. [`MemoryEventLog`] keeps a
-//! bounded buffer in the process, which is what the agent uses today; the SQLite
-//! event log of `sam-store` (WAL, 7-day retention, export after a checkpoint) will
-//! implement the same trait and plug in without changes to the agent.
+//! `GET /v1/events` reads the most recent ones back. Two backends:
+//! - [`SqliteEventLog`]: `sam-store`'s SQLite event log (WAL, 7-day retention pruned
+//!   while it runs, export after a checkpoint), what a node uses;
+//! - [`MemoryEventLog`]: a bounded buffer in the process, for tests and embedding.
 //!
 //! Every [`NewEvent`] is redacted when it is built ([`sam_core::redact`] on the
 //! message and on every string in the detail), so no backend ever sees a secret.
@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+
+mod sqlite;
+
+pub use sqlite::SqliteEventLog;
 
 /// How important an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

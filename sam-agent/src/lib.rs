@@ -17,6 +17,9 @@
 //!   [`DockerRuntime`]; the [`runtime::ReadyReport`] carries the effective profile.
 //! - **Boot timeline** ([`boot`]) and **resource monitor** ([`monitor`]): parsing of
 //!   the `sam-boot` phase markers, `/proc` and `statvfs`.
+//! - **Event log and metrics** ([`events`], [`storage`]): [`SqliteEventLog`] and
+//!   `sam-store`'s metrics store in the node's data directory ([`Storage::Sqlite`]),
+//!   or a [`MemoryEventLog`] for tests and embedding ([`Storage::Memory`]).
 //! - **Fake agent** ([`fake`]): a scripted ACP agent, always compiled, also shipped as
 //!   the `fake-acp-agent` binary for tests.
 //! - **Demo agent** ([`demo`]): a real ACP agent that needs no model (it reads the
@@ -74,17 +77,13 @@
 //! ## The VM agent over HTTP
 //! [`VmAgent`] wires it together ([`server`]): it serves the HTTP API of [`api`]
 //! (`GET /health`, and under `/v1` with a management token: workspaces, sessions,
-//! cancel, events), prepares workspaces with a [`WorkspaceRuntime`], hosts one
+//! cancel, events, and the exports of the event log and metrics), prepares workspaces with a [`WorkspaceRuntime`], hosts one
 //! [`AcpSession`] per workspace, and reports to the control plane through
 //! [`Callbacks`] (node ready with the boot timeline, heartbeats with metrics,
 //! workspace ready, session events), retrying with [`callbacks::callback_policy`].
 //! [`HttpNodeAgent`] is the control plane's [`sam_core::NodeAgent`] over that API.
-//! Events go to an [`events::EventLog`]; today that is the bounded in-process
-//! [`events::MemoryEventLog`].
-//!
-//! Not in this crate yet: the SQLite event log and metrics store (an
-//! [`events::EventLog`] backend from `sam-store`), and the `/v1/events/export` and
-//! `/v1/metrics/export` routes that stream them.
+//! Events go to an [`events::EventLog`] and resource snapshots (every minute) to a
+//! metrics store, both chosen by [`VmAgentConfig::storage`].
 
 pub mod acp;
 pub mod api;
@@ -101,6 +100,7 @@ pub mod node_agent;
 pub mod node_config;
 pub mod runtime;
 pub mod server;
+pub mod storage;
 
 pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
@@ -108,7 +108,7 @@ pub use acp::{
 pub use callbacks::{Callbacks, CallbacksConfig};
 pub use control_plane::callback_router;
 pub use error::{Error, Result};
-pub use events::{EventLog, MemoryEventLog};
+pub use events::{EventLog, MemoryEventLog, SqliteEventLog};
 pub use node_agent::{
     FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, NodeDirectory, NodeEndpoint,
     ProviderNodeDirectory, StaticNodeDirectory,
@@ -116,3 +116,4 @@ pub use node_agent::{
 pub use node_config::{LocalBoot, NodeConfig};
 pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
 pub use server::{VmAgent, VmAgentConfig};
+pub use storage::{SqliteStorage, Storage};

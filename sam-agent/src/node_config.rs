@@ -23,9 +23,9 @@ use url::Url;
 
 use crate::acp::AgentCommand;
 use crate::error::{Error, Result};
-use crate::events::MemoryEventLog;
 use crate::runtime::HostRuntime;
 use crate::server::{VmAgent, VmAgentConfig};
+use crate::storage::{SqliteStorage, Storage};
 
 /// The agent's port when the configuration names none.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -77,7 +77,8 @@ pub struct NodeConfig {
     /// loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<std::net::IpAddr>,
-    /// Where workspaces live ([`DEFAULT_DATA_DIR`] when absent).
+    /// Where workspaces, the event log and the metrics live ([`DEFAULT_DATA_DIR`]
+    /// when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// Seconds between heartbeats (60 when absent).
@@ -165,7 +166,7 @@ impl NodeConfig {
         Ok(token)
     }
 
-    /// Where workspaces live.
+    /// Where workspaces, the event log and the metrics live.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
@@ -173,7 +174,8 @@ impl NodeConfig {
     }
 
     /// The [`VmAgentConfig`] for this node with `token`: the known agents, plus the
-    /// demo agent ([`crate::demo::command`]), plus this configuration's agents.
+    /// demo agent ([`crate::demo::command`]), plus this configuration's agents; the
+    /// event log and metrics in SQLite files in the data directory.
     /// `boot_log` is the boot timeline's fallback source (`None` off a real node).
     ///
     /// # Errors
@@ -182,6 +184,7 @@ impl NodeConfig {
         let mut config =
             VmAgentConfig::new(self.node_id.clone(), token, self.control_plane_url.clone());
         config.boot_log = boot_log;
+        config.storage = Storage::Sqlite(SqliteStorage::new(self.data_dir()));
         if let Some(secs) = self.heartbeat_interval_secs {
             if secs == 0 {
                 return Err(Error::InvalidRequest(
@@ -206,7 +209,8 @@ impl NodeConfig {
 impl NodeConfig {
     /// Runs the VM agent for this configuration until `shutdown` completes: binds
     /// the API's port, prepares workspaces with the host runtime under
-    /// `<data dir>/workspaces`, keeps events in memory.
+    /// `<data dir>/workspaces`, keeps events and metrics in `<data dir>/events.db`
+    /// and `<data dir>/metrics.db`.
     ///
     /// # Errors
     /// [`Error::Io`] when the port cannot be bound or the listener fails; as
@@ -221,11 +225,7 @@ impl NodeConfig {
         let workspaces = self.data_dir().join("workspaces");
         std::fs::create_dir_all(&workspaces)
             .map_err(|e| Error::io(format!("creating {}", workspaces.display()), e))?;
-        let agent = VmAgent::new(
-            agent_config,
-            Arc::new(HostRuntime::new(workspaces)),
-            Arc::new(MemoryEventLog::new(EVENTS_KEPT)),
-        )?;
+        let agent = VmAgent::new(agent_config, Arc::new(HostRuntime::new(workspaces))).await?;
         let ip = self
             .listen
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -235,9 +235,6 @@ impl NodeConfig {
         agent.serve(listener, shutdown).await
     }
 }
-
-/// How many events the in-memory event log keeps.
-const EVENTS_KEPT: usize = 10_000;
 
 /// Renders local-provider user data: a [`NodeConfig`] with the token inline.
 ///
@@ -307,6 +304,10 @@ mod tests {
             .agent_config(config.token(None).unwrap(), None)
             .unwrap();
         assert!(agent.agents.contains_key("demo") && agent.agents.contains_key("claude"));
+        assert_eq!(
+            agent.storage,
+            Storage::Sqlite(SqliteStorage::new(DEFAULT_DATA_DIR))
+        );
     }
 
     #[test]

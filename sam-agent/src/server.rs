@@ -4,7 +4,9 @@
 //! caller bound (so `GET /health` answers as soon as it runs), and meanwhile:
 //! - reads the boot timeline ([`crate::boot`]), records each phase as an event and
 //!   reports the node ready with the agent's version and the timeline;
-//! - sends a heartbeat with the resource monitor's metrics every
+//! - samples the resource monitor every [`VmAgentConfig::metrics_interval`] and
+//!   stores each snapshot under its minute ([`Storage`]);
+//! - sends a heartbeat with the latest snapshot every
 //!   [`VmAgentConfig::heartbeat_interval`], adopting any refreshed node token;
 //! - prepares workspaces with its [`WorkspaceRuntime`] in the background and reports
 //!   each ready (or failed) with the workspace's own token;
@@ -12,7 +14,9 @@
 //!   to the control plane as [`SessionCallback::Event`], in order, and the end of the
 //!   turn as [`SessionCallback::Report`] (`stopped` with the stop reason and the
 //!   agent's last message, or `failed` with the classified error);
-//! - writes what happens to its [`EventLog`], which `GET /v1/events` reads.
+//! - writes what happens to its [`EventLog`](crate::EventLog), which
+//!   `GET /v1/events` reads; with [`Storage::Sqlite`], `GET /v1/events/export` and
+//!   `GET /v1/metrics/export` stream the database files after a WAL checkpoint.
 //!
 //! Idempotency follows [`sam_core::NodeAgent`]'s contract: creating a workspace that
 //! exists, or starting a session in a workspace that has one, answers `200` with the
@@ -30,10 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -46,8 +50,9 @@ use sam_core::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
@@ -59,8 +64,10 @@ use crate::api::{
 use crate::boot::{self, BootTimeline};
 use crate::callbacks::{Callbacks, CallbacksConfig, callback_policy};
 use crate::error::{Error, Result};
-use crate::events::{EventLevel, EventLog, NewEvent};
+use crate::events::{EventLevel, NewEvent};
+use crate::monitor::{self, MetricsSnapshot};
 use crate::runtime::{EffectiveProfile, ReadyReport, ReadyStatus, Workspace, WorkspaceRuntime};
+use crate::storage::{ExportKind, Storage, Stores};
 
 /// The agent's version, reported by `/health` and the ready callback.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -68,8 +75,15 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Where cloud-init writes its output: the boot timeline's fallback source.
 pub const DEFAULT_BOOT_LOG: &str = "/var/log/cloud-init-output.log";
 
-/// How long the resource monitor samples `/proc/stat` for the CPU percentage.
+/// How long the resource monitor samples `/proc/stat` for the CPU percentage (at
+/// most half the metrics interval).
 const CPU_WINDOW: Duration = Duration::from_millis(200);
+
+/// The media type of an exported SQLite database.
+pub const SQLITE_MEDIA_TYPE: &str = "application/vnd.sqlite3";
+
+/// How much of an exported file each chunk of the response body carries.
+const EXPORT_CHUNK: usize = 64 * 1024;
 
 /// The longest agent message a stop report carries (its end is kept).
 const LAST_MESSAGE_CHARS: usize = 4000;
@@ -88,6 +102,10 @@ pub struct VmAgentConfig {
     pub callback_retry: RetryPolicy,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
+    /// Time between resource snapshots.
+    pub metrics_interval: Duration,
+    /// Where events and metrics are kept.
+    pub storage: Storage,
     /// The boot timeline's fallback log when there is no journal; `None` reports an
     /// empty timeline without reading anything (off a real node).
     pub boot_log: Option<PathBuf>,
@@ -98,9 +116,11 @@ pub struct VmAgentConfig {
 }
 
 impl VmAgentConfig {
-    /// Defaults around the node's identity: [`callback_policy`], heartbeats every
-    /// 60 s, the boot timeline from the journal or [`DEFAULT_BOOT_LOG`], the known
-    /// agents ([`KNOWN_AGENTS`]), [`AcpOptions::default`].
+    /// Defaults around the node's identity: [`callback_policy`], heartbeats and
+    /// resource snapshots every 60 s, events in memory ([`Storage::default`]; a node
+    /// sets [`Storage::Sqlite`]), the boot timeline from the journal or
+    /// [`DEFAULT_BOOT_LOG`], the known agents ([`KNOWN_AGENTS`]),
+    /// [`AcpOptions::default`].
     pub fn new(node_id: NodeId, node_token: Secret, control_plane: Url) -> Self {
         Self {
             node_id,
@@ -108,6 +128,8 @@ impl VmAgentConfig {
             control_plane,
             callback_retry: callback_policy(),
             heartbeat_interval: Duration::from_secs(60),
+            metrics_interval: Duration::from_secs(60),
+            storage: Storage::default(),
             boot_log: Some(PathBuf::from(DEFAULT_BOOT_LOG)),
             agents: KNOWN_AGENTS
                 .iter()
@@ -128,14 +150,28 @@ pub struct VmAgent {
 struct Shared {
     node_id: NodeId,
     heartbeat_interval: Duration,
+    metrics_interval: Duration,
     boot_log: Option<PathBuf>,
     agents: BTreeMap<String, AgentCommand>,
     acp: AcpOptions,
     runtime: Arc<dyn WorkspaceRuntime>,
-    events: Arc<dyn EventLog>,
+    stores: Stores,
+    /// The resource monitor's latest result, which heartbeats send.
+    latest: watch::Sender<Sampled>,
     callbacks: Callbacks,
     signer: TokenSigner,
     workspaces: Mutex<HashMap<WorkspaceId, Arc<Entry>>>,
+}
+
+/// The resource monitor's latest result.
+#[derive(Debug, Clone)]
+enum Sampled {
+    /// No sample has been taken yet.
+    NotYet,
+    /// The latest snapshot.
+    Snapshot(MetricsSnapshot),
+    /// The latest sample failed (the failure is in the event log).
+    Failed,
 }
 
 /// One workspace and what runs in it.
@@ -322,22 +358,26 @@ fn is_user_message(event: &SessionEvent) -> bool {
 }
 
 impl VmAgent {
-    /// An agent for `config`, preparing workspaces with `runtime` and writing events
-    /// to `events`.
+    /// An agent for `config`, preparing workspaces with `runtime` and keeping
+    /// events and metrics where [`VmAgentConfig::storage`] says (opening, creating
+    /// and migrating its files).
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] for a node token too short to key management tokens,
-    /// a zero heartbeat interval, or a callback configuration that cannot work.
-    pub fn new(
-        config: VmAgentConfig,
-        runtime: Arc<dyn WorkspaceRuntime>,
-        events: Arc<dyn EventLog>,
-    ) -> Result<Self> {
+    /// a zero heartbeat or metrics interval or retention, or a callback
+    /// configuration that cannot work; [`Error::Sqlite`] or [`Error::Io`] when the
+    /// storage's files cannot be opened.
+    pub async fn new(config: VmAgentConfig, runtime: Arc<dyn WorkspaceRuntime>) -> Result<Self> {
         let signer = management_signer(&config.node_token)
             .map_err(|e| Error::InvalidRequest(format!("node token: {e}")))?;
         if config.heartbeat_interval.is_zero() {
             return Err(Error::InvalidRequest(
                 "the heartbeat interval must be greater than zero".to_owned(),
+            ));
+        }
+        if config.metrics_interval.is_zero() {
+            return Err(Error::InvalidRequest(
+                "the metrics interval must be greater than zero".to_owned(),
             ));
         }
         let callbacks = Callbacks::new(CallbacksConfig {
@@ -346,15 +386,18 @@ impl VmAgent {
             node_token: config.node_token,
             retry: config.callback_retry,
         })?;
+        let stores = Stores::open(&config.storage, &config.node_id).await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 node_id: config.node_id,
                 heartbeat_interval: config.heartbeat_interval,
+                metrics_interval: config.metrics_interval,
                 boot_log: config.boot_log,
                 agents: config.agents,
                 acp: config.acp,
                 runtime,
-                events,
+                stores,
+                latest: watch::Sender::new(Sampled::NotYet),
                 callbacks,
                 signer,
                 workspaces: Mutex::new(HashMap::new()),
@@ -376,6 +419,8 @@ impl VmAgent {
             )
             .route("/v1/workspaces/{id}/cancel", post(cancel_session))
             .route("/v1/events", get(list_events))
+            .route("/v1/events/export", get(export_events))
+            .route("/v1/metrics/export", get(export_metrics))
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(&self.shared),
                 require_management,
@@ -397,11 +442,13 @@ impl VmAgent {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        let sampler = tokio::spawn(sample_metrics(Arc::clone(&self.shared)));
         let background = tokio::spawn(run_node(Arc::clone(&self.shared)));
         let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await;
         background.abort();
+        sampler.abort();
         let entries: Vec<Arc<Entry>> = lock(&self.shared.workspaces)
             .drain()
             .map(|(_, e)| e)
@@ -417,7 +464,7 @@ impl VmAgent {
 
 impl Shared {
     async fn record(&self, event: NewEvent) {
-        if let Err(e) = self.events.append(event).await {
+        if let Err(e) = self.stores.events.append(event).await {
             tracing::warn!(error = %e, "could not record an event");
         }
     }
@@ -451,16 +498,7 @@ async fn run_node(shared: Arc<Shared>) {
         None => BootTimeline::default(),
     };
     for phase in &timeline.phases {
-        let message = match phase.duration {
-            Some(d) => format!("boot phase {} took {} ms", phase.name, d.as_millis()),
-            None => format!("boot phase {} never ended", phase.name),
-        };
-        shared
-            .record(
-                NewEvent::new(EventLevel::Info, "node.boot_phase", &message)
-                    .with_detail(serde_json::to_value(phase).unwrap_or(Value::Null)),
-            )
-            .await;
+        shared.record(boot_phase_event(phase)).await;
     }
     let ready = NodeReady {
         version: VERSION.to_owned(),
@@ -494,33 +532,81 @@ async fn run_node(shared: Arc<Shared>) {
     }
 }
 
+/// A boot phase as an event: its start, end and duration in the detail.
+fn boot_phase_event(phase: &boot::BootPhase) -> NewEvent {
+    let duration_ms = phase
+        .duration
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let message = match duration_ms {
+        Some(ms) => format!("boot phase {} took {ms} ms", phase.name),
+        None => format!("boot phase {} never ended", phase.name),
+    };
+    let level = if phase.ended_at.is_some() {
+        EventLevel::Info
+    } else {
+        EventLevel::Warn
+    };
+    NewEvent::new(level, "node.boot_phase", &message).with_detail(json!({
+        "phase": phase.name,
+        "started_at": phase.started_at,
+        "ended_at": phase.ended_at,
+        "duration_ms": duration_ms,
+    }))
+}
+
+/// Samples the resource monitor every interval: stores each snapshot, publishes it
+/// for heartbeats, and prunes events past the retention (even when none are written).
+async fn sample_metrics(shared: Arc<Shared>) {
+    let window = CPU_WINDOW.min(shared.metrics_interval / 2);
+    let mut ticks = tokio::time::interval(shared.metrics_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match monitor::sample(window).await {
+            Ok(snapshot) => {
+                if let Err(e) = shared.stores.record_metrics(&snapshot).await {
+                    shared
+                        .record(NewEvent::new(
+                            EventLevel::Warn,
+                            "node.metrics",
+                            &format!("a resource snapshot could not be stored: {e}"),
+                        ))
+                        .await;
+                }
+                shared.latest.send_replace(Sampled::Snapshot(snapshot));
+            }
+            Err(e) => {
+                shared
+                    .record(NewEvent::new(
+                        EventLevel::Warn,
+                        "node.metrics",
+                        &format!("the resource monitor failed: {e}"),
+                    ))
+                    .await;
+                shared.latest.send_replace(Sampled::Failed);
+            }
+        }
+        if let Err(e) = shared.stores.prune_events(Utc::now()).await {
+            tracing::warn!(error = %e, "could not prune old events");
+        }
+    }
+}
+
 async fn heartbeat(shared: &Shared) {
-    let metrics = match crate::monitor::sample(CPU_WINDOW).await {
-        Ok(snapshot) => {
-            let metrics = NodeMetrics {
-                cpu_load_avg1: snapshot.cpu_load_avg1,
-                memory_percent: snapshot.memory_percent,
-                disk_percent: snapshot.disk_percent,
-            };
-            shared
-                .record(
-                    NewEvent::new(EventLevel::Info, "node.metrics", "resource snapshot")
-                        .with_detail(serde_json::to_value(&snapshot).unwrap_or(Value::Null)),
-                )
-                .await;
-            metrics
-        }
-        Err(e) => {
-            // The heartbeat still goes: liveness matters more than the numbers.
-            shared
-                .record(NewEvent::new(
-                    EventLevel::Warn,
-                    "node.metrics",
-                    &format!("the resource monitor failed: {e}"),
-                ))
-                .await;
-            NodeMetrics::default()
-        }
+    // The first heartbeat waits for the first sample; later ones send the latest.
+    let mut latest = shared.latest.subscribe();
+    let sampled = latest
+        .wait_for(|s| !matches!(s, Sampled::NotYet))
+        .await
+        .map(|s| s.clone());
+    let metrics = match sampled {
+        Ok(Sampled::Snapshot(snapshot)) => NodeMetrics {
+            cpu_load_avg1: snapshot.cpu_load_avg1,
+            memory_percent: snapshot.memory_percent,
+            disk_percent: snapshot.disk_percent,
+        },
+        // The heartbeat still goes: liveness matters more than the numbers.
+        _ => NodeMetrics::default(),
     };
     match shared.callbacks.heartbeat(&metrics).await {
         Ok(true) => {
@@ -1026,5 +1112,47 @@ async fn list_events(
 ) -> Result<axum::Json<Vec<crate::events::AgentEvent>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::field("limit", &e.body_text()))?;
     let limit = query.limit.unwrap_or(100).min(MAX_EVENTS);
-    Ok(axum::Json(shared.events.recent(limit).await?))
+    Ok(axum::Json(shared.stores.events.recent(limit).await?))
+}
+
+async fn export_events(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    export(&shared, ExportKind::Events).await
+}
+
+async fn export_metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    export(&shared, ExportKind::Metrics).await
+}
+
+/// Checkpoints a database's WAL, copies it, and streams the copy.
+async fn export(shared: &Shared, kind: ExportKind) -> Result<Response, ApiError> {
+    let Some(exported) = shared.stores.export(kind).await? else {
+        return Err(ApiError::new(
+            ErrorCategory::NotFound,
+            &format!(
+                "this agent keeps its {} in memory: there is no file to export",
+                kind.name()
+            ),
+        ));
+    };
+    let chunks = futures::stream::try_unfold(exported.file, |mut file| async move {
+        let mut chunk = vec![0; EXPORT_CHUNK];
+        let read = file.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        chunk.truncate(read);
+        Ok(Some((Bytes::from(chunk), file)))
+    });
+    let disposition = format!("attachment; filename=\"{}.db\"", kind.name());
+    let mut response = Response::new(Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(SQLITE_MEDIA_TYPE),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(exported.len));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
 }

@@ -10,8 +10,8 @@ use chrono::Utc;
 use sam_agent::api::{MANAGEMENT_AUDIENCE, SessionView, WorkspaceView, management_signer};
 use sam_agent::fake::FakeAgentScript;
 use sam_agent::{
-    AcpOptions, AgentCommand, HostRuntime, HttpNodeAgent, HttpNodeAgentConfig, MemoryEventLog,
-    NodeEndpoint, StaticNodeDirectory, VmAgent, VmAgentConfig,
+    AcpOptions, AgentCommand, HostRuntime, HttpNodeAgent, HttpNodeAgentConfig, NodeEndpoint,
+    SqliteStorage, StaticNodeDirectory, Storage, VmAgent, VmAgentConfig,
 };
 use sam_core::{
     Capacity, ErrorCategory, Labels, Location, NodeAgent, NodeHealth, NodeId, NodeLifecycle,
@@ -74,6 +74,11 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// An agent whose configuration `configure` adjusted.
+    async fn start_with(configure: impl FnOnce(&mut VmAgentConfig)) -> Self {
         let control_plane = MockServer::start().await;
         Mock::given(method("POST"))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
@@ -121,13 +126,11 @@ impl Harness {
             request_timeout: Duration::from_secs(20),
             ..AcpOptions::default()
         };
+        configure(&mut config);
         let root = tempfile::tempdir().unwrap();
-        let agent = VmAgent::new(
-            config,
-            Arc::new(HostRuntime::new(root.path())),
-            Arc::new(MemoryEventLog::new(1000)),
-        )
-        .unwrap();
+        let agent = VmAgent::new(config, Arc::new(HostRuntime::new(root.path())))
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -239,6 +242,18 @@ impl Harness {
                 (auth, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
             })
             .collect()
+    }
+
+    /// Polls until the control plane received at least one callback on `path`.
+    async fn first_callbacks(&self, path: &str) -> Vec<(String, Value)> {
+        for _ in 0..400 {
+            let received = self.callbacks(path).await;
+            if !received.is_empty() {
+                return received;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no callback on {path}");
     }
 
     async fn stop(mut self) {
@@ -508,14 +523,9 @@ async fn a_workspace_and_a_session_end_to_end() {
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].1["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(ready[0].0, format!("Bearer {}", h.node_token.expose()));
-    let mut heartbeats = Vec::new();
-    for _ in 0..200 {
-        heartbeats = h.callbacks(&format!("/v1/nodes/{NODE}/heartbeat")).await;
-        if !heartbeats.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let heartbeats = h
+        .first_callbacks(&format!("/v1/nodes/{NODE}/heartbeat"))
+        .await;
     let metrics = &heartbeats[0].1["metrics"];
     assert!(
         metrics["memory_percent"].as_f64().unwrap() > 0.0,
@@ -808,5 +818,197 @@ async fn http_node_agent_drives_the_real_server() {
     let error = agent.workspace_status(&n, &ws).await.unwrap_err();
     assert_eq!(error.category, ErrorCategory::AuthError);
     assert!(!error.category.is_retryable());
+    h.stop().await;
+}
+
+/// Polls `GET /v1/events?limit=1000` until `check` accepts the events.
+async fn until_events<T: Send>(h: &Harness, check: impl Fn(&[Value]) -> Option<T> + Sync) -> T {
+    h.until("/v1/events?limit=1000", |_, body| check(body.as_array()?))
+        .await
+}
+
+/// Downloads an export into `dir`, checking its headers; returns the file.
+async fn download(h: &Harness, path: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let response = h.request(reqwest::Method::GET, path).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    assert_eq!(
+        response.headers()["content-type"],
+        sam_agent::server::SQLITE_MEDIA_TYPE
+    );
+    let length: u64 = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(bytes.len() as u64, length);
+    let file = dir.join(path.trim_start_matches('/').replace('/', "-"));
+    std::fs::write(&file, &bytes).unwrap();
+    file
+}
+
+/// Opens a downloaded database alone (no WAL beside it), checking its integrity.
+async fn open_export(path: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .immutable(true)
+        .connect()
+        .await
+        .unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok", "{}", path.display());
+    conn
+}
+
+#[tokio::test]
+async fn exports_are_sqlite_databases_holding_every_committed_row() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_owned();
+    let h = Harness::start_with(|config| {
+        config.storage = Storage::Sqlite(SqliteStorage::new(data_dir));
+        config.metrics_interval = Duration::from_millis(20);
+    })
+    .await;
+    // Events from the node (ready) and from a workspace.
+    h.ready_workspace("ws-1").await;
+    let listed = until_events(&h, |events| {
+        let has = |kind: &str| events.iter().any(|e| e["type"] == kind);
+        (has("node.ready") && has("workspace.ready")).then(|| events.to_vec())
+    })
+    .await;
+    let listed_ids: Vec<i64> = listed.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+
+    let downloads = tempfile::tempdir().unwrap();
+    let file = download(&h, "/v1/events/export", downloads.path()).await;
+    let mut db = open_export(&file).await;
+    let rows: Vec<(i64, String, Option<String>, String)> =
+        sqlx::query_as("SELECT id, type, node_id, level FROM events ORDER BY id DESC")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let exported: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    for id in &listed_ids {
+        assert!(exported.contains(id), "event {id} is in {exported:?}");
+    }
+    assert!(
+        rows.iter().all(|r| r.2.as_deref() == Some(NODE)),
+        "{rows:?}"
+    );
+    let ready = rows.iter().find(|r| r.1 == "workspace.ready").unwrap();
+    assert_eq!(ready.3, "info");
+
+    // Snapshots are written every interval, under their minute.
+    let mut snapshots = 0;
+    for _ in 0..200 {
+        let file = download(&h, "/v1/metrics/export", downloads.path()).await;
+        let mut db = open_export(&file).await;
+        snapshots = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM snapshots WHERE memory_percent > 0 AND disk_percent >= 0",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if snapshots > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(snapshots > 0, "no snapshot was exported");
+
+    // The exports are token-checked like every /v1 route, and leave nothing behind.
+    for path in ["/v1/events/export", "/v1/metrics/export"] {
+        let response = h
+            .http
+            .get(format!("{}{path}", h.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    let staged = std::fs::read_dir(data.path().join("exports"))
+        .unwrap()
+        .count();
+    assert_eq!(staged, 0, "exports are unlinked once open");
+    assert!(data.path().join("events.db").exists());
+    assert!(data.path().join("metrics.db").exists());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn in_memory_storage_has_nothing_to_export() {
+    let h = Harness::start().await;
+    for path in ["/v1/events/export", "/v1/metrics/export"] {
+        let (status, body) = h.json(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["category"], "not_found", "{path}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn retention_is_enforced_while_running() {
+    let data = tempfile::tempdir().unwrap();
+    let mut storage = SqliteStorage::new(data.path());
+    storage.retention = Duration::from_millis(300);
+    let h = Harness::start_with(|config| {
+        config.storage = Storage::Sqlite(storage);
+        config.metrics_interval = Duration::from_millis(20);
+    })
+    .await;
+    let has_ready = |events: &[Value]| events.iter().any(|e| e["type"] == "node.ready");
+    until_events(&h, |events| has_ready(events).then_some(())).await;
+    // Nothing writes events now; the sampler prunes them anyway.
+    until_events(&h, |events| (!has_ready(events)).then_some(())).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_boot_timeline_goes_to_events_and_the_ready_callback() {
+    let logs = tempfile::tempdir().unwrap();
+    let boot_log = logs.path().join("cloud-init-output.log");
+    std::fs::write(
+        &boot_log,
+        "\
+Cloud-init v. 22.4.2 running 'modules:final'. Up 12.5 seconds.
+2026-11-21T18:00:00+00:00 sam-node-1 sam-boot[812]: PHASE START: swap
+2026-11-21T18:00:09+00:00 sam-node-1 sam-boot[815]: PHASE END: swap
+2026-11-21T18:00:10+00:00 sam-node-1 sam-boot[816]: PHASE START: docker
+",
+    )
+    .unwrap();
+    let h = Harness::start_with(|config| config.boot_log = Some(boot_log)).await;
+    let phases = until_events(&h, |events| {
+        let phases: Vec<Value> = events
+            .iter()
+            .filter(|e| e["type"] == "node.boot_phase")
+            .cloned()
+            .collect();
+        (phases.len() == 2).then_some(phases)
+    })
+    .await;
+    // Newest first: docker never ended, swap took 9 s.
+    assert_eq!(phases[0]["level"], "warn");
+    assert_eq!(phases[0]["detail"]["phase"], "docker");
+    assert_eq!(phases[0]["detail"]["ended_at"], Value::Null);
+    assert_eq!(phases[1]["detail"]["phase"], "swap");
+    assert_eq!(phases[1]["detail"]["started_at"], "2026-11-21T18:00:00Z");
+    assert_eq!(phases[1]["detail"]["ended_at"], "2026-11-21T18:00:09Z");
+    assert_eq!(phases[1]["detail"]["duration_ms"], 9000);
+
+    let ready = h.first_callbacks(&format!("/v1/nodes/{NODE}/ready")).await;
+    let boot = &ready[0].1["boot"];
+    let names: Vec<&str> = boot["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["swap", "docker"]);
+    assert_eq!(boot["phases"][0]["duration"]["secs"], 9);
+    assert_eq!(boot["complete"], false);
     h.stop().await;
 }
