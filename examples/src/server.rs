@@ -360,14 +360,14 @@ async fn authenticate(
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCategory::AuthError,
-                "an `Authorization: Bearer <token>` header is required",
+                "authentication required: send the API token in the Authorization header",
             )
         })?;
     match cp.store().find_api_token(&token_hash(token)).await? {
         Some(_) => Ok(next.run(request).await),
         None => Err(ApiError::new(
             ErrorCategory::AuthError,
-            "the bearer token is not valid",
+            "the server does not know this API token",
         )),
     }
 }

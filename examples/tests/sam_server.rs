@@ -222,6 +222,16 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     assert_eq!(second["node"], node.as_str(), "the warm node was reused");
     assert_eq!(second["node_reused"], true);
 
+    // Cancelling a finished task changes nothing.
+    let (status, cancelled) = call(
+        http.post(server.url(&format!("/v1/tasks/{id}/cancel")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["cancelled"], false);
+    assert_eq!(cancelled["status"], "completed");
+
     // The list, the nodes, the catalog.
     let (_, list) = call(
         http.get(server.url("/v1/tasks?status=completed&limit=1"))
