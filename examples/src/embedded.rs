@@ -89,6 +89,20 @@ pub struct EmbeddedOptions {
     pub poll_interval: Duration,
     /// Seconds between the nodes' heartbeats.
     pub heartbeat_interval_secs: u64,
+    /// A PostgreSQL URL; `None` keeps state in SQLite at `<data dir>/sam.db`.
+    pub database_url: Option<Secret>,
+    /// Who serves the callback routes nodes call.
+    pub callbacks: CallbackServing,
+}
+
+/// Who serves the callback routes ([`sam_agent::callback_router`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackServing {
+    /// [`Embedded::start`] serves them on a loopback port that it records in
+    /// `<data dir>/control-plane.addr` and binds again next time.
+    Loopback,
+    /// The caller serves them (merged into its own router) at this base URL.
+    External(url::Url),
 }
 
 impl EmbeddedOptions {
@@ -105,15 +119,27 @@ impl EmbeddedOptions {
             agent_command: None,
             poll_interval: Duration::from_millis(250),
             heartbeat_interval_secs: 10,
+            database_url: None,
+            callbacks: CallbackServing::Loopback,
         })
     }
 }
 
-/// Opens the embedded store: SQLite in WAL mode at `<data_dir>/sam.db`.
+/// Opens the store: PostgreSQL at `database_url` when given, else SQLite in WAL mode
+/// at `<data_dir>/sam.db`.
 ///
 /// # Errors
 /// When the database cannot be opened or migrated.
-pub async fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(
+    data_dir: &Path,
+    database_url: Option<&Secret>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(url) = database_url {
+        let store = sam_store::PgStore::new(&sam_store::PgConfig::new(url.expose()))
+            .await
+            .context("cannot open the PostgreSQL store")?;
+        return Ok(Arc::new(store));
+    }
     let path = data_dir.join("sam.db");
     let store = sam_store::SqliteStore::new(&sam_store::SqliteConfig::new(&path))
         .await
@@ -130,8 +156,8 @@ pub struct Embedded {
     pub provider: Arc<LocalProvider>,
     /// Where handed-over workspaces go.
     pub workspaces_dir: PathBuf,
-    /// Where the callback routes listen.
-    pub callback_addr: SocketAddr,
+    /// The base URL nodes call back to.
+    pub callback_url: url::Url,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -148,23 +174,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The control plane's signing key, created at first use from the kernel's randomness.
-fn signing_key(data_dir: &Path) -> anyhow::Result<Secret> {
-    let path = data_dir.join("signing-key");
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && text.trim().len() >= 32
+/// The secret kept in `path`, created there (0600) at first use as `bytes` random
+/// bytes from the kernel, in hex.
+///
+/// # Errors
+/// When the file can be neither read nor written, or the kernel gives no randomness.
+pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && text.trim().len() >= bytes
     {
         return Ok(Secret::new(text.trim()));
     }
-    let mut bytes = [0_u8; 32];
+    let mut random = vec![0_u8; bytes];
     std::io::Read::read_exact(
         &mut std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?,
-        &mut bytes,
+        &mut random,
     )
     .context("cannot read /dev/urandom")?;
-    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, key.as_bytes())?;
-    Ok(Secret::new(key))
+    let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, secret.as_bytes())?;
+    Ok(Secret::new(secret))
 }
 
 /// Binds the callback listener on the address an earlier run used, else anywhere on
@@ -206,10 +235,15 @@ impl Embedded {
             std::fs::write(&ignore, "*\n")
                 .with_context(|| format!("cannot write {}", ignore.display()))?;
         }
-        let store = open_store(&data_dir).await?;
-        let listener = callback_listener(&data_dir).await?;
-        let callback_addr = listener.local_addr()?;
-        let url = url::Url::parse(&format!("http://{callback_addr}/"))?;
+        let store = open_store(&data_dir, options.database_url.as_ref()).await?;
+        let (listener, url) = match &options.callbacks {
+            CallbackServing::Loopback => {
+                let listener = callback_listener(&data_dir).await?;
+                let url = url::Url::parse(&format!("http://{}/", listener.local_addr()?))?;
+                (Some(listener), url)
+            }
+            CallbackServing::External(url) => (None, url.clone()),
+        };
 
         let mut local = LocalConfig::new(data_dir.join("local"), &options.vm_agent.program);
         local.args = options.vm_agent.args.clone();
@@ -242,7 +276,7 @@ impl Embedded {
             },
         );
         let boot = LocalBoot {
-            control_plane_url: url,
+            control_plane_url: url.clone(),
             heartbeat_interval_secs: Some(options.heartbeat_interval_secs),
             agents,
         };
@@ -276,7 +310,10 @@ impl Embedded {
                 scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
                 node_agent: Arc::new(node_agent),
                 boot: Arc::new(KeyedBoot::new(Arc::new(boot), keys)),
-                signer: TokenSigner::new(signing_key(&data_dir)?, "sam-control-plane")?,
+                signer: TokenSigner::new(
+                    secret_file(&data_dir.join("signing-key"), 32)?,
+                    "sam-control-plane",
+                )?,
                 clock: Arc::new(TokioClock::new()),
             },
             config,
@@ -286,31 +323,37 @@ impl Embedded {
         let until = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let router = sam_agent::callback_router(control_plane.clone());
-        let server = tokio::spawn({
+        let mut tasks = Vec::new();
+        if let Some(listener) = listener {
+            let router = sam_agent::callback_router(control_plane.clone());
             let shutdown = until(stopped.clone());
-            async move {
+            tasks.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown)
                     .await
                 {
                     tracing::warn!(error = %e, "the callback server stopped");
                 }
-            }
-        });
-        let runner = tokio::spawn({
+            }));
+        }
+        tasks.push(tokio::spawn({
             let cp = control_plane.clone();
             let shutdown = until(stopped);
             async move { cp.run(shutdown).await }
-        });
+        }));
         Ok(Self {
             control_plane,
             provider,
             workspaces_dir,
-            callback_addr,
+            callback_url: url,
             stop,
-            tasks: vec![server, runner],
+            tasks,
         })
+    }
+
+    /// The catalog of the local provider.
+    pub fn catalog(&self) -> &sam_core::Catalog {
+        self.provider.catalog()
     }
 
     /// Stops the runner and the callback server. Nodes keep running (warm), and

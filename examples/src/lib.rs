@@ -5,7 +5,11 @@
 //!   server) that `sam run` drives.
 //! - [`quickstart`]: one task end to end with a progress display and a summary.
 //! - [`node`]: the VM agent process, for `sam-vm-agent` and the local provider.
+//! - [`client`]: the `sam` commands that talk to a `sam-server`.
+//! - [`server`]: the control plane as an HTTP service, for `sam-server`.
 
+pub mod client;
 pub mod embedded;
 pub mod node;
 pub mod quickstart;
+pub mod server;

@@ -37,7 +37,7 @@ pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> a
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

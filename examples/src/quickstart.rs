@@ -173,6 +173,7 @@ pub fn hint(category: ErrorCategory, agent: &str) -> Option<String> {
 }
 
 /// The step display: a spinner or plain lines, on stderr.
+#[derive(Debug)]
 struct Display {
     spinner: Option<indicatif::ProgressBar>,
     current: Option<(ExecutionStep, String, Instant)>,
@@ -256,6 +257,72 @@ fn describe(event: &SessionEvent) -> Option<String> {
     }
 }
 
+/// Follows one task's events with the step display: what `sam run` and `sam watch`
+/// show while a task runs.
+#[derive(Debug)]
+pub struct Follower {
+    display: Display,
+    followed: Followed,
+}
+
+/// What a [`Follower`] saw besides the steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// The agent's last message.
+    pub last_message: Option<String>,
+    /// The requested size, when a smaller one was provisioned.
+    pub downgraded_from: Option<String>,
+}
+
+impl Follower {
+    /// Starts the display.
+    pub fn new(progress: Progress) -> Self {
+        Self {
+            display: Display::new(progress),
+            followed: Followed::default(),
+        }
+    }
+
+    /// Shows one event of the task.
+    pub fn event(&mut self, kind: &TaskEventKind) {
+        match kind {
+            TaskEventKind::Step { step, label } => self.display.step(*step, label),
+            TaskEventKind::LastMessage { text } => {
+                self.followed.last_message = Some(text.clone());
+            }
+            TaskEventKind::Downgraded { requested, .. } => {
+                self.followed.downgraded_from = Some(requested.to_string());
+            }
+            TaskEventKind::Session { event } => {
+                if let Some(text) = describe(event) {
+                    self.display.note(&text);
+                }
+            }
+            TaskEventKind::CapacityUnavailable { size, location } => {
+                self.display
+                    .note(&format!("no {size} capacity in {location}"));
+            }
+            TaskEventKind::Status { .. } => {}
+        }
+    }
+
+    /// Shows that the task is in `step` (a no-op when it already was).
+    pub fn step(&mut self, step: ExecutionStep, label: &str) {
+        self.display.step(step, label);
+    }
+
+    /// Shows an indented note.
+    pub fn note(&self, text: &str) {
+        self.display.note(text);
+    }
+
+    /// Ends the display, marking the last step done or failed.
+    pub fn done(self, ok: bool) -> Followed {
+        self.display.done(ok);
+        self.followed
+    }
+}
+
 /// Submits `request` and follows it to its end; see the [module docs](self).
 ///
 /// # Errors
@@ -290,38 +357,23 @@ pub async fn run_task(
         })
         .await
         .context("the task was refused")?;
-    let mut display = Display::new(progress);
-    display.note(&format!(
+    let mut follower = Follower::new(progress);
+    follower.note(&format!(
         "task {id}: {} on {}",
         request.agent,
         repo.display()
     ));
-    let mut last_message = None;
-    let mut downgraded_from = None;
     let mut check = tokio::time::interval(Duration::from_millis(200));
     let task = loop {
         tokio::select! {
             event = events.recv() => match event {
-                Ok(event) if event.task_id == id => match event.kind {
-                    TaskEventKind::Step { step, label } => display.step(step, &label),
-                    TaskEventKind::LastMessage { text } => last_message = Some(text),
-                    TaskEventKind::Downgraded { requested, .. } => downgraded_from = Some(requested.to_string()),
-                    TaskEventKind::Session { event } => {
-                        if let Some(text) = describe(&event) {
-                            display.note(&text);
-                        }
-                    }
-                    TaskEventKind::CapacityUnavailable { size, location } => {
-                        display.note(&format!("no {size} capacity in {location}"));
-                    }
-                    TaskEventKind::Status { .. } => {}
-                },
+                Ok(event) if event.task_id == id => follower.event(&event.kind),
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => {}
             },
             _ = check.tick() => {
                 let task = read(embedded, &id).await?;
-                display.step(task.execution_step, task.execution_step.label());
+                follower.step(task.execution_step, task.execution_step.label());
                 if task.status.is_terminal() {
                     break task;
                 }
@@ -330,13 +382,14 @@ pub async fn run_task(
     };
     // The session's last events may still be in the channel.
     while let Ok(event) = events.try_recv() {
-        if event.task_id == id
-            && let TaskEventKind::LastMessage { text } = event.kind
-        {
-            last_message = Some(text);
+        if event.task_id == id {
+            follower.event(&event.kind);
         }
     }
-    display.done(task.status == TaskStatus::Completed);
+    let Followed {
+        last_message,
+        downgraded_from,
+    } = follower.done(task.status == TaskStatus::Completed);
     outcome(
         embedded,
         task,
@@ -381,28 +434,17 @@ async fn outcome(
     downgraded_from: Option<String>,
     started: Instant,
 ) -> anyhow::Result<RunOutcome> {
-    let store = embedded.control_plane.store();
-    let node = match &task.provisioned_node_id {
-        Some(id) => store.get_node(id).await?,
-        None => None,
-    };
-    let workspace = match &task.workspace_id {
-        Some(id) => store.get_workspace(id).await?,
-        None => None,
-    };
-    // A claimed warm node records no provisioned size on the task: the node's is it.
-    let provisioned = task.provisioned_size.or(node.as_ref().map(|n| n.size));
-    let node_reused = node
-        .as_ref()
-        .is_some_and(|n| n.created_for.as_ref() != Some(&task.id));
-    let size = provisioned.map(|size| {
-        let catalog = sam_core::Provider::catalog(embedded.provider.as_ref());
-        SizeInfo {
-            size: size.to_string(),
-            display: sam_providers::SizeDisplay::from_catalog(catalog, size).inline(),
-            source: task.size_source.to_string(),
-            downgraded_from: downgraded_from.clone(),
-        }
+    let view = crate::server::TaskView::describe(
+        &embedded.control_plane,
+        embedded.catalog(),
+        task.clone(),
+    )
+    .await?;
+    let size = view.size.provisioned.map(|size| SizeInfo {
+        size: size.to_string(),
+        display: view.size.display.clone(),
+        source: task.size_source.to_string(),
+        downgraded_from: downgraded_from.clone(),
     });
     let workspace_dir = task
         .workspace_id
@@ -422,11 +464,11 @@ async fn outcome(
         task_id: task.id.to_string(),
         status: task.status,
         execution_step: task.execution_step,
-        node: node.as_ref().map(|n| n.id.to_string()),
-        provisioned_size: provisioned.map(|s| s.to_string()),
-        node_reused,
+        node: view.node,
+        provisioned_size: view.size.provisioned.map(|s| s.to_string()),
+        node_reused: view.node_reused,
         size,
-        workspace_profile: workspace.and_then(|w| w.effective_profile),
+        workspace_profile: view.workspace_profile,
         workspace_dir,
         agent: request.agent.clone(),
         last_message,

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{StopNodes, repo};
+
 /// Runs `sam run --json` on `repo` with `data_dir`, then `extra`, then the prompt.
 /// Never hangs: the process is killed after a minute.
 async fn sam_run(repo: &Path, data_dir: &Path, extra: &[&str]) -> (Output, Value) {
@@ -33,60 +36,6 @@ async fn sam_run(repo: &Path, data_dir: &Path, extra: &[&str]) -> (Output, Value
         )
     });
     (output, json)
-}
-
-/// A git repository with one commit.
-fn repo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("README.md"), "# A test repository\n").unwrap();
-    for args in [
-        &["init", "-q"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.email=test@example.invalid",
-            "-c",
-            "user.name=test",
-            "commit",
-            "-qm",
-            "init",
-        ],
-    ] {
-        let status = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir.path())
-            .status()
-            .expect("git runs");
-        assert!(status.success(), "git {args:?}");
-    }
-    dir
-}
-
-/// Deletes the nodes a data directory's local provider started (they outlive
-/// `sam run`, warm for the next task), through the provider itself.
-/// Dropped at the end of a test, also when an assertion failed.
-struct StopNodes(std::path::PathBuf);
-
-impl Drop for StopNodes {
-    fn drop(&mut self) {
-        use sam_core::{Labels, Provider as _};
-        let dir = self.0.join("local");
-        // Its own thread and runtime: drop may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let config = sam_providers::LocalConfig::new(dir, "unused");
-                let provider = sam_providers::LocalProvider::new(config).expect("provider");
-                for vm in provider.list_vms(&Labels::new()).await.unwrap_or_default() {
-                    let _ = provider.delete_vm(&vm.id).await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,8 @@
 //!
 //! - `sam run`: run one task end to end on the embedded defaults (SQLite in the data
 //!   directory, nodes as local `sam-vm-agent` processes, the demo agent by default).
+//! - `sam submit`, `sam status`, `sam watch`, `sam list`, `sam cancel`, `sam catalog`:
+//!   talk to a `sam-server` (`--server`, `--token` or `SAM_API_TOKEN`).
 //! - `sam cloud-init`: print the cloud-init user-data a node would boot with, so an
 //!   operator can preview exactly what the node will run.
 //!
@@ -15,9 +17,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sam_cloudinit::NodeBoot;
-use sam_core::{ProviderKind, Secret};
+use sam_core::{Location, ProviderKind, Secret, TaskStatus, VmSize};
+use sam_examples::client::{self, Client};
 use sam_examples::embedded::{self, Embedded, EmbeddedOptions};
 use sam_examples::quickstart::{Progress, RunRequest, run_task};
+use sam_examples::server::SubmitBody;
 
 /// Run AI coding agents on cloud VMs.
 #[derive(Debug, Parser)]
@@ -46,6 +50,111 @@ enum Command {
     DemoAgent,
     /// Print the cloud-init user-data a node boots with (it includes the callback token).
     CloudInit(CloudInitArgs),
+    /// Submit a task to a server.
+    Submit(SubmitArgs),
+    /// Show a task of a server.
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The task.
+        id: String,
+        /// Print the task as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a task of a server until it ends (exit 0 only when it completed).
+    Watch {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The task.
+        id: String,
+        /// Print the task as JSON at the end instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a server's tasks.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only tasks in these statuses (queued, delegated, in_progress, completed, failed, cancelled).
+        #[arg(long, value_delimiter = ',')]
+        status: Vec<TaskStatus>,
+        /// Only tasks after this one (the cursor a previous page printed).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task of a server.
+    Cancel {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The task.
+        id: String,
+    },
+    /// Show a server's sizes and what they run on.
+    Catalog {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// The server's base URL.
+    #[arg(long, env = "SAM_SERVER", default_value = "http://127.0.0.1:8080/")]
+    server: url::Url,
+    /// The API token.
+    #[arg(long, env = "SAM_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.server.clone(), self.token.clone().map(Secret::new))
+    }
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The repository: a URL, or a local path (sent as an absolute path).
+    #[arg(long, default_value = ".")]
+    repo: String,
+    /// The branch to start from.
+    #[arg(long)]
+    branch: Option<String>,
+    /// The agent: demo, claude, codex, gemini, opencode (or custom) [default: the server's].
+    #[arg(long)]
+    agent: Option<String>,
+    /// An explicit size (small, medium, large): never downgraded.
+    #[arg(long)]
+    size: Option<VmSize>,
+    /// An explicit location.
+    #[arg(long)]
+    location: Option<Location>,
+    /// The provider.
+    #[arg(long)]
+    provider: Option<ProviderKind>,
+    /// A devcontainer configuration name.
+    #[arg(long)]
+    devcontainer: Option<String>,
+    /// Follow the task until it ends, as `sam watch` does.
+    #[arg(long)]
+    watch: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// What the agent should do.
+    prompt: String,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +208,50 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(run(args)))
                 .unwrap_or_else(report);
         }
+        Command::Submit(args) => {
+            return runtime()
+                .and_then(|rt| rt.block_on(submit(args)))
+                .unwrap_or_else(report);
+        }
+        Command::Watch { server, id, json } => {
+            return runtime()
+                .and_then(|rt| rt.block_on(watch(&server.client()?, &id, json)))
+                .unwrap_or_else(report);
+        }
+        Command::Status { server, id, json } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let task = server.client()?.task(&id).await?;
+                print_json_or(json, &task, || task.summary(None))
+            })
+        }),
+        Command::List {
+            server,
+            status,
+            after,
+            limit,
+            json,
+        } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let list = server
+                    .client()?
+                    .list(&status, after.as_deref(), limit)
+                    .await?;
+                print_json_or(json, &list, || client::task_table(&list))
+            })
+        }),
+        Command::Cancel { server, id } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let cancelled = server.client()?.cancel(&id).await?;
+                println!("task {} {}", cancelled.id, cancelled.status);
+                Ok(())
+            })
+        }),
+        Command::Catalog { server, json } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let catalog = server.client()?.catalog().await?;
+                print_json_or(json, &catalog, || client::catalog_text(&catalog))
+            })
+        }),
         Command::VmAgent {
             config,
             callback_token_file,
@@ -169,6 +322,59 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         println!("{}", outcome.summary());
     }
     Ok(if outcome.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_json_or<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+/// `sam submit`: prints the task id, or follows it with `--watch`.
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    // A local path is sent absolute: the server's local provider clones it from there.
+    let repo = match std::fs::canonicalize(&args.repo) {
+        Ok(path) if !args.repo.contains("://") => path.display().to_string(),
+        _ => args.repo.clone(),
+    };
+    let body = SubmitBody {
+        repo: Some(repo),
+        prompt: Some(args.prompt.clone()),
+        branch: args.branch.clone(),
+        agent: args.agent.clone(),
+        size: args.size,
+        location: args.location.clone(),
+        provider: args.provider,
+        devcontainer: args.devcontainer.clone(),
+        ..SubmitBody::default()
+    };
+    let client = args.server.client()?;
+    let accepted = client.submit(&body).await?;
+    if args.watch {
+        return watch(&client, &accepted.id, args.json).await;
+    }
+    print_json_or(args.json, &accepted, || accepted.id.clone())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sam watch`: exit 0 only when the task completed.
+async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (task, followed) = client.watch(id, Progress::Auto).await?;
+    print_json_or(json, &task, || {
+        task.summary(followed.last_message.as_deref())
+    })?;
+    Ok(if task.status == TaskStatus::Completed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -1,0 +1,1044 @@
+//! The control plane as an HTTP service: what `sam-server` runs.
+//!
+//! [`Server::start`] assembles an [`Embedded`] control plane (SQLite in the data
+//! directory or PostgreSQL, the local provider), binds the listen address and serves
+//! [`api_router`] there: the user API under `/v1` and the VM agents' callback routes
+//! ([`sam_agent::callback_router`]), so nodes call back to the same address.
+//!
+//! The user API (JSON):
+//! - `GET /v1/health`
+//! - `POST /v1/tasks` ([`SubmitBody`]) → `202` [`Accepted`]
+//! - `GET /v1/tasks?status=queued,in_progress&after=<id>&limit=<n>` → [`TaskList`]
+//! - `GET /v1/tasks/{id}` → [`TaskView`]
+//! - `POST /v1/tasks/{id}/cancel` → [`Cancelled`]
+//! - `GET /v1/tasks/{id}/events`: server-sent events, one [`TaskEvent`] each (the
+//!   event name is its `type`); the stream ends after the task's terminal status
+//! - `GET /v1/nodes` → [`NodeView`]s
+//! - `GET /v1/catalog` → [`CatalogView`]
+//!
+//! Every user route needs `Authorization: Bearer <token>`; tokens are stored only as
+//! SHA-256 hashes ([`token_hash`], [`sam_core::Store::put_api_token`]). The callback
+//! routes check their own scoped tokens. Every failure is an [`ErrorBody`] with the
+//! status of its category; a malformed body names the field; unknown routes get a
+//! JSON `404`. Each response carries an `x-request-id`, and each request is logged
+//! with it (tracing).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use sam_agent::api::{ErrorBody, status_for};
+use sam_core::{
+    ApiTokenRecord, Catalog, Classify as _, ControlPlane, ErrorCategory, ExecutionStep, Layer,
+    LayerSettings, Location, NodeFilter, NodeRecord, PlacementExplanation, ProviderKind,
+    Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind,
+    TaskFilter, TaskId, TaskRecord, TaskStatus, VmSize, WorkspaceProfile, redact,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::embedded::{CallbackServing, Embedded, EmbeddedOptions};
+
+/// The most tasks one `GET /v1/tasks` returns.
+pub const MAX_PAGE: usize = 200;
+
+/// How [`Server::start`] runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where the API and the callbacks listen.
+    pub listen: SocketAddr,
+    /// The base URL nodes call back to; `None` derives it from the bound address
+    /// (loopback for an unspecified address, which suits the local provider).
+    pub public_url: Option<url::Url>,
+    /// A user API token to accept; `None` creates one in `<data dir>/api-token`
+    /// (0600) at first start and accepts that.
+    pub api_token: Option<Secret>,
+    /// The embedded control plane (its `callbacks` are replaced: this server serves them).
+    pub embedded: EmbeddedOptions,
+}
+
+/// A running `sam-server`; see the [module docs](self).
+#[derive(Debug)]
+pub struct Server {
+    /// The control plane and its provider.
+    pub embedded: Embedded,
+    /// The address the API listens on.
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    http: tokio::task::JoinHandle<()>,
+}
+
+/// The hex SHA-256 of an API token: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Stores `token` (as its hash) unless it is already known.
+///
+/// # Errors
+/// Store failures.
+pub async fn register_token(
+    store: &dyn sam_core::Store,
+    token: &Secret,
+    label: &str,
+) -> anyhow::Result<()> {
+    let hash = token_hash(token.expose());
+    if store.find_api_token(&hash).await?.is_none() {
+        store
+            .put_api_token(&ApiTokenRecord {
+                id: format!("tok-{}", &hash[..12]),
+                hash,
+                label: label.to_owned(),
+                created_at: Utc::now(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Binds the listen address, starts the control plane and serves the API.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the control plane cannot start.
+    pub async fn start(options: ServerOptions) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let local_addr = listener.local_addr()?;
+        let public_url = match options.public_url {
+            Some(url) => url,
+            None => {
+                let ip = match local_addr.ip() {
+                    ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    ip => ip,
+                };
+                url::Url::parse(&format!(
+                    "http://{}/",
+                    SocketAddr::new(ip, local_addr.port())
+                ))?
+            }
+        };
+        let mut embedded_options = options.embedded;
+        embedded_options.callbacks = CallbackServing::External(public_url);
+        let data_dir: PathBuf = embedded_options.data_dir.clone();
+        let embedded = Embedded::start(embedded_options).await?;
+        let token = match options.api_token {
+            Some(token) => token,
+            None => {
+                let path = data_dir.join("api-token");
+                let token = crate::embedded::secret_file(&path, 24)?;
+                tracing::info!(path = %path.display(), "accepting the API token in this file");
+                token
+            }
+        };
+        let store = embedded.control_plane.store();
+        register_token(store.as_ref(), &token, "sam-server").await?;
+
+        let (stop, stopped) = watch::channel(false);
+        let state = ApiState {
+            control_plane: embedded.control_plane.clone(),
+            catalog: Arc::new(embedded.catalog().clone()),
+            stopped: stopped.clone(),
+        };
+        let router = api_router(state);
+        let http = tokio::spawn(async move {
+            let mut stopped = stopped;
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+        tracing::info!(addr = %local_addr, callbacks = %embedded.callback_url, "sam-server listening");
+        Ok(Self {
+            embedded,
+            local_addr,
+            stop,
+            http,
+        })
+    }
+
+    /// Stops serving (open event streams end), then stops the runner. Nodes keep
+    /// running and unfinished tasks resume in the next process: their leases expire.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.http).await;
+        self.embedded.shutdown().await;
+    }
+}
+
+/// What the API handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The control plane.
+    pub control_plane: ControlPlane,
+    /// The catalog shown by `GET /v1/catalog` and used to describe sizes.
+    pub catalog: Arc<Catalog>,
+    /// Becomes `true` when the server shuts down; event streams end then.
+    pub stopped: watch::Receiver<bool>,
+}
+
+/// The whole API: user routes (behind bearer tokens), the callback routes, a JSON
+/// 404 for anything else, request ids and request logs.
+pub fn api_router(state: ApiState) -> Router {
+    let user = Router::new()
+        .route("/v1/tasks", post(submit).get(list))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/tasks/{id}/events", get(events))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/catalog", get(catalog))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.control_plane.clone(),
+            authenticate,
+        ))
+        .with_state(state.clone());
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(user)
+        .merge(sam_agent::callback_router(state.control_plane))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// A failed request: an [`ErrorBody`] with the status of its category.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(category: ErrorCategory, message: &str) -> Self {
+        Self {
+            status: StatusCode::from_u16(status_for(category))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body: ErrorBody {
+                error: redact(message).into_owned(),
+                category,
+                field: None,
+            },
+        }
+    }
+
+    fn field(category: ErrorCategory, field: &str, message: &str) -> Self {
+        let mut error = Self::new(category, message);
+        error.body.field = Some(field.to_owned());
+        error
+    }
+}
+
+impl From<sam_core::Error> for ApiError {
+    fn from(error: sam_core::Error) -> Self {
+        match &error {
+            sam_core::Error::InvalidInput { field, .. } => {
+                Self::field(error.category(), field, &error.to_string())
+            }
+            _ => Self::new(error.category(), &error.to_string()),
+        }
+    }
+}
+
+impl From<sam_core::StoreError> for ApiError {
+    fn from(error: sam_core::StoreError) -> Self {
+        sam_core::Error::from(error).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// Parses a JSON body, naming the field at fault when it is malformed.
+fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = format!("malformed request body: {}", e.inner());
+        if path == "." || path == "?" {
+            ApiError::new(ErrorCategory::InvalidConfig, &message)
+        } else {
+            ApiError::field(ErrorCategory::InvalidConfig, &path, &message)
+        }
+    })
+}
+
+fn task_id(id: &str) -> Result<TaskId, ApiError> {
+    TaskId::new(id).map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, "id", &e.to_string()))
+}
+
+async fn require_task(cp: &ControlPlane, id: &TaskId) -> Result<TaskRecord, ApiError> {
+    cp.get(id).await?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCategory::NotFound,
+            &format!("task {id} does not exist"),
+        )
+    })
+}
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Gives every request an id (the caller's `x-request-id`, or a new one), runs it in
+/// a span carrying that id, logs its outcome, and echoes the id in the response.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(
+            || {
+                format!(
+                    "req-{:x}-{}",
+                    std::process::id(),
+                    REQUESTS.fetch_add(1, Ordering::Relaxed)
+                )
+            },
+            str::to_owned,
+        );
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Lets a request through only with a bearer token whose hash the store knows.
+async fn authenticate(
+    State(cp): State<ControlPlane>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCategory::AuthError,
+                "authentication required: send the API token in the Authorization header",
+            )
+        })?;
+    match cp.store().find_api_token(&token_hash(token)).await? {
+        Some(_) => Ok(next.run(request).await),
+        None => Err(ApiError::new(
+            ErrorCategory::AuthError,
+            "the server does not know this API token",
+        )),
+    }
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        ErrorCategory::NotFound,
+        &format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let mut error = ApiError::new(
+        ErrorCategory::InvalidConfig,
+        &format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    );
+    error.status = StatusCode::METHOD_NOT_ALLOWED;
+    error.into_response()
+}
+
+/// The body of `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// Always `ok` when the server answers.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+}
+
+async fn health() -> axum::Json<HealthView> {
+    axum::Json(HealthView {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+/// The body of `POST /v1/tasks`: the task layer's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// Repository URL, or a path on the server's machine for the local provider.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// What the agent should do.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Branch to start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The agent (`demo`, `claude`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// An explicit size: never downgraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<VmSize>,
+    /// An explicit location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// The provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderKind>,
+    /// Resource requirements of the task layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirements: Option<ResourceRequirements>,
+    /// A devcontainer configuration name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devcontainer: Option<String>,
+    /// The workspace profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_profile: Option<WorkspaceProfile>,
+}
+
+impl SubmitBody {
+    /// The control plane's request, with these settings as the task layer.
+    ///
+    /// # Errors
+    /// `invalid_config` naming `repo` or `prompt` when one is missing.
+    pub fn to_request(&self) -> Result<SubmitRequest, ApiError> {
+        let required = |value: &Option<String>, field: &str| {
+            value.clone().ok_or_else(|| {
+                ApiError::field(
+                    ErrorCategory::InvalidConfig,
+                    field,
+                    &format!("missing field `{field}`"),
+                )
+            })
+        };
+        let mut layers = BTreeMap::new();
+        layers.insert(
+            Layer::Task,
+            LayerSettings {
+                size: self.size,
+                provider: self.provider,
+                location: self.location.clone(),
+                workspace_profile: self.workspace_profile,
+                devcontainer: self.devcontainer.clone(),
+                agent: self.agent.clone(),
+                requirements: self.requirements.clone().unwrap_or_default(),
+            },
+        );
+        Ok(SubmitRequest {
+            repo: required(&self.repo, "repo")?,
+            prompt: required(&self.prompt, "prompt")?,
+            branch: self.branch.clone(),
+            layers,
+            preferred_node: None,
+        })
+    }
+}
+
+/// The answer to `POST /v1/tasks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The new task.
+    pub id: String,
+    /// Its status (`queued`).
+    pub status: TaskStatus,
+}
+
+async fn submit(State(state): State<ApiState>, bytes: Bytes) -> Result<Response, ApiError> {
+    let body: SubmitBody = json_body(&bytes)?;
+    let request = body.to_request()?;
+    let id = state.control_plane.submit(&request).await?;
+    tracing::info!(task = %id, "task submitted");
+    let accepted = Accepted {
+        id: id.to_string(),
+        status: TaskStatus::Queued,
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
+}
+
+/// A step with its human label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    /// The step.
+    pub step: ExecutionStep,
+    /// Its label.
+    pub label: String,
+}
+
+/// A task's size: requested, where that came from, provisioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeView {
+    /// The size asked for.
+    pub requested: VmSize,
+    /// The layer it came from (`task`, `platform`, …).
+    pub source: Layer,
+    /// The size running the task, once known.
+    pub provisioned: Option<VmSize>,
+    /// The provisioned (else requested) size as the catalog knows it.
+    pub display: String,
+}
+
+/// A task's location: requested, where that came from, provisioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationView {
+    /// The location asked for, if any.
+    pub requested: Option<Location>,
+    /// The layer it came from.
+    pub source: Layer,
+    /// The location running the task, once known.
+    pub provisioned: Option<Location>,
+}
+
+/// The answer to `GET /v1/tasks/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task.
+    pub id: String,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Its current (or last) step.
+    pub execution_step: StepView,
+    /// The repository.
+    pub repo: String,
+    /// The agent.
+    pub agent: String,
+    /// The provider.
+    pub provider: ProviderKind,
+    /// The size.
+    pub size: SizeView,
+    /// The location.
+    pub location: LocationView,
+    /// Where each resolved setting came from.
+    pub provenance: BTreeMap<String, Layer>,
+    /// The reservation, with each field's source.
+    pub reservation: Reservation,
+    /// Why the task was placed where it was.
+    pub placement: Option<PlacementExplanation>,
+    /// The node running the task.
+    pub node: Option<String>,
+    /// Whether that node was a warm one from an earlier task.
+    pub node_reused: bool,
+    /// The workspace.
+    pub workspace: Option<String>,
+    /// The workspace's effective profile.
+    pub workspace_profile: Option<String>,
+    /// Why it failed; `null` unless failed.
+    pub error: Option<TaskError>,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TaskView {
+    /// Describes `task`, reading its node and workspace from the store.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn describe(
+        cp: &ControlPlane,
+        catalog: &Catalog,
+        task: TaskRecord,
+    ) -> Result<Self, sam_core::StoreError> {
+        let store = cp.store();
+        let node = match &task.provisioned_node_id {
+            Some(id) => store.get_node(id).await?,
+            None => None,
+        };
+        let workspace = match &task.workspace_id {
+            Some(id) => store.get_workspace(id).await?,
+            None => None,
+        };
+        // A claimed warm node records no provisioned size on the task: the node's is it.
+        let provisioned = task.provisioned_size.or(node.as_ref().map(|n| n.size));
+        let shown = provisioned.unwrap_or(task.requested_size);
+        Ok(Self {
+            id: task.id.to_string(),
+            status: task.status,
+            execution_step: StepView {
+                step: task.execution_step,
+                label: task.execution_step.label().to_owned(),
+            },
+            repo: task.spec.repo,
+            agent: task.spec.agent,
+            provider: task.provider,
+            size: SizeView {
+                requested: task.requested_size,
+                source: task.size_source,
+                provisioned,
+                display: sam_providers::SizeDisplay::from_catalog(catalog, shown).inline(),
+            },
+            location: LocationView {
+                requested: task.requested_location,
+                source: task.location_source,
+                provisioned: task
+                    .provisioned_location
+                    .or(node.as_ref().map(|n| n.location.clone())),
+            },
+            provenance: task.spec.provenance,
+            reservation: task.reservation,
+            placement: task.placement,
+            node_reused: node
+                .as_ref()
+                .is_some_and(|n| n.created_for.as_ref() != Some(&task.id)),
+            node: node.map(|n| n.id.to_string()),
+            workspace: task.workspace_id.map(|w| w.to_string()),
+            workspace_profile: workspace.and_then(|w| w.effective_profile),
+            error: task.error,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+        })
+    }
+
+    /// The human summary `sam status` and `sam watch` print; `last_message` is the
+    /// agent's, when the caller saw it in the event stream.
+    pub fn summary(&self, last_message: Option<&str>) -> String {
+        let mut lines = vec![format!("Task {} {}", self.id, self.status)];
+        let mut field = |name: &str, value: String| lines.push(format!("  {name:<18}{value}"));
+        field(
+            "step",
+            format!(
+                "{} ({})",
+                self.execution_step.label, self.execution_step.step
+            ),
+        );
+        field("repo", self.repo.clone());
+        if let Some(node) = &self.node {
+            let how = if self.node_reused {
+                " (warm, reused)"
+            } else {
+                " (new)"
+            };
+            field("node", format!("{node}{how}"));
+        }
+        let mut size = format!("{} (size from {})", self.size.display, self.size.source);
+        if let Some(p) = self.size.provisioned.filter(|p| *p != self.size.requested) {
+            size.push_str(&format!(", {p} instead of {}", self.size.requested));
+        }
+        field("size", size);
+        if let Some(profile) = &self.workspace_profile {
+            field("workspace", profile.clone());
+        }
+        field("agent", self.agent.clone());
+        if let Some(placement) = &self.placement {
+            field("placement", placement.reason.clone());
+        }
+        if let Some(message) = last_message {
+            field("last message", message.trim().to_owned());
+        }
+        if let Some(error) = &self.error {
+            field("error", format!("{} ({})", error.message, error.category));
+            if let Some(hint) = crate::quickstart::hint(error.category, &self.agent) {
+                field("hint", hint);
+            }
+        }
+        lines.join("\n")
+    }
+}
+
+async fn task(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<axum::Json<TaskView>, ApiError> {
+    let id = task_id(&id)?;
+    let task = require_task(&state.control_plane, &id).await?;
+    Ok(axum::Json(
+        TaskView::describe(&state.control_plane, &state.catalog, task).await?,
+    ))
+}
+
+/// The answer to `GET /v1/tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    /// The tasks, oldest first.
+    pub tasks: Vec<TaskView>,
+    /// The `after` cursor of the next page, when there may be one.
+    pub next_after: Option<String>,
+}
+
+/// Reads `status` (comma-separated), `after` and `limit` from a query string.
+fn task_filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
+    let mut filter = TaskFilter {
+        limit: Some(50),
+        ..TaskFilter::default()
+    };
+    let query = query.unwrap_or_default();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let bad = |message: String| ApiError::field(ErrorCategory::InvalidConfig, &key, &message);
+        match key.as_ref() {
+            "status" => {
+                for s in value.split(',').filter(|s| !s.is_empty()) {
+                    filter.statuses.push(
+                        s.parse()
+                            .map_err(|e: sam_core::ParseError| bad(e.to_string()))?,
+                    );
+                }
+            }
+            "after" => filter.after = Some(task_id(&value)?),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => filter.limit = Some(n),
+                _ => return Err(bad(format!("must be a number from 1 to {MAX_PAGE}"))),
+            },
+            _ => return Err(bad(format!("unknown query parameter `{key}`"))),
+        }
+    }
+    Ok(filter)
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<TaskList>, ApiError> {
+    let filter = task_filter(query.as_deref())?;
+    let records = state.control_plane.list(&filter).await?;
+    let full = filter.limit.is_some_and(|l| records.len() >= l);
+    let next_after = full
+        .then(|| records.last().map(|t| t.id.to_string()))
+        .flatten();
+    let mut tasks = Vec::with_capacity(records.len());
+    for record in records {
+        tasks.push(TaskView::describe(&state.control_plane, &state.catalog, record).await?);
+    }
+    Ok(axum::Json(TaskList { tasks, next_after }))
+}
+
+/// The answer to `POST /v1/tasks/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// The task.
+    pub id: String,
+    /// Whether this request cancelled it (`false` when it had already ended).
+    pub cancelled: bool,
+    /// Its status now.
+    pub status: TaskStatus,
+}
+
+async fn cancel(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<axum::Json<Cancelled>, ApiError> {
+    let id = task_id(&id)?;
+    require_task(&state.control_plane, &id).await?;
+    let cancelled = state.control_plane.cancel(&id, "user").await?;
+    let task = require_task(&state.control_plane, &id).await?;
+    Ok(axum::Json(Cancelled {
+        id: id.to_string(),
+        cancelled,
+        status: task.status,
+    }))
+}
+
+/// The SSE event of a task event: named by its `type`, the [`TaskEvent`] as data.
+fn sse_event(event: &TaskEvent) -> Event {
+    let name = match &event.kind {
+        TaskEventKind::Step { .. } => "step",
+        TaskEventKind::Status { .. } => "status",
+        TaskEventKind::Downgraded { .. } => "downgraded",
+        TaskEventKind::CapacityUnavailable { .. } => "capacity_unavailable",
+        TaskEventKind::Session { .. } => "session",
+        TaskEventKind::LastMessage { .. } => "last_message",
+    };
+    Event::default()
+        .event(name)
+        .json_data(event)
+        .unwrap_or_else(|_| Event::default().event(name))
+}
+
+/// Where an event stream is.
+struct Follow {
+    state: ApiState,
+    id: TaskId,
+    events: tokio::sync::broadcast::Receiver<TaskEvent>,
+    check: tokio::time::Interval,
+    /// Events to send before waiting again.
+    pending: std::collections::VecDeque<TaskEvent>,
+    ended: bool,
+}
+
+impl Follow {
+    /// Events that say where `task` is now: its step, and its status when terminal.
+    fn snapshot(task: &TaskRecord) -> Vec<TaskEvent> {
+        let mut events = vec![TaskEvent {
+            task_id: task.id.clone(),
+            at: task.updated_at,
+            kind: TaskEventKind::Step {
+                step: task.execution_step,
+                label: task.execution_step.label().to_owned(),
+            },
+        }];
+        if task.status.is_terminal() {
+            events.push(TaskEvent {
+                task_id: task.id.clone(),
+                at: task.updated_at,
+                kind: TaskEventKind::Status {
+                    status: task.status,
+                    error: task.error.clone(),
+                },
+            });
+        }
+        events
+    }
+
+    /// The next event, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<TaskEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                if matches!(&event.kind, TaskEventKind::Status { status, .. } if status.is_terminal())
+                {
+                    self.ended = true;
+                }
+                return Some(event);
+            }
+            let stopping = *self.state.stopped.borrow();
+            if self.ended || stopping {
+                return None;
+            }
+            let mut stopped = self.state.stopped.clone();
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Ok(event) if event.task_id == self.id => self.pending.push_back(event),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                },
+                // A missed terminal event (a lagging receiver, another process
+                // finishing the task) still ends the stream.
+                _ = self.check.tick() => match self.state.control_plane.get(&self.id).await {
+                    Ok(Some(task)) if task.status.is_terminal() => {
+                        self.pending.extend(Self::snapshot(&task));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return None,
+                },
+                () = async move { let _ = stopped.wait_for(|s| *s).await; } => return None,
+            }
+        }
+    }
+}
+
+async fn events(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = task_id(&id)?;
+    // Subscribe before reading, so nothing falls between the snapshot and the stream.
+    let events = state.control_plane.subscribe();
+    let task = require_task(&state.control_plane, &id).await?;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let follow = Follow {
+        pending: Follow::snapshot(&task).into(),
+        state,
+        id,
+        events,
+        check,
+        ended: false,
+    };
+    let stream = futures::stream::unfold(follow, |mut follow| async move {
+        let event = follow.next().await?;
+        Some((Ok(sse_event(&event)), follow))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A node as `GET /v1/nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The node.
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    /// Its size as the catalog knows it.
+    pub size_display: String,
+}
+
+async fn nodes(State(state): State<ApiState>) -> Result<axum::Json<Vec<NodeView>>, ApiError> {
+    let nodes = state
+        .control_plane
+        .store()
+        .list_nodes(&NodeFilter::default())
+        .await?;
+    Ok(axum::Json(
+        nodes
+            .into_iter()
+            .map(|node| NodeView {
+                size_display: sam_providers::SizeDisplay::from_catalog(&state.catalog, node.size)
+                    .inline(),
+                node,
+            })
+            .collect(),
+    ))
+}
+
+/// One size of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeEntry {
+    /// The size.
+    pub size: VmSize,
+    /// Its server type.
+    pub server_type: Option<String>,
+    /// One line, with the specs where the catalog knows them.
+    pub display: String,
+}
+
+/// The answer to `GET /v1/catalog`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogView {
+    /// The provider.
+    pub provider: ProviderKind,
+    /// Its default location.
+    pub default_location: Option<Location>,
+    /// Each size and what it maps to.
+    pub sizes: Vec<SizeEntry>,
+    /// The full catalog.
+    pub catalog: Catalog,
+}
+
+impl CatalogView {
+    /// The view of `catalog`.
+    pub fn new(catalog: &Catalog) -> Self {
+        Self {
+            provider: catalog.provider,
+            default_location: catalog.default_location.clone(),
+            sizes: [VmSize::Small, VmSize::Medium, VmSize::Large]
+                .into_iter()
+                .map(|size| SizeEntry {
+                    size,
+                    server_type: catalog.sizes.get(&size).cloned(),
+                    display: sam_providers::SizeDisplay::from_catalog(catalog, size).inline(),
+                })
+                .collect(),
+            catalog: catalog.clone(),
+        }
+    }
+}
+
+async fn catalog(State(state): State<ApiState>) -> axum::Json<CatalogView> {
+    axum::Json(CatalogView::new(&state.catalog))
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global tracing subscriber on stderr, filtered by `RUST_LOG`
+/// (default `info`).
+pub fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the server until `shutdown` completes, then shuts it down gracefully.
+///
+/// # Errors
+/// When the server cannot start.
+pub async fn serve(
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = Server::start(options).await?;
+    shutdown.await;
+    tracing::info!("shutting down; unfinished tasks resume at the next start");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_hashed_with_sha256() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_missing_repo_is_named() {
+        let body = SubmitBody {
+            prompt: Some("p".into()),
+            ..SubmitBody::default()
+        };
+        let error = body.to_request().unwrap_err();
+        assert_eq!(error.body.field.as_deref(), Some("repo"));
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn query_parameters_are_checked() {
+        let filter = task_filter(Some("status=queued,failed&limit=3")).unwrap();
+        assert_eq!(
+            filter.statuses,
+            vec![TaskStatus::Queued, TaskStatus::Failed]
+        );
+        assert_eq!(filter.limit, Some(3));
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("status=nope", "status"),
+            ("x=1", "x"),
+        ] {
+            let error = task_filter(Some(query)).unwrap_err();
+            assert_eq!(error.body.field.as_deref(), Some(field), "{query}");
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! `sam-server` end to end: a real server process on loopback with SQLite in a
+//! temporary data directory, real `sam-vm-agent` and demo agent processes, the API
+//! over HTTP and the `sam` client commands. Every wait has a timeout.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+mod common;
+use common::{StopNodes, repo};
+
+const TOKEN: &str = "a-test-token-for-sam-server";
+
+/// A `sam-server` process; killed when dropped (after a failed assertion).
+struct ServerProcess {
+    child: tokio::process::Child,
+    base: String,
+}
+
+impl ServerProcess {
+    async fn start(data_dir: &Path) -> Self {
+        // A free port: bind one, let it go, hand it to the server.
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .env("SAM_API_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sam-server starts");
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(r) = http.get(server.url("/v1/health")).send().await
+                    && r.status().is_success()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(ready.is_ok(), "sam-server answered /v1/health within 30 s");
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status: a graceful shutdown exits 0.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-s", "TERM", "--", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("sam-server stopped within 20 s of SIGTERM")
+            .expect("wait")
+    }
+}
+
+async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = tokio::time::timeout(Duration::from_secs(30), request.send())
+        .await
+        .expect("answered within 30 s")
+        .expect("reachable");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("a body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("HTTP {status}: the body is JSON ({e}): {text:?}"));
+    (status, body)
+}
+
+/// Reads the task's event stream to its end; returns the `(event, data)` pairs.
+async fn read_events(http: &reqwest::Client, url: &str) -> Vec<(String, Value)> {
+    let read = async {
+        let mut response = http
+            .get(url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        let mut text = String::new();
+        while let Some(chunk) = response.chunk().await.expect("the stream") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    };
+    let text = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the event stream ended within a minute, with the task");
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let name = frame.lines().find_map(|l| l.strip_prefix("event:"))?;
+            let data = frame.lines().find_map(|l| l.strip_prefix("data:"))?;
+            Some((
+                name.trim().to_owned(),
+                serde_json::from_str(data.trim()).unwrap(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+
+    // Submit, then follow the events to the end.
+    let (status, accepted) = call(
+        http.post(server.url("/v1/tasks"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo": repo.path(), "prompt": "say hello", "agent": "demo"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    let id = accepted["id"].as_str().expect("an id").to_owned();
+    let events = read_events(&http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    let steps: Vec<&str> = events
+        .iter()
+        .filter(|(name, _)| name == "step")
+        .filter_map(|(_, data)| data["kind"]["step"].as_str())
+        .collect();
+    assert!(
+        steps.contains(&"running"),
+        "the steps were streamed: {events:?}"
+    );
+    let (last, end) = events.last().expect("events");
+    assert_eq!(
+        last, "status",
+        "the stream ends with the status: {events:?}"
+    );
+    assert_eq!(end["kind"]["status"], "completed", "{end}");
+    assert_eq!(end["task_id"], id.as_str());
+
+    // Poll the task: completed, with its size, provenance and placement.
+    let (status, task) = call(
+        http.get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["error"], Value::Null);
+    assert_eq!(task["execution_step"]["step"], "running");
+    assert_eq!(task["execution_step"]["label"], "Agent is working…");
+    assert_eq!(task["size"]["source"], "platform");
+    assert_eq!(task["size"]["provisioned"], "medium");
+    assert!(task["reservation"].is_object(), "{task}");
+    assert!(task["placement"]["reason"].is_string(), "{task}");
+    assert_eq!(task["node_reused"], false);
+    let node = task["node"].as_str().expect("a node").to_owned();
+    let workspace = task["workspace"].as_str().expect("a workspace");
+    let written = data
+        .path()
+        .join("workspaces")
+        .join(workspace)
+        .join("SAM_DEMO.md");
+    assert!(
+        written.is_file(),
+        "the demo agent wrote {}",
+        written.display()
+    );
+
+    // The second task, through the CLI: `sam submit --watch` follows it to the end.
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sam"))
+            .args(["submit", "--watch", "--json", "--server", &server.base])
+            .arg("--repo")
+            .arg(repo.path())
+            .arg("say hello again")
+            .env("SAM_API_TOKEN", TOKEN)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("sam submit --watch finished within a minute")
+    .expect("sam runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("Agent is working…"),
+        "the step display: {stderr}"
+    );
+    let second: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(second["status"], "completed");
+    assert_eq!(second["node"], node.as_str(), "the warm node was reused");
+    assert_eq!(second["node_reused"], true);
+
+    // Cancelling a finished task changes nothing.
+    let (status, cancelled) = call(
+        http.post(server.url(&format!("/v1/tasks/{id}/cancel")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["cancelled"], false);
+    assert_eq!(cancelled["status"], "completed");
+
+    // The list, the nodes, the catalog.
+    let (_, list) = call(
+        http.get(server.url("/v1/tasks?status=completed&limit=1"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(list["tasks"].as_array().map(Vec::len), Some(1), "{list}");
+    let after = list["next_after"].as_str().expect("a cursor").to_owned();
+    let (_, rest) = call(
+        http.get(server.url(&format!("/v1/tasks?after={after}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(rest["tasks"][0]["id"], second["id"], "{rest}");
+    let (_, nodes) = call(http.get(server.url("/v1/nodes")).bearer_auth(TOKEN)).await;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    let (_, catalog) = call(http.get(server.url("/v1/catalog")).bearer_auth(TOKEN)).await;
+    assert_eq!(catalog["provider"], "local", "{catalog}");
+    assert_eq!(catalog["sizes"].as_array().map(Vec::len), Some(3));
+
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_json_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+    let tasks = server.url("/v1/tasks");
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, Option<&str>)> = vec![
+        ("no token", http.get(&tasks), 401, None),
+        (
+            "a wrong token",
+            http.get(&tasks).bearer_auth("wrong"),
+            401,
+            None,
+        ),
+        (
+            "no token on submit",
+            http.post(&tasks).body("{}"),
+            401,
+            None,
+        ),
+        (
+            "a number for repo",
+            http.post(&tasks)
+                .bearer_auth(TOKEN)
+                .body(r#"{"repo": 5, "prompt": "x"}"#),
+            400,
+            Some("repo"),
+        ),
+        (
+            "no prompt",
+            http.post(&tasks)
+                .bearer_auth(TOKEN)
+                .body(r#"{"repo": "/tmp"}"#),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "an unknown size",
+            http.post(&tasks)
+                .bearer_auth(TOKEN)
+                .body(r#"{"repo": "/tmp", "prompt": "x", "size": "huge"}"#),
+            400,
+            Some("size"),
+        ),
+        (
+            "an unknown agent",
+            http.post(&tasks)
+                .bearer_auth(TOKEN)
+                .body(r#"{"repo": "/tmp", "prompt": "x", "agent": "nope"}"#),
+            400,
+            Some("agent"),
+        ),
+        (
+            "not JSON",
+            http.post(&tasks).bearer_auth(TOKEN).body("{not json"),
+            400,
+            None,
+        ),
+        (
+            "a bad limit",
+            http.get(server.url("/v1/tasks?limit=0")).bearer_auth(TOKEN),
+            400,
+            Some("limit"),
+        ),
+        (
+            "an unknown task",
+            http.get(server.url("/v1/tasks/t-0000000000000000"))
+                .bearer_auth(TOKEN),
+            404,
+            None,
+        ),
+        (
+            "an unknown route",
+            http.get(server.url("/v2/nothing")),
+            404,
+            None,
+        ),
+        (
+            "a callback without its token",
+            http.post(server.url("/v1/nodes/n-1/ready")).body("{}"),
+            401,
+            None,
+        ),
+    ];
+    for (what, request, want, field) in cases {
+        let (status, body) = call(request).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body["error"].is_string(), "{what}: {body}");
+        assert!(body["category"].is_string(), "{what}: {body}");
+        if let Some(field) = field {
+            assert_eq!(body["field"], field, "{what}: {body}");
+        }
+    }
+
+    let (status, health) = call(http.get(server.url("/v1/health"))).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
