@@ -323,7 +323,15 @@ impl Provider for LocalProvider {
             .await
             .map_err(|e| io_error("create the node directory", e))?;
         let prepared = async {
-            tokio::fs::write(data_dir.join("user-data"), &spec.user_data)
+            // The user data holds the node's token: readable by its owner only.
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(data_dir.join("user-data"))
+                .await
+                .map_err(|e| io_error("create the user data file", e))?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, spec.user_data.as_bytes())
                 .await
                 .map_err(|e| io_error("write the user data", e))?;
             let port = free_port()?;
@@ -473,7 +481,16 @@ mod tests {
         let vm = first.create_vm(&spec).await.expect("create");
         let vm = wait_running(&first, &vm).await;
         let record = first.load().await.expect("state").vms[vm.id.as_str()].clone();
-        assert!(record.data_dir.join("user-data").exists());
+        let user_data = record.data_dir.join("user-data");
+        assert!(user_data.exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&user_data).unwrap().permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the user data holds the token: owner only"
+        );
 
         let second = LocalProvider::new(sleeper(root.path())).expect("valid");
         let listed = second.list_vms(&spec.labels).await.expect("list");
