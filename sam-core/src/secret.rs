@@ -145,7 +145,8 @@ mod tests {
 
     fn secret_shape() -> impl Strategy<Value = String> {
         prop_oneof![
-            "[A-Za-z0-9._~+/=-]{1,40}".prop_map(|t| format!("Bearer {t}")),
+            // At least 8 characters, so the token cannot hide inside "Bearer" or "***".
+            "[A-Za-z0-9._~+/=-]{8,40}".prop_map(|t| format!("Bearer {t}")),
             "[A-Za-z0-9_-]{8,40}".prop_map(|t| format!("sk-{t}")),
             "[A-Za-z0-9_-]{8,40}".prop_map(|t| format!("sk-ant-{t}")),
             ("[pousr]", "[A-Za-z0-9]{16,40}").prop_map(|(k, t)| format!("gh{k}_{t}")),
@@ -163,7 +164,7 @@ mod tests {
                     Just("client_secret"),
                     Just("password")
                 ],
-                "[A-Za-z0-9]{1,30}"
+                "[A-Za-z0-9]{8,30}"
             )
                 .prop_map(|(k, v)| format!("{k}={v}")),
         ]
