@@ -21,8 +21,13 @@
 //! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text.
 //! - **Tokens** ([`token`]): scoped, signed, expiring tokens between the control
 //!   plane and VM agents ([`TokenSigner`]).
-//! - **Traits**: [`Provider`], [`Store`], [`Scheduler`], [`AgentSession`], each with a
-//!   `# Contract`.
+//! - **Traits**: [`Provider`], [`Store`], [`Scheduler`], [`AgentSession`] and
+//!   [`NodeAgent`], each with a `# Contract`.
+//! - **Control plane** ([`control`]): [`ControlPlane`] — submission with the source of
+//!   every setting, the durable task runner ([`ControlPlane::tick`], [`ControlPlane::run`]),
+//!   callbacks with scoped tokens, and the sweeps ([`ControlPlane::sweep`]);
+//!   [`DefaultScheduler`] places tasks. The [`control`] module docs show the whole
+//!   control plane running over the in-memory store and the fake provider.
 //!
 //! sam-core performs no network, file or SQL IO of its own.
 //!
