@@ -357,3 +357,73 @@ async fn bad_requests_get_json_errors() {
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
 }
+
+/// The OpenAPI document lists exactly the routes of `server::routes()` (the table the
+/// router is built from), and the running server serves each of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_lists_every_route() {
+    use std::collections::BTreeSet;
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+
+    let (status, doc) = call(http.get(server.url("/v1/openapi.json"))).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{doc}"
+    );
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item");
+            methods
+                .keys()
+                .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let routes = sam_examples::server::routes();
+    let served: BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|(verb, path)| (verb.as_str().to_owned(), (*path).to_owned()))
+        .collect();
+    assert_eq!(served.len(), routes.len(), "no route is listed twice");
+    assert_eq!(
+        documented, served,
+        "the document lists every route, no more"
+    );
+    assert!(
+        doc["components"]["schemas"]["TaskView"].is_object(),
+        "{}",
+        doc["components"]
+    );
+
+    // Each listed route is served: it answers, but never with the unknown-route 404
+    // or a 405.
+    for (verb, path) in &routes {
+        let url = server.url(&path.replace("{id}", "t-0000000000000000"));
+        let request = match verb {
+            sam_examples::server::Verb::Get => http.get(&url),
+            sam_examples::server::Verb::Post => http.post(&url).body("{}"),
+        };
+        let response = tokio::time::timeout(Duration::from_secs(30), request.send())
+            .await
+            .expect("answered within 30 s")
+            .expect("reachable");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("a body");
+        assert!(
+            status != 405 && !body.contains("no route for"),
+            "{} {path} is served: HTTP {status} {body}",
+            verb.as_str()
+        );
+    }
+
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
