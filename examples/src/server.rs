@@ -82,6 +82,26 @@ pub struct ServerOptions {
     pub embedded: EmbeddedOptions,
 }
 
+impl ServerOptions {
+    /// The options `config` describes (the local provider).
+    ///
+    /// # Errors
+    /// When the running executable (which starts the nodes' agents) cannot be found.
+    pub fn from_config(config: &crate::config::ServerConfig) -> anyhow::Result<Self> {
+        let mut embedded = EmbeddedOptions::new(&config.data_dir)?;
+        embedded.database_url = config.database_url.clone();
+        embedded.agent_command = config.agent_command.clone();
+        embedded.poll_interval = config.poll_interval();
+        embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
+        Ok(Self {
+            listen: config.listen,
+            public_url: config.public_url.clone(),
+            api_token: config.api_token.clone(),
+            embedded,
+        })
+    }
+}
+
 /// A running `sam-server`; see the [module docs](self).
 #[derive(Debug)]
 pub struct Server {
@@ -1191,7 +1211,8 @@ async fn catalog(State(state): State<ApiState>) -> axum::Json<CatalogView> {
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,

@@ -427,3 +427,85 @@ async fn the_openapi_document_lists_every_route() {
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
 }
+
+/// Runs `sam-server --check-config` with `args` and `env`; returns success and output.
+async fn check_config(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+    command.arg("--check-config").args(args).kill_on_drop(true);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("sam-server --check-config finished within 30 s")
+        .expect("sam-server runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sam-server.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:4001\"\ndata_dir = \"/from/file\"\npoll_interval_ms = 111\nagent_command = \"file-agent\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    // Each field comes from the highest layer that sets it.
+    let (ok, out) = check_config(
+        &["--config", file, "--listen", "127.0.0.1:4003"],
+        &[
+            ("SAM_LISTEN", "127.0.0.1:4002"),
+            ("SAM_DATA_DIR", "/from/env"),
+            ("SAM_API_TOKEN", "an-env-token-1234"),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    for want in [
+        "listen: 127.0.0.1:4003,",
+        "data_dir: \"/from/env\",",
+        "poll_interval_ms: 111,",
+        "agent_command: Some(\n        \"file-agent\",",
+        "heartbeat_interval_secs: 10,",
+        "provider: Local,",
+    ] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+    assert!(
+        !out.contains("an-env-token-1234"),
+        "the token is hidden: {out}"
+    );
+
+    // Bad values fail, naming the field (and, for unparsable values, the layer).
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case<'_>; 4] = [
+        (&[], &[("SAM_POLL_INTERVAL_MS", "0")], &["poll_interval_ms"]),
+        (
+            &["--config", file, "--provider", "aws"],
+            &[],
+            &["provider", "aws"],
+        ),
+        (&[], &[("SAM_LISTEN", "nowhere")], &["listen", "SAM_LISTEN"]),
+        (
+            &["--config", "/no/such/file.toml"],
+            &[],
+            &["/no/such/file.toml"],
+        ),
+    ];
+    for (args, env, wants) in cases {
+        let (ok, out) = check_config(args, env).await;
+        assert!(!ok, "{args:?} {env:?}: {out}");
+        for want in wants {
+            assert!(out.contains(want), "{want:?} in {out}");
+        }
+    }
+}
