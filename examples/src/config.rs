@@ -28,6 +28,7 @@ use figment::providers::{Env, Format as _, Toml};
 use sam_core::Secret;
 use serde::Deserialize;
 
+use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
@@ -277,11 +278,16 @@ impl ServerConfig {
         {
             return invalid("database_url", "must be a postgres:// or postgresql:// URL");
         }
-        if self.provider != ProviderChoice::Local && self.public_url.is_none() {
+        if self.provider != ProviderChoice::Local
+            && self
+                .public_url
+                .as_ref()
+                .is_none_or(|u| u.scheme() != "https")
+        {
             return invalid(
                 "public_url",
                 &format!(
-                    "is needed with provider `{}`: the URL its VMs call back to",
+                    "must be an https URL with provider `{}`: the URL its VMs call back to",
                     self.provider
                 ),
             );
@@ -293,6 +299,40 @@ impl ServerConfig {
     pub const fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
     }
+}
+
+/// The provider `choice` names, built from its environment variables
+/// (`sam_providers::{HetznerConfig, ScalewayConfig, GcpConfig}::from_env`).
+///
+/// # Errors
+/// When a variable is missing or invalid; the message names it (`HCLOUD_TOKEN`, …).
+pub fn node_provider(choice: ProviderChoice) -> anyhow::Result<NodeProvider> {
+    use std::sync::Arc;
+
+    use anyhow::Context as _;
+    use sam_providers::{
+        GcpConfig, GcpProvider, HetznerConfig, HetznerProvider, ScalewayConfig, ScalewayProvider,
+    };
+    let context = || format!("cannot set up provider `{choice}` from the environment");
+    let provider: Arc<dyn sam_core::Provider> = match choice {
+        ProviderChoice::Local => return Ok(NodeProvider::Local),
+        ProviderChoice::Hetzner => Arc::new(
+            HetznerConfig::from_env()
+                .and_then(HetznerProvider::new)
+                .with_context(context)?,
+        ),
+        ProviderChoice::Scaleway => Arc::new(
+            ScalewayConfig::from_env()
+                .and_then(ScalewayProvider::new)
+                .with_context(context)?,
+        ),
+        ProviderChoice::Gcp => Arc::new(
+            GcpConfig::from_env()
+                .and_then(GcpProvider::new)
+                .with_context(context)?,
+        ),
+    };
+    Ok(NodeProvider::Cloud(provider))
 }
 
 #[cfg(test)]

@@ -83,12 +83,15 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    /// The options `config` describes (the local provider).
+    /// The options `config` describes, with its provider built from the environment
+    /// ([`crate::config::node_provider`]).
     ///
     /// # Errors
-    /// When the running executable (which starts the nodes' agents) cannot be found.
+    /// When the provider's credentials are missing (the message names the variable),
+    /// or the running executable (which starts local nodes) cannot be found.
     pub fn from_config(config: &crate::config::ServerConfig) -> anyhow::Result<Self> {
         let mut embedded = EmbeddedOptions::new(&config.data_dir)?;
+        embedded.provider = crate::config::node_provider(config.provider)?;
         embedded.database_url = config.database_url.clone();
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();

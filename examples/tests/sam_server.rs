@@ -22,22 +22,16 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn start(data_dir: &Path) -> Self {
-        // A free port: bind one, let it go, hand it to the server.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--log-format")
-            .arg("json")
-            .env("SAM_API_TOKEN", TOKEN)
+        Self::start_with(data_dir, &[], &[]).await
+    }
+
+    /// `sam-server` on a free loopback port with `args` and `env` added (and no
+    /// other `SAM_*` variables).
+    async fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = server_command(data_dir, port, args, env)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("sam-server starts");
         let server = Self {
@@ -77,6 +71,41 @@ impl ServerProcess {
             .expect("sam-server stopped within 20 s of SIGTERM")
             .expect("wait")
     }
+}
+
+/// A free port: bind one, let it go, hand it to the server.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The `sam-server` command: loopback `port`, `data_dir`, JSON logs, the test token,
+/// then `args` and `env` (the only `SAM_*` variables it sees besides the token).
+fn server_command(
+    data_dir: &Path,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+    command
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--log-format")
+        .arg("json")
+        .args(args)
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_")) {
+        command.env_remove(key);
+    }
+    command
+        .env("SAM_API_TOKEN", TOKEN)
+        .envs(env.iter().copied());
+    command
 }
 
 async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -508,4 +537,87 @@ async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
             assert!(out.contains(want), "{want:?} in {out}");
         }
     }
+}
+
+/// A cloud provider is built from its environment: without its token the server
+/// fails at once naming the variable; with one (and the API at a wiremock server)
+/// the catalog is the provider's. No real cloud is contacted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_provider_needs_its_credentials_and_serves_its_catalog() {
+    let data = tempfile::tempdir().unwrap();
+    let cloud = [
+        "--provider",
+        "hetzner",
+        "--public-url",
+        "https://sam.example.com/",
+    ];
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        server_command(data.path(), free_port(), &cloud, &[])
+            .env_remove("HCLOUD_TOKEN")
+            .output(),
+    )
+    .await
+    .expect("sam-server gave up within 30 s")
+    .expect("sam-server runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HCLOUD_TOKEN"),
+        "the variable is named: {stderr}"
+    );
+
+    let api = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/servers"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({"servers": [], "meta": {"pagination": {"next_page": null}}})),
+        )
+        .mount(&api)
+        .await;
+    let server = ServerProcess::start_with(
+        data.path(),
+        &cloud,
+        &[
+            ("HCLOUD_TOKEN", "a-fake-hetzner-token"),
+            ("SAM_HETZNER_BASE_URL", &api.uri()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (status, catalog) = call(http.get(server.url("/v1/catalog")).bearer_auth(TOKEN)).await;
+    assert_eq!(status, 200, "{catalog}");
+    assert_eq!(catalog["provider"], "hetzner", "{catalog}");
+    let types: Vec<&str> = catalog["sizes"]
+        .as_array()
+        .expect("sizes")
+        .iter()
+        .filter_map(|s| s["server_type"].as_str())
+        .collect();
+    assert_eq!(
+        types.len(),
+        3,
+        "every size has a Hetzner server type: {catalog}"
+    );
+    assert!(types.iter().all(|t| t.starts_with("c")), "{types:?}");
+    // The runner lists the provider's servers: at the wiremock server, with the token.
+    let asked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let requests = api.received_requests().await.unwrap_or_default();
+            if let Some(request) = requests.into_iter().next() {
+                return request;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the provider was asked within 20 s");
+    assert_eq!(
+        asked.headers["authorization"].to_str().ok(),
+        Some("Bearer a-fake-hetzner-token")
+    );
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
 }
