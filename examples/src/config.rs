@@ -32,10 +32,11 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 10] = [
+pub const ENV_KEYS: [&str; 11] = [
     "listen",
     "data_dir",
     "database_url",
+    "database_schema",
     "public_url",
     "api_token",
     "agent_command",
@@ -86,6 +87,10 @@ pub struct ServerConfig {
     /// A PostgreSQL URL; without it state is in SQLite in the data directory.
     #[serde(default)]
     pub database_url: Option<Secret>,
+    /// The PostgreSQL schema for the tables, created if missing (`a-z`, `0-9`, `_`,
+    /// checked when the store opens). Default: the server's `search_path` (normally `public`).
+    #[serde(default)]
+    pub database_schema: Option<String>,
     /// The base URL nodes call back to (`http` or `https`). Default: derived from the
     /// bound address, which only suits the local provider.
     #[serde(default)]
@@ -278,6 +283,10 @@ impl ServerConfig {
         {
             return invalid("database_url", "must be a postgres:// or postgresql:// URL");
         }
+        // The schema's characters are checked by the store (`sam_store::PgConfig`).
+        if self.database_schema.is_some() && self.database_url.is_none() {
+            return invalid("database_schema", "needs `database_url`");
+        }
         if self.provider != ProviderChoice::Local
             && self
                 .public_url
@@ -387,5 +396,13 @@ mod tests {
             Some("database_url"),
         );
         check(serde_json::json!({"no_such_key": 1}), Some("no_such_key"));
+        check(
+            serde_json::json!({"database_schema": "s"}),
+            Some("database_schema"),
+        );
+        check(
+            serde_json::json!({"database_url": "postgres://h/d", "database_schema": "sam_1"}),
+            None,
+        );
     }
 }

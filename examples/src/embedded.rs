@@ -92,6 +92,9 @@ pub struct EmbeddedOptions {
     pub heartbeat_interval_secs: u64,
     /// A PostgreSQL URL; `None` keeps state in SQLite at `<data dir>/sam.db`.
     pub database_url: Option<Secret>,
+    /// The PostgreSQL schema for the tables (created if missing); `None` uses the
+    /// server's `search_path`.
+    pub database_schema: Option<String>,
     /// Who serves the callback routes nodes call.
     pub callbacks: CallbackServing,
     /// Which provider runs the nodes.
@@ -135,23 +138,29 @@ impl EmbeddedOptions {
             poll_interval: Duration::from_millis(250),
             heartbeat_interval_secs: 10,
             database_url: None,
+            database_schema: None,
             callbacks: CallbackServing::Loopback,
             provider: NodeProvider::Local,
         })
     }
 }
 
-/// Opens the store: PostgreSQL at `database_url` when given, else SQLite in WAL mode
-/// at `<data_dir>/sam.db`.
+/// Opens the store: PostgreSQL at `database_url` when given (its tables in `schema`
+/// when given), else SQLite in WAL mode at `<data_dir>/sam.db`.
 ///
 /// # Errors
 /// When the database cannot be opened or migrated.
 pub async fn open_store(
     data_dir: &Path,
     database_url: Option<&Secret>,
+    schema: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(url) = database_url {
-        let store = sam_store::PgStore::new(&sam_store::PgConfig::new(url.expose()))
+        let mut config = sam_store::PgConfig::new(url.expose());
+        if let Some(schema) = schema {
+            config = config.with_schema(schema);
+        }
+        let store = sam_store::PgStore::new(&config)
             .await
             .context("cannot open the PostgreSQL store")?;
         return Ok(Arc::new(store));
@@ -251,7 +260,12 @@ impl Embedded {
             std::fs::write(&ignore, "*\n")
                 .with_context(|| format!("cannot write {}", ignore.display()))?;
         }
-        let store = open_store(&data_dir, options.database_url.as_ref()).await?;
+        let store = open_store(
+            &data_dir,
+            options.database_url.as_ref(),
+            options.database_schema.as_deref(),
+        )
+        .await?;
         let (listener, url) = match &options.callbacks {
             CallbackServing::Loopback => {
                 let listener = callback_listener(&data_dir).await?;

@@ -93,6 +93,7 @@ impl ServerOptions {
         let mut embedded = EmbeddedOptions::new(&config.data_dir)?;
         embedded.provider = crate::config::node_provider(config.provider)?;
         embedded.database_url = config.database_url.clone();
+        embedded.database_schema = config.database_schema.clone();
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();
         embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;

@@ -159,6 +159,26 @@ async fn read_events(http: &reqwest::Client, url: &str) -> Vec<(String, Value)> 
         .collect()
 }
 
+/// Submits a demo task on `repo` (checking the 202) and reads its event stream to
+/// the end; returns the task id and the events.
+async fn submit_and_follow(
+    server: &ServerProcess,
+    http: &reqwest::Client,
+    repo: &Path,
+) -> (String, Vec<(String, Value)>) {
+    let (status, accepted) = call(
+        http.post(server.url("/v1/tasks"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo": repo, "prompt": "say hello", "agent": "demo"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    let id = accepted["id"].as_str().expect("an id").to_owned();
+    let events = read_events(http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    (id, events)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     let repo = repo();
@@ -168,16 +188,7 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     let http = reqwest::Client::new();
 
     // Submit, then follow the events to the end.
-    let (status, accepted) = call(
-        http.post(server.url("/v1/tasks"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"repo": repo.path(), "prompt": "say hello", "agent": "demo"})),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    assert_eq!(accepted["status"], "queued");
-    let id = accepted["id"].as_str().expect("an id").to_owned();
-    let events = read_events(&http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
     let steps: Vec<&str> = events
         .iter()
         .filter(|(name, _)| name == "step")
@@ -617,6 +628,50 @@ async fn a_cloud_provider_needs_its_credentials_and_serves_its_catalog() {
     assert_eq!(
         asked.headers["authorization"].to_str().ok(),
         Some("Bearer a-fake-hetzner-token")
+    );
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// The PostgreSQL path: `sam-server --database-url` (a fresh schema) runs a task to
+/// completion. Skips with a notice without `SAM_TEST_POSTGRES_URL`; fails in CI.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_with_state_in_postgres() {
+    let Some(url) = sam_core::testkit::required_env("SAM_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!(
+        "sam_server_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos()
+    );
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start_with(
+        data.path(),
+        &["--database-schema", &schema],
+        &[("SAM_DATABASE_URL", &url)],
+    )
+    .await;
+    let http = reqwest::Client::new();
+
+    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
+    let (last, end) = events.last().expect("events");
+    assert_eq!(last, "status", "{events:?}");
+    assert_eq!(end["kind"]["status"], "completed", "{end}");
+    let (_, task) = call(
+        http.get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert!(
+        !data.path().join("sam.db").exists(),
+        "state is in PostgreSQL, not in SQLite"
     );
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");

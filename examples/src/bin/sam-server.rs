@@ -42,6 +42,10 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     database_url: Option<String>,
+    /// The PostgreSQL schema for the tables (created if missing).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_schema: Option<String>,
     /// The base URL nodes call back to [default: http://<listen address>/].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
