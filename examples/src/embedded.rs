@@ -4,8 +4,9 @@
 //! it in this process:
 //! - the store: SQLite at `<data dir>/sam.db` ([`open_store`]);
 //! - the provider: [`LocalProvider`] with its state under `<data dir>/local`, each
-//!   node a real `sam-vm-agent` process on a loopback port;
-//! - boot: [`LocalBoot`] user data, with every node's boot token kept in
+//!   node a real `sam-vm-agent` process on a loopback port; or a cloud provider
+//!   ([`NodeProvider::Cloud`]) whose nodes boot from cloud-init;
+//! - boot: [`LocalBoot`] user data (cloud-init for a cloud), with every node's boot token kept in
 //!   `<data dir>/node-keys` ([`KeyedBoot`]) so a later process can still manage the
 //!   node ([`ProviderNodeDirectory`]);
 //! - the callback routes ([`sam_agent::callback_router`]) on a loopback port that is
@@ -32,8 +33,8 @@ use sam_agent::{
 };
 use sam_core::{
     AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, NodeAgent,
-    NodeAgentError, NodeRecord, Provider, ProviderKind, Secret, SessionReport, SessionRequest,
-    Store, TokenSigner, TokioClock, WorkspaceId, WorkspaceReport, WorkspaceRequest,
+    NodeAgentError, NodeRecord, Provider, Secret, SessionReport, SessionRequest, Store,
+    TokenSigner, TokioClock, WorkspaceId, WorkspaceReport, WorkspaceRequest,
 };
 use sam_providers::{LocalConfig, LocalProvider};
 use tokio::sync::watch;
@@ -91,8 +92,25 @@ pub struct EmbeddedOptions {
     pub heartbeat_interval_secs: u64,
     /// A PostgreSQL URL; `None` keeps state in SQLite at `<data dir>/sam.db`.
     pub database_url: Option<Secret>,
+    /// The PostgreSQL schema for the tables (created if missing); `None` uses the
+    /// server's `search_path`.
+    pub database_schema: Option<String>,
     /// Who serves the callback routes nodes call.
     pub callbacks: CallbackServing,
+    /// Which provider runs the nodes.
+    pub provider: NodeProvider,
+}
+
+/// Which provider runs the nodes.
+#[derive(Debug, Clone)]
+pub enum NodeProvider {
+    /// [`LocalProvider`]: each node a `sam-vm-agent` process here, booted from
+    /// [`LocalBoot`] user data; workspaces are handed over ([`HandOver`]).
+    Local,
+    /// A cloud provider: nodes boot from cloud-init ([`sam_cloudinit::CloudInitBoot`]),
+    /// so the callback URL must be one the VMs can reach (`https`), and their agents
+    /// are reached at their public address on [`sam_agent::node_config::DEFAULT_PORT`].
+    Cloud(Arc<dyn Provider>),
 }
 
 /// Who serves the callback routes ([`sam_agent::callback_router`]).
@@ -120,22 +138,29 @@ impl EmbeddedOptions {
             poll_interval: Duration::from_millis(250),
             heartbeat_interval_secs: 10,
             database_url: None,
+            database_schema: None,
             callbacks: CallbackServing::Loopback,
+            provider: NodeProvider::Local,
         })
     }
 }
 
-/// Opens the store: PostgreSQL at `database_url` when given, else SQLite in WAL mode
-/// at `<data_dir>/sam.db`.
+/// Opens the store: PostgreSQL at `database_url` when given (its tables in `schema`
+/// when given), else SQLite in WAL mode at `<data_dir>/sam.db`.
 ///
 /// # Errors
 /// When the database cannot be opened or migrated.
 pub async fn open_store(
     data_dir: &Path,
     database_url: Option<&Secret>,
+    schema: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(url) = database_url {
-        let store = sam_store::PgStore::new(&sam_store::PgConfig::new(url.expose()))
+        let mut config = sam_store::PgConfig::new(url.expose());
+        if let Some(schema) = schema {
+            config = config.with_schema(schema);
+        }
+        let store = sam_store::PgStore::new(&config)
             .await
             .context("cannot open the PostgreSQL store")?;
         return Ok(Arc::new(store));
@@ -152,8 +177,8 @@ pub async fn open_store(
 pub struct Embedded {
     /// The control plane.
     pub control_plane: ControlPlane,
-    /// The local provider.
-    pub provider: Arc<LocalProvider>,
+    /// The provider running the nodes.
+    pub provider: Arc<dyn Provider>,
     /// Where handed-over workspaces go.
     pub workspaces_dir: PathBuf,
     /// The base URL nodes call back to.
@@ -235,7 +260,12 @@ impl Embedded {
             std::fs::write(&ignore, "*\n")
                 .with_context(|| format!("cannot write {}", ignore.display()))?;
         }
-        let store = open_store(&data_dir, options.database_url.as_ref()).await?;
+        let store = open_store(
+            &data_dir,
+            options.database_url.as_ref(),
+            options.database_schema.as_deref(),
+        )
+        .await?;
         let (listener, url) = match &options.callbacks {
             CallbackServing::Loopback => {
                 let listener = callback_listener(&data_dir).await?;
@@ -245,71 +275,24 @@ impl Embedded {
             CallbackServing::External(url) => (None, url.clone()),
         };
 
-        let mut local = LocalConfig::new(data_dir.join("local"), &options.vm_agent.program);
-        local.args = options.vm_agent.args.clone();
-        let provider = Arc::new(LocalProvider::new(local)?);
-
-        let mut agents = BTreeMap::new();
-        agents.insert(
-            sam_agent::demo::DEMO_AGENT.to_owned(),
-            AgentProgram {
-                program: options.demo_agent.program.display().to_string(),
-                args: options.demo_agent.args.clone(),
-            },
-        );
-        // The custom agent reads its command from a file at each start, so a warm node
-        // booted by an earlier run runs the command of this one.
-        let command_file = data_dir.join("agent-command");
-        if let Some(command) = &options.agent_command {
-            std::fs::write(&command_file, command)
-                .with_context(|| format!("cannot write {}", command_file.display()))?;
-        }
-        agents.insert(
-            CUSTOM_AGENT.to_owned(),
-            AgentProgram {
-                program: "/bin/sh".to_owned(),
-                args: vec![
-                    "-c".to_owned(),
-                    "exec /bin/sh -c \"$(cat \"$0\")\"".to_owned(),
-                    command_file.display().to_string(),
-                ],
-            },
-        );
-        let boot = LocalBoot {
-            control_plane_url: url.clone(),
-            heartbeat_interval_secs: Some(options.heartbeat_interval_secs),
-            agents,
-        };
         let keys = FileNodeKeys::new(data_dir.join("node-keys"))?;
-        let directory = ProviderNodeDirectory::new(
-            [Arc::clone(&provider) as Arc<dyn Provider>],
-            keys.clone(),
-            sam_agent::node_config::DEFAULT_PORT,
-        );
-        let http = HttpNodeAgent::new(
-            Arc::new(directory),
-            HttpNodeAgentConfig {
-                request_timeout: Duration::from_secs(10),
-            },
-        )?;
         let workspaces_dir = data_dir.join("workspaces");
-        let node_agent = HandOver {
-            inner: http,
-            nodes_dir: data_dir.join("local").join("vms"),
-            to: workspaces_dir.clone(),
+        let (provider, boot, node_agent) = match &options.provider {
+            NodeProvider::Local => local_parts(&options, &data_dir, &url, &keys)?,
+            NodeProvider::Cloud(provider) => cloud_parts(provider, &url, &keys)?,
         };
 
         let mut config =
-            ControlPlaneConfig::new(format!("sam-{}", std::process::id()), ProviderKind::Local);
+            ControlPlaneConfig::new(format!("sam-{}", std::process::id()), provider.kind());
         config.poll_interval = options.poll_interval;
         config.agents.push(CUSTOM_AGENT.to_owned());
         let control_plane = ControlPlane::new(
             ControlPlaneParts {
                 store: Arc::clone(&store),
-                providers: vec![Arc::clone(&provider) as Arc<dyn Provider>],
+                providers: vec![Arc::clone(&provider)],
                 scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
-                node_agent: Arc::new(node_agent),
-                boot: Arc::new(KeyedBoot::new(Arc::new(boot), keys)),
+                node_agent,
+                boot: Arc::new(KeyedBoot::new(boot, keys)),
                 signer: TokenSigner::new(
                     secret_file(&data_dir.join("signing-key"), 32)?,
                     "sam-control-plane",
@@ -351,7 +334,7 @@ impl Embedded {
         })
     }
 
-    /// The catalog of the local provider.
+    /// The catalog of the provider running the nodes.
     pub fn catalog(&self) -> &sam_core::Catalog {
         self.provider.catalog()
     }
@@ -364,6 +347,93 @@ impl Embedded {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
+}
+
+/// The parts of a control plane that runs nodes with `provider`.
+type ProviderParts = (
+    Arc<dyn Provider>,
+    Arc<dyn sam_core::BootRenderer>,
+    Arc<dyn NodeAgent>,
+);
+
+/// Reaches the nodes' agents at their provider address on `port`, with the keys.
+fn http_node_agent(
+    provider: &Arc<dyn Provider>,
+    keys: &FileNodeKeys,
+    port: u16,
+) -> anyhow::Result<HttpNodeAgent> {
+    let directory = ProviderNodeDirectory::new([Arc::clone(provider)], keys.clone(), port);
+    Ok(HttpNodeAgent::new(
+        Arc::new(directory),
+        HttpNodeAgentConfig {
+            request_timeout: Duration::from_secs(10),
+        },
+    )?)
+}
+
+/// A cloud provider, cloud-init boot calling back to `url`, and its node agent.
+fn cloud_parts(
+    provider: &Arc<dyn Provider>,
+    url: &url::Url,
+    keys: &FileNodeKeys,
+) -> anyhow::Result<ProviderParts> {
+    let port = sam_agent::node_config::DEFAULT_PORT;
+    let mut boot = sam_cloudinit::CloudInitBoot::new(url.as_str().trim_end_matches('/'));
+    boot.agent_port = port;
+    let agent = http_node_agent(provider, keys, port)?;
+    Ok((Arc::clone(provider), Arc::new(boot), Arc::new(agent)))
+}
+
+/// The local provider, its boot renderer and its node agent (which hands workspaces
+/// over).
+fn local_parts(
+    options: &EmbeddedOptions,
+    data_dir: &Path,
+    url: &url::Url,
+    keys: &FileNodeKeys,
+) -> anyhow::Result<ProviderParts> {
+    let mut local = LocalConfig::new(data_dir.join("local"), &options.vm_agent.program);
+    local.args = options.vm_agent.args.clone();
+    let provider: Arc<dyn Provider> = Arc::new(LocalProvider::new(local)?);
+
+    let mut agents = BTreeMap::new();
+    agents.insert(
+        sam_agent::demo::DEMO_AGENT.to_owned(),
+        AgentProgram {
+            program: options.demo_agent.program.display().to_string(),
+            args: options.demo_agent.args.clone(),
+        },
+    );
+    // The custom agent reads its command from a file at each start, so a warm node
+    // booted by an earlier run runs the command of this one.
+    let command_file = data_dir.join("agent-command");
+    if let Some(command) = &options.agent_command {
+        std::fs::write(&command_file, command)
+            .with_context(|| format!("cannot write {}", command_file.display()))?;
+    }
+    agents.insert(
+        CUSTOM_AGENT.to_owned(),
+        AgentProgram {
+            program: "/bin/sh".to_owned(),
+            args: vec![
+                "-c".to_owned(),
+                "exec /bin/sh -c \"$(cat \"$0\")\"".to_owned(),
+                command_file.display().to_string(),
+            ],
+        },
+    );
+    let boot = LocalBoot {
+        control_plane_url: url.clone(),
+        heartbeat_interval_secs: Some(options.heartbeat_interval_secs),
+        agents,
+    };
+    let http = http_node_agent(&provider, keys, sam_agent::node_config::DEFAULT_PORT)?;
+    let node_agent = HandOver {
+        inner: http,
+        nodes_dir: data_dir.join("local").join("vms"),
+        to: data_dir.join("workspaces"),
+    };
+    Ok((provider, Arc::new(boot), Arc::new(node_agent)))
 }
 
 /// A [`NodeAgent`] that moves a workspace's directory out of its local node before

@@ -7,8 +7,10 @@
 //! - [`node`]: the VM agent process, for `sam-vm-agent` and the local provider.
 //! - [`client`]: the `sam` commands that talk to a `sam-server`.
 //! - [`server`]: the control plane as an HTTP service, for `sam-server`.
+//! - [`config`]: the layered configuration of `sam-server` (file, `SAM_*`, flags).
 
 pub mod client;
+pub mod config;
 pub mod embedded;
 pub mod node;
 pub mod quickstart;

@@ -15,6 +15,11 @@
 //!   event name is its `type`); the stream ends after the task's terminal status
 //! - `GET /v1/nodes` → [`NodeView`]s
 //! - `GET /v1/catalog` → [`CatalogView`]
+//! - `GET /v1/openapi.json`: the OpenAPI document of all of these and the callbacks
+//!   ([`openapi`]); like `/v1/health` it needs no token
+//!
+//! [`routes`] lists every route the router serves; the router is built from the same
+//! table.
 //!
 //! Every user route needs `Authorization: Bearer <token>`; tokens are stored only as
 //! SHA-256 hashes ([`token_hash`], [`sam_core::Store::put_api_token`]). The callback
@@ -39,7 +44,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use sam_agent::api::{ErrorBody, status_for};
@@ -55,6 +60,7 @@ use sha2::Digest as _;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tracing::Instrument as _;
+use utoipa::{OpenApi as _, ToSchema};
 
 use crate::embedded::{CallbackServing, Embedded, EmbeddedOptions};
 
@@ -74,6 +80,30 @@ pub struct ServerOptions {
     pub api_token: Option<Secret>,
     /// The embedded control plane (its `callbacks` are replaced: this server serves them).
     pub embedded: EmbeddedOptions,
+}
+
+impl ServerOptions {
+    /// The options `config` describes, with its provider built from the environment
+    /// ([`crate::config::node_provider`]).
+    ///
+    /// # Errors
+    /// When the provider's credentials are missing (the message names the variable),
+    /// or the running executable (which starts local nodes) cannot be found.
+    pub fn from_config(config: &crate::config::ServerConfig) -> anyhow::Result<Self> {
+        let mut embedded = EmbeddedOptions::new(&config.data_dir)?;
+        embedded.provider = crate::config::node_provider(config.provider)?;
+        embedded.database_url = config.database_url.clone();
+        embedded.database_schema = config.database_schema.clone();
+        embedded.agent_command = config.agent_command.clone();
+        embedded.poll_interval = config.poll_interval();
+        embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
+        Ok(Self {
+            listen: config.listen,
+            public_url: config.public_url.clone(),
+            api_token: config.api_token.clone(),
+            embedded,
+        })
+    }
 }
 
 /// A running `sam-server`; see the [module docs](self).
@@ -205,28 +235,174 @@ pub struct ApiState {
     pub stopped: watch::Receiver<bool>,
 }
 
+/// An HTTP method the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verb {
+    /// `GET`.
+    Get,
+    /// `POST`.
+    Post,
+}
+
+impl Verb {
+    /// The method's name, upper case.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+
+    const fn to_filter(self) -> MethodFilter {
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+        }
+    }
+}
+
+/// One route of the table the router is built from.
+type RouteEntry<S> = (Verb, &'static str, MethodRouter<S>);
+
+fn entry<S, H, T>(verb: Verb, path: &'static str, handler: H) -> RouteEntry<S>
+where
+    S: Clone + Send + Sync + 'static,
+    H: axum::handler::Handler<T, S>,
+    T: 'static,
+{
+    (verb, path, axum::routing::on(verb.to_filter(), handler))
+}
+
+/// The routes anyone may call.
+fn public_routes() -> Vec<RouteEntry<()>> {
+    vec![
+        entry(Verb::Get, "/v1/health", health),
+        entry(Verb::Get, "/v1/openapi.json", openapi_json),
+    ]
+}
+
+/// The routes behind a bearer token.
+fn user_routes() -> Vec<RouteEntry<ApiState>> {
+    vec![
+        entry(Verb::Post, "/v1/tasks", submit),
+        entry(Verb::Get, "/v1/tasks", list),
+        entry(Verb::Get, "/v1/tasks/{id}", task),
+        entry(Verb::Post, "/v1/tasks/{id}/cancel", cancel),
+        entry(Verb::Get, "/v1/tasks/{id}/events", events),
+        entry(Verb::Get, "/v1/nodes", nodes),
+        entry(Verb::Get, "/v1/catalog", catalog),
+    ]
+}
+
+/// Every route [`api_router`] serves, as (method, path) in axum's path syntax (which
+/// is also OpenAPI's): the public and user routes from the table the router is built
+/// from, and the callback routes ([`sam_agent::CALLBACK_PATHS`], all `POST`).
+pub fn routes() -> Vec<(Verb, &'static str)> {
+    let public = public_routes().into_iter().map(|(v, p, _)| (v, p));
+    let user = user_routes().into_iter().map(|(v, p, _)| (v, p));
+    let callbacks = sam_agent::CALLBACK_PATHS.map(|p| (Verb::Post, p));
+    public.chain(user).chain(callbacks).collect()
+}
+
 /// The whole API: user routes (behind bearer tokens), the callback routes, a JSON
 /// 404 for anything else, request ids and request logs.
 pub fn api_router(state: ApiState) -> Router {
-    let user = Router::new()
-        .route("/v1/tasks", post(submit).get(list))
-        .route("/v1/tasks/{id}", get(task))
-        .route("/v1/tasks/{id}/cancel", post(cancel))
-        .route("/v1/tasks/{id}/events", get(events))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/catalog", get(catalog))
+    let user = user_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, method)| {
+            router.route(path, method)
+        })
         .route_layer(axum::middleware::from_fn_with_state(
             state.control_plane.clone(),
             authenticate,
         ))
         .with_state(state.clone());
-    Router::new()
-        .route("/v1/health", get(health))
+    public_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, method)| {
+            router.route(path, method)
+        })
         .merge(user)
         .merge(sam_agent::callback_router(state.control_plane))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id))
+}
+
+/// The OpenAPI description of the user routes (generated from the handlers).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "sam-server",
+        description = "The SAM control plane. User routes need `Authorization: Bearer <token>`; \
+                       the VM agents' callbacks need their scoped tokens."
+    ),
+    paths(health, openapi_json, submit, list, task, cancel, events, nodes, catalog),
+    components(schemas(ErrorDoc)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+/// Declares the bearer token scheme the user routes name.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The body of every failed request (the shape of [`ErrorBody`]).
+#[derive(ToSchema)]
+#[schema(as = ErrorBody)]
+#[expect(dead_code)] // Only its schema is used: the API answers with `ErrorBody`.
+struct ErrorDoc {
+    /// One sentence, redacted.
+    error: String,
+    /// What kind of failure (`invalid_config`, `auth_error`, `not_found`, …).
+    category: String,
+    /// The request field at fault, for malformed requests.
+    field: Option<String>,
+}
+
+/// The OpenAPI document `GET /v1/openapi.json` serves: every route of [`routes`],
+/// the user routes from their handlers, the callback routes described here.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{Required, ResponseBuilder};
+    let mut doc = ApiDoc::openapi();
+    for path in sam_agent::CALLBACK_PATHS {
+        let operation = OperationBuilder::new()
+            .summary(Some("A VM agent's callback; needs the node's scoped token"))
+            .tag("callbacks")
+            .parameter(
+                ParameterBuilder::new()
+                    .name("id")
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True),
+            )
+            .response("200", ResponseBuilder::new().description("Accepted"))
+            .response(
+                "401",
+                ResponseBuilder::new().description("A missing or wrong token"),
+            )
+            .build();
+        doc.paths
+            .add_path_operation(path, vec![HttpMethod::Post], operation);
+    }
+    doc
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3 document", body = Object)))]
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
 }
 
 /// A failed request: an [`ErrorBody`] with the status of its category.
@@ -393,7 +569,7 @@ async fn method_not_allowed(request: Request) -> Response {
 }
 
 /// The body of `GET /v1/health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
     /// Always `ok` when the server answers.
     pub status: String,
@@ -401,6 +577,9 @@ pub struct HealthView {
     pub version: String,
 }
 
+/// Whether the server is up.
+#[utoipa::path(get, path = "/v1/health", tag = "meta",
+    responses((status = 200, description = "The server answers", body = HealthView)))]
 async fn health() -> axum::Json<HealthView> {
     axum::Json(HealthView {
         status: "ok".to_owned(),
@@ -409,7 +588,7 @@ async fn health() -> axum::Json<HealthView> {
 }
 
 /// The body of `POST /v1/tasks`: the task layer's settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// Repository URL, or a path on the server's machine for the local provider.
@@ -426,21 +605,26 @@ pub struct SubmitBody {
     pub agent: Option<String>,
     /// An explicit size: never downgraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "medium")]
     pub size: Option<VmSize>,
     /// An explicit location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub location: Option<Location>,
     /// The provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "local")]
     pub provider: Option<ProviderKind>,
     /// Resource requirements of the task layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub requirements: Option<ResourceRequirements>,
     /// A devcontainer configuration name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devcontainer: Option<String>,
     /// The workspace profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub workspace_profile: Option<WorkspaceProfile>,
 }
 
@@ -483,14 +667,22 @@ impl SubmitBody {
 }
 
 /// The answer to `POST /v1/tasks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     /// The new task.
     pub id: String,
     /// Its status (`queued`).
+    #[schema(value_type = String)]
     pub status: TaskStatus,
 }
 
+/// Submits a task.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = SubmitBody,
+    responses(
+        (status = 202, description = "Queued", body = Accepted),
+        (status = 400, description = "A malformed body; `field` names the field", body = ErrorDoc),
+        (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+    ))]
 async fn submit(State(state): State<ApiState>, bytes: Bytes) -> Result<Response, ApiError> {
     let body: SubmitBody = json_body(&bytes)?;
     let request = body.to_request()?;
@@ -504,44 +696,52 @@ async fn submit(State(state): State<ApiState>, bytes: Bytes) -> Result<Response,
 }
 
 /// A step with its human label.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StepView {
     /// The step.
+    #[schema(value_type = String)]
     pub step: ExecutionStep,
     /// Its label.
     pub label: String,
 }
 
 /// A task's size: requested, where that came from, provisioned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SizeView {
     /// The size asked for.
+    #[schema(value_type = String)]
     pub requested: VmSize,
     /// The layer it came from (`task`, `platform`, …).
+    #[schema(value_type = String)]
     pub source: Layer,
     /// The size running the task, once known.
+    #[schema(value_type = Option<String>)]
     pub provisioned: Option<VmSize>,
     /// The provisioned (else requested) size as the catalog knows it.
     pub display: String,
 }
 
 /// A task's location: requested, where that came from, provisioned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LocationView {
     /// The location asked for, if any.
+    #[schema(value_type = Option<String>)]
     pub requested: Option<Location>,
     /// The layer it came from.
+    #[schema(value_type = String)]
     pub source: Layer,
     /// The location running the task, once known.
+    #[schema(value_type = Option<String>)]
     pub provisioned: Option<Location>,
 }
 
 /// The answer to `GET /v1/tasks/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
     /// The task.
     pub id: String,
     /// Its status.
+    #[schema(value_type = String)]
     pub status: TaskStatus,
     /// Its current (or last) step.
     pub execution_step: StepView,
@@ -550,16 +750,20 @@ pub struct TaskView {
     /// The agent.
     pub agent: String,
     /// The provider.
+    #[schema(value_type = String)]
     pub provider: ProviderKind,
     /// The size.
     pub size: SizeView,
     /// The location.
     pub location: LocationView,
     /// Where each resolved setting came from.
+    #[schema(value_type = Object)]
     pub provenance: BTreeMap<String, Layer>,
     /// The reservation, with each field's source.
+    #[schema(value_type = Object)]
     pub reservation: Reservation,
     /// Why the task was placed where it was.
+    #[schema(value_type = Option<Object>)]
     pub placement: Option<PlacementExplanation>,
     /// The node running the task.
     pub node: Option<String>,
@@ -570,6 +774,7 @@ pub struct TaskView {
     /// The workspace's effective profile.
     pub workspace_profile: Option<String>,
     /// Why it failed; `null` unless failed.
+    #[schema(value_type = Option<Object>)]
     pub error: Option<TaskError>,
     /// When it was submitted.
     pub created_at: DateTime<Utc>,
@@ -683,6 +888,13 @@ impl TaskView {
     }
 }
 
+/// One task: status, step, size and location with their provenance, placement, error.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The task id")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorDoc),
+        (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+    ))]
 async fn task(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
@@ -695,7 +907,7 @@ async fn task(
 }
 
 /// The answer to `GET /v1/tasks`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskList {
     /// The tasks, oldest first.
     pub tasks: Vec<TaskView>,
@@ -732,6 +944,18 @@ fn task_filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
     Ok(filter)
 }
 
+/// Tasks, oldest first, filtered by status and paginated by `after`.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "Comma-separated statuses, e.g. `queued,in_progress`"),
+        ("after" = Option<String>, Query, description = "The `next_after` cursor of the previous page"),
+        ("limit" = Option<usize>, Query, description = "At most this many tasks (1 to 200; default 50)"),
+    ),
+    responses(
+        (status = 200, description = "A page of tasks", body = TaskList),
+        (status = 400, description = "A bad query parameter, named in `field`", body = ErrorDoc),
+        (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+    ))]
 async fn list(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
@@ -750,16 +974,24 @@ async fn list(
 }
 
 /// The answer to `POST /v1/tasks/{id}/cancel`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Cancelled {
     /// The task.
     pub id: String,
     /// Whether this request cancelled it (`false` when it had already ended).
     pub cancelled: bool,
     /// Its status now.
+    #[schema(value_type = String)]
     pub status: TaskStatus,
 }
 
+/// Cancels a task (nothing changes when it has already ended).
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The task id")),
+    responses(
+        (status = 200, description = "The task's status now", body = Cancelled),
+        (status = 404, description = "No such task", body = ErrorDoc),
+        (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+    ))]
 async fn cancel(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
@@ -863,6 +1095,14 @@ impl Follow {
     }
 }
 
+/// The task's events as server-sent events, named by their `type`; the stream ends
+/// after the task's terminal status.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks", security(("bearer" = [])), params(("id" = String, Path, description = "The task id")),
+    responses(
+        (status = 200, description = "One `TaskEvent` (JSON) per event", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such task", body = ErrorDoc),
+        (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+    ))]
 async fn events(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
@@ -889,15 +1129,19 @@ async fn events(
 }
 
 /// A node as `GET /v1/nodes` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeView {
     /// The node.
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub node: NodeRecord,
     /// Its size as the catalog knows it.
     pub size_display: String,
 }
 
+/// The nodes.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])),
+    responses((status = 200, description = "Every node", body = Vec<NodeView>), (status = 401, description = "No or an unknown API token", body = ErrorDoc)))]
 async fn nodes(State(state): State<ApiState>) -> Result<axum::Json<Vec<NodeView>>, ApiError> {
     let nodes = state
         .control_plane
@@ -917,9 +1161,10 @@ async fn nodes(State(state): State<ApiState>) -> Result<axum::Json<Vec<NodeView>
 }
 
 /// One size of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SizeEntry {
     /// The size.
+    #[schema(value_type = String)]
     pub size: VmSize,
     /// Its server type.
     pub server_type: Option<String>,
@@ -928,15 +1173,18 @@ pub struct SizeEntry {
 }
 
 /// The answer to `GET /v1/catalog`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CatalogView {
     /// The provider.
+    #[schema(value_type = String)]
     pub provider: ProviderKind,
     /// Its default location.
+    #[schema(value_type = Option<String>)]
     pub default_location: Option<Location>,
     /// Each size and what it maps to.
     pub sizes: Vec<SizeEntry>,
     /// The full catalog.
+    #[schema(value_type = Object)]
     pub catalog: Catalog,
 }
 
@@ -959,12 +1207,16 @@ impl CatalogView {
     }
 }
 
+/// The provider's catalog: sizes, server types, locations.
+#[utoipa::path(get, path = "/v1/catalog", tag = "nodes", security(("bearer" = [])),
+    responses((status = 200, description = "The catalog", body = CatalogView), (status = 401, description = "No or an unknown API token", body = ErrorDoc)))]
 async fn catalog(State(state): State<ApiState>) -> axum::Json<CatalogView> {
     axum::Json(CatalogView::new(&state.catalog))
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,

@@ -22,22 +22,16 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn start(data_dir: &Path) -> Self {
-        // A free port: bind one, let it go, hand it to the server.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--log-format")
-            .arg("json")
-            .env("SAM_API_TOKEN", TOKEN)
+        Self::start_with(data_dir, &[], &[]).await
+    }
+
+    /// `sam-server` on a free loopback port with `args` and `env` added (and no
+    /// other `SAM_*` variables).
+    async fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = server_command(data_dir, port, args, env)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("sam-server starts");
         let server = Self {
@@ -77,6 +71,41 @@ impl ServerProcess {
             .expect("sam-server stopped within 20 s of SIGTERM")
             .expect("wait")
     }
+}
+
+/// A free port: bind one, let it go, hand it to the server.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The `sam-server` command: loopback `port`, `data_dir`, JSON logs, the test token,
+/// then `args` and `env` (the only `SAM_*` variables it sees besides the token).
+fn server_command(
+    data_dir: &Path,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+    command
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--log-format")
+        .arg("json")
+        .args(args)
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_")) {
+        command.env_remove(key);
+    }
+    command
+        .env("SAM_API_TOKEN", TOKEN)
+        .envs(env.iter().copied());
+    command
 }
 
 async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -130,6 +159,26 @@ async fn read_events(http: &reqwest::Client, url: &str) -> Vec<(String, Value)> 
         .collect()
 }
 
+/// Submits a demo task on `repo` (checking the 202) and reads its event stream to
+/// the end; returns the task id and the events.
+async fn submit_and_follow(
+    server: &ServerProcess,
+    http: &reqwest::Client,
+    repo: &Path,
+) -> (String, Vec<(String, Value)>) {
+    let (status, accepted) = call(
+        http.post(server.url("/v1/tasks"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo": repo, "prompt": "say hello", "agent": "demo"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    let id = accepted["id"].as_str().expect("an id").to_owned();
+    let events = read_events(http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    (id, events)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     let repo = repo();
@@ -139,16 +188,7 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     let http = reqwest::Client::new();
 
     // Submit, then follow the events to the end.
-    let (status, accepted) = call(
-        http.post(server.url("/v1/tasks"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"repo": repo.path(), "prompt": "say hello", "agent": "demo"})),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    assert_eq!(accepted["status"], "queued");
-    let id = accepted["id"].as_str().expect("an id").to_owned();
-    let events = read_events(&http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
     let steps: Vec<&str> = events
         .iter()
         .filter(|(name, _)| name == "step")
@@ -354,6 +394,285 @@ async fn bad_requests_get_json_errors() {
 
     let (status, health) = call(http.get(server.url("/v1/health"))).await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// The OpenAPI document lists exactly the routes of `server::routes()` (the table the
+/// router is built from), and the running server serves each of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_lists_every_route() {
+    use std::collections::BTreeSet;
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+
+    let (status, doc) = call(http.get(server.url("/v1/openapi.json"))).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{doc}"
+    );
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item");
+            methods
+                .keys()
+                .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let routes = sam_examples::server::routes();
+    let served: BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|(verb, path)| (verb.as_str().to_owned(), (*path).to_owned()))
+        .collect();
+    assert_eq!(served.len(), routes.len(), "no route is listed twice");
+    assert_eq!(
+        documented, served,
+        "the document lists every route, no more"
+    );
+    assert!(
+        doc["components"]["schemas"]["TaskView"].is_object(),
+        "{}",
+        doc["components"]
+    );
+
+    // Each listed route is served: it answers, but never with the unknown-route 404
+    // or a 405.
+    for (verb, path) in &routes {
+        let url = server.url(&path.replace("{id}", "t-0000000000000000"));
+        let request = match verb {
+            sam_examples::server::Verb::Get => http.get(&url),
+            sam_examples::server::Verb::Post => http.post(&url).body("{}"),
+        };
+        let response = tokio::time::timeout(Duration::from_secs(30), request.send())
+            .await
+            .expect("answered within 30 s")
+            .expect("reachable");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("a body");
+        assert!(
+            status != 405 && !body.contains("no route for"),
+            "{} {path} is served: HTTP {status} {body}",
+            verb.as_str()
+        );
+    }
+
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// Runs `sam-server --check-config` with `args` and `env`; returns success and output.
+async fn check_config(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+    command.arg("--check-config").args(args).kill_on_drop(true);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("sam-server --check-config finished within 30 s")
+        .expect("sam-server runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sam-server.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:4001\"\ndata_dir = \"/from/file\"\npoll_interval_ms = 111\nagent_command = \"file-agent\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    // Each field comes from the highest layer that sets it.
+    let (ok, out) = check_config(
+        &["--config", file, "--listen", "127.0.0.1:4003"],
+        &[
+            ("SAM_LISTEN", "127.0.0.1:4002"),
+            ("SAM_DATA_DIR", "/from/env"),
+            ("SAM_API_TOKEN", "an-env-token-1234"),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    for want in [
+        "listen: 127.0.0.1:4003,",
+        "data_dir: \"/from/env\",",
+        "poll_interval_ms: 111,",
+        "agent_command: Some(\n        \"file-agent\",",
+        "heartbeat_interval_secs: 10,",
+        "provider: Local,",
+    ] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+    assert!(
+        !out.contains("an-env-token-1234"),
+        "the token is hidden: {out}"
+    );
+
+    // Bad values fail, naming the field (and, for unparsable values, the layer).
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case<'_>; 4] = [
+        (&[], &[("SAM_POLL_INTERVAL_MS", "0")], &["poll_interval_ms"]),
+        (
+            &["--config", file, "--provider", "aws"],
+            &[],
+            &["provider", "aws"],
+        ),
+        (&[], &[("SAM_LISTEN", "nowhere")], &["listen", "SAM_LISTEN"]),
+        (
+            &["--config", "/no/such/file.toml"],
+            &[],
+            &["/no/such/file.toml"],
+        ),
+    ];
+    for (args, env, wants) in cases {
+        let (ok, out) = check_config(args, env).await;
+        assert!(!ok, "{args:?} {env:?}: {out}");
+        for want in wants {
+            assert!(out.contains(want), "{want:?} in {out}");
+        }
+    }
+}
+
+/// A cloud provider is built from its environment: without its token the server
+/// fails at once naming the variable; with one (and the API at a wiremock server)
+/// the catalog is the provider's. No real cloud is contacted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_provider_needs_its_credentials_and_serves_its_catalog() {
+    let data = tempfile::tempdir().unwrap();
+    let cloud = [
+        "--provider",
+        "hetzner",
+        "--public-url",
+        "https://sam.example.com/",
+    ];
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        server_command(data.path(), free_port(), &cloud, &[])
+            .env_remove("HCLOUD_TOKEN")
+            .output(),
+    )
+    .await
+    .expect("sam-server gave up within 30 s")
+    .expect("sam-server runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HCLOUD_TOKEN"),
+        "the variable is named: {stderr}"
+    );
+
+    let api = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/servers"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({"servers": [], "meta": {"pagination": {"next_page": null}}})),
+        )
+        .mount(&api)
+        .await;
+    let server = ServerProcess::start_with(
+        data.path(),
+        &cloud,
+        &[
+            ("HCLOUD_TOKEN", "a-fake-hetzner-token"),
+            ("SAM_HETZNER_BASE_URL", &api.uri()),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (status, catalog) = call(http.get(server.url("/v1/catalog")).bearer_auth(TOKEN)).await;
+    assert_eq!(status, 200, "{catalog}");
+    assert_eq!(catalog["provider"], "hetzner", "{catalog}");
+    let types: Vec<&str> = catalog["sizes"]
+        .as_array()
+        .expect("sizes")
+        .iter()
+        .filter_map(|s| s["server_type"].as_str())
+        .collect();
+    assert_eq!(
+        types.len(),
+        3,
+        "every size has a Hetzner server type: {catalog}"
+    );
+    assert!(types.iter().all(|t| t.starts_with("c")), "{types:?}");
+    // The runner lists the provider's servers: at the wiremock server, with the token.
+    let asked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let requests = api.received_requests().await.unwrap_or_default();
+            if let Some(request) = requests.into_iter().next() {
+                return request;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the provider was asked within 20 s");
+    assert_eq!(
+        asked.headers["authorization"].to_str().ok(),
+        Some("Bearer a-fake-hetzner-token")
+    );
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// The PostgreSQL path: `sam-server --database-url` (a fresh schema) runs a task to
+/// completion. Skips with a notice without `SAM_TEST_POSTGRES_URL`; fails in CI.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_with_state_in_postgres() {
+    let Some(url) = sam_core::testkit::required_env("SAM_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!(
+        "sam_server_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos()
+    );
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start_with(
+        data.path(),
+        &["--database-schema", &schema],
+        &[("SAM_DATABASE_URL", &url)],
+    )
+    .await;
+    let http = reqwest::Client::new();
+
+    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
+    let (last, end) = events.last().expect("events");
+    assert_eq!(last, "status", "{events:?}");
+    assert_eq!(end["kind"]["status"], "completed", "{end}");
+    let (_, task) = call(
+        http.get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert!(
+        !data.path().join("sam.db").exists(),
+        "state is in PostgreSQL, not in SQLite"
+    );
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
 }

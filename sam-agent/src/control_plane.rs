@@ -22,15 +22,30 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{ErrorBody, Heartbeat, HeartbeatResponse, NodeReady, status_for};
 
-/// The callback routes (`/v1/nodes/{id}/ready`, `/v1/nodes/{id}/heartbeat`,
-/// `/v1/workspaces/{id}/ready`, `/v1/workspaces/{id}/events`) over `control_plane`.
+/// The paths of the callback routes, all `POST`, in the order [`callback_router`]
+/// registers them: a node is ready, a node's heartbeat, a workspace is ready, a
+/// session's events. Documentation (an OpenAPI document) and tests list them from here.
+pub const CALLBACK_PATHS: [&str; 4] = [
+    "/v1/nodes/{id}/ready",
+    "/v1/nodes/{id}/heartbeat",
+    "/v1/workspaces/{id}/ready",
+    "/v1/workspaces/{id}/events",
+];
+
+/// The callback routes ([`CALLBACK_PATHS`]) over `control_plane`.
 /// Merge it into a larger router, or serve it alone.
 pub fn callback_router(control_plane: ControlPlane) -> Router {
+    let [
+        node_ready_path,
+        heartbeat_path,
+        workspace_ready_path,
+        events_path,
+    ] = CALLBACK_PATHS;
     Router::new()
-        .route("/v1/nodes/{id}/ready", post(node_ready))
-        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
-        .route("/v1/workspaces/{id}/ready", post(workspace_ready))
-        .route("/v1/workspaces/{id}/events", post(session_event))
+        .route(node_ready_path, post(node_ready))
+        .route(heartbeat_path, post(heartbeat))
+        .route(workspace_ready_path, post(workspace_ready))
+        .route(events_path, post(session_event))
         .with_state(control_plane)
 }
 

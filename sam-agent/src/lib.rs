@@ -106,7 +106,7 @@ pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
 };
 pub use callbacks::{Callbacks, CallbacksConfig};
-pub use control_plane::callback_router;
+pub use control_plane::{CALLBACK_PATHS, callback_router};
 pub use error::{Error, Result};
 pub use events::{EventLog, MemoryEventLog, SqliteEventLog};
 pub use node_agent::{

@@ -544,3 +544,91 @@ mod tests {
         }
     }
 }
+
+/// The control plane's [`sam_core::BootRenderer`] for cloud nodes: each node's
+/// user data is a [`NodeBoot`] for that node, its token and its provider, rendered.
+///
+/// The public fields are the settings every node shares; [`NodeBoot::new`]'s
+/// defaults apply to the rest.
+#[derive(Debug, Clone)]
+pub struct CloudInitBoot {
+    /// The control plane's base URL the nodes call back to: `https`, or plain `http`
+    /// only for a loopback host.
+    pub control_plane_url: String,
+    /// TCP port of the agent's HTTP API, where the control plane reaches it.
+    pub agent_port: u16,
+    /// Where to download the agent binary; `None` means
+    /// `<control_plane_url>/v1/agent/download`.
+    pub agent_download_url: Option<String>,
+    /// The agent binary's SHA-256 (64 hex digits), checked at install when set.
+    pub agent_sha256: Option<String>,
+}
+
+impl CloudInitBoot {
+    /// Nodes calling back to `control_plane_url`, with the agent on port 8080 and
+    /// downloaded from the control plane.
+    pub fn new(control_plane_url: impl Into<String>) -> Self {
+        Self {
+            control_plane_url: control_plane_url.into(),
+            agent_port: 8080,
+            agent_download_url: None,
+            agent_sha256: None,
+        }
+    }
+
+    /// The boot input of `node` with `token`.
+    pub fn node_boot(&self, node: &sam_core::NodeRecord, token: &Secret) -> NodeBoot {
+        let mut boot = NodeBoot::new(
+            node.id.to_string(),
+            self.control_plane_url.clone(),
+            token.clone(),
+        );
+        boot.agent_port = self.agent_port;
+        boot.agent_download_url = self.agent_download_url.clone();
+        boot.agent_sha256 = self.agent_sha256.clone();
+        boot.provider = node.provider;
+        boot
+    }
+}
+
+impl sam_core::BootRenderer for CloudInitBoot {
+    fn user_data(
+        &self,
+        node: &sam_core::NodeRecord,
+        token: &Secret,
+    ) -> std::result::Result<String, sam_core::Error> {
+        let user_data =
+            self.node_boot(node, token)
+                .render()
+                .map_err(|e| sam_core::Error::InvalidInput {
+                    field: "user_data",
+                    reason: e.to_string(),
+                })?;
+        Ok(user_data.expose().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod cloud_init_boot {
+    use sam_core::BootRenderer as _;
+
+    use super::*;
+
+    #[test]
+    fn renders_each_nodes_boot_with_its_token_and_names_bad_settings() {
+        let node = sam_core::testkit::fixtures::node("n-1", 0);
+        let token = Secret::new("node-scoped-token-0123456789");
+        let mut boot = CloudInitBoot::new("https://sam.example.com");
+        boot.agent_port = 9090;
+        let text = boot.user_data(&node, &token).unwrap();
+        assert!(text.starts_with(crate::CLOUD_CONFIG_HEADER), "{text}");
+        assert!(text.contains(node.id.as_str()), "{text}");
+        assert!(text.contains("node-scoped-token-0123456789"), "{text}");
+        assert!(text.contains("9090"), "{text}");
+        assert_eq!(boot.node_boot(&node, &token).provider, node.provider);
+
+        boot.control_plane_url = "http://sam.example.com".into();
+        let error = boot.user_data(&node, &token).unwrap_err();
+        assert!(error.to_string().contains("control_plane_url"), "{error}");
+    }
+}

@@ -16,6 +16,9 @@
 //!   (`yes`, `on`, `0600`, `12:30` stay strings), starting with
 //!   [`CLOUD_CONFIG_HEADER`] and checked against [`MAX_USER_DATA_BYTES`].
 //!
+//! - **Control plane**: [`CloudInitBoot`] is the `sam_core::BootRenderer` for cloud
+//!   nodes: it renders each node's [`NodeBoot`] with its node-scoped token.
+//!
 //! ## Boot order
 //! `runcmd` runs the [`Phase`]s in the order of [`Phase::ALL`]: apt timers off,
 //! swap, packages, journald, Docker (the last point where Docker may restart),
@@ -64,8 +67,8 @@ mod error;
 mod phase;
 
 pub use boot::{
-    JournaldLimits, MAX_CA_PEM_BYTES, MAX_SWAP_MB, MAX_SWAPPINESS, MAX_TOKEN_LEN, MAX_URL_LEN,
-    MIN_TOKEN_LEN, NodeBoot, NodeRole,
+    CloudInitBoot, JournaldLimits, MAX_CA_PEM_BYTES, MAX_SWAP_MB, MAX_SWAPPINESS, MAX_TOKEN_LEN,
+    MAX_URL_LEN, MIN_TOKEN_LEN, NodeBoot, NodeRole,
 };
 pub use config::{
     Account, CLOUD_CONFIG_HEADER, CloudConfig, Command, FileContent, MAX_USER_DATA_BYTES, User,

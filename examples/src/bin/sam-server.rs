@@ -2,60 +2,92 @@
 //!
 //! `sam-server --listen 127.0.0.1:8080 --data-dir /var/lib/sam` keeps state in SQLite
 //! in the data directory, or in PostgreSQL with `--database-url`, and runs nodes with
-//! the local provider. Every option can also come from a `SAM_*` environment
-//! variable. SIGINT or SIGTERM stop it gracefully; unfinished tasks resume at the
-//! next start.
+//! the local provider (or `--provider hetzner|scaleway|gcp`). Every option can also
+//! come from a TOML file (`--config FILE`) or a `SAM_*` environment variable; flags
+//! win over both (see `sam_examples::config`). SIGINT or SIGTERM stop it gracefully;
+//! unfinished tasks resume at the next start.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
-use sam_core::Secret;
-use sam_examples::embedded::EmbeddedOptions;
-use sam_examples::server::{self, LogFormat, ServerOptions};
+use clap::Parser;
+use figment::providers::Serialized;
+use sam_examples::config::ServerConfig;
+use sam_examples::server::{self, ServerOptions};
+use serde::Serialize;
 
-/// The SAM control plane server.
-#[derive(Debug, Parser)]
+/// The SAM control plane server. Defaults are in `sam_examples::config::ServerConfig`.
+#[derive(Debug, Parser, Serialize)]
 #[command(name = "sam-server", version)]
 struct Cli {
-    /// The address the API and the node callbacks listen on.
-    #[arg(long, env = "SAM_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Where state lives: the SQLite database, the nodes, handed-over workspaces.
-    #[arg(long, env = "SAM_DATA_DIR", default_value = ".sam-server")]
-    data_dir: PathBuf,
+    /// A TOML configuration file (keys are the long flag names with `_`).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (secrets hidden) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    check_config: bool,
+    /// The address the API and the node callbacks listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Where state lives: the SQLite database, the nodes, handed-over workspaces
+    /// [default: .sam-server].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
     /// A PostgreSQL URL; without it state is in SQLite in the data directory.
-    #[arg(long, env = "SAM_DATABASE_URL", hide_env_values = true)]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     database_url: Option<String>,
+    /// The PostgreSQL schema for the tables (created if missing).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_schema: Option<String>,
     /// The base URL nodes call back to [default: http://<listen address>/].
-    #[arg(long, env = "SAM_PUBLIC_URL")]
-    public_url: Option<url::Url>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_url: Option<String>,
     /// The user API token [default: one created in <data dir>/api-token].
-    #[arg(long, env = "SAM_API_TOKEN", hide_env_values = true)]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     api_token: Option<String>,
     /// Any ACP agent, as a shell command (run as the `custom` agent).
-    #[arg(long, env = "SAM_AGENT_COMMAND")]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     agent_command: Option<String>,
-    /// How logs are written to stderr (filtered by RUST_LOG).
-    #[arg(long, env = "SAM_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: Format,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Text,
-    Json,
+    /// How logs are written to stderr (filtered by RUST_LOG): text or json.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<String>,
+    /// Which provider runs the nodes: local, hetzner, scaleway or gcp.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    server::init_logs(match cli.log_format {
-        Format::Text => LogFormat::Text,
-        Format::Json => LogFormat::Json,
-    });
-    match run(cli).await {
+    let config = match ServerConfig::load(cli.config.as_deref(), Serialized::globals(&cli)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sam-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    server::init_logs(config.log_format);
+    let result = async {
+        let options = ServerOptions::from_config(&config)?;
+        server::serve(options, sam_examples::node::shutdown_signal()).await
+    };
+    match result.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -63,17 +95,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut embedded = EmbeddedOptions::new(&cli.data_dir)?;
-    embedded.database_url = cli.database_url.map(Secret::new);
-    embedded.agent_command = cli.agent_command;
-    let options = ServerOptions {
-        listen: cli.listen,
-        public_url: cli.public_url,
-        api_token: cli.api_token.map(Secret::new),
-        embedded,
-    };
-    server::serve(options, sam_examples::node::shutdown_signal()).await
 }
