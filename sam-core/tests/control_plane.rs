@@ -94,6 +94,12 @@ impl Harness {
         }
     }
 
+    /// Submits a task with these layers and runs it for up to an hour of virtual time.
+    async fn submit_and_run(&self, layers: &[(Layer, LayerSettings)]) -> TaskRecord {
+        let id = self.cp.submit(&request(layers)).await.unwrap();
+        self.run(&id, HOUR).await
+    }
+
     fn creates(&self) -> Vec<(VmSize, String)> {
         self.provider
             .calls()
@@ -115,6 +121,17 @@ impl Harness {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// Asserts the task failed with a message containing `needle`, and returns its error.
+fn failed_with(task: &TaskRecord, needle: &str) -> TaskError {
+    assert_eq!(task.status, TaskStatus::Failed, "{task:?}");
+    let error = task.error.clone().expect("a failed task has an error");
+    assert!(
+        error.message.contains(needle),
+        "{error:?} should mention {needle:?}"
+    );
+    error
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_task_runs_to_completion_and_its_node_goes_warm() {
@@ -230,8 +247,7 @@ async fn platform_default_tries_every_size_then_backs_off_until_the_budget_ends(
         FakeOp::CreateVm,
         std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::TransientCapacity), 100),
     );
-    let id = h.cp.submit(&request(&[])).await.unwrap();
-    let task = h.run(&id, HOUR).await;
+    let task = h.submit_and_run(&[]).await;
     assert_eq!(task.status, TaskStatus::Failed);
     let error = task.error.unwrap();
     assert_eq!(error.category, ErrorCategory::TransientCapacity);
@@ -325,8 +341,7 @@ async fn a_lost_create_response_is_adopted_by_label_not_created_twice() {
     let h = harness(config("d1"));
     h.provider
         .script(FakeOp::CreateVm, [FakeOutcome::ResponseLost]);
-    let id = h.cp.submit(&request(&[])).await.unwrap();
-    let task = h.run(&id, HOUR).await;
+    let task = h.submit_and_run(&[]).await;
     assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
     assert_eq!(h.creates().len(), 1);
     assert_eq!(h.provider.vms().len(), 1);
@@ -367,8 +382,7 @@ async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
         ready_after_probes: None,
         ..FakeAgentScript::default()
     });
-    let id = h.cp.submit(&request(&[])).await.unwrap();
-    let task = h.run(&id, HOUR).await;
+    let task = h.submit_and_run(&[]).await;
     assert_eq!(task.status, TaskStatus::Failed);
     let error = task.error.unwrap();
     assert!(error.message.contains("agent ready timeout"), "{error:?}");
@@ -388,17 +402,8 @@ async fn a_vm_that_never_runs_fails_at_the_provisioning_limit() {
         FakeOp::PollCreate,
         std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::Transient), 10_000),
     );
-    let id = h.cp.submit(&request(&[])).await.unwrap();
-    let task = h.run(&id, HOUR).await;
-    assert_eq!(task.status, TaskStatus::Failed);
-    assert!(
-        task.error
-            .as_ref()
-            .unwrap()
-            .message
-            .contains("node provisioning timeout"),
-        "{task:?}"
-    );
+    let task = h.submit_and_run(&[]).await;
+    failed_with(&task, "node provisioning timeout");
 }
 
 #[tokio::test(start_paused = true)]
@@ -410,15 +415,7 @@ async fn a_workspace_that_never_gets_ready_fails_at_the_workspace_limit() {
     });
     let id = h.cp.submit(&request(&[])).await.unwrap();
     let task = h.run(&id, 2 * HOUR).await;
-    assert_eq!(task.status, TaskStatus::Failed);
-    assert!(
-        task.error
-            .as_ref()
-            .unwrap()
-            .message
-            .contains("workspace ready timeout"),
-        "{task:?}"
-    );
+    failed_with(&task, "workspace ready timeout");
 }
 
 #[tokio::test(start_paused = true)]
@@ -433,8 +430,7 @@ async fn an_agent_auth_failure_fails_fast_with_its_category() {
         },
         ..FakeAgentScript::default()
     });
-    let id = h.cp.submit(&request(&[])).await.unwrap();
-    let task = h.run(&id, HOUR).await;
+    let task = h.submit_and_run(&[]).await;
     assert_eq!(task.status, TaskStatus::Failed);
     assert_eq!(task.error.unwrap().category, ErrorCategory::AuthError);
 }
@@ -679,8 +675,7 @@ async fn a_default_location_moves_before_the_size_steps_down() {
         FakeOp::CreateVm,
         [FakeOutcome::Fail(ErrorCategory::TransientCapacity)],
     );
-    let id = h.cp.submit(&request(&[])).await.unwrap();
-    let task = h.run(&id, HOUR).await;
+    let task = h.submit_and_run(&[]).await;
     assert_eq!(task.status, TaskStatus::Completed);
     assert_eq!(task.provisioned_size, Some(VmSize::Medium));
     assert_eq!(task.provisioned_location.unwrap().as_str(), "nbg1");
