@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::acp::AgentCommand;
+use crate::acp::endpoint::AgentEndpoint;
 
 /// The demo agent's name in the agent registry.
 pub const DEMO_AGENT: &str = "demo";
@@ -54,20 +54,8 @@ pub async fn serve(
     input: impl AsyncRead + Send + Unpin + 'static,
     output: impl AsyncWrite + Send + Unpin,
 ) -> std::io::Result<()> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(input).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(message) = serde_json::from_str::<Value>(&line)
-                && tx.send(message).is_err()
-            {
-                break;
-            }
-        }
-    });
     let mut agent = Demo {
-        rx,
-        output,
+        io: AgentEndpoint::new(input, output),
         next_id: 0,
         sessions: HashMap::new(),
     };
@@ -75,8 +63,7 @@ pub async fn serve(
 }
 
 struct Demo<W> {
-    rx: mpsc::UnboundedReceiver<Value>,
-    output: W,
+    io: AgentEndpoint<W>,
     next_id: u64,
     /// Each session's working directory.
     sessions: HashMap<String, PathBuf>,
@@ -86,40 +73,8 @@ struct Demo<W> {
 struct Interrupted;
 
 impl<W: AsyncWrite + Unpin> Demo<W> {
-    async fn send(&mut self, message: Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&message).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.output.write_all(&line).await?;
-        self.output.flush().await
-    }
-
-    async fn reply(&mut self, id: Value, result: Value) -> std::io::Result<()> {
-        self.send(json!({ "jsonrpc": "2.0", "id": id, "result": result }))
-            .await
-    }
-
-    async fn reply_error(&mut self, id: Value, code: i64, message: &str) -> std::io::Result<()> {
-        self.send(
-            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } }),
-        )
-        .await
-    }
-
-    async fn update(&mut self, session: &str, update: Value) -> std::io::Result<()> {
-        self.send(json!({ "jsonrpc": "2.0", "method": "session/update", "params": { "sessionId": session, "update": update } }))
-            .await
-    }
-
-    async fn say(&mut self, session: &str, text: &str) -> std::io::Result<()> {
-        self.update(
-            session,
-            json!({ "sessionUpdate": "agent_message_chunk", "content": { "type": "text", "text": text } }),
-        )
-        .await
-    }
-
     async fn run(&mut self) -> std::io::Result<()> {
-        while let Some(message) = self.rx.recv().await {
+        while let Some(message) = self.io.recv().await {
             let method = message.get("method").and_then(Value::as_str).unwrap_or("");
             let Some(id) = message.get("id").cloned() else {
                 // Notifications outside a turn (a late `session/cancel`) need no answer.
@@ -137,17 +92,18 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
                         },
                         "authMethods": [],
                     });
-                    self.reply(id, result).await?;
+                    self.io.reply(id, result).await?;
                 }
                 "session/new" => {
                     let Some(cwd) = message.pointer("/params/cwd").and_then(Value::as_str) else {
-                        self.reply_error(id, -32602, "session/new needs an absolute cwd")
+                        self.io
+                            .reply_error(id, -32602, "session/new needs an absolute cwd")
                             .await?;
                         continue;
                     };
                     let session = format!("demo-session-{}", self.sessions.len() + 1);
                     self.sessions.insert(session.clone(), PathBuf::from(cwd));
-                    self.reply(id, json!({ "sessionId": session })).await?;
+                    self.io.reply(id, json!({ "sessionId": session })).await?;
                 }
                 "session/prompt" => {
                     let session = message
@@ -156,7 +112,8 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
                         .unwrap_or_default()
                         .to_owned();
                     let Some(cwd) = self.sessions.get(&session).cloned() else {
-                        self.reply_error(id, -32602, &format!("unknown session {session:?}"))
+                        self.io
+                            .reply_error(id, -32602, &format!("unknown session {session:?}"))
                             .await?;
                         continue;
                     };
@@ -165,10 +122,11 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
                         Ok(()) => "end_turn",
                         Err(Interrupted) => "cancelled",
                     };
-                    self.reply(id, json!({ "stopReason": reason })).await?;
+                    self.io.reply(id, json!({ "stopReason": reason })).await?;
                 }
                 _ => {
-                    self.reply_error(id, -32601, &format!("method not found: {method}"))
+                    self.io
+                        .reply_error(id, -32601, &format!("method not found: {method}"))
                         .await?;
                 }
             }
@@ -185,9 +143,10 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
     ) -> std::io::Result<Result<Value, Interrupted>> {
         self.next_id += 1;
         let id = format!("demo-{}", self.next_id);
-        self.send(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
+        self.io
+            .send(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
             .await?;
-        while let Some(message) = self.rx.recv().await {
+        while let Some(message) = self.io.recv().await {
             if message.get("method").and_then(Value::as_str) == Some("session/cancel") {
                 return Ok(Err(Interrupted));
             }
@@ -218,11 +177,12 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
                 json!({ "content": format!("[demo] {step}"), "priority": "medium", "status": status })
             })
             .collect();
-        self.update(
-            session,
-            json!({ "sessionUpdate": "plan", "entries": entries }),
-        )
-        .await
+        self.io
+            .update(
+                session,
+                json!({ "sessionUpdate": "plan", "entries": entries }),
+            )
+            .await
     }
 
     async fn tool(
@@ -254,7 +214,7 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
                 json!({ "sessionUpdate": "tool_call_update", "toolCallId": id, "status": status })
             }
         };
-        self.update(session, update).await
+        self.io.update(session, update).await
     }
 
     /// One prompt turn; `Err(Interrupted)` when it was cancelled.
@@ -264,7 +224,7 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
         cwd: &Path,
         prompt: &str,
     ) -> std::io::Result<Result<(), Interrupted>> {
-        self.say(
+        self.io.say(
             session,
             "This is the SAM demo agent: it uses no model. It reads the repository and writes one file.\n",
         )
@@ -363,7 +323,7 @@ impl<W: AsyncWrite + Unpin> Demo<W> {
             format!("Demo agent (no model): I could not write {DEMO_FILE}: {error}")
         };
         self.plan(session, 3).await?;
-        self.say(session, &message).await?;
+        self.io.say(session, &message).await?;
         Ok(Ok(()))
     }
 }

@@ -22,9 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sam_core::AgentError;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::acp::endpoint::AgentEndpoint;
 use crate::acp::{AgentIo, AgentLauncher};
 
 /// When the fake agent crashes.
@@ -202,21 +202,9 @@ pub async fn serve(
     if script.crash_now(FakeCrash::AtStart) {
         return Ok(FakeExit::Crashed);
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(input).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(message) = serde_json::from_str::<Value>(&line)
-                && tx.send(message).is_err()
-            {
-                break;
-            }
-        }
-    });
     let mut agent = Agent {
         script,
-        rx,
-        output,
+        io: AgentEndpoint::new(input, output),
         prompts: 0,
         next_id: 1000,
         sessions: 0,
@@ -226,39 +214,13 @@ pub async fn serve(
 
 struct Agent<'a, W> {
     script: &'a FakeAgentScript,
-    rx: mpsc::UnboundedReceiver<Value>,
-    output: W,
+    io: AgentEndpoint<W>,
     prompts: u32,
     next_id: u64,
     sessions: u32,
 }
 
 impl<W: AsyncWrite + Unpin> Agent<'_, W> {
-    async fn send(&mut self, message: Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&message).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.output.write_all(&line).await?;
-        self.output.flush().await
-    }
-
-    async fn reply(&mut self, id: Value, result: Value) -> std::io::Result<()> {
-        self.send(json!({ "jsonrpc": "2.0", "id": id, "result": result }))
-            .await
-    }
-
-    async fn update(&mut self, session: &str, update: Value) -> std::io::Result<()> {
-        self.send(json!({ "jsonrpc": "2.0", "method": "session/update", "params": { "sessionId": session, "update": update } }))
-            .await
-    }
-
-    async fn say(&mut self, session: &str, text: &str) -> std::io::Result<()> {
-        self.update(
-            session,
-            json!({ "sessionUpdate": "agent_message_chunk", "content": { "type": "text", "text": text } }),
-        )
-        .await
-    }
-
     fn record(&self, message: &Value) {
         let Some(path) = &self.script.record else {
             return;
@@ -280,7 +242,7 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
     }
 
     async fn run(&mut self) -> std::io::Result<FakeExit> {
-        while let Some(message) = self.rx.recv().await {
+        while let Some(message) = self.io.recv().await {
             self.record(&message);
             let id = message.get("id").cloned();
             let method = message.get("method").and_then(Value::as_str).unwrap_or("");
@@ -300,12 +262,12 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                         "agentInfo": { "name": name, "version": env!("CARGO_PKG_VERSION") },
                         "authMethods": [],
                     });
-                    self.reply(id, result).await?;
+                    self.io.reply(id, result).await?;
                 }
                 "session/new" => {
                     self.sessions += 1;
                     let session = format!("fake-session-{}", self.sessions);
-                    self.reply(id, json!({ "sessionId": session })).await?;
+                    self.io.reply(id, json!({ "sessionId": session })).await?;
                 }
                 "session/load" => {
                     let session = message
@@ -314,9 +276,9 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                         .unwrap_or_default()
                         .to_owned();
                     // Replay the history, as real agents do.
-                    self.update(&session, json!({ "sessionUpdate": "user_message_chunk", "content": { "type": "text", "text": "(history)" } }))
+                    self.io.update(&session, json!({ "sessionUpdate": "user_message_chunk", "content": { "type": "text", "text": "(history)" } }))
                         .await?;
-                    self.reply(id, json!({})).await?;
+                    self.io.reply(id, json!({})).await?;
                 }
                 "session/prompt" => {
                     let session = message
@@ -329,7 +291,7 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                     }
                 }
                 _ => {
-                    self.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32601, "message": format!("method not found: {method}") } }))
+                    self.io.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32601, "message": format!("method not found: {method}") } }))
                         .await?;
                 }
             }
@@ -341,9 +303,10 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
     async fn ask(&mut self, method: &str, params: Value) -> std::io::Result<Option<Value>> {
         self.next_id += 1;
         let id = self.next_id;
-        self.send(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
+        self.io
+            .send(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
             .await?;
-        while let Some(message) = self.rx.recv().await {
+        while let Some(message) = self.io.recv().await {
             self.record(&message);
             if message.get("id").and_then(Value::as_u64) == Some(id)
                 && message.get("method").is_none()
@@ -358,16 +321,18 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
         self.prompts += 1;
         if self.prompts <= self.script.fail_prompts {
             let error = json!({ "code": self.script.fail_code, "message": self.script.fail_text });
-            self.send(json!({ "jsonrpc": "2.0", "id": id, "error": error }))
+            self.io
+                .send(json!({ "jsonrpc": "2.0", "id": id, "error": error }))
                 .await?;
             return Ok(None);
         }
-        self.say(session, "working").await?;
-        self.update(
-            session,
-            json!({ "sessionUpdate": "fake_kind_from_the_future", "detail": 1 }),
-        )
-        .await?;
+        self.io.say(session, "working").await?;
+        self.io
+            .update(
+                session,
+                json!({ "sessionUpdate": "fake_kind_from_the_future", "detail": 1 }),
+            )
+            .await?;
         if self.script.crash_now(FakeCrash::MidPrompt) {
             return Ok(Some(FakeExit::Crashed));
         }
@@ -391,7 +356,9 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                 .and_then(Value::as_str)
                 .unwrap_or("cancelled")
                 .to_owned();
-            self.say(session, &format!("permission: {outcome}")).await?;
+            self.io
+                .say(session, &format!("permission: {outcome}"))
+                .await?;
         }
         if let Some(path) = self.script.read_path.clone() {
             let answer = self
@@ -404,7 +371,7 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                 let content = r.get("content").and_then(Value::as_str).unwrap_or("");
                 format!("{} bytes", content.len())
             });
-            self.say(session, &format!("read: {text}")).await?;
+            self.io.say(session, &format!("read: {text}")).await?;
         }
         if let Some(path) = self.script.write_path.clone() {
             let answer = self
@@ -414,7 +381,7 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                 )
                 .await?;
             let text = describe_answer(answer.as_ref(), |_| "ok".to_owned());
-            self.say(session, &format!("write: {text}")).await?;
+            self.io.say(session, &format!("write: {text}")).await?;
         }
         let mut reason = self.script.stop_reason.clone();
         if !self.script.slow.is_zero() {
@@ -423,7 +390,7 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
             loop {
                 tokio::select! {
                     () = &mut sleep => break,
-                    message = self.rx.recv() => match message {
+                    message = self.io.recv() => match message {
                         Some(message) => {
                             self.record(&message);
                             if message.get("method").and_then(Value::as_str) == Some("session/cancel") {
@@ -436,7 +403,7 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                 }
             }
         }
-        self.reply(id, json!({ "stopReason": reason })).await?;
+        self.io.reply(id, json!({ "stopReason": reason })).await?;
         Ok(None)
     }
 }

@@ -40,6 +40,7 @@
 //! [`AgentFailure::Crash`] error whose message says what was missing.
 
 mod client;
+pub(crate) mod endpoint;
 mod fs;
 mod launch;
 mod restart;
