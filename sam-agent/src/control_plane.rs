@@ -108,12 +108,9 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
     })
 }
 
-fn node_id(id: &str) -> Result<NodeId, Failure> {
-    NodeId::new(id).map_err(|e| Failure::new(ErrorCategory::InvalidConfig, &e.to_string()))
-}
-
-fn workspace_id(id: &str) -> Result<WorkspaceId, Failure> {
-    WorkspaceId::new(id).map_err(|e| Failure::new(ErrorCategory::InvalidConfig, &e.to_string()))
+/// A node or workspace id from the path; a bad one is `invalid_config`.
+fn path_id<K: sam_core::model::id_kind::IdKind>(id: &str) -> Result<sam_core::Id<K>, Failure> {
+    sam_core::Id::new(id).map_err(|e| Failure::new(ErrorCategory::InvalidConfig, &e.to_string()))
 }
 
 async fn node_ready(
@@ -123,7 +120,7 @@ async fn node_ready(
     bytes: Bytes,
 ) -> Result<StatusCode, Failure> {
     let token = bearer(&headers)?;
-    let node = node_id(&id)?;
+    let node: NodeId = path_id(&id)?;
     let ready: NodeReady = body(&bytes)?;
     cp.node_ready(token, &node, &ready.version).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -136,7 +133,7 @@ async fn heartbeat(
     bytes: Bytes,
 ) -> Result<axum::Json<HeartbeatResponse>, Failure> {
     let token = bearer(&headers)?;
-    let node = node_id(&id)?;
+    let node: NodeId = path_id(&id)?;
     let beat: Heartbeat = body(&bytes)?;
     let reply = cp.heartbeat(token, &node, &beat.metrics).await?;
     Ok(axum::Json(HeartbeatResponse {
@@ -151,7 +148,7 @@ async fn workspace_ready(
     bytes: Bytes,
 ) -> Result<StatusCode, Failure> {
     let token = bearer(&headers)?;
-    let workspace = workspace_id(&id)?;
+    let workspace: WorkspaceId = path_id(&id)?;
     let report: WorkspaceReport = body(&bytes)?;
     cp.workspace_ready(token, &workspace, &report).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -164,7 +161,7 @@ async fn session_event(
     bytes: Bytes,
 ) -> Result<StatusCode, Failure> {
     let token = bearer(&headers)?;
-    let workspace = workspace_id(&id)?;
+    let workspace: WorkspaceId = path_id(&id)?;
     let callback: SessionCallback = body(&bytes)?;
     cp.session_event(token, &workspace, &callback).await?;
     Ok(StatusCode::NO_CONTENT)
