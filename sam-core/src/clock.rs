@@ -48,3 +48,34 @@ impl Clock for TokioClock {
         self.anchor + elapsed
     }
 }
+
+/// A clock that moves only when told to, for tests that drive the control plane step
+/// by step against real stores in real time.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: std::sync::Mutex<DateTime<Utc>>,
+}
+
+impl ManualClock {
+    /// A clock that reads `start` until it is advanced.
+    pub fn starting_at(start: DateTime<Utc>) -> Self {
+        Self {
+            now: std::sync::Mutex::new(start),
+        }
+    }
+
+    /// Moves the clock forward by `by` (saturating at the latest representable time).
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        let step = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        *now = now
+            .checked_add_signed(step)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

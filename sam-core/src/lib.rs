@@ -87,6 +87,7 @@
 pub mod classify;
 pub mod clock;
 pub mod control;
+pub mod crash;
 pub mod error;
 pub mod fallback;
 pub mod model;
@@ -108,7 +109,7 @@ pub mod token;
 pub mod testkit;
 
 pub use classify::{classify_agent_error, is_agent_crash};
-pub use clock::{Clock, TokioClock};
+pub use clock::{Clock, ManualClock, TokioClock};
 pub use control::{
     BootRenderer, ControlPlane, ControlPlaneConfig, ControlPlaneParts, HeartbeatReply,
     LayerSettings, NodeMetrics, SessionCallback, SubmitRequest, TaskEvent, TaskEventKind,

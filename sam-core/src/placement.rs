@@ -208,6 +208,7 @@ impl Scheduler for DefaultScheduler {
                 now: request.now,
             };
             if let Some(node) = self.store.claim_warm_node(&claim).await? {
+                crate::crash::point(crate::crash::WARM_CLAIMED);
                 if node.capacity.covers(&request.reservation) {
                     return Ok(PlacementDecision {
                         placement: Placement::Node {

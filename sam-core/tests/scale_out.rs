@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+mod support;
+
+use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent};
 use sam_core::{
-    ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, NodeId, Provider,
-    ProviderKind, Secret, Store, SubmitRequest, TaskFilter, TaskStatus, TokenSigner, TokioClock,
+    ControlPlane, ControlPlaneConfig, NodeId, ProviderKind, Store, SubmitRequest, TaskFilter,
+    TaskStatus, TokioClock,
 };
 use sam_providers::{FakeCall, FakeProvider};
 use sam_store::{PgConfig, PgStore, SqliteConfig, SqliteStore};
@@ -25,19 +27,7 @@ fn control_plane(
     let mut config = ControlPlaneConfig::new(driver, ProviderKind::Fake);
     config.poll_interval = Duration::from_millis(5);
     config.lease = Duration::from_secs(10);
-    ControlPlane::new(
-        ControlPlaneParts {
-            scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
-            store,
-            providers: vec![provider as Arc<dyn Provider>],
-            node_agent: agent,
-            boot: Arc::new(PlainBoot),
-            signer: TokenSigner::new(Secret::new("k".repeat(32)), "sam").unwrap(),
-            clock: Arc::new(TokioClock::new()),
-        },
-        config,
-    )
-    .unwrap()
+    support::control_plane(store, provider, agent, Arc::new(TokioClock::new()), config)
 }
 
 /// Submits through the first store, drives with two control planes (each on its own

@@ -1,14 +1,14 @@
 //! A scriptable in-memory provider for tests of everything above the providers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use sam_core::{
-    Catalog, ErrorCategory, Labels, Provider, ProviderCapabilities, ProviderError, ProviderKind,
-    VmId, VmInstance, VmSpec, VmState,
+    Catalog, Clock, ErrorCategory, Labels, Location, Provider, ProviderCapabilities, ProviderError,
+    ProviderKind, VmId, VmInstance, VmSpec, VmState,
 };
 
 const KIND: ProviderKind = ProviderKind::Fake;
@@ -47,6 +47,8 @@ pub enum FakeOutcome {
     /// Waits (on tokio's clock, so paused-clock tests are exact), then does the
     /// inner outcome.
     Delayed(Duration, Box<FakeOutcome>),
+    /// The call fails as `rate_limited` with this `Retry-After`, and has no effect.
+    RateLimited(Duration),
 }
 
 /// A recorded call with its argument.
@@ -72,6 +74,8 @@ struct State {
     scripts: HashMap<FakeOp, VecDeque<FakeOutcome>>,
     calls: Vec<FakeCall>,
     next_id: u64,
+    /// Live VMs a (server type, location) can hold; absent means no limit.
+    capacity: HashMap<(String, String), usize>,
 }
 
 #[derive(Debug)]
@@ -89,6 +93,7 @@ struct FakeVm {
 pub struct FakeProvider {
     state: Mutex<State>,
     catalog: Catalog,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Default for FakeProvider {
@@ -103,6 +108,7 @@ impl FakeProvider {
         Self {
             state: Mutex::default(),
             catalog: crate::catalog(KIND, &[]),
+            clock: None,
         }
     }
 
@@ -114,12 +120,35 @@ impl FakeProvider {
                 provider: KIND,
                 ..catalog
             },
+            clock: None,
         }
+    }
+
+    /// Stamps created VMs with `clock` instead of the system time, so VM ages agree
+    /// with a control plane on a paused or manual clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Appends outcomes for the next calls of `op`, in order.
     pub fn script(&self, op: FakeOp, outcomes: impl IntoIterator<Item = FakeOutcome>) {
         self.lock().scripts.entry(op).or_default().extend(outcomes);
+    }
+
+    /// Drops every outcome still scripted: from now on every call succeeds.
+    pub fn clear_scripts(&self) {
+        self.lock().scripts.clear();
+    }
+
+    /// Limits a server type in a location to `live_vms` VMs at once: a create beyond
+    /// it fails with `transient_capacity`, as a sold-out size does.
+    pub fn limit_capacity(&self, server_type: &str, location: &Location, live_vms: usize) {
+        self.lock().capacity.insert(
+            (server_type.to_owned(), location.as_str().to_owned()),
+            live_vms,
+        );
     }
 
     /// Every call so far, in order.
@@ -141,8 +170,9 @@ impl FakeProvider {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the call and takes the next scripted outcome, waiting out any delay.
-    async fn begin(&self, op: FakeOp, call: FakeCall) -> FakeOutcome {
+    /// Records the call and takes the next scripted outcome, waiting out any delay;
+    /// an outcome that fails the call is returned as its error.
+    async fn begin(&self, op: FakeOp, call: FakeCall) -> Result<FakeOutcome, ProviderError> {
         let mut outcome = {
             let mut state = self.lock();
             state.calls.push(call);
@@ -156,13 +186,27 @@ impl FakeProvider {
             tokio::time::sleep(wait).await;
             outcome = *inner;
         }
-        outcome
+        match scripted_error(&outcome) {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
     }
 }
 
 fn failure(category: ErrorCategory) -> ProviderError {
     ProviderError::new(KIND, category, format!("scripted {category} failure"))
         .with_code(category.as_str())
+}
+
+/// The error a scripted outcome fails with, if it fails.
+fn scripted_error(outcome: &FakeOutcome) -> Option<ProviderError> {
+    match outcome {
+        FakeOutcome::Fail(c) => Some(failure(*c)),
+        FakeOutcome::RateLimited(wait) => {
+            Some(failure(ErrorCategory::RateLimited).with_retry_after(*wait))
+        }
+        _ => None,
+    }
 }
 
 fn lost() -> ProviderError {
@@ -196,23 +240,31 @@ impl Provider for FakeProvider {
     }
 
     async fn check_credentials(&self) -> Result<(), ProviderError> {
-        match self
+        let outcome = self
             .begin(FakeOp::CheckCredentials, FakeCall::CheckCredentials)
-            .await
-        {
-            FakeOutcome::Fail(c) => Err(failure(c)),
-            outcome => respond(&outcome, ()),
-        }
+            .await?;
+        respond(&outcome, ())
     }
 
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInstance, ProviderError> {
         let outcome = self
             .begin(FakeOp::CreateVm, FakeCall::CreateVm(spec.clone()))
-            .await;
-        if let FakeOutcome::Fail(c) = outcome {
-            return Err(failure(c));
-        }
+            .await?;
         let mut state = self.lock();
+        let key = (spec.server_type.clone(), spec.location.as_str().to_owned());
+        if let Some(limit) = state.capacity.get(&key) {
+            let live = state
+                .vms
+                .values()
+                .filter(|v| {
+                    v.instance.server_type == spec.server_type
+                        && v.instance.location == spec.location
+                })
+                .count();
+            if live >= *limit {
+                return Err(failure(ErrorCategory::TransientCapacity));
+            }
+        }
         state.next_id += 1;
         let instance = VmInstance {
             id: crate::vm_id(KIND, format!("fake-{}", state.next_id))?,
@@ -223,7 +275,7 @@ impl Provider for FakeProvider {
             state: VmState::Pending,
             labels: spec.labels.clone(),
             address: Some("127.0.0.1".to_owned()),
-            created_at: Some(Utc::now()),
+            created_at: Some(self.clock.as_ref().map_or_else(Utc::now, |c| c.now())),
         };
         let action_failure = match outcome {
             FakeOutcome::FailInAction(c) => Some(c),
@@ -242,10 +294,7 @@ impl Provider for FakeProvider {
     async fn poll_create(&self, vm: &VmInstance) -> Result<VmInstance, ProviderError> {
         let outcome = self
             .begin(FakeOp::PollCreate, FakeCall::PollCreate(vm.id.clone()))
-            .await;
-        if let FakeOutcome::Fail(c) = outcome {
-            return Err(failure(c));
-        }
+            .await?;
         let mut state = self.lock();
         let Some(fake) = state.vms.get_mut(&vm.id) else {
             return Err(failure(ErrorCategory::NotFound));
@@ -261,45 +310,35 @@ impl Provider for FakeProvider {
     }
 
     async fn get_vm(&self, id: &VmId) -> Result<Option<VmInstance>, ProviderError> {
-        match self.begin(FakeOp::GetVm, FakeCall::GetVm(id.clone())).await {
-            FakeOutcome::Fail(c) => Err(failure(c)),
-            outcome => respond(
-                &outcome,
-                self.lock().vms.get(id).map(|v| v.instance.clone()),
-            ),
-        }
+        let outcome = self
+            .begin(FakeOp::GetVm, FakeCall::GetVm(id.clone()))
+            .await?;
+        respond(
+            &outcome,
+            self.lock().vms.get(id).map(|v| v.instance.clone()),
+        )
     }
 
     async fn delete_vm(&self, id: &VmId) -> Result<(), ProviderError> {
-        match self
+        let outcome = self
             .begin(FakeOp::DeleteVm, FakeCall::DeleteVm(id.clone()))
-            .await
-        {
-            FakeOutcome::Fail(c) => Err(failure(c)),
-            outcome => {
-                self.lock().vms.remove(id);
-                respond(&outcome, ())
-            }
-        }
+            .await?;
+        self.lock().vms.remove(id);
+        respond(&outcome, ())
     }
 
     async fn list_vms(&self, labels: &Labels) -> Result<Vec<VmInstance>, ProviderError> {
-        match self
+        let outcome = self
             .begin(FakeOp::ListVms, FakeCall::ListVms(labels.clone()))
-            .await
-        {
-            FakeOutcome::Fail(c) => Err(failure(c)),
-            outcome => {
-                let vms = self
-                    .lock()
-                    .vms
-                    .values()
-                    .filter(|v| v.instance.labels.matches(labels))
-                    .map(|v| v.instance.clone())
-                    .collect();
-                respond(&outcome, vms)
-            }
-        }
+            .await?;
+        let vms = self
+            .lock()
+            .vms
+            .values()
+            .filter(|v| v.instance.labels.matches(labels))
+            .map(|v| v.instance.clone())
+            .collect();
+        respond(&outcome, vms)
     }
 }
 

@@ -1,6 +1,6 @@
 //! A scriptable [`NodeAgent`] and a trivial [`BootRenderer`] for control-plane tests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -65,6 +65,10 @@ struct State {
     workspaces: HashMap<WorkspaceId, NodeId>,
     sessions: HashMap<WorkspaceId, SessionReport>,
     calls: Vec<FakeAgentCall>,
+    /// Scripts for the next nodes first heard of, in order.
+    queued: VecDeque<FakeAgentScript>,
+    /// The script each node took from the queue.
+    assigned: HashMap<NodeId, FakeAgentScript>,
 }
 
 /// A [`NodeAgent`] whose VM agents follow a [`FakeAgentScript`], answering at once.
@@ -88,21 +92,41 @@ impl FakeNodeAgent {
         *self.script.lock().expect("script lock") = script;
     }
 
+    /// Gives the next nodes the fake hears of a script of their own, one each in the
+    /// order they are first called about; later nodes follow the common script.
+    pub fn queue_node_scripts(&self, scripts: impl IntoIterator<Item = FakeAgentScript>) {
+        self.state
+            .lock()
+            .expect("state lock")
+            .queued
+            .extend(scripts);
+    }
+
     /// Every call so far.
     pub fn calls(&self) -> Vec<FakeAgentCall> {
         self.state.lock().expect("state lock").calls.clone()
     }
 
-    fn script(&self) -> FakeAgentScript {
-        self.script.lock().expect("script lock").clone()
+    /// The script `node` follows: its own from the queue, or the common one.
+    fn script(&self, state: &mut State, node: &NodeId) -> FakeAgentScript {
+        if let Some(script) = state.assigned.get(node) {
+            return script.clone();
+        }
+        match state.queued.pop_front() {
+            Some(script) => {
+                state.assigned.insert(node.clone(), script.clone());
+                script
+            }
+            None => self.script.lock().expect("script lock").clone(),
+        }
     }
 }
 
 #[async_trait]
 impl NodeAgent for FakeNodeAgent {
     async fn health(&self, node: &NodeRecord) -> Result<Option<AgentHealth>, NodeAgentError> {
-        let script = self.script();
         let mut state = self.state.lock().expect("state lock");
+        let script = self.script(&mut state, &node.id);
         state.calls.push(FakeAgentCall::Health(node.id.clone()));
         let probes = state.probes.entry(node.id.clone()).or_default();
         let ready = script.ready_after_probes.is_some_and(|n| *probes >= n);
@@ -130,11 +154,11 @@ impl NodeAgent for FakeNodeAgent {
 
     async fn workspace_status(
         &self,
-        _node: &NodeRecord,
+        node: &NodeRecord,
         workspace: &WorkspaceId,
     ) -> Result<Option<WorkspaceReport>, NodeAgentError> {
-        let script = self.script();
-        let state = self.state.lock().expect("state lock");
+        let mut state = self.state.lock().expect("state lock");
+        let script = self.script(&mut state, &node.id);
         Ok(state
             .workspaces
             .contains_key(workspace)
@@ -146,8 +170,8 @@ impl NodeAgent for FakeNodeAgent {
         node: &NodeRecord,
         request: &SessionRequest,
     ) -> Result<(), NodeAgentError> {
-        let script = self.script();
         let mut state = self.state.lock().expect("state lock");
+        let script = self.script(&mut state, &node.id);
         state.calls.push(FakeAgentCall::StartSession(
             node.id.clone(),
             request.workspace_id.clone(),
