@@ -172,6 +172,10 @@ pub struct ControlPlaneConfig {
     pub agents: Vec<String>,
     /// Provider VMs with the managed label and no live node are deleted once older than this.
     pub orphan_min_age: Duration,
+    /// Seeds the task and node ids and the backoff jitter, so a simulation replays
+    /// exactly; `None` (the default) draws them from the process's random keys.
+    /// Two control planes sharing a database must not share a seed.
+    pub random_seed: Option<u64>,
 }
 
 impl ControlPlaneConfig {
@@ -199,6 +203,7 @@ impl ControlPlaneConfig {
                 .map(str::to_owned)
                 .to_vec(),
             orphan_min_age: Duration::from_secs(600),
+            random_seed: None,
         }
     }
 
@@ -327,10 +332,12 @@ pub struct ControlPlane {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: ControlPlaneConfig,
     pub(crate) events: broadcast::Sender<TaskEvent>,
+    /// The state of the seeded sequence, shared by clones; `None` when unseeded.
+    pub(crate) seeded: Option<Arc<std::sync::Mutex<u64>>>,
 }
 
 /// A random 64-bit value from the standard library's per-process random keys.
-pub(crate) fn random_u64() -> u64 {
+fn os_random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
@@ -409,9 +416,27 @@ impl ControlPlane {
             boot: parts.boot,
             signer: parts.signer,
             clock: parts.clock,
+            seeded: config
+                .random_seed
+                .map(|seed| Arc::new(std::sync::Mutex::new(seed))),
             config,
             events,
         })
+    }
+
+    /// A random 64-bit value: the next of the seeded sequence (SplitMix64) when the
+    /// configuration sets [`ControlPlaneConfig::random_seed`], else from the
+    /// process's random keys.
+    pub(crate) fn random_u64(&self) -> u64 {
+        let Some(state) = &self.seeded else {
+            return os_random_u64();
+        };
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
     /// The configuration.
@@ -533,7 +558,7 @@ impl ControlPlane {
         }
 
         let now = self.clock.now();
-        let id = TaskId::new(format!("t-{:016x}", random_u64()))?;
+        let id = TaskId::new(format!("t-{:016x}", self.random_u64()))?;
         let task = TaskRecord {
             id: id.clone(),
             status: TaskStatus::Queued,
@@ -678,12 +703,15 @@ impl ControlPlane {
             )
             .await?;
         self.emit(&task.id, TaskEventKind::Status { status: to, error });
+        crate::crash::point(crate::crash::TASK_ENDED);
         self.release(&current).await;
         Ok(true)
     }
 
     /// Releases what a finished task held: stops its workspace, returns a healthy node
-    /// to the warm pool, destroys a node it created that never became ready.
+    /// to the warm pool, and destroys a node that is not healthy (it never became
+    /// ready, or its heartbeats stopped) when it created it or no other live task
+    /// uses it, so no unhealthy node idles until its lifetime ends.
     /// Failures are logged; the sweeps finish what this could not.
     pub(crate) async fn release(&self, task: &TaskRecord) {
         let Some(node_id) = &task.provisioned_node_id else {
@@ -716,8 +744,29 @@ impl ControlPlane {
             if let Err(e) = self.store.release_node_to_warm(node_id, now).await {
                 tracing::warn!(node = %node_id, error = %e, "could not return the node to the warm pool");
             }
-        } else if node.created_for.as_ref() == Some(&task.id) {
+        } else if node.created_for.as_ref() == Some(&task.id)
+            || !self.used_by_others(node_id, &task.id).await
+        {
             self.destroy_node(&node).await;
+        }
+    }
+
+    /// Whether a live task other than `task` runs on (or is headed for) `node`; `true`
+    /// when the store cannot tell, so a node is never destroyed on a guess.
+    async fn used_by_others(&self, node: &NodeId, task: &TaskId) -> bool {
+        let users = self
+            .store
+            .list_tasks(&TaskFilter {
+                node: Some(node.clone()),
+                ..TaskFilter::live()
+            })
+            .await;
+        match users {
+            Ok(users) => users.iter().any(|t| &t.id != task),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "could not tell who uses the node; keeping it");
+                true
+            }
         }
     }
 
@@ -726,13 +775,15 @@ impl ControlPlane {
     /// A row without a VM id may still have a VM whose create response was lost, so
     /// the provider is asked by the node's label first; a row that truly never got a
     /// VM is deleted outright, so nothing dead lingers. When the provider cannot be
-    /// reached the row stays, and the orphan sweep finishes the job later.
-    pub(crate) async fn destroy_node(&self, node: &NodeRecord) {
+    /// reached the row stays, marked `destroying` so that nothing is placed on it,
+    /// and the node sweep tries again (the orphan sweep cannot: the row is live, so
+    /// it owns the VM). Returns whether the node is gone.
+    pub(crate) async fn destroy_node(&self, node: &NodeRecord) -> bool {
         let provider = match self.provider(node.provider) {
             Ok(provider) => Arc::clone(provider),
             Err(e) => {
                 tracing::warn!(node = %node.id, error = %e, "no provider for the node");
-                return;
+                return false;
             }
         };
         let vm = match &node.vm_id {
@@ -743,17 +794,20 @@ impl ControlPlane {
             {
                 Ok(vms) => vms.into_iter().next().map(|v| v.id),
                 Err(e) => {
-                    tracing::warn!(node = %node.id, error = %e, "could not look the node's VM up; the orphan sweep will retry");
-                    return;
+                    tracing::warn!(node = %node.id, error = %e, "could not look the node's VM up; the node sweep will retry");
+                    self.mark_destroying(node).await;
+                    return false;
                 }
             },
         };
         if let Some(vm) = &vm
             && let Err(e) = provider.delete_vm(vm).await
         {
-            tracing::warn!(node = %node.id, error = %e, "could not delete the VM; the orphan sweep will retry");
-            return;
+            tracing::warn!(node = %node.id, error = %e, "could not delete the VM; the node sweep will retry");
+            self.mark_destroying(node).await;
+            return false;
         }
+        crate::crash::point(crate::crash::VM_DELETED);
         let result = if node.vm_id.is_none() && vm.is_none() {
             self.store.delete_node(&node.id).await
         } else {
@@ -766,6 +820,21 @@ impl ControlPlane {
         };
         if let Err(e) = result {
             tracing::warn!(node = %node.id, error = %e, "could not record the node's deletion");
+        }
+        true
+    }
+
+    /// Marks a node whose VM could not be deleted as `destroying`: no placement takes
+    /// it, and the node sweep destroys it again.
+    async fn mark_destroying(&self, node: &NodeRecord) {
+        if node.lifecycle == crate::model::NodeLifecycle::Destroying {
+            return;
+        }
+        let mut doomed = node.clone();
+        doomed.lifecycle = crate::model::NodeLifecycle::Destroying;
+        doomed.updated_at = self.clock.now();
+        if let Err(e) = self.store.put_node(&doomed).await {
+            tracing::warn!(node = %node.id, error = %e, "could not mark the node for destruction");
         }
     }
 
@@ -801,13 +870,8 @@ impl ControlPlane {
         let tasks = self
             .store
             .list_tasks(&TaskFilter {
-                statuses: vec![
-                    TaskStatus::Queued,
-                    TaskStatus::Delegated,
-                    TaskStatus::InProgress,
-                ],
                 node: Some(node.clone()),
-                ..TaskFilter::default()
+                ..TaskFilter::live()
             })
             .await?;
         for task in tasks {

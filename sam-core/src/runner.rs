@@ -6,12 +6,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use crate::control::{ControlPlane, TaskEventKind, random_u64};
+use crate::control::{ControlPlane, TaskEventKind};
 use crate::error::{Classify, Error, ErrorCategory, ProviderError};
 use crate::fallback::{FallbackPlan, PlanRequest};
 use crate::model::{
-    ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskStatus, VmSpec,
-    VmState, WorkspaceId,
+    ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskStatus, VmSize,
+    VmSpec, VmState, WorkspaceId,
 };
 use crate::node_agent::{SessionReport, SessionRequest, WorkspaceReport, WorkspaceRequest};
 use crate::provider::Provider;
@@ -243,6 +243,9 @@ impl ControlPlane {
                 // The size and location the task actually runs on, recorded as for a
                 // provisioned node, so a task on a smaller warm node shows that too.
                 let node = self.store.get_node(node_id).await?;
+                if let Some(node) = &node {
+                    self.show_downgrade(task, node.size);
+                }
                 update.provisioned_node_id = Some(Some(node_id.clone()));
                 update.provisioned_size = Some(node.as_ref().map(|n| n.size));
                 update.provisioned_location = Some(node.map(|n| n.location));
@@ -300,7 +303,7 @@ impl ControlPlane {
                     reason: format!("{} is not in the catalog", attempt.server_type),
                 })?;
             let now = self.clock.now();
-            let id = NodeId::new(format!("n-{:012x}", random_u64() >> 16))?;
+            let id = NodeId::new(format!("n-{:012x}", self.random_u64() >> 16))?;
             let node = NodeRecord {
                 labels: Labels::for_node(&id),
                 id,
@@ -322,8 +325,10 @@ impl ControlPlane {
                 updated_at: now,
             };
             // Record the truth before the paid call: a runner that dies after the
-            // create finds this row and adopts the VM by its label.
-            self.store.put_node(&node).await?;
+            // create finds the task's node row and adopts the VM by its label. The
+            // task names the node first, so a runner that dies between the two
+            // writes leaves a task pointing at no row (it plans again), never a row
+            // that no task points at (which nothing would ever clean up).
             self.update(
                 task,
                 TaskUpdate {
@@ -336,7 +341,10 @@ impl ControlPlane {
                 },
             )
             .await?;
-            match self.create_vm(task, &node, provider).await {
+            crate::crash::point(crate::crash::NODE_NAMED);
+            self.store.put_node(&node).await?;
+            crate::crash::point(crate::crash::NODE_ROW_WRITTEN);
+            match self.create_vm(&node, provider).await {
                 Ok(next) => return Ok(next),
                 Err(e) if e.category() == ErrorCategory::TransientCapacity => {
                     self.emit(
@@ -369,7 +377,7 @@ impl ControlPlane {
             passes,
             elapsed(task.created_at, now),
             None,
-            (random_u64() >> 11) as f64 / (1u64 << 53) as f64,
+            (self.random_u64() >> 11) as f64 / (1u64 << 53) as f64,
         );
         match delay {
             Some(delay) => {
@@ -400,7 +408,6 @@ impl ControlPlane {
     /// (the plan moves on); everything else is handled here.
     async fn create_vm(
         &self,
-        task: &TaskRecord,
         node: &NodeRecord,
         provider: &dyn Provider,
     ) -> Result<Next, ProviderError> {
@@ -420,6 +427,7 @@ impl ControlPlane {
             labels: node.labels.clone(),
         };
         let vm = provider.create_vm(&spec).await?;
+        crate::crash::point(crate::crash::CREATE_ACCEPTED);
         let mut created = node.clone();
         created.vm_id = Some(vm.id.clone());
         created.updated_at = self.clock.now();
@@ -427,16 +435,22 @@ impl ControlPlane {
             // The VM carries the node label: the next visit adopts it by label.
             tracing::warn!(node = %node.id, error = %e, "could not record the VM id");
         }
-        if node.size < task.requested_size {
+        Ok(Next::At(self.clock.now()))
+    }
+
+    /// Shows the user that the task runs on a smaller size than it asked for. Called
+    /// once the task's node is settled (running, or placed), so a VM adopted by its
+    /// label after a lost create response is shown too.
+    fn show_downgrade(&self, task: &TaskRecord, size: VmSize) {
+        if size < task.requested_size {
             self.emit(
                 &task.id,
                 TaskEventKind::Downgraded {
                     requested: task.requested_size,
-                    provisioned: node.size,
+                    provisioned: size,
                 },
             );
         }
-        Ok(Next::At(self.clock.now()))
     }
 
     /// A create (or poll) failed with something other than capacity.
@@ -501,7 +515,7 @@ impl ControlPlane {
                 return self.create_failed(task, &node, error).await;
             }
             // No VM carries the label: the earlier create never happened. Create now.
-            return match self.create_vm(task, &node, provider).await {
+            return match self.create_vm(&node, provider).await {
                 Ok(next) => Ok(next),
                 Err(e) if e.category() == ErrorCategory::TransientCapacity => {
                     self.store.delete_node(&node.id).await?;
@@ -522,7 +536,10 @@ impl ControlPlane {
             self.store.put_node(&node).await?;
         }
         let polled = match provider.poll_create(&vm).await {
-            Ok(polled) => polled,
+            Ok(polled) => {
+                crate::crash::point(crate::crash::POLLING);
+                polled
+            }
             Err(e) if e.category() == ErrorCategory::TransientCapacity => {
                 // Accepted, then failed for capacity in its action/operation.
                 self.destroy_node(&node).await;
@@ -550,6 +567,7 @@ impl ControlPlane {
                 node.status = NodeStatus::Running;
                 node.updated_at = self.clock.now();
                 self.store.put_node(&node).await?;
+                self.show_downgrade(task, node.size);
                 self.set_step(task, ExecutionStep::NodeAgentReady).await?;
                 Ok(Next::At(self.clock.now()))
             }
@@ -667,6 +685,7 @@ impl ControlPlane {
                 }
                 return self.node_lost(task).await;
             }
+            crate::crash::point(crate::crash::SLOT_RESERVED);
         }
         if task.status == TaskStatus::Queued {
             self.store
@@ -773,6 +792,7 @@ impl ControlPlane {
             Err(e) if e.category.is_retryable() => return Ok(self.poll()),
             Err(e) => return self.fail(task, e.category, &e.message).await,
         }
+        crate::crash::point(crate::crash::PROMPT_SENT);
         if task.status == TaskStatus::Delegated {
             self.store
                 .transition_task(

@@ -14,8 +14,9 @@ use crate::error::{Error, ErrorCategory};
 use crate::model::{
     Labels, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeLifecycle, NodeStatus, TaskStatus,
 };
+use crate::model::{NodeId, TaskId};
 use crate::node_agent::SessionReport;
-use crate::store::{NodeFilter, TaskFilter, TaskRecord};
+use crate::store::{NodeFilter, TaskFilter, TaskRecord, WorkspaceRecord};
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub struct SweepReport {
     pub probed_alive: usize,
     /// Warm or expired nodes destroyed.
     pub nodes_destroyed: usize,
+    /// Idle active nodes that no task uses, returned to the warm pool.
+    pub nodes_warmed: usize,
+    /// Workspace slots still held by tasks that had ended, freed.
+    pub slots_freed: usize,
     /// Nodes marked stale for missing heartbeats.
     pub nodes_stale: usize,
     /// Provider VMs deleted as orphans.
@@ -87,21 +92,14 @@ impl ControlPlane {
 
     async fn sweep_tasks(&self, report: &mut SweepReport) -> Result<(), Error> {
         let now = self.clock.now();
-        let live = self
-            .store
-            .list_tasks(&TaskFilter {
-                statuses: vec![
-                    TaskStatus::Queued,
-                    TaskStatus::Delegated,
-                    TaskStatus::InProgress,
-                ],
-                ..TaskFilter::default()
-            })
-            .await?;
+        let live = self.store.list_tasks(&TaskFilter::live()).await?;
         for task in live {
             if let Some(reason) = self.stuck_reason(&task, now) {
                 match self.fail(&task, ErrorCategory::Transient, &reason).await {
-                    Ok(_) => report.stuck_failed += 1,
+                    Ok(_) => {
+                        report.stuck_failed += 1;
+                        crate::crash::point(crate::crash::SWEEP_TASKS);
+                    }
                     Err(e) => {
                         tracing::warn!(task = %task.id, error = %e, "could not fail a stuck task")
                     }
@@ -159,6 +157,19 @@ impl ControlPlane {
     async fn sweep_nodes(&self, report: &mut SweepReport) -> Result<(), Error> {
         let now = self.clock.now();
         let t = &self.config.timeouts;
+        // Nodes whose destruction failed earlier: try again.
+        let doomed = self
+            .store
+            .list_nodes(&NodeFilter {
+                lifecycles: vec![NodeLifecycle::Destroying],
+                ..NodeFilter::default()
+            })
+            .await?;
+        for node in doomed.iter().filter(|n| n.status.is_live()) {
+            if self.destroy_node(node).await {
+                report.nodes_destroyed += 1;
+            }
+        }
         let nodes = self
             .store
             .list_nodes(&NodeFilter {
@@ -166,23 +177,65 @@ impl ControlPlane {
                 ..NodeFilter::default()
             })
             .await?;
+        let live = self.store.list_tasks(&TaskFilter::live()).await?;
+        let used: HashSet<&NodeId> = live
+            .iter()
+            .filter_map(|task| task.provisioned_node_id.as_ref())
+            .collect();
+        let live: HashSet<&TaskId> = live.iter().map(|task| &task.id).collect();
         for mut node in nodes {
             let warm_expired = node.lifecycle == NodeLifecycle::Warm
                 && node
                     .warm_since
                     .is_some_and(|since| elapsed(since, now) > t.warm_node);
             let too_old = elapsed(node.created_at, now) > t.node_max_lifetime;
-            if warm_expired || too_old {
-                let busy = self
-                    .store
-                    .list_workspaces(&node.id)
-                    .await?
-                    .iter()
-                    .any(|w| w.status.holds_slot());
+            // Active with no task on it or headed for it, for longer than a lease: its
+            // task ended elsewhere, or a driver claimed it and died before a task
+            // recorded it. Nothing else would ever warm or destroy it.
+            let idle = node.lifecycle == NodeLifecycle::Active
+                && !used.contains(&node.id)
+                && elapsed(node.updated_at, now) > self.config.lease;
+            let held: Vec<WorkspaceRecord> = self
+                .store
+                .list_workspaces(&node.id)
+                .await?
+                .into_iter()
+                .filter(|w| w.status.holds_slot())
+                .collect();
+            // A slot held for a task that ended: its driver died between ending the
+            // task and releasing what it held. Release it now; the node follows.
+            let mut freed = false;
+            for ws in held.iter().filter(|w| !live.contains(&w.task_id)) {
+                if let Some(mut task) = self.store.get_task(&ws.task_id).await?
+                    && task.status.is_terminal()
+                {
+                    tracing::info!(task = %task.id, workspace = %ws.id, "releasing what an ended task still held");
+                    task.provisioned_node_id = Some(node.id.clone());
+                    task.workspace_id = Some(ws.id.clone());
+                    self.release(&task).await;
+                    report.slots_freed += 1;
+                    freed = true;
+                }
+            }
+            if freed {
+                continue;
+            }
+            if warm_expired || too_old || idle {
+                let busy = !held.is_empty();
+                let healthy = node.ready_at.is_some() && node.health == NodeHealth::Healthy;
+                if !busy && idle && !too_old && healthy {
+                    tracing::info!(node = %node.id, "returning an idle node to the warm pool");
+                    if self.store.release_node_to_warm(&node.id, now).await? {
+                        report.nodes_warmed += 1;
+                    }
+                    continue;
+                }
                 if !busy {
                     tracing::info!(node = %node.id, warm_expired, too_old, "destroying node");
-                    self.destroy_node(&node).await;
-                    report.nodes_destroyed += 1;
+                    if self.destroy_node(&node).await {
+                        report.nodes_destroyed += 1;
+                    }
+                    crate::crash::point(crate::crash::SWEEP_NODES);
                     continue;
                 }
             }
@@ -228,6 +281,7 @@ impl ControlPlane {
                         Ok(()) => {
                             tracing::info!(vm = %vm.id, provider = %provider.kind(), "deleted orphan VM");
                             report.orphans_deleted += 1;
+                            crate::crash::point(crate::crash::SWEEP_ORPHANS);
                         }
                         Err(e) => {
                             tracing::warn!(vm = %vm.id, error = %e, "could not delete orphan VM")

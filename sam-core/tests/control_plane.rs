@@ -5,16 +5,17 @@
 //! and `sam-providers` link, so real backends can be dev-dependencies here without
 //! duplicating sam-core's types.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent};
 use sam_core::{
-    Classify, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, ErrorCategory,
-    ExecutionStep, Layer, LayerSettings, Provider, ProviderKind, Secret, SessionReport,
-    SizeDescent, StopReason, Store, SubmitRequest, TaskError, TaskEventKind, TaskId, TaskRecord,
-    TaskStatus, TokenSigner, TokioClock, VmSize, WorkspaceReport,
+    Classify, ControlPlane, ControlPlaneConfig, ErrorCategory, ExecutionStep, Layer, LayerSettings,
+    Provider, ProviderKind, SessionReport, SizeDescent, StopReason, Store, SubmitRequest,
+    TaskError, TaskEventKind, TaskId, TaskRecord, TaskStatus, TokioClock, VmSize, WorkspaceReport,
 };
 use sam_providers::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
 use sam_store::MemoryStore;
@@ -36,18 +37,15 @@ fn harness_with(
     agent: Arc<FakeNodeAgent>,
     config: ControlPlaneConfig,
 ) -> Harness {
-    let parts = ControlPlaneParts {
-        store: Arc::clone(&store),
-        providers: vec![Arc::clone(&provider) as Arc<dyn Provider>],
-        scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
-        node_agent: Arc::clone(&agent) as _,
-        boot: Arc::new(PlainBoot),
-        signer: TokenSigner::new(Secret::new("s".repeat(32)), "sam-control-plane").unwrap(),
-        // Anchored at the real time: the fake provider stamps VMs with it.
-        clock: Arc::new(TokioClock::new()),
-    };
     Harness {
-        cp: ControlPlane::new(parts, config).unwrap(),
+        // Anchored at the real time: the fake provider stamps VMs with it.
+        cp: support::control_plane(
+            Arc::clone(&store),
+            Arc::clone(&provider),
+            Arc::clone(&agent),
+            Arc::new(TokioClock::new()),
+            config,
+        ),
         store,
         provider,
         agent,
@@ -239,6 +237,31 @@ async fn project_large_steps_down_to_medium_and_records_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_downgrade_adopted_after_a_lost_response_is_shown() {
+    // Found by the simulation: the downgrade event was sent only when the create's
+    // response arrived, so a smaller VM adopted by its label was never shown.
+    let h = harness(config("d1"));
+    h.provider.script(
+        FakeOp::CreateVm,
+        [
+            FakeOutcome::Fail(ErrorCategory::TransientCapacity),
+            FakeOutcome::ResponseLost,
+        ],
+    );
+    let mut events = h.cp.subscribe();
+    let task = h
+        .submit_and_run(&[(Layer::Project, sized(VmSize::Large))])
+        .await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.provisioned_size, Some(VmSize::Medium));
+    let mut shown = 0;
+    while let Ok(e) = events.try_recv() {
+        shown += usize::from(matches!(e.kind, TaskEventKind::Downgraded { .. }));
+    }
+    assert_eq!(shown, 1, "the downgrade is shown once");
+}
+
+#[tokio::test(start_paused = true)]
 async fn platform_default_tries_every_size_then_backs_off_until_the_budget_ends() {
     let mut c = config("d1");
     c.platform.size = Some(VmSize::Large);
@@ -393,6 +416,56 @@ async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
         h.provider.vms().is_empty(),
         "a node that never became ready is destroyed"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_whose_delete_failed_is_destroyed_by_the_next_sweep() {
+    // Found by the simulation: the failed delete left a live row, which the orphan
+    // sweep counts as the VM's owner, so the VM ran until its 24 hour lifetime.
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        ready_after_probes: None,
+        ..FakeAgentScript::default()
+    });
+    h.provider.script(
+        FakeOp::DeleteVm,
+        [FakeOutcome::Fail(ErrorCategory::Transient)],
+    );
+    failed_with(&h.submit_and_run(&[]).await, "agent ready timeout");
+    assert_eq!(h.provider.vms().len(), 1, "the delete failed");
+    let nodes = h.store.list_nodes(&Default::default()).await.unwrap();
+    assert_eq!(nodes[0].lifecycle, sam_core::NodeLifecycle::Destroying);
+    let report = h.cp.sweep().await.unwrap();
+    assert_eq!(report.nodes_destroyed, 1, "{report:?}");
+    assert!(h.provider.vms().is_empty());
+    let nodes = h.store.list_nodes(&Default::default()).await.unwrap();
+    assert_eq!(nodes[0].status, sam_core::NodeStatus::Deleted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_node_is_destroyed_when_its_last_task_ends() {
+    // Found by the simulation: a task on a warm node it did not create ended after
+    // the node's heartbeats stopped; the node was neither warm nor destroyed.
+    let h = harness(config("d1"));
+    let first = h.submit_and_run(&[]).await;
+    assert_eq!(first.status, TaskStatus::Completed);
+    h.agent.set_script(FakeAgentScript {
+        session: SessionReport::Running,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    for _ in 0..10 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+    }
+    let second = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(second.status, TaskStatus::InProgress);
+    assert_eq!(second.provisioned_node_id, first.provisioned_node_id);
+    // No heartbeat for longer than the stale limit.
+    tokio::time::advance(Duration::from_secs(10 * 60)).await;
+    assert_eq!(h.cp.sweep().await.unwrap().nodes_stale, 1);
+    assert!(h.cp.cancel(&id, "user").await.unwrap());
+    assert!(h.provider.vms().is_empty(), "the stale node was destroyed");
 }
 
 #[tokio::test(start_paused = true)]
