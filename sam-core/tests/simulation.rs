@@ -1,0 +1,807 @@
+//! Deterministic simulation: seeded scenarios on tokio's paused clock, with the
+//! in-memory store, the fake provider and fake VM agents, and a fault schedule.
+//!
+//! Each seed generates a fleet (locations, capacity per size and location), tasks
+//! with random requirements and explicit or default sizes and locations, and faults:
+//! sold-out sizes, rate limits with `Retry-After`, 5xx errors, creates whose response
+//! is lost, creates that fail later in their action, agents that never call back,
+//! agents that crash, heartbeats that stop, and control planes that crash at a fail
+//! point and are replaced by another.
+//! After every step the simulation checks that no task has two VMs, that placement
+//! never over-commits a node, that explicit sizes never descend, that every
+//! downgrade is recorded, and that every retry stays inside its budget; at the end,
+//! after one reconciliation, that the cloud holds exactly the VMs the store believes
+//! live, that nothing idles unaccounted, and that every task ended in time.
+//!
+//! `SAM_SIM_SEEDS=N` runs seeds `0..N` (default [`DEFAULT_SEEDS`]);
+//! `SAM_SIM_SEED=n` runs one seed; a failure prints its seed and the command that
+//! replays it.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::RngExt;
+use proptest::test_runner::{RngAlgorithm, TestRng};
+use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent};
+use sam_core::{
+    Classify, ControlPlane, ControlPlaneConfig, ErrorCategory, Layer, LayerSettings, Location,
+    NodeFilter, NodeLifecycle, NodeMetrics, NodeStatus, ProviderKind, SessionReport, StopReason,
+    Store, SubmitRequest, TaskError, TaskEventKind, TaskFilter, TaskId, TaskStatus, TokioClock,
+    VmSize, WorkspaceReport, crash,
+};
+use sam_providers::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
+use sam_store::MemoryStore;
+
+/// Seeds run by default: a few hundred, about two minutes of a debug build in CI.
+const DEFAULT_SEEDS: u64 = 400;
+
+/// Virtual time after which a simulation gives up waiting for its tasks.
+const HORIZON: Duration = Duration::from_secs(4 * 3600);
+
+/// One task of a scenario: when it is submitted and what it asks for.
+#[derive(Debug, Clone)]
+struct PlannedTask {
+    at: Duration,
+    request: SubmitRequest,
+}
+
+/// Everything a seed decides up front.
+#[derive(Debug)]
+struct Scenario {
+    locations: Vec<Location>,
+    /// (server type, location, live VMs it can hold).
+    capacity: Vec<(String, Location, usize)>,
+    tasks: Vec<PlannedTask>,
+    scripts: Vec<(FakeOp, Vec<FakeOutcome>)>,
+    agents: Vec<FakeAgentScript>,
+    /// Crashes of the control plane: when, and at which crash window.
+    crashes: Vec<(Duration, &'static str)>,
+    /// Chance that a node's heartbeats stop at some point.
+    silent_share: f64,
+}
+
+fn pick<T: Clone>(rng: &mut TestRng, items: &[T]) -> T {
+    items[rng.random_range(0..items.len())].clone()
+}
+
+fn generate(seed: u64) -> Scenario {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
+    let all_locations = ["fsn1", "nbg1", "hel1"].map(|l| Location::new(l).expect("valid"));
+    let locations = all_locations[..rng.random_range(1..=3)].to_vec();
+    let sizes = [VmSize::Small, VmSize::Medium, VmSize::Large];
+    let server_type = |size: VmSize| format!("local-{size}");
+
+    let mut capacity = Vec::new();
+    for size in sizes {
+        for location in &locations {
+            if rng.random_bool(0.3) {
+                capacity.push((server_type(size), location.clone(), rng.random_range(0..3)));
+            }
+        }
+    }
+
+    let mut tasks = Vec::new();
+    for _ in 0..rng.random_range(1..=8) {
+        let mut layers = BTreeMap::new();
+        let size = pick(&mut rng, &sizes);
+        match rng.random_range(0..3) {
+            0 => {}
+            1 => {
+                layers.insert(
+                    Layer::Project,
+                    LayerSettings {
+                        size: Some(size),
+                        ..LayerSettings::default()
+                    },
+                );
+            }
+            _ => {
+                let layer = pick(&mut rng, &[Layer::Task, Layer::Skill, Layer::AgentProfile]);
+                layers.insert(
+                    layer,
+                    LayerSettings {
+                        size: Some(size),
+                        ..LayerSettings::default()
+                    },
+                );
+            }
+        }
+        let task = layers.entry(Layer::Task).or_default();
+        if rng.random_bool(0.2) {
+            task.location = Some(pick(&mut rng, &locations));
+        }
+        let r = &mut task.requirements;
+        r.min_vcpu = pick(
+            &mut rng,
+            &[None, Some(1.0), Some(2.0), Some(3.0), Some(4.0)],
+        );
+        r.min_memory_gb = pick(&mut rng, &[None, Some(2.0), Some(4.0), Some(6.0)]);
+        r.exclusive_node = rng.random_bool(0.25).then_some(true);
+        r.max_co_tenants = pick(&mut rng, &[None, None, Some(1), Some(2), Some(3)]);
+        tasks.push(PlannedTask {
+            at: Duration::from_secs(rng.random_range(0..1800)),
+            request: SubmitRequest {
+                repo: "https://example.invalid/repo.git".into(),
+                prompt: "fix the flaky test".into(),
+                layers,
+                ..SubmitRequest::default()
+            },
+        });
+    }
+
+    let create_fault = |rng: &mut TestRng| match rng.random_range(0..7) {
+        0 => FakeOutcome::Fail(ErrorCategory::TransientCapacity),
+        1 => FakeOutcome::RateLimited(Duration::from_secs(rng.random_range(1..90))),
+        2 => FakeOutcome::Fail(ErrorCategory::Transient),
+        3 => FakeOutcome::ResponseLost,
+        4 => FakeOutcome::FailInAction(ErrorCategory::TransientCapacity),
+        5 => FakeOutcome::FailInAction(ErrorCategory::Unknown),
+        _ => FakeOutcome::Succeed,
+    };
+    let call_fault = |rng: &mut TestRng| match rng.random_range(0..4) {
+        0 => FakeOutcome::Fail(ErrorCategory::Transient),
+        1 => FakeOutcome::RateLimited(Duration::from_secs(rng.random_range(1..30))),
+        _ => FakeOutcome::Succeed,
+    };
+    let mut scripts = Vec::new();
+    let creates = (0..rng.random_range(0..10))
+        .map(|_| create_fault(&mut rng))
+        .collect();
+    scripts.push((FakeOp::CreateVm, creates));
+    for op in [
+        FakeOp::PollCreate,
+        FakeOp::ListVms,
+        FakeOp::DeleteVm,
+        FakeOp::GetVm,
+    ] {
+        let outcomes = (0..rng.random_range(0..4))
+            .map(|_| call_fault(&mut rng))
+            .collect();
+        scripts.push((op, outcomes));
+    }
+
+    let crash_error = TaskError {
+        category: ErrorCategory::Unknown,
+        message: "The agent process exited: broken pipe".into(),
+    };
+    let agents = (0..12)
+        .map(|_| FakeAgentScript {
+            ready_after_probes: (!rng.random_bool(0.1)).then(|| rng.random_range(0..6)),
+            workspace: match rng.random_range(0..20) {
+                0 => WorkspaceReport::Preparing,
+                1 => WorkspaceReport::Failed {
+                    error: TaskError {
+                        category: ErrorCategory::InvalidConfig,
+                        message: "devcontainer \"python\" not found".into(),
+                    },
+                },
+                2 => WorkspaceReport::Ready {
+                    effective_profile: "lightweight".into(),
+                    recovery: true,
+                },
+                _ => WorkspaceReport::Ready {
+                    effective_profile: "full".into(),
+                    recovery: false,
+                },
+            },
+            session: match rng.random_range(0..10) {
+                0 => SessionReport::Failed {
+                    error: crash_error.clone(),
+                },
+                1 => SessionReport::Stopped {
+                    reason: StopReason::MaxTokens,
+                    last_message: None,
+                },
+                _ => SessionReport::Stopped {
+                    reason: StopReason::EndTurn,
+                    last_message: Some("Done.".into()),
+                },
+            },
+        })
+        .collect();
+
+    let crashes = (0..rng.random_range(0..3))
+        .map(|_| {
+            (
+                Duration::from_secs(rng.random_range(0..2400)),
+                pick(&mut rng, crash::ALL),
+            )
+        })
+        .collect();
+    Scenario {
+        locations,
+        capacity,
+        tasks,
+        scripts,
+        agents,
+        crashes,
+        silent_share: pick(&mut rng, &[0.0, 0.2, 0.5]),
+    }
+}
+
+/// What one seed produced.
+#[derive(Debug)]
+struct Run {
+    /// Everything observable, in order, to check that a seed replays exactly.
+    trace: Vec<String>,
+    /// Broken promises, as sentences.
+    broken: Vec<String>,
+    tasks: usize,
+    crashes: usize,
+}
+
+struct Sim {
+    seed: u64,
+    scenario: Scenario,
+    store: Arc<dyn Store>,
+    provider: Arc<FakeProvider>,
+    agent: Arc<FakeNodeAgent>,
+    clock: Arc<TokioClock>,
+    start: DateTime<Utc>,
+    cp: ControlPlane,
+    generation: u32,
+    events: tokio::sync::broadcast::Receiver<sam_core::TaskEvent>,
+    downgraded: BTreeSet<TaskId>,
+    trace: Vec<String>,
+    broken: Vec<String>,
+    /// When each node's heartbeats stop (`None`: never), decided when first seen.
+    heartbeats: BTreeMap<String, Option<Duration>>,
+    node_rng: TestRng,
+    /// Provider calls already attributed to a moment.
+    calls_seen: usize,
+    /// The moment each CreateVm call happened, by index among creates.
+    create_times: Vec<(Duration, FakeCall)>,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let scenario = generate(seed);
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let clock = Arc::new(TokioClock::starting_at(start));
+        let catalog = sam_providers::catalog(ProviderKind::Fake, &scenario.locations);
+        let provider = Arc::new(FakeProvider::with_catalog(catalog).with_clock(clock.clone()));
+        for (server_type, location, limit) in &scenario.capacity {
+            provider.limit_capacity(server_type, location, *limit);
+        }
+        for (op, outcomes) in &scenario.scripts {
+            provider.script(*op, outcomes.iter().cloned());
+        }
+        let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
+        agent.queue_node_scripts(scenario.agents.iter().cloned());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let cp = Self::control_plane(seed, 0, &store, &provider, &agent, &clock);
+        let events = cp.subscribe();
+        let mut bytes = [1u8; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        Self {
+            seed,
+            scenario,
+            store,
+            provider,
+            agent,
+            clock,
+            start,
+            cp,
+            generation: 0,
+            events,
+            downgraded: BTreeSet::new(),
+            trace: Vec::new(),
+            broken: Vec::new(),
+            heartbeats: BTreeMap::new(),
+            node_rng: TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+            calls_seen: 0,
+            create_times: Vec::new(),
+        }
+    }
+
+    fn control_plane(
+        seed: u64,
+        generation: u32,
+        store: &Arc<dyn Store>,
+        provider: &Arc<FakeProvider>,
+        agent: &Arc<FakeNodeAgent>,
+        clock: &Arc<TokioClock>,
+    ) -> ControlPlane {
+        let mut config = ControlPlaneConfig::new(format!("sim-{generation}"), ProviderKind::Fake);
+        // Each generation draws other ids, as a restarted process would.
+        config.random_seed = Some(
+            seed.wrapping_mul(1_000_003)
+                .wrapping_add(u64::from(generation)),
+        );
+        support::control_plane(
+            Arc::clone(store),
+            Arc::clone(provider),
+            Arc::clone(agent),
+            clock.clone(),
+            config,
+        )
+    }
+
+    /// Records a broken promise once.
+    fn broke(&mut self, message: String) {
+        if !self.broken.contains(&message) {
+            self.broken.push(message);
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        (self.clock_now() - self.start).to_std().unwrap_or_default()
+    }
+
+    fn clock_now(&self) -> DateTime<Utc> {
+        use sam_core::Clock;
+        self.clock.now()
+    }
+
+    /// Replaces the control plane, as after a crash: its leases stay behind.
+    fn restart(&mut self) {
+        self.drain_events();
+        self.generation += 1;
+        self.cp = Self::control_plane(
+            self.seed,
+            self.generation,
+            &self.store,
+            &self.provider,
+            &self.agent,
+            &self.clock,
+        );
+        self.events = self.cp.subscribe();
+        self.trace
+            .push(format!("{:?} restart {}", self.elapsed(), self.generation));
+    }
+
+    fn drain_events(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            if let TaskEventKind::Downgraded { .. } = &event.kind {
+                self.downgraded.insert(event.task_id.clone());
+            }
+            self.trace.push(format!("{event:?}"));
+        }
+    }
+
+    /// Runs a tick or a sweep in a task of its own; `false` when it crashed.
+    async fn step(&mut self, sweep: bool) -> bool {
+        let cp = self.cp.clone();
+        let joined = tokio::spawn(async move {
+            if sweep {
+                cp.sweep().await.map(drop)
+            } else {
+                cp.tick().await.map(drop)
+            }
+        })
+        .await;
+        match joined {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                self.broke(format!("the memory store failed a step: {e}"));
+                true
+            }
+            Err(e) if e.is_panic() => false,
+            Err(e) => panic!("the driver task ended oddly: {e}"),
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        let now = self.elapsed();
+        let nodes = self
+            .store
+            .list_nodes(&NodeFilter::default())
+            .await
+            .expect("list nodes");
+        for node in nodes {
+            if node.ready_at.is_none() || !node.status.is_live() {
+                continue;
+            }
+            let share = self.scenario.silent_share;
+            let rng = &mut self.node_rng;
+            let stop = *self
+                .heartbeats
+                .entry(node.id.to_string())
+                .or_insert_with(|| {
+                    rng.random_bool(share)
+                        .then(|| now + Duration::from_secs(rng.random_range(0..1800)))
+                });
+            if stop.is_some_and(|at| now >= at) {
+                continue;
+            }
+            let token = self.cp.issue_node_token(&node.id);
+            if let Err(e) = self
+                .cp
+                .heartbeat(token.expose(), &node.id, &NodeMetrics::default())
+                .await
+            {
+                self.broke(format!("a heartbeat of node {} failed: {e}", node.id));
+            }
+        }
+    }
+
+    /// Attributes new provider calls to this moment.
+    fn record_calls(&mut self) {
+        let calls = self.provider.calls();
+        let now = self.elapsed();
+        for call in &calls[self.calls_seen..] {
+            if let FakeCall::CreateVm(_) = call {
+                self.create_times.push((now, call.clone()));
+            }
+            self.trace.push(format!("{now:?} {call:?}"));
+        }
+        self.calls_seen = calls.len();
+    }
+
+    /// The promises that hold after every step.
+    async fn check_step(&mut self) {
+        let tasks = self
+            .store
+            .list_tasks(&TaskFilter::default())
+            .await
+            .expect("list tasks");
+        let nodes = self
+            .store
+            .list_nodes(&NodeFilter::default())
+            .await
+            .expect("list nodes");
+        let by_label: HashMap<String, _> = nodes
+            .iter()
+            .map(|n| (sam_core::model::label_safe(n.id.as_str()), n))
+            .collect();
+        let mut vms_per_task: BTreeMap<String, usize> = BTreeMap::new();
+        for vm in self.provider.vms() {
+            let owner = vm
+                .labels
+                .get(sam_core::NODE_LABEL)
+                .and_then(|l| by_label.get(l))
+                .and_then(|n| n.created_for.clone());
+            if let Some(task) = owner {
+                *vms_per_task.entry(task.to_string()).or_default() += 1;
+            }
+        }
+        for (task, count) in vms_per_task {
+            if count > 1 {
+                self.broke(format!(
+                    "at {:?} task {task} has {count} VMs",
+                    self.elapsed()
+                ));
+            }
+        }
+        // Placement never over-commits a node.
+        for node in nodes.iter().filter(|n| n.status.is_live()) {
+            let held: Vec<_> = self
+                .store
+                .list_workspaces(&node.id)
+                .await
+                .expect("workspaces")
+                .into_iter()
+                .filter(|w| w.status.holds_slot())
+                .map(|w| w.reservation)
+                .collect();
+            let cpu: u64 = held.iter().map(|r| r.cpu_millis).sum();
+            let memory: u64 = held.iter().map(|r| r.memory_mb).sum();
+            let limit = held
+                .iter()
+                .map(|r| r.max_co_tenants)
+                .min()
+                .unwrap_or(u32::MAX);
+            let exclusive = held.iter().any(|r| r.exclusive);
+            if cpu > node.capacity.cpu_millis
+                || memory > node.capacity.memory_mb
+                || held.len() > limit as usize
+                || (exclusive && held.len() > 1)
+            {
+                self.broke(format!(
+                    "at {:?} node {} ({}) is over-committed: {held:?}",
+                    self.elapsed(),
+                    node.id,
+                    node.server_type
+                ));
+            }
+        }
+        self.drain_events();
+        for task in &tasks {
+            // Explicit sizes never descend, on a node of the task's own or any other.
+            if task.size_source.is_explicit()
+                && let Some(size) = task.provisioned_size
+                && size < task.requested_size
+            {
+                self.broke(format!(
+                    "task {} asked explicitly for {} and got {size}",
+                    task.id, task.requested_size
+                ));
+            }
+            // Every downgrade is recorded and shown.
+            if let Some(size) = task.provisioned_size
+                && size < task.requested_size
+                && task.workspace_id.is_some()
+                && !self.downgraded.contains(&task.id)
+            {
+                self.broke(format!(
+                    "task {} runs on {size} instead of {} and no downgrade was shown",
+                    task.id, task.requested_size
+                ));
+            }
+        }
+    }
+
+    /// The promises that hold once every task has ended and one reconciliation ran.
+    async fn check_end(&mut self) {
+        let config = self.cp.config().clone();
+        let t = &config.timeouts;
+        let tasks = self
+            .store
+            .list_tasks(&TaskFilter::default())
+            .await
+            .expect("list tasks");
+        // Every retry stays inside its budget: no create for a task once its
+        // capacity wait and one provisioning attempt are over, and none before a
+        // `Retry-After` ran out.
+        let creates_budget = t.capacity_wait + t.node_provisioning + config.poll_interval * 2;
+        let scripted: Vec<FakeOutcome> = self
+            .scenario
+            .scripts
+            .iter()
+            .find(|(op, _)| *op == FakeOp::CreateVm)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        let mut last_rate_limit: HashMap<String, Duration> = HashMap::new();
+        for (index, (at, call)) in self.create_times.clone().iter().enumerate() {
+            let FakeCall::CreateVm(spec) = call else {
+                continue;
+            };
+            let node = spec.node_id.to_string();
+            if let Some(until) = last_rate_limit.get(&node)
+                && at < until
+            {
+                self.broke(format!(
+                    "node {node} was created again at {at:?}, before its Retry-After ran out at {until:?}"
+                ));
+            }
+            if let Some(FakeOutcome::RateLimited(wait)) = scripted.get(index) {
+                last_rate_limit.insert(node.clone(), *at + *wait);
+            }
+            let owner = self
+                .store
+                .get_node(&spec.node_id)
+                .await
+                .expect("get node")
+                .and_then(|n| n.created_for);
+            let task = owner.and_then(|id| tasks.iter().find(|t| t.id == id));
+            if let Some(task) = task {
+                let age = (self.start + chrono::Duration::from_std(*at).unwrap() - task.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                if age > creates_budget {
+                    self.broke(format!(
+                        "task {} created a VM {age:?} after submission, past its budget of {creates_budget:?}",
+                        task.id
+                    ));
+                }
+            }
+        }
+        // Every task ended within the thresholds of the waits it went through.
+        let bound = t.stuck_queued() + t.stuck_delegated() + config.poll_interval * 30;
+        for task in &tasks {
+            let took = (task.updated_at - task.created_at)
+                .to_std()
+                .unwrap_or_default();
+            if task.status.is_terminal() && took > bound {
+                self.broke(format!(
+                    "task {} took {took:?} to end, past {bound:?}",
+                    task.id
+                ));
+            }
+            if task.status == TaskStatus::Failed
+                && task.error.as_ref().is_none_or(|e| e.message.is_empty())
+            {
+                self.broke(format!("task {} failed without a reason", task.id));
+            }
+            self.trace.push(format!(
+                "end {} {} {} {:?} {:?}",
+                task.id, task.status, task.execution_step, task.provisioned_size, task.error
+            ));
+        }
+        let broken = support::violations(self.store.as_ref(), &self.provider, None).await;
+        self.broken.extend(broken);
+        // Nothing idles unaccounted: a live node is warm (and will expire) or holds a
+        // workspace.
+        let nodes = self
+            .store
+            .list_nodes(&NodeFilter::default())
+            .await
+            .expect("list nodes");
+        for node in nodes.iter().filter(|n| n.status.is_live()) {
+            let busy = self
+                .store
+                .list_workspaces(&node.id)
+                .await
+                .expect("workspaces")
+                .iter()
+                .any(|w| w.status.holds_slot());
+            if node.lifecycle == NodeLifecycle::Active && !busy {
+                self.broke(format!(
+                    "node {} is {:?}, {:?} and idle: nobody will reuse or destroy it before its lifetime ends",
+                    node.id, node.status, node.health
+                ));
+            }
+            if node.status == NodeStatus::Creating {
+                self.broke(format!("node {} is still creating", node.id));
+            }
+        }
+    }
+
+    async fn run(mut self) -> Run {
+        let poll = self.cp.config().poll_interval;
+        let mut pending: Vec<PlannedTask> = self.scenario.tasks.clone();
+        pending.sort_by_key(|t| t.at);
+        let mut pending = std::collections::VecDeque::from(pending);
+        let mut crashes: Vec<(Duration, &'static str)> = self.scenario.crashes.clone();
+        crashes.sort();
+        let mut crashes = std::collections::VecDeque::from(crashes);
+        let mut armed: Option<(&'static str, Duration)> = None;
+        let mut crashed = 0;
+        let mut submitted = 0;
+        let mut ticks: u64 = 0;
+        loop {
+            let now = self.elapsed();
+            while pending.front().is_some_and(|t| t.at <= now) {
+                let task = pending.pop_front().expect("checked");
+                match self.cp.submit(&task.request).await {
+                    Ok(id) => {
+                        submitted += 1;
+                        self.trace.push(format!("{now:?} submit {id}"));
+                    }
+                    Err(e) if e.category() == ErrorCategory::InvalidConfig => {
+                        self.trace.push(format!("{now:?} rejected: {e}"));
+                    }
+                    Err(e) => self.broke(format!("a submission failed with {}: {e}", e.category())),
+                }
+            }
+            if armed.is_none() && crashes.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, point) = crashes.pop_front().expect("checked");
+                fail::cfg(point, "panic").expect("valid action");
+                armed = Some((point, now + Duration::from_secs(600)));
+            }
+            if ticks.is_multiple_of(30) {
+                self.heartbeat().await;
+            }
+            let mut alive = true;
+            if ticks.is_multiple_of(15) {
+                alive = self.step(true).await;
+            }
+            if alive {
+                alive = self.step(false).await;
+            }
+            self.record_calls();
+            if let Some((point, until)) = armed
+                && (!alive || now >= until)
+            {
+                fail::remove(point);
+                armed = None;
+                crashed += usize::from(!alive);
+                self.restart();
+            }
+            self.check_step().await;
+            let live = support::live_tasks(self.store.as_ref()).await;
+            if pending.is_empty() && live == 0 && armed.is_none() {
+                break;
+            }
+            if now > HORIZON {
+                break;
+            }
+            tokio::time::advance(poll).await;
+            ticks += 1;
+        }
+        // One reconciliation, with the cloud calm and every orphan old enough to go.
+        self.provider.clear_scripts();
+        tokio::time::advance(self.cp.config().orphan_min_age).await;
+        if !self.step(true).await {
+            self.broke("the final sweep crashed".into());
+        }
+        self.record_calls();
+        self.check_end().await;
+        self.drain_events();
+        Run {
+            trace: self.trace,
+            broken: self.broken,
+            tasks: submitted,
+            crashes: crashed,
+        }
+    }
+}
+
+/// Runs one seed on a fresh paused runtime.
+fn run_seed(seed: u64) -> Run {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async { Sim::new(seed).run().await })
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
+    })
+}
+
+#[test]
+fn seeded_simulations_keep_every_promise() {
+    support::quiet_fail_point_panics();
+    let scenario = fail::FailScenario::setup();
+    let replay = env_u64("SAM_SIM_SEED");
+    let seeds: Vec<u64> = match replay {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("SAM_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+    };
+    let started = std::time::Instant::now();
+    let (mut tasks, mut crashes) = (0, 0);
+    let mut failures = String::new();
+    for &seed in &seeds {
+        let run = std::panic::catch_unwind(|| run_seed(seed));
+        if let (Some(_), Ok(run)) = (replay, &run) {
+            eprintln!("{:?}", generate(seed));
+            for line in &run.trace {
+                eprintln!("{line}");
+            }
+        }
+        match run {
+            Ok(run) if run.broken.is_empty() => {
+                tasks += run.tasks;
+                crashes += run.crashes;
+            }
+            Ok(run) => {
+                let _ = writeln!(failures, "seed={seed}: {:#?}", run.broken);
+            }
+            Err(_) => {
+                let _ = writeln!(failures, "seed={seed}: panicked");
+            }
+        }
+        if !failures.is_empty() {
+            let _ = writeln!(
+                failures,
+                "replay: SAM_SIM_SEED={seed} cargo test -p sam-core --test simulation -- --nocapture"
+            );
+            break;
+        }
+    }
+    scenario.teardown();
+    eprintln!(
+        "simulation: {} seeds, {tasks} tasks, {crashes} control-plane crashes, {:.1?}",
+        seeds.len(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{failures}");
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let seed = env_u64("SAM_SIM_SEED").unwrap_or(7);
+    let _scenario = fail::FailScenario::setup();
+    let hash = |run: &Run| {
+        let mut hasher = DefaultHasher::new();
+        run.trace.hash(&mut hasher);
+        hasher.finish()
+    };
+    let first = run_seed(seed);
+    let second = run_seed(seed);
+    let differs = first
+        .trace
+        .iter()
+        .zip(&second.trace)
+        .position(|(a, b)| a != b);
+    assert_eq!(
+        hash(&first),
+        hash(&second),
+        "seed={seed} gave two different traces (first difference at line {differs:?}: {:?} / {:?}); replay: SAM_SIM_SEED={seed} cargo test -p sam-core --test simulation -- --nocapture",
+        differs.map(|i| &first.trace[i]),
+        differs.map(|i| &second.trace[i]),
+    );
+}
