@@ -49,10 +49,10 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use sam_agent::api::{ErrorBody, status_for};
 use sam_core::{
-    ApiTokenRecord, Catalog, Classify as _, ControlPlane, ErrorCategory, ExecutionStep, Layer,
-    LayerSettings, Location, NodeFilter, NodeRecord, PlacementExplanation, ProviderKind,
-    Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind,
-    TaskFilter, TaskId, TaskRecord, TaskStatus, VmSize, WorkspaceProfile, redact,
+    ApiTokenRecord, Catalog, Classify as _, ControlPlane, ErrorCategory, ExecutionStep,
+    GithubAccess, Layer, LayerSettings, Location, NodeFilter, NodeRecord, PlacementExplanation,
+    ProviderKind, Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent,
+    TaskEventKind, TaskFilter, TaskId, TaskRecord, TaskStatus, VmSize, WorkspaceProfile, redact,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -626,6 +626,12 @@ pub struct SubmitBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub workspace_profile: Option<WorkspaceProfile>,
+    /// The GitHub installation link the repository is behind
+    /// (`{"installation": "<user id>:<installation id>", "pull_request": "open"}`):
+    /// the workspace then clones and pushes with short-lived installation tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub github: Option<GithubAccess>,
 }
 
 impl SubmitBody {
@@ -662,6 +668,7 @@ impl SubmitBody {
             branch: self.branch.clone(),
             layers,
             preferred_node: None,
+            github: self.github.clone(),
         })
     }
 }

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use crate::control::{ControlPlane, TaskEventKind, random_u64};
 use crate::error::{Classify, Error, ErrorCategory, ProviderError};
 use crate::fallback::{FallbackPlan, PlanRequest};
+use crate::github::output_branch;
 use crate::model::{
     ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskStatus, VmSpec,
     VmState, WorkspaceId,
@@ -706,6 +707,8 @@ impl ControlPlane {
             profile: task.spec.workspace_profile.clone(),
             devcontainer: task.spec.devcontainer.clone(),
             token: self.issue_workspace_token(&ws),
+            output_branch: Some(output_branch(&task.spec.prompt, &task.id)),
+            github: task.spec.github.as_ref().map(|g| g.pull_request),
         };
         match self.node_agent.create_workspace(&node, &request).await {
             Ok(()) => {
