@@ -409,21 +409,33 @@ async fn read(embedded: &Embedded, id: &TaskId) -> anyhow::Result<TaskRecord> {
         .with_context(|| format!("task {id} vanished"))
 }
 
-/// Paths `git status` reports changed in `dir`.
-async fn files_changed(dir: &Path) -> Vec<String> {
+/// The lines `git` prints with `args` in `dir`; none when it fails.
+async fn git_lines(dir: &Path, args: &[&str]) -> Vec<String> {
     let output = tokio::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=all"])
+        .args(args)
         .current_dir(dir)
         .output()
         .await;
     match output {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.get(3..))
             .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Paths the agent changed in `dir`: what the output branch committed since it left
+/// the branch the clone started on (`@{-1}`), and what `git status` still reports.
+async fn files_changed(dir: &Path) -> Vec<String> {
+    let mut files = git_lines(dir, &["diff", "--name-only", "@{-1}"]).await;
+    let status = git_lines(dir, &["status", "--porcelain", "--untracked-files=all"]).await;
+    for file in status.iter().filter_map(|l| l.get(3..)) {
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_owned());
+        }
+    }
+    files
 }
 
 async fn outcome(

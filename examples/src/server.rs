@@ -49,10 +49,12 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use sam_agent::api::{ErrorBody, status_for};
 use sam_core::{
-    ApiTokenRecord, Catalog, Classify as _, ControlPlane, ErrorCategory, ExecutionStep, Layer,
-    LayerSettings, Location, NodeFilter, NodeRecord, PlacementExplanation, ProviderKind,
-    Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind,
-    TaskFilter, TaskId, TaskRecord, TaskStatus, VmSize, WorkspaceProfile, redact,
+    ApiTokenRecord, Catalog, Classify as _, ControlPlane, ErrorCategory, ExecutionStep,
+    ExternalInstallationId, GitCredential, GithubAccess, GithubError, Layer, LayerSettings,
+    Location, NodeFilter, NodeRecord, PlacementExplanation, ProviderKind, PullRequestRequest,
+    RepoRef, RepositoryHost, Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError,
+    TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord, TaskStatus, VmSize, WorkspaceProfile,
+    redact,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -80,6 +82,9 @@ pub struct ServerOptions {
     pub api_token: Option<Secret>,
     /// The embedded control plane (its `callbacks` are replaced: this server serves them).
     pub embedded: EmbeddedOptions,
+    /// The GitHub App that mints the workspaces' git credentials; `None` answers the
+    /// git routes with `invalid_config`.
+    pub github: Option<Arc<dyn RepositoryHost>>,
 }
 
 impl ServerOptions {
@@ -97,11 +102,19 @@ impl ServerOptions {
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();
         embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
+        // A GitHub App is optional: it is configured when `GITHUB_APP_ID` is set.
+        let github = match std::env::var_os("GITHUB_APP_ID") {
+            Some(_) => Some(Arc::new(sam_providers::GithubApp::new(
+                sam_providers::GithubAppConfig::from_env()?,
+            )?) as Arc<dyn RepositoryHost>),
+            None => None,
+        };
         Ok(Self {
             listen: config.listen,
             public_url: config.public_url.clone(),
             api_token: config.api_token.clone(),
             embedded,
+            github,
         })
     }
 }
@@ -192,6 +205,7 @@ impl Server {
             control_plane: embedded.control_plane.clone(),
             catalog: Arc::new(embedded.catalog().clone()),
             stopped: stopped.clone(),
+            github: options.github.unwrap_or_else(|| Arc::new(NoGithubApp)),
         };
         let router = api_router(state);
         let http = tokio::spawn(async move {
@@ -233,6 +247,41 @@ pub struct ApiState {
     pub catalog: Arc<Catalog>,
     /// Becomes `true` when the server shuts down; event streams end then.
     pub stopped: watch::Receiver<bool>,
+    /// GitHub, for the git routes ([`sam_agent::git_router`]).
+    pub github: Arc<dyn RepositoryHost>,
+}
+
+/// The GitHub of a server without a GitHub App: every request is `invalid_config`.
+#[derive(Debug)]
+struct NoGithubApp;
+
+impl NoGithubApp {
+    fn refusal() -> GithubError {
+        GithubError::new(
+            ErrorCategory::InvalidConfig,
+            "this server has no GitHub App (set GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY_FILE)",
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl RepositoryHost for NoGithubApp {
+    async fn repository_token(
+        &self,
+        _installation: ExternalInstallationId,
+        _repo: &RepoRef,
+    ) -> Result<GitCredential, GithubError> {
+        Err(Self::refusal())
+    }
+
+    async fn open_pull_request(
+        &self,
+        _installation: ExternalInstallationId,
+        _repo: &RepoRef,
+        _request: &PullRequestRequest,
+    ) -> Result<String, GithubError> {
+        Err(Self::refusal())
+    }
 }
 
 /// An HTTP method the API uses.
@@ -300,7 +349,10 @@ fn user_routes() -> Vec<RouteEntry<ApiState>> {
 pub fn routes() -> Vec<(Verb, &'static str)> {
     let public = public_routes().into_iter().map(|(v, p, _)| (v, p));
     let user = user_routes().into_iter().map(|(v, p, _)| (v, p));
-    let callbacks = sam_agent::CALLBACK_PATHS.map(|p| (Verb::Post, p));
+    let callbacks = sam_agent::CALLBACK_PATHS
+        .into_iter()
+        .chain(sam_agent::GIT_PATHS)
+        .map(|p| (Verb::Post, p));
     public.chain(user).chain(callbacks).collect()
 }
 
@@ -323,6 +375,10 @@ pub fn api_router(state: ApiState) -> Router {
             router.route(path, method)
         })
         .merge(user)
+        .merge(sam_agent::git_router(
+            state.control_plane.clone(),
+            state.github,
+        ))
         .merge(sam_agent::callback_router(state.control_plane))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -376,7 +432,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
     use utoipa::openapi::{Required, ResponseBuilder};
     let mut doc = ApiDoc::openapi();
-    for path in sam_agent::CALLBACK_PATHS {
+    for path in sam_agent::CALLBACK_PATHS
+        .into_iter()
+        .chain(sam_agent::GIT_PATHS)
+    {
         let operation = OperationBuilder::new()
             .summary(Some("A VM agent's callback; needs the node's scoped token"))
             .tag("callbacks")
@@ -626,6 +685,12 @@ pub struct SubmitBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub workspace_profile: Option<WorkspaceProfile>,
+    /// The GitHub installation link the repository is behind
+    /// (`{"installation": "<user id>:<installation id>", "pull_request": "open"}`):
+    /// the workspace then clones and pushes with short-lived installation tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub github: Option<GithubAccess>,
 }
 
 impl SubmitBody {
@@ -662,6 +727,7 @@ impl SubmitBody {
             branch: self.branch.clone(),
             layers,
             preferred_node: None,
+            github: self.github.clone(),
         })
     }
 }

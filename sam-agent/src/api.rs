@@ -42,12 +42,13 @@
 use std::time::Duration;
 
 use sam_core::{
-    AgentHealth, ErrorCategory, NodeMetrics, Secret, SessionReport, TokenSigner, WorkspaceId,
-    WorkspaceReport,
+    AgentHealth, ErrorCategory, NodeMetrics, PullRequestMode, Secret, SessionReport, TokenSigner,
+    WorkspaceId, WorkspaceReport,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::boot::BootTimeline;
+use crate::git::CredentialSource;
 use crate::runtime::{ProfileRequest, WorkspaceRequest};
 
 /// The audience of management tokens (control plane → VM agent).
@@ -111,17 +112,27 @@ pub struct CreateWorkspace {
     /// The workspace-scoped token for this workspace's callbacks.
     #[serde(serialize_with = "expose")]
     pub token: Secret,
+    /// The branch to create after the clone, commit to and push when the turn ends.
+    #[serde(default)]
+    pub output_branch: Option<String>,
+    /// Present when the repository is behind a GitHub installation: git asks the
+    /// control plane for credentials; says whether to open a pull request.
+    #[serde(default)]
+    pub github: Option<PullRequestMode>,
 }
 
 impl CreateWorkspace {
-    /// What the workspace runtime prepares.
-    pub fn to_runtime_request(&self) -> WorkspaceRequest {
+    /// What the workspace runtime prepares; `credentials` is where git asks for
+    /// credentials when the repository is behind a GitHub installation.
+    pub fn to_runtime_request(&self, credentials: Option<CredentialSource>) -> WorkspaceRequest {
         WorkspaceRequest {
             id: self.id.clone(),
             repo: self.repo.clone(),
             branch: self.branch.clone(),
             profile: self.profile,
             devcontainer: self.devcontainer.clone(),
+            output_branch: self.output_branch.clone(),
+            credentials,
         }
     }
 }
@@ -280,6 +291,8 @@ mod tests {
             profile: ProfileRequest::Auto,
             devcontainer: None,
             token: Secret::new("the-workspace-token"),
+            output_branch: Some("sam/fix-1".to_owned()),
+            github: Some(PullRequestMode::Open),
         };
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["token"], "the-workspace-token");

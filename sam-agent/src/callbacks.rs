@@ -7,6 +7,8 @@
 //! | `POST /v1/nodes/{id}/heartbeat` | node | [`Heartbeat`] | `2xx` with a [`HeartbeatResponse`] (an empty body counts as no refresh) |
 //! | `POST /v1/workspaces/{id}/ready` | workspace | [`sam_core::WorkspaceReport`] | `2xx` |
 //! | `POST /v1/workspaces/{id}/events` | workspace | [`sam_core::SessionCallback`] | `2xx` |
+//! | `POST /v1/workspaces/{id}/git-credential` | workspace | [`crate::git::GitCredentialRequest`] | `2xx` with a [`crate::git::GitCredentialResponse`] (asked by the credential helper, [`crate::git`]) |
+//! | `POST /v1/workspaces/{id}/pull-request` | workspace | [`sam_core::PullRequestRequest`] | `2xx` with a [`PullRequestCreated`] |
 //!
 //! Each request carries `Authorization: Bearer <token>`: the node token for node
 //! routes, the workspace's own token (from its creation request) for workspace
@@ -22,14 +24,15 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use sam_core::{
-    ErrorCategory, NodeId, NodeMetrics, RetryError, RetryOn, RetryPolicy, Secret, SessionCallback,
-    WorkspaceId, WorkspaceReport, redact, retry_notify,
+    ErrorCategory, NodeId, NodeMetrics, PullRequestRequest, RetryError, RetryOn, RetryPolicy,
+    Secret, SessionCallback, WorkspaceId, WorkspaceReport, redact, retry_notify,
 };
 use serde::Serialize;
 use url::Url;
 
 use crate::api::{Heartbeat, HeartbeatResponse, NodeReady, classify_status};
 use crate::error::{Error, Result, error_chain};
+use crate::git::PullRequestCreated;
 
 /// The callback retry policy: 1 s initial delay, 30 s maximum, 5 attempts, a 2 min
 /// budget, 20 % jitter, 30 s per attempt.
@@ -90,6 +93,83 @@ fn callback_error(status: Option<u16>, message: &str) -> Error {
     }
 }
 
+/// One POST of `body` as JSON with `token` as the bearer; the body of a 2xx answer,
+/// or a classified [`Error::Callback`]. No retry: callers wrap it in their policy.
+pub(crate) async fn post_json<B: Serialize + Sync + ?Sized>(
+    http: &reqwest::Client,
+    url: &Url,
+    token: &Secret,
+    body: &B,
+) -> Result<String> {
+    let response = http
+        .post(url.clone())
+        .bearer_auth(token.expose())
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| callback_error(None, &error_chain(&e.without_url())))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| callback_error(None, &error_chain(&e.without_url())))?;
+    if status.is_success() {
+        return Ok(text);
+    }
+    let snippet: String = text.chars().take(500).collect();
+    Err(callback_error(
+        Some(status.as_u16()),
+        &format!("{} answered {status}: {snippet}", url.path()),
+    ))
+}
+
+/// [`post_json`] in a retry loop with `policy`, logging each retry; the token is
+/// asked for per attempt.
+pub(crate) async fn post_with_retry<B: Serialize + Sync + ?Sized>(
+    http: &reqwest::Client,
+    policy: &RetryPolicy,
+    url: &Url,
+    token: impl Fn() -> Secret + Sync,
+    body: &B,
+) -> Result<String> {
+    let outcome = retry_notify(
+        policy,
+        || async { post_json(http, url, &token(), body).await },
+        |retry| {
+            tracing::info!(
+                path = url.path(),
+                attempt = retry.attempt,
+                delay = ?retry.delay,
+                error = retry.error.map(ToString::to_string),
+                "retrying a callback"
+            );
+        },
+    )
+    .await;
+    outcome.map_err(|e| match e {
+        RetryError::Failed(e) => e,
+        RetryError::TimedOut { attempts, timeout } => Error::Callback {
+            category: ErrorCategory::Transient,
+            status: None,
+            message: format!(
+                "{} did not answer within {timeout:?} after {attempts} attempt(s)",
+                url.path()
+            ),
+        },
+    })
+}
+
+/// Decodes the JSON answer of a callback; one that does not decode is
+/// `invalid_config` (the two sides disagree on the contract), named by `what`
+/// (`"the heartbeat answer"`).
+pub(crate) fn decode_answer<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Callback {
+        category: ErrorCategory::InvalidConfig,
+        status: None,
+        message: format!("{what} is not understood: {e}"),
+    })
+}
+
 impl Callbacks {
     /// A client for `config`.
     ///
@@ -129,42 +209,13 @@ impl Callbacks {
             .clone()
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    /// The control plane's URL for `segments` (`["v1", "workspaces", id, …]`).
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base_url.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
         url
-    }
-
-    /// One attempt: a POST with the token; the body of a 2xx answer.
-    async fn attempt<B: Serialize + Sync + ?Sized>(
-        &self,
-        url: &Url,
-        token: &Secret,
-        body: &B,
-    ) -> Result<String> {
-        let response = self
-            .http
-            .post(url.clone())
-            .bearer_auth(token.expose())
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| callback_error(None, &error_chain(&e.without_url())))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| callback_error(None, &error_chain(&e.without_url())))?;
-        if status.is_success() {
-            return Ok(text);
-        }
-        let snippet: String = text.chars().take(500).collect();
-        Err(callback_error(
-            Some(status.as_u16()),
-            &format!("{} answered {status}: {snippet}", url.path()),
-        ))
     }
 
     /// Sends `body` to `segments` with `token`, retrying by the policy.
@@ -175,35 +226,9 @@ impl Callbacks {
         body: &B,
     ) -> Result<String> {
         let url = self.url(segments);
-        let outcome = retry_notify(
-            &self.retry,
-            || async {
-                // The node token is read per attempt: a heartbeat may have refreshed it.
-                let token = token.cloned().unwrap_or_else(|| self.node_token());
-                self.attempt(&url, &token, body).await
-            },
-            |retry| {
-                tracing::info!(
-                    path = url.path(),
-                    attempt = retry.attempt,
-                    delay = ?retry.delay,
-                    error = retry.error.map(ToString::to_string),
-                    "retrying a callback"
-                );
-            },
-        )
-        .await;
-        outcome.map_err(|e| match e {
-            RetryError::Failed(e) => e,
-            RetryError::TimedOut { attempts, timeout } => Error::Callback {
-                category: ErrorCategory::Transient,
-                status: None,
-                message: format!(
-                    "{} did not answer within {timeout:?} after {attempts} attempt(s)",
-                    url.path()
-                ),
-            },
-        })
+        // The node token is read per attempt: a heartbeat may have refreshed it.
+        let token = || token.cloned().unwrap_or_else(|| self.node_token());
+        post_with_retry(&self.http, &self.retry, &url, token, body).await
     }
 
     /// Reports the node ready, with the agent's version and boot timeline.
@@ -238,11 +263,7 @@ impl Callbacks {
         let reply: HeartbeatResponse = if text.trim().is_empty() {
             HeartbeatResponse::default()
         } else {
-            serde_json::from_str(&text).map_err(|e| Error::Callback {
-                category: ErrorCategory::InvalidConfig,
-                status: None,
-                message: format!("the heartbeat answer is not understood: {e}"),
-            })?
+            decode_answer("the heartbeat answer", &text)?
         };
         match reply.refreshed_token {
             Some(token) if !token.is_empty() => {
@@ -273,6 +294,29 @@ impl Callbacks {
         )
         .await
         .map(drop)
+    }
+
+    /// Asks the control plane to open a pull request for the workspace's output
+    /// branch (`POST /v1/workspaces/{id}/pull-request`); returns its URL.
+    ///
+    /// # Errors
+    /// As [`Callbacks::node_ready`]; an answer that is not a [`PullRequestCreated`]
+    /// is `invalid_config`.
+    pub async fn open_pull_request(
+        &self,
+        workspace: &WorkspaceId,
+        token: &Secret,
+        request: &PullRequestRequest,
+    ) -> Result<String> {
+        let text = self
+            .send(
+                &["v1", "workspaces", workspace.as_str(), "pull-request"],
+                Some(token),
+                request,
+            )
+            .await?;
+        let created: PullRequestCreated = decode_answer("the pull request answer", &text)?;
+        Ok(created.url)
     }
 
     /// Reports a session event or state, with the workspace's token.

@@ -14,13 +14,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use std::sync::Arc;
+
 use sam_core::{
-    Classify, ControlPlane, ErrorCategory, NodeId, SessionCallback, WorkspaceId, WorkspaceReport,
-    redact,
+    Classify, ControlPlane, ErrorCategory, GithubError, NodeId, PullRequestMode,
+    PullRequestRequest, RepositoryHost, SessionCallback, WorkspaceId, WorkspaceReport,
+    output_branch, redact,
 };
 use serde::de::DeserializeOwned;
 
 use crate::api::{ErrorBody, Heartbeat, HeartbeatResponse, NodeReady, status_for};
+use crate::git::{GitCredentialRequest, GitCredentialResponse, PullRequestCreated};
 
 /// The paths of the callback routes, all `POST`, in the order [`callback_router`]
 /// registers them: a node is ready, a node's heartbeat, a workspace is ready, a
@@ -49,6 +53,113 @@ pub fn callback_router(control_plane: ControlPlane) -> Router {
         .with_state(control_plane)
 }
 
+/// The paths of the git routes, all `POST` with a workspace token, in the order
+/// [`git_router`] registers them: a git credential for the credential helper, and a
+/// pull request for the output branch.
+pub const GIT_PATHS: [&str; 2] = [
+    "/v1/workspaces/{id}/git-credential",
+    "/v1/workspaces/{id}/pull-request",
+];
+
+/// What the git routes need: the control plane, and GitHub.
+#[derive(Debug, Clone)]
+struct GitState {
+    control_plane: ControlPlane,
+    host: Arc<dyn RepositoryHost>,
+}
+
+/// The git routes ([`GIT_PATHS`]) over `control_plane`, asking `host` (GitHub) for
+/// installation tokens and pull requests.
+///
+/// A credential is issued only for a live task whose repository is behind an
+/// installation, only to that workspace's token, and only for that repository's
+/// host and path (`auth_error`, `401`, otherwise); GitHub is always addressed by the installation's
+/// external id. A pull request is opened only for the task's own output branch, and
+/// only when the task asked for one. Merge it next to [`callback_router`].
+pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) -> Router {
+    let [credential_path, pull_request_path] = GIT_PATHS;
+    Router::new()
+        .route(credential_path, post(git_credential))
+        .route(pull_request_path, post(pull_request))
+        .with_state(GitState {
+            control_plane,
+            host,
+        })
+}
+
+async fn git_credential(
+    State(git): State<GitState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<axum::Json<GitCredentialResponse>, Failure> {
+    let token = bearer(&headers)?;
+    let workspace: WorkspaceId = path_id(&id)?;
+    let asked: GitCredentialRequest = body(&bytes)?;
+    let found = git
+        .control_plane
+        .workspace_github(token, &workspace)
+        .await?;
+    if !found
+        .repo
+        .matches_credential_request(&asked.protocol, &asked.host, asked.path.as_deref())
+    {
+        return Err(Failure::new(
+            ErrorCategory::AuthError,
+            &format!(
+                "workspace {workspace} gets credentials only for {}",
+                found.repo
+            ),
+        ));
+    }
+    let credential = git
+        .host
+        .repository_token(found.installation.external_id, &found.repo)
+        .await?;
+    Ok(axum::Json(GitCredentialResponse {
+        username: credential.username,
+        password: credential.password.expose().to_owned(),
+        expires_at: credential.expires_at,
+    }))
+}
+
+async fn pull_request(
+    State(git): State<GitState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<axum::Json<PullRequestCreated>, Failure> {
+    let token = bearer(&headers)?;
+    let workspace: WorkspaceId = path_id(&id)?;
+    let request: PullRequestRequest = body(&bytes)?;
+    let found = git
+        .control_plane
+        .workspace_github(token, &workspace)
+        .await?;
+    let task = &found.task;
+    if task.spec.github.as_ref().map(|g| g.pull_request) != Some(PullRequestMode::Open) {
+        return Err(Failure::new(
+            ErrorCategory::InvalidConfig,
+            &format!("task {} did not ask for a pull request", task.id),
+        ));
+    }
+    let expected = output_branch(&task.spec.prompt, &task.id);
+    if request.head != expected {
+        return Err(Failure::new(
+            ErrorCategory::AuthError,
+            &format!(
+                "task {} may open a pull request only from {expected}",
+                task.id
+            ),
+        ));
+    }
+    let url = git
+        .host
+        .open_pull_request(found.installation.external_id, &found.repo, &request)
+        .await?;
+    Ok(axum::Json(PullRequestCreated { url }))
+}
+
 /// A failed callback.
 #[derive(Debug)]
 struct Failure {
@@ -64,6 +175,12 @@ impl Failure {
             message: redact(message).into_owned(),
             field: None,
         }
+    }
+}
+
+impl From<GithubError> for Failure {
+    fn from(error: GithubError) -> Self {
+        Self::new(error.category(), &error.to_string())
     }
 }
 

@@ -95,6 +95,7 @@ pub mod devcontainer;
 pub mod error;
 pub mod events;
 pub mod fake;
+pub mod git;
 pub mod monitor;
 pub mod node_agent;
 pub mod node_config;
@@ -106,7 +107,7 @@ pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
 };
 pub use callbacks::{Callbacks, CallbacksConfig};
-pub use control_plane::{CALLBACK_PATHS, callback_router};
+pub use control_plane::{CALLBACK_PATHS, GIT_PATHS, callback_router, git_router};
 pub use error::{Error, Result};
 pub use events::{EventLog, MemoryEventLog, SqliteEventLog};
 pub use node_agent::{

@@ -257,6 +257,8 @@ fn create_body(request: &WorkspaceRequest) -> Result<CreateWorkspace, NodeAgentE
         profile,
         devcontainer: request.devcontainer.clone(),
         token: request.token.clone(),
+        output_branch: request.output_branch.clone(),
+        github: request.github,
     })
 }
 

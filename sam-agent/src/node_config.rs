@@ -23,6 +23,7 @@ use url::Url;
 
 use crate::acp::AgentCommand;
 use crate::error::{Error, Result};
+use crate::git::GitConfig;
 use crate::runtime::HostRuntime;
 use crate::server::{VmAgent, VmAgentConfig};
 use crate::storage::{SqliteStorage, Storage};
@@ -225,7 +226,13 @@ impl NodeConfig {
         let workspaces = self.data_dir().join("workspaces");
         std::fs::create_dir_all(&workspaces)
             .map_err(|e| Error::io(format!("creating {}", workspaces.display()), e))?;
-        let agent = VmAgent::new(agent_config, Arc::new(HostRuntime::new(workspaces))).await?;
+        // Git asks this very binary for credentials (`<binary> git-credential get`).
+        let mut git = GitConfig::default();
+        if let Ok(exe) = std::env::current_exe() {
+            git = git.with_credential_helper(exe, vec!["git-credential".to_owned()]);
+        }
+        let runtime = HostRuntime::new(workspaces).with_git_config(git);
+        let agent = VmAgent::new(agent_config, Arc::new(runtime)).await?;
         let ip = self
             .listen
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::acp::AgentCommand;
 use crate::devcontainer::{self, DevcontainerConfig, DevcontainerKind};
 use crate::error::{Error, Result};
+use crate::git::{CredentialSource, GitConfig};
 
 /// The profile a workspace request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -49,6 +50,13 @@ pub struct WorkspaceRequest {
     /// A name that does not exist is an error.
     #[serde(default)]
     pub devcontainer: Option<String>,
+    /// The branch to create after the clone; the clone stays on its branch when `None`.
+    #[serde(default)]
+    pub output_branch: Option<String>,
+    /// Where git asks for credentials, for a repository behind a GitHub installation.
+    /// Never serialized: it holds the workspace token.
+    #[serde(skip)]
+    pub credentials: Option<CredentialSource>,
 }
 
 /// The profile a workspace actually runs with.
@@ -105,6 +113,8 @@ pub struct Workspace {
     pub report: ReadyReport,
     /// The container agents run in, for the Docker runtime.
     pub container: Option<Container>,
+    /// The branch the clone started on (the base of a pull request).
+    pub base_branch: Option<String>,
 }
 
 /// A running workspace container.
@@ -142,6 +152,9 @@ pub trait WorkspaceRuntime: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// When the container or the directory cannot be removed.
     async fn remove(&self, workspace: &Workspace) -> Result<()>;
+
+    /// How git runs for the clone on the host: the final commit and push use it.
+    fn git(&self) -> &GitConfig;
 }
 
 /// Removes a workspace directory; a directory that is gone already is fine.
@@ -202,6 +215,15 @@ async fn run(program: &str, args: &[String], cwd: Option<&Path>) -> Result<Strin
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
+    output_of(command, program).await
+}
+
+/// Runs a prepared `command` (named `program` in errors) and returns its standard
+/// output; a failure keeps the end of its error output, redacted.
+pub(crate) async fn output_of(
+    mut command: tokio::process::Command,
+    program: &str,
+) -> Result<String> {
     let output = command
         .output()
         .await
@@ -230,7 +252,16 @@ async fn run(program: &str, args: &[String], cwd: Option<&Path>) -> Result<Strin
 #[derive(Debug, Clone)]
 pub struct HostRuntime {
     root: PathBuf,
-    git: String,
+    git: GitConfig,
+}
+
+/// A fresh clone on its output branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClonedRepo {
+    /// The clone.
+    pub dir: PathBuf,
+    /// The branch the clone started on, before the output branch was created.
+    pub base_branch: Option<String>,
 }
 
 impl HostRuntime {
@@ -238,33 +269,36 @@ impl HostRuntime {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            git: "git".to_owned(),
+            git: GitConfig::default(),
         }
     }
 
     /// Uses another `git` executable.
     #[must_use]
     pub fn with_git(mut self, git: impl Into<String>) -> Self {
-        self.git = git.into();
+        self.git = self.git.with_program(git);
         self
     }
 
-    /// Clones the repository for `request`, returning the directory.
+    /// Runs git as `git` says (its program and credential helper).
+    #[must_use]
+    pub fn with_git_config(mut self, git: GitConfig) -> Self {
+        self.git = git;
+        self
+    }
+
+    /// How this runtime runs git.
+    pub fn git(&self) -> &GitConfig {
+        &self.git
+    }
+
+    /// Clones the repository for `request` (through the credential helper when the
+    /// request carries credentials) and checks out its output branch, if any.
     ///
     /// # Errors
     /// A repository or branch that looks like an option, an existing workspace
-    /// directory, or a failed clone.
-    pub async fn clone_repo(&self, request: &WorkspaceRequest) -> Result<PathBuf> {
-        if request.repo.starts_with('-')
-            || request
-                .branch
-                .as_deref()
-                .is_some_and(|b| b.starts_with('-'))
-        {
-            return Err(Error::InvalidRequest(
-                "repository and branch must not start with '-'".to_owned(),
-            ));
-        }
+    /// directory, a failed clone, or an output branch git refuses.
+    pub async fn clone_repo(&self, request: &WorkspaceRequest) -> Result<ClonedRepo> {
         let dir = self.root.join(request.id.as_str());
         if dir.exists() {
             return Err(Error::InvalidRequest(format!(
@@ -275,24 +309,26 @@ impl HostRuntime {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
-        let mut args = vec!["clone".to_owned(), "--quiet".to_owned()];
-        if let Some(branch) = &request.branch {
-            args.extend(["--branch".to_owned(), branch.clone()]);
+        self.git
+            .clone(
+                &request.repo,
+                request.branch.as_deref(),
+                &dir,
+                request.credentials.as_ref(),
+            )
+            .await?;
+        let base_branch = self.git.current_branch(&dir).await?;
+        if let Some(branch) = &request.output_branch {
+            self.git.create_branch(&dir, branch).await?;
         }
-        args.extend([
-            "--".to_owned(),
-            request.repo.clone(),
-            dir.display().to_string(),
-        ]);
-        run(&self.git, &args, None).await?;
-        Ok(dir)
+        Ok(ClonedRepo { dir, base_branch })
     }
 }
 
 #[async_trait]
 impl WorkspaceRuntime for HostRuntime {
     async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace> {
-        let dir = self.clone_repo(request).await?;
+        let ClonedRepo { dir, base_branch } = self.clone_repo(request).await?;
         let choice = choose_profile(&dir, request)?;
         let (status, message) = match choice {
             ProfileChoice::Lightweight { fallback: None } => (ReadyStatus::Running, None),
@@ -329,7 +365,12 @@ impl WorkspaceRuntime for HostRuntime {
             },
             dir,
             container: None,
+            base_branch,
         })
+    }
+
+    fn git(&self) -> &GitConfig {
+        &self.git
     }
 
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
@@ -455,7 +496,7 @@ impl DockerRuntime {
 #[async_trait]
 impl WorkspaceRuntime for DockerRuntime {
     async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace> {
-        let dir = self.host.clone_repo(request).await?;
+        let ClonedRepo { dir, base_branch } = self.host.clone_repo(request).await?;
         let choice = choose_profile(&dir, request)?;
         let (container, profile, status, message) = match choice {
             ProfileChoice::Lightweight { fallback } => {
@@ -497,7 +538,12 @@ impl WorkspaceRuntime for DockerRuntime {
             },
             dir,
             container: Some(container),
+            base_branch,
         })
+    }
+
+    fn git(&self) -> &GitConfig {
+        &self.host.git
     }
 
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {

@@ -44,9 +44,10 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use sam_core::{
-    AgentHealth, AgentSession, Classify, ErrorCategory, NodeId, NodeMetrics, RetryPolicy, Secret,
-    SessionCallback, SessionEvent, SessionId, SessionReport, StopReason, TaskError, TokenScope,
-    TokenSigner, WorkspaceId, WorkspaceReport, redact,
+    AgentHealth, AgentSession, Classify, ErrorCategory, NodeId, NodeMetrics, PullRequestMode,
+    PullRequestRequest, RetryPolicy, Secret, SessionCallback, SessionEvent, SessionId,
+    SessionReport, StopReason, TaskError, TaskOutput, TokenScope, TokenSigner, WorkspaceId,
+    WorkspaceReport, redact,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -65,6 +66,7 @@ use crate::boot::{self, BootTimeline};
 use crate::callbacks::{Callbacks, CallbacksConfig, callback_policy};
 use crate::error::{Error, Result};
 use crate::events::{EventLevel, NewEvent};
+use crate::git::{CredentialSource, commit_message};
 use crate::monitor::{self, MetricsSnapshot};
 use crate::runtime::{EffectiveProfile, ReadyReport, ReadyStatus, Workspace, WorkspaceRuntime};
 use crate::storage::{ExportKind, Storage, Stores};
@@ -179,6 +181,12 @@ enum Sampled {
 struct Entry {
     id: WorkspaceId,
     token: Secret,
+    /// The branch pushed when the turn ends, if any.
+    output_branch: Option<String>,
+    /// Whether (and how) the repository is behind a GitHub installation.
+    github: Option<PullRequestMode>,
+    /// Where git asks for credentials, for such a repository.
+    credentials: Option<CredentialSource>,
     state: Mutex<EntryState>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -685,9 +693,18 @@ async fn create_workspace(
         if let Some(entry) = workspaces.get(&request.id) {
             return Ok((StatusCode::OK, axum::Json(entry.view())));
         }
+        let credentials = request.github.map(|_| CredentialSource {
+            url: shared
+                .callbacks
+                .url(&["v1", "workspaces", request.id.as_str(), "git-credential"]),
+            token: request.token.clone(),
+        });
         let entry = Arc::new(Entry {
             id: request.id.clone(),
             token: request.token.clone(),
+            output_branch: request.output_branch.clone(),
+            github: request.github,
+            credentials,
             state: Mutex::new(EntryState {
                 report: WorkspaceReport::Preparing,
                 workspace: None,
@@ -711,7 +728,7 @@ async fn create_workspace(
     entry.spawn(prepare(
         Arc::clone(&shared),
         Arc::clone(&entry),
-        request.to_runtime_request(),
+        request.to_runtime_request(entry.credentials.clone()),
     ));
     Ok((StatusCode::ACCEPTED, axum::Json(entry.view())))
 }
@@ -956,6 +973,57 @@ impl LastMessage {
     }
 }
 
+/// Commits what the agent changed, pushes the output branch (through the credential
+/// helper for a repository behind an installation) and, when asked, has the control
+/// plane open a pull request.
+async fn deliver(
+    shared: &Shared,
+    entry: &Entry,
+    dir: &std::path::Path,
+    branch: &str,
+    prompt: &str,
+) -> Result<TaskOutput> {
+    let git = shared.runtime.git();
+    git.commit_all(dir, &commit_message(prompt)).await?;
+    let commit = git.head(dir).await?;
+    git.push(dir, branch, entry.credentials.as_ref()).await?;
+    let pull_request_url = match entry.github {
+        Some(PullRequestMode::Open) => {
+            let base = lock(&entry.state)
+                .workspace
+                .as_ref()
+                .and_then(|w| w.base_branch.clone())
+                .ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "no pull request: the clone did not start on a branch".to_owned(),
+                    )
+                })?;
+            let request = PullRequestRequest {
+                title: commit_message(prompt)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+                head: branch.to_owned(),
+                base,
+                body: format!("Opened by SAM for the prompt:\n\n{}", prompt.trim()),
+            };
+            Some(
+                shared
+                    .callbacks
+                    .open_pull_request(&entry.id, &entry.token, &request)
+                    .await?,
+            )
+        }
+        Some(PullRequestMode::BranchOnly) | None => None,
+    };
+    Ok(TaskOutput {
+        branch: branch.to_owned(),
+        commit: Some(commit),
+        pull_request_url,
+    })
+}
+
 /// Runs one prompt turn, streaming its events, then reports how it ended.
 async fn run_session(
     shared: Arc<Shared>,
@@ -1026,7 +1094,7 @@ async fn run_session(
         let record = relay(timed.event, &mut last);
         shared.record(record).await;
     }
-    let report = match outcome {
+    let mut report = match outcome {
         Ok(reason) => SessionReport::Stopped {
             reason,
             last_message: last.into_text(),
@@ -1038,6 +1106,42 @@ async fn run_session(
             },
         },
     };
+    // A turn that ended (and was not cancelled) leaves its work on the output branch.
+    if let (SessionReport::Stopped { reason, .. }, Some(branch)) = (&report, &entry.output_branch)
+        && *reason != StopReason::Cancelled
+    {
+        match deliver(&shared, &entry, &dir, branch, &prompt).await {
+            Ok(output) => {
+                let mut message = format!(
+                    "pushed {} at {}",
+                    output.branch,
+                    output.commit.as_deref().unwrap_or("?")
+                );
+                if let Some(url) = &output.pull_request_url {
+                    message.push_str(&format!("; opened {url}"));
+                }
+                shared
+                    .record(
+                        NewEvent::new(EventLevel::Info, "workspace.pushed", &message)
+                            .with_workspace(&entry.id)
+                            .with_detail(serde_json::to_value(&output).unwrap_or(Value::Null)),
+                    )
+                    .await;
+                let _ = sender.send(SessionCallback::Output(output));
+            }
+            Err(e) => {
+                report = SessionReport::Failed {
+                    error: TaskError {
+                        category: e.category(),
+                        message: redact(&format!(
+                            "the agent's work could not be pushed to {branch}: {e}"
+                        ))
+                        .into_owned(),
+                    },
+                };
+            }
+        }
+    }
     if let Some(slot) = lock(&entry.state).session.as_mut() {
         slot.report = report.clone();
     }

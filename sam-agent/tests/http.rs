@@ -728,6 +728,8 @@ async fn http_node_agent_drives_the_real_server() {
         profile: Some("full".to_owned()),
         devcontainer: None,
         token: Secret::new("workspace-token"),
+        output_branch: None,
+        github: None,
     };
     agent.create_workspace(&n, &request).await.unwrap();
     agent.create_workspace(&n, &request).await.unwrap();

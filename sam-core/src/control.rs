@@ -65,6 +65,7 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::error::{Classify, Error, ErrorCategory};
 use crate::fallback::SizeDescent;
+use crate::github::{GithubAccess, GithubInstallation, RepoRef, TaskOutput};
 use crate::model::{
     ExecutionStep, Location, NodeHealth, NodeId, NodeStatus, ProviderKind, TaskId, TaskStatus,
     VmSize, WorkspaceId,
@@ -145,6 +146,9 @@ pub struct SubmitRequest {
     pub layers: BTreeMap<Layer, LayerSettings>,
     /// A node to run on, if the caller wants one.
     pub preferred_node: Option<NodeId>,
+    /// The GitHub installation the repository is behind; `repo` must then be its
+    /// HTTPS URL.
+    pub github: Option<GithubAccess>,
 }
 
 /// How the control plane behaves; plain data, checked by [`ControlPlane::new`].
@@ -484,6 +488,20 @@ impl ControlPlane {
         if request.prompt.trim().is_empty() {
             return Err(invalid("prompt", "must not be empty"));
         }
+        if let Some(access) = &request.github {
+            RepoRef::parse_https(&request.repo)?;
+            if self
+                .store
+                .get_github_installation(&access.installation)
+                .await?
+                .is_none()
+            {
+                return Err(missing(format_args!(
+                    "GitHub installation link {}",
+                    access.installation
+                )));
+            }
+        }
         let platform = &self.config.platform;
         let layers = &request.layers;
         let (provider, provider_source) = pick(layers, platform, |l| l.provider)
@@ -572,6 +590,7 @@ impl ControlPlane {
                 devcontainer: devcontainer.map(|(d, _)| d),
                 preferred_node: request.preferred_node.clone(),
                 provenance,
+                github: request.github.clone(),
             },
             provider,
             requested_size: size,
@@ -592,6 +611,7 @@ impl ControlPlane {
             capacity_passes: 0,
             step_started_at: now,
             error: None,
+            output: None,
             created_at: now,
             updated_at: now,
         };
@@ -1046,7 +1066,68 @@ impl ControlPlane {
                 let task = self.require_task(&record.task_id).await?;
                 self.apply_session_report(&task, report).await
             }
+            SessionCallback::Output(output) => {
+                self.store
+                    .update_task(
+                        &record.task_id,
+                        &TaskUpdate {
+                            output: Some(Some(output.clone())),
+                            ..TaskUpdate::default()
+                        },
+                        self.clock.now(),
+                    )
+                    .await?;
+                Ok(())
+            }
         }
+    }
+
+    /// The GitHub access of the live task a workspace serves: what a VM agent's git
+    /// credential or pull request request may be answered with.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this workspace's; `not_found`
+    /// for a missing workspace, task or installation link; `invalid_config` when the
+    /// task has finished or its repository is not behind a GitHub installation.
+    pub async fn workspace_github(
+        &self,
+        token: &str,
+        workspace: &WorkspaceId,
+    ) -> Result<WorkspaceGithub, Error> {
+        self.verify(token, TokenScope::Workspace, workspace.as_str())?;
+        let record = self.require_workspace(workspace).await?;
+        let task = self.require_task(&record.task_id).await?;
+        if task.status.is_terminal() {
+            return Err(invalid(
+                "workspace",
+                format!("task {} has finished; it gets no more credentials", task.id),
+            ));
+        }
+        let access = task.spec.github.clone().ok_or_else(|| {
+            invalid(
+                "workspace",
+                format!(
+                    "the repository of task {} is not behind a GitHub installation",
+                    task.id
+                ),
+            )
+        })?;
+        let repo = RepoRef::parse_https(&task.spec.repo)?;
+        let installation = self
+            .store
+            .get_github_installation(&access.installation)
+            .await?
+            .ok_or_else(|| {
+                missing(format_args!(
+                    "GitHub installation link {}",
+                    access.installation
+                ))
+            })?;
+        Ok(WorkspaceGithub {
+            task,
+            repo,
+            installation,
+        })
     }
 
     pub(crate) async fn apply_session_report(
@@ -1109,6 +1190,17 @@ fn stop_message(reason: StopReason) -> String {
     }
 }
 
+/// The GitHub side of a workspace's task, from [`ControlPlane::workspace_github`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceGithub {
+    /// The task.
+    pub task: TaskRecord,
+    /// Its repository.
+    pub repo: RepoRef,
+    /// The installation link the task names; API calls use its external id.
+    pub installation: GithubInstallation,
+}
+
 /// What a VM agent reports about a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -1117,4 +1209,6 @@ pub enum SessionCallback {
     Event(SessionEvent),
     /// A state change that may end the task.
     Report(SessionReport),
+    /// What the task left in its repository (sent before the final report).
+    Output(TaskOutput),
 }

@@ -411,6 +411,9 @@ pub enum Error {
     /// A VM agent call failed.
     #[error(transparent)]
     NodeAgent(#[from] crate::node_agent::NodeAgentError),
+    /// A GitHub call failed.
+    #[error(transparent)]
+    Github(#[from] crate::github::GithubError),
 }
 
 impl From<ProviderError> for Error {
@@ -438,11 +441,13 @@ impl Classify for Error {
             Self::Store(e) => e.category(),
             Self::Unauthorized(_) => ErrorCategory::AuthError,
             Self::NodeAgent(e) => e.category(),
+            Self::Github(e) => e.category(),
         }
     }
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Provider(e) => e.retry_after(),
+            Self::Github(e) => e.retry_after(),
             _ => None,
         }
     }

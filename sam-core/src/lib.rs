@@ -90,6 +90,7 @@ pub mod control;
 pub mod crash;
 pub mod error;
 pub mod fallback;
+pub mod github;
 pub mod model;
 pub mod node_agent;
 pub mod placement;
@@ -113,17 +114,22 @@ pub use clock::{Clock, ManualClock, TokioClock};
 pub use control::{
     BootRenderer, ControlPlane, ControlPlaneConfig, ControlPlaneParts, HeartbeatReply,
     LayerSettings, NodeMetrics, SessionCallback, SubmitRequest, TaskEvent, TaskEventKind,
-    WorkspaceProfile,
+    WorkspaceGithub, WorkspaceProfile,
 };
 pub use error::{
     BoxError, Classify, Error, ErrorCategory, MAX_BODY_BYTES, PolicyError, ProviderError, Result,
     StoreError, StoreErrorKind, truncate_body,
 };
 pub use fallback::{Attempt, FallbackPlan, PlanError, PlanRequest, PlanStep, SizeDescent};
+pub use github::{
+    ExternalInstallationId, GitCredential, GithubAccess, GithubError, GithubInstallation,
+    InstallationKey, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost, TaskOutput,
+    output_branch, token_is_fresh,
+};
 pub use model::{
     Catalog, ExecutionStep, Id, Labels, Location, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId,
     NodeLifecycle, NodeStatus, ParseError, Price, ProviderKind, ServerType, TaskId, TaskStatus,
-    VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
+    UserId, VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
 };
 pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,

@@ -52,6 +52,9 @@ pub mod id_kind {
     /// Marks a [`super::VmId`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
     pub enum Vm {}
+    /// Marks a [`super::UserId`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum User {}
     impl IdKind for Task {
         const NAME: &'static str = "task id";
     }
@@ -63,6 +66,9 @@ pub mod id_kind {
     }
     impl IdKind for Vm {
         const NAME: &'static str = "VM id";
+    }
+    impl IdKind for User {
+        const NAME: &'static str = "user id";
     }
 }
 
@@ -88,6 +94,8 @@ pub type NodeId = Id<id_kind::Node>;
 pub type WorkspaceId = Id<id_kind::Workspace>;
 /// The provider's own identifier of a VM (Hetzner's number, Scaleway's UUID, GCP's name).
 pub type VmId = Id<id_kind::Vm>;
+/// Identifies a user of the control plane.
+pub type UserId = Id<id_kind::User>;
 
 impl<K: IdKind> Id<K> {
     /// Validates and wraps an identifier.

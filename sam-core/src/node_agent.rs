@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Classify, ErrorCategory};
+use crate::github::PullRequestMode;
 use crate::model::{TaskId, WorkspaceId};
 use crate::secret::Secret;
 use crate::session::StopReason;
@@ -51,6 +52,12 @@ pub struct WorkspaceRequest {
     pub devcontainer: Option<String>,
     /// The workspace-scoped token the agent uses for this workspace's callbacks.
     pub token: Secret,
+    /// The branch to create after the clone and push when the turn ends.
+    pub output_branch: Option<String>,
+    /// `Some` when the repository is behind a GitHub installation: git then asks the
+    /// control plane for short-lived credentials, and this says whether to open a
+    /// pull request.
+    pub github: Option<PullRequestMode>,
 }
 
 /// A prompt to run in a workspace.

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use crate::control::{ControlPlane, TaskEventKind};
 use crate::error::{Classify, Error, ErrorCategory, ProviderError};
 use crate::fallback::{FallbackPlan, PlanRequest};
+use crate::github::output_branch;
 use crate::model::{
     ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskStatus, VmSize,
     VmSpec, VmState, WorkspaceId,
@@ -725,6 +726,8 @@ impl ControlPlane {
             profile: task.spec.workspace_profile.clone(),
             devcontainer: task.spec.devcontainer.clone(),
             token: self.issue_workspace_token(&ws),
+            output_branch: Some(output_branch(&task.spec.prompt, &task.id)),
+            github: task.spec.github.as_ref().map(|g| g.pull_request),
         };
         match self.node_agent.create_workspace(&node, &request).await {
             Ok(()) => {

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCategory, StoreError};
+use crate::github::{GithubAccess, GithubInstallation, InstallationKey, TaskOutput};
 use crate::model::{
     ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
-    TaskId, TaskStatus, VmId, VmSize, WorkspaceId,
+    TaskId, TaskStatus, UserId, VmId, VmSize, WorkspaceId,
 };
 use crate::reservation::{Capacity, Layer, RequirementLayers, Reservation, SlotRejection};
 use crate::scheduler::PlacementExplanation;
@@ -42,6 +43,10 @@ pub struct TaskSpec {
     /// `workspace_profile`, `devcontainer`).
     #[serde(default)]
     pub provenance: std::collections::BTreeMap<String, Layer>,
+    /// The GitHub installation the repository is behind, if any: its workspace
+    /// clones and pushes with short-lived installation tokens.
+    #[serde(default)]
+    pub github: Option<GithubAccess>,
 }
 
 /// The error a failed task ended with.
@@ -104,6 +109,9 @@ pub struct TaskRecord {
     pub step_started_at: DateTime<Utc>,
     /// The error a failed task ended with.
     pub error: Option<TaskError>,
+    /// The branch, commit and pull request the task left, once pushed.
+    #[serde(default)]
+    pub output: Option<TaskOutput>,
     /// When the task was submitted.
     pub created_at: DateTime<Utc>,
     /// When the task last changed (a lease or a repeated step write is not a change).
@@ -164,6 +172,8 @@ pub struct TaskUpdate {
     pub provisioning_started_at: Option<Option<DateTime<Utc>>>,
     /// Full capacity passes so far.
     pub capacity_passes: Option<u32>,
+    /// What the task left in its repository.
+    pub output: Option<Option<TaskOutput>>,
 }
 
 /// Which tasks to list.
@@ -377,6 +387,11 @@ pub struct ApiTokenRecord {
 /// - **Deletes are idempotent**: deleting a missing row succeeds.
 /// - **Bad stored data is a typed error** (`InvalidData`), never a panic.
 /// - **Timestamps round-trip to the microsecond**; finer precision may be dropped.
+/// - **GitHub installation links are per user**: `put_github_installation` writes or
+///   replaces the link under its [`InstallationKey`] (`<user id>:<external id>`), so
+///   two users linking one installation have two rows with the same external id;
+///   `list_github_installations` returns a user's links ordered by
+///   `(created_at, key)`, and only theirs.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync + Debug {
@@ -530,4 +545,32 @@ pub trait Store: Send + Sync + Debug {
     /// # Errors
     /// Backend failures.
     async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError>;
+
+    /// Writes one user's link to a GitHub App installation, replacing the row with
+    /// the same key.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn put_github_installation(
+        &self,
+        installation: &GithubInstallation,
+    ) -> Result<(), StoreError>;
+
+    /// Reads a link by its storage key.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_github_installation(
+        &self,
+        key: &InstallationKey,
+    ) -> Result<Option<GithubInstallation>, StoreError>;
+
+    /// The links of one user, ordered by `(created_at, key)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_github_installations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<GithubInstallation>, StoreError>;
 }

@@ -30,6 +30,17 @@ pub enum Error {
     /// A classified provider call failed.
     #[error(transparent)]
     Provider(Box<ProviderError>),
+    /// A GitHub App setting is missing or malformed.
+    #[error("invalid GitHub App configuration: {field} {reason}")]
+    InvalidGithubConfig {
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong with it, as a sentence fragment.
+        reason: String,
+    },
+    /// A classified GitHub call (or the client's setup) failed.
+    #[error(transparent)]
+    Github(Box<sam_core::GithubError>),
 }
 
 impl From<ProviderError> for Error {
@@ -52,6 +63,15 @@ impl Error {
         }
     }
 
+    /// An [`Error::InvalidGithubConfig`].
+    #[cfg_attr(not(feature = "github"), allow(dead_code))]
+    pub(crate) fn github_config(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidGithubConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+
     /// Whether the same operation may succeed later.
     pub fn is_retryable(&self) -> bool {
         self.category().is_retryable()
@@ -61,15 +81,19 @@ impl Error {
 impl Classify for Error {
     fn category(&self) -> ErrorCategory {
         match self {
-            Self::InvalidConfig { .. } => ErrorCategory::InvalidConfig,
+            Self::InvalidConfig { .. } | Self::InvalidGithubConfig { .. } => {
+                ErrorCategory::InvalidConfig
+            }
             Self::Setup { .. } => ErrorCategory::Unknown,
             Self::Provider(e) => e.category(),
+            Self::Github(e) => e.category(),
         }
     }
 
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Self::Provider(e) => e.retry_after(),
+            Self::Github(e) => e.retry_after(),
             _ => None,
         }
     }
@@ -93,6 +117,8 @@ impl From<Error> for sam_core::Error {
             .with_source(source)
             .into(),
             Error::Provider(e) => Self::Provider(e),
+            Error::InvalidGithubConfig { field, reason } => Self::InvalidInput { field, reason },
+            Error::Github(e) => Self::Github(*e),
         }
     }
 }
@@ -114,6 +140,11 @@ mod tests {
                 source: "disk full".into(),
             },
             ProviderError::new(ProviderKind::Gcp, ErrorCategory::RateLimited, "slow down").into(),
+            Error::github_config("app_id", "must be greater than zero"),
+            Error::Github(Box::new(sam_core::GithubError::new(
+                ErrorCategory::AuthError,
+                "Bad credentials",
+            ))),
         ];
         for error in cases {
             let before = error.category();

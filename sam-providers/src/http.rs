@@ -16,19 +16,24 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
 
 /// The process-wide client (rustls, 30 s timeout); clones share one connection pool.
+#[cfg_attr(not(feature = "cloud"), allow(dead_code))]
 pub(crate) fn shared_client(provider: ProviderKind) -> Result<reqwest::Client> {
+    client().map_err(|e| Error::Setup {
+        provider,
+        what: "the HTTP client".into(),
+        source: e.into(),
+    })
+}
+
+/// The process-wide client, or why it could not be built.
+pub(crate) fn client() -> Result<reqwest::Client, reqwest::Error> {
     if let Some(client) = CLIENT.get() {
         return Ok(client.clone());
     }
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("sam-sdk/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Setup {
-            provider,
-            what: "the HTTP client".into(),
-            source: e.into(),
-        })?;
+        .build()?;
     Ok(CLIENT.get_or_init(|| client).clone())
 }
 
@@ -37,8 +42,12 @@ pub(crate) fn shared_client(provider: ProviderKind) -> Result<reqwest::Client> {
 pub(crate) struct Reply {
     /// The HTTP status.
     pub(crate) status: u16,
-    /// `Retry-After`, or Hetzner's `RateLimit-Reset`, as a wait from now.
+    /// `Retry-After`, or Hetzner's `RateLimit-Reset` (GitHub's `X-RateLimit-Reset`),
+    /// as a wait from now.
     pub(crate) retry_after: Option<Duration>,
+    /// Whether the response says no requests remain (`X-RateLimit-Remaining: 0`,
+    /// or `RateLimit-Remaining: 0`).
+    pub(crate) rate_limit_exhausted: bool,
     /// The body as text.
     pub(crate) body: String,
 }
@@ -50,6 +59,7 @@ impl Reply {
     }
 
     /// Fails with the provider's classification unless the status is 2xx.
+    #[cfg_attr(not(feature = "cloud"), allow(dead_code))]
     pub(crate) fn success(
         self,
         classify: fn(Option<u16>, &str) -> ProviderError,
@@ -65,6 +75,7 @@ impl Reply {
     }
 
     /// Decodes the body of a successful response.
+    #[cfg_attr(not(feature = "cloud"), allow(dead_code))]
     pub(crate) fn json<T: DeserializeOwned>(
         &self,
         provider: ProviderKind,
@@ -82,32 +93,55 @@ impl Reply {
     }
 }
 
+/// The category and sentence of a transport failure: a request that could not be
+/// built is `invalid_config`, anything else (refused, reset, timed out) `transient`.
+pub(crate) fn transport_failure(e: &reqwest::Error) -> (ErrorCategory, String) {
+    let category = if e.is_builder() {
+        ErrorCategory::InvalidConfig
+    } else {
+        ErrorCategory::Transient
+    };
+    let what = if e.is_timeout() {
+        "timed out"
+    } else {
+        "could not be completed"
+    };
+    (category, format!("the request {what}"))
+}
+
+/// Sends a request and reads the whole response.
+pub(crate) async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers();
+    let retry_after = retry_after(headers, SystemTime::now());
+    let rate_limit_exhausted =
+        ["x-ratelimit-remaining", "ratelimit-remaining"]
+            .iter()
+            .any(|name| {
+                headers
+                    .get(*name)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim() == "0")
+            });
+    let body = response.text().await?;
+    Ok(Reply {
+        status,
+        retry_after,
+        rate_limit_exhausted,
+        body,
+    })
+}
+
 /// Sends a request and reads the whole response; transport failures are `transient`.
+#[cfg_attr(not(feature = "cloud"), allow(dead_code))]
 pub(crate) async fn send(
     provider: ProviderKind,
     request: reqwest::RequestBuilder,
 ) -> Result<Reply, ProviderError> {
-    let transport = |e: reqwest::Error| {
-        let category = if e.is_builder() {
-            ErrorCategory::InvalidConfig
-        } else {
-            ErrorCategory::Transient
-        };
-        let what = if e.is_timeout() {
-            "timed out"
-        } else {
-            "could not be completed"
-        };
-        ProviderError::new(provider, category, format!("the request {what}")).with_source(e)
-    };
-    let response = request.send().await.map_err(transport)?;
-    let status = response.status().as_u16();
-    let retry_after = retry_after(response.headers(), SystemTime::now());
-    let body = response.text().await.map_err(transport)?;
-    Ok(Reply {
-        status,
-        retry_after,
-        body,
+    exchange(request).await.map_err(|e| {
+        let (category, message) = transport_failure(&e);
+        ProviderError::new(provider, category, message).with_source(e)
     })
 }
 
@@ -118,7 +152,7 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(seconds) = number("retry-after") {
         return Some(Duration::from_secs(seconds));
     }
-    let reset = number("ratelimit-reset")?;
+    let reset = number("ratelimit-reset").or_else(|| number("x-ratelimit-reset"))?;
     // Anything past 2001-09-09 is a timestamp, not a number of seconds.
     if reset >= 1_000_000_000 {
         let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -151,6 +185,7 @@ mod tests {
         check(&[("ratelimit-reset", "1700000042")], Some(42));
         check(&[("ratelimit-reset", "1600000000")], Some(0));
         check(&[("ratelimit-reset", "12")], Some(12));
+        check(&[("x-ratelimit-reset", "1700000060")], Some(60));
         check(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], None);
         check(&[], None);
     }

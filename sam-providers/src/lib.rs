@@ -9,6 +9,8 @@
 //!   Hetzner Cloud, Scaleway Instances and Google Compute Engine, configured by
 //!   [`HetznerConfig`], [`ScalewayConfig`], [`GcpConfig`]. All share one HTTP client
 //!   (rustls, 30 s timeout).
+//! - [`GithubApp`]: the GitHub App client (installation tokens, pull requests), the
+//!   control plane's [`sam_core::RepositoryHost`], configured by [`GithubAppConfig`].
 //! - [`LocalProvider`]: runs each node as a local process with its own loopback port
 //!   and data directory; its state survives a restart of the control plane.
 //! - [`FakeProvider`]: in memory, scripted per call, recording every call.
@@ -18,7 +20,8 @@
 //!   formatter.
 //!
 //! ## Features
-//! - `hetzner`, `scaleway`, `gcp` (default): the cloud backends. Without them the
+//! - `hetzner`, `scaleway`, `gcp` (default): the cloud backends; `github` (default):
+//!   the GitHub App client. Without them the
 //!   crate builds with no HTTP client at all; the fake and local providers and the
 //!   classifiers are always there.
 //!
@@ -63,9 +66,13 @@ mod classify;
 mod error;
 mod fake;
 mod gcp;
+#[cfg(feature = "github")]
+mod github;
 mod hetzner;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "jwt")]
+mod jwt;
 mod local;
 mod scaleway;
 
@@ -75,6 +82,10 @@ pub use error::{Error, Result};
 pub use fake::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
 #[cfg(feature = "gcp")]
 pub use gcp::{GcpConfig, GcpProvider, GcpServiceAccount};
+#[cfg(feature = "github")]
+pub use github::{
+    GithubApp, GithubAppConfig, INSTALLATION_TOKEN_USER, InstallationAccount, InstallationInfo,
+};
 #[cfg(feature = "hetzner")]
 pub use hetzner::{HetznerConfig, HetznerProvider};
 #[cfg(feature = "http")]
@@ -87,7 +98,7 @@ pub use scaleway::{ScalewayConfig, ScalewayProvider};
 use sam_core::{Labels, Location, VmId};
 
 /// Reads a required environment variable for a config's `from_env`.
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[cfg_attr(not(feature = "cloud"), allow(dead_code))]
 fn env_var(provider: ProviderKind, var: &'static str) -> Result<String> {
     match std::env::var(var) {
         Ok(value) if !value.trim().is_empty() => Ok(value),
@@ -100,7 +111,7 @@ fn env_var(provider: ProviderKind, var: &'static str) -> Result<String> {
 }
 
 /// Checks that a base URL is an absolute http(s) URL.
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[cfg_attr(not(feature = "cloud"), allow(dead_code))]
 fn check_base_url(provider: ProviderKind, url: &str) -> Result<()> {
     let ok = (url.starts_with("https://") || url.starts_with("http://")) && !url.ends_with('/');
     if ok {
@@ -127,7 +138,7 @@ fn vm_id(provider: ProviderKind, value: String) -> Result<VmId, ProviderError> {
 }
 
 /// A provider's location name, or an `unknown` error.
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[cfg_attr(not(feature = "cloud"), allow(dead_code))]
 fn location(provider: ProviderKind, value: &str) -> Result<Location, ProviderError> {
     Location::new(value).map_err(|e| {
         ProviderError::new(
@@ -141,7 +152,7 @@ fn location(provider: ProviderKind, value: &str) -> Result<Location, ProviderErr
 
 /// The labels of a VM as a provider reports them, keeping only those the SDK's label
 /// rules accept (VMs made by other tools may carry others).
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[cfg_attr(not(feature = "cloud"), allow(dead_code))]
 fn lossy_labels(pairs: impl IntoIterator<Item = (String, String)>) -> Labels {
     let mut labels = Labels::new();
     for (key, value) in pairs {

@@ -7,10 +7,10 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
-    ApiTokenRecord, ExecutionStep, LeaseRequest, NodeFilter, NodeHealth, NodeId, NodeLifecycle,
-    NodeRecord, NodeStatus, Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter,
-    TaskId, TaskRecord, TaskUpdate, Transition, WarmClaim, WorkspaceId, WorkspaceRecord,
-    WorkspaceStatus, check_slot,
+    ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter,
+    NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus, Reservation, SlotOutcome,
+    StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId,
+    WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 
 use crate::error::Error;
@@ -31,6 +31,7 @@ struct State {
     nodes: BTreeMap<NodeId, NodeRecord>,
     workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
     tokens: BTreeMap<String, ApiTokenRecord>,
+    installations: BTreeMap<InstallationKey, GithubInstallation>,
 }
 
 impl MemoryStore {
@@ -178,6 +179,7 @@ impl Store for MemoryStore {
         if let Some(passes) = update.capacity_passes {
             task.capacity_passes = passes;
         }
+        set(&mut task.output, &update.output);
         task.updated_at = at;
         Ok(())
     }
@@ -375,6 +377,38 @@ impl Store for MemoryStore {
             .values()
             .find(|t| t.hash == hash)
             .cloned())
+    }
+
+    async fn put_github_installation(
+        &self,
+        installation: &GithubInstallation,
+    ) -> Result<(), StoreError> {
+        self.state()
+            .installations
+            .insert(installation.key(), installation.clone());
+        Ok(())
+    }
+
+    async fn get_github_installation(
+        &self,
+        key: &InstallationKey,
+    ) -> Result<Option<GithubInstallation>, StoreError> {
+        Ok(self.state().installations.get(key).cloned())
+    }
+
+    async fn list_github_installations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<GithubInstallation>, StoreError> {
+        let mut links: Vec<GithubInstallation> = self
+            .state()
+            .installations
+            .values()
+            .filter(|i| &i.user_id == user)
+            .cloned()
+            .collect();
+        by_creation(&mut links, |i| (i.created_at, i.key().to_string()));
+        Ok(links)
     }
 }
 

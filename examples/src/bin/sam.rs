@@ -7,7 +7,7 @@
 //! - `sam cloud-init`: print the cloud-init user-data a node would boot with, so an
 //!   operator can preview exactly what the node will run.
 //!
-//! Hidden: `sam vm-agent` and `sam demo-agent` run those roles from this executable,
+//! Hidden: `sam vm-agent`, `sam demo-agent` and `sam git-credential` run those roles from this executable,
 //! for when `sam-vm-agent` and `sam-demo-agent` are not built next to it
 //! (`cargo run --bin sam` builds only `sam`).
 
@@ -48,6 +48,13 @@ enum Command {
     /// Run the demo ACP agent on stdio (as `sam-demo-agent` does).
     #[command(hide = true)]
     DemoAgent,
+    /// The git credential helper a VM agent run as `sam vm-agent` configures (as
+    /// `sam-vm-agent git-credential` does).
+    #[command(hide = true)]
+    GitCredential {
+        /// The operation git asks for (`get`, `store`, `erase`).
+        operation: String,
+    },
     /// Print the cloud-init user-data a node boots with (it includes the callback token).
     CloudInit(CloudInitArgs),
     /// Submit a task to a server.
@@ -260,6 +267,10 @@ fn main() -> ExitCode {
                 config.as_deref(),
                 callback_token_file.as_deref(),
             ))
+        }),
+        Command::GitCredential { operation } => runtime().and_then(|rt| {
+            rt.block_on(sam_agent::git::run_credential_helper(&operation))
+                .map_err(Into::into)
         }),
         Command::DemoAgent => runtime().and_then(|rt| {
             rt.block_on(sam_agent::demo::serve(

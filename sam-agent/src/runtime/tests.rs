@@ -93,6 +93,8 @@ fn request(repo: &Path, profile: ProfileRequest, devcontainer: Option<&str>) -> 
         branch: None,
         profile,
         devcontainer: devcontainer.map(ToOwned::to_owned),
+        output_branch: None,
+        credentials: None,
     }
 }
 
@@ -125,6 +127,57 @@ async fn host_runtime_clones_and_runs_on_the_host() {
     ));
 }
 
+/// The embedded default: a local path is cloned, the output branch created, the
+/// agent's change committed and the branch pushed back into the source repository.
+#[tokio::test]
+async fn a_local_clone_works_on_its_output_branch_and_pushes_it() {
+    let source = repo(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let runtime = HostRuntime::new(root.path());
+    let mut req = request(source.path(), ProfileRequest::Auto, None);
+    req.output_branch = Some("sam/fix-the-readme-abc123".to_owned());
+    let ws = runtime.prepare(&req).await.unwrap();
+    assert_eq!(ws.base_branch.as_deref(), Some("main"));
+    let git = runtime.git();
+    assert_eq!(
+        git.current_branch(&ws.dir).await.unwrap().as_deref(),
+        Some("sam/fix-the-readme-abc123")
+    );
+    assert!(
+        !git.commit_all(&ws.dir, "SAM: nothing").await.unwrap(),
+        "nothing changed yet"
+    );
+    std::fs::write(ws.dir.join("README.md"), "fixed\n").unwrap();
+    std::fs::write(ws.dir.join("NEW.md"), "new\n").unwrap();
+    assert!(
+        git.commit_all(&ws.dir, "SAM: fix the readme")
+            .await
+            .unwrap()
+    );
+    let head = git.head(&ws.dir).await.unwrap();
+    git.push(&ws.dir, "sam/fix-the-readme-abc123", None)
+        .await
+        .unwrap();
+    let pushed = std::process::Command::new("git")
+        .args(["rev-parse", "refs/heads/sam/fix-the-readme-abc123"])
+        .current_dir(source.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&pushed.stdout).trim(), head);
+    let shown = std::process::Command::new("git")
+        .args(["show", "sam/fix-the-readme-abc123:NEW.md"])
+        .current_dir(source.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&shown.stdout), "new\n");
+    assert!(
+        git.create_branch(&ws.dir, "sam/fix-the-readme-abc123")
+            .await
+            .is_err(),
+        "an existing branch is not silently reused"
+    );
+}
+
 #[tokio::test]
 async fn host_runtime_says_a_devcontainer_is_not_used() {
     let source = repo(&[(".devcontainer/devcontainer.json", IMAGE_CONFIG)]);
@@ -155,7 +208,7 @@ async fn bad_requests_fail_before_anything_runs() {
     req.repo = "/nonexistent/repo".to_owned();
     let err = runtime.prepare(&req).await.unwrap_err();
     assert!(
-        matches!(err, Error::Command { ref program, .. } if program == "git"),
+        matches!(err, Error::Command { ref program, .. } if program == "git clone"),
         "{err}"
     );
 }

@@ -6,9 +6,13 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::error::ErrorCategory;
+use crate::github::{
+    ExternalInstallationId, GithubAccess, GithubInstallation, InstallationKey, PullRequestMode,
+    TaskOutput,
+};
 use crate::model::{
     ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
-    TaskId, TaskStatus, VmId, VmSize, WorkspaceId,
+    TaskId, TaskStatus, UserId, VmId, VmSize, WorkspaceId,
 };
 use crate::reservation::{
     Capacity, Layer, RequirementLayers, Reservation, ResourceRequirements, resolve_reservation,
@@ -40,6 +44,16 @@ pub fn workspace_id(id: &str) -> WorkspaceId {
     WorkspaceId::new(id).expect("fixture workspace ids are valid")
 }
 
+/// One user's link to the GitHub installation `external`, made at `at(created)`.
+pub fn github_installation(user: &str, external: u64, created: i64) -> GithubInstallation {
+    GithubInstallation {
+        user_id: UserId::new(user).expect("fixture user ids are valid"),
+        external_id: ExternalInstallationId::new(external).expect("fixture ids are positive"),
+        account: "acme".into(),
+        created_at: at(created),
+    }
+}
+
 /// A location.
 pub fn location(name: &str) -> Location {
     Location::new(name).expect("fixture locations are valid")
@@ -62,6 +76,7 @@ pub fn task(id: &str, created: i64) -> TaskRecord {
             devcontainer: None,
             preferred_node: None,
             provenance: Default::default(),
+            github: None,
         },
         provider: ProviderKind::Hetzner,
         requested_size: VmSize::Medium,
@@ -82,6 +97,7 @@ pub fn task(id: &str, created: i64) -> TaskRecord {
         capacity_passes: 0,
         step_started_at: at(created),
         error: None,
+        output: None,
         created_at: at(created),
         updated_at: at(created),
     }
@@ -126,6 +142,13 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
             ]
             .into_iter()
             .collect(),
+            github: Some(GithubAccess {
+                installation: InstallationKey::new(
+                    UserId::new("user:42").expect("valid id"),
+                    ExternalInstallationId::new(4_242_424_242).expect("valid id"),
+                ),
+                pull_request: PullRequestMode::Open,
+            }),
         },
         provider: ProviderKind::Scaleway,
         requested_size: VmSize::Large,
@@ -155,6 +178,11 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
         error: Some(TaskError {
             category: ErrorCategory::TransientCapacity,
             message: "There were no large machines available".into(),
+        }),
+        output: Some(TaskOutput {
+            branch: "sam/fix-the-flaky-test-00000007".into(),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            pull_request_url: Some("https://github.com/acme/widgets/pull/7".into()),
         }),
         ..task(id, created)
     }

@@ -12,6 +12,7 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 
 use crate::error::{ErrorCategory, StoreErrorKind};
+use crate::github::{GithubInstallation, TaskOutput};
 use crate::model::{
     ExecutionStep, Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId,
     TaskStatus, VmSize,
@@ -23,8 +24,8 @@ use crate::store::{
     TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 use crate::testkit::fixtures::{
-    api_token, at, due_task, full_task, location, node, node_id, reservation, task, task_id,
-    warm_node, workspace, workspace_id,
+    api_token, at, due_task, full_task, github_installation, location, node, node_id, reservation,
+    task, task_id, warm_node, workspace, workspace_id,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case of the [`Store`] contract.
@@ -93,6 +94,8 @@ macro_rules! store_conformance {
             reserve_slot_rejects_missing_node_and_taken_id,
             list_workspaces_is_ordered,
             api_tokens_are_found_by_hash,
+            github_installation_links_are_per_user,
+            put_github_installation_replaces,
             concurrent_claimers_claim_each_task_once,
             concurrent_warm_claims_have_one_winner,
             concurrent_reservations_never_over_commit
@@ -531,6 +534,11 @@ pub async fn update_task_sets_and_clears(store: &dyn Store) {
         next_wake_at: Some(Some(at(40))),
         provisioning_started_at: Some(Some(at(30))),
         capacity_passes: Some(2),
+        output: Some(Some(TaskOutput {
+            branch: "sam/fix-1".into(),
+            commit: Some("abc123".into()),
+            pull_request_url: None,
+        })),
     };
     store
         .update_task(&id, &set, at(20))
@@ -546,6 +554,11 @@ pub async fn update_task_sets_and_clears(store: &dyn Store) {
         next_wake_at: Some(at(40)),
         provisioning_started_at: Some(at(30)),
         capacity_passes: 2,
+        output: Some(TaskOutput {
+            branch: "sam/fix-1".into(),
+            commit: Some("abc123".into()),
+            pull_request_url: None,
+        }),
         updated_at: at(20),
         ..task("t-1", 1)
     };
@@ -1145,6 +1158,84 @@ pub async fn api_tokens_are_found_by_hash(store: &dyn Store) {
         store.put_api_token(&api_token("tok-2", 0xab)).await,
         StoreErrorKind::AlreadyExists,
         "a taken token hash is AlreadyExists",
+    );
+}
+
+/// Two users of one organisation each have their own link to the same installation:
+/// distinct keys, the same external id, each listed only for its user.
+pub async fn github_installation_links_are_per_user(store: &dyn Store) {
+    let alice = github_installation("alice", 4_242_424_242, 2);
+    let alice_other = github_installation("alice", 7, 1);
+    let bob = github_installation("bob", 4_242_424_242, 3);
+    for link in [&alice, &alice_other, &bob] {
+        store
+            .put_github_installation(link)
+            .await
+            .expect("put_github_installation");
+    }
+    assert_ne!(alice.key(), bob.key(), "the storage keys differ");
+    let read = store
+        .get_github_installation(&bob.key())
+        .await
+        .expect("get_github_installation");
+    assert_eq!(read, Some(bob.clone()), "a link round-trips by its key");
+    assert_eq!(
+        read.map(|l| l.external_id),
+        Some(alice.external_id),
+        "both links carry GitHub's installation id"
+    );
+    let listed = store
+        .list_github_installations(&alice.user_id)
+        .await
+        .expect("list_github_installations");
+    assert_eq!(
+        listed,
+        vec![alice_other, alice.clone()],
+        "a user's links, ordered by (created_at, key)"
+    );
+    let bobs = store
+        .list_github_installations(&bob.user_id)
+        .await
+        .expect("list_github_installations");
+    assert_eq!(bobs, vec![bob], "the other user sees only their own link");
+    let nobody = github_installation("carol", 4_242_424_242, 0);
+    assert_eq!(
+        store
+            .get_github_installation(&nobody.key())
+            .await
+            .expect("get_github_installation"),
+        None,
+        "a missing link is None"
+    );
+}
+
+/// Writing a link again replaces it (the account may be renamed).
+pub async fn put_github_installation_replaces(store: &dyn Store) {
+    let link = github_installation("alice", 42, 0);
+    store.put_github_installation(&link).await.expect("put");
+    let renamed = GithubInstallation {
+        account: "acme-renamed".into(),
+        ..link.clone()
+    };
+    store
+        .put_github_installation(&renamed)
+        .await
+        .expect("put again");
+    assert_eq!(
+        store
+            .get_github_installation(&link.key())
+            .await
+            .expect("get"),
+        Some(renamed.clone()),
+        "the second write wins"
+    );
+    assert_eq!(
+        store
+            .list_github_installations(&link.user_id)
+            .await
+            .expect("list"),
+        vec![renamed],
+        "one row per key"
     );
 }
 

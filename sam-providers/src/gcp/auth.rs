@@ -4,15 +4,11 @@
 //! requests with sleeps of its own (a backend must not), reports every failure as
 //! "token request failed" without status or body (so `invalid_grant` could not be
 //! classified as `auth_error` and a 503 as `transient`), and brings a second HTTP
-//! stack that ignores the shared client and its timeout. Signing uses `ring`, which
-//! rustls already brings, so no crypto crate is added.
+//! stack that ignores the shared client and its timeout. Signing is the crate's one
+//! RS256 signer ([`crate::jwt`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use ring::rand::SystemRandom;
-use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use sam_core::{ErrorCategory, ProviderError, ProviderKind, Secret};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -22,6 +18,7 @@ use super::config::GcpServiceAccount;
 use super::error::classify;
 use crate::error::{Error, Result};
 use crate::http::send;
+use crate::jwt::Rs256Key;
 
 const KIND: ProviderKind = ProviderKind::Gcp;
 const SCOPE: &str = "https://www.googleapis.com/auth/compute";
@@ -32,18 +29,9 @@ const MARGIN: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(super) struct TokenSource {
     account: GcpServiceAccount,
-    key: KeyPair,
+    key: Rs256Key,
     http: reqwest::Client,
     cached: Mutex<Option<(Secret, Instant)>>,
-}
-
-/// The parsed private key; `Debug` shows nothing of it.
-struct KeyPair(RsaKeyPair);
-
-impl std::fmt::Debug for KeyPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyPair(***)")
-    }
 }
 
 #[derive(Deserialize)]
@@ -54,20 +42,11 @@ struct TokenReply {
 
 impl TokenSource {
     pub(super) fn new(account: GcpServiceAccount, http: reqwest::Client) -> Result<Self> {
-        let invalid = |reason: &str| Error::config(KIND, "service_account.private_key", reason);
-        let pem = account.private_key.expose();
-        let base64: String = pem
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("-----"))
-            .collect();
-        let der = STANDARD
-            .decode(base64)
-            .map_err(|_| invalid("is not a PEM-encoded key"))?;
-        let key = RsaKeyPair::from_pkcs8(&der).map_err(|_| invalid("is not a PKCS#8 RSA key"))?;
+        let key = Rs256Key::from_pem(account.private_key.expose())
+            .map_err(|reason| Error::config(KIND, "service_account.private_key", reason))?;
         Ok(Self {
             account,
-            key: KeyPair(key),
+            key,
             http,
             cached: Mutex::new(None),
         })
@@ -102,7 +81,6 @@ impl TokenSource {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let header = serde_json::json!({ "alg": "RS256", "typ": "JWT" });
         let claims = serde_json::json!({
             "iss": self.account.client_email,
             "scope": SCOPE,
@@ -110,27 +88,12 @@ impl TokenSource {
             "iat": now,
             "exp": now + 3600,
         });
-        let message = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut signature = vec![0; self.key.0.public().modulus_len()];
-        self.key
-            .0
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                message.as_bytes(),
-                &mut signature,
+        self.key.sign(&claims).map_err(|()| {
+            ProviderError::new(
+                KIND,
+                ErrorCategory::Unknown,
+                "could not sign the token request",
             )
-            .map_err(|_| {
-                ProviderError::new(
-                    KIND,
-                    ErrorCategory::Unknown,
-                    "could not sign the token request",
-                )
-            })?;
-        Ok(format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature)))
+        })
     }
 }

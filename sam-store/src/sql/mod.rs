@@ -14,9 +14,10 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
-    ApiTokenRecord, ExecutionStep, LeaseRequest, NodeFilter, NodeId, NodeLifecycle, NodeRecord,
-    SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate,
-    Transition, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+    ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter,
+    NodeId, NodeLifecycle, NodeRecord, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter,
+    TaskId, TaskRecord, TaskUpdate, Transition, UserId, WarmClaim, WorkspaceId, WorkspaceRecord,
+    WorkspaceStatus, check_slot,
 };
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
@@ -97,7 +98,9 @@ const TASK_COLUMNS: &str = "id, status, execution_step, spec, provider, requeste
     size_source, requested_location, location_source, requirements, reservation, placement, \
     provisioned_node_id, provisioned_size, provisioned_location, workspace_id, next_wake_at, \
     lease_owner, lease_expires_at, provisioning_started_at, step_started_at, error_category, \
-    error_message, created_at, updated_at, capacity_passes";
+    error_message, created_at, updated_at, capacity_passes, output";
+
+const INSTALLATION_COLUMNS: &str = "id, user_id, external_id, account, created_at";
 
 const NODE_COLUMNS: &str = "id, provider, vm_id, size, server_type, location, capacity, labels, \
     status, lifecycle, warm_since, health, last_heartbeat_at, agent_version, ready_at, \
@@ -213,7 +216,7 @@ impl<D: Dialect> SqlStore<D> {
         if Self::exists(&mut tx, "tasks", task.id.as_str()).await? {
             return Err(Error::already_exists(format!("task {}", task.id)));
         }
-        let placeholders: Vec<String> = (1..=26).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=27).map(|i| format!("${i}")).collect();
         query(format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({})",
             placeholders.join(", ")
@@ -244,6 +247,7 @@ impl<D: Dialect> SqlStore<D> {
         .bind(micros(task.created_at))
         .bind(micros(task.updated_at))
         .bind(i64::from(task.capacity_passes))
+        .bind(task.output.as_ref().map(json))
         .execute(&mut *tx)
         .await
         .map_err(Self::db(context))?;
@@ -389,6 +393,7 @@ impl<D: Dialect> SqlStore<D> {
             "next_wake_at",
             "provisioning_started_at",
             "capacity_passes",
+            "output",
         ];
         let sets: Vec<String> = columns
             .iter()
@@ -427,6 +432,7 @@ impl<D: Dialect> SqlStore<D> {
         q = q
             .bind(i64::from(update.capacity_passes.is_some()))
             .bind(i64::from(update.capacity_passes.unwrap_or_default()));
+        q = text(q, &update.output, json);
         let q = q.bind(micros(at)).bind(id.to_string());
         let done = q
             .execute(&self.writer)
@@ -849,6 +855,65 @@ impl<D: Dialect> Store for SqlStore<D> {
             .bind(hash.to_owned());
         Ok(self
             .fetch_optional(q, rows::api_token, "finding an API token")
+            .await?)
+    }
+
+    async fn put_github_installation(
+        &self,
+        installation: &GithubInstallation,
+    ) -> Result<(), StoreError> {
+        let external =
+            i64::try_from(installation.external_id.get()).map_err(|_| Error::InvalidInput {
+                what: format!("installation id {}", installation.external_id),
+                reason: "is larger than a 64-bit signed integer".to_owned(),
+            })?;
+        query(format!(
+            "INSERT INTO github_installations ({INSTALLATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET account = excluded.account"
+        ))
+        .bind(installation.key().to_string())
+        .bind(installation.user_id.to_string())
+        .bind(external)
+        .bind(installation.account.clone())
+        .bind(micros(installation.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(Self::db("storing a GitHub installation link"))?;
+        Ok(())
+    }
+
+    async fn get_github_installation(
+        &self,
+        key: &InstallationKey,
+    ) -> Result<Option<GithubInstallation>, StoreError> {
+        let q = query(format!(
+            "SELECT {INSTALLATION_COLUMNS} FROM github_installations WHERE id = $1"
+        ))
+        .bind(key.to_string());
+        Ok(self
+            .fetch_optional(
+                q,
+                rows::github_installation,
+                "reading a GitHub installation link",
+            )
+            .await?)
+    }
+
+    async fn list_github_installations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<GithubInstallation>, StoreError> {
+        let q = query(format!(
+            "SELECT {INSTALLATION_COLUMNS} FROM github_installations WHERE user_id = $1 \
+             ORDER BY created_at, id"
+        ))
+        .bind(user.to_string());
+        Ok(self
+            .fetch_all(
+                q,
+                rows::github_installation,
+                "listing GitHub installation links",
+            )
             .await?)
     }
 }

@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use sam_core::{
-    ApiTokenRecord, ErrorCategory, NodeRecord, StatusEvent, TaskError, TaskRecord, WorkspaceRecord,
-    WorkspaceStatus,
+    ApiTokenRecord, ErrorCategory, ExternalInstallationId, GithubInstallation, NodeRecord,
+    StatusEvent, TaskError, TaskRecord, WorkspaceRecord, WorkspaceStatus,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -180,6 +180,7 @@ pub(crate) fn task(row: &AnyRow) -> Result<TaskRecord, Error> {
             .opt_int("capacity_passes")?
             .map_or(Ok(0), u32::try_from)
             .map_err(|e| c.bad("capacity_passes", e))?,
+        output: c.opt_json("output")?,
     })
 }
 
@@ -255,4 +256,26 @@ pub(crate) fn api_token(row: &AnyRow) -> Result<ApiTokenRecord, Error> {
         label: c.text("label")?,
         created_at: c.time("created_at")?,
     })
+}
+
+/// Decodes a `github_installations` row; its `id` must be the key its user and
+/// external id make.
+pub(crate) fn github_installation(row: &AnyRow) -> Result<GithubInstallation, Error> {
+    let c = Columns::new(row, "github_installations");
+    let external = c
+        .opt_int("external_id")?
+        .ok_or_else(|| c.bad("external_id", "unexpected NULL"))?;
+    let external = u64::try_from(external)
+        .map_err(|e| c.bad("external_id", e))
+        .and_then(|v| ExternalInstallationId::new(v).map_err(|e| c.bad("external_id", e)))?;
+    let link = GithubInstallation {
+        user_id: c.parse("user_id")?,
+        external_id: external,
+        account: c.text("account")?,
+        created_at: c.time("created_at")?,
+    };
+    if link.key().to_string() != c.text("id")? {
+        return Err(c.bad("id", "does not match user_id and external_id"));
+    }
+    Ok(link)
 }
