@@ -450,6 +450,8 @@ async fn the_openapi_document_lists_every_route() {
         let request = match verb {
             sam_examples::server::Verb::Get => http.get(&url),
             sam_examples::server::Verb::Post => http.post(&url).body("{}"),
+            sam_examples::server::Verb::Put => http.put(&url).body("{}"),
+            sam_examples::server::Verb::Delete => http.delete(&url),
         };
         let response = tokio::time::timeout(Duration::from_secs(30), request.send())
             .await

@@ -63,22 +63,24 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
+use crate::credential::{CredentialCipher, CredentialKind, CredentialTarget};
 use crate::error::{Classify, Error, ErrorCategory};
 use crate::fallback::SizeDescent;
 use crate::model::{
-    ExecutionStep, Location, NodeHealth, NodeId, NodeStatus, ProviderKind, TaskId, TaskStatus,
-    VmSize, WorkspaceId,
+    ExecutionStep, Location, NodeHealth, NodeId, NodeStatus, ProjectId, ProviderKind, TaskId,
+    TaskStatus, UserId, VmSize, WorkspaceId,
 };
 use crate::node_agent::{NodeAgent, SessionReport, WorkspaceReport};
+use crate::project::{AgentOptions, Effort};
 use crate::provider::Provider;
 use crate::reservation::{Layer, RequirementLayers, ResourceRequirements, resolve_reservation};
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
 use crate::secret::{Secret, redact};
-use crate::session::{SessionEvent, StopReason};
+use crate::session::{PermissionMode, SessionEvent, StopReason};
 use crate::store::{
-    NodeRecord, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
-    WorkspaceStatus,
+    Lineage, NodeRecord, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate,
+    Transition, WorkspaceStatus,
 };
 use crate::timeout::TimeoutPolicy;
 use crate::token::{TokenError, TokenScope, TokenSigner};
@@ -126,6 +128,18 @@ pub struct LayerSettings {
     /// Coding agent.
     #[serde(default)]
     pub agent: Option<String>,
+    /// The agent's model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How hard the agent thinks.
+    #[serde(default)]
+    pub effort: Option<Effort>,
+    /// How the agent's permission requests are answered.
+    #[serde(default)]
+    pub permission_mode: Option<PermissionMode>,
+    /// Text added to the agent's instructions.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
     /// Resource requirements.
     #[serde(default)]
     pub requirements: ResourceRequirements,
@@ -145,6 +159,15 @@ pub struct SubmitRequest {
     pub layers: BTreeMap<Layer, LayerSettings>,
     /// A node to run on, if the caller wants one.
     pub preferred_node: Option<NodeId>,
+    /// The project the task belongs to: its settings are the `project` layer, and its
+    /// repository is used when `repo` is empty.
+    pub project: Option<ProjectId>,
+    /// The project's agent profile to run with, by id or name: its settings are the
+    /// `agent_profile` layer. Requires `project`.
+    pub profile: Option<String>,
+    /// The user submitting: their settings are the `user` layer (the project's owner
+    /// when not given).
+    pub user: Option<UserId>,
 }
 
 /// How the control plane behaves; plain data, checked by [`ControlPlane::new`].
@@ -172,6 +195,21 @@ pub struct ControlPlaneConfig {
     pub agents: Vec<String>,
     /// Provider VMs with the managed label and no live node are deleted once older than this.
     pub orphan_min_age: Duration,
+    /// The key credentials are sealed with: 32 bytes as base64. Never stored; without
+    /// it credentials can be neither stored nor used.
+    pub credential_key: Option<Secret>,
+    /// The platform's own agent credentials, by agent: the last layer of agent
+    /// credential resolution (project → user → platform).
+    pub agent_credentials: BTreeMap<String, PlatformCredential>,
+}
+
+/// A credential the platform itself provides, from configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformCredential {
+    /// What kind of secret it is.
+    pub kind: CredentialKind,
+    /// The secret.
+    pub secret: Secret,
 }
 
 impl ControlPlaneConfig {
@@ -199,6 +237,8 @@ impl ControlPlaneConfig {
                 .map(str::to_owned)
                 .to_vec(),
             orphan_min_age: Duration::from_secs(600),
+            credential_key: None,
+            agent_credentials: BTreeMap::new(),
         }
     }
 
@@ -327,6 +367,7 @@ pub struct ControlPlane {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: ControlPlaneConfig,
     pub(crate) events: broadcast::Sender<TaskEvent>,
+    pub(crate) cipher: Option<CredentialCipher>,
 }
 
 /// A random 64-bit value from the standard library's per-process random keys.
@@ -342,14 +383,14 @@ pub(crate) fn random_u64() -> u64 {
 }
 
 /// The `not_found` error for a record that must exist (`"task t-1"`).
-fn missing(what: impl std::fmt::Display) -> Error {
+pub(crate) fn missing(what: impl std::fmt::Display) -> Error {
     Error::Store(crate::error::StoreError::new(
         crate::error::StoreErrorKind::NotFound,
         format!("{what} does not exist"),
     ))
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidInput {
         field,
         reason: reason.into(),
@@ -400,8 +441,14 @@ impl ControlPlane {
                 format!("{p} is the default provider but is not configured"),
             ));
         }
+        let cipher = config
+            .credential_key
+            .as_ref()
+            .map(CredentialCipher::new)
+            .transpose()?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
+            cipher,
             store: parts.store,
             providers,
             scheduler: parts.scheduler,
@@ -453,14 +500,33 @@ impl ControlPlane {
     /// devcontainer with the lightweight profile, requirements no size can meet, an
     /// explicit size too small for them. Store failures as classified.
     pub async fn submit(&self, request: &SubmitRequest) -> Result<TaskId, Error> {
-        if request.repo.trim().is_empty() {
+        self.submit_with(request, None).await
+    }
+
+    /// Submits a task, recording where it came from.
+    pub(crate) async fn submit_with(
+        &self,
+        request: &SubmitRequest,
+        lineage: Option<Lineage>,
+    ) -> Result<TaskId, Error> {
+        let intent = self.intent(request).await?;
+        let repo = if request.repo.trim().is_empty() {
+            intent
+                .project
+                .as_ref()
+                .map(|p| p.repo.clone())
+                .unwrap_or_default()
+        } else {
+            request.repo.clone()
+        };
+        if repo.trim().is_empty() {
             return Err(invalid("repo", "must not be empty"));
         }
         if request.prompt.trim().is_empty() {
             return Err(invalid("prompt", "must not be empty"));
         }
         let platform = &self.config.platform;
-        let layers = &request.layers;
+        let layers = &intent.layers;
         let (provider, provider_source) = pick(layers, platform, |l| l.provider)
             .ok_or_else(|| invalid("provider", "no layer names a provider"))?;
         let provider_impl = self.provider(provider)?;
@@ -480,6 +546,10 @@ impl ControlPlane {
         }
         let devcontainer = pick(layers, platform, |l| l.devcontainer.clone());
         let profile = pick(layers, platform, |l| l.workspace_profile);
+        let model = pick(layers, platform, |l| l.model.clone());
+        let effort = pick(layers, platform, |l| l.effort);
+        let permission_mode = pick(layers, platform, |l| l.permission_mode);
+        let system_prompt = pick(layers, platform, |l| l.system_prompt.clone());
         if let (Some((name, _)), Some((WorkspaceProfile::Lightweight, source))) =
             (&devcontainer, &profile)
         {
@@ -528,8 +598,25 @@ impl ControlPlane {
         if let Some((_, s)) = &devcontainer {
             provenance.insert("devcontainer".to_owned(), *s);
         }
-        if let Some((_, s)) = &profile {
-            provenance.insert("workspace_profile".to_owned(), *s);
+        for (name, source) in [
+            ("workspace_profile", profile.as_ref().map(|(_, s)| *s)),
+            ("model", model.as_ref().map(|(_, s)| *s)),
+            ("effort", effort.as_ref().map(|(_, s)| *s)),
+            ("permission_mode", permission_mode.as_ref().map(|(_, s)| *s)),
+            ("system_prompt", system_prompt.as_ref().map(|(_, s)| *s)),
+        ] {
+            if let Some(source) = source {
+                provenance.insert(name.to_owned(), source);
+            }
+        }
+        provenance.insert(
+            "provider_credential".to_owned(),
+            intent
+                .credential(&CredentialTarget::Provider(provider))
+                .map_or(Layer::Platform, |c| c.owner.layer()),
+        );
+        if let Some(source) = self.agent_credential_source(&intent, &agent)? {
+            provenance.insert("agent_credential".to_owned(), source);
         }
 
         let now = self.clock.now();
@@ -539,7 +626,7 @@ impl ControlPlane {
             status: TaskStatus::Queued,
             execution_step: ExecutionStep::NodeSelection,
             spec: TaskSpec {
-                repo: request.repo.clone(),
+                repo,
                 branch: request.branch.clone(),
                 prompt: request.prompt.clone(),
                 agent,
@@ -547,6 +634,17 @@ impl ControlPlane {
                 devcontainer: devcontainer.map(|(d, _)| d),
                 preferred_node: request.preferred_node.clone(),
                 provenance,
+                agent_options: AgentOptions {
+                    model: model.map(|(m, _)| m),
+                    effort: effort.map(|(e, _)| e),
+                    permission_mode: permission_mode.map(|(p, _)| p),
+                    system_prompt: system_prompt.map(|(p, _)| p),
+                },
+                project: intent.project.map(|p| p.id),
+                profile: intent.profile.map(|p| p.id),
+                user: intent.user,
+                submitted: request.layers.clone(),
+                lineage,
             },
             provider,
             requested_size: size,

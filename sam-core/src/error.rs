@@ -411,6 +411,9 @@ pub enum Error {
     /// A VM agent call failed.
     #[error(transparent)]
     NodeAgent(#[from] crate::node_agent::NodeAgentError),
+    /// A credential could not be sealed, opened or accepted.
+    #[error(transparent)]
+    Credential(#[from] crate::credential::CredentialError),
 }
 
 impl From<ProviderError> for Error {
@@ -438,6 +441,7 @@ impl Classify for Error {
             Self::Store(e) => e.category(),
             Self::Unauthorized(_) => ErrorCategory::AuthError,
             Self::NodeAgent(e) => e.category(),
+            Self::Credential(e) => e.category(),
         }
     }
     fn retry_after(&self) -> Option<Duration> {

@@ -55,10 +55,16 @@ impl PgConfig {
 
 const STORE_SCHEMA: Schema = Schema {
     table: "sam_store_migrations",
-    migrations: &[Migration {
-        version: 1,
-        sql: include_str!("../migrations/postgres/0001_initial.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            sql: include_str!("../migrations/postgres/0001_initial.sql"),
+        },
+        Migration {
+            version: 2,
+            sql: include_str!("../migrations/postgres/0002_projects.sql"),
+        },
+    ],
 };
 
 /// Serializes concurrent migrations across control planes (an arbitrary constant

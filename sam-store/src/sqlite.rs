@@ -65,10 +65,16 @@ impl SqliteConfig {
 
 const STORE_SCHEMA: Schema = Schema {
     table: "sam_store_migrations",
-    migrations: &[Migration {
-        version: 1,
-        sql: include_str!("../migrations/sqlite/0001_initial.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            sql: include_str!("../migrations/sqlite/0001_initial.sql"),
+        },
+        Migration {
+            version: 2,
+            sql: include_str!("../migrations/sqlite/0002_projects.sql"),
+        },
+    ],
 };
 
 impl SqlStore<sql::Sqlite> {

@@ -131,7 +131,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"

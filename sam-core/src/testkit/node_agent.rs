@@ -65,6 +65,8 @@ struct State {
     workspaces: HashMap<WorkspaceId, NodeId>,
     sessions: HashMap<WorkspaceId, SessionReport>,
     calls: Vec<FakeAgentCall>,
+    workspace_requests: Vec<WorkspaceRequest>,
+    session_requests: Vec<SessionRequest>,
 }
 
 /// A [`NodeAgent`] whose VM agents follow a [`FakeAgentScript`], answering at once.
@@ -91,6 +93,24 @@ impl FakeNodeAgent {
     /// Every call so far.
     pub fn calls(&self) -> Vec<FakeAgentCall> {
         self.state.lock().expect("state lock").calls.clone()
+    }
+
+    /// Every workspace request so far, as received.
+    pub fn workspace_requests(&self) -> Vec<WorkspaceRequest> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .workspace_requests
+            .clone()
+    }
+
+    /// Every session request so far, as received (its environment included).
+    pub fn session_requests(&self) -> Vec<SessionRequest> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .session_requests
+            .clone()
     }
 
     fn script(&self) -> FakeAgentScript {
@@ -125,6 +145,7 @@ impl NodeAgent for FakeNodeAgent {
         state
             .workspaces
             .insert(request.workspace_id.clone(), node.id.clone());
+        state.workspace_requests.push(request.clone());
         Ok(())
     }
 
@@ -156,6 +177,7 @@ impl NodeAgent for FakeNodeAgent {
             .sessions
             .entry(request.workspace_id.clone())
             .or_insert(script.session);
+        state.session_requests.push(request.clone());
         Ok(())
     }
 

@@ -256,3 +256,23 @@ pub(crate) fn api_token(row: &AnyRow) -> Result<ApiTokenRecord, Error> {
         created_at: c.time("created_at")?,
     })
 }
+
+/// Decodes a `users` row.
+pub(crate) fn user(row: &AnyRow) -> Result<sam_core::UserRecord, Error> {
+    Columns::new(row, "users").json("body")
+}
+
+/// Decodes a `projects` row.
+pub(crate) fn project(row: &AnyRow) -> Result<sam_core::ProjectRecord, Error> {
+    Columns::new(row, "projects").json("body")
+}
+
+/// Decodes an `agent_profiles` row.
+pub(crate) fn profile(row: &AnyRow) -> Result<sam_core::AgentProfileRecord, Error> {
+    Columns::new(row, "agent_profiles").json("body")
+}
+
+/// Decodes a `credentials` row (the secret stays sealed).
+pub(crate) fn credential(row: &AnyRow) -> Result<sam_core::CredentialRecord, Error> {
+    Columns::new(row, "credentials").json("body")
+}
