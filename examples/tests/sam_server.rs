@@ -778,6 +778,7 @@ async fn projects_profiles_credentials_and_lineage_over_the_api() {
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["project"], pid.as_str());
     assert_eq!(task["agent_options"]["model"], "demo-model");
+    assert_eq!(task["provenance"]["repo"], "project");
     assert_eq!(task["provenance"]["agent"], "agent_profile");
     assert_eq!(task["provenance"]["model"], "agent_profile");
     assert_eq!(task["provenance"]["size"], "project");

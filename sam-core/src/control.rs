@@ -510,14 +510,10 @@ impl ControlPlane {
         lineage: Option<Lineage>,
     ) -> Result<TaskId, Error> {
         let intent = self.intent(request).await?;
-        let repo = if request.repo.trim().is_empty() {
-            intent
-                .project
-                .as_ref()
-                .map(|p| p.repo.clone())
-                .unwrap_or_default()
-        } else {
-            request.repo.clone()
+        // The task's own repository wins; a project's is the default.
+        let (repo, repo_source) = match &intent.project {
+            Some(p) if request.repo.trim().is_empty() => (p.repo.clone(), Layer::Project),
+            _ => (request.repo.clone(), Layer::Task),
         };
         if repo.trim().is_empty() {
             return Err(invalid("repo", "must not be empty"));
@@ -591,6 +587,7 @@ impl ControlPlane {
         })?;
 
         let mut provenance = BTreeMap::new();
+        provenance.insert("repo".to_owned(), repo_source);
         provenance.insert("provider".to_owned(), provider_source);
         provenance.insert("size".to_owned(), size_source);
         provenance.insert("location".to_owned(), location_source);

@@ -42,7 +42,7 @@ pub struct TaskSpec {
     /// A node the task asked to run on, if any.
     #[serde(default)]
     pub preferred_node: Option<NodeId>,
-    /// Where each resolved setting came from (`provider`, `size`, `location`, `agent`,
+    /// Where each resolved setting came from (`repo`, `provider`, `size`, `location`, `agent`,
     /// `workspace_profile`, `devcontainer`, `model`, `effort`, `permission_mode`,
     /// `system_prompt`, and the credentials: `provider_credential`, `agent_credential`).
     #[serde(default)]

@@ -226,6 +226,7 @@ async fn a_task_in_a_project_with_a_profile_runs_on_its_settings_with_every_sour
     assert_eq!(task.requested_size, VmSize::Large);
     assert_eq!(task.requested_location, Some("local".parse().unwrap()));
     let expected: BTreeMap<String, Layer> = [
+        ("repo", Layer::Project),
         ("agent", Layer::AgentProfile),
         ("model", Layer::AgentProfile),
         ("effort", Layer::Task),
