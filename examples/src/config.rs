@@ -32,7 +32,7 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 11] = [
+pub const ENV_KEYS: [&str; 12] = [
     "listen",
     "data_dir",
     "database_url",
@@ -44,6 +44,7 @@ pub const ENV_KEYS: [&str; 11] = [
     "provider",
     "poll_interval_ms",
     "heartbeat_interval_secs",
+    "credential_key",
 ];
 
 /// Which provider runs the nodes.
@@ -115,6 +116,11 @@ pub struct ServerConfig {
     /// Seconds between the nodes' heartbeats (1 to 3600). Default 10.
     #[serde(default = "default_heartbeat_interval_secs")]
     pub heartbeat_interval_secs: u64,
+    /// The key users' and projects' credentials are sealed with (AES-256-GCM): 32
+    /// bytes as base64, for example from `openssl rand -base64 32`. Never stored;
+    /// without it credentials cannot be set. Best given as `SAM_CREDENTIAL_KEY`.
+    #[serde(default, deserialize_with = "token_text")]
+    pub credential_key: Option<Secret>,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -264,6 +270,11 @@ impl ServerConfig {
                     self.heartbeat_interval_secs
                 ),
             );
+        }
+        if let Some(key) = &self.credential_key
+            && let Err(e) = sam_core::CredentialCipher::new(key)
+        {
+            return invalid("credential_key", &e.to_string());
         }
         if let Some(url) = &self.public_url
             && !matches!(url.scheme(), "http" | "https")

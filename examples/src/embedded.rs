@@ -99,6 +99,8 @@ pub struct EmbeddedOptions {
     pub callbacks: CallbackServing,
     /// Which provider runs the nodes.
     pub provider: NodeProvider,
+    /// The key credentials are sealed with; `None` disables stored credentials.
+    pub credential_key: Option<Secret>,
 }
 
 /// Which provider runs the nodes.
@@ -141,6 +143,7 @@ impl EmbeddedOptions {
             database_schema: None,
             callbacks: CallbackServing::Loopback,
             provider: NodeProvider::Local,
+            credential_key: None,
         })
     }
 }
@@ -286,6 +289,7 @@ impl Embedded {
             ControlPlaneConfig::new(format!("sam-{}", std::process::id()), provider.kind());
         config.poll_interval = options.poll_interval;
         config.agents.push(CUSTOM_AGENT.to_owned());
+        config.credential_key = options.credential_key.clone();
         let control_plane = ControlPlane::new(
             ControlPlaneParts {
                 store: Arc::clone(&store),

@@ -15,6 +15,16 @@
 //!   event name is its `type`); the stream ends after the task's terminal status
 //! - `GET /v1/nodes` → [`NodeView`]s
 //! - `GET /v1/catalog` → [`CatalogView`]
+//! - `POST /v1/tasks/{id}/retry`, `POST /v1/tasks/{id}/fork` (`{"prompt": …}`) →
+//!   `202` [`Accepted`]: a new task recording its parent (`source` in its view)
+//! - `POST /v1/users`, `GET`/`PUT /v1/users/{id}`, `GET /v1/users/{id}/setup`
+//!   (`?project=<id>`): which of AI, cloud and repository access the user chose
+//! - `GET`/`POST /v1/projects`, `GET`/`PUT`/`DELETE /v1/projects/{id}`
+//! - `GET`/`POST /v1/projects/{id}/profiles`, `GET`/`PUT`/`DELETE
+//!   /v1/projects/{id}/profiles/{profile}`
+//! - `GET`/`PUT /v1/{users,projects}/{id}/credentials`, `DELETE
+//!   /v1/{users,projects}/{id}/credentials/{target}`: write-only, answers never
+//!   carry the secret
 //! - `GET /v1/openapi.json`: the OpenAPI document of all of these and the callbacks
 //!   ([`openapi`]); like `/v1/health` it needs no token
 //!
@@ -49,12 +59,12 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use sam_agent::api::{ErrorBody, status_for};
 use sam_core::{
-    ApiTokenRecord, Catalog, Classify as _, ControlPlane, ErrorCategory, ExecutionStep,
-    ExternalInstallationId, GitCredential, GithubAccess, GithubError, Layer, LayerSettings,
-    Location, NodeFilter, NodeRecord, PlacementExplanation, ProviderKind, PullRequestRequest,
-    RepoRef, RepositoryHost, Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError,
-    TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord, TaskStatus, VmSize, WorkspaceProfile,
-    redact,
+    AgentOptions, ApiTokenRecord, Catalog, Classify as _, ControlPlane, Effort, ErrorCategory,
+    ExecutionStep, ExternalInstallationId, GitCredential, GithubAccess, GithubError, Layer,
+    LayerSettings, Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation,
+    ProjectId, ProviderKind, PullRequestRequest, RepoRef, RepositoryHost, Reservation,
+    ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind, TaskFilter,
+    TaskId, TaskRecord, TaskSource, TaskStatus, UserId, VmSize, WorkspaceProfile, redact,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -109,6 +119,7 @@ impl ServerOptions {
             )?) as Arc<dyn RepositoryHost>),
             None => None,
         };
+        embedded.credential_key = config.credential_key.clone();
         Ok(Self {
             listen: config.listen,
             public_url: config.public_url.clone(),
@@ -291,6 +302,10 @@ pub enum Verb {
     Get,
     /// `POST`.
     Post,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
 }
 
 impl Verb {
@@ -299,6 +314,8 @@ impl Verb {
         match self {
             Self::Get => "GET",
             Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
         }
     }
 
@@ -306,6 +323,8 @@ impl Verb {
         match self {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
+            Self::Put => MethodFilter::PUT,
+            Self::Delete => MethodFilter::DELETE,
         }
     }
 }
@@ -321,6 +340,9 @@ where
 {
     (verb, path, axum::routing::on(verb.to_filter(), handler))
 }
+
+mod projects;
+pub use projects::ForkBody;
 
 /// The routes anyone may call.
 fn public_routes() -> Vec<RouteEntry<()>> {
@@ -340,6 +362,72 @@ fn user_routes() -> Vec<RouteEntry<ApiState>> {
         entry(Verb::Get, "/v1/tasks/{id}/events", events),
         entry(Verb::Get, "/v1/nodes", nodes),
         entry(Verb::Get, "/v1/catalog", catalog),
+        entry(Verb::Post, "/v1/tasks/{id}/retry", projects::retry),
+        entry(Verb::Post, "/v1/tasks/{id}/fork", projects::fork),
+        entry(Verb::Post, "/v1/users", projects::create_user),
+        entry(Verb::Get, "/v1/users/{id}", projects::get_user),
+        entry(Verb::Put, "/v1/users/{id}", projects::update_user),
+        entry(Verb::Get, "/v1/users/{id}/setup", projects::setup),
+        entry(
+            Verb::Get,
+            "/v1/users/{id}/credentials",
+            projects::user_credentials,
+        ),
+        entry(
+            Verb::Put,
+            "/v1/users/{id}/credentials",
+            projects::set_user_credential,
+        ),
+        entry(
+            Verb::Delete,
+            "/v1/users/{id}/credentials/{target}",
+            projects::delete_user_credential,
+        ),
+        entry(Verb::Get, "/v1/projects", projects::list_projects),
+        entry(Verb::Post, "/v1/projects", projects::create_project),
+        entry(Verb::Get, "/v1/projects/{id}", projects::get_project),
+        entry(Verb::Put, "/v1/projects/{id}", projects::update_project),
+        entry(Verb::Delete, "/v1/projects/{id}", projects::delete_project),
+        entry(
+            Verb::Get,
+            "/v1/projects/{id}/credentials",
+            projects::project_credentials,
+        ),
+        entry(
+            Verb::Put,
+            "/v1/projects/{id}/credentials",
+            projects::set_project_credential,
+        ),
+        entry(
+            Verb::Delete,
+            "/v1/projects/{id}/credentials/{target}",
+            projects::delete_project_credential,
+        ),
+        entry(
+            Verb::Get,
+            "/v1/projects/{id}/profiles",
+            projects::list_profiles,
+        ),
+        entry(
+            Verb::Post,
+            "/v1/projects/{id}/profiles",
+            projects::create_profile,
+        ),
+        entry(
+            Verb::Get,
+            "/v1/projects/{id}/profiles/{profile}",
+            projects::get_profile,
+        ),
+        entry(
+            Verb::Put,
+            "/v1/projects/{id}/profiles/{profile}",
+            projects::update_profile,
+        ),
+        entry(
+            Verb::Delete,
+            "/v1/projects/{id}/profiles/{profile}",
+            projects::delete_profile,
+        ),
     ]
 }
 
@@ -393,7 +481,17 @@ pub fn api_router(state: ApiState) -> Router {
         description = "The SAM control plane. User routes need `Authorization: Bearer <token>`; \
                        the VM agents' callbacks need their scoped tokens."
     ),
-    paths(health, openapi_json, submit, list, task, cancel, events, nodes, catalog),
+    paths(
+        health, openapi_json, submit, list, task, cancel, events, nodes, catalog,
+        projects::retry, projects::fork, projects::create_user, projects::get_user,
+        projects::update_user, projects::setup, projects::user_credentials,
+        projects::set_user_credential, projects::delete_user_credential,
+        projects::list_projects, projects::create_project, projects::get_project,
+        projects::update_project, projects::delete_project, projects::project_credentials,
+        projects::set_project_credential, projects::delete_project_credential,
+        projects::list_profiles, projects::create_profile, projects::get_profile,
+        projects::update_profile, projects::delete_profile,
+    ),
     components(schemas(ErrorDoc)),
     modifiers(&BearerAuth),
 )]
@@ -691,6 +789,31 @@ pub struct SubmitBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub github: Option<GithubAccess>,
+    /// The agent's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The agent's effort (`low`, `medium`, `high`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub effort: Option<Effort>,
+    /// How permission requests are answered (`allow_all`, `read_only`, `reject_all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub permission_mode: Option<PermissionMode>,
+    /// Text added to the agent's instructions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// The project: its settings are the project layer, its repository the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub project: Option<ProjectId>,
+    /// The project's agent profile, by id or name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The submitting user: their settings are the user layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub user: Option<UserId>,
 }
 
 impl SubmitBody {
@@ -718,16 +841,29 @@ impl SubmitBody {
                 workspace_profile: self.workspace_profile,
                 devcontainer: self.devcontainer.clone(),
                 agent: self.agent.clone(),
+                model: self.model.clone(),
+                effort: self.effort,
+                permission_mode: self.permission_mode,
+                system_prompt: self.system_prompt.clone(),
                 requirements: self.requirements.clone().unwrap_or_default(),
             },
         );
+        // A project supplies the repository; without one it is required.
+        let repo = match (&self.repo, &self.project) {
+            (Some(repo), _) => repo.clone(),
+            (None, Some(_)) => String::new(),
+            (None, None) => required(&self.repo, "repo")?,
+        };
         Ok(SubmitRequest {
-            repo: required(&self.repo, "repo")?,
+            repo,
             prompt: required(&self.prompt, "prompt")?,
             branch: self.branch.clone(),
             layers,
             preferred_node: None,
             github: self.github.clone(),
+            project: self.project.clone(),
+            profile: self.profile.clone(),
+            user: self.user.clone(),
         })
     }
 }
@@ -842,6 +978,21 @@ pub struct TaskView {
     /// Why it failed; `null` unless failed.
     #[schema(value_type = Option<Object>)]
     pub error: Option<TaskError>,
+    /// The project whose settings the task carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The agent profile whose settings the task carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// How the agent runs (model, effort, permission mode, system-prompt addition).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub agent_options: AgentOptions,
+    /// Where a retried or forked task came from (parent title, task and session);
+    /// absent for an original task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub source: Option<TaskSource>,
     /// When it was submitted.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -857,8 +1008,9 @@ impl TaskView {
         cp: &ControlPlane,
         catalog: &Catalog,
         task: TaskRecord,
-    ) -> Result<Self, sam_core::StoreError> {
+    ) -> Result<Self, sam_core::Error> {
         let store = cp.store();
+        let source = cp.source(&task).await?;
         let node = match &task.provisioned_node_id {
             Some(id) => store.get_node(id).await?,
             None => None,
@@ -903,6 +1055,10 @@ impl TaskView {
             workspace: task.workspace_id.map(|w| w.to_string()),
             workspace_profile: workspace.and_then(|w| w.effective_profile),
             error: task.error,
+            project: task.spec.project.map(|p| p.to_string()),
+            profile: task.spec.profile.map(|p| p.to_string()),
+            agent_options: task.spec.agent_options,
+            source,
             created_at: task.created_at,
             updated_at: task.updated_at,
         })

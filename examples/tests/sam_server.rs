@@ -450,6 +450,8 @@ async fn the_openapi_document_lists_every_route() {
         let request = match verb {
             sam_examples::server::Verb::Get => http.get(&url),
             sam_examples::server::Verb::Post => http.post(&url).body("{}"),
+            sam_examples::server::Verb::Put => http.put(&url).body("{}"),
+            sam_examples::server::Verb::Delete => http.delete(&url),
         };
         let response = tokio::time::timeout(Duration::from_secs(30), request.send())
             .await
@@ -673,6 +675,153 @@ async fn a_task_runs_with_state_in_postgres() {
         !data.path().join("sam.db").exists(),
         "state is in PostgreSQL, not in SQLite"
     );
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// Users, projects, profiles, write-only credentials, setup status, and a task run
+/// on a project's profile, then retried, all over the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_profiles_credentials_and_lineage_over_the_api() {
+    const SECRET: &str = "sk-demo-secret-only-for-the-agent";
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let server = ServerProcess::start_with(data.path(), &[], &[("SAM_CREDENTIAL_KEY", key)]).await;
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut request = http.request(method, server.url(path)).bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        call(request)
+    };
+    use reqwest::Method;
+
+    let (status, user) = send(
+        Method::POST,
+        "/v1/users",
+        Some(json!({"name": "Ada", "settings": {"model": "user-model"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{user}");
+    let uid = user["id"].as_str().unwrap().to_owned();
+
+    let project_body = |max: u32| {
+        json!({
+            "name": "web",
+            "repo": repo.path(),
+            "owner": uid,
+            "settings": {"agent": "demo", "size": "small"},
+            "scaling": {"max_workspaces_per_node": max},
+        })
+    };
+    let (status, error) = send(Method::POST, "/v1/projects", Some(project_body(0))).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "scaling.max_workspaces_per_node");
+    let (status, project) = send(Method::POST, "/v1/projects", Some(project_body(2))).await;
+    assert_eq!(status, 201, "{project}");
+    let pid = project["id"].as_str().unwrap().to_owned();
+    let profiles_path = format!("/v1/projects/{pid}/profiles");
+    let (_, profiles) = send(Method::GET, &profiles_path, None).await;
+    assert_eq!(profiles, json!([]), "a new project has no profiles");
+
+    // The project has an agent but no profile: submitting asks for one.
+    let task_body =
+        |profile: Option<&str>| json!({"project": pid, "profile": profile, "prompt": "say hello"});
+    let (status, error) = send(Method::POST, "/v1/tasks", Some(task_body(None))).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "profile");
+    assert!(
+        error["error"].as_str().unwrap().contains("create one"),
+        "{error}"
+    );
+    let (_, profiles) = send(Method::GET, &profiles_path, None).await;
+    assert_eq!(
+        profiles,
+        json!([]),
+        "nothing was created behind the user's back"
+    );
+
+    let profile = json!({"name": "greeter", "settings": {"agent": "demo", "model": "demo-model"}});
+    let (status, created) = send(Method::POST, &profiles_path, Some(profile.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, error) = send(Method::POST, &profiles_path, Some(profile)).await;
+    assert_eq!(status, 409, "{error}");
+
+    // Credentials are write-only.
+    let credentials = format!("/v1/users/{uid}/credentials");
+    let (status, view) = send(
+        Method::PUT,
+        &credentials,
+        Some(json!({"target": "agent:demo", "kind": "api_key", "secret": SECRET})),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["target"], "agent:demo");
+    let (_, listed) = send(Method::GET, &credentials, None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(SECRET) && !view.to_string().contains(SECRET));
+    let (_, setup) = send(Method::GET, &format!("/v1/users/{uid}/setup"), None).await;
+    assert_eq!(setup["ai_access"]["configured"], true, "{setup}");
+    assert_eq!(setup["cloud_access"]["configured"], false, "{setup}");
+    assert_eq!(setup["complete"], false);
+
+    // A task on the profile runs with every source recorded.
+    let (status, accepted) =
+        send(Method::POST, "/v1/tasks", Some(task_body(Some("greeter")))).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    read_events(&http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    let (_, task) = send(Method::GET, &format!("/v1/tasks/{id}"), None).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["project"], pid.as_str());
+    assert_eq!(task["agent_options"]["model"], "demo-model");
+    assert_eq!(task["provenance"]["repo"], "project");
+    assert_eq!(task["provenance"]["agent"], "agent_profile");
+    assert_eq!(task["provenance"]["model"], "agent_profile");
+    assert_eq!(task["provenance"]["size"], "project");
+    assert_eq!(task["provenance"]["agent_credential"], "user");
+    assert_eq!(task["reservation"]["sources"]["max_co_tenants"], "project");
+    assert!(
+        task.get("source").is_none(),
+        "an original task has no source"
+    );
+    assert!(!task.to_string().contains(SECRET));
+
+    // A retry shows where it came from.
+    let (status, retried) = send(Method::POST, &format!("/v1/tasks/{id}/retry"), None).await;
+    assert_eq!(status, 202, "{retried}");
+    let child = retried["id"].as_str().unwrap().to_owned();
+    read_events(&http, &server.url(&format!("/v1/tasks/{child}/events"))).await;
+    let (_, child_view) = send(Method::GET, &format!("/v1/tasks/{child}"), None).await;
+    assert_eq!(child_view["status"], "completed", "{child_view}");
+    assert_eq!(child_view["source"]["kind"], "retry");
+    assert_eq!(child_view["source"]["parent_task_id"], id.as_str());
+    assert_eq!(child_view["source"]["parent_title"], "say hello");
+    assert_eq!(child_view["source"]["parent_session_id"], task["workspace"]);
+    let (status, error) = send(
+        Method::POST,
+        &format!("/v1/tasks/{id}/fork"),
+        Some(json!({"prompt": " "})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "prompt");
+
+    // Deleting every profile leaves none.
+    let pfid = created["id"].as_str().unwrap();
+    let response = http
+        .delete(server.url(&format!("{profiles_path}/{pfid}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let (_, profiles) = send(Method::GET, &profiles_path, None).await;
+    assert_eq!(profiles, json!([]));
+
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
 }

@@ -39,11 +39,13 @@
 //! control plane's own key — would let one compromised VM forge tokens for every
 //! node.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use sam_core::{
-    AgentHealth, ErrorCategory, NodeMetrics, PullRequestMode, Secret, SessionReport, TokenSigner,
-    WorkspaceId, WorkspaceReport,
+    AgentHealth, AgentOptions, ErrorCategory, NodeMetrics, PullRequestMode, Secret, SessionReport,
+    TokenSigner, WorkspaceId, WorkspaceReport,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -154,6 +156,26 @@ pub struct StartSession {
     pub agent: String,
     /// The prompt.
     pub prompt: String,
+    /// How the agent runs (model, effort, permission mode, system-prompt addition);
+    /// `None` fields leave the VM agent's defaults.
+    #[serde(default)]
+    pub options: AgentOptions,
+    /// Environment for the agent process only: its credential.
+    #[serde(default)]
+    pub env: AgentEnv,
+}
+
+/// Environment variables for an agent process (its credentials): sent to the VM agent
+/// over its authenticated API and put in the agent's environment only; `Debug` shows
+/// the names, never the values, and the VM agent neither stores nor logs them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentEnv(pub BTreeMap<String, String>);
+
+impl fmt::Debug for AgentEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// A session's state: the answer to `GET /v1/workspaces/{id}/sessions` and to

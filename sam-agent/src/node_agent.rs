@@ -29,8 +29,8 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::api::{
-    CreateWorkspace, ErrorBody, MANAGEMENT_TOKEN_TTL, SessionView, StartSession, WorkspaceView,
-    classify_status, management_signer, parse_profile,
+    AgentEnv, CreateWorkspace, ErrorBody, MANAGEMENT_TOKEN_TTL, SessionView, StartSession,
+    WorkspaceView, classify_status, management_signer, parse_profile,
 };
 use crate::error::error_chain;
 
@@ -338,6 +338,14 @@ impl NodeAgent for HttpNodeAgent {
         let body = StartSession {
             agent: request.agent.clone(),
             prompt: request.prompt.clone(),
+            options: request.options.clone(),
+            env: AgentEnv(
+                request
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                    .collect(),
+            ),
         };
         match self
             .call::<SessionView, _>(

@@ -872,8 +872,16 @@ async fn start_session(
                 ));
             }
         };
-        let command = shared.runtime.agent_command(workspace, command);
-        let acp = Arc::new(AcpSession::new(Arc::new(command), shared.acp));
+        let command = with_session_env(command.clone(), &request)?;
+        let command = shared.runtime.agent_command(workspace, &command);
+        let options = AcpOptions {
+            permission: request
+                .options
+                .permission_mode
+                .unwrap_or(shared.acp.permission),
+            ..shared.acp
+        };
+        let acp = Arc::new(AcpSession::new(Arc::new(command), options));
         let dir = workspace.dir.clone();
         state.session = Some(Slot {
             agent: request.agent.clone(),
@@ -902,7 +910,7 @@ async fn start_session(
         Arc::clone(&entry),
         acp,
         dir,
-        request.prompt,
+        session_prompt(&request),
         sender,
     ));
     let view = entry.session_view().ok_or_else(|| {
@@ -912,6 +920,57 @@ async fn start_session(
         )
     })?;
     Ok((StatusCode::ACCEPTED, axum::Json(view)))
+}
+
+/// Names an agent's environment may not set: they would change how the agent
+/// process itself is found, loaded or run.
+const RESERVED_ENV: &[&str] = &["PATH", "HOME", "USER", "SHELL", "PWD"];
+
+/// The agent command with the session's environment: its credential, and its model
+/// and effort as `SAM_AGENT_MODEL` / `SAM_AGENT_EFFORT` (Claude also reads the model
+/// from `ANTHROPIC_MODEL`).
+fn with_session_env(
+    mut command: AgentCommand,
+    request: &StartSession,
+) -> Result<AgentCommand, ApiError> {
+    for (name, value) in &request.env.0 {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && !name.starts_with("LD_")
+            && !RESERVED_ENV.contains(&name.as_str());
+        if !valid {
+            return Err(ApiError::field(
+                "env",
+                &format!("{name:?} is not an environment variable an agent may be given"),
+            ));
+        }
+        command = command.with_env(name.clone(), Secret::new(value.clone()));
+    }
+    if let Some(model) = &request.options.model {
+        command = command.with_env("SAM_AGENT_MODEL", Secret::new(model.clone()));
+        if request.agent == "claude" {
+            command = command.with_env("ANTHROPIC_MODEL", Secret::new(model.clone()));
+        }
+    }
+    if let Some(effort) = request.options.effort {
+        command = command.with_env("SAM_AGENT_EFFORT", Secret::new(effort.as_str()));
+    }
+    Ok(command)
+}
+
+/// The prompt the agent receives: the system-prompt addition first, as instructions,
+/// then the task's prompt.
+fn session_prompt(request: &StartSession) -> String {
+    match request.options.system_prompt.as_deref().map(str::trim) {
+        Some(addition) if !addition.is_empty() => {
+            format!("{addition}\n\n{}", request.prompt)
+        }
+        _ => request.prompt.clone(),
+    }
 }
 
 /// Sends a session's callbacks to the control plane, one at a time, in order.

@@ -749,6 +749,8 @@ async fn http_node_agent_drives_the_real_server() {
         workspace_id: ws.clone(),
         agent: "fake".to_owned(),
         prompt: "fix it".to_owned(),
+        options: sam_core::AgentOptions::default(),
+        env: Vec::new(),
     };
     // Until the workspace is ready a session start is a conflict, which the runner retries.
     let mut started = false;
@@ -1012,5 +1014,150 @@ Cloud-init v. 22.4.2 running 'modules:final'. Up 12.5 seconds.
     assert_eq!(names, ["swap", "docker"]);
     assert_eq!(boot["phases"][0]["duration"]["secs"], 9);
     assert_eq!(boot["complete"], false);
+    h.stop().await;
+}
+
+/// The agent credential of a session reaches the agent process's environment, and
+/// neither the VM agent's event log nor its callbacks to the control plane.
+#[tokio::test]
+async fn agent_credentials_reach_only_the_agent_process() {
+    const KEY: &str = "sk-ant-api03-only-for-the-agent-process";
+    let env_dir = tempfile::tempdir().unwrap();
+    let env_file = env_dir.path().join("agent-env");
+    let dump = env_file.clone();
+    let h = Harness::start_with(move |config| {
+        // A real process: a shell records its environment, then becomes the fake agent.
+        let fake = fake_agent(&FakeAgentScript {
+            stop_reason: "end_turn".to_owned(),
+            ..FakeAgentScript::default()
+        });
+        let command = FakeAgentScript {
+            stop_reason: "end_turn".to_owned(),
+            ..FakeAgentScript::default()
+        }
+        .to_env()
+        .into_iter()
+        .fold(
+            AgentCommand::new("sh")
+                .with_args([
+                    "-c".to_owned(),
+                    "env > \"$SAM_TEST_ENV_FILE\"; exec \"$0\"".to_owned(),
+                    fake.program().to_owned(),
+                ])
+                .with_env("SAM_TEST_ENV_FILE", Secret::new(dump.display().to_string())),
+            |c, (k, v)| c.with_env(k, Secret::new(v)),
+        );
+        config.agents.insert("claude".to_owned(), command);
+    })
+    .await;
+    let directory = StaticNodeDirectory::default();
+    directory.insert(
+        NodeId::new(NODE).unwrap(),
+        NodeEndpoint {
+            base_url: h.base.parse().unwrap(),
+            management_key: h.node_token.clone(),
+        },
+    );
+    let agent = HttpNodeAgent::new(Arc::new(directory), HttpNodeAgentConfig::default()).unwrap();
+    let n = node(NODE);
+    let workspace = |id: &str| WorkspaceRequest {
+        workspace_id: WorkspaceId::new(id).unwrap(),
+        task_id: TaskId::new(format!("t-{id}")).unwrap(),
+        repo: h.repo.path().display().to_string(),
+        branch: None,
+        profile: None,
+        devcontainer: None,
+        token: Secret::new("workspace-token"),
+        output_branch: None,
+        github: None,
+    };
+    let ws = WorkspaceId::new("ws-env").unwrap();
+    agent
+        .create_workspace(&n, &workspace("ws-env"))
+        .await
+        .unwrap();
+    let session = SessionRequest {
+        workspace_id: ws.clone(),
+        agent: "claude".to_owned(),
+        prompt: "fix it".to_owned(),
+        options: sam_core::AgentOptions {
+            model: Some("claude-opus-4-1".to_owned()),
+            effort: Some(sam_core::Effort::High),
+            permission_mode: Some(sam_core::PermissionMode::ReadOnly),
+            system_prompt: Some("Review only.".to_owned()),
+        },
+        env: vec![("ANTHROPIC_API_KEY".to_owned(), Secret::new(KEY))],
+    };
+    let mut started = false;
+    for _ in 0..400 {
+        if agent.start_session(&n, &session).await.is_ok() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(started);
+    for _ in 0..400 {
+        if agent.session_status(&n, &ws).await.unwrap() != Some(SessionReport::Running) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    let lines: Vec<&str> = env.lines().collect();
+    assert!(
+        lines.contains(&format!("ANTHROPIC_API_KEY={KEY}").as_str()),
+        "{env}"
+    );
+    assert!(lines.contains(&"SAM_AGENT_MODEL=claude-opus-4-1"), "{env}");
+    assert!(lines.contains(&"ANTHROPIC_MODEL=claude-opus-4-1"), "{env}");
+    assert!(lines.contains(&"SAM_AGENT_EFFORT=high"), "{env}");
+
+    let (status, events) = h
+        .json(reqwest::Method::GET, "/v1/events?limit=500", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        !events.to_string().contains(KEY),
+        "the event log holds the key"
+    );
+    let callbacks = h.control_plane.received_requests().await.unwrap();
+    assert!(!callbacks.is_empty());
+    for request in callbacks {
+        assert!(
+            !String::from_utf8_lossy(&request.body).contains(KEY),
+            "a callback carried the key"
+        );
+    }
+
+    // A name that would change how the agent process runs is refused.
+    let bad = SessionRequest {
+        workspace_id: WorkspaceId::new("ws-env").unwrap(),
+        env: vec![("LD_PRELOAD".to_owned(), Secret::new("/tmp/x.so"))],
+        ..session.clone()
+    };
+    let other = WorkspaceId::new("ws-env-2").unwrap();
+    agent
+        .create_workspace(&n, &workspace("ws-env-2"))
+        .await
+        .unwrap();
+    let bad = SessionRequest {
+        workspace_id: other,
+        ..bad
+    };
+    let mut refused = None;
+    for _ in 0..400 {
+        match agent.start_session(&n, &bad).await {
+            Err(e) if e.category == ErrorCategory::Conflict => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    let err = refused.unwrap().unwrap_err();
+    assert_eq!(err.category, ErrorCategory::InvalidConfig, "{err}");
     h.stop().await;
 }

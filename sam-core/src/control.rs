@@ -63,23 +63,25 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
+use crate::credential::{CredentialCipher, CredentialKind, CredentialTarget};
 use crate::error::{Classify, Error, ErrorCategory};
 use crate::fallback::SizeDescent;
 use crate::github::{GithubAccess, GithubInstallation, RepoRef, TaskOutput};
 use crate::model::{
-    ExecutionStep, Location, NodeHealth, NodeId, NodeStatus, ProviderKind, TaskId, TaskStatus,
-    VmSize, WorkspaceId,
+    ExecutionStep, Location, NodeHealth, NodeId, NodeStatus, ProjectId, ProviderKind, TaskId,
+    TaskStatus, UserId, VmSize, WorkspaceId,
 };
 use crate::node_agent::{NodeAgent, SessionReport, WorkspaceReport};
+use crate::project::{AgentOptions, Effort};
 use crate::provider::Provider;
 use crate::reservation::{Layer, RequirementLayers, ResourceRequirements, resolve_reservation};
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
 use crate::secret::{Secret, redact};
-use crate::session::{SessionEvent, StopReason};
+use crate::session::{PermissionMode, SessionEvent, StopReason};
 use crate::store::{
-    NodeRecord, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
-    WorkspaceStatus,
+    Lineage, NodeRecord, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate,
+    Transition, WorkspaceStatus,
 };
 use crate::timeout::TimeoutPolicy;
 use crate::token::{TokenError, TokenScope, TokenSigner};
@@ -127,6 +129,18 @@ pub struct LayerSettings {
     /// Coding agent.
     #[serde(default)]
     pub agent: Option<String>,
+    /// The agent's model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How hard the agent thinks.
+    #[serde(default)]
+    pub effort: Option<Effort>,
+    /// How the agent's permission requests are answered.
+    #[serde(default)]
+    pub permission_mode: Option<PermissionMode>,
+    /// Text added to the agent's instructions.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
     /// Resource requirements.
     #[serde(default)]
     pub requirements: ResourceRequirements,
@@ -149,6 +163,15 @@ pub struct SubmitRequest {
     /// The GitHub installation the repository is behind; `repo` must then be its
     /// HTTPS URL.
     pub github: Option<GithubAccess>,
+    /// The project the task belongs to: its settings are the `project` layer, and its
+    /// repository is used when `repo` is empty.
+    pub project: Option<ProjectId>,
+    /// The project's agent profile to run with, by id or name: its settings are the
+    /// `agent_profile` layer. Requires `project`.
+    pub profile: Option<String>,
+    /// The user submitting: their settings are the `user` layer (the project's owner
+    /// when not given).
+    pub user: Option<UserId>,
 }
 
 /// How the control plane behaves; plain data, checked by [`ControlPlane::new`].
@@ -180,6 +203,21 @@ pub struct ControlPlaneConfig {
     /// exactly; `None` (the default) draws them from the process's random keys.
     /// Two control planes sharing a database must not share a seed.
     pub random_seed: Option<u64>,
+    /// The key credentials are sealed with: 32 bytes as base64. Never stored; without
+    /// it credentials can be neither stored nor used.
+    pub credential_key: Option<Secret>,
+    /// The platform's own agent credentials, by agent: the last layer of agent
+    /// credential resolution (project → user → platform).
+    pub agent_credentials: BTreeMap<String, PlatformCredential>,
+}
+
+/// A credential the platform itself provides, from configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformCredential {
+    /// What kind of secret it is.
+    pub kind: CredentialKind,
+    /// The secret.
+    pub secret: Secret,
 }
 
 impl ControlPlaneConfig {
@@ -208,6 +246,8 @@ impl ControlPlaneConfig {
                 .to_vec(),
             orphan_min_age: Duration::from_secs(600),
             random_seed: None,
+            credential_key: None,
+            agent_credentials: BTreeMap::new(),
         }
     }
 
@@ -338,6 +378,7 @@ pub struct ControlPlane {
     pub(crate) events: broadcast::Sender<TaskEvent>,
     /// The state of the seeded sequence, shared by clones; `None` when unseeded.
     pub(crate) seeded: Option<Arc<std::sync::Mutex<u64>>>,
+    pub(crate) cipher: Option<CredentialCipher>,
 }
 
 /// A random 64-bit value from the standard library's per-process random keys.
@@ -353,14 +394,14 @@ fn os_random_u64() -> u64 {
 }
 
 /// The `not_found` error for a record that must exist (`"task t-1"`).
-fn missing(what: impl std::fmt::Display) -> Error {
+pub(crate) fn missing(what: impl std::fmt::Display) -> Error {
     Error::Store(crate::error::StoreError::new(
         crate::error::StoreErrorKind::NotFound,
         format!("{what} does not exist"),
     ))
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidInput {
         field,
         reason: reason.into(),
@@ -411,8 +452,14 @@ impl ControlPlane {
                 format!("{p} is the default provider but is not configured"),
             ));
         }
+        let cipher = config
+            .credential_key
+            .as_ref()
+            .map(CredentialCipher::new)
+            .transpose()?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
+            cipher,
             store: parts.store,
             providers,
             scheduler: parts.scheduler,
@@ -482,7 +529,22 @@ impl ControlPlane {
     /// devcontainer with the lightweight profile, requirements no size can meet, an
     /// explicit size too small for them. Store failures as classified.
     pub async fn submit(&self, request: &SubmitRequest) -> Result<TaskId, Error> {
-        if request.repo.trim().is_empty() {
+        self.submit_with(request, None).await
+    }
+
+    /// Submits a task, recording where it came from.
+    pub(crate) async fn submit_with(
+        &self,
+        request: &SubmitRequest,
+        lineage: Option<Lineage>,
+    ) -> Result<TaskId, Error> {
+        let intent = self.intent(request).await?;
+        // The task's own repository wins; a project's is the default.
+        let (repo, repo_source) = match &intent.project {
+            Some(p) if request.repo.trim().is_empty() => (p.repo.clone(), Layer::Project),
+            _ => (request.repo.clone(), Layer::Task),
+        };
+        if repo.trim().is_empty() {
             return Err(invalid("repo", "must not be empty"));
         }
         if request.prompt.trim().is_empty() {
@@ -503,7 +565,7 @@ impl ControlPlane {
             }
         }
         let platform = &self.config.platform;
-        let layers = &request.layers;
+        let layers = &intent.layers;
         let (provider, provider_source) = pick(layers, platform, |l| l.provider)
             .ok_or_else(|| invalid("provider", "no layer names a provider"))?;
         let provider_impl = self.provider(provider)?;
@@ -523,6 +585,10 @@ impl ControlPlane {
         }
         let devcontainer = pick(layers, platform, |l| l.devcontainer.clone());
         let profile = pick(layers, platform, |l| l.workspace_profile);
+        let model = pick(layers, platform, |l| l.model.clone());
+        let effort = pick(layers, platform, |l| l.effort);
+        let permission_mode = pick(layers, platform, |l| l.permission_mode);
+        let system_prompt = pick(layers, platform, |l| l.system_prompt.clone());
         if let (Some((name, _)), Some((WorkspaceProfile::Lightweight, source))) =
             (&devcontainer, &profile)
         {
@@ -564,6 +630,7 @@ impl ControlPlane {
         })?;
 
         let mut provenance = BTreeMap::new();
+        provenance.insert("repo".to_owned(), repo_source);
         provenance.insert("provider".to_owned(), provider_source);
         provenance.insert("size".to_owned(), size_source);
         provenance.insert("location".to_owned(), location_source);
@@ -571,8 +638,25 @@ impl ControlPlane {
         if let Some((_, s)) = &devcontainer {
             provenance.insert("devcontainer".to_owned(), *s);
         }
-        if let Some((_, s)) = &profile {
-            provenance.insert("workspace_profile".to_owned(), *s);
+        for (name, source) in [
+            ("workspace_profile", profile.as_ref().map(|(_, s)| *s)),
+            ("model", model.as_ref().map(|(_, s)| *s)),
+            ("effort", effort.as_ref().map(|(_, s)| *s)),
+            ("permission_mode", permission_mode.as_ref().map(|(_, s)| *s)),
+            ("system_prompt", system_prompt.as_ref().map(|(_, s)| *s)),
+        ] {
+            if let Some(source) = source {
+                provenance.insert(name.to_owned(), source);
+            }
+        }
+        provenance.insert(
+            "provider_credential".to_owned(),
+            intent
+                .credential(&CredentialTarget::Provider(provider))
+                .map_or(Layer::Platform, |c| c.owner.layer()),
+        );
+        if let Some(source) = self.agent_credential_source(&intent, &agent)? {
+            provenance.insert("agent_credential".to_owned(), source);
         }
 
         let now = self.clock.now();
@@ -582,7 +666,7 @@ impl ControlPlane {
             status: TaskStatus::Queued,
             execution_step: ExecutionStep::NodeSelection,
             spec: TaskSpec {
-                repo: request.repo.clone(),
+                repo,
                 branch: request.branch.clone(),
                 prompt: request.prompt.clone(),
                 agent,
@@ -591,6 +675,17 @@ impl ControlPlane {
                 preferred_node: request.preferred_node.clone(),
                 provenance,
                 github: request.github.clone(),
+                agent_options: AgentOptions {
+                    model: model.map(|(m, _)| m),
+                    effort: effort.map(|(e, _)| e),
+                    permission_mode: permission_mode.map(|(p, _)| p),
+                    system_prompt: system_prompt.map(|(p, _)| p),
+                },
+                project: intent.project.map(|p| p.id),
+                profile: intent.profile.map(|p| p.id),
+                user: intent.user,
+                submitted: request.layers.clone(),
+                lineage,
             },
             provider,
             requested_size: size,

@@ -414,6 +414,9 @@ pub enum Error {
     /// A GitHub call failed.
     #[error(transparent)]
     Github(#[from] crate::github::GithubError),
+    /// A credential could not be sealed, opened or accepted.
+    #[error(transparent)]
+    Credential(#[from] crate::credential::CredentialError),
 }
 
 impl From<ProviderError> for Error {
@@ -442,6 +445,7 @@ impl Classify for Error {
             Self::Unauthorized(_) => ErrorCategory::AuthError,
             Self::NodeAgent(e) => e.category(),
             Self::Github(e) => e.category(),
+            Self::Credential(e) => e.category(),
         }
     }
     fn retry_after(&self) -> Option<Duration> {

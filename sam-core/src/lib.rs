@@ -88,12 +88,15 @@ pub mod classify;
 pub mod clock;
 pub mod control;
 pub mod crash;
+pub mod credential;
 pub mod error;
 pub mod fallback;
 pub mod github;
+pub mod intent;
 pub mod model;
 pub mod node_agent;
 pub mod placement;
+pub mod project;
 pub mod provider;
 pub mod reservation;
 pub mod retry;
@@ -113,8 +116,13 @@ pub use classify::{classify_agent_error, is_agent_crash};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use control::{
     BootRenderer, ControlPlane, ControlPlaneConfig, ControlPlaneParts, HeartbeatReply,
-    LayerSettings, NodeMetrics, SessionCallback, SubmitRequest, TaskEvent, TaskEventKind,
-    WorkspaceGithub, WorkspaceProfile,
+    LayerSettings, NodeMetrics, PlatformCredential, SessionCallback, SubmitRequest, TaskEvent,
+    TaskEventKind, WorkspaceGithub, WorkspaceProfile,
+};
+pub use credential::{
+    CredentialCipher, CredentialError, CredentialKind, CredentialOwner, CredentialRecord,
+    CredentialTarget, CredentialView, Sealed, SetupItem, SetupStatus, agent_env_var,
+    check_credential, resolve_credential, setup_status,
 };
 pub use error::{
     BoxError, Classify, Error, ErrorCategory, MAX_BODY_BYTES, PolicyError, ProviderError, Result,
@@ -126,16 +134,22 @@ pub use github::{
     InstallationKey, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost, TaskOutput,
     output_branch, token_is_fresh,
 };
+pub use intent::{
+    CredentialInput, MAX_LINEAGE_DEPTH, ProfileInput, ProjectInput, TaskSource, UserInput,
+};
 pub use model::{
     Catalog, ExecutionStep, Id, Labels, Location, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId,
-    NodeLifecycle, NodeStatus, ParseError, Price, ProviderKind, ServerType, TaskId, TaskStatus,
-    UserId, VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
+    NodeLifecycle, NodeStatus, ParseError, Price, ProfileId, ProjectId, ProviderKind, ServerType,
+    TaskId, TaskStatus, UserId, VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
 };
 pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,
     WorkspaceRequest,
 };
 pub use placement::{Candidate, DefaultScheduler, best_fit};
+pub use project::{
+    AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
+};
 pub use provider::{Provider, ProviderCapabilities};
 pub use reservation::{
     Capacity, Layer, NoSizeFits, RequirementLayers, Reservation, ReservationSources,
@@ -148,13 +162,13 @@ pub use scheduler::{
 };
 pub use secret::{REDACTED, Secret, redact};
 pub use session::{
-    AgentError, AgentFailure, AgentInfo, AgentSession, SessionEvent, SessionId, StopReason,
-    TimedEvent,
+    AgentError, AgentFailure, AgentInfo, AgentSession, PermissionMode, SessionEvent, SessionId,
+    StopReason, TimedEvent,
 };
 pub use store::{
-    ApiTokenRecord, LeaseRequest, NodeFilter, NodeRecord, SlotOutcome, StatusEvent, Store,
-    TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim,
-    WorkspaceRecord, WorkspaceStatus,
+    ApiTokenRecord, LeaseRequest, Lineage, LineageKind, NodeFilter, NodeRecord, SlotOutcome,
+    StatusEvent, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
+    WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 pub use sweep::SweepReport;
 pub use timeout::TimeoutPolicy;

@@ -55,6 +55,12 @@ pub mod id_kind {
     /// Marks a [`super::UserId`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
     pub enum User {}
+    /// Marks a [`super::ProjectId`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Project {}
+    /// Marks a [`super::ProfileId`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Profile {}
     impl IdKind for Task {
         const NAME: &'static str = "task id";
     }
@@ -69,6 +75,12 @@ pub mod id_kind {
     }
     impl IdKind for User {
         const NAME: &'static str = "user id";
+    }
+    impl IdKind for Project {
+        const NAME: &'static str = "project id";
+    }
+    impl IdKind for Profile {
+        const NAME: &'static str = "profile id";
     }
 }
 
@@ -96,6 +108,10 @@ pub type WorkspaceId = Id<id_kind::Workspace>;
 pub type VmId = Id<id_kind::Vm>;
 /// Identifies a user of the control plane.
 pub type UserId = Id<id_kind::User>;
+/// Identifies a project (a repository with its defaults).
+pub type ProjectId = Id<id_kind::Project>;
+/// Identifies an agent profile of a project.
+pub type ProfileId = Id<id_kind::Profile>;
 
 impl<K: IdKind> Id<K> {
     /// Validates and wraps an identifier.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Classify, ErrorCategory};
 use crate::github::PullRequestMode;
 use crate::model::{TaskId, WorkspaceId};
+use crate::project::AgentOptions;
 use crate::secret::Secret;
 use crate::session::StopReason;
 use crate::store::{NodeRecord, TaskError};
@@ -69,6 +70,11 @@ pub struct SessionRequest {
     pub agent: String,
     /// The prompt.
     pub prompt: String,
+    /// How the agent runs; `None` fields leave the VM agent's defaults.
+    pub options: AgentOptions,
+    /// Environment for the agent process only (its credential); never persisted or
+    /// logged, and sent only over the node's authenticated channel.
+    pub env: Vec<(String, Secret)>,
 }
 
 /// State of a workspace as the VM agent reports it.

@@ -785,10 +785,17 @@ impl ControlPlane {
             return self.node_lost(task).await;
         };
         let ws = Self::workspace_id(task)?;
+        let env = match self.agent_env(task).await {
+            Ok(env) => env,
+            Err(e) if e.is_retryable() => return Ok(self.poll()),
+            Err(e) => return self.fail(task, e.category(), &e.to_string()).await,
+        };
         let request = SessionRequest {
             workspace_id: ws,
             agent: task.spec.agent.clone(),
             prompt: task.spec.prompt.clone(),
+            options: task.spec.agent_options.clone(),
+            env,
         };
         match self.node_agent.start_session(&node, &request).await {
             Ok(()) => {}

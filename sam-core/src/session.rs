@@ -23,6 +23,31 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// How the host answers `session/request_permission` (the task's permission mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PermissionMode {
+    /// Allow every tool call (the agent runs unattended in a disposable workspace).
+    #[default]
+    AllowAll,
+    /// Allow tool calls that only look (`read`, `search`, `think`, `fetch`); reject
+    /// the rest.
+    ReadOnly,
+    /// Reject every tool call.
+    RejectAll,
+}
+
+impl PermissionMode {
+    /// Whether a tool call of ACP `kind` (`None` when the agent did not say) is allowed.
+    pub fn allows(self, kind: Option<&str>) -> bool {
+        match self {
+            Self::AllowAll => true,
+            Self::ReadOnly => matches!(kind, Some("read" | "search" | "think" | "fetch")),
+            Self::RejectAll => false,
+        }
+    }
+}
+
 /// What the agent said about itself in `initialize`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {

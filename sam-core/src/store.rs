@@ -7,19 +7,22 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::control::LayerSettings;
+use crate::credential::{CredentialOwner, CredentialRecord, CredentialTarget};
 use crate::error::{ErrorCategory, StoreError};
 use crate::github::{GithubAccess, GithubInstallation, InstallationKey, TaskOutput};
 use crate::model::{
-    ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
-    TaskId, TaskStatus, UserId, VmId, VmSize, WorkspaceId,
+    ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProfileId,
+    ProjectId, ProviderKind, TaskId, TaskStatus, UserId, VmId, VmSize, WorkspaceId,
 };
+use crate::project::{AgentOptions, AgentProfileRecord, ProjectRecord, UserRecord};
 use crate::reservation::{Capacity, Layer, RequirementLayers, Reservation, SlotRejection};
 use crate::scheduler::PlacementExplanation;
 
 /// What the user asked for, beyond sizing: the repository, the prompt, the agent.
 ///
 /// Stored as JSON; later fields are added with serde defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// Repository URL or local path.
     pub repo: String,
@@ -39,14 +42,59 @@ pub struct TaskSpec {
     /// A node the task asked to run on, if any.
     #[serde(default)]
     pub preferred_node: Option<NodeId>,
-    /// Where each resolved setting came from (`provider`, `size`, `location`, `agent`,
-    /// `workspace_profile`, `devcontainer`).
+    /// Where each resolved setting came from (`repo`, `provider`, `size`, `location`, `agent`,
+    /// `workspace_profile`, `devcontainer`, `model`, `effort`, `permission_mode`,
+    /// `system_prompt`, and the credentials: `provider_credential`, `agent_credential`).
     #[serde(default)]
     pub provenance: std::collections::BTreeMap<String, Layer>,
     /// The GitHub installation the repository is behind, if any: its workspace
     /// clones and pushes with short-lived installation tokens.
     #[serde(default)]
     pub github: Option<GithubAccess>,
+    /// How the agent runs (model, effort, permission mode, system-prompt addition),
+    /// as far as a layer set it.
+    #[serde(default, flatten)]
+    pub agent_options: AgentOptions,
+    /// The project whose settings the task carries.
+    #[serde(default)]
+    pub project: Option<ProjectId>,
+    /// The agent profile whose settings the task carries.
+    #[serde(default)]
+    pub profile: Option<ProfileId>,
+    /// The user whose defaults the task carries.
+    #[serde(default)]
+    pub user: Option<UserId>,
+    /// The task's own layers as submitted (task, trigger, skill), so a retry carries
+    /// the same intent.
+    #[serde(default)]
+    pub submitted: std::collections::BTreeMap<Layer, LayerSettings>,
+    /// Where the task came from, when it is a retry or a fork.
+    #[serde(default)]
+    pub lineage: Option<Lineage>,
+}
+
+/// How a task was derived from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineageKind {
+    /// The same prompt, run again.
+    Retry,
+    /// A new prompt that continues from the parent.
+    Fork,
+}
+
+/// Where a retried or forked task came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// Retry or fork.
+    pub kind: LineageKind,
+    /// The parent task.
+    pub parent_task: TaskId,
+    /// The parent's agent session, named by the workspace that hosted it (a workspace
+    /// hosts one session); `None` when the parent never got that far.
+    pub parent_session: Option<WorkspaceId>,
+    /// How many ancestors the task has (a child of an original task has 1).
+    pub depth: u32,
 }
 
 /// The error a failed task ended with.
@@ -392,6 +440,15 @@ pub struct ApiTokenRecord {
 ///   two users linking one installation have two rows with the same external id;
 ///   `list_github_installations` returns a user's links ordered by
 ///   `(created_at, key)`, and only theirs.
+/// - **Users, projects and profiles are upserted by id** (`put_*`); projects are
+///   listed by `(created_at, id)`, a project's profiles by `(created_at, id)`.
+///   A profile's name is unique within its project: putting a profile whose name
+///   another profile of the project holds is `AlreadyExists`. A profile of a missing
+///   project is `NotFound`. Deleting a project deletes its profiles and credentials.
+///   Nothing is created implicitly: a new project has no profiles, and deleting
+///   every profile leaves none.
+/// - **Credentials are upserted by `(owner, target)`** and listed per owner ordered
+///   by target; the store keeps them sealed and never opens them.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync + Debug {
@@ -573,4 +630,92 @@ pub trait Store: Send + Sync + Debug {
         &self,
         user: &UserId,
     ) -> Result<Vec<GithubInstallation>, StoreError>;
+    /// Writes a user, replacing any user with the same id.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+
+    /// Reads a user.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Writes a project, replacing any project with the same id.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError>;
+
+    /// Reads a project.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError>;
+
+    /// Lists every project, ordered by `(created_at, id)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError>;
+
+    /// Deletes a project with its profiles and credentials; succeeds when it is gone.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn delete_project(&self, id: &ProjectId) -> Result<(), StoreError>;
+
+    /// Writes an agent profile, replacing any profile with the same id.
+    ///
+    /// # Errors
+    /// `NotFound` when its project does not exist; `AlreadyExists` when another
+    /// profile of the project has its name.
+    async fn put_profile(&self, profile: &AgentProfileRecord) -> Result<(), StoreError>;
+
+    /// Reads an agent profile.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_profile(&self, id: &ProfileId) -> Result<Option<AgentProfileRecord>, StoreError>;
+
+    /// Lists a project's profiles, ordered by `(created_at, id)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_profiles(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<AgentProfileRecord>, StoreError>;
+
+    /// Deletes an agent profile; succeeds when it is gone.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn delete_profile(&self, id: &ProfileId) -> Result<(), StoreError>;
+
+    /// Writes a credential, replacing the owner's credential for the same target.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn put_credential(&self, credential: &CredentialRecord) -> Result<(), StoreError>;
+
+    /// Lists an owner's credentials, ordered by target.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_credentials(
+        &self,
+        owner: &CredentialOwner,
+    ) -> Result<Vec<CredentialRecord>, StoreError>;
+
+    /// Deletes an owner's credential for a target; succeeds when it is gone.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn delete_credential(
+        &self,
+        owner: &CredentialOwner,
+        target: &CredentialTarget,
+    ) -> Result<(), StoreError>;
 }

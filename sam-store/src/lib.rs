@@ -55,6 +55,7 @@
 //!         devcontainer: None,
 //!         preferred_node: None,
 //!         provenance: Default::default(),
+//!         ..TaskSpec::default()
 //!     },
 //!     provider: ProviderKind::Hetzner,
 //!     requested_size: VmSize::Medium,

@@ -6,12 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sam_core::{
-    ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter,
-    NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus, Reservation, SlotOutcome,
-    StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId,
-    WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
-};
+use sam_core::{ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus, Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot, AgentProfileRecord, CredentialOwner, CredentialRecord, CredentialTarget, ProfileId, ProjectId, ProjectRecord, UserRecord};
 
 use crate::error::Error;
 use crate::task::{SUBMISSION_ACTOR, check_transition, lease_until};
@@ -32,6 +27,10 @@ struct State {
     workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
     tokens: BTreeMap<String, ApiTokenRecord>,
     installations: BTreeMap<InstallationKey, GithubInstallation>,
+    users: BTreeMap<UserId, UserRecord>,
+    projects: BTreeMap<ProjectId, ProjectRecord>,
+    profiles: BTreeMap<ProfileId, AgentProfileRecord>,
+    credentials: BTreeMap<(CredentialOwner, CredentialTarget), CredentialRecord>,
 }
 
 impl MemoryStore {
@@ -409,6 +408,118 @@ impl Store for MemoryStore {
             .collect();
         by_creation(&mut links, |i| (i.created_at, i.key().to_string()));
         Ok(links)
+    }
+
+    async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.state().users.insert(user.id.clone(), user.clone());
+        Ok(())
+    }
+
+    async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.state().users.get(id).cloned())
+    }
+
+    async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
+        self.state()
+            .projects
+            .insert(project.id.clone(), project.clone());
+        Ok(())
+    }
+
+    async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
+        Ok(self.state().projects.get(id).cloned())
+    }
+
+    async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        let mut list: Vec<ProjectRecord> = self.state().projects.values().cloned().collect();
+        by_creation(&mut list, |p| (p.created_at, p.id.to_string()));
+        Ok(list)
+    }
+
+    async fn delete_project(&self, id: &ProjectId) -> Result<(), StoreError> {
+        let mut state = self.state();
+        state.projects.remove(id);
+        state.profiles.retain(|_, p| &p.project_id != id);
+        state
+            .credentials
+            .retain(|(owner, _), _| owner != &CredentialOwner::Project(id.clone()));
+        Ok(())
+    }
+
+    async fn put_profile(&self, profile: &AgentProfileRecord) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if !state.projects.contains_key(&profile.project_id) {
+            return Err(Error::not_found(format!("project {}", profile.project_id)).into());
+        }
+        if state.profiles.values().any(|p| {
+            p.project_id == profile.project_id && p.name == profile.name && p.id != profile.id
+        }) {
+            return Err(Error::already_exists(format!(
+                "agent profile {:?} of project {}",
+                profile.name, profile.project_id
+            ))
+            .into());
+        }
+        state.profiles.insert(profile.id.clone(), profile.clone());
+        Ok(())
+    }
+
+    async fn get_profile(&self, id: &ProfileId) -> Result<Option<AgentProfileRecord>, StoreError> {
+        Ok(self.state().profiles.get(id).cloned())
+    }
+
+    async fn list_profiles(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<AgentProfileRecord>, StoreError> {
+        let mut list: Vec<AgentProfileRecord> = self
+            .state()
+            .profiles
+            .values()
+            .filter(|p| &p.project_id == project)
+            .cloned()
+            .collect();
+        by_creation(&mut list, |p| (p.created_at, p.id.to_string()));
+        Ok(list)
+    }
+
+    async fn delete_profile(&self, id: &ProfileId) -> Result<(), StoreError> {
+        self.state().profiles.remove(id);
+        Ok(())
+    }
+
+    async fn put_credential(&self, credential: &CredentialRecord) -> Result<(), StoreError> {
+        self.state().credentials.insert(
+            (credential.owner.clone(), credential.target.clone()),
+            credential.clone(),
+        );
+        Ok(())
+    }
+
+    async fn list_credentials(
+        &self,
+        owner: &CredentialOwner,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let mut list: Vec<CredentialRecord> = self
+            .state()
+            .credentials
+            .values()
+            .filter(|c| &c.owner == owner)
+            .cloned()
+            .collect();
+        list.sort_by_key(|c| c.target.to_string());
+        Ok(list)
+    }
+
+    async fn delete_credential(
+        &self,
+        owner: &CredentialOwner,
+        target: &CredentialTarget,
+    ) -> Result<(), StoreError> {
+        self.state()
+            .credentials
+            .remove(&(owner.clone(), target.clone()));
+        Ok(())
     }
 }
 

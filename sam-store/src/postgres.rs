@@ -64,6 +64,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 2,
             sql: include_str!("../migrations/postgres/0002_github.sql"),
         },
+        Migration {
+            version: 3,
+            sql: include_str!("../migrations/postgres/0003_projects.sql"),
+        },
     ],
 };
 

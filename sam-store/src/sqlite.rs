@@ -74,6 +74,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 2,
             sql: include_str!("../migrations/sqlite/0002_github.sql"),
         },
+        Migration {
+            version: 3,
+            sql: include_str!("../migrations/sqlite/0003_projects.sql"),
+        },
     ],
 };
 

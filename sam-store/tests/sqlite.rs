@@ -131,7 +131,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 2
+                supported: 3
             }
         ),
         "{err:?}"
@@ -151,4 +151,43 @@ async fn reopening_keeps_data_and_does_not_migrate_again() {
         again.get_task(&task_id("t-1")).await.expect("get"),
         Some(task("t-1", 1))
     );
+}
+
+/// A database written before GitHub links and projects existed (schema version 1)
+/// gains their tables and columns when opened, and keeps its tasks.
+#[tokio::test]
+async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::new(&SqliteConfig::new(&path))
+        .await
+        .expect("open");
+    store.create_task(&task("t-old", 0)).await.expect("task");
+    store.close().await;
+    // Turn the file back into what version 1 wrote.
+    raw(
+        &path,
+        "DROP TABLE users; DROP TABLE projects; DROP TABLE agent_profiles; \
+         DROP TABLE credentials; DROP TABLE github_installations; \
+         ALTER TABLE tasks DROP COLUMN output; \
+         DELETE FROM sam_store_migrations WHERE version IN (2, 3);",
+    )
+    .await;
+    let store = SqliteStore::new(&SqliteConfig::new(&path))
+        .await
+        .expect("a version 1 database opens and migrates");
+    assert!(
+        store
+            .get_task(&task_id("t-old"))
+            .await
+            .expect("read")
+            .is_some()
+    );
+    let project = sam_core::testkit::fixtures::project("p-1", 0);
+    store
+        .put_project(&project)
+        .await
+        .expect("the new tables exist");
+    assert_eq!(store.list_projects().await.expect("list"), [project]);
+    store.close().await;
 }

@@ -9,37 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chrono::Utc;
 use sam_core::{SessionEvent, SessionId, TimedEvent, redact};
-use serde::{Deserialize, Serialize};
+
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::fs::{PathDenied, WorkspaceRoot, slice_lines};
 use super::rpc::RpcError;
-
-/// How the host answers `session/request_permission` (the task's permission mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PermissionMode {
-    /// Allow every tool call (the agent runs unattended in a disposable workspace).
-    #[default]
-    AllowAll,
-    /// Allow tool calls that only look (`read`, `search`, `think`, `fetch`); reject
-    /// the rest.
-    ReadOnly,
-    /// Reject every tool call.
-    RejectAll,
-}
-
-impl PermissionMode {
-    /// Whether a tool call of ACP `kind` (`None` when the agent did not say) is allowed.
-    pub fn allows(self, kind: Option<&str>) -> bool {
-        match self {
-            Self::AllowAll => true,
-            Self::ReadOnly => matches!(kind, Some("read" | "search" | "think" | "fetch")),
-            Self::RejectAll => false,
-        }
-    }
-}
+pub use sam_core::PermissionMode;
 
 /// JSON-RPC "invalid params".
 const INVALID_PARAMS: i64 = -32602;

@@ -77,6 +77,7 @@ pub fn task(id: &str, created: i64) -> TaskRecord {
             preferred_node: None,
             provenance: Default::default(),
             github: None,
+            ..TaskSpec::default()
         },
         provider: ProviderKind::Hetzner,
         requested_size: VmSize::Medium,
@@ -139,6 +140,7 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
             provenance: [
                 ("size".to_owned(), Layer::Task),
                 ("provider".to_owned(), Layer::Project),
+                ("agent_credential".to_owned(), Layer::User),
             ]
             .into_iter()
             .collect(),
@@ -148,6 +150,30 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
                     ExternalInstallationId::new(4_242_424_242).expect("valid id"),
                 ),
                 pull_request: PullRequestMode::Open,
+            }),
+            agent_options: crate::project::AgentOptions {
+                model: Some("gpt-5-codex".into()),
+                effort: Some(crate::project::Effort::High),
+                permission_mode: Some(crate::session::PermissionMode::ReadOnly),
+                system_prompt: Some("Answer in \"English\".\n".into()),
+            },
+            project: Some(crate::model::ProjectId::new("p-1").expect("valid id")),
+            profile: Some(crate::model::ProfileId::new("pf-1").expect("valid id")),
+            user: Some(crate::model::UserId::new("u-1").expect("valid id")),
+            submitted: [(
+                Layer::Task,
+                crate::control::LayerSettings {
+                    model: Some("gpt-5-codex".into()),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            lineage: Some(crate::store::Lineage {
+                kind: crate::store::LineageKind::Fork,
+                parent_task: crate::model::TaskId::new("t-parent").expect("valid id"),
+                parent_session: Some(WorkspaceId::new("w-parent").expect("valid id")),
+                depth: 3,
             }),
         },
         provider: ProviderKind::Scaleway,
@@ -270,5 +296,94 @@ pub fn api_token(id: &str, seed: u8) -> ApiTokenRecord {
         hash: format!("{seed:02x}").repeat(32),
         label: format!("token {id}"),
         created_at: at(0),
+    }
+}
+
+/// A user with a model default.
+pub fn user(id: &str, created: i64) -> crate::project::UserRecord {
+    crate::project::UserRecord {
+        id: crate::model::UserId::new(id).expect("fixture user ids are valid"),
+        name: format!("user {id}"),
+        settings: crate::control::LayerSettings {
+            model: Some("claude-sonnet-4-5".into()),
+            ..Default::default()
+        },
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+/// A project id.
+pub fn project_id(id: &str) -> crate::model::ProjectId {
+    crate::model::ProjectId::new(id).expect("fixture project ids are valid")
+}
+
+/// A project with every kind of setting.
+pub fn project(id: &str, created: i64) -> crate::project::ProjectRecord {
+    crate::project::ProjectRecord {
+        id: project_id(id),
+        name: format!("project {id}"),
+        repo: "https://example.invalid/web.git".into(),
+        owner: Some(crate::model::UserId::new("u-1").expect("valid id")),
+        settings: crate::control::LayerSettings {
+            size: Some(VmSize::Large),
+            provider: Some(ProviderKind::Hetzner),
+            location: Some(location("fsn1")),
+            devcontainer: Some("python".into()),
+            requirements: crate::reservation::ResourceRequirements {
+                min_vcpu: Some(2.5),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        scaling: crate::project::ScalingOverrides {
+            max_workspaces_per_node: Some(3),
+            warm_timeout_secs: Some(600),
+        },
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+/// An agent profile of a project.
+pub fn profile(
+    id: &str,
+    project: &str,
+    name: &str,
+    created: i64,
+) -> crate::project::AgentProfileRecord {
+    crate::project::AgentProfileRecord {
+        id: crate::model::ProfileId::new(id).expect("fixture profile ids are valid"),
+        project_id: project_id(project),
+        name: name.into(),
+        settings: crate::control::LayerSettings {
+            agent: Some("claude".into()),
+            model: Some("claude-opus-4-1".into()),
+            effort: Some(crate::project::Effort::Low),
+            permission_mode: Some(crate::session::PermissionMode::RejectAll),
+            system_prompt: Some("Only review; change nothing.".into()),
+            ..Default::default()
+        },
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+/// A sealed credential (the sealed value is opaque to stores).
+pub fn credential(
+    owner: crate::credential::CredentialOwner,
+    target: &str,
+    updated: i64,
+) -> crate::credential::CredentialRecord {
+    crate::credential::CredentialRecord {
+        owner,
+        target: target.parse().expect("fixture targets are valid"),
+        kind: crate::credential::CredentialKind::ApiKey,
+        sealed: crate::credential::Sealed::from_stored(format!("v1:nonce:{target}-{updated}")),
+        details: [("project_id".to_owned(), "scw-1".to_owned())]
+            .into_iter()
+            .collect(),
+        created_at: at(0),
+        updated_at: at(updated),
     }
 }

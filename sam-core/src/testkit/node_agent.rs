@@ -69,6 +69,8 @@ struct State {
     queued: VecDeque<FakeAgentScript>,
     /// The script each node took from the queue.
     assigned: HashMap<NodeId, FakeAgentScript>,
+    workspace_requests: Vec<WorkspaceRequest>,
+    session_requests: Vec<SessionRequest>,
 }
 
 /// A [`NodeAgent`] whose VM agents follow a [`FakeAgentScript`], answering at once.
@@ -120,6 +122,24 @@ impl FakeNodeAgent {
             None => self.script.lock().expect("script lock").clone(),
         }
     }
+
+    /// Every workspace request so far, as received.
+    pub fn workspace_requests(&self) -> Vec<WorkspaceRequest> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .workspace_requests
+            .clone()
+    }
+
+    /// Every session request so far, as received (its environment included).
+    pub fn session_requests(&self) -> Vec<SessionRequest> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .session_requests
+            .clone()
+    }
 }
 
 #[async_trait]
@@ -149,6 +169,7 @@ impl NodeAgent for FakeNodeAgent {
         state
             .workspaces
             .insert(request.workspace_id.clone(), node.id.clone());
+        state.workspace_requests.push(request.clone());
         Ok(())
     }
 
@@ -180,6 +201,7 @@ impl NodeAgent for FakeNodeAgent {
             .sessions
             .entry(request.workspace_id.clone())
             .or_insert(script.session);
+        state.session_requests.push(request.clone());
         Ok(())
     }
 

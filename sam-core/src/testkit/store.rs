@@ -11,8 +11,10 @@ use futures::future::join_all;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 
+use crate::credential::{CredentialOwner, CredentialTarget};
 use crate::error::{ErrorCategory, StoreErrorKind};
 use crate::github::{GithubInstallation, TaskOutput};
+use crate::model::UserId;
 use crate::model::{
     ExecutionStep, Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId,
     TaskStatus, VmSize,
@@ -24,8 +26,9 @@ use crate::store::{
     TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 use crate::testkit::fixtures::{
-    api_token, at, due_task, full_task, github_installation, location, node, node_id, reservation,
-    task, task_id, warm_node, workspace, workspace_id,
+    api_token, at, credential, due_task, full_task, github_installation, location, node, node_id,
+    profile, project, project_id, reservation, task, task_id, user, warm_node, workspace,
+    workspace_id,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case of the [`Store`] contract.
@@ -98,7 +101,15 @@ macro_rules! store_conformance {
             put_github_installation_replaces,
             concurrent_claimers_claim_each_task_once,
             concurrent_warm_claims_have_one_winner,
-            concurrent_reservations_never_over_commit
+            concurrent_reservations_never_over_commit,
+            users_round_trip_and_upsert,
+            projects_round_trip_and_list_in_order,
+            profiles_are_listed_per_project_in_order,
+            profile_names_are_unique_per_project,
+            profile_of_missing_project_is_not_found,
+            deleting_every_profile_leaves_none,
+            deleting_a_project_deletes_its_profiles_and_credentials,
+            credentials_upsert_per_owner_and_target
         );
     };
     (optional $make:expr) => {
@@ -1364,4 +1375,276 @@ pub async fn concurrent_reservations_never_over_commit(store: &dyn Store) {
             );
         }
     }
+}
+
+/// Users are upserted by id and read back whole.
+pub async fn users_round_trip_and_upsert(store: &dyn Store) {
+    let clause = "users are upserted by id";
+    let mut u = user("u-1", 0);
+    store.put_user(&u).await.expect(clause);
+    assert_eq!(
+        store.get_user(&u.id).await.expect(clause),
+        Some(u.clone()),
+        "{clause}"
+    );
+    u.name = "renamed".into();
+    u.updated_at = at(5);
+    store.put_user(&u).await.expect(clause);
+    assert_eq!(
+        store.get_user(&u.id).await.expect(clause),
+        Some(u),
+        "{clause}"
+    );
+    let missing = UserId::new("u-missing").expect("valid id");
+    assert_eq!(
+        store.get_user(&missing).await.expect(clause),
+        None,
+        "{clause}"
+    );
+}
+
+/// Projects are upserted by id, read back whole, and listed by `(created_at, id)`.
+pub async fn projects_round_trip_and_list_in_order(store: &dyn Store) {
+    let clause = "projects are listed by (created_at, id)";
+    for p in [project("p-b", 5), project("p-c", 1), project("p-a", 5)] {
+        store.put_project(&p).await.expect(clause);
+    }
+    let mut updated = project("p-c", 1);
+    updated.name = "renamed".into();
+    updated.scaling.warm_timeout_secs = None;
+    store.put_project(&updated).await.expect(clause);
+    assert_eq!(
+        store.get_project(&project_id("p-c")).await.expect(clause),
+        Some(updated),
+        "{clause}"
+    );
+    let ids: Vec<String> = store
+        .list_projects()
+        .await
+        .expect(clause)
+        .into_iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert_eq!(ids, ["p-c", "p-a", "p-b"], "{clause}");
+    assert_eq!(
+        store.get_project(&project_id("p-x")).await.expect(clause),
+        None
+    );
+}
+
+/// A project's profiles are listed by `(created_at, id)`, and only its own.
+pub async fn profiles_are_listed_per_project_in_order(store: &dyn Store) {
+    let clause = "a project's profiles are listed by (created_at, id)";
+    store.put_project(&project("p-1", 0)).await.expect(clause);
+    store.put_project(&project("p-2", 0)).await.expect(clause);
+    let first = profile("pf-b", "p-1", "reviewer", 3);
+    for p in [
+        &first,
+        &profile("pf-a", "p-1", "writer", 3),
+        &profile("pf-c", "p-1", "fixer", 1),
+    ] {
+        store.put_profile(p).await.expect(clause);
+    }
+    store
+        .put_profile(&profile("pf-d", "p-2", "reviewer", 0))
+        .await
+        .expect("the same name in another project is fine");
+    let names: Vec<String> = store
+        .list_profiles(&project_id("p-1"))
+        .await
+        .expect(clause)
+        .into_iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert_eq!(names, ["pf-c", "pf-a", "pf-b"], "{clause}");
+    assert_eq!(
+        store.get_profile(&first.id).await.expect(clause),
+        Some(first)
+    );
+}
+
+/// Putting a profile whose name another profile of the project holds is `AlreadyExists`;
+/// renaming a profile to its own name is not.
+pub async fn profile_names_are_unique_per_project(store: &dyn Store) {
+    let clause = "a profile's name is unique within its project";
+    store.put_project(&project("p-1", 0)).await.expect(clause);
+    store
+        .put_profile(&profile("pf-1", "p-1", "reviewer", 0))
+        .await
+        .expect(clause);
+    let mut again = profile("pf-1", "p-1", "reviewer", 0);
+    again.settings.model = Some("other".into());
+    store
+        .put_profile(&again)
+        .await
+        .expect("re-putting a profile keeps its name");
+    let err = store
+        .put_profile(&profile("pf-2", "p-1", "reviewer", 1))
+        .await
+        .expect_err(clause);
+    assert_eq!(err.kind(), StoreErrorKind::AlreadyExists, "{clause}: {err}");
+    assert_eq!(
+        store
+            .list_profiles(&project_id("p-1"))
+            .await
+            .expect(clause)
+            .len(),
+        1
+    );
+}
+
+/// A profile of a missing project is `NotFound`.
+pub async fn profile_of_missing_project_is_not_found(store: &dyn Store) {
+    let clause = "a profile of a missing project is NotFound";
+    let err = store
+        .put_profile(&profile("pf-1", "p-missing", "reviewer", 0))
+        .await
+        .expect_err(clause);
+    assert_eq!(err.kind(), StoreErrorKind::NotFound, "{clause}: {err}");
+}
+
+/// Nothing is created implicitly: a new project has no profiles, and deleting every
+/// profile leaves none.
+pub async fn deleting_every_profile_leaves_none(store: &dyn Store) {
+    let clause = "deleting every profile leaves none";
+    store.put_project(&project("p-1", 0)).await.expect(clause);
+    assert!(
+        store
+            .list_profiles(&project_id("p-1"))
+            .await
+            .expect(clause)
+            .is_empty()
+    );
+    let a = profile("pf-1", "p-1", "reviewer", 0);
+    let b = profile("pf-2", "p-1", "writer", 1);
+    store.put_profile(&a).await.expect(clause);
+    store.put_profile(&b).await.expect(clause);
+    store.delete_profile(&a.id).await.expect(clause);
+    store.delete_profile(&b.id).await.expect(clause);
+    store
+        .delete_profile(&b.id)
+        .await
+        .expect("deleting a missing profile succeeds");
+    assert!(
+        store
+            .list_profiles(&project_id("p-1"))
+            .await
+            .expect(clause)
+            .is_empty(),
+        "{clause}"
+    );
+    assert_eq!(store.get_profile(&a.id).await.expect(clause), None);
+}
+
+/// Deleting a project deletes its profiles and credentials, and nothing else.
+pub async fn deleting_a_project_deletes_its_profiles_and_credentials(store: &dyn Store) {
+    let clause = "deleting a project deletes its profiles and credentials";
+    store.put_project(&project("p-1", 0)).await.expect(clause);
+    store.put_project(&project("p-2", 0)).await.expect(clause);
+    store
+        .put_profile(&profile("pf-1", "p-1", "reviewer", 0))
+        .await
+        .expect(clause);
+    store
+        .put_profile(&profile("pf-2", "p-2", "reviewer", 0))
+        .await
+        .expect(clause);
+    let p1 = CredentialOwner::Project(project_id("p-1"));
+    let p2 = CredentialOwner::Project(project_id("p-2"));
+    store
+        .put_credential(&credential(p1.clone(), "agent:claude", 1))
+        .await
+        .expect(clause);
+    store
+        .put_credential(&credential(p2.clone(), "agent:claude", 1))
+        .await
+        .expect(clause);
+    store
+        .delete_project(&project_id("p-1"))
+        .await
+        .expect(clause);
+    store
+        .delete_project(&project_id("p-1"))
+        .await
+        .expect("deleting a missing project succeeds");
+    assert_eq!(
+        store.get_project(&project_id("p-1")).await.expect(clause),
+        None
+    );
+    assert!(
+        store
+            .list_profiles(&project_id("p-1"))
+            .await
+            .expect(clause)
+            .is_empty(),
+        "{clause}"
+    );
+    assert!(
+        store.list_credentials(&p1).await.expect(clause).is_empty(),
+        "{clause}"
+    );
+    assert_eq!(
+        store
+            .list_profiles(&project_id("p-2"))
+            .await
+            .expect(clause)
+            .len(),
+        1
+    );
+    assert_eq!(store.list_credentials(&p2).await.expect(clause).len(), 1);
+}
+
+/// Credentials are upserted by `(owner, target)`, listed per owner by target, and
+/// deleted idempotently.
+pub async fn credentials_upsert_per_owner_and_target(store: &dyn Store) {
+    let clause = "credentials are upserted by (owner, target) and listed by target";
+    let u1 = CredentialOwner::User(UserId::new("u-1").expect("valid id"));
+    let u2 = CredentialOwner::User(UserId::new("u-2").expect("valid id"));
+    let p1 = CredentialOwner::Project(project_id("u-1"));
+    store
+        .put_credential(&credential(u1.clone(), "provider:scaleway", 1))
+        .await
+        .expect(clause);
+    store
+        .put_credential(&credential(u1.clone(), "agent:claude", 1))
+        .await
+        .expect(clause);
+    store
+        .put_credential(&credential(u2.clone(), "agent:claude", 1))
+        .await
+        .expect(clause);
+    store
+        .put_credential(&credential(p1.clone(), "agent:claude", 1))
+        .await
+        .expect(clause);
+    let newer = credential(u1.clone(), "agent:claude", 9);
+    store.put_credential(&newer).await.expect(clause);
+    let listed = store.list_credentials(&u1).await.expect(clause);
+    assert_eq!(listed.len(), 2, "{clause}");
+    assert_eq!(
+        listed[0], newer,
+        "{clause}: the newer write replaced the older"
+    );
+    assert_eq!(
+        listed[1].target,
+        CredentialTarget::Provider(ProviderKind::Scaleway),
+        "{clause}"
+    );
+    let claude = CredentialTarget::Agent("claude".into());
+    store.delete_credential(&u1, &claude).await.expect(clause);
+    store
+        .delete_credential(&u1, &claude)
+        .await
+        .expect("deleting a missing credential succeeds");
+    assert_eq!(store.list_credentials(&u1).await.expect(clause).len(), 1);
+    assert_eq!(
+        store.list_credentials(&u2).await.expect(clause).len(),
+        1,
+        "other owners keep theirs"
+    );
+    assert_eq!(
+        store.list_credentials(&p1).await.expect(clause).len(),
+        1,
+        "a project is not a user of the same id"
+    );
 }

@@ -13,12 +13,7 @@ use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sam_core::{
-    ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter,
-    NodeId, NodeLifecycle, NodeRecord, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter,
-    TaskId, TaskRecord, TaskUpdate, Transition, UserId, WarmClaim, WorkspaceId, WorkspaceRecord,
-    WorkspaceStatus, check_slot,
-};
+use sam_core::{ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeId, NodeLifecycle, NodeRecord, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot, AgentProfileRecord, CredentialOwner, CredentialRecord, CredentialTarget, ProfileId, ProjectId, ProjectRecord, UserRecord};
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};
@@ -713,6 +708,113 @@ impl<D: Dialect> SqlStore<D> {
             other => other.map(drop),
         }
     }
+
+    /// Upserts a row of one of the JSON-bodied tables: `columns` are the key columns
+    /// (the first is the conflict target's first column), `body` goes last.
+    async fn upsert(
+        &self,
+        table: &str,
+        conflict: &str,
+        columns: &[(&str, String)],
+        extra: Option<(&str, i64)>,
+        body: String,
+        context: &str,
+    ) -> Result<(), Error> {
+        let mut names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
+        if let Some((c, _)) = extra {
+            names.push(c);
+        }
+        names.push("body");
+        let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+        let updates: Vec<String> = names
+            .iter()
+            .filter(|c| !conflict.split(", ").any(|k| k == **c))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let mut q = query(format!(
+            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({conflict}) DO UPDATE SET {}",
+            names.join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        ));
+        for (_, value) in columns {
+            q = q.bind(value.clone());
+        }
+        if let Some((_, value)) = extra {
+            q = q.bind(value);
+        }
+        q.bind(body)
+            .execute(&self.writer)
+            .await
+            .map_err(Self::db(context))?;
+        Ok(())
+    }
+
+    async fn try_put_profile(&self, profile: &AgentProfileRecord) -> Result<(), Error> {
+        let context = "writing an agent profile";
+        let mut tx = self.begin(context).await?;
+        if !Self::exists(&mut tx, "projects", profile.project_id.as_str()).await? {
+            return Err(Error::not_found(format!("project {}", profile.project_id)));
+        }
+        let taken = query("SELECT 1 AS found FROM agent_profiles WHERE project_id = $1 AND name = $2 AND id <> $3")
+            .bind(profile.project_id.to_string())
+            .bind(profile.name.clone())
+            .bind(profile.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Self::db(context))?;
+        if taken.is_some() {
+            return Err(Error::already_exists(format!(
+                "agent profile {:?} of project {}",
+                profile.name, profile.project_id
+            )));
+        }
+        query(
+            "INSERT INTO agent_profiles (id, project_id, name, created_at, body) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+             project_id = excluded.project_id, name = excluded.name, \
+             created_at = excluded.created_at, body = excluded.body",
+        )
+        .bind(profile.id.to_string())
+        .bind(profile.project_id.to_string())
+        .bind(profile.name.clone())
+        .bind(micros(profile.created_at))
+        .bind(json(profile))
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::db(context))?;
+        Self::commit(tx, context).await
+    }
+
+    async fn try_delete_project(&self, id: &ProjectId) -> Result<(), Error> {
+        let context = "deleting a project";
+        let mut tx = self.begin(context).await?;
+        let owner = CredentialOwner::Project(id.clone()).to_string();
+        for (sql, key) in [
+            ("DELETE FROM credentials WHERE owner = $1", owner),
+            (
+                "DELETE FROM agent_profiles WHERE project_id = $1",
+                id.to_string(),
+            ),
+            ("DELETE FROM projects WHERE id = $1", id.to_string()),
+        ] {
+            query(sql)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(Self::db(context))?;
+        }
+        Self::commit(tx, context).await
+    }
+
+    async fn delete_where(&self, sql: &str, keys: &[String], context: &str) -> Result<(), Error> {
+        let mut q = query(sql.to_owned());
+        for key in keys {
+            q = q.bind(key.clone());
+        }
+        q.execute(&self.writer).await.map_err(Self::db(context))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -913,6 +1015,129 @@ impl<D: Dialect> Store for SqlStore<D> {
                 q,
                 rows::github_installation,
                 "listing GitHub installation links",
+            )
+            .await?)
+    }
+
+    async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        Ok(self
+            .upsert(
+                "users",
+                "id",
+                &[("id", user.id.to_string())],
+                Some(("created_at", micros(user.created_at))),
+                json(user),
+                "writing a user",
+            )
+            .await?)
+    }
+
+    async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        let q = query("SELECT id, body FROM users WHERE id = $1").bind(id.to_string());
+        Ok(self.fetch_optional(q, rows::user, "reading a user").await?)
+    }
+
+    async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
+        Ok(self
+            .upsert(
+                "projects",
+                "id",
+                &[("id", project.id.to_string())],
+                Some(("created_at", micros(project.created_at))),
+                json(project),
+                "writing a project",
+            )
+            .await?)
+    }
+
+    async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
+        let q = query("SELECT id, body FROM projects WHERE id = $1").bind(id.to_string());
+        Ok(self
+            .fetch_optional(q, rows::project, "reading a project")
+            .await?)
+    }
+
+    async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        let q = query("SELECT id, body FROM projects ORDER BY created_at, id");
+        Ok(self.fetch_all(q, rows::project, "listing projects").await?)
+    }
+
+    async fn delete_project(&self, id: &ProjectId) -> Result<(), StoreError> {
+        Ok(self.try_delete_project(id).await?)
+    }
+
+    async fn put_profile(&self, profile: &AgentProfileRecord) -> Result<(), StoreError> {
+        Ok(self.try_put_profile(profile).await?)
+    }
+
+    async fn get_profile(&self, id: &ProfileId) -> Result<Option<AgentProfileRecord>, StoreError> {
+        let q = query("SELECT id, body FROM agent_profiles WHERE id = $1").bind(id.to_string());
+        Ok(self
+            .fetch_optional(q, rows::profile, "reading an agent profile")
+            .await?)
+    }
+
+    async fn list_profiles(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<AgentProfileRecord>, StoreError> {
+        let q = query(
+            "SELECT id, body FROM agent_profiles WHERE project_id = $1 ORDER BY created_at, id",
+        )
+        .bind(project.to_string());
+        Ok(self
+            .fetch_all(q, rows::profile, "listing agent profiles")
+            .await?)
+    }
+
+    async fn delete_profile(&self, id: &ProfileId) -> Result<(), StoreError> {
+        Ok(self
+            .delete_where(
+                "DELETE FROM agent_profiles WHERE id = $1",
+                &[id.to_string()],
+                "deleting an agent profile",
+            )
+            .await?)
+    }
+
+    async fn put_credential(&self, credential: &CredentialRecord) -> Result<(), StoreError> {
+        Ok(self
+            .upsert(
+                "credentials",
+                "owner, target",
+                &[
+                    ("owner", credential.owner.to_string()),
+                    ("target", credential.target.to_string()),
+                ],
+                None,
+                json(credential),
+                "writing a credential",
+            )
+            .await?)
+    }
+
+    async fn list_credentials(
+        &self,
+        owner: &CredentialOwner,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let q =
+            query("SELECT target AS id, body FROM credentials WHERE owner = $1 ORDER BY target")
+                .bind(owner.to_string());
+        Ok(self
+            .fetch_all(q, rows::credential, "listing credentials")
+            .await?)
+    }
+
+    async fn delete_credential(
+        &self,
+        owner: &CredentialOwner,
+        target: &CredentialTarget,
+    ) -> Result<(), StoreError> {
+        Ok(self
+            .delete_where(
+                "DELETE FROM credentials WHERE owner = $1 AND target = $2",
+                &[owner.to_string(), target.to_string()],
+                "deleting a credential",
             )
             .await?)
     }

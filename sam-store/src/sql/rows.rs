@@ -8,10 +8,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use sam_core::{
-    ApiTokenRecord, ErrorCategory, ExternalInstallationId, GithubInstallation, NodeRecord,
-    StatusEvent, TaskError, TaskRecord, WorkspaceRecord, WorkspaceStatus,
-};
+use sam_core::{ApiTokenRecord, ErrorCategory, ExternalInstallationId, GithubInstallation, NodeRecord, StatusEvent, TaskError, TaskRecord, WorkspaceRecord, WorkspaceStatus};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Row;
@@ -278,4 +275,24 @@ pub(crate) fn github_installation(row: &AnyRow) -> Result<GithubInstallation, Er
         return Err(c.bad("id", "does not match user_id and external_id"));
     }
     Ok(link)
+}
+
+/// Decodes a `users` row.
+pub(crate) fn user(row: &AnyRow) -> Result<sam_core::UserRecord, Error> {
+    Columns::new(row, "users").json("body")
+}
+
+/// Decodes a `projects` row.
+pub(crate) fn project(row: &AnyRow) -> Result<sam_core::ProjectRecord, Error> {
+    Columns::new(row, "projects").json("body")
+}
+
+/// Decodes an `agent_profiles` row.
+pub(crate) fn profile(row: &AnyRow) -> Result<sam_core::AgentProfileRecord, Error> {
+    Columns::new(row, "agent_profiles").json("body")
+}
+
+/// Decodes a `credentials` row (the secret stays sealed).
+pub(crate) fn credential(row: &AnyRow) -> Result<sam_core::CredentialRecord, Error> {
+    Columns::new(row, "credentials").json("body")
 }

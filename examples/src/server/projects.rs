@@ -1,0 +1,405 @@
+//! The routes of whose intent a task carries: users, projects, agent profiles,
+//! credentials (write-only), setup status, and retry and fork of tasks.
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sam_core::model::id_kind::IdKind;
+use sam_core::{
+    AgentProfileRecord, CredentialInput, CredentialOwner, CredentialTarget, CredentialView,
+    ErrorCategory, Id, ProfileId, ProfileInput, ProjectId, ProjectInput, ProjectRecord,
+    SetupStatus, TaskStatus, UserId, UserInput, UserRecord,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Accepted, ApiError, ApiState, json_body, task_id};
+
+type Json<T> = Result<axum::Json<T>, ApiError>;
+
+fn id<K: IdKind>(raw: &str, field: &str) -> Result<Id<K>, ApiError> {
+    Id::new(raw).map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, field, &e.to_string()))
+}
+
+fn missing(what: std::fmt::Arguments<'_>) -> ApiError {
+    ApiError::new(ErrorCategory::NotFound, &format!("{what} does not exist"))
+}
+
+fn created<T: Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, axum::Json(value)).into_response()
+}
+
+fn accepted(id: sam_core::TaskId) -> Response {
+    let body = Accepted {
+        id: id.to_string(),
+        status: TaskStatus::Queued,
+    };
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+/// Runs a finished task's prompt again as a new task that records its parent.
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks", security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The new task", body = Accepted),
+        (status = 400, description = "The task is still running, or has 10 ancestors already", body = super::ErrorDoc),
+        (status = 404, description = "No such task", body = super::ErrorDoc),
+    ))]
+pub(super) async fn retry(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let id = task_id(&id)?;
+    Ok(accepted(state.control_plane.retry(&id).await?))
+}
+
+/// The body of `POST /v1/tasks/{id}/fork`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkBody {
+    /// What the agent should do next.
+    pub prompt: String,
+}
+
+/// Continues from a task with a new prompt, as a new task that records its parent.
+#[utoipa::path(post, path = "/v1/tasks/{id}/fork", tag = "tasks", security(("bearer" = [])),
+    request_body = ForkBody,
+    responses(
+        (status = 202, description = "The new task", body = Accepted),
+        (status = 400, description = "An empty prompt, or 10 ancestors already", body = super::ErrorDoc),
+        (status = 404, description = "No such task", body = super::ErrorDoc),
+    ))]
+pub(super) async fn fork(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let id = task_id(&id)?;
+    let body: ForkBody = json_body(&bytes)?;
+    Ok(accepted(state.control_plane.fork(&id, &body.prompt).await?))
+}
+
+/// Creates a user.
+#[utoipa::path(post, path = "/v1/users", tag = "users", security(("bearer" = [])),
+    request_body = Object,
+    responses((status = 201, description = "The user", body = Object)))]
+pub(super) async fn create_user(
+    State(state): State<ApiState>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let input: UserInput = json_body(&bytes)?;
+    Ok(created(state.control_plane.create_user(&input).await?))
+}
+
+/// Reads a user.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, description = "The user", body = Object)))]
+pub(super) async fn get_user(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Json<UserRecord> {
+    let user: UserId = id(&raw, "id")?;
+    let found = state.control_plane.get_user(&user).await?;
+    Ok(axum::Json(
+        found.ok_or_else(|| missing(format_args!("user {user}")))?,
+    ))
+}
+
+/// Replaces a user's name and settings.
+#[utoipa::path(put, path = "/v1/users/{id}", tag = "users", security(("bearer" = [])),
+    request_body = Object,
+    responses((status = 200, description = "The user", body = Object)))]
+pub(super) async fn update_user(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    bytes: Bytes,
+) -> Json<UserRecord> {
+    let user: UserId = id(&raw, "id")?;
+    let input: UserInput = json_body(&bytes)?;
+    Ok(axum::Json(
+        state.control_plane.update_user(&user, &input).await?,
+    ))
+}
+
+/// The query of `GET /v1/users/{id}/setup`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SetupQuery {
+    /// Only this project's credentials besides the user's.
+    #[serde(default)]
+    project: Option<String>,
+}
+
+/// Which of AI, cloud and repository access the user has chosen, and how: from
+/// what the user (and their projects) configured, never from what the platform offers.
+#[utoipa::path(get, path = "/v1/users/{id}/setup", tag = "users", security(("bearer" = [])),
+    params(("project" = Option<String>, Query, description = "Only this project besides the user")),
+    responses((status = 200, description = "The setup status", body = Object)))]
+pub(super) async fn setup(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    query: Result<Query<SetupQuery>, axum::extract::rejection::QueryRejection>,
+) -> Json<SetupStatus> {
+    let user: UserId = id(&raw, "id")?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            ErrorCategory::InvalidConfig,
+            &format!("malformed query: {e}"),
+        )
+    })?;
+    let project: Option<ProjectId> = query
+        .project
+        .as_deref()
+        .map(|p| id(p, "project"))
+        .transpose()?;
+    Ok(axum::Json(
+        state
+            .control_plane
+            .setup_status(&user, project.as_ref())
+            .await?,
+    ))
+}
+
+async fn list_credentials(state: &ApiState, owner: CredentialOwner) -> Json<Vec<CredentialView>> {
+    Ok(axum::Json(
+        state.control_plane.list_credentials(&owner).await?,
+    ))
+}
+
+async fn set_credential(
+    state: &ApiState,
+    owner: CredentialOwner,
+    bytes: &[u8],
+) -> Json<CredentialView> {
+    let input: CredentialInput = json_body(bytes)?;
+    Ok(axum::Json(
+        state.control_plane.set_credential(&owner, &input).await?,
+    ))
+}
+
+async fn delete_credential(
+    state: &ApiState,
+    owner: CredentialOwner,
+    target: &str,
+) -> Result<StatusCode, ApiError> {
+    let target: CredentialTarget = target.parse().map_err(|e: sam_core::CredentialError| {
+        ApiError::field(ErrorCategory::InvalidConfig, "target", &e.to_string())
+    })?;
+    state
+        .control_plane
+        .delete_credential(&owner, &target)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user's credentials: what kind and for what, never the secret.
+#[utoipa::path(get, path = "/v1/users/{id}/credentials", tag = "credentials", security(("bearer" = [])),
+    responses((status = 200, description = "The credentials, without secrets", body = Object)))]
+pub(super) async fn user_credentials(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Json<Vec<CredentialView>> {
+    list_credentials(&state, CredentialOwner::User(id(&raw, "id")?)).await
+}
+
+/// Sets a user's credential for a target (write-only: the answer has no secret).
+#[utoipa::path(put, path = "/v1/users/{id}/credentials", tag = "credentials", security(("bearer" = [])),
+    request_body = Object,
+    responses((status = 200, description = "What was stored, without the secret", body = Object)))]
+pub(super) async fn set_user_credential(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    bytes: Bytes,
+) -> Json<CredentialView> {
+    set_credential(&state, CredentialOwner::User(id(&raw, "id")?), &bytes).await
+}
+
+/// Deletes a user's credential for a target (`agent:claude`, `provider:hetzner`, …).
+#[utoipa::path(delete, path = "/v1/users/{id}/credentials/{target}", tag = "credentials", security(("bearer" = [])),
+    responses((status = 204, description = "Gone")))]
+pub(super) async fn delete_user_credential(
+    State(state): State<ApiState>,
+    UrlPath((raw, target)): UrlPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    delete_credential(&state, CredentialOwner::User(id(&raw, "id")?), &target).await
+}
+
+/// A project's credentials: what kind and for what, never the secret.
+#[utoipa::path(get, path = "/v1/projects/{id}/credentials", tag = "credentials", security(("bearer" = [])),
+    responses((status = 200, description = "The credentials, without secrets", body = Object)))]
+pub(super) async fn project_credentials(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Json<Vec<CredentialView>> {
+    list_credentials(&state, CredentialOwner::Project(id(&raw, "id")?)).await
+}
+
+/// Sets a project's credential for a target (write-only: the answer has no secret).
+#[utoipa::path(put, path = "/v1/projects/{id}/credentials", tag = "credentials", security(("bearer" = [])),
+    request_body = Object,
+    responses((status = 200, description = "What was stored, without the secret", body = Object)))]
+pub(super) async fn set_project_credential(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    bytes: Bytes,
+) -> Json<CredentialView> {
+    set_credential(&state, CredentialOwner::Project(id(&raw, "id")?), &bytes).await
+}
+
+/// Deletes a project's credential for a target.
+#[utoipa::path(delete, path = "/v1/projects/{id}/credentials/{target}", tag = "credentials", security(("bearer" = [])),
+    responses((status = 204, description = "Gone")))]
+pub(super) async fn delete_project_credential(
+    State(state): State<ApiState>,
+    UrlPath((raw, target)): UrlPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    delete_credential(&state, CredentialOwner::Project(id(&raw, "id")?), &target).await
+}
+
+/// Every project, oldest first.
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
+    responses((status = 200, description = "The projects", body = Object)))]
+pub(super) async fn list_projects(State(state): State<ApiState>) -> Json<Vec<ProjectRecord>> {
+    Ok(axum::Json(state.control_plane.list_projects().await?))
+}
+
+/// Creates a project; it starts with no agent profiles.
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
+    request_body = Object,
+    responses(
+        (status = 201, description = "The project", body = Object),
+        (status = 400, description = "A field out of range; `field` names it", body = super::ErrorDoc),
+    ))]
+pub(super) async fn create_project(
+    State(state): State<ApiState>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let input: ProjectInput = json_body(&bytes)?;
+    Ok(created(state.control_plane.create_project(&input).await?))
+}
+
+/// Reads a project.
+#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", security(("bearer" = [])),
+    responses((status = 200, description = "The project", body = Object)))]
+pub(super) async fn get_project(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Json<ProjectRecord> {
+    let project: ProjectId = id(&raw, "id")?;
+    let found = state.control_plane.get_project(&project).await?;
+    Ok(axum::Json(found.ok_or_else(|| {
+        missing(format_args!("project {project}"))
+    })?))
+}
+
+/// Replaces a project's fields.
+#[utoipa::path(put, path = "/v1/projects/{id}", tag = "projects", security(("bearer" = [])),
+    request_body = Object,
+    responses((status = 200, description = "The project", body = Object)))]
+pub(super) async fn update_project(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    bytes: Bytes,
+) -> Json<ProjectRecord> {
+    let project: ProjectId = id(&raw, "id")?;
+    let input: ProjectInput = json_body(&bytes)?;
+    Ok(axum::Json(
+        state.control_plane.update_project(&project, &input).await?,
+    ))
+}
+
+/// Deletes a project with its profiles and credentials.
+#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", security(("bearer" = [])),
+    responses((status = 204, description = "Gone")))]
+pub(super) async fn delete_project(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let project: ProjectId = id(&raw, "id")?;
+    state.control_plane.delete_project(&project).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A project's agent profiles, oldest first; a new project has none.
+#[utoipa::path(get, path = "/v1/projects/{id}/profiles", tag = "projects", security(("bearer" = [])),
+    responses((status = 200, description = "The profiles", body = Object)))]
+pub(super) async fn list_profiles(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Json<Vec<AgentProfileRecord>> {
+    let project: ProjectId = id(&raw, "id")?;
+    Ok(axum::Json(
+        state.control_plane.list_profiles(&project).await?,
+    ))
+}
+
+/// Creates an agent profile in a project.
+#[utoipa::path(post, path = "/v1/projects/{id}/profiles", tag = "projects", security(("bearer" = [])),
+    request_body = Object,
+    responses(
+        (status = 201, description = "The profile", body = Object),
+        (status = 409, description = "The project has a profile of that name", body = super::ErrorDoc),
+    ))]
+pub(super) async fn create_profile(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let project: ProjectId = id(&raw, "id")?;
+    let input: ProfileInput = json_body(&bytes)?;
+    Ok(created(
+        state.control_plane.create_profile(&project, &input).await?,
+    ))
+}
+
+fn profile_ids(raw: &str, profile: &str) -> Result<(ProjectId, ProfileId), ApiError> {
+    Ok((id(raw, "id")?, id(profile, "profile")?))
+}
+
+/// Reads a project's agent profile.
+#[utoipa::path(get, path = "/v1/projects/{id}/profiles/{profile}", tag = "projects", security(("bearer" = [])),
+    responses((status = 200, description = "The profile", body = Object)))]
+pub(super) async fn get_profile(
+    State(state): State<ApiState>,
+    UrlPath((raw, profile)): UrlPath<(String, String)>,
+) -> Json<AgentProfileRecord> {
+    let (project, profile) = profile_ids(&raw, &profile)?;
+    let found = state.control_plane.get_profile(&project, &profile).await?;
+    Ok(axum::Json(found.ok_or_else(|| {
+        missing(format_args!("agent profile {profile} of project {project}"))
+    })?))
+}
+
+/// Replaces a project's agent profile.
+#[utoipa::path(put, path = "/v1/projects/{id}/profiles/{profile}", tag = "projects", security(("bearer" = [])),
+    request_body = Object,
+    responses((status = 200, description = "The profile", body = Object)))]
+pub(super) async fn update_profile(
+    State(state): State<ApiState>,
+    UrlPath((raw, profile)): UrlPath<(String, String)>,
+    bytes: Bytes,
+) -> Json<AgentProfileRecord> {
+    let (project, profile) = profile_ids(&raw, &profile)?;
+    let input: ProfileInput = json_body(&bytes)?;
+    Ok(axum::Json(
+        state
+            .control_plane
+            .update_profile(&project, &profile, &input)
+            .await?,
+    ))
+}
+
+/// Deletes a project's agent profile; deleting the last one leaves none.
+#[utoipa::path(delete, path = "/v1/projects/{id}/profiles/{profile}", tag = "projects", security(("bearer" = [])),
+    responses((status = 204, description = "Gone")))]
+pub(super) async fn delete_profile(
+    State(state): State<ApiState>,
+    UrlPath((raw, profile)): UrlPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (project, profile) = profile_ids(&raw, &profile)?;
+    state
+        .control_plane
+        .delete_profile(&project, &profile)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
