@@ -801,13 +801,8 @@ impl ControlPlane {
         let tasks = self
             .store
             .list_tasks(&TaskFilter {
-                statuses: vec![
-                    TaskStatus::Queued,
-                    TaskStatus::Delegated,
-                    TaskStatus::InProgress,
-                ],
                 node: Some(node.clone()),
-                ..TaskFilter::default()
+                ..TaskFilter::live()
             })
             .await?;
         for task in tasks {

@@ -179,6 +179,20 @@ pub struct TaskFilter {
     pub limit: Option<usize>,
 }
 
+impl TaskFilter {
+    /// Every live task: queued, delegated or in progress.
+    pub fn live() -> Self {
+        Self {
+            statuses: vec![
+                TaskStatus::Queued,
+                TaskStatus::Delegated,
+                TaskStatus::InProgress,
+            ],
+            ..Self::default()
+        }
+    }
+}
+
 /// A request to lease due tasks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseRequest {

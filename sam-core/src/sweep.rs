@@ -87,17 +87,7 @@ impl ControlPlane {
 
     async fn sweep_tasks(&self, report: &mut SweepReport) -> Result<(), Error> {
         let now = self.clock.now();
-        let live = self
-            .store
-            .list_tasks(&TaskFilter {
-                statuses: vec![
-                    TaskStatus::Queued,
-                    TaskStatus::Delegated,
-                    TaskStatus::InProgress,
-                ],
-                ..TaskFilter::default()
-            })
-            .await?;
+        let live = self.store.list_tasks(&TaskFilter::live()).await?;
         for task in live {
             if let Some(reason) = self.stuck_reason(&task, now) {
                 match self.fail(&task, ErrorCategory::Transient, &reason).await {
