@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 const KIND: ProviderKind = ProviderKind::Local;
 const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "state.lock";
 
 /// Settings of [`LocalProvider`].
 ///
@@ -82,7 +83,9 @@ struct StateFile {
 /// Runs each node as a local process on a loopback port with its own data directory.
 ///
 /// The VMs' labels and processes are kept in `<root_dir>/state.json`, so `get_vm`
-/// and `list_vms` see the nodes of an earlier control-plane process. `delete_vm`
+/// and `list_vms` see the nodes of an earlier control-plane process; creates and
+/// deletes hold an exclusive lock on `<root_dir>/state.lock`, so several processes
+/// may share one root. `delete_vm`
 /// kills the node's process group and removes its directory. Linux only (it reads
 /// `/proc` to tell a live process from a reused pid).
 #[derive(Debug)]
@@ -129,6 +132,28 @@ impl LocalProvider {
 
     fn state_path(&self) -> PathBuf {
         self.config.root_dir.join(STATE_FILE)
+    }
+
+    /// Takes the exclusive lock on `<root_dir>/state.lock` for a read-modify-write
+    /// of the state file, so several processes (control planes sharing one root)
+    /// never lose each other's writes. Released when the returned file is dropped.
+    async fn lock_state_file(&self) -> Result<std::fs::File, ProviderError> {
+        let path = self.config.root_dir.join(LOCK_FILE);
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| {
+            ProviderError::new(KIND, ErrorCategory::Unknown, "the state lock task failed")
+                .with_source(e)
+        })?
+        .map_err(|e| io_error("lock the local state file", e))
     }
 
     async fn load(&self) -> Result<StateFile, ProviderError> {
@@ -312,10 +337,13 @@ impl Provider for LocalProvider {
 
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInstance, ProviderError> {
         let _guard = self.state.lock().await;
+        let _file_lock = self.lock_state_file().await?;
         let mut state = self.load().await?;
+        // The process id keeps ids unique across processes sharing the root.
         let id = format!(
-            "local-{}-{}",
+            "local-{}-{}-{}",
             Utc::now().timestamp_millis(),
+            std::process::id(),
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let data_dir = self.config.root_dir.join("vms").join(&id);
@@ -408,6 +436,7 @@ impl Provider for LocalProvider {
 
     async fn delete_vm(&self, id: &VmId) -> Result<(), ProviderError> {
         let _guard = self.state.lock().await;
+        let _file_lock = self.lock_state_file().await?;
         let mut state = self.load().await?;
         let Some(record) = state.vms.remove(id.as_str()) else {
             return Ok(());
