@@ -32,7 +32,7 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 11] = [
+pub const ENV_KEYS: [&str; 12] = [
     "listen",
     "data_dir",
     "database_url",
@@ -44,6 +44,7 @@ pub const ENV_KEYS: [&str; 11] = [
     "provider",
     "poll_interval_ms",
     "heartbeat_interval_secs",
+    "lease_secs",
 ];
 
 /// Which provider runs the nodes.
@@ -115,6 +116,10 @@ pub struct ServerConfig {
     /// Seconds between the nodes' heartbeats (1 to 3600). Default 10.
     #[serde(default = "default_heartbeat_interval_secs")]
     pub heartbeat_interval_secs: u64,
+    /// Seconds a runner's lease on a task lasts (1 to 3600): how soon another server
+    /// sharing the database takes over the tasks of one that died. Default 30.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -149,6 +154,10 @@ const fn default_poll_interval_ms() -> u64 {
 
 const fn default_heartbeat_interval_secs() -> u64 {
     10
+}
+
+const fn default_lease_secs() -> u64 {
+    30
 }
 
 /// A configuration that cannot be used.
@@ -263,6 +272,12 @@ impl ServerConfig {
                     "must be 1 to 3600 (s), not {}",
                     self.heartbeat_interval_secs
                 ),
+            );
+        }
+        if !(1..=3_600).contains(&self.lease_secs) {
+            return invalid(
+                "lease_secs",
+                &format!("must be 1 to 3600 (s), not {}", self.lease_secs),
             );
         }
         if let Some(url) = &self.public_url
