@@ -4,6 +4,8 @@
 //! with SIGKILL while it holds leases on tasks; the survivor takes those tasks over
 //! once their leases expire, and every task completes exactly once: one transition to
 //! `completed`, no task with two nodes or two workspaces, and no VM without a node.
+//! The nodes call back through one address in front of both servers (a small TCP
+//! balancer in the test), as they would through a load balancer in production.
 //!
 //! Skips with a notice without `SAM_TEST_POSTGRES_URL`; fails without it when
 //! `CI=true`. `SAM_SCALE_TASKS` changes the number of tasks (default 500).
@@ -30,15 +32,51 @@ const POLL: Duration = Duration::from_millis(50);
 /// Tasks submitted but not yet finished, at most.
 const IN_FLIGHT: usize = 24;
 
-/// A server on the shared data directory and database, logging to `log`.
-async fn start(data: &Path, url: &str, schema: &str, log: &Path) -> ServerProcess {
-    let port = free_port();
+/// One address in front of both servers, as a load balancer would be: each
+/// connection goes to the first server (round robin) that accepts it, so nodes booted
+/// by a server that died still reach the survivor. Returns the balancer's port.
+async fn balancer(backends: [u16; 2]) -> u16 {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("a balancer port");
+    let port = listener.local_addr().expect("an address").port();
+    tokio::spawn(async move {
+        let mut next = 0_usize;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            next += 1;
+            let first = next % backends.len();
+            tokio::spawn(async move {
+                for i in 0..backends.len() {
+                    let backend = backends[(first + i) % backends.len()];
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A server on `port` with the shared data directory and database, whose nodes call
+/// back through the balancer at `public`, logging to `log`.
+async fn start(
+    port: u16,
+    public: &str,
+    data: &Path,
+    url: &str,
+    schema: &str,
+    log: &Path,
+) -> ServerProcess {
     let lease = LEASE.as_secs().to_string();
     let poll = POLL.as_millis().to_string();
     let mut command = server_command(
         data,
         port,
-        &["--database-schema", schema],
+        &["--database-schema", schema, "--public-url", public],
         &[
             ("SAM_DATABASE_URL", url),
             ("SAM_LEASE_SECS", &lease),
@@ -96,16 +134,20 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
         .unwrap_or(500);
     let schema = fresh_schema("sam_scale");
     let repo = repo();
-    let data = tempfile::tempdir().unwrap();
-    // The servers' logs stay for a look after a failure.
+    // The servers' logs and the data directory (with the nodes' logs) stay for a
+    // look after a failure.
     let logs = tempfile::Builder::new()
-        .prefix("scale-out-logs-")
+        .prefix("scale-out-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap()
         .keep();
-    let _nodes = StopNodes(data.path().to_owned());
-    let mut a = start(data.path(), &url, &schema, &logs.join("a.log")).await;
-    let b = start(data.path(), &url, &schema, &logs.join("b.log")).await;
+    let data = logs.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let stop_nodes = StopNodes(data.clone());
+    let ports = [free_port(), free_port()];
+    let public = format!("http://127.0.0.1:{}/", balancer(ports).await);
+    let mut a = start(ports[0], &public, &data, &url, &schema, &logs.join("a.log")).await;
+    let b = start(ports[1], &public, &data, &url, &schema, &logs.join("b.log")).await;
     let owner_a = format!("sam-{}", a.pid());
     let owner_b = format!("sam-{}", b.pid());
     let store: Arc<dyn Store> = Arc::new(
@@ -238,7 +280,7 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
     );
     // Every VM the provider runs belongs to a recorded node, one VM per node.
     let provider = sam_providers::LocalProvider::new(sam_providers::LocalConfig::new(
-        data.path().join("local"),
+        data.join("local"),
         "unused",
     ))
     .unwrap();
@@ -283,5 +325,6 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
     );
     let status = b.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
+    drop(stop_nodes);
     let _ = std::fs::remove_dir_all(&logs);
 }
