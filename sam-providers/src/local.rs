@@ -362,6 +362,12 @@ impl Provider for LocalProvider {
             tokio::io::AsyncWriteExt::write_all(&mut file, spec.user_data.as_bytes())
                 .await
                 .map_err(|e| io_error("write the user data", e))?;
+            // A tokio file finishes its last write in the background: without the
+            // flush the node, started next, could read an empty file (seen under load
+            // in the scale-out test as "EOF while parsing" and a node that exited).
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(|e| io_error("write the user data", e))?;
             let port = free_port()?;
             Ok::<_, ProviderError>((port, self.spawn(&id, spec, &data_dir, port)?))
         }
@@ -409,17 +415,23 @@ impl Provider for LocalProvider {
         if current.state == VmState::Running {
             Ok(current)
         } else {
+            let log = self
+                .config
+                .root_dir
+                .join("vms")
+                .join(vm.id.as_str())
+                .join("node.log");
+            // The node's directory goes with the node: say how it ended here.
+            let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
+            let lines: Vec<&str> = text.lines().rev().take(3).collect();
+            let tail: Vec<&str> = lines.into_iter().rev().collect();
             Err(ProviderError::new(
                 KIND,
                 ErrorCategory::Unknown,
                 format!(
-                    "the node process exited; see {}",
-                    self.config
-                        .root_dir
-                        .join("vms")
-                        .join(vm.id.as_str())
-                        .join("node.log")
-                        .display()
+                    "the node process exited; see {}: {}",
+                    log.display(),
+                    tail.join(" | ")
                 ),
             ))
         }
