@@ -32,7 +32,7 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 12] = [
+pub const ENV_KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "database_url",
@@ -45,6 +45,7 @@ pub const ENV_KEYS: [&str; 12] = [
     "poll_interval_ms",
     "heartbeat_interval_secs",
     "credential_key",
+    "lease_secs",
 ];
 
 /// Which provider runs the nodes.
@@ -121,6 +122,10 @@ pub struct ServerConfig {
     /// without it credentials cannot be set. Best given as `SAM_CREDENTIAL_KEY`.
     #[serde(default, deserialize_with = "token_text")]
     pub credential_key: Option<Secret>,
+    /// Seconds a runner's lease on a task lasts (1 to 3600): how soon another server
+    /// sharing the database takes over the tasks of one that died. Default 30.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -155,6 +160,10 @@ const fn default_poll_interval_ms() -> u64 {
 
 const fn default_heartbeat_interval_secs() -> u64 {
     10
+}
+
+const fn default_lease_secs() -> u64 {
+    30
 }
 
 /// A configuration that cannot be used.
@@ -275,6 +284,12 @@ impl ServerConfig {
             && let Err(e) = sam_core::CredentialCipher::new(key)
         {
             return invalid("credential_key", &e.to_string());
+        }
+        if !(1..=3_600).contains(&self.lease_secs) {
+            return invalid(
+                "lease_secs",
+                &format!("must be 1 to 3600 (s), not {}", self.lease_secs),
+            );
         }
         if let Some(url) = &self.public_url
             && !matches!(url.scheme(), "http" | "https")

@@ -90,6 +90,8 @@ pub struct EmbeddedOptions {
     pub poll_interval: Duration,
     /// Seconds between the nodes' heartbeats.
     pub heartbeat_interval_secs: u64,
+    /// How long a runner's lease on a task lasts.
+    pub lease: Duration,
     /// A PostgreSQL URL; `None` keeps state in SQLite at `<data dir>/sam.db`.
     pub database_url: Option<Secret>,
     /// The PostgreSQL schema for the tables (created if missing); `None` uses the
@@ -127,7 +129,7 @@ pub enum CallbackServing {
 
 impl EmbeddedOptions {
     /// Defaults for `data_dir`: this executable's `sam-vm-agent` and `sam-demo-agent`
-    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s.
+    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s, leases for 30 s.
     ///
     /// # Errors
     /// When the running executable cannot be found.
@@ -139,6 +141,7 @@ impl EmbeddedOptions {
             agent_command: None,
             poll_interval: Duration::from_millis(250),
             heartbeat_interval_secs: 10,
+            lease: Duration::from_secs(30),
             database_url: None,
             database_schema: None,
             callbacks: CallbackServing::Loopback,
@@ -288,6 +291,7 @@ impl Embedded {
         let mut config =
             ControlPlaneConfig::new(format!("sam-{}", std::process::id()), provider.kind());
         config.poll_interval = options.poll_interval;
+        config.lease = options.lease;
         config.agents.push(CUSTOM_AGENT.to_owned());
         config.credential_key = options.credential_key.clone();
         let control_plane = ControlPlane::new(

@@ -120,6 +120,7 @@ impl ServerOptions {
             None => None,
         };
         embedded.credential_key = config.credential_key.clone();
+        embedded.lease = Duration::from_secs(config.lease_secs);
         Ok(Self {
             listen: config.listen,
             public_url: config.public_url.clone(),
@@ -589,6 +590,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The HTTP status the error is answered with.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The JSON body the error is answered with.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+}
+
 impl From<sam_core::Error> for ApiError {
     fn from(error: sam_core::Error) -> Self {
         match &error {
@@ -868,6 +881,16 @@ impl SubmitBody {
     }
 }
 
+/// Reads a `POST /v1/tasks` body into the control plane's request: everything the
+/// route checks before it hands the request to [`ControlPlane::submit`].
+///
+/// # Errors
+/// `invalid_config` for a body that is not JSON, a field of the wrong type (named in
+/// `field`), or a missing `repo` or `prompt`.
+pub fn submit_request(bytes: &[u8]) -> Result<SubmitRequest, ApiError> {
+    json_body::<SubmitBody>(bytes)?.to_request()
+}
+
 /// The answer to `POST /v1/tasks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
@@ -886,8 +909,7 @@ pub struct Accepted {
         (status = 401, description = "No or an unknown API token", body = ErrorDoc),
     ))]
 async fn submit(State(state): State<ApiState>, bytes: Bytes) -> Result<Response, ApiError> {
-    let body: SubmitBody = json_body(&bytes)?;
-    let request = body.to_request()?;
+    let request = submit_request(&bytes)?;
     let id = state.control_plane.submit(&request).await?;
     tracing::info!(task = %id, "task submitted");
     let accepted = Accepted {
@@ -1137,8 +1159,13 @@ pub struct TaskList {
     pub next_after: Option<String>,
 }
 
-/// Reads `status` (comma-separated), `after` and `limit` from a query string.
-fn task_filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
+/// Reads `status` (comma-separated), `after` and `limit` from the query string of
+/// `GET /v1/tasks`.
+///
+/// # Errors
+/// `invalid_config` naming the parameter for an unknown status, a bad cursor, a
+/// limit outside 1 to 200, or an unknown parameter.
+pub fn task_filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
     let mut filter = TaskFilter {
         limit: Some(50),
         ..TaskFilter::default()

@@ -271,8 +271,22 @@ pub fn parse(path: &Path, name: Option<String>) -> Result<DevcontainerConfig, De
         path: path.to_owned(),
         source,
     })?;
+    parse_text(path, name, &text)
+}
+
+/// Parses the text of one `devcontainer.json` that was read from `path` (which only
+/// names it in the result and in errors); [`parse`] without the file system.
+///
+/// # Errors
+/// [`DevcontainerError::Parse`] with the position, or [`DevcontainerError::Invalid`]
+/// when it names no way to build a container.
+pub fn parse_text(
+    path: &Path,
+    name: Option<String>,
+    text: &str,
+) -> Result<DevcontainerConfig, DevcontainerError> {
     let raw: RawConfig =
-        jsonc_parser::parse_to_serde_value(&text, &jsonc_options()).map_err(|e| {
+        jsonc_parser::parse_to_serde_value(text, &jsonc_options()).map_err(|e| {
             DevcontainerError::Parse {
                 path: path.to_owned(),
                 line: e.line_display(),

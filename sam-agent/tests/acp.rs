@@ -435,6 +435,18 @@ async fn file_requests_stay_inside_the_workspace() {
     );
     let dir = check_files(None, Some("../escape.txt"), &["write: error -32602"]).await;
     assert!(!dir.path().join("escape.txt").exists());
+    let outside = tempfile::tempdir().unwrap();
+    let absolute = outside.path().join("escape.txt");
+    check_files(
+        None,
+        Some(absolute.to_str().unwrap()),
+        &["write: error -32602"],
+    )
+    .await;
+    assert!(
+        !absolute.exists(),
+        "an absolute path outside is not written"
+    );
 }
 
 #[tokio::test]

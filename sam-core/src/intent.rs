@@ -123,7 +123,6 @@ fn title(prompt: &str) -> String {
     title
 }
 
-
 impl ControlPlane {
     /// A fresh id: `prefix`, a dash and 16 hex digits of the control plane's random
     /// sequence (seeded in simulations).

@@ -674,8 +674,13 @@ impl ControlPlane {
             if let SlotOutcome::Rejected(reason) =
                 self.store.reserve_workspace_slot(&record).await?
             {
-                tracing::info!(task = %task.id, node = %node.id, %reason, "slot taken meanwhile; placing again");
-                if node.created_for.as_ref() == Some(&task.id) {
+                // A node provisioned for this task that could not hold it even empty
+                // would be provisioned again and again: fail. When others took its
+                // slots meanwhile (several tasks in flight), place the task again.
+                if node.created_for.as_ref() == Some(&task.id)
+                    && crate::reservation::check_slot(&node.capacity, &[], &task.reservation)
+                        .is_err()
+                {
                     return self
                         .fail(
                             task,
@@ -684,6 +689,7 @@ impl ControlPlane {
                         )
                         .await;
                 }
+                tracing::info!(task = %task.id, node = %node.id, %reason, "slot taken meanwhile; placing again");
                 return self.node_lost(task).await;
             }
             crate::crash::point(crate::crash::SLOT_RESERVED);

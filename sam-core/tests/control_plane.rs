@@ -14,8 +14,9 @@ use std::time::Duration;
 use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent};
 use sam_core::{
     Classify, ControlPlane, ControlPlaneConfig, ErrorCategory, ExecutionStep, Layer, LayerSettings,
-    Provider, ProviderKind, SessionReport, SizeDescent, StopReason, Store, SubmitRequest,
-    TaskError, TaskEventKind, TaskId, TaskRecord, TaskStatus, TokioClock, VmSize, WorkspaceReport,
+    Provider, ProviderKind, Secret, SessionReport, SizeDescent, StopReason, Store, SubmitRequest,
+    TaskError, TaskEventKind, TaskId, TaskRecord, TaskStatus, TokenSigner, TokioClock, VmSize,
+    WorkspaceReport,
 };
 use sam_providers::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
 use sam_store::MemoryStore;
@@ -80,6 +81,19 @@ fn sized(size: VmSize) -> LayerSettings {
 impl Harness {
     /// Ticks, advancing the paused clock to each next wake-up, until the task ends
     /// or `limit` of virtual time has passed.
+    /// Ticks a second of virtual time at a time until the task reaches `step`.
+    async fn until_step(&self, id: &TaskId, step: ExecutionStep) -> TaskRecord {
+        for _ in 0..50 {
+            let task = self.store.get_task(id).await.unwrap().unwrap();
+            if task.execution_step == step {
+                return task;
+            }
+            self.cp.tick().await.unwrap();
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        panic!("{id} did not reach {step:?} in 50 ticks");
+    }
+
     async fn run(&self, id: &TaskId, limit: Duration) -> TaskRecord {
         let start = tokio::time::Instant::now();
         loop {
@@ -903,4 +917,154 @@ mod sweep_order {
             );
         }
     }
+}
+
+/// Every kind of bad token is refused by the workspace callbacks and changes
+/// nothing: another audience, another scope, expired, scopeless, tampered, another
+/// key, and a workspace token of another workspace. Then the right token is accepted.
+#[tokio::test(start_paused = true)]
+async fn workspace_callbacks_refuse_every_bad_token() {
+    use sam_core::token::{TokenClaims, TokenScope};
+    use sam_core::{SessionCallback, WorkspaceId};
+
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        workspace: WorkspaceReport::Preparing,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.until_step(&id, ExecutionStep::WorkspaceReady).await;
+    let ws = task.workspace_id.clone().expect("a workspace");
+    let other_ws = WorkspaceId::new("ws-other").unwrap();
+
+    let key = Secret::new("s".repeat(32));
+    let signer = TokenSigner::new(key.clone(), "sam-control-plane").unwrap();
+    let now = chrono::Utc::now();
+    let hour = Duration::from_secs(3600);
+    let claims = |scope: Option<TokenScope>, exp: i64| TokenClaims {
+        aud: "sam-control-plane".to_owned(),
+        scope,
+        sub: ws.to_string(),
+        iat: now.timestamp() - 7200,
+        exp,
+    };
+    let valid = signer.issue(TokenScope::Workspace, ws.as_str(), now, hour);
+    let tampered = {
+        let (payload, signature) = valid.expose().split_once('.').unwrap();
+        let mut bytes = payload.as_bytes().to_vec();
+        let last = bytes.len() - 2;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        format!("{}.{signature}", String::from_utf8(bytes).unwrap())
+    };
+    let bad: [(&str, String); 7] = [
+        (
+            "another audience",
+            TokenSigner::new(key.clone(), "sam-vm-agent")
+                .unwrap()
+                .issue(TokenScope::Workspace, ws.as_str(), now, hour)
+                .expose()
+                .to_owned(),
+        ),
+        (
+            "another scope",
+            signer
+                .issue(TokenScope::Node, ws.as_str(), now, hour)
+                .expose()
+                .to_owned(),
+        ),
+        (
+            "expired",
+            signer
+                .sign(&claims(Some(TokenScope::Workspace), now.timestamp() - 1))
+                .expose()
+                .to_owned(),
+        ),
+        (
+            "scopeless",
+            signer
+                .sign(&claims(None, now.timestamp() + 3600))
+                .expose()
+                .to_owned(),
+        ),
+        ("tampered", tampered),
+        (
+            "another key",
+            TokenSigner::new(Secret::new("x".repeat(32)), "sam-control-plane")
+                .unwrap()
+                .issue(TokenScope::Workspace, ws.as_str(), now, hour)
+                .expose()
+                .to_owned(),
+        ),
+        (
+            "another workspace's token",
+            h.cp.issue_workspace_token(&other_ws).expose().to_owned(),
+        ),
+    ];
+    let ready = WorkspaceReport::Ready {
+        effective_profile: "full".to_owned(),
+        recovery: false,
+    };
+    let done = SessionCallback::Report(SessionReport::Stopped {
+        reason: StopReason::EndTurn,
+        last_message: None,
+    });
+    for (why, token) in &bad {
+        let err = h.cp.workspace_ready(token, &ws, &ready).await.unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::AuthError, "{why}: {err}");
+        let err = h.cp.session_event(token, &ws, &done).await.unwrap_err();
+        assert_eq!(err.category(), ErrorCategory::AuthError, "{why}: {err}");
+    }
+    let unchanged = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(unchanged.status, task.status);
+    assert_eq!(unchanged.execution_step, ExecutionStep::WorkspaceReady);
+
+    h.cp.workspace_ready(valid.expose(), &ws, &ready)
+        .await
+        .unwrap();
+    h.agent.set_script(FakeAgentScript::default());
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+}
+
+/// The node provisioned for a task can be filled by other tasks before the task
+/// reserves its own slot there (many tasks in flight, as in the scale-out test): the
+/// task is placed again rather than failed.
+#[tokio::test(start_paused = true)]
+async fn a_task_whose_new_node_filled_up_meanwhile_is_placed_again() {
+    use sam_core::{SlotOutcome, WorkspaceId, WorkspaceRecord, WorkspaceStatus};
+
+    let h = harness(config("d1"));
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.until_step(&id, ExecutionStep::WorkspaceCreation).await;
+    let first = task.provisioned_node_id.clone().expect("a node");
+    // Other tasks take every slot of the new node.
+    let now = chrono::Utc::now();
+    for n in 0.. {
+        let other = TaskId::new(format!("t-other{n}")).unwrap();
+        let outcome = h
+            .store
+            .reserve_workspace_slot(&WorkspaceRecord {
+                id: WorkspaceId::new(format!("w-other{n}")).unwrap(),
+                node_id: first.clone(),
+                task_id: other,
+                status: WorkspaceStatus::Creating,
+                effective_profile: None,
+                reservation: task.reservation,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+        if matches!(outcome, SlotOutcome::Rejected(_)) {
+            break;
+        }
+        assert!(n < 64, "the node never filled up");
+    }
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+    assert_ne!(
+        task.provisioned_node_id.as_ref(),
+        Some(&first),
+        "placed on another node"
+    );
 }

@@ -51,17 +51,7 @@ async fn two_drivers(first: Arc<dyn Store>, second: Arc<dyn Store>) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             cp.tick().await.unwrap();
-            let live = cp
-                .list(&TaskFilter {
-                    statuses: vec![
-                        TaskStatus::Queued,
-                        TaskStatus::Delegated,
-                        TaskStatus::InProgress,
-                    ],
-                    ..TaskFilter::default()
-                })
-                .await
-                .unwrap();
+            let live = cp.list(&TaskFilter::live()).await.unwrap();
             if live.is_empty() {
                 return;
             }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 const KIND: ProviderKind = ProviderKind::Local;
 const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "state.lock";
 
 /// Settings of [`LocalProvider`].
 ///
@@ -82,7 +83,9 @@ struct StateFile {
 /// Runs each node as a local process on a loopback port with its own data directory.
 ///
 /// The VMs' labels and processes are kept in `<root_dir>/state.json`, so `get_vm`
-/// and `list_vms` see the nodes of an earlier control-plane process. `delete_vm`
+/// and `list_vms` see the nodes of an earlier control-plane process; creates and
+/// deletes hold an exclusive lock on `<root_dir>/state.lock`, so several processes
+/// may share one root. `delete_vm`
 /// kills the node's process group and removes its directory. Linux only (it reads
 /// `/proc` to tell a live process from a reused pid).
 #[derive(Debug)]
@@ -129,6 +132,28 @@ impl LocalProvider {
 
     fn state_path(&self) -> PathBuf {
         self.config.root_dir.join(STATE_FILE)
+    }
+
+    /// Takes the exclusive lock on `<root_dir>/state.lock` for a read-modify-write
+    /// of the state file, so several processes (control planes sharing one root)
+    /// never lose each other's writes. Released when the returned file is dropped.
+    async fn lock_state_file(&self) -> Result<std::fs::File, ProviderError> {
+        let path = self.config.root_dir.join(LOCK_FILE);
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| {
+            ProviderError::new(KIND, ErrorCategory::Unknown, "the state lock task failed")
+                .with_source(e)
+        })?
+        .map_err(|e| io_error("lock the local state file", e))
     }
 
     async fn load(&self) -> Result<StateFile, ProviderError> {
@@ -312,10 +337,13 @@ impl Provider for LocalProvider {
 
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInstance, ProviderError> {
         let _guard = self.state.lock().await;
+        let _file_lock = self.lock_state_file().await?;
         let mut state = self.load().await?;
+        // The process id keeps ids unique across processes sharing the root.
         let id = format!(
-            "local-{}-{}",
+            "local-{}-{}-{}",
             Utc::now().timestamp_millis(),
+            std::process::id(),
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let data_dir = self.config.root_dir.join("vms").join(&id);
@@ -332,6 +360,12 @@ impl Provider for LocalProvider {
                 .await
                 .map_err(|e| io_error("create the user data file", e))?;
             tokio::io::AsyncWriteExt::write_all(&mut file, spec.user_data.as_bytes())
+                .await
+                .map_err(|e| io_error("write the user data", e))?;
+            // A tokio file finishes its last write in the background: without the
+            // flush the node, started next, could read an empty file (seen under load
+            // in the scale-out test as "EOF while parsing" and a node that exited).
+            tokio::io::AsyncWriteExt::flush(&mut file)
                 .await
                 .map_err(|e| io_error("write the user data", e))?;
             let port = free_port()?;
@@ -381,17 +415,23 @@ impl Provider for LocalProvider {
         if current.state == VmState::Running {
             Ok(current)
         } else {
+            let log = self
+                .config
+                .root_dir
+                .join("vms")
+                .join(vm.id.as_str())
+                .join("node.log");
+            // The node's directory goes with the node: say how it ended here.
+            let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
+            let lines: Vec<&str> = text.lines().rev().take(3).collect();
+            let tail: Vec<&str> = lines.into_iter().rev().collect();
             Err(ProviderError::new(
                 KIND,
                 ErrorCategory::Unknown,
                 format!(
-                    "the node process exited; see {}",
-                    self.config
-                        .root_dir
-                        .join("vms")
-                        .join(vm.id.as_str())
-                        .join("node.log")
-                        .display()
+                    "the node process exited; see {}: {}",
+                    log.display(),
+                    tail.join(" | ")
                 ),
             ))
         }
@@ -408,6 +448,7 @@ impl Provider for LocalProvider {
 
     async fn delete_vm(&self, id: &VmId) -> Result<(), ProviderError> {
         let _guard = self.state.lock().await;
+        let _file_lock = self.lock_state_file().await?;
         let mut state = self.load().await?;
         let Some(record) = state.vms.remove(id.as_str()) else {
             return Ok(());

@@ -6,7 +6,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sam_core::{ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus, Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot, AgentProfileRecord, CredentialOwner, CredentialRecord, CredentialTarget, ProfileId, ProjectId, ProjectRecord, UserRecord};
+use sam_core::{
+    AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
+    ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeHealth,
+    NodeId, NodeLifecycle, NodeRecord, NodeStatus, ProfileId, ProjectId, ProjectRecord,
+    Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord,
+    TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
+    WorkspaceStatus, check_slot,
+};
 
 use crate::error::Error;
 use crate::task::{SUBMISSION_ACTOR, check_transition, lease_until};

@@ -1,5 +1,7 @@
 //! What the end-to-end tests share: a temporary git repository, and cleanup of the
-//! local nodes a data directory started.
+//! local nodes a data directory started, and a `sam-server` process ([`server`]).
+
+pub(crate) mod server;
 
 /// A git repository with one commit.
 pub(crate) fn repo() -> tempfile::TempDir {

@@ -13,7 +13,13 @@ use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sam_core::{ApiTokenRecord, ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeId, NodeLifecycle, NodeRecord, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot, AgentProfileRecord, CredentialOwner, CredentialRecord, CredentialTarget, ProfileId, ProjectId, ProjectRecord, UserRecord};
+use sam_core::{
+    AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
+    ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeId,
+    NodeLifecycle, NodeRecord, ProfileId, ProjectId, ProjectRecord, SlotOutcome, StatusEvent,
+    Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord,
+    WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+};
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};

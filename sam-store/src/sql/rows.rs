@@ -8,7 +8,10 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use sam_core::{ApiTokenRecord, ErrorCategory, ExternalInstallationId, GithubInstallation, NodeRecord, StatusEvent, TaskError, TaskRecord, WorkspaceRecord, WorkspaceStatus};
+use sam_core::{
+    ApiTokenRecord, ErrorCategory, ExternalInstallationId, GithubInstallation, NodeRecord,
+    StatusEvent, TaskError, TaskRecord, WorkspaceRecord, WorkspaceStatus,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Row;

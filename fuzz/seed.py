@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Fills fuzz/corpus/<target>/ with seeds built from the field cases in
+../shared/cases (which stay where they are) and a few request bodies.
+
+Usage: fuzz/seed.py [CASES_DIR]   (default: <repo>/../shared/cases)
+"""
+import hashlib
+import json
+import pathlib
+import sys
+
+fuzz = pathlib.Path(__file__).resolve().parent
+cases = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else fuzz.parent.parent / "shared" / "cases"
+corpus = fuzz / "corpus"
+
+
+def seed(target, data):
+    if isinstance(data, str):
+        data = data.encode()
+    out = corpus / target
+    out.mkdir(parents=True, exist_ok=True)
+    (out / hashlib.sha1(data).hexdigest()).write_bytes(data)
+
+
+providers = {"hetzner": 0, "scaleway": 1, "gcp": 2, "gcp-compute": 2}
+for case in json.loads((cases / "provider-errors.json").read_text()):
+    status = case["http_status"] or 0
+    head = bytes([providers[case["provider"]]]) + status.to_bytes(2, "big")
+    seed("classify_http_error", head + case["body"].encode())
+    seed("classify_agent_error", case["body"])
+    seed("classify_agent_error", case["note"])
+
+for path in sorted((cases / "devcontainer").glob("*.json")):
+    seed("devcontainer", path.read_bytes())
+
+lines = [json.loads(l) for l in (cases / "acp-transcript.jsonl").read_text().splitlines() if l.strip()]
+agent = [json.dumps(l["message"]) for l in lines if l["direction"] == "agent->client"]
+seed("acp_messages", "\n".join(agent) + "\n")
+for message in agent:
+    seed("acp_messages", message + "\n")
+
+for body in [
+    {"repo": "https://github.com/example/repo.git", "prompt": "fix the flaky test"},
+    {"repo": "/tmp/repo", "prompt": "x", "agent": "demo", "size": "large",
+     "location": "fsn1", "provider": "fake", "workspace_profile": "lightweight",
+     "requirements": {"vcpus": 2, "memory_gb": 4}},
+    {"repo": "r", "prompt": "p", "devcontainer": "python", "branch": "main"},
+]:
+    seed("server_bodies", b"\x00" + json.dumps(body).encode())
+for query in ["status=queued,in_progress&limit=10", "after=t-0000000000000001", "limit=0"]:
+    seed("server_bodies", b"\x01" + query.encode())
+print(f"seeded {corpus}")
