@@ -128,7 +128,7 @@ pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,
     WorkspaceRequest,
 };
-pub use placement::{Candidate, DefaultScheduler, best_fit};
+pub use placement::{Candidate, DefaultScheduler, FleetIndex, best_fit, fits, leftover};
 pub use provider::{Provider, ProviderCapabilities};
 pub use reservation::{
     Capacity, Layer, NoSizeFits, RequirementLayers, Reservation, ReservationSources,
