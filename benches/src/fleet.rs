@@ -92,10 +92,17 @@ pub fn nodes(size: usize, seed: u64) -> Vec<NodeRecord> {
         .collect()
 }
 
+/// The reservation every request starts from: the platform defaults.
+fn base_reservation() -> Reservation {
+    resolve_reservation(&RequirementLayers::default()).expect("the platform defaults resolve")
+}
+
 /// The `n`-th request of a workload drawn from `rng`.
 pub fn request(rng: &mut Rng, n: u64) -> PlacementRequest {
-    let base =
-        resolve_reservation(&RequirementLayers::default()).expect("the platform defaults resolve");
+    request_from(rng, n, base_reservation())
+}
+
+fn request_from(rng: &mut Rng, n: u64, base: Reservation) -> PlacementRequest {
     let (cpu, memory, disk) = match rng.below(4) {
         0 => (500, 1024, 5 * 1024),
         1 => (1000, 2048, 10 * 1024),
@@ -227,6 +234,7 @@ impl Placer for NaiveFleet {
 #[derive(Debug)]
 pub struct Workload {
     rng: Rng,
+    base: Reservation,
     issued: u64,
     live: VecDeque<WorkspaceId>,
     target: usize,
@@ -241,6 +249,7 @@ impl Workload {
     pub fn new(seed: u64, target: usize) -> Self {
         Self {
             rng: Rng::new(seed),
+            base: base_reservation(),
             issued: 0,
             live: VecDeque::new(),
             target,
@@ -253,7 +262,7 @@ impl Workload {
     /// when the target is exceeded.
     pub fn run(&mut self, placer: &mut impl Placer, n: u64) {
         for _ in 0..n {
-            let request = request(&mut self.rng, self.issued);
+            let request = request_from(&mut self.rng, self.issued, self.base);
             let chosen = placer.choose(&request);
             self.fold(chosen.as_ref());
             if let Some(node) = chosen {

@@ -96,10 +96,11 @@ pub struct MemoryFigures {
 
 /// Submits and parks `count` tasks; returns once every one waits for capacity.
 async fn park(cp: &ControlPlane, count: u64, first: u64) -> anyhow::Result<()> {
-    let mut driver = Driver::new(cp);
     for n in 0..count {
         cp.submit(&submit_request(first + n)).await?;
     }
+    // Subscribed after the submissions, whose events would overflow the channel.
+    let mut driver = Driver::new(cp);
     let mut parked = 0;
     while parked < count {
         driver

@@ -7,14 +7,17 @@
 //! agent; both are this executable started again in another role
 //! ([`VM_AGENT_ROLE`], [`DEMO_AGENT_ROLE`]), so the harness needs nothing else built.
 //! A first task boots the node (the cold path, not measured); then each task is
-//! submitted once the previous one completed, so it finds the node warm, and the
-//! time from `submit` to the `running` step is one sample.
+//! submitted once the previous one completed and the node is back in the warm pool,
+//! so it finds the node warm, and the time from `submit` to the `running` step is
+//! one sample.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sam_core::{ExecutionStep, Labels, SubmitRequest, TaskEventKind, TaskStatus};
+use sam_core::{
+    ExecutionStep, Labels, NodeFilter, NodeLifecycle, SubmitRequest, TaskEventKind, TaskStatus,
+};
 use sam_examples::embedded::{Embedded, EmbeddedOptions, Program};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -138,10 +141,36 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<WarmFigures> {
     outcome
 }
 
+/// Waits until the node is back in the warm pool: a task's `completed` event comes
+/// before the control plane has stopped its workspace and released the node, and a
+/// task submitted in between would not find the node warm.
+async fn node_warm(embedded: &Embedded) -> anyhow::Result<()> {
+    let filter = NodeFilter {
+        lifecycles: vec![NodeLifecycle::Warm],
+        ..NodeFilter::default()
+    };
+    let start = Instant::now();
+    while embedded
+        .control_plane
+        .store()
+        .list_nodes(&filter)
+        .await?
+        .is_empty()
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the node did not return to the warm pool within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
 async fn measure(embedded: &Embedded, repo: &Path, samples: usize) -> anyhow::Result<WarmFigures> {
     one_task(embedded, repo, 0).await?;
     let mut times = Vec::with_capacity(samples);
     for n in 1..=samples {
+        node_warm(embedded).await?;
         times.push(one_task(embedded, repo, n).await?);
     }
     let vms = embedded.provider.list_vms(&Labels::new()).await?;

@@ -6,12 +6,13 @@
 //! then memory, then disk, and since the request is the same for every node, the
 //! node left with least CPU is the node with the least free CPU that still covers it.
 //! So the index keeps the placeable nodes grouped by `(provider, free CPU, free
-//! memory)` in a B-tree: the lookup starts at the request's own CPU and memory,
-//! skips the part of each CPU group with too little memory, and stops at the first
-//! group holding a node that fits. Within that group disk and then the node id break
-//! the tie, exactly as [`best_fit`](super::best_fit) breaks it, and every node is
-//! judged by the same [`fits`](super::fits) rule, so the two always agree (a property
-//! test holds them to it).
+//! memory)` in a B-tree, and each group by free disk and node id: the lookup starts
+//! at the request's own CPU and memory, skips the part of each CPU group with too
+//! little memory, walks each group in best-fit order (least disk left, then the
+//! smaller node id, as [`best_fit`](super::best_fit) breaks ties) from the request's
+//! own disk, and stops at the first node that fits. Every node is judged by the same
+//! [`fits`](super::fits) rule, so the two always agree (a property test holds them
+//! to it).
 //!
 //! The index is updated incrementally: [`FleetIndex::insert_node`] when a node row
 //! changes, [`FleetIndex::reserve`] and [`FleetIndex::release`] when a workspace takes
@@ -27,7 +28,7 @@ use crate::reservation::{Reservation, check_slot};
 use crate::scheduler::PlacementRequest;
 use crate::store::{NodeRecord, SlotOutcome};
 
-use super::{Candidate, fits, leftover};
+use super::{Candidate, fits};
 
 /// A group of the index: nodes of one provider with the same free CPU and memory.
 type GroupKey = (ProviderKind, u64, u64);
@@ -49,8 +50,9 @@ impl Slot {
         }
     }
 
-    /// The node's group, or `None` when its status keeps it from taking any task.
-    fn key(&self) -> Option<GroupKey> {
+    /// The node's group and its free disk (`None` when its disk is not known), or
+    /// `None` when its status keeps it from taking any task.
+    fn key(&self) -> Option<(GroupKey, Option<u64>)> {
         let node = &self.node;
         let placeable = node.status == NodeStatus::Running
             && node.lifecycle == NodeLifecycle::Active
@@ -59,15 +61,82 @@ impl Slot {
             |f: fn(&Reservation) -> u64| self.live.iter().map(f).fold(0u64, u64::saturating_add);
         placeable.then(|| {
             (
-                node.provider,
+                (
+                    node.provider,
+                    node.capacity
+                        .cpu_millis
+                        .saturating_sub(used(|r| r.cpu_millis)),
+                    node.capacity
+                        .memory_mb
+                        .saturating_sub(used(|r| r.memory_mb)),
+                ),
                 node.capacity
-                    .cpu_millis
-                    .saturating_sub(used(|r| r.cpu_millis)),
-                node.capacity
-                    .memory_mb
-                    .saturating_sub(used(|r| r.memory_mb)),
+                    .disk_mb
+                    .map(|disk| disk.saturating_sub(used(|r| r.disk_mb))),
             )
         })
+    }
+}
+
+/// The nodes of one group, in the order best fit ranks them within it.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    /// Nodes whose disk is known, by free disk, each set ordered by node id.
+    by_disk: BTreeMap<u64, BTreeSet<NodeId>>,
+    /// Nodes whose disk is not known: disk never keeps them from a workspace, and
+    /// best fit counts them as left with no disk at all.
+    no_disk: BTreeSet<NodeId>,
+}
+
+impl Group {
+    fn insert(&mut self, disk: Option<u64>, id: NodeId) {
+        match disk {
+            Some(free) => {
+                self.by_disk.entry(free).or_default().insert(id);
+            }
+            None => {
+                self.no_disk.insert(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, disk: Option<u64>, id: &NodeId) {
+        match disk {
+            Some(free) => {
+                if let Some(set) = self.by_disk.get_mut(&free) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_disk.remove(&free);
+                    }
+                }
+            }
+            None => {
+                self.no_disk.remove(id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_disk.is_empty() && self.no_disk.is_empty()
+    }
+
+    /// The nodes with disk for `need` MB, least disk left first, then by node id:
+    /// the nodes left with none (unknown disk, or free disk exactly `need`) merged by
+    /// id, then the rest by free disk.
+    fn ranked(&self, need: u64) -> impl Iterator<Item = &NodeId> {
+        let mut exact = self.by_disk.get(&need).into_iter().flatten().peekable();
+        let mut unknown = self.no_disk.iter().peekable();
+        let none_left = std::iter::from_fn(move || match (exact.peek(), unknown.peek()) {
+            (Some(a), Some(b)) if a <= b => exact.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => unknown.next(),
+            (Some(_), None) => exact.next(),
+            (None, None) => None,
+        });
+        let more_left = self
+            .by_disk
+            .range((Bound::Excluded(need), Bound::Unbounded))
+            .flat_map(|(_, ids)| ids);
+        none_left.chain(more_left)
     }
 }
 
@@ -78,7 +147,7 @@ pub struct FleetIndex {
     /// Which node each workspace holds a slot on.
     workspaces: HashMap<WorkspaceId, NodeId>,
     /// The placeable nodes by group, each group ordered by node id.
-    groups: BTreeMap<GroupKey, BTreeSet<NodeId>>,
+    groups: BTreeMap<GroupKey, Group>,
 }
 
 impl FleetIndex {
@@ -110,11 +179,11 @@ impl FleetIndex {
 
     /// Takes `node` out of its group (before its row or reservations change).
     fn ungroup(&mut self, id: &NodeId) {
-        let Some(key) = self.slots.get(id).and_then(Slot::key) else {
+        let Some((key, disk)) = self.slots.get(id).and_then(Slot::key) else {
             return;
         };
         if let Some(group) = self.groups.get_mut(&key) {
-            group.remove(id);
+            group.remove(disk, id);
             if group.is_empty() {
                 self.groups.remove(&key);
             }
@@ -123,8 +192,8 @@ impl FleetIndex {
 
     /// Puts `node` into the group its row and reservations now call for.
     fn regroup(&mut self, id: &NodeId) {
-        if let Some(key) = self.slots.get(id).and_then(Slot::key) {
-            self.groups.entry(key).or_default().insert(id.clone());
+        if let Some((key, disk)) = self.slots.get(id).and_then(Slot::key) {
+            self.groups.entry(key).or_default().insert(disk, id.clone());
         }
     }
 
@@ -232,14 +301,12 @@ impl FleetIndex {
                 from = Bound::Included((provider, cpu, need.memory_mb));
                 continue;
             }
+            // Within the group the nodes come in best-fit order, so the first that
+            // fits is the best fit.
             let best = group
-                .iter()
+                .ranked(need.disk_mb)
                 .filter_map(|id| self.slots.get(id))
-                .filter(|slot| fits(slot.candidate(), request))
-                .min_by(|a, b| {
-                    let fit = |s: &Slot| leftover(&s.node.capacity, &s.live, need);
-                    (fit(a), &a.node.id).cmp(&(fit(b), &b.node.id))
-                });
+                .find(|slot| fits(slot.candidate(), request));
             if let Some(slot) = best {
                 return Some(&slot.node);
             }
