@@ -78,89 +78,133 @@ fn progress(scenario: &str) {
     eprintln!("sam-bench: running {scenario}");
 }
 
-async fn run(only: &[String], report: &mut Report) -> anyhow::Result<()> {
+/// Runs the wanted scenarios; returns the failures, one line each.
+async fn run(only: &[String], report: &mut Report) -> anyhow::Result<Vec<String>> {
+    let mut failed = Vec::new();
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     if wanted("placement") {
         progress("placement");
-        let run = placement::PlacementRun {
-            fleet: FLEET,
-            naive_decisions: 2_000,
-            index_decisions: 400_000,
-            seed: 0x5a3,
-        };
-        let f = tokio::task::spawn_blocking(move || placement::run(run)).await??;
-        report.figure(
-            "placement.ops_per_sec_10k_nodes",
-            f.ops_per_sec,
-            "decisions/s",
-        );
-        report.figure(
-            "placement.naive_ops_per_sec_10k_nodes",
-            f.naive_ops_per_sec,
-            "decisions/s",
-        );
-        report.row(
-            "placement.speedup",
-            f.ops_per_sec / f.naive_ops_per_sec,
-            "x naive",
-        );
-        report.row("placement.placed_share", f.placed_share, "of requests");
+        let outcome: anyhow::Result<()> = async {
+            let run = placement::PlacementRun {
+                fleet: FLEET,
+                naive_decisions: 2_000,
+                index_decisions: 400_000,
+                seed: 0x5a3,
+            };
+            let f = tokio::task::spawn_blocking(move || placement::run(run)).await??;
+            report.figure(
+                "placement.ops_per_sec_10k_nodes",
+                f.ops_per_sec,
+                "decisions/s",
+            );
+            report.figure(
+                "placement.naive_ops_per_sec_10k_nodes",
+                f.naive_ops_per_sec,
+                "decisions/s",
+            );
+            report.row(
+                "placement.speedup",
+                f.ops_per_sec / f.naive_ops_per_sec,
+                "x naive",
+            );
+            report.row("placement.placed_share", f.placed_share, "of requests");
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failed.push(format!("placement: {e:#}"));
+        }
     }
     if wanted("lifecycle") {
         progress("lifecycle");
-        let f = lifecycle::run(dir.path(), LIFECYCLE_TASKS, LIFECYCLE_IN_FLIGHT).await?;
-        report.figure("lifecycle.tasks_per_sec_sqlite", f.tasks_per_sec, "tasks/s");
-        report.figure("lifecycle.writes_per_task", f.writes_per_task, "write tx");
-        report.figure(
-            "lifecycle.sqlite_bound_tasks_per_sec",
-            f.bound_tasks_per_sec,
-            "tasks/s",
-        );
-        report.row("lifecycle.raw_writes_per_sec", f.raw_writes_per_sec, "tx/s");
-        report.row(
-            "lifecycle.share_of_bound",
-            f.tasks_per_sec / f.bound_tasks_per_sec,
-            "of bound",
-        );
+        let outcome: anyhow::Result<()> = async {
+            let f = lifecycle::run(dir.path(), LIFECYCLE_TASKS, LIFECYCLE_IN_FLIGHT).await?;
+            report.figure("lifecycle.tasks_per_sec_sqlite", f.tasks_per_sec, "tasks/s");
+            report.figure("lifecycle.writes_per_task", f.writes_per_task, "write tx");
+            report.figure(
+                "lifecycle.sqlite_bound_tasks_per_sec",
+                f.bound_tasks_per_sec,
+                "tasks/s",
+            );
+            report.row("lifecycle.raw_writes_per_sec", f.raw_writes_per_sec, "tx/s");
+            report.row(
+                "lifecycle.share_of_bound",
+                f.tasks_per_sec / f.bound_tasks_per_sec,
+                "of bound",
+            );
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failed.push(format!("lifecycle: {e:#}"));
+        }
     }
     if wanted("warm_path") {
         progress("warm_path");
-        let f = warm::run(&dir.path().join("warm"), WARM_TASKS).await?;
-        report.figure("warm_path.p50_ms", f.p50_ms, "ms");
-        report.figure("warm_path.p99_ms", f.p99_ms, "ms");
-        report.row("warm_path.samples", f.samples as f64, "tasks");
+        let outcome: anyhow::Result<()> = async {
+            let f = warm::run(&dir.path().join("warm"), WARM_TASKS).await?;
+            report.figure("warm_path.p50_ms", f.p50_ms, "ms");
+            report.figure("warm_path.p99_ms", f.p99_ms, "ms");
+            report.row("warm_path.samples", f.samples as f64, "tasks");
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failed.push(format!("warm_path: {e:#}"));
+        }
     }
     if wanted("events") {
         progress("events");
-        let f = events::run(dir.path(), EVENT_ROWS).await?;
-        report.figure("events.rows_per_sec", f.rows_per_sec, "rows/s");
-        report.figure("events.raw_rows_per_sec", f.raw_rows_per_sec, "rows/s");
-        report.row(
-            "events.share_of_raw",
-            f.rows_per_sec / f.raw_rows_per_sec,
-            "of raw",
-        );
+        let outcome: anyhow::Result<()> = async {
+            let f = events::run(dir.path(), EVENT_ROWS).await?;
+            report.figure("events.rows_per_sec", f.rows_per_sec, "rows/s");
+            report.figure("events.raw_rows_per_sec", f.raw_rows_per_sec, "rows/s");
+            report.row(
+                "events.share_of_raw",
+                f.rows_per_sec / f.raw_rows_per_sec,
+                "of raw",
+            );
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failed.push(format!("events: {e:#}"));
+        }
     }
     if wanted("acp") {
         progress("acp");
-        let f = acp::run(ACP_UPDATES).await?;
-        report.figure("acp.relay_overhead_p99_us", f.relay_overhead_p99_us, "µs");
-        report.row("acp.host_p50_us", f.host_p50_us, "µs");
-        report.row("acp.host_p99_us", f.host_p99_us, "µs");
-        report.row("acp.raw_p50_us", f.raw_p50_us, "µs");
-        report.row("acp.raw_p99_us", f.raw_p99_us, "µs");
+        let outcome: anyhow::Result<()> = async {
+            let f = acp::run(ACP_UPDATES).await?;
+            report.figure("acp.relay_overhead_p99_us", f.relay_overhead_p99_us, "µs");
+            report.row("acp.host_p50_us", f.host_p50_us, "µs");
+            report.row("acp.host_p99_us", f.host_p99_us, "µs");
+            report.row("acp.raw_p50_us", f.raw_p50_us, "µs");
+            report.row("acp.raw_p99_us", f.raw_p99_us, "µs");
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failed.push(format!("acp: {e:#}"));
+        }
     }
     if wanted("memory") {
         progress("memory");
-        let f = memory::run(PARKED_TASKS).await?;
-        report.figure(
-            "memory.control_plane_bytes_per_inflight_task",
-            f.bytes_per_inflight_task,
-            "bytes",
-        );
+        let outcome: anyhow::Result<()> = async {
+            let f = memory::run(PARKED_TASKS).await?;
+            report.figure(
+                "memory.control_plane_bytes_per_inflight_task",
+                f.bytes_per_inflight_task,
+                "bytes",
+            );
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failed.push(format!("memory: {e:#}"));
+        }
     }
-    Ok(())
+    Ok(failed)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -221,7 +265,16 @@ fn harness(args: &[String]) -> anyhow::Result<()> {
         );
     }
     let mut report = Report::default();
-    runtime()?.block_on(run(&only, &mut report))?;
+    let failed = runtime()?.block_on(run(&only, &mut report))?;
+    // The figures of the scenarios that ran are printed even when another failed.
     report.print(json);
+    for failure in &failed {
+        eprintln!("sam-bench: {failure}");
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} scenario(s) failed; their figures are missing",
+        failed.len()
+    );
     Ok(())
 }
