@@ -1100,6 +1100,13 @@ impl ControlPlane {
                 effective_profile,
                 recovery,
             } => {
+                // A report can arrive late (the runner may have polled the same news and
+                // the task finished since): it must not bring a stopped workspace back,
+                // or its slot would be held for good and its node never go warm.
+                let current = self.store.get_workspace(workspace).await?;
+                if current.is_some_and(|w| w.status == WorkspaceStatus::Stopped) {
+                    return Ok(());
+                }
                 let status = if *recovery {
                     WorkspaceStatus::Recovery
                 } else {

@@ -146,7 +146,7 @@ pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,
     WorkspaceRequest,
 };
-pub use placement::{Candidate, DefaultScheduler, best_fit};
+pub use placement::{Candidate, DefaultScheduler, FleetIndex, best_fit, fits, leftover};
 pub use project::{
     AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
 };

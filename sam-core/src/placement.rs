@@ -1,18 +1,23 @@
 //! Placement: the pure best-fit choice among existing nodes, and [`DefaultScheduler`],
 //! which applies the placement order of the [`Scheduler`] contract over a [`Store`].
 
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::error::Error;
-use crate::model::{NodeHealth, NodeLifecycle, NodeStatus};
-use crate::reservation::{Capacity, Reservation, check_slot};
+use crate::model::{Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, VmSize};
+use crate::reservation::{Capacity, Reservation, SlotRejection, check_slot};
 use crate::scheduler::{
     NodeChoice, Placement, PlacementDecision, PlacementExplanation, PlacementRequest, Rejected,
     Scheduler,
 };
 use crate::store::{NodeFilter, NodeRecord, Store, WarmClaim};
+
+mod fleet;
+
+pub use fleet::FleetIndex;
 
 /// A node considered for placement, with the reservations of its slot-holding workspaces.
 #[derive(Debug, Clone, Copy)]
@@ -23,23 +28,51 @@ pub struct Candidate<'a> {
     pub live: &'a [Reservation],
 }
 
-/// Why `node` cannot take `request` as an existing, active node; `None` when it can.
-pub fn reject_reason(candidate: Candidate<'_>, request: &PlacementRequest) -> Option<String> {
+/// Why a node cannot take a request, without formatting it: placement asks this of
+/// every candidate, and only an explanation needs the words.
+#[derive(Debug)]
+enum Rejection<'a> {
+    Provider(ProviderKind, ProviderKind),
+    Status(NodeStatus),
+    Lifecycle(NodeLifecycle),
+    Health(NodeHealth),
+    Location(&'a Location, &'a Location),
+    Size(VmSize, VmSize),
+    Slot(SlotRejection),
+}
+
+impl fmt::Display for Rejection<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Provider(node, requested) => write!(f, "runs on {node}, not {requested}"),
+            Self::Status(status) => write!(f, "is {status}, not running"),
+            Self::Lifecycle(lifecycle) => write!(f, "is {lifecycle}, not active"),
+            Self::Health(health) => write!(f, "is {health}"),
+            Self::Location(node, requested) => {
+                write!(f, "is in {node}, not the requested {requested}")
+            }
+            Self::Size(node, requested) => {
+                write!(f, "is {node}, smaller than the requested {requested}")
+            }
+            Self::Slot(rejection) => rejection.fmt(f),
+        }
+    }
+}
+
+/// The first rule that keeps `candidate` from taking `request`.
+fn rejection<'a>(candidate: Candidate<'a>, request: &'a PlacementRequest) -> Option<Rejection<'a>> {
     let node = candidate.node;
     if node.provider != request.provider {
-        return Some(format!(
-            "runs on {}, not {}",
-            node.provider, request.provider
-        ));
+        return Some(Rejection::Provider(node.provider, request.provider));
     }
     if node.status != NodeStatus::Running {
-        return Some(format!("is {}, not running", node.status));
+        return Some(Rejection::Status(node.status));
     }
     if node.lifecycle != NodeLifecycle::Active {
-        return Some(format!("is {}, not active", node.lifecycle));
+        return Some(Rejection::Lifecycle(node.lifecycle));
     }
     if node.health != NodeHealth::Healthy {
-        return Some(format!("is {}", node.health));
+        return Some(Rejection::Health(node.health));
     }
     if let Some(location) = request
         .location
@@ -47,24 +80,30 @@ pub fn reject_reason(candidate: Candidate<'_>, request: &PlacementRequest) -> Op
         .filter(|_| request.location_source.is_explicit())
         && &node.location != location
     {
-        return Some(format!(
-            "is in {}, not the requested {location}",
-            node.location
-        ));
+        return Some(Rejection::Location(&node.location, location));
     }
     if request.size_source.is_explicit() && node.size < request.size {
-        return Some(format!(
-            "is {}, smaller than the requested {}",
-            node.size, request.size
-        ));
+        return Some(Rejection::Size(node.size, request.size));
     }
     check_slot(&node.capacity, candidate.live, &request.reservation)
         .err()
-        .map(|r| r.to_string())
+        .map(Rejection::Slot)
 }
 
-/// What is left of a node after it takes `reservation`: the best fit leaves least.
-fn leftover(
+/// Why `node` cannot take `request` as an existing, active node; `None` when it can.
+pub fn reject_reason(candidate: Candidate<'_>, request: &PlacementRequest) -> Option<String> {
+    rejection(candidate, request).map(|r| r.to_string())
+}
+
+/// Whether `candidate` can take `request` as an existing, active node: the same
+/// rules as [`reject_reason`], without building the reason.
+pub fn fits(candidate: Candidate<'_>, request: &PlacementRequest) -> bool {
+    rejection(candidate, request).is_none()
+}
+
+/// What is left of a node (CPU millis, memory MB, disk MB) after it takes
+/// `reservation`: the best fit leaves least.
+pub fn leftover(
     capacity: &Capacity,
     live: &[Reservation],
     reservation: &Reservation,
@@ -96,7 +135,7 @@ pub fn best_fit<'a>(
     let mut best: Option<(&NodeRecord, (u64, u64, u64))> = None;
     let mut rejected = Vec::new();
     for candidate in candidates {
-        if let Some(reason) = reject_reason(candidate, request) {
+        if let Some(reason) = rejection(candidate, request) {
             rejected.push(Rejected {
                 candidate: candidate.node.id.to_string(),
                 reason: format!("node {} {reason}", candidate.node.id),

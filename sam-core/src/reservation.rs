@@ -7,6 +7,7 @@
 //! Unlike SAM, where the reservation was audit-only, placement enforces it:
 //! [`check_slot`] says whether a node can take one more workspace.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -348,7 +349,7 @@ pub enum SlotRejection {
     #[error("not enough {resource}: {needed} needed, {free} free of {total}")]
     Insufficient {
         /// `"cpu_millis"`, `"memory_mb"` or `"disk_mb"`.
-        resource: String,
+        resource: Cow<'static, str>,
         /// What the new workspace needs.
         needed: u64,
         /// What is left after live reservations.
@@ -388,28 +389,30 @@ pub fn check_slot(
         return Err(SlotRejection::TooManyTenants { would_hold, limit });
     }
     let used = |f: fn(&Reservation) -> u64| live.iter().map(f).fold(0u64, u64::saturating_add);
-    let mut checks = vec![
-        (
+    // A fixed array, not a vector: placement calls this once per candidate node, and
+    // a rule that allocates on every call would dominate a placement over a big fleet.
+    let checks = [
+        Some((
             "cpu_millis",
             capacity.cpu_millis,
             used(|r| r.cpu_millis),
             new.cpu_millis,
-        ),
-        (
+        )),
+        Some((
             "memory_mb",
             capacity.memory_mb,
             used(|r| r.memory_mb),
             new.memory_mb,
-        ),
+        )),
+        capacity
+            .disk_mb
+            .map(|disk| ("disk_mb", disk, used(|r| r.disk_mb), new.disk_mb)),
     ];
-    if let Some(disk) = capacity.disk_mb {
-        checks.push(("disk_mb", disk, used(|r| r.disk_mb), new.disk_mb));
-    }
-    for (resource, total, used, needed) in checks {
+    for (resource, total, used, needed) in checks.into_iter().flatten() {
         let free = total.saturating_sub(used);
         if needed > free {
             return Err(SlotRejection::Insufficient {
-                resource: resource.to_owned(),
+                resource: Cow::Borrowed(resource),
                 needed,
                 free,
                 total,

@@ -1068,3 +1068,28 @@ async fn a_task_whose_new_node_filled_up_meanwhile_is_placed_again() {
         "placed on another node"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_late_workspace_report_does_not_revive_a_finished_tasks_workspace() {
+    let h = harness(config("d1"));
+    let task = h.submit_and_run(&[]).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    let ws = task.workspace_id.clone().expect("a workspace");
+    let token = h.cp.issue_workspace_token(&ws);
+    // The VM agent's ready callback arrives after the runner polled the same news and
+    // the task finished.
+    h.cp.workspace_ready(
+        token.expose(),
+        &ws,
+        &WorkspaceReport::Ready {
+            effective_profile: "full".to_owned(),
+            recovery: false,
+        },
+    )
+    .await
+    .unwrap();
+    let record = h.store.get_workspace(&ws).await.unwrap().unwrap();
+    assert_eq!(record.status, sam_core::WorkspaceStatus::Stopped);
+    let nodes = h.store.list_nodes(&Default::default()).await.unwrap();
+    assert_eq!(nodes[0].lifecycle, sam_core::NodeLifecycle::Warm);
+}

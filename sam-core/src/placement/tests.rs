@@ -1,6 +1,7 @@
 use super::*;
-use crate::model::{Labels, Location, NodeId, ProviderKind, TaskId, VmSize};
+use crate::model::{Labels, Location, NodeId, ProviderKind, TaskId, VmSize, WorkspaceId};
 use crate::reservation::{Layer, RequirementLayers, resolve_reservation};
+use crate::store::SlotOutcome;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
@@ -194,4 +195,204 @@ proptest! {
         let (again, _) = best_fit(candidates(), &req);
         prop_assert_eq!(again.map(|n| &n.id), chosen.map(|n| &n.id));
     }
+}
+
+/// One step of a random workload on a [`FleetIndex`].
+#[derive(Debug, Clone)]
+enum Op {
+    /// Place a request; when a node is chosen, reserve the slot on it.
+    Place {
+        cpu: u64,
+        mem: u64,
+        disk: u64,
+        exclusive: bool,
+        co_tenants: u32,
+        location: Option<(usize, bool)>,
+        size: Option<VmSize>,
+        hetzner: bool,
+    },
+    /// Release the slot of the n-th workspace placed so far (modulo their number).
+    Release(usize),
+    /// Change the n-th node's health (modulo the fleet's size).
+    Sicken(usize, bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Coarse values, so that many nodes tie on free CPU and memory and the
+    // tie-breaking (disk, then node id) is exercised.
+    let place = (
+        prop::sample::select(vec![0u64, 500, 1000, 2000]),
+        prop::sample::select(vec![0u64, 512, 1024, 2048]),
+        prop::sample::select(vec![0u64, 10_240, 20_480]),
+        prop::bool::weighted(0.1),
+        1u32..5,
+        prop::option::of((0usize..2, any::<bool>())),
+        prop::option::of(prop::sample::select(vec![
+            VmSize::Small,
+            VmSize::Medium,
+            VmSize::Large,
+        ])),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(cpu, mem, disk, exclusive, co_tenants, location, size, hetzner)| Op::Place {
+                cpu,
+                mem,
+                disk,
+                exclusive,
+                co_tenants,
+                location,
+                size,
+                hetzner,
+            },
+        );
+    prop_oneof![
+        6 => place,
+        3 => any::<usize>().prop_map(Op::Release),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(i, h)| Op::Sicken(i, h)),
+    ]
+}
+
+const LOCATIONS: [&str; 2] = ["fsn1", "nbg1"];
+
+proptest! {
+    /// Random fleets and workloads: the index always chooses the node the linear
+    /// scan chooses (ties included), and no node ever holds more than it has.
+    #[test]
+    fn fleet_index_agrees_with_the_scan_and_never_over_commits(
+        fleet in proptest::collection::vec(
+            (
+                prop::sample::select(vec![2000u64, 4000, 8000]),
+                prop::sample::select(vec![2048u64, 4096, 8192]),
+                prop::option::of(prop::sample::select(vec![20_480u64, 40_960])),
+                0usize..2,
+                prop::sample::select(vec![VmSize::Small, VmSize::Medium, VmSize::Large]),
+                0usize..5,
+            ),
+            0..30),
+        ops in proptest::collection::vec(op(), 0..60),
+    ) {
+        let mut index = FleetIndex::new();
+        for (i, (cpu, mem, disk, location, size, status)) in fleet.iter().enumerate() {
+            let status = [NodeStatus::Running, NodeStatus::Running, NodeStatus::Running, NodeStatus::Creating, NodeStatus::Stopped][*status];
+            let mut n = node(i, *cpu, *mem, status, NodeHealth::Healthy, LOCATIONS[*location]);
+            n.capacity.disk_mb = *disk;
+            n.size = *size;
+            index.insert_node(n);
+        }
+        let ids: Vec<NodeId> = (0..fleet.len()).map(|i| NodeId::new(format!("node-{i:05}")).unwrap()).collect();
+        let mut placed: Vec<WorkspaceId> = Vec::new();
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Place { cpu, mem, disk, exclusive, co_tenants, location, size, hetzner } => {
+                    let mut req = request(cpu, mem);
+                    req.reservation.disk_mb = disk;
+                    req.reservation.exclusive = exclusive;
+                    req.reservation.max_co_tenants = co_tenants;
+                    if hetzner {
+                        req.provider = ProviderKind::Hetzner;
+                    }
+                    if let Some((l, explicit)) = location {
+                        req.location = Some(Location::new(LOCATIONS[l]).unwrap());
+                        req.location_source = if explicit { Layer::Task } else { Layer::Platform };
+                    }
+                    if let Some(size) = size {
+                        req.size = size;
+                        req.size_source = Layer::Task;
+                    }
+                    let scanned = best_fit(index.candidates(), &req).0.map(|n| n.id.clone());
+                    let indexed = index.best_fit(&req).map(|n| n.id.clone());
+                    prop_assert_eq!(&indexed, &scanned, "step {}: {:?}", step, req.reservation);
+                    if let Some(id) = indexed {
+                        let ws = WorkspaceId::new(format!("ws-{step}")).unwrap();
+                        let outcome = index.reserve(&id, ws.clone(), req.reservation).unwrap();
+                        prop_assert_eq!(outcome, SlotOutcome::Reserved);
+                        placed.push(ws);
+                    }
+                }
+                Op::Release(i) => {
+                    if !placed.is_empty() {
+                        let ws = placed.swap_remove(i % placed.len());
+                        prop_assert!(index.release(&ws));
+                        prop_assert!(!index.release(&ws));
+                    }
+                }
+                Op::Sicken(i, healthy) => {
+                    if !ids.is_empty() {
+                        let mut n = index.candidate(&ids[i % ids.len()]).unwrap().node.clone();
+                        n.health = if healthy { NodeHealth::Healthy } else { NodeHealth::Unhealthy };
+                        index.insert_node(n);
+                    }
+                }
+            }
+            for c in index.candidates() {
+                let sum = |f: fn(&Reservation) -> u64| c.live.iter().map(f).sum::<u64>();
+                prop_assert!(sum(|r| r.cpu_millis) <= c.node.capacity.cpu_millis);
+                prop_assert!(sum(|r| r.memory_mb) <= c.node.capacity.memory_mb);
+                if let Some(disk) = c.node.capacity.disk_mb {
+                    prop_assert!(sum(|r| r.disk_mb) <= disk);
+                }
+                prop_assert!(c.live.len() <= 1 || c.live.iter().all(|r| !r.exclusive));
+            }
+        }
+    }
+}
+
+#[test]
+fn fleet_index_refuses_unknown_nodes_and_double_bookings() {
+    let mut index = FleetIndex::new();
+    index.insert_node(node(
+        1,
+        4000,
+        8192,
+        NodeStatus::Running,
+        NodeHealth::Healthy,
+        "fsn1",
+    ));
+    index.insert_node(node(
+        2,
+        4000,
+        8192,
+        NodeStatus::Running,
+        NodeHealth::Healthy,
+        "fsn1",
+    ));
+    let one = NodeId::new("node-00001").unwrap();
+    let two = NodeId::new("node-00002").unwrap();
+    let ws = WorkspaceId::new("ws-1").unwrap();
+    let r = request(1000, 1024).reservation;
+    assert!(matches!(
+        index.reserve(&NodeId::new("nope").unwrap(), ws.clone(), r),
+        Err(Error::InvalidInput { field: "node", .. })
+    ));
+    assert_eq!(
+        index.reserve(&one, ws.clone(), r).unwrap(),
+        SlotOutcome::Reserved
+    );
+    assert_eq!(
+        index.reserve(&one, ws.clone(), r).unwrap(),
+        SlotOutcome::Reserved
+    );
+    assert_eq!(
+        index.candidate(&one).unwrap().live.len(),
+        1,
+        "reserving twice is idempotent"
+    );
+    assert!(matches!(
+        index.reserve(&two, ws.clone(), r),
+        Err(Error::InvalidInput {
+            field: "workspace",
+            ..
+        })
+    ));
+    let too_big = request(8000, 1024).reservation;
+    assert!(matches!(
+        index
+            .reserve(&two, WorkspaceId::new("ws-2").unwrap(), too_big)
+            .unwrap(),
+        SlotOutcome::Rejected(_)
+    ));
+    assert_eq!(index.remove_node(&one).map(|n| n.id), Some(one.clone()));
+    assert!(!index.release(&ws), "removing the node freed its slots");
+    assert_eq!(index.len(), 1);
 }

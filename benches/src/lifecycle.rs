@@ -1,0 +1,365 @@
+//! Scenario `lifecycle`: tasks driven from submit to completed through the real
+//! runner, [`DefaultScheduler`] and [`SqliteStore`] (a file in WAL mode), with the fake
+//! provider and the fake node agent answering at once; and the raw write rate of the
+//! same file through plain sqlx, the bound the store cannot beat.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+use sam_core::{
+    AgentProfileRecord, ApiTokenRecord, ControlPlane, ControlPlaneConfig, ControlPlaneParts,
+    CredentialOwner, CredentialRecord, CredentialTarget, DefaultScheduler, ExecutionStep,
+    GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeId, NodeRecord, ProfileId,
+    ProjectId, ProjectRecord, Provider, ProviderKind, Secret, SlotOutcome, StatusEvent, Store,
+    StoreError, SubmitRequest, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord,
+    TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition, UserId, UserRecord, WarmClaim,
+    WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+};
+use sam_providers::FakeProvider;
+use sam_store::{SqliteConfig, SqliteStore};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
+
+/// A [`Store`] that counts the calls that write, around any store.
+///
+/// Every write method of the SQL stores is one transaction, so the count is the
+/// number of write transactions the control plane asked for. A lease claim that
+/// finds nothing due still takes SQLite's write lock, so it counts too.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: Arc<dyn Store>,
+    writes: AtomicU64,
+}
+
+impl CountingStore {
+    /// Counts the writes to `inner`.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// Write calls so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn write(&self) -> &dyn Store {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.as_ref()
+    }
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        self.write().create_task(task).await
+    }
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.inner.get_task(id).await
+    }
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
+        self.inner.list_tasks(filter).await
+    }
+    async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError> {
+        self.write().transition_task(id, change).await
+    }
+    async fn set_execution_step(
+        &self,
+        id: &TaskId,
+        step: ExecutionStep,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write().set_execution_step(id, step, at).await
+    }
+    async fn update_task(
+        &self,
+        id: &TaskId,
+        update: &TaskUpdate,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write().update_task(id, update, at).await
+    }
+    async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError> {
+        self.write().claim_due_tasks(request).await
+    }
+    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError> {
+        self.write().release_lease(id, owner).await
+    }
+    async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
+        self.inner.list_status_events(id).await
+    }
+    async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.write().put_node(node).await
+    }
+    async fn get_node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        self.inner.get_node(id).await
+    }
+    async fn list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, StoreError> {
+        self.inner.list_nodes(filter).await
+    }
+    async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
+        self.write().delete_node(id).await
+    }
+    async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
+        self.write().claim_warm_node(claim).await
+    }
+    async fn release_node_to_warm(
+        &self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write().release_node_to_warm(id, at).await
+    }
+    async fn reserve_workspace_slot(
+        &self,
+        workspace: &WorkspaceRecord,
+    ) -> Result<SlotOutcome, StoreError> {
+        self.write().reserve_workspace_slot(workspace).await
+    }
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.inner.get_workspace(id).await
+    }
+    async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        self.inner.list_workspaces(node).await
+    }
+    async fn update_workspace(
+        &self,
+        id: &WorkspaceId,
+        status: WorkspaceStatus,
+        effective_profile: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write()
+            .update_workspace(id, status, effective_profile, at)
+            .await
+    }
+    async fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        self.write().put_api_token(token).await
+    }
+    async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        self.inner.find_api_token(hash).await
+    }
+    async fn put_github_installation(
+        &self,
+        installation: &GithubInstallation,
+    ) -> Result<(), StoreError> {
+        self.write().put_github_installation(installation).await
+    }
+    async fn get_github_installation(
+        &self,
+        key: &InstallationKey,
+    ) -> Result<Option<GithubInstallation>, StoreError> {
+        self.inner.get_github_installation(key).await
+    }
+    async fn list_github_installations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<GithubInstallation>, StoreError> {
+        self.inner.list_github_installations(user).await
+    }
+    async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.write().put_user(user).await
+    }
+    async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.inner.get_user(id).await
+    }
+    async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
+        self.write().put_project(project).await
+    }
+    async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
+        self.inner.get_project(id).await
+    }
+    async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
+        self.inner.list_projects().await
+    }
+    async fn delete_project(&self, id: &ProjectId) -> Result<(), StoreError> {
+        self.write().delete_project(id).await
+    }
+    async fn put_profile(&self, profile: &AgentProfileRecord) -> Result<(), StoreError> {
+        self.write().put_profile(profile).await
+    }
+    async fn get_profile(&self, id: &ProfileId) -> Result<Option<AgentProfileRecord>, StoreError> {
+        self.inner.get_profile(id).await
+    }
+    async fn list_profiles(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<AgentProfileRecord>, StoreError> {
+        self.inner.list_profiles(project).await
+    }
+    async fn delete_profile(&self, id: &ProfileId) -> Result<(), StoreError> {
+        self.write().delete_profile(id).await
+    }
+    async fn put_credential(&self, credential: &CredentialRecord) -> Result<(), StoreError> {
+        self.write().put_credential(credential).await
+    }
+    async fn list_credentials(
+        &self,
+        owner: &CredentialOwner,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        self.inner.list_credentials(owner).await
+    }
+    async fn delete_credential(
+        &self,
+        owner: &CredentialOwner,
+        target: &CredentialTarget,
+    ) -> Result<(), StoreError> {
+        self.write().delete_credential(owner, target).await
+    }
+}
+
+/// Ticks a control plane by hand and hands its events to the caller, failing when
+/// nothing advances for 30 s.
+#[derive(Debug)]
+pub struct Driver {
+    events: broadcast::Receiver<TaskEvent>,
+    idle_since: Option<Instant>,
+}
+
+impl Driver {
+    /// A driver of `cp`, seeing the events from now on.
+    pub fn new(cp: &ControlPlane) -> Self {
+        Self {
+            events: cp.subscribe(),
+            idle_since: None,
+        }
+    }
+
+    /// One tick, then every event it caused to `seen`; after a tick that advanced
+    /// nothing, waits one poll interval.
+    ///
+    /// # Errors
+    /// A store failure while leasing, an error from `seen`, missed events, a stall.
+    pub async fn step(
+        &mut self,
+        cp: &ControlPlane,
+        mut seen: impl FnMut(&TaskEvent) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let worked = cp.tick().await? > 0;
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => seen(&event)?,
+                Err(TryRecvError::Lagged(n)) => anyhow::bail!("missed {n} task events"),
+                Err(_) => break,
+            }
+        }
+        if worked {
+            self.idle_since = None;
+        } else {
+            let since = *self.idle_since.get_or_insert_with(Instant::now);
+            anyhow::ensure!(
+                since.elapsed() < Duration::from_secs(30),
+                "no task advanced for 30 s"
+            );
+            tokio::time::sleep(cp.config().poll_interval).await;
+        }
+        Ok(())
+    }
+}
+
+/// The figures of the lifecycle scenario.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LifecycleFigures {
+    /// Tasks from submit to completed per second.
+    pub tasks_per_sec: f64,
+    /// Write transactions per task.
+    pub writes_per_task: f64,
+    /// Single-row write transactions per second on the same file through plain sqlx.
+    pub raw_writes_per_sec: f64,
+    /// `raw_writes_per_sec / writes_per_task`: the task rate the file allows.
+    pub bound_tasks_per_sec: f64,
+}
+
+/// The control plane of the scenario, with its counted store.
+fn control_plane(store: Arc<CountingStore>) -> anyhow::Result<ControlPlane> {
+    let store: Arc<dyn Store> = store;
+    let mut config = ControlPlaneConfig::new("bench", ProviderKind::Fake);
+    // Waits end as soon as the fakes answer; a short poll keeps the runner busy.
+    config.poll_interval = Duration::from_millis(1);
+    config.max_concurrent = 64;
+    let parts = ControlPlaneParts {
+        scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
+        store,
+        providers: vec![Arc::new(FakeProvider::new()) as Arc<dyn Provider>],
+        node_agent: Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+        boot: Arc::new(PlainBoot),
+        signer: TokenSigner::new(Secret::new("b".repeat(32)), "sam-bench")?,
+        clock: Arc::new(TokioClock::new()),
+    };
+    Ok(ControlPlane::new(parts, config)?)
+}
+
+/// A task as the scenario submits it.
+pub fn submit_request(n: u64) -> SubmitRequest {
+    SubmitRequest {
+        repo: "https://example.invalid/repo.git".to_owned(),
+        branch: None,
+        prompt: format!("benchmark task {n}"),
+        ..SubmitRequest::default()
+    }
+}
+
+/// Runs `tasks` tasks through the control plane on a SQLite file in `dir`, keeping
+/// `in_flight` of them submitted at once (a closed loop, so warm nodes are reused as
+/// they would be in service), then measures the file's raw write rate.
+///
+/// # Errors
+/// Store or control-plane failures, a task that does not complete, a stall.
+pub async fn run(dir: &Path, tasks: u64, in_flight: usize) -> anyhow::Result<LifecycleFigures> {
+    let path = dir.join("lifecycle.db");
+    let sqlite = SqliteStore::new(&SqliteConfig::new(&path)).await?;
+    let store = Arc::new(CountingStore::new(Arc::new(sqlite)));
+    let cp = control_plane(Arc::clone(&store))?;
+    let mut driver = Driver::new(&cp);
+
+    let start = Instant::now();
+    let before = store.writes();
+    let mut submitted = 0;
+    let mut open: HashSet<TaskId> = HashSet::new();
+    let mut completed = 0;
+    while completed < tasks {
+        while open.len() < in_flight && submitted < tasks {
+            open.insert(cp.submit(&submit_request(submitted)).await?);
+            submitted += 1;
+        }
+        driver
+            .step(&cp, |event| {
+                if let TaskEventKind::Status { status, error } = &event.kind
+                    && status.is_terminal()
+                    && open.remove(&event.task_id)
+                {
+                    anyhow::ensure!(
+                        *status == TaskStatus::Completed,
+                        "task {} ended {status}: {error:?}",
+                        event.task_id
+                    );
+                    completed += 1;
+                }
+                Ok(())
+            })
+            .await
+            .with_context(|| format!("{completed} of {tasks} tasks completed"))?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let writes = store.writes() - before;
+    drop(cp);
+    drop(store);
+
+    let raw = crate::baseline::raw_writes_per_sec(&path, 20_000).await?;
+    let writes_per_task = writes as f64 / tasks as f64;
+    Ok(LifecycleFigures {
+        tasks_per_sec: tasks as f64 / secs,
+        writes_per_task,
+        raw_writes_per_sec: raw,
+        bound_tasks_per_sec: raw / writes_per_task,
+    })
+}

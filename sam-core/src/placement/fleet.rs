@@ -1,0 +1,316 @@
+//! [`FleetIndex`]: the fleet kept sorted by free capacity, so a best-fit placement is
+//! a range lookup rather than a scan of every node.
+//!
+//! [`best_fit`](super::best_fit) looks at every node; over 10,000 nodes that is
+//! 10,000 slot checks per decision. The best fit is the node left with the least CPU,
+//! then memory, then disk, and since the request is the same for every node, the
+//! node left with least CPU is the node with the least free CPU that still covers it.
+//! So the index keeps the placeable nodes grouped by `(provider, free CPU, free
+//! memory)` in a B-tree, and each group by free disk and node id: the lookup starts
+//! at the request's own CPU and memory, skips the part of each CPU group with too
+//! little memory, walks each group in best-fit order (least disk left, then the
+//! smaller node id, as [`best_fit`](super::best_fit) breaks ties) from the request's
+//! own disk, and stops at the first node that fits. Every node is judged by the same
+//! [`fits`](super::fits) rule, so the two always agree (a property test holds them
+//! to it).
+//!
+//! The index is updated incrementally: [`FleetIndex::insert_node`] when a node row
+//! changes, [`FleetIndex::reserve`] and [`FleetIndex::release`] when a workspace takes
+//! or gives back its slot. It is plain data with no IO, for a scheduler that keeps
+//! its fleet in memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+
+use crate::error::Error;
+use crate::model::{NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind, WorkspaceId};
+use crate::reservation::{Reservation, check_slot};
+use crate::scheduler::PlacementRequest;
+use crate::store::{NodeRecord, SlotOutcome};
+
+use super::{Candidate, fits};
+
+/// A group of the index: nodes of one provider with the same free CPU and memory.
+type GroupKey = (ProviderKind, u64, u64);
+
+/// One node and the workspaces holding a slot on it.
+#[derive(Debug, Clone)]
+struct Slot {
+    node: NodeRecord,
+    workspaces: Vec<WorkspaceId>,
+    /// The reservations of `workspaces`, in the same order.
+    live: Vec<Reservation>,
+}
+
+impl Slot {
+    fn candidate(&self) -> Candidate<'_> {
+        Candidate {
+            node: &self.node,
+            live: &self.live,
+        }
+    }
+
+    /// The node's group and its free disk (`None` when its disk is not known), or
+    /// `None` when its status keeps it from taking any task.
+    fn key(&self) -> Option<(GroupKey, Option<u64>)> {
+        let node = &self.node;
+        let placeable = node.status == NodeStatus::Running
+            && node.lifecycle == NodeLifecycle::Active
+            && node.health == NodeHealth::Healthy;
+        let used =
+            |f: fn(&Reservation) -> u64| self.live.iter().map(f).fold(0u64, u64::saturating_add);
+        placeable.then(|| {
+            (
+                (
+                    node.provider,
+                    node.capacity
+                        .cpu_millis
+                        .saturating_sub(used(|r| r.cpu_millis)),
+                    node.capacity
+                        .memory_mb
+                        .saturating_sub(used(|r| r.memory_mb)),
+                ),
+                node.capacity
+                    .disk_mb
+                    .map(|disk| disk.saturating_sub(used(|r| r.disk_mb))),
+            )
+        })
+    }
+}
+
+/// The nodes of one group, in the order best fit ranks them within it.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    /// Nodes whose disk is known, by free disk, each set ordered by node id.
+    by_disk: BTreeMap<u64, BTreeSet<NodeId>>,
+    /// Nodes whose disk is not known: disk never keeps them from a workspace, and
+    /// best fit counts them as left with no disk at all.
+    no_disk: BTreeSet<NodeId>,
+}
+
+impl Group {
+    fn insert(&mut self, disk: Option<u64>, id: NodeId) {
+        match disk {
+            Some(free) => {
+                self.by_disk.entry(free).or_default().insert(id);
+            }
+            None => {
+                self.no_disk.insert(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, disk: Option<u64>, id: &NodeId) {
+        match disk {
+            Some(free) => {
+                if let Some(set) = self.by_disk.get_mut(&free) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_disk.remove(&free);
+                    }
+                }
+            }
+            None => {
+                self.no_disk.remove(id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_disk.is_empty() && self.no_disk.is_empty()
+    }
+
+    /// The nodes with disk for `need` MB, least disk left first, then by node id:
+    /// the nodes left with none (unknown disk, or free disk exactly `need`) merged by
+    /// id, then the rest by free disk.
+    fn ranked(&self, need: u64) -> impl Iterator<Item = &NodeId> {
+        let mut exact = self.by_disk.get(&need).into_iter().flatten().peekable();
+        let mut unknown = self.no_disk.iter().peekable();
+        let none_left = std::iter::from_fn(move || match (exact.peek(), unknown.peek()) {
+            (Some(a), Some(b)) if a <= b => exact.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => unknown.next(),
+            (Some(_), None) => exact.next(),
+            (None, None) => None,
+        });
+        let more_left = self
+            .by_disk
+            .range((Bound::Excluded(need), Bound::Unbounded))
+            .flat_map(|(_, ids)| ids);
+        none_left.chain(more_left)
+    }
+}
+
+/// The fleet sorted by free capacity; see the [module docs](self).
+#[derive(Debug, Clone, Default)]
+pub struct FleetIndex {
+    slots: HashMap<NodeId, Slot>,
+    /// Which node each workspace holds a slot on.
+    workspaces: HashMap<WorkspaceId, NodeId>,
+    /// The placeable nodes by group, each group ordered by node id.
+    groups: BTreeMap<GroupKey, Group>,
+}
+
+impl FleetIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many nodes the index holds.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the index holds no node.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every node with its slot-holding reservations, in no particular order: what a
+    /// linear scan such as [`best_fit`](super::best_fit) would look at.
+    pub fn candidates(&self) -> impl Iterator<Item = Candidate<'_>> {
+        self.slots.values().map(Slot::candidate)
+    }
+
+    /// The node `id` with its slot-holding reservations, if the index holds it.
+    pub fn candidate(&self, id: &NodeId) -> Option<Candidate<'_>> {
+        self.slots.get(id).map(Slot::candidate)
+    }
+
+    /// Takes `node` out of its group (before its row or reservations change).
+    fn ungroup(&mut self, id: &NodeId) {
+        let Some((key, disk)) = self.slots.get(id).and_then(Slot::key) else {
+            return;
+        };
+        if let Some(group) = self.groups.get_mut(&key) {
+            group.remove(disk, id);
+            if group.is_empty() {
+                self.groups.remove(&key);
+            }
+        }
+    }
+
+    /// Puts `node` into the group its row and reservations now call for.
+    fn regroup(&mut self, id: &NodeId) {
+        if let Some((key, disk)) = self.slots.get(id).and_then(Slot::key) {
+            self.groups.entry(key).or_default().insert(disk, id.clone());
+        }
+    }
+
+    /// Adds `node`, or replaces its row and keeps its workspaces.
+    pub fn insert_node(&mut self, node: NodeRecord) {
+        let id = node.id.clone();
+        self.ungroup(&id);
+        match self.slots.get_mut(&id) {
+            Some(slot) => slot.node = node,
+            None => {
+                self.slots.insert(
+                    id.clone(),
+                    Slot {
+                        node,
+                        workspaces: Vec::new(),
+                        live: Vec::new(),
+                    },
+                );
+            }
+        }
+        self.regroup(&id);
+    }
+
+    /// Removes node `id` and the slots its workspaces held; returns its row.
+    pub fn remove_node(&mut self, id: &NodeId) -> Option<NodeRecord> {
+        self.ungroup(id);
+        let slot = self.slots.remove(id)?;
+        for workspace in &slot.workspaces {
+            self.workspaces.remove(workspace);
+        }
+        Some(slot.node)
+    }
+
+    /// Gives `workspace` a slot on node `node` when [`check_slot`] allows it, as a
+    /// store's `reserve_workspace_slot` does; reserving a workspace that already holds
+    /// a slot on that node is [`SlotOutcome::Reserved`] and changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the index holds no node `node`, or `workspace`
+    /// holds a slot on another node.
+    pub fn reserve(
+        &mut self,
+        node: &NodeId,
+        workspace: WorkspaceId,
+        reservation: Reservation,
+    ) -> Result<SlotOutcome, Error> {
+        if let Some(holder) = self.workspaces.get(&workspace) {
+            if holder == node {
+                return Ok(SlotOutcome::Reserved);
+            }
+            return Err(Error::InvalidInput {
+                field: "workspace",
+                reason: format!("workspace {workspace} already holds a slot on node {holder}"),
+            });
+        }
+        let Some(slot) = self.slots.get(node) else {
+            return Err(Error::InvalidInput {
+                field: "node",
+                reason: format!("node {node} is not in the fleet index"),
+            });
+        };
+        if let Err(rejection) = check_slot(&slot.node.capacity, &slot.live, &reservation) {
+            return Ok(SlotOutcome::Rejected(rejection));
+        }
+        self.ungroup(node);
+        if let Some(slot) = self.slots.get_mut(node) {
+            slot.workspaces.push(workspace.clone());
+            slot.live.push(reservation);
+        }
+        self.workspaces.insert(workspace, node.clone());
+        self.regroup(node);
+        Ok(SlotOutcome::Reserved)
+    }
+
+    /// Frees the slot `workspace` holds; returns whether it held one.
+    pub fn release(&mut self, workspace: &WorkspaceId) -> bool {
+        let Some(node) = self.workspaces.remove(workspace) else {
+            return false;
+        };
+        self.ungroup(&node);
+        if let Some(slot) = self.slots.get_mut(&node)
+            && let Some(i) = slot.workspaces.iter().position(|w| w == workspace)
+        {
+            slot.workspaces.swap_remove(i);
+            slot.live.swap_remove(i);
+        }
+        self.regroup(&node);
+        true
+    }
+
+    /// The best-fit node for `request`: always the node [`best_fit`](super::best_fit)
+    /// would choose among [`FleetIndex::candidates`], found by a range lookup.
+    pub fn best_fit(&self, request: &PlacementRequest) -> Option<&NodeRecord> {
+        let need = &request.reservation;
+        let provider = request.provider;
+        let mut from = Bound::Included((provider, need.cpu_millis, need.memory_mb));
+        loop {
+            let (&key, group) = self.groups.range((from, Bound::Unbounded)).next()?;
+            let (group_provider, cpu, memory) = key;
+            if group_provider != provider {
+                return None;
+            }
+            if memory < need.memory_mb {
+                // This CPU group's nodes with enough memory start further on.
+                from = Bound::Included((provider, cpu, need.memory_mb));
+                continue;
+            }
+            // Within the group the nodes come in best-fit order, so the first that
+            // fits is the best fit.
+            let best = group
+                .ranked(need.disk_mb)
+                .filter_map(|id| self.slots.get(id))
+                .find(|slot| fits(slot.candidate(), request));
+            if let Some(slot) = best {
+                return Some(&slot.node);
+            }
+            from = Bound::Excluded(key);
+        }
+    }
+}
