@@ -7,13 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::error::Error;
-use crate::model::{Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, VmSize};
+use crate::model::{Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId, VmSize};
 use crate::reservation::{Capacity, Reservation, SlotRejection, check_slot};
 use crate::scheduler::{
     NodeChoice, Placement, PlacementDecision, PlacementExplanation, PlacementRequest, Rejected,
     Scheduler,
 };
-use crate::store::{NodeFilter, NodeRecord, Store, WarmClaim};
+use crate::store::{NodeFilter, NodeRecord, Store, WarmClaim, WorkspaceRecord};
 
 mod fleet;
 
@@ -193,6 +193,30 @@ impl DefaultScheduler {
     }
 }
 
+impl DefaultScheduler {
+    /// The task `node` is held for, when it is not `asking`: a node provisioned for a
+    /// task belongs to that task until the task has reserved its slot there (or has
+    /// moved on), so that others filling it first cannot send the task to provision a
+    /// second VM.
+    async fn held_for(
+        &self,
+        node: &NodeRecord,
+        workspaces: &[WorkspaceRecord],
+        asking: &TaskId,
+    ) -> Result<Option<TaskId>, Error> {
+        let Some(creator) = node.created_for.as_ref().filter(|c| *c != asking) else {
+            return Ok(None);
+        };
+        if workspaces.iter().any(|w| &w.task_id == creator) {
+            return Ok(None);
+        }
+        let held = self.store.get_task(creator).await?.is_some_and(|t| {
+            !t.status.is_terminal() && t.provisioned_node_id.as_ref() == Some(&node.id)
+        });
+        Ok(held.then(|| creator.clone()))
+    }
+}
+
 #[async_trait]
 impl Scheduler for DefaultScheduler {
     async fn place(&self, request: &PlacementRequest) -> Result<PlacementDecision, Error> {
@@ -278,13 +302,31 @@ impl Scheduler for DefaultScheduler {
                 provider: Some(request.provider),
             })
             .await?;
+        let mut open = Vec::with_capacity(nodes.len());
         let mut lives = Vec::with_capacity(nodes.len());
         for node in &nodes {
-            lives.push(self.live_reservations(node).await?);
+            let workspaces = self.store.list_workspaces(&node.id).await?;
+            if let Some(creator) = self.held_for(node, &workspaces, &request.task_id).await? {
+                rejected.push(Rejected {
+                    candidate: node.id.to_string(),
+                    reason: format!(
+                        "node {} was provisioned for task {creator}, which has not taken its slot yet",
+                        node.id
+                    ),
+                });
+                continue;
+            }
+            open.push(node);
+            lives.push(
+                workspaces
+                    .into_iter()
+                    .filter(|w| w.status.holds_slot())
+                    .map(|w| w.reservation)
+                    .collect::<Vec<_>>(),
+            );
         }
         let (chosen, mut existing_rejected) = best_fit(
-            nodes
-                .iter()
+            open.iter()
                 .zip(&lives)
                 .map(|(node, live)| Candidate { node, live }),
             request,

@@ -1093,3 +1093,97 @@ async fn a_late_workspace_report_does_not_revive_a_finished_tasks_workspace() {
     let nodes = h.store.list_nodes(&Default::default()).await.unwrap();
     assert_eq!(nodes[0].lifecycle, sam_core::NodeLifecycle::Warm);
 }
+
+/// A node provisioned for a task is held for it until the task takes its slot there:
+/// another task is not placed on it meanwhile (it would leave the first task to
+/// provision a second VM), and is once the first task is on it or has ended.
+#[tokio::test]
+async fn a_node_provisioned_for_a_task_is_held_until_the_task_takes_its_slot() {
+    use sam_core::testkit::fixtures::{node, reservation, task, task_id, workspace};
+    use sam_core::{
+        DefaultScheduler, Placement, PlacementRequest, Scheduler, Transition, WorkspaceRecord,
+    };
+
+    let store = Arc::new(MemoryStore::new());
+    let mut creator = task("t-creator", 0);
+    creator.status = TaskStatus::InProgress;
+    let held = node("n-new", 0);
+    creator.provisioned_node_id = Some(held.id.clone());
+    store.create_task(&creator).await.unwrap();
+    store
+        .put_node(&sam_core::NodeRecord {
+            created_for: Some(creator.id.clone()),
+            provider: ProviderKind::Fake,
+            ..held.clone()
+        })
+        .await
+        .unwrap();
+    let scheduler = DefaultScheduler::new(store.clone());
+    let small = reservation(500, 512, false, 10);
+    let request = |id: &str| PlacementRequest {
+        task_id: task_id(id),
+        provider: ProviderKind::Fake,
+        size: VmSize::Medium,
+        size_source: Layer::Platform,
+        location: None,
+        location_source: Layer::Platform,
+        reservation: small,
+        preferred_node: None,
+        now: chrono::Utc::now(),
+    };
+    let on_held = |placement: &Placement| matches!(placement, Placement::Node { node_id, .. } if node_id == &held.id);
+
+    let other = scheduler.place(&request("t-other")).await.unwrap();
+    assert!(
+        !on_held(&other.placement),
+        "placed on a node held for another task: {other:?}"
+    );
+    assert!(
+        other
+            .explanation
+            .rejected
+            .iter()
+            .any(|r| r.reason.contains("has not taken its slot")),
+        "{other:?}"
+    );
+    // The creator itself may use it.
+    let own = scheduler.place(&request("t-creator")).await.unwrap();
+    assert!(on_held(&own.placement), "{own:?}");
+
+    // Once the creator holds its slot, the node is open to others.
+    let slot = WorkspaceRecord {
+        task_id: creator.id.clone(),
+        ..workspace("w-creator", "n-new", small, 1)
+    };
+    store.reserve_workspace_slot(&slot).await.unwrap();
+    let other = scheduler.place(&request("t-other")).await.unwrap();
+    assert!(on_held(&other.placement), "{other:?}");
+
+    // And so it is when the creator ended without taking one.
+    let store = Arc::new(MemoryStore::new());
+    let mut gone = task("t-gone", 0);
+    gone.provisioned_node_id = Some(held.id.clone());
+    store.create_task(&gone).await.unwrap();
+    store
+        .put_node(&sam_core::NodeRecord {
+            created_for: Some(gone.id.clone()),
+            provider: ProviderKind::Fake,
+            ..held.clone()
+        })
+        .await
+        .unwrap();
+    let scheduler = DefaultScheduler::new(store.clone());
+    let before = scheduler.place(&request("t-other")).await.unwrap();
+    assert!(!on_held(&before.placement), "{before:?}");
+    let ended = Transition {
+        from: gone.status,
+        to: TaskStatus::Cancelled,
+        actor: "test".to_owned(),
+        reason: None,
+        error: None,
+        at: chrono::Utc::now(),
+    };
+    assert!(store.transition_task(&gone.id, &ended).await.unwrap());
+    let after = scheduler.place(&request("t-other")).await.unwrap();
+    assert!(on_held(&after.placement), "{after:?}");
+}
