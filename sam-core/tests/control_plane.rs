@@ -937,12 +937,13 @@ async fn workspace_callbacks_refuse_every_bad_token() {
     let ws = task.workspace_id.clone().expect("a workspace");
     let other_ws = WorkspaceId::new("ws-other").unwrap();
 
-    let key = Secret::new("s".repeat(32));
-    let signer = TokenSigner::new(key.clone(), "sam-control-plane").unwrap();
+    // The key and audience of the harness's signer (tests/support).
+    let key = Secret::new("k".repeat(32));
+    let signer = TokenSigner::new(key.clone(), "sam").unwrap();
     let now = chrono::Utc::now();
     let hour = Duration::from_secs(3600);
     let claims = |scope: Option<TokenScope>, exp: i64| TokenClaims {
-        aud: "sam-control-plane".to_owned(),
+        aud: "sam".to_owned(),
         scope,
         sub: ws.to_string(),
         iat: now.timestamp() - 7200,
@@ -989,7 +990,7 @@ async fn workspace_callbacks_refuse_every_bad_token() {
         ("tampered", tampered),
         (
             "another key",
-            TokenSigner::new(Secret::new("x".repeat(32)), "sam-control-plane")
+            TokenSigner::new(Secret::new("x".repeat(32)), "sam")
                 .unwrap()
                 .issue(TokenScope::Workspace, ws.as_str(), now, hour)
                 .expose()
