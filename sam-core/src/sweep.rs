@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::model::{NodeId, TaskId};
 use crate::node_agent::SessionReport;
-use crate::store::{NodeFilter, TaskFilter, TaskRecord, WorkspaceRecord};
+use crate::store::{NodeFilter, NodeRecord, TaskFilter, TaskRecord, WorkspaceRecord};
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +154,29 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// How long `node` may stay warm: the warm timeout of the project whose task the
+    /// node was provisioned for, when that project overrides it, else the policy's.
+    async fn warm_timeout(&self, node: &NodeRecord) -> Result<Duration, Error> {
+        let default = self.config.timeouts.warm_node;
+        let Some(creator) = &node.created_for else {
+            return Ok(default);
+        };
+        let Some(project) = self
+            .store
+            .get_task(creator)
+            .await?
+            .and_then(|task| task.spec.project)
+        else {
+            return Ok(default);
+        };
+        Ok(self
+            .store
+            .get_project(&project)
+            .await?
+            .and_then(|p| p.scaling.warm_timeout_secs)
+            .map_or(default, Duration::from_secs))
+    }
+
     async fn sweep_nodes(&self, report: &mut SweepReport) -> Result<(), Error> {
         let now = self.clock.now();
         let t = &self.config.timeouts;
@@ -185,9 +208,10 @@ impl ControlPlane {
         let live: HashSet<&TaskId> = live.iter().map(|task| &task.id).collect();
         for mut node in nodes {
             let warm_expired = node.lifecycle == NodeLifecycle::Warm
-                && node
-                    .warm_since
-                    .is_some_and(|since| elapsed(since, now) > t.warm_node);
+                && match node.warm_since {
+                    Some(since) => elapsed(since, now) > self.warm_timeout(&node).await?,
+                    None => false,
+                };
             let too_old = elapsed(node.created_at, now) > t.node_max_lifetime;
             // Active with no task on it or headed for it, for longer than a lease: its
             // task ended elsewhere, or a driver claimed it and died before a task

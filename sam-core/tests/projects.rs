@@ -591,3 +591,59 @@ async fn setup_status_counts_what_the_user_chose_not_what_the_platform_offers() 
     );
     assert!(!status.complete);
 }
+
+/// A project's warm timeout decides how long the nodes provisioned for its tasks stay
+/// warm; other nodes keep the policy's.
+#[tokio::test(start_paused = true)]
+async fn a_projects_warm_timeout_decides_how_long_its_nodes_stay_warm() {
+    use sam_core::{NodeFilter, NodeLifecycle};
+
+    let h = harness();
+    // The project's warm timeout is 900 s; the policy's is longer.
+    assert!(h.cp.config().timeouts.warm_node > Duration::from_secs(1_000));
+    let project = h.project(None, LayerSettings::default()).await;
+    let ours =
+        h.cp.submit(&in_project(&project, None, LayerSettings::default()))
+            .await
+            .unwrap();
+    let ours = h.run(&ours).await;
+    assert_eq!(ours.status, TaskStatus::Completed, "{:?}", ours.error);
+    let theirs =
+        h.cp.submit(&SubmitRequest {
+            prompt: "no project".into(),
+            repo: "https://example.invalid/other.git".into(),
+            preferred_node: None,
+            ..SubmitRequest::default()
+        })
+        .await
+        .unwrap();
+    // The second task would reuse the warm node; make it provision its own.
+    let nodes = h.store.list_nodes(&NodeFilter::default()).await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    let ours_node = nodes[0].id.clone();
+    h.store.delete_node(&ours_node).await.unwrap();
+    let theirs = h.run(&theirs).await;
+    assert_eq!(theirs.status, TaskStatus::Completed, "{:?}", theirs.error);
+    h.store.put_node(&nodes[0]).await.unwrap();
+
+    tokio::time::advance(Duration::from_secs(901)).await;
+    h.cp.sweep().await.unwrap();
+    let after = h.store.list_nodes(&NodeFilter::default()).await.unwrap();
+    let lifecycle = |id: &sam_core::NodeId| {
+        after
+            .iter()
+            .find(|n| &n.id == id)
+            .map(|n| (n.lifecycle, n.status))
+    };
+    let theirs_node = theirs.provisioned_node_id.clone().expect("a node");
+    assert_eq!(
+        lifecycle(&theirs_node).map(|l| l.0),
+        Some(NodeLifecycle::Warm),
+        "the policy's 30 min have not passed: {after:?}"
+    );
+    assert_ne!(
+        lifecycle(&ours_node).map(|l| l.0),
+        Some(NodeLifecycle::Warm),
+        "the project's 900 s have passed: {after:?}"
+    );
+}
