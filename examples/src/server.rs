@@ -57,16 +57,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use sam_agent::api::{ErrorBody, status_for};
+use sam_agent::api::{ApiError, parse_body, path_id};
 use sam_core::{
-    AgentOptions, ApiTokenRecord, Catalog, Classify as _, ControlPlane, Effort, ErrorCategory,
-    ExecutionStep, ExternalInstallationId, GitCredential, GithubAccess, GithubError, Layer,
-    LayerSettings, Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation,
-    ProjectId, ProviderKind, PullRequestRequest, RepoRef, RepositoryHost, Reservation,
-    ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind, TaskFilter,
-    TaskId, TaskRecord, TaskSource, TaskStatus, UserId, VmSize, WorkspaceProfile, redact,
+    AgentOptions, ApiTokenRecord, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
+    ExternalInstallationId, GitCredential, GithubAccess, GithubError, Layer, LayerSettings,
+    Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation, ProjectId,
+    ProviderKind, PullRequestRequest, RepoRef, RepositoryHost, Reservation, ResourceRequirements,
+    Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord,
+    TaskSource, TaskStatus, UserId, VmSize, WorkspaceProfile,
 };
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tokio::sync::broadcast::error::RecvError;
@@ -563,86 +562,6 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(openapi())
 }
 
-/// A failed request: an [`ErrorBody`] with the status of its category.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    body: ErrorBody,
-}
-
-impl ApiError {
-    fn new(category: ErrorCategory, message: &str) -> Self {
-        Self {
-            status: StatusCode::from_u16(status_for(category))
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            body: ErrorBody {
-                error: redact(message).into_owned(),
-                category,
-                field: None,
-            },
-        }
-    }
-
-    fn field(category: ErrorCategory, field: &str, message: &str) -> Self {
-        let mut error = Self::new(category, message);
-        error.body.field = Some(field.to_owned());
-        error
-    }
-}
-
-impl ApiError {
-    /// The HTTP status the error is answered with.
-    pub fn status(&self) -> u16 {
-        self.status.as_u16()
-    }
-
-    /// The JSON body the error is answered with.
-    pub fn body(&self) -> &ErrorBody {
-        &self.body
-    }
-}
-
-impl From<sam_core::Error> for ApiError {
-    fn from(error: sam_core::Error) -> Self {
-        match &error {
-            sam_core::Error::InvalidInput { field, .. } => {
-                Self::field(error.category(), field, &error.to_string())
-            }
-            _ => Self::new(error.category(), &error.to_string()),
-        }
-    }
-}
-
-impl From<sam_core::StoreError> for ApiError {
-    fn from(error: sam_core::StoreError) -> Self {
-        sam_core::Error::from(error).into()
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
-    }
-}
-
-/// Parses a JSON body, naming the field at fault when it is malformed.
-fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let message = format!("malformed request body: {}", e.inner());
-        if path == "." || path == "?" {
-            ApiError::new(ErrorCategory::InvalidConfig, &message)
-        } else {
-            ApiError::field(ErrorCategory::InvalidConfig, &path, &message)
-        }
-    })
-}
-
-fn task_id(id: &str) -> Result<TaskId, ApiError> {
-    TaskId::new(id).map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, "id", &e.to_string()))
-}
-
 async fn require_task(cp: &ControlPlane, id: &TaskId) -> Result<TaskRecord, ApiError> {
     cp.get(id).await?.ok_or_else(|| {
         ApiError::new(
@@ -726,7 +645,7 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 async fn method_not_allowed(request: Request) -> Response {
-    let mut error = ApiError::new(
+    let error = ApiError::new(
         ErrorCategory::InvalidConfig,
         &format!(
             "{} is not allowed on {}",
@@ -734,8 +653,12 @@ async fn method_not_allowed(request: Request) -> Response {
             request.uri().path()
         ),
     );
-    error.status = StatusCode::METHOD_NOT_ALLOWED;
-    error.into_response()
+    // The one answer whose status is not its category's.
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(error.body().clone()),
+    )
+        .into_response()
 }
 
 /// The body of `GET /v1/health`.
@@ -888,7 +811,7 @@ impl SubmitBody {
 /// `invalid_config` for a body that is not JSON, a field of the wrong type (named in
 /// `field`), or a missing `repo` or `prompt`.
 pub fn submit_request(bytes: &[u8]) -> Result<SubmitRequest, ApiError> {
-    json_body::<SubmitBody>(bytes)?.to_request()
+    parse_body::<SubmitBody>(bytes)?.to_request()
 }
 
 /// The answer to `POST /v1/tasks`.
@@ -1143,7 +1066,7 @@ async fn task(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
-    let id = task_id(&id)?;
+    let id: TaskId = path_id(&id, "id")?;
     let task = require_task(&state.control_plane, &id).await?;
     Ok(axum::Json(
         TaskView::describe(&state.control_plane, &state.catalog, task).await?,
@@ -1182,7 +1105,7 @@ pub fn task_filter(query: Option<&str>) -> Result<TaskFilter, ApiError> {
                     );
                 }
             }
-            "after" => filter.after = Some(task_id(&value)?),
+            "after" => filter.after = Some(path_id(&value, "after")?),
             "limit" => match value.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => filter.limit = Some(n),
                 _ => return Err(bad(format!("must be a number from 1 to {MAX_PAGE}"))),
@@ -1245,7 +1168,7 @@ async fn cancel(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<axum::Json<Cancelled>, ApiError> {
-    let id = task_id(&id)?;
+    let id: TaskId = path_id(&id, "id")?;
     require_task(&state.control_plane, &id).await?;
     let cancelled = state.control_plane.cancel(&id, "user").await?;
     let task = require_task(&state.control_plane, &id).await?;
@@ -1356,7 +1279,7 @@ async fn events(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = task_id(&id)?;
+    let id: TaskId = path_id(&id, "id")?;
     // Subscribe before reading, so nothing falls between the snapshot and the stream.
     let events = state.control_plane.subscribe();
     let task = require_task(&state.control_plane, &id).await?;
@@ -1521,8 +1444,8 @@ mod tests {
             ..SubmitBody::default()
         };
         let error = body.to_request().unwrap_err();
-        assert_eq!(error.body.field.as_deref(), Some("repo"));
-        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.body().field.as_deref(), Some("repo"));
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST.as_u16());
     }
 
     #[test]
@@ -1539,7 +1462,7 @@ mod tests {
             ("x=1", "x"),
         ] {
             let error = task_filter(Some(query)).unwrap_err();
-            assert_eq!(error.body.field.as_deref(), Some(field), "{query}");
+            assert_eq!(error.body().field.as_deref(), Some(field), "{query}");
         }
     }
 }

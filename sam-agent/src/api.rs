@@ -43,10 +43,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sam_core::model::id_kind::IdKind;
 use sam_core::{
-    AgentHealth, AgentOptions, ErrorCategory, NodeMetrics, PullRequestMode, Secret, SessionReport,
-    TokenSigner, WorkspaceId, WorkspaceReport,
+    AgentHealth, AgentOptions, Classify, ErrorCategory, Id, NodeMetrics, PullRequestMode, Secret,
+    SessionReport, TokenSigner, WorkspaceId, WorkspaceReport, redact,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::boot::BootTimeline;
@@ -208,6 +212,126 @@ pub struct ErrorBody {
     /// The request field at fault, for malformed requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// A failed request: an [`ErrorBody`] answered with the status of its category
+/// ([`status_for`]). Every server of the SDK (the VM agent's, the control plane's
+/// callback routes and `sam-server`) answers failures with this one type, so the
+/// body and the status cannot drift apart between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    body: ErrorBody,
+}
+
+impl ApiError {
+    /// A failure of `category`; the message is redacted.
+    pub fn new(category: ErrorCategory, message: &str) -> Self {
+        Self {
+            body: ErrorBody {
+                error: redact(message).into_owned(),
+                category,
+                field: None,
+            },
+        }
+    }
+
+    /// A failure of `category` that names the request field at fault.
+    pub fn field(category: ErrorCategory, field: &str, message: &str) -> Self {
+        let mut error = Self::new(category, message);
+        error.body.field = Some(field.to_owned());
+        error
+    }
+
+    /// A failure carrying the category and message of a classified error.
+    pub fn classified<E: Classify + fmt::Display + ?Sized>(error: &E) -> Self {
+        Self::new(error.category(), &error.to_string())
+    }
+
+    /// The HTTP status the error is answered with.
+    pub fn status(&self) -> u16 {
+        status_for(self.body.category)
+    }
+
+    /// The JSON body the error is answered with.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+}
+
+impl From<sam_core::Error> for ApiError {
+    fn from(error: sam_core::Error) -> Self {
+        match &error {
+            sam_core::Error::InvalidInput { field, .. } => {
+                Self::field(error.category(), field, &error.to_string())
+            }
+            _ => Self::classified(&error),
+        }
+    }
+}
+
+impl From<sam_core::StoreError> for ApiError {
+    fn from(error: sam_core::StoreError) -> Self {
+        sam_core::Error::from(error).into()
+    }
+}
+
+impl From<sam_core::GithubError> for ApiError {
+    fn from(error: sam_core::GithubError) -> Self {
+        Self::classified(&error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// Parses a JSON request body. A malformed one is `invalid_config` naming the field
+/// at fault: the path to a bad value, or the name of a missing or unknown field;
+/// trailing data after the value is refused too.
+///
+/// # Errors
+/// The [`ApiError`] to answer.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // Missing and unknown fields are reported at the parent: their name is in
+        // the message, between backticks.
+        let field = if inner.is_syntax() || inner.is_eof() {
+            None
+        } else if path == "." || path == "?" {
+            message.split('`').nth(1).map(ToOwned::to_owned)
+        } else {
+            Some(path)
+        };
+        let mut error = ApiError::new(
+            ErrorCategory::InvalidConfig,
+            &format!("malformed request body: {message}"),
+        );
+        error.body.field = field;
+        error
+    })?;
+    deserializer.end().map_err(|e| {
+        ApiError::new(
+            ErrorCategory::InvalidConfig,
+            &format!("malformed request body: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// An id from a request path; a bad one is `invalid_config` naming `field`.
+///
+/// # Errors
+/// The [`ApiError`] to answer.
+pub fn path_id<K: IdKind>(raw: &str, field: &str) -> Result<Id<K>, ApiError> {
+    Id::new(raw).map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, field, &e.to_string()))
 }
 
 /// The HTTP status that answers a failure of `category`.

@@ -4,26 +4,23 @@
 //!
 //! Client ([`crate::Callbacks`]) and server share this crate's body types
 //! ([`NodeReady`], [`Heartbeat`], [`HeartbeatResponse`]), so they cannot drift
-//! apart. Failures answer an [`ErrorBody`] with the status of their category
-//! ([`status_for`]): a token that is not the node's or the workspace's gets `401`,
+//! apart. Failures answer an [`ApiError`]: an [`ErrorBody`](crate::api::ErrorBody) with
+//! the status of its category: a token that is not the node's or the workspace's gets `401`,
 //! an unknown node `404`, a malformed body `400` naming the field.
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::sync::Arc;
 
 use sam_core::{
-    Classify, ControlPlane, ErrorCategory, GithubError, NodeId, PullRequestMode,
-    PullRequestRequest, RepositoryHost, SessionCallback, WorkspaceId, WorkspaceReport,
-    output_branch, redact,
+    ControlPlane, ErrorCategory, NodeId, PullRequestMode, PullRequestRequest, RepositoryHost,
+    SessionCallback, WorkspaceId, WorkspaceReport, output_branch,
 };
-use serde::de::DeserializeOwned;
 
-use crate::api::{ErrorBody, Heartbeat, HeartbeatResponse, NodeReady, status_for};
+use crate::api::{ApiError, Heartbeat, HeartbeatResponse, NodeReady, parse_body, path_id};
 use crate::git::{GitCredentialRequest, GitCredentialResponse, PullRequestCreated};
 
 /// The paths of the callback routes, all `POST`, in the order [`callback_router`]
@@ -92,10 +89,10 @@ async fn git_credential(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<axum::Json<GitCredentialResponse>, Failure> {
+) -> Result<axum::Json<GitCredentialResponse>, ApiError> {
     let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id)?;
-    let asked: GitCredentialRequest = body(&bytes)?;
+    let workspace: WorkspaceId = path_id(&id, "id")?;
+    let asked: GitCredentialRequest = parse_body(&bytes)?;
     let found = git
         .control_plane
         .workspace_github(token, &workspace)
@@ -104,7 +101,7 @@ async fn git_credential(
         .repo
         .matches_credential_request(&asked.protocol, &asked.host, asked.path.as_deref())
     {
-        return Err(Failure::new(
+        return Err(ApiError::new(
             ErrorCategory::AuthError,
             &format!(
                 "workspace {workspace} gets credentials only for {}",
@@ -128,24 +125,24 @@ async fn pull_request(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<axum::Json<PullRequestCreated>, Failure> {
+) -> Result<axum::Json<PullRequestCreated>, ApiError> {
     let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id)?;
-    let request: PullRequestRequest = body(&bytes)?;
+    let workspace: WorkspaceId = path_id(&id, "id")?;
+    let request: PullRequestRequest = parse_body(&bytes)?;
     let found = git
         .control_plane
         .workspace_github(token, &workspace)
         .await?;
     let task = &found.task;
     if task.spec.github.as_ref().map(|g| g.pull_request) != Some(PullRequestMode::Open) {
-        return Err(Failure::new(
+        return Err(ApiError::new(
             ErrorCategory::InvalidConfig,
             &format!("task {} did not ask for a pull request", task.id),
         ));
     }
     let expected = output_branch(&task.spec.prompt, &task.id);
     if request.head != expected {
-        return Err(Failure::new(
+        return Err(ApiError::new(
             ErrorCategory::AuthError,
             &format!(
                 "task {} may open a pull request only from {expected}",
@@ -160,74 +157,13 @@ async fn pull_request(
     Ok(axum::Json(PullRequestCreated { url }))
 }
 
-/// A failed callback.
-#[derive(Debug)]
-struct Failure {
-    category: ErrorCategory,
-    message: String,
-    field: Option<String>,
-}
-
-impl Failure {
-    fn new(category: ErrorCategory, message: &str) -> Self {
-        Self {
-            category,
-            message: redact(message).into_owned(),
-            field: None,
-        }
-    }
-}
-
-impl From<GithubError> for Failure {
-    fn from(error: GithubError) -> Self {
-        Self::new(error.category(), &error.to_string())
-    }
-}
-
-impl From<sam_core::Error> for Failure {
-    fn from(error: sam_core::Error) -> Self {
-        Self::new(error.category(), &error.to_string())
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(status_for(self.category))
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
-            error: self.message,
-            category: self.category,
-            field: self.field,
-        };
-        (status, axum::Json(body)).into_response()
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Failure::new(ErrorCategory::AuthError, "a bearer token is required"))
-}
-
-fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let mut failure = Failure::new(
-            ErrorCategory::InvalidConfig,
-            &format!("malformed request body: {}", e.inner()),
-        );
-        failure.field = (path != "." && path != "?").then_some(path);
-        failure
-    })
-}
-
-/// A node or workspace id from the path; a bad one is `invalid_config`.
-fn path_id<K: sam_core::model::id_kind::IdKind>(id: &str) -> Result<sam_core::Id<K>, Failure> {
-    sam_core::Id::new(id).map_err(|e| Failure::new(ErrorCategory::InvalidConfig, &e.to_string()))
+        .ok_or_else(|| ApiError::new(ErrorCategory::AuthError, "a bearer token is required"))
 }
 
 async fn node_ready(
@@ -235,10 +171,10 @@ async fn node_ready(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<StatusCode, Failure> {
+) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
-    let node: NodeId = path_id(&id)?;
-    let ready: NodeReady = body(&bytes)?;
+    let node: NodeId = path_id(&id, "id")?;
+    let ready: NodeReady = parse_body(&bytes)?;
     cp.node_ready(token, &node, &ready.version).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -248,10 +184,10 @@ async fn heartbeat(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<axum::Json<HeartbeatResponse>, Failure> {
+) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
     let token = bearer(&headers)?;
-    let node: NodeId = path_id(&id)?;
-    let beat: Heartbeat = body(&bytes)?;
+    let node: NodeId = path_id(&id, "id")?;
+    let beat: Heartbeat = parse_body(&bytes)?;
     let reply = cp.heartbeat(token, &node, &beat.metrics).await?;
     Ok(axum::Json(HeartbeatResponse {
         refreshed_token: reply.refreshed_token,
@@ -263,10 +199,10 @@ async fn workspace_ready(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<StatusCode, Failure> {
+) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id)?;
-    let report: WorkspaceReport = body(&bytes)?;
+    let workspace: WorkspaceId = path_id(&id, "id")?;
+    let report: WorkspaceReport = parse_body(&bytes)?;
     cp.workspace_ready(token, &workspace, &report).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -276,10 +212,10 @@ async fn session_event(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<StatusCode, Failure> {
+) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id)?;
-    let callback: SessionCallback = body(&bytes)?;
+    let workspace: WorkspaceId = path_id(&id, "id")?;
+    let callback: SessionCallback = parse_body(&bytes)?;
     cp.session_event(token, &workspace, &callback).await?;
     Ok(StatusCode::NO_CONTENT)
 }

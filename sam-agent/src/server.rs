@@ -49,7 +49,6 @@ use sam_core::{
     SessionReport, StopReason, TaskError, TaskOutput, TokenScope, TokenSigner, WorkspaceId,
     WorkspaceReport, redact,
 };
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -59,8 +58,8 @@ use url::Url;
 
 use crate::acp::{AcpOptions, AcpSession, AgentCommand, KNOWN_AGENTS};
 use crate::api::{
-    CreateWorkspace, ErrorBody, EventsQuery, MAX_EVENTS, NodeReady, SessionView, StartSession,
-    WorkspaceView, management_signer, status_for,
+    ApiError, CreateWorkspace, EventsQuery, MAX_EVENTS, NodeReady, SessionView, StartSession,
+    WorkspaceView, management_signer, parse_body, path_id,
 };
 use crate::boot::{self, BootTimeline};
 use crate::callbacks::{Callbacks, CallbacksConfig, callback_policy};
@@ -245,82 +244,21 @@ impl Entry {
     }
 }
 
-/// A failed request: its status and body.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    body: ErrorBody,
-}
-
-impl ApiError {
-    fn new(category: ErrorCategory, message: &str) -> Self {
-        Self {
-            status: StatusCode::from_u16(status_for(category))
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            body: ErrorBody {
-                error: redact(message).into_owned(),
-                category,
-                field: None,
-            },
-        }
-    }
-
-    fn field(field: &str, message: &str) -> Self {
-        let mut error = Self::new(ErrorCategory::InvalidConfig, message);
-        error.body.field = Some(field.to_owned());
-        error
-    }
-}
-
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        Self::new(error.category(), &error.to_string())
+        ApiError::classified(&error)
     }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
-    }
-}
-
-/// Parses a JSON body; a malformed one is refused naming the field at fault.
-fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
-        // Missing and unknown fields are reported at the parent: their name is in
-        // the message, between backticks.
-        let field = if inner.is_syntax() || inner.is_eof() {
-            None
-        } else if path == "." || path == "?" {
-            message.split('`').nth(1).map(ToOwned::to_owned)
-        } else {
-            Some(path)
-        };
-        let mut error = ApiError::new(
-            ErrorCategory::InvalidConfig,
-            &format!("malformed request body: {message}"),
-        );
-        error.body.field = field;
-        error
-    })?;
-    deserializer.end().map_err(|e| {
-        ApiError::new(
-            ErrorCategory::InvalidConfig,
-            &format!("malformed request body: {e}"),
-        )
-    })?;
-    Ok(value)
 }
 
 fn workspace_id(id: &str) -> Result<WorkspaceId, ApiError> {
     if id == "." || id == ".." {
-        return Err(ApiError::field("id", "a workspace id must not be . or .."));
+        return Err(ApiError::field(
+            ErrorCategory::InvalidConfig,
+            "id",
+            "a workspace id must not be . or ..",
+        ));
     }
-    WorkspaceId::new(id).map_err(|e| ApiError::field("id", &e.to_string()))
+    path_id(id, "id")
 }
 
 /// The profile string the control plane stores, from the runtime's report.
@@ -680,10 +618,15 @@ async fn create_workspace(
     let request: CreateWorkspace = parse_body(&body)?;
     workspace_id(request.id.as_str())?;
     if request.repo.trim().is_empty() {
-        return Err(ApiError::field("repo", "the repository must not be empty"));
+        return Err(ApiError::field(
+            ErrorCategory::InvalidConfig,
+            "repo",
+            "the repository must not be empty",
+        ));
     }
     if request.token.is_empty() {
         return Err(ApiError::field(
+            ErrorCategory::InvalidConfig,
             "token",
             "the workspace token must not be empty",
         ));
@@ -834,7 +777,11 @@ async fn start_session(
     let id = workspace_id(&id)?;
     let request: StartSession = parse_body(&body)?;
     if request.prompt.trim().is_empty() {
-        return Err(ApiError::field("prompt", "the prompt must not be empty"));
+        return Err(ApiError::field(
+            ErrorCategory::InvalidConfig,
+            "prompt",
+            "the prompt must not be empty",
+        ));
     }
     let entry = shared.entry(&id)?;
     let (acp, dir) = {
@@ -849,6 +796,7 @@ async fn start_session(
         }
         let command = shared.agents.get(&request.agent).ok_or_else(|| {
             ApiError::field(
+                ErrorCategory::InvalidConfig,
                 "agent",
                 &format!(
                     "unknown agent {:?}; this node runs {}",
@@ -944,6 +892,7 @@ fn with_session_env(
             && !RESERVED_ENV.contains(&name.as_str());
         if !valid {
             return Err(ApiError::field(
+                ErrorCategory::InvalidConfig,
                 "env",
                 &format!("{name:?} is not an environment variable an agent may be given"),
             ));
@@ -1273,7 +1222,8 @@ async fn list_events(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<axum::Json<Vec<crate::events::AgentEvent>>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::field("limit", &e.body_text()))?;
+    let Query(query) = query
+        .map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, "limit", &e.body_text()))?;
     let limit = query.limit.unwrap_or(100).min(MAX_EVENTS);
     Ok(axum::Json(shared.stores.events.recent(limit).await?))
 }

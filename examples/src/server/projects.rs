@@ -5,22 +5,17 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use sam_core::model::id_kind::IdKind;
 use sam_core::{
     AgentProfileRecord, CredentialInput, CredentialOwner, CredentialTarget, CredentialView,
-    ErrorCategory, Id, ProfileId, ProfileInput, ProjectId, ProjectInput, ProjectRecord,
-    SetupStatus, TaskStatus, UserId, UserInput, UserRecord,
+    ErrorCategory, ProfileId, ProfileInput, ProjectId, ProjectInput, ProjectRecord, SetupStatus,
+    TaskStatus, UserId, UserInput, UserRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Accepted, ApiError, ApiState, json_body, task_id};
+use super::{Accepted, ApiError, ApiState, parse_body, path_id};
 
 type Json<T> = Result<axum::Json<T>, ApiError>;
-
-fn id<K: IdKind>(raw: &str, field: &str) -> Result<Id<K>, ApiError> {
-    Id::new(raw).map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, field, &e.to_string()))
-}
 
 fn missing(what: std::fmt::Arguments<'_>) -> ApiError {
     ApiError::new(ErrorCategory::NotFound, &format!("{what} does not exist"))
@@ -49,7 +44,7 @@ pub(super) async fn retry(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let id = task_id(&id)?;
+    let id: sam_core::TaskId = path_id(&id, "id")?;
     Ok(accepted(state.control_plane.retry(&id).await?))
 }
 
@@ -74,8 +69,8 @@ pub(super) async fn fork(
     UrlPath(id): UrlPath<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let id = task_id(&id)?;
-    let body: ForkBody = json_body(&bytes)?;
+    let id: sam_core::TaskId = path_id(&id, "id")?;
+    let body: ForkBody = parse_body(&bytes)?;
     Ok(accepted(state.control_plane.fork(&id, &body.prompt).await?))
 }
 
@@ -87,7 +82,7 @@ pub(super) async fn create_user(
     State(state): State<ApiState>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let input: UserInput = json_body(&bytes)?;
+    let input: UserInput = parse_body(&bytes)?;
     Ok(created(state.control_plane.create_user(&input).await?))
 }
 
@@ -98,7 +93,7 @@ pub(super) async fn get_user(
     State(state): State<ApiState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Json<UserRecord> {
-    let user: UserId = id(&raw, "id")?;
+    let user: UserId = path_id(&raw, "id")?;
     let found = state.control_plane.get_user(&user).await?;
     Ok(axum::Json(
         found.ok_or_else(|| missing(format_args!("user {user}")))?,
@@ -114,8 +109,8 @@ pub(super) async fn update_user(
     UrlPath(raw): UrlPath<String>,
     bytes: Bytes,
 ) -> Json<UserRecord> {
-    let user: UserId = id(&raw, "id")?;
-    let input: UserInput = json_body(&bytes)?;
+    let user: UserId = path_id(&raw, "id")?;
+    let input: UserInput = parse_body(&bytes)?;
     Ok(axum::Json(
         state.control_plane.update_user(&user, &input).await?,
     ))
@@ -140,7 +135,7 @@ pub(super) async fn setup(
     UrlPath(raw): UrlPath<String>,
     query: Result<Query<SetupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Json<SetupStatus> {
-    let user: UserId = id(&raw, "id")?;
+    let user: UserId = path_id(&raw, "id")?;
     let Query(query) = query.map_err(|e| {
         ApiError::new(
             ErrorCategory::InvalidConfig,
@@ -150,7 +145,7 @@ pub(super) async fn setup(
     let project: Option<ProjectId> = query
         .project
         .as_deref()
-        .map(|p| id(p, "project"))
+        .map(|p| path_id(p, "project"))
         .transpose()?;
     Ok(axum::Json(
         state
@@ -171,7 +166,7 @@ async fn set_credential(
     owner: CredentialOwner,
     bytes: &[u8],
 ) -> Json<CredentialView> {
-    let input: CredentialInput = json_body(bytes)?;
+    let input: CredentialInput = parse_body(bytes)?;
     Ok(axum::Json(
         state.control_plane.set_credential(&owner, &input).await?,
     ))
@@ -199,7 +194,7 @@ pub(super) async fn user_credentials(
     State(state): State<ApiState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Json<Vec<CredentialView>> {
-    list_credentials(&state, CredentialOwner::User(id(&raw, "id")?)).await
+    list_credentials(&state, CredentialOwner::User(path_id(&raw, "id")?)).await
 }
 
 /// Sets a user's credential for a target (write-only: the answer has no secret).
@@ -211,7 +206,7 @@ pub(super) async fn set_user_credential(
     UrlPath(raw): UrlPath<String>,
     bytes: Bytes,
 ) -> Json<CredentialView> {
-    set_credential(&state, CredentialOwner::User(id(&raw, "id")?), &bytes).await
+    set_credential(&state, CredentialOwner::User(path_id(&raw, "id")?), &bytes).await
 }
 
 /// Deletes a user's credential for a target (`agent:claude`, `provider:hetzner`, …).
@@ -221,7 +216,7 @@ pub(super) async fn delete_user_credential(
     State(state): State<ApiState>,
     UrlPath((raw, target)): UrlPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_credential(&state, CredentialOwner::User(id(&raw, "id")?), &target).await
+    delete_credential(&state, CredentialOwner::User(path_id(&raw, "id")?), &target).await
 }
 
 /// A project's credentials: what kind and for what, never the secret.
@@ -231,7 +226,7 @@ pub(super) async fn project_credentials(
     State(state): State<ApiState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Json<Vec<CredentialView>> {
-    list_credentials(&state, CredentialOwner::Project(id(&raw, "id")?)).await
+    list_credentials(&state, CredentialOwner::Project(path_id(&raw, "id")?)).await
 }
 
 /// Sets a project's credential for a target (write-only: the answer has no secret).
@@ -243,7 +238,12 @@ pub(super) async fn set_project_credential(
     UrlPath(raw): UrlPath<String>,
     bytes: Bytes,
 ) -> Json<CredentialView> {
-    set_credential(&state, CredentialOwner::Project(id(&raw, "id")?), &bytes).await
+    set_credential(
+        &state,
+        CredentialOwner::Project(path_id(&raw, "id")?),
+        &bytes,
+    )
+    .await
 }
 
 /// Deletes a project's credential for a target.
@@ -253,7 +253,12 @@ pub(super) async fn delete_project_credential(
     State(state): State<ApiState>,
     UrlPath((raw, target)): UrlPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_credential(&state, CredentialOwner::Project(id(&raw, "id")?), &target).await
+    delete_credential(
+        &state,
+        CredentialOwner::Project(path_id(&raw, "id")?),
+        &target,
+    )
+    .await
 }
 
 /// Every project, oldest first.
@@ -274,7 +279,7 @@ pub(super) async fn create_project(
     State(state): State<ApiState>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let input: ProjectInput = json_body(&bytes)?;
+    let input: ProjectInput = parse_body(&bytes)?;
     Ok(created(state.control_plane.create_project(&input).await?))
 }
 
@@ -285,7 +290,7 @@ pub(super) async fn get_project(
     State(state): State<ApiState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Json<ProjectRecord> {
-    let project: ProjectId = id(&raw, "id")?;
+    let project: ProjectId = path_id(&raw, "id")?;
     let found = state.control_plane.get_project(&project).await?;
     Ok(axum::Json(found.ok_or_else(|| {
         missing(format_args!("project {project}"))
@@ -301,8 +306,8 @@ pub(super) async fn update_project(
     UrlPath(raw): UrlPath<String>,
     bytes: Bytes,
 ) -> Json<ProjectRecord> {
-    let project: ProjectId = id(&raw, "id")?;
-    let input: ProjectInput = json_body(&bytes)?;
+    let project: ProjectId = path_id(&raw, "id")?;
+    let input: ProjectInput = parse_body(&bytes)?;
     Ok(axum::Json(
         state.control_plane.update_project(&project, &input).await?,
     ))
@@ -315,7 +320,7 @@ pub(super) async fn delete_project(
     State(state): State<ApiState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let project: ProjectId = id(&raw, "id")?;
+    let project: ProjectId = path_id(&raw, "id")?;
     state.control_plane.delete_project(&project).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -327,7 +332,7 @@ pub(super) async fn list_profiles(
     State(state): State<ApiState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Json<Vec<AgentProfileRecord>> {
-    let project: ProjectId = id(&raw, "id")?;
+    let project: ProjectId = path_id(&raw, "id")?;
     Ok(axum::Json(
         state.control_plane.list_profiles(&project).await?,
     ))
@@ -345,15 +350,15 @@ pub(super) async fn create_profile(
     UrlPath(raw): UrlPath<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let project: ProjectId = id(&raw, "id")?;
-    let input: ProfileInput = json_body(&bytes)?;
+    let project: ProjectId = path_id(&raw, "id")?;
+    let input: ProfileInput = parse_body(&bytes)?;
     Ok(created(
         state.control_plane.create_profile(&project, &input).await?,
     ))
 }
 
 fn profile_ids(raw: &str, profile: &str) -> Result<(ProjectId, ProfileId), ApiError> {
-    Ok((id(raw, "id")?, id(profile, "profile")?))
+    Ok((path_id(raw, "id")?, path_id(profile, "profile")?))
 }
 
 /// Reads a project's agent profile.
@@ -380,7 +385,7 @@ pub(super) async fn update_profile(
     bytes: Bytes,
 ) -> Json<AgentProfileRecord> {
     let (project, profile) = profile_ids(&raw, &profile)?;
-    let input: ProfileInput = json_body(&bytes)?;
+    let input: ProfileInput = parse_body(&bytes)?;
     Ok(axum::Json(
         state
             .control_plane
