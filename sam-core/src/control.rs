@@ -475,6 +475,18 @@ impl ControlPlane {
         })
     }
 
+    /// A fresh id: `prefix`, a dash and 16 hex digits of [`Self::random_u64`], so
+    /// seeded simulations replay the same ids.
+    pub(crate) fn new_id<K: crate::model::id_kind::IdKind>(
+        &self,
+        prefix: &str,
+    ) -> Result<crate::model::Id<K>, Error> {
+        Ok(crate::model::Id::new(format!(
+            "{prefix}-{:016x}",
+            self.random_u64()
+        ))?)
+    }
+
     /// A random 64-bit value: the next of the seeded sequence (SplitMix64) when the
     /// configuration sets [`ControlPlaneConfig::random_seed`], else from the
     /// process's random keys.
@@ -660,7 +672,7 @@ impl ControlPlane {
         }
 
         let now = self.clock.now();
-        let id = TaskId::new(format!("t-{:016x}", self.random_u64()))?;
+        let id: TaskId = self.new_id("t")?;
         let task = TaskRecord {
             id: id.clone(),
             status: TaskStatus::Queued,

@@ -124,18 +124,6 @@ fn title(prompt: &str) -> String {
 }
 
 impl ControlPlane {
-    /// A fresh id: `prefix`, a dash and 16 hex digits of the control plane's random
-    /// sequence (seeded in simulations).
-    fn new_id<K: crate::model::id_kind::IdKind>(
-        &self,
-        prefix: &str,
-    ) -> Result<crate::model::Id<K>, Error> {
-        Ok(crate::model::Id::new(format!(
-            "{prefix}-{:016x}",
-            self.random_u64()
-        ))?)
-    }
-
     /// Loads the project, profile and user a request names and turns them into layers.
     pub(crate) async fn intent(&self, request: &SubmitRequest) -> Result<Intent, Error> {
         let project = match &request.project {
