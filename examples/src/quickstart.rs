@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sam_core::{
     ErrorCategory, ExecutionStep, Layer, LayerSettings, SessionEvent, SubmitRequest, TaskError,
-    TaskEventKind, TaskId, TaskRecord, TaskStatus,
+    TaskEventKind, TaskId, TaskOutput, TaskRecord, TaskStatus,
 };
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -82,6 +82,8 @@ pub struct RunOutcome {
     pub last_message: Option<String>,
     /// Files the agent changed (from `git status` of the workspace).
     pub files_changed: Vec<String>,
+    /// The output branch and commit the task left in the repository.
+    pub output: Option<TaskOutput>,
     /// Wall-clock seconds from submission to the end.
     pub elapsed_secs: f64,
     /// Why it failed, with a hint; `null` on success.
@@ -133,6 +135,9 @@ impl RunOutcome {
         }
         if !self.files_changed.is_empty() {
             field("files changed", self.files_changed.join(", "));
+        }
+        for (name, value) in crate::server::output_fields(self.output.as_ref()) {
+            field(name, value);
         }
         if let Some(dir) = &self.workspace_dir {
             field("workspace dir", dir.display().to_string());
@@ -485,6 +490,7 @@ async fn outcome(
         agent: request.agent.clone(),
         last_message,
         files_changed,
+        output: view.output,
         elapsed_secs: started.elapsed().as_secs_f64(),
         error,
     })

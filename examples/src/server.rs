@@ -63,8 +63,8 @@ use sam_core::{
     ExternalInstallationId, GitCredential, GithubAccess, GithubError, Layer, LayerSettings,
     Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation, ProjectId,
     ProviderKind, PullRequestRequest, RepoRef, RepositoryHost, Reservation, ResourceRequirements,
-    Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord,
-    TaskSource, TaskStatus, UserId, VmSize, WorkspaceProfile,
+    Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskOutput,
+    TaskRecord, TaskSource, TaskStatus, UserId, VmSize, WorkspaceProfile,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -938,6 +938,11 @@ pub struct TaskView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub source: Option<TaskSource>,
+    /// What the task left in its repository (output branch, commit, pull request),
+    /// once it has pushed; absent before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<TaskOutput>,
     /// When it was submitted.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -1004,6 +1009,7 @@ impl TaskView {
             profile: task.spec.profile.map(|p| p.to_string()),
             agent_options: task.spec.agent_options,
             source,
+            output: task.output,
             created_at: task.created_at,
             updated_at: task.updated_at,
         })
@@ -1042,6 +1048,9 @@ impl TaskView {
         if let Some(placement) = &self.placement {
             field("placement", placement.reason.clone());
         }
+        for (name, value) in output_fields(self.output.as_ref()) {
+            field(name, value);
+        }
         if let Some(message) = last_message {
             field("last message", message.trim().to_owned());
         }
@@ -1053,6 +1062,22 @@ impl TaskView {
         }
         lines.join("\n")
     }
+}
+
+/// The summary lines of what a task left in its repository: branch, commit, pull
+/// request (`sam status`, `sam watch` and `sam run` print them alike).
+pub(crate) fn output_fields(output: Option<&TaskOutput>) -> Vec<(&'static str, String)> {
+    let Some(output) = output else {
+        return Vec::new();
+    };
+    let mut fields = vec![("branch", output.branch.clone())];
+    if let Some(commit) = &output.commit {
+        fields.push(("commit", commit.clone()));
+    }
+    if let Some(url) = &output.pull_request_url {
+        fields.push(("pull request", url.clone()));
+    }
+    fields
 }
 
 /// One task: status, step, size and location with their provenance, placement, error.

@@ -67,6 +67,19 @@ async fn the_demo_agent_completes_and_a_second_task_reuses_the_warm_node() {
         .expect("the demo agent wrote its file in the workspace");
     assert!(written.contains("say hello") && written.contains("demo"));
     assert_eq!(first["files_changed"], serde_json::json!(["SAM_DEMO.md"]));
+    // The output branch the task pushed is reported, and is in the user's repository
+    // at the reported commit.
+    let branch = first["output"]["branch"]
+        .as_str()
+        .expect("an output branch");
+    assert!(branch.starts_with("sam/"), "{first}");
+    let commit = first["output"]["commit"].as_str().expect("a commit");
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", branch])
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&head.stdout).trim(), commit);
 
     let (output, second) = sam_run(repo.path(), data.path(), &[]).await;
     assert!(output.status.success(), "{second}");

@@ -56,6 +56,12 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     assert!(task["reservation"].is_object(), "{task}");
     assert!(task["placement"]["reason"].is_string(), "{task}");
     assert_eq!(task["node_reused"], false);
+    assert!(
+        task["output"]["branch"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("sam/")),
+        "the output branch is on the task: {task}"
+    );
     let node = task["node"].as_str().expect("a node").to_owned();
     let workspace = task["workspace"].as_str().expect("a workspace");
     let written = data
