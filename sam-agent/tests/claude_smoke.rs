@@ -5,7 +5,7 @@
 //! `.ci/run` installs it with npm). When it is absent the test prints a notice and
 //! passes; in CI (`CI=true`) a missing agent is a failure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ fn agent_or_skip() -> Option<PathBuf> {
 }
 
 /// A session host for the adapter at `agent` in `workspace`, with `settings`.
-fn session(agent: &PathBuf, workspace: &std::path::Path, settings: SessionSettings) -> AcpSession {
+fn session(agent: &Path, workspace: &Path, settings: SessionSettings) -> AcpSession {
     let command = AgentCommand::new(agent.display().to_string())
         .with_env("IS_SANDBOX", Secret::new("1"))
         .with_cwd(workspace);
