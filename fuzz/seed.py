@@ -45,6 +45,8 @@ for body in [
      "location": "fsn1", "provider": "fake", "workspace_profile": "lightweight",
      "requirements": {"vcpus": 2, "memory_gb": 4}},
     {"repo": "r", "prompt": "p", "devcontainer": "python", "branch": "main"},
+    {"repo": "https://github.com/acme/widgets.git", "prompt": "p", "user": "u-1",
+     "github": {"installation": 4242, "pull_request": "open"}},
 ]:
     seed("server_bodies", b"\x00" + json.dumps(body).encode())
 for query in ["status=queued,in_progress&limit=10", "after=t-0000000000000001", "limit=0"]:

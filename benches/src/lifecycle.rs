@@ -166,6 +166,9 @@ impl Store for CountingStore {
     ) -> Result<Vec<GithubInstallation>, StoreError> {
         self.inner.list_github_installations(user).await
     }
+    async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError> {
+        self.write().delete_github_installation(key).await
+    }
     async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         self.write().put_user(user).await
     }

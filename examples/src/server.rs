@@ -25,6 +25,10 @@
 //! - `GET`/`PUT /v1/{users,projects}/{id}/credentials`, `DELETE
 //!   /v1/{users,projects}/{id}/credentials/{target}`: write-only, answers never
 //!   carry the secret
+//! - `POST`/`GET /v1/users/{id}/github/installations` (`{"installation": 4242}`),
+//!   `DELETE /v1/users/{id}/github/installations/{installation}`: the user's links
+//!   to GitHub App installations, checked with GitHub when made, shown by GitHub's
+//!   id ([`InstallationView`]); a task's `github` names one by that id with its `user`
 //! - `GET /v1/openapi.json`: the OpenAPI document of all of these and the callbacks
 //!   ([`openapi`]); like `/v1/health` it needs no token
 //!
@@ -60,11 +64,12 @@ use futures::Stream;
 use sam_agent::api::{ApiError, parse_body, path_id};
 use sam_core::{
     AgentOptions, ApiTokenRecord, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
-    ExternalInstallationId, GitCredential, GithubAccess, GithubError, Layer, LayerSettings,
-    Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation, ProjectId,
-    ProviderKind, PullRequestRequest, RepoRef, RepositoryHost, Reservation, ResourceRequirements,
-    Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskOutput,
-    TaskRecord, TaskSource, TaskStatus, UserId, VmSize, WorkspaceProfile,
+    ExternalInstallationId, GitCredential, GithubAccess, GithubError, InstallationKey, Layer,
+    LayerSettings, Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation,
+    ProjectId, ProviderKind, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost,
+    Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind,
+    TaskFilter, TaskId, TaskOutput, TaskRecord, TaskSource, TaskStatus, UserId, VmSize,
+    WorkspaceProfile,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -277,6 +282,13 @@ impl NoGithubApp {
 
 #[async_trait::async_trait]
 impl RepositoryHost for NoGithubApp {
+    async fn installation_account(
+        &self,
+        _installation: ExternalInstallationId,
+    ) -> Result<String, GithubError> {
+        Err(Self::refusal())
+    }
+
     async fn repository_token(
         &self,
         _installation: ExternalInstallationId,
@@ -342,7 +354,7 @@ where
 }
 
 mod projects;
-pub use projects::ForkBody;
+pub use projects::{ForkBody, InstallationView, LinkInstallationBody};
 
 /// The routes anyone may call.
 fn public_routes() -> Vec<RouteEntry<()>> {
@@ -382,6 +394,21 @@ fn user_routes() -> Vec<RouteEntry<ApiState>> {
             Verb::Delete,
             "/v1/users/{id}/credentials/{target}",
             projects::delete_user_credential,
+        ),
+        entry(
+            Verb::Post,
+            "/v1/users/{id}/github/installations",
+            projects::link_installation,
+        ),
+        entry(
+            Verb::Get,
+            "/v1/users/{id}/github/installations",
+            projects::list_installations,
+        ),
+        entry(
+            Verb::Delete,
+            "/v1/users/{id}/github/installations/{installation}",
+            projects::unlink_installation,
         ),
         entry(Verb::Get, "/v1/projects", projects::list_projects),
         entry(Verb::Post, "/v1/projects", projects::create_project),
@@ -490,7 +517,8 @@ pub fn api_router(state: ApiState) -> Router {
         projects::update_project, projects::delete_project, projects::project_credentials,
         projects::set_project_credential, projects::delete_project_credential,
         projects::list_profiles, projects::create_profile, projects::get_profile,
-        projects::update_profile, projects::delete_profile,
+        projects::update_profile, projects::delete_profile, projects::link_installation,
+        projects::list_installations, projects::unlink_installation,
     ),
     components(schemas(ErrorDoc)),
     modifiers(&BearerAuth),
@@ -719,12 +747,12 @@ pub struct SubmitBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub workspace_profile: Option<WorkspaceProfile>,
-    /// The GitHub installation link the repository is behind
-    /// (`{"installation": "<user id>:<installation id>", "pull_request": "open"}`):
-    /// the workspace then clones and pushes with short-lived installation tokens.
+    /// The GitHub App installation the repository is behind, by GitHub's id
+    /// (`{"installation": 4242, "pull_request": "open"}`): the submitting `user` must
+    /// have linked it (`POST /v1/users/{id}/github/installations`); the workspace
+    /// then clones and pushes with short-lived installation tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub github: Option<GithubAccess>,
+    pub github: Option<GithubBody>,
     /// The agent's model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -752,11 +780,46 @@ pub struct SubmitBody {
     pub user: Option<UserId>,
 }
 
+/// The `github` of a [`SubmitBody`]: which installation, by GitHub's id, and whether
+/// to open a pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubBody {
+    /// GitHub's id of the App installation the submitting user linked.
+    #[schema(value_type = u64, example = 4242)]
+    pub installation: ExternalInstallationId,
+    /// `branch_only` (the default) or `open`: push the output branch only, or open a
+    /// pull request for it too.
+    #[serde(default)]
+    #[schema(value_type = String, example = "open")]
+    pub pull_request: PullRequestMode,
+}
+
 impl SubmitBody {
+    /// The task's link to its GitHub installation: the submitting user's link to
+    /// the installation the body names.
+    fn github_access(&self) -> Result<Option<GithubAccess>, ApiError> {
+        let Some(github) = &self.github else {
+            return Ok(None);
+        };
+        let user = self.user.clone().ok_or_else(|| {
+            ApiError::field(
+                ErrorCategory::InvalidConfig,
+                "user",
+                "a task with `github` names its `user`: GitHub installations are linked per user",
+            )
+        })?;
+        Ok(Some(GithubAccess {
+            installation: InstallationKey::new(user, github.installation),
+            pull_request: github.pull_request,
+        }))
+    }
+
     /// The control plane's request, with these settings as the task layer.
     ///
     /// # Errors
-    /// `invalid_config` naming `repo` or `prompt` when one is missing.
+    /// `invalid_config` naming `repo` or `prompt` when one is missing, or `user` when
+    /// `github` is given without it.
     pub fn to_request(&self) -> Result<SubmitRequest, ApiError> {
         let required = |value: &Option<String>, field: &str| {
             value.clone().ok_or_else(|| {
@@ -796,7 +859,7 @@ impl SubmitBody {
             branch: self.branch.clone(),
             layers,
             preferred_node: None,
-            github: self.github.clone(),
+            github: self.github_access()?,
             project: self.project.clone(),
             profile: self.profile.clone(),
             user: self.user.clone(),
@@ -809,7 +872,7 @@ impl SubmitBody {
 ///
 /// # Errors
 /// `invalid_config` for a body that is not JSON, a field of the wrong type (named in
-/// `field`), or a missing `repo` or `prompt`.
+/// `field`), a missing `repo` or `prompt`, or `github` without `user`.
 pub fn submit_request(bytes: &[u8]) -> Result<SubmitRequest, ApiError> {
     parse_body::<SubmitBody>(bytes)?.to_request()
 }

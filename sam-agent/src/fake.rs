@@ -13,7 +13,10 @@
 //! when told to; asks for permission, reads and writes files when told to, reporting
 //! each answer as an `agent_message_chunk` (`permission: …`, `read: …`, `write: …`);
 //! waits [`FakeAgentScript::slow`] (answering `session/cancel` with `cancelled`);
-//! then ends the turn with [`FakeAgentScript::stop_reason`].
+//! then ends the turn with [`FakeAgentScript::stop_reason`]. With
+//! [`FakeAgentScript::models`] its sessions list those models and it answers
+//! `session/set_model`; [`FakeAgentScript::name`] lets it stand in for a real adapter,
+//! and [`FakeAgentScript::transcript`] keeps every message it received.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,6 +70,15 @@ pub struct FakeAgentScript {
     pub report_env: Option<String>,
     /// A file to which every received message's method and session id are appended.
     pub record: Option<PathBuf>,
+    /// A file to which every received message is appended whole, one JSON line each.
+    pub transcript: Option<PathBuf>,
+    /// The name `initialize` gives instead of `fake-acp-agent` (to stand in for a
+    /// real adapter).
+    pub name: Option<String>,
+    /// The models `session/new` and `session/load` list (the first is current);
+    /// `session/set_model` selects one of them. Empty: the agent lists none and has
+    /// no `session/set_model`.
+    pub models: Vec<String>,
 }
 
 impl Default for FakeAgentScript {
@@ -87,6 +99,9 @@ impl Default for FakeAgentScript {
             stop_reason: "end_turn".to_owned(),
             report_env: None,
             record: None,
+            transcript: None,
+            name: None,
+            models: Vec::new(),
         }
     }
 }
@@ -106,6 +121,9 @@ impl FakeAgentScript {
             ("ASK_PERMISSION", self.ask_permission.to_string()),
             ("STOP_REASON", self.stop_reason.clone()),
         ];
+        if !self.models.is_empty() {
+            env.push(("MODELS", self.models.join(",")));
+        }
         if let Some(crash) = self.crash {
             let crash = match crash {
                 FakeCrash::AtStart => "at_start",
@@ -125,6 +143,11 @@ impl FakeAgentScript {
                 "RECORD",
                 self.record.as_ref().map(|p| p.display().to_string()),
             ),
+            (
+                "TRANSCRIPT",
+                self.transcript.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("NAME", self.name.clone()),
         ];
         env.extend(paths.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         env.into_iter()
@@ -165,6 +188,16 @@ impl FakeAgentScript {
             stop_reason: get("STOP_REASON").unwrap_or(defaults.stop_reason),
             report_env: get("REPORT_ENV"),
             record: get("RECORD").map(PathBuf::from),
+            transcript: get("TRANSCRIPT").map(PathBuf::from),
+            name: get("NAME"),
+            models: get("MODELS")
+                .map(|m| {
+                    m.split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -208,6 +241,7 @@ pub async fn serve(
         prompts: 0,
         next_id: 1000,
         sessions: 0,
+        model: script.models.first().cloned(),
     };
     agent.run().await
 }
@@ -218,10 +252,15 @@ struct Agent<'a, W> {
     prompts: u32,
     next_id: u64,
     sessions: u32,
+    /// The current model, when the script lists models.
+    model: Option<String>,
 }
 
 impl<W: AsyncWrite + Unpin> Agent<'_, W> {
     fn record(&self, message: &Value) {
+        if let Some(path) = &self.script.transcript {
+            append(path, &format!("{message}\n"));
+        }
         let Some(path) = &self.script.record else {
             return;
         };
@@ -230,15 +269,27 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
             .pointer("/params/sessionId")
             .and_then(Value::as_str)
             .unwrap_or("-");
-        let line = format!("{method} {session}\n");
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            use std::io::Write as _;
-            let _ = file.write_all(line.as_bytes());
+        append(path, &format!("{method} {session}\n"));
+    }
+
+    /// The session answer's `models`, when the script lists models.
+    fn models(&self) -> Option<Value> {
+        let current = self.model.as_ref()?;
+        let available: Vec<Value> = self
+            .script
+            .models
+            .iter()
+            .map(|m| json!({ "modelId": m, "name": m }))
+            .collect();
+        Some(json!({ "availableModels": available, "currentModelId": current }))
+    }
+
+    /// A session answer with `fields`, and the models when the script lists them.
+    fn session_answer(&self, mut fields: Value) -> Value {
+        if let Some(models) = self.models() {
+            fields["models"] = models;
         }
+        fields
     }
 
     async fn run(&mut self) -> std::io::Result<FakeExit> {
@@ -249,12 +300,13 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
             let Some(id) = id else { continue };
             match method {
                 "initialize" => {
+                    let base = self.script.name.as_deref().unwrap_or("fake-acp-agent");
                     let name = match &self.script.report_env {
                         Some(var) if std::env::var_os(var).is_some() => {
-                            format!("fake-acp-agent ({var} set)")
+                            format!("{base} ({var} set)")
                         }
-                        Some(var) => format!("fake-acp-agent ({var} unset)"),
-                        None => "fake-acp-agent".to_owned(),
+                        Some(var) => format!("{base} ({var} unset)"),
+                        None => base.to_owned(),
                     };
                     let result = json!({
                         "protocolVersion": 1,
@@ -267,7 +319,24 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                 "session/new" => {
                     self.sessions += 1;
                     let session = format!("fake-session-{}", self.sessions);
-                    self.io.reply(id, json!({ "sessionId": session })).await?;
+                    let answer = self.session_answer(json!({ "sessionId": session }));
+                    self.io.reply(id, answer).await?;
+                }
+                "session/set_model" if self.model.is_some() => {
+                    let wanted = message
+                        .pointer("/params/modelId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if self.script.models.iter().any(|m| m == wanted) {
+                        self.model = Some(wanted.to_owned());
+                        self.io.reply(id, json!({})).await?;
+                    } else {
+                        let error =
+                            json!({ "code": -32602, "message": format!("unknown model {wanted}") });
+                        self.io
+                            .send(json!({ "jsonrpc": "2.0", "id": id, "error": error }))
+                            .await?;
+                    }
                 }
                 "session/load" => {
                     let session = message
@@ -278,7 +347,8 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                     // Replay the history, as real agents do.
                     self.io.update(&session, json!({ "sessionUpdate": "user_message_chunk", "content": { "type": "text", "text": "(history)" } }))
                         .await?;
-                    self.io.reply(id, json!({})).await?;
+                    let answer = self.session_answer(json!({}));
+                    self.io.reply(id, answer).await?;
                 }
                 "session/prompt" => {
                     let session = message
@@ -408,6 +478,18 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
     }
 }
 
+/// Appends `text` to the file at `path`, ignoring failures (a test reads it).
+fn append(path: &std::path::Path, text: &str) {
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write as _;
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
 fn describe_answer(answer: Option<&Value>, ok: impl FnOnce(&Value) -> String) -> String {
     match answer {
         Some(a) if a.get("result").is_some() => ok(&a["result"]),
@@ -458,6 +540,9 @@ mod tests {
             stop_reason: "refusal".to_owned(),
             report_env: Some("ANTHROPIC_API_KEY".to_owned()),
             record: Some(PathBuf::from("/tmp/record")),
+            transcript: Some(PathBuf::from("/tmp/transcript")),
+            name: Some("@zed-industries/claude-agent-acp".to_owned()),
+            models: vec!["default".to_owned(), "opus".to_owned()],
         };
         let vars = script
             .to_env()

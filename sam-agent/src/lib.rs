@@ -105,6 +105,7 @@ pub mod storage;
 
 pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
+    SYSTEM_PROMPT_META_AGENTS, SessionSettings,
 };
 pub use callbacks::{Callbacks, CallbacksConfig};
 pub use control_plane::{CALLBACK_PATHS, GIT_PATHS, callback_router, git_router};

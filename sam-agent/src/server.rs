@@ -56,7 +56,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::acp::{AcpOptions, AcpSession, AgentCommand, KNOWN_AGENTS};
+use crate::acp::{AcpOptions, AcpSession, AgentCommand, KNOWN_AGENTS, SessionSettings};
 use crate::api::{
     ApiError, CreateWorkspace, EventsQuery, MAX_EVENTS, NodeReady, SessionView, StartSession,
     WorkspaceView, management_signer, parse_body, path_id,
@@ -829,7 +829,11 @@ async fn start_session(
                 .unwrap_or(shared.acp.permission),
             ..shared.acp
         };
-        let acp = Arc::new(AcpSession::new(Arc::new(command), options));
+        let settings = SessionSettings {
+            model: request.options.model.clone(),
+            system_prompt: request.options.system_prompt.clone(),
+        };
+        let acp = Arc::new(AcpSession::new(Arc::new(command), options).with_settings(settings));
         let dir = workspace.dir.clone();
         state.session = Some(Slot {
             agent: request.agent.clone(),
@@ -858,7 +862,7 @@ async fn start_session(
         Arc::clone(&entry),
         acp,
         dir,
-        session_prompt(&request),
+        request.prompt.clone(),
         sender,
     ));
     let view = entry.session_view().ok_or_else(|| {
@@ -876,7 +880,9 @@ const RESERVED_ENV: &[&str] = &["PATH", "HOME", "USER", "SHELL", "PWD"];
 
 /// The agent command with the session's environment: its credential, and its model
 /// and effort as `SAM_AGENT_MODEL` / `SAM_AGENT_EFFORT` (Claude also reads the model
-/// from `ANTHROPIC_MODEL`).
+/// from `ANTHROPIC_MODEL`). These are for agents without ACP support for them: the
+/// model is also selected over ACP ([`SessionSettings`]) when the agent lists its
+/// models, while effort has no ACP field and travels only here.
 fn with_session_env(
     mut command: AgentCommand,
     request: &StartSession,
@@ -909,17 +915,6 @@ fn with_session_env(
         command = command.with_env("SAM_AGENT_EFFORT", Secret::new(effort.as_str()));
     }
     Ok(command)
-}
-
-/// The prompt the agent receives: the system-prompt addition first, as instructions,
-/// then the task's prompt.
-fn session_prompt(request: &StartSession) -> String {
-    match request.options.system_prompt.as_deref().map(str::trim) {
-        Some(addition) if !addition.is_empty() => {
-            format!("{addition}\n\n{}", request.prompt)
-        }
-        _ => request.prompt.clone(),
-    }
 }
 
 /// Sends a session's callbacks to the control plane, one at a time, in order.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use sam_agent::fake::{FakeAgentScript, FakeCrash};
-use sam_agent::{AcpOptions, AcpSession, AgentCommand, CrashPolicy, PermissionMode};
+use sam_agent::{
+    AcpOptions, AcpSession, AgentCommand, CrashPolicy, PermissionMode, SessionSettings,
+};
 use sam_core::{
     AgentError, AgentFailure, AgentSession, ErrorCategory, RetryOn, RetryPolicy, Secret,
     SessionEvent, StopReason, TaskStatus, TimedEvent,
@@ -539,4 +541,149 @@ async fn load_session_needs_the_capability() {
             assert_eq!(e.category, ErrorCategory::InvalidConfig);
         }
     }
+}
+
+/// Every request the fake agent received, as (method, params), from its transcript.
+fn requests(transcript: &Path) -> Vec<(String, serde_json::Value)> {
+    std::fs::read_to_string(transcript)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|m| {
+            let method = m.get("method")?.as_str()?.to_owned();
+            Some((method, m.get("params").cloned().unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// A session with `settings` against the fake agent of `script` (its transcript in
+/// `root/transcript.jsonl`): initialize, `session/new`, then two prompts.
+async fn settings_turns(
+    script: FakeAgentScript,
+    settings: SessionSettings,
+    root: &Path,
+) -> (Result<(), AgentError>, Vec<(String, serde_json::Value)>) {
+    let transcript = root.join("transcript.jsonl");
+    let script = FakeAgentScript {
+        transcript: Some(transcript.clone()),
+        ..script
+    };
+    let session =
+        AcpSession::new(Arc::new(command(&script)), fast_options()).with_settings(settings);
+    session.initialize().await.unwrap();
+    let outcome = async {
+        let id = session.new_session(&root.join("ws")).await?;
+        session.prompt(&id, "fix it").await?;
+        session.prompt(&id, "and then this").await?;
+        Ok(())
+    }
+    .await;
+    drop(session);
+    (outcome, requests(&transcript))
+}
+
+fn settings() -> SessionSettings {
+    SessionSettings {
+        model: Some("opus".to_owned()),
+        system_prompt: Some("  Review only.\n".to_owned()),
+    }
+}
+
+fn methods(requests: &[(String, serde_json::Value)]) -> Vec<&str> {
+    requests.iter().map(|(m, _)| m.as_str()).collect()
+}
+
+fn prompt_text(params: &serde_json::Value) -> &str {
+    params["prompt"][0]["text"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn the_claude_adapter_gets_its_model_and_system_prompt_over_acp() {
+    let dir = workspace();
+    let script = FakeAgentScript {
+        name: Some(sam_agent::SYSTEM_PROMPT_META_AGENTS[0].to_owned()),
+        models: vec!["default".to_owned(), "opus".to_owned()],
+        ..FakeAgentScript::default()
+    };
+    let (outcome, requests) = settings_turns(script, settings(), dir.path()).await;
+    outcome.unwrap();
+    assert_eq!(
+        methods(&requests),
+        [
+            "initialize",
+            "session/new",
+            "session/set_model",
+            "session/prompt",
+            "session/prompt"
+        ]
+    );
+    let ws = dir.path().join("ws").canonicalize().unwrap();
+    assert_eq!(
+        requests[1].1,
+        serde_json::json!({
+            "cwd": ws,
+            "mcpServers": [],
+            "_meta": { "systemPrompt": { "append": "Review only." } },
+        })
+    );
+    assert_eq!(
+        requests[2].1,
+        serde_json::json!({ "sessionId": "fake-session-1", "modelId": "opus" })
+    );
+    // The instructions went in the session: the prompts are the user's own.
+    assert_eq!(prompt_text(&requests[3].1), "fix it");
+    assert_eq!(prompt_text(&requests[4].1), "and then this");
+}
+
+#[tokio::test]
+async fn an_agent_without_the_extension_gets_the_instructions_in_its_first_prompt() {
+    let dir = workspace();
+    // No models listed: the model reaches this agent through its environment only.
+    let (outcome, requests) =
+        settings_turns(FakeAgentScript::default(), settings(), dir.path()).await;
+    outcome.unwrap();
+    assert_eq!(
+        methods(&requests),
+        [
+            "initialize",
+            "session/new",
+            "session/prompt",
+            "session/prompt"
+        ]
+    );
+    assert!(requests[1].1.get("_meta").is_none(), "{}", requests[1].1);
+    assert_eq!(prompt_text(&requests[2].1), "Review only.\n\nfix it");
+    assert_eq!(prompt_text(&requests[3].1), "and then this");
+}
+
+#[tokio::test]
+async fn a_model_the_agent_does_not_offer_is_a_typed_error() {
+    let dir = workspace();
+    let script = FakeAgentScript {
+        models: vec!["default".to_owned(), "sonnet".to_owned()],
+        ..FakeAgentScript::default()
+    };
+    let (outcome, requests) = settings_turns(script, settings(), dir.path()).await;
+    let error = outcome.unwrap_err();
+    assert_eq!(error.failure, AgentFailure::Unsupported, "{error}");
+    assert_eq!(error.category, ErrorCategory::InvalidConfig, "{error}");
+    assert!(
+        error.message.contains("\"opus\"") && error.message.contains("default, sonnet"),
+        "{error}"
+    );
+    assert_eq!(
+        methods(&requests),
+        ["initialize", "session/new"],
+        "nothing was prompted"
+    );
+
+    // The model the agent has already: nothing to select.
+    let dir = workspace();
+    let script = FakeAgentScript {
+        models: vec!["opus".to_owned()],
+        ..FakeAgentScript::default()
+    };
+    let (outcome, requests) = settings_turns(script, settings(), dir.path()).await;
+    outcome.unwrap();
+    assert!(!requests.iter().any(|(m, _)| m == "session/set_model"));
 }

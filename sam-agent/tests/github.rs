@@ -6,197 +6,53 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use chrono::Utc;
 use sam_agent::api::management_signer;
 use sam_agent::fake::FakeAgentScript;
 use sam_agent::git::GitConfig;
 use sam_agent::{AgentCommand, HostRuntime, VmAgent, VmAgentConfig, callback_router, git_router};
-use sam_core::testkit::fixtures::{github_installation, node, reservation, workspace};
+use sam_core::testkit::fixtures::{node, reservation, user, workspace};
 use sam_core::testkit::node_agent::{FakeNodeAgent, PlainBoot};
 use sam_core::{
-    ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, GithubAccess, NodeId,
-    Provider, ProviderKind, PullRequestMode, RetryOn, RetryPolicy, Secret, Store, SubmitRequest,
-    TaskRecord, TaskStatus, TokenScope, TokenSigner, TokioClock, WorkspaceId, output_branch,
+    Classify, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, ErrorCategory,
+    ExternalInstallationId, GithubAccess, GithubInstallation, InstallationKey, NodeId, Provider,
+    ProviderKind, PullRequestMode, RepositoryHost, RetryOn, RetryPolicy, Secret, Store,
+    SubmitRequest, TaskRecord, TaskStatus, TokenScope, TokenSigner, TokioClock, UserId,
+    WorkspaceId, output_branch,
 };
 use sam_providers::{FakeProvider, GithubApp, GithubAppConfig};
 use sam_store::MemoryStore;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 use wiremock::matchers::{body_partial_json, header as has_header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[path = "support/github_peers.rs"]
+mod github_peers;
+use github_peers::{GitHttp, git, mock_github, serve};
 
 const INSTALLATION: u64 = 4242;
 const MINTED: &str = "ghs_minted_by_the_mock_github";
 const NODE: &str = "node-1";
 const PROMPT: &str = "Add agent notes to the repository";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.invalid",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// What the git server saw and allows.
-#[derive(Clone)]
-struct GitServer {
-    root: PathBuf,
-    /// Every password a request carried.
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-/// `git http-backend` behind basic auth: only `x-access-token` with the token the
-/// mocked GitHub minted gets in; anything else is asked to authenticate.
-async fn git_cgi(
-    State(server): State<GitServer>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let credentials = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-        .map(|v| String::from_utf8_lossy(&v).into_owned());
-    if let Some(pair) = &credentials {
-        let password = pair.split_once(':').map_or("", |(_, p)| p).to_owned();
-        server.seen.lock().unwrap().push(password);
-    }
-    if credentials.as_deref() != Some(&format!("x-access-token:{MINTED}")) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")],
-        )
-            .into_response();
-    }
-    let mut command = tokio::process::Command::new("git");
-    command
-        .arg("http-backend")
-        .env("GIT_PROJECT_ROOT", &server.root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("PATH_INFO", uri.path())
-        .env("QUERY_STRING", uri.query().unwrap_or(""))
-        .env("REQUEST_METHOD", method.as_str())
-        .env("REMOTE_USER", "x-access-token")
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .env("CONTENT_LENGTH", body.len().to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for (name, var) in [
-        (header::CONTENT_TYPE.as_str(), "CONTENT_TYPE"),
-        ("content-encoding", "HTTP_CONTENT_ENCODING"),
-        ("git-protocol", "GIT_PROTOCOL"),
-    ] {
-        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            command.env(var, value);
-        }
-    }
-    let mut child = command.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&body).await.unwrap();
-    drop(stdin);
-    let output = child.wait_with_output().await.unwrap();
-    let raw = output.stdout;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4))
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
-        .expect("CGI headers end with a blank line");
-    let head = String::from_utf8_lossy(&raw[..split.0]).into_owned();
-    let mut response = Response::builder();
-    for line in head.lines() {
-        let (name, value) = line.split_once(':').unwrap();
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("status") {
-            response = response.status(value[..3].parse::<u16>().unwrap());
-        } else {
-            response = response.header(name, value);
-        }
-    }
-    response
-        .body(axum::body::Body::from(raw[split.0 + split.1..].to_vec()))
-        .unwrap()
-}
-
-async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    url
-}
-
 struct World {
     store: Arc<dyn Store>,
     cp: ControlPlane,
+    app: Arc<GithubApp>,
     control_plane_url: String,
     github: MockServer,
-    git_root: tempfile::TempDir,
-    git_seen: Arc<Mutex<Vec<String>>>,
+    git: GitHttp,
     repo_url: String,
 }
 
 /// A bare `acme/widgets.git` served over HTTP, a mocked GitHub, and a control plane
 /// with the git routes.
 async fn world() -> World {
-    let git_root = tempfile::tempdir().unwrap();
-    let bare = git_root.path().join("acme/widgets.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    let seed = tempfile::tempdir().unwrap();
-    git(seed.path(), &["init", "--quiet"]);
-    std::fs::write(seed.path().join("README.md"), "widgets\n").unwrap();
-    git(seed.path(), &["add", "-A"]);
-    git(seed.path(), &["commit", "--quiet", "-m", "init"]);
-    git(
-        seed.path(),
-        &["push", "--quiet", bare.to_str().unwrap(), "main"],
-    );
-    let git_seen = Arc::new(Mutex::new(Vec::new()));
-    let git_url = serve(axum::Router::new().fallback(git_cgi).with_state(GitServer {
-        root: git_root.path().to_owned(),
-        seen: Arc::clone(&git_seen),
-    }))
-    .await;
-
-    let github = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!(
-            "/app/installations/{INSTALLATION}/access_tokens"
-        )))
-        .and(body_partial_json(json!({ "repositories": ["widgets"] })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
-            "token": MINTED,
-            "expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
-        })))
-        .mount(&github)
-        .await;
+    let git = GitHttp::start(MINTED).await;
+    let github = mock_github(INSTALLATION, MINTED).await;
     let key = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../sam-providers/tests/data/test-github-app.pem"),
@@ -204,7 +60,7 @@ async fn world() -> World {
     .unwrap();
     let mut app = GithubAppConfig::new(7, Secret::new(key));
     app.api_url = github.uri();
-    let app = GithubApp::new(app).unwrap();
+    let app = Arc::new(GithubApp::new(app).unwrap());
 
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let provider: Arc<dyn Provider> = Arc::new(FakeProvider::new());
@@ -223,36 +79,30 @@ async fn world() -> World {
         ControlPlaneConfig::new("test", ProviderKind::Fake),
     )
     .unwrap();
-    let router = callback_router(cp.clone()).merge(git_router(cp.clone(), Arc::new(app)));
+    let router = callback_router(cp.clone()).merge(git_router(
+        cp.clone(),
+        Arc::clone(&app) as Arc<dyn RepositoryHost>,
+    ));
     let control_plane_url = serve(router).await;
     World {
         store,
         cp,
+        app,
         control_plane_url,
         github,
-        git_root,
-        git_seen,
-        repo_url: format!("{git_url}/acme/widgets.git"),
+        repo_url: git.repo_url.clone(),
+        git,
     }
 }
 
 impl World {
-    /// Links the installation for `user`, submits a task against the repository
-    /// and records its workspace `ws` on a node.
+    /// Links the installation for `user` (through the GitHub App), submits a task
+    /// as `user` against the repository and records its workspace `ws` on a node.
     async fn task(&self, user: &str, ws: &str, pull_request: PullRequestMode) -> TaskRecord {
-        let link = github_installation(user, INSTALLATION, 0);
-        self.store.put_github_installation(&link).await.unwrap();
+        let link = self.link(user).await.unwrap();
         let id = self
             .cp
-            .submit(&SubmitRequest {
-                repo: self.repo_url.clone(),
-                prompt: PROMPT.to_owned(),
-                github: Some(GithubAccess {
-                    installation: link.key(),
-                    pull_request,
-                }),
-                ..SubmitRequest::default()
-            })
+            .submit(&self.request(user, link.key(), pull_request))
             .await
             .unwrap();
         if self
@@ -268,6 +118,40 @@ impl World {
         record.task_id = id.clone();
         self.store.reserve_workspace_slot(&record).await.unwrap();
         self.store.get_task(&id).await.unwrap().unwrap()
+    }
+
+    /// Creates `user` if needed and links them to the installation.
+    async fn link(&self, name: &str) -> Result<GithubInstallation, sam_core::Error> {
+        let id = UserId::new(name).unwrap();
+        if self.store.get_user(&id).await.unwrap().is_none() {
+            self.store.put_user(&user(name, 0)).await.unwrap();
+        }
+        self.cp
+            .link_github_installation(
+                self.app.as_ref(),
+                &id,
+                ExternalInstallationId::new(INSTALLATION).unwrap(),
+            )
+            .await
+    }
+
+    /// A task submitted by `user` that uses the link `key`.
+    fn request(
+        &self,
+        user: &str,
+        key: InstallationKey,
+        pull_request: PullRequestMode,
+    ) -> SubmitRequest {
+        SubmitRequest {
+            repo: self.repo_url.clone(),
+            prompt: PROMPT.to_owned(),
+            github: Some(GithubAccess {
+                installation: key,
+                pull_request,
+            }),
+            user: Some(UserId::new(user).unwrap()),
+            ..SubmitRequest::default()
+        }
     }
 
     async fn credential(&self, ws: &str, token: &str, body: Value) -> (u16, Value) {
@@ -463,7 +347,7 @@ async fn a_task_behind_a_github_app_clones_and_pushes_without_a_token_on_the_nod
     );
 
     // The pushed branch is in the bare repository, with the agent's file.
-    let bare = world.git_root.path().join("acme/widgets.git");
+    let bare = world.git.bare();
     let pushed = git(&bare, &["rev-parse", &format!("refs/heads/{branch}")]);
     assert_eq!(Some(pushed), output.commit);
     assert_eq!(
@@ -476,7 +360,7 @@ async fn a_task_behind_a_github_app_clones_and_pushes_without_a_token_on_the_nod
     );
 
     // Git authenticated with the minted token only, and nothing kept it.
-    let seen = world.git_seen.lock().unwrap().clone();
+    let seen = world.git.seen.lock().unwrap().clone();
     assert!(
         !seen.is_empty() && seen.iter().all(|p| p == MINTED),
         "{seen:?}"
@@ -605,4 +489,116 @@ async fn credentials_are_scoped_to_the_workspace_and_its_repository() {
         .credential("ws-a", token_a.expose(), asked("acme/widgets.git"))
         .await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn links_are_checked_with_github_and_never_shared_between_users() {
+    let world = world().await;
+    // Two users of one organisation each link the installation.
+    let alice = world.link("alice").await.unwrap();
+    let bob = world.link("bob").await.unwrap();
+    assert_eq!(
+        (alice.account.as_str(), bob.account.as_str()),
+        ("acme", "acme")
+    );
+    assert_ne!(alice.key(), bob.key());
+    for who in ["alice", "bob"] {
+        let links = world
+            .cp
+            .list_github_installations(&UserId::new(who).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            links
+                .iter()
+                .map(|l| l.external_id.get())
+                .collect::<Vec<_>>(),
+            [INSTALLATION],
+            "{who} sees the installation"
+        );
+    }
+    let status = world
+        .cp
+        .setup_status(&UserId::new("alice").unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status.repository_access.how,
+        [format!("GitHub App installation {INSTALLATION}")]
+    );
+
+    // Linking again keeps when the link was made.
+    let again = world.link("alice").await.unwrap();
+    assert_eq!(again.created_at, alice.created_at);
+
+    // Bob cannot submit a task that uses Alice's link, nor does a task without a
+    // user get one.
+    let mut anonymous = world.request("alice", alice.key(), PullRequestMode::BranchOnly);
+    anonymous.user = None;
+    for request in [
+        world.request("bob", alice.key(), PullRequestMode::BranchOnly),
+        anonymous,
+    ] {
+        let error = world.cp.submit(&request).await.unwrap_err();
+        assert_eq!(error.category(), ErrorCategory::InvalidConfig, "{error}");
+        assert!(
+            matches!(
+                error,
+                sam_core::Error::InvalidInput {
+                    field: "github",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    // Once Bob unlinks, his tasks cannot use the installation; Alice's link stays.
+    world
+        .cp
+        .unlink_github_installation(&bob.user_id, bob.external_id)
+        .await
+        .unwrap();
+    let error = world
+        .cp
+        .submit(&world.request("bob", bob.key(), PullRequestMode::BranchOnly))
+        .await
+        .unwrap_err();
+    assert_eq!(error.category(), ErrorCategory::NotFound, "{error}");
+    world
+        .cp
+        .submit(&world.request("alice", alice.key(), PullRequestMode::BranchOnly))
+        .await
+        .unwrap();
+
+    // An installation the App does not have is a typed not-found, and no link is made.
+    let error = world
+        .cp
+        .link_github_installation(
+            world.app.as_ref(),
+            &alice.user_id,
+            ExternalInstallationId::new(999).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.category(), ErrorCategory::NotFound, "{error}");
+    assert!(matches!(error, sam_core::Error::Github(_)), "{error}");
+    assert!(error.to_string().contains("no installation 999"), "{error}");
+    let links = world
+        .cp
+        .list_github_installations(&alice.user_id)
+        .await
+        .unwrap();
+    assert_eq!(links.len(), 1);
+    // An unknown user cannot link anything.
+    let error = world
+        .cp
+        .link_github_installation(
+            world.app.as_ref(),
+            &UserId::new("nobody").unwrap(),
+            ExternalInstallationId::new(INSTALLATION).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.category(), ErrorCategory::NotFound, "{error}");
 }

@@ -1161,3 +1161,102 @@ async fn agent_credentials_reach_only_the_agent_process() {
     assert_eq!(err.category, ErrorCategory::InvalidConfig, "{err}");
     h.stop().await;
 }
+
+/// A task's model reaches an agent that lists models over ACP (`session/set_model`),
+/// and a model it does not offer fails the session with a typed error the control
+/// plane records on the task.
+#[tokio::test]
+async fn the_model_is_selected_over_acp_and_an_unoffered_one_fails_the_session() {
+    let transcript_dir = tempfile::tempdir().unwrap();
+    let transcript = transcript_dir.path().join("transcript.jsonl");
+    let path = transcript.clone();
+    let h = Harness::start_with(move |config| {
+        config.agents.insert(
+            "listing".to_owned(),
+            fake_agent(&FakeAgentScript {
+                models: vec!["default".to_owned(), "haiku".to_owned()],
+                transcript: Some(path),
+                ..FakeAgentScript::default()
+            }),
+        );
+    })
+    .await;
+    let session = |model: &str| {
+        json!({
+            "agent": "listing",
+            "prompt": "fix it",
+            "options": { "model": model, "system_prompt": "Review only." },
+        })
+    };
+    for (ws, model) in [("ws-haiku", "haiku"), ("ws-opus", "opus")] {
+        h.ready_workspace(ws).await;
+        let (status, body) = h
+            .json(
+                reqwest::Method::POST,
+                &format!("/v1/workspaces/{ws}/sessions"),
+                Some(session(model)),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        h.session_done(ws).await;
+    }
+    let (_, haiku) = h
+        .json(
+            reqwest::Method::GET,
+            "/v1/workspaces/ws-haiku/sessions",
+            None,
+        )
+        .await;
+    assert_eq!(haiku["report"]["state"], "stopped", "{haiku}");
+    let (_, opus) = h
+        .json(
+            reqwest::Method::GET,
+            "/v1/workspaces/ws-opus/sessions",
+            None,
+        )
+        .await;
+    assert_eq!(opus["report"]["state"], "failed", "{opus}");
+    assert_eq!(opus["report"]["error"]["category"], "invalid_config");
+    let message = opus["report"]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"opus\"") && message.contains("default, haiku"),
+        "{message}"
+    );
+
+    // What the agent received: haiku selected, the addition in the first prompt.
+    let received: Vec<Value> = std::fs::read_to_string(&transcript)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let set_model: Vec<&Value> = received
+        .iter()
+        .filter(|m| m["method"] == "session/set_model")
+        .collect();
+    assert_eq!(set_model.len(), 1, "only the offered model is selected");
+    assert_eq!(set_model[0]["params"]["modelId"], "haiku");
+    let prompts: Vec<&Value> = received
+        .iter()
+        .filter(|m| m["method"] == "session/prompt")
+        .collect();
+    assert_eq!(prompts.len(), 1, "the failed session sent no prompt");
+    assert_eq!(
+        prompts[0]["params"]["prompt"][0]["text"],
+        "Review only.\n\nfix it"
+    );
+    // The session's failure is what the control plane heard.
+    let mut failed = false;
+    for _ in 0..400 {
+        failed = h
+            .callbacks("/v1/workspaces/ws-opus/events")
+            .await
+            .into_iter()
+            .any(|(_, body)| body.to_string().contains("does not offer model"));
+        if failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(failed, "the failure reached the control plane");
+    h.stop().await;
+}

@@ -160,8 +160,9 @@ pub struct SubmitRequest {
     pub layers: BTreeMap<Layer, LayerSettings>,
     /// A node to run on, if the caller wants one.
     pub preferred_node: Option<NodeId>,
-    /// The GitHub installation the repository is behind; `repo` must then be its
-    /// HTTPS URL.
+    /// The GitHub installation the repository is behind; the repository must then
+    /// be its HTTPS URL, and the link must be the submitting user's (`user`, or the
+    /// project's owner): a link is never shared between users.
     pub github: Option<GithubAccess>,
     /// The project the task belongs to: its settings are the `project` layer, and its
     /// repository is used when `repo` is empty.
@@ -539,7 +540,9 @@ impl ControlPlane {
     /// [`Error::InvalidInput`] (and other `invalid_config` errors) for a request that
     /// can never run: empty repo or prompt, unknown provider or agent, a named
     /// devcontainer with the lightweight profile, requirements no size can meet, an
-    /// explicit size too small for them. Store failures as classified.
+    /// explicit size too small for them, a GitHub installation link of another user
+    /// (field `github`). `not_found` for a GitHub installation link the submitting
+    /// user has not made. Store failures as classified.
     pub async fn submit(&self, request: &SubmitRequest) -> Result<TaskId, Error> {
         self.submit_with(request, None).await
     }
@@ -563,7 +566,22 @@ impl ControlPlane {
             return Err(invalid("prompt", "must not be empty"));
         }
         if let Some(access) = &request.github {
-            RepoRef::parse_https(&request.repo)?;
+            RepoRef::parse_https(&repo)?;
+            // A link is one user's: only that user's tasks may use it.
+            let owner = access.installation.user();
+            if intent.user.as_ref() != Some(owner) {
+                return Err(invalid(
+                    "github",
+                    format!(
+                        "GitHub installation {} is linked per user: only a task submitted by the user who linked it may use the link (submitting user: {})",
+                        access.installation.external_id(),
+                        intent
+                            .user
+                            .as_ref()
+                            .map_or_else(|| "none".to_owned(), ToString::to_string)
+                    ),
+                ));
+            }
             if self
                 .store
                 .get_github_installation(&access.installation)
@@ -571,8 +589,8 @@ impl ControlPlane {
                 .is_none()
             {
                 return Err(missing(format_args!(
-                    "GitHub installation link {}",
-                    access.installation
+                    "user {owner}'s link to GitHub installation {}",
+                    access.installation.external_id()
                 )));
             }
         }

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Classify, ErrorCategory};
+use crate::github::GithubInstallation;
 use crate::model::{ProjectId, ProviderKind, UserId};
 use crate::reservation::Layer;
 use crate::secret::Secret;
@@ -473,13 +474,16 @@ pub fn resolve_credential<'a>(
 pub struct SetupItem {
     /// Whether the user has chosen something for it.
     pub configured: bool,
-    /// How: one entry per credential the user set (`"agent:claude api_key (user)"`).
+    /// How: one entry per credential the user set (`"agent:claude api_key (user)"`)
+    /// or, for repository access, per GitHub App installation they linked
+    /// (`"GitHub App installation 4242"`).
     pub how: Vec<String>,
 }
 
 /// What a user has configured of the three parts of setup.
 ///
-/// It is computed only from credentials the user (or their project) set, never from
+/// It is computed only from credentials the user (or their project) set and the
+/// GitHub App installations the user linked, never from
 /// what the platform happens to offer: a platform key does not make a user's setup
 /// complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -494,8 +498,13 @@ pub struct SetupStatus {
     pub complete: bool,
 }
 
-/// Computes setup completeness from the credentials a user and their project set.
-pub fn setup_status(credentials: &[CredentialRecord]) -> SetupStatus {
+/// Computes setup completeness from the credentials a user and their project set
+/// and the GitHub App installations the user linked (each is repository access:
+/// `"GitHub App installation <external id>"`).
+pub fn setup_status(
+    credentials: &[CredentialRecord],
+    installations: &[GithubInstallation],
+) -> SetupStatus {
     let item = |wanted: fn(&CredentialTarget) -> bool| {
         let how: Vec<String> = credentials
             .iter()
@@ -515,7 +524,13 @@ pub fn setup_status(credentials: &[CredentialRecord]) -> SetupStatus {
     };
     let ai_access = item(|t| matches!(t, CredentialTarget::Agent(_)));
     let cloud_access = item(|t| matches!(t, CredentialTarget::Provider(_)));
-    let repository_access = item(|t| matches!(t, CredentialTarget::Repository));
+    let mut repository_access = item(|t| matches!(t, CredentialTarget::Repository));
+    repository_access.how.extend(
+        installations
+            .iter()
+            .map(|i| format!("GitHub App installation {}", i.external_id)),
+    );
+    repository_access.configured = !repository_access.how.is_empty();
     let complete = ai_access.configured && cloud_access.configured && repository_access.configured;
     SetupStatus {
         ai_access,

@@ -30,8 +30,21 @@ use crate::secret::{Secret, redact};
 /// GitHub's own id of an App installation: the only id GitHub API calls and API
 /// responses carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "u64", try_from = "u64")]
 pub struct ExternalInstallationId(u64);
+
+impl TryFrom<u64> for ExternalInstallationId {
+    type Error = ParseError;
+    fn try_from(value: u64) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<ExternalInstallationId> for u64 {
+    fn from(id: ExternalInstallationId) -> Self {
+        id.0
+    }
+}
 
 impl ExternalInstallationId {
     /// Wraps GitHub's installation id.
@@ -437,8 +450,9 @@ impl Classify for GithubError {
     }
 }
 
-/// What the control plane needs from GitHub: short-lived repository credentials and
-/// pull requests, always addressed by the [`ExternalInstallationId`].
+/// What the control plane needs from GitHub: the account of an installation,
+/// short-lived repository credentials and pull requests, always addressed by the
+/// [`ExternalInstallationId`].
 ///
 /// # Contract
 /// - Every call makes at most one request per GitHub endpoint and returns; none
@@ -450,6 +464,16 @@ impl Classify for GithubError {
 ///   `invalid_config`, 5xx and transport failures `transient`.
 #[async_trait]
 pub trait RepositoryHost: Send + Sync + fmt::Debug {
+    /// The account (organisation or user login) the App's installation
+    /// `installation` is on: to check a link a user asks for before storing it.
+    ///
+    /// # Errors
+    /// The classified failure: `not_found` for an installation the App does not have.
+    async fn installation_account(
+        &self,
+        installation: ExternalInstallationId,
+    ) -> Result<String, GithubError>;
+
     /// A token that can read and push `repo` through the installation.
     ///
     /// # Errors
@@ -550,6 +574,12 @@ mod tests {
             assert!(bad.parse::<InstallationKey>().is_err(), "{bad}");
         }
         assert!(ExternalInstallationId::new(0).is_err());
+        assert!(serde_json::from_str::<ExternalInstallationId>("0").is_err());
+        assert_eq!(
+            serde_json::from_str::<ExternalInstallationId>("4242").unwrap(),
+            org
+        );
+        assert_eq!(serde_json::to_string(&org).unwrap(), "4242");
     }
 
     #[test]

@@ -15,7 +15,10 @@ use crate::credential::{
     CredentialError, CredentialKind, CredentialOwner, CredentialRecord, CredentialTarget,
     CredentialView, SetupStatus, agent_env_var, check_credential, resolve_credential, setup_status,
 };
-use crate::error::Error;
+use crate::error::{Classify, Error, ErrorCategory};
+use crate::github::{
+    ExternalInstallationId, GithubError, GithubInstallation, InstallationKey, RepositoryHost,
+};
 use crate::model::{ProfileId, ProjectId, TaskId, UserId, WorkspaceId};
 use crate::project::{AgentProfileRecord, ProjectRecord, ScalingOverrides, UserRecord};
 use crate::reservation::Layer;
@@ -666,7 +669,8 @@ impl ControlPlane {
 
     /// Which of AI, cloud and repository access a user has configured, and how:
     /// from the user's credentials and those of the projects they own (or only
-    /// `project`, when given), never from what the platform offers.
+    /// `project`, when given) and the user's GitHub installation links, never from
+    /// what the platform offers.
     ///
     /// # Errors
     /// `not_found` for an unknown user or project; store failures.
@@ -696,7 +700,81 @@ impl ControlPlane {
         for owner in &owners {
             credentials.extend(self.store.list_credentials(owner).await?);
         }
-        Ok(setup_status(&credentials))
+        let installations = self.store.list_github_installations(user).await?;
+        Ok(setup_status(&credentials, &installations))
+    }
+
+    /// Links `user` to the GitHub App installation `external`, after asking GitHub
+    /// (`github`) that the App has it; returns the link. Linking again refreshes the
+    /// account name and keeps when the link was first made. Two users of one
+    /// organisation each link the installation for themselves: their links have
+    /// different storage keys and the same external id.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown user, or (a [`GithubError`]) for an installation
+    /// GitHub does not know; GitHub's other failures as classified (`invalid_config`
+    /// when no App is configured); store failures.
+    pub async fn link_github_installation(
+        &self,
+        github: &dyn RepositoryHost,
+        user: &UserId,
+        external: ExternalInstallationId,
+    ) -> Result<GithubInstallation, Error> {
+        self.check_owner(Some(user)).await?;
+        let account =
+            github
+                .installation_account(external)
+                .await
+                .map_err(|e| match e.category() {
+                    ErrorCategory::NotFound => Error::Github(GithubError::new(
+                        ErrorCategory::NotFound,
+                        format!(
+                            "the GitHub App has no installation {external}: {}",
+                            e.message()
+                        ),
+                    )),
+                    _ => Error::Github(e),
+                })?;
+        let key = InstallationKey::new(user.clone(), external);
+        let created_at = self
+            .store
+            .get_github_installation(&key)
+            .await?
+            .map_or_else(|| self.clock.now(), |link| link.created_at);
+        let link = GithubInstallation {
+            user_id: user.clone(),
+            external_id: external,
+            account,
+            created_at,
+        };
+        self.store.put_github_installation(&link).await?;
+        Ok(link)
+    }
+
+    /// The user's GitHub installation links, oldest first.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown user; store failures.
+    pub async fn list_github_installations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<GithubInstallation>, Error> {
+        self.check_owner(Some(user)).await?;
+        Ok(self.store.list_github_installations(user).await?)
+    }
+
+    /// Removes the user's link to the installation `external`; other users' links to
+    /// it stay. Succeeds when it is gone.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn unlink_github_installation(
+        &self,
+        user: &UserId,
+        external: ExternalInstallationId,
+    ) -> Result<(), Error> {
+        let key = InstallationKey::new(user.clone(), external);
+        Ok(self.store.delete_github_installation(&key).await?)
     }
 
     /// Runs a task's prompt again as a new task that records its parent.

@@ -101,6 +101,8 @@ pub enum AgentFailure {
     Protocol,
     /// The agent did not answer in time.
     Timeout,
+    /// The agent cannot run with the session's settings (a model it does not offer).
+    Unsupported,
 }
 
 /// A failed [`AgentSession`] call.

@@ -439,7 +439,8 @@ pub struct ApiTokenRecord {
 ///   replaces the link under its [`InstallationKey`] (`<user id>:<external id>`), so
 ///   two users linking one installation have two rows with the same external id;
 ///   `list_github_installations` returns a user's links ordered by
-///   `(created_at, key)`, and only theirs.
+///   `(created_at, key)`, and only theirs; `delete_github_installation` removes one
+///   link and leaves the other users' links to the same installation.
 /// - **Users, projects and profiles are upserted by id** (`put_*`); projects are
 ///   listed by `(created_at, id)`, a project's profiles by `(created_at, id)`.
 ///   A profile's name is unique within its project: putting a profile whose name
@@ -630,6 +631,13 @@ pub trait Store: Send + Sync + Debug {
         &self,
         user: &UserId,
     ) -> Result<Vec<GithubInstallation>, StoreError>;
+
+    /// Deletes one user's link to an installation; succeeds when it is gone.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError>;
+
     /// Writes a user, replacing any user with the same id.
     ///
     /// # Errors

@@ -417,6 +417,11 @@ impl Store for MemoryStore {
         Ok(links)
     }
 
+    async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError> {
+        self.state().installations.remove(key);
+        Ok(())
+    }
+
     async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         self.state().users.insert(user.id.clone(), user.clone());
         Ok(())

@@ -1,14 +1,16 @@
 //! The routes of whose intent a task carries: users, projects, agent profiles,
-//! credentials (write-only), setup status, and retry and fork of tasks.
+//! credentials (write-only), GitHub installation links, setup status, and retry and
+//! fork of tasks.
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, CredentialInput, CredentialOwner, CredentialTarget, CredentialView,
-    ErrorCategory, ProfileId, ProfileInput, ProjectId, ProjectInput, ProjectRecord, SetupStatus,
-    TaskStatus, UserId, UserInput, UserRecord,
+    ErrorCategory, ExternalInstallationId, GithubInstallation, ProfileId, ProfileInput, ProjectId,
+    ProjectInput, ProjectRecord, SetupStatus, TaskStatus, UserId, UserInput, UserRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -405,6 +407,98 @@ pub(super) async fn delete_profile(
     state
         .control_plane
         .delete_profile(&project, &profile)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `POST /v1/users/{id}/github/installations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkInstallationBody {
+    /// GitHub's id of the App installation (as in the App's installation URL).
+    #[schema(value_type = u64, example = 4242)]
+    pub installation: ExternalInstallationId,
+}
+
+/// One of a user's GitHub installation links, as the API shows it: by GitHub's id,
+/// never by its storage key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstallationView {
+    /// GitHub's id of the installation.
+    #[schema(value_type = u64, example = 4242)]
+    pub installation: ExternalInstallationId,
+    /// The account the App is installed on (an organisation or a user login).
+    pub account: String,
+    /// When the user linked it.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<GithubInstallation> for InstallationView {
+    fn from(link: GithubInstallation) -> Self {
+        Self {
+            installation: link.external_id,
+            account: link.account,
+            created_at: link.created_at,
+        }
+    }
+}
+
+/// Links the user to a GitHub App installation, after GitHub confirmed the App has
+/// it. Two users of one organisation each link it for themselves.
+#[utoipa::path(post, path = "/v1/users/{id}/github/installations", tag = "github", security(("bearer" = [])),
+    request_body = LinkInstallationBody,
+    responses(
+        (status = 201, description = "The link", body = InstallationView),
+        (status = 400, description = "No GitHub App is configured, or a malformed body", body = super::ErrorDoc),
+        (status = 404, description = "No such user, or GitHub has no such installation of the App", body = super::ErrorDoc),
+    ))]
+pub(super) async fn link_installation(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let user: UserId = path_id(&raw, "id")?;
+    let body: LinkInstallationBody = parse_body(&bytes)?;
+    let link = state
+        .control_plane
+        .link_github_installation(state.github.as_ref(), &user, body.installation)
+        .await?;
+    Ok(created(InstallationView::from(link)))
+}
+
+/// The user's GitHub installation links, oldest first.
+#[utoipa::path(get, path = "/v1/users/{id}/github/installations", tag = "github", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The links", body = Vec<InstallationView>),
+        (status = 404, description = "No such user", body = super::ErrorDoc),
+    ))]
+pub(super) async fn list_installations(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Json<Vec<InstallationView>> {
+    let user: UserId = path_id(&raw, "id")?;
+    let links = state.control_plane.list_github_installations(&user).await?;
+    Ok(axum::Json(links.into_iter().map(Into::into).collect()))
+}
+
+/// Removes the user's link to an installation (by GitHub's id); other users' links
+/// to it stay.
+#[utoipa::path(delete, path = "/v1/users/{id}/github/installations/{installation}", tag = "github", security(("bearer" = [])),
+    responses((status = 204, description = "Gone")))]
+pub(super) async fn unlink_installation(
+    State(state): State<ApiState>,
+    UrlPath((raw, installation)): UrlPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let user: UserId = path_id(&raw, "id")?;
+    let installation: ExternalInstallationId =
+        installation
+            .parse()
+            .map_err(|e: sam_core::model::ParseError| {
+                ApiError::field(ErrorCategory::InvalidConfig, "installation", &e.to_string())
+            })?;
+    state
+        .control_plane
+        .unlink_github_installation(&user, installation)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,10 +2,10 @@
 //! coding agent and implements [`AgentSession`].
 //!
 //! # Why a JSON-RPC loop of our own
-//! ACP is newline-delimited JSON-RPC 2.0 on stdio, and the host needs eight message
-//! shapes (`initialize`, `session/new`, `session/load`, `session/prompt`,
-//! `session/cancel`, `session/update`, `session/request_permission`, the two `fs/*`
-//! requests). This module implements them with `serde_json` in a small loop
+//! ACP is newline-delimited JSON-RPC 2.0 on stdio, and the host needs nine message
+//! shapes (`initialize`, `session/new`, `session/load`, `session/set_model`,
+//! `session/prompt`, `session/cancel`, `session/update`, `session/request_permission`,
+//! the two `fs/*` requests). This module implements them with `serde_json` in a small loop
 //! ([`rpc`](self)) instead of depending on `agent-client-protocol-schema` (1.15) or
 //! the SDK:
 //! - the schema crate's `SessionUpdate` is a closed, internally tagged enum without a
@@ -20,6 +20,19 @@
 //!
 //! The shapes are checked against the specification's own transcript
 //! (`shared/cases/acp-transcript.jsonl`) in the tests.
+//!
+//! # Session settings
+//! [`SessionSettings`] carry a task's model and system-prompt addition. After
+//! `session/new` (and `session/load`), when the agent listed its models
+//! (`models.availableModels`, `models.currentModelId`), the model is selected with
+//! `session/set_model` (an ACP method the Claude adapter implements); a model the
+//! agent does not list fails the session with [`AgentFailure::Unsupported`]
+//! (`invalid_config`) naming the ones it offers, and an agent that lists none gets
+//! the model only from its environment. The addition is sent as
+//! `_meta.systemPrompt.append` to the agents that read it
+//! ([`SYSTEM_PROMPT_META_AGENTS`], by their `initialize` name); every other agent gets
+//! it prepended to the session's first prompt. ACP has no effort setting: effort
+//! reaches an agent only through its environment.
 //!
 //! # Prompt retry and crash recovery
 //! [`AgentSession::prompt`] records the user message once (a `user_message_chunk`
@@ -100,11 +113,38 @@ impl Default for AcpOptions {
     }
 }
 
+/// Agents known to read `_meta.systemPrompt` on `session/new` and `session/load`,
+/// by the name they give in `initialize`: Zed's Claude adapters, which take
+/// `{"append": text}` as an addition to Claude Code's own system prompt.
+pub const SYSTEM_PROMPT_META_AGENTS: &[&str] = &[
+    "@zed-industries/claude-agent-acp",
+    "@zed-industries/claude-code-acp",
+];
+
+/// How the agent of a session should run: the parts of a task's agent options that
+/// ACP (or an agent's `_meta` extension) can carry. Plain data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// The model: selected with `session/set_model` when the agent lists its models
+    /// in `session/new`; a model it does not list fails the session
+    /// ([`AgentFailure::Unsupported`]). An agent that lists none gets it only from
+    /// its environment (set by the caller).
+    pub model: Option<String>,
+    /// Text added to the agent's instructions: sent as `_meta.systemPrompt.append`
+    /// to [`SYSTEM_PROMPT_META_AGENTS`], prepended to a session's first prompt for
+    /// every other agent.
+    pub system_prompt: Option<String>,
+}
+
 /// One coding agent spoken to over ACP; see the [module docs](self).
 #[derive(Debug)]
 pub struct AcpSession {
     launcher: Arc<dyn AgentLauncher>,
     options: AcpOptions,
+    settings: SessionSettings,
+    /// Sessions whose agent has the system-prompt addition already (from `_meta`, or
+    /// prepended to a prompt).
+    instructed: StdMutex<std::collections::HashSet<String>>,
     handler: Arc<ClientHandler>,
     events: broadcast::Sender<TimedEvent>,
     live: Mutex<Option<Live>>,
@@ -147,12 +187,120 @@ impl AcpSession {
         Self {
             launcher,
             options,
+            settings: SessionSettings::default(),
+            instructed: StdMutex::new(std::collections::HashSet::new()),
             handler,
             events,
             live: Mutex::new(None),
             restarts: StdMutex::new(RestartBudget::new(options.crash)),
             cancelled: AtomicBool::new(false),
         }
+    }
+
+    /// The same host, running its sessions with `settings`.
+    #[must_use]
+    pub fn with_settings(mut self, settings: SessionSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The system-prompt addition, when it is set and not blank.
+    fn addition(&self) -> Option<&str> {
+        self.settings
+            .system_prompt
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+    }
+
+    /// The `session/new` or `session/load` parameters for `cwd`: with the
+    /// system-prompt addition in `_meta` for an agent that reads it there.
+    fn session_params(&self, info: &AgentInfo, mut params: Value) -> (Value, bool) {
+        let reads_meta = info.name.as_deref().is_some_and(|name| {
+            SYSTEM_PROMPT_META_AGENTS
+                .iter()
+                .any(|a| name == *a || name.strip_prefix(a).is_some_and(|v| v.starts_with(' ')))
+        });
+        match self.addition() {
+            Some(addition) if reads_meta => {
+                params["_meta"] = json!({ "systemPrompt": { "append": addition } });
+                (params, true)
+            }
+            _ => (params, false),
+        }
+    }
+
+    /// Marks session `id` as having the system-prompt addition.
+    fn mark_instructed(&self, id: &SessionId) {
+        if let Ok(mut set) = self.instructed.lock() {
+            set.insert(id.0.clone());
+        }
+    }
+
+    /// The text to send for a prompt: the system-prompt addition first, as
+    /// instructions, when the agent of session `id` did not get it in the session
+    /// (once per session).
+    fn prompt_text(&self, id: &SessionId, text: &str) -> String {
+        let Some(addition) = self.addition() else {
+            return text.to_owned();
+        };
+        let first = self
+            .instructed
+            .lock()
+            .map(|mut set| set.insert(id.0.clone()))
+            .unwrap_or(false);
+        if first {
+            format!("{addition}\n\n{text}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// Selects the settings' model with `session/set_model`, when the agent listed its
+    /// models in `result` (the answer to `session/new` or `session/load`).
+    async fn select_model(
+        &self,
+        connection: &Connection,
+        id: &SessionId,
+        result: &Value,
+    ) -> Result<(), AgentError> {
+        let (Some(wanted), Some(models)) = (&self.settings.model, result.get("models")) else {
+            return Ok(());
+        };
+        let offered: Vec<&str> = models
+            .get("availableModels")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|m| m.get("modelId").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !offered.contains(&wanted.as_str()) {
+            return Err(agent_error(
+                AgentFailure::Unsupported,
+                ErrorCategory::InvalidConfig,
+                &format!(
+                    "the agent does not offer model {wanted:?}; it offers {}",
+                    if offered.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        offered.join(", ")
+                    }
+                ),
+            ));
+        }
+        if models.get("currentModelId").and_then(Value::as_str) == Some(wanted.as_str()) {
+            return Ok(());
+        }
+        self.call(
+            connection,
+            "session/set_model",
+            json!({ "sessionId": id.0, "modelId": wanted }),
+        )
+        .await
+        .map_err(Self::setup_error)?;
+        Ok(())
     }
 
     /// What the agent said about itself, once initialized.
@@ -306,15 +454,14 @@ impl AcpSession {
         let recovery = async {
             let live = self.start().await?;
             self.handler.set_muted(true);
-            let loaded = self
-                .call(
-                    &live.connection,
-                    "session/load",
-                    json!({ "sessionId": id.0, "cwd": cwd, "mcpServers": [] }),
-                )
-                .await;
+            let (params, _) = self.session_params(
+                &live.info,
+                json!({ "sessionId": id.0, "cwd": cwd, "mcpServers": [] }),
+            );
+            let loaded = self.call(&live.connection, "session/load", params).await;
             self.handler.set_muted(false);
-            loaded.map_err(Self::setup_error)?;
+            let loaded = loaded.map_err(Self::setup_error)?;
+            self.select_model(&live.connection, id, &loaded).await?;
             Ok::<_, AgentError>(live)
         };
         let live = tokio::time::timeout(self.options.crash.recovery_timeout, recovery)
@@ -442,13 +589,11 @@ impl AgentSession for AcpSession {
 
     async fn new_session(&self, cwd: &Path) -> Result<SessionId, AgentError> {
         let root = workspace(cwd)?;
-        let (connection, _) = self.connection().await?;
+        let (connection, info) = self.connection().await?;
+        let (params, instructed) =
+            self.session_params(&info, json!({ "cwd": root.path(), "mcpServers": [] }));
         let result = self
-            .call(
-                &connection,
-                "session/new",
-                json!({ "cwd": root.path(), "mcpServers": [] }),
-            )
+            .call(&connection, "session/new", params)
             .await
             .map_err(Self::setup_error)?;
         let id = result
@@ -460,6 +605,10 @@ impl AgentSession for AcpSession {
                 ))
             })?;
         let id = SessionId(id.to_owned());
+        self.select_model(&connection, &id, &result).await?;
+        if instructed {
+            self.mark_instructed(&id);
+        }
         self.handler.set_root(&id, root);
         Ok(id)
     }
@@ -475,13 +624,18 @@ impl AgentSession for AcpSession {
         }
         let root = workspace(cwd)?;
         self.handler.set_root(id, root.clone());
-        self.call(
-            &connection,
-            "session/load",
+        let (params, _) = self.session_params(
+            &info,
             json!({ "sessionId": id.0, "cwd": root.path(), "mcpServers": [] }),
-        )
-        .await
-        .map_err(Self::setup_error)?;
+        );
+        let result = self
+            .call(&connection, "session/load", params)
+            .await
+            .map_err(Self::setup_error)?;
+        self.select_model(&connection, id, &result).await?;
+        // The loaded session has the addition: from `_meta`, or in its history (its
+        // first prompt carried it).
+        self.mark_instructed(id);
         Ok(())
     }
 
@@ -494,6 +648,7 @@ impl AgentSession for AcpSession {
                 "content": { "type": "text", "text": text },
             })),
         });
+        let text = &self.prompt_text(id, text);
         let outcome = retry_notify(
             &self.options.prompt_retry,
             || self.prompt_attempt(id, text),

@@ -137,16 +137,19 @@ fn resolution_prefers_the_project_then_the_user() {
 #[test]
 fn setup_status_counts_only_what_the_user_configured() {
     let user = CredentialOwner::User(UserId::new("u-1").unwrap());
-    let empty = setup_status(&[]);
+    let empty = setup_status(&[], &[]);
     assert!(!empty.ai_access.configured && !empty.cloud_access.configured);
     assert!(!empty.complete);
-    let status = setup_status(&[
-        record(user.clone(), "agent:claude"),
-        record(
-            CredentialOwner::Project(ProjectId::new("p-1").unwrap()),
-            "provider:hetzner",
-        ),
-    ]);
+    let status = setup_status(
+        &[
+            record(user.clone(), "agent:claude"),
+            record(
+                CredentialOwner::Project(ProjectId::new("p-1").unwrap()),
+                "provider:hetzner",
+            ),
+        ],
+        &[],
+    );
     assert!(status.ai_access.configured);
     assert_eq!(status.ai_access.how, ["agent:claude api_key (user)"]);
     assert_eq!(
@@ -155,4 +158,23 @@ fn setup_status_counts_only_what_the_user_configured() {
     );
     assert!(!status.repository_access.configured);
     assert!(!status.complete);
+}
+
+#[test]
+fn setup_status_counts_linked_github_installations_as_repository_access() {
+    let user = CredentialOwner::User(UserId::new("u-1").unwrap());
+    let link = crate::testkit::fixtures::github_installation("u-1", 4242, 0);
+    let status = setup_status(
+        &[
+            record(user.clone(), "agent:claude"),
+            record(user, "provider:hetzner"),
+        ],
+        &[link],
+    );
+    assert!(status.repository_access.configured);
+    assert_eq!(
+        status.repository_access.how,
+        ["GitHub App installation 4242"]
+    );
+    assert!(status.complete);
 }

@@ -99,6 +99,7 @@ macro_rules! store_conformance {
             api_tokens_are_found_by_hash,
             github_installation_links_are_per_user,
             put_github_installation_replaces,
+            delete_github_installation_keeps_other_users_links,
             concurrent_claimers_claim_each_task_once,
             concurrent_warm_claims_have_one_winner,
             concurrent_reservations_never_over_commit,
@@ -1217,6 +1218,46 @@ pub async fn github_installation_links_are_per_user(store: &dyn Store) {
             .expect("get_github_installation"),
         None,
         "a missing link is None"
+    );
+}
+
+/// Deleting one user's link leaves another user's link to the same installation,
+/// and deleting it again succeeds.
+pub async fn delete_github_installation_keeps_other_users_links(store: &dyn Store) {
+    let alice = github_installation("alice", 4_242, 0);
+    let bob = github_installation("bob", 4_242, 1);
+    for link in [&alice, &bob] {
+        store.put_github_installation(link).await.expect("put");
+    }
+    for _ in 0..2 {
+        store
+            .delete_github_installation(&alice.key())
+            .await
+            .expect("delete_github_installation is idempotent");
+    }
+    assert_eq!(
+        store
+            .get_github_installation(&alice.key())
+            .await
+            .expect("get"),
+        None,
+        "the deleted link is gone"
+    );
+    assert_eq!(
+        store
+            .list_github_installations(&alice.user_id)
+            .await
+            .expect("list"),
+        vec![],
+        "its user has no links left"
+    );
+    assert_eq!(
+        store
+            .list_github_installations(&bob.user_id)
+            .await
+            .expect("list"),
+        vec![bob],
+        "the other user's link to the same installation stays"
     );
 }
 

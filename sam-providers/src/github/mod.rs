@@ -205,6 +205,13 @@ impl GithubApp {
 
 #[async_trait]
 impl RepositoryHost for GithubApp {
+    async fn installation_account(
+        &self,
+        installation: ExternalInstallationId,
+    ) -> Result<String, GithubError> {
+        Ok(self.installation(installation).await?.account.login)
+    }
+
     async fn repository_token(
         &self,
         installation: ExternalInstallationId,

@@ -1025,6 +1025,16 @@ impl<D: Dialect> Store for SqlStore<D> {
             .await?)
     }
 
+    async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError> {
+        Ok(self
+            .delete_where(
+                "DELETE FROM github_installations WHERE id = $1",
+                &[key.to_string()],
+                "deleting a GitHub installation link",
+            )
+            .await?)
+    }
+
     async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         Ok(self
             .upsert(
