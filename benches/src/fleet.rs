@@ -85,6 +85,7 @@ pub fn nodes(size: usize, seed: u64) -> Vec<NodeRecord> {
                 agent_version: None,
                 ready_at: None,
                 created_for: None,
+                credential_owner: None,
                 created_at: at,
                 updated_at: at,
             }
@@ -129,6 +130,7 @@ fn request_from(rng: &mut Rng, n: u64, base: Reservation) -> PlacementRequest {
             ..base
         },
         preferred_node: None,
+        credential_owner: None,
         now: Utc::now(),
     }
 }

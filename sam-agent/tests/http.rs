@@ -677,6 +677,7 @@ fn node(id: &str) -> NodeRecord {
         agent_version: None,
         ready_at: None,
         created_for: None,
+        credential_owner: None,
         created_at: now,
         updated_at: now,
     }

@@ -68,13 +68,36 @@ pub enum CredentialError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A call needs an owner's credential that is not stored (any more): a node
+    /// created with it cannot be managed until it is set again.
+    #[error(
+        "{owner} has no {target} credential (it was deleted or never set); set it again so its nodes can be managed"
+    )]
+    Missing {
+        /// Whose credential it was.
+        owner: CredentialOwner,
+        /// What it was for.
+        target: CredentialTarget,
+    },
+    /// A user's or project's provider credential cannot be used: no provider factory
+    /// is configured to build a provider from it.
+    #[error(
+        "{owner} has its own {target} credential, but this control plane has no provider factory to use it"
+    )]
+    NoFactory {
+        /// Whose credential it is.
+        owner: CredentialOwner,
+        /// What it is for.
+        target: CredentialTarget,
+    },
 }
 
 impl Classify for CredentialError {
     fn category(&self) -> ErrorCategory {
         match self {
-            Self::WrongKey => ErrorCategory::AuthError,
-            Self::InvalidKey { .. }
+            Self::WrongKey | Self::Missing { .. } => ErrorCategory::AuthError,
+            Self::NoFactory { .. }
+            | Self::InvalidKey { .. }
             | Self::NoKey
             | Self::Malformed { .. }
             | Self::Invalid { .. } => ErrorCategory::InvalidConfig,
@@ -251,6 +274,31 @@ impl fmt::Display for CredentialOwner {
         match self {
             Self::User(id) => write!(f, "user:{id}"),
             Self::Project(id) => write!(f, "project:{id}"),
+        }
+    }
+}
+
+impl FromStr for CredentialOwner {
+    type Err = CredentialError;
+
+    /// Parses the [`Display`](fmt::Display) form: `user:<id>` or `project:<id>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: String| CredentialError::Invalid {
+            field: "owner",
+            reason,
+        };
+        match s.split_once(':') {
+            Some(("user", id)) => id
+                .parse::<UserId>()
+                .map(Self::User)
+                .map_err(|e| invalid(e.to_string())),
+            Some(("project", id)) => id
+                .parse::<ProjectId>()
+                .map(Self::Project)
+                .map_err(|e| invalid(e.to_string())),
+            _ => Err(invalid(format!(
+                "{s:?} is not one of user:<id>, project:<id>"
+            ))),
         }
     }
 }

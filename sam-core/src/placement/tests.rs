@@ -36,6 +36,7 @@ fn node(
         agent_version: None,
         ready_at: None,
         created_for: None,
+        credential_owner: None,
         created_at: at,
         updated_at: at,
     }
@@ -54,6 +55,7 @@ fn request(cpu: u64, mem: u64) -> PlacementRequest {
         location_source: Layer::Platform,
         reservation: r,
         preferred_node: None,
+        credential_owner: None,
         now: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
     }
 }

@@ -175,6 +175,9 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
                 parent_session: Some(WorkspaceId::new("w-parent").expect("valid id")),
                 depth: 3,
             }),
+            provider_credential_owner: Some(crate::credential::CredentialOwner::Project(
+                crate::model::ProjectId::new("p-1").expect("valid id"),
+            )),
         },
         provider: ProviderKind::Scaleway,
         requested_size: VmSize::Large,
@@ -243,6 +246,7 @@ pub fn node(id: &str, created: i64) -> NodeRecord {
         agent_version: Some("0.1.0".into()),
         ready_at: Some(at(created + 5)),
         created_for: Some(task_id("task-origin")),
+        credential_owner: None,
         created_at: at(created),
         updated_at: at(created),
     }
