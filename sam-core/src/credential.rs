@@ -461,6 +461,8 @@ pub fn check_credential(
         CredentialTarget::Provider(ProviderKind::Hetzner) => kind == K::ApiToken,
         CredentialTarget::Provider(ProviderKind::Scaleway) => kind == K::ApiKey,
         CredentialTarget::Provider(ProviderKind::Gcp) => kind == K::ServiceAccount,
+        // The fake provider stands in for a cloud in tests: a token names its account.
+        CredentialTarget::Provider(ProviderKind::Fake) => kind == K::ApiToken,
         CredentialTarget::Provider(_) => false,
         CredentialTarget::Agent(_) => matches!(kind, K::ApiKey | K::OauthToken),
         CredentialTarget::Repository => kind == K::ApiToken,

@@ -8,10 +8,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use sam_core::testkit::fixtures::{run_to_end, set_provider_token, submit_for};
 use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     Classify, ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialError,
@@ -23,129 +24,13 @@ use sam_core::{
 use sam_providers::{CloudProviderFactory, HetznerConfig, HetznerProvider};
 use sam_store::MemoryStore;
 use serde_json::{Value, json};
-use support::case;
+use support::hetzner::{HetznerProjects, token_of};
 use wiremock::matchers::path_regex;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{Mock, MockServer};
 
 const PLATFORM_TOKEN: &str = "token-platform";
 const TOKEN_A: &str = "token-user-a";
 const TOKEN_B: &str = "token-user-b";
-
-/// Hetzner projects keyed by their API token, each with its own servers.
-#[derive(Clone)]
-struct HetznerProjects {
-    projects: Arc<Mutex<HashMap<String, BTreeMap<u64, Value>>>>,
-    next_id: Arc<Mutex<u64>>,
-}
-
-impl HetznerProjects {
-    fn new(tokens: &[&str]) -> Self {
-        Self {
-            projects: Arc::new(Mutex::new(
-                tokens
-                    .iter()
-                    .map(|t| ((*t).to_owned(), BTreeMap::new()))
-                    .collect(),
-            )),
-            next_id: Arc::new(Mutex::new(1000)),
-        }
-    }
-}
-
-fn not_found() -> ResponseTemplate {
-    ResponseTemplate::new(404)
-        .set_body_json(json!({ "error": { "code": "not_found", "message": "server not found" } }))
-}
-
-impl Respond for HetznerProjects {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let mut projects = self.projects.lock().expect("lock");
-        let Some(servers) = token_of(request).and_then(|t| projects.get_mut(&t)) else {
-            let unauthorized = case("hetzner-12");
-            return ResponseTemplate::new(unauthorized.http_status.expect("status"))
-                .set_body_raw(unauthorized.body, "application/json");
-        };
-        let segments: Vec<&str> = request
-            .url
-            .path()
-            .trim_start_matches("/v1/")
-            .split('/')
-            .collect();
-        let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
-        match (request.method.as_str(), segments.as_slice()) {
-            ("POST", ["servers"]) => {
-                let body: Value = serde_json::from_slice(&request.body).expect("json body");
-                let mut next = self.next_id.lock().expect("lock");
-                *next += 1;
-                let id = *next;
-                let server = json!({
-                    "id": id, "name": body["name"], "status": "initializing",
-                    "server_type": { "name": body["server_type"] },
-                    "datacenter": { "location": { "name": body["location"] } },
-                    "labels": body["labels"], "public_net": { "ipv4": { "ip": "192.0.2.10" } },
-                    "created": "2026-01-01T00:00:00+00:00",
-                });
-                servers.insert(id, server.clone());
-                ResponseTemplate::new(201).set_body_json(json!({
-                    "server": server,
-                    "action": { "id": 1, "command": "create_server", "status": "running" },
-                }))
-            }
-            ("GET", ["servers"]) => {
-                let selector: Vec<(String, String)> = query
-                    .get("label_selector")
-                    .map(|s| {
-                        s.split(',')
-                            .filter_map(|p| p.split_once("=="))
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let matching: Vec<&Value> = servers
-                    .values()
-                    .filter(|s| selector.iter().all(|(k, v)| s["labels"][k] == json!(v)))
-                    .collect();
-                ResponseTemplate::new(200).set_body_json(json!({
-                    "servers": matching,
-                    "meta": { "pagination": { "page": 1, "per_page": 50, "next_page": null } },
-                }))
-            }
-            (m, ["servers", id, rest @ ..]) => {
-                let Some(id) = id.parse::<u64>().ok().filter(|id| servers.contains_key(id)) else {
-                    return not_found();
-                };
-                match (m, rest) {
-                    ("GET", []) => {
-                        let server = servers.get_mut(&id).expect("present");
-                        let shown = server.clone();
-                        server["status"] = json!("running");
-                        ResponseTemplate::new(200).set_body_json(json!({ "server": shown }))
-                    }
-                    ("GET", ["actions"]) => {
-                        ResponseTemplate::new(200).set_body_json(json!({ "actions": [] }))
-                    }
-                    ("DELETE", []) => {
-                        servers.remove(&id);
-                        ResponseTemplate::new(200)
-                            .set_body_json(json!({ "action": { "id": 2, "status": "running" } }))
-                    }
-                    _ => not_found(),
-                }
-            }
-            _ => not_found(),
-        }
-    }
-}
-
-/// The bearer token a request carries.
-fn token_of(request: &Request) -> Option<String> {
-    request
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned)
-}
 
 struct World {
     cp: ControlPlane,
@@ -157,7 +42,10 @@ struct World {
 async fn world() -> World {
     let server = MockServer::start().await;
     Mock::given(path_regex("^/v1/.*"))
-        .respond_with(HetznerProjects::new(&[PLATFORM_TOKEN, TOKEN_A, TOKEN_B]))
+        .respond_with(HetznerProjects::new(
+            &[PLATFORM_TOKEN, TOKEN_A, TOKEN_B],
+            50,
+        ))
         .mount(&server)
         .await;
     let mut platform = HetznerConfig::new(Secret::new(PLATFORM_TOKEN));
@@ -208,44 +96,15 @@ impl World {
     }
 
     async fn set_token(&self, user: &UserId, token: &str) {
-        self.cp
-            .set_credential(
-                &CredentialOwner::User(user.clone()),
-                &CredentialInput {
-                    target: CredentialTarget::Provider(ProviderKind::Hetzner),
-                    kind: CredentialKind::ApiToken,
-                    secret: Secret::new(token),
-                    details: BTreeMap::new(),
-                },
-            )
-            .await
-            .expect("credential");
+        set_provider_token(&self.cp, user, ProviderKind::Hetzner, token).await;
     }
 
     async fn submit(&self, user: &UserId, preferred: Option<&NodeId>) -> TaskId {
-        self.cp
-            .submit(&SubmitRequest {
-                repo: "https://example.invalid/repo.git".into(),
-                prompt: "fix the flaky test".into(),
-                user: Some(user.clone()),
-                preferred_node: preferred.cloned(),
-                ..SubmitRequest::default()
-            })
-            .await
-            .expect("submitted")
+        submit_for(&self.cp, user, preferred).await
     }
 
-    /// Drives the control plane until the task ends (bounded, on the manual clock).
     async fn run(&self, id: &TaskId) -> TaskRecord {
-        for _ in 0..500 {
-            let task = self.cp.get(id).await.expect("get").expect("task");
-            if task.status.is_terminal() {
-                return task;
-            }
-            self.cp.tick().await.expect("tick");
-            self.clock.advance(self.cp.config().poll_interval);
-        }
-        panic!("task {id} did not end");
+        run_to_end(&self.cp, &self.clock, id).await
     }
 
     async fn node(&self, id: &NodeId) -> NodeRecord {

@@ -391,3 +391,67 @@ pub fn credential(
         updated_at: at(updated),
     }
 }
+
+/// Stores `token` as `user`'s own API token for `provider`.
+///
+/// # Panics
+/// When the control plane refuses it.
+pub async fn set_provider_token(
+    cp: &crate::ControlPlane,
+    user: &UserId,
+    provider: ProviderKind,
+    token: &str,
+) {
+    cp.set_credential(
+        &crate::credential::CredentialOwner::User(user.clone()),
+        &crate::intent::CredentialInput {
+            target: crate::credential::CredentialTarget::Provider(provider),
+            kind: crate::credential::CredentialKind::ApiToken,
+            secret: crate::secret::Secret::new(token),
+            details: std::collections::BTreeMap::new(),
+        },
+    )
+    .await
+    .expect("the credential is stored");
+}
+
+/// Submits a task of `user` (on `preferred`, when given).
+///
+/// # Panics
+/// When the submission is refused.
+pub async fn submit_for(
+    cp: &crate::ControlPlane,
+    user: &UserId,
+    preferred: Option<&NodeId>,
+) -> TaskId {
+    cp.submit(&crate::control::SubmitRequest {
+        repo: "https://example.invalid/repo.git".into(),
+        prompt: "fix the flaky test".into(),
+        user: Some(user.clone()),
+        preferred_node: preferred.cloned(),
+        ..crate::control::SubmitRequest::default()
+    })
+    .await
+    .expect("submitted")
+}
+
+/// Ticks `cp`, moving `clock` on by the poll interval after each tick, until task
+/// `id` ends (at most 500 ticks); returns it.
+///
+/// # Panics
+/// When the task does not end or the store fails.
+pub async fn run_to_end(
+    cp: &crate::ControlPlane,
+    clock: &crate::clock::ManualClock,
+    id: &TaskId,
+) -> TaskRecord {
+    for _ in 0..500 {
+        let task = cp.get(id).await.expect("get").expect("the task exists");
+        if task.status.is_terminal() {
+            return task;
+        }
+        cp.tick().await.expect("tick");
+        clock.advance(cp.config().poll_interval);
+    }
+    panic!("task {id} did not end within 500 ticks");
+}
