@@ -86,6 +86,7 @@ pub fn nodes(size: usize, seed: u64) -> Vec<NodeRecord> {
                 ready_at: None,
                 created_for: None,
                 credential_owner: None,
+                address: None,
                 created_at: at,
                 updated_at: at,
             }

@@ -324,6 +324,7 @@ impl ControlPlane {
                 ready_at: None,
                 created_for: Some(task.id.clone()),
                 credential_owner: task.spec.provider_credential_owner.clone(),
+                address: None,
                 created_at: now,
                 updated_at: now,
             };
@@ -569,6 +570,9 @@ impl ControlPlane {
         match polled.state {
             VmState::Running => {
                 node.status = NodeStatus::Running;
+                if polled.address.is_some() {
+                    node.address.clone_from(&polled.address);
+                }
                 node.updated_at = self.clock.now();
                 self.store.put_node(&node).await?;
                 self.show_downgrade(task, node.size);

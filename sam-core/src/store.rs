@@ -309,6 +309,11 @@ pub struct NodeRecord {
     /// same owner's credential, and only tasks of that owner are placed on it.
     #[serde(default)]
     pub credential_owner: Option<CredentialOwner>,
+    /// The VM's address as its provider reported it once the VM ran. A node agent
+    /// directory reaches the nodes of a user's or project's account by it, since the
+    /// platform's provider cannot look those VMs up.
+    #[serde(default)]
+    pub address: Option<String>,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
     /// When the row last changed.

@@ -173,6 +173,11 @@ async fn each_users_nodes_are_made_polled_and_deleted_with_their_own_token() {
     let node_a = w.node(&node_a_id).await;
     assert_eq!(node_a.credential_owner, Some(owner_a.clone()));
     assert_eq!(node_a.lifecycle, NodeLifecycle::Warm);
+    assert_eq!(
+        node_a.address.as_deref(),
+        Some("192.0.2.10"),
+        "the address its agent is reached at, recorded when the VM ran"
+    );
     assert_eq!(w.create_tokens(&node_a_id).await, [TOKEN_A]);
 
     // User B's task never lands on A's warm node: B gets a node of B's own.

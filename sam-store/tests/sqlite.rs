@@ -175,6 +175,7 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
          DROP TABLE credentials; DROP TABLE github_installations; \
          ALTER TABLE tasks DROP COLUMN output; \
          DROP INDEX nodes_warm; ALTER TABLE nodes DROP COLUMN credential_owner; \
+         ALTER TABLE nodes DROP COLUMN address; \
          CREATE INDEX nodes_warm ON nodes (provider, size, warm_since) WHERE lifecycle = 'warm'; \
          DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4);",
     )

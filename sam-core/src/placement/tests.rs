@@ -37,6 +37,7 @@ fn node(
         ready_at: None,
         created_for: None,
         credential_owner: None,
+        address: None,
         created_at: at,
         updated_at: at,
     }

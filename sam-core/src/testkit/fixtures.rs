@@ -247,6 +247,7 @@ pub fn node(id: &str, created: i64) -> NodeRecord {
         ready_at: Some(at(created + 5)),
         created_for: Some(task_id("task-origin")),
         credential_owner: None,
+        address: Some("192.0.2.10".into()),
         created_at: at(created),
         updated_at: at(created),
     }

@@ -105,7 +105,7 @@ const INSTALLATION_COLUMNS: &str = "id, user_id, external_id, account, created_a
 
 const NODE_COLUMNS: &str = "id, provider, vm_id, size, server_type, location, capacity, labels, \
     status, lifecycle, warm_since, health, last_heartbeat_at, agent_version, ready_at, \
-    created_for, created_at, updated_at, credential_owner";
+    created_for, created_at, updated_at, credential_owner, address";
 
 const WORKSPACE_COLUMNS: &str =
     "id, node_id, task_id, status, effective_profile, reservation, created_at, updated_at";
@@ -488,7 +488,7 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     async fn try_put_node(&self, node: &NodeRecord) -> Result<(), Error> {
-        let placeholders: Vec<String> = (1..=19).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=20).map(|i| format!("${i}")).collect();
         let updates: Vec<String> = NODE_COLUMNS
             .split(", ")
             .skip(1)
@@ -518,6 +518,7 @@ impl<D: Dialect> SqlStore<D> {
         .bind(micros(node.created_at))
         .bind(micros(node.updated_at))
         .bind(rows::owner_column(node.credential_owner.as_ref()))
+        .bind(node.address.clone())
         .execute(&self.writer)
         .await
         .map_err(Self::db("writing a node"))?;

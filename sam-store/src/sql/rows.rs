@@ -221,6 +221,7 @@ pub(crate) fn node(row: &AnyRow) -> Result<NodeRecord, Error> {
             PLATFORM_OWNER => None,
             owner => Some(owner.parse().map_err(|e| c.bad("credential_owner", e))?),
         },
+        address: c.opt_text("address")?,
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
     })
