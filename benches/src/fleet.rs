@@ -85,6 +85,8 @@ pub fn nodes(size: usize, seed: u64) -> Vec<NodeRecord> {
                 agent_version: None,
                 ready_at: None,
                 created_for: None,
+                credential_owner: None,
+                address: None,
                 created_at: at,
                 updated_at: at,
             }
@@ -129,6 +131,7 @@ fn request_from(rng: &mut Rng, n: u64, base: Reservation) -> PlacementRequest {
             ..base
         },
         preferred_node: None,
+        credential_owner: None,
         now: Utc::now(),
     }
 }

@@ -337,37 +337,46 @@ impl ServerConfig {
 }
 
 /// The provider `choice` names, built from its environment variables
-/// (`sam_providers::{HetznerConfig, ScalewayConfig, GcpConfig}::from_env`).
+/// (`sam_providers::{HetznerConfig, ScalewayConfig, GcpConfig}::from_env`), and for a
+/// cloud the factory that builds the same provider from a user's or project's own
+/// credential, with the platform's config as its template.
 ///
 /// # Errors
 /// When a variable is missing or invalid; the message names it (`HCLOUD_TOKEN`, …).
-pub fn node_provider(choice: ProviderChoice) -> anyhow::Result<NodeProvider> {
+pub fn node_provider(
+    choice: ProviderChoice,
+) -> anyhow::Result<(
+    NodeProvider,
+    Option<std::sync::Arc<dyn sam_core::ProviderFactory>>,
+)> {
     use std::sync::Arc;
 
     use anyhow::Context as _;
     use sam_providers::{
-        GcpConfig, GcpProvider, HetznerConfig, HetznerProvider, ScalewayConfig, ScalewayProvider,
+        CloudProviderFactory, GcpConfig, GcpProvider, HetznerConfig, HetznerProvider,
+        ScalewayConfig, ScalewayProvider,
     };
     let context = || format!("cannot set up provider `{choice}` from the environment");
-    let provider: Arc<dyn sam_core::Provider> = match choice {
-        ProviderChoice::Local => return Ok(NodeProvider::Local),
-        ProviderChoice::Hetzner => Arc::new(
-            HetznerConfig::from_env()
-                .and_then(HetznerProvider::new)
-                .with_context(context)?,
-        ),
-        ProviderChoice::Scaleway => Arc::new(
-            ScalewayConfig::from_env()
-                .and_then(ScalewayProvider::new)
-                .with_context(context)?,
-        ),
-        ProviderChoice::Gcp => Arc::new(
-            GcpConfig::from_env()
-                .and_then(GcpProvider::new)
-                .with_context(context)?,
-        ),
+    let factory = CloudProviderFactory::new();
+    let (provider, factory): (Arc<dyn sam_core::Provider>, _) = match choice {
+        ProviderChoice::Local => return Ok((NodeProvider::Local, None)),
+        ProviderChoice::Hetzner => {
+            let config = HetznerConfig::from_env().with_context(context)?;
+            let provider = HetznerProvider::new(config.clone()).with_context(context)?;
+            (Arc::new(provider), factory.with_hetzner(config))
+        }
+        ProviderChoice::Scaleway => {
+            let config = ScalewayConfig::from_env().with_context(context)?;
+            let provider = ScalewayProvider::new(config.clone()).with_context(context)?;
+            (Arc::new(provider), factory.with_scaleway(config))
+        }
+        ProviderChoice::Gcp => {
+            let config = GcpConfig::from_env().with_context(context)?;
+            let provider = GcpProvider::new(config.clone()).with_context(context)?;
+            (Arc::new(provider), factory.with_gcp(config))
+        }
     };
-    Ok(NodeProvider::Cloud(provider))
+    Ok((NodeProvider::Cloud(provider), Some(Arc::new(factory))))
 }
 
 #[cfg(test)]

@@ -103,6 +103,9 @@ pub struct EmbeddedOptions {
     pub provider: NodeProvider,
     /// The key credentials are sealed with; `None` disables stored credentials.
     pub credential_key: Option<Secret>,
+    /// Builds providers from users' and projects' own provider credentials, so their
+    /// tasks' VMs are made in their account; `None` refuses such tasks.
+    pub provider_factory: Option<Arc<dyn sam_core::ProviderFactory>>,
 }
 
 /// Which provider runs the nodes.
@@ -147,6 +150,7 @@ impl EmbeddedOptions {
             callbacks: CallbackServing::Loopback,
             provider: NodeProvider::Local,
             credential_key: None,
+            provider_factory: None,
         })
     }
 }
@@ -294,7 +298,7 @@ impl Embedded {
         config.lease = options.lease;
         config.agents.push(CUSTOM_AGENT.to_owned());
         config.credential_key = options.credential_key.clone();
-        let control_plane = ControlPlane::new(
+        let mut control_plane = ControlPlane::new(
             ControlPlaneParts {
                 store: Arc::clone(&store),
                 providers: vec![Arc::clone(&provider)],
@@ -309,6 +313,9 @@ impl Embedded {
             },
             config,
         )?;
+        if let Some(factory) = &options.provider_factory {
+            control_plane = control_plane.with_provider_factory(Arc::clone(factory));
+        }
 
         let (stop, stopped) = watch::channel(false);
         let until = |mut rx: watch::Receiver<bool>| async move {

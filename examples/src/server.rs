@@ -110,7 +110,8 @@ impl ServerOptions {
     /// or the running executable (which starts local nodes) cannot be found.
     pub fn from_config(config: &crate::config::ServerConfig) -> anyhow::Result<Self> {
         let mut embedded = EmbeddedOptions::new(&config.data_dir)?;
-        embedded.provider = crate::config::node_provider(config.provider)?;
+        (embedded.provider, embedded.provider_factory) =
+            crate::config::node_provider(config.provider)?;
         embedded.database_url = config.database_url.clone();
         embedded.database_schema = config.database_schema.clone();
         embedded.agent_command = config.agent_command.clone();

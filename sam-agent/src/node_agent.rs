@@ -519,6 +519,9 @@ impl sam_core::BootRenderer for KeyedBoot {
 
 /// A [`NodeDirectory`] that finds a node's address through its provider
 /// ([`sam_core::VmInstance::address`]) and its management key in [`FileNodeKeys`].
+/// A node made with a user's or project's own provider credential lives in their
+/// account, which the platform's providers cannot see: its address is the one
+/// recorded on the node when its VM ran ([`NodeRecord::address`]).
 ///
 /// An address with a port (`127.0.0.1:40123`, the local provider) is used as is; a
 /// bare IP address or host name gets [`ProviderNodeDirectory::new`]'s port. Agents
@@ -560,20 +563,24 @@ impl ProviderNodeDirectory {
 #[async_trait]
 impl NodeDirectory for ProviderNodeDirectory {
     async fn endpoint(&self, node: &NodeRecord) -> Result<Option<NodeEndpoint>, NodeAgentError> {
-        let (Some(vm_id), Some(provider)) = (&node.vm_id, self.providers.get(&node.provider))
-        else {
-            return Ok(None);
+        let address = if node.credential_owner.is_some() {
+            // A VM in a user's or project's account: the platform's provider cannot
+            // look it up, so use the address recorded when it ran.
+            node.address.clone()
+        } else {
+            let (Some(vm_id), Some(provider)) = (&node.vm_id, self.providers.get(&node.provider))
+            else {
+                return Ok(None);
+            };
+            let vm = provider.get_vm(vm_id).await.map_err(|e| {
+                failure(
+                    sam_core::Classify::category(&e),
+                    &format!("could not look up node {}: {e}", node.id),
+                )
+            })?;
+            vm.and_then(|vm| vm.address)
         };
-        let vm = provider.get_vm(vm_id).await.map_err(|e| {
-            failure(
-                sam_core::Classify::category(&e),
-                &format!("could not look up node {}: {e}", node.id),
-            )
-        })?;
-        let Some(url) = vm
-            .and_then(|vm| vm.address)
-            .and_then(|address| self.base_url(&address))
-        else {
+        let Some(url) = address.and_then(|address| self.base_url(&address)) else {
             return Ok(None);
         };
         let key = self

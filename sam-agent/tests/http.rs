@@ -677,6 +677,8 @@ fn node(id: &str) -> NodeRecord {
         agent_version: None,
         ready_at: None,
         created_for: None,
+        credential_owner: None,
+        address: None,
         created_at: now,
         updated_at: now,
     }
@@ -1259,4 +1261,47 @@ async fn the_model_is_selected_over_acp_and_an_unoffered_one_fails_the_session()
     }
     assert!(failed, "the failure reached the control plane");
     h.stop().await;
+}
+
+/// A node made with a user's own provider credential lives in their account, which
+/// the platform's provider cannot see: the directory reaches it at the address
+/// recorded when its VM ran, without asking the platform's provider.
+#[tokio::test]
+async fn a_node_of_a_users_account_is_reached_at_its_recorded_address() {
+    use sam_agent::{FileNodeKeys, NodeDirectory, ProviderNodeDirectory};
+    use sam_providers::FakeProvider;
+
+    let dir = TempDir::new().unwrap();
+    let keys = FileNodeKeys::new(dir.path().join("keys")).unwrap();
+    let platform = Arc::new(FakeProvider::new());
+    let directory = ProviderNodeDirectory::new(
+        [Arc::clone(&platform) as Arc<dyn sam_core::Provider>],
+        keys.clone(),
+        7000,
+    );
+    let mut owned = node("n-user");
+    owned.vm_id = Some(sam_core::VmId::new("vm-elsewhere").unwrap());
+    owned.credential_owner = Some(sam_core::CredentialOwner::User(
+        sam_core::UserId::new("u-1").unwrap(),
+    ));
+    owned.address = Some("192.0.2.7".to_owned());
+    keys.put(&owned.id, &Secret::new("management-key")).unwrap();
+    let endpoint = directory
+        .endpoint(&owned)
+        .await
+        .unwrap()
+        .expect("reached at its recorded address");
+    assert_eq!(endpoint.base_url.as_str(), "http://192.0.2.7:7000/");
+    assert!(
+        platform.calls().is_empty(),
+        "the platform's account is not asked"
+    );
+    // A platform node is still looked up through the platform's provider, which
+    // does not know this VM.
+    let platform_node = NodeRecord {
+        credential_owner: None,
+        ..owned
+    };
+    assert!(directory.endpoint(&platform_node).await.unwrap().is_none());
+    assert_eq!(platform.calls().len(), 1);
 }

@@ -62,8 +62,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::account::ProviderCache;
 use crate::clock::Clock;
-use crate::credential::{CredentialCipher, CredentialKind, CredentialTarget};
+use crate::credential::{CredentialCipher, CredentialKind, CredentialOwner, CredentialTarget};
 use crate::error::{Classify, Error, ErrorCategory};
 use crate::fallback::SizeDescent;
 use crate::github::{GithubAccess, GithubInstallation, RepoRef, TaskOutput};
@@ -73,7 +74,7 @@ use crate::model::{
 };
 use crate::node_agent::{NodeAgent, SessionReport, WorkspaceReport};
 use crate::project::{AgentOptions, Effort};
-use crate::provider::Provider;
+use crate::provider::{Provider, ProviderFactory};
 use crate::reservation::{Layer, RequirementLayers, ResourceRequirements, resolve_reservation};
 use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
@@ -380,6 +381,11 @@ pub struct ControlPlane {
     /// The state of the seeded sequence, shared by clones; `None` when unseeded.
     pub(crate) seeded: Option<Arc<std::sync::Mutex<u64>>>,
     pub(crate) cipher: Option<CredentialCipher>,
+    /// Builds providers from users' and projects' own credentials; without it only
+    /// the platform's providers are used.
+    pub(crate) provider_factory: Option<Arc<dyn ProviderFactory>>,
+    /// The providers built by `provider_factory`, per owner.
+    pub(crate) provider_cache: ProviderCache,
 }
 
 /// A random 64-bit value from the standard library's per-process random keys.
@@ -473,6 +479,8 @@ impl ControlPlane {
                 .map(|seed| Arc::new(std::sync::Mutex::new(seed))),
             config,
             events,
+            provider_factory: None,
+            provider_cache: ProviderCache::default(),
         })
     }
 
@@ -486,6 +494,17 @@ impl ControlPlane {
             "{prefix}-{:016x}",
             self.random_u64()
         ))?)
+    }
+
+    /// The same control plane, building providers from users' and projects' own
+    /// provider credentials with `factory`: their tasks' VMs are created, polled and
+    /// deleted with their credential, in their account. Without a factory, a task
+    /// whose project or user has a provider credential is refused at submission
+    /// ([`crate::CredentialError::NoFactory`]) rather than run on the platform's.
+    pub fn with_provider_factory(mut self, factory: Arc<dyn ProviderFactory>) -> Self {
+        self.provider_factory = Some(factory);
+        self.provider_cache = ProviderCache::default();
+        self
     }
 
     /// A random 64-bit value: the next of the seeded sequence (SplitMix64) when the
@@ -598,7 +617,13 @@ impl ControlPlane {
         let layers = &intent.layers;
         let (provider, provider_source) = pick(layers, platform, |l| l.provider)
             .ok_or_else(|| invalid("provider", "no layer names a provider"))?;
-        let provider_impl = self.provider(provider)?;
+        // The provider's calls use the project's or user's own credential when one is
+        // set; building it here opens the credential, so a wrong key or a credential
+        // that does not fit fails the submission rather than the run.
+        let provider_owner = intent
+            .credential(&CredentialTarget::Provider(provider))
+            .map(|c| c.owner.clone());
+        let provider_impl = self.provider_for(provider, provider_owner.as_ref()).await?;
         let (size, size_source) =
             pick(layers, platform, |l| l.size).unwrap_or((VmSize::Medium, Layer::Platform));
         let location = pick(layers, platform, |l| l.location.clone());
@@ -681,9 +706,9 @@ impl ControlPlane {
         }
         provenance.insert(
             "provider_credential".to_owned(),
-            intent
-                .credential(&CredentialTarget::Provider(provider))
-                .map_or(Layer::Platform, |c| c.owner.layer()),
+            provider_owner
+                .as_ref()
+                .map_or(Layer::Platform, CredentialOwner::layer),
         );
         if let Some(source) = self.agent_credential_source(&intent, &agent)? {
             provenance.insert("agent_credential".to_owned(), source);
@@ -716,6 +741,7 @@ impl ControlPlane {
                 user: intent.user,
                 submitted: request.layers.clone(),
                 lineage,
+                provider_credential_owner: provider_owner,
             },
             provider,
             requested_size: size,
@@ -892,7 +918,8 @@ impl ControlPlane {
         } else if node.created_for.as_ref() == Some(&task.id)
             || !self.used_by_others(node_id, &task.id).await
         {
-            self.destroy_node(&node).await;
+            // A failure is logged and the node kept for the node sweep.
+            let _ = self.destroy_node(&node).await;
         }
     }
 
@@ -917,18 +944,25 @@ impl ControlPlane {
 
     /// Deletes a node's VM (idempotent at the provider) and marks the row deleted.
     ///
-    /// A row without a VM id may still have a VM whose create response was lost, so
-    /// the provider is asked by the node's label first; a row that truly never got a
-    /// VM is deleted outright, so nothing dead lingers. When the provider cannot be
-    /// reached the row stays, marked `destroying` so that nothing is placed on it,
+    /// The VM is deleted through the account that created it: the provider of the
+    /// node's credential owner. A row without a VM id may still have a VM whose
+    /// create response was lost, so the provider is asked by the node's label first;
+    /// a row that truly never got a VM is deleted outright, so nothing dead lingers.
+    /// When the provider cannot be reached, or the owner's credential is gone or does
+    /// not open, the row stays, marked `destroying` so that nothing is placed on it,
     /// and the node sweep tries again (the orphan sweep cannot: the row is live, so
-    /// it owns the VM). Returns whether the node is gone.
-    pub(crate) async fn destroy_node(&self, node: &NodeRecord) -> bool {
-        let provider = match self.provider(node.provider) {
-            Ok(provider) => Arc::clone(provider),
+    /// it owns the VM): nothing paid for is forgotten.
+    ///
+    /// # Errors
+    /// Why the node is kept: the provider's classified failure, or the credential's
+    /// ([`crate::CredentialError::Missing`] when its owner deleted it).
+    pub(crate) async fn destroy_node(&self, node: &NodeRecord) -> Result<(), Error> {
+        let provider = match self.node_provider(node).await {
+            Ok(provider) => provider,
             Err(e) => {
-                tracing::warn!(node = %node.id, error = %e, "no provider for the node");
-                return false;
+                tracing::warn!(node = %node.id, error = %e, "no provider for the node's account; it is kept and the node sweep will retry");
+                self.mark_destroying(node).await;
+                return Err(e);
             }
         };
         let vm = match &node.vm_id {
@@ -941,7 +975,7 @@ impl ControlPlane {
                 Err(e) => {
                     tracing::warn!(node = %node.id, error = %e, "could not look the node's VM up; the node sweep will retry");
                     self.mark_destroying(node).await;
-                    return false;
+                    return Err(e.into());
                 }
             },
         };
@@ -950,7 +984,7 @@ impl ControlPlane {
         {
             tracing::warn!(node = %node.id, error = %e, "could not delete the VM; the node sweep will retry");
             self.mark_destroying(node).await;
-            return false;
+            return Err(e.into());
         }
         crate::crash::point(crate::crash::VM_DELETED);
         let result = if node.vm_id.is_none() && vm.is_none() {
@@ -966,7 +1000,7 @@ impl ControlPlane {
         if let Err(e) = result {
             tracing::warn!(node = %node.id, error = %e, "could not record the node's deletion");
         }
-        true
+        Ok(())
     }
 
     /// Marks a node whose VM could not be deleted as `destroying`: no placement takes

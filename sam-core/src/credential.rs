@@ -69,13 +69,36 @@ pub enum CredentialError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A call needs an owner's credential that is not stored (any more): a node
+    /// created with it cannot be managed until it is set again.
+    #[error(
+        "{owner} has no {target} credential (it was deleted or never set); set it again so its nodes can be managed"
+    )]
+    Missing {
+        /// Whose credential it was.
+        owner: CredentialOwner,
+        /// What it was for.
+        target: CredentialTarget,
+    },
+    /// A user's or project's provider credential cannot be used: no provider factory
+    /// is configured to build a provider from it.
+    #[error(
+        "{owner} has its own {target} credential, but this control plane has no provider factory to use it"
+    )]
+    NoFactory {
+        /// Whose credential it is.
+        owner: CredentialOwner,
+        /// What it is for.
+        target: CredentialTarget,
+    },
 }
 
 impl Classify for CredentialError {
     fn category(&self) -> ErrorCategory {
         match self {
-            Self::WrongKey => ErrorCategory::AuthError,
-            Self::InvalidKey { .. }
+            Self::WrongKey | Self::Missing { .. } => ErrorCategory::AuthError,
+            Self::NoFactory { .. }
+            | Self::InvalidKey { .. }
             | Self::NoKey
             | Self::Malformed { .. }
             | Self::Invalid { .. } => ErrorCategory::InvalidConfig,
@@ -256,6 +279,31 @@ impl fmt::Display for CredentialOwner {
     }
 }
 
+impl FromStr for CredentialOwner {
+    type Err = CredentialError;
+
+    /// Parses the [`Display`](fmt::Display) form: `user:<id>` or `project:<id>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: String| CredentialError::Invalid {
+            field: "owner",
+            reason,
+        };
+        match s.split_once(':') {
+            Some(("user", id)) => id
+                .parse::<UserId>()
+                .map(Self::User)
+                .map_err(|e| invalid(e.to_string())),
+            Some(("project", id)) => id
+                .parse::<ProjectId>()
+                .map(Self::Project)
+                .map_err(|e| invalid(e.to_string())),
+            _ => Err(invalid(format!(
+                "{s:?} is not one of user:<id>, project:<id>"
+            ))),
+        }
+    }
+}
+
 /// What a credential is for: one cloud provider, one coding agent, or repository access.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CredentialTarget {
@@ -414,6 +462,8 @@ pub fn check_credential(
         CredentialTarget::Provider(ProviderKind::Hetzner) => kind == K::ApiToken,
         CredentialTarget::Provider(ProviderKind::Scaleway) => kind == K::ApiKey,
         CredentialTarget::Provider(ProviderKind::Gcp) => kind == K::ServiceAccount,
+        // The fake provider stands in for a cloud in tests: a token names its account.
+        CredentialTarget::Provider(ProviderKind::Fake) => kind == K::ApiToken,
         CredentialTarget::Provider(_) => false,
         CredentialTarget::Agent(_) => matches!(kind, K::ApiKey | K::OauthToken),
         CredentialTarget::Repository => kind == K::ApiToken,

@@ -266,7 +266,7 @@ impl ControlPlane {
             .ok_or(Error::Credential(CredentialError::NoKey))
     }
 
-    fn open(&self, credential: &CredentialRecord) -> Result<Secret, Error> {
+    pub(crate) fn open(&self, credential: &CredentialRecord) -> Result<Secret, Error> {
         let context = CredentialRecord::context(&credential.owner, &credential.target);
         Ok(self.cipher()?.open(&credential.sealed, &context)?)
     }

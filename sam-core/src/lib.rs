@@ -84,6 +84,7 @@
 //! assert_eq!(classify_agent_error(text), ErrorCategory::TransientCapacity);
 //! ```
 
+mod account;
 pub mod classify;
 pub mod clock;
 pub mod control;
@@ -112,6 +113,7 @@ pub mod token;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use account::PROVIDER_CACHE_CAPACITY;
 pub use classify::{classify_agent_error, is_agent_crash};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use control::{
@@ -150,7 +152,7 @@ pub use placement::{Candidate, DefaultScheduler, FleetIndex, best_fit, fits, lef
 pub use project::{
     AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
 };
-pub use provider::{Provider, ProviderCapabilities};
+pub use provider::{Provider, ProviderCapabilities, ProviderCredential, ProviderFactory};
 pub use reservation::{
     Capacity, Layer, NoSizeFits, RequirementLayers, Reservation, ReservationSources,
     ResourceRequirements, SlotRejection, check_slot, resolve_reservation, smallest_size,
@@ -170,7 +172,7 @@ pub use store::{
     StatusEvent, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
     WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
-pub use sweep::SweepReport;
+pub use sweep::{KeptNode, SweepReport};
 pub use timeout::TimeoutPolicy;
 pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner};
 

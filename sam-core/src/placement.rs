@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::credential::CredentialOwner;
 use crate::error::Error;
 use crate::model::{Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId, VmSize};
 use crate::reservation::{Capacity, Reservation, SlotRejection, check_slot};
@@ -33,6 +34,7 @@ pub struct Candidate<'a> {
 #[derive(Debug)]
 enum Rejection<'a> {
     Provider(ProviderKind, ProviderKind),
+    Owner(Option<&'a CredentialOwner>, Option<&'a CredentialOwner>),
     Status(NodeStatus),
     Lifecycle(NodeLifecycle),
     Health(NodeHealth),
@@ -45,6 +47,17 @@ impl fmt::Display for Rejection<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Provider(node, requested) => write!(f, "runs on {node}, not {requested}"),
+            Self::Owner(node, requested) => {
+                let account = |owner: Option<&CredentialOwner>| {
+                    owner.map_or_else(|| "the platform's".to_owned(), |o| format!("{o}'s"))
+                };
+                write!(
+                    f,
+                    "was made with {} provider credential, not {}",
+                    account(*node),
+                    account(*requested)
+                )
+            }
             Self::Status(status) => write!(f, "is {status}, not running"),
             Self::Lifecycle(lifecycle) => write!(f, "is {lifecycle}, not active"),
             Self::Health(health) => write!(f, "is {health}"),
@@ -64,6 +77,12 @@ fn rejection<'a>(candidate: Candidate<'a>, request: &'a PlacementRequest) -> Opt
     let node = candidate.node;
     if node.provider != request.provider {
         return Some(Rejection::Provider(node.provider, request.provider));
+    }
+    if node.credential_owner != request.credential_owner {
+        return Some(Rejection::Owner(
+            node.credential_owner.as_ref(),
+            request.credential_owner.as_ref(),
+        ));
     }
     if node.status != NodeStatus::Running {
         return Some(Rejection::Status(node.status));
@@ -268,6 +287,7 @@ impl Scheduler for DefaultScheduler {
                 provider: request.provider,
                 size: request.size,
                 location: location.clone(),
+                credential_owner: request.credential_owner.clone(),
                 now: request.now,
             };
             if let Some(node) = self.store.claim_warm_node(&claim).await? {

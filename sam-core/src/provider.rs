@@ -1,11 +1,15 @@
 //! The [`Provider`] trait: what a cloud (or a local stand-in) must do for the SDK.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::error::ProviderError;
+use crate::credential::CredentialKind;
+use crate::error::{Error, ProviderError};
 use crate::model::{Catalog, Labels, ProviderKind, VmId, VmInstance, VmSpec};
+use crate::secret::Secret;
 
 /// Optional abilities a provider may have; conformance cases check them first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,4 +94,49 @@ pub trait Provider: Send + Sync + Debug {
     /// # Errors
     /// The classified failure of the call.
     async fn list_vms(&self, labels: &Labels) -> Result<Vec<VmInstance>, ProviderError>;
+}
+
+/// An opened provider credential of a user or project: what a [`ProviderFactory`]
+/// builds a provider from. The control plane opens it only to build a provider and
+/// never stores or logs it; its `Debug` shows the secret as `***`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderCredential {
+    /// What kind of secret it is (a Hetzner API token, a Scaleway API key, a GCP
+    /// service account).
+    pub kind: CredentialKind,
+    /// The secret as the user stored it.
+    pub secret: Secret,
+    /// Its non-secret details (Scaleway's `project_id`, GCP's `project`).
+    pub details: BTreeMap<String, String>,
+}
+
+/// Builds a [`Provider`] that calls a cloud with a user's or project's own credential,
+/// so their tasks' VMs are made (and paid for) in their account, not the platform's.
+///
+/// The control plane keeps the providers it builds per credential owner and builds
+/// again when the stored credential changes.
+///
+/// # Contract
+/// Every factory guarantees:
+/// - **Only this credential.** The returned provider has `kind() == kind` and makes
+///   every call with `credential` alone, never with the platform's credentials.
+/// - **No network.** `build` parses and constructs; a rejected token shows on the
+///   first call as that call's `auth_error`.
+/// - **Typed refusals.** A credential whose stored form does not fit the provider
+///   (a kind that does not fit, a missing detail, a service account that is not a
+///   key file) is [`Error::Credential`] with
+///   [`CredentialError::Invalid`](crate::credential::CredentialError::Invalid) naming
+///   the field; a provider kind the factory cannot build is `invalid_config`.
+/// - **No secret in errors**: messages name fields, never values.
+pub trait ProviderFactory: Send + Sync + Debug {
+    /// A provider of `kind` that calls with `credential`.
+    ///
+    /// # Errors
+    /// As the contract says: `invalid_config` for a credential that does not fit or
+    /// a kind the factory does not build.
+    fn build(
+        &self,
+        kind: ProviderKind,
+        credential: &ProviderCredential,
+    ) -> Result<Arc<dyn Provider>, Error>;
 }

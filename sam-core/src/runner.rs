@@ -1,6 +1,5 @@
 //! The task runner: one step handler per [`ExecutionStep`], driven by leases.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -225,6 +224,7 @@ impl ControlPlane {
                 location_source: task.location_source,
                 reservation: task.reservation,
                 preferred_node: task.spec.preferred_node.clone(),
+                credential_owner: task.spec.provider_credential_owner.clone(),
                 now: self.clock.now(),
             })
             .await;
@@ -272,15 +272,16 @@ impl ControlPlane {
     }
 
     async fn provision(&self, task: &TaskRecord) -> Result<Next, Error> {
-        let provider = Arc::clone(self.provider(task.provider)?);
-        // Adopt the node recorded for this task; a row deleted after a capacity
-        // failure is gone, so it is never adopted.
+        // Adopt the node recorded for this task, through the account that made it; a
+        // row deleted after a capacity failure is gone, so it is never adopted.
         if let Some(node_id) = &task.provisioned_node_id
             && let Some(node) = self.store.get_node(node_id).await?
             && node.status != NodeStatus::Deleted
         {
+            let provider = self.node_provider(&node).await?;
             return self.continue_node(task, node, provider.as_ref()).await;
         }
+        let provider = self.task_provider(task).await?;
         let plan = self.plan(task, provider.as_ref())?;
         self.set_step(task, ExecutionStep::NodeProvisioning).await?;
         self.walk_plan(task, &plan, 0, provider.as_ref()).await
@@ -322,6 +323,8 @@ impl ControlPlane {
                 agent_version: None,
                 ready_at: None,
                 created_for: Some(task.id.clone()),
+                credential_owner: task.spec.provider_credential_owner.clone(),
+                address: None,
                 created_at: now,
                 updated_at: now,
             };
@@ -471,7 +474,8 @@ impl ControlPlane {
             tracing::info!(task = %task.id, error = %error, "provider call failed; checking again later");
             return Ok(Next::At(after(self.clock.now(), wait)));
         }
-        self.destroy_node(node).await;
+        // A failure is logged and the node kept for the node sweep.
+        let _ = self.destroy_node(node).await;
         let category = error.category();
         self.fail(task, category, &error.to_string()).await
     }
@@ -487,7 +491,7 @@ impl ControlPlane {
         let now = self.clock.now();
         let started = task.provisioning_started_at.unwrap_or(node.created_at);
         if elapsed(started, now) > self.config.timeouts.node_provisioning {
-            self.destroy_node(&node).await;
+            let _ = self.destroy_node(&node).await;
             let message = format!(
                 "The server was not running within {} (node provisioning timeout).",
                 human(self.config.timeouts.node_provisioning)
@@ -543,7 +547,7 @@ impl ControlPlane {
             }
             Err(e) if e.category() == ErrorCategory::TransientCapacity => {
                 // Accepted, then failed for capacity in its action/operation.
-                self.destroy_node(&node).await;
+                let _ = self.destroy_node(&node).await;
                 self.store.delete_node(&node.id).await?;
                 let plan = self.plan(task, provider)?;
                 let index = plan
@@ -566,6 +570,9 @@ impl ControlPlane {
         match polled.state {
             VmState::Running => {
                 node.status = NodeStatus::Running;
+                if polled.address.is_some() {
+                    node.address.clone_from(&polled.address);
+                }
                 node.updated_at = self.clock.now();
                 self.store.put_node(&node).await?;
                 self.show_downgrade(task, node.size);

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::credential::CredentialOwner;
 use crate::error::Error;
 use crate::model::{Location, NodeId, ProviderKind, TaskId, VmSize};
 use crate::reservation::{Layer, Reservation};
@@ -29,6 +30,9 @@ pub struct PlacementRequest {
     pub reservation: Reservation,
     /// A node the task asked for, if any.
     pub preferred_node: Option<NodeId>,
+    /// Whose provider credential the task's nodes must have been made with (`None`:
+    /// the platform's): a task runs only on nodes its own credential owner pays for.
+    pub credential_owner: Option<CredentialOwner>,
     /// The current time (for warm-node claims), supplied by the caller's clock.
     pub now: DateTime<Utc>,
 }
@@ -98,6 +102,8 @@ pub struct PlacementDecision {
 /// Decides where a task runs.
 ///
 /// # Contract
+/// - **Same account**: a task is placed only on nodes (preferred, warm or existing)
+///   made with its own credential owner's provider credential.
 /// - **Order**: the preferred node (if given and it fits, else a clear permanent
 ///   error), then a warm node claimed atomically (exact size first, then location),
 ///   then an existing healthy node whose capacity minus its live reservations covers

@@ -71,6 +71,11 @@ pub struct TaskSpec {
     /// Where the task came from, when it is a retry or a fork.
     #[serde(default)]
     pub lineage: Option<Lineage>,
+    /// Whose provider credential the task's provider calls use: the project's or the
+    /// user's, resolved at submission; `None` for the platform's own (tasks stored
+    /// before per-owner credentials ran on the platform's, which is what `None` says).
+    #[serde(default)]
+    pub provider_credential_owner: Option<CredentialOwner>,
 }
 
 /// How a task was derived from another.
@@ -299,6 +304,16 @@ pub struct NodeRecord {
     pub ready_at: Option<DateTime<Utc>>,
     /// The task whose provisioning created the node, if any.
     pub created_for: Option<TaskId>,
+    /// Whose provider credential created the node, and so whose account pays for it:
+    /// `None` for the platform's own. Every later provider call for the node uses the
+    /// same owner's credential, and only tasks of that owner are placed on it.
+    #[serde(default)]
+    pub credential_owner: Option<CredentialOwner>,
+    /// The VM's address as its provider reported it once the VM ran. A node agent
+    /// directory reaches the nodes of a user's or project's account by it, since the
+    /// platform's provider cannot look those VMs up.
+    #[serde(default)]
+    pub address: Option<String>,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
     /// When the row last changed.
@@ -327,6 +342,8 @@ pub struct WarmClaim {
     pub size: VmSize,
     /// The exact location; `None` accepts any.
     pub location: Option<Location>,
+    /// Only nodes made with this owner's provider credential (`None`: the platform's).
+    pub credential_owner: Option<CredentialOwner>,
     /// The current time.
     pub now: DateTime<Utc>,
 }
@@ -423,8 +440,10 @@ pub struct ApiTokenRecord {
 ///   the same task while a lease holds. Leasing does not touch `updated_at`.
 /// - **`claim_warm_node` has one winner**: of concurrent claims for the same warm
 ///   node, exactly one gets it (moved to `active`, `warm_since` cleared); only
-///   `running`, `healthy` nodes of the exact provider, size (and location, when
-///   given) are claimed.
+///   `running`, `healthy` nodes of the exact provider, size, credential owner (and
+///   location, when given) are claimed.
+/// - **Nodes keep their credential owner**: `put_node` and every read round-trip
+///   [`NodeRecord::credential_owner`], `None` included.
 /// - **`reserve_workspace_slot` never over-commits**: in one transaction it checks
 ///   the node's capacity minus the reservations of its workspaces that hold a slot
 ///   with [`crate::reservation::check_slot`], and writes the workspace only if that

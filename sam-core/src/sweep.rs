@@ -3,18 +3,19 @@
 //! Every threshold is derived from the [`crate::TimeoutPolicy`], so a sweep never
 //! fires before the wait it guards can finish.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::control::ControlPlane;
+use crate::credential::CredentialOwner;
 use crate::error::{Error, ErrorCategory};
 use crate::model::{
     Labels, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeLifecycle, NodeStatus, TaskStatus,
 };
-use crate::model::{NodeId, TaskId};
+use crate::model::{NodeId, ProviderKind, TaskId};
 use crate::node_agent::SessionReport;
 use crate::store::{NodeFilter, NodeRecord, TaskFilter, TaskRecord, WorkspaceRecord};
 
@@ -37,6 +38,34 @@ pub struct SweepReport {
     pub orphans_deleted: usize,
     /// Node rows marked deleted because their VM is gone.
     pub rows_marked_deleted: usize,
+    /// Nodes that could not be destroyed this time, and why; each stays recorded
+    /// (marked `destroying`) and the next sweep tries again.
+    pub nodes_kept: Vec<KeptNode>,
+}
+
+/// A node the sweep could not destroy, kept recorded for the next sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptNode {
+    /// The node.
+    pub node: NodeId,
+    /// The category of the failure (`auth_error` when its owner's credential is gone).
+    pub category: ErrorCategory,
+    /// Why, as a sentence.
+    pub reason: String,
+}
+
+impl SweepReport {
+    /// Counts a destroyed node, or records why it was kept.
+    fn destroyed(&mut self, node: &NodeId, result: Result<(), Error>) {
+        match result {
+            Ok(()) => self.nodes_destroyed += 1,
+            Err(e) => self.nodes_kept.push(KeptNode {
+                node: node.clone(),
+                category: crate::error::Classify::category(&e),
+                reason: crate::secret::redact(&e.to_string()).into_owned(),
+            }),
+        }
+    }
 }
 
 fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
@@ -189,9 +218,8 @@ impl ControlPlane {
             })
             .await?;
         for node in doomed.iter().filter(|n| n.status.is_live()) {
-            if self.destroy_node(node).await {
-                report.nodes_destroyed += 1;
-            }
+            let result = self.destroy_node(node).await;
+            report.destroyed(&node.id, result);
         }
         let nodes = self
             .store
@@ -256,9 +284,8 @@ impl ControlPlane {
                 }
                 if !busy {
                     tracing::info!(node = %node.id, warm_expired, too_old, "destroying node");
-                    if self.destroy_node(&node).await {
-                        report.nodes_destroyed += 1;
-                    }
+                    let result = self.destroy_node(&node).await;
+                    report.destroyed(&node.id, result);
                     crate::crash::point(crate::crash::SWEEP_NODES);
                     continue;
                 }
@@ -286,7 +313,22 @@ impl ControlPlane {
             .collect();
         let mut managed = Labels::new();
         managed.insert(MANAGED_LABEL, "true")?;
-        for provider in self.providers.values() {
+        // Every account VMs are made in: the platform's providers, and the provider
+        // of each credential owner that has nodes recorded.
+        let mut accounts: BTreeSet<(ProviderKind, Option<CredentialOwner>)> =
+            self.providers.keys().map(|kind| (*kind, None)).collect();
+        accounts.extend(
+            rows.iter()
+                .filter_map(|n| n.credential_owner.clone().map(|o| (n.provider, Some(o)))),
+        );
+        for (kind, owner) in accounts {
+            let provider = match self.provider_for(kind, owner.as_ref()).await {
+                Ok(provider) => provider,
+                Err(e) => {
+                    tracing::warn!(provider = %kind, owner = ?owner.as_ref().map(ToString::to_string), error = %e, "cannot reach the account for orphan reconciliation");
+                    continue;
+                }
+            };
             let vms = match provider.list_vms(&managed).await {
                 Ok(vms) => vms,
                 Err(e) => {
@@ -316,7 +358,8 @@ impl ControlPlane {
             // Rows whose VM is gone are marked deleted (rows still being created have
             // no VM id yet and belong to their task's provisioning step).
             for node in rows.iter().filter(|n| {
-                n.provider == provider.kind()
+                n.provider == kind
+                    && n.credential_owner == owner
                     && n.status.is_live()
                     && n.status != NodeStatus::Creating
             }) {

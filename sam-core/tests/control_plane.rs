@@ -1130,6 +1130,7 @@ async fn a_node_provisioned_for_a_task_is_held_until_the_task_takes_its_slot() {
         location_source: Layer::Platform,
         reservation: small,
         preferred_node: None,
+        credential_owner: None,
         now: chrono::Utc::now(),
     };
     let on_held = |placement: &Placement| matches!(placement, Placement::Node { node_id, .. } if node_id == &held.id);

@@ -14,6 +14,9 @@
 //! - [`LocalProvider`]: runs each node as a local process with its own loopback port
 //!   and data directory; its state survives a restart of the control plane.
 //! - [`FakeProvider`]: in memory, scripted per call, recording every call.
+//! - [`CloudProviderFactory`] and [`FakeProviderFactory`]: the
+//!   [`sam_core::ProviderFactory`]s that build a provider from a user's or project's
+//!   own credential, so their tasks' VMs are made in their account.
 //! - [`classify_http_error`]: the classification every backend uses, public for
 //!   embedding programs.
 //! - [`catalog()`] and [`SizeDisplay`]: the providers' catalogs and the one size
@@ -64,6 +67,7 @@
 mod catalog;
 mod classify;
 mod error;
+mod factory;
 mod fake;
 mod gcp;
 #[cfg(feature = "github")]
@@ -79,6 +83,7 @@ mod scaleway;
 pub use catalog::{SPECS_UNAVAILABLE, SizeDisplay, catalog};
 pub use classify::classify_http_error;
 pub use error::{Error, Result};
+pub use factory::{CloudProviderFactory, FakeProviderFactory};
 pub use fake::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
 #[cfg(feature = "gcp")]
 pub use gcp::{GcpConfig, GcpProvider, GcpServiceAccount};

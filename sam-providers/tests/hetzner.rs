@@ -3,116 +3,29 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sam_core::testkit::provider::spec;
 use sam_core::{ErrorCategory, Provider, Secret};
 use sam_providers::{HetznerConfig, HetznerProvider};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::hetzner::HetznerProjects;
 use support::{Mocked, case, cases};
 use wiremock::matchers::{method, path, path_regex};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const TOKEN: &str = "test-token";
 
-/// A small Hetzner Cloud: servers in memory, one per page when listing.
-#[derive(Clone, Default)]
-struct FakeHetzner {
-    servers: Arc<Mutex<BTreeMap<u64, Value>>>,
-}
-
-fn error(status: u16, code: &str, message: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(json!({ "error": { "code": code, "message": message } }))
-}
-
-impl Respond for FakeHetzner {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let auth = request
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if auth != Some(&format!("Bearer {TOKEN}")) {
-            return error(401, "unauthorized", "unable to authenticate");
-        }
-        let mut servers = self.servers.lock().expect("lock");
-        let segments: Vec<&str> = request
-            .url
-            .path()
-            .trim_start_matches("/v1/")
-            .split('/')
-            .collect();
-        let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
-        match (request.method.as_str(), segments.as_slice()) {
-            ("POST", ["servers"]) => {
-                let body: Value = serde_json::from_slice(&request.body).expect("json body");
-                let id = servers.keys().last().copied().unwrap_or(1000) + 1;
-                let server = json!({
-                    "id": id, "name": body["name"], "status": "initializing",
-                    "server_type": { "name": body["server_type"] },
-                    "datacenter": { "location": { "name": body["location"] } },
-                    "labels": body["labels"], "public_net": { "ipv4": { "ip": "192.0.2.10" } },
-                    "created": "2026-01-01T00:00:00+00:00",
-                });
-                servers.insert(id, server.clone());
-                ResponseTemplate::new(201).set_body_json(json!({
-                    "server": server, "action": { "id": 1, "command": "create_server", "status": "running" },
-                }))
-            }
-            ("GET", ["servers"]) => {
-                let selector: Vec<(String, String)> = query
-                    .get("label_selector")
-                    .map(|s| {
-                        s.split(',')
-                            .filter_map(|p| p.split_once("=="))
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let matching: Vec<&Value> = servers
-                    .values()
-                    .filter(|s| selector.iter().all(|(k, v)| s["labels"][k] == json!(v)))
-                    .collect();
-                let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-                let next = (page < matching.len()).then_some(page + 1);
-                ResponseTemplate::new(200).set_body_json(json!({
-                    "servers": matching.get(page - 1).map(|s| vec![*s]).unwrap_or_default(),
-                    "meta": { "pagination": { "page": page, "per_page": 1, "next_page": next } },
-                }))
-            }
-            (m, ["servers", id, rest @ ..]) => {
-                let Some(server) = id.parse().ok().and_then(|id: u64| servers.get_mut(&id)) else {
-                    return error(404, "not_found", "server not found");
-                };
-                match (m, rest) {
-                    ("GET", []) => {
-                        let shown = server.clone();
-                        server["status"] = json!("running");
-                        ResponseTemplate::new(200).set_body_json(json!({ "server": shown }))
-                    }
-                    ("GET", ["actions"]) => {
-                        ResponseTemplate::new(200).set_body_json(json!({ "actions": [] }))
-                    }
-                    ("DELETE", []) => {
-                        let id: u64 = id.parse().expect("numeric");
-                        servers.remove(&id);
-                        ResponseTemplate::new(200)
-                            .set_body_json(json!({ "action": { "id": 2, "status": "running" } }))
-                    }
-                    _ => error(404, "not_found", "no such route"),
-                }
-            }
-            _ => error(404, "not_found", "no such route"),
-        }
-    }
+/// A small Hetzner Cloud with one project, `TOKEN`'s: one server per page when
+/// listing, so every list walks pages.
+fn fake_hetzner() -> HetznerProjects {
+    HetznerProjects::new(&[TOKEN], 1)
 }
 
 async fn mocked() -> Mocked<HetznerProvider> {
     let server = MockServer::start().await;
     Mock::given(path_regex("^/v1/.*"))
-        .respond_with(FakeHetzner::default())
+        .respond_with(fake_hetzner())
         .with_priority(10)
         .mount(&server)
         .await;

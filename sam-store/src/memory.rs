@@ -276,6 +276,7 @@ impl Store for MemoryStore {
                     && n.health == NodeHealth::Healthy
                     && n.provider == claim.provider
                     && n.size == claim.size
+                    && n.credential_owner == claim.credential_owner
                     && claim.location.as_ref().is_none_or(|l| l == &n.location)
             })
             .min_by_key(|n| (n.warm_since, n.created_at, n.id.to_string()));

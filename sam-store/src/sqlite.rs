@@ -78,6 +78,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 3,
             sql: include_str!("../migrations/sqlite/0003_projects.sql"),
         },
+        Migration {
+            version: 4,
+            sql: include_str!("../migrations/sqlite/0004_node_owner.sql"),
+        },
     ],
 };
 

@@ -131,7 +131,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 3
+                supported: 4
             }
         ),
         "{err:?}"
@@ -163,6 +163,10 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
         .await
         .expect("open");
     store.create_task(&task("t-old", 0)).await.expect("task");
+    store
+        .put_node(&sam_core::testkit::fixtures::node("n-old", 0))
+        .await
+        .expect("node");
     store.close().await;
     // Turn the file back into what version 1 wrote.
     raw(
@@ -170,7 +174,10 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
         "DROP TABLE users; DROP TABLE projects; DROP TABLE agent_profiles; \
          DROP TABLE credentials; DROP TABLE github_installations; \
          ALTER TABLE tasks DROP COLUMN output; \
-         DELETE FROM sam_store_migrations WHERE version IN (2, 3);",
+         DROP INDEX nodes_warm; ALTER TABLE nodes DROP COLUMN credential_owner; \
+         ALTER TABLE nodes DROP COLUMN address; \
+         CREATE INDEX nodes_warm ON nodes (provider, size, warm_since) WHERE lifecycle = 'warm'; \
+         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4);",
     )
     .await;
     let store = SqliteStore::new(&SqliteConfig::new(&path))
@@ -182,6 +189,15 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
             .await
             .expect("read")
             .is_some()
+    );
+    let old = store
+        .get_node(&sam_core::NodeId::new("n-old").expect("id"))
+        .await
+        .expect("an old node row decodes")
+        .expect("the node is kept");
+    assert_eq!(
+        old.credential_owner, None,
+        "a node written before credential owners were recorded ran on the platform's"
     );
     let project = sam_core::testkit::fixtures::project("p-1", 0);
     store

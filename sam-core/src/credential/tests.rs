@@ -178,3 +178,23 @@ fn setup_status_counts_linked_github_installations_as_repository_access() {
     );
     assert!(status.complete);
 }
+
+#[test]
+fn owners_round_trip_through_their_text_form() {
+    use crate::model::{ProjectId, UserId};
+    for owner in [
+        CredentialOwner::User(UserId::new("u-1").unwrap()),
+        // A user id may itself hold a colon.
+        CredentialOwner::User(UserId::new("user:42").unwrap()),
+        CredentialOwner::Project(ProjectId::new("p-1").unwrap()),
+    ] {
+        assert_eq!(owner.to_string().parse::<CredentialOwner>(), Ok(owner));
+    }
+    for bad in ["", "platform", "team:t-1", "user:", "user"] {
+        let error = bad.parse::<CredentialOwner>().unwrap_err();
+        assert!(
+            matches!(error, CredentialError::Invalid { field: "owner", .. }),
+            "{bad:?}: {error:?}"
+        );
+    }
+}

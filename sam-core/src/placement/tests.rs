@@ -36,6 +36,8 @@ fn node(
         agent_version: None,
         ready_at: None,
         created_for: None,
+        credential_owner: None,
+        address: None,
         created_at: at,
         updated_at: at,
     }
@@ -54,6 +56,7 @@ fn request(cpu: u64, mem: u64) -> PlacementRequest {
         location_source: Layer::Platform,
         reservation: r,
         preferred_node: None,
+        credential_owner: None,
         now: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
     }
 }
@@ -112,6 +115,63 @@ fn picks_the_tightest_fit_and_explains_every_rejection() {
             "node node-00004 not enough cpu_millis: 2000 needed, 1000 free of 1000",
         ]
     );
+}
+
+#[test]
+fn only_nodes_of_the_tasks_credential_owner_are_candidates() {
+    use crate::credential::CredentialOwner;
+    use crate::model::UserId;
+    let user = |id: &str| Some(CredentialOwner::User(UserId::new(id).unwrap()));
+    let owned = |i: usize, owner: Option<CredentialOwner>| NodeRecord {
+        credential_owner: owner,
+        ..node(
+            i,
+            4000,
+            8192,
+            NodeStatus::Running,
+            NodeHealth::Healthy,
+            "fsn1",
+        )
+    };
+    // The tightest node belongs to user A; user B's task must not take it.
+    let nodes = [owned(1, user("u-a")), owned(2, None), owned(3, user("u-b"))];
+    let live: Vec<Vec<Reservation>> = vec![vec![]; nodes.len()];
+    let candidates = || {
+        nodes
+            .iter()
+            .zip(&live)
+            .map(|(node, live)| Candidate { node, live })
+    };
+    let for_owner = |owner: Option<CredentialOwner>| PlacementRequest {
+        credential_owner: owner,
+        ..request(1000, 1024)
+    };
+    let (chosen, rejected) = best_fit(candidates(), &for_owner(user("u-b")));
+    assert_eq!(chosen.unwrap().id.as_str(), "node-00003");
+    let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "node node-00001 was made with user:u-a's provider credential, not user:u-b's",
+            "node node-00002 was made with the platform's provider credential, not user:u-b's",
+        ]
+    );
+    let (chosen, _) = best_fit(candidates(), &for_owner(None));
+    assert_eq!(chosen.unwrap().id.as_str(), "node-00002");
+    let (chosen, _) = best_fit(candidates(), &for_owner(user("u-c")));
+    assert!(chosen.is_none(), "user C has no node");
+    // The fleet index judges by the same rule.
+    let mut index = FleetIndex::new();
+    for n in &nodes {
+        index.insert_node(n.clone());
+    }
+    for owner in [user("u-a"), user("u-b"), None, user("u-c")] {
+        let request = for_owner(owner);
+        assert_eq!(
+            index.best_fit(&request).map(|n| &n.id),
+            best_fit(candidates(), &request).0.map(|n| &n.id)
+        );
+    }
 }
 
 #[test]

@@ -175,6 +175,9 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
                 parent_session: Some(WorkspaceId::new("w-parent").expect("valid id")),
                 depth: 3,
             }),
+            provider_credential_owner: Some(crate::credential::CredentialOwner::Project(
+                crate::model::ProjectId::new("p-1").expect("valid id"),
+            )),
         },
         provider: ProviderKind::Scaleway,
         requested_size: VmSize::Large,
@@ -243,6 +246,8 @@ pub fn node(id: &str, created: i64) -> NodeRecord {
         agent_version: Some("0.1.0".into()),
         ready_at: Some(at(created + 5)),
         created_for: Some(task_id("task-origin")),
+        credential_owner: None,
+        address: Some("192.0.2.10".into()),
         created_at: at(created),
         updated_at: at(created),
     }
@@ -386,4 +391,68 @@ pub fn credential(
         created_at: at(0),
         updated_at: at(updated),
     }
+}
+
+/// Stores `token` as `user`'s own API token for `provider`.
+///
+/// # Panics
+/// When the control plane refuses it.
+pub async fn set_provider_token(
+    cp: &crate::ControlPlane,
+    user: &UserId,
+    provider: ProviderKind,
+    token: &str,
+) {
+    cp.set_credential(
+        &crate::credential::CredentialOwner::User(user.clone()),
+        &crate::intent::CredentialInput {
+            target: crate::credential::CredentialTarget::Provider(provider),
+            kind: crate::credential::CredentialKind::ApiToken,
+            secret: crate::secret::Secret::new(token),
+            details: std::collections::BTreeMap::new(),
+        },
+    )
+    .await
+    .expect("the credential is stored");
+}
+
+/// Submits a task of `user` (on `preferred`, when given).
+///
+/// # Panics
+/// When the submission is refused.
+pub async fn submit_for(
+    cp: &crate::ControlPlane,
+    user: &UserId,
+    preferred: Option<&NodeId>,
+) -> TaskId {
+    cp.submit(&crate::control::SubmitRequest {
+        repo: "https://example.invalid/repo.git".into(),
+        prompt: "fix the flaky test".into(),
+        user: Some(user.clone()),
+        preferred_node: preferred.cloned(),
+        ..crate::control::SubmitRequest::default()
+    })
+    .await
+    .expect("submitted")
+}
+
+/// Ticks `cp`, moving `clock` on by the poll interval after each tick, until task
+/// `id` ends (at most 500 ticks); returns it.
+///
+/// # Panics
+/// When the task does not end or the store fails.
+pub async fn run_to_end(
+    cp: &crate::ControlPlane,
+    clock: &crate::clock::ManualClock,
+    id: &TaskId,
+) -> TaskRecord {
+    for _ in 0..500 {
+        let task = cp.get(id).await.expect("get").expect("the task exists");
+        if task.status.is_terminal() {
+            return task;
+        }
+        cp.tick().await.expect("tick");
+        clock.advance(cp.config().poll_interval);
+    }
+    panic!("task {id} did not end within 500 ticks");
 }

@@ -88,6 +88,8 @@ macro_rules! store_conformance {
             list_nodes_is_ordered_and_filters,
             deletes_are_idempotent,
             claim_warm_node_matches_exactly,
+            claim_warm_node_keeps_to_its_credential_owner,
+            nodes_keep_their_credential_owner,
             claim_warm_node_has_one_winner,
             release_node_to_warm_only_when_idle,
             reserve_slot_checks_capacity,
@@ -212,6 +214,7 @@ fn warm_claim(task: &str, location: Option<Location>, now: i64) -> WarmClaim {
         provider: ProviderKind::Hetzner,
         size: VmSize::Medium,
         location,
+        credential_owner: None,
         now: at(now),
     }
 }
@@ -896,6 +899,113 @@ pub async fn claim_warm_node_matches_exactly(store: &dyn Store) {
         .expect("claim");
     let other = other.expect("without a location, any location matches");
     assert_eq!(other.id, node_id("other-location"));
+}
+
+fn user_owner(id: &str) -> crate::credential::CredentialOwner {
+    crate::credential::CredentialOwner::User(crate::model::UserId::new(id).expect("valid id"))
+}
+
+fn project_owner(id: &str) -> crate::credential::CredentialOwner {
+    crate::credential::CredentialOwner::Project(crate::model::ProjectId::new(id).expect("valid id"))
+}
+
+/// A warm node is claimed only for a task of the credential owner that made it: a
+/// user's node never goes to another user or to the platform, nor the reverse.
+pub async fn claim_warm_node_keeps_to_its_credential_owner(store: &dyn Store) {
+    let clause = "claim_warm_node matches the credential owner";
+    put(store, warm_node("w-platform", 1)).await;
+    put(
+        store,
+        NodeRecord {
+            credential_owner: Some(user_owner("u-a")),
+            ..warm_node("w-user-a", 2)
+        },
+    )
+    .await;
+    put(
+        store,
+        NodeRecord {
+            credential_owner: Some(project_owner("p-1")),
+            ..warm_node("w-project", 3)
+        },
+    )
+    .await;
+    let claim = |task: &str, owner: Option<crate::credential::CredentialOwner>| WarmClaim {
+        credential_owner: owner,
+        ..warm_claim(task, None, 50)
+    };
+    let stranger = store
+        .claim_warm_node(&claim("t-b", Some(user_owner("u-b"))))
+        .await
+        .expect(clause);
+    assert_eq!(
+        stranger, None,
+        "{clause}: user B gets none of the others' nodes"
+    );
+    let got = store
+        .claim_warm_node(&claim("t-a", Some(user_owner("u-a"))))
+        .await
+        .expect(clause)
+        .expect("user A's warm node is claimed");
+    assert_eq!(
+        got.id,
+        node_id("w-user-a"),
+        "{clause}: user A gets their own node, not the older platform one"
+    );
+    assert_eq!(got.credential_owner, Some(user_owner("u-a")), "{clause}");
+    let again = store
+        .claim_warm_node(&claim("t-a2", Some(user_owner("u-a"))))
+        .await
+        .expect(clause);
+    assert_eq!(again, None, "{clause}: user A has no other warm node");
+    let project = store
+        .claim_warm_node(&claim("t-p", Some(project_owner("p-1"))))
+        .await
+        .expect(clause)
+        .expect("the project's warm node is claimed");
+    assert_eq!(project.id, node_id("w-project"), "{clause}");
+    let platform = store
+        .claim_warm_node(&claim("t-x", None))
+        .await
+        .expect(clause)
+        .expect("the platform's warm node is claimed");
+    assert_eq!(platform.id, node_id("w-platform"), "{clause}");
+}
+
+/// `put_node` and every read keep a node's credential owner, `None` included.
+pub async fn nodes_keep_their_credential_owner(store: &dyn Store) {
+    let clause = "nodes keep their credential owner";
+    // A user id may itself hold a colon; the owner still round-trips.
+    let owners = [
+        None,
+        Some(user_owner("user:42")),
+        Some(project_owner("p-1")),
+    ];
+    for (i, owner) in owners.iter().enumerate() {
+        let n = NodeRecord {
+            credential_owner: owner.clone(),
+            ..node(&format!("n-owner-{i}"), i64::try_from(i).expect("small"))
+        };
+        put(store, n.clone()).await;
+        let read = store.get_node(&n.id).await.expect(clause);
+        assert_eq!(read.as_ref(), Some(&n), "{clause}: get_node");
+    }
+    let listed: Vec<_> = store
+        .list_nodes(&NodeFilter::default())
+        .await
+        .expect(clause)
+        .into_iter()
+        .map(|n| n.credential_owner)
+        .collect();
+    assert_eq!(listed, owners, "{clause}: list_nodes");
+    // Replacing the row replaces the owner.
+    let moved = NodeRecord {
+        credential_owner: Some(user_owner("u-2")),
+        ..node("n-owner-0", 0)
+    };
+    put(store, moved.clone()).await;
+    let read = store.get_node(&moved.id).await.expect(clause);
+    assert_eq!(read, Some(moved), "{clause}: put_node replaces it");
 }
 
 /// Of two claims for one warm node, exactly one gets it.

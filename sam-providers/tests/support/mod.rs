@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod hetzner;
+
 use std::path::PathBuf;
 
 use sam_core::ErrorCategory;

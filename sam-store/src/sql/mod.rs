@@ -105,7 +105,7 @@ const INSTALLATION_COLUMNS: &str = "id, user_id, external_id, account, created_a
 
 const NODE_COLUMNS: &str = "id, provider, vm_id, size, server_type, location, capacity, labels, \
     status, lifecycle, warm_since, health, last_heartbeat_at, agent_version, ready_at, \
-    created_for, created_at, updated_at";
+    created_for, created_at, updated_at, credential_owner, address";
 
 const WORKSPACE_COLUMNS: &str =
     "id, node_id, task_id, status, effective_profile, reservation, created_at, updated_at";
@@ -488,7 +488,7 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     async fn try_put_node(&self, node: &NodeRecord) -> Result<(), Error> {
-        let placeholders: Vec<String> = (1..=18).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=20).map(|i| format!("${i}")).collect();
         let updates: Vec<String> = NODE_COLUMNS
             .split(", ")
             .skip(1)
@@ -517,6 +517,8 @@ impl<D: Dialect> SqlStore<D> {
         .bind(node.created_for.as_ref().map(|t| t.to_string()))
         .bind(micros(node.created_at))
         .bind(micros(node.updated_at))
+        .bind(rows::owner_column(node.credential_owner.as_ref()))
+        .bind(node.address.clone())
         .execute(&self.writer)
         .await
         .map_err(Self::db("writing a node"))?;
@@ -564,6 +566,7 @@ impl<D: Dialect> SqlStore<D> {
             "WITH pick AS (SELECT id FROM nodes \
                 WHERE lifecycle = 'warm' AND status = 'running' AND health = 'healthy' \
                   AND provider = $1 AND size = $2 AND ($3 = 0 OR location = $4) \
+                  AND credential_owner = $6 \
                 ORDER BY warm_since, created_at, id LIMIT 1{}) \
              UPDATE nodes SET lifecycle = 'active', warm_since = NULL, updated_at = $5 \
              WHERE id IN (SELECT id FROM pick) AND lifecycle = 'warm' \
@@ -581,7 +584,8 @@ impl<D: Dialect> SqlStore<D> {
                     .map(|l| l.to_string())
                     .unwrap_or_default(),
             )
-            .bind(micros(claim.now));
+            .bind(micros(claim.now))
+            .bind(rows::owner_column(claim.credential_owner.as_ref()));
         let context = "claiming a warm node";
         let mut tx = self.begin(context).await?;
         let row = q

@@ -217,9 +217,23 @@ pub(crate) fn node(row: &AnyRow) -> Result<NodeRecord, Error> {
         agent_version: c.opt_text("agent_version")?,
         ready_at: c.opt_time("ready_at")?,
         created_for: c.opt_parse("created_for")?,
+        credential_owner: match c.text("credential_owner")?.as_str() {
+            PLATFORM_OWNER => None,
+            owner => Some(owner.parse().map_err(|e| c.bad("credential_owner", e))?),
+        },
+        address: c.opt_text("address")?,
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
     })
+}
+
+/// What the `credential_owner` column of `nodes` holds for the platform's own
+/// credentials; an owner is `user:<id>` or `project:<id>`.
+const PLATFORM_OWNER: &str = "platform";
+
+/// The `credential_owner` column for a node's owner.
+pub(crate) fn owner_column(owner: Option<&sam_core::CredentialOwner>) -> String {
+    owner.map_or_else(|| PLATFORM_OWNER.to_owned(), ToString::to_string)
 }
 
 /// Decodes a `workspaces` row.
