@@ -16,11 +16,11 @@ use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, ControlPlane, ControlPlaneConfig, ControlPlaneParts,
     CredentialOwner, CredentialRecord, CredentialTarget, DefaultScheduler, ExecutionStep,
-    GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeId, NodeRecord, ProfileId,
-    ProjectId, ProjectRecord, Provider, ProviderKind, Secret, SlotOutcome, StatusEvent, Store,
-    StoreError, SubmitRequest, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord,
-    TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition, UserId, UserRecord, WarmClaim,
-    WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat,
+    NodeFilter, NodeId, NodeRecord, ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind,
+    Secret, SlotOutcome, StatusEvent, Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind,
+    TaskFilter, TaskId, TaskRecord, TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition,
+    UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
 };
 use sam_providers::FakeProvider;
 use sam_store::{SqliteConfig, SqliteStore};
@@ -108,8 +108,17 @@ impl Store for CountingStore {
     async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError> {
         self.write("claim_due_tasks").claim_due_tasks(request).await
     }
-    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError> {
-        self.write("release_lease").release_lease(id, owner).await
+    async fn release_lease(
+        &self,
+        id: &TaskId,
+        release: &LeaseRelease,
+    ) -> Result<LeaseReleased, StoreError> {
+        self.write("release_lease").release_lease(id, release).await
+    }
+    async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError> {
+        self.write("record_node_beat")
+            .record_node_beat(id, beat)
+            .await
     }
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
         self.inner.list_status_events(id).await
