@@ -115,6 +115,16 @@ impl Store for CountingStore {
     ) -> Result<LeaseReleased, StoreError> {
         self.write("release_lease").release_lease(id, release).await
     }
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write("mark_node_stale")
+            .mark_node_stale(id, beat_before, at)
+            .await
+    }
     async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError> {
         self.write("record_node_beat")
             .record_node_beat(id, beat)

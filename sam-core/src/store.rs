@@ -492,6 +492,10 @@ pub struct ApiTokenRecord {
 ///   `status` `running`, `health` `healthy`, `agent_version` and `ready_at` (kept when
 ///   set), in one statement; it never changes `lifecycle`, `warm_since` or anything
 ///   else, so a beat racing a warm claim or release cannot undo it.
+/// - **`mark_node_stale` is conditional**: only a `healthy` node whose last heartbeat
+///   is older than `beat_before` becomes `stale` (with `updated_at`), in one
+///   statement, and nothing else changes; otherwise it writes nothing and returns
+///   `false`. A beat or a warm claim landing after the caller's read survives.
 /// - **A stopped workspace stays stopped**: `update_workspace` on a `stopped`
 ///   workspace changes nothing, so a late report cannot take back a freed slot.
 /// - **Deletes are idempotent**: deleting a missing row succeeds.
@@ -612,6 +616,18 @@ pub trait Store: Send + Sync + Debug {
     /// # Errors
     /// `NotFound` for a missing node.
     async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError>;
+
+    /// Marks a healthy node whose last heartbeat is older than `beat_before` stale;
+    /// `Ok(false)` (and no write) when it is not healthy or has beaten since.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing node.
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Claims one matching warm node for a task, atomically.
     ///

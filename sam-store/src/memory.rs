@@ -310,6 +310,28 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let node = state
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("node {id}")))?;
+        let silent = node
+            .last_heartbeat_at
+            .is_some_and(|beat| beat < beat_before);
+        if node.health != NodeHealth::Healthy || !silent {
+            return Ok(false);
+        }
+        node.health = NodeHealth::Stale;
+        node.updated_at = at;
+        Ok(true)
+    }
+
     async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
         let mut state = self.state();
         let chosen = state

@@ -90,6 +90,7 @@ macro_rules! store_conformance {
             terminal_transition_clears_wake_and_lease,
             record_node_beat_touches_only_liveness,
             stopped_workspace_stays_stopped,
+            mark_node_stale_is_conditional,
             put_node_replaces_and_round_trips,
             list_nodes_is_ordered_and_filters,
             deletes_are_idempotent,
@@ -1004,6 +1005,48 @@ pub async fn record_node_beat_touches_only_liveness(store: &dyn Store) {
         store.record_node_beat(&node_id("nope"), &missing).await,
         StoreErrorKind::NotFound,
         "a beat of a missing node is not found",
+    );
+}
+
+/// Only a healthy node silent since before `beat_before` turns stale, and only its
+/// health changes.
+pub async fn mark_node_stale_is_conditional(store: &dyn Store) {
+    // Both last beat at `at(11)`.
+    put(store, warm_node("warm", 1)).await;
+    let mark = |id: &'static str, before: i64| async move {
+        store
+            .mark_node_stale(&node_id(id), at(before), at(100))
+            .await
+            .expect("mark_node_stale")
+    };
+    assert!(!mark("warm", 11).await, "a beat at the limit is not stale");
+    let read = store.get_node(&node_id("warm")).await.expect("get");
+    assert_eq!(
+        read,
+        Some(warm_node("warm", 1)),
+        "a refused mark writes nothing"
+    );
+    assert!(
+        mark("warm", 12).await,
+        "a healthy node silent since before turns stale"
+    );
+    let read = store.get_node(&node_id("warm")).await.expect("get");
+    assert_eq!(
+        read,
+        Some(NodeRecord {
+            health: NodeHealth::Stale,
+            updated_at: at(100),
+            ..warm_node("warm", 1)
+        }),
+        "only the health (and updated_at) change: the node stays warm"
+    );
+    assert!(!mark("warm", 12).await, "a stale node is not marked again");
+    expect_kind(
+        store
+            .mark_node_stale(&node_id("nope"), at(12), at(100))
+            .await,
+        StoreErrorKind::NotFound,
+        "marking a missing node is not found",
     );
 }
 

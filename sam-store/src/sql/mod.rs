@@ -737,6 +737,23 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 
+    async fn try_mark_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let q = query(
+            "UPDATE nodes SET health = 'stale', updated_at = $1 \
+             WHERE id = $2 AND health = 'healthy' AND last_heartbeat_at < $3",
+        )
+        .bind(micros(at))
+        .bind(id.to_string())
+        .bind(micros(beat_before));
+        self.update_existing(q, "nodes", id.as_str(), "marking a node stale")
+            .await
+    }
+
     async fn try_record_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), Error> {
         // One statement on the liveness columns only: a beat read-modify-writing the
         // whole row could put back the lifecycle a warm claim or release just changed.
@@ -968,6 +985,15 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError> {
         Ok(self.try_record_beat(id, beat).await?)
+    }
+
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.try_mark_stale(id, beat_before, at).await?)
     }
 
     async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
