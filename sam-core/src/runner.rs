@@ -34,8 +34,8 @@ pub(crate) enum Next {
     Step {
         /// The step to move to.
         step: ExecutionStep,
-        /// The fields the step sets.
-        update: TaskUpdate,
+        /// The fields the step sets (boxed: it is large next to the other variants).
+        update: Box<TaskUpdate>,
         /// When to look again.
         at: DateTime<Utc>,
     },
@@ -140,7 +140,7 @@ impl ControlPlane {
         // The step, its data, the next wake-up and the lease release are one write.
         let (step, mut update, wake) = match next {
             Next::At(at) => (None, TaskUpdate::default(), at),
-            Next::Step { step, update, at } => (Some(step), update, at),
+            Next::Step { step, update, at } => (Some(step), *update, at),
             Next::Done => return,
         };
         update.next_wake_at = Some(Some(wake));
@@ -287,7 +287,7 @@ impl ControlPlane {
         };
         Ok(Next::Step {
             step,
-            update,
+            update: Box::new(update),
             at: self.clock.now(),
         })
     }
@@ -416,10 +416,10 @@ impl ControlPlane {
         match delay {
             Some(delay) => Ok(Next::Step {
                 step: ExecutionStep::WaitingForCapacity,
-                update: TaskUpdate {
+                update: Box::new(TaskUpdate {
                     capacity_passes: Some(passes),
                     ..TaskUpdate::default()
-                },
+                }),
                 at: after(now, delay),
             }),
             None => {
@@ -626,7 +626,7 @@ impl ControlPlane {
     fn step_to(&self, step: ExecutionStep) -> Next {
         Next::Step {
             step,
-            update: TaskUpdate::default(),
+            update: Box::default(),
             at: self.clock.now(),
         }
     }
@@ -636,10 +636,10 @@ impl ControlPlane {
         if task.status == TaskStatus::Queued {
             return Ok(Next::Step {
                 step: ExecutionStep::NodeSelection,
-                update: TaskUpdate {
+                update: Box::new(TaskUpdate {
                     provisioned_node_id: Some(None),
                     ..TaskUpdate::default()
-                },
+                }),
                 at: self.clock.now(),
             });
         }
@@ -860,7 +860,7 @@ impl ControlPlane {
         }
         Ok(Next::Step {
             step: ExecutionStep::Running,
-            update: TaskUpdate::default(),
+            update: Box::default(),
             at: after(self.clock.now(), self.config.poll_interval),
         })
     }
