@@ -3,10 +3,10 @@
 //! provider and the fake node agent answering at once; and the raw write rate of the
 //! same file through plain sqlx, the bound the store cannot beat.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -16,18 +16,18 @@ use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, ControlPlane, ControlPlaneConfig, ControlPlaneParts,
     CredentialOwner, CredentialRecord, CredentialTarget, DefaultScheduler, ExecutionStep,
-    GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeId, NodeRecord, ProfileId,
-    ProjectId, ProjectRecord, Provider, ProviderKind, Secret, SlotOutcome, StatusEvent, Store,
-    StoreError, SubmitRequest, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord,
-    TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition, UserId, UserRecord, WarmClaim,
-    WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat,
+    NodeFilter, NodeId, NodeRecord, ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind,
+    Secret, SlotOutcome, StatusEvent, Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind,
+    TaskFilter, TaskId, TaskRecord, TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition,
+    UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
 };
 use sam_providers::FakeProvider;
 use sam_store::{SqliteConfig, SqliteStore};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
 
-/// A [`Store`] that counts the calls that write, around any store.
+/// A [`Store`] that counts the calls that write, around any store, per method.
 ///
 /// Every write method of the SQL stores is one transaction, so the count is the
 /// number of write transactions the control plane asked for. A lease claim that
@@ -35,7 +35,7 @@ use tokio::sync::broadcast::error::TryRecvError;
 #[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn Store>,
-    writes: AtomicU64,
+    writes: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl CountingStore {
@@ -43,17 +43,30 @@ impl CountingStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
             inner,
-            writes: AtomicU64::new(0),
+            writes: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Write calls so far.
     pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
+        self.by_method().values().sum()
     }
 
-    fn write(&self) -> &dyn Store {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+    /// Write calls so far, per `Store` method.
+    pub fn by_method(&self) -> BTreeMap<&'static str, u64> {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn write(&self, method: &'static str) -> &dyn Store {
+        *self
+            .writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(method)
+            .or_default() += 1;
         self.inner.as_ref()
     }
 }
@@ -61,7 +74,7 @@ impl CountingStore {
 #[async_trait]
 impl Store for CountingStore {
     async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        self.write().create_task(task).await
+        self.write("create_task").create_task(task).await
     }
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         self.inner.get_task(id).await
@@ -70,7 +83,9 @@ impl Store for CountingStore {
         self.inner.list_tasks(filter).await
     }
     async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError> {
-        self.write().transition_task(id, change).await
+        self.write("transition_task")
+            .transition_task(id, change)
+            .await
     }
     async fn set_execution_step(
         &self,
@@ -78,7 +93,9 @@ impl Store for CountingStore {
         step: ExecutionStep,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.write().set_execution_step(id, step, at).await
+        self.write("set_execution_step")
+            .set_execution_step(id, step, at)
+            .await
     }
     async fn update_task(
         &self,
@@ -86,19 +103,38 @@ impl Store for CountingStore {
         update: &TaskUpdate,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.write().update_task(id, update, at).await
+        self.write("update_task").update_task(id, update, at).await
     }
     async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError> {
-        self.write().claim_due_tasks(request).await
+        self.write("claim_due_tasks").claim_due_tasks(request).await
     }
-    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError> {
-        self.write().release_lease(id, owner).await
+    async fn release_lease(
+        &self,
+        id: &TaskId,
+        release: &LeaseRelease,
+    ) -> Result<LeaseReleased, StoreError> {
+        self.write("release_lease").release_lease(id, release).await
+    }
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write("mark_node_stale")
+            .mark_node_stale(id, beat_before, at)
+            .await
+    }
+    async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError> {
+        self.write("record_node_beat")
+            .record_node_beat(id, beat)
+            .await
     }
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
         self.inner.list_status_events(id).await
     }
     async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.write().put_node(node).await
+        self.write("put_node").put_node(node).await
     }
     async fn get_node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
         self.inner.get_node(id).await
@@ -107,23 +143,27 @@ impl Store for CountingStore {
         self.inner.list_nodes(filter).await
     }
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        self.write().delete_node(id).await
+        self.write("delete_node").delete_node(id).await
     }
     async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
-        self.write().claim_warm_node(claim).await
+        self.write("claim_warm_node").claim_warm_node(claim).await
     }
     async fn release_node_to_warm(
         &self,
         id: &NodeId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.write().release_node_to_warm(id, at).await
+        self.write("release_node_to_warm")
+            .release_node_to_warm(id, at)
+            .await
     }
     async fn reserve_workspace_slot(
         &self,
         workspace: &WorkspaceRecord,
     ) -> Result<SlotOutcome, StoreError> {
-        self.write().reserve_workspace_slot(workspace).await
+        self.write("reserve_workspace_slot")
+            .reserve_workspace_slot(workspace)
+            .await
     }
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
         self.inner.get_workspace(id).await
@@ -138,12 +178,12 @@ impl Store for CountingStore {
         effective_profile: Option<String>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.write()
+        self.write("update_workspace")
             .update_workspace(id, status, effective_profile, at)
             .await
     }
     async fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
-        self.write().put_api_token(token).await
+        self.write("put_api_token").put_api_token(token).await
     }
     async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
         self.inner.find_api_token(hash).await
@@ -152,7 +192,9 @@ impl Store for CountingStore {
         &self,
         installation: &GithubInstallation,
     ) -> Result<(), StoreError> {
-        self.write().put_github_installation(installation).await
+        self.write("put_github_installation")
+            .put_github_installation(installation)
+            .await
     }
     async fn get_github_installation(
         &self,
@@ -170,13 +212,13 @@ impl Store for CountingStore {
         self.write().delete_github_installation(key).await
     }
     async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.write().put_user(user).await
+        self.write("put_user").put_user(user).await
     }
     async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
         self.inner.get_user(id).await
     }
     async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
-        self.write().put_project(project).await
+        self.write("put_project").put_project(project).await
     }
     async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
         self.inner.get_project(id).await
@@ -185,10 +227,10 @@ impl Store for CountingStore {
         self.inner.list_projects().await
     }
     async fn delete_project(&self, id: &ProjectId) -> Result<(), StoreError> {
-        self.write().delete_project(id).await
+        self.write("delete_project").delete_project(id).await
     }
     async fn put_profile(&self, profile: &AgentProfileRecord) -> Result<(), StoreError> {
-        self.write().put_profile(profile).await
+        self.write("put_profile").put_profile(profile).await
     }
     async fn get_profile(&self, id: &ProfileId) -> Result<Option<AgentProfileRecord>, StoreError> {
         self.inner.get_profile(id).await
@@ -200,10 +242,12 @@ impl Store for CountingStore {
         self.inner.list_profiles(project).await
     }
     async fn delete_profile(&self, id: &ProfileId) -> Result<(), StoreError> {
-        self.write().delete_profile(id).await
+        self.write("delete_profile").delete_profile(id).await
     }
     async fn put_credential(&self, credential: &CredentialRecord) -> Result<(), StoreError> {
-        self.write().put_credential(credential).await
+        self.write("put_credential")
+            .put_credential(credential)
+            .await
     }
     async fn list_credentials(
         &self,
@@ -216,7 +260,9 @@ impl Store for CountingStore {
         owner: &CredentialOwner,
         target: &CredentialTarget,
     ) -> Result<(), StoreError> {
-        self.write().delete_credential(owner, target).await
+        self.write("delete_credential")
+            .delete_credential(owner, target)
+            .await
     }
 }
 
@@ -270,7 +316,7 @@ impl Driver {
 }
 
 /// The figures of the lifecycle scenario.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleFigures {
     /// Tasks from submit to completed per second.
     pub tasks_per_sec: f64,
@@ -280,6 +326,8 @@ pub struct LifecycleFigures {
     pub raw_writes_per_sec: f64,
     /// `raw_writes_per_sec / writes_per_task`: the task rate the file allows.
     pub bound_tasks_per_sec: f64,
+    /// Write transactions per task, per `Store` method, largest first.
+    pub writes_by_method: Vec<(&'static str, f64)>,
 }
 
 /// The control plane of the scenario, with its counted store.
@@ -325,7 +373,7 @@ pub async fn run(dir: &Path, tasks: u64, in_flight: usize) -> anyhow::Result<Lif
     let mut driver = Driver::new(&cp);
 
     let start = Instant::now();
-    let before = store.writes();
+    let before = store.by_method();
     let mut submitted = 0;
     let mut open: HashSet<TaskId> = HashSet::new();
     let mut completed = 0;
@@ -353,16 +401,27 @@ pub async fn run(dir: &Path, tasks: u64, in_flight: usize) -> anyhow::Result<Lif
             .with_context(|| format!("{completed} of {tasks} tasks completed"))?;
     }
     let secs = start.elapsed().as_secs_f64();
-    let writes = store.writes() - before;
+    let mut writes_by_method: Vec<(&'static str, f64)> = store
+        .by_method()
+        .into_iter()
+        .map(|(method, n)| {
+            let earlier = before.get(method).copied().unwrap_or_default();
+            (method, (n - earlier) as f64 / tasks as f64)
+        })
+        .filter(|(_, per_task)| *per_task > 0.0)
+        .collect();
+    writes_by_method.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    let writes: f64 = writes_by_method.iter().map(|(_, n)| n).sum();
     drop(cp);
     drop(store);
 
     let raw = crate::baseline::raw_writes_per_sec(&path, 20_000).await?;
-    let writes_per_task = writes as f64 / tasks as f64;
+    let writes_per_task = writes;
     Ok(LifecycleFigures {
         tasks_per_sec: tasks as f64 / secs,
         writes_per_task,
         raw_writes_per_sec: raw,
         bound_tasks_per_sec: raw / writes_per_task,
+        writes_by_method,
     })
 }

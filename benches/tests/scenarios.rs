@@ -28,6 +28,13 @@ async fn lifecycle_completes_every_task_and_counts_writes() {
     // Submit, lease, each step and the final transition each write at least once.
     assert!(f.writes_per_task >= 8.0, "{f:?}");
     assert!(f.raw_writes_per_sec > 0.0, "{f:?}");
+    let counted: f64 = f.writes_by_method.iter().map(|(_, n)| n).sum();
+    assert!((counted - f.writes_per_task).abs() < 1e-9, "{f:?}");
+    // The breakdown goes into BENCHMARKS.md; `--nocapture` shows it.
+    println!("writes per task: {:.2}", f.writes_per_task);
+    for (method, per_task) in &f.writes_by_method {
+        println!("  {method}: {per_task:.2}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

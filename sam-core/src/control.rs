@@ -81,7 +81,7 @@ use crate::scheduler::Scheduler;
 use crate::secret::{Secret, redact};
 use crate::session::{PermissionMode, SessionEvent, StopReason};
 use crate::store::{
-    Lineage, NodeRecord, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate,
+    Lineage, NodeBeat, NodeRecord, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate,
     Transition, WorkspaceStatus,
 };
 use crate::timeout::TimeoutPolicy;
@@ -863,16 +863,7 @@ impl ControlPlane {
             }
             current = self.require_task(&task.id).await?;
         }
-        self.store
-            .update_task(
-                &task.id,
-                &TaskUpdate {
-                    next_wake_at: Some(None),
-                    ..TaskUpdate::default()
-                },
-                self.clock.now(),
-            )
-            .await?;
+        // The terminal transition cleared the task's wake-up and lease with it.
         self.emit(&task.id, TaskEventKind::Status { status: to, error });
         crate::crash::point(crate::crash::TASK_ENDED);
         self.release(&current).await;
@@ -1045,7 +1036,6 @@ impl ControlPlane {
     }
 
     async fn wake_tasks_on(&self, node: &NodeId) -> Result<(), Error> {
-        let now = self.clock.now();
         let tasks = self
             .store
             .list_tasks(&TaskFilter {
@@ -1054,18 +1044,19 @@ impl ControlPlane {
             })
             .await?;
         for task in tasks {
-            self.store
-                .update_task(
-                    &task.id,
-                    &TaskUpdate {
-                        next_wake_at: Some(Some(now)),
-                        ..TaskUpdate::default()
-                    },
-                    now,
-                )
-                .await?;
+            self.wake(&task.id).await?;
         }
         Ok(())
+    }
+
+    /// Makes a task due now, so a runner waiting a poll interval looks at it at once.
+    async fn wake(&self, task: &TaskId) -> Result<(), Error> {
+        let now = self.clock.now();
+        let update = TaskUpdate {
+            next_wake_at: Some(Some(now)),
+            ..TaskUpdate::default()
+        };
+        Ok(self.store.update_task(task, &update, now).await?)
     }
 
     /// Callback: the VM agent on `node` is up.
@@ -1075,15 +1066,14 @@ impl ControlPlane {
     /// unknown node; store failures.
     pub async fn node_ready(&self, token: &str, node: &NodeId, version: &str) -> Result<(), Error> {
         self.verify(token, TokenScope::Node, node.as_str())?;
-        let mut record = self.require_node(node).await?;
-        let now = self.clock.now();
-        record.status = NodeStatus::Running;
-        record.health = NodeHealth::Healthy;
-        record.ready_at.get_or_insert(now);
-        record.last_heartbeat_at = Some(now);
-        record.agent_version = Some(version.chars().take(64).collect());
-        record.updated_at = now;
-        self.store.put_node(&record).await?;
+        self.require_node(node).await?;
+        // Only the liveness fields, in one statement: writing back the whole row read
+        // above would undo a warm claim or release that landed in between.
+        let beat = NodeBeat {
+            at: self.clock.now(),
+            ready_version: Some(version.chars().take(64).collect()),
+        };
+        self.store.record_node_beat(node, &beat).await?;
         self.wake_tasks_on(node).await
     }
 
@@ -1118,14 +1108,15 @@ impl ControlPlane {
             .signer
             .verify(token, TokenScope::Node, node.as_str(), self.clock.now())
             .map_err(Error::Unauthorized)?;
-        let mut record = self.require_node(node).await?;
+        self.require_node(node).await?;
         let now = self.clock.now();
-        record.last_heartbeat_at = Some(now);
-        if record.health == NodeHealth::Stale {
-            record.health = NodeHealth::Healthy;
-        }
-        record.updated_at = now;
-        self.store.put_node(&record).await?;
+        // As in `node_ready`: a heartbeat races warm claims and releases, so it
+        // writes its own fields only.
+        let beat = NodeBeat {
+            at: now,
+            ready_version: None,
+        };
+        self.store.record_node_beat(node, &beat).await?;
         tracing::debug!(node = %node, load = metrics.cpu_load_avg1, memory = metrics.memory_percent, disk = metrics.disk_percent, "heartbeat");
         Ok(HeartbeatReply {
             refreshed_token: claims
@@ -1147,29 +1138,39 @@ impl ControlPlane {
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
         let record = self.require_workspace(workspace).await?;
-        self.apply_workspace_report(&record.task_id, workspace, report)
-            .await
+        if self
+            .apply_workspace_report(&record.task_id, workspace, report)
+            .await?
+        {
+            self.wake(&record.task_id).await?;
+        }
+        Ok(())
     }
 
+    /// Applies a workspace's report; returns whether it made the workspace ready.
+    /// The runner, which applies what it polled, moves on by itself; a callback
+    /// wakes the task.
     pub(crate) async fn apply_workspace_report(
         &self,
         task_id: &TaskId,
         workspace: &WorkspaceId,
         report: &WorkspaceReport,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let now = self.clock.now();
         match report {
-            WorkspaceReport::Preparing => Ok(()),
+            WorkspaceReport::Preparing => Ok(false),
             WorkspaceReport::Ready {
                 effective_profile,
                 recovery,
             } => {
                 // A report can arrive late (the runner may have polled the same news and
                 // the task finished since): it must not bring a stopped workspace back,
-                // or its slot would be held for good and its node never go warm.
+                // or its slot would be held for good and its node never go warm. The
+                // store refuses that atomically (a check here alone would race the
+                // release); the read spares the task a needless wake-up.
                 let current = self.store.get_workspace(workspace).await?;
                 if current.is_some_and(|w| w.status == WorkspaceStatus::Stopped) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let status = if *recovery {
                     WorkspaceStatus::Recovery
@@ -1179,17 +1180,7 @@ impl ControlPlane {
                 self.store
                     .update_workspace(workspace, status, Some(effective_profile.clone()), now)
                     .await?;
-                self.store
-                    .update_task(
-                        task_id,
-                        &TaskUpdate {
-                            next_wake_at: Some(Some(now)),
-                            ..TaskUpdate::default()
-                        },
-                        now,
-                    )
-                    .await?;
-                Ok(())
+                Ok(true)
             }
             WorkspaceReport::Failed { error } => {
                 let task = self.require_task(task_id).await?;
@@ -1201,7 +1192,7 @@ impl ControlPlane {
                     "the workspace failed",
                 )
                 .await?;
-                Ok(())
+                Ok(false)
             }
         }
     }

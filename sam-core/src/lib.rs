@@ -168,9 +168,9 @@ pub use session::{
     StopReason, TimedEvent,
 };
 pub use store::{
-    ApiTokenRecord, LeaseRequest, Lineage, LineageKind, NodeFilter, NodeRecord, SlotOutcome,
-    StatusEvent, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
-    WarmClaim, WorkspaceRecord, WorkspaceStatus,
+    ApiTokenRecord, LeaseRelease, LeaseReleased, LeaseRequest, Lineage, LineageKind, NodeBeat,
+    NodeFilter, NodeRecord, SlotOutcome, StatusEvent, Store, TaskError, TaskFilter, TaskRecord,
+    TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 pub use sweep::{KeptNode, SweepReport};
 pub use timeout::TimeoutPolicy;

@@ -18,16 +18,27 @@ use crate::provider::Provider;
 use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::store::{
-    LeaseRequest, NodeRecord, SlotOutcome, TaskError, TaskRecord, TaskUpdate, Transition,
-    WorkspaceRecord, WorkspaceStatus,
+    LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat, NodeRecord, SlotOutcome, TaskError,
+    TaskRecord, TaskUpdate, Transition, WorkspaceRecord, WorkspaceStatus,
 };
 
 /// When a handler wants the task looked at again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Next {
     /// At this time.
     At(DateTime<Utc>),
-    /// Never: the task is finished.
+    /// Move to `step`, with the step's data in `update`, and look again at `at`.
+    /// The driver writes all of it with the lease release, in one transaction: a
+    /// handler whose last write is its step change returns this instead of writing.
+    Step {
+        /// The step to move to.
+        step: ExecutionStep,
+        /// The fields the step sets (boxed: it is large next to the other variants).
+        update: Box<TaskUpdate>,
+        /// When to look again.
+        at: DateTime<Utc>,
+    },
+    /// Never: the task is finished (its terminal transition freed the lease).
     Done,
 }
 
@@ -125,19 +136,45 @@ impl ControlPlane {
                 }
             }
         };
-        let now = self.clock.now();
-        if let Next::At(at) = next {
-            let update = TaskUpdate {
-                next_wake_at: Some(Some(at)),
-                ..TaskUpdate::default()
-            };
-            if let Err(e) = self.store.update_task(&id, &update, now).await {
-                tracing::warn!(task = %id, error = %e, "could not schedule the next wake-up");
+        // The step, its data, the next wake-up and the lease release are one write.
+        let (step, mut update, wake) = match next {
+            Next::At(at) => (None, TaskUpdate::default(), at),
+            Next::Step { step, update, at } => (Some(step), *update, at),
+            Next::Done => return,
+        };
+        update.next_wake_at = Some(Some(wake));
+        let release = LeaseRelease {
+            owner: self.config.driver_id.clone(),
+            step,
+            update,
+            at: self.clock.now(),
+        };
+        match self.store.release_lease(&id, &release).await {
+            Ok(LeaseReleased::Released { step_changed: true }) => {
+                if let Some(step) = step {
+                    self.emit_step(&id, step);
+                }
+            }
+            Ok(LeaseReleased::Released { .. }) => {}
+            Ok(LeaseReleased::NotHeld) => {
+                // The task ended meanwhile (a cancel, a callback), or the lease expired
+                // and another driver took it: that one decides what comes next.
+                tracing::debug!(task = %id, "the lease is no longer this driver's; nothing written");
+            }
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "could not write the step and release the lease; it will expire and the step runs again");
             }
         }
-        if let Err(e) = self.store.release_lease(&id, &self.config.driver_id).await {
-            tracing::warn!(task = %id, error = %e, "could not release the lease; it will expire");
-        }
+    }
+
+    fn emit_step(&self, id: &crate::model::TaskId, step: ExecutionStep) {
+        self.emit(
+            id,
+            TaskEventKind::Step {
+                step,
+                label: step.label().to_owned(),
+            },
+        );
     }
 
     /// One step handler for the task's current state.
@@ -168,13 +205,7 @@ impl ControlPlane {
             .set_execution_step(&task.id, step, self.clock.now())
             .await?;
         if changed {
-            self.emit(
-                &task.id,
-                TaskEventKind::Step {
-                    step,
-                    label: step.label().to_owned(),
-                },
-            );
+            self.emit_step(&task.id, step);
         }
         Ok(())
     }
@@ -254,9 +285,11 @@ impl ControlPlane {
             }
             Placement::Provision { .. } => ExecutionStep::NodeProvisioning,
         };
-        self.update(task, update).await?;
-        self.set_step(task, step).await?;
-        Ok(Next::At(self.clock.now()))
+        Ok(Next::Step {
+            step,
+            update: Box::new(update),
+            at: self.clock.now(),
+        })
     }
 
     fn plan(&self, task: &TaskRecord, provider: &dyn Provider) -> Result<FallbackPlan, Error> {
@@ -384,19 +417,14 @@ impl ControlPlane {
             (self.random_u64() >> 11) as f64 / (1u64 << 53) as f64,
         );
         match delay {
-            Some(delay) => {
-                self.update(
-                    task,
-                    TaskUpdate {
-                        capacity_passes: Some(passes),
-                        ..TaskUpdate::default()
-                    },
-                )
-                .await?;
-                self.set_step(task, ExecutionStep::WaitingForCapacity)
-                    .await?;
-                Ok(Next::At(after(now, delay)))
-            }
+            Some(delay) => Ok(Next::Step {
+                step: ExecutionStep::WaitingForCapacity,
+                update: Box::new(TaskUpdate {
+                    capacity_passes: Some(passes),
+                    ..TaskUpdate::default()
+                }),
+                at: after(now, delay),
+            }),
             None => {
                 self.fail(
                     task,
@@ -576,8 +604,7 @@ impl ControlPlane {
                 node.updated_at = self.clock.now();
                 self.store.put_node(&node).await?;
                 self.show_downgrade(task, node.size);
-                self.set_step(task, ExecutionStep::NodeAgentReady).await?;
-                Ok(Next::At(self.clock.now()))
+                Ok(self.step_to(ExecutionStep::NodeAgentReady))
             }
             VmState::Failed => {
                 let error = ProviderError::new(
@@ -602,19 +629,26 @@ impl ControlPlane {
         }
     }
 
+    /// Move to `step` and look again at once.
+    fn step_to(&self, step: ExecutionStep) -> Next {
+        Next::Step {
+            step,
+            update: Box::default(),
+            at: self.clock.now(),
+        }
+    }
+
     /// The node is gone: place the task again (only possible before it was delegated).
     async fn node_lost(&self, task: &TaskRecord) -> Result<Next, Error> {
         if task.status == TaskStatus::Queued {
-            self.update(
-                task,
-                TaskUpdate {
+            return Ok(Next::Step {
+                step: ExecutionStep::NodeSelection,
+                update: Box::new(TaskUpdate {
                     provisioned_node_id: Some(None),
                     ..TaskUpdate::default()
-                },
-            )
-            .await?;
-            self.set_step(task, ExecutionStep::NodeSelection).await?;
-            return Ok(Next::At(self.clock.now()));
+                }),
+                at: self.clock.now(),
+            });
         }
         self.fail(task, ErrorCategory::Transient, "The task's server is gone.")
             .await
@@ -628,22 +662,19 @@ impl ControlPlane {
         if node.ready_at.is_none() {
             match self.node_agent.health(&node).await {
                 Ok(Some(health)) => {
+                    let beat = NodeBeat {
+                        at: now,
+                        ready_version: Some(health.version),
+                    };
+                    self.store.record_node_beat(&node.id, &beat).await?;
                     node.ready_at = Some(now);
-                    node.health = NodeHealth::Healthy;
-                    node.status = NodeStatus::Running;
-                    node.agent_version = Some(health.version);
-                    node.last_heartbeat_at = Some(now);
-                    node.updated_at = now;
-                    self.store.put_node(&node).await?;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(node = %node.id, error = %e, "agent not reachable yet"),
             }
         }
         if node.ready_at.is_some() {
-            self.set_step(task, ExecutionStep::WorkspaceCreation)
-                .await?;
-            return Ok(Next::At(now));
+            return Ok(self.step_to(ExecutionStep::WorkspaceCreation));
         }
         let started = task.provisioning_started_at.unwrap_or(node.created_at);
         if elapsed(started, now) > self.config.timeouts.agent_ready {
@@ -743,10 +774,7 @@ impl ControlPlane {
             github: task.spec.github.as_ref().map(|g| g.pull_request),
         };
         match self.node_agent.create_workspace(&node, &request).await {
-            Ok(()) => {
-                self.set_step(task, ExecutionStep::WorkspaceReady).await?;
-                Ok(Next::At(self.clock.now()))
-            }
+            Ok(()) => Ok(self.step_to(ExecutionStep::WorkspaceReady)),
             Err(e) if e.category.is_retryable() => Ok(self.poll()),
             Err(e) => self.fail(task, e.category, &e.message).await,
         }
@@ -779,8 +807,7 @@ impl ControlPlane {
             return Ok(Next::Done);
         }
         if record.as_ref().is_some_and(ready) {
-            self.set_step(task, ExecutionStep::AgentSession).await?;
-            return Ok(Next::At(self.clock.now()));
+            return Ok(self.step_to(ExecutionStep::AgentSession));
         }
         let now = self.clock.now();
         if elapsed(current.step_started_at, now) > self.config.timeouts.workspace_ready {
@@ -838,8 +865,11 @@ impl ControlPlane {
                 },
             );
         }
-        self.set_step(task, ExecutionStep::Running).await?;
-        Ok(self.poll())
+        Ok(Next::Step {
+            step: ExecutionStep::Running,
+            update: Box::default(),
+            at: after(self.clock.now(), self.config.poll_interval),
+        })
     }
 
     async fn probe_session(&self, task: &TaskRecord) -> Result<Next, Error> {

@@ -269,6 +269,54 @@ pub struct LeaseRequest {
     pub limit: usize,
 }
 
+/// What a driver writes as it gives a task's lease back: the step its handler moved
+/// the task to and the fields it changed (the next wake-up above all), so that a
+/// step of a task ends in one write transaction rather than three.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRelease {
+    /// The driver giving the lease back.
+    pub owner: String,
+    /// The step to move to, as [`Store::set_execution_step`] would; `None` keeps it.
+    pub step: Option<ExecutionStep>,
+    /// Fields to change, as [`Store::update_task`] would; the default changes none.
+    pub update: TaskUpdate,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+impl LeaseRelease {
+    /// A release by `owner` at `at` that changes nothing else.
+    pub fn plain(owner: impl Into<String>, at: DateTime<Utc>) -> Self {
+        Self {
+            owner: owner.into(),
+            step: None,
+            update: TaskUpdate::default(),
+            at,
+        }
+    }
+}
+
+/// What [`Store::release_lease`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseReleased {
+    /// The owner did not hold the lease (or the task is gone): nothing was written.
+    NotHeld,
+    /// The lease is free and the changes are written.
+    Released {
+        /// Whether the execution step moved (a step the task was already in does not).
+        step_changed: bool,
+    },
+}
+
+/// A sign of life from a node's VM agent: a heartbeat, or its ready callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBeat {
+    /// When it arrived.
+    pub at: DateTime<Utc>,
+    /// The agent's version, when the beat is its ready callback.
+    pub ready_version: Option<String>,
+}
+
 /// A node as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -430,7 +478,9 @@ pub struct ApiTokenRecord {
 /// - **`transition_task` is optimistic and atomic**: it changes the status only if
 ///   the task is still in `from` (one statement or one transaction), records a
 ///   [`StatusEvent`], sets `updated_at`, and returns whether it applied. A move
-///   [`TaskStatus::can_transition_to`] forbids is `InvalidInput`.
+///   [`TaskStatus::can_transition_to`] forbids is `InvalidInput`. A move to a
+///   terminal status also clears `next_wake_at` and the lease, in the same write:
+///   nothing ever drives an ended task again.
 /// - **`set_execution_step` is idempotent**: writing the step the task is already in
 ///   changes nothing (`updated_at` included) and returns `false`; a new step sets
 ///   `step_started_at` and `updated_at`.
@@ -438,6 +488,11 @@ pub struct ApiTokenRecord {
 ///   whose `next_wake_at` is due and whose lease is free, expired or already the
 ///   caller's, and leases them to the caller. Two concurrent callers never receive
 ///   the same task while a lease holds. Leasing does not touch `updated_at`.
+/// - **`release_lease` writes only for the holder**: when `owner` holds the lease
+///   (expired or not) it frees the lease and, in the same transaction, applies the
+///   release's step exactly as `set_execution_step` would (idempotent, reported in
+///   `step_changed`) and its update exactly as `update_task` would; otherwise
+///   (another owner, no lease, a missing task) it writes nothing and is `NotHeld`.
 /// - **`claim_warm_node` has one winner**: of concurrent claims for the same warm
 ///   node, exactly one gets it (moved to `active`, `warm_since` cleared); only
 ///   `running`, `healthy` nodes of the exact provider, size, credential owner (and
@@ -451,6 +506,17 @@ pub struct ApiTokenRecord {
 ///   exclusive workspace is alone, and `max_co_tenants` holds.
 /// - **`release_node_to_warm` is atomic**: an `active` node with no slot-holding
 ///   workspace becomes `warm` with `warm_since` set; otherwise nothing changes.
+/// - **`record_node_beat` touches only liveness**: it sets `last_heartbeat_at` and
+///   `updated_at`, turns a `stale` node `healthy`, and for a ready callback also sets
+///   `status` `running`, `health` `healthy`, `agent_version` and `ready_at` (kept when
+///   set), in one statement; it never changes `lifecycle`, `warm_since` or anything
+///   else, so a beat racing a warm claim or release cannot undo it.
+/// - **`mark_node_stale` is conditional**: only a `healthy` node whose last heartbeat
+///   is older than `beat_before` becomes `stale` (with `updated_at`), in one
+///   statement, and nothing else changes; otherwise it writes nothing and returns
+///   `false`. A beat or a warm claim landing after the caller's read survives.
+/// - **A stopped workspace stays stopped**: `update_workspace` on a `stopped`
+///   workspace changes nothing, so a late report cannot take back a freed slot.
 /// - **Deletes are idempotent**: deleting a missing row succeeds.
 /// - **Bad stored data is a typed error** (`InvalidData`), never a panic.
 /// - **Timestamps round-trip to the microsecond**; finer precision may be dropped.
@@ -524,11 +590,16 @@ pub trait Store: Send + Sync + Debug {
     /// Backend failures.
     async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError>;
 
-    /// Gives a lease back; `Ok(false)` when `owner` does not hold it.
+    /// Gives a lease back with the step and fields the holder's handler changed, in
+    /// one transaction; `NotHeld` (and no write) when `release.owner` does not hold it.
     ///
     /// # Errors
     /// Backend failures.
-    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError>;
+    async fn release_lease(
+        &self,
+        id: &TaskId,
+        release: &LeaseRelease,
+    ) -> Result<LeaseReleased, StoreError>;
 
     /// The status events of a task, oldest first.
     ///
@@ -559,6 +630,24 @@ pub trait Store: Send + Sync + Debug {
     /// # Errors
     /// Backend failures.
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError>;
+
+    /// Records a sign of life of a node's VM agent, changing only its liveness fields.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing node.
+    async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError>;
+
+    /// Marks a healthy node whose last heartbeat is older than `beat_before` stale;
+    /// `Ok(false)` (and no write) when it is not healthy or has beaten since.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing node.
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Claims one matching warm node for a task, atomically.
     ///
@@ -599,7 +688,7 @@ pub trait Store: Send + Sync + Debug {
     async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError>;
 
     /// Sets a workspace's status (and effective profile, when given); a status that
-    /// does not hold a slot frees it.
+    /// does not hold a slot frees it. A `stopped` workspace is left as it is.
     ///
     /// # Errors
     /// `NotFound` for a missing workspace.

@@ -72,6 +72,14 @@ fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - since).to_std().unwrap_or_default()
 }
 
+/// The time `d` before `now` (the earliest time when that is out of range).
+fn silent_since(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 fn minutes(d: Duration) -> String {
     format!("{} minutes", d.as_secs().div_ceil(60))
 }
@@ -234,7 +242,7 @@ impl ControlPlane {
             .filter_map(|task| task.provisioned_node_id.as_ref())
             .collect();
         let live: HashSet<&TaskId> = live.iter().map(|task| &task.id).collect();
-        for mut node in nodes {
+        for node in nodes {
             let warm_expired = node.lifecycle == NodeLifecycle::Warm
                 && match node.warm_since {
                     Some(since) => elapsed(since, now) > self.warm_timeout(&node).await?,
@@ -293,10 +301,15 @@ impl ControlPlane {
             let stale = node
                 .last_heartbeat_at
                 .is_some_and(|beat| elapsed(beat, now) > t.heartbeat_stale);
-            if stale && node.health == NodeHealth::Healthy {
-                node.health = NodeHealth::Stale;
-                node.updated_at = now;
-                self.store.put_node(&node).await?;
+            // Conditional in the store, not a write-back of the row read above: a warm
+            // claim or release, or a beat, may have landed since.
+            if stale
+                && node.health == NodeHealth::Healthy
+                && self
+                    .store
+                    .mark_node_stale(&node.id, silent_since(now, t.heartbeat_stale), now)
+                    .await?
+            {
                 report.nodes_stale += 1;
             }
         }

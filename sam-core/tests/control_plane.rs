@@ -1189,3 +1189,68 @@ async fn a_node_provisioned_for_a_task_is_held_until_the_task_takes_its_slot() {
     let after = scheduler.place(&request("t-other")).await.unwrap();
     assert!(on_held(&after.placement), "{after:?}");
 }
+
+/// A heartbeat reads its node and then writes it. A finished task's release of the
+/// node to the warm pool can land in between (the warm path releases a node every
+/// few milliseconds); the heartbeat must not put back the `active` lifecycle it read,
+/// or the node never returns to the pool: it holds no task, yet its heartbeats keep
+/// it from ever looking idle to the node sweep.
+#[tokio::test]
+async fn a_heartbeat_keeps_a_warm_release_that_lands_between_its_read_and_write() {
+    use futures::FutureExt as _;
+    use sam_core::{MockStore, NodeLifecycle, NodeMetrics};
+
+    let inner = Arc::new(MemoryStore::new());
+    let node = sam_core::testkit::fixtures::node("n-1", 1);
+    inner.put_node(&node).await.unwrap();
+    let released_at = sam_core::testkit::fixtures::at(20);
+
+    let mut store = MockStore::new();
+    let racing = Arc::clone(&inner);
+    store.expect_get_node().returning(move |id| {
+        // The memory store answers at once, so its futures are ready when polled.
+        let read = racing.get_node(id).now_or_never().expect("ready");
+        let warmed = racing
+            .release_node_to_warm(id, released_at)
+            .now_or_never()
+            .expect("ready");
+        assert!(
+            matches!(warmed, Ok(true)),
+            "the release lands after the read"
+        );
+        read
+    });
+    let writes = Arc::clone(&inner);
+    store
+        .expect_put_node()
+        .returning(move |n| writes.put_node(n).now_or_never().expect("ready"));
+    let beats = Arc::clone(&inner);
+    store.expect_record_node_beat().returning(move |id, beat| {
+        beats
+            .record_node_beat(id, beat)
+            .now_or_never()
+            .expect("ready")
+    });
+
+    let h = harness_with(
+        Arc::new(store),
+        Arc::new(FakeProvider::new()),
+        Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+        config("runner"),
+    );
+    let token = h.cp.issue_node_token(&node.id);
+    h.cp.heartbeat(token.expose(), &node.id, &NodeMetrics::default())
+        .await
+        .unwrap();
+
+    let after = inner.get_node(&node.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.lifecycle, after.warm_since),
+        (NodeLifecycle::Warm, Some(released_at)),
+        "the heartbeat undid the node's return to the warm pool"
+    );
+    assert!(
+        after.last_heartbeat_at > node.last_heartbeat_at,
+        "the heartbeat is recorded"
+    );
+}

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
-    ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeHealth,
-    NodeId, NodeLifecycle, NodeRecord, NodeStatus, ProfileId, ProjectId, ProjectRecord,
-    Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord,
-    TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
-    WorkspaceStatus, check_slot,
+    ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest,
+    NodeBeat, NodeFilter, NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus, ProfileId,
+    ProjectId, ProjectRecord, Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter,
+    TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId,
+    WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 
 use crate::error::Error;
@@ -69,6 +69,41 @@ impl State {
             .map(|w| w.reservation)
             .collect()
     }
+}
+
+/// Moves a task to `step` as `set_execution_step` does; whether it moved.
+fn apply_step(task: &mut TaskRecord, step: ExecutionStep, at: DateTime<Utc>) -> bool {
+    if task.execution_step == step {
+        return false;
+    }
+    task.execution_step = step;
+    task.step_started_at = at;
+    task.updated_at = at;
+    true
+}
+
+/// Changes a task's fields as `update_task` does.
+fn apply_update(task: &mut TaskRecord, update: &TaskUpdate, at: DateTime<Utc>) {
+    fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+        if let Some(v) = value {
+            field.clone_from(v);
+        }
+    }
+    set(&mut task.placement, &update.placement);
+    set(&mut task.provisioned_node_id, &update.provisioned_node_id);
+    set(&mut task.provisioned_size, &update.provisioned_size);
+    set(&mut task.provisioned_location, &update.provisioned_location);
+    set(&mut task.workspace_id, &update.workspace_id);
+    set(&mut task.next_wake_at, &update.next_wake_at);
+    set(
+        &mut task.provisioning_started_at,
+        &update.provisioning_started_at,
+    );
+    if let Some(passes) = update.capacity_passes {
+        task.capacity_passes = passes;
+    }
+    set(&mut task.output, &update.output);
+    task.updated_at = at;
 }
 
 fn by_creation<T>(items: &mut [T], key: impl Fn(&T) -> (DateTime<Utc>, String)) {
@@ -131,6 +166,11 @@ impl Store for MemoryStore {
         if change.error.is_some() {
             task.error.clone_from(&change.error);
         }
+        if change.to.is_terminal() {
+            task.next_wake_at = None;
+            task.lease_owner = None;
+            task.lease_expires_at = None;
+        }
         state.events.push(StatusEvent {
             task_id: id.clone(),
             from: Some(change.from),
@@ -150,13 +190,7 @@ impl Store for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut state = self.state();
         let task = state.task_mut(id)?;
-        if task.execution_step == step {
-            return Ok(false);
-        }
-        task.execution_step = step;
-        task.step_started_at = at;
-        task.updated_at = at;
-        Ok(true)
+        Ok(apply_step(task, step, at))
     }
 
     async fn update_task(
@@ -167,26 +201,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut state = self.state();
         let task = state.task_mut(id)?;
-        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
-            if let Some(v) = value {
-                field.clone_from(v);
-            }
-        }
-        set(&mut task.placement, &update.placement);
-        set(&mut task.provisioned_node_id, &update.provisioned_node_id);
-        set(&mut task.provisioned_size, &update.provisioned_size);
-        set(&mut task.provisioned_location, &update.provisioned_location);
-        set(&mut task.workspace_id, &update.workspace_id);
-        set(&mut task.next_wake_at, &update.next_wake_at);
-        set(
-            &mut task.provisioning_started_at,
-            &update.provisioning_started_at,
-        );
-        if let Some(passes) = update.capacity_passes {
-            task.capacity_passes = passes;
-        }
-        set(&mut task.output, &update.output);
-        task.updated_at = at;
+        apply_update(task, update, at);
         Ok(())
     }
 
@@ -215,15 +230,25 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError> {
+    async fn release_lease(
+        &self,
+        id: &TaskId,
+        release: &LeaseRelease,
+    ) -> Result<LeaseReleased, StoreError> {
         let mut state = self.state();
         match state.tasks.get_mut(id) {
-            Some(t) if t.lease_owner.as_deref() == Some(owner) => {
+            Some(t) if t.lease_owner.as_deref() == Some(release.owner.as_str()) => {
                 t.lease_owner = None;
                 t.lease_expires_at = None;
-                Ok(true)
+                let step_changed = release
+                    .step
+                    .is_some_and(|step| apply_step(t, step, release.at));
+                if release.update != TaskUpdate::default() {
+                    apply_update(t, &release.update, release.at);
+                }
+                Ok(LeaseReleased::Released { step_changed })
             }
-            _ => Ok(false),
+            _ => Ok(LeaseReleased::NotHeld),
         }
     }
 
@@ -263,6 +288,48 @@ impl Store for MemoryStore {
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
         self.state().nodes.remove(id);
         Ok(())
+    }
+
+    async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let node = state
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("node {id}")))?;
+        node.last_heartbeat_at = Some(beat.at);
+        node.updated_at = beat.at;
+        if node.health == NodeHealth::Stale {
+            node.health = NodeHealth::Healthy;
+        }
+        if let Some(version) = &beat.ready_version {
+            node.status = NodeStatus::Running;
+            node.health = NodeHealth::Healthy;
+            node.ready_at.get_or_insert(beat.at);
+            node.agent_version = Some(version.clone());
+        }
+        Ok(())
+    }
+
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let node = state
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("node {id}")))?;
+        let silent = node
+            .last_heartbeat_at
+            .is_some_and(|beat| beat < beat_before);
+        if node.health != NodeHealth::Healthy || !silent {
+            return Ok(false);
+        }
+        node.health = NodeHealth::Stale;
+        node.updated_at = at;
+        Ok(true)
     }
 
     async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
@@ -358,6 +425,10 @@ impl Store for MemoryStore {
             .workspaces
             .get_mut(id)
             .ok_or_else(|| Error::not_found(format!("workspace {id}")))?;
+        if ws.status == WorkspaceStatus::Stopped {
+            // A late report cannot revive a stopped workspace.
+            return Ok(());
+        }
         ws.status = status;
         if effective_profile.is_some() {
             ws.effective_profile = effective_profile;

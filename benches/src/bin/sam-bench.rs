@@ -128,6 +128,13 @@ async fn run(only: &[String], report: &mut Report) -> anyhow::Result<Vec<String>
                 "tasks/s",
             );
             report.row("lifecycle.raw_writes_per_sec", f.raw_writes_per_sec, "tx/s");
+            for (method, per_task) in &f.writes_by_method {
+                report.row(
+                    &format!("lifecycle.writes_per_task.{method}"),
+                    *per_task,
+                    "write tx",
+                );
+            }
             report.row(
                 "lifecycle.share_of_bound",
                 f.tasks_per_sec / f.bound_tasks_per_sec,

@@ -22,8 +22,9 @@ use crate::model::{
 use crate::reservation::{Reservation, SlotRejection, check_slot};
 use crate::scheduler::PlacementExplanation;
 use crate::store::{
-    LeaseRequest, NodeFilter, NodeRecord, SlotOutcome, Store, TaskError, TaskFilter, TaskRecord,
-    TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
+    LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat, NodeFilter, NodeRecord, SlotOutcome,
+    Store, TaskError, TaskFilter, TaskRecord, TaskUpdate, Transition, WarmClaim, WorkspaceRecord,
+    WorkspaceStatus,
 };
 use crate::testkit::fixtures::{
     api_token, at, credential, due_task, full_task, github_installation, location, node, node_id,
@@ -84,6 +85,12 @@ macro_rules! store_conformance {
             claim_skips_held_lease_and_takes_over_expired,
             claim_renews_own_lease,
             release_lease_only_by_owner,
+            release_lease_writes_step_and_fields,
+            release_lease_by_another_writes_nothing,
+            terminal_transition_clears_wake_and_lease,
+            record_node_beat_touches_only_liveness,
+            stopped_workspace_stays_stopped,
+            mark_node_stale_is_conditional,
             put_node_replaces_and_round_trips,
             list_nodes_is_ordered_and_filters,
             deletes_are_idempotent,
@@ -715,12 +722,23 @@ pub async fn release_lease_only_by_owner(store: &dyn Store) {
     create(store, due_task("t-1", 1, 10)).await;
     let id = task_id("t-1");
     claim(store, "a", 100, 10).await;
-    assert!(
-        !store.release_lease(&id, "b").await.expect("release"),
+    let plain = |owner: &str| LeaseRelease::plain(owner, at(100));
+    assert_eq!(
+        store
+            .release_lease(&id, &plain("b"))
+            .await
+            .expect("release"),
+        LeaseReleased::NotHeld,
         "b holds no lease"
     );
-    assert!(
-        store.release_lease(&id, "a").await.expect("release"),
+    assert_eq!(
+        store
+            .release_lease(&id, &plain("a"))
+            .await
+            .expect("release"),
+        LeaseReleased::Released {
+            step_changed: false
+        },
         "a holds the lease"
     );
     let read = must_get_task(store, &id).await;
@@ -734,8 +752,12 @@ pub async fn release_lease_only_by_owner(store: &dyn Store) {
         at(1),
         "releasing does not touch updated_at"
     );
-    assert!(
-        !store.release_lease(&id, "a").await.expect("release"),
+    assert_eq!(
+        store
+            .release_lease(&id, &plain("a"))
+            .await
+            .expect("release"),
+        LeaseReleased::NotHeld,
         "already released"
     );
     let claimed = claim(store, "b", 101, 10).await;
@@ -744,11 +766,324 @@ pub async fn release_lease_only_by_owner(store: &dyn Store) {
         ["t-1"],
         "a released task can be claimed at once"
     );
-    assert!(
-        !store
-            .release_lease(&task_id("nope"), "a")
+    assert_eq!(
+        store
+            .release_lease(&task_id("nope"), &plain("a"))
             .await
-            .expect("missing task")
+            .expect("missing task"),
+        LeaseReleased::NotHeld
+    );
+}
+
+fn release(
+    owner: &str,
+    step: Option<ExecutionStep>,
+    update: TaskUpdate,
+    secs: i64,
+) -> LeaseRelease {
+    LeaseRelease {
+        owner: owner.into(),
+        step,
+        update,
+        at: at(secs),
+    }
+}
+
+/// A release by the holder writes its step and fields with the lease, in one write;
+/// the step is idempotent as in `set_execution_step`.
+pub async fn release_lease_writes_step_and_fields(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    let id = task_id("t-1");
+    claim(store, "a", 100, 10).await;
+    let wake = TaskUpdate {
+        next_wake_at: Some(Some(at(150))),
+        workspace_id: Some(Some(workspace_id("ws-1"))),
+        ..TaskUpdate::default()
+    };
+    let done = store
+        .release_lease(
+            &id,
+            &release("a", Some(ExecutionStep::WorkspaceReady), wake, 120),
+        )
+        .await
+        .expect("release_lease");
+    assert_eq!(done, LeaseReleased::Released { step_changed: true });
+    let read = must_get_task(store, &id).await;
+    assert_eq!(
+        (read.lease_owner.as_deref(), read.lease_expires_at),
+        (None, None),
+        "the lease is free"
+    );
+    assert_eq!(read.execution_step, ExecutionStep::WorkspaceReady);
+    assert_eq!(
+        read.step_started_at,
+        at(120),
+        "a new step sets step_started_at"
+    );
+    assert_eq!(read.next_wake_at, Some(at(150)), "the update is written");
+    assert_eq!(read.workspace_id, Some(workspace_id("ws-1")));
+    assert_eq!(read.updated_at, at(120), "a change sets updated_at");
+
+    claim(store, "a", 150, 10).await;
+    let again = TaskUpdate {
+        next_wake_at: Some(Some(at(200))),
+        ..TaskUpdate::default()
+    };
+    let done = store
+        .release_lease(
+            &id,
+            &release("a", Some(ExecutionStep::WorkspaceReady), again, 160),
+        )
+        .await
+        .expect("release_lease");
+    assert_eq!(
+        done,
+        LeaseReleased::Released {
+            step_changed: false
+        },
+        "the step the task is in does not move"
+    );
+    let read = must_get_task(store, &id).await;
+    assert_eq!(
+        read.step_started_at,
+        at(120),
+        "a repeated step keeps step_started_at"
+    );
+    assert_eq!(read.next_wake_at, Some(at(200)));
+
+    claim(store, "a", 200, 10).await;
+    let plain = store
+        .release_lease(&id, &LeaseRelease::plain("a", at(210)))
+        .await
+        .expect("release_lease");
+    assert_eq!(
+        plain,
+        LeaseReleased::Released {
+            step_changed: false
+        }
+    );
+    let read = must_get_task(store, &id).await;
+    assert_eq!(
+        read.updated_at,
+        at(160),
+        "a release that changes nothing else does not touch updated_at"
+    );
+}
+
+/// A release by anyone but the holder writes nothing, not even its step or fields.
+pub async fn release_lease_by_another_writes_nothing(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    let id = task_id("t-1");
+    claim(store, "a", 100, 10).await;
+    let before = must_get_task(store, &id).await;
+    let wake = TaskUpdate {
+        next_wake_at: Some(Some(at(999))),
+        ..TaskUpdate::default()
+    };
+    let done = store
+        .release_lease(&id, &release("b", Some(ExecutionStep::Running), wake, 120))
+        .await
+        .expect("release_lease");
+    assert_eq!(done, LeaseReleased::NotHeld, "b holds no lease");
+    assert_eq!(
+        must_get_task(store, &id).await,
+        before,
+        "a release by another owner changes nothing"
+    );
+    let missing = store
+        .release_lease(&task_id("nope"), &LeaseRelease::plain("a", at(120)))
+        .await
+        .expect("a missing task is not an error");
+    assert_eq!(missing, LeaseReleased::NotHeld);
+}
+
+/// A move to a terminal status clears the wake-up and the lease with it.
+pub async fn terminal_transition_clears_wake_and_lease(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    create(store, due_task("t-2", 2, 10)).await;
+    claim(store, "a", 100, 10).await;
+    let live = transition(TaskStatus::Queued, TaskStatus::Delegated, 110);
+    assert!(
+        store
+            .transition_task(&task_id("t-2"), &live)
+            .await
+            .expect("transition_task")
+    );
+    let read = must_get_task(store, &task_id("t-2")).await;
+    assert_eq!(
+        (read.next_wake_at, read.lease_owner.as_deref()),
+        (Some(at(10)), Some("a")),
+        "a move to a live status keeps the wake-up and the lease"
+    );
+    let end = transition(TaskStatus::Queued, TaskStatus::Cancelled, 120);
+    assert!(
+        store
+            .transition_task(&task_id("t-1"), &end)
+            .await
+            .expect("transition_task")
+    );
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.status, TaskStatus::Cancelled);
+    assert_eq!(
+        (read.next_wake_at, read.lease_owner, read.lease_expires_at),
+        (None, None, None),
+        "a terminal move clears the wake-up and the lease"
+    );
+    let held = store
+        .release_lease(&task_id("t-1"), &LeaseRelease::plain("a", at(130)))
+        .await
+        .expect("release_lease");
+    assert_eq!(held, LeaseReleased::NotHeld, "the lease went with the move");
+}
+
+/// Records a beat of node `id` at `at(secs)` and reads the node back.
+async fn beat(store: &dyn Store, id: &str, secs: i64, ready_version: Option<&str>) -> NodeRecord {
+    let beat = NodeBeat {
+        at: at(secs),
+        ready_version: ready_version.map(str::to_owned),
+    };
+    store
+        .record_node_beat(&node_id(id), &beat)
+        .await
+        .expect("record_node_beat");
+    store
+        .get_node(&node_id(id))
+        .await
+        .expect("get")
+        .expect("exists")
+}
+
+/// A beat changes only the liveness fields: a warm node stays warm, an active one
+/// active, whatever the beat read before.
+pub async fn record_node_beat_touches_only_liveness(store: &dyn Store) {
+    let stale = NodeRecord {
+        health: NodeHealth::Stale,
+        ..warm_node("warm", 1)
+    };
+    put(store, stale.clone()).await;
+    let read = beat(store, "warm", 50, None).await;
+    assert_eq!(
+        read,
+        NodeRecord {
+            health: NodeHealth::Healthy,
+            last_heartbeat_at: Some(at(50)),
+            updated_at: at(50),
+            ..stale
+        },
+        "a heartbeat sets the beat time and heals a stale node, nothing else"
+    );
+
+    let booting = NodeRecord {
+        status: NodeStatus::Creating,
+        health: NodeHealth::Unhealthy,
+        ready_at: None,
+        agent_version: None,
+        last_heartbeat_at: None,
+        ..node("booting", 2)
+    };
+    put(store, booting.clone()).await;
+    let read = beat(store, "booting", 60, Some("1.2.3")).await;
+    let expected = NodeRecord {
+        status: NodeStatus::Running,
+        health: NodeHealth::Healthy,
+        ready_at: Some(at(60)),
+        agent_version: Some("1.2.3".into()),
+        last_heartbeat_at: Some(at(60)),
+        updated_at: at(60),
+        ..booting
+    };
+    assert_eq!(
+        read, expected,
+        "a ready beat makes the node running and ready"
+    );
+    let read = beat(store, "booting", 70, Some("1.2.4")).await;
+    assert_eq!(read.ready_at, Some(at(60)), "ready_at is kept once set");
+    assert_eq!(read.agent_version.as_deref(), Some("1.2.4"));
+    assert_eq!(read.lifecycle, NodeLifecycle::Active);
+
+    let missing = NodeBeat {
+        at: at(80),
+        ready_version: None,
+    };
+    expect_kind(
+        store.record_node_beat(&node_id("nope"), &missing).await,
+        StoreErrorKind::NotFound,
+        "a beat of a missing node is not found",
+    );
+}
+
+/// Only a healthy node silent since before `beat_before` turns stale, and only its
+/// health changes.
+pub async fn mark_node_stale_is_conditional(store: &dyn Store) {
+    // Both last beat at `at(11)`.
+    put(store, warm_node("warm", 1)).await;
+    let mark = |id: &'static str, before: i64| async move {
+        store
+            .mark_node_stale(&node_id(id), at(before), at(100))
+            .await
+            .expect("mark_node_stale")
+    };
+    assert!(!mark("warm", 11).await, "a beat at the limit is not stale");
+    let read = store.get_node(&node_id("warm")).await.expect("get");
+    assert_eq!(
+        read,
+        Some(warm_node("warm", 1)),
+        "a refused mark writes nothing"
+    );
+    assert!(
+        mark("warm", 12).await,
+        "a healthy node silent since before turns stale"
+    );
+    let read = store.get_node(&node_id("warm")).await.expect("get");
+    assert_eq!(
+        read,
+        Some(NodeRecord {
+            health: NodeHealth::Stale,
+            updated_at: at(100),
+            ..warm_node("warm", 1)
+        }),
+        "only the health (and updated_at) change: the node stays warm"
+    );
+    assert!(!mark("warm", 12).await, "a stale node is not marked again");
+    expect_kind(
+        store
+            .mark_node_stale(&node_id("nope"), at(12), at(100))
+            .await,
+        StoreErrorKind::NotFound,
+        "marking a missing node is not found",
+    );
+}
+
+/// A stopped workspace stays stopped: a late update changes nothing.
+pub async fn stopped_workspace_stays_stopped(store: &dyn Store) {
+    put(store, node("n-1", 1)).await;
+    let ws = workspace("ws-1", "n-1", reservation(1000, 1024, false, 4), 2);
+    assert_eq!(reserve(store, &ws).await, SlotOutcome::Reserved);
+    let id = workspace_id("ws-1");
+    store
+        .update_workspace(&id, WorkspaceStatus::Stopped, None, at(5))
+        .await
+        .expect("update_workspace");
+    store
+        .update_workspace(&id, WorkspaceStatus::Running, Some("full".into()), at(6))
+        .await
+        .expect("updating a stopped workspace is not an error");
+    let read = store
+        .get_workspace(&id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (read.status, read.effective_profile, read.updated_at),
+        (WorkspaceStatus::Stopped, None, at(5)),
+        "a late report does not revive a stopped workspace"
+    );
+    assert!(
+        store
+            .release_node_to_warm(&node_id("n-1"), at(7))
+            .await
+            .expect("release"),
+        "its slot stays free"
     );
 }
 
@@ -1418,20 +1753,23 @@ pub async fn concurrent_claimers_claim_each_task_once(store: &dyn Store) {
             }
             for t in &got {
                 assert_eq!(t.lease_owner.as_deref(), Some(owner.as_str()));
-                // "Run" the task: it sleeps until further notice, then the lease ends.
-                let done = TaskUpdate {
-                    next_wake_at: Some(None),
-                    ..Default::default()
+                // "Run" the task: it sleeps until further notice, written with the
+                // end of the lease.
+                let done = LeaseRelease {
+                    update: TaskUpdate {
+                        next_wake_at: Some(None),
+                        ..Default::default()
+                    },
+                    ..LeaseRelease::plain(owner.clone(), at(101))
                 };
-                store
-                    .update_task(&t.id, &done, at(101))
-                    .await
-                    .expect("update_task");
-                assert!(
+                assert_eq!(
                     store
-                        .release_lease(&t.id, &owner)
+                        .release_lease(&t.id, &done)
                         .await
-                        .expect("release_lease")
+                        .expect("release_lease"),
+                    LeaseReleased::Released {
+                        step_changed: false
+                    }
                 );
             }
             mine.extend(ids(&got));

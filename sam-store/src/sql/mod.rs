@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
-    ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeId,
-    NodeLifecycle, NodeRecord, ProfileId, ProjectId, ProjectRecord, SlotOutcome, StatusEvent,
-    Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord,
-    WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+    ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest,
+    NodeBeat, NodeFilter, NodeId, NodeLifecycle, NodeRecord, ProfileId, ProjectId, ProjectRecord,
+    SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate,
+    Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    check_slot,
 };
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
@@ -306,10 +307,14 @@ impl<D: Dialect> SqlStore<D> {
         check_transition(change)?;
         let context = "transitioning a task";
         let mut tx = self.begin(context).await?;
+        // An ended task is never driven again: its wake-up and lease go with the move.
         let done = query(
             "UPDATE tasks SET status = $1, updated_at = $2, \
              error_category = CASE WHEN $3 = 1 THEN $4 ELSE error_category END, \
-             error_message = CASE WHEN $3 = 1 THEN $5 ELSE error_message END \
+             error_message = CASE WHEN $3 = 1 THEN $5 ELSE error_message END, \
+             next_wake_at = CASE WHEN $8 = 1 THEN NULL ELSE next_wake_at END, \
+             lease_owner = CASE WHEN $8 = 1 THEN NULL ELSE lease_owner END, \
+             lease_expires_at = CASE WHEN $8 = 1 THEN NULL ELSE lease_expires_at END \
              WHERE id = $6 AND status = $7",
         )
         .bind(change.to.as_str().to_owned())
@@ -319,6 +324,7 @@ impl<D: Dialect> SqlStore<D> {
         .bind(change.error.as_ref().map(|e| e.message.clone()))
         .bind(id.to_string())
         .bind(change.from.as_str().to_owned())
+        .bind(i64::from(change.to.is_terminal()))
         .execute(&mut *tx)
         .await
         .map_err(Self::db(context))?;
@@ -361,19 +367,24 @@ impl<D: Dialect> SqlStore<D> {
         Ok(done.rows_affected() > 0)
     }
 
+    /// The statement of a step change; it matches no row when the task is in `step`.
+    fn step_query(id: &TaskId, step: ExecutionStep, at: DateTime<Utc>) -> AnyQuery<'static> {
+        query(
+            "UPDATE tasks SET execution_step = $1, step_started_at = $2, updated_at = $2 \
+             WHERE id = $3 AND execution_step <> $1",
+        )
+        .bind(step.as_str().to_owned())
+        .bind(micros(at))
+        .bind(id.to_string())
+    }
+
     async fn try_set_step(
         &self,
         id: &TaskId,
         step: ExecutionStep,
         at: DateTime<Utc>,
     ) -> Result<bool, Error> {
-        let q = query(
-            "UPDATE tasks SET execution_step = $1, step_started_at = $2, updated_at = $2 \
-             WHERE id = $3 AND execution_step <> $1",
-        )
-        .bind(step.as_str().to_owned())
-        .bind(micros(at))
-        .bind(id.to_string());
+        let q = Self::step_query(id, step, at);
         self.update_existing(q, "tasks", id.as_str(), "setting the execution step")
             .await
     }
@@ -384,6 +395,18 @@ impl<D: Dialect> SqlStore<D> {
         update: &TaskUpdate,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let done = Self::update_query(id, update, at)
+            .execute(&self.writer)
+            .await
+            .map_err(Self::db("updating a task"))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found(format!("task {id}")));
+        }
+        Ok(())
+    }
+
+    /// The statement of a [`TaskUpdate`].
+    fn update_query(id: &TaskId, update: &TaskUpdate, at: DateTime<Utc>) -> AnyQuery<'static> {
         // One fixed statement: each column takes a flag ("change it?") and a value.
         let columns = [
             "placement",
@@ -434,15 +457,7 @@ impl<D: Dialect> SqlStore<D> {
             .bind(i64::from(update.capacity_passes.is_some()))
             .bind(i64::from(update.capacity_passes.unwrap_or_default()));
         q = text(q, &update.output, json);
-        let q = q.bind(micros(at)).bind(id.to_string());
-        let done = q
-            .execute(&self.writer)
-            .await
-            .map_err(Self::db("updating a task"))?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found(format!("task {id}")));
-        }
-        Ok(())
+        q.bind(micros(at)).bind(id.to_string())
     }
 
     async fn try_claim(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, Error> {
@@ -474,17 +489,43 @@ impl<D: Dialect> SqlStore<D> {
         Ok(tasks)
     }
 
-    async fn try_release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, Error> {
+    async fn try_release_lease(
+        &self,
+        id: &TaskId,
+        release: &LeaseRelease,
+    ) -> Result<LeaseReleased, Error> {
+        let context = "releasing a lease";
+        let mut tx = self.begin(context).await?;
         let done = query(
             "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
              WHERE id = $1 AND lease_owner = $2",
         )
         .bind(id.to_string())
-        .bind(owner.to_owned())
-        .execute(&self.writer)
+        .bind(release.owner.clone())
+        .execute(&mut *tx)
         .await
-        .map_err(Self::db("releasing a lease"))?;
-        Ok(done.rows_affected() > 0)
+        .map_err(Self::db(context))?;
+        if done.rows_affected() == 0 {
+            return Ok(LeaseReleased::NotHeld);
+        }
+        // The row is locked by the update above until the commit, so the step and the
+        // fields change with the release or not at all.
+        let mut step_changed = false;
+        if let Some(step) = release.step {
+            let done = Self::step_query(id, step, release.at)
+                .execute(&mut *tx)
+                .await
+                .map_err(Self::db(context))?;
+            step_changed = done.rows_affected() > 0;
+        }
+        if release.update != TaskUpdate::default() {
+            Self::update_query(id, &release.update, release.at)
+                .execute(&mut *tx)
+                .await
+                .map_err(Self::db(context))?;
+        }
+        Self::commit(tx, context).await?;
+        Ok(LeaseReleased::Released { step_changed })
     }
 
     async fn try_put_node(&self, node: &NodeRecord) -> Result<(), Error> {
@@ -685,20 +726,55 @@ impl<D: Dialect> SqlStore<D> {
         effective_profile: Option<String>,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let done = query(
+        // A stopped workspace matches nothing: a late report cannot revive it.
+        let q = query(
             "UPDATE workspaces SET status = $1, \
-             effective_profile = COALESCE($2, effective_profile), updated_at = $3 WHERE id = $4",
+             effective_profile = COALESCE($2, effective_profile), updated_at = $3 \
+             WHERE id = $4 AND status <> 'stopped'",
         )
         .bind(name(&status))
         .bind(effective_profile)
         .bind(micros(at))
+        .bind(id.to_string());
+        self.update_existing(q, "workspaces", id.as_str(), "updating a workspace")
+            .await?;
+        Ok(())
+    }
+
+    async fn try_mark_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let q = query(
+            "UPDATE nodes SET health = 'stale', updated_at = $1 \
+             WHERE id = $2 AND health = 'healthy' AND last_heartbeat_at < $3",
+        )
+        .bind(micros(at))
         .bind(id.to_string())
-        .execute(&self.writer)
-        .await
-        .map_err(Self::db("updating a workspace"))?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found(format!("workspace {id}")));
-        }
+        .bind(micros(beat_before));
+        self.update_existing(q, "nodes", id.as_str(), "marking a node stale")
+            .await
+    }
+
+    async fn try_record_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), Error> {
+        // One statement on the liveness columns only: a beat read-modify-writing the
+        // whole row could put back the lifecycle a warm claim or release just changed.
+        let q = query(
+            "UPDATE nodes SET last_heartbeat_at = $1, updated_at = $1, \
+             health = CASE WHEN $2 = 1 OR health = 'stale' THEN 'healthy' ELSE health END, \
+             status = CASE WHEN $2 = 1 THEN 'running' ELSE status END, \
+             ready_at = CASE WHEN $2 = 1 AND ready_at IS NULL THEN $1 ELSE ready_at END, \
+             agent_version = CASE WHEN $2 = 1 THEN $3 ELSE agent_version END \
+             WHERE id = $4",
+        )
+        .bind(micros(beat.at))
+        .bind(i64::from(beat.ready_version.is_some()))
+        .bind(beat.ready_version.clone())
+        .bind(id.to_string());
+        self.update_existing(q, "nodes", id.as_str(), "recording a node's beat")
+            .await?;
         Ok(())
     }
 
@@ -869,8 +945,12 @@ impl<D: Dialect> Store for SqlStore<D> {
         Ok(self.try_claim(request).await?)
     }
 
-    async fn release_lease(&self, id: &TaskId, owner: &str) -> Result<bool, StoreError> {
-        Ok(self.try_release_lease(id, owner).await?)
+    async fn release_lease(
+        &self,
+        id: &TaskId,
+        release: &LeaseRelease,
+    ) -> Result<LeaseReleased, StoreError> {
+        Ok(self.try_release_lease(id, release).await?)
     }
 
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
@@ -905,6 +985,19 @@ impl<D: Dialect> Store for SqlStore<D> {
             .await
             .map_err(Self::db("deleting a node"))?;
         Ok(())
+    }
+
+    async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError> {
+        Ok(self.try_record_beat(id, beat).await?)
+    }
+
+    async fn mark_node_stale(
+        &self,
+        id: &NodeId,
+        beat_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.try_mark_stale(id, beat_before, at).await?)
     }
 
     async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
