@@ -209,7 +209,9 @@ impl Store for CountingStore {
         self.inner.list_github_installations(user).await
     }
     async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError> {
-        self.write().delete_github_installation(key).await
+        self.write("delete_github_installation")
+            .delete_github_installation(key)
+            .await
     }
     async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         self.write("put_user").put_user(user).await
