@@ -166,9 +166,9 @@ pub use session::{
     StopReason, TimedEvent,
 };
 pub use store::{
-    ApiTokenRecord, LeaseRequest, Lineage, LineageKind, NodeFilter, NodeRecord, SlotOutcome,
-    StatusEvent, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
-    WarmClaim, WorkspaceRecord, WorkspaceStatus,
+    ApiTokenRecord, LeaseRequest, Lineage, LineageKind, NodeFilter, NodeRecord, PlacementCandidate,
+    SlotOutcome, StatusEvent, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate,
+    Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 pub use sweep::SweepReport;
 pub use timeout::TimeoutPolicy;

@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
     ExecutionStep, GithubInstallation, InstallationKey, LeaseRequest, NodeFilter, NodeHealth,
-    NodeId, NodeLifecycle, NodeRecord, NodeStatus, ProfileId, ProjectId, ProjectRecord,
-    Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord,
-    TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
-    WorkspaceStatus, check_slot,
+    NodeId, NodeLifecycle, NodeRecord, NodeStatus, PlacementCandidate, ProfileId, ProjectId,
+    ProjectRecord, ProviderKind, Reservation, SlotOutcome, StatusEvent, Store, StoreError,
+    TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim,
+    WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 
 use crate::error::Error;
@@ -327,6 +327,42 @@ impl Store for MemoryStore {
             .workspaces
             .insert(workspace.id.clone(), workspace.clone());
         Ok(SlotOutcome::Reserved)
+    }
+
+    async fn list_placement_candidates(
+        &self,
+        provider: ProviderKind,
+    ) -> Result<Vec<PlacementCandidate>, StoreError> {
+        let state = self.state();
+        let mut on_node: BTreeMap<&NodeId, Vec<WorkspaceRecord>> = BTreeMap::new();
+        for ws in state.workspaces.values() {
+            on_node.entry(&ws.node_id).or_default().push(ws.clone());
+        }
+        let mut candidates: Vec<PlacementCandidate> = state
+            .nodes
+            .values()
+            .filter(|n| {
+                n.provider == provider
+                    && n.status == NodeStatus::Running
+                    && n.lifecycle == NodeLifecycle::Active
+            })
+            .map(|node| {
+                let mut workspaces = on_node.remove(&node.id).unwrap_or_default();
+                let creator = node.created_for.as_ref().and_then(|t| state.tasks.get(t));
+                let held_for = node.held_for(&workspaces, creator).cloned();
+                workspaces.retain(|w| w.status.holds_slot());
+                by_creation(&mut workspaces, |w| (w.created_at, w.id.to_string()));
+                PlacementCandidate {
+                    node: node.clone(),
+                    workspaces,
+                    held_for,
+                }
+            })
+            .collect();
+        by_creation(&mut candidates, |c| {
+            (c.node.created_at, c.node.id.to_string())
+        });
+        Ok(candidates)
     }
 
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use sam_core::{
     ApiTokenRecord, ErrorCategory, ExternalInstallationId, GithubInstallation, NodeRecord,
-    StatusEvent, TaskError, TaskRecord, WorkspaceRecord, WorkspaceStatus,
+    StatusEvent, TaskError, TaskId, TaskRecord, WorkspaceRecord, WorkspaceStatus,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -220,6 +220,12 @@ pub(crate) fn node(row: &AnyRow) -> Result<NodeRecord, Error> {
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
     })
+}
+
+/// Decodes a `nodes` row with the `held_for` column placement reads with it.
+pub(crate) fn placement_node(row: &AnyRow) -> Result<(NodeRecord, Option<TaskId>), Error> {
+    let held_for = Columns::new(row, "nodes").opt_parse("held_for")?;
+    Ok((node(row)?, held_for))
 }
 
 /// Decodes a `workspaces` row.
