@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the in-memory backend, always compiled, for tests and
 //! single-process embedding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -31,7 +31,12 @@ struct State {
     tasks: BTreeMap<TaskId, TaskRecord>,
     events: Vec<StatusEvent>,
     nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The nodes whose lifecycle is `warm`, so a claim looks at those only.
+    warm: BTreeSet<NodeId>,
     workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
+    /// The workspaces of each node (workspace rows are never deleted), so a node's
+    /// slots are found without looking at every workspace.
+    on_node: HashMap<NodeId, Vec<WorkspaceId>>,
     tokens: BTreeMap<String, ApiTokenRecord>,
     installations: BTreeMap<InstallationKey, GithubInstallation>,
     users: BTreeMap<UserId, UserRecord>,
@@ -62,12 +67,30 @@ impl State {
             .ok_or_else(|| Error::not_found(format!("task {id}")))
     }
 
+    /// The workspaces of `node`, in no particular order.
+    fn workspaces_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a WorkspaceRecord> {
+        self.on_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.workspaces.get(id))
+    }
+
     fn live_reservations(&self, node: &NodeId) -> Vec<Reservation> {
-        self.workspaces
-            .values()
-            .filter(|w| &w.node_id == node && w.status.holds_slot())
+        self.workspaces_on(node)
+            .filter(|w| w.status.holds_slot())
             .map(|w| w.reservation)
             .collect()
+    }
+
+    /// Writes a node row, keeping the warm set in step.
+    fn set_node(&mut self, node: NodeRecord) {
+        if node.lifecycle == NodeLifecycle::Warm {
+            self.warm.insert(node.id.clone());
+        } else {
+            self.warm.remove(&node.id);
+        }
+        self.nodes.insert(node.id.clone(), node);
     }
 }
 
@@ -238,7 +261,7 @@ impl Store for MemoryStore {
     }
 
     async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.state().nodes.insert(node.id.clone(), node.clone());
+        self.state().set_node(node.clone());
         Ok(())
     }
 
@@ -261,15 +284,18 @@ impl Store for MemoryStore {
     }
 
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        self.state().nodes.remove(id);
+        let mut state = self.state();
+        state.nodes.remove(id);
+        state.warm.remove(id);
         Ok(())
     }
 
     async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
         let mut state = self.state();
         let chosen = state
-            .nodes
-            .values_mut()
+            .warm
+            .iter()
+            .filter_map(|id| state.nodes.get(id))
             .filter(|n| {
                 n.lifecycle == NodeLifecycle::Warm
                     && n.status == NodeStatus::Running
@@ -278,12 +304,14 @@ impl Store for MemoryStore {
                     && n.size == claim.size
                     && claim.location.as_ref().is_none_or(|l| l == &n.location)
             })
-            .min_by_key(|n| (n.warm_since, n.created_at, n.id.to_string()));
-        Ok(chosen.map(|n| {
+            .min_by_key(|n| (n.warm_since, n.created_at, n.id.to_string()))
+            .cloned();
+        Ok(chosen.map(|mut n| {
             n.lifecycle = NodeLifecycle::Active;
             n.warm_since = None;
             n.updated_at = claim.now;
-            n.clone()
+            state.set_node(n.clone());
+            n
         }))
     }
 
@@ -304,6 +332,7 @@ impl Store for MemoryStore {
         node.lifecycle = NodeLifecycle::Warm;
         node.warm_since = Some(at);
         node.updated_at = at;
+        state.warm.insert(id.clone());
         Ok(true)
     }
 
@@ -326,6 +355,11 @@ impl Store for MemoryStore {
         state
             .workspaces
             .insert(workspace.id.clone(), workspace.clone());
+        state
+            .on_node
+            .entry(workspace.node_id.clone())
+            .or_default()
+            .push(workspace.id.clone());
         Ok(SlotOutcome::Reserved)
     }
 
@@ -334,10 +368,6 @@ impl Store for MemoryStore {
         provider: ProviderKind,
     ) -> Result<Vec<PlacementCandidate>, StoreError> {
         let state = self.state();
-        let mut on_node: BTreeMap<&NodeId, Vec<WorkspaceRecord>> = BTreeMap::new();
-        for ws in state.workspaces.values() {
-            on_node.entry(&ws.node_id).or_default().push(ws.clone());
-        }
         let mut candidates: Vec<PlacementCandidate> = state
             .nodes
             .values()
@@ -347,7 +377,8 @@ impl Store for MemoryStore {
                     && n.lifecycle == NodeLifecycle::Active
             })
             .map(|node| {
-                let mut workspaces = on_node.remove(&node.id).unwrap_or_default();
+                let mut workspaces: Vec<WorkspaceRecord> =
+                    state.workspaces_on(&node.id).cloned().collect();
                 let creator = node.created_for.as_ref().and_then(|t| state.tasks.get(t));
                 let held_for = node.held_for(&workspaces, creator).cloned();
                 workspaces.retain(|w| w.status.holds_slot());
@@ -370,13 +401,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        let mut list: Vec<WorkspaceRecord> = self
-            .state()
-            .workspaces
-            .values()
-            .filter(|w| &w.node_id == node)
-            .cloned()
-            .collect();
+        let mut list: Vec<WorkspaceRecord> = self.state().workspaces_on(node).cloned().collect();
         by_creation(&mut list, |w| (w.created_at, w.id.to_string()));
         Ok(list)
     }
