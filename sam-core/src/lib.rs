@@ -146,7 +146,9 @@ pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,
     WorkspaceRequest,
 };
-pub use placement::{Candidate, DefaultScheduler, FleetIndex, best_fit, fits, leftover};
+pub use placement::{
+    Candidate, DEFAULT_MAX_STALENESS, DefaultScheduler, FleetIndex, best_fit, fits, leftover,
+};
 pub use project::{
     AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
 };
