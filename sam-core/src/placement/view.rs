@@ -39,6 +39,8 @@ pub(super) struct FleetView {
     held: HashMap<NodeId, TaskId>,
     /// Slots handed out and not yet seen in the store, by task.
     assumed: HashMap<TaskId, Assumed>,
+    /// The tasks of `assumed` on each node.
+    assumed_on: HashMap<NodeId, Vec<TaskId>>,
     /// Numbers the placeholder workspaces of `assumed`.
     next_key: u64,
     /// When the bulk read the view was built from happened.
@@ -68,6 +70,7 @@ impl FleetView {
             index: FleetIndex::new(),
             held: HashMap::new(),
             assumed: HashMap::new(),
+            assumed_on: HashMap::new(),
             next_key: 0,
             read_at,
         };
@@ -98,6 +101,12 @@ impl FleetView {
     pub(super) fn forget(&mut self, task: &TaskId) {
         if let Some(assumed) = self.assumed.remove(task) {
             self.index.release(&assumed.key);
+            if let Some(tasks) = self.assumed_on.get_mut(&assumed.node) {
+                tasks.retain(|t| t != task);
+                if tasks.is_empty() {
+                    self.assumed_on.remove(&assumed.node);
+                }
+            }
         }
     }
 
@@ -148,20 +157,18 @@ impl FleetView {
             live(workspaces.iter().filter(|w| w.status.holds_slot())),
         );
         // Slots handed out on this node stay counted until their task shows up there.
-        let mut pending: Vec<(TaskId, Assumed)> = Vec::new();
-        self.assumed.retain(|task, assumed| {
-            let on_node = &assumed.node == id;
-            if on_node && !workspaces.iter().any(|w| &w.task_id == task) {
-                pending.push((task.clone(), assumed.clone()));
+        for task in self.assumed_on.remove(id).unwrap_or_default() {
+            let Some(assumed) = self.assumed.remove(&task) else {
+                continue;
+            };
+            if workspaces.iter().any(|w| w.task_id == task) {
+                continue;
             }
-            !on_node
-        });
-        for (task, assumed) in pending {
             if let Ok(SlotOutcome::Reserved) =
                 self.index
                     .reserve(id, assumed.key.clone(), assumed.reservation)
             {
-                self.assumed.insert(task, assumed);
+                self.hold(task, assumed);
             }
         }
         if let Some(task) = self.held_for_other(id, &request.task_id) {
@@ -200,7 +207,7 @@ impl FleetView {
         };
         if let Ok(SlotOutcome::Reserved) = self.index.reserve(id, key.clone(), request.reservation)
         {
-            self.assumed.insert(
+            self.hold(
                 request.task_id.clone(),
                 Assumed {
                     node: id.clone(),
@@ -211,10 +218,21 @@ impl FleetView {
         }
     }
 
+    /// Records a slot the index now holds for `task`.
+    fn hold(&mut self, task: TaskId, assumed: Assumed) {
+        self.assumed_on
+            .entry(assumed.node.clone())
+            .or_default()
+            .push(task.clone());
+        self.assumed.insert(task, assumed);
+    }
+
     fn drop_node(&mut self, id: &NodeId) {
         self.index.remove_node(id);
         self.held.remove(id);
-        self.assumed.retain(|_, assumed| &assumed.node != id);
+        for task in self.assumed_on.remove(id).unwrap_or_default() {
+            self.assumed.remove(&task);
+        }
     }
 
     /// Every node of the view with why it cannot take `request`, ordered by
