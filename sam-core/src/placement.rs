@@ -213,7 +213,8 @@ const MAX_CHECKS: usize = 8;
 ///
 /// The explanation of an existing-node decision names the nodes found wanting on
 /// the way (warm nodes given back, proposals the store contradicted), not every
-/// running node; a decision to provision explains every node of the fresh read.
+/// running node; a decision to provision explains the first 16 nodes of the fresh
+/// read by `(created_at, id)` one by one and counts the rest.
 ///
 /// Clones share the view.
 #[derive(Debug, Clone)]

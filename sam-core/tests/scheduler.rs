@@ -473,3 +473,25 @@ async fn nodes_added_and_removed_behind_its_back() {
         "a deleted node is never chosen"
     );
 }
+
+/// A decision to provision over a large fleet names the first 16 nodes with their
+/// reasons and counts the rest, rather than writing a row per node into the task.
+#[tokio::test]
+async fn a_decision_to_provision_explains_a_bounded_number_of_nodes() {
+    let mut world = World::new(false);
+    for _ in 0..20 {
+        world.add_node(1000, 2048).await;
+    }
+    let request = request(task_id("t-big"), reservation(4000, 4096, false, 8));
+    let decision = world.scheduler.place(&request).await.unwrap();
+    world.judge(&request, &decision).await;
+    let rejected = &decision.explanation.rejected;
+    assert_eq!(rejected.len(), 17, "{rejected:#?}");
+    assert_eq!(rejected[0].candidate, "n-0001", "by (created_at, id)");
+    assert!(
+        rejected[0].reason.contains("cpu_millis"),
+        "{:?}",
+        rejected[0]
+    );
+    assert_eq!(rejected[16].candidate, "4 more nodes");
+}

@@ -390,9 +390,9 @@ impl Store for MemoryStore {
                 }
             })
             .collect();
-        by_creation(&mut candidates, |c| {
-            (c.node.created_at, c.node.id.to_string())
-        });
+        // The nodes come in id order; a stable sort by creation time makes it
+        // `(created_at, id)` without formatting a key per comparison.
+        candidates.sort_by_key(|c| c.node.created_at);
         Ok(candidates)
     }
 

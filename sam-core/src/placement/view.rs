@@ -19,6 +19,9 @@ use crate::store::{NodeRecord, PlacementCandidate, SlotOutcome, WorkspaceRecord}
 
 use super::{Candidate, FleetIndex, reject_reason};
 
+/// How many nodes the explanation of a decision to provision names one by one.
+pub(super) const EXPLAINED: usize = 16;
+
 /// A slot the scheduler handed out (an `Existing` decision) that the store does not
 /// show yet: the task still has to reserve it.
 #[derive(Debug, Clone)]
@@ -235,13 +238,22 @@ impl FleetView {
         }
     }
 
-    /// Every node of the view with why it cannot take `request`, ordered by
-    /// `(created_at, id)`: the explanation of a decision to provision.
+    /// Why the nodes of the view cannot take `request`: the explanation of a decision
+    /// to provision. The first [`EXPLAINED`] nodes by `(created_at, id)` each with its
+    /// reason, then one entry counting the rest, so a large fleet does not write a
+    /// row per node into every such task.
     pub(super) fn rejections(&self, request: &PlacementRequest) -> Vec<Rejected> {
         let mut candidates: Vec<Candidate<'_>> = self.index.candidates().collect();
-        candidates
-            .sort_by(|a, b| (a.node.created_at, &a.node.id).cmp(&(b.node.created_at, &b.node.id)));
-        candidates
+        let order = |a: &Candidate<'_>, b: &Candidate<'_>| {
+            (a.node.created_at, &a.node.id).cmp(&(b.node.created_at, &b.node.id))
+        };
+        let rest = candidates.len().saturating_sub(EXPLAINED);
+        if rest > 0 {
+            candidates.select_nth_unstable_by(EXPLAINED, order);
+            candidates.truncate(EXPLAINED);
+        }
+        candidates.sort_by(order);
+        let mut rejected: Vec<Rejected> = candidates
             .into_iter()
             .map(|candidate| {
                 let id = &candidate.node.id;
@@ -257,7 +269,14 @@ impl FleetView {
                     reason: format!("node {id} {reason}"),
                 }
             })
-            .collect()
+            .collect();
+        if rest > 0 {
+            rejected.push(Rejected {
+                candidate: format!("{rest} more nodes"),
+                reason: format!("{rest} more running nodes cannot take it either (not listed)"),
+            });
+        }
+        rejected
     }
 }
 
