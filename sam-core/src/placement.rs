@@ -178,7 +178,12 @@ pub fn best_fit<'a>(
 
 /// How long [`DefaultScheduler`] trusts its fleet view by default: see
 /// [`DefaultScheduler::with_max_staleness`].
-pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(2);
+///
+/// Half a second: under a steady churn every slot freed behind the scheduler's back
+/// stays counted as taken until the view is read again, so a longer window makes
+/// lookups walk past nodes the view wrongly thinks full; a shorter one pays for the
+/// bulk read more often.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
 
 /// How many proposals of the fleet view one decision checks against the store
 /// before it reads the whole fleet again (and, after that read, before it takes the
@@ -361,7 +366,7 @@ impl DefaultScheduler {
                 continue;
             };
             match view.check(&id, read, request) {
-                Checked::Fits(node) => return Ok(Some(node)),
+                Checked::Fits(node) => return Ok(Some(*node)),
                 Checked::Rejected(rejection) => rejected.push(rejection),
             }
         }

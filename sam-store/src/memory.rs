@@ -377,11 +377,19 @@ impl Store for MemoryStore {
                     && n.lifecycle == NodeLifecycle::Active
             })
             .map(|node| {
-                let mut workspaces: Vec<WorkspaceRecord> =
-                    state.workspaces_on(&node.id).cloned().collect();
+                // Only a node whose creator task exists can be held; only then are
+                // the rows that no longer hold a slot needed.
                 let creator = node.created_for.as_ref().and_then(|t| state.tasks.get(t));
-                let held_for = node.held_for(&workspaces, creator).cloned();
-                workspaces.retain(|w| w.status.holds_slot());
+                let held_for = creator.and_then(|creator| {
+                    let all: Vec<WorkspaceRecord> =
+                        state.workspaces_on(&node.id).cloned().collect();
+                    node.held_for(&all, Some(creator)).cloned()
+                });
+                let mut workspaces: Vec<WorkspaceRecord> = state
+                    .workspaces_on(&node.id)
+                    .filter(|w| w.status.holds_slot())
+                    .cloned()
+                    .collect();
                 by_creation(&mut workspaces, |w| (w.created_at, w.id.to_string()));
                 PlacementCandidate {
                     node: node.clone(),

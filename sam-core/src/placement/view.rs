@@ -54,7 +54,7 @@ pub(super) struct FleetView {
 #[derive(Debug)]
 pub(super) enum Checked {
     /// It can take the request: the view now holds the request's slot on it.
-    Fits(NodeRecord),
+    Fits(Box<NodeRecord>),
     /// It cannot: why, for the placement explanation.
     Rejected(Rejected),
 }
@@ -185,7 +185,7 @@ impl FleetView {
         if let Some(reason) = reject_reason(candidate, request) {
             return gone(reason);
         }
-        let node = candidate.node.clone();
+        let node = Box::new(candidate.node.clone());
         self.assume(id, request);
         Checked::Fits(node)
     }
