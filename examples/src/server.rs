@@ -61,7 +61,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use sam_agent::api::{ApiError, parse_body, path_id};
+pub use sam_agent::api::ApiError;
+use sam_agent::api::{parse_body, path_id};
 use sam_core::{
     AgentOptions, ApiTokenRecord, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
     ExternalInstallationId, GitCredential, GithubAccess, GithubError, InstallationKey, Layer,
