@@ -1,7 +1,6 @@
-//! The one HTTP client every cloud backend shares, and the response handling they
+//! The HTTP client every cloud backend builds (one per provider instance), and the response handling they
 //! have in common. Nothing here retries or sleeps.
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
@@ -13,9 +12,8 @@ use crate::error::{Error, Result};
 /// How long one request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-
-/// The process-wide client (rustls, 30 s timeout); clones share one connection pool.
+/// A new client (rustls, 30 s timeout) for one provider instance; its clones share
+/// one connection pool.
 #[cfg_attr(not(feature = "cloud"), allow(dead_code))]
 pub(crate) fn shared_client(provider: ProviderKind) -> Result<reqwest::Client> {
     client().map_err(|e| Error::Setup {
@@ -25,16 +23,18 @@ pub(crate) fn shared_client(provider: ProviderKind) -> Result<reqwest::Client> {
     })
 }
 
-/// The process-wide client, or why it could not be built.
+/// A new client, or why it could not be built.
+///
+/// Not one client for the whole process: a pooled connection belongs to the tokio
+/// runtime that opened it, and a program with several runtimes (or tests, one
+/// runtime each, against servers that reuse ports) would send a request down a
+/// connection whose runtime is gone and get a failure that no retry explains.
+/// Each provider builds its client once, when it is constructed.
 pub(crate) fn client() -> Result<reqwest::Client, reqwest::Error> {
-    if let Some(client) = CLIENT.get() {
-        return Ok(client.clone());
-    }
-    let client = reqwest::Client::builder()
+    reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("sam-sdk/", env!("CARGO_PKG_VERSION")))
-        .build()?;
-    Ok(CLIENT.get_or_init(|| client).clone())
+        .build()
 }
 
 /// A response read in full.
