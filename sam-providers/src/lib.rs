@@ -7,8 +7,8 @@
 //!
 //! - [`HetznerProvider`], [`ScalewayProvider`], [`GcpProvider`]: REST clients for
 //!   Hetzner Cloud, Scaleway Instances and Google Compute Engine, configured by
-//!   [`HetznerConfig`], [`ScalewayConfig`], [`GcpConfig`]. All share one HTTP client
-//!   (rustls, 30 s timeout).
+//!   [`HetznerConfig`], [`ScalewayConfig`], [`GcpConfig`]. Each instance builds its
+//!   own HTTP client (rustls, 30 s timeout) when it is constructed.
 //! - [`GithubApp`]: the GitHub App client (installation tokens, pull requests), the
 //!   control plane's [`sam_core::RepositoryHost`], configured by [`GithubAppConfig`].
 //! - [`LocalProvider`]: runs each node as a local process with its own loopback port
