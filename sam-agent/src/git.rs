@@ -195,7 +195,13 @@ impl GitConfig {
             ));
         }
         let dir = dir.display().to_string();
-        let mut args = vec!["clone", "--quiet"];
+        // `--no-local`: a local path is cloned through git's transport, as a URL is,
+        // not by copying the source's `objects` directory file by file. That copy
+        // races with pushes into the source (tasks push their output branches into
+        // the repository others clone from): it walks a push's quarantine directory,
+        // which vanishes when the push lands, and the clone fails ("failed to copy
+        // file to …/tmp_objdir-incoming-…"). No effect on URLs.
+        let mut args = vec!["clone", "--quiet", "--no-local"];
         if let Some(branch) = branch {
             args.extend(["--branch", branch]);
         }

@@ -127,6 +127,32 @@ async fn host_runtime_clones_and_runs_on_the_host() {
     ));
 }
 
+/// A local repository is cloned through git's transport, not by copying its object
+/// files: a push landing in the source meanwhile (its quarantine directory, here one
+/// whose entry cannot be copied) does not break the clone.
+#[tokio::test]
+async fn a_local_clone_does_not_copy_the_sources_object_files() {
+    let source = repo(&[]);
+    let quarantine = source
+        .path()
+        .join(".git/objects/tmp_objdir-incoming-test/62");
+    std::fs::create_dir_all(&quarantine).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", quarantine.join("de20")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let runtime = HostRuntime::new(root.path());
+    let ws = runtime
+        .prepare(&request(source.path(), ProfileRequest::Auto, None))
+        .await
+        .unwrap();
+    assert!(ws.dir.join("README.md").is_file());
+    assert!(
+        !ws.dir
+            .join(".git/objects/tmp_objdir-incoming-test")
+            .exists(),
+        "the source's quarantine is not copied"
+    );
+}
+
 /// The embedded default: a local path is cloned, the output branch created, the
 /// agent's change committed and the branch pushed back into the source repository.
 #[tokio::test]
