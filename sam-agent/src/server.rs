@@ -655,24 +655,25 @@ async fn create_workspace(
             }),
             tasks: Mutex::new(Vec::new()),
         });
+        // Spawned under the lock and before anything is awaited: a caller that goes
+        // away mid-request (a control plane killed, a timeout) drops this handler,
+        // and an entry left without its preparation would report `preparing` for
+        // ever; a delete between the insert and the spawn would find nothing to stop.
+        let created = NewEvent::new(
+            EventLevel::Info,
+            "workspace.created",
+            &format!("preparing workspace {} from {}", request.id, request.repo),
+        )
+        .with_workspace(&request.id);
+        let runtime_request = request.to_runtime_request(entry.credentials.clone());
+        let (task_shared, task_entry) = (Arc::clone(&shared), Arc::clone(&entry));
+        entry.spawn(async move {
+            task_shared.record(created).await;
+            prepare(task_shared, task_entry, runtime_request).await;
+        });
         workspaces.insert(request.id.clone(), Arc::clone(&entry));
         entry
     };
-    shared
-        .record(
-            NewEvent::new(
-                EventLevel::Info,
-                "workspace.created",
-                &format!("preparing workspace {} from {}", request.id, request.repo),
-            )
-            .with_workspace(&request.id),
-        )
-        .await;
-    entry.spawn(prepare(
-        Arc::clone(&shared),
-        Arc::clone(&entry),
-        request.to_runtime_request(entry.credentials.clone()),
-    ));
     Ok((StatusCode::ACCEPTED, axum::Json(entry.view())))
 }
 
