@@ -517,11 +517,13 @@ impl sam_core::BootRenderer for KeyedBoot {
     }
 }
 
-/// A [`NodeDirectory`] that finds a node's address through its provider
-/// ([`sam_core::VmInstance::address`]) and its management key in [`FileNodeKeys`].
-/// A node made with a user's or project's own provider credential lives in their
-/// account, which the platform's providers cannot see: its address is the one
-/// recorded on the node when its VM ran ([`NodeRecord::address`]).
+/// A [`NodeDirectory`] that reaches a node at the address recorded when its VM ran
+/// ([`NodeRecord::address`]) and finds its management key in [`FileNodeKeys`].
+/// Only a node without a recorded address (a row from before the address was kept)
+/// is looked up through its provider ([`sam_core::VmInstance::address`]), and only
+/// when it is in the platform's account: a node made with a user's or project's own
+/// provider credential lives in their account, which the platform's providers
+/// cannot see.
 ///
 /// An address with a port (`127.0.0.1:40123`, the local provider) is used as is; a
 /// bare IP address or host name gets [`ProviderNodeDirectory::new`]'s port. Agents
@@ -563,9 +565,10 @@ impl ProviderNodeDirectory {
 #[async_trait]
 impl NodeDirectory for ProviderNodeDirectory {
     async fn endpoint(&self, node: &NodeRecord) -> Result<Option<NodeEndpoint>, NodeAgentError> {
-        let address = if node.credential_owner.is_some() {
-            // A VM in a user's or project's account: the platform's provider cannot
-            // look it up, so use the address recorded when it ran.
+        let address = if node.address.is_some() || node.credential_owner.is_some() {
+            // The address recorded when the VM ran. Without one, a VM in a user's or
+            // project's account cannot be looked up: the platform's provider does
+            // not see it.
             node.address.clone()
         } else {
             let (Some(vm_id), Some(provider)) = (&node.vm_id, self.providers.get(&node.provider))

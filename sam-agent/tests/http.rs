@@ -1263,11 +1263,11 @@ async fn the_model_is_selected_over_acp_and_an_unoffered_one_fails_the_session()
     h.stop().await;
 }
 
-/// A node made with a user's own provider credential lives in their account, which
-/// the platform's provider cannot see: the directory reaches it at the address
-/// recorded when its VM ran, without asking the platform's provider.
+/// A node is reached at the address recorded when its VM ran, without asking a
+/// provider; only a platform node without one is looked up through the platform's
+/// provider (a node of a user's account lives where that provider cannot see).
 #[tokio::test]
-async fn a_node_of_a_users_account_is_reached_at_its_recorded_address() {
+async fn a_node_is_reached_at_its_recorded_address() {
     use sam_agent::{FileNodeKeys, NodeDirectory, ProviderNodeDirectory};
     use sam_providers::FakeProvider;
 
@@ -1296,12 +1296,39 @@ async fn a_node_of_a_users_account_is_reached_at_its_recorded_address() {
         platform.calls().is_empty(),
         "the platform's account is not asked"
     );
-    // A platform node is still looked up through the platform's provider, which
-    // does not know this VM.
+    // A platform node with a recorded address is reached there too.
     let platform_node = NodeRecord {
         credential_owner: None,
+        ..owned.clone()
+    };
+    let endpoint = directory.endpoint(&platform_node).await.unwrap();
+    assert_eq!(
+        endpoint.expect("reached").base_url.as_str(),
+        "http://192.0.2.7:7000/"
+    );
+    assert!(platform.calls().is_empty(), "no provider call per lookup");
+    // Without a recorded address, a platform node is looked up through the
+    // platform's provider (which does not know this VM); a user's node cannot be.
+    let unrecorded = NodeRecord {
+        address: None,
+        ..platform_node
+    };
+    assert!(directory.endpoint(&unrecorded).await.unwrap().is_none());
+    assert_eq!(platform.calls().len(), 1);
+    let unrecorded_owned = NodeRecord {
+        address: None,
         ..owned
     };
-    assert!(directory.endpoint(&platform_node).await.unwrap().is_none());
-    assert_eq!(platform.calls().len(), 1);
+    assert!(
+        directory
+            .endpoint(&unrecorded_owned)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        platform.calls().len(),
+        1,
+        "a user's node is never looked up there"
+    );
 }
