@@ -265,24 +265,45 @@ impl Workload {
     /// when the target is exceeded.
     pub fn run(&mut self, placer: &mut impl Placer, n: u64) {
         for _ in 0..n {
-            let request = request_from(&mut self.rng, self.issued, self.base);
+            let request = self.next_request();
             let chosen = placer.choose(&request);
-            self.fold(chosen.as_ref());
-            if let Some(node) = chosen {
-                let workspace =
-                    WorkspaceId::new(format!("ws-{}", self.issued)).expect("a valid workspace id");
-                if placer.take(&node, workspace.clone(), request.reservation) {
-                    self.placed += 1;
-                    self.live.push_back(workspace);
-                }
-            }
-            self.issued += 1;
-            while self.live.len() > self.target {
-                if let Some(oldest) = self.live.pop_front() {
-                    placer.give_back(&oldest);
-                }
+            let workspace = self.workspace();
+            let taken = chosen
+                .as_ref()
+                .filter(|node| placer.take(node, workspace.clone(), request.reservation))
+                .map(|_| workspace);
+            for oldest in self.decided(chosen.as_ref(), taken) {
+                placer.give_back(&oldest);
             }
         }
+    }
+
+    /// The next request of the stream.
+    pub fn next_request(&mut self) -> PlacementRequest {
+        request_from(&mut self.rng, self.issued, self.base)
+    }
+
+    /// The workspace the current request takes its slot under.
+    pub fn workspace(&self) -> WorkspaceId {
+        WorkspaceId::new(format!("ws-{}", self.issued)).expect("a valid workspace id")
+    }
+
+    /// Records the decision on the current request (`taken`: the workspace that now
+    /// holds its slot, if any) and moves to the next; returns the oldest workspaces
+    /// to release, to keep the target.
+    pub fn decided(
+        &mut self,
+        chosen: Option<&NodeId>,
+        taken: Option<WorkspaceId>,
+    ) -> Vec<WorkspaceId> {
+        self.fold(chosen);
+        if let Some(workspace) = taken {
+            self.placed += 1;
+            self.live.push_back(workspace);
+        }
+        self.issued += 1;
+        let excess = self.live.len().saturating_sub(self.target);
+        self.live.drain(..excess).collect()
     }
 
     fn fold(&mut self, chosen: Option<&NodeId>) {

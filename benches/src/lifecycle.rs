@@ -17,10 +17,11 @@ use sam_core::{
     AgentProfileRecord, ApiTokenRecord, ControlPlane, ControlPlaneConfig, ControlPlaneParts,
     CredentialOwner, CredentialRecord, CredentialTarget, DefaultScheduler, ExecutionStep,
     GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat,
-    NodeFilter, NodeId, NodeRecord, ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind,
-    Secret, SlotOutcome, StatusEvent, Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind,
-    TaskFilter, TaskId, TaskRecord, TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition,
-    UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    NodeFilter, NodeId, NodeRecord, PlacementCandidate, ProfileId, ProjectId, ProjectRecord,
+    Provider, ProviderKind, Secret, SlotOutcome, StatusEvent, Store, StoreError, SubmitRequest,
+    TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord, TaskStatus, TaskUpdate, TokenSigner,
+    TokioClock, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
+    WorkspaceStatus,
 };
 use sam_providers::FakeProvider;
 use sam_store::{SqliteConfig, SqliteStore};
@@ -164,6 +165,12 @@ impl Store for CountingStore {
         self.write("reserve_workspace_slot")
             .reserve_workspace_slot(workspace)
             .await
+    }
+    async fn list_placement_candidates(
+        &self,
+        provider: ProviderKind,
+    ) -> Result<Vec<PlacementCandidate>, StoreError> {
+        self.inner.list_placement_candidates(provider).await
     }
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
         self.inner.get_workspace(id).await

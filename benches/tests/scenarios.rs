@@ -5,17 +5,22 @@
 use sam_benches::placement::PlacementRun;
 use sam_benches::{acp, events, lifecycle, memory, placement};
 
-#[test]
-fn placement_index_and_scan_agree_on_a_small_fleet() {
+#[tokio::test]
+async fn placement_index_and_scan_agree_on_a_small_fleet() {
     for seed in [1, 2, 3] {
         let f = placement::run(PlacementRun {
             fleet: 300,
             naive_decisions: 300,
             index_decisions: 600,
+            scheduler_decisions: 600,
             seed,
         })
-        .expect("the index and the scan agree");
-        assert!(f.ops_per_sec > 0.0 && f.naive_ops_per_sec > 0.0, "{f:?}");
+        .await
+        .expect("the index and the scan agree, and the store takes every slot chosen");
+        assert!(
+            f.ops_per_sec > 0.0 && f.naive_ops_per_sec > 0.0 && f.index_ops_per_sec > 0.0,
+            "{f:?}"
+        );
         assert!(f.placed_share > 0.0 && f.placed_share <= 1.0, "{f:?}");
     }
 }

@@ -148,7 +148,9 @@ pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,
     WorkspaceRequest,
 };
-pub use placement::{Candidate, DefaultScheduler, FleetIndex, best_fit, fits, leftover};
+pub use placement::{
+    Candidate, DEFAULT_MAX_STALENESS, DefaultScheduler, FleetIndex, best_fit, fits, leftover,
+};
 pub use project::{
     AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
 };
@@ -169,8 +171,9 @@ pub use session::{
 };
 pub use store::{
     ApiTokenRecord, LeaseRelease, LeaseReleased, LeaseRequest, Lineage, LineageKind, NodeBeat,
-    NodeFilter, NodeRecord, SlotOutcome, StatusEvent, Store, TaskError, TaskFilter, TaskRecord,
-    TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
+    NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome, StatusEvent, Store, TaskError,
+    TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord,
+    WorkspaceStatus,
 };
 pub use sweep::{KeptNode, SweepReport};
 pub use timeout::TimeoutPolicy;

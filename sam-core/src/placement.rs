@@ -1,24 +1,31 @@
 //! Placement: the pure best-fit choice among existing nodes, and [`DefaultScheduler`],
 //! which applies the placement order of the [`Scheduler`] contract over a [`Store`].
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::credential::CredentialOwner;
 use crate::error::Error;
-use crate::model::{Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId, VmSize};
+use crate::model::{
+    Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind, TaskId, VmSize,
+};
 use crate::reservation::{Capacity, Reservation, SlotRejection, check_slot};
 use crate::scheduler::{
     NodeChoice, Placement, PlacementDecision, PlacementExplanation, PlacementRequest, Rejected,
     Scheduler,
 };
-use crate::store::{NodeFilter, NodeRecord, Store, WarmClaim, WorkspaceRecord};
+use crate::store::{NodeRecord, Store, WarmClaim, WorkspaceRecord};
 
 mod fleet;
+mod view;
 
 pub use fleet::FleetIndex;
+use view::{Checked, FleetView};
 
 /// A node considered for placement, with the reservations of its slot-holding workspaces.
 #[derive(Debug, Clone, Copy)]
@@ -188,16 +195,86 @@ pub fn best_fit<'a>(
     (best.map(|(n, _)| n), rejected)
 }
 
+/// How long [`DefaultScheduler`] trusts its fleet view by default: see
+/// [`DefaultScheduler::with_max_staleness`].
+///
+/// Half a second: under a steady churn every slot freed behind the scheduler's back
+/// stays counted as taken until the view is read again, so a longer window makes
+/// lookups walk past nodes the view wrongly thinks full; a shorter one pays for the
+/// bulk read more often.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
+
+/// How many proposals of the fleet view one decision checks against the store
+/// before it reads the whole fleet again (and, after that read, before it takes the
+/// proposal as read).
+const MAX_CHECKS: usize = 8;
+
 /// The default [`Scheduler`]: preferred node, warm node, best-fit existing node, provision.
+///
+/// # Existing nodes: a cached fleet view, checked
+/// Finding the best-fit running node does not read the fleet per decision. The
+/// scheduler keeps, per provider, a [`FleetIndex`] built from one bulk read
+/// ([`Store::list_placement_candidates`]) and finds the best fit in it by a range
+/// lookup. The view only *proposes*:
+/// - the proposed node is read back (its row, its workspaces, and the task it may be
+///   held for) and judged by the same [`reject_reason`] before it is returned; when
+///   the store says otherwise, the view takes in what was read and looks again (a
+///   few times, then it reads the whole fleet again);
+/// - "provision a new node" is never decided from an old view: before returning it,
+///   the scheduler reads the whole fleet again and looks once more;
+/// - after an existing node is chosen, the view counts the request's slot on it
+///   until the store shows the task's workspace there, so consecutive decisions do
+///   not all pick the same nearly-full node;
+/// - the view is read again when it is older than the maximum staleness (by the
+///   requests' `now`), so freed room and new nodes are seen.
+///
+/// The trade-off: within the staleness window a node that became a *tighter* fit
+/// (one of its workspaces stopped, or it just started) may be passed over for a
+/// looser one. That is still a valid placement (the chosen node was checked against
+/// the store), only not the tightest. The store's `reserve_workspace_slot` stays the
+/// authority: when it refuses a slot another control plane took first, the runner
+/// places the task again, and the check above sees the node as it is now.
+///
+/// The explanation of an existing-node decision names the nodes found wanting on
+/// the way (warm nodes given back, proposals the store contradicted), not every
+/// running node; a decision to provision explains the first 16 nodes of the fresh
+/// read by `(created_at, id)` one by one and counts the rest.
+///
+/// Clones share the view.
 #[derive(Debug, Clone)]
 pub struct DefaultScheduler {
     store: Arc<dyn Store>,
+    views: Arc<Mutex<HashMap<ProviderKind, FleetView>>>,
+    max_staleness: chrono::Duration,
 }
 
 impl DefaultScheduler {
-    /// A scheduler reading nodes and workspaces from `store`.
+    /// A scheduler reading nodes and workspaces from `store`, trusting its fleet view
+    /// for [`DEFAULT_MAX_STALENESS`].
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self::with_max_staleness(store, DEFAULT_MAX_STALENESS)
+    }
+
+    /// A scheduler that reads the whole fleet again once its view is older than
+    /// `max_staleness`; zero reads it for every decision that reaches the
+    /// existing-node step. A larger value means fewer bulk reads and a longer window
+    /// in which a node that became a tighter fit can be passed over.
+    pub fn with_max_staleness(store: Arc<dyn Store>, max_staleness: Duration) -> Self {
+        Self {
+            store,
+            views: Arc::default(),
+            max_staleness: chrono::Duration::from_std(max_staleness)
+                .unwrap_or(chrono::Duration::MAX),
+        }
+    }
+
+    /// The views, whose lock is never held across an await.
+    fn views(&self) -> MutexGuard<'_, HashMap<ProviderKind, FleetView>> {
+        // Every change to a view is complete before the next statement that could
+        // panic, so a poisoned view is still consistent.
+        self.views
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn live_reservations(&self, node: &NodeRecord) -> Result<Vec<Reservation>, Error> {
@@ -210,29 +287,108 @@ impl DefaultScheduler {
             .map(|w| w.reservation)
             .collect())
     }
-}
 
-impl DefaultScheduler {
-    /// The task `node` is held for, when it is not `asking`: a node provisioned for a
-    /// task belongs to that task until the task has reserved its slot there (or has
-    /// moved on), so that others filling it first cannot send the task to provision a
-    /// second VM.
-    async fn held_for(
+    /// Reads the whole fleet of `provider` into a new view.
+    async fn refresh(&self, provider: ProviderKind, now: DateTime<Utc>) -> Result<(), Error> {
+        let candidates = self.store.list_placement_candidates(provider).await?;
+        self.views()
+            .insert(provider, FleetView::new(provider, candidates, now));
+        Ok(())
+    }
+
+    /// What the store says of node `id` now: its row, every workspace on it, and the
+    /// task it is held for.
+    async fn read_node(
         &self,
-        node: &NodeRecord,
-        workspaces: &[WorkspaceRecord],
-        asking: &TaskId,
-    ) -> Result<Option<TaskId>, Error> {
-        let Some(creator) = node.created_for.as_ref().filter(|c| *c != asking) else {
+        id: &NodeId,
+    ) -> Result<Option<(NodeRecord, Vec<WorkspaceRecord>, Option<TaskId>)>, Error> {
+        let Some(node) = self.store.get_node(id).await? else {
             return Ok(None);
         };
-        if workspaces.iter().any(|w| &w.task_id == creator) {
-            return Ok(None);
+        let workspaces = self.store.list_workspaces(id).await?;
+        let creator = match &node.created_for {
+            Some(task) if !workspaces.iter().any(|w| &w.task_id == task) => {
+                self.store.get_task(task).await?
+            }
+            _ => None,
+        };
+        let held_for = node.held_for(&workspaces, creator.as_ref()).cloned();
+        Ok(Some((node, workspaces, held_for)))
+    }
+
+    /// The best-fit running node for `request`, checked against the store, or `None`
+    /// when a fresh read of the fleet has none; rejections found on the way (or, for
+    /// `None`, every node's) go to `rejected`.
+    async fn existing_node(
+        &self,
+        request: &PlacementRequest,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<Option<NodeRecord>, Error> {
+        let provider = request.provider;
+        let stale = {
+            let mut views = self.views();
+            match views.get_mut(&provider) {
+                Some(view) if !view.is_stale(request.now, self.max_staleness) => {
+                    view.forget(&request.task_id);
+                    false
+                }
+                _ => true,
+            }
+        };
+        let mut fresh = false;
+        if stale {
+            self.refresh(provider, request.now).await?;
+            fresh = true;
         }
-        let held = self.store.get_task(creator).await?.is_some_and(|t| {
-            !t.status.is_terminal() && t.provisioned_node_id.as_ref() == Some(&node.id)
-        });
-        Ok(held.then(|| creator.clone()))
+        let mut checks = 0;
+        loop {
+            let proposal = self
+                .views()
+                .get(&provider)
+                .and_then(|view| view.propose(request));
+            let Some(id) = proposal else {
+                if fresh {
+                    if let Some(view) = self.views().get(&provider) {
+                        rejected.extend(view.rejections(request));
+                    }
+                    return Ok(None);
+                }
+                // Never decide to provision from an old view.
+                self.refresh(provider, request.now).await?;
+                fresh = true;
+                continue;
+            };
+            if checks == MAX_CHECKS {
+                // The store keeps contradicting the view (another control plane is
+                // busy on the same nodes): read everything again, once.
+                // After that the proposal stands on this decision's own fresh read,
+                // as a scan of the fleet would; the store's slot check still rules.
+                if fresh {
+                    let mut views = self.views();
+                    let node = views
+                        .get_mut(&provider)
+                        .and_then(|view| view.accept(&id, request));
+                    if node.is_some() {
+                        return Ok(node);
+                    }
+                    continue;
+                }
+                self.refresh(provider, request.now).await?;
+                fresh = true;
+                checks = 0;
+                continue;
+            }
+            checks += 1;
+            let read = self.read_node(&id).await?;
+            let mut views = self.views();
+            let Some(view) = views.get_mut(&provider) else {
+                continue;
+            };
+            match view.check(&id, read, request) {
+                Checked::Fits(node) => return Ok(Some(*node)),
+                Checked::Rejected(rejection) => rejected.push(rejection),
+            }
+        }
     }
 }
 
@@ -314,45 +470,8 @@ impl Scheduler for DefaultScheduler {
             }
         }
 
-        let nodes = self
-            .store
-            .list_nodes(&NodeFilter {
-                statuses: vec![NodeStatus::Running],
-                lifecycles: vec![NodeLifecycle::Active],
-                provider: Some(request.provider),
-            })
-            .await?;
-        let mut open = Vec::with_capacity(nodes.len());
-        let mut lives = Vec::with_capacity(nodes.len());
-        for node in &nodes {
-            let workspaces = self.store.list_workspaces(&node.id).await?;
-            if let Some(creator) = self.held_for(node, &workspaces, &request.task_id).await? {
-                rejected.push(Rejected {
-                    candidate: node.id.to_string(),
-                    reason: format!(
-                        "node {} was provisioned for task {creator}, which has not taken its slot yet",
-                        node.id
-                    ),
-                });
-                continue;
-            }
-            open.push(node);
-            lives.push(
-                workspaces
-                    .into_iter()
-                    .filter(|w| w.status.holds_slot())
-                    .map(|w| w.reservation)
-                    .collect::<Vec<_>>(),
-            );
-        }
-        let (chosen, mut existing_rejected) = best_fit(
-            open.iter()
-                .zip(&lives)
-                .map(|(node, live)| Candidate { node, live }),
-            request,
-        );
-        rejected.append(&mut existing_rejected);
-        if let Some(node) = chosen {
+        let warm_rejections = rejected.len();
+        if let Some(node) = self.existing_node(request, &mut rejected).await? {
             return Ok(PlacementDecision {
                 placement: Placement::Node {
                     node_id: node.id.clone(),
@@ -377,7 +496,7 @@ impl Scheduler for DefaultScheduler {
             },
             explanation: PlacementExplanation {
                 chosen: format!("new {} node in {location}", request.size),
-                reason: if nodes.is_empty() {
+                reason: if rejected.len() == warm_rejections {
                     "no running node and no warm node to reuse".to_owned()
                 } else {
                     "no running node has room and no warm node matches".to_owned()

@@ -368,6 +368,43 @@ pub struct NodeRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl NodeRecord {
+    /// The task this node is held for: the task it was provisioned for
+    /// (`created_for`), while that task has not ended, still names this node as its
+    /// `provisioned_node_id`, and has no workspace (in any status) among
+    /// `workspaces`, the node's workspaces. `creator` is that task as read, `None`
+    /// when it does not exist.
+    ///
+    /// A node provisioned for a task belongs to that task until the task has
+    /// reserved its slot there (or has moved on), so that others filling it first
+    /// cannot send the task to provision a second VM.
+    pub fn held_for(
+        &self,
+        workspaces: &[WorkspaceRecord],
+        creator: Option<&TaskRecord>,
+    ) -> Option<&TaskId> {
+        let id = self.created_for.as_ref()?;
+        let creator = creator.filter(|t| &t.id == id)?;
+        let holds = !creator.status.is_terminal()
+            && creator.provisioned_node_id.as_ref() == Some(&self.id)
+            && !workspaces.iter().any(|w| &w.task_id == id);
+        holds.then_some(id)
+    }
+}
+
+/// A `running`, `active` node as placement judges it, read in bulk by
+/// [`Store::list_placement_candidates`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementCandidate {
+    /// The node.
+    pub node: NodeRecord,
+    /// Its workspaces that hold a slot, ordered by `(created_at, id)`.
+    pub workspaces: Vec<WorkspaceRecord>,
+    /// The task it is held for, as [`NodeRecord::held_for`] decides over all of the
+    /// node's workspaces (those that no longer hold a slot included).
+    pub held_for: Option<TaskId>,
+}
+
 /// Which nodes to list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeFilter {
@@ -504,6 +541,11 @@ pub struct ApiTokenRecord {
 ///   with [`crate::reservation::check_slot`], and writes the workspace only if that
 ///   passes; concurrent reservations on one node never exceed its capacity, an
 ///   exclusive workspace is alone, and `max_co_tenants` holds.
+/// - **`list_placement_candidates` is one bulk read**: it returns the `running`,
+///   `active` nodes of one provider ordered by `(created_at, id)`, each with its
+///   slot-holding workspaces ordered by `(created_at, id)` and the task it is held
+///   for ([`NodeRecord::held_for`]), in a constant number of queries (never one per
+///   node) over one consistent snapshot.
 /// - **`release_node_to_warm` is atomic**: an `active` node with no slot-holding
 ///   workspace becomes `warm` with `warm_since` set; otherwise nothing changes.
 /// - **`record_node_beat` touches only liveness**: it sets `last_heartbeat_at` and
@@ -674,6 +716,17 @@ pub trait Store: Send + Sync + Debug {
         &self,
         workspace: &WorkspaceRecord,
     ) -> Result<SlotOutcome, StoreError>;
+
+    /// The `running`, `active` nodes of `provider` with their slot-holding workspaces
+    /// and the task each is held for, ordered by `(created_at, id)`: everything
+    /// placement on existing nodes needs, in one bulk read.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_placement_candidates(
+        &self,
+        provider: ProviderKind,
+    ) -> Result<Vec<PlacementCandidate>, StoreError>;
 
     /// Reads a workspace.
     ///

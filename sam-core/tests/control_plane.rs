@@ -1254,3 +1254,128 @@ async fn a_heartbeat_keeps_a_warm_release_that_lands_between_its_read_and_write(
         "the heartbeat is recorded"
     );
 }
+
+/// When the store refuses the slot the scheduler chose (another control plane took
+/// the room first), the runner places the task again, and the scheduler's cached
+/// fleet view, which still shows the room, is checked against the store: the task
+/// goes to the node that has room, with no new VM.
+#[tokio::test(start_paused = true)]
+async fn a_refused_slot_leads_to_a_fresh_placement() {
+    use sam_core::testkit::fixtures::{task, workspace};
+    use sam_core::{NodeLifecycle, SlotOutcome, WorkspaceRecord};
+
+    // A view trusted for an hour: the re-placement below is served from it, so the
+    // check against the store is what finds the node full.
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let provider = Arc::new(FakeProvider::new());
+    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
+    let h = Harness {
+        cp: support::control_plane_with(
+            Arc::clone(&store),
+            Arc::clone(&provider),
+            Arc::clone(&agent),
+            Arc::new(TokioClock::new()),
+            config("d1"),
+            Arc::new(sam_core::DefaultScheduler::with_max_staleness(
+                Arc::clone(&store),
+                HOUR,
+            )),
+        ),
+        store,
+        provider,
+        agent,
+    };
+    // Two exclusive tasks leave two idle medium nodes; make them active, running
+    // nodes the existing-node step chooses between.
+    let mut exclusive = LayerSettings::default();
+    exclusive.requirements.exclusive_node = Some(true);
+    let mut both = Vec::new();
+    for _ in 0..2 {
+        both.push(
+            h.cp.submit(&request(&[(Layer::Task, exclusive.clone())]))
+                .await
+                .unwrap(),
+        );
+    }
+    for id in &both {
+        assert_eq!(h.run(id, HOUR).await.status, TaskStatus::Completed);
+    }
+    let mut nodes = h.store.list_nodes(&Default::default()).await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    for node in &mut nodes {
+        node.lifecycle = NodeLifecycle::Active;
+        node.warm_since = None;
+        h.store.put_node(node).await.unwrap();
+    }
+    let (tight, loose) = (nodes[0].id.clone(), nodes[1].id.clone());
+
+    // Another control plane's task holds one default slot on `tight`, so it is the
+    // best fit for a default task.
+    let default = h.cp.submit(&request(&[])).await.unwrap();
+    let reservation = h
+        .store
+        .get_task(&default)
+        .await
+        .unwrap()
+        .unwrap()
+        .reservation;
+    h.cp.cancel(&default, "test").await.unwrap();
+    let mut slot = 0;
+    let mut occupy = |node: &sam_core::NodeId| {
+        slot += 1;
+        let mut other = task(&format!("t-other-{slot}"), 0);
+        other.status = TaskStatus::InProgress;
+        let ws = WorkspaceRecord {
+            task_id: other.id.clone(),
+            ..workspace(&format!("w-other-{slot}"), node.as_str(), reservation, 0)
+        };
+        (other, ws)
+    };
+    let (other, ws) = occupy(&tight);
+    h.store.create_task(&other).await.unwrap();
+    assert_eq!(
+        h.store.reserve_workspace_slot(&ws).await.unwrap(),
+        SlotOutcome::Reserved
+    );
+
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let placed = h.until_step(&id, ExecutionStep::WorkspaceCreation).await;
+    assert_eq!(
+        placed.provisioned_node_id.as_ref(),
+        Some(&tight),
+        "the tightest fit first: {:?}",
+        placed.placement
+    );
+    // The other control plane takes the last slot on `tight` before this task does.
+    let (other, ws) = occupy(&tight);
+    h.store.create_task(&other).await.unwrap();
+    assert_eq!(
+        h.store.reserve_workspace_slot(&ws).await.unwrap(),
+        SlotOutcome::Reserved
+    );
+
+    let done = h.run(&id, HOUR).await;
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    assert_eq!(
+        done.provisioned_node_id.as_ref(),
+        Some(&loose),
+        "placed again, on the node with room"
+    );
+    let explanation = done.placement.expect("placed");
+    assert_eq!(explanation.chosen, loose.to_string());
+    assert!(
+        explanation
+            .rejected
+            .iter()
+            .any(|r| r.candidate == tight.to_string()),
+        "the full node was checked and rejected: {explanation:?}"
+    );
+    let workspace = h
+        .store
+        .get_workspace(&done.workspace_id.expect("a workspace"))
+        .await
+        .unwrap()
+        .expect("its row");
+    assert_eq!(workspace.node_id, loose);
+    assert_eq!(h.creates().len(), 2, "no new VM");
+}

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the in-memory backend, always compiled, for tests and
 //! single-process embedding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
     ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest,
-    NodeBeat, NodeFilter, NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus, ProfileId,
-    ProjectId, ProjectRecord, Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter,
-    TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId,
-    WorkspaceRecord, WorkspaceStatus, check_slot,
+    NodeBeat, NodeFilter, NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus,
+    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, ProviderKind, Reservation,
+    SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate,
+    Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    check_slot,
 };
 
 use crate::error::Error;
@@ -31,7 +32,12 @@ struct State {
     tasks: BTreeMap<TaskId, TaskRecord>,
     events: Vec<StatusEvent>,
     nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The nodes whose lifecycle is `warm`, so a claim looks at those only.
+    warm: BTreeSet<NodeId>,
     workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
+    /// The workspaces of each node (workspace rows are never deleted), so a node's
+    /// slots are found without looking at every workspace.
+    on_node: HashMap<NodeId, Vec<WorkspaceId>>,
     tokens: BTreeMap<String, ApiTokenRecord>,
     installations: BTreeMap<InstallationKey, GithubInstallation>,
     users: BTreeMap<UserId, UserRecord>,
@@ -62,12 +68,30 @@ impl State {
             .ok_or_else(|| Error::not_found(format!("task {id}")))
     }
 
+    /// The workspaces of `node`, in no particular order.
+    fn workspaces_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a WorkspaceRecord> {
+        self.on_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.workspaces.get(id))
+    }
+
     fn live_reservations(&self, node: &NodeId) -> Vec<Reservation> {
-        self.workspaces
-            .values()
-            .filter(|w| &w.node_id == node && w.status.holds_slot())
+        self.workspaces_on(node)
+            .filter(|w| w.status.holds_slot())
             .map(|w| w.reservation)
             .collect()
+    }
+
+    /// Writes a node row, keeping the warm set in step.
+    fn set_node(&mut self, node: NodeRecord) {
+        if node.lifecycle == NodeLifecycle::Warm {
+            self.warm.insert(node.id.clone());
+        } else {
+            self.warm.remove(&node.id);
+        }
+        self.nodes.insert(node.id.clone(), node);
     }
 }
 
@@ -263,7 +287,7 @@ impl Store for MemoryStore {
     }
 
     async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.state().nodes.insert(node.id.clone(), node.clone());
+        self.state().set_node(node.clone());
         Ok(())
     }
 
@@ -286,7 +310,9 @@ impl Store for MemoryStore {
     }
 
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        self.state().nodes.remove(id);
+        let mut state = self.state();
+        state.nodes.remove(id);
+        state.warm.remove(id);
         Ok(())
     }
 
@@ -335,8 +361,9 @@ impl Store for MemoryStore {
     async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
         let mut state = self.state();
         let chosen = state
-            .nodes
-            .values_mut()
+            .warm
+            .iter()
+            .filter_map(|id| state.nodes.get(id))
             .filter(|n| {
                 n.lifecycle == NodeLifecycle::Warm
                     && n.status == NodeStatus::Running
@@ -346,12 +373,14 @@ impl Store for MemoryStore {
                     && n.credential_owner == claim.credential_owner
                     && claim.location.as_ref().is_none_or(|l| l == &n.location)
             })
-            .min_by_key(|n| (n.warm_since, n.created_at, n.id.to_string()));
-        Ok(chosen.map(|n| {
+            .min_by_key(|n| (n.warm_since, n.created_at, n.id.to_string()))
+            .cloned();
+        Ok(chosen.map(|mut n| {
             n.lifecycle = NodeLifecycle::Active;
             n.warm_since = None;
             n.updated_at = claim.now;
-            n.clone()
+            state.set_node(n.clone());
+            n
         }))
     }
 
@@ -372,6 +401,7 @@ impl Store for MemoryStore {
         node.lifecycle = NodeLifecycle::Warm;
         node.warm_since = Some(at);
         node.updated_at = at;
+        state.warm.insert(id.clone());
         Ok(true)
     }
 
@@ -394,7 +424,53 @@ impl Store for MemoryStore {
         state
             .workspaces
             .insert(workspace.id.clone(), workspace.clone());
+        state
+            .on_node
+            .entry(workspace.node_id.clone())
+            .or_default()
+            .push(workspace.id.clone());
         Ok(SlotOutcome::Reserved)
+    }
+
+    async fn list_placement_candidates(
+        &self,
+        provider: ProviderKind,
+    ) -> Result<Vec<PlacementCandidate>, StoreError> {
+        let state = self.state();
+        let mut candidates: Vec<PlacementCandidate> = state
+            .nodes
+            .values()
+            .filter(|n| {
+                n.provider == provider
+                    && n.status == NodeStatus::Running
+                    && n.lifecycle == NodeLifecycle::Active
+            })
+            .map(|node| {
+                // Only a node whose creator task exists can be held; only then are
+                // the rows that no longer hold a slot needed.
+                let creator = node.created_for.as_ref().and_then(|t| state.tasks.get(t));
+                let held_for = creator.and_then(|creator| {
+                    let all: Vec<WorkspaceRecord> =
+                        state.workspaces_on(&node.id).cloned().collect();
+                    node.held_for(&all, Some(creator)).cloned()
+                });
+                let mut workspaces: Vec<WorkspaceRecord> = state
+                    .workspaces_on(&node.id)
+                    .filter(|w| w.status.holds_slot())
+                    .cloned()
+                    .collect();
+                by_creation(&mut workspaces, |w| (w.created_at, w.id.to_string()));
+                PlacementCandidate {
+                    node: node.clone(),
+                    workspaces,
+                    held_for,
+                }
+            })
+            .collect();
+        // The nodes come in id order; a stable sort by creation time makes it
+        // `(created_at, id)` without formatting a key per comparison.
+        candidates.sort_by_key(|c| c.node.created_at);
+        Ok(candidates)
     }
 
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
@@ -402,13 +478,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        let mut list: Vec<WorkspaceRecord> = self
-            .state()
-            .workspaces
-            .values()
-            .filter(|w| &w.node_id == node)
-            .cloned()
-            .collect();
+        let mut list: Vec<WorkspaceRecord> = self.state().workspaces_on(node).cloned().collect();
         by_creation(&mut list, |w| (w.created_at, w.id.to_string()));
         Ok(list)
     }

@@ -217,6 +217,32 @@ impl FleetIndex {
         self.regroup(&id);
     }
 
+    /// Sets node `node` to what a fresh read says: its row and the workspaces
+    /// holding a slot on it (with their reservations), replacing whatever the index
+    /// held for it. Nothing is checked: this is the store's word, not a request.
+    pub fn replace_node(
+        &mut self,
+        node: NodeRecord,
+        workspaces: impl IntoIterator<Item = (WorkspaceId, Reservation)>,
+    ) {
+        let id = node.id.clone();
+        self.remove_node(&id);
+        let mut slot = Slot {
+            node,
+            workspaces: Vec::new(),
+            live: Vec::new(),
+        };
+        for (workspace, reservation) in workspaces {
+            // A workspace is on one node; one the index had elsewhere moves here.
+            self.release(&workspace);
+            self.workspaces.insert(workspace.clone(), id.clone());
+            slot.workspaces.push(workspace);
+            slot.live.push(reservation);
+        }
+        self.slots.insert(id.clone(), slot);
+        self.regroup(&id);
+    }
+
     /// Removes node `id` and the slots its workspaces held; returns its row.
     pub fn remove_node(&mut self, id: &NodeId) -> Option<NodeRecord> {
         self.ungroup(id);
@@ -287,6 +313,19 @@ impl FleetIndex {
     /// The best-fit node for `request`: always the node [`best_fit`](super::best_fit)
     /// would choose among [`FleetIndex::candidates`], found by a range lookup.
     pub fn best_fit(&self, request: &PlacementRequest) -> Option<&NodeRecord> {
+        self.best_fit_where(request, |_| true)
+    }
+
+    /// The best-fit node for `request` among the nodes `open` accepts: the node
+    /// [`best_fit`](super::best_fit) would choose among those of
+    /// [`FleetIndex::candidates`] that `open` accepts. `open` is asked only about
+    /// nodes that fit, in best-fit order, so a rule that rejects few nodes costs
+    /// little.
+    pub fn best_fit_where(
+        &self,
+        request: &PlacementRequest,
+        open: impl Fn(&NodeRecord) -> bool,
+    ) -> Option<&NodeRecord> {
         let need = &request.reservation;
         let provider = request.provider;
         let mut from = Bound::Included((provider, need.cpu_millis, need.memory_mb));
@@ -306,7 +345,7 @@ impl FleetIndex {
             let best = group
                 .ranked(need.disk_mb)
                 .filter_map(|id| self.slots.get(id))
-                .find(|slot| fits(slot.candidate(), request));
+                .find(|slot| fits(slot.candidate(), request) && open(&slot.node));
             if let Some(slot) = best {
                 return Some(&slot.node);
             }

@@ -105,6 +105,8 @@ macro_rules! store_conformance {
             update_workspace_frees_slot,
             reserve_slot_rejects_missing_node_and_taken_id,
             list_workspaces_is_ordered,
+            placement_candidates_are_running_active_nodes_with_live_slots,
+            placement_candidates_say_which_nodes_are_held,
             api_tokens_are_found_by_hash,
             github_installation_links_are_per_user,
             put_github_installation_replaces,
@@ -1592,6 +1594,228 @@ pub async fn list_workspaces_is_ordered(store: &dyn Store) {
         got,
         ["ws-b", "ws-a", "ws-c"],
         "ordered by (created_at, id), one node only"
+    );
+}
+
+/// The nodes of [`Store::list_placement_candidates`], by id.
+async fn candidate_ids(store: &dyn Store, provider: ProviderKind) -> Vec<String> {
+    store
+        .list_placement_candidates(provider)
+        .await
+        .expect("list_placement_candidates")
+        .iter()
+        .map(|c| c.node.id.to_string())
+        .collect()
+}
+
+/// `list_placement_candidates` returns the running, active nodes of one provider in
+/// `(created_at, id)` order, each with its slot-holding workspaces in `(created_at, id)`
+/// order.
+pub async fn placement_candidates_are_running_active_nodes_with_live_slots(store: &dyn Store) {
+    put(store, node("n-b", 5)).await;
+    put(store, node("n-a", 5)).await;
+    put(store, node("n-first", 1)).await;
+    put(store, warm_node("n-warm", 0)).await;
+    put(
+        store,
+        NodeRecord {
+            status: NodeStatus::Creating,
+            ..node("n-creating", 0)
+        },
+    )
+    .await;
+    put(
+        store,
+        NodeRecord {
+            lifecycle: NodeLifecycle::Destroying,
+            ..node("n-destroying", 0)
+        },
+    )
+    .await;
+    put(
+        store,
+        NodeRecord {
+            provider: ProviderKind::Scaleway,
+            ..node("n-scaleway", 0)
+        },
+    )
+    .await;
+    put(
+        store,
+        NodeRecord {
+            health: NodeHealth::Unhealthy,
+            ..node("n-unhealthy", 6)
+        },
+    )
+    .await;
+    for (id, on, created) in [
+        ("ws-3", "n-a", 9),
+        ("ws-2", "n-a", 7),
+        ("ws-1", "n-a", 9),
+        ("ws-gone", "n-a", 2),
+        ("ws-x", "n-b", 8),
+        ("ws-s", "n-scaleway", 8),
+    ] {
+        let ws = workspace(id, on, reservation(100, 100, false, 8), created);
+        assert_eq!(reserve(store, &ws).await, SlotOutcome::Reserved);
+    }
+    store
+        .update_workspace(
+            &workspace_id("ws-gone"),
+            WorkspaceStatus::Stopped,
+            None,
+            at(10),
+        )
+        .await
+        .expect("update_workspace");
+    store
+        .update_workspace(
+            &workspace_id("ws-1"),
+            WorkspaceStatus::Running,
+            None,
+            at(10),
+        )
+        .await
+        .expect("update_workspace");
+
+    let candidates = store
+        .list_placement_candidates(ProviderKind::Hetzner)
+        .await
+        .expect("list_placement_candidates");
+    let got: Vec<(String, Vec<String>)> = candidates
+        .iter()
+        .map(|c| {
+            (
+                c.node.id.to_string(),
+                c.workspaces.iter().map(|w| w.id.to_string()).collect(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, Vec<String>)> = [
+        ("n-first", vec![]),
+        ("n-a", vec!["ws-2", "ws-1", "ws-3"]),
+        ("n-b", vec!["ws-x"]),
+        ("n-unhealthy", vec![]),
+    ]
+    .into_iter()
+    .map(|(n, ws)| (n.to_owned(), ws.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(
+        got, want,
+        "running, active nodes of the provider by (created_at, id), each with its slot-holding \
+         workspaces by (created_at, id)"
+    );
+    let n_a = &candidates[1];
+    assert_eq!(n_a.node, node("n-a", 5), "the node reads back unchanged");
+    assert_eq!(
+        n_a.workspaces[1].status,
+        WorkspaceStatus::Running,
+        "workspaces read back as stored"
+    );
+    assert!(
+        candidates.iter().all(|c| c.held_for.is_none()),
+        "a node whose creator task does not exist is held for no one"
+    );
+    assert_eq!(
+        candidate_ids(store, ProviderKind::Scaleway).await,
+        ["n-scaleway"],
+        "one provider only"
+    );
+    assert!(
+        candidate_ids(store, ProviderKind::Gcp).await.is_empty(),
+        "no node of a provider is an empty list"
+    );
+}
+
+/// `list_placement_candidates` names the task a node is held for: its creator while
+/// that task is live, still names the node and has no workspace on it.
+pub async fn placement_candidates_say_which_nodes_are_held(store: &dyn Store) {
+    // (node, creator task, creator status, node the creator names)
+    let cases = [
+        ("n-held", "t-held", TaskStatus::InProgress, "n-held"),
+        ("n-queued", "t-queued", TaskStatus::Queued, "n-queued"),
+        ("n-ended", "t-ended", TaskStatus::Completed, "n-ended"),
+        ("n-moved", "t-moved", TaskStatus::Queued, "n-elsewhere"),
+        ("n-taken", "t-taken", TaskStatus::InProgress, "n-taken"),
+        (
+            "n-stopped",
+            "t-stopped",
+            TaskStatus::InProgress,
+            "n-stopped",
+        ),
+    ];
+    for (i, (node_name, creator, status, names)) in cases.into_iter().enumerate() {
+        let created = i64::try_from(i).expect("small");
+        let mut t = task(creator, created);
+        t.status = status;
+        t.provisioned_node_id = Some(node_id(names));
+        create(store, t).await;
+        put(
+            store,
+            NodeRecord {
+                created_for: Some(task_id(creator)),
+                ..node(node_name, created)
+            },
+        )
+        .await;
+    }
+    put(
+        store,
+        NodeRecord {
+            created_for: None,
+            ..node("n-plain", 10)
+        },
+    )
+    .await;
+    // The creator took its slot on n-taken; on n-stopped its workspace has already
+    // stopped, and that too means the node no longer waits for it.
+    for (id, on, creator) in [
+        ("ws-t", "n-taken", "t-taken"),
+        ("ws-s", "n-stopped", "t-stopped"),
+    ] {
+        let ws = WorkspaceRecord {
+            task_id: task_id(creator),
+            ..workspace(id, on, reservation(100, 100, false, 8), 20)
+        };
+        assert_eq!(reserve(store, &ws).await, SlotOutcome::Reserved);
+    }
+    store
+        .update_workspace(
+            &workspace_id("ws-s"),
+            WorkspaceStatus::Stopped,
+            None,
+            at(21),
+        )
+        .await
+        .expect("update_workspace");
+
+    let held: Vec<(String, Option<String>)> = store
+        .list_placement_candidates(ProviderKind::Hetzner)
+        .await
+        .expect("list_placement_candidates")
+        .iter()
+        .map(|c| {
+            (
+                c.node.id.to_string(),
+                c.held_for.as_ref().map(ToString::to_string),
+            )
+        })
+        .collect();
+    let want: Vec<(String, Option<String>)> = [
+        ("n-held", Some("t-held")),
+        ("n-queued", Some("t-queued")),
+        ("n-ended", None),
+        ("n-moved", None),
+        ("n-taken", None),
+        ("n-stopped", None),
+        ("n-plain", None),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_owned(), t.map(str::to_owned)))
+    .collect();
+    assert_eq!(
+        held, want,
+        "held for the creator only while it is live, names the node and has no workspace there"
     );
 }
 

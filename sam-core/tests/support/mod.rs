@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sam_core::testkit::node_agent::{FakeNodeAgent, PlainBoot};
 use sam_core::{
     Clock, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, NODE_LABEL,
-    NodeFilter, NodeStatus, Provider, Secret, Store, TaskFilter, TokenSigner,
+    NodeFilter, NodeStatus, Provider, Scheduler, Secret, Store, TaskFilter, TokenSigner,
 };
 use sam_providers::{FakeCall, FakeProvider};
 
@@ -21,9 +21,22 @@ pub fn control_plane(
     clock: Arc<dyn Clock>,
     config: ControlPlaneConfig,
 ) -> ControlPlane {
+    let scheduler = Arc::new(DefaultScheduler::new(Arc::clone(&store)));
+    control_plane_with(store, provider, agent, clock, config, scheduler)
+}
+
+/// A control plane over these parts, placing with `scheduler`.
+pub fn control_plane_with(
+    store: Arc<dyn Store>,
+    provider: Arc<FakeProvider>,
+    agent: Arc<FakeNodeAgent>,
+    clock: Arc<dyn Clock>,
+    config: ControlPlaneConfig,
+    scheduler: Arc<dyn Scheduler>,
+) -> ControlPlane {
     ControlPlane::new(
         ControlPlaneParts {
-            scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
+            scheduler,
             store,
             providers: vec![provider as Arc<dyn Provider>],
             node_agent: agent,

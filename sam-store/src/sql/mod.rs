@@ -16,10 +16,10 @@ use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
     ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest,
-    NodeBeat, NodeFilter, NodeId, NodeLifecycle, NodeRecord, ProfileId, ProjectId, ProjectRecord,
-    SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate,
-    Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
-    check_slot,
+    NodeBeat, NodeFilter, NodeId, NodeLifecycle, NodeRecord, PlacementCandidate, ProfileId,
+    ProjectId, ProjectRecord, ProviderKind, SlotOutcome, StatusEvent, Store, StoreError,
+    TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim,
+    WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
@@ -55,6 +55,8 @@ mod sealed {
         const DIALECT: crate::error::Dialect;
         /// Starts a write transaction.
         const BEGIN: &'static str;
+        /// Starts a read-only transaction whose statements all see one snapshot.
+        const BEGIN_SNAPSHOT: &'static str;
         /// Locks the rows a `SELECT` reads until the transaction ends.
         const FOR_UPDATE: &'static str;
         /// Locks the rows a `SELECT` reads, skipping rows others hold.
@@ -65,6 +67,9 @@ mod sealed {
         // The write lock is taken at BEGIN, so a transaction never has to upgrade a
         // read snapshot (which would fail with SQLITE_BUSY instead of waiting).
         const BEGIN: &'static str = "BEGIN IMMEDIATE";
+        // A deferred transaction takes its read snapshot at its first SELECT and
+        // keeps it (WAL mode) until it ends.
+        const BEGIN_SNAPSHOT: &'static str = "BEGIN";
         // SQLite serializes writers: a write transaction already excludes the others.
         const FOR_UPDATE: &'static str = "";
         const FOR_UPDATE_SKIP_LOCKED: &'static str = "";
@@ -72,6 +77,8 @@ mod sealed {
     impl Sealed for super::Postgres {
         const DIALECT: crate::error::Dialect = crate::error::Dialect::Postgres;
         const BEGIN: &'static str = "BEGIN";
+        // Read committed would give each statement its own snapshot.
+        const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
         const FOR_UPDATE: &'static str = " FOR UPDATE";
         const FOR_UPDATE_SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     }
@@ -637,6 +644,65 @@ impl<D: Dialect> SqlStore<D> {
         row.as_ref().map(rows::node).transpose()
     }
 
+    /// The placement candidates of `provider`: the nodes (with the task each is held
+    /// for, worked out in SQL as [`NodeRecord::held_for`] does) and then their
+    /// slot-holding workspaces, two queries over one snapshot.
+    async fn try_list_candidates(
+        &self,
+        provider: ProviderKind,
+    ) -> Result<Vec<PlacementCandidate>, Error> {
+        const PLACEABLE: &str = "status = 'running' AND lifecycle = 'active' AND provider = $1";
+        let nodes_sql = format!(
+            "SELECT {NODE_COLUMNS}, \
+               CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.id = nodes.created_for \
+                                   AND t.status NOT IN {TERMINAL} \
+                                   AND t.provisioned_node_id = nodes.id) \
+                     AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.node_id = nodes.id \
+                                       AND w.task_id = nodes.created_for) \
+                    THEN nodes.created_for END AS held_for \
+             FROM nodes WHERE {PLACEABLE} ORDER BY created_at, id"
+        );
+        let workspaces_sql = format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM workspaces \
+             WHERE status IN {SLOT_HOLDING} AND node_id IN (SELECT id FROM nodes WHERE {PLACEABLE}) \
+             ORDER BY node_id, created_at, id"
+        );
+        let context = "listing placement candidates";
+        let mut tx = self
+            .reader
+            .begin_with(D::BEGIN_SNAPSHOT)
+            .await
+            .map_err(Self::db(context))?;
+        let node_rows = query(nodes_sql)
+            .bind(provider.as_str().to_owned())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Self::db(context))?;
+        let workspace_rows = query(workspaces_sql)
+            .bind(provider.as_str().to_owned())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Self::db(context))?;
+        Self::commit(tx, context).await?;
+        let mut on_node: std::collections::HashMap<NodeId, Vec<WorkspaceRecord>> =
+            std::collections::HashMap::new();
+        for row in &workspace_rows {
+            let ws = rows::workspace(row)?;
+            on_node.entry(ws.node_id.clone()).or_default().push(ws);
+        }
+        node_rows
+            .iter()
+            .map(|row| {
+                let (node, held_for) = rows::placement_node(row)?;
+                Ok(PlacementCandidate {
+                    workspaces: on_node.remove(&node.id).unwrap_or_default(),
+                    node,
+                    held_for,
+                })
+            })
+            .collect()
+    }
+
     /// Locks the node row and returns its capacity; `NotFound` when it is missing.
     async fn lock_node(tx: &mut Transaction<'static, Any>, id: &NodeId) -> Result<AnyRow, Error> {
         let sql = format!(
@@ -1017,6 +1083,13 @@ impl<D: Dialect> Store for SqlStore<D> {
         workspace: &WorkspaceRecord,
     ) -> Result<SlotOutcome, StoreError> {
         Ok(self.try_reserve(workspace).await?)
+    }
+
+    async fn list_placement_candidates(
+        &self,
+        provider: ProviderKind,
+    ) -> Result<Vec<PlacementCandidate>, StoreError> {
+        Ok(self.try_list_candidates(provider).await?)
     }
 
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use sam_core::{
     ApiTokenRecord, ErrorCategory, ExternalInstallationId, GithubInstallation, NodeRecord,
-    StatusEvent, TaskError, TaskRecord, WorkspaceRecord, WorkspaceStatus,
+    StatusEvent, TaskError, TaskId, TaskRecord, WorkspaceRecord, WorkspaceStatus,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -234,6 +234,12 @@ const PLATFORM_OWNER: &str = "platform";
 /// The `credential_owner` column for a node's owner.
 pub(crate) fn owner_column(owner: Option<&sam_core::CredentialOwner>) -> String {
     owner.map_or_else(|| PLATFORM_OWNER.to_owned(), ToString::to_string)
+}
+
+/// Decodes a `nodes` row with the `held_for` column placement reads with it.
+pub(crate) fn placement_node(row: &AnyRow) -> Result<(NodeRecord, Option<TaskId>), Error> {
+    let held_for = Columns::new(row, "nodes").opt_parse("held_for")?;
+    Ok((node(row)?, held_for))
 }
 
 /// Decodes a `workspaces` row.
