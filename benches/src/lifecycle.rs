@@ -28,15 +28,18 @@ use sam_store::{SqliteConfig, SqliteStore};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
 
-/// A [`Store`] that counts the calls that write, around any store, per method.
+/// A [`Store`] that counts the calls that write, and those that only read, around
+/// any store, per method.
 ///
 /// Every write method of the SQL stores is one transaction, so the count is the
 /// number of write transactions the control plane asked for. A lease claim that
-/// finds nothing due still takes SQLite's write lock, so it counts too.
+/// finds nothing due still takes SQLite's write lock, so it counts too. Each read is
+/// one query (one round trip to the store's connection thread on SQLite).
 #[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn Store>,
     writes: Mutex<BTreeMap<&'static str, u64>>,
+    reads: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl CountingStore {
@@ -45,6 +48,7 @@ impl CountingStore {
         Self {
             inner,
             writes: Mutex::new(BTreeMap::new()),
+            reads: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -55,21 +59,29 @@ impl CountingStore {
 
     /// Write calls so far, per `Store` method.
     pub fn by_method(&self) -> BTreeMap<&'static str, u64> {
-        self.writes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        locked(&self.writes).clone()
+    }
+
+    /// Read-only calls so far, per `Store` method.
+    pub fn reads_by_method(&self) -> BTreeMap<&'static str, u64> {
+        locked(&self.reads).clone()
     }
 
     fn write(&self, method: &'static str) -> &dyn Store {
-        *self
-            .writes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(method)
-            .or_default() += 1;
+        *locked(&self.writes).entry(method).or_default() += 1;
         self.inner.as_ref()
     }
+
+    fn read(&self, method: &'static str) -> &dyn Store {
+        *locked(&self.reads).entry(method).or_default() += 1;
+        self.inner.as_ref()
+    }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -78,10 +90,10 @@ impl Store for CountingStore {
         self.write("create_task").create_task(task).await
     }
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.inner.get_task(id).await
+        self.read("get_task").get_task(id).await
     }
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
-        self.inner.list_tasks(filter).await
+        self.read("list_tasks").list_tasks(filter).await
     }
     async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError> {
         self.write("transition_task")
@@ -132,16 +144,16 @@ impl Store for CountingStore {
             .await
     }
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
-        self.inner.list_status_events(id).await
+        self.read("list_status_events").list_status_events(id).await
     }
     async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         self.write("put_node").put_node(node).await
     }
     async fn get_node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        self.inner.get_node(id).await
+        self.read("get_node").get_node(id).await
     }
     async fn list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, StoreError> {
-        self.inner.list_nodes(filter).await
+        self.read("list_nodes").list_nodes(filter).await
     }
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
         self.write("delete_node").delete_node(id).await
@@ -170,13 +182,15 @@ impl Store for CountingStore {
         &self,
         provider: ProviderKind,
     ) -> Result<Vec<PlacementCandidate>, StoreError> {
-        self.inner.list_placement_candidates(provider).await
+        self.read("list_placement_candidates")
+            .list_placement_candidates(provider)
+            .await
     }
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
-        self.inner.get_workspace(id).await
+        self.read("get_workspace").get_workspace(id).await
     }
     async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        self.inner.list_workspaces(node).await
+        self.read("list_workspaces").list_workspaces(node).await
     }
     async fn update_workspace(
         &self,
@@ -207,13 +221,17 @@ impl Store for CountingStore {
         &self,
         key: &InstallationKey,
     ) -> Result<Option<GithubInstallation>, StoreError> {
-        self.inner.get_github_installation(key).await
+        self.read("get_github_installation")
+            .get_github_installation(key)
+            .await
     }
     async fn list_github_installations(
         &self,
         user: &UserId,
     ) -> Result<Vec<GithubInstallation>, StoreError> {
-        self.inner.list_github_installations(user).await
+        self.read("list_github_installations")
+            .list_github_installations(user)
+            .await
     }
     async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError> {
         self.write("delete_github_installation")
@@ -224,16 +242,16 @@ impl Store for CountingStore {
         self.write("put_user").put_user(user).await
     }
     async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.inner.get_user(id).await
+        self.read("get_user").get_user(id).await
     }
     async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
         self.write("put_project").put_project(project).await
     }
     async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
-        self.inner.get_project(id).await
+        self.read("get_project").get_project(id).await
     }
     async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
-        self.inner.list_projects().await
+        self.read("list_projects").list_projects().await
     }
     async fn delete_project(&self, id: &ProjectId) -> Result<(), StoreError> {
         self.write("delete_project").delete_project(id).await
@@ -242,13 +260,13 @@ impl Store for CountingStore {
         self.write("put_profile").put_profile(profile).await
     }
     async fn get_profile(&self, id: &ProfileId) -> Result<Option<AgentProfileRecord>, StoreError> {
-        self.inner.get_profile(id).await
+        self.read("get_profile").get_profile(id).await
     }
     async fn list_profiles(
         &self,
         project: &ProjectId,
     ) -> Result<Vec<AgentProfileRecord>, StoreError> {
-        self.inner.list_profiles(project).await
+        self.read("list_profiles").list_profiles(project).await
     }
     async fn delete_profile(&self, id: &ProfileId) -> Result<(), StoreError> {
         self.write("delete_profile").delete_profile(id).await
@@ -262,7 +280,7 @@ impl Store for CountingStore {
         &self,
         owner: &CredentialOwner,
     ) -> Result<Vec<CredentialRecord>, StoreError> {
-        self.inner.list_credentials(owner).await
+        self.read("list_credentials").list_credentials(owner).await
     }
     async fn delete_credential(
         &self,
@@ -337,6 +355,8 @@ pub struct LifecycleFigures {
     pub bound_tasks_per_sec: f64,
     /// Write transactions per task, per `Store` method, largest first.
     pub writes_by_method: Vec<(&'static str, f64)>,
+    /// Read-only calls per task, per `Store` method, largest first.
+    pub reads_by_method: Vec<(&'static str, f64)>,
 }
 
 /// The control plane of the scenario, with its counted store.
@@ -383,6 +403,7 @@ pub async fn run(dir: &Path, tasks: u64, in_flight: usize) -> anyhow::Result<Lif
 
     let start = Instant::now();
     let before = store.by_method();
+    let reads_before = store.reads_by_method();
     let mut submitted = 0;
     let mut open: HashSet<TaskId> = HashSet::new();
     let mut completed = 0;
@@ -410,16 +431,8 @@ pub async fn run(dir: &Path, tasks: u64, in_flight: usize) -> anyhow::Result<Lif
             .with_context(|| format!("{completed} of {tasks} tasks completed"))?;
     }
     let secs = start.elapsed().as_secs_f64();
-    let mut writes_by_method: Vec<(&'static str, f64)> = store
-        .by_method()
-        .into_iter()
-        .map(|(method, n)| {
-            let earlier = before.get(method).copied().unwrap_or_default();
-            (method, (n - earlier) as f64 / tasks as f64)
-        })
-        .filter(|(_, per_task)| *per_task > 0.0)
-        .collect();
-    writes_by_method.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    let writes_by_method = per_task(&store.by_method(), &before, tasks);
+    let reads_by_method = per_task(&store.reads_by_method(), &reads_before, tasks);
     let writes: f64 = writes_by_method.iter().map(|(_, n)| n).sum();
     drop(cp);
     drop(store);
@@ -432,5 +445,24 @@ pub async fn run(dir: &Path, tasks: u64, in_flight: usize) -> anyhow::Result<Lif
         raw_writes_per_sec: raw,
         bound_tasks_per_sec: raw / writes_per_task,
         writes_by_method,
+        reads_by_method,
     })
+}
+
+/// The calls made since `before`, per task and method, most first.
+fn per_task(
+    now: &BTreeMap<&'static str, u64>,
+    before: &BTreeMap<&'static str, u64>,
+    tasks: u64,
+) -> Vec<(&'static str, f64)> {
+    let mut calls: Vec<(&'static str, f64)> = now
+        .iter()
+        .map(|(method, n)| {
+            let earlier = before.get(method).copied().unwrap_or_default();
+            (*method, (n - earlier) as f64 / tasks as f64)
+        })
+        .filter(|(_, per_task)| *per_task > 0.0)
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    calls
 }

@@ -141,6 +141,13 @@ async fn run(only: &[String], report: &mut Report) -> anyhow::Result<Vec<String>
                     "write tx",
                 );
             }
+            for (method, per_task) in &f.reads_by_method {
+                report.row(
+                    &format!("lifecycle.reads_per_task.{method}"),
+                    *per_task,
+                    "reads",
+                );
+            }
             report.row(
                 "lifecycle.share_of_bound",
                 f.tasks_per_sec / f.bound_tasks_per_sec,
