@@ -1138,25 +1138,22 @@ impl ControlPlane {
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
         let record = self.require_workspace(workspace).await?;
-        if self
-            .apply_workspace_report(&record.task_id, workspace, report)
-            .await?
-        {
+        if self.apply_workspace_report(&record, report).await? {
             self.wake(&record.task_id).await?;
         }
         Ok(())
     }
 
-    /// Applies a workspace's report; returns whether it made the workspace ready.
-    /// The runner, which applies what it polled, moves on by itself; a callback
-    /// wakes the task.
+    /// Applies a report on workspace `current` (as the caller just read it); returns
+    /// whether it made the workspace ready. The runner, which applies what it polled,
+    /// moves on by itself; a callback wakes the task.
     pub(crate) async fn apply_workspace_report(
         &self,
-        task_id: &TaskId,
-        workspace: &WorkspaceId,
+        current: &crate::store::WorkspaceRecord,
         report: &WorkspaceReport,
     ) -> Result<bool, Error> {
         let now = self.clock.now();
+        let (task_id, workspace) = (&current.task_id, &current.id);
         match report {
             WorkspaceReport::Preparing => Ok(false),
             WorkspaceReport::Ready {
@@ -1167,9 +1164,8 @@ impl ControlPlane {
                 // the task finished since): it must not bring a stopped workspace back,
                 // or its slot would be held for good and its node never go warm. The
                 // store refuses that atomically (a check here alone would race the
-                // release); the read spares the task a needless wake-up.
-                let current = self.store.get_workspace(workspace).await?;
-                if current.is_some_and(|w| w.status == WorkspaceStatus::Stopped) {
+                // release); the caller's read spares the task a needless wake-up.
+                if current.status == WorkspaceStatus::Stopped {
                     return Ok(false);
                 }
                 let status = if *recovery {

@@ -427,6 +427,7 @@ impl Scheduler for DefaultScheduler {
                     reason: "the task asked for this node and it has room".to_owned(),
                     rejected,
                 },
+                node: Some(Box::new(node)),
             });
         }
 
@@ -459,6 +460,7 @@ impl Scheduler for DefaultScheduler {
                             reason: format!("claimed warm {} node in {}", node.size, node.location),
                             rejected,
                         },
+                        node: Some(Box::new(node)),
                     });
                 }
                 // Too small for the reservation: give it back and say so.
@@ -482,6 +484,7 @@ impl Scheduler for DefaultScheduler {
                     reason: "the tightest running node with room for the reservation".to_owned(),
                     rejected,
                 },
+                node: Some(Box::new(node)),
             });
         }
 
@@ -503,6 +506,7 @@ impl Scheduler for DefaultScheduler {
                 },
                 rejected,
             },
+            node: None,
         })
     }
 }

@@ -274,7 +274,11 @@ impl ControlPlane {
             Placement::Node { node_id, .. } => {
                 // The size and location the task actually runs on, recorded as for a
                 // provisioned node, so a task on a smaller warm node shows that too.
-                let node = self.store.get_node(node_id).await?;
+                // They do not change, so the scheduler's copy of the node will do.
+                let node = match decision.node.filter(|n| &n.id == node_id) {
+                    Some(node) => Some(*node),
+                    None => self.store.get_node(node_id).await?,
+                };
                 if let Some(node) = &node {
                     self.show_downgrade(task, node.size);
                 }
@@ -791,13 +795,13 @@ impl ControlPlane {
                 WorkspaceStatus::Running | WorkspaceStatus::Recovery
             )
         };
-        let mut record = self.store.get_workspace(&ws).await?;
-        if !record.as_ref().is_some_and(ready) {
+        let record = self.store.get_workspace(&ws).await?;
+        let mut is_ready = record.as_ref().is_some_and(ready);
+        if let Some(record) = record.as_ref().filter(|_| !is_ready) {
             match self.node_agent.workspace_status(&node, &ws).await {
                 Ok(Some(WorkspaceReport::Preparing)) | Ok(None) => {}
                 Ok(Some(report)) => {
-                    self.apply_workspace_report(&task.id, &ws, &report).await?;
-                    record = self.store.get_workspace(&ws).await?;
+                    is_ready = self.apply_workspace_report(record, &report).await?;
                 }
                 Err(e) => tracing::debug!(task = %task.id, error = %e, "workspace status unknown"),
             }
@@ -806,7 +810,7 @@ impl ControlPlane {
         if current.status.is_terminal() {
             return Ok(Next::Done);
         }
-        if record.as_ref().is_some_and(ready) {
+        if is_ready {
             return Ok(self.step_to(ExecutionStep::AgentSession));
         }
         let now = self.clock.now();

@@ -10,6 +10,7 @@ use crate::credential::CredentialOwner;
 use crate::error::Error;
 use crate::model::{Location, NodeId, ProviderKind, TaskId, VmSize};
 use crate::reservation::{Layer, Reservation};
+use crate::store::NodeRecord;
 
 /// What a placement decision is made from.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,12 +92,17 @@ pub struct PlacementExplanation {
 }
 
 /// A placement and its explanation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlacementDecision {
     /// Where the task goes.
     pub placement: Placement,
     /// Why.
     pub explanation: PlacementExplanation,
+    /// For [`Placement::Node`], the node as the scheduler last read it, so the caller
+    /// need not read it again for what does not change (its size and location);
+    /// `None` when the scheduler does not have it. Not persisted.
+    #[serde(skip)]
+    pub node: Option<Box<NodeRecord>>,
 }
 
 /// Decides where a task runs.
