@@ -29,6 +29,11 @@ use common::{StopNodes, repo};
 const LEASE: Duration = Duration::from_secs(3);
 /// How often each runner looks for due tasks.
 const POLL: Duration = Duration::from_millis(50);
+/// How long after its lease expires the survivor may take to take a task over: its
+/// poll, plus a runner busy with its own tasks on a loaded 2-core machine (4.6 s
+/// after a 3 s lease was seen while release builds ran beside the test). A takeover
+/// that waited for anything but the lease (a timeout, a sweep) takes far longer.
+const TAKEOVER_SLACK: Duration = Duration::from_secs(3);
 /// Tasks submitted but not yet finished, at most.
 const IN_FLIGHT: usize = 24;
 
@@ -297,7 +302,7 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
         "two VMs carry one node's labels"
     );
 
-    // The survivor took over what the dead server held, within the lease (plus a poll).
+    // The survivor took over what the dead server held, within the lease (plus slack).
     let killed_at = killed_at.expect("server A was killed while holding leases");
     assert!(!held.is_empty(), "server A died holding leases");
     let takeovers: Vec<Duration> = held
@@ -320,7 +325,7 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
         killed_at - started,
     );
     assert!(
-        slowest <= LEASE + Duration::from_secs(1),
+        slowest <= LEASE + TAKEOVER_SLACK,
         "the survivor took {slowest:?} to take over (lease {LEASE:?})"
     );
     let status = b.terminate().await;
