@@ -178,7 +178,8 @@ impl GitConfig {
         Ok(output_of(command, &name).await?.trim().to_owned())
     }
 
-    /// Clones `repo` (a URL or a local path) into `dir`, on `branch` or the default.
+    /// Clones `repo` (a URL or a local path) into `dir`, on `branch` or the default,
+    /// fetching that branch's history only.
     ///
     /// # Errors
     /// A repository or branch that looks like an option, or a failed clone.
@@ -201,7 +202,11 @@ impl GitConfig {
         // the repository others clone from): it walks a push's quarantine directory,
         // which vanishes when the push lands, and the clone fails ("failed to copy
         // file to …/tmp_objdir-incoming-…"). No effect on URLs.
-        let mut args = vec!["clone", "--quiet", "--no-local"];
+        // `--single-branch`: only the history of the branch the task works on, so a
+        // repository that collects many branches (every task pushes one) does not
+        // make each clone slower; another branch is one `git fetch origin <branch>`
+        // away.
+        let mut args = vec!["clone", "--quiet", "--no-local", "--single-branch"];
         if let Some(branch) = branch {
             args.extend(["--branch", branch]);
         }
