@@ -492,6 +492,8 @@ pub fn api_router(state: ApiState) -> Router {
             router.route(path, method)
         })
         .merge(user)
+        // The git and callback routers run to completion by themselves.
+        .layer(axum::middleware::from_fn(sam_agent::api::run_to_completion))
         .merge(sam_agent::git_router(
             state.control_plane.clone(),
             state.github,

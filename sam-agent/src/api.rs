@@ -334,6 +334,37 @@ pub fn path_id<K: IdKind>(raw: &str, field: &str) -> Result<Id<K>, ApiError> {
     Id::new(raw).map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, field, &e.to_string()))
 }
 
+/// Middleware for every route that changes state: runs the rest of the request in
+/// its own task and answers when it ends.
+///
+/// hyper drops a handler's future when its connection closes, so without this a
+/// caller that goes away (a killed process, a client timeout, a VM agent that
+/// aborts its callback sender) cuts the handler at whatever `.await` it reached:
+/// a task made terminal but its workspace never stopped and its node never returned
+/// to the warm pool, or a workspace entry never given its preparation. With it, the
+/// work runs to its end and only the answer is lost; the callers retry idempotently.
+///
+/// ```
+/// use axum::{Router, middleware, routing::post};
+///
+/// let router: Router = Router::new()
+///     .route("/v1/things", post(|| async { "made" }))
+///     .layer(middleware::from_fn(sam_agent::api::run_to_completion));
+/// ```
+pub async fn run_to_completion(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => ApiError::new(
+            ErrorCategory::Unknown,
+            &format!("the request's handler did not finish: {e}"),
+        )
+        .into_response(),
+    }
+}
+
 /// The HTTP status that answers a failure of `category`.
 pub fn status_for(category: ErrorCategory) -> u16 {
     match category {
@@ -393,6 +424,50 @@ pub type Health = AgentHealth;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handler whose caller hangs up while it works.
+    async fn hang_up_midway(layered: bool) -> bool {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::AsyncWriteExt as _;
+
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let done = Arc::new(AtomicBool::new(false));
+        let (e, d) = (Arc::clone(&entered), Arc::clone(&done));
+        let mut router = axum::Router::new().route(
+            "/work",
+            axum::routing::post(move || async move {
+                e.notify_one();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                d.store(true, Ordering::SeqCst);
+                "done"
+            }),
+        );
+        if layered {
+            router = router.layer(axum::middleware::from_fn(run_to_completion));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let mut caller = tokio::net::TcpStream::connect(address).await.unwrap();
+        caller
+            .write_all(b"POST /work HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        entered.notified().await;
+        drop(caller);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        server.abort();
+        done.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_handler_runs_to_its_end_when_the_caller_hangs_up() {
+        assert!(hang_up_midway(true).await, "the work finished");
+        // Without the layer hyper drops the handler with the connection: what the
+        // layer is for.
+        assert!(!hang_up_midway(false).await, "cut short without the layer");
+    }
 
     #[test]
     fn status_classification_table() {

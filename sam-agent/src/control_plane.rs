@@ -47,6 +47,7 @@ pub fn callback_router(control_plane: ControlPlane) -> Router {
         .route(heartbeat_path, post(heartbeat))
         .route(workspace_ready_path, post(workspace_ready))
         .route(events_path, post(session_event))
+        .layer(axum::middleware::from_fn(crate::api::run_to_completion))
         .with_state(control_plane)
 }
 
@@ -78,6 +79,7 @@ pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) ->
     Router::new()
         .route(credential_path, post(git_credential))
         .route(pull_request_path, post(pull_request))
+        .layer(axum::middleware::from_fn(crate::api::run_to_completion))
         .with_state(GitState {
             control_plane,
             host,

@@ -374,6 +374,7 @@ impl VmAgent {
         Router::new()
             .route("/health", get(health))
             .merge(managed)
+            .layer(middleware::from_fn(crate::api::run_to_completion))
             .fallback(|| async { ApiError::new(ErrorCategory::NotFound, "no such route") })
             .with_state(Arc::clone(&self.shared))
     }
