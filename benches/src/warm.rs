@@ -157,10 +157,30 @@ async fn node_warm(embedded: &Embedded) -> anyhow::Result<()> {
         .await?
         .is_empty()
     {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "the node did not return to the warm pool within 30 s"
-        );
+        if start.elapsed() >= Duration::from_secs(30) {
+            let store = embedded.control_plane.store();
+            let mut state = Vec::new();
+            for node in store.list_nodes(&NodeFilter::default()).await? {
+                let workspaces: Vec<String> = store
+                    .list_workspaces(&node.id)
+                    .await?
+                    .iter()
+                    .map(|w| format!("{} {:?}", w.id, w.status))
+                    .collect();
+                state.push(format!(
+                    "{} {} {} {} [{}]",
+                    node.id,
+                    node.status,
+                    node.lifecycle,
+                    node.health,
+                    workspaces.join(", ")
+                ));
+            }
+            anyhow::bail!(
+                "the node did not return to the warm pool within 30 s: {}",
+                state.join("; ")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
