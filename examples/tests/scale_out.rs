@@ -105,6 +105,17 @@ async fn submit(http: &reqwest::Client, server: &ServerProcess, repo: &Path, n: 
     TaskId::new(accepted["id"].as_str().expect("an id")).expect("a task id")
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+async fn signal(pid: u32, signal: &str) {
+    let status = tokio::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
 /// The live tasks whose lease `owner` holds now.
 async fn leased_by(store: &dyn Store, owner: &str) -> Vec<TaskId> {
     let now = chrono::Utc::now();
@@ -187,10 +198,18 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
             in_flight.insert(id.clone());
             ids.push(id);
         }
-        // Kill A once a third of the tasks are done, at a moment it holds leases.
+        // Kill A once a third of the tasks are done, at a moment it holds leases. A
+        // holds each lease for a step only, so it is frozen (SIGSTOP) while its
+        // leases are read: what is read is what it dies holding. The pause lets
+        // statements already sent land first.
         if killed_at.is_none() && finished >= total / 3 {
+            let pid = a.pid();
+            signal(pid, "STOP").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let holding = leased_by(store.as_ref(), &owner_a).await;
-            if !holding.is_empty() {
+            if holding.is_empty() {
+                signal(pid, "CONT").await;
+            } else {
                 a.child.start_kill().expect("SIGKILL");
                 let at = Instant::now();
                 a.child.wait().await.expect("the killed server is reaped");
