@@ -5,15 +5,16 @@
 use std::sync::Arc;
 
 use sam_core::testkit::fixtures::{run_to_end, set_provider_token, submit_for};
-use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent};
 use sam_core::{
-    ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialOwner, CredentialTarget,
-    DefaultScheduler, ErrorCategory, Layer, ManualClock, PROVIDER_CACHE_CAPACITY, Provider,
-    ProviderKind, Secret, Store, SubmitRequest, TaskRecord, TaskStatus, TokenSigner, UserId,
-    UserInput,
+    ControlPlane, ControlPlaneConfig, CredentialOwner, CredentialTarget, ErrorCategory, Layer,
+    ManualClock, PROVIDER_CACHE_CAPACITY, Provider, ProviderKind, Secret, Store, SubmitRequest,
+    TaskRecord, TaskStatus, UserId, UserInput,
 };
 use sam_providers::{FakeCall, FakeProvider, FakeProviderFactory};
 use sam_store::MemoryStore;
+
+mod support;
 
 struct World {
     cp: ControlPlane,
@@ -29,20 +30,9 @@ fn world() -> World {
     let factory = Arc::new(FakeProviderFactory::new());
     let mut config = ControlPlaneConfig::new("driver-1", ProviderKind::Fake);
     config.credential_key = Some(Secret::new("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
-    let cp = ControlPlane::new(
-        ControlPlaneParts {
-            scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
-            store,
-            providers: vec![Arc::clone(&platform) as Arc<dyn Provider>],
-            node_agent: Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
-            boot: Arc::new(PlainBoot),
-            signer: TokenSigner::new(Secret::new("k".repeat(32)), "sam").expect("valid key"),
-            clock: clock.clone(),
-        },
-        config,
-    )
-    .expect("valid configuration")
-    .with_provider_factory(Arc::clone(&factory) as Arc<dyn sam_core::ProviderFactory>);
+    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
+    let cp = support::control_plane(store, Arc::clone(&platform), agent, clock.clone(), config)
+        .with_provider_factory(Arc::clone(&factory) as Arc<dyn sam_core::ProviderFactory>);
     World {
         cp,
         clock,

@@ -1,5 +1,6 @@
-//! What the crash matrix and the simulation share: building a control plane over
-//! given parts, and the invariants every run must end in.
+//! What the integration tests share (the crash matrix, the simulation, the provider
+//! credentials): building a control plane over given parts, and the invariants
+//! every run must end in.
 
 #![allow(dead_code, unreachable_pub)]
 
