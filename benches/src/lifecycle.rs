@@ -186,6 +186,14 @@ impl Store for CountingStore {
             .list_placement_candidates(provider)
             .await
     }
+    async fn get_placement_candidate(
+        &self,
+        id: &NodeId,
+    ) -> Result<Option<PlacementCandidate>, StoreError> {
+        self.read("get_placement_candidate")
+            .get_placement_candidate(id)
+            .await
+    }
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
         self.read("get_workspace").get_workspace(id).await
     }

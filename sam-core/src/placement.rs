@@ -11,15 +11,13 @@ use chrono::{DateTime, Utc};
 
 use crate::credential::CredentialOwner;
 use crate::error::Error;
-use crate::model::{
-    Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind, TaskId, VmSize,
-};
+use crate::model::{Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, VmSize};
 use crate::reservation::{Capacity, Reservation, SlotRejection, check_slot};
 use crate::scheduler::{
     NodeChoice, Placement, PlacementDecision, PlacementExplanation, PlacementRequest, Rejected,
     Scheduler,
 };
-use crate::store::{NodeRecord, Store, WarmClaim, WorkspaceRecord};
+use crate::store::{NodeRecord, PlacementCandidate, Store, WarmClaim};
 
 mod fleet;
 mod view;
@@ -216,8 +214,8 @@ const MAX_CHECKS: usize = 8;
 /// scheduler keeps, per provider, a [`FleetIndex`] built from one bulk read
 /// ([`Store::list_placement_candidates`]) and finds the best fit in it by a range
 /// lookup. The view only *proposes*:
-/// - the proposed node is read back (its row, its workspaces, and the task it may be
-///   held for) and judged by the same [`reject_reason`] before it is returned; when
+/// - the proposed node is read back ([`Store::get_placement_candidate`]: its row, its
+///   slot-holding workspaces, and the task it may be held for) and judged by the same [`reject_reason`] before it is returned; when
 ///   the store says otherwise, the view takes in what was read and looks again (a
 ///   few times, then it reads the whole fleet again);
 /// - "provision a new node" is never decided from an old view: before returning it,
@@ -277,43 +275,12 @@ impl DefaultScheduler {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn live_reservations(&self, node: &NodeRecord) -> Result<Vec<Reservation>, Error> {
-        Ok(self
-            .store
-            .list_workspaces(&node.id)
-            .await?
-            .into_iter()
-            .filter(|w| w.status.holds_slot())
-            .map(|w| w.reservation)
-            .collect())
-    }
-
     /// Reads the whole fleet of `provider` into a new view.
     async fn refresh(&self, provider: ProviderKind, now: DateTime<Utc>) -> Result<(), Error> {
         let candidates = self.store.list_placement_candidates(provider).await?;
         self.views()
             .insert(provider, FleetView::new(provider, candidates, now));
         Ok(())
-    }
-
-    /// What the store says of node `id` now: its row, every workspace on it, and the
-    /// task it is held for.
-    async fn read_node(
-        &self,
-        id: &NodeId,
-    ) -> Result<Option<(NodeRecord, Vec<WorkspaceRecord>, Option<TaskId>)>, Error> {
-        let Some(node) = self.store.get_node(id).await? else {
-            return Ok(None);
-        };
-        let workspaces = self.store.list_workspaces(id).await?;
-        let creator = match &node.created_for {
-            Some(task) if !workspaces.iter().any(|w| &w.task_id == task) => {
-                self.store.get_task(task).await?
-            }
-            _ => None,
-        };
-        let held_for = node.held_for(&workspaces, creator.as_ref()).cloned();
-        Ok(Some((node, workspaces, held_for)))
     }
 
     /// The best-fit running node for `request`, checked against the store, or `None`
@@ -379,7 +346,7 @@ impl DefaultScheduler {
                 continue;
             }
             checks += 1;
-            let read = self.read_node(&id).await?;
+            let read = self.store.get_placement_candidate(&id).await?;
             let mut views = self.views();
             let Some(view) = views.get_mut(&provider) else {
                 continue;
@@ -398,13 +365,16 @@ impl Scheduler for DefaultScheduler {
         let mut rejected = Vec::new();
 
         if let Some(preferred) = &request.preferred_node {
-            let Some(node) = self.store.get_node(preferred).await? else {
+            let Some(PlacementCandidate {
+                node, workspaces, ..
+            }) = self.store.get_placement_candidate(preferred).await?
+            else {
                 return Err(Error::InvalidInput {
                     field: "preferred_node",
                     reason: format!("node {preferred} does not exist"),
                 });
             };
-            let live = self.live_reservations(&node).await?;
+            let live: Vec<Reservation> = workspaces.iter().map(|w| w.reservation).collect();
             if let Some(reason) = reject_reason(
                 Candidate {
                     node: &node,

@@ -546,6 +546,9 @@ pub struct ApiTokenRecord {
 ///   slot-holding workspaces ordered by `(created_at, id)` and the task it is held
 ///   for ([`NodeRecord::held_for`]), in a constant number of queries (never one per
 ///   node) over one consistent snapshot.
+/// - **`get_placement_candidate` is the same read for one node**: one consistent
+///   snapshot of the node, its slot-holding workspaces and the task it is held for,
+///   equal to the node's entry in `list_placement_candidates` when it is listed there.
 /// - **`release_node_to_warm` is atomic**: an `active` node with no slot-holding
 ///   workspace becomes `warm` with `warm_since` set; otherwise nothing changes.
 /// - **`record_node_beat` touches only liveness**: it sets `last_heartbeat_at` and
@@ -727,6 +730,20 @@ pub trait Store: Send + Sync + Debug {
         &self,
         provider: ProviderKind,
     ) -> Result<Vec<PlacementCandidate>, StoreError>;
+
+    /// Node `id` as placement judges it, whatever its status, lifecycle or
+    /// provider: its row, its slot-holding workspaces ordered by `(created_at, id)`
+    /// and the task it is held for; `None` when there is no such node. For a
+    /// `running`, `active` node it is exactly that node's entry in
+    /// [`Store::list_placement_candidates`]. A scheduler checking one proposed node
+    /// reads this instead of the node, its workspaces and its creator task one by one.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_placement_candidate(
+        &self,
+        id: &NodeId,
+    ) -> Result<Option<PlacementCandidate>, StoreError>;
 
     /// Reads a workspace.
     ///

@@ -84,6 +84,29 @@ impl State {
             .collect()
     }
 
+    /// `node` as placement judges it: its slot-holding workspaces and the task it is
+    /// held for.
+    fn candidate(&self, node: &NodeRecord) -> PlacementCandidate {
+        // Only a node whose creator task exists can be held; only then are the rows
+        // that no longer hold a slot needed.
+        let creator = node.created_for.as_ref().and_then(|t| self.tasks.get(t));
+        let held_for = creator.and_then(|creator| {
+            let all: Vec<WorkspaceRecord> = self.workspaces_on(&node.id).cloned().collect();
+            node.held_for(&all, Some(creator)).cloned()
+        });
+        let mut workspaces: Vec<WorkspaceRecord> = self
+            .workspaces_on(&node.id)
+            .filter(|w| w.status.holds_slot())
+            .cloned()
+            .collect();
+        by_creation(&mut workspaces, |w| (w.created_at, w.id.as_str()));
+        PlacementCandidate {
+            node: node.clone(),
+            workspaces,
+            held_for,
+        }
+    }
+
     /// Writes a node row, keeping the warm set in step.
     fn set_node(&mut self, node: NodeRecord) {
         if node.lifecycle == NodeLifecycle::Warm {
@@ -130,8 +153,10 @@ fn apply_update(task: &mut TaskRecord, update: &TaskUpdate, at: DateTime<Utc>) {
     task.updated_at = at;
 }
 
-fn by_creation<T>(items: &mut [T], key: impl Fn(&T) -> (DateTime<Utc>, String)) {
-    items.sort_by_key(|item| key(item));
+/// Sorts `items` by `(created_at, id)`, borrowing the keys: a sort that built an owned
+/// key per comparison allocated O(n log n) strings on every list.
+fn by_creation<T>(items: &mut [T], key: impl Fn(&T) -> (DateTime<Utc>, &str)) {
+    items.sort_by(|a, b| key(a).cmp(&key(b)));
 }
 
 #[async_trait]
@@ -166,7 +191,7 @@ impl Store for MemoryStore {
             .filter(|t| filter.node.is_none() || t.provisioned_node_id == filter.node)
             .cloned()
             .collect();
-        by_creation(&mut tasks, |t| (t.created_at, t.id.to_string()));
+        by_creation(&mut tasks, |t| (t.created_at, t.id.as_str()));
         if let Some(after) = &filter.after {
             let Some(cursor) = state.tasks.get(after) else {
                 return Ok(Vec::new());
@@ -242,7 +267,13 @@ impl Store for MemoryStore {
                 _ => true,
             })
             .collect();
-        due.sort_by_key(|t| (t.next_wake_at, t.created_at, t.id.to_string()));
+        due.sort_by(|a, b| {
+            (a.next_wake_at, a.created_at, a.id.as_str()).cmp(&(
+                b.next_wake_at,
+                b.created_at,
+                b.id.as_str(),
+            ))
+        });
         Ok(due
             .into_iter()
             .take(request.limit)
@@ -305,7 +336,7 @@ impl Store for MemoryStore {
             .filter(|n| filter.provider.is_none_or(|p| p == n.provider))
             .cloned()
             .collect();
-        by_creation(&mut nodes, |n| (n.created_at, n.id.to_string()));
+        by_creation(&mut nodes, |n| (n.created_at, n.id.as_str()));
         Ok(nodes)
     }
 
@@ -445,32 +476,20 @@ impl Store for MemoryStore {
                     && n.status == NodeStatus::Running
                     && n.lifecycle == NodeLifecycle::Active
             })
-            .map(|node| {
-                // Only a node whose creator task exists can be held; only then are
-                // the rows that no longer hold a slot needed.
-                let creator = node.created_for.as_ref().and_then(|t| state.tasks.get(t));
-                let held_for = creator.and_then(|creator| {
-                    let all: Vec<WorkspaceRecord> =
-                        state.workspaces_on(&node.id).cloned().collect();
-                    node.held_for(&all, Some(creator)).cloned()
-                });
-                let mut workspaces: Vec<WorkspaceRecord> = state
-                    .workspaces_on(&node.id)
-                    .filter(|w| w.status.holds_slot())
-                    .cloned()
-                    .collect();
-                by_creation(&mut workspaces, |w| (w.created_at, w.id.to_string()));
-                PlacementCandidate {
-                    node: node.clone(),
-                    workspaces,
-                    held_for,
-                }
-            })
+            .map(|node| state.candidate(node))
             .collect();
         // The nodes come in id order; a stable sort by creation time makes it
         // `(created_at, id)` without formatting a key per comparison.
         candidates.sort_by_key(|c| c.node.created_at);
         Ok(candidates)
+    }
+
+    async fn get_placement_candidate(
+        &self,
+        id: &NodeId,
+    ) -> Result<Option<PlacementCandidate>, StoreError> {
+        let state = self.state();
+        Ok(state.nodes.get(id).map(|node| state.candidate(node)))
     }
 
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
@@ -479,7 +498,7 @@ impl Store for MemoryStore {
 
     async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
         let mut list: Vec<WorkspaceRecord> = self.state().workspaces_on(node).cloned().collect();
-        by_creation(&mut list, |w| (w.created_at, w.id.to_string()));
+        by_creation(&mut list, |w| (w.created_at, w.id.as_str()));
         Ok(list)
     }
 
@@ -555,7 +574,7 @@ impl Store for MemoryStore {
             .filter(|i| &i.user_id == user)
             .cloned()
             .collect();
-        by_creation(&mut links, |i| (i.created_at, i.key().to_string()));
+        links.sort_by_cached_key(|i| (i.created_at, i.key().to_string()));
         Ok(links)
     }
 
@@ -586,7 +605,7 @@ impl Store for MemoryStore {
 
     async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
         let mut list: Vec<ProjectRecord> = self.state().projects.values().cloned().collect();
-        by_creation(&mut list, |p| (p.created_at, p.id.to_string()));
+        by_creation(&mut list, |p| (p.created_at, p.id.as_str()));
         Ok(list)
     }
 
@@ -633,7 +652,7 @@ impl Store for MemoryStore {
             .filter(|p| &p.project_id == project)
             .cloned()
             .collect();
-        by_creation(&mut list, |p| (p.created_at, p.id.to_string()));
+        by_creation(&mut list, |p| (p.created_at, p.id.as_str()));
         Ok(list)
     }
 

@@ -123,14 +123,14 @@ impl FleetView {
             .map(|node| node.id.clone())
     }
 
-    /// Takes in what the store says of node `id` now (its row, every workspace on it,
-    /// and the task it is held for), then judges whether it can take `request`. When
-    /// it can, the view holds the request's slot on it, so the next decision does not
-    /// count the same room twice.
+    /// Takes in what the store says of node `id` now (its row, its slot-holding
+    /// workspaces and the task it is held for), then judges whether it can take
+    /// `request`. When it can, the view holds the request's slot on it, so the next
+    /// decision does not count the same room twice.
     pub(super) fn check(
         &mut self,
         id: &NodeId,
-        read: Option<(NodeRecord, Vec<WorkspaceRecord>, Option<TaskId>)>,
+        read: Option<PlacementCandidate>,
         request: &PlacementRequest,
     ) -> Checked {
         let gone = |reason: String| {
@@ -139,7 +139,12 @@ impl FleetView {
                 reason: format!("node {id} {reason}"),
             })
         };
-        let Some((node, workspaces, held_for)) = read else {
+        let Some(PlacementCandidate {
+            node,
+            workspaces,
+            held_for,
+        }) = read
+        else {
             self.drop_node(id);
             return gone("no longer exists".to_owned());
         };
@@ -155,11 +160,10 @@ impl FleetView {
             Some(task) => self.held.insert(id.clone(), task),
             None => self.held.remove(id),
         };
-        self.index.replace_node(
-            node,
-            live(workspaces.iter().filter(|w| w.status.holds_slot())),
-        );
-        // Slots handed out on this node stay counted until their task shows up there.
+        self.index.replace_node(node, live(&workspaces));
+        // Slots handed out on this node stay counted until their task shows up there
+        // holding a slot (one whose workspace has already stopped stays counted until
+        // the next bulk read: the view errs on the side of too little room).
         for task in self.assumed_on.remove(id).unwrap_or_default() {
             let Some(assumed) = self.assumed.remove(&task) else {
                 continue;

@@ -1608,6 +1608,53 @@ async fn candidate_ids(store: &dyn Store, provider: ProviderKind) -> Vec<String>
         .collect()
 }
 
+/// Checks [`Store::get_placement_candidate`] against the bulk read: every node the
+/// bulk read lists reads back alike one by one, `unlisted` nodes read back with their
+/// row and slot-holding workspaces, and a node that does not exist is `None`.
+async fn one_by_one_matches_bulk(
+    store: &dyn Store,
+    provider: ProviderKind,
+    unlisted: &[(&str, &[&str])],
+) {
+    let bulk = store
+        .list_placement_candidates(provider)
+        .await
+        .expect("list_placement_candidates");
+    for candidate in &bulk {
+        let one = store
+            .get_placement_candidate(&candidate.node.id)
+            .await
+            .expect("get_placement_candidate");
+        assert_eq!(
+            one.as_ref(),
+            Some(candidate),
+            "node {} reads alike alone and in bulk",
+            candidate.node.id
+        );
+    }
+    for (id, workspaces) in unlisted {
+        let one = store
+            .get_placement_candidate(&node_id(id))
+            .await
+            .expect("get_placement_candidate")
+            .unwrap_or_else(|| panic!("node {id} exists, whatever its state"));
+        assert_eq!(one.node.id.as_str(), *id, "the node asked for");
+        let got: Vec<&str> = one.workspaces.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(
+            got, *workspaces,
+            "node {id}: its slot-holding workspaces by (created_at, id)"
+        );
+    }
+    assert_eq!(
+        store
+            .get_placement_candidate(&node_id("n-never"))
+            .await
+            .expect("get_placement_candidate"),
+        None,
+        "a node that does not exist"
+    );
+}
+
 /// `list_placement_candidates` returns the running, active nodes of one provider in
 /// `(created_at, id)` order, each with its slot-holding workspaces in `(created_at, id)`
 /// order.
@@ -1725,6 +1772,17 @@ pub async fn placement_candidates_are_running_active_nodes_with_live_slots(store
         candidate_ids(store, ProviderKind::Gcp).await.is_empty(),
         "no node of a provider is an empty list"
     );
+    one_by_one_matches_bulk(
+        store,
+        ProviderKind::Hetzner,
+        &[
+            ("n-warm", &[]),
+            ("n-creating", &[]),
+            ("n-destroying", &[]),
+            ("n-scaleway", &["ws-s"]),
+        ],
+    )
+    .await;
 }
 
 /// `list_placement_candidates` names the task a node is held for: its creator while
@@ -1817,6 +1875,7 @@ pub async fn placement_candidates_say_which_nodes_are_held(store: &dyn Store) {
         held, want,
         "held for the creator only while it is live, names the node and has no workspace there"
     );
+    one_by_one_matches_bulk(store, ProviderKind::Hetzner, &[]).await;
 }
 
 /// API tokens are found by hash; ids and hashes are unique.

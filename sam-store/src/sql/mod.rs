@@ -124,6 +124,15 @@ const SLOT_HOLDING: &str = "('creating', 'running', 'recovery', 'stopping')";
 /// The terminal task statuses, as an SQL list.
 const TERMINAL: &str = "('completed', 'failed', 'cancelled')";
 
+/// Which nodes a placement-candidate read covers.
+#[derive(Debug, Clone, Copy)]
+enum CandidateScope<'a> {
+    /// The `running`, `active` nodes of one provider.
+    Placeable(ProviderKind),
+    /// One node, whatever its state.
+    Node(&'a NodeId),
+}
+
 type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
 
 fn query(sql: impl Into<String>) -> AnyQuery<'static> {
@@ -649,9 +658,21 @@ impl<D: Dialect> SqlStore<D> {
     /// slot-holding workspaces, two queries over one snapshot.
     async fn try_list_candidates(
         &self,
-        provider: ProviderKind,
+        scope: CandidateScope<'_>,
     ) -> Result<Vec<PlacementCandidate>, Error> {
         const PLACEABLE: &str = "status = 'running' AND lifecycle = 'active' AND provider = $1";
+        let (nodes_where, workspaces_where, bound) = match scope {
+            CandidateScope::Placeable(provider) => (
+                PLACEABLE.to_owned(),
+                format!("node_id IN (SELECT id FROM nodes WHERE {PLACEABLE})"),
+                provider.as_str().to_owned(),
+            ),
+            CandidateScope::Node(id) => (
+                "id = $1".to_owned(),
+                "node_id = $1".to_owned(),
+                id.to_string(),
+            ),
+        };
         let nodes_sql = format!(
             "SELECT {NODE_COLUMNS}, \
                CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.id = nodes.created_for \
@@ -660,26 +681,29 @@ impl<D: Dialect> SqlStore<D> {
                      AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.node_id = nodes.id \
                                        AND w.task_id = nodes.created_for) \
                     THEN nodes.created_for END AS held_for \
-             FROM nodes WHERE {PLACEABLE} ORDER BY created_at, id"
+             FROM nodes WHERE {nodes_where} ORDER BY created_at, id"
         );
         let workspaces_sql = format!(
             "SELECT {WORKSPACE_COLUMNS} FROM workspaces \
-             WHERE status IN {SLOT_HOLDING} AND node_id IN (SELECT id FROM nodes WHERE {PLACEABLE}) \
+             WHERE status IN {SLOT_HOLDING} AND {workspaces_where} \
              ORDER BY node_id, created_at, id"
         );
-        let context = "listing placement candidates";
+        let context = match scope {
+            CandidateScope::Placeable(_) => "listing placement candidates",
+            CandidateScope::Node(_) => "reading a placement candidate",
+        };
         let mut tx = self
             .reader
             .begin_with(D::BEGIN_SNAPSHOT)
             .await
             .map_err(Self::db(context))?;
         let node_rows = query(nodes_sql)
-            .bind(provider.as_str().to_owned())
+            .bind(bound.clone())
             .fetch_all(&mut *tx)
             .await
             .map_err(Self::db(context))?;
         let workspace_rows = query(workspaces_sql)
-            .bind(provider.as_str().to_owned())
+            .bind(bound)
             .fetch_all(&mut *tx)
             .await
             .map_err(Self::db(context))?;
@@ -1089,7 +1113,19 @@ impl<D: Dialect> Store for SqlStore<D> {
         &self,
         provider: ProviderKind,
     ) -> Result<Vec<PlacementCandidate>, StoreError> {
-        Ok(self.try_list_candidates(provider).await?)
+        Ok(self
+            .try_list_candidates(CandidateScope::Placeable(provider))
+            .await?)
+    }
+
+    async fn get_placement_candidate(
+        &self,
+        id: &NodeId,
+    ) -> Result<Option<PlacementCandidate>, StoreError> {
+        Ok(self
+            .try_list_candidates(CandidateScope::Node(id))
+            .await?
+            .pop())
     }
 
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
