@@ -6,7 +6,9 @@
 //! then memory, then disk, and since the request is the same for every node, the
 //! node left with least CPU is the node with the least free CPU that still covers it.
 //! So the index keeps the placeable nodes grouped by `(provider, free CPU, free
-//! memory)` in a B-tree, and each group by free disk and node id: the lookup starts
+//! memory)` in a B-tree (a node whose workspaces fill it by count, an exclusive one
+//! or as many as a co-tenant limit allows, is in no group: it fits no request, and
+//! left in its group it would be walked past by every lookup that reaches it), and each group by free disk and node id: the lookup starts
 //! at the request's own CPU and memory, skips the part of each CPU group with too
 //! little memory, walks each group in best-fit order (least disk left, then the
 //! smaller node id, as [`best_fit`](super::best_fit) breaks ties) from the request's
@@ -51,12 +53,22 @@ impl Slot {
     }
 
     /// The node's group and its free disk (`None` when its disk is not known), or
-    /// `None` when its status keeps it from taking any task.
+    /// `None` when it can take no task at all: its status keeps it from any, or its
+    /// workspaces already fill it by count (one is exclusive, or they reach the
+    /// smallest `max_co_tenants` among them), whatever room is left.
     fn key(&self) -> Option<(GroupKey, Option<u64>)> {
         let node = &self.node;
+        let full_by_count = self.live.iter().any(|r| r.exclusive)
+            || self
+                .live
+                .iter()
+                .map(|r| r.max_co_tenants as usize)
+                .min()
+                .is_some_and(|limit| self.live.len() >= limit);
         let placeable = node.status == NodeStatus::Running
             && node.lifecycle == NodeLifecycle::Active
-            && node.health == NodeHealth::Healthy;
+            && node.health == NodeHealth::Healthy
+            && !full_by_count;
         let used =
             |f: fn(&Reservation) -> u64| self.live.iter().map(f).fold(0u64, u64::saturating_add);
         placeable.then(|| {
