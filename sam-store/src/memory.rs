@@ -38,6 +38,9 @@ struct State {
     /// The workspaces of each node (workspace rows are never deleted), so a node's
     /// slots are found without looking at every workspace.
     on_node: HashMap<NodeId, Vec<WorkspaceId>>,
+    /// The slot-holding workspaces of each node: placement reads these on every
+    /// decision, and a node's history of stopped workspaces only grows.
+    live_on_node: HashMap<NodeId, Vec<WorkspaceId>>,
     tokens: BTreeMap<String, ApiTokenRecord>,
     installations: BTreeMap<InstallationKey, GithubInstallation>,
     users: BTreeMap<UserId, UserRecord>,
@@ -77,11 +80,17 @@ impl State {
             .filter_map(|id| self.workspaces.get(id))
     }
 
+    /// The slot-holding workspaces of `node`, in no particular order.
+    fn live_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a WorkspaceRecord> {
+        self.live_on_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.workspaces.get(id))
+    }
+
     fn live_reservations(&self, node: &NodeId) -> Vec<Reservation> {
-        self.workspaces_on(node)
-            .filter(|w| w.status.holds_slot())
-            .map(|w| w.reservation)
-            .collect()
+        self.live_on(node).map(|w| w.reservation).collect()
     }
 
     /// `node` as placement judges it: its slot-holding workspaces and the task it is
@@ -94,11 +103,7 @@ impl State {
             let all: Vec<WorkspaceRecord> = self.workspaces_on(&node.id).cloned().collect();
             node.held_for(&all, Some(creator)).cloned()
         });
-        let mut workspaces: Vec<WorkspaceRecord> = self
-            .workspaces_on(&node.id)
-            .filter(|w| w.status.holds_slot())
-            .cloned()
-            .collect();
+        let mut workspaces: Vec<WorkspaceRecord> = self.live_on(&node.id).cloned().collect();
         by_creation(&mut workspaces, |w| (w.created_at, w.id.as_str()));
         PlacementCandidate {
             node: node.clone(),
@@ -460,6 +465,13 @@ impl Store for MemoryStore {
             .entry(workspace.node_id.clone())
             .or_default()
             .push(workspace.id.clone());
+        if workspace.status.holds_slot() {
+            state
+                .live_on_node
+                .entry(workspace.node_id.clone())
+                .or_default()
+                .push(workspace.id.clone());
+        }
         Ok(SlotOutcome::Reserved)
     }
 
@@ -523,6 +535,12 @@ impl Store for MemoryStore {
             ws.effective_profile = effective_profile;
         }
         ws.updated_at = at;
+        if !status.holds_slot() {
+            let node = ws.node_id.clone();
+            if let Some(live) = state.live_on_node.get_mut(&node) {
+                live.retain(|w| w != id);
+            }
+        }
         Ok(())
     }
 
