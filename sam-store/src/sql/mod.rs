@@ -366,6 +366,12 @@ impl<D: Dialect> SqlStore<D> {
 
     /// Runs a single-row update of `table`; `Ok(false)` when it matched no row and
     /// the row exists, `NotFound` when the row does not exist.
+    ///
+    /// The update is one statement, so it runs as a transaction of its own: no
+    /// `BEGIN` and `COMMIT` round trips (on SQLite each is a hand-off to the
+    /// connection's thread, and these updates are most of a task's writes). Only when
+    /// it matched nothing is the row looked for; a row deleted in between reads as
+    /// deleted before the update, which is as true.
     async fn update_existing(
         &self,
         q: AnyQuery<'_>,
@@ -373,14 +379,20 @@ impl<D: Dialect> SqlStore<D> {
         id: &str,
         context: &str,
     ) -> Result<bool, Error> {
-        let mut tx = self.begin(context).await?;
-        let done = q.execute(&mut *tx).await.map_err(Self::db(context))?;
-        if done.rows_affected() == 0 && !Self::exists(&mut tx, table, id).await? {
+        let done = q.execute(&self.writer).await.map_err(Self::db(context))?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let found = query(format!("SELECT 1 AS found FROM {table} WHERE id = $1"))
+            .bind(id.to_owned())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(Self::db("checking a row exists"))?;
+        if found.is_none() {
             let what = table.trim_end_matches('s');
             return Err(Error::not_found(format!("{what} {id}")));
         }
-        Self::commit(tx, context).await?;
-        Ok(done.rows_affected() > 0)
+        Ok(false)
     }
 
     /// The statement of a step change; it matches no row when the task is in `step`.
@@ -496,10 +508,9 @@ impl<D: Dialect> SqlStore<D> {
             .bind(request.owner.clone())
             .bind(limit)
             .bind(micros(until));
+        // One statement, so a transaction of its own (see `update_existing`).
         let context = "claiming due tasks";
-        let mut tx = self.begin(context).await?;
-        let rows = q.fetch_all(&mut *tx).await.map_err(Self::db(context))?;
-        Self::commit(tx, context).await?;
+        let rows = q.fetch_all(&self.writer).await.map_err(Self::db(context))?;
         let mut tasks = rows.iter().map(rows::task).collect::<Result<Vec<_>, _>>()?;
         tasks.sort_by_key(|t| (t.next_wake_at, t.created_at, t.id.to_string()));
         Ok(tasks)
@@ -643,13 +654,12 @@ impl<D: Dialect> SqlStore<D> {
             )
             .bind(micros(claim.now))
             .bind(rows::owner_column(claim.credential_owner.as_ref()));
+        // One statement, so a transaction of its own (see `update_existing`).
         let context = "claiming a warm node";
-        let mut tx = self.begin(context).await?;
         let row = q
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.writer)
             .await
             .map_err(Self::db(context))?;
-        Self::commit(tx, context).await?;
         row.as_ref().map(rows::node).transpose()
     }
 
