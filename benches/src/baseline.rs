@@ -1,6 +1,7 @@
 //! The plain sqlx baselines: what the same SQLite file sustains without the SDK in
 //! between, on one connection with the stores' settings (WAL, `synchronous =
-//! NORMAL`, writes in `BEGIN IMMEDIATE` transactions).
+//! NORMAL`, writes in `BEGIN IMMEDIATE` transactions, no liveness ping when a
+//! connection is taken from the pool).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ async fn open(path: &Path) -> anyhow::Result<SqlitePool> {
         .busy_timeout(Duration::from_secs(5));
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     Ok(pool)

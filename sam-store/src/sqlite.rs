@@ -151,6 +151,10 @@ async fn pool(config: &SqliteConfig, connections: u32) -> Result<AnyPool, Error>
         .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
     AnyPoolOptions::new()
         .max_connections(connections)
+        // sqlx pings an idle connection on every acquire to find one its peer hung up.
+        // A SQLite connection is a file handle in this process with no peer, so the
+        // ping only costs a round trip to the connection's thread per store call.
+        .test_before_acquire(false)
         .after_connect(move |conn, _| {
             let pragmas = pragmas.clone();
             Box::pin(async move {
