@@ -134,6 +134,13 @@ async fn run(only: &[String], report: &mut Report) -> anyhow::Result<Vec<String>
                 "tasks/s",
             );
             report.row("lifecycle.raw_writes_per_sec", f.raw_writes_per_sec, "tx/s");
+            for (i, raw) in f.raw_samples.iter().enumerate() {
+                report.row(
+                    &format!("lifecycle.raw_writes_per_sec.{}", i + 1),
+                    *raw,
+                    "tx/s",
+                );
+            }
             for (method, per_task) in &f.writes_by_method {
                 report.row(
                     &format!("lifecycle.writes_per_task.{method}"),
