@@ -29,7 +29,7 @@ pub const VM_AGENT_ROLE: &str = "vm-agent";
 pub const DEMO_AGENT_ROLE: &str = "demo-agent";
 
 /// The figures of the warm-path scenario.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WarmFigures {
     /// Median submit → running, in milliseconds.
     pub p50_ms: f64,
@@ -37,6 +37,9 @@ pub struct WarmFigures {
     pub p99_ms: f64,
     /// Tasks measured.
     pub samples: usize,
+    /// The step events of the slowest sample: each step's label and when it began,
+    /// in ms after submit; what to look at when the p99 is far from the p50.
+    pub slowest_steps: Vec<(String, f64)>,
 }
 
 /// A git repository of one commit in `dir`, for the tasks to clone.
@@ -71,7 +74,7 @@ fn repository(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs one task; returns the time from submit to its `running` step.
-async fn one_task(embedded: &Embedded, repo: &Path, n: usize) -> anyhow::Result<Duration> {
+async fn one_task(embedded: &Embedded, repo: &Path, n: usize) -> anyhow::Result<Sample> {
     let cp = &embedded.control_plane;
     let mut events = cp.subscribe();
     let start = Instant::now();
@@ -83,6 +86,7 @@ async fn one_task(embedded: &Embedded, repo: &Path, n: usize) -> anyhow::Result<
         })
         .await?;
     let mut running = None;
+    let mut steps = Vec::new();
     loop {
         let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
             .await
@@ -96,16 +100,19 @@ async fn one_task(embedded: &Embedded, repo: &Path, n: usize) -> anyhow::Result<
             continue;
         }
         match event.kind {
-            TaskEventKind::Step {
-                step: ExecutionStep::Running,
-                ..
-            } => running = Some(start.elapsed()),
+            TaskEventKind::Step { step, label } => {
+                steps.push((label, start.elapsed()));
+                if step == ExecutionStep::Running {
+                    running = Some(start.elapsed());
+                }
+            }
             TaskEventKind::Status { status, error } if status.is_terminal() => {
                 anyhow::ensure!(
                     status == TaskStatus::Completed,
                     "task {id} ended {status}: {error:?}"
                 );
-                return running.with_context(|| format!("task {id} never reached running"));
+                let took = running.with_context(|| format!("task {id} never reached running"))?;
+                return Ok(Sample { took, steps });
             }
             _ => {}
         }
@@ -144,6 +151,13 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<WarmFigures> {
 /// Waits until the node is back in the warm pool: a task's `completed` event comes
 /// before the control plane has stopped its workspace and released the node, and a
 /// task submitted in between would not find the node warm.
+/// One warm task: submit to the running step, and the step events on the way.
+#[derive(Debug)]
+struct Sample {
+    took: Duration,
+    steps: Vec<(String, Duration)>,
+}
+
 async fn node_warm(embedded: &Embedded) -> anyhow::Result<()> {
     let filter = NodeFilter {
         lifecycles: vec![NodeLifecycle::Warm],
@@ -189,9 +203,14 @@ async fn node_warm(embedded: &Embedded) -> anyhow::Result<()> {
 async fn measure(embedded: &Embedded, repo: &Path, samples: usize) -> anyhow::Result<WarmFigures> {
     one_task(embedded, repo, 0).await?;
     let mut times = Vec::with_capacity(samples);
+    let mut slowest: Option<Sample> = None;
     for n in 1..=samples {
         node_warm(embedded).await?;
-        times.push(one_task(embedded, repo, n).await?);
+        let sample = one_task(embedded, repo, n).await?;
+        times.push(sample.took);
+        if slowest.as_ref().is_none_or(|s| sample.took > s.took) {
+            slowest = Some(sample);
+        }
     }
     let vms = embedded.provider.list_vms(&Labels::new()).await?;
     anyhow::ensure!(
@@ -203,5 +222,13 @@ async fn measure(embedded: &Embedded, repo: &Path, samples: usize) -> anyhow::Re
         p50_ms: quantile_us(&mut times, 0.5) / 1000.0,
         p99_ms: quantile_us(&mut times, 0.99) / 1000.0,
         samples,
+        slowest_steps: slowest
+            .map(|s| {
+                s.steps
+                    .into_iter()
+                    .map(|(label, at)| (label, at.as_secs_f64() * 1000.0))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }

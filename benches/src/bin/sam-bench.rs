@@ -174,6 +174,12 @@ async fn run(only: &[String], report: &mut Report) -> anyhow::Result<Vec<String>
             report.figure("warm_path.p50_ms", f.p50_ms, "ms");
             report.figure("warm_path.p99_ms", f.p99_ms, "ms");
             report.row("warm_path.samples", f.samples as f64, "tasks");
+            let steps: Vec<String> = f
+                .slowest_steps
+                .iter()
+                .map(|(label, at)| format!("{label} at {at:.1} ms"))
+                .collect();
+            eprintln!("sam-bench: slowest warm task: {}", steps.join(", "));
             Ok(())
         }
         .await;
