@@ -57,18 +57,19 @@ pub async fn raw_writes_per_sec(path: &Path, rows: u64) -> anyhow::Result<f64> {
 }
 
 /// Rows per second of a plain sqlx loop inserting `events`, one per `BEGIN IMMEDIATE`
-/// transaction, into the event log's table and indexes in a fresh file at `path`.
+/// transaction, into the event log's table and indexes in the file at `path`
+/// (created with them on the first call; later calls add to it).
 ///
 /// # Errors
 /// Database errors.
 pub async fn raw_rows_per_sec(path: &Path, events: &[Event]) -> anyhow::Result<f64> {
     let pool = open(path).await?;
     sqlx::raw_sql(
-        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT, \
-         workspace_id TEXT, level TEXT NOT NULL, type TEXT NOT NULL, message TEXT NOT NULL, \
-         detail TEXT NOT NULL, created_at INTEGER NOT NULL); \
-         CREATE INDEX events_by_time ON events (created_at); \
-         CREATE INDEX events_by_workspace ON events (workspace_id, id);",
+        "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         node_id TEXT, workspace_id TEXT, level TEXT NOT NULL, type TEXT NOT NULL, \
+         message TEXT NOT NULL, detail TEXT NOT NULL, created_at INTEGER NOT NULL); \
+         CREATE INDEX IF NOT EXISTS events_by_time ON events (created_at); \
+         CREATE INDEX IF NOT EXISTS events_by_workspace ON events (workspace_id, id);",
     )
     .execute(&pool)
     .await?;
