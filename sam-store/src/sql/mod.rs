@@ -423,7 +423,7 @@ impl<D: Dialect> SqlStore<D> {
         update: &TaskUpdate,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let done = Self::update_query(id, update, at)
+        let done = Self::update_query(id, update, at, None)
             .execute(&self.writer)
             .await
             .map_err(Self::db("updating a task"))?;
@@ -433,8 +433,14 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 
-    /// The statement of a [`TaskUpdate`].
-    fn update_query(id: &TaskId, update: &TaskUpdate, at: DateTime<Utc>) -> AnyQuery<'static> {
+    /// The statement of a [`TaskUpdate`]; with `release` (the lease owner), it also
+    /// frees the lease and matches the row only while that owner holds it.
+    fn update_query(
+        id: &TaskId,
+        update: &TaskUpdate,
+        at: DateTime<Utc>,
+        release: Option<&str>,
+    ) -> AnyQuery<'static> {
         // One fixed statement: each column takes a flag ("change it?") and a value.
         let columns = [
             "placement",
@@ -456,12 +462,19 @@ impl<D: Dialect> SqlStore<D> {
             })
             .collect();
         let n = 2 * columns.len();
-        let sql = format!(
+        let mut sql = format!(
             "UPDATE tasks SET {}, updated_at = ${} WHERE id = ${}",
             sets.join(", "),
             n + 1,
             n + 2
         );
+        if release.is_some() {
+            sql = sql.replace(
+                " WHERE id",
+                ", lease_owner = NULL, lease_expires_at = NULL WHERE id",
+            );
+            sql += &format!(" AND lease_owner = ${}", n + 3);
+        }
         fn text<'q, T>(
             q: AnyQuery<'q>,
             v: &Option<Option<T>>,
@@ -485,7 +498,11 @@ impl<D: Dialect> SqlStore<D> {
             .bind(i64::from(update.capacity_passes.is_some()))
             .bind(i64::from(update.capacity_passes.unwrap_or_default()));
         q = text(q, &update.output, json);
-        q.bind(micros(at)).bind(id.to_string())
+        q = q.bind(micros(at)).bind(id.to_string());
+        match release {
+            Some(owner) => q.bind(owner.to_owned()),
+            None => q,
+        }
     }
 
     async fn try_claim(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, Error> {
@@ -523,20 +540,27 @@ impl<D: Dialect> SqlStore<D> {
     ) -> Result<LeaseReleased, Error> {
         let context = "releasing a lease";
         let mut tx = self.begin(context).await?;
-        let done = query(
-            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(id.to_string())
-        .bind(release.owner.clone())
-        .execute(&mut *tx)
-        .await
-        .map_err(Self::db(context))?;
+        // The lease and the fields go in one statement (the runner's releases always
+        // carry fields: the next wake-up); it matches the row only for the holder.
+        let release_query = if release.update == TaskUpdate::default() {
+            query(
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id.to_string())
+            .bind(release.owner.clone())
+        } else {
+            Self::update_query(id, &release.update, release.at, Some(&release.owner))
+        };
+        let done = release_query
+            .execute(&mut *tx)
+            .await
+            .map_err(Self::db(context))?;
         if done.rows_affected() == 0 {
             return Ok(LeaseReleased::NotHeld);
         }
-        // The row is locked by the update above until the commit, so the step and the
-        // fields change with the release or not at all.
+        // The row is locked by the update above until the commit, so the step changes
+        // with the release or not at all.
         let mut step_changed = false;
         if let Some(step) = release.step {
             let done = Self::step_query(id, step, release.at)
@@ -544,12 +568,6 @@ impl<D: Dialect> SqlStore<D> {
                 .await
                 .map_err(Self::db(context))?;
             step_changed = done.rows_affected() > 0;
-        }
-        if release.update != TaskUpdate::default() {
-            Self::update_query(id, &release.update, release.at)
-                .execute(&mut *tx)
-                .await
-                .map_err(Self::db(context))?;
         }
         Self::commit(tx, context).await?;
         Ok(LeaseReleased::Released { step_changed })
