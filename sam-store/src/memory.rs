@@ -73,18 +73,20 @@ impl State {
 
     /// The workspaces of `node`, in no particular order.
     fn workspaces_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a WorkspaceRecord> {
-        self.on_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.workspaces.get(id))
+        self.records(self.on_node.get(node))
     }
 
     /// The slot-holding workspaces of `node`, in no particular order.
     fn live_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a WorkspaceRecord> {
-        self.live_on_node
-            .get(node)
-            .into_iter()
+        self.records(self.live_on_node.get(node))
+    }
+
+    /// The records of the workspaces `ids` names.
+    fn records<'a>(
+        &'a self,
+        ids: Option<&'a Vec<WorkspaceId>>,
+    ) -> impl Iterator<Item = &'a WorkspaceRecord> {
+        ids.into_iter()
             .flatten()
             .filter_map(|id| self.workspaces.get(id))
     }
