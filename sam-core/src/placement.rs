@@ -215,9 +215,10 @@ const MAX_CHECKS: usize = 8;
 /// ([`Store::list_placement_candidates`]) and finds the best fit in it by a range
 /// lookup. The view only *proposes*:
 /// - the proposed node is read back ([`Store::get_placement_candidate`]: its row, its
-///   slot-holding workspaces, and the task it may be held for) and judged by the same [`reject_reason`] before it is returned; when
-///   the store says otherwise, the view takes in what was read and looks again (a
-///   few times, then it reads the whole fleet again);
+///   slot-holding workspaces, and the task it may be held for) and judged by the
+///   same [`reject_reason`] before it is returned; when the store says otherwise, the
+///   view takes in what was read and looks again (a few times, then it reads the
+///   whole fleet again);
 /// - "provision a new node" is never decided from an old view: before returning it,
 ///   the scheduler reads the whole fleet again and looks once more;
 /// - after an existing node is chosen, the view counts the request's slot on it
