@@ -194,15 +194,16 @@ impl<D: Dialect> SqlStore<D> {
         row.as_ref().map(decode).transpose()
     }
 
-    /// Whether a row with `id` exists in `table`, inside `tx`.
-    async fn exists(
-        tx: &mut Transaction<'static, Any>,
+    /// Whether a row with `id` exists in `table`, read through `executor` (a
+    /// transaction, or a pool).
+    async fn exists<'e>(
+        executor: impl sqlx::Executor<'e, Database = Any>,
         table: &str,
         id: &str,
     ) -> Result<bool, Error> {
         let found = query(format!("SELECT 1 AS found FROM {table} WHERE id = $1"))
             .bind(id.to_owned())
-            .fetch_optional(&mut **tx)
+            .fetch_optional(executor)
             .await
             .map_err(Self::db("checking a row exists"))?;
         Ok(found.is_some())
@@ -231,7 +232,7 @@ impl<D: Dialect> SqlStore<D> {
     async fn try_create_task(&self, task: &TaskRecord) -> Result<(), Error> {
         let context = "creating a task";
         let mut tx = self.begin(context).await?;
-        if Self::exists(&mut tx, "tasks", task.id.as_str()).await? {
+        if Self::exists(&mut *tx, "tasks", task.id.as_str()).await? {
             return Err(Error::already_exists(format!("task {}", task.id)));
         }
         let placeholders: Vec<String> = (1..=27).map(|i| format!("${i}")).collect();
@@ -345,7 +346,7 @@ impl<D: Dialect> SqlStore<D> {
         .await
         .map_err(Self::db(context))?;
         if done.rows_affected() == 0 {
-            return if Self::exists(&mut tx, "tasks", id.as_str()).await? {
+            return if Self::exists(&mut *tx, "tasks", id.as_str()).await? {
                 Ok(false)
             } else {
                 Err(Error::not_found(format!("task {id}")))
@@ -383,12 +384,7 @@ impl<D: Dialect> SqlStore<D> {
         if done.rows_affected() > 0 {
             return Ok(true);
         }
-        let found = query(format!("SELECT 1 AS found FROM {table} WHERE id = $1"))
-            .bind(id.to_owned())
-            .fetch_optional(&self.writer)
-            .await
-            .map_err(Self::db("checking a row exists"))?;
-        if found.is_none() {
+        if !Self::exists(&self.writer, table, id).await? {
             let what = table.trim_end_matches('s');
             return Err(Error::not_found(format!("{what} {id}")));
         }
@@ -812,7 +808,7 @@ impl<D: Dialect> SqlStore<D> {
         let mut tx = self.begin(context).await?;
         let node = Self::lock_node(&mut tx, &ws.node_id).await?;
         let capacity = rows::capacity(&node)?;
-        if Self::exists(&mut tx, "workspaces", ws.id.as_str()).await? {
+        if Self::exists(&mut *tx, "workspaces", ws.id.as_str()).await? {
             return Err(Error::already_exists(format!("workspace {}", ws.id)));
         }
         let live = Self::live_reservations(&mut tx, &ws.node_id).await?;
@@ -957,7 +953,7 @@ impl<D: Dialect> SqlStore<D> {
     async fn try_put_profile(&self, profile: &AgentProfileRecord) -> Result<(), Error> {
         let context = "writing an agent profile";
         let mut tx = self.begin(context).await?;
-        if !Self::exists(&mut tx, "projects", profile.project_id.as_str()).await? {
+        if !Self::exists(&mut *tx, "projects", profile.project_id.as_str()).await? {
             return Err(Error::not_found(format!("project {}", profile.project_id)));
         }
         let taken = query("SELECT 1 AS found FROM agent_profiles WHERE project_id = $1 AND name = $2 AND id <> $3")
