@@ -458,19 +458,19 @@ impl<D: Dialect> SqlStore<D> {
             })
             .collect();
         let n = 2 * columns.len();
-        let mut sql = format!(
-            "UPDATE tasks SET {}, updated_at = ${} WHERE id = ${}",
+        let (free_lease, held) = match release {
+            Some(_) => (
+                ", lease_owner = NULL, lease_expires_at = NULL",
+                format!(" AND lease_owner = ${}", n + 3),
+            ),
+            None => ("", String::new()),
+        };
+        let sql = format!(
+            "UPDATE tasks SET {}, updated_at = ${}{free_lease} WHERE id = ${}{held}",
             sets.join(", "),
             n + 1,
             n + 2
         );
-        if release.is_some() {
-            sql = sql.replace(
-                " WHERE id",
-                ", lease_owner = NULL, lease_expires_at = NULL WHERE id",
-            );
-            sql += &format!(" AND lease_owner = ${}", n + 3);
-        }
         fn text<'q, T>(
             q: AnyQuery<'q>,
             v: &Option<Option<T>>,
