@@ -133,6 +133,24 @@ enum CandidateScope<'a> {
     Node(&'a NodeId),
 }
 
+/// What a lease release does with the execution step.
+#[derive(Debug, Clone, Copy)]
+enum StepGuard {
+    /// Moves the task to the step (sets `step_started_at`); matches only a task in
+    /// another step.
+    Moves(ExecutionStep),
+    /// Leaves the step; matches only a task already in it.
+    Stays(ExecutionStep),
+}
+
+/// The lease holder giving a task back, in [`SqlStore::update_query`].
+#[derive(Debug, Clone, Copy)]
+struct Release<'a> {
+    /// Who must hold the lease.
+    owner: &'a str,
+    /// What the release does with the step, if it carries one.
+    step: Option<StepGuard>,
+}
 type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
 
 fn query(sql: impl Into<String>) -> AnyQuery<'static> {
@@ -429,15 +447,18 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 
-    /// The statement of a [`TaskUpdate`]; with `release` (the lease owner), it also
-    /// frees the lease and matches the row only while that owner holds it.
+    /// The statement of a [`TaskUpdate`]. With `release`, it also frees the lease and
+    /// matches the row only while `release.owner` holds it; a release that carries no
+    /// fields leaves them (and `updated_at`) alone, and its step guard moves the
+    /// execution step or insists on it (see [`StepGuard`]).
     fn update_query(
         id: &TaskId,
         update: &TaskUpdate,
         at: DateTime<Utc>,
-        release: Option<&str>,
+        release: Option<Release<'_>>,
     ) -> AnyQuery<'static> {
-        // One fixed statement: each column takes a flag ("change it?") and a value.
+        // Fixed statements (a handful of shapes): each column takes a flag ("change
+        // it?") and a value, so the statement does not depend on which fields change.
         let columns = [
             "placement",
             "provisioned_node_id",
@@ -449,27 +470,46 @@ impl<D: Dialect> SqlStore<D> {
             "capacity_passes",
             "output",
         ];
-        let sets: Vec<String> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
+        let fields = release.is_none() || *update != TaskUpdate::default();
+        let step = release.and_then(|r| r.step);
+        let moves = matches!(step, Some(StepGuard::Moves(_)));
+        let mut sets = Vec::new();
+        let mut n = 0;
+        if fields {
+            for (i, c) in columns.iter().enumerate() {
                 let (flag, value) = (2 * i + 1, 2 * i + 2);
-                format!("{c} = CASE WHEN ${flag} = 1 THEN ${value} ELSE {c} END")
-            })
-            .collect();
-        let n = 2 * columns.len();
-        let (free_lease, held) = match release {
-            Some(_) => (
-                ", lease_owner = NULL, lease_expires_at = NULL",
-                format!(" AND lease_owner = ${}", n + 3),
-            ),
-            None => ("", String::new()),
-        };
+                sets.push(format!(
+                    "{c} = CASE WHEN ${flag} = 1 THEN ${value} ELSE {c} END"
+                ));
+            }
+            n = 2 * columns.len();
+        }
+        let at_param = (fields || moves).then(|| {
+            n += 1;
+            sets.push(format!("updated_at = ${n}"));
+            n
+        });
+        n += 1;
+        let mut wheres = vec![format!("id = ${n}")];
+        if release.is_some() {
+            sets.push("lease_owner = NULL, lease_expires_at = NULL".to_owned());
+            n += 1;
+            wheres.push(format!("lease_owner = ${n}"));
+        }
+        if let Some(guard) = step {
+            n += 1;
+            match (guard, at_param) {
+                (StepGuard::Moves(_), Some(at)) => {
+                    sets.push(format!("execution_step = ${n}, step_started_at = ${at}"));
+                    wheres.push(format!("execution_step <> ${n}"));
+                }
+                _ => wheres.push(format!("execution_step = ${n}")),
+            }
+        }
         let sql = format!(
-            "UPDATE tasks SET {}, updated_at = ${}{free_lease} WHERE id = ${}{held}",
+            "UPDATE tasks SET {} WHERE {}",
             sets.join(", "),
-            n + 1,
-            n + 2
+            wheres.join(" AND ")
         );
         fn text<'q, T>(
             q: AnyQuery<'q>,
@@ -483,20 +523,30 @@ impl<D: Dialect> SqlStore<D> {
             q.bind(i64::from(v.is_some())).bind(v.and_then(opt_micros))
         }
         let mut q = query(sql);
-        q = text(q, &update.placement, json);
-        q = text(q, &update.provisioned_node_id, ToString::to_string);
-        q = text(q, &update.provisioned_size, |s| s.as_str().to_owned());
-        q = text(q, &update.provisioned_location, ToString::to_string);
-        q = text(q, &update.workspace_id, ToString::to_string);
-        q = time(q, &update.next_wake_at);
-        q = time(q, &update.provisioning_started_at);
-        q = q
-            .bind(i64::from(update.capacity_passes.is_some()))
-            .bind(i64::from(update.capacity_passes.unwrap_or_default()));
-        q = text(q, &update.output, json);
-        q = q.bind(micros(at)).bind(id.to_string());
-        match release {
-            Some(owner) => q.bind(owner.to_owned()),
+        if fields {
+            q = text(q, &update.placement, json);
+            q = text(q, &update.provisioned_node_id, ToString::to_string);
+            q = text(q, &update.provisioned_size, |s| s.as_str().to_owned());
+            q = text(q, &update.provisioned_location, ToString::to_string);
+            q = text(q, &update.workspace_id, ToString::to_string);
+            q = time(q, &update.next_wake_at);
+            q = time(q, &update.provisioning_started_at);
+            q = q
+                .bind(i64::from(update.capacity_passes.is_some()))
+                .bind(i64::from(update.capacity_passes.unwrap_or_default()));
+            q = text(q, &update.output, json);
+        }
+        if at_param.is_some() {
+            q = q.bind(micros(at));
+        }
+        q = q.bind(id.to_string());
+        if let Some(release) = release {
+            q = q.bind(release.owner.to_owned());
+        }
+        match step {
+            Some(StepGuard::Moves(step) | StepGuard::Stays(step)) => {
+                q.bind(step.as_str().to_owned())
+            }
             None => q,
         }
     }
@@ -529,44 +579,61 @@ impl<D: Dialect> SqlStore<D> {
         Ok(tasks)
     }
 
+    /// Gives the lease back in one statement, which is a transaction of its own (see
+    /// `update_existing`): the lease, the fields and the step change together or not
+    /// at all, with no `BEGIN` and `COMMIT` round trips. This is most of a task's
+    /// writes.
+    ///
+    /// With a step, the release first tries to move the task to it (matching only a
+    /// task in another step), then to keep it there (matching only a task in it), so
+    /// the statement that matched says whether the step changed. When neither matched,
+    /// the lease is gone, or the step moved between the two: only then is the lease
+    /// looked at, and while it is held the two are tried again.
     async fn try_release_lease(
         &self,
         id: &TaskId,
         release: &LeaseRelease,
     ) -> Result<LeaseReleased, Error> {
         let context = "releasing a lease";
-        let mut tx = self.begin(context).await?;
-        // The lease and the fields go in one statement (the runner's releases always
-        // carry fields: the next wake-up); it matches the row only for the holder.
-        let release_query = if release.update == TaskUpdate::default() {
-            query(
-                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $1 AND lease_owner = $2",
-            )
-            .bind(id.to_string())
-            .bind(release.owner.clone())
-        } else {
-            Self::update_query(id, &release.update, release.at, Some(&release.owner))
-        };
-        let done = release_query
-            .execute(&mut *tx)
-            .await
-            .map_err(Self::db(context))?;
-        if done.rows_affected() == 0 {
-            return Ok(LeaseReleased::NotHeld);
-        }
-        // The row is locked by the update above until the commit, so the step changes
-        // with the release or not at all.
-        let mut step_changed = false;
-        if let Some(step) = release.step {
-            let done = Self::step_query(id, step, release.at)
-                .execute(&mut *tx)
+        let attempt = |step: Option<StepGuard>| async move {
+            let holder = Release {
+                owner: &release.owner,
+                step,
+            };
+            let done = Self::update_query(id, &release.update, release.at, Some(holder))
+                .execute(&self.writer)
                 .await
                 .map_err(Self::db(context))?;
-            step_changed = done.rows_affected() > 0;
+            Ok::<_, Error>(done.rows_affected() > 0)
+        };
+        let Some(step) = release.step else {
+            return Ok(if attempt(None).await? {
+                LeaseReleased::Released {
+                    step_changed: false,
+                }
+            } else {
+                LeaseReleased::NotHeld
+            });
+        };
+        loop {
+            if attempt(Some(StepGuard::Moves(step))).await? {
+                return Ok(LeaseReleased::Released { step_changed: true });
+            }
+            if attempt(Some(StepGuard::Stays(step))).await? {
+                return Ok(LeaseReleased::Released {
+                    step_changed: false,
+                });
+            }
+            let held = query("SELECT 1 AS held FROM tasks WHERE id = $1 AND lease_owner = $2")
+                .bind(id.to_string())
+                .bind(release.owner.clone())
+                .fetch_optional(&self.writer)
+                .await
+                .map_err(Self::db(context))?;
+            if held.is_none() {
+                return Ok(LeaseReleased::NotHeld);
+            }
         }
-        Self::commit(tx, context).await?;
-        Ok(LeaseReleased::Released { step_changed })
     }
 
     async fn try_put_node(&self, node: &NodeRecord) -> Result<(), Error> {
