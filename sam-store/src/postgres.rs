@@ -72,6 +72,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 4,
             sql: include_str!("../migrations/postgres/0004_node_owner.sql"),
         },
+        Migration {
+            version: 5,
+            sql: include_str!("../migrations/postgres/0005_status_trigger.sql"),
+        },
     ],
 };
 

@@ -131,7 +131,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 4
+                supported: 5
             }
         ),
         "{err:?}"
@@ -177,7 +177,9 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
          DROP INDEX nodes_warm; ALTER TABLE nodes DROP COLUMN credential_owner; \
          ALTER TABLE nodes DROP COLUMN address; \
          CREATE INDEX nodes_warm ON nodes (provider, size, warm_since) WHERE lifecycle = 'warm'; \
-         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4);",
+         DROP TRIGGER tasks_status_created; DROP TRIGGER tasks_status_changed; \
+         ALTER TABLE tasks DROP COLUMN status_actor; ALTER TABLE tasks DROP COLUMN status_reason; \
+         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5);",
     )
     .await;
     let store = SqliteStore::new(&SqliteConfig::new(&path))
@@ -205,5 +207,38 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
         .await
         .expect("the new tables exist");
     assert_eq!(store.list_projects().await.expect("list"), [project]);
+    // The old task's status changes are recorded by the triggers the migration added.
+    let old = task_id("t-old");
+    let moved = store
+        .transition_task(
+            &old,
+            &sam_core::Transition {
+                from: sam_core::TaskStatus::Queued,
+                to: sam_core::TaskStatus::Cancelled,
+                actor: "user".into(),
+                reason: Some("no longer needed".into()),
+                error: None,
+                at: chrono::DateTime::from_timestamp(5, 0).expect("time"),
+            },
+        )
+        .await
+        .expect("transition");
+    assert!(moved, "the old task moves");
+    let events = store.list_status_events(&old).await.expect("events");
+    let last = events.last().expect("an event");
+    assert_eq!(
+        (
+            last.from,
+            last.to,
+            last.actor.as_str(),
+            last.reason.as_deref()
+        ),
+        (
+            Some(sam_core::TaskStatus::Queued),
+            sam_core::TaskStatus::Cancelled,
+            "user",
+            Some("no longer needed")
+        )
+    );
     store.close().await;
 }

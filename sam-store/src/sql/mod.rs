@@ -227,35 +227,13 @@ impl<D: Dialect> SqlStore<D> {
         Ok(found.is_some())
     }
 
-    async fn insert_status_event(
-        tx: &mut Transaction<'static, Any>,
-        event: &StatusEvent,
-    ) -> Result<(), Error> {
-        query(
-            "INSERT INTO task_status_events (task_id, from_status, to_status, actor, reason, at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(event.task_id.to_string())
-        .bind(event.from.map(|s| s.as_str().to_owned()))
-        .bind(event.to.as_str().to_owned())
-        .bind(event.actor.clone())
-        .bind(event.reason.clone())
-        .bind(micros(event.at))
-        .execute(&mut **tx)
-        .await
-        .map_err(Self::db("recording a status event"))?;
-        Ok(())
-    }
-
+    /// Inserts the task in one statement (a transaction of its own, see
+    /// `update_existing`); the `tasks_status_created` trigger records its first status
+    /// event from `status_actor` inside it.
     async fn try_create_task(&self, task: &TaskRecord) -> Result<(), Error> {
-        let context = "creating a task";
-        let mut tx = self.begin(context).await?;
-        if Self::exists(&mut *tx, "tasks", task.id.as_str()).await? {
-            return Err(Error::already_exists(format!("task {}", task.id)));
-        }
-        let placeholders: Vec<String> = (1..=27).map(|i| format!("${i}")).collect();
-        query(format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({})",
+        let placeholders: Vec<String> = (1..=28).map(|i| format!("${i}")).collect();
+        let result = query(format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}, status_actor) VALUES ({})",
             placeholders.join(", ")
         ))
         .bind(task.id.to_string())
@@ -285,19 +263,15 @@ impl<D: Dialect> SqlStore<D> {
         .bind(micros(task.updated_at))
         .bind(i64::from(task.capacity_passes))
         .bind(task.output.as_ref().map(json))
-        .execute(&mut *tx)
-        .await
-        .map_err(Self::db(context))?;
-        let event = StatusEvent {
-            task_id: task.id.clone(),
-            from: None,
-            to: task.status,
-            actor: SUBMISSION_ACTOR.into(),
-            reason: None,
-            at: task.created_at,
-        };
-        Self::insert_status_event(&mut tx, &event).await?;
-        Self::commit(tx, context).await
+        .bind(SUBMISSION_ACTOR)
+        .execute(&self.writer)
+        .await;
+        match result.map_err(Self::db("creating a task")) {
+            Err(e) if e.kind() == sam_core::StoreErrorKind::AlreadyExists => {
+                Err(Error::already_exists(format!("task {}", task.id)))
+            }
+            other => other.map(drop),
+        }
     }
 
     async fn try_list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
@@ -338,18 +312,20 @@ impl<D: Dialect> SqlStore<D> {
         self.fetch_all(q, rows::task, "listing tasks").await
     }
 
+    /// Moves the task in one statement (a transaction of its own, see
+    /// `update_existing`); the `tasks_status_changed` trigger records the status event
+    /// from `status_actor` and `status_reason` inside it.
     async fn try_transition(&self, id: &TaskId, change: &Transition) -> Result<bool, Error> {
         check_transition(change)?;
-        let context = "transitioning a task";
-        let mut tx = self.begin(context).await?;
         // An ended task is never driven again: its wake-up and lease go with the move.
-        let done = query(
+        let q = query(
             "UPDATE tasks SET status = $1, updated_at = $2, \
              error_category = CASE WHEN $3 = 1 THEN $4 ELSE error_category END, \
              error_message = CASE WHEN $3 = 1 THEN $5 ELSE error_message END, \
              next_wake_at = CASE WHEN $8 = 1 THEN NULL ELSE next_wake_at END, \
              lease_owner = CASE WHEN $8 = 1 THEN NULL ELSE lease_owner END, \
-             lease_expires_at = CASE WHEN $8 = 1 THEN NULL ELSE lease_expires_at END \
+             lease_expires_at = CASE WHEN $8 = 1 THEN NULL ELSE lease_expires_at END, \
+             status_actor = $9, status_reason = $10 \
              WHERE id = $6 AND status = $7",
         )
         .bind(change.to.as_str().to_owned())
@@ -360,27 +336,10 @@ impl<D: Dialect> SqlStore<D> {
         .bind(id.to_string())
         .bind(change.from.as_str().to_owned())
         .bind(i64::from(change.to.is_terminal()))
-        .execute(&mut *tx)
-        .await
-        .map_err(Self::db(context))?;
-        if done.rows_affected() == 0 {
-            return if Self::exists(&mut *tx, "tasks", id.as_str()).await? {
-                Ok(false)
-            } else {
-                Err(Error::not_found(format!("task {id}")))
-            };
-        }
-        let event = StatusEvent {
-            task_id: id.clone(),
-            from: Some(change.from),
-            to: change.to,
-            actor: change.actor.clone(),
-            reason: change.reason.clone(),
-            at: change.at,
-        };
-        Self::insert_status_event(&mut tx, &event).await?;
-        Self::commit(tx, context).await?;
-        Ok(true)
+        .bind(change.actor.clone())
+        .bind(change.reason.clone());
+        self.update_existing(q, "tasks", id.as_str(), "transitioning a task")
+            .await
     }
 
     /// Runs a single-row update of `table`; `Ok(false)` when it matched no row and
