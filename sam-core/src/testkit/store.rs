@@ -270,7 +270,8 @@ pub async fn task_round_trips(store: &dyn Store) {
     }
 }
 
-/// Creating an existing id is `AlreadyExists`, and the first row stays.
+/// Creating an existing id is `AlreadyExists`, and the first row (and its one status
+/// event) stays.
 pub async fn create_task_twice_is_already_exists(store: &dyn Store) {
     let first = task("t-1", 1);
     create(store, first.clone()).await;
@@ -287,6 +288,15 @@ pub async fn create_task_twice_is_already_exists(store: &dyn Store) {
         must_get_task(store, &first.id).await,
         first,
         "the first row stays"
+    );
+    assert_eq!(
+        store
+            .list_status_events(&first.id)
+            .await
+            .expect("events")
+            .len(),
+        1,
+        "the refused creation records no status event"
     );
 }
 
