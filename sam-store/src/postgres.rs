@@ -200,3 +200,90 @@ mod conformance {
 
     sam_core::store_conformance!(optional fresh());
 }
+
+#[cfg(test)]
+mod upgrade {
+    use sam_core::testkit::fixtures::{at, task, task_id};
+    use sam_core::{Store, TaskStatus, Transition};
+    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+    use super::{PgConfig, PgStore};
+
+    /// Runs `sql` in `schema` of the server at `url`, outside any store.
+    async fn raw(url: &str, schema: &str, sql: &str) {
+        let mut conn = PgConnection::connect(url).await.expect("connect");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET search_path TO \"{schema}\"; {sql}"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("raw SQL");
+        conn.close().await.expect("close");
+    }
+
+    /// A schema written before status events came from a trigger (version 4) gains
+    /// the trigger when opened, and the status changes of its old tasks are recorded.
+    #[tokio::test]
+    async fn a_version_4_schema_gains_the_status_trigger_keeping_its_tasks() {
+        let Some(url) = sam_core::testkit::required_env("SAM_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let schema = format!("sam_upgrade_{}", std::process::id());
+        let config = PgConfig {
+            max_connections: 2,
+            ..PgConfig::new(url.clone()).with_schema(schema.clone())
+        };
+        let store = PgStore::new(&config).await.expect("open");
+        store.create_task(&task("t-old", 0)).await.expect("task");
+        store.close().await;
+        // Turn the schema back into what version 4 wrote.
+        raw(
+            &url,
+            &schema,
+            "DROP TRIGGER tasks_status_event ON tasks; DROP FUNCTION sam_task_status_event(); \
+             ALTER TABLE tasks DROP COLUMN status_actor, DROP COLUMN status_reason; \
+             DELETE FROM sam_store_migrations WHERE version = 5;",
+        )
+        .await;
+
+        let store = PgStore::new(&config)
+            .await
+            .expect("a version 4 schema opens and migrates");
+        let old = task_id("t-old");
+        let moved = store
+            .transition_task(
+                &old,
+                &Transition {
+                    from: TaskStatus::Queued,
+                    to: TaskStatus::Cancelled,
+                    actor: "user".into(),
+                    reason: Some("no longer needed".into()),
+                    error: None,
+                    at: at(5),
+                },
+            )
+            .await
+            .expect("transition");
+        assert!(moved, "the old task moves");
+        let events = store.list_status_events(&old).await.expect("events");
+        let last = events.last().expect("an event");
+        assert_eq!(
+            (
+                last.from,
+                last.to,
+                last.actor.as_str(),
+                last.reason.as_deref(),
+                last.at
+            ),
+            (
+                Some(TaskStatus::Queued),
+                TaskStatus::Cancelled,
+                "user",
+                Some("no longer needed"),
+                at(5)
+            )
+        );
+        store.close().await;
+        raw(&url, &schema, &format!("DROP SCHEMA \"{schema}\" CASCADE;")).await;
+    }
+}
