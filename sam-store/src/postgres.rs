@@ -203,8 +203,8 @@ mod conformance {
 
 #[cfg(test)]
 mod upgrade {
-    use sam_core::testkit::fixtures::{at, task, task_id};
-    use sam_core::{Store, TaskStatus, Transition};
+    use sam_core::Store;
+    use sam_core::testkit::fixtures::{task, task_id};
     use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
     use super::{PgConfig, PgStore};
@@ -249,40 +249,7 @@ mod upgrade {
         let store = PgStore::new(&config)
             .await
             .expect("a version 4 schema opens and migrates");
-        let old = task_id("t-old");
-        let moved = store
-            .transition_task(
-                &old,
-                &Transition {
-                    from: TaskStatus::Queued,
-                    to: TaskStatus::Cancelled,
-                    actor: "user".into(),
-                    reason: Some("no longer needed".into()),
-                    error: None,
-                    at: at(5),
-                },
-            )
-            .await
-            .expect("transition");
-        assert!(moved, "the old task moves");
-        let events = store.list_status_events(&old).await.expect("events");
-        let last = events.last().expect("an event");
-        assert_eq!(
-            (
-                last.from,
-                last.to,
-                last.actor.as_str(),
-                last.reason.as_deref(),
-                last.at
-            ),
-            (
-                Some(TaskStatus::Queued),
-                TaskStatus::Cancelled,
-                "user",
-                Some("no longer needed"),
-                at(5)
-            )
-        );
+        sam_core::testkit::store::transition_is_recorded(&store, &task_id("t-old")).await;
         store.close().await;
         raw(&url, &schema, &format!("DROP SCHEMA \"{schema}\" CASCADE;")).await;
     }

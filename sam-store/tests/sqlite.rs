@@ -208,37 +208,6 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
         .expect("the new tables exist");
     assert_eq!(store.list_projects().await.expect("list"), [project]);
     // The old task's status changes are recorded by the triggers the migration added.
-    let old = task_id("t-old");
-    let moved = store
-        .transition_task(
-            &old,
-            &sam_core::Transition {
-                from: sam_core::TaskStatus::Queued,
-                to: sam_core::TaskStatus::Cancelled,
-                actor: "user".into(),
-                reason: Some("no longer needed".into()),
-                error: None,
-                at: chrono::DateTime::from_timestamp(5, 0).expect("time"),
-            },
-        )
-        .await
-        .expect("transition");
-    assert!(moved, "the old task moves");
-    let events = store.list_status_events(&old).await.expect("events");
-    let last = events.last().expect("an event");
-    assert_eq!(
-        (
-            last.from,
-            last.to,
-            last.actor.as_str(),
-            last.reason.as_deref()
-        ),
-        (
-            Some(sam_core::TaskStatus::Queued),
-            sam_core::TaskStatus::Cancelled,
-            "user",
-            Some("no longer needed")
-        )
-    );
+    sam_core::testkit::store::transition_is_recorded(&store, &task_id("t-old")).await;
     store.close().await;
 }

@@ -270,6 +270,43 @@ pub async fn task_round_trips(store: &dyn Store) {
     }
 }
 
+/// For a store just migrated: moves the `queued` task `id` to `cancelled` and checks
+/// that the move is recorded as its latest status event, with its actor, reason and
+/// time (what an upgrade test asks of a task written before the migration).
+pub async fn transition_is_recorded(store: &dyn Store, id: &TaskId) {
+    let change = Transition {
+        reason: Some("no longer needed".into()),
+        actor: "user".into(),
+        ..transition(TaskStatus::Queued, TaskStatus::Cancelled, 5)
+    };
+    assert!(
+        store
+            .transition_task(id, &change)
+            .await
+            .expect("transition"),
+        "task {id} moves"
+    );
+    let events = store.list_status_events(id).await.expect("events");
+    let last = events.last().expect("an event");
+    assert_eq!(
+        (
+            last.from,
+            last.to,
+            last.actor.as_str(),
+            last.reason.as_deref(),
+            last.at
+        ),
+        (
+            Some(TaskStatus::Queued),
+            TaskStatus::Cancelled,
+            "user",
+            Some("no longer needed"),
+            at(5)
+        ),
+        "the move is the latest status event"
+    );
+}
+
 /// Creating an existing id is `AlreadyExists`, and the first row (and its one status
 /// event) stays.
 pub async fn create_task_twice_is_already_exists(store: &dyn Store) {
