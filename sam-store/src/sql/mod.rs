@@ -133,7 +133,7 @@ enum CandidateScope<'a> {
     Node(&'a NodeId),
 }
 
-/// What a lease release does with the execution step.
+/// What a task statement of [`SqlStore::update_query`] does with the execution step.
 #[derive(Debug, Clone, Copy)]
 enum StepGuard {
     /// Moves the task to the step (sets `step_started_at`); matches only a task in
@@ -143,14 +143,6 @@ enum StepGuard {
     Stays(ExecutionStep),
 }
 
-/// The lease holder giving a task back, in [`SqlStore::update_query`].
-#[derive(Debug, Clone, Copy)]
-struct Release<'a> {
-    /// Who must hold the lease.
-    owner: &'a str,
-    /// What the release does with the step, if it carries one.
-    step: Option<StepGuard>,
-}
 type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
 
 fn query(sql: impl Into<String>) -> AnyQuery<'static> {
@@ -368,24 +360,20 @@ impl<D: Dialect> SqlStore<D> {
         Ok(false)
     }
 
-    /// The statement of a step change; it matches no row when the task is in `step`.
-    fn step_query(id: &TaskId, step: ExecutionStep, at: DateTime<Utc>) -> AnyQuery<'static> {
-        query(
-            "UPDATE tasks SET execution_step = $1, step_started_at = $2, updated_at = $2 \
-             WHERE id = $3 AND execution_step <> $1",
-        )
-        .bind(step.as_str().to_owned())
-        .bind(micros(at))
-        .bind(id.to_string())
-    }
-
     async fn try_set_step(
         &self,
         id: &TaskId,
         step: ExecutionStep,
         at: DateTime<Utc>,
     ) -> Result<bool, Error> {
-        let q = Self::step_query(id, step, at);
+        // It matches no row when the task is in `step` already.
+        let q = Self::update_query(
+            id,
+            &TaskUpdate::default(),
+            at,
+            None,
+            Some(StepGuard::Moves(step)),
+        );
         self.update_existing(q, "tasks", id.as_str(), "setting the execution step")
             .await
     }
@@ -396,7 +384,7 @@ impl<D: Dialect> SqlStore<D> {
         update: &TaskUpdate,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let done = Self::update_query(id, update, at, None)
+        let done = Self::update_query(id, update, at, None, None)
             .execute(&self.writer)
             .await
             .map_err(Self::db("updating a task"))?;
@@ -406,15 +394,17 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 
-    /// The statement of a [`TaskUpdate`]. With `release`, it also frees the lease and
-    /// matches the row only while `release.owner` holds it; a release that carries no
-    /// fields leaves them (and `updated_at`) alone, and its step guard moves the
-    /// execution step or insists on it (see [`StepGuard`]).
+    /// The statement of a [`TaskUpdate`] on task `id` at `at`. With `holder`, it also
+    /// frees the lease and matches the row only while `holder` holds it; with `step`,
+    /// it moves the execution step (setting `step_started_at`) or insists on it (see
+    /// [`StepGuard`]). With either, a default `update` leaves the fields alone, and
+    /// `updated_at` changes only when a field or the step does.
     fn update_query(
         id: &TaskId,
         update: &TaskUpdate,
         at: DateTime<Utc>,
-        release: Option<Release<'_>>,
+        holder: Option<&str>,
+        step: Option<StepGuard>,
     ) -> AnyQuery<'static> {
         // Fixed statements (a handful of shapes): each column takes a flag ("change
         // it?") and a value, so the statement does not depend on which fields change.
@@ -429,8 +419,7 @@ impl<D: Dialect> SqlStore<D> {
             "capacity_passes",
             "output",
         ];
-        let fields = release.is_none() || *update != TaskUpdate::default();
-        let step = release.and_then(|r| r.step);
+        let fields = *update != TaskUpdate::default() || (holder.is_none() && step.is_none());
         let moves = matches!(step, Some(StepGuard::Moves(_)));
         let mut sets = Vec::new();
         let mut n = 0;
@@ -450,13 +439,14 @@ impl<D: Dialect> SqlStore<D> {
         });
         n += 1;
         let mut wheres = vec![format!("id = ${n}")];
-        if release.is_some() {
+        if holder.is_some() {
             sets.push("lease_owner = NULL, lease_expires_at = NULL".to_owned());
             n += 1;
             wheres.push(format!("lease_owner = ${n}"));
         }
         if let Some(guard) = step {
             n += 1;
+            // A move always has `at_param` (it sets `updated_at`).
             match (guard, at_param) {
                 (StepGuard::Moves(_), Some(at)) => {
                     sets.push(format!("execution_step = ${n}, step_started_at = ${at}"));
@@ -499,8 +489,8 @@ impl<D: Dialect> SqlStore<D> {
             q = q.bind(micros(at));
         }
         q = q.bind(id.to_string());
-        if let Some(release) = release {
-            q = q.bind(release.owner.to_owned());
+        if let Some(holder) = holder {
+            q = q.bind(holder.to_owned());
         }
         match step {
             Some(StepGuard::Moves(step) | StepGuard::Stays(step)) => {
@@ -555,11 +545,8 @@ impl<D: Dialect> SqlStore<D> {
     ) -> Result<LeaseReleased, Error> {
         let context = "releasing a lease";
         let attempt = |step: Option<StepGuard>| async move {
-            let holder = Release {
-                owner: &release.owner,
-                step,
-            };
-            let done = Self::update_query(id, &release.update, release.at, Some(holder))
+            let holder = Some(release.owner.as_str());
+            let done = Self::update_query(id, &release.update, release.at, holder, step)
                 .execute(&self.writer)
                 .await
                 .map_err(Self::db(context))?;
