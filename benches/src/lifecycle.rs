@@ -437,13 +437,12 @@ pub async fn run(dir: &Path, tasks: u64, in_flight: usize) -> anyhow::Result<Lif
     }
     let writes_by_method = per_task(&store.by_method(), &before, tasks);
     let reads_by_method = per_task(&store.reads_by_method(), &reads_before, tasks);
-    let writes: f64 = writes_by_method.iter().map(|(_, n)| n).sum();
+    let writes_per_task: f64 = writes_by_method.iter().map(|(_, n)| n).sum();
     drop(cp);
     drop(store);
     raw_samples.push(crate::baseline::raw_writes_per_sec(&path, RAW_ROWS).await?);
 
     let raw = raw_samples.iter().sum::<f64>() / raw_samples.len() as f64;
-    let writes_per_task = writes;
     Ok(LifecycleFigures {
         tasks_per_sec: tasks as f64 / secs,
         writes_per_task,

@@ -73,7 +73,8 @@ fn repository(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one task; returns the time from submit to its `running` step.
+/// Runs one task; returns the time from submit to its `running` step, with its step
+/// events.
 async fn one_task(embedded: &Embedded, repo: &Path, n: usize) -> anyhow::Result<Sample> {
     let cp = &embedded.control_plane;
     let mut events = cp.subscribe();
@@ -148,9 +149,6 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<WarmFigures> {
     outcome
 }
 
-/// Waits until the node is back in the warm pool: a task's `completed` event comes
-/// before the control plane has stopped its workspace and released the node, and a
-/// task submitted in between would not find the node warm.
 /// One warm task: submit to the running step, and the step events on the way.
 #[derive(Debug)]
 struct Sample {
@@ -158,6 +156,9 @@ struct Sample {
     steps: Vec<(String, Duration)>,
 }
 
+/// Waits until the node is back in the warm pool: a task's `completed` event comes
+/// before the control plane has stopped its workspace and released the node, and a
+/// task submitted in between would not find the node warm.
 async fn node_warm(embedded: &Embedded) -> anyhow::Result<()> {
     let filter = NodeFilter {
         lifecycles: vec![NodeLifecycle::Warm],
