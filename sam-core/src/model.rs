@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -93,8 +94,11 @@ pub const MAX_ID_LEN: usize = 128;
 ///
 /// The character set keeps identifiers safe to use as provider labels, file names
 /// and log fields; it contains no whitespace, quotes or shell metacharacters.
+///
+/// The value is shared, not copied, by `clone`: ids are cloned into every index,
+/// record and message that names them, so a clone costs a reference count.
 pub struct Id<K> {
-    value: String,
+    value: Arc<str>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -142,7 +146,7 @@ impl<K: IdKind> Id<K> {
             ));
         }
         Ok(Self {
-            value,
+            value: value.into(),
             kind: PhantomData,
         })
     }
@@ -156,7 +160,7 @@ impl<K> Id<K> {
 
     /// The identifier as an owned string.
     pub fn into_string(self) -> String {
-        self.value
+        self.value.as_ref().to_owned()
     }
 }
 
@@ -186,7 +190,7 @@ impl<K> Ord for Id<K> {
 }
 impl<K> std::hash::Hash for Id<K> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.value.hash(state);
+        self.value.as_ref().hash(state);
     }
 }
 impl<K: IdKind> fmt::Debug for Id<K> {
@@ -571,9 +575,11 @@ named_enum_impls!(
 );
 
 /// A provider location: a region or zone name such as `fsn1`, `fr-par-1` or `europe-west1-b`.
+///
+/// Shared, not copied, by `clone`, like [`Id`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Location(String);
+pub struct Location(Arc<str>);
 
 impl Location {
     /// Validates a location name: 1–63 characters of `[a-z0-9-]`.
@@ -588,7 +594,7 @@ impl Location {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if ok {
-            Ok(Self(value))
+            Ok(Self(value.into()))
         } else {
             Err(ParseError::new(
                 "location",
@@ -623,7 +629,7 @@ impl TryFrom<String> for Location {
 }
 impl From<Location> for String {
     fn from(value: Location) -> Self {
-        value.0
+        value.0.as_ref().to_owned()
     }
 }
 
@@ -636,12 +642,15 @@ pub const MANAGED_LABEL: &str = "sam-managed";
 ///
 /// Keys and values are restricted to what every supported provider accepts:
 /// keys 1–63 characters of `[a-z0-9_-]` starting with a letter, values 0–63 of the same set.
+///
+/// Shared by `clone` and copied on the first change after one: a node's labels are
+/// cloned with its record far more often than they change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(
     try_from = "BTreeMap<String, String>",
     into = "BTreeMap<String, String>"
 )]
-pub struct Labels(BTreeMap<String, String>);
+pub struct Labels(Arc<BTreeMap<String, String>>);
 
 impl Labels {
     /// No labels.
@@ -654,7 +663,7 @@ impl Labels {
         let mut map = BTreeMap::new();
         map.insert(MANAGED_LABEL.to_owned(), "true".to_owned());
         map.insert(NODE_LABEL.to_owned(), label_safe(node.as_str()));
-        Self(map)
+        Self(Arc::new(map))
     }
 
     /// Adds or replaces one label.
@@ -664,7 +673,7 @@ impl Labels {
     pub fn insert(&mut self, key: &str, value: &str) -> Result<(), ParseError> {
         check_label("label key", key, false)?;
         check_label("label value", value, true)?;
-        self.0.insert(key.to_owned(), value.to_owned());
+        Arc::make_mut(&mut self.0).insert(key.to_owned(), value.to_owned());
         Ok(())
     }
 
@@ -735,7 +744,7 @@ impl TryFrom<BTreeMap<String, String>> for Labels {
 }
 impl From<Labels> for BTreeMap<String, String> {
     fn from(value: Labels) -> Self {
-        value.0
+        Arc::unwrap_or_clone(value.0)
     }
 }
 
