@@ -34,7 +34,9 @@ struct State {
     nodes: BTreeMap<NodeId, NodeRecord>,
     /// The nodes whose lifecycle is `warm`, so a claim looks at those only.
     warm: BTreeSet<NodeId>,
-    workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
+    /// Looked up by id only (lists go through `on_node` and sort), so hashed: a
+    /// fleet's workspace rows are never deleted and a B-tree over them grows deep.
+    workspaces: HashMap<WorkspaceId, WorkspaceRecord>,
     /// The workspaces of each node (workspace rows are never deleted), so a node's
     /// slots are found without looking at every workspace.
     on_node: HashMap<NodeId, Vec<WorkspaceId>>,
