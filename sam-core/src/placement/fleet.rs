@@ -238,20 +238,45 @@ impl FleetIndex {
         workspaces: impl IntoIterator<Item = (WorkspaceId, Reservation)>,
     ) {
         let id = node.id.clone();
-        self.remove_node(&id);
-        let mut slot = Slot {
-            node,
-            workspaces: Vec::new(),
-            live: Vec::new(),
+        self.ungroup(&id);
+        // The slot is changed in place: a fresh read of a node mostly repeats what
+        // the index holds, so only the workspaces that came or went touch the map.
+        let before = match self.slots.get_mut(&id) {
+            Some(slot) => {
+                slot.node = node;
+                slot.live.clear();
+                std::mem::take(&mut slot.workspaces)
+            }
+            None => {
+                self.slots.insert(
+                    id.clone(),
+                    Slot {
+                        node,
+                        workspaces: Vec::new(),
+                        live: Vec::new(),
+                    },
+                );
+                Vec::new()
+            }
         };
+        let mut now = Vec::new();
+        let mut live = Vec::new();
         for (workspace, reservation) in workspaces {
-            // A workspace is on one node; one the index had elsewhere moves here.
-            self.release(&workspace);
-            self.workspaces.insert(workspace.clone(), id.clone());
-            slot.workspaces.push(workspace);
-            slot.live.push(reservation);
+            if self.workspaces.get(&workspace) != Some(&id) {
+                // A workspace is on one node; one the index had elsewhere moves here.
+                self.release(&workspace);
+                self.workspaces.insert(workspace.clone(), id.clone());
+            }
+            now.push(workspace);
+            live.push(reservation);
         }
-        self.slots.insert(id.clone(), slot);
+        for gone in before.iter().filter(|w| !now.contains(w)) {
+            self.workspaces.remove(gone);
+        }
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.workspaces = now;
+            slot.live = live;
+        }
         self.regroup(&id);
     }
 

@@ -275,6 +275,11 @@ enum Op {
     Release(usize),
     /// Change the n-th node's health (modulo the fleet's size).
     Sicken(usize, bool),
+    /// A fresh read of the n-th node (modulo the fleet's size) through
+    /// [`FleetIndex::replace_node`]: it keeps the node's workspaces whose bit is set
+    /// in the mask (the others stopped), and gains the m-th placed workspace from
+    /// another node when it has room for it (the read saw it move there).
+    Reread(usize, u8, Option<usize>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -310,6 +315,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => place,
         3 => any::<usize>().prop_map(Op::Release),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(i, h)| Op::Sicken(i, h)),
+        2 => (any::<usize>(), any::<u8>(), prop::option::of(any::<usize>()))
+            .prop_map(|(i, mask, moved)| Op::Reread(i, mask, moved)),
     ]
 }
 
@@ -341,7 +348,8 @@ proptest! {
             index.insert_node(n);
         }
         let ids: Vec<NodeId> = (0..fleet.len()).map(|i| NodeId::new(format!("node-{i:05}")).unwrap()).collect();
-        let mut placed: Vec<WorkspaceId> = Vec::new();
+        // Every workspace holding a slot: its node and reservation.
+        let mut placed: Vec<(WorkspaceId, NodeId, Reservation)> = Vec::new();
         for (step, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Place { cpu, mem, disk, exclusive, co_tenants, location, size, hetzner } => {
@@ -367,14 +375,54 @@ proptest! {
                         let ws = WorkspaceId::new(format!("ws-{step}")).unwrap();
                         let outcome = index.reserve(&id, ws.clone(), req.reservation).unwrap();
                         prop_assert_eq!(outcome, SlotOutcome::Reserved);
-                        placed.push(ws);
+                        placed.push((ws, id, req.reservation));
                     }
                 }
                 Op::Release(i) => {
                     if !placed.is_empty() {
-                        let ws = placed.swap_remove(i % placed.len());
+                        let (ws, _, _) = placed.swap_remove(i % placed.len());
                         prop_assert!(index.release(&ws));
                         prop_assert!(!index.release(&ws));
+                    }
+                }
+                Op::Reread(i, mask, moved) => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let id = &ids[i % ids.len()];
+                    let n = index.candidate(id).unwrap().node.clone();
+                    let mut kept = Vec::new();
+                    let mut stopped = Vec::new();
+                    for (bit, (ws, _, r)) in placed.iter().filter(|(_, on, _)| on == id).enumerate() {
+                        if mask & (1 << (bit % 8)) != 0 {
+                            kept.push((ws.clone(), *r));
+                        } else {
+                            stopped.push(ws.clone());
+                        }
+                    }
+                    let live: Vec<Reservation> = kept.iter().map(|(_, r)| *r).collect();
+                    if let Some(m) = moved.filter(|_| !placed.is_empty()) {
+                        let (ws, from, r) = &placed[m % placed.len()];
+                        if from != id && crate::reservation::check_slot(&n.capacity, &live, r).is_ok() {
+                            kept.push((ws.clone(), *r));
+                        }
+                    }
+                    placed.retain(|(ws, _, _)| !stopped.contains(ws));
+                    for (ws, on, _) in &mut placed {
+                        if kept.iter().any(|(k, _)| k == ws) {
+                            *on = id.clone();
+                        }
+                    }
+                    index.replace_node(n, kept);
+                    for ws in &stopped {
+                        prop_assert!(!index.release(ws), "step {}: {} stopped", step, ws);
+                    }
+                    for (on, r) in ids.iter().map(|on| (on, index.candidate(on).unwrap())) {
+                        let mut want: Vec<u64> = placed.iter().filter(|(_, n, _)| n == on).map(|(_, _, r)| r.cpu_millis).collect();
+                        let mut have: Vec<u64> = r.live.iter().map(|r| r.cpu_millis).collect();
+                        want.sort_unstable();
+                        have.sort_unstable();
+                        prop_assert_eq!(want, have, "step {}: the slots of {}", step, on);
                     }
                 }
                 Op::Sicken(i, healthy) => {
