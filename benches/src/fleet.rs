@@ -239,7 +239,8 @@ pub struct Workload {
     rng: Rng,
     base: Reservation,
     issued: u64,
-    live: VecDeque<WorkspaceId>,
+    /// The workspaces holding a slot, oldest first, with the task of each.
+    live: VecDeque<(TaskId, WorkspaceId)>,
     target: usize,
     /// A digest of every decision so far, to check two placers decided alike.
     pub digest: u64,
@@ -271,8 +272,8 @@ impl Workload {
             let taken = chosen
                 .as_ref()
                 .filter(|node| placer.take(node, workspace.clone(), request.reservation))
-                .map(|_| workspace);
-            for oldest in self.decided(chosen.as_ref(), taken) {
+                .map(|_| (request.task_id, workspace));
+            for (_, oldest) in self.decided(chosen.as_ref(), taken) {
                 placer.give_back(&oldest);
             }
         }
@@ -288,14 +289,14 @@ impl Workload {
         WorkspaceId::new(format!("ws-{}", self.issued)).expect("a valid workspace id")
     }
 
-    /// Records the decision on the current request (`taken`: the workspace that now
-    /// holds its slot, if any) and moves to the next; returns the oldest workspaces
-    /// to release, to keep the target.
+    /// Records the decision on the current request (`taken`: the request's task and
+    /// the workspace that now holds its slot, if any) and moves to the next; returns
+    /// the oldest workspaces (with their tasks) to release, to keep the target.
     pub fn decided(
         &mut self,
         chosen: Option<&NodeId>,
-        taken: Option<WorkspaceId>,
-    ) -> Vec<WorkspaceId> {
+        taken: Option<(TaskId, WorkspaceId)>,
+    ) -> Vec<(TaskId, WorkspaceId)> {
         self.fold(chosen);
         if let Some(workspace) = taken {
             self.placed += 1;

@@ -51,7 +51,8 @@ pub struct PlacementRun {
 /// For the scheduler the fleet lives in a [`MemoryStore`]: choose is
 /// [`DefaultScheduler::place`] (its warm-node claims, its fleet view and the check of
 /// the chosen node against the store), take is the store's `reserve_workspace_slot`,
-/// and give back marks the oldest workspace stopped, behind the scheduler's back.
+/// and give back marks the oldest workspace stopped and tells the scheduler
+/// ([`Scheduler::released`]), as the control plane's release of a finished task does.
 ///
 /// # Errors
 /// When the index and the scan disagree on any of the decisions both made, or the
@@ -111,7 +112,8 @@ pub async fn run(run: PlacementRun) -> anyhow::Result<PlacementFigures> {
 
 /// Runs `n` steps of `load` through the scheduler and the store, as the runner would:
 /// place (at the wall clock's `now`, so the view ages as in service), reserve the slot
-/// of an existing-node decision, and stop the oldest workspaces beyond the target.
+/// of an existing-node decision, and stop the oldest workspaces beyond the target,
+/// telling the scheduler of each as the control plane does.
 ///
 /// # Errors
 /// A store failure, or the store refusing a slot the scheduler chose.
@@ -143,16 +145,17 @@ pub async fn in_service(
                 updated_at: request.now,
             };
             match store.reserve_workspace_slot(&record).await? {
-                SlotOutcome::Reserved => taken = Some(workspace),
+                SlotOutcome::Reserved => taken = Some((request.task_id.clone(), workspace)),
                 SlotOutcome::Rejected(reason) => anyhow::bail!(
                     "the store refused the slot the scheduler chose on node {node}: {reason}"
                 ),
             }
         }
-        for oldest in load.decided(chosen.as_ref(), taken) {
+        for (task, oldest) in load.decided(chosen.as_ref(), taken) {
             store
                 .update_workspace(&oldest, WorkspaceStatus::Stopped, None, request.now)
                 .await?;
+            scheduler.released(&task, &oldest);
         }
     }
     Ok(())

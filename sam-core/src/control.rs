@@ -892,13 +892,17 @@ impl ControlPlane {
             if let Err(e) = self.node_agent.stop_workspace(&node, ws).await {
                 tracing::warn!(task = %task.id, error = %e, "could not stop the workspace");
             }
-            if let Err(e) = self
+            match self
                 .store
                 .update_workspace(ws, WorkspaceStatus::Stopped, None, now)
                 .await
-                && e.category() != ErrorCategory::NotFound
             {
-                tracing::warn!(task = %task.id, error = %e, "could not free the workspace slot");
+                // The scheduler may count the room again before it next reads.
+                Ok(()) => self.scheduler.released(&task.id, ws),
+                Err(e) if e.category() == ErrorCategory::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "could not free the workspace slot");
+                }
             }
         }
         let ever_ready = node.ready_at.is_some() && node.health == NodeHealth::Healthy;

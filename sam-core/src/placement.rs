@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 
 use crate::credential::CredentialOwner;
 use crate::error::Error;
-use crate::model::{Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, VmSize};
+use crate::model::{
+    Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId, VmSize, WorkspaceId,
+};
 use crate::reservation::{Capacity, Reservation, SlotRejection, check_slot};
 use crate::scheduler::{
     NodeChoice, Placement, PlacementDecision, PlacementExplanation, PlacementRequest, Rejected,
@@ -362,6 +364,14 @@ impl DefaultScheduler {
 
 #[async_trait]
 impl Scheduler for DefaultScheduler {
+    /// Frees the slot in every view that holds it (the view keeps a slot it handed
+    /// out under the task until the store shows the task's workspace).
+    fn released(&self, task: &TaskId, workspace: &WorkspaceId) {
+        for view in self.views().values_mut() {
+            view.released(task, workspace);
+        }
+    }
+
     async fn place(&self, request: &PlacementRequest) -> Result<PlacementDecision, Error> {
         let mut rejected = Vec::new();
 

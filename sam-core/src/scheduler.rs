@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialOwner;
 use crate::error::Error;
-use crate::model::{Location, NodeId, ProviderKind, TaskId, VmSize};
+use crate::model::{Location, NodeId, ProviderKind, TaskId, VmSize, WorkspaceId};
 use crate::reservation::{Layer, Reservation};
 use crate::store::NodeRecord;
 
@@ -119,6 +119,10 @@ pub struct PlacementDecision {
 /// - **Explains**: every decision lists the chosen target, the reason, and every
 ///   rejected candidate with its reason.
 /// - **Deterministic**: the same store contents and request give the same decision.
+/// - **Hints only free**: [`Scheduler::released`] is called after the store has freed
+///   a slot; a scheduler may count that room again before it next reads the store,
+///   and nothing else. A lost or late hint costs at most a tighter fit missed until
+///   the next read, never an over-commit (decisions stay checked against the store).
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait Scheduler: Send + Sync + Debug {
@@ -128,4 +132,12 @@ pub trait Scheduler: Send + Sync + Debug {
     /// `invalid_config` for a preferred node that cannot take the task; store
     /// failures as classified.
     async fn place(&self, request: &PlacementRequest) -> Result<PlacementDecision, Error>;
+
+    /// Told that `task`'s workspace `workspace` no longer holds its slot: the store
+    /// already says so. A scheduler that keeps a view of the fleet between reads
+    /// frees the slot in it; one that reads the store for every decision has
+    /// nothing to do, which is the default.
+    fn released(&self, task: &TaskId, workspace: &WorkspaceId) {
+        let _ = (task, workspace);
+    }
 }

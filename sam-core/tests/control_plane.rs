@@ -1379,3 +1379,65 @@ async fn a_refused_slot_leads_to_a_fresh_placement() {
     assert_eq!(workspace.node_id, loose);
     assert_eq!(h.creates().len(), 2, "no new VM");
 }
+
+/// A scheduler that records the slots it is told were freed, around the default one.
+#[derive(Debug)]
+struct Recording {
+    inner: sam_core::DefaultScheduler,
+    released: std::sync::Mutex<Vec<(TaskId, sam_core::WorkspaceId)>>,
+}
+
+#[async_trait::async_trait]
+impl sam_core::Scheduler for Recording {
+    async fn place(
+        &self,
+        request: &sam_core::PlacementRequest,
+    ) -> Result<sam_core::PlacementDecision, sam_core::Error> {
+        self.inner.place(request).await
+    }
+
+    fn released(&self, task: &TaskId, workspace: &sam_core::WorkspaceId) {
+        self.inner.released(task, workspace);
+        self.released
+            .lock()
+            .unwrap()
+            .push((task.clone(), workspace.clone()));
+    }
+}
+
+/// A finished task's slot is freed in the store first, then the scheduler is told,
+/// once, so a scheduler that keeps a view counts the room again before its next read.
+#[tokio::test(start_paused = true)]
+async fn a_finished_task_tells_the_scheduler_its_slot_is_free() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let scheduler = Arc::new(Recording {
+        inner: sam_core::DefaultScheduler::with_max_staleness(Arc::clone(&store), HOUR),
+        released: std::sync::Mutex::default(),
+    });
+    let provider = Arc::new(FakeProvider::new());
+    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
+    let h = Harness {
+        cp: support::control_plane_with(
+            Arc::clone(&store),
+            Arc::clone(&provider),
+            Arc::clone(&agent),
+            Arc::new(TokioClock::new()),
+            config("d1"),
+            Arc::clone(&scheduler) as Arc<dyn sam_core::Scheduler>,
+        ),
+        store,
+        provider,
+        agent,
+    };
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    let workspace = task.workspace_id.clone().expect("the task had a workspace");
+    let stopped = h.store.get_workspace(&workspace).await.unwrap().unwrap();
+    assert!(!stopped.status.holds_slot(), "{stopped:?}");
+    assert_eq!(
+        *scheduler.released.lock().unwrap(),
+        vec![(id, workspace)],
+        "told once, after the store freed the slot"
+    );
+}

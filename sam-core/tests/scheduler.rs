@@ -37,8 +37,9 @@ enum Op {
     Commit,
     /// Another control plane, with its own scheduler, places a task and reserves.
     OtherPlaces { cpu: u64, memory: u64 },
-    /// A workspace stops and frees its slot.
-    StopWorkspace(usize),
+    /// A workspace stops and frees its slot; with `tell`, both schedulers are told
+    /// ([`Scheduler::released`]), as the control plane's release does.
+    StopWorkspace { workspace: usize, tell: bool },
     /// A new node starts running.
     AddNode { cpu: u64, memory: u64 },
     /// A node changes state.
@@ -66,7 +67,8 @@ fn op() -> impl Strategy<Value = Op> {
             cpu: cpu * 500,
             memory: memory * 1024,
         }),
-        2 => any::<usize>().prop_map(Op::StopWorkspace),
+        2 => (any::<usize>(), any::<bool>())
+            .prop_map(|(workspace, tell)| Op::StopWorkspace { workspace, tell }),
         2 => (1u64..=8, 1u64..=8).prop_map(|(cpu, memory)| Op::AddNode {
             cpu: cpu * 1000,
             memory: memory * 2048,
@@ -294,7 +296,7 @@ impl World {
                     self.reserve(&request, &node_id).await;
                 }
             }
-            Op::StopWorkspace(i) => {
+            Op::StopWorkspace { workspace: i, tell } => {
                 let mut live = Vec::new();
                 for node in self.nodes().await {
                     live.extend(
@@ -312,6 +314,10 @@ impl World {
                         .update_workspace(&ws.id, WorkspaceStatus::Stopped, None, at(60))
                         .await
                         .unwrap();
+                    if tell {
+                        self.scheduler.released(&ws.task_id, &ws.id);
+                        self.other.released(&ws.task_id, &ws.id);
+                    }
                 }
             }
             Op::AddNode { cpu, memory } => self.add_node(cpu, memory).await,
@@ -451,6 +457,54 @@ async fn consecutive_decisions_count_the_slots_they_handed_out() {
         chosen[1..].iter().all(|n| n != &tight),
         "the tight node's only slot was handed out: {chosen:?}"
     );
+}
+
+/// A slot the scheduler is told was freed counts as room again at once, whether the
+/// view holds it from its bulk read or handed it out since; a slot freed without a
+/// word stays counted until the view reads the node again.
+#[tokio::test]
+async fn a_released_slot_is_room_again_without_a_read() {
+    for told in [false, true] {
+        for read_first in [false, true] {
+            let mut world = World::new(false);
+            world.add_node(2000, 8192).await;
+            world.add_node(8000, 16384).await;
+            let tight = world.nodes().await[0].id.clone();
+            let ask = |task: &str| request(task_id(task), reservation(1500, 1024, false, 8));
+            if read_first {
+                // The first slot is taken before the view's bulk read sees it.
+                assert_eq!(
+                    world.reserve(&ask("t-0001"), &tight).await,
+                    SlotOutcome::Reserved
+                );
+                world.place(&ask("t-read")).await;
+            } else {
+                let first = ask("t-0001");
+                assert_eq!(world.place(&first).await, Some(tight.clone()));
+                assert_eq!(world.reserve(&first, &tight).await, SlotOutcome::Reserved);
+            }
+            let freed = world
+                .store
+                .get_workspace(&sam_core::WorkspaceId::new("w-0001").unwrap())
+                .await
+                .unwrap()
+                .expect("the first task's workspace");
+            world
+                .store
+                .update_workspace(&freed.id, WorkspaceStatus::Stopped, None, at(60))
+                .await
+                .unwrap();
+            if told {
+                world.scheduler.released(&freed.task_id, &freed.id);
+            }
+            let next = world.place(&ask("t-next")).await;
+            if told {
+                assert_eq!(next, Some(tight.clone()), "read first: {read_first}");
+            } else {
+                assert_ne!(next, Some(tight.clone()), "read first: {read_first}");
+            }
+        }
+    }
 }
 
 /// A node that appears after the view was read is found before the scheduler

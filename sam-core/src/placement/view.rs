@@ -113,6 +113,14 @@ impl FleetView {
         }
     }
 
+    /// Frees the slot of `task`'s workspace `workspace`, which the store no longer
+    /// counts: whether the view knows it by the workspace (from a read) or by the
+    /// task (handed out since).
+    pub(super) fn released(&mut self, task: &TaskId, workspace: &WorkspaceId) {
+        self.index.release(workspace);
+        self.forget(task);
+    }
+
     /// The best-fit node for `request` by the view, skipping nodes held for another
     /// task.
     pub(super) fn propose(&self, request: &PlacementRequest) -> Option<NodeId> {
