@@ -1,11 +1,12 @@
 //! [`MemoryStore`]: the in-memory backend, always compiled, for tests and
 //! single-process embedding.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use foldhash::HashMap;
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
     ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest,

@@ -21,7 +21,9 @@
 //! or gives back its slot. It is plain data with no IO, for a scheduler that keeps
 //! its fleet in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::ops::Bound;
 
 use crate::error::Error;

@@ -8,7 +8,7 @@
 //! scheduler reads, then applies what it read here. It only ever *proposes* a node;
 //! the scheduler checks the proposal against the store before it returns it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use chrono::{DateTime, Utc};
 
@@ -71,9 +71,9 @@ impl FleetView {
         let mut view = Self {
             provider,
             index: FleetIndex::new(),
-            held: HashMap::new(),
-            assumed: HashMap::new(),
-            assumed_on: HashMap::new(),
+            held: HashMap::default(),
+            assumed: HashMap::default(),
+            assumed_on: HashMap::default(),
             next_key: 0,
             read_at,
         };
