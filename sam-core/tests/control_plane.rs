@@ -53,6 +53,25 @@ fn harness_with(
     }
 }
 
+/// A harness on `store` whose control plane places with `scheduler`.
+fn harness_scheduled(store: Arc<dyn Store>, scheduler: Arc<dyn sam_core::Scheduler>) -> Harness {
+    let provider = Arc::new(FakeProvider::new());
+    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
+    Harness {
+        cp: support::control_plane_with(
+            Arc::clone(&store),
+            Arc::clone(&provider),
+            Arc::clone(&agent),
+            Arc::new(TokioClock::new()),
+            config("d1"),
+            scheduler,
+        ),
+        store,
+        provider,
+        agent,
+    }
+}
+
 fn harness(config: ControlPlaneConfig) -> Harness {
     harness_with(
         Arc::new(MemoryStore::new()),
@@ -1267,24 +1286,13 @@ async fn a_refused_slot_leads_to_a_fresh_placement() {
     // A view trusted for an hour: the re-placement below is served from it, so the
     // check against the store is what finds the node full.
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let provider = Arc::new(FakeProvider::new());
-    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
-    let h = Harness {
-        cp: support::control_plane_with(
+    let h = harness_scheduled(
+        Arc::clone(&store),
+        Arc::new(sam_core::DefaultScheduler::with_max_staleness(
             Arc::clone(&store),
-            Arc::clone(&provider),
-            Arc::clone(&agent),
-            Arc::new(TokioClock::new()),
-            config("d1"),
-            Arc::new(sam_core::DefaultScheduler::with_max_staleness(
-                Arc::clone(&store),
-                HOUR,
-            )),
-        ),
-        store,
-        provider,
-        agent,
-    };
+            HOUR,
+        )),
+    );
     // Two exclusive tasks leave two idle medium nodes; make them active, running
     // nodes the existing-node step chooses between.
     let mut exclusive = LayerSettings::default();
@@ -1414,21 +1422,10 @@ async fn a_finished_task_tells_the_scheduler_its_slot_is_free() {
         inner: sam_core::DefaultScheduler::with_max_staleness(Arc::clone(&store), HOUR),
         released: std::sync::Mutex::default(),
     });
-    let provider = Arc::new(FakeProvider::new());
-    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
-    let h = Harness {
-        cp: support::control_plane_with(
-            Arc::clone(&store),
-            Arc::clone(&provider),
-            Arc::clone(&agent),
-            Arc::new(TokioClock::new()),
-            config("d1"),
-            Arc::clone(&scheduler) as Arc<dyn sam_core::Scheduler>,
-        ),
+    let h = harness_scheduled(
         store,
-        provider,
-        agent,
-    };
+        Arc::clone(&scheduler) as Arc<dyn sam_core::Scheduler>,
+    );
     let id = h.cp.submit(&request(&[])).await.unwrap();
     let task = h.run(&id, HOUR).await;
     assert_eq!(task.status, TaskStatus::Completed);

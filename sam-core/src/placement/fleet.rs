@@ -21,6 +21,7 @@
 //! or gives back its slot. It is plain data with no IO, for a scheduler that keeps
 //! its fleet in memory.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::HashMap;
@@ -211,23 +212,28 @@ impl FleetIndex {
         }
     }
 
+    /// The slot of node `id` with its row set to `node`: a new, empty slot when the
+    /// index did not hold the node. The caller ungroups and regroups it.
+    fn slot_with_row(&mut self, id: &NodeId, node: NodeRecord) -> &mut Slot {
+        match self.slots.entry(id.clone()) {
+            Entry::Occupied(entry) => {
+                let slot = entry.into_mut();
+                slot.node = node;
+                slot
+            }
+            Entry::Vacant(entry) => entry.insert(Slot {
+                node,
+                workspaces: Vec::new(),
+                live: Vec::new(),
+            }),
+        }
+    }
+
     /// Adds `node`, or replaces its row and keeps its workspaces.
     pub fn insert_node(&mut self, node: NodeRecord) {
         let id = node.id.clone();
         self.ungroup(&id);
-        match self.slots.get_mut(&id) {
-            Some(slot) => slot.node = node,
-            None => {
-                self.slots.insert(
-                    id.clone(),
-                    Slot {
-                        node,
-                        workspaces: Vec::new(),
-                        live: Vec::new(),
-                    },
-                );
-            }
-        }
+        self.slot_with_row(&id, node);
         self.regroup(&id);
     }
 
@@ -243,24 +249,9 @@ impl FleetIndex {
         self.ungroup(&id);
         // The slot is changed in place: a fresh read of a node mostly repeats what
         // the index holds, so only the workspaces that came or went touch the map.
-        let before = match self.slots.get_mut(&id) {
-            Some(slot) => {
-                slot.node = node;
-                slot.live.clear();
-                std::mem::take(&mut slot.workspaces)
-            }
-            None => {
-                self.slots.insert(
-                    id.clone(),
-                    Slot {
-                        node,
-                        workspaces: Vec::new(),
-                        live: Vec::new(),
-                    },
-                );
-                Vec::new()
-            }
-        };
+        let slot = self.slot_with_row(&id, node);
+        slot.live.clear();
+        let before = std::mem::take(&mut slot.workspaces);
         let mut now = Vec::new();
         let mut live = Vec::new();
         for (workspace, reservation) in workspaces {
