@@ -23,9 +23,9 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use foldhash::HashMap;
-use std::ops::Bound;
 
 use crate::error::Error;
 use crate::model::{NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind, WorkspaceId};

@@ -8,9 +8,8 @@
 //! scheduler reads, then applies what it read here. It only ever *proposes* a node;
 //! the scheduler checks the proposal against the store before it returns it.
 
-use foldhash::HashMap;
-
 use chrono::{DateTime, Utc};
+use foldhash::HashMap;
 
 use crate::model::{NodeId, NodeLifecycle, NodeStatus, ProviderKind, TaskId, WorkspaceId};
 use crate::reservation::Reservation;
