@@ -249,11 +249,7 @@ impl FleetIndex {
         self.ungroup(&id);
         // The slot is changed in place: a fresh read of a node mostly repeats what
         // the index holds, so only the workspaces that came or went touch the map.
-        let slot = self.slot_with_row(&id, node);
-        slot.live.clear();
-        let before = std::mem::take(&mut slot.workspaces);
-        let mut now = Vec::new();
-        let mut live = Vec::new();
+        let (mut now, mut live) = (Vec::new(), Vec::new());
         for (workspace, reservation) in workspaces {
             if self.workspaces.get(&workspace) != Some(&id) {
                 // A workspace is on one node; one the index had elsewhere moves here.
@@ -263,12 +259,15 @@ impl FleetIndex {
             now.push(workspace);
             live.push(reservation);
         }
-        for gone in before.iter().filter(|w| !now.contains(w)) {
-            self.workspaces.remove(gone);
-        }
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.workspaces = now;
-            slot.live = live;
+        let slot = self.slot_with_row(&id, node);
+        slot.live = live;
+        let before = std::mem::replace(&mut slot.workspaces, now);
+        let gone: Vec<WorkspaceId> = before
+            .into_iter()
+            .filter(|w| !slot.workspaces.contains(w))
+            .collect();
+        for workspace in &gone {
+            self.workspaces.remove(workspace);
         }
         self.regroup(&id);
     }
