@@ -179,6 +179,19 @@ pub(crate) fn kind_of_code(dialect: Dialect, code: &str) -> StoreErrorKind {
     }
 }
 
+/// Whether a SQLite error is `SQLITE_BUSY` (any extended form): another connection
+/// holds a lock this one needs, so the same statement may succeed once it lets go.
+#[cfg(feature = "_sql")]
+pub(crate) fn is_sqlite_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(|code| code & 0xff == 5),
+        _ => false,
+    }
+}
+
 /// Classifies any driver error, delegating database errors to [`kind_of_code`].
 #[cfg(feature = "_sql")]
 pub(crate) fn kind_of(dialect: Dialect, error: &sqlx::Error) -> StoreErrorKind {

@@ -9,12 +9,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sam_core::StoreErrorKind;
+use sam_core::{Classify, ErrorCategory, RetryError, RetryOn, RetryPolicy, StoreErrorKind, retry};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, Executor};
 
-use crate::error::{Dialect, Error};
+use crate::error::{Dialect, Error, is_sqlite_busy};
 use crate::sql::{self, Migration, Schema, SqlStore};
 
 /// The SQLite [`sam_core::Store`] backend; open it with [`SqliteStore::new`].
@@ -141,18 +141,38 @@ async fn pool(config: &SqliteConfig, connections: u32) -> Result<AnyPool, Error>
         config.busy_timeout.as_millis()
     );
     // One connection first, so an unusable file fails at once with its own error,
-    // rather than as a pool timeout after the pool has retried it.
-    let mut probe = AnyConnection::connect_with(&options)
-        .await
-        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
-    probe
-        .execute(sqlx::raw_sql(AssertSqlSafe(pragmas.clone())))
-        .await
-        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
-    probe
-        .close()
-        .await
-        .map_err(|e| Error::database(Dialect::Sqlite, context(), e))?;
+    // rather than as a pool timeout after the pool has retried it. It also switches
+    // the file into WAL, which takes a read lock and then upgrades it to a write lock;
+    // SQLite answers that upgrade with SQLITE_BUSY at once, without waiting in its busy
+    // handler, when another connection holds a read lock meanwhile (two stores opening
+    // one fresh file). The probe is retried on that answer only, for as long as the
+    // busy handler would have waited (at least a second).
+    let policy = RetryPolicy {
+        initial_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(100),
+        max_attempts: u32::MAX,
+        budget: config.busy_timeout.max(Duration::from_secs(1)),
+        jitter: 0.5,
+        per_attempt_timeout: None,
+        retry_on: RetryOn::Retryable,
+    };
+    retry(&policy, || async {
+        let mut probe = AnyConnection::connect_with(&options).await.map_err(Probe)?;
+        probe
+            .execute(sqlx::raw_sql(AssertSqlSafe(pragmas.clone())))
+            .await
+            .map_err(Probe)?;
+        probe.close().await.map_err(Probe)
+    })
+    .await
+    .map_err(|e| match e {
+        RetryError::Failed(Probe(e)) => Error::database(Dialect::Sqlite, context(), e),
+        RetryError::TimedOut { timeout, .. } => Error::database(
+            Dialect::Sqlite,
+            format!("{}: the file stayed locked for {timeout:?}", context()),
+            sqlx::Error::PoolTimedOut,
+        ),
+    })?;
     AnyPoolOptions::new()
         .max_connections(connections)
         // sqlx pings an idle connection on every acquire to find one its peer hung up.
@@ -169,6 +189,21 @@ async fn pool(config: &SqliteConfig, connections: u32) -> Result<AnyPool, Error>
         .connect_with(options)
         .await
         .map_err(|e| Error::database(Dialect::Sqlite, context(), e))
+}
+
+/// A failed attempt at the probe connection; only a busy lock is worth another.
+#[derive(Debug)]
+struct Probe(sqlx::Error);
+
+impl Classify for Probe {
+    fn category(&self) -> ErrorCategory {
+        if is_sqlite_busy(&self.0) {
+            ErrorCategory::Conflict
+        } else {
+            // Not retried: reported as it is, classified by `Error::database`.
+            ErrorCategory::Unknown
+        }
+    }
 }
 
 #[cfg(test)]

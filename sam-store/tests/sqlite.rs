@@ -79,6 +79,25 @@ async fn two_stores_on_one_file_never_leak_busy() {
     assert_eq!(all.len(), 200, "every write of both stores is there");
 }
 
+/// Switching a fresh file into WAL upgrades a read lock, which SQLite refuses at once
+/// (no busy wait) while another opener reads the file: every opener must still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opening_one_fresh_file_at_once_all_open() {
+    for round in 0..25 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SqliteConfig::new(dir.path().join("fresh.db"));
+        let opened = join_all((0..8).map(|_| SqliteStore::new(&config))).await;
+        for (i, store) in opened.into_iter().enumerate() {
+            let store = store.unwrap_or_else(|e| panic!("round {round}, opener {i}: {e:?}"));
+            store
+                .create_task(&task(&format!("t-{i}"), i as i64))
+                .await
+                .expect("each opened store writes");
+            store.close().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn invalid_json_in_a_row_is_a_typed_error() {
     let dir = tempfile::tempdir().expect("tempdir");
