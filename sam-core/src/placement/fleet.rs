@@ -38,6 +38,9 @@ use super::{Candidate, fits};
 /// A group of the index: nodes of one provider with the same free CPU and memory.
 type GroupKey = (ProviderKind, u64, u64);
 
+/// A placeable node's group and its free disk (`None` when its disk is not known).
+type Position = (GroupKey, Option<u64>);
+
 /// One node and the workspaces holding a slot on it.
 #[derive(Debug, Clone)]
 struct Slot {
@@ -59,7 +62,7 @@ impl Slot {
     /// `None` when it can take no task at all: its status keeps it from any, or its
     /// workspaces already fill it by count (one is exclusive, or they reach the
     /// smallest `max_co_tenants` among them), whatever room is left.
-    fn key(&self) -> Option<(GroupKey, Option<u64>)> {
+    fn key(&self) -> Option<Position> {
         let node = &self.node;
         let full_by_count = self.live.iter().any(|r| r.exclusive)
             || self
@@ -192,28 +195,34 @@ impl FleetIndex {
         self.slots.get(id).map(Slot::candidate)
     }
 
-    /// Takes `node` out of its group (before its row or reservations change).
-    fn ungroup(&mut self, id: &NodeId) {
-        let Some((key, disk)) = self.slots.get(id).and_then(Slot::key) else {
+    /// Where node `id` sits now: its group and free disk, if it is placeable.
+    fn position(&self, id: &NodeId) -> Option<Position> {
+        self.slots.get(id).and_then(Slot::key)
+    }
+
+    /// Moves node `id` from `before` (where it sat before its slot changed) to the
+    /// group its row and reservations now call for; nothing when that is the same
+    /// place (a fresh read that repeats what the index holds).
+    fn reorder(&mut self, id: &NodeId, before: Option<Position>) {
+        let after = self.position(id);
+        if before == after {
             return;
-        };
-        if let Some(group) = self.groups.get_mut(&key) {
+        }
+        if let Some((key, disk)) = before
+            && let Some(group) = self.groups.get_mut(&key)
+        {
             group.remove(disk, id);
             if group.is_empty() {
                 self.groups.remove(&key);
             }
         }
-    }
-
-    /// Puts `node` into the group its row and reservations now call for.
-    fn regroup(&mut self, id: &NodeId) {
-        if let Some((key, disk)) = self.slots.get(id).and_then(Slot::key) {
+        if let Some((key, disk)) = after {
             self.groups.entry(key).or_default().insert(disk, id.clone());
         }
     }
 
     /// The slot of node `id` with its row set to `node`: a new, empty slot when the
-    /// index did not hold the node. The caller ungroups and regroups it.
+    /// index did not hold the node. The caller reorders it.
     fn slot_with_row(&mut self, id: &NodeId, node: NodeRecord) -> &mut Slot {
         match self.slots.entry(id.clone()) {
             Entry::Occupied(entry) => {
@@ -232,9 +241,9 @@ impl FleetIndex {
     /// Adds `node`, or replaces its row and keeps its workspaces.
     pub fn insert_node(&mut self, node: NodeRecord) {
         let id = node.id.clone();
-        self.ungroup(&id);
+        let before = self.position(&id);
         self.slot_with_row(&id, node);
-        self.regroup(&id);
+        self.reorder(&id, before);
     }
 
     /// Sets node `node` to what a fresh read says: its row and the workspaces
@@ -246,7 +255,7 @@ impl FleetIndex {
         workspaces: impl IntoIterator<Item = (WorkspaceId, Reservation)>,
     ) {
         let id = node.id.clone();
-        self.ungroup(&id);
+        let position = self.position(&id);
         // The slot is changed in place: a fresh read of a node mostly repeats what
         // the index holds, so only the workspaces that came or went touch the map.
         let (mut now, mut live) = (Vec::new(), Vec::new());
@@ -269,13 +278,14 @@ impl FleetIndex {
         for workspace in &gone {
             self.workspaces.remove(workspace);
         }
-        self.regroup(&id);
+        self.reorder(&id, position);
     }
 
     /// Removes node `id` and the slots its workspaces held; returns its row.
     pub fn remove_node(&mut self, id: &NodeId) -> Option<NodeRecord> {
-        self.ungroup(id);
+        let before = self.position(id);
         let slot = self.slots.remove(id)?;
+        self.reorder(id, before);
         for workspace in &slot.workspaces {
             self.workspaces.remove(workspace);
         }
@@ -313,13 +323,13 @@ impl FleetIndex {
         if let Err(rejection) = check_slot(&slot.node.capacity, &slot.live, &reservation) {
             return Ok(SlotOutcome::Rejected(rejection));
         }
-        self.ungroup(node);
+        let before = self.position(node);
         if let Some(slot) = self.slots.get_mut(node) {
             slot.workspaces.push(workspace.clone());
             slot.live.push(reservation);
         }
         self.workspaces.insert(workspace, node.clone());
-        self.regroup(node);
+        self.reorder(node, before);
         Ok(SlotOutcome::Reserved)
     }
 
@@ -328,14 +338,14 @@ impl FleetIndex {
         let Some(node) = self.workspaces.remove(workspace) else {
             return false;
         };
-        self.ungroup(&node);
+        let before = self.position(&node);
         if let Some(slot) = self.slots.get_mut(&node)
             && let Some(i) = slot.workspaces.iter().position(|w| w == workspace)
         {
             slot.workspaces.swap_remove(i);
             slot.live.swap_remove(i);
         }
-        self.regroup(&node);
+        self.reorder(&node, before);
         true
     }
 

@@ -504,3 +504,44 @@ fn fleet_index_refuses_unknown_nodes_and_double_bookings() {
     assert!(!index.release(&ws), "removing the node freed its slots");
     assert_eq!(index.len(), 1);
 }
+
+/// Groups one MB of memory apart, and a group at the largest memory: the lookup walks
+/// on to each next group (by memory, then by CPU) until a node fits.
+#[test]
+fn fleet_index_walks_every_next_group() {
+    let running = |i, cpu, mem, disk| {
+        let mut n = node(
+            i,
+            cpu,
+            mem,
+            NodeStatus::Running,
+            NodeHealth::Healthy,
+            "fsn1",
+        );
+        n.capacity.disk_mb = disk;
+        n
+    };
+    let fleet = [
+        running(1, 2000, 4096, Some(1000)), // the tightest group, too little disk
+        running(2, 2000, 4097, Some(10_241)), // the next group by one MB, one MB of disk left
+        running(3, 2000, u64::MAX, Some(1000)), // the last memory of that CPU
+        running(4, 2001, 4096, None),       // the next CPU
+    ];
+    let mut index = FleetIndex::new();
+    for n in &fleet {
+        index.insert_node(n.clone());
+    }
+    let mut req = request(2000, 4096);
+    req.reservation.disk_mb = 10_240;
+    let chosen = |index: &FleetIndex| index.best_fit(&req).map(|n| n.id.to_string());
+    let scanned = |index: &FleetIndex| {
+        best_fit(index.candidates(), &req)
+            .0
+            .map(|n| n.id.to_string())
+    };
+    assert_eq!(chosen(&index).as_deref(), Some("node-00002"));
+    assert_eq!(chosen(&index), scanned(&index));
+    index.remove_node(&fleet[1].id);
+    assert_eq!(chosen(&index).as_deref(), Some("node-00004"));
+    assert_eq!(chosen(&index), scanned(&index));
+}
