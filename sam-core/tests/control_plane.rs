@@ -38,32 +38,33 @@ fn harness_with(
     agent: Arc<FakeNodeAgent>,
     config: ControlPlaneConfig,
 ) -> Harness {
-    Harness {
-        // Anchored at the real time: the fake provider stamps VMs with it.
-        cp: support::control_plane(
-            Arc::clone(&store),
-            Arc::clone(&provider),
-            Arc::clone(&agent),
-            Arc::new(TokioClock::new()),
-            config,
-        ),
-        store,
-        provider,
-        agent,
-    }
+    let scheduler = Arc::new(sam_core::DefaultScheduler::new(Arc::clone(&store)));
+    harness_on(store, provider, agent, config, scheduler)
 }
 
 /// A harness on `store` whose control plane places with `scheduler`.
 fn harness_scheduled(store: Arc<dyn Store>, scheduler: Arc<dyn sam_core::Scheduler>) -> Harness {
     let provider = Arc::new(FakeProvider::new());
     let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
+    harness_on(store, provider, agent, config("d1"), scheduler)
+}
+
+/// A harness over these parts, its control plane placing with `scheduler`.
+fn harness_on(
+    store: Arc<dyn Store>,
+    provider: Arc<FakeProvider>,
+    agent: Arc<FakeNodeAgent>,
+    config: ControlPlaneConfig,
+    scheduler: Arc<dyn sam_core::Scheduler>,
+) -> Harness {
     Harness {
+        // Anchored at the real time: the fake provider stamps VMs with it.
         cp: support::control_plane_with(
             Arc::clone(&store),
             Arc::clone(&provider),
             Arc::clone(&agent),
             Arc::new(TokioClock::new()),
-            config("d1"),
+            config,
             scheduler,
         ),
         store,

@@ -147,21 +147,18 @@ pub(crate) enum Dialect {
 }
 
 /// Classifies a database error code: a SQLite (extended) result code or a PostgreSQL
-/// SQLSTATE. This match is the only place codes are interpreted.
+/// SQLSTATE. This match, and [`is_sqlite_busy`] for the one code the SQLite open
+/// retries on, are the only places codes are interpreted.
 #[cfg(feature = "_sql")]
 pub(crate) fn kind_of_code(dialect: Dialect, code: &str) -> StoreErrorKind {
     match dialect {
-        Dialect::Sqlite => {
-            // Extended codes carry the primary code in their low byte.
-            let primary = code.parse::<i64>().map_or(-1, |c| c & 0xff);
-            match primary {
-                19 => StoreErrorKind::AlreadyExists, // SQLITE_CONSTRAINT
-                5 | 6 | 10 | 13 | 14 => StoreErrorKind::Unavailable, // BUSY, LOCKED, IOERR, FULL, CANTOPEN
-                11 | 26 => StoreErrorKind::Corrupt, // SQLITE_CORRUPT, SQLITE_NOTADB
-                20 | 25 => StoreErrorKind::InvalidInput, // SQLITE_MISMATCH, SQLITE_RANGE
-                _ => StoreErrorKind::Backend,
-            }
-        }
+        Dialect::Sqlite => match sqlite_primary(code).unwrap_or(-1) {
+            19 => StoreErrorKind::AlreadyExists, // SQLITE_CONSTRAINT
+            5 | 6 | 10 | 13 | 14 => StoreErrorKind::Unavailable, // BUSY, LOCKED, IOERR, FULL, CANTOPEN
+            11 | 26 => StoreErrorKind::Corrupt,                  // SQLITE_CORRUPT, SQLITE_NOTADB
+            20 | 25 => StoreErrorKind::InvalidInput,             // SQLITE_MISMATCH, SQLITE_RANGE
+            _ => StoreErrorKind::Backend,
+        },
         Dialect::Postgres => match code {
             // integrity_constraint_violation: unique, foreign key, check, not null.
             c if c.starts_with("23") => StoreErrorKind::AlreadyExists,
@@ -184,12 +181,16 @@ pub(crate) fn kind_of_code(dialect: Dialect, code: &str) -> StoreErrorKind {
 #[cfg(feature = "_sql")]
 pub(crate) fn is_sqlite_busy(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|code| code.parse::<i64>().ok())
-            .is_some_and(|code| code & 0xff == 5),
+        sqlx::Error::Database(db) => db.code().and_then(|code| sqlite_primary(&code)) == Some(5),
         _ => false,
     }
+}
+
+/// The primary result code of a SQLite (extended) result code: extended codes carry
+/// it in their low byte.
+#[cfg(feature = "_sql")]
+fn sqlite_primary(code: &str) -> Option<i64> {
+    code.parse::<i64>().ok().map(|c| c & 0xff)
 }
 
 /// Classifies any driver error, delegating database errors to [`kind_of_code`].
