@@ -204,6 +204,26 @@ pub fn best_fit<'a>(
 /// bulk read more often.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
 
+/// The least a fleet view is trusted for, in multiples of how long the bulk read
+/// that built it took (when the maximum staleness is not zero): however slow the
+/// store or starved the host, re-reading the fleet then takes at most a fifth of the
+/// scheduler's time. A view's age counts from before its read, so without this a
+/// read that takes nearly the staleness would leave a view already stale when built.
+const VIEW_LIFETIME_PER_READ: i32 = 4;
+
+/// How long a view whose bulk read (and build) took `took` is trusted, for a
+/// scheduler with `max_staleness`: see [`VIEW_LIFETIME_PER_READ`].
+fn view_lifetime(max_staleness: chrono::Duration, took: Duration) -> chrono::Duration {
+    if max_staleness.is_zero() {
+        return max_staleness;
+    }
+    let floor = chrono::Duration::from_std(took)
+        .ok()
+        .and_then(|took| took.checked_mul(VIEW_LIFETIME_PER_READ))
+        .unwrap_or(chrono::Duration::MAX);
+    max_staleness.max(floor)
+}
+
 /// How many proposals of the fleet view one decision checks against the store
 /// before it reads the whole fleet again (and, after that read, before it takes the
 /// proposal as read).
@@ -227,7 +247,10 @@ const MAX_CHECKS: usize = 8;
 ///   until the store shows the task's workspace there, so consecutive decisions do
 ///   not all pick the same nearly-full node;
 /// - the view is read again when it is older than the maximum staleness (by the
-///   requests' `now`), so freed room and new nodes are seen.
+///   requests' `now`), so freed room and new nodes are seen; a view whose bulk read
+///   took more than a quarter of that is trusted for four times the read's duration
+///   instead, so a slow store or a starved host does not spend most of its time
+///   re-reading (a zero staleness still reads for every decision).
 ///
 /// The trade-off: within the staleness window a node that became a *tighter* fit
 /// (one of its workspaces stopped, or it just started) may be passed over for a
@@ -278,11 +301,15 @@ impl DefaultScheduler {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reads the whole fleet of `provider` into a new view.
+    /// Reads the whole fleet of `provider` into a new view, trusted for the maximum
+    /// staleness or [`VIEW_LIFETIME_PER_READ`] times as long as the read took,
+    /// whichever is longer (a zero staleness stays zero).
     async fn refresh(&self, provider: ProviderKind, now: DateTime<Utc>) -> Result<(), Error> {
+        let started = tokio::time::Instant::now();
         let candidates = self.store.list_placement_candidates(provider).await?;
-        self.views()
-            .insert(provider, FleetView::new(provider, candidates, now));
+        let view = FleetView::new(provider, candidates, now);
+        let lifetime = view_lifetime(self.max_staleness, started.elapsed());
+        self.views().insert(provider, view.trusted_for(lifetime));
         Ok(())
     }
 
@@ -293,12 +320,12 @@ impl DefaultScheduler {
         &self,
         request: &PlacementRequest,
         rejected: &mut Vec<Rejected>,
-    ) -> Result<Option<NodeRecord>, Error> {
+    ) -> Result<Option<Box<NodeRecord>>, Error> {
         let provider = request.provider;
         let stale = {
             let mut views = self.views();
             match views.get_mut(&provider) {
-                Some(view) if !view.is_stale(request.now, self.max_staleness) => {
+                Some(view) if !view.is_stale(request.now) => {
                     view.forget(&request.task_id);
                     false
                 }
@@ -339,7 +366,7 @@ impl DefaultScheduler {
                         .get_mut(&provider)
                         .and_then(|view| view.accept(&id, request));
                     if node.is_some() {
-                        return Ok(node);
+                        return Ok(node.map(Box::new));
                     }
                     continue;
                 }
@@ -355,7 +382,7 @@ impl DefaultScheduler {
                 continue;
             };
             match view.check(&id, read, request) {
-                Checked::Fits(node) => return Ok(Some(*node)),
+                Checked::Fits(node) => return Ok(Some(node)),
                 Checked::Rejected(rejection) => rejected.push(rejection),
             }
         }
@@ -414,20 +441,15 @@ impl Scheduler for DefaultScheduler {
 
         // Warm nodes: exact size first in the requested location, then (when the
         // location is not explicit) in any location.
-        let explicit_location = request.location_source.is_explicit();
-        let mut claims = vec![request.location.clone()];
-        if request.location.is_some() && !explicit_location {
-            claims.push(None);
-        }
-        for location in claims {
-            let claim = WarmClaim {
-                task_id: request.task_id.clone(),
-                provider: request.provider,
-                size: request.size,
-                location: location.clone(),
-                credential_owner: request.credential_owner.clone(),
-                now: request.now,
-            };
+        let mut claim = WarmClaim {
+            task_id: request.task_id.clone(),
+            provider: request.provider,
+            size: request.size,
+            location: request.location.clone(),
+            credential_owner: request.credential_owner.clone(),
+            now: request.now,
+        };
+        loop {
             if let Some(node) = self.store.claim_warm_node(&claim).await? {
                 crate::crash::point(crate::crash::WARM_CLAIMED);
                 if node.capacity.covers(&request.reservation) {
@@ -451,6 +473,10 @@ impl Scheduler for DefaultScheduler {
                     reason: format!("warm node {} cannot hold the reservation", node.id),
                 });
             }
+            if claim.location.is_none() || request.location_source.is_explicit() {
+                break;
+            }
+            claim.location = None;
         }
 
         let warm_rejections = rejected.len();
@@ -465,7 +491,7 @@ impl Scheduler for DefaultScheduler {
                     reason: "the tightest running node with room for the reservation".to_owned(),
                     rejected,
                 },
-                node: Some(Box::new(node)),
+                node: Some(node),
             });
         }
 

@@ -23,6 +23,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::hash::Hash;
 use std::ops::Bound;
 
 use foldhash::HashMap;
@@ -41,16 +43,19 @@ type GroupKey = (ProviderKind, u64, u64);
 /// A placeable node's group and its free disk (`None` when its disk is not known).
 type Position = (GroupKey, Option<u64>);
 
-/// One node and the workspaces holding a slot on it.
+/// One node and what holds a slot on it.
 #[derive(Debug, Clone)]
-struct Slot {
+struct Slot<K> {
     node: NodeRecord,
-    workspaces: Vec<WorkspaceId>,
-    /// The reservations of `workspaces`, in the same order.
+    holders: Vec<K>,
+    /// The reservations of `holders`, in the same order.
     live: Vec<Reservation>,
+    /// Where the node sits in the index's groups: [`Slot::key`] as of its last
+    /// change, kept so that a move need not compute where it came from.
+    position: Option<Position>,
 }
 
-impl Slot {
+impl<K> Slot<K> {
     fn candidate(&self) -> Candidate<'_> {
         Candidate {
             node: &self.node,
@@ -60,8 +65,8 @@ impl Slot {
 
     /// The node's group and its free disk (`None` when its disk is not known), or
     /// `None` when it can take no task at all: its status keeps it from any, or its
-    /// workspaces already fill it by count (one is exclusive, or they reach the
-    /// smallest `max_co_tenants` among them), whatever room is left.
+    /// slots already fill it by count (one is exclusive, or they reach the smallest
+    /// `max_co_tenants` among them), whatever room is left.
     fn key(&self) -> Option<Position> {
         let node = &self.node;
         let full_by_count = self.live.iter().any(|r| r.exclusive)
@@ -94,20 +99,73 @@ impl Slot {
             )
         })
     }
+
+    /// Moves the node to the group its row and slots now call for, in `groups`;
+    /// nothing when that is where it sits (a fresh read that repeats what the index
+    /// holds).
+    fn regroup(&mut self, groups: &mut BTreeMap<GroupKey, Group>) {
+        let after = self.key();
+        self.move_to(after, groups);
+    }
+
+    /// Moves the node to `after` in `groups` (`None`: out of every group).
+    fn move_to(&mut self, after: Option<Position>, groups: &mut BTreeMap<GroupKey, Group>) {
+        if self.position == after {
+            return;
+        }
+        let ranked = Ranked::new(&self.node.id);
+        if let Some((key, disk)) = self.position
+            && let Some(group) = groups.get_mut(&key)
+        {
+            group.remove(disk, &ranked);
+            if group.is_empty() {
+                groups.remove(&key);
+            }
+        }
+        if let Some((key, disk)) = after {
+            groups.entry(key).or_default().insert(disk, ranked);
+        }
+        self.position = after;
+    }
+}
+
+/// A node id in a group of the index, with the first 16 bytes of its text as a
+/// big-endian number in front: most comparisons in the groups' B-trees are then one
+/// integer comparison instead of a string comparison. The order is the ids' own: two
+/// ids that differ within their first 16 bytes differ first there, and a shorter id
+/// is padded with zero bytes, below every byte an id can hold after it; ids whose
+/// heads are equal compare by their whole text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Ranked {
+    head: u128,
+    id: NodeId,
+}
+
+impl Ranked {
+    fn new(id: &NodeId) -> Self {
+        let mut head = [0u8; 16];
+        let text = id.as_str().as_bytes();
+        let n = text.len().min(head.len());
+        head[..n].copy_from_slice(&text[..n]);
+        Self {
+            head: u128::from_be_bytes(head),
+            id: id.clone(),
+        }
+    }
 }
 
 /// The nodes of one group, in the order best fit ranks them within it.
 #[derive(Debug, Clone, Default)]
 struct Group {
     /// Nodes whose disk is known, by free disk, each set ordered by node id.
-    by_disk: BTreeMap<u64, BTreeSet<NodeId>>,
+    by_disk: BTreeMap<u64, BTreeSet<Ranked>>,
     /// Nodes whose disk is not known: disk never keeps them from a workspace, and
     /// best fit counts them as left with no disk at all.
-    no_disk: BTreeSet<NodeId>,
+    no_disk: BTreeSet<Ranked>,
 }
 
 impl Group {
-    fn insert(&mut self, disk: Option<u64>, id: NodeId) {
+    fn insert(&mut self, disk: Option<u64>, id: Ranked) {
         match disk {
             Some(free) => {
                 self.by_disk.entry(free).or_default().insert(id);
@@ -118,7 +176,7 @@ impl Group {
         }
     }
 
-    fn remove(&mut self, disk: Option<u64>, id: &NodeId) {
+    fn remove(&mut self, disk: Option<u64>, id: &Ranked) {
         match disk {
             Some(free) => {
                 if let Some(set) = self.by_disk.get_mut(&free) {
@@ -154,26 +212,45 @@ impl Group {
             .by_disk
             .range((Bound::Excluded(need), Bound::Unbounded))
             .flat_map(|(_, ids)| ids);
-        none_left.chain(more_left)
+        none_left.chain(more_left).map(|ranked| &ranked.id)
     }
 }
 
 /// The fleet sorted by free capacity; see the [module docs](self).
-#[derive(Debug, Clone, Default)]
-pub struct FleetIndex {
-    slots: HashMap<NodeId, Slot>,
-    /// Which node each workspace holds a slot on.
-    workspaces: HashMap<WorkspaceId, NodeId>,
+///
+/// `K` is what holds a slot: a workspace, by its id, unless the index is kept for
+/// something that also counts slots not yet given to a workspace.
+#[derive(Debug, Clone)]
+pub struct FleetIndex<K = WorkspaceId> {
+    slots: HashMap<NodeId, Slot<K>>,
+    /// Which node each holder holds a slot on.
+    holders: HashMap<K, NodeId>,
     /// The placeable nodes by group, each group ordered by node id.
     groups: BTreeMap<GroupKey, Group>,
+    /// Empty vectors with room, for the next [`FleetIndex::replace_node`] to fill, so
+    /// that a read-back of a node allocates nothing.
+    spare: (Vec<K>, Vec<Reservation>),
+}
+
+impl<K> Default for FleetIndex<K> {
+    fn default() -> Self {
+        Self {
+            slots: HashMap::default(),
+            holders: HashMap::default(),
+            groups: BTreeMap::new(),
+            spare: (Vec::new(), Vec::new()),
+        }
+    }
 }
 
 impl FleetIndex {
-    /// An empty index.
+    /// An empty index of workspaces' slots (for other holders, `default()`).
     pub fn new() -> Self {
         Self::default()
     }
+}
 
+impl<K: Clone + Eq + Hash + fmt::Display> FleetIndex<K> {
     /// How many nodes the index holds.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -195,126 +272,88 @@ impl FleetIndex {
         self.slots.get(id).map(Slot::candidate)
     }
 
-    /// Where node `id` sits now: its group and free disk, if it is placeable.
-    fn position(&self, id: &NodeId) -> Option<Position> {
-        self.slots.get(id).and_then(Slot::key)
+    /// What holds a slot on node `id`, each with its reservation (empty when the
+    /// index does not hold the node).
+    pub fn holders(&self, id: &NodeId) -> impl Iterator<Item = (&K, &Reservation)> {
+        self.slots
+            .get(id)
+            .into_iter()
+            .flat_map(|slot| slot.holders.iter().zip(&slot.live))
     }
 
-    /// Moves node `id` from `before` (where it sat before its slot changed) to the
-    /// group its row and reservations now call for; nothing when that is the same
-    /// place (a fresh read that repeats what the index holds).
-    fn reorder(&mut self, id: &NodeId, before: Option<Position>) {
-        let after = self.position(id);
-        if before == after {
-            return;
-        }
-        if let Some((key, disk)) = before
-            && let Some(group) = self.groups.get_mut(&key)
-        {
-            group.remove(disk, id);
-            if group.is_empty() {
-                self.groups.remove(&key);
-            }
-        }
-        if let Some((key, disk)) = after {
-            self.groups.entry(key).or_default().insert(disk, id.clone());
-        }
-    }
-
-    /// The slot of node `id` with its row set to `node`: a new, empty slot when the
-    /// index did not hold the node. The caller reorders it.
-    fn slot_with_row(&mut self, id: &NodeId, node: NodeRecord) -> &mut Slot {
-        match self.slots.entry(id.clone()) {
-            Entry::Occupied(entry) => {
-                let slot = entry.into_mut();
-                slot.node = node;
-                slot
-            }
-            Entry::Vacant(entry) => entry.insert(Slot {
-                node,
-                workspaces: Vec::new(),
-                live: Vec::new(),
-            }),
-        }
-    }
-
-    /// Adds `node`, or replaces its row and keeps its workspaces.
+    /// Adds `node`, or replaces its row and keeps its slots.
     pub fn insert_node(&mut self, node: NodeRecord) {
-        let id = node.id.clone();
-        let before = self.position(&id);
-        self.slot_with_row(&id, node);
-        self.reorder(&id, before);
+        let slot = slot_with_row(&mut self.slots, node);
+        slot.regroup(&mut self.groups);
     }
 
-    /// Sets node `node` to what a fresh read says: its row and the workspaces
-    /// holding a slot on it (with their reservations), replacing whatever the index
-    /// held for it. Nothing is checked: this is the store's word, not a request.
+    /// Sets node `node` to what a fresh read says: its row and what holds a slot on
+    /// it (with their reservations), replacing whatever the index held for it.
+    /// Nothing is checked: this is the store's word, not a request.
     pub fn replace_node(
         &mut self,
         node: NodeRecord,
-        workspaces: impl IntoIterator<Item = (WorkspaceId, Reservation)>,
+        holders: impl IntoIterator<Item = (K, Reservation)>,
     ) {
         let id = node.id.clone();
-        let position = self.position(&id);
         // The slot is changed in place: a fresh read of a node mostly repeats what
-        // the index holds, so only the workspaces that came or went touch the map.
-        let (mut now, mut live) = (Vec::new(), Vec::new());
-        for (workspace, reservation) in workspaces {
-            if self.workspaces.get(&workspace) != Some(&id) {
-                // A workspace is on one node; one the index had elsewhere moves here.
-                self.release(&workspace);
-                self.workspaces.insert(workspace.clone(), id.clone());
+        // the index holds, so only the holders that came or went touch the map.
+        let (mut now, mut live) = std::mem::take(&mut self.spare);
+        for (holder, reservation) in holders {
+            if self.holders.get(&holder) != Some(&id) {
+                // A slot is on one node; one the index had elsewhere moves here.
+                self.release(&holder);
+                self.holders.insert(holder.clone(), id.clone());
             }
-            now.push(workspace);
+            now.push(holder);
             live.push(reservation);
         }
-        let slot = self.slot_with_row(&id, node);
-        slot.live = live;
-        let before = std::mem::replace(&mut slot.workspaces, now);
-        let gone: Vec<WorkspaceId> = before
-            .into_iter()
-            .filter(|w| !slot.workspaces.contains(w))
-            .collect();
-        for workspace in &gone {
-            self.workspaces.remove(workspace);
+        let slot = slot_with_row(&mut self.slots, node);
+        std::mem::swap(&mut slot.holders, &mut now);
+        std::mem::swap(&mut slot.live, &mut live);
+        for gone in now.drain(..) {
+            if !slot.holders.contains(&gone) {
+                self.holders.remove(&gone);
+            }
         }
-        self.reorder(&id, position);
+        live.clear();
+        self.spare = (now, live);
+        slot.regroup(&mut self.groups);
     }
 
-    /// Removes node `id` and the slots its workspaces held; returns its row.
+    /// Removes node `id` and the slots held on it; returns its row.
     pub fn remove_node(&mut self, id: &NodeId) -> Option<NodeRecord> {
-        let before = self.position(id);
-        let slot = self.slots.remove(id)?;
-        self.reorder(id, before);
-        for workspace in &slot.workspaces {
-            self.workspaces.remove(workspace);
+        let mut slot = self.slots.remove(id)?;
+        slot.move_to(None, &mut self.groups);
+        for holder in &slot.holders {
+            self.holders.remove(holder);
         }
         Some(slot.node)
     }
 
-    /// Gives `workspace` a slot on node `node` when [`check_slot`] allows it, as a
-    /// store's `reserve_workspace_slot` does; reserving a workspace that already holds
-    /// a slot on that node is [`SlotOutcome::Reserved`] and changes nothing.
+    /// Gives `holder` a slot on node `node` when [`check_slot`] allows it, as a
+    /// store's `reserve_workspace_slot` does; reserving for a holder that already
+    /// holds a slot on that node is [`SlotOutcome::Reserved`] and changes nothing.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when the index holds no node `node`, or `workspace`
+    /// [`Error::InvalidInput`] when the index holds no node `node`, or `holder`
     /// holds a slot on another node.
     pub fn reserve(
         &mut self,
         node: &NodeId,
-        workspace: WorkspaceId,
+        holder: K,
         reservation: Reservation,
     ) -> Result<SlotOutcome, Error> {
-        if let Some(holder) = self.workspaces.get(&workspace) {
-            if holder == node {
+        if let Some(other) = self.holders.get(&holder) {
+            if other == node {
                 return Ok(SlotOutcome::Reserved);
             }
             return Err(Error::InvalidInput {
                 field: "workspace",
-                reason: format!("workspace {workspace} already holds a slot on node {holder}"),
+                reason: format!("{holder} already holds a slot on node {other}"),
             });
         }
-        let Some(slot) = self.slots.get(node) else {
+        let Some(slot) = self.slots.get_mut(node) else {
             return Err(Error::InvalidInput {
                 field: "node",
                 reason: format!("node {node} is not in the fleet index"),
@@ -323,29 +362,25 @@ impl FleetIndex {
         if let Err(rejection) = check_slot(&slot.node.capacity, &slot.live, &reservation) {
             return Ok(SlotOutcome::Rejected(rejection));
         }
-        let before = self.position(node);
-        if let Some(slot) = self.slots.get_mut(node) {
-            slot.workspaces.push(workspace.clone());
-            slot.live.push(reservation);
-        }
-        self.workspaces.insert(workspace, node.clone());
-        self.reorder(node, before);
+        slot.holders.push(holder.clone());
+        slot.live.push(reservation);
+        slot.regroup(&mut self.groups);
+        self.holders.insert(holder, node.clone());
         Ok(SlotOutcome::Reserved)
     }
 
-    /// Frees the slot `workspace` holds; returns whether it held one.
-    pub fn release(&mut self, workspace: &WorkspaceId) -> bool {
-        let Some(node) = self.workspaces.remove(workspace) else {
+    /// Frees the slot `holder` holds; returns whether it held one.
+    pub fn release(&mut self, holder: &K) -> bool {
+        let Some(node) = self.holders.remove(holder) else {
             return false;
         };
-        let before = self.position(&node);
         if let Some(slot) = self.slots.get_mut(&node)
-            && let Some(i) = slot.workspaces.iter().position(|w| w == workspace)
+            && let Some(i) = slot.holders.iter().position(|h| h == holder)
         {
-            slot.workspaces.swap_remove(i);
+            slot.holders.swap_remove(i);
             slot.live.swap_remove(i);
+            slot.regroup(&mut self.groups);
         }
-        self.reorder(&node, before);
         true
     }
 
@@ -389,6 +424,59 @@ impl FleetIndex {
                 return Some(&slot.node);
             }
             from = Bound::Excluded(key);
+        }
+    }
+}
+
+/// The slot of node `node.id` in `slots` with its row set to `node`: a new, empty
+/// slot, in no group yet, when there was none. The caller regroups it.
+fn slot_with_row<K>(slots: &mut HashMap<NodeId, Slot<K>>, node: NodeRecord) -> &mut Slot<K> {
+    match slots.entry(node.id.clone()) {
+        Entry::Occupied(entry) => {
+            let slot = entry.into_mut();
+            slot.node = node;
+            slot
+        }
+        Entry::Vacant(entry) => entry.insert(Slot {
+            node,
+            holders: Vec::new(),
+            live: Vec::new(),
+            position: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::Ranked;
+    use crate::model::NodeId;
+
+    /// Ids with a long shared start, some shorter than 16 bytes, some a prefix of
+    /// another.
+    fn id() -> impl Strategy<Value = NodeId> {
+        (
+            prop::sample::select(vec![
+                "",
+                "n",
+                "node-",
+                "node-0123456789a",
+                "node-0123456789ab",
+            ]),
+            "[A-Za-z0-9._:-]{0,20}",
+        )
+            .prop_filter_map("ids are not empty", |(start, rest)| {
+                NodeId::new(format!("{start}{rest}")).ok()
+            })
+    }
+
+    proptest! {
+        /// The index ranks node ids exactly as their text orders them.
+        #[test]
+        fn ranked_ids_order_as_their_text(a in id(), b in id()) {
+            prop_assert_eq!(Ranked::new(&a).cmp(&Ranked::new(&b)), a.cmp(&b));
+            prop_assert_eq!(Ranked::new(&a) == Ranked::new(&b), a == b);
         }
     }
 }

@@ -338,16 +338,25 @@ proptest! {
             ),
             0..30),
         ops in proptest::collection::vec(op(), 0..60),
+        long_ids in any::<bool>(),
     ) {
+        // Long ids share their first 16 bytes, so the index's ranking falls back to
+        // comparing them whole.
+        let id_of = |i: usize| {
+            let id = if long_ids { format!("fleet.eu-central.1:node-{i:05}") } else { format!("node-{i:05}") };
+            NodeId::new(id).unwrap()
+        };
         let mut index = FleetIndex::new();
         for (i, (cpu, mem, disk, location, size, status)) in fleet.iter().enumerate() {
             let status = [NodeStatus::Running, NodeStatus::Running, NodeStatus::Running, NodeStatus::Creating, NodeStatus::Stopped][*status];
             let mut n = node(i, *cpu, *mem, status, NodeHealth::Healthy, LOCATIONS[*location]);
             n.capacity.disk_mb = *disk;
             n.size = *size;
+            n.id = id_of(i);
+            n.labels = Labels::for_node(&n.id);
             index.insert_node(n);
         }
-        let ids: Vec<NodeId> = (0..fleet.len()).map(|i| NodeId::new(format!("node-{i:05}")).unwrap()).collect();
+        let ids: Vec<NodeId> = (0..fleet.len()).map(id_of).collect();
         // Every workspace holding a slot: its node and reservation.
         let mut placed: Vec<(WorkspaceId, NodeId, Reservation)> = Vec::new();
         for (step, op) in ops.into_iter().enumerate() {
@@ -544,4 +553,34 @@ fn fleet_index_walks_every_next_group() {
     index.remove_node(&fleet[1].id);
     assert_eq!(chosen(&index).as_deref(), Some("node-00004"));
     assert_eq!(chosen(&index), scanned(&index));
+}
+
+/// A view is trusted for the maximum staleness, or four times as long as its read
+/// took when that is longer; a zero staleness reads for every decision however long
+/// a read takes, and a read too long to count does not overflow.
+#[test]
+fn a_slow_read_stretches_the_views_lifetime() {
+    let ms = chrono::Duration::milliseconds;
+    let check = |staleness: chrono::Duration, took: Duration, expected: chrono::Duration| {
+        assert_eq!(
+            view_lifetime(staleness, took),
+            expected,
+            "staleness {staleness}, read took {took:?}"
+        );
+    };
+    check(ms(500), Duration::from_millis(33), ms(500));
+    check(ms(500), Duration::from_millis(125), ms(500));
+    check(ms(500), Duration::from_millis(126), ms(504));
+    check(ms(500), Duration::from_millis(400), ms(1600));
+    check(
+        chrono::Duration::zero(),
+        Duration::from_secs(3),
+        chrono::Duration::zero(),
+    );
+    check(ms(500), Duration::MAX, chrono::Duration::MAX);
+    check(
+        chrono::Duration::MAX,
+        Duration::from_secs(1),
+        chrono::Duration::MAX,
+    );
 }

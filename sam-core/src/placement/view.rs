@@ -8,27 +8,37 @@
 //! scheduler reads, then applies what it read here. It only ever *proposes* a node;
 //! the scheduler checks the proposal against the store before it returns it.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use foldhash::HashMap;
 
 use crate::model::{NodeId, NodeLifecycle, NodeStatus, ProviderKind, TaskId, WorkspaceId};
 use crate::reservation::Reservation;
 use crate::scheduler::{PlacementRequest, Rejected};
-use crate::store::{NodeRecord, PlacementCandidate, SlotOutcome, WorkspaceRecord};
+use crate::store::{NodeRecord, PlacementCandidate, WorkspaceRecord};
 
 use super::{Candidate, FleetIndex, reject_reason};
 
 /// How many nodes the explanation of a decision to provision names one by one.
 pub(super) const EXPLAINED: usize = 16;
 
-/// A slot the scheduler handed out (an `Existing` decision) that the store does not
-/// show yet: the task still has to reserve it.
-#[derive(Debug, Clone)]
-struct Assumed {
-    node: NodeId,
-    /// The placeholder workspace the index holds the slot under.
-    key: WorkspaceId,
-    reservation: Reservation,
+/// What holds a slot in a view's index: a workspace the store showed, or a task the
+/// scheduler handed a slot to (an `Existing` decision) whose workspace the store does
+/// not show yet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Holder {
+    Workspace(WorkspaceId),
+    Task(TaskId),
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Workspace(id) => write!(f, "workspace {id}"),
+            Self::Task(id) => write!(f, "task {id}"),
+        }
+    }
 }
 
 /// One provider's fleet as last read, plus the slots handed out since; see the
@@ -36,17 +46,16 @@ struct Assumed {
 #[derive(Debug, Clone)]
 pub(super) struct FleetView {
     provider: ProviderKind,
-    index: FleetIndex,
+    /// The fleet, with the slots handed out since the read held by their tasks.
+    index: FleetIndex<Holder>,
     /// The nodes held for a task (the task each is held for).
     held: HashMap<NodeId, TaskId>,
-    /// Slots handed out and not yet seen in the store, by task.
-    assumed: HashMap<TaskId, Assumed>,
-    /// The tasks of `assumed` on each node.
-    assumed_on: HashMap<NodeId, Vec<TaskId>>,
-    /// Numbers the placeholder workspaces of `assumed`.
-    next_key: u64,
+    /// An empty vector with room, for [`FleetView::check`].
+    spare: Vec<(Holder, Reservation)>,
     /// When the bulk read the view was built from happened.
     read_at: DateTime<Utc>,
+    /// How long after `read_at` the view is trusted.
+    lifetime: chrono::Duration,
 }
 
 /// How a node the view proposed compared with what the store says of it now.
@@ -69,12 +78,11 @@ impl FleetView {
     ) -> Self {
         let mut view = Self {
             provider,
-            index: FleetIndex::new(),
+            index: FleetIndex::default(),
             held: HashMap::default(),
-            assumed: HashMap::default(),
-            assumed_on: HashMap::default(),
-            next_key: 0,
+            spare: Vec::new(),
             read_at,
+            lifetime: chrono::Duration::zero(),
         };
         for candidate in candidates {
             if let Some(task) = candidate.held_for {
@@ -86,11 +94,17 @@ impl FleetView {
         view
     }
 
-    /// Whether the view has reached `max_age` at `now` (or is that much in the
-    /// future, by a clock that went back); a zero `max_age` is always reached.
-    pub(super) fn is_stale(&self, now: DateTime<Utc>, max_age: chrono::Duration) -> bool {
+    /// The view, trusted for `lifetime` after its read (until then, zero: stale at
+    /// once).
+    pub(super) fn trusted_for(self, lifetime: chrono::Duration) -> Self {
+        Self { lifetime, ..self }
+    }
+
+    /// Whether the view has reached its lifetime at `now` (or is that much in the
+    /// future, by a clock that went back); a zero lifetime is always reached.
+    pub(super) fn is_stale(&self, now: DateTime<Utc>) -> bool {
         let age = now.signed_duration_since(self.read_at);
-        age >= max_age || -age >= max_age
+        age >= self.lifetime || -age >= self.lifetime
     }
 
     /// Whether `node` is held for a task other than `asking`.
@@ -101,22 +115,14 @@ impl FleetView {
     /// Gives back the slot handed out to `task` earlier, if the view still holds it:
     /// the task is being placed again.
     pub(super) fn forget(&mut self, task: &TaskId) {
-        if let Some(assumed) = self.assumed.remove(task) {
-            self.index.release(&assumed.key);
-            if let Some(tasks) = self.assumed_on.get_mut(&assumed.node) {
-                tasks.retain(|t| t != task);
-                if tasks.is_empty() {
-                    self.assumed_on.remove(&assumed.node);
-                }
-            }
-        }
+        self.index.release(&Holder::Task(task.clone()));
     }
 
     /// Frees the slot of `task`'s workspace `workspace`, which the store no longer
     /// counts: whether the view knows it by the workspace (from a read) or by the
     /// task (handed out since).
     pub(super) fn released(&mut self, task: &TaskId, workspace: &WorkspaceId) {
-        self.index.release(workspace);
+        self.index.release(&Holder::Workspace(workspace.clone()));
         self.forget(task);
     }
 
@@ -167,24 +173,22 @@ impl FleetView {
             Some(task) => self.held.insert(id.clone(), task),
             None => self.held.remove(id),
         };
-        self.index.replace_node(node, live(&workspaces));
         // Slots handed out on this node stay counted until their task shows up there
         // holding a slot (one whose workspace has already stopped stays counted until
         // the next bulk read: the view errs on the side of too little room).
-        for task in self.assumed_on.remove(id).unwrap_or_default() {
-            let Some(assumed) = self.assumed.remove(&task) else {
-                continue;
-            };
-            if workspaces.iter().any(|w| w.task_id == task) {
-                continue;
-            }
-            if let Ok(SlotOutcome::Reserved) =
-                self.index
-                    .reserve(id, assumed.key.clone(), assumed.reservation)
-            {
-                self.hold(task, assumed);
-            }
-        }
+        let mut pending = std::mem::take(&mut self.spare);
+        pending.extend(
+            self.index
+                .holders(id)
+                .filter(|(holder, _)| {
+                    matches!(holder, Holder::Task(task)
+                        if !workspaces.iter().any(|w| w.task_id == *task))
+                })
+                .map(|(holder, reservation)| (holder.clone(), *reservation)),
+        );
+        self.index
+            .replace_node(node, live(&workspaces).chain(pending.drain(..)));
+        self.spare = pending;
         if let Some(task) = self.held_for_other(id, &request.task_id) {
             return gone(format!(
                 "was provisioned for task {task}, which has not taken its slot yet"
@@ -212,41 +216,19 @@ impl FleetView {
     /// Holds `request`'s slot on node `id` in the view until the store shows it.
     fn assume(&mut self, id: &NodeId, request: &PlacementRequest) {
         self.forget(&request.task_id);
-        self.next_key += 1;
-        // Placeholder ids are short and of valid characters, so this cannot fail; if
-        // it did, the only loss would be that the next decision may pick the same
-        // node, which the store's slot check settles.
-        let Ok(key) = WorkspaceId::new(format!("assumed:{}", self.next_key)) else {
-            return;
-        };
-        if let Ok(SlotOutcome::Reserved) = self.index.reserve(id, key.clone(), request.reservation)
-        {
-            self.hold(
-                request.task_id.clone(),
-                Assumed {
-                    node: id.clone(),
-                    key,
-                    reservation: request.reservation,
-                },
-            );
-        }
-    }
-
-    /// Records a slot the index now holds for `task`.
-    fn hold(&mut self, task: TaskId, assumed: Assumed) {
-        self.assumed_on
-            .entry(assumed.node.clone())
-            .or_default()
-            .push(task.clone());
-        self.assumed.insert(task, assumed);
+        // Refused only if the node has no room, which the caller has just checked; a
+        // refusal would cost no more than the next decision choosing the same node,
+        // which the store's slot check settles.
+        let _ = self.index.reserve(
+            id,
+            Holder::Task(request.task_id.clone()),
+            request.reservation,
+        );
     }
 
     fn drop_node(&mut self, id: &NodeId) {
         self.index.remove_node(id);
         self.held.remove(id);
-        for task in self.assumed_on.remove(id).unwrap_or_default() {
-            self.assumed.remove(&task);
-        }
     }
 
     /// Why the nodes of the view cannot take `request`: the explanation of a decision
@@ -292,12 +274,9 @@ impl FleetView {
 }
 
 /// The slot-holding workspaces among `workspaces`, as the index keeps them.
-fn live<'a>(
-    workspaces: impl IntoIterator<Item = &'a WorkspaceRecord>,
-) -> Vec<(WorkspaceId, Reservation)> {
+fn live(workspaces: &[WorkspaceRecord]) -> impl Iterator<Item = (Holder, Reservation)> + '_ {
     workspaces
-        .into_iter()
+        .iter()
         .filter(|w| w.status.holds_slot())
-        .map(|w| (w.id.clone(), w.reservation))
-        .collect()
+        .map(|w| (Holder::Workspace(w.id.clone()), w.reservation))
 }
