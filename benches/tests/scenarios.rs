@@ -18,7 +18,11 @@ async fn placement_index_and_scan_agree_on_a_small_fleet() {
         .await
         .expect("the index and the scan agree, and the store takes every slot chosen");
         assert!(
-            f.ops_per_sec > 0.0 && f.naive_ops_per_sec > 0.0 && f.index_ops_per_sec > 0.0,
+            f.ops_per_sec > 0.0
+                && f.naive_ops_per_sec > 0.0
+                && f.index_ops_per_sec > 0.0
+                && f.loop_ops_per_sec > 0.0
+                && f.loop_ops_per_sec < f.ops_per_sec,
             "{f:?}"
         );
         assert!(f.placed_share > 0.0 && f.placed_share <= 1.0, "{f:?}");

@@ -110,6 +110,11 @@ async fn run(only: &[String], report: &mut Report) -> anyhow::Result<Vec<String>
                 "x naive",
             );
             report.row(
+                "placement.in_service_loop_ops_per_sec",
+                f.loop_ops_per_sec,
+                "decisions/s",
+            );
+            report.row(
                 "placement.index_only_ops_per_sec",
                 f.index_ops_per_sec,
                 "decisions/s",
