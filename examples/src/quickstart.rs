@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sam_core::{
     ErrorCategory, ExecutionStep, Layer, LayerSettings, SessionEvent, SubmitRequest, TaskError,
-    TaskEventKind, TaskId, TaskOutput, TaskRecord, TaskStatus,
+    TaskEventKind, TaskId, TaskOutput, TaskRecord, TaskStatus, WorkspaceStatus,
 };
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -391,6 +391,7 @@ pub async fn run_task(
             follower.event(&event.kind);
         }
     }
+    released(embedded, &task).await;
     let Followed {
         last_message,
         downgraded_from,
@@ -404,6 +405,30 @@ pub async fn run_task(
         started,
     )
     .await
+}
+
+/// How long [`released`] waits for the control plane to release a finished task.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits, at most [`RELEASE_WAIT`], until the control plane has released what `task`
+/// held: its workspace is stopped, and so handed over into the workspaces directory
+/// on the way. A task turns terminal before its release runs, so the workspace read
+/// at once may still be on the node. A release that does not come in time (the
+/// sweeps finish it) leaves the outcome without the workspace, as before.
+async fn released(embedded: &Embedded, task: &TaskRecord) {
+    let Some(workspace) = &task.workspace_id else {
+        return;
+    };
+    let store = embedded.control_plane.store();
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        match store.get_workspace(workspace).await {
+            Ok(Some(w)) if w.status != WorkspaceStatus::Stopped => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn read(embedded: &Embedded, id: &TaskId) -> anyhow::Result<TaskRecord> {
