@@ -4,14 +4,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
 
 use crate::control::{ControlPlane, TaskEventKind};
 use crate::error::{Classify, Error, ErrorCategory, ProviderError};
 use crate::fallback::{FallbackPlan, PlanRequest};
 use crate::github::output_branch;
 use crate::model::{
-    ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskStatus, VmSize,
-    VmSpec, VmState, WorkspaceId,
+    ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskId, TaskStatus,
+    VmSize, VmSpec, VmState, WorkspaceId,
 };
 use crate::node_agent::{SessionReport, SessionRequest, WorkspaceReport, WorkspaceRequest};
 use crate::provider::Provider;
@@ -21,6 +24,10 @@ use crate::store::{
     LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat, NodeRecord, SlotOutcome, TaskError,
     TaskRecord, TaskUpdate, Transition, WorkspaceRecord, WorkspaceStatus,
 };
+
+mod pipeline;
+
+use pipeline::{Claim, Pipeline};
 
 /// When a handler wants the task looked at again.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +47,24 @@ pub(crate) enum Next {
     },
     /// Never: the task is finished (its terminal transition freed the lease).
     Done,
+}
+
+/// What one piece of [`ControlPlane::run`]'s concurrent work ended with.
+enum Work {
+    /// A step of this task was driven and its lease released.
+    Drove(TaskId),
+    /// A lease on due tasks returned.
+    Claimed(Result<Vec<TaskRecord>, Error>),
+    /// A sweep finished (its failure already logged).
+    Swept,
+}
+
+/// Sleeps until `at`; `None` never comes (the `select!` branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -62,19 +87,17 @@ fn human(d: Duration) -> String {
 
 impl ControlPlane {
     /// Leases the tasks that are due and advances each by one step, at most
-    /// `max_concurrent` at once. Returns how many tasks it advanced.
+    /// `max_concurrent` at once, and returns when all of them have taken theirs.
+    /// Returns how many tasks it advanced. [`ControlPlane::run`] does the same work
+    /// without waiting for the slowest step of a batch before leasing more.
     ///
     /// # Errors
     /// Store failures while leasing; failures inside a task are handled per task.
     pub async fn tick(&self) -> Result<usize, Error> {
-        let now = self.clock.now();
         let tasks = self
-            .store
-            .claim_due_tasks(&LeaseRequest {
-                owner: self.config.driver_id.clone(),
-                now,
-                lease: self.config.lease,
+            .claim(Claim {
                 limit: self.config.max_concurrent,
+                except: Vec::new(),
             })
             .await?;
         let count = tasks.len();
@@ -84,35 +107,87 @@ impl ControlPlane {
         Ok(count)
     }
 
-    /// Runs ticks and sweeps until `shutdown` resolves. A tick that found work is
-    /// followed at once by another; otherwise the loop waits `poll_interval`.
-    /// Leases left behind at shutdown expire, so another process resumes the tasks.
+    /// Leases due tasks for this driver, as `claim` asks.
+    async fn claim(&self, claim: Claim) -> Result<Vec<TaskRecord>, Error> {
+        Ok(self
+            .store
+            .claim_due_tasks(&LeaseRequest {
+                owner: self.config.driver_id.clone(),
+                now: self.clock.now(),
+                lease: self.config.lease,
+                limit: claim.limit,
+                except: claim.except,
+            })
+            .await?)
+    }
+
+    /// Drives tasks and runs sweeps until `shutdown` resolves, then lets the steps
+    /// under way finish (leasing nothing more) and returns.
+    ///
+    /// Up to `max_concurrent` steps run at once, and a step that ends makes room at
+    /// once: the driver leases again as soon as a step ends or a lease found work,
+    /// and otherwise every `poll_interval`. A slow step (a provider call on a starved
+    /// host) therefore holds back only its own task, and tasks whose lease another
+    /// process left behind are taken over one `poll_interval` after it expires. A
+    /// sweep runs every 15 polls, beside the steps. Leases left behind at a crash
+    /// expire, so another process resumes the tasks.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let poll = self.config.poll_interval;
         tokio::pin!(shutdown);
-        let mut last_sweep: Option<DateTime<Utc>> = None;
+        let mut work: FuturesUnordered<BoxFuture<'_, Work>> = FuturesUnordered::new();
+        let mut pipeline = Pipeline::new(self.config.max_concurrent, poll, Instant::now());
+        let (mut sweeping, mut stopping) = (false, false);
+        let mut sweep_at = Instant::now();
         loop {
-            let now = self.clock.now();
-            if last_sweep.is_none_or(|t| elapsed(t, now) >= self.config.poll_interval * 15) {
-                if let Err(e) = self.sweep().await {
-                    tracing::warn!(error = %e, "sweep failed; it runs again later");
+            if stopping {
+                if work.is_empty() {
+                    return;
                 }
-                last_sweep = Some(now);
-            }
-            let worked = match self.tick().await {
-                Ok(n) => n > 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not lease tasks");
-                    false
-                }
-            };
-            let pause = if worked {
-                Duration::ZERO
             } else {
-                self.config.poll_interval
+                let now = Instant::now();
+                if !sweeping && now >= sweep_at {
+                    sweeping = true;
+                    sweep_at = now + poll * 15;
+                    work.push(Box::pin(async {
+                        if let Err(e) = self.sweep().await {
+                            tracing::warn!(error = %e, "sweep failed; it runs again later");
+                        }
+                        Work::Swept
+                    }));
+                }
+                if let Some(claim) = pipeline.start_claim(now) {
+                    work.push(Box::pin(
+                        async move { Work::Claimed(self.claim(claim).await) },
+                    ));
+                }
+            }
+            // The next timer that can start something: a claim, a sweep.
+            let wake = if stopping {
+                None
+            } else {
+                let sweep = (!sweeping).then_some(sweep_at);
+                pipeline.next_claim().into_iter().chain(sweep).min()
             };
             tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(pause) => {}
+                () = &mut shutdown, if !stopping => stopping = true,
+                Some(done) = work.next() => match done {
+                    Work::Drove(id) => pipeline.drove(&id, Instant::now()),
+                    Work::Claimed(Ok(tasks)) => {
+                        for task in pipeline.claimed(tasks, |t| &t.id, Instant::now()) {
+                            work.push(Box::pin(async move {
+                                let id = task.id.clone();
+                                self.drive(task).await;
+                                Work::Drove(id)
+                            }));
+                        }
+                    }
+                    Work::Claimed(Err(e)) => {
+                        pipeline.claim_failed(Instant::now());
+                        tracing::warn!(error = %e, "could not lease tasks");
+                    }
+                    Work::Swept => sweeping = false,
+                },
+                () = sleep_until(wake) => {}
             }
         }
     }
@@ -167,7 +242,7 @@ impl ControlPlane {
         }
     }
 
-    fn emit_step(&self, id: &crate::model::TaskId, step: ExecutionStep) {
+    fn emit_step(&self, id: &TaskId, step: ExecutionStep) {
         self.emit(
             id,
             TaskEventKind::Step {

@@ -267,6 +267,10 @@ pub struct LeaseRequest {
     pub lease: Duration,
     /// At most this many tasks.
     pub limit: usize,
+    /// Tasks to leave out even when due: the caller's own steps under way, whose
+    /// lease it already holds. Without it they would fill the `limit` and come back
+    /// as records read before their step ended.
+    pub except: Vec<TaskId>,
 }
 
 /// What a driver writes as it gives a task's lease back: the step its handler moved
@@ -522,8 +526,8 @@ pub struct ApiTokenRecord {
 ///   changes nothing (`updated_at` included) and returns `false`; a new step sets
 ///   `step_started_at` and `updated_at`.
 /// - **`claim_due_tasks` leases atomically**: it returns live (non-terminal) tasks
-///   whose `next_wake_at` is due and whose lease is free, expired or already the
-///   caller's, and leases them to the caller. Two concurrent callers never receive
+///   whose `next_wake_at` is due, whose lease is free, expired or already the
+///   caller's, and which are not in `except`, and leases them to the caller. Two concurrent callers never receive
 ///   the same task while a lease holds. Leasing does not touch `updated_at`.
 /// - **`release_lease` writes only for the holder**: when `owner` holds the lease
 ///   (expired or not) it frees the lease and, in the same transaction, applies the

@@ -1439,3 +1439,136 @@ async fn a_finished_task_tells_the_scheduler_its_slot_is_free() {
         "told once, after the store freed the slot"
     );
 }
+
+/// The task's record, once it is terminal or `limit` of (virtual) time has passed.
+async fn terminal_within(store: &dyn Store, id: &TaskId, limit: Duration) -> TaskRecord {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let task = store.get_task(id).await.unwrap().unwrap();
+        if task.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return task;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts `ControlPlane::run` on the harness; the sender stops it.
+fn start_running(
+    h: &Harness,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cp = h.cp.clone();
+    let running = tokio::spawn(async move {
+        cp.run(async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    (stop, running)
+}
+
+/// Waits until the provider has been asked to create `count` VMs.
+async fn creates_started(provider: &FakeProvider, count: usize) {
+    while provider
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, FakeCall::CreateVm(_)))
+        .count()
+        < count
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `run` leases more while a step is under way: a task submitted while another's VM
+/// create hangs runs to completion before that create returns. (A driver that waited
+/// for its whole batch, as `tick` does, left it queued behind the slow create.)
+#[tokio::test(start_paused = true)]
+async fn a_slow_step_holds_back_only_its_own_task() {
+    let mut config = config("d1");
+    config.poll_interval = Duration::from_millis(100);
+    let h = harness(config);
+    // Shorter than the lease (30 s), so the slow task is never leased twice.
+    let slow = Duration::from_secs(20);
+    h.provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::Delayed(slow, Box::new(FakeOutcome::Succeed))],
+    );
+    let started = tokio::time::Instant::now();
+    let (stop, running) = start_running(&h);
+    let first = h.cp.submit(&request(&[])).await.unwrap();
+    creates_started(&h.provider, 1).await;
+    let second = h.cp.submit(&request(&[])).await.unwrap();
+
+    let task = terminal_within(h.store.as_ref(), &second, slow).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert!(
+        started.elapsed() < slow,
+        "the second task waited {:?} for the first one's create",
+        started.elapsed()
+    );
+    let blocked = h.store.get_task(&first).await.unwrap().unwrap();
+    assert_eq!(blocked.execution_step, ExecutionStep::NodeProvisioning);
+
+    let task = terminal_within(h.store.as_ref(), &first, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(h.creates().len(), 2);
+    stop.send(()).unwrap();
+    running.await.unwrap();
+}
+
+/// A stopped `run` leases nothing more but lets the step under way finish and write
+/// its result, so the task is not left for its lease to run out.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_run_finishes_the_step_under_way() {
+    let h = harness(config("d1"));
+    let slow = Duration::from_secs(20);
+    h.provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::Delayed(slow, Box::new(FakeOutcome::Succeed))],
+    );
+    let (stop, running) = start_running(&h);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    creates_started(&h.provider, 1).await;
+    let asked = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    assert!(
+        asked.elapsed() >= slow - Duration::from_secs(1),
+        "returned {:?} after the stop, before the create ended",
+        asked.elapsed()
+    );
+
+    let task = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.lease_owner, None, "the step's lease was released");
+    assert!(!task.status.is_terminal());
+    assert_eq!(h.provider.vms().len(), 1, "the VM was created");
+}
+
+/// A step that outlives its lease is not started again by the driver still running
+/// it: the lease it takes again is released by the step under way, and the VM is
+/// created once.
+#[tokio::test(start_paused = true)]
+async fn a_step_longer_than_its_lease_is_not_driven_twice() {
+    let mut config = config("d1");
+    config.poll_interval = Duration::from_millis(100);
+    config.lease = Duration::from_secs(5);
+    let h = harness(config);
+    h.provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::Delayed(
+            Duration::from_secs(20),
+            Box::new(FakeOutcome::Succeed),
+        )],
+    );
+    let (stop, running) = start_running(&h);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = terminal_within(h.store.as_ref(), &id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(h.creates().len(), 1, "{:?}", h.provider.calls());
+    stop.send(()).unwrap();
+    running.await.unwrap();
+}

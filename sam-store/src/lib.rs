@@ -88,6 +88,7 @@
 //!     now,
 //!     lease: Duration::from_secs(30),
 //!     limit: 10,
+//!     except: Vec::new(),
 //! };
 //! assert_eq!(store.claim_due_tasks(&lease("driver-a")).await?.len(), 1);
 //! assert!(store.claim_due_tasks(&lease("driver-b")).await?.is_empty());

@@ -272,6 +272,7 @@ impl Store for MemoryStore {
             .values_mut()
             .filter(|t| !t.status.is_terminal())
             .filter(|t| t.next_wake_at.is_some_and(|w| w <= request.now))
+            .filter(|t| !request.except.contains(&t.id))
             .filter(|t| match (&t.lease_owner, t.lease_expires_at) {
                 (Some(owner), Some(expires)) => owner == &request.owner || expires <= request.now,
                 _ => true,

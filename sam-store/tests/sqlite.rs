@@ -64,6 +64,7 @@ async fn two_stores_on_one_file_never_leak_busy() {
                 now: sam_core::testkit::fixtures::at(10),
                 lease: std::time::Duration::from_secs(60),
                 limit: 5,
+                except: Vec::new(),
             };
             store.claim_due_tasks(&request).await
         }

@@ -84,6 +84,7 @@ macro_rules! store_conformance {
             claim_due_tasks_respects_limit_and_order,
             claim_skips_held_lease_and_takes_over_expired,
             claim_renews_own_lease,
+            claim_leaves_out_the_tasks_excepted,
             release_lease_only_by_owner,
             release_lease_writes_step_and_fields,
             release_lease_by_another_writes_nothing,
@@ -197,6 +198,7 @@ fn lease(owner: &str, now: i64, limit: usize) -> LeaseRequest {
         now: at(now),
         lease: Duration::from_secs(30),
         limit,
+        except: Vec::new(),
     }
 }
 
@@ -763,6 +765,35 @@ pub async fn claim_renews_own_lease(store: &dyn Store) {
         read.lease_expires_at,
         Some(at(140)),
         "claiming again renews the lease"
+    );
+}
+
+/// Tasks in `except` are left out, even the caller's own, and do not count towards
+/// the limit; the lease they hold is left as it was.
+pub async fn claim_leaves_out_the_tasks_excepted(store: &dyn Store) {
+    for (id, wake) in [("t-1", 10), ("t-2", 20), ("t-3", 30)] {
+        create(store, due_task(id, 1, wake)).await;
+    }
+    claim(store, "a", 100, 1).await;
+    let request = LeaseRequest {
+        except: vec![task_id("t-1"), task_id("t-2")],
+        ..lease("a", 110, 1)
+    };
+    let got = store
+        .claim_due_tasks(&request)
+        .await
+        .expect("claim_due_tasks");
+    assert_eq!(ids(&got), ["t-3"], "the excepted tasks are left out");
+    let held = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(
+        held.lease_expires_at,
+        Some(at(130)),
+        "an excepted task's lease is not renewed"
+    );
+    let free = must_get_task(store, &task_id("t-2")).await;
+    assert_eq!(
+        free.lease_owner, None,
+        "an excepted free task is not leased"
     );
 }
 

@@ -61,6 +61,8 @@ mod sealed {
         const FOR_UPDATE: &'static str;
         /// Locks the rows a `SELECT` reads, skipping rows others hold.
         const FOR_UPDATE_SKIP_LOCKED: &'static str;
+        /// The text values of the JSON array bound as parameter 5, as a subquery.
+        const JSON_TEXTS_5: &'static str;
     }
     impl Sealed for super::Sqlite {
         const DIALECT: crate::error::Dialect = crate::error::Dialect::Sqlite;
@@ -73,6 +75,7 @@ mod sealed {
         // SQLite serializes writers: a write transaction already excludes the others.
         const FOR_UPDATE: &'static str = "";
         const FOR_UPDATE_SKIP_LOCKED: &'static str = "";
+        const JSON_TEXTS_5: &'static str = "SELECT value FROM json_each($5)";
     }
     impl Sealed for super::Postgres {
         const DIALECT: crate::error::Dialect = crate::error::Dialect::Postgres;
@@ -81,6 +84,7 @@ mod sealed {
         const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
         const FOR_UPDATE: &'static str = " FOR UPDATE";
         const FOR_UPDATE_SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+        const JSON_TEXTS_5: &'static str = "SELECT json_array_elements_text($5::json)";
     }
 }
 
@@ -502,12 +506,19 @@ impl<D: Dialect> SqlStore<D> {
 
     async fn try_claim(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, Error> {
         let until = lease_until(request)?;
+        // The exceptions go as one JSON array, so the statement's text does not
+        // depend on how many there are; without any, the statement stays as it was.
+        let except = if request.except.is_empty() {
+            String::new()
+        } else {
+            format!(" AND id NOT IN ({})", D::JSON_TEXTS_5)
+        };
         let sql = format!(
             "WITH due AS (SELECT id FROM tasks \
                 WHERE status NOT IN {TERMINAL} \
                   AND next_wake_at IS NOT NULL AND next_wake_at <= $1 \
                   AND (lease_owner IS NULL OR lease_expires_at IS NULL \
-                       OR lease_expires_at <= $1 OR lease_owner = $2) \
+                       OR lease_expires_at <= $1 OR lease_owner = $2){except} \
                 ORDER BY next_wake_at, created_at, id LIMIT $3{}) \
              UPDATE tasks SET lease_owner = $2, lease_expires_at = $4 \
              WHERE id IN (SELECT id FROM due) \
@@ -515,11 +526,15 @@ impl<D: Dialect> SqlStore<D> {
             D::FOR_UPDATE_SKIP_LOCKED
         );
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let q = query(sql)
+        let mut q = query(sql)
             .bind(micros(request.now))
             .bind(request.owner.clone())
             .bind(limit)
             .bind(micros(until));
+        if !request.except.is_empty() {
+            let ids: Vec<&str> = request.except.iter().map(TaskId::as_str).collect();
+            q = q.bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()));
+        }
         // One statement, so a transaction of its own (see `update_existing`).
         let context = "claiming due tasks";
         let rows = q.fetch_all(&self.writer).await.map_err(Self::db(context))?;
