@@ -533,7 +533,7 @@ impl<D: Dialect> SqlStore<D> {
             .bind(micros(until));
         if !request.except.is_empty() {
             let ids: Vec<&str> = request.except.iter().map(TaskId::as_str).collect();
-            q = q.bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()));
+            q = q.bind(json(&ids));
         }
         // One statement, so a transaction of its own (see `update_existing`).
         let context = "claiming due tasks";
