@@ -167,6 +167,10 @@ pub struct StartSession {
     /// Environment for the agent process only: its credential.
     #[serde(default)]
     pub env: AgentEnv,
+    /// The longest a prompt attempt may go without a word from the agent, in
+    /// seconds; absent, the VM agent's own limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// Environment variables for an agent process (its credentials): sent to the VM agent

@@ -17,6 +17,17 @@
 //! [`FakeAgentScript::models`] its sessions list those models and it answers
 //! `session/set_model`; [`FakeAgentScript::name`] lets it stand in for a real adapter,
 //! and [`FakeAgentScript::transcript`] keeps every message it received.
+//!
+//! The misbehaviours of real adapters are scripted as observed with them
+//! (claude-agent-acp 0.23.1, codex-acp 0.16.0, gemini-cli 0.61.0, opencode-ai 1.18.33,
+//! run without keys and with fake keys): [`FakeAgentScript::announce_commands`] sends
+//! `available_commands_update` as a prompt starts, before anything else, as all four
+//! did; [`FakeAgentScript::require_auth`] lists codex-acp's `authMethods` and refuses
+//! `session/new` with `-32000 "Authentication required"` until `authenticate`
+//! succeeds, as codex-acp did even with its key set. [`FakeAgentScript::hang`],
+//! [`FakeAgentScript::garbage`] and [`FakeAgentScript::grandchild`] inject faults no
+//! adapter was seen to make on purpose: a turn that never answers, lines that are not
+//! JSON-RPC, and a tool started with `setsid` that outlives its parent.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,6 +59,9 @@ pub struct FakeAgentScript {
     pub fail_text: String,
     /// The failing prompts' JSON-RPC error code.
     pub fail_code: i64,
+    /// Whether the failing prompts stream model output (an `agent_message_chunk`)
+    /// before they fail: the model had accepted the prompt.
+    pub fail_after_output: bool,
     /// Whether `initialize` advertises `loadSession`.
     pub load_session: bool,
     /// When to crash.
@@ -79,6 +93,21 @@ pub struct FakeAgentScript {
     /// `session/set_model` selects one of them. Empty: the agent lists none and has
     /// no `session/set_model`.
     pub models: Vec<String>,
+    /// Send `available_commands_update` as each prompt starts, before failing or
+    /// answering.
+    pub announce_commands: bool,
+    /// List codex-acp's `authMethods` and refuse `session/new` with `-32000` until
+    /// `authenticate` names a method whose variable is set in this process's
+    /// environment (`openai-api-key`: `OPENAI_API_KEY`, `codex-api-key`:
+    /// `CODEX_API_KEY`); any other method is refused with `-32000`.
+    pub require_auth: bool,
+    /// Never answer a prompt (until `session/cancel`), and send nothing meanwhile.
+    pub hang: bool,
+    /// Before answering a prompt, write lines that are not JSON-RPC (and never answer).
+    pub garbage: bool,
+    /// On each prompt, start `sleep` in a session of its own (`setsid`) and write its
+    /// pid to this file.
+    pub grandchild: Option<PathBuf>,
 }
 
 impl Default for FakeAgentScript {
@@ -89,6 +118,7 @@ impl Default for FakeAgentScript {
             fail_prompts: 0,
             fail_text: "Internal error".to_owned(),
             fail_code: -32603,
+            fail_after_output: false,
             load_session: false,
             crash: None,
             crash_marker: None,
@@ -102,6 +132,11 @@ impl Default for FakeAgentScript {
             transcript: None,
             name: None,
             models: Vec::new(),
+            announce_commands: false,
+            require_auth: false,
+            hang: false,
+            garbage: false,
+            grandchild: None,
         }
     }
 }
@@ -116,10 +151,15 @@ impl FakeAgentScript {
             ("FAIL_PROMPTS", self.fail_prompts.to_string()),
             ("FAIL_TEXT", self.fail_text.clone()),
             ("FAIL_CODE", self.fail_code.to_string()),
+            ("FAIL_AFTER_OUTPUT", self.fail_after_output.to_string()),
             ("LOAD_SESSION", self.load_session.to_string()),
             ("SLOW_MS", self.slow.as_millis().to_string()),
             ("ASK_PERMISSION", self.ask_permission.to_string()),
             ("STOP_REASON", self.stop_reason.clone()),
+            ("ANNOUNCE_COMMANDS", self.announce_commands.to_string()),
+            ("REQUIRE_AUTH", self.require_auth.to_string()),
+            ("HANG", self.hang.to_string()),
+            ("GARBAGE", self.garbage.to_string()),
         ];
         if !self.models.is_empty() {
             env.push(("MODELS", self.models.join(",")));
@@ -148,6 +188,10 @@ impl FakeAgentScript {
                 self.transcript.as_ref().map(|p| p.display().to_string()),
             ),
             ("NAME", self.name.clone()),
+            (
+                "GRANDCHILD",
+                self.grandchild.as_ref().map(|p| p.display().to_string()),
+            ),
         ];
         env.extend(paths.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         env.into_iter()
@@ -174,6 +218,7 @@ impl FakeAgentScript {
             fail_prompts: parse(vars, "FAIL_PROMPTS").unwrap_or(defaults.fail_prompts),
             fail_text: get("FAIL_TEXT").unwrap_or(defaults.fail_text),
             fail_code: parse(vars, "FAIL_CODE").unwrap_or(defaults.fail_code),
+            fail_after_output: parse(vars, "FAIL_AFTER_OUTPUT").unwrap_or(false),
             load_session: parse(vars, "LOAD_SESSION").unwrap_or(defaults.load_session),
             crash: match vars.get("CRASH").map(String::as_str) {
                 Some("at_start") => Some(FakeCrash::AtStart),
@@ -198,6 +243,11 @@ impl FakeAgentScript {
                         .collect()
                 })
                 .unwrap_or_default(),
+            announce_commands: parse(vars, "ANNOUNCE_COMMANDS").unwrap_or(false),
+            require_auth: parse(vars, "REQUIRE_AUTH").unwrap_or(false),
+            hang: parse(vars, "HANG").unwrap_or(false),
+            garbage: parse(vars, "GARBAGE").unwrap_or(false),
+            grandchild: get("GRANDCHILD").map(PathBuf::from),
         }
     }
 
@@ -242,6 +292,7 @@ pub async fn serve(
         next_id: 1000,
         sessions: 0,
         model: script.models.first().cloned(),
+        authenticated: false,
     };
     agent.run().await
 }
@@ -254,6 +305,17 @@ struct Agent<'a, W> {
     sessions: u32,
     /// The current model, when the script lists models.
     model: Option<String>,
+    /// Whether `authenticate` succeeded.
+    authenticated: bool,
+}
+
+/// codex-acp 0.16.0's `authMethods`, as it answered `initialize` (without a key).
+fn codex_auth_methods() -> Value {
+    json!([
+        { "id": "chatgpt", "name": "Login with ChatGPT", "description": "Use your ChatGPT login with Codex CLI (requires a paid ChatGPT subscription)" },
+        { "type": "env_var", "id": "codex-api-key", "name": "Use CODEX_API_KEY", "description": "Requires setting the `CODEX_API_KEY` environment variable.", "vars": [{ "name": "CODEX_API_KEY" }] },
+        { "type": "env_var", "id": "openai-api-key", "name": "Use OPENAI_API_KEY", "description": "Requires setting the `OPENAI_API_KEY` environment variable.", "vars": [{ "name": "OPENAI_API_KEY" }] },
+    ])
 }
 
 impl<W: AsyncWrite + Unpin> Agent<'_, W> {
@@ -312,9 +374,33 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
                         "protocolVersion": 1,
                         "agentCapabilities": { "loadSession": self.script.load_session },
                         "agentInfo": { "name": name, "version": env!("CARGO_PKG_VERSION") },
-                        "authMethods": [],
+                        "authMethods": if self.script.require_auth { codex_auth_methods() } else { json!([]) },
                     });
                     self.io.reply(id, result).await?;
+                }
+                "authenticate" => {
+                    let method = message
+                        .pointer("/params/methodId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let var = match method {
+                        "openai-api-key" => Some("OPENAI_API_KEY"),
+                        "codex-api-key" => Some("CODEX_API_KEY"),
+                        _ => None,
+                    };
+                    if var.is_some_and(|v| std::env::var_os(v).is_some()) {
+                        self.authenticated = true;
+                        self.io.reply(id, json!({})).await?;
+                    } else {
+                        self.io
+                            .reply_error(id, -32000, &format!("Authentication failed: {method}"))
+                            .await?;
+                    }
+                }
+                "session/new" if self.script.require_auth && !self.authenticated => {
+                    self.io
+                        .reply_error(id, -32000, "Authentication required")
+                        .await?;
                 }
                 "session/new" => {
                     self.sessions += 1;
@@ -389,7 +475,44 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
 
     async fn prompt(&mut self, id: Value, session: &str) -> std::io::Result<Option<FakeExit>> {
         self.prompts += 1;
+        if self.script.announce_commands {
+            self.io
+                .update(
+                    session,
+                    json!({ "sessionUpdate": "available_commands_update", "availableCommands": [
+                        { "name": "review", "description": "Review my current changes and find issues" },
+                    ]}),
+                )
+                .await?;
+        }
+        if let Some(path) = &self.script.grandchild {
+            spawn_grandchild(path);
+        }
+        if self.script.garbage {
+            for line in [
+                "not json at all",
+                "{\"jsonrpc\": \"2.0\", \"id\":",
+                "\u{0}\u{7f}garbage",
+            ] {
+                self.io.send_line(line).await?;
+            }
+        }
+        if self.script.hang || self.script.garbage {
+            while let Some(message) = self.io.recv().await {
+                self.record(&message);
+                if message.get("method").and_then(Value::as_str) == Some("session/cancel") {
+                    self.io
+                        .reply(id, json!({ "stopReason": "cancelled" }))
+                        .await?;
+                    return Ok(None);
+                }
+            }
+            return Ok(Some(FakeExit::Closed));
+        }
         if self.prompts <= self.script.fail_prompts {
+            if self.script.fail_after_output {
+                self.io.say(session, "Let me look at the test.").await?;
+            }
             let error = json!({ "code": self.script.fail_code, "message": self.script.fail_text });
             self.io
                 .send(json!({ "jsonrpc": "2.0", "id": id, "error": error }))
@@ -478,6 +601,21 @@ impl<W: AsyncWrite + Unpin> Agent<'_, W> {
     }
 }
 
+/// Starts `sleep 600` in a session of its own, as a tool started with `setsid` would
+/// run, and writes its pid to `path` (a test reads it).
+fn spawn_grandchild(path: &std::path::Path) {
+    let spawned = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    if let Ok(out) = spawned {
+        let _ = std::fs::write(path, &out.stdout);
+    }
+}
+
 /// Appends `text` to the file at `path`, ignoring failures (a test reads it).
 fn append(path: &std::path::Path, text: &str) {
     if let Ok(mut file) = std::fs::OpenOptions::new()
@@ -530,6 +668,7 @@ mod tests {
             fail_prompts: 2,
             fail_text: "API Error: 529 overloaded".to_owned(),
             fail_code: -32000,
+            fail_after_output: true,
             load_session: true,
             crash: Some(FakeCrash::MidPrompt),
             crash_marker: Some(PathBuf::from("/tmp/marker")),
@@ -543,6 +682,11 @@ mod tests {
             transcript: Some(PathBuf::from("/tmp/transcript")),
             name: Some("@zed-industries/claude-agent-acp".to_owned()),
             models: vec!["default".to_owned(), "opus".to_owned()],
+            announce_commands: true,
+            require_auth: true,
+            hang: true,
+            garbage: true,
+            grandchild: Some(PathBuf::from("/tmp/grandchild")),
         };
         let vars = script
             .to_env()

@@ -346,6 +346,7 @@ impl NodeAgent for HttpNodeAgent {
                     .map(|(k, v)| (k.clone(), v.expose().to_owned()))
                     .collect(),
             ),
+            idle_timeout_secs: request.idle_timeout.map(|d| d.as_secs().max(1)),
         };
         match self
             .call::<SessionView, _>(

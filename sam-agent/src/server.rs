@@ -829,11 +829,15 @@ async fn start_session(
                 .options
                 .permission_mode
                 .unwrap_or(shared.acp.permission),
+            idle_timeout: request
+                .idle_timeout_secs
+                .map_or(shared.acp.idle_timeout, Duration::from_secs),
             ..shared.acp
         };
         let settings = SessionSettings {
             model: request.options.model.clone(),
             system_prompt: request.options.system_prompt.clone(),
+            credentials: request.env.0.keys().cloned().collect(),
         };
         let acp = Arc::new(AcpSession::new(Arc::new(command), options).with_settings(settings));
         let dir = workspace.dir.clone();

@@ -34,6 +34,7 @@ fn fast_options() -> AcpOptions {
             recovery_timeout: Duration::from_secs(20),
         },
         request_timeout: Duration::from_secs(20),
+        idle_timeout: Duration::from_secs(20),
     }
 }
 
@@ -586,6 +587,7 @@ fn settings() -> SessionSettings {
     SessionSettings {
         model: Some("opus".to_owned()),
         system_prompt: Some("  Review only.\n".to_owned()),
+        credentials: Vec::new(),
     }
 }
 
@@ -686,4 +688,230 @@ async fn a_model_the_agent_does_not_offer_is_a_typed_error() {
     let (outcome, requests) = settings_turns(script, settings(), dir.path()).await;
     outcome.unwrap();
     assert!(!requests.iter().any(|(m, _)| m == "session/set_model"));
+}
+
+/// The Claude adapter's rendering of a model-provider failure (observed with
+/// claude-agent-acp 0.23.1: JSON-RPC `-32603`, message `Internal error: API Error:
+/// <status> <body>`), with Anthropic's documented error bodies.
+fn claude_api_error(status: u16, kind: &str, message: &str) -> String {
+    format!(
+        r#"Internal error: API Error: {status} {{"type":"error","error":{{"type":"{kind}","message":"{message}"}},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}}"#
+    )
+}
+
+/// Commands announced as the prompt starts are bookkeeping, not acceptance: the
+/// failures after them are retried (as they were not when any update counted).
+#[tokio::test]
+async fn announced_commands_do_not_count_as_acceptance() {
+    use ErrorCategory::{RateLimited as R, Transient as T, TransientCapacity as C};
+    let cases = [
+        (529, "overloaded_error", "Overloaded", C),
+        (500, "api_error", "Internal server error", T),
+        (502, "api_error", "Bad gateway", T),
+        (503, "api_error", "Service unavailable", T),
+        (
+            429,
+            "rate_limit_error",
+            "Number of requests has exceeded your rate limit",
+            R,
+        ),
+    ];
+    for (status, kind, message, category) in cases {
+        let dir = workspace();
+        let script = FakeAgentScript {
+            announce_commands: true,
+            fail_prompts: 2,
+            fail_text: claude_api_error(status, kind, message),
+            fail_code: -32603,
+            ..FakeAgentScript::default()
+        };
+        let turn = turn(&script, fast_options(), dir.path()).await;
+        assert_eq!(
+            turn.result.clone().unwrap(),
+            StopReason::EndTurn,
+            "{status}"
+        );
+        assert_eq!(turn.retries(), [(1, category), (2, category)], "{status}");
+        assert_eq!(turn.count("available_commands_update"), 3, "{status}");
+        assert_eq!(turn.count("user_message_chunk"), 1, "{status}");
+    }
+}
+
+/// Once the model streamed output for the prompt, a failure is final: retrying would
+/// repeat work the agent may already have done.
+#[tokio::test]
+async fn a_failure_after_model_output_is_not_retried() {
+    let dir = workspace();
+    let script = FakeAgentScript {
+        announce_commands: true,
+        fail_after_output: true,
+        fail_prompts: 1,
+        fail_text: claude_api_error(529, "overloaded_error", "Overloaded"),
+        ..FakeAgentScript::default()
+    };
+    let turn = turn(&script, fast_options(), dir.path()).await;
+    let error = turn.result.clone().unwrap_err();
+    assert_eq!(error.category, ErrorCategory::TransientCapacity, "{error}");
+    assert_eq!(turn.retries(), []);
+    assert_eq!(turn.texts(), ["Let me look at the test."]);
+}
+
+fn codex_like(dir: &Path) -> FakeAgentScript {
+    FakeAgentScript {
+        require_auth: true,
+        transcript: Some(dir.join("transcript.jsonl")),
+        ..FakeAgentScript::default()
+    }
+}
+
+/// codex-acp refuses `session/new` until `authenticate`: the host authenticates with
+/// the method whose variable it gave the agent.
+#[tokio::test]
+async fn the_host_authenticates_with_the_method_of_the_given_key() {
+    let dir = workspace();
+    let script = codex_like(dir.path());
+    for var in ["OPENAI_API_KEY", "CODEX_API_KEY"] {
+        let command = command(&script).with_env(var, Secret::new("sk-test-not-real"));
+        let session =
+            AcpSession::new(Arc::new(command), fast_options()).with_settings(SessionSettings {
+                credentials: vec![var.to_owned()],
+                ..SessionSettings::default()
+            });
+        session.initialize().await.unwrap();
+        let id = session.new_session(&dir.path().join("ws")).await.unwrap();
+        assert_eq!(
+            session.prompt(&id, "hello").await.unwrap(),
+            StopReason::EndTurn
+        );
+    }
+    let sent = requests(&dir.path().join("transcript.jsonl"));
+    let auth: Vec<&str> = sent
+        .iter()
+        .filter(|(m, _)| m == "authenticate")
+        .map(|(_, p)| p["methodId"].as_str().unwrap())
+        .collect();
+    assert_eq!(auth, ["openai-api-key", "codex-api-key"]);
+    let order = methods(&sent);
+    let first_auth = order.iter().position(|m| *m == "authenticate").unwrap();
+    let first_new = order.iter().position(|m| *m == "session/new").unwrap();
+    assert!(first_auth < first_new, "{order:?}");
+}
+
+/// Without a usable key the refusal names what would work.
+#[tokio::test]
+async fn without_a_usable_key_the_error_names_the_variables() {
+    let dir = workspace();
+    let session = AcpSession::new(Arc::new(command(&codex_like(dir.path()))), fast_options());
+    session.initialize().await.unwrap();
+    let error = session
+        .new_session(&dir.path().join("ws"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.category, ErrorCategory::AuthError, "{error}");
+    assert!(
+        error.message.contains("OPENAI_API_KEY")
+            && error.message.contains("CODEX_API_KEY")
+            && error.message.contains("openai-api-key"),
+        "{error}"
+    );
+}
+
+/// An `authenticate` the agent refuses is an authentication failure, whatever code
+/// it answers with.
+#[tokio::test]
+async fn a_refused_authenticate_is_an_auth_error() {
+    let dir = workspace();
+    // The host believes it gave the key; the agent's environment lacks it.
+    let session = AcpSession::new(Arc::new(command(&codex_like(dir.path()))), fast_options())
+        .with_settings(SessionSettings {
+            credentials: vec!["OPENAI_API_KEY".to_owned()],
+            ..SessionSettings::default()
+        });
+    let error = session.initialize().await.unwrap_err();
+    assert_eq!(error.category, ErrorCategory::AuthError, "{error}");
+    assert!(
+        error
+            .message
+            .contains("authenticate with openai-api-key failed"),
+        "{error}"
+    );
+}
+
+fn idle_options() -> AcpOptions {
+    AcpOptions {
+        idle_timeout: Duration::from_millis(300),
+        ..fast_options()
+    }
+}
+
+/// An agent that goes silent is ended by the idle limit and retried, then reported
+/// as a `transient` timeout; one that writes garbage the same way.
+#[tokio::test]
+async fn a_silent_or_garbled_agent_is_ended_by_the_idle_limit() {
+    for script in [
+        FakeAgentScript {
+            hang: true,
+            announce_commands: true,
+            ..FakeAgentScript::default()
+        },
+        FakeAgentScript {
+            garbage: true,
+            ..FakeAgentScript::default()
+        },
+    ] {
+        let dir = workspace();
+        let turn = tokio::time::timeout(
+            Duration::from_secs(30),
+            turn(&script, idle_options(), dir.path()),
+        )
+        .await
+        .expect("the idle limit ends the turn");
+        let error = turn.result.clone().unwrap_err();
+        assert_eq!(error.failure, AgentFailure::Timeout, "{error}");
+        assert_eq!(error.category, ErrorCategory::Transient, "{error}");
+        assert!(error.message.contains("sent nothing"), "{error}");
+        use ErrorCategory::Transient as T;
+        assert_eq!(turn.retries(), [(1, T), (2, T)], "{script:?}");
+    }
+}
+
+fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let session = fields.nth(2)?.parse().ok()?;
+    Some((state, session))
+}
+
+/// A tool the agent started in a session of its own dies with the agent.
+#[tokio::test]
+async fn a_setsid_grandchild_dies_with_the_session() {
+    let dir = workspace();
+    let pid_file = dir.path().join("grandchild.pid");
+    let script = FakeAgentScript {
+        grandchild: Some(pid_file.clone()),
+        ..FakeAgentScript::default()
+    };
+    let session = AcpSession::new(Arc::new(command(&script)), fast_options());
+    session.initialize().await.unwrap();
+    let id = session.new_session(&dir.path().join("ws")).await.unwrap();
+    session.prompt(&id, "start the dev server").await.unwrap();
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (state, sid) = proc_state(pid).expect("the grandchild runs");
+    assert_ne!(state, 'Z');
+    assert_eq!(sid, pid, "the grandchild leads a session of its own");
+    drop(session);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proc_state(pid).is_some_and(|(s, _)| s != 'Z') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the setsid grandchild {pid} outlived its agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

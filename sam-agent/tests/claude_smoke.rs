@@ -95,6 +95,7 @@ async fn claude_agent_acp_takes_a_listed_model_and_refuses_another() {
     let listed = SessionSettings {
         model: Some("haiku".to_owned()),
         system_prompt: Some("Review only; change nothing.".to_owned()),
+        ..SessionSettings::default()
     };
     let host = session(&agent, workspace.path(), listed);
     host.initialize().await.expect("initialize needs no key");
@@ -111,7 +112,7 @@ async fn claude_agent_acp_takes_a_listed_model_and_refuses_another() {
 
     let unknown = SessionSettings {
         model: Some("no-such-model".to_owned()),
-        system_prompt: None,
+        ..SessionSettings::default()
     };
     let host = session(&agent, workspace.path(), unknown);
     host.initialize().await.expect("initialize needs no key");

@@ -753,6 +753,7 @@ async fn http_node_agent_drives_the_real_server() {
         prompt: "fix it".to_owned(),
         options: sam_core::AgentOptions::default(),
         env: Vec::new(),
+        idle_timeout: None,
     };
     // Until the workspace is ready a session start is a conflict, which the runner retries.
     let mut started = false;
@@ -1089,6 +1090,7 @@ async fn agent_credentials_reach_only_the_agent_process() {
             system_prompt: Some("Review only.".to_owned()),
         },
         env: vec![("ANTHROPIC_API_KEY".to_owned(), Secret::new(KEY))],
+        idle_timeout: None,
     };
     let mut started = false;
     for _ in 0..400 {
@@ -1136,6 +1138,7 @@ async fn agent_credentials_reach_only_the_agent_process() {
     let bad = SessionRequest {
         workspace_id: WorkspaceId::new("ws-env").unwrap(),
         env: vec![("LD_PRELOAD".to_owned(), Secret::new("/tmp/x.so"))],
+        idle_timeout: None,
         ..session.clone()
     };
     let other = WorkspaceId::new("ws-env-2").unwrap();

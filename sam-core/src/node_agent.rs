@@ -75,6 +75,9 @@ pub struct SessionRequest {
     /// Environment for the agent process only (its credential); never persisted or
     /// logged, and sent only over the node's authenticated channel.
     pub env: Vec<(String, Secret)>,
+    /// The longest a prompt attempt may go without a word from the agent
+    /// ([`crate::TimeoutPolicy::agent_idle`]); `None` leaves the VM agent's default.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// State of a workspace as the VM agent reports it.

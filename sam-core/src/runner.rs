@@ -915,6 +915,7 @@ impl ControlPlane {
             prompt: task.spec.prompt.clone(),
             options: task.spec.agent_options.clone(),
             env,
+            idle_timeout: Some(self.config.timeouts.agent_idle),
         };
         match self.node_agent.start_session(&node, &request).await {
             Ok(()) => {}

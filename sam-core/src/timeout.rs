@@ -48,12 +48,22 @@ pub struct TimeoutPolicy {
     pub heartbeat_interval: Duration,
     /// A node whose last heartbeat is older than this is stale.
     pub heartbeat_stale: Duration,
+    /// The longest a prompt attempt may go without a word from the agent; a silent
+    /// attempt is ended as `transient` and retried by the prompt policy. Policies
+    /// written before this field existed read the default.
+    #[serde(default = "default_agent_idle")]
+    pub agent_idle: Duration,
+}
+
+fn default_agent_idle() -> Duration {
+    5 * MINUTE
 }
 
 impl Default for TimeoutPolicy {
     /// SAM's current values: capacity wait 5 min, provisioning 15 min, agent ready 15 min, workspace ready
     /// 30 min, queued grace 5 min, delegated grace 1 min, in-progress 4 h / 8 h,
-    /// absolute 24 h, warm 30 min, node lifetime 24 h, heartbeat every 60 s, stale at 180 s.
+    /// absolute 24 h, warm 30 min, node lifetime 24 h, heartbeat every 60 s, stale at 180 s,
+    /// and an agent silent for 5 min ends its prompt attempt.
     fn default() -> Self {
         Self {
             capacity_wait: 5 * MINUTE,
@@ -69,6 +79,7 @@ impl Default for TimeoutPolicy {
             node_max_lifetime: 24 * HOUR,
             heartbeat_interval: MINUTE,
             heartbeat_stale: 3 * MINUTE,
+            agent_idle: default_agent_idle(),
         }
     }
 }
@@ -122,6 +133,7 @@ impl TimeoutPolicy {
             ("in_progress_soft", self.in_progress_soft),
             ("warm_node", self.warm_node),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("agent_idle", self.agent_idle),
         ];
         for (field, value) in positive {
             if value.is_zero() {
@@ -166,6 +178,27 @@ impl TimeoutPolicy {
             return bad(
                 "node_max_lifetime",
                 "must not be below warm_node".to_owned(),
+            );
+        }
+        // A silent attempt must be noticed (and retried) while the task is still within
+        // its in-progress probe and its workspace wait: otherwise the sweep, not the
+        // idle limit, ends a task whose agent merely hung.
+        if self.agent_idle >= self.in_progress_soft {
+            return bad(
+                "agent_idle",
+                format!(
+                    "({:?}) must be shorter than in_progress_soft ({:?})",
+                    self.agent_idle, self.in_progress_soft
+                ),
+            );
+        }
+        if self.agent_idle > self.workspace_ready {
+            return bad(
+                "agent_idle",
+                format!(
+                    "({:?}) must not exceed workspace_ready ({:?})",
+                    self.agent_idle, self.workspace_ready
+                ),
             );
         }
         if self.heartbeat_stale <= self.heartbeat_interval {

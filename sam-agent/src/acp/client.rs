@@ -12,6 +12,7 @@ use sam_core::{SessionEvent, SessionId, TimedEvent, redact};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use super::fs::{PathDenied, WorkspaceRoot, slice_lines};
 use super::rpc::RpcError;
@@ -33,8 +34,29 @@ pub(crate) struct ClientHandler {
     events: broadcast::Sender<TimedEvent>,
     roots: Mutex<HashMap<String, WorkspaceRoot>>,
     tool_kinds: Mutex<HashMap<String, String>>,
-    updates: AtomicU64,
+    /// When the agent last sent an update or a request: its sign of life.
+    last_activity: Mutex<Option<Instant>>,
+    /// Updates and requests that carry model output for a prompt: acceptance.
+    output: AtomicU64,
     muted: AtomicBool,
+}
+
+/// The `sessionUpdate` kinds that carry model output: once one of them arrives for a
+/// prompt, the model has answered it and the prompt was accepted. Everything else is
+/// bookkeeping that real adapters send before the model says anything (Claude's,
+/// Gemini's and OpenCode's adapters send `available_commands_update` as soon as a
+/// prompt starts; `current_mode_update`, usage and session-info updates likewise).
+pub const MODEL_OUTPUT_UPDATES: &[&str] = &[
+    "agent_message_chunk",
+    "agent_thought_chunk",
+    "tool_call",
+    "tool_call_update",
+    "plan",
+];
+
+/// Whether an update of `kind` carries model output ([`MODEL_OUTPUT_UPDATES`]).
+pub fn is_model_output(kind: &str) -> bool {
+    MODEL_OUTPUT_UPDATES.contains(&kind)
 }
 
 impl ClientHandler {
@@ -44,7 +66,8 @@ impl ClientHandler {
             events,
             roots: Mutex::default(),
             tool_kinds: Mutex::default(),
-            updates: AtomicU64::new(0),
+            last_activity: Mutex::new(None),
+            output: AtomicU64::new(0),
             muted: AtomicBool::new(false),
         }
     }
@@ -73,9 +96,20 @@ impl ClientHandler {
             .and_then(|r| r.get(&session.0).map(|w| w.path().to_path_buf()))
     }
 
-    /// `session/update` notifications seen so far.
-    pub(crate) fn updates(&self) -> u64 {
-        self.updates.load(Ordering::SeqCst)
+    /// When the agent last sent an update or a request of its own.
+    pub(crate) fn last_activity(&self) -> Option<Instant> {
+        *self.last_activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn active(&self) {
+        *self.last_activity.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Model output seen so far ([`is_model_output`] updates, and permission and file
+    /// requests, which only a model's tool call makes): a change during a prompt means
+    /// the agent accepted it.
+    pub(crate) fn output(&self) -> u64 {
+        self.output.load(Ordering::SeqCst)
     }
 
     /// While muted (replaying history during crash recovery), updates are not emitted.
@@ -103,7 +137,14 @@ impl ClientHandler {
         if self.muted.load(Ordering::SeqCst) {
             return;
         }
-        self.updates.fetch_add(1, Ordering::SeqCst);
+        self.active();
+        if update
+            .get("sessionUpdate")
+            .and_then(Value::as_str)
+            .is_some_and(is_model_output)
+        {
+            self.output.fetch_add(1, Ordering::SeqCst);
+        }
         // Unknown `sessionUpdate` kinds pass through as they are.
         self.emit(SessionEvent::Update {
             update: redact_value(update),
@@ -112,6 +153,8 @@ impl ClientHandler {
 
     /// Handles a request from the agent.
     pub(crate) async fn on_request(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        self.active();
+        self.output.fetch_add(1, Ordering::SeqCst);
         match method {
             "session/request_permission" => Ok(self.permission(&params)),
             "fs/read_text_file" => self.read_text_file(&params).await,

@@ -42,6 +42,13 @@ impl<W: AsyncWrite + Unpin> AgentEndpoint<W> {
         self.output.flush().await
     }
 
+    /// Writes a raw line, JSON or not (a misbehaving agent's output).
+    pub(crate) async fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        self.output.write_all(line.as_bytes()).await?;
+        self.output.write_all(b"\n").await?;
+        self.output.flush().await
+    }
+
     /// Answers request `id` with `result`.
     pub(crate) async fn reply(&mut self, id: Value, result: Value) -> std::io::Result<()> {
         self.send(json!({ "jsonrpc": "2.0", "id": id, "result": result }))

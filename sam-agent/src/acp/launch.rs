@@ -36,6 +36,8 @@ pub struct AgentIo {
     pub(crate) stderr_tail: Arc<Mutex<String>>,
     /// Ends when the agent's stderr has been drained.
     pub(crate) stderr_done: Option<tokio::task::JoinHandle<()>>,
+    /// The marker of the agent's process tree ([`super::tree::TREE_VAR`]).
+    pub(crate) marker: Option<String>,
 }
 
 impl fmt::Debug for AgentIo {
@@ -59,6 +61,7 @@ impl AgentIo {
             child: None,
             stderr_tail: Arc::default(),
             stderr_done: None,
+            marker: None,
         }
     }
 
@@ -100,6 +103,7 @@ impl AgentIo {
             child: Some(child),
             stderr_tail,
             stderr_done,
+            marker: None,
         })
     }
 }
@@ -111,8 +115,9 @@ fn spawn_error(message: String) -> AgentError {
 /// A command that starts an ACP agent on stdio.
 ///
 /// Known agents are named with [`AgentCommand::known`]; any other command works with
-/// [`AgentCommand::new`]. The agent runs in its own process group, so stopping it
-/// stops the tools it started too; it is killed when the session drops it.
+/// [`AgentCommand::new`]. The agent runs in its own process group, with a marker in
+/// its environment ([`super::tree::TREE_VAR`]); when the session drops it, its whole
+/// process tree is killed, tools started with `setsid` included.
 #[derive(Clone)]
 pub struct AgentCommand {
     program: String,
@@ -216,6 +221,8 @@ impl AgentCommand {
         for (name, _) in &self.env {
             args.extend(["-e".to_owned(), name.clone()]);
         }
+        // The tree marker, set by `spawn`, marks the processes in the container too.
+        args.extend(["-e".to_owned(), super::tree::TREE_VAR.to_owned()]);
         args.push(container.to_owned());
         args.push(self.program.clone());
         args.extend(self.args.iter().cloned());
@@ -232,10 +239,12 @@ impl AgentCommand {
     /// # Errors
     /// An [`AgentFailure::Spawn`] error naming the program when it cannot be started.
     pub fn spawn(&self) -> Result<AgentIo, AgentError> {
+        let marker = super::tree::new_marker();
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v.expose())))
+            .env(super::tree::TREE_VAR, &marker)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -247,7 +256,9 @@ impl AgentCommand {
         let child = command
             .spawn()
             .map_err(|e| spawn_error(format!("cannot start agent {:?}: {e}", self.program)))?;
-        AgentIo::from_child(child)
+        let mut io = AgentIo::from_child(child)?;
+        io.marker = Some(marker);
+        Ok(io)
     }
 }
 
@@ -258,19 +269,19 @@ impl AgentLauncher for AgentCommand {
     }
 }
 
-/// Kills the whole process group of an agent when dropped (the child itself is also
-/// killed by tokio's `kill_on_drop`).
+/// Kills an agent's whole process tree when dropped ([`super::tree::kill_tree`]; the
+/// child itself is also killed by tokio's `kill_on_drop`).
 #[derive(Debug)]
-pub(crate) struct GroupGuard(pub(crate) Option<u32>);
+pub(crate) struct TreeGuard {
+    pub(crate) pid: Option<u32>,
+    pub(crate) marker: Option<String>,
+}
 
-impl Drop for GroupGuard {
+impl Drop for TreeGuard {
     fn drop(&mut self) {
-        let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) else {
-            return;
-        };
-        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            // The group may be gone already; that is the goal, so errors are ignored.
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        if let Some(pid) = self.pid {
+            let killed = super::tree::kill_tree(pid, self.marker.as_deref());
+            tracing::debug!(pid, killed, "stopped the agent's process tree");
         }
     }
 }

@@ -52,12 +52,14 @@
 //! cannot resume a turn half way. Otherwise the turn fails with an
 //! [`AgentFailure::Crash`] error whose message says what was missing.
 
+mod auth;
 mod client;
 pub(crate) mod endpoint;
 mod fs;
 mod launch;
 mod restart;
 mod rpc;
+mod tree;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,9 +78,11 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 
-pub use client::PermissionMode;
+pub use auth::KNOWN_AUTH_METHODS;
+pub use client::{MODEL_OUTPUT_UPDATES, PermissionMode, is_model_output};
 pub use launch::{AgentCommand, AgentIo, AgentLauncher, KNOWN_AGENTS};
 pub use restart::CrashPolicy;
+pub use tree::TREE_VAR;
 
 use client::{ClientHandler, redact_value};
 use restart::RestartBudget;
@@ -96,19 +100,28 @@ pub struct AcpOptions {
     pub prompt_retry: RetryPolicy,
     /// Restart of crashed agents.
     pub crash: CrashPolicy,
-    /// The longest `initialize`, `session/new` and `session/load` may take.
+    /// The longest `initialize`, `authenticate`, `session/new` and `session/load`
+    /// may take.
     pub request_timeout: Duration,
+    /// The longest a prompt attempt may go without a word from the agent (an update
+    /// or a request of its own). An attempt silent for this long is cancelled and
+    /// ends as a `transient` [`AgentFailure::Timeout`], retried under
+    /// [`AcpOptions::prompt_retry`] when the agent had not accepted the prompt yet.
+    /// The control plane sends its [`sam_core::TimeoutPolicy::agent_idle`].
+    pub idle_timeout: Duration,
 }
 
 impl Default for AcpOptions {
     /// Allow all tool calls, [`RetryPolicy::prompt`], [`CrashPolicy::default`], 2 min
-    /// per setup request.
+    /// per setup request, and the idle limit of [`sam_core::TimeoutPolicy::default`]
+    /// (5 min).
     fn default() -> Self {
         Self {
             permission: PermissionMode::AllowAll,
             prompt_retry: RetryPolicy::prompt(),
             crash: CrashPolicy::default(),
             request_timeout: Duration::from_secs(120),
+            idle_timeout: sam_core::TimeoutPolicy::default().agent_idle,
         }
     }
 }
@@ -134,6 +147,10 @@ pub struct SessionSettings {
     /// to [`SYSTEM_PROMPT_META_AGENTS`], prepended to a session's first prompt for
     /// every other agent.
     pub system_prompt: Option<String>,
+    /// The names of the credential variables the agent was given (never their
+    /// values): an `authMethods` entry that needs exactly these is used to
+    /// `authenticate` before `session/new` (see [`KNOWN_AUTH_METHODS`]).
+    pub credentials: Vec<String>,
 }
 
 /// One coding agent spoken to over ACP; see the [module docs](self).
@@ -156,6 +173,8 @@ pub struct AcpSession {
 struct Live {
     connection: Arc<Connection>,
     info: AgentInfo,
+    /// The agent's `authMethods`, for the hint of an authentication failure.
+    auth: Vec<auth::AuthMethod>,
 }
 
 /// A prompt attempt's failure, as the retry loop sees it.
@@ -322,7 +341,47 @@ impl AcpSession {
             .await
             .map_err(Self::setup_error)?;
         let info = parse_initialize(&result)?;
-        Ok(Live { connection, info })
+        let methods = auth::parse_methods(&result);
+        if let Some(method) = auth::choose(&methods, &self.settings.credentials) {
+            self.call(
+                &connection,
+                "authenticate",
+                json!({ "methodId": method.id }),
+            )
+            .await
+            .map_err(|e| {
+                let mut error = Self::setup_error(e);
+                if error.failure == AgentFailure::Rpc {
+                    // Whatever the agent says, a refused `authenticate` is about
+                    // the credential: no retry can fix it.
+                    error.category = ErrorCategory::AuthError;
+                }
+                error.message =
+                    format!("authenticate with {} failed: {}", method.id, error.message);
+                error
+            })?;
+        }
+        Ok(Live {
+            connection,
+            info,
+            auth: methods,
+        })
+    }
+
+    /// An error of the agent's, with what the user can do added when it is an
+    /// authentication failure and the agent listed how it authenticates.
+    async fn explained(&self, mut error: AgentError) -> AgentError {
+        if error.category == ErrorCategory::AuthError
+            && let Some(hint) = self
+                .live
+                .lock()
+                .await
+                .as_ref()
+                .and_then(|l| auth::hint(&l.auth))
+        {
+            error.message = format!("{}; {hint}", error.message);
+        }
+        error
     }
 
     /// A setup request with the request timeout.
@@ -379,9 +438,30 @@ impl AcpSession {
                 return Ok(StopReason::Cancelled);
             }
             let (connection, info) = self.connection().await.map_err(fatal)?;
-            let seen = self.handler.updates();
+            let seen = self.handler.output();
+            let accepted = || self.handler.output() > seen;
             let params = json!({ "sessionId": id.0, "prompt": [{ "type": "text", "text": text }] });
-            let exit = match connection.request("session/prompt", params).await {
+            let Some(answer) = self
+                .until_idle(connection.request("session/prompt", params))
+                .await
+            else {
+                // Ask the agent to end the silent turn; the next attempt starts afresh.
+                let _ = connection
+                    .notify("session/cancel", json!({ "sessionId": id.0 }))
+                    .await;
+                return Err(AttemptError {
+                    error: agent_error(
+                        AgentFailure::Timeout,
+                        ErrorCategory::Transient,
+                        &format!(
+                            "the agent sent nothing for {} s",
+                            self.options.idle_timeout.as_secs()
+                        ),
+                    ),
+                    retryable: !accepted(),
+                });
+            };
+            let exit = match answer {
                 Ok(result) => return parse_stop_reason(&result).map_err(fatal),
                 Err(CallError::Rpc(e)) if is_agent_crash(&e.message) => {
                     // The agent reports its own transport as gone: treat it as dead.
@@ -391,10 +471,9 @@ impl AcpSession {
                     }
                 }
                 Err(CallError::Rpc(e)) => {
-                    let accepted = self.handler.updates() > seen;
                     return Err(AttemptError {
                         error: rpc_agent_error(&e),
-                        retryable: !accepted,
+                        retryable: !accepted(),
                     });
                 }
                 Err(CallError::Closed(exit)) => exit,
@@ -402,6 +481,33 @@ impl AcpSession {
             };
             drop(connection);
             self.recover(id, &info, exit).await.map_err(fatal)?;
+        }
+    }
+
+    /// Waits for `answer`, or `None` once the agent has been silent (no update, no
+    /// request) for the idle limit.
+    async fn until_idle<T>(&self, answer: impl std::future::Future<Output = T>) -> Option<T> {
+        let idle = self.options.idle_timeout;
+        let started = Instant::now();
+        tokio::pin!(answer);
+        loop {
+            let last = self
+                .handler
+                .last_activity()
+                .map_or(started, |at| at.max(started));
+            tokio::select! {
+                biased;
+                outcome = &mut answer => return Some(outcome),
+                () = tokio::time::sleep_until(last + idle) => {
+                    let now_last = self
+                        .handler
+                        .last_activity()
+                        .map_or(started, |at| at.max(started));
+                    if now_last == last {
+                        return None;
+                    }
+                }
+            }
         }
     }
 
@@ -592,10 +698,10 @@ impl AgentSession for AcpSession {
         let (connection, info) = self.connection().await?;
         let (params, instructed) =
             self.session_params(&info, json!({ "cwd": root.path(), "mcpServers": [] }));
-        let result = self
-            .call(&connection, "session/new", params)
-            .await
-            .map_err(Self::setup_error)?;
+        let result = match self.call(&connection, "session/new", params).await {
+            Ok(result) => result,
+            Err(e) => return Err(self.explained(Self::setup_error(e)).await),
+        };
         let id = result
             .get("sessionId")
             .and_then(Value::as_str)
@@ -672,7 +778,7 @@ impl AgentSession for AcpSession {
                 self.handler.emit(SessionEvent::Stopped { reason });
                 Ok(reason)
             }
-            Err(RetryError::Failed(e)) => Err(e.error),
+            Err(RetryError::Failed(e)) => Err(self.explained(e.error).await),
             Err(RetryError::TimedOut { attempts, timeout }) => Err(AgentError {
                 failure: AgentFailure::Timeout,
                 category: ErrorCategory::Transient,

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::client::ClientHandler;
-use super::launch::{AgentIo, GroupGuard};
+use super::launch::{AgentIo, TreeGuard};
 
 /// A JSON-RPC error object the agent answered with.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +66,7 @@ type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Result<Value, RpcError>
 type Writer = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
 
 /// One live connection. Dropping it stops the reader and kills the agent's process
-/// group.
+/// tree.
 #[derive(Debug)]
 pub(crate) struct Connection {
     writer: WriterDebug,
@@ -75,7 +75,7 @@ pub(crate) struct Connection {
     closed: watch::Receiver<Option<Exit>>,
     reader: JoinHandle<()>,
     started: Instant,
-    _group: GroupGuard,
+    _tree: TreeGuard,
 }
 
 /// The writer, wrapped so `Connection` can derive `Debug`.
@@ -102,12 +102,16 @@ impl Connection {
             mut child,
             stderr_tail,
             stderr_done,
+            marker,
         } = io;
         let writer: Writer = Arc::new(Mutex::new(stdin));
         let pending: Pending = Arc::default();
         let (closed_tx, closed) = watch::channel(None);
         let started = Instant::now();
-        let group = GroupGuard(child.as_ref().and_then(tokio::process::Child::id));
+        let tree = TreeGuard {
+            pid: child.as_ref().and_then(tokio::process::Child::id),
+            marker,
+        };
         let reader = {
             let writer = Arc::clone(&writer);
             let pending = Arc::clone(&pending);
@@ -160,7 +164,7 @@ impl Connection {
             closed,
             reader,
             started,
-            _group: group,
+            _tree: tree,
         }
     }
 

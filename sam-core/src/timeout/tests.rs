@@ -17,13 +17,13 @@ fn derived_policy() -> impl Strategy<Value = TimeoutPolicy> {
             minutes(1..30),
         ),
         (minutes(1..600), minutes(0..600), minutes(0..600)),
-        (minutes(1..120), minutes(0..1440), 1u64..600),
+        (minutes(1..120), minutes(0..1440), 1u64..600, 1u64..60),
     )
         .prop_map(
             |(
                 (prov, ready, ws, qg, dg),
                 (soft, hard_extra, abs_extra),
-                (warm, life_extra, beat),
+                (warm, life_extra, beat, idle),
             )| {
                 let mut p = TimeoutPolicy {
                     capacity_wait: Duration::from_secs(300),
@@ -39,6 +39,7 @@ fn derived_policy() -> impl Strategy<Value = TimeoutPolicy> {
                     node_max_lifetime: warm + life_extra,
                     heartbeat_interval: Duration::from_secs(beat),
                     heartbeat_stale: Duration::from_secs(beat * 3),
+                    agent_idle: Duration::from_secs(idle),
                 };
                 p.task_absolute = p.longest_legitimate_task() + abs_extra;
                 p
@@ -57,7 +58,7 @@ proptest! {
     }
 
     #[test]
-    fn crafted_bad_policies_are_rejected(p in derived_policy(), flaw in 0usize..6) {
+    fn crafted_bad_policies_are_rejected(p in derived_policy(), flaw in 0usize..7) {
         let mut bad = p;
         let field = match flaw {
             0 => { bad.queued_grace = Duration::ZERO; "queued_grace" }
@@ -65,6 +66,7 @@ proptest! {
             2 => { bad.in_progress_hard = bad.in_progress_soft - Duration::from_secs(1); "in_progress_hard" }
             3 => { bad.task_absolute = bad.longest_legitimate_task() - Duration::from_secs(1); "task_absolute" }
             4 => { bad.heartbeat_stale = bad.heartbeat_interval; "heartbeat_stale" }
+            5 => { bad.agent_idle = bad.in_progress_soft; "agent_idle" }
             _ => { bad.node_max_lifetime = bad.warm_node - Duration::from_secs(1); "node_max_lifetime" }
         };
         prop_assert_eq!(bad.validate().unwrap_err().field, field);
@@ -75,6 +77,7 @@ proptest! {
 fn defaults_are_valid_and_match_sam() {
     let p = TimeoutPolicy::default();
     p.validate().unwrap();
+    assert_eq!(p.agent_idle, Duration::from_secs(5 * 60));
     assert_eq!(p.stuck_queued(), Duration::from_secs(25 * 60));
     assert_eq!(p.stuck_delegated(), Duration::from_secs(31 * 60));
 }
@@ -96,4 +99,24 @@ fn sams_incident_is_rejected() {
             .contains("before node_provisioning can finish"),
         "{err}"
     );
+}
+
+#[test]
+fn an_idle_limit_beyond_the_workspace_wait_is_rejected() {
+    let p = TimeoutPolicy {
+        workspace_ready: Duration::from_secs(120),
+        agent_idle: Duration::from_secs(121),
+        ..TimeoutPolicy::default()
+    };
+    let err = p.validate().unwrap_err();
+    assert_eq!(err.field, "agent_idle");
+    assert!(err.to_string().contains("workspace_ready"), "{err}");
+}
+
+#[test]
+fn a_policy_written_before_the_idle_limit_reads_the_default() {
+    let mut json = serde_json::to_value(TimeoutPolicy::default()).unwrap();
+    json.as_object_mut().unwrap().remove("agent_idle");
+    let p: TimeoutPolicy = serde_json::from_value(json).unwrap();
+    assert_eq!(p, TimeoutPolicy::default());
 }
