@@ -169,7 +169,16 @@ impl Client {
         follower.note(&format!("task {id}"));
         let mut buffer = String::new();
         let mut ok = false;
-        while let Some(chunk) = response.chunk().await.context("the event stream broke")? {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let chunk = tokio::select! {
+                chunk = response.chunk() => chunk.context("the event stream broke")?,
+                _ = tick.tick() => {
+                    follower.tick();
+                    continue;
+                }
+            };
+            let Some(chunk) = chunk else { break };
             buffer.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buffer.find("\n\n") {
                 let frame: String = buffer.drain(..end + 2).collect();

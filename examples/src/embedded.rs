@@ -32,9 +32,10 @@ use sam_agent::{
     FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, LocalBoot, ProviderNodeDirectory,
 };
 use sam_core::{
-    AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, NodeAgent,
-    NodeAgentError, NodeRecord, Provider, Secret, SessionReport, SessionRequest, Store,
-    TokenSigner, TokioClock, WorkspaceId, WorkspaceReport, WorkspaceRequest,
+    AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialKind,
+    DefaultScheduler, NodeAgent, NodeAgentError, NodeRecord, PlatformCredential, Provider, Secret,
+    SessionReport, SessionRequest, Store, TokenSigner, TokioClock, WorkspaceId, WorkspaceReport,
+    WorkspaceRequest,
 };
 use sam_providers::{LocalConfig, LocalProvider};
 use tokio::sync::watch;
@@ -106,6 +107,10 @@ pub struct EmbeddedOptions {
     /// Builds providers from users' and projects' own provider credentials, so their
     /// tasks' VMs are made in their account; `None` refuses such tasks.
     pub provider_factory: Option<Arc<dyn sam_core::ProviderFactory>>,
+    /// The platform's own agent credentials, by agent (the last layer of credential
+    /// resolution); `sam run` fills them from its environment
+    /// ([`agent_credentials_from_env`]).
+    pub agent_credentials: BTreeMap<String, PlatformCredential>,
 }
 
 /// Which provider runs the nodes.
@@ -151,8 +156,28 @@ impl EmbeddedOptions {
             provider: NodeProvider::Local,
             credential_key: None,
             provider_factory: None,
+            agent_credentials: BTreeMap::new(),
         })
     }
+}
+
+/// The credentials this process's environment holds for `agent`, in the variables
+/// the agent reads ([`sam_core::agent_env_var`]): what `sam run` hands to the
+/// platform layer, so they travel with each task's session request and reach the
+/// agent on a warm node started by another run, user or key.
+pub fn agent_credentials_from_env(agent: &str) -> BTreeMap<String, PlatformCredential> {
+    [CredentialKind::ApiKey, CredentialKind::OauthToken]
+        .into_iter()
+        .find_map(|kind| {
+            let var = sam_core::agent_env_var(agent, kind)?;
+            let value = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+            Some(PlatformCredential {
+                kind,
+                secret: Secret::new(value),
+            })
+        })
+        .map(|credential| BTreeMap::from([(agent.to_owned(), credential)]))
+        .unwrap_or_default()
 }
 
 /// Opens the store: PostgreSQL at `database_url` when given (its tables in `schema`
@@ -298,6 +323,7 @@ impl Embedded {
         config.lease = options.lease;
         config.agents.push(CUSTOM_AGENT.to_owned());
         config.credential_key = options.credential_key.clone();
+        config.agent_credentials = options.agent_credentials.clone();
         let mut control_plane = ControlPlane::new(
             ControlPlaneParts {
                 store: Arc::clone(&store),

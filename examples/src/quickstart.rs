@@ -86,6 +86,8 @@ pub struct RunOutcome {
     pub output: Option<TaskOutput>,
     /// Wall-clock seconds from submission to the end.
     pub elapsed_secs: f64,
+    /// How often the prompt was retried after a model-provider failure.
+    pub prompt_retries: u32,
     /// Why it failed, with a hint; `null` on success.
     pub error: Option<RunError>,
 }
@@ -153,26 +155,44 @@ impl RunOutcome {
     }
 }
 
-/// What a user can do about a failure of `agent` with `category`.
-pub fn hint(category: ErrorCategory, agent: &str) -> Option<String> {
+/// What a user can do about `error`, a failure of the task's `agent`, from what
+/// happened: the agent could not be started, could not authenticate, hit a quota,
+/// found the model provider busy or unreachable. `None` when there is nothing better
+/// to say than the error itself.
+pub fn hint(error: &TaskError, agent: &str) -> Option<String> {
+    // The VM agent's own wording for an agent program it could not start.
+    if error.message.contains("cannot start agent") {
+        return Some(match sam_agent::acp::agent_package(agent) {
+            Some(package) => format!(
+                "the {agent} agent is not installed on the node: `npm install -g {package}` puts it on PATH; `--agent demo` needs nothing"
+            ),
+            None => "the agent's command could not be started: check the command and its PATH"
+                .to_owned(),
+        });
+    }
     let key = match agent {
         "claude" => "set ANTHROPIC_API_KEY (or log in with `claude`)",
-        "codex" => "set OPENAI_API_KEY (or log in with `codex login`)",
-        "gemini" => "set GEMINI_API_KEY (or log in with `gemini`)",
+        "codex" => "set OPENAI_API_KEY or CODEX_API_KEY",
+        "gemini" => "set GEMINI_API_KEY",
         "opencode" => "configure a model provider with `opencode auth login`",
         _ => "give the agent its credentials",
     };
-    match category {
+    match error.category {
         ErrorCategory::AuthError => Some(format!("the agent is not authenticated: {key}")),
         ErrorCategory::QuotaExceeded => Some(
             "the model provider's quota is used up: check the account's plan and billing".into(),
         ),
-        ErrorCategory::RateLimited | ErrorCategory::TransientCapacity => {
-            Some("the model provider is busy: try again in a minute".into())
-        }
-        _ if agent != "demo" && agent != crate::embedded::CUSTOM_AGENT => Some(format!(
-            "check that the {agent} agent is installed and on PATH; `--agent demo` needs nothing"
-        )),
+        ErrorCategory::TransientCapacity => Some(
+            "the model provider is overloaded: the prompt was retried; try again in a few minutes"
+                .into(),
+        ),
+        ErrorCategory::RateLimited => Some(
+            "the model provider rate-limited the account: try again in a minute".into(),
+        ),
+        ErrorCategory::Transient if agent != "demo" => Some(
+            "the agent started but could not get an answer from its model provider (network, or a provider outage): check the node's network and try again"
+                .into(),
+        ),
         _ => None,
     }
 }
@@ -255,7 +275,24 @@ fn describe(event: &SessionEvent) -> Option<String> {
                 _ => None,
             }
         }
-        SessionEvent::PromptRetry { .. } => Some("the model provider failed; retrying".into()),
+        SessionEvent::PromptRetry {
+            attempt,
+            delay,
+            category,
+            max_retries,
+            ..
+        } => {
+            let what = match category {
+                ErrorCategory::TransientCapacity => "model overloaded",
+                ErrorCategory::RateLimited => "model provider rate limit",
+                _ => "model provider failed",
+            };
+            let of = max_retries.map_or_else(String::new, |m| format!("/{m}"));
+            Some(format!(
+                "{what}, retrying in {}s ({attempt}{of})",
+                delay.as_secs()
+            ))
+        }
         SessionEvent::Crashed { .. } => Some("the agent crashed".into()),
         SessionEvent::Restarted { .. } => Some("the agent was restarted".into()),
         SessionEvent::Stopped { .. } => None,
@@ -268,7 +305,16 @@ fn describe(event: &SessionEvent) -> Option<String> {
 pub struct Follower {
     display: Display,
     followed: Followed,
+    /// When the agent last said something (or its step began).
+    heard: Instant,
+    /// When the last "waiting for the agent" line was shown.
+    waiting_shown: Option<Instant>,
 }
+
+/// How long the agent may be silent before the display says it is waiting for it.
+const WAITING_AFTER: Duration = Duration::from_secs(15);
+/// How often plain-line output repeats the waiting line.
+const WAITING_EVERY: Duration = Duration::from_secs(30);
 
 /// What a [`Follower`] saw besides the steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -277,6 +323,8 @@ pub struct Followed {
     pub last_message: Option<String>,
     /// The requested size, when a smaller one was provisioned.
     pub downgraded_from: Option<String>,
+    /// How often the prompt was retried.
+    pub prompt_retries: u32,
 }
 
 impl Follower {
@@ -285,13 +333,52 @@ impl Follower {
         Self {
             display: Display::new(progress),
             followed: Followed::default(),
+            heard: Instant::now(),
+            waiting_shown: None,
+        }
+    }
+
+    /// Says "waiting for the agent (2m10s)…" while the agent works silently: on the
+    /// spinner, or as a line every half minute. Call it periodically.
+    pub fn tick(&mut self) {
+        let running = self
+            .display
+            .current
+            .as_ref()
+            .is_some_and(|(step, _, _)| *step == ExecutionStep::Running);
+        let silent = self.heard.elapsed();
+        if !running || silent < WAITING_AFTER {
+            return;
+        }
+        let text = format!("waiting for the agent ({})…", minutes(silent));
+        match &self.display.spinner {
+            Some(bar) => bar.set_message(format!("{} — {text}", ExecutionStep::Running.label())),
+            None if self
+                .waiting_shown
+                .is_none_or(|at| at.elapsed() >= WAITING_EVERY) =>
+            {
+                self.waiting_shown = Some(Instant::now());
+                self.display.note(&text);
+            }
+            None => {}
+        }
+    }
+
+    fn heard(&mut self) {
+        self.heard = Instant::now();
+        self.waiting_shown = None;
+        if let (Some(bar), Some((_, label, _))) = (&self.display.spinner, &self.display.current) {
+            bar.set_message(label.clone());
         }
     }
 
     /// Shows one event of the task.
     pub fn event(&mut self, kind: &TaskEventKind) {
         match kind {
-            TaskEventKind::Step { step, label } => self.display.step(*step, label),
+            TaskEventKind::Step { step, label } => {
+                self.heard();
+                self.display.step(*step, label);
+            }
             TaskEventKind::LastMessage { text } => {
                 self.followed.last_message = Some(text.clone());
             }
@@ -299,6 +386,10 @@ impl Follower {
                 self.followed.downgraded_from = Some(requested.to_string());
             }
             TaskEventKind::Session { event } => {
+                self.heard();
+                if matches!(event, SessionEvent::PromptRetry { .. }) {
+                    self.followed.prompt_retries += 1;
+                }
                 if let Some(text) = describe(event) {
                     self.display.note(&text);
                 }
@@ -313,6 +404,14 @@ impl Follower {
 
     /// Shows that the task is in `step` (a no-op when it already was).
     pub fn step(&mut self, step: ExecutionStep, label: &str) {
+        if self
+            .display
+            .current
+            .as_ref()
+            .is_none_or(|(s, _, _)| *s != step)
+        {
+            self.heard();
+        }
         self.display.step(step, label);
     }
 
@@ -328,6 +427,16 @@ impl Follower {
     }
 }
 
+/// `2m10s`, `45s`: a wait as the display shows it.
+fn minutes(wait: Duration) -> String {
+    let secs = wait.as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// Submits `request` and follows it to its end; see the [module docs](self).
 ///
 /// # Errors
@@ -337,6 +446,22 @@ pub async fn run_task(
     embedded: &Embedded,
     request: &RunRequest,
     progress: Progress,
+) -> anyhow::Result<RunOutcome> {
+    run_task_until(embedded, request, progress, std::future::pending()).await
+}
+
+/// [`run_task`], cancelling the task when `interrupt` completes (Ctrl-C in `sam
+/// run`): the control plane's cancel (the same as `sam cancel` and the API) stops the
+/// agent and its whole process tree, and the task is followed until it has ended
+/// `cancelled`, so the outcome is still reported.
+///
+/// # Errors
+/// As [`run_task`].
+pub async fn run_task_until(
+    embedded: &Embedded,
+    request: &RunRequest,
+    progress: Progress,
+    interrupt: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<RunOutcome> {
     let cp = &embedded.control_plane;
     let repo = request
@@ -369,6 +494,8 @@ pub async fn run_task(
         repo.display()
     ));
     let mut check = tokio::time::interval(Duration::from_millis(200));
+    tokio::pin!(interrupt);
+    let mut interrupted = false;
     let task = loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -376,9 +503,17 @@ pub async fn run_task(
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => {}
             },
+            () = &mut interrupt, if !interrupted => {
+                interrupted = true;
+                follower.note(&format!("interrupted: cancelling task {id} (interrupt again to exit at once)"));
+                if let Err(e) = cp.cancel(&id, "sam run (interrupted)").await {
+                    follower.note(&format!("the cancel failed: {e}"));
+                }
+            }
             _ = check.tick() => {
                 let task = read(embedded, &id).await?;
                 follower.step(task.execution_step, task.execution_step.label());
+                follower.tick();
                 if task.status.is_terminal() {
                     break task;
                 }
@@ -392,19 +527,8 @@ pub async fn run_task(
         }
     }
     released(embedded, &task).await;
-    let Followed {
-        last_message,
-        downgraded_from,
-    } = follower.done(task.status == TaskStatus::Completed);
-    outcome(
-        embedded,
-        task,
-        request,
-        last_message,
-        downgraded_from,
-        started,
-    )
-    .await
+    let followed = follower.done(task.status == TaskStatus::Completed);
+    outcome(embedded, task, request, followed, started).await
 }
 
 /// How long [`released`] waits for the control plane to release a finished task.
@@ -472,10 +596,14 @@ async fn outcome(
     embedded: &Embedded,
     task: TaskRecord,
     request: &RunRequest,
-    last_message: Option<String>,
-    downgraded_from: Option<String>,
+    followed: Followed,
     started: Instant,
 ) -> anyhow::Result<RunOutcome> {
+    let Followed {
+        last_message,
+        downgraded_from,
+        prompt_retries,
+    } = followed;
     let view = crate::server::TaskView::describe(
         &embedded.control_plane,
         embedded.catalog(),
@@ -500,7 +628,7 @@ async fn outcome(
     let error = task.error.as_ref().map(|e: &TaskError| RunError {
         category: e.category,
         message: e.message.clone(),
-        hint: hint(e.category, &request.agent),
+        hint: hint(e, &request.agent),
     });
     Ok(RunOutcome {
         task_id: task.id.to_string(),
@@ -517,6 +645,7 @@ async fn outcome(
         files_changed,
         output: view.output,
         elapsed_secs: started.elapsed().as_secs_f64(),
+        prompt_retries,
         error,
     })
 }

@@ -1123,7 +1123,7 @@ impl TaskView {
         }
         if let Some(error) = &self.error {
             field("error", format!("{} ({})", error.message, error.category));
-            if let Some(hint) = crate::quickstart::hint(error.category, &self.agent) {
+            if let Some(hint) = crate::quickstart::hint(error, &self.agent) {
                 field("hint", hint);
             }
         }

@@ -13,6 +13,37 @@ use common::{StopNodes, repo};
 /// Runs `sam run --json` on `repo` with `data_dir`, then `extra`, then the prompt.
 /// Never hangs: the process is killed after a minute.
 async fn sam_run(repo: &Path, data_dir: &Path, extra: &[&str]) -> (Output, Value) {
+    sam_run_with(repo, data_dir, extra, |_| {}).await
+}
+
+/// [`sam_run`] with the command adjusted by `adjust` (its environment, say).
+async fn sam_run_with(
+    repo: &Path,
+    data_dir: &Path,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut tokio::process::Command),
+) -> (Output, Value) {
+    let mut command = sam_command(repo, data_dir, extra);
+    adjust(&mut command);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("sam run finished within a minute")
+        .expect("sam runs");
+    let json = parse_output(&output);
+    (output, json)
+}
+
+fn parse_output(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "stdout is one JSON object ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn sam_command(repo: &Path, data_dir: &Path, extra: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam"));
     command
         .arg("run")
@@ -24,18 +55,7 @@ async fn sam_run(repo: &Path, data_dir: &Path, extra: &[&str]) -> (Output, Value
         .args(extra)
         .arg("say hello")
         .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("sam run finished within a minute")
-        .expect("sam runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "stdout is one JSON object ({e}):\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output, json)
+    command
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,4 +140,136 @@ async fn an_agent_without_credentials_fails_fast_with_auth_error() {
         "auth errors are not retried: took {:?}",
         started.elapsed()
     );
+}
+
+/// An ACP agent in `sh` that starts a tool in a session of its own (`setsid`) when a
+/// prompt comes, says it is working and then never ends the turn, ignoring
+/// `session/cancel`: only stopping its whole process tree stops it. It writes its own
+/// pid and the tool's to the directory given as its argument.
+const STUBBORN_AGENT: &str = r#"
+echo $$ > "$1/agent.pid"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p')
+  case "$line" in
+    *'"method":"initialize"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":1,"agentCapabilities":{},"authMethods":[]}}\n' "$id" ;;
+    *'"method":"session/new"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"sessionId":"s-1"}}\n' "$id" ;;
+    *'"method":"session/prompt"'*)
+      setsid sleep 600 </dev/null >/dev/null 2>&1 &
+      echo $! > "$1/tool.pid.tmp" && mv "$1/tool.pid.tmp" "$1/tool.pid"
+      printf '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"working"}}}}\n' ;;
+  esac
+done
+"#;
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// SIGINT on `sam run` cancels the task, prints the result and exits 130; no process
+/// of the agent's tree survives, the `setsid` tool included.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupt_cancels_the_task_and_stops_the_agent_tree() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let pids = tempfile::tempdir().unwrap();
+    let script = data.path().join("stubborn-agent.sh");
+    std::fs::write(&script, STUBBORN_AGENT).unwrap();
+    let command = format!("/bin/sh {} {}", script.display(), pids.path().display());
+    let _nodes = StopNodes(data.path().to_owned());
+    let mut sam = sam_command(repo.path(), data.path(), &["--agent-command", &command]);
+    sam.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = sam.spawn().expect("sam runs");
+    let sam_pid = child.id().unwrap();
+    let tool_file = pids.path().join("tool.pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tool_file.exists() {
+        assert!(Instant::now() < deadline, "the agent never got its prompt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read_pid = |name: &str| -> u32 {
+        std::fs::read_to_string(pids.path().join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (agent, tool) = (read_pid("agent.pid"), read_pid("tool.pid"));
+    assert!(alive(agent) && alive(tool), "the agent and its tool run");
+
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &sam_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("sam run ends after an interrupt")
+        .unwrap();
+    let json = parse_output(&output);
+    assert_eq!(output.status.code(), Some(130), "{json}");
+    assert_eq!(json["status"], "cancelled", "{json}");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(agent) || alive(tool) {
+        assert!(
+            Instant::now() < deadline,
+            "agent {agent} alive: {}, setsid tool {tool} alive: {}",
+            alive(agent),
+            alive(tool)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `gemini` stand-in that says whether `GEMINI_API_KEY` reached it, and ends its
+/// turn.
+const KEY_REPORTING_GEMINI: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p')
+  case "$line" in
+    *'"method":"initialize"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":1,"agentCapabilities":{},"authMethods":[]}}\n' "$id" ;;
+    *'"method":"session/new"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"sessionId":"s-1"}}\n' "$id" ;;
+    *'"method":"session/prompt"'*)
+      if [ -n "$GEMINI_API_KEY" ]; then key="key $GEMINI_API_KEY"; else key="no key"; fi
+      printf '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"%s"}}}}\n' "$key"
+      printf '{"jsonrpc":"2.0","id":%s,"result":{"stopReason":"end_turn"}}\n' "$id" ;;
+  esac
+done
+"#;
+
+/// The key of the second run reaches the agent on the warm node the first run
+/// started without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_set_on_a_later_run_reaches_the_reused_warm_node() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let gemini = bin.path().join("gemini");
+    std::fs::write(&gemini, KEY_REPORTING_GEMINI).unwrap();
+    std::fs::set_permissions(&gemini, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let _nodes = StopNodes(data.path().to_owned());
+    let (output, first) = sam_run_with(repo.path(), data.path(), &["--agent", "gemini"], |c| {
+        c.env("PATH", &path).env_remove("GEMINI_API_KEY");
+    })
+    .await;
+    assert!(output.status.success(), "{first}");
+    assert_eq!(first["last_message"], "no key", "{first}");
+    let (output, second) = sam_run_with(repo.path(), data.path(), &["--agent", "gemini"], |c| {
+        c.env("PATH", &path).env("GEMINI_API_KEY", "second-run-key");
+    })
+    .await;
+    assert!(output.status.success(), "{second}");
+    assert_eq!(second["node_reused"], true, "{second}");
+    assert_eq!(second["last_message"], "key second-run-key", "{second}");
 }

@@ -145,6 +145,10 @@ pub enum SessionEvent {
         error: String,
         /// Its category.
         category: ErrorCategory,
+        /// How many retries the policy allows in all (attempts after the first);
+        /// absent in events recorded before it was sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_retries: Option<u32>,
     },
     /// The agent process crashed.
     Crashed {

@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -20,7 +22,7 @@ use sam_cloudinit::NodeBoot;
 use sam_core::{Location, ProviderKind, Secret, TaskStatus, VmSize};
 use sam_examples::client::{self, Client};
 use sam_examples::embedded::{self, Embedded, EmbeddedOptions};
-use sam_examples::quickstart::{Progress, RunRequest, run_task};
+use sam_examples::quickstart::{Progress, RunRequest, run_task_until};
 use sam_examples::server::SubmitBody;
 
 /// Run AI coding agents on cloud VMs.
@@ -318,13 +320,30 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => args.agent.clone(),
     };
+    // The agent's key travels with each task, so a warm node started by an earlier
+    // run (without the key, or with another) runs this run's agent with this key.
+    options.agent_credentials = embedded::agent_credentials_from_env(&agent);
     let embedded = Embedded::start(options).await?;
     let request = RunRequest {
         repo: args.repo.clone(),
         prompt: args.prompt.clone(),
         agent,
     };
-    let outcome = run_task(&embedded, &request, Progress::Auto).await;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let interrupt = {
+        let interrupted = Arc::clone(&interrupted);
+        async move {
+            interruption().await;
+            interrupted.store(true, Ordering::SeqCst);
+            // A second interrupt exits at once, leaving the cancel to the sweeps.
+            tokio::spawn(async {
+                interruption().await;
+                eprintln!("interrupted again: exiting without waiting");
+                std::process::exit(EXIT_INTERRUPTED);
+            });
+        }
+    };
+    let outcome = run_task_until(&embedded, &request, Progress::Auto, interrupt).await;
     embedded.shutdown().await;
     let outcome = outcome?;
     if args.json {
@@ -332,11 +351,33 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", outcome.summary());
     }
-    Ok(if outcome.succeeded() {
+    Ok(if interrupted.load(Ordering::SeqCst) {
+        ExitCode::from(EXIT_INTERRUPTED as u8)
+    } else if outcome.succeeded() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The exit code of a run ended by SIGINT or SIGTERM, as shells report a command
+/// killed by SIGINT.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Completes at the next SIGINT (Ctrl-C) or SIGTERM.
+async fn interruption() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 fn print_json_or<T: serde::Serialize>(

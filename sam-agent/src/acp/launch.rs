@@ -147,6 +147,22 @@ pub const KNOWN_AGENTS: &[(&str, &str, &[&str])] = &[
     ("opencode", "opencode", &["acp"]),
 ];
 
+/// The npm package that installs each known agent's ACP command.
+pub const KNOWN_AGENT_PACKAGES: &[(&str, &str)] = &[
+    ("claude", "@zed-industries/claude-agent-acp"),
+    ("codex", "@zed-industries/codex-acp"),
+    ("gemini", "@google/gemini-cli"),
+    ("opencode", "opencode-ai"),
+];
+
+/// The npm package of a known agent (`claude`, `codex`, `gemini`, `opencode`).
+pub fn agent_package(agent: &str) -> Option<&'static str> {
+    KNOWN_AGENT_PACKAGES
+        .iter()
+        .find(|(name, _)| *name == agent)
+        .map(|(_, package)| *package)
+}
+
 impl AgentCommand {
     /// Any command speaking ACP on stdio.
     pub fn new(program: impl Into<String>) -> Self {

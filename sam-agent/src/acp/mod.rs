@@ -80,7 +80,9 @@ use tokio::time::Instant;
 
 pub use auth::KNOWN_AUTH_METHODS;
 pub use client::{MODEL_OUTPUT_UPDATES, PermissionMode, is_model_output};
-pub use launch::{AgentCommand, AgentIo, AgentLauncher, KNOWN_AGENTS};
+pub use launch::{
+    AgentCommand, AgentIo, AgentLauncher, KNOWN_AGENT_PACKAGES, KNOWN_AGENTS, agent_package,
+};
 pub use restart::CrashPolicy;
 pub use tree::TREE_VAR;
 
@@ -769,6 +771,7 @@ impl AgentSession for AcpSession {
                     delay: retry.delay,
                     error: redact(&error).into_owned(),
                     category,
+                    max_retries: Some(self.options.prompt_retry.max_attempts.saturating_sub(1)),
                 });
             },
         )
