@@ -38,6 +38,8 @@ pub struct AgentIo {
     pub(crate) stderr_done: Option<tokio::task::JoinHandle<()>>,
     /// The marker of the agent's process tree ([`super::tree::TREE_VAR`]).
     pub(crate) marker: Option<String>,
+    /// The agent's own cgroup, where one could be made.
+    pub(crate) cgroup: Option<super::tree::Cgroup>,
 }
 
 impl fmt::Debug for AgentIo {
@@ -62,6 +64,7 @@ impl AgentIo {
             stderr_tail: Arc::default(),
             stderr_done: None,
             marker: None,
+            cgroup: None,
         }
     }
 
@@ -104,6 +107,7 @@ impl AgentIo {
             stderr_tail,
             stderr_done,
             marker: None,
+            cgroup: None,
         })
     }
 }
@@ -272,8 +276,12 @@ impl AgentCommand {
         let child = command
             .spawn()
             .map_err(|e| spawn_error(format!("cannot start agent {:?}: {e}", self.program)))?;
+        let cgroup = child
+            .id()
+            .and_then(|pid| super::tree::Cgroup::adopt(&marker, pid));
         let mut io = AgentIo::from_child(child)?;
         io.marker = Some(marker);
+        io.cgroup = cgroup;
         Ok(io)
     }
 }
@@ -285,16 +293,22 @@ impl AgentLauncher for AgentCommand {
     }
 }
 
-/// Kills an agent's whole process tree when dropped ([`super::tree::kill_tree`]; the
-/// child itself is also killed by tokio's `kill_on_drop`).
+/// Kills an agent's whole process tree when dropped: its cgroup where it has one,
+/// then [`super::tree::kill_tree`] (the child itself is also killed by tokio's
+/// `kill_on_drop`).
 #[derive(Debug)]
 pub(crate) struct TreeGuard {
     pub(crate) pid: Option<u32>,
     pub(crate) marker: Option<String>,
+    pub(crate) cgroup: Option<super::tree::Cgroup>,
 }
 
 impl Drop for TreeGuard {
     fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.kill();
+            cgroup.remove();
+        }
         if let Some(pid) = self.pid {
             let killed = super::tree::kill_tree(pid, self.marker.as_deref());
             tracing::debug!(pid, killed, "stopped the agent's process tree");

@@ -103,6 +103,7 @@ impl Connection {
             stderr_tail,
             stderr_done,
             marker,
+            cgroup,
         } = io;
         let writer: Writer = Arc::new(Mutex::new(stdin));
         let pending: Pending = Arc::default();
@@ -111,6 +112,7 @@ impl Connection {
         let tree = TreeGuard {
             pid: child.as_ref().and_then(tokio::process::Child::id),
             marker,
+            cgroup,
         };
         let reader = {
             let writer = Arc::clone(&writer);

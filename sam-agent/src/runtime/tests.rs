@@ -305,6 +305,9 @@ async fn docker_runtime_without_a_config_runs_the_lightweight_image() {
             "/workspaces/ws1",
             "-e",
             "ANTHROPIC_API_KEY",
+            // The process-tree marker reaches the container's processes too.
+            "-e",
+            "SAM_AGENT_TREE",
             "c0ffee",
             "claude-agent-acp"
         ]
@@ -360,6 +363,8 @@ async fn docker_runtime_brings_up_the_default_devcontainer() {
             "/workspaces/repo",
             "-u",
             "vscode",
+            "-e",
+            "SAM_AGENT_TREE",
             "dc1234",
             "gemini",
             "--acp"
