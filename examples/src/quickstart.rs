@@ -170,6 +170,17 @@ pub fn hint(error: &TaskError, agent: &str) -> Option<String> {
                 .to_owned(),
         });
     }
+    // Observed with claude-agent-acp 0.23.1 run as root: `session/new` fails with
+    // `-32603` and this detail, because Claude Code refuses root.
+    if agent == "claude"
+        && error.message.contains("Query closed before response received")
+        && rustix::process::geteuid().is_root()
+    {
+        return Some(
+            "Claude's ACP adapter refuses to run as root: run `sam` as an unprivileged user (or set IS_SANDBOX=1 if this machine is a sandbox)"
+                .to_owned(),
+        );
+    }
     let key = match agent {
         "claude" => "set ANTHROPIC_API_KEY (or log in with `claude`)",
         "codex" => "set OPENAI_API_KEY or CODEX_API_KEY",

@@ -17,7 +17,7 @@
 //! links, and every process that carries its marker.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -228,7 +228,7 @@ impl Cgroup {
 
     /// Where it is.
     #[cfg(test)]
-    pub(crate) fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &std::path::Path {
         &self.dir
     }
 }
