@@ -902,9 +902,20 @@ async fn a_setsid_grandchild_dies_with_the_session() {
         .trim()
         .parse()
         .unwrap();
-    let (state, sid) = proc_state(pid).expect("the grandchild runs");
-    assert_ne!(state, 'Z');
-    assert_eq!(sid, pid, "the grandchild leads a session of its own");
+    // `setsid` may not have run yet on a loaded host: wait until it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (state, sid) = proc_state(pid).expect("the grandchild runs");
+        assert_ne!(state, 'Z');
+        if sid == pid {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the grandchild never led a session of its own"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(session);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while proc_state(pid).is_some_and(|(s, _)| s != 'Z') {
