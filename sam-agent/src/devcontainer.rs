@@ -319,7 +319,7 @@ pub fn parse_text(
                 path: path.to_owned(),
                 line: e.line_display(),
                 column: e.column_display(),
-                message: e.kind().to_string(),
+                message: not_an_object(text).unwrap_or_else(|| e.kind().to_string()),
             }
         })?;
     let build = match (raw.build, raw.legacy_docker_file) {
@@ -388,6 +388,25 @@ pub struct ConfigLocation {
     pub name: Option<String>,
     /// The file.
     pub path: PathBuf,
+}
+
+/// Why a file that is valid JSON with comments is no configuration, when its value
+/// is not an object: serde's words for it ("invalid length 0, expected struct") say
+/// little. Only called on the error path.
+fn not_an_object(text: &str) -> Option<String> {
+    use jsonc_parser::JsonValue;
+    let what = match jsonc_parser::parse_to_value(text, &jsonc_options()).ok()? {
+        None => "nothing",
+        Some(JsonValue::Object(_)) => return None,
+        Some(JsonValue::Array(_)) => "an array",
+        Some(JsonValue::String(_)) => "a string",
+        Some(JsonValue::Number(_)) => "a number",
+        Some(JsonValue::Boolean(_)) => "a boolean",
+        Some(JsonValue::Null) => "null",
+    };
+    Some(format!(
+        "a devcontainer.json must hold a JSON object; this one holds {what}"
+    ))
 }
 
 /// Every configuration file in `repo_root`, in the specification's order, without

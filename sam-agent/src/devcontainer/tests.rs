@@ -386,7 +386,8 @@ fn a_byte_order_mark_is_skipped() {
     let dir = repo(&[(".devcontainer/devcontainer.json", text)]);
     let config = select(dir.path(), None).unwrap().unwrap();
     assert_eq!(config.image.as_deref(), Some("bom"));
-    // Only one, at the start: a second one is not whitespace.
+    // Only a leading one is skipped; the reference skips one anywhere (a documented
+    // difference).
     let twice = format!("\u{feff}{text}");
     assert!(parse_text(Path::new("devcontainer.json"), None, &twice).is_err());
 }
@@ -412,4 +413,27 @@ fn deep_nesting_is_an_error_not_a_crash() {
         let err = parse_text(Path::new("devcontainer.json"), None, &text).unwrap_err();
         assert!(err.to_string().contains("nesting"), "{err}");
     }
+}
+
+#[test]
+fn a_file_that_is_not_an_object_says_so() {
+    for (text, what) in [
+        ("", "nothing"),
+        ("// only a comment\n", "nothing"),
+        ("[]", "an array"),
+        ("null", "null"),
+        ("\"image\"", "a string"),
+        ("42", "a number"),
+        ("true", "a boolean"),
+    ] {
+        let err = parse_text(Path::new("devcontainer.json"), None, text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("must hold a JSON object; this one holds {what}")),
+            "{text:?}: {err}"
+        );
+    }
+    // An object with a wrong field keeps serde's message, which names the field.
+    let err = parse_text(Path::new("devcontainer.json"), None, r#"{ "image": 42 }"#).unwrap_err();
+    assert!(!err.to_string().contains("JSON object"), "{err}");
 }
