@@ -25,14 +25,16 @@
 //! accepted; everything else JSON5 would allow (single quotes, unquoted keys, hex
 //! numbers, missing commas) is an error, which names the file, line and column.
 //!
-//! Deliberately, this module is stricter than the reference in three ways, each of
+//! Deliberately, this module is stricter than the reference in these ways, each of
 //! which the differential test lists with its reason:
 //!
 //! - Malformed JSON is an error here. The reference recovers what it can and goes on
 //!   (`{"image": 'debian'}` reads as `{}` there), which builds a container other than
-//!   the one the file describes.
-//! - A file that names no image, Dockerfile or Compose file is an error here; the
-//!   reference reads it and only `devcontainer up` fails.
+//!   the one the file describes. A byte-order mark anywhere but at the start, and a
+//!   file in UTF-16, are malformed JSON here too.
+//! - A property given twice is an error here; the reference takes the last one.
+//! - A file that names no image, Dockerfile or Compose file (`{}` too) is an error
+//!   here; the reference reads it and only `devcontainer up` fails.
 //! - A property this module reads must have the specification's type (`"image": 42`
 //!   is an error), and nesting deeper than 512 levels is an error.
 //!
