@@ -213,7 +213,9 @@ fn locate_profile(
 /// repository has none.
 fn no_devcontainer_fallback(request: &WorkspaceRequest) -> Option<String> {
     (request.devcontainer.is_none() && request.profile == ProfileRequest::Devcontainer).then(|| {
-        "the repository has no devcontainer configuration; using the lightweight image".to_owned()
+        "the repository has no devcontainer configuration at .devcontainer/devcontainer.json or \
+         .devcontainer.json (a named one is used only when requested); using the lightweight image"
+            .to_owned()
     })
 }
 

@@ -314,21 +314,29 @@ async fn docker_runtime_without_a_config_runs_the_lightweight_image() {
 
 #[tokio::test]
 async fn docker_runtime_reports_a_fallback() {
-    let (ws, _) = check_docker(
-        &[],
-        ProfileRequest::Devcontainer,
-        None,
-        ReadyStatus::Recovery,
-        lightweight(),
-        &[RUN],
-    )
-    .await;
-    assert!(
-        ws.report
-            .message
-            .unwrap()
-            .contains("no devcontainer configuration")
-    );
+    // No configuration at all; only a named one, which (as for `@devcontainers/cli`)
+    // is never used without a request.
+    let named: &[(&str, &str)] = &[(".devcontainer/gpu/devcontainer.json", IMAGE_CONFIG)];
+    for files in [&[][..], named] {
+        let (ws, _) = check_docker(
+            files,
+            ProfileRequest::Devcontainer,
+            None,
+            ReadyStatus::Recovery,
+            lightweight(),
+            &[RUN],
+        )
+        .await;
+        let message = ws.report.message.unwrap();
+        assert!(
+            message.contains("no devcontainer configuration"),
+            "{message}"
+        );
+        assert!(
+            message.contains("a named one is used only when requested"),
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test]
