@@ -7,9 +7,36 @@
 //! deep). The first two are the *default* configuration ([`DevcontainerConfig::name`]
 //! is `None`); the third kind is named after its folder.
 //!
+//! Which file a workspace uses agrees with the reference implementation,
+//! `@devcontainers/cli` (`devcontainer read-configuration` without and with
+//! `--config`), checked by a differential test over many repository layouts:
+//!
+//! - Without a request, the default configuration is used, and a named one never is:
+//!   a repository whose only configurations are named has no default one.
+//! - A file that exists is the one used, even when it is broken: a broken
+//!   `.devcontainer/devcontainer.json` fails, and does not fall back to
+//!   `.devcontainer.json`.
+//! - Only the chosen file is read, so a broken configuration that is not used fails
+//!   nothing ([`select`], [`locate`]); [`discover`] reads them all.
+//! - A UTF-8 byte-order mark is skipped, and bytes that are not UTF-8 are read as
+//!   U+FFFD.
+//!
 //! Files are JSON with comments: `//` and `/* */` comments and trailing commas are
 //! accepted; everything else JSON5 would allow (single quotes, unquoted keys, hex
 //! numbers, missing commas) is an error, which names the file, line and column.
+//!
+//! Deliberately, this module is stricter than the reference in these ways, each of
+//! which the differential test lists with its reason:
+//!
+//! - Malformed JSON is an error here. The reference recovers what it can and goes on
+//!   (`{"image": 'debian'}` reads as `{}` there), which builds a container other than
+//!   the one the file describes. A byte-order mark anywhere but at the start, and a
+//!   file in UTF-16, are malformed JSON here too.
+//! - A property given twice is an error here; the reference takes the last one.
+//! - A file that names no image, Dockerfile or Compose file (`{}` too) is an error
+//!   here; the reference reads it and only `devcontainer up` fails.
+//! - A property this module reads must have the specification's type (`"image": 42`
+//!   is an error), and nesting deeper than 512 levels is an error.
 //!
 //! ```
 //! use sam_agent::devcontainer::{self, DevcontainerKind};
@@ -261,21 +288,23 @@ fn jsonc_options() -> jsonc_parser::ParseOptions {
     }
 }
 
-/// Reads one `devcontainer.json`.
+/// Reads one `devcontainer.json`. Bytes that are not UTF-8 read as U+FFFD, as they
+/// do for the reference implementation.
 ///
 /// # Errors
 /// [`DevcontainerError::Io`], [`DevcontainerError::Parse`] with the position, or
 /// [`DevcontainerError::Invalid`] when it names no way to build a container.
 pub fn parse(path: &Path, name: Option<String>) -> Result<DevcontainerConfig, DevcontainerError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DevcontainerError::Io {
+    let bytes = std::fs::read(path).map_err(|source| DevcontainerError::Io {
         path: path.to_owned(),
         source,
     })?;
-    parse_text(path, name, &text)
+    parse_text(path, name, &String::from_utf8_lossy(&bytes))
 }
 
 /// Parses the text of one `devcontainer.json` that was read from `path` (which only
-/// names it in the result and in errors); [`parse`] without the file system.
+/// names it in the result and in errors); [`parse`] without the file system. A
+/// leading byte-order mark is skipped.
 ///
 /// # Errors
 /// [`DevcontainerError::Parse`] with the position, or [`DevcontainerError::Invalid`]
@@ -285,13 +314,14 @@ pub fn parse_text(
     name: Option<String>,
     text: &str,
 ) -> Result<DevcontainerConfig, DevcontainerError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw: RawConfig =
         jsonc_parser::parse_to_serde_value(text, &jsonc_options()).map_err(|e| {
             DevcontainerError::Parse {
                 path: path.to_owned(),
                 line: e.line_display(),
                 column: e.column_display(),
-                message: e.kind().to_string(),
+                message: not_an_object(text).unwrap_or_else(|| e.kind().to_string()),
             }
         })?;
     let build = match (raw.build, raw.legacy_docker_file) {
@@ -352,65 +382,105 @@ pub fn parse_text(
     })
 }
 
-/// Every configuration in `repo_root`, in the specification's order: the default
-/// (`.devcontainer/devcontainer.json`, then `.devcontainer.json`), then the named
-/// ones (`.devcontainer/<folder>/devcontainer.json`) sorted by folder name.
+/// A configuration file in a repository, found but not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigLocation {
+    /// `None` for the default configuration; the folder name for
+    /// `.devcontainer/<folder>/devcontainer.json`.
+    pub name: Option<String>,
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// Why a file that is valid JSON with comments is no configuration, when its value
+/// is not an object: serde's words for it ("invalid length 0, expected struct") say
+/// little. Only called on the error path.
+fn not_an_object(text: &str) -> Option<String> {
+    use jsonc_parser::JsonValue;
+    let what = match jsonc_parser::parse_to_value(text, &jsonc_options()).ok()? {
+        None => "nothing",
+        Some(JsonValue::Object(_)) => return None,
+        Some(JsonValue::Array(_)) => "an array",
+        Some(JsonValue::String(_)) => "a string",
+        Some(JsonValue::Number(_)) => "a number",
+        Some(JsonValue::Boolean(_)) => "a boolean",
+        Some(JsonValue::Null) => "null",
+    };
+    Some(format!(
+        "a devcontainer.json must hold a JSON object; this one holds {what}"
+    ))
+}
+
+/// Every configuration file in `repo_root`, in the specification's order, without
+/// reading any: the default (`.devcontainer/devcontainer.json`, then
+/// `.devcontainer.json`), then the named ones (`.devcontainer/<folder>/devcontainer.json`)
+/// sorted by folder name. A folder whose name is not UTF-8 is skipped.
 ///
 /// # Errors
-/// The first file that cannot be read or parsed, naming it and the position.
-pub fn discover(repo_root: &Path) -> Result<Vec<DevcontainerConfig>, DevcontainerError> {
+/// [`DevcontainerError::Io`] when `.devcontainer` cannot be listed.
+pub fn list(repo_root: &Path) -> Result<Vec<ConfigLocation>, DevcontainerError> {
     let mut found = Vec::new();
     for default in [".devcontainer/devcontainer.json", ".devcontainer.json"] {
         let path = repo_root.join(default);
         if path.is_file() {
-            found.push(parse(&path, None)?);
+            found.push(ConfigLocation { name: None, path });
         }
     }
     let folder = repo_root.join(".devcontainer");
     if folder.is_dir() {
-        let entries = std::fs::read_dir(&folder).map_err(|source| DevcontainerError::Io {
+        let io_error = |source| DevcontainerError::Io {
             path: folder.clone(),
             source,
-        })?;
+        };
         let mut named = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| DevcontainerError::Io {
-                path: folder.clone(),
-                source,
-            })?;
+        for entry in std::fs::read_dir(&folder).map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
             let path = entry.path().join("devcontainer.json");
             if let Some(name) = entry.file_name().to_str()
                 && path.is_file()
             {
-                named.push((name.to_owned(), path));
+                named.push(ConfigLocation {
+                    name: Some(name.to_owned()),
+                    path,
+                });
             }
         }
-        named.sort();
-        for (name, path) in named {
-            found.push(parse(&path, Some(name))?);
-        }
+        named.sort_by(|a, b| a.name.cmp(&b.name));
+        found.extend(named);
     }
     Ok(found)
 }
 
-/// The configuration to use for a workspace.
+/// Every configuration in `repo_root`, read, in the order of [`list`].
+///
+/// # Errors
+/// As [`list`], and the first file that cannot be read or parsed, naming it and the
+/// position.
+pub fn discover(repo_root: &Path) -> Result<Vec<DevcontainerConfig>, DevcontainerError> {
+    list(repo_root)?
+        .into_iter()
+        .map(|location| parse(&location.path, location.name))
+        .collect()
+}
+
+/// The configuration file a workspace uses, without reading it.
 ///
 /// - `requested` names a configuration: that one, or [`DevcontainerError::NotFound`]
 ///   (never a fallback). The name `default` is not special: a folder may be called so.
 /// - No request: the default configuration (`.devcontainer/devcontainer.json` before
-///   `.devcontainer.json`); without one, the first named configuration.
-/// - `Ok(None)`: the repository has no configuration and none was requested, so the
-///   workspace uses the lightweight profile.
+///   `.devcontainer.json`), never a named one.
+/// - `Ok(None)`: the repository has no default configuration and none was requested,
+///   so the workspace uses the lightweight profile.
 ///
 /// # Errors
-/// As [`discover`], and [`DevcontainerError::NotFound`].
-pub fn select(
+/// As [`list`], and [`DevcontainerError::NotFound`].
+pub fn locate(
     repo_root: &Path,
     requested: Option<&str>,
-) -> Result<Option<DevcontainerConfig>, DevcontainerError> {
-    let mut found = discover(repo_root)?;
+) -> Result<Option<ConfigLocation>, DevcontainerError> {
+    let mut found = list(repo_root)?;
     let Some(requested) = requested else {
-        return Ok((!found.is_empty()).then(|| found.remove(0)));
+        return Ok(found.into_iter().find(|c| c.name.is_none()));
     };
     match found
         .iter()
@@ -420,11 +490,25 @@ pub fn select(
         None => Err(DevcontainerError::NotFound {
             requested: requested.to_owned(),
             available: found
-                .iter()
-                .map(|c| c.name.clone().unwrap_or_else(|| "default".to_owned()))
+                .into_iter()
+                .map(|c| c.name.unwrap_or_else(|| "default".to_owned()))
                 .collect(),
         }),
     }
+}
+
+/// The configuration a workspace uses ([`locate`]), read. Only that file is read, so
+/// a broken configuration elsewhere in the repository does not matter.
+///
+/// # Errors
+/// As [`locate`], and the chosen file's [`parse`] errors.
+pub fn select(
+    repo_root: &Path,
+    requested: Option<&str>,
+) -> Result<Option<DevcontainerConfig>, DevcontainerError> {
+    locate(repo_root, requested)?
+        .map(|location| parse(&location.path, location.name))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -179,33 +179,44 @@ pub enum ProfileChoice {
     Devcontainer(Box<DevcontainerConfig>),
 }
 
-/// Chooses the profile for `request` in the clone at `repo_root`.
+/// Chooses the profile for `request` in the clone at `repo_root`. Only the chosen
+/// configuration is read.
 ///
 /// # Errors
 /// A named devcontainer that does not exist, or a configuration that cannot be read.
 pub fn choose_profile(repo_root: &Path, request: &WorkspaceRequest) -> Result<ProfileChoice> {
-    if let Some(name) = &request.devcontainer {
-        let config = devcontainer::select(repo_root, Some(name))?;
-        return Ok(
-            config.map_or(ProfileChoice::Lightweight { fallback: None }, |c| {
-                ProfileChoice::Devcontainer(Box::new(c))
-            }),
-        );
+    Ok(match locate_profile(repo_root, request)? {
+        Some(location) => ProfileChoice::Devcontainer(Box::new(devcontainer::parse(
+            &location.path,
+            location.name,
+        )?)),
+        None => ProfileChoice::Lightweight {
+            fallback: no_devcontainer_fallback(request),
+        },
+    })
+}
+
+/// The devcontainer file `request` asks for in the clone at `repo_root`, not read;
+/// `None` means the lightweight image.
+fn locate_profile(
+    repo_root: &Path,
+    request: &WorkspaceRequest,
+) -> Result<Option<devcontainer::ConfigLocation>> {
+    let requested = request.devcontainer.as_deref();
+    if requested.is_none() && request.profile == ProfileRequest::Lightweight {
+        return Ok(None);
     }
-    match request.profile {
-        ProfileRequest::Lightweight => Ok(ProfileChoice::Lightweight { fallback: None }),
-        ProfileRequest::Auto | ProfileRequest::Devcontainer => {
-            Ok(match devcontainer::select(repo_root, None)? {
-                Some(config) => ProfileChoice::Devcontainer(Box::new(config)),
-                None => ProfileChoice::Lightweight {
-                    fallback: (request.profile == ProfileRequest::Devcontainer).then(|| {
-                        "the repository has no devcontainer configuration; using the lightweight image"
-                            .to_owned()
-                    }),
-                },
-            })
-        }
-    }
+    Ok(devcontainer::locate(repo_root, requested)?)
+}
+
+/// Why the lightweight image is used when `request` wanted a devcontainer and the
+/// repository has none.
+fn no_devcontainer_fallback(request: &WorkspaceRequest) -> Option<String> {
+    (request.devcontainer.is_none() && request.profile == ProfileRequest::Devcontainer).then(|| {
+        "the repository has no devcontainer configuration at .devcontainer/devcontainer.json or \
+         .devcontainer.json (a named one is used only when requested); using the lightweight image"
+            .to_owned()
+    })
 }
 
 /// Runs `program` with `args` and returns its standard output.
@@ -329,21 +340,22 @@ impl HostRuntime {
 impl WorkspaceRuntime for HostRuntime {
     async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace> {
         let ClonedRepo { dir, base_branch } = self.clone_repo(request).await?;
-        let choice = choose_profile(&dir, request)?;
-        let (status, message) = match choice {
-            ProfileChoice::Lightweight { fallback: None } => (ReadyStatus::Running, None),
-            ProfileChoice::Lightweight {
-                fallback: Some(why),
-            } => (ReadyStatus::Recovery, Some(why)),
-            ProfileChoice::Devcontainer(config) => {
+        // The host runtime never uses a devcontainer, so it does not read one: a
+        // broken configuration must not fail a task that does not use it.
+        let (status, message) = match locate_profile(&dir, request)? {
+            None => match no_devcontainer_fallback(request) {
+                None => (ReadyStatus::Running, None),
+                Some(why) => (ReadyStatus::Recovery, Some(why)),
+            },
+            Some(location) => {
                 let asked = request.devcontainer.is_some()
                     || request.profile == ProfileRequest::Devcontainer;
                 let note = format!(
                     "the host runtime runs agents on the host; devcontainer {} is not used",
-                    config
+                    location
                         .path
                         .strip_prefix(&dir)
-                        .unwrap_or(&config.path)
+                        .unwrap_or(&location.path)
                         .display()
                 );
                 (

@@ -240,13 +240,19 @@ fn precedence_and_selection() {
         select(dir.path(), None).unwrap().unwrap().image.as_deref(),
         Some("b")
     );
-    // Only named configurations: the first one.
+    // Only named configurations: no default, as for `@devcontainers/cli`, which looks
+    // at named ones only when given one with `--config`.
     let dir = repo(&[
         (".devcontainer/x/devcontainer.json", &c),
         (".devcontainer/w/devcontainer.json", &d),
     ]);
+    assert_eq!(select(dir.path(), None).unwrap(), None);
     assert_eq!(
-        select(dir.path(), None).unwrap().unwrap().name.as_deref(),
+        select(dir.path(), Some("w"))
+            .unwrap()
+            .unwrap()
+            .name
+            .as_deref(),
         Some("w")
     );
 }
@@ -319,4 +325,115 @@ fn kinds_serialize_snake_case() {
         serde_json::to_string(&kinds).unwrap(),
         r#"["image","dockerfile","compose"]"#
     );
+}
+
+/// A file that does not parse (the reference reads it as `{}`).
+const BROKEN: &str = r#"{ "image": 'single-quoted' }"#;
+
+#[test]
+fn only_the_chosen_file_is_read() {
+    let dir = repo(&[
+        (".devcontainer/devcontainer.json", r#"{ "image": "a" }"#),
+        (".devcontainer/broken/devcontainer.json", BROKEN),
+        (".devcontainer/gpu/devcontainer.json", r#"{ "image": "g" }"#),
+    ]);
+    let image = |requested| select(dir.path(), requested).unwrap().unwrap().image;
+    assert_eq!(image(None).as_deref(), Some("a"));
+    assert_eq!(image(Some("gpu")).as_deref(), Some("g"));
+    let err = select(dir.path(), Some("broken")).unwrap_err();
+    assert!(matches!(err, DevcontainerError::Parse { .. }), "{err}");
+    assert!(
+        err.to_string().contains("broken/devcontainer.json:1:12"),
+        "{err}"
+    );
+    // `discover` reads every file, so it reports the broken one.
+    assert!(discover(dir.path()).is_err());
+    // A broken configuration still counts as existing: it is not "not found".
+    let Err(DevcontainerError::NotFound { available, .. }) = select(dir.path(), Some("cuda"))
+    else {
+        panic!("cuda does not exist");
+    };
+    assert_eq!(available, ["default", "broken", "gpu"]);
+}
+
+#[test]
+fn a_broken_default_does_not_fall_back() {
+    // The reference uses `.devcontainer/devcontainer.json` whenever it is a file.
+    for first in [BROKEN, "", "[]"] {
+        let dir = repo(&[
+            (".devcontainer/devcontainer.json", first),
+            (".devcontainer.json", r#"{ "image": "b" }"#),
+        ]);
+        assert!(select(dir.path(), None).is_err(), "{first:?}");
+        let location = locate(dir.path(), None).unwrap().unwrap();
+        assert_eq!(
+            location.path,
+            dir.path().join(".devcontainer/devcontainer.json")
+        );
+    }
+    // A directory where the file would be is not a configuration.
+    let dir = repo(&[
+        (".devcontainer/devcontainer.json/x", "not a config"),
+        (".devcontainer.json", r#"{ "image": "b" }"#),
+    ]);
+    let chosen = select(dir.path(), None).unwrap().unwrap();
+    assert_eq!(chosen.path, dir.path().join(".devcontainer.json"));
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let text = "\u{feff}{ \"image\": \"bom\" }";
+    let dir = repo(&[(".devcontainer/devcontainer.json", text)]);
+    let config = select(dir.path(), None).unwrap().unwrap();
+    assert_eq!(config.image.as_deref(), Some("bom"));
+    // Only a leading one is skipped; the reference skips one anywhere (a documented
+    // difference).
+    let twice = format!("\u{feff}{text}");
+    assert!(parse_text(Path::new("devcontainer.json"), None, &twice).is_err());
+}
+
+#[test]
+fn bytes_that_are_not_utf8_read_as_replacement_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".devcontainer.json");
+    std::fs::write(&path, b"{ \"name\": \"caf\xe9\", \"image\": \"debian\" }").unwrap();
+    let config = select(dir.path(), None).unwrap().unwrap();
+    assert_eq!(config.display_name.as_deref(), Some("caf\u{fffd}"));
+    assert_eq!(config.image.as_deref(), Some("debian"));
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    for depth in [600, 100_000] {
+        let text = format!(
+            r#"{{ "image": "a", "x": {}{} }}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let err = parse_text(Path::new("devcontainer.json"), None, &text).unwrap_err();
+        assert!(err.to_string().contains("nesting"), "{err}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_an_object_says_so() {
+    for (text, what) in [
+        ("", "nothing"),
+        ("// only a comment\n", "nothing"),
+        ("[]", "an array"),
+        ("null", "null"),
+        ("\"image\"", "a string"),
+        ("42", "a number"),
+        ("true", "a boolean"),
+    ] {
+        let err = parse_text(Path::new("devcontainer.json"), None, text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("must hold a JSON object; this one holds {what}")),
+            "{text:?}: {err}"
+        );
+    }
+    // An object with a wrong field keeps serde's message, which names the field.
+    let err = parse_text(Path::new("devcontainer.json"), None, r#"{ "image": 42 }"#).unwrap_err();
+    assert!(!err.to_string().contains("JSON object"), "{err}");
 }

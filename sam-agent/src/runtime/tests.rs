@@ -317,21 +317,29 @@ async fn docker_runtime_without_a_config_runs_the_lightweight_image() {
 
 #[tokio::test]
 async fn docker_runtime_reports_a_fallback() {
-    let (ws, _) = check_docker(
-        &[],
-        ProfileRequest::Devcontainer,
-        None,
-        ReadyStatus::Recovery,
-        lightweight(),
-        &[RUN],
-    )
-    .await;
-    assert!(
-        ws.report
-            .message
-            .unwrap()
-            .contains("no devcontainer configuration")
-    );
+    // No configuration at all; only a named one, which (as for `@devcontainers/cli`)
+    // is never used without a request.
+    let named: &[(&str, &str)] = &[(".devcontainer/gpu/devcontainer.json", IMAGE_CONFIG)];
+    for files in [&[][..], named] {
+        let (ws, _) = check_docker(
+            files,
+            ProfileRequest::Devcontainer,
+            None,
+            ReadyStatus::Recovery,
+            lightweight(),
+            &[RUN],
+        )
+        .await;
+        let message = ws.report.message.unwrap();
+        assert!(
+            message.contains("no devcontainer configuration"),
+            "{message}"
+        );
+        assert!(
+            message.contains("a named one is used only when requested"),
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -455,4 +463,81 @@ async fn remove_deletes_the_container_and_the_clone_and_is_idempotent() {
     host.remove(&ws).await.unwrap();
     assert!(!ws.dir.exists());
     host.remove(&ws).await.unwrap();
+}
+
+/// A `devcontainer.json` that does not parse.
+const BROKEN_CONFIG: &str = r#"{ "image": 'single-quoted' }"#;
+
+#[tokio::test]
+async fn host_runtime_does_not_read_the_devcontainer_it_does_not_use() {
+    let source = repo(&[(".devcontainer/devcontainer.json", BROKEN_CONFIG)]);
+    let root = tempfile::tempdir().unwrap();
+    let runtime = HostRuntime::new(root.path());
+    let ws = runtime
+        .prepare(&request(source.path(), ProfileRequest::Auto, None))
+        .await
+        .unwrap();
+    assert_eq!(ws.report.status, ReadyStatus::Running);
+    assert!(
+        ws.report
+            .message
+            .unwrap()
+            .contains(".devcontainer/devcontainer.json is not used")
+    );
+}
+
+#[tokio::test]
+async fn docker_runtime_ignores_broken_configs_it_does_not_use() {
+    // A broken named configuration next to the default one that is used.
+    let up = "devcontainer up --workspace-folder {dir} --config {dir}/.devcontainer/devcontainer.json --docker-path {tools}/docker";
+    check_docker(
+        &[
+            (".devcontainer/devcontainer.json", IMAGE_CONFIG),
+            (".devcontainer/gpu/devcontainer.json", BROKEN_CONFIG),
+        ],
+        ProfileRequest::Auto,
+        None,
+        ReadyStatus::Running,
+        EffectiveProfile::Devcontainer {
+            name: None,
+            path: PathBuf::from(".devcontainer/devcontainer.json"),
+            kind: DevcontainerKind::Image,
+        },
+        &[up],
+    )
+    .await;
+    // A broken default configuration and the lightweight profile.
+    check_docker(
+        &[(".devcontainer/devcontainer.json", BROKEN_CONFIG)],
+        ProfileRequest::Lightweight,
+        None,
+        ReadyStatus::Running,
+        lightweight(),
+        &[RUN],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn docker_runtime_fails_on_the_broken_config_it_would_use() {
+    let source = repo(&[
+        (".devcontainer/devcontainer.json", BROKEN_CONFIG),
+        (".devcontainer.json", IMAGE_CONFIG),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let tools = FakeTools::new();
+    let runtime = DockerRuntime::new(HostRuntime::new(root.path()), "img")
+        .with_programs(tools.path("docker"), tools.path("devcontainer"));
+    let err = runtime
+        .prepare(&request(source.path(), ProfileRequest::Auto, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Devcontainer(devcontainer::DevcontainerError::Parse { .. })
+        ),
+        "{err}"
+    );
+    assert!(tools.calls().is_empty(), "no container is started");
 }
