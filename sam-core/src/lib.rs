@@ -105,6 +105,7 @@ mod runner;
 pub mod scheduler;
 pub mod secret;
 pub mod session;
+pub mod signal;
 pub mod store;
 pub mod sweep;
 pub mod timeout;

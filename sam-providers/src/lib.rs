@@ -81,7 +81,7 @@ mod local;
 mod scaleway;
 
 pub use catalog::{SPECS_UNAVAILABLE, SizeDisplay, catalog};
-pub use classify::classify_http_error;
+pub use classify::{classify_error_text, classify_http_error};
 pub use error::{Error, Result};
 pub use factory::{CloudProviderFactory, FakeProviderFactory};
 pub use fake::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
