@@ -102,7 +102,7 @@ pub fn decide(
 ///
 /// | message | category |
 /// |---|---|
-/// | "request too large", "prompt is too long", "maximum context length", "access not configured" | `invalid_config` |
+/// | "request too large", "prompt is too long", "maximum context length", "access not configured", "already exists" | `invalid_config` |
 /// | "overloaded", "no free IP", "does not have enough resources available", "out of stock" | `transient_capacity` |
 /// | "exceeded your current quota", "quota limit '…' has been exceeded", "Quota 'CPUS' exceeded", "has reached its quota" | `rate_limited` for a window shorter than a day, else `quota_exceeded` |
 /// | "rate limit", "too many requests" | `rate_limited` |
@@ -116,6 +116,7 @@ pub fn specific_message(text: &str) -> Option<ErrorCategory> {
         "input or output tokens must be reduced",
         "access not configured",
         "has not been used in project",
+        "already exists",
     ];
     const SHORTAGE: &[&str] = &[
         "overloaded",
@@ -409,6 +410,45 @@ mod tests {
         check("Invalid API key · Please run /login", AuthError);
         check("something odd happened", Unknown);
         check("", Unknown);
+    }
+
+    #[test]
+    fn network_failures_and_lying_statuses() {
+        // OpenCode and other agents' HTTP clients, when the provider is unreachable.
+        for text in [
+            "Cannot connect to API: connect ECONNREFUSED 127.0.0.1:9",
+            "TypeError: fetch failed",
+            "getaddrinfo ENOTFOUND api.anthropic.com",
+            "Error: socket hang up",
+            "connect ENETUNREACH 2607:6bc0::10:443 - Local (:::0)",
+            "request to https://api.openai.com/v1/responses failed: network is unreachable",
+        ] {
+            check(text, Transient);
+            assert!(!is_agent_crash(text), "{text:?} is not a crash");
+        }
+        // An overload under HTTP 400, in an OpenAI stream's error event.
+        check(
+            r#"{"type":"response.failed","response":{"status":"failed","error":{"code":"server_is_overloaded","message":"Our servers are currently overloaded. Please try again later."}}}"#,
+            TransientCapacity,
+        );
+        check(
+            r#"400 {"error":{"message":"Our servers are currently overloaded. Please try again later.","type":"invalid_request_error"}}"#,
+            TransientCapacity,
+        );
+        // Too large for a per-minute limit: retrying can never succeed.
+        check(
+            "Error code: 429 - {'error': {'message': 'Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 36278.', 'type': 'tokens', 'param': None, 'code': 'rate_limit_exceeded'}}",
+            InvalidConfig,
+        );
+        // A per-minute quota is a rate limit, a daily one a quota.
+        check(
+            "429 RESOURCE_EXHAUSTED. {'error': {'code': 429, 'message': 'You exceeded your current quota', 'status': 'RESOURCE_EXHAUSTED', 'details': [{'quotaId': 'GenerateRequestsPerMinutePerProjectPerModel-FreeTier'}]}}",
+            RateLimited,
+        );
+        check(
+            "429 RESOURCE_EXHAUSTED. {'error': {'code': 429, 'message': 'You exceeded your current quota', 'status': 'RESOURCE_EXHAUSTED', 'details': [{'quotaId': 'GenerateRequestsPerDayPerProjectPerModel'}]}}",
+            QuotaExceeded,
+        );
     }
 
     #[test]

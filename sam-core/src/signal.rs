@@ -464,7 +464,7 @@ fn googleapi(signals: &mut Signals, text: &str) {
             .expect("valid googleapi regex")
     });
     static REASON: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r",\s*([A-Za-z][A-Za-z0-9_]*)\s*$").expect("valid reason regex")
+        Regex::new(r",\s*([A-Za-z][A-Za-z0-9_]*)\.?\s*$").expect("valid reason regex")
     });
     for caps in LINE.captures_iter(text) {
         if let Some(status) = caps.get(1).or_else(|| caps.get(3)) {
@@ -478,19 +478,26 @@ fn googleapi(signals: &mut Signals, text: &str) {
     }
 }
 
-/// hcloud-go's `<message> (<code>)` and `<message> (<code>, <correlation id>)`.
+/// hcloud-go's `<message> (<code>)` and `<message> (<code>, <correlation id>)`,
+/// also when a caller wrapped it in more text; the text before it on its line is
+/// the message.
 fn parenthesized(signals: &mut Signals, text: &str) {
     static CODE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?m)\(([a-z][a-z0-9_]*[a-z0-9])(?:,\s*[0-9a-f]{6,32})?\)\s*$")
+        Regex::new(r"\(([a-z][a-z0-9_]*[a-z0-9])(?:,\s*[0-9a-f]{6,32})?\)")
             .expect("valid parenthesized regex")
     });
-    push_captures(
-        signals,
-        &CODE,
-        text,
-        SignalKind::Code,
-        Origin::Parenthesized,
-    );
+    for caps in CODE.captures_iter(text) {
+        let (Some(whole), Some(code)) = (caps.get(0), caps.get(1)) else {
+            continue;
+        };
+        signals.push(SignalKind::Code, code.as_str(), Origin::Parenthesized);
+        let line_start = text[..whole.start()].rfind('\n').map_or(0, |i| i + 1);
+        signals.push(
+            SignalKind::Message,
+            &text[line_start..whole.start()],
+            Origin::Parenthesized,
+        );
+    }
 }
 
 /// Pushes the first group of every match of `re` in `text` (the whole match when
@@ -536,7 +543,7 @@ fn key_values(signals: &mut Signals, text: &str) {
 fn status_in_text(signals: &mut Signals, text: &str) {
     static LABELLED: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(
-            r"(?i)\b(?:api error|http(?:/[0-9.]+)?|status(?:[ _]?code)?|error(?: code)?|got status|request rejected|response code)\s*[:=(]?\s*\(?([1-5][0-9]{2})\b",
+            r"(?i)\b(?:api error|http(?:/[0-9.]+)?|status(?:[ _]?code)?|error(?: code)?|httperror|got status|request rejected|response code)\s*[:=(]?\s*\(?([1-5][0-9]{2})\b",
         )
         .expect("valid status regex")
     });

@@ -150,6 +150,7 @@ pub(crate) fn parse(body: &str) -> Value {
 }
 
 /// The non-empty string at `pointer` in `value`, if there is one.
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub(crate) fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
     value
         .pointer(pointer)

@@ -9,7 +9,9 @@ use serde_json::Value;
 use crate::classify::classify_with;
 
 /// The one message under `invalid_input` that means "out of stock": SAM met it in
-/// production when a location stopped offering a server type. Matched exactly.
+/// production when a location stopped offering a server type. Matched as the end
+/// of the message, so a caller's prefix (`Error: …`) keeps it and a named server
+/// type (`… cx99`, a type that does not exist) does not.
 const UNSUPPORTED_LOCATION: &str = "unsupported location for server type";
 
 /// Classifies a Hetzner response body (or a failed action, with `status` `None`).
@@ -33,7 +35,7 @@ fn native(code: &Signal, message: &str) -> Option<(ErrorCategory, Weight)> {
         | "unavailable"
         | "placement_error"
         | "no_space_left_in_location" => TransientCapacity,
-        "invalid_input" if message == UNSUPPORTED_LOCATION => TransientCapacity,
+        "invalid_input" if message.trim_end().ends_with(UNSUPPORTED_LOCATION) => TransientCapacity,
         // `server_limit_exceeded` is not in the public list, but SAM met it in production.
         "resource_limit_exceeded" | "server_limit_exceeded" => QuotaExceeded,
         "rate_limit_exceeded" | "limit_reached" => RateLimited,
