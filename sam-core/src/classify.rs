@@ -104,7 +104,7 @@ pub fn decide(
 /// |---|---|
 /// | "request too large", "prompt is too long", "maximum context length", "access not configured", "already exists" | `invalid_config` |
 /// | "overloaded", "no free IP", "does not have enough resources available", "out of stock" | `transient_capacity` |
-/// | "exceeded your current quota", "quota limit '…' has been exceeded", "Quota 'CPUS' exceeded", "has reached its quota" | `rate_limited` for a window shorter than a day, else `quota_exceeded` |
+/// | "exceeded your current quota", "quota limit '…' has been exceeded", "Quota 'CPUS' exceeded", "the following quotas were exceeded", "insufficient project quota", "has reached its quota", "server limit reached" | `rate_limited` for a window shorter than a day, else `quota_exceeded` |
 /// | "rate limit", "too many requests" | `rate_limited` |
 pub fn specific_message(text: &str) -> Option<ErrorCategory> {
     const NEVER_FITS: &[&str] = &[
@@ -129,7 +129,7 @@ pub fn specific_message(text: &str) -> Option<ErrorCategory> {
     const RATE: &[&str] = &["rate limit", "rate_limit", "ratelimit", "too many requests"];
     static QUOTA: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(
-            r"exceeded your current quota|insufficient_quota|quotas? exceeded|quota limit|has reached its quota|insufficient tokens for quota|quota '?[a-z0-9_]+'? (?:has been )?exceeded",
+            r"exceeded (?:your |the |its )?(?:current |project )?quota|insufficient(?:_| [a-z]+ | )quota|insufficient tokens for quota|quotas? (?:(?:was|were|has been|have been) )?exceeded|quota limit|has reached its quota|(?:out of|over) quota|quota (?:has been )?exhausted|quota '?[a-z0-9_]+'? (?:has been )?exceeded|\b(?:server|resource|primary ip|floating ip|volume|snapshot|instance|project)s? limit (?:reached|exceeded)",
         )
         .expect("valid quota regex")
     });
@@ -163,7 +163,7 @@ pub fn quota_category(text: &str) -> ErrorCategory {
 pub fn names_short_window(text: &str) -> bool {
     static SHORT: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(
-            r"(?i)per\s*(?:user\s+per\s+)?(?:[0-9]+\s*)?(?:second|sec|minute|min|hour)s?\b|Per(?:Second|Minute|Hour)|\b(?:tpm|rpm|rps)\b",
+            r"(?i)per[\s_]*(?:user[\s_]+per[\s_]+)?(?:[0-9]+[\s_]*)?(?:second|sec|minute|min|hour)s?(?:\b|_)|Per(?:Second|Minute|Hour)|\b(?:tpm|rpm|rps)\b",
         )
         .expect("valid window regex")
     });
@@ -172,8 +172,9 @@ pub fn names_short_window(text: &str) -> bool {
 
 /// Whether `text` names a daily quota.
 pub fn names_daily_window(text: &str) -> bool {
-    static DAY: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"(?i)per\s*day|PerDay|\bdaily\b").expect("valid day regex"));
+    static DAY: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?i)per[\s_]*day|PerDay|\bdaily\b").expect("valid day regex")
+    });
     DAY.is_match(text)
 }
 
