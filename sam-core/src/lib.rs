@@ -172,7 +172,7 @@ pub use session::{
     AgentError, AgentFailure, AgentInfo, AgentSession, PermissionMode, SessionEvent, SessionId,
     StopReason, TimedEvent,
 };
-pub use signal::{Origin, Signal, SignalKind, Signals};
+pub use signal::{Signal, SignalKind, SignalOrigin, Signals};
 pub use store::{
     ApiTokenRecord, LeaseRelease, LeaseReleased, LeaseRequest, Lineage, LineageKind, NodeBeat,
     NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome, StatusEvent, Store, TaskError,

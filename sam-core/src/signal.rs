@@ -45,7 +45,7 @@ pub enum SignalKind {
 /// Where a [`Signal`] was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
-pub enum Origin {
+pub enum SignalOrigin {
     /// Well-formed JSON, the whole text or embedded in it (also JSON escaped inside
     /// a JSON string, and JSON whose strings a terminal broke across lines).
     Json,
@@ -75,7 +75,7 @@ pub struct Signal {
     /// Its value as written (an HTTP status or JSON-RPC code in decimal).
     pub value: String,
     /// Where it came from.
-    pub origin: Origin,
+    pub origin: SignalOrigin,
 }
 
 /// Everything [`extract`] found in one text, the most structured first.
@@ -86,7 +86,7 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Every signal, ordered by [`Origin`] (structured sources first), then by
+    /// Every signal, ordered by [`SignalOrigin`] (structured sources first), then by
     /// position.
     pub fn iter(&self) -> impl Iterator<Item = &Signal> {
         self.items.iter()
@@ -129,7 +129,7 @@ impl Signals {
             .map(|s| s.value.as_str())
     }
 
-    fn push(&mut self, kind: SignalKind, value: &str, origin: Origin) {
+    fn push(&mut self, kind: SignalKind, value: &str, origin: SignalOrigin) {
         let value = value.trim();
         if value.is_empty() || value.len() > MAX_VALUE_LEN && kind != SignalKind::Message {
             return;
@@ -163,14 +163,14 @@ const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Finds the native signals in `text`, wherever and however they were rendered.
 ///
 /// ```
-/// use sam_core::signal::{extract, Origin, SignalKind};
+/// use sam_core::signal::{extract, SignalOrigin, SignalKind};
 ///
 /// let text = "googleapi: Error 403: Quota exceeded for quota group 'ReadGroup' and limit \
 ///             'Read requests per 100 seconds' of service 'compute.googleapis.com'., rateLimitExceeded";
 /// let signals = extract(text);
 /// assert_eq!(signals.http_status(), Some(403));
 /// let reason = signals.iter().find(|s| s.kind == SignalKind::Reason).unwrap();
-/// assert_eq!((reason.value.as_str(), reason.origin), ("rateLimitExceeded", Origin::Googleapi));
+/// assert_eq!((reason.value.as_str(), reason.origin), ("rateLimitExceeded", SignalOrigin::Googleapi));
 /// ```
 pub fn extract(text: &str) -> Signals {
     let mut signals = Signals::default();
@@ -226,18 +226,18 @@ fn embedded_objects(signals: &mut Signals, text: &str, depth: u8) {
 
 /// The object that starts `text`, how it was written, and how many bytes of `text`
 /// it spans.
-fn object_at(text: &str) -> Option<(Value, Origin, usize)> {
+fn object_at(text: &str) -> Option<(Value, SignalOrigin, usize)> {
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
     if let Some(Ok(value @ Value::Object(_))) = stream.next() {
-        return Some((value, Origin::Json, stream.byte_offset()));
+        return Some((value, SignalOrigin::Json, stream.byte_offset()));
     }
     let (converted, len, python) = normalize_object(text)?;
     match serde_json::from_str::<Value>(&converted) {
         Ok(value @ Value::Object(_)) => {
             let origin = if python {
-                Origin::PythonRepr
+                SignalOrigin::PythonRepr
             } else {
-                Origin::Json
+                SignalOrigin::Json
             };
             Some((value, origin, len))
         }
@@ -352,7 +352,7 @@ fn push_escaped(out: &mut String, c: char) {
 /// Reads the signals of a parsed body. Keys name what a value is; strings that may
 /// hold a rendered body of their own (`message`, `error`, `details`, `raw`) are read
 /// again as text.
-fn walk(signals: &mut Signals, value: &Value, origin: Origin, depth: u8) {
+fn walk(signals: &mut Signals, value: &Value, origin: SignalOrigin, depth: u8) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -371,7 +371,7 @@ fn walk(signals: &mut Signals, value: &Value, origin: Origin, depth: u8) {
     }
 }
 
-fn walk_field(signals: &mut Signals, key: &str, value: &Value, origin: Origin, depth: u8) {
+fn walk_field(signals: &mut Signals, key: &str, value: &Value, origin: SignalOrigin, depth: u8) {
     let key = key.to_ascii_lowercase();
     match (key.as_str(), value) {
         ("code" | "error_code" | "errorcode", Value::Number(n)) => {
@@ -440,7 +440,7 @@ fn is_message_key(key: &str) -> bool {
     )
 }
 
-fn number_signal(signals: &mut Signals, n: i64, origin: Origin) {
+fn number_signal(signals: &mut Signals, n: i64, origin: SignalOrigin) {
     if (100..=599).contains(&n) {
         signals.push(SignalKind::HttpStatus, &n.to_string(), origin);
     } else if (-32768..=-32000).contains(&n) {
@@ -468,12 +468,16 @@ fn googleapi(signals: &mut Signals, text: &str) {
     });
     for caps in LINE.captures_iter(text) {
         if let Some(status) = caps.get(1).or_else(|| caps.get(3)) {
-            signals.push(SignalKind::HttpStatus, status.as_str(), Origin::Googleapi);
+            signals.push(
+                SignalKind::HttpStatus,
+                status.as_str(),
+                SignalOrigin::Googleapi,
+            );
         }
         if let Some(rest) = caps.get(2)
             && let Some(reason) = REASON.captures(rest.as_str()).and_then(|c| c.get(1))
         {
-            signals.push(SignalKind::Reason, reason.as_str(), Origin::Googleapi);
+            signals.push(SignalKind::Reason, reason.as_str(), SignalOrigin::Googleapi);
         }
     }
 }
@@ -490,19 +494,25 @@ fn parenthesized(signals: &mut Signals, text: &str) {
         let (Some(whole), Some(code)) = (caps.get(0), caps.get(1)) else {
             continue;
         };
-        signals.push(SignalKind::Code, code.as_str(), Origin::Parenthesized);
+        signals.push(SignalKind::Code, code.as_str(), SignalOrigin::Parenthesized);
         let line_start = text[..whole.start()].rfind('\n').map_or(0, |i| i + 1);
         signals.push(
             SignalKind::Message,
             &text[line_start..whole.start()],
-            Origin::Parenthesized,
+            SignalOrigin::Parenthesized,
         );
     }
 }
 
 /// Pushes the first group of every match of `re` in `text` (the whole match when
 /// `re` has no group).
-fn push_captures(signals: &mut Signals, re: &Regex, text: &str, kind: SignalKind, origin: Origin) {
+fn push_captures(
+    signals: &mut Signals,
+    re: &Regex,
+    text: &str,
+    kind: SignalKind,
+    origin: SignalOrigin,
+) {
     for caps in re.captures_iter(text) {
         if let Some(m) = caps.get(1).or_else(|| caps.get(0)) {
             signals.push(kind, m.as_str(), origin);
@@ -526,7 +536,7 @@ fn key_values(signals: &mut Signals, text: &str) {
         let value = value.as_str();
         let key = key.as_str().to_ascii_lowercase();
         if let Ok(n) = value.parse::<i64>() {
-            number_signal(signals, n, Origin::KeyValue);
+            number_signal(signals, n, SignalOrigin::KeyValue);
             continue;
         }
         let kind = match key.as_str() {
@@ -535,7 +545,7 @@ fn key_values(signals: &mut Signals, text: &str) {
             "status" | "statuscode" | "status_code" => SignalKind::Status,
             _ => SignalKind::Code,
         };
-        signals.push(kind, value, Origin::KeyValue);
+        signals.push(kind, value, SignalOrigin::KeyValue);
     }
 }
 
@@ -559,7 +569,7 @@ fn status_in_text(signals: &mut Signals, text: &str) {
             re,
             text,
             SignalKind::HttpStatus,
-            Origin::StatusText,
+            SignalOrigin::StatusText,
         );
     }
 }
@@ -571,7 +581,7 @@ fn bare_codes(signals: &mut Signals, text: &str) {
         Regex::new(r"\b(?:[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b")
             .expect("valid bare code regex")
     });
-    push_captures(signals, &BARE, text, SignalKind::Code, Origin::Bare);
+    push_captures(signals, &BARE, text, SignalKind::Code, SignalOrigin::Bare);
 }
 
 #[cfg(test)]
@@ -579,14 +589,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn found(text: &str) -> Vec<(SignalKind, String, Origin)> {
+    fn found(text: &str) -> Vec<(SignalKind, String, SignalOrigin)> {
         extract(text)
             .iter()
             .map(|s| (s.kind, s.value.clone(), s.origin))
             .collect()
     }
 
-    fn has(text: &str, kind: SignalKind, value: &str, origin: Origin) {
+    fn has(text: &str, kind: SignalKind, value: &str, origin: SignalOrigin) {
         let all = found(text);
         assert!(
             all.contains(&(kind, value.to_owned(), origin)),
@@ -595,9 +605,9 @@ mod tests {
     }
 
     /// Each text, and one signal it must yield.
-    const FOUND: &[(&str, SignalKind, &str, Origin)] = {
-        use Origin::*;
+    const FOUND: &[(&str, SignalKind, &str, SignalOrigin)] = {
         use SignalKind::*;
+        use SignalOrigin::*;
         &[
             (
                 r#"{"error":{"code":"resource_unavailable","message":"x"}}"#,

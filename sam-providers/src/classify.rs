@@ -8,7 +8,7 @@
 //! an error is assembled live here.
 
 use sam_core::classify::{Verdict, Weight, decide};
-use sam_core::signal::{Origin, Signal, SignalKind, Signals, extract};
+use sam_core::signal::{Signal, SignalKind, SignalOrigin, Signals, extract};
 use sam_core::{ErrorCategory, ProviderError, ProviderKind};
 use serde_json::Value;
 
@@ -90,7 +90,7 @@ pub(crate) fn classify_with(
         signals
             .iter()
             .find(|s| {
-                matches!(s.origin, Origin::Json | Origin::PythonRepr)
+                matches!(s.origin, SignalOrigin::Json | SignalOrigin::PythonRepr)
                     && matches!(s.kind, SignalKind::Code | SignalKind::Type)
             })
             .map(|s| s.value.clone())
