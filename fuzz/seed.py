@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Fills fuzz/corpus/<target>/ with seeds built from the field cases in
-../shared/cases (which stay where they are) and a few request bodies.
+../shared/cases (which stay where they are), the error corpora beside the tests,
+and a few request bodies.
 
 Usage: fuzz/seed.py [CASES_DIR]   (default: <repo>/../shared/cases)
 """
@@ -29,6 +30,22 @@ for case in json.loads((cases / "provider-errors.json").read_text()):
     seed("classify_http_error", head + case["body"].encode())
     seed("classify_agent_error", case["body"])
     seed("classify_agent_error", case["note"])
+
+# The error corpora beside the tests: every text seeds the extraction step, the
+# model-provider texts the agent classifier, the provider texts the HTTP classifier.
+repo = fuzz.parent
+for corpus_file, provider_target in [
+    (repo / "sam-core" / "tests" / "corpus" / "model-errors.json", None),
+    (repo / "sam-providers" / "tests" / "corpus" / "provider-errors.json", "classify_http_error"),
+]:
+    for case in json.loads(corpus_file.read_text()):
+        seed("signal_extract", case["text"])
+        if provider_target is None:
+            seed("classify_agent_error", case["text"])
+        else:
+            status = case["status"] or 0
+            head = bytes([providers[case["provider"]]]) + status.to_bytes(2, "big")
+            seed(provider_target, head + case["text"].encode())
 
 for path in sorted((cases / "devcontainer").glob("*.json")):
     seed("devcontainer", path.read_bytes())

@@ -13,8 +13,10 @@
 //! - **Fallback** ([`fallback`]): the ordered `(size, location)` attempts of a
 //!   [`FallbackPlan`]; explicit sizes never descend.
 //! - **Errors** ([`error`]): one [`ErrorCategory`] for the whole SDK, the
-//!   [`Classify`] trait, [`ProviderError`], [`StoreError`]; [`classify_agent_error`]
-//!   and [`is_agent_crash`] read what coding agents report.
+//!   [`Classify`] trait, [`ProviderError`], [`StoreError`]; [`signal`] finds the
+//!   native codes, reasons, types and statuses in an error however a client rendered
+//!   it, [`classify::decide`] is the one order every classifier decides in, and
+//!   [`classify_agent_error`] and [`is_agent_crash`] read what coding agents report.
 //! - **Retry and timeouts** ([`retry`], [`timeout`]): [`RetryPolicy`] with a pure
 //!   `next_delay` and one async [`retry()`] loop; [`TimeoutPolicy`] with derived sweep
 //!   thresholds.
@@ -105,6 +107,7 @@ mod runner;
 pub mod scheduler;
 pub mod secret;
 pub mod session;
+pub mod signal;
 pub mod store;
 pub mod sweep;
 pub mod timeout;
@@ -169,6 +172,7 @@ pub use session::{
     AgentError, AgentFailure, AgentInfo, AgentSession, PermissionMode, SessionEvent, SessionId,
     StopReason, TimedEvent,
 };
+pub use signal::{Signal, SignalKind, SignalOrigin, Signals};
 pub use store::{
     ApiTokenRecord, LeaseRelease, LeaseReleased, LeaseRequest, Lineage, LineageKind, NodeBeat,
     NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome, StatusEvent, Store, TaskError,

@@ -1,9 +1,14 @@
 //! Classification of provider responses into [`ErrorCategory`].
 //!
-//! Each provider has one `match` in its own `error.rs`: native code first, HTTP
-//! status second, narrow message patterns last. This module holds what they share:
-//! the status table they fall back to and the way an error is assembled.
+//! Each provider has one table of its native codes in its own `error.rs`. This
+//! module holds what they share: the signals are read once by
+//! [`sam_core::signal::extract`] (JSON, Python repr, SDK and CLI renderings), the
+//! order of decision is [`sam_core::classify::decide`] (specific code, specific
+//! message, generic code, status, narrow phrases), and the status table and the way
+//! an error is assembled live here.
 
+use sam_core::classify::{Verdict, Weight, decide};
+use sam_core::signal::{Signal, SignalKind, SignalOrigin, Signals, extract};
 use sam_core::{ErrorCategory, ProviderError, ProviderKind};
 use serde_json::Value;
 
@@ -23,16 +28,75 @@ use serde_json::Value;
 /// assert_eq!(error.status(), Some(412));
 /// ```
 pub fn classify_http_error(provider: ProviderKind, status: u16, body: &str) -> ProviderError {
-    let status = Some(status);
+    classify_error_text(provider, Some(status), body)
+}
+
+/// Classifies an error of `provider` as it reached us: a response body, the error
+/// of an Operation or action (`status` `None` unless it names one), or what an SDK
+/// or a CLI rendered of either (`googleapi: Error 403: …, rateLimitExceeded`,
+/// `error during placement (resource_unavailable)`, a Python repr of the body).
+///
+/// Total, like [`classify_http_error`]; a status written in the text counts when
+/// `status` is `None`.
+///
+/// ```
+/// use sam_providers::{ProviderKind, classify_error_text};
+/// use sam_core::ErrorCategory;
+///
+/// let text = "googleapi: Error 403: Quota exceeded for quota group 'ReadGroup' and limit \
+///             'Read requests per 100 seconds' of service 'compute.googleapis.com'., rateLimitExceeded";
+/// let error = classify_error_text(ProviderKind::Gcp, None, text);
+/// assert_eq!(error.category(), ErrorCategory::RateLimited);
+/// assert_eq!(error.provider_code(), Some("rateLimitExceeded"));
+/// ```
+pub fn classify_error_text(
+    provider: ProviderKind,
+    status: Option<u16>,
+    text: &str,
+) -> ProviderError {
     match provider {
-        ProviderKind::Hetzner => crate::hetzner::error::classify(status, body),
-        ProviderKind::Scaleway => crate::scaleway::error::classify(status, body),
-        ProviderKind::Gcp => crate::gcp::error::classify(status, body),
+        ProviderKind::Hetzner => crate::hetzner::error::classify(status, text),
+        ProviderKind::Scaleway => crate::scaleway::error::classify(status, text),
+        ProviderKind::Gcp => crate::gcp::error::classify(status, text),
         ProviderKind::Local | ProviderKind::Fake => {
-            let message = plain_message(body);
-            assemble(provider, by_status(status), status, None, &message, body)
+            classify_with(provider, status, text, |_, _| None).0
         }
     }
+}
+
+/// Classifies `body` with a provider's table of native codes. `native` gets each
+/// code (with its kind and origin) and the error's message. Returns the error and the signals, for the
+/// provider's extras (a `reset_seconds`, …).
+pub(crate) fn classify_with(
+    provider: ProviderKind,
+    status: Option<u16>,
+    body: &str,
+    native: impl Fn(&Signal, &str) -> Option<(ErrorCategory, Weight)>,
+) -> (ProviderError, Signals) {
+    let signals = extract(body);
+    let message = signals
+        .messages()
+        .next()
+        .map_or_else(|| plain_message(body), str::to_owned);
+    let Verdict { category, code } = decide(
+        &signals,
+        body,
+        status,
+        |c| native(c, &message),
+        |s| Some(by_status(Some(s))).filter(|c| *c != ErrorCategory::Unknown),
+    );
+    // Keep the body's own code for diagnosis even when the status decided.
+    let code = code.or_else(|| {
+        signals
+            .iter()
+            .find(|s| {
+                matches!(s.origin, SignalOrigin::Json | SignalOrigin::PythonRepr)
+                    && matches!(s.kind, SignalKind::Code | SignalKind::Type)
+            })
+            .map(|s| s.value.clone())
+    });
+    let error = assemble(provider, category, status, code.as_deref(), &message, body);
+    (error, signals)
 }
 
 /// The category an HTTP status implies when the body names nothing better.
@@ -86,6 +150,7 @@ pub(crate) fn parse(body: &str) -> Value {
 }
 
 /// The non-empty string at `pointer` in `value`, if there is one.
+#[cfg_attr(not(feature = "github"), allow(dead_code))]
 pub(crate) fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
     value
         .pointer(pointer)
@@ -251,6 +316,15 @@ mod tests {
         ]
     }
 
+    fn quota_codes() -> [&'static str; 4] {
+        [
+            "resource_limit_exceeded",
+            "quotas_exceeded",
+            "QUOTA_EXCEEDED",
+            "quotaExceeded",
+        ]
+    }
+
     proptest! {
         #[test]
         fn classification_is_total(
@@ -264,16 +338,21 @@ mod tests {
             prop_assert!(!error.to_string().is_empty());
         }
 
+        /// A count quota is a quota whatever the status, so a quota code keeps its
+        /// category under a 5xx too.
         #[test]
-        fn every_5xx_is_retryable_unless_the_code_says_capacity(
+        fn every_5xx_is_retryable_unless_the_code_says_capacity_or_quota(
             provider in prop::sample::select(ProviderKind::ALL.to_vec()),
             status in 500u16..600,
             body in prop_oneof![coded_body(), ".{0,200}"],
         ) {
             let error = classify_http_error(provider, status, &body);
             let capacity = error.provider_code().is_some_and(|c| capacity_codes().contains(&c));
+            let quota = error.provider_code().is_some_and(|c| quota_codes().contains(&c));
             prop_assert!(
-                error.is_retryable() || (capacity && error.category() == ErrorCategory::TransientCapacity),
+                error.is_retryable()
+                    || (capacity && error.category() == ErrorCategory::TransientCapacity)
+                    || (quota && error.category() == ErrorCategory::QuotaExceeded),
                 "{} {} {:?} -> {}", provider, status, body, error.category()
             );
         }

@@ -18,7 +18,8 @@
 //!   [`sam_core::ProviderFactory`]s that build a provider from a user's or project's
 //!   own credential, so their tasks' VMs are made in their account.
 //! - [`classify_http_error`]: the classification every backend uses, public for
-//!   embedding programs.
+//!   embedding programs; [`classify_error_text`] classifies an error as it reached a
+//!   caller (an Operation's error, or what an SDK or a CLI rendered of a body).
 //! - [`catalog()`] and [`SizeDisplay`]: the providers' catalogs and the one size
 //!   formatter.
 //!
@@ -81,7 +82,7 @@ mod local;
 mod scaleway;
 
 pub use catalog::{SPECS_UNAVAILABLE, SizeDisplay, catalog};
-pub use classify::classify_http_error;
+pub use classify::{classify_error_text, classify_http_error};
 pub use error::{Error, Result};
 pub use factory::{CloudProviderFactory, FakeProviderFactory};
 pub use fake::{FakeCall, FakeOp, FakeOutcome, FakeProvider};

@@ -16,6 +16,7 @@
 //! The `make` expression is evaluated once per case, so every case gets a fresh
 //! backend (a fresh database, a fresh schema).
 
+pub mod corpus;
 pub mod fixtures;
 pub mod node_agent;
 pub mod provider;

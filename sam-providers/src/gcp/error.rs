@@ -1,29 +1,21 @@
 //! Classification of Google Compute Engine errors: synchronous
 //! `{"error":{"code","message","status","errors":[{"reason"}]}}`, OAuth
-//! `{"error":"invalid_grant"}`, plain text, and the `error` of an Operation.
+//! `{"error":"invalid_grant"}`, plain text, the `error` of an Operation, and the
+//! client renderings of them (`googleapi: Error 403: …, rateLimitExceeded`, gcloud's
+//! YAML, a Python client's `503 SERVICE UNAVAILABLE ZONE_RESOURCE_POOL_EXHAUSTED…`).
 
+use sam_core::classify::{Weight, names_daily_window, names_short_window, quota_category};
 use sam_core::{ErrorCategory, ProviderError, ProviderKind};
 use serde_json::Value;
 
-use crate::classify::{assemble, by_status, parse, plain_message, text};
+use crate::classify::classify_with;
 
 /// Classifies a GCP response body.
 pub(crate) fn classify(status: Option<u16>, body: &str) -> ProviderError {
-    let value = parse(body);
-    let (code, message) = match value.get("error") {
-        Some(error @ Value::Object(_)) => (
-            text(error, "/errors/0/reason")
-                .or_else(|| text(error, "/errors/0/code"))
-                .or_else(|| text(error, "/status")),
-            text(error, "/message").or_else(|| text(error, "/errors/0/message")),
-        ),
-        // OAuth token endpoint: `error` is a string.
-        Some(Value::String(code)) => (Some(code.as_str()), text(&value, "/error_description")),
-        _ => (None, None),
-    };
-    let message = message.map_or_else(|| plain_message(body), str::to_owned);
-    let category = category(status, code, &message);
-    assemble(ProviderKind::Gcp, category, status, code, &message, body)
+    classify_with(ProviderKind::Gcp, status, body, |code, _| {
+        native(&code.value, body)
+    })
+    .0
 }
 
 /// Classifies the `error` of a finished Operation, with its `httpErrorStatusCode`.
@@ -32,76 +24,48 @@ pub(crate) fn classify_operation_error(status: Option<u16>, error: &Value) -> Pr
     classify(status, &serde_json::json!({ "error": error }).to_string())
 }
 
-/// Whether a message names a quota with a per-minute window (a rate limit).
-fn per_minute(message: &str) -> bool {
-    message.to_ascii_lowercase().contains("per minute")
-}
-
-fn category(status: Option<u16>, code: Option<&str>, message: &str) -> ErrorCategory {
+/// Google's reasons and codes are specific; its canonical statuses
+/// (`PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`, …) are generic, so "Quota limit
+/// 'InstancesPerProjectPerRegion' has been exceeded" under `RESOURCE_EXHAUSTED` is a
+/// quota and a per-minute quota under `PERMISSION_DENIED` a rate limit.
+fn native(code: &str, text: &str) -> Option<(ErrorCategory, Weight)> {
     use ErrorCategory::*;
-    match (code, status) {
-        (Some("ZONE_RESOURCE_POOL_EXHAUSTED" | "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"), _) => {
-            TransientCapacity
+    use Weight::*;
+    Some(match code {
+        "ZONE_RESOURCE_POOL_EXHAUSTED"
+        | "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"
+        | "resource_availability" => (TransientCapacity, Specific),
+        "QUOTA_EXCEEDED" | "quotaExceeded" => (quota_category(text), Specific),
+        "CONCURRENT_OPERATIONS_QUOTA_EXCEEDED" | "rateLimitExceeded" | "userRateLimitExceeded" => {
+            (RateLimited, Specific)
         }
-        (_, Some(500..=599)) => Transient,
-        (
-            Some(
-                "CONCURRENT_OPERATIONS_QUOTA_EXCEEDED"
-                | "rateLimitExceeded"
-                | "userRateLimitExceeded"
-                | "RESOURCE_EXHAUSTED",
-            ),
-            _,
-        ) => RateLimited,
-        (Some("QUOTA_EXCEEDED" | "quotaExceeded"), _) if per_minute(message) => RateLimited,
-        (Some("QUOTA_EXCEEDED" | "quotaExceeded" | "dailyLimitExceeded"), _) => QuotaExceeded,
-        (Some("notFound" | "NOT_FOUND" | "RESOURCE_NOT_FOUND"), _) => NotFound,
-        (
-            Some(
-                "UNAUTHENTICATED"
-                | "PERMISSION_DENIED"
-                | "authError"
-                | "forbidden"
-                | "insufficientPermissions"
-                | "keyInvalid"
-                | "invalid_token"
-                | "invalid_grant"
-                | "invalid_client"
-                | "unauthorized_client",
-            ),
-            _,
-        ) => AuthError,
-        (
-            Some(
-                "resourceNotReady"
-                | "RESOURCE_NOT_READY"
-                | "resourceInUseByAnotherResource"
-                | "ABORTED",
-            ),
-            _,
-        ) => Conflict,
-        (
-            Some(
-                "alreadyExists"
-                | "ALREADY_EXISTS"
-                | "invalid"
-                | "INVALID_ARGUMENT"
-                | "badRequest"
-                | "required"
-                | "invalidParameter"
-                | "FAILED_PRECONDITION",
-            ),
-            _,
-        ) => InvalidConfig,
-        (Some("UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL" | "backendError"), _) => Transient,
-        // Plain-text quota errors (terraform-provider-google's predicate): the window
-        // in the limit name decides between a rate limit and a quota.
-        (_, Some(403 | 429)) if message.starts_with("Quota exceeded") && per_minute(message) => {
-            RateLimited
+        "dailyLimitExceeded" => (QuotaExceeded, Specific),
+        "RESOURCE_EXHAUSTED" if names_daily_window(text) && !names_short_window(text) => {
+            (QuotaExceeded, Generic)
         }
-        (_, Some(403 | 429)) if message.starts_with("Quota exceeded") => QuotaExceeded,
-        _ => by_status(status),
-    }
+        "RESOURCE_EXHAUSTED" => (RateLimited, Generic),
+        "notFound" | "RESOURCE_NOT_FOUND" => (NotFound, Specific),
+        "NOT_FOUND" => (NotFound, Generic),
+        "UNAUTHENTICATED"
+        | "authError"
+        | "keyInvalid"
+        | "invalid_token"
+        | "invalid_grant"
+        | "invalid_client"
+        | "unauthorized_client" => (AuthError, Specific),
+        "PERMISSION_DENIED" | "forbidden" | "insufficientPermissions" => (AuthError, Generic),
+        "accessNotConfigured" | "SERVICE_DISABLED" => (InvalidConfig, Specific),
+        "resourceNotReady" | "RESOURCE_NOT_READY" | "resourceInUseByAnotherResource" => {
+            (Conflict, Specific)
+        }
+        "ABORTED" => (Conflict, Generic),
+        "alreadyExists" | "ALREADY_EXISTS" | "invalid" | "badRequest" | "required"
+        | "invalidParameter" => (InvalidConfig, Specific),
+        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" => (InvalidConfig, Generic),
+        "backendError" => (Transient, Specific),
+        "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL" => (Transient, Generic),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

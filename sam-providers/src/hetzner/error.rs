@@ -1,32 +1,22 @@
 //! Classification of Hetzner Cloud errors: `{"error":{"code","message","details"}}`,
-//! and the `error` of a failed action.
+//! the `error` of a failed action, and hcloud-go's rendering `<message> (<code>)`.
 
+use sam_core::classify::Weight;
+use sam_core::signal::Signal;
 use sam_core::{ErrorCategory, ProviderError, ProviderKind};
 use serde_json::Value;
 
-use crate::classify::{assemble, by_status, parse, plain_message, text};
+use crate::classify::classify_with;
 
 /// The one message under `invalid_input` that means "out of stock": SAM met it in
-/// production when a location stopped offering a server type. Matched exactly.
+/// production when a location stopped offering a server type. Matched as the end
+/// of the message, so a caller's prefix (`Error: …`) keeps it and a named server
+/// type (`… cx99`, a type that does not exist) does not.
 const UNSUPPORTED_LOCATION: &str = "unsupported location for server type";
 
 /// Classifies a Hetzner response body (or a failed action, with `status` `None`).
 pub(crate) fn classify(status: Option<u16>, body: &str) -> ProviderError {
-    let value = parse(body);
-    let error = error_object(&value);
-    let code = error.and_then(|e| text(e, "/code"));
-    let message = error
-        .and_then(|e| text(e, "/message"))
-        .map_or_else(|| plain_message(body), str::to_owned);
-    let category = category(status, code, &message);
-    assemble(
-        ProviderKind::Hetzner,
-        category,
-        status,
-        code,
-        &message,
-        body,
-    )
+    classify_with(ProviderKind::Hetzner, status, body, native).0
 }
 
 /// Classifies the `error` object of a failed action.
@@ -35,50 +25,38 @@ pub(crate) fn classify_action_error(error: &Value) -> ProviderError {
     classify(None, &serde_json::json!({ "error": error }).to_string())
 }
 
-/// The error object of an error response, an action, or the first failed action
-/// of a list.
-fn error_object(value: &Value) -> Option<&Value> {
-    let object = |v: &'_ Value| v.is_object();
-    value
-        .get("error")
-        .filter(|e| object(e))
-        .or_else(|| value.pointer("/action/error").filter(|e| object(e)))
-        .or_else(|| {
-            value
-                .get("actions")?
-                .as_array()?
-                .iter()
-                .filter_map(|a| a.get("error"))
-                .find(|e| object(e))
-        })
-}
-
-fn category(status: Option<u16>, code: Option<&str>, message: &str) -> ErrorCategory {
+/// Hetzner's documented codes (and the two SAM met in production). Each names its
+/// failure, so each is specific; under a 5xx only a shortage or a quota survives.
+fn native(code: &Signal, message: &str) -> Option<(ErrorCategory, Weight)> {
     use ErrorCategory::*;
-    match (code, status) {
+    let category = match code.value.as_str() {
         // Out of stock, whatever the status (Hetzner sends 412 or 422, 503 for `unavailable`).
-        (Some("resource_unavailable" | "unavailable" | "placement_error"), _) => TransientCapacity,
-        // Any other 5xx is a server hiccup, whatever code it carries.
-        (_, Some(500..=599)) => Transient,
-        (Some("invalid_input"), _) if message == UNSUPPORTED_LOCATION => TransientCapacity,
+        "resource_unavailable"
+        | "unavailable"
+        | "placement_error"
+        | "no_space_left_in_location" => TransientCapacity,
+        "invalid_input" if message.trim_end().ends_with(UNSUPPORTED_LOCATION) => TransientCapacity,
         // `server_limit_exceeded` is not in the public list, but SAM met it in production.
-        (Some("resource_limit_exceeded" | "server_limit_exceeded"), _) => QuotaExceeded,
-        (Some("rate_limit_exceeded"), _) => RateLimited,
-        (Some("conflict" | "locked"), _) => Conflict,
-        (Some("unauthorized" | "forbidden" | "token_readonly"), _) => AuthError,
-        (Some("not_found"), _) => NotFound,
-        (
-            Some(
-                "invalid_input" | "json_error" | "uniqueness_error" | "unsupported_error"
-                | "protected" | "server_not_stopped",
-            ),
-            _,
-        ) => InvalidConfig,
-        (Some("timeout" | "bad_gateway" | "maintenance"), _) => Transient,
+        "resource_limit_exceeded" | "server_limit_exceeded" => QuotaExceeded,
+        "rate_limit_exceeded" | "limit_reached" => RateLimited,
+        "conflict" | "locked" => Conflict,
+        "unauthorized" | "forbidden" | "token_readonly" => AuthError,
+        "not_found" => NotFound,
+        "invalid_input"
+        | "json_error"
+        | "uniqueness_error"
+        | "unsupported_error"
+        | "protected"
+        | "server_not_stopped"
+        | "invalid_server_type" => InvalidConfig,
+        "timeout" | "bad_gateway" | "maintenance" | "server_error" | "robot_unavailable" => {
+            Transient
+        }
         // Documented but meaningless to a caller: keep the code for diagnosis.
-        (Some("service_error" | "action_failed" | "deprecated_api_endpoint"), _) => Unknown,
-        _ => by_status(status),
-    }
+        "service_error" | "action_failed" | "deprecated_api_endpoint" | "unknown_error" => Unknown,
+        _ => return None,
+    };
+    Some((category, Weight::Specific))
 }
 
 #[cfg(test)]

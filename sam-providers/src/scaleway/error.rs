@@ -1,34 +1,24 @@
 //! Classification of Scaleway errors: `{"type","message",…}`, including the legacy
-//! Instance API shapes.
+//! Instance API shapes, and the SDKs' renderings of them.
 
 use std::time::Duration;
 
+use sam_core::classify::Weight;
+use sam_core::signal::{Signal, SignalKind};
 use sam_core::{ErrorCategory, ProviderError, ProviderKind};
 use serde_json::Value;
 
-use crate::classify::{assemble, by_status, parse, plain_message, text};
-
-/// The legacy Instance API reports quota only in this message (both official SDKs
-/// match it as a case-insensitive substring).
-const LEGACY_QUOTA: &str = "quota exceeded for this resource";
+use crate::classify::{classify_with, parse};
 
 /// Classifies a Scaleway response body.
+///
+/// The legacy Instance API reports quota only in the message "Quota exceeded for
+/// this resource." under `invalid_request_error` (both official SDKs match it as a
+/// case-insensitive substring), and a datacenter out of public IPs as "No free IP
+/// address" under a 503: the generic type yields to those messages.
 pub(crate) fn classify(status: Option<u16>, body: &str) -> ProviderError {
-    let value = parse(body);
-    let kind = text(&value, "/type");
-    let message = text(&value, "/message")
-        .or_else(|| text(&value, "/help_message"))
-        .map_or_else(|| plain_message(body), str::to_owned);
-    let category = category(status, kind, &message);
-    let error = assemble(
-        ProviderKind::Scaleway,
-        category,
-        status,
-        kind,
-        &message,
-        body,
-    );
-    match reset_after(&value) {
+    let (error, _) = classify_with(ProviderKind::Scaleway, status, body, native);
+    match reset_after(&parse(body)) {
         Some(wait) => error.with_retry_after(wait),
         None => error,
     }
@@ -42,33 +32,31 @@ fn reset_after(value: &Value) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-fn category(status: Option<u16>, kind: Option<&str>, message: &str) -> ErrorCategory {
+/// Scaleway's `type`s. A `reason` inside a body qualifies its type (`"reason":
+/// "not_found"` under `denied_authentication` is a missing key, an auth failure), so
+/// only types and codes count.
+fn native(kind: &Signal, _message: &str) -> Option<(ErrorCategory, Weight)> {
     use ErrorCategory::*;
-    match (kind, status) {
-        // Out of stock arrives as 412 or 503; the type decides.
-        (Some("out_of_stock"), _) => TransientCapacity,
-        (_, Some(500..=599)) => Transient,
-        (Some("quotas_exceeded"), _) => QuotaExceeded,
-        (Some("invalid_request_error"), _)
-            if message.to_ascii_lowercase().contains(LEGACY_QUOTA) =>
-        {
-            QuotaExceeded
-        }
-        (Some("too_many_requests"), _) => RateLimited,
-        (Some("transient_state" | "conflict" | "locked"), _) => Conflict,
-        (Some("denied_authentication" | "permissions_denied"), _) => AuthError,
-        (Some("unknown_resource" | "not_found"), _) => NotFound,
-        (
-            Some(
-                "invalid_request_error"
-                | "invalid_arguments"
-                | "precondition_failed"
-                | "resource_expired",
-            ),
-            _,
-        ) => InvalidConfig,
-        _ => by_status(status),
+    use Weight::*;
+    if kind.kind == SignalKind::Reason {
+        return None;
     }
+    Some(match kind.value.as_str() {
+        // Out of stock arrives as 412 or 503; the type decides.
+        "out_of_stock" => (TransientCapacity, Specific),
+        "quotas_exceeded" => (QuotaExceeded, Specific),
+        "too_many_requests" => (RateLimited, Specific),
+        "transient_state" | "conflict" | "locked" => (Conflict, Specific),
+        "denied_authentication" | "permissions_denied" | "authorization_required" => {
+            (AuthError, Specific)
+        }
+        "unknown_resource" | "not_found" => (NotFound, Specific),
+        "invalid_arguments" | "precondition_failed" | "resource_expired" => {
+            (InvalidConfig, Specific)
+        }
+        "invalid_request_error" => (InvalidConfig, Generic),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
