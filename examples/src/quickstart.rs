@@ -173,7 +173,9 @@ pub fn hint(error: &TaskError, agent: &str) -> Option<String> {
     // Observed with claude-agent-acp 0.23.1 run as root: `session/new` fails with
     // `-32603` and this detail, because Claude Code refuses root.
     if agent == "claude"
-        && error.message.contains("Query closed before response received")
+        && error
+            .message
+            .contains("Query closed before response received")
         && rustix::process::geteuid().is_root()
     {
         return Some(

@@ -926,3 +926,41 @@ async fn a_setsid_grandchild_dies_with_the_session() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Network failures as the real adapters reported them here without network:
+/// claude-agent-acp 0.23.1 (with a fake key, after 186 s), gemini-cli 0.61.0 (code
+/// 500, after 256 s), opencode-ai 1.18.33 (after 82 s) and codex-acp 0.16.0 (its
+/// `data.message`). Each is `transient`, so it is retried like any outage.
+#[tokio::test]
+async fn network_failures_as_the_real_adapters_report_them_are_retried() {
+    use ErrorCategory::Transient as T;
+    let cases = [
+        (
+            -32603,
+            "Internal error: API Error: Unable to connect to API (ENOTFOUND)",
+        ),
+        (500, "exception TypeError: fetch failed sending request"),
+        (
+            -32603,
+            "Internal error: Cannot connect to API: Unable to connect. Is the computer able to access the url?",
+        ),
+        (
+            -32603,
+            "stream disconnected before completion: error sending request for url (https://api.openai.com/v1/responses)",
+        ),
+    ];
+    for (code, text) in cases {
+        let dir = workspace();
+        let script = FakeAgentScript {
+            announce_commands: true,
+            fail_prompts: 5,
+            fail_text: text.to_owned(),
+            fail_code: code,
+            ..FakeAgentScript::default()
+        };
+        let turn = turn(&script, fast_options(), dir.path()).await;
+        let error = turn.result.clone().unwrap_err();
+        assert_eq!(error.category, T, "{text}: {error}");
+        assert_eq!(turn.retries(), [(1, T), (2, T)], "{text}");
+    }
+}
