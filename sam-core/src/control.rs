@@ -557,7 +557,11 @@ impl ControlPlane {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] (and other `invalid_config` errors) for a request that
-    /// can never run: empty repo or prompt, unknown provider or agent, a named
+    /// can never run: a repository that is not `https://…`, `ssh://…`,
+    /// `user@host:path` or (with a provider on this machine) an absolute path
+    /// ([`crate::repository::check_repository`]), an empty prompt or one holding NUL;
+    /// [`Error::TooLarge`] for a prompt over [`crate::MAX_PROMPT_BYTES`]; an
+    /// unknown provider or agent, a named
     /// devcontainer with the lightweight profile, requirements no size can meet, an
     /// explicit size too small for them, a GitHub installation link of another user
     /// (field `github`). `not_found` for a GitHub installation link the submitting
@@ -572,6 +576,16 @@ impl ControlPlane {
         request: &SubmitRequest,
         lineage: Option<Lineage>,
     ) -> Result<TaskId, Error> {
+        // The prompt first: a prompt that can never run is refused before anything
+        // is read or touched.
+        crate::repository::check_prompt(&request.prompt).map_err(|e| match e {
+            crate::repository::PromptRefusal::TooLarge { size, limit } => Error::TooLarge {
+                field: "prompt",
+                size,
+                limit,
+            },
+            crate::repository::PromptRefusal::Invalid(reason) => invalid("prompt", reason.0),
+        })?;
         let intent = self.intent(request).await?;
         // The task's own repository wins; a project's is the default.
         let (repo, repo_source) = match &intent.project {
@@ -580,9 +594,6 @@ impl ControlPlane {
         };
         if repo.trim().is_empty() {
             return Err(invalid("repo", "must not be empty"));
-        }
-        if request.prompt.trim().is_empty() {
-            return Err(invalid("prompt", "must not be empty"));
         }
         if let Some(access) = &request.github {
             RepoRef::parse_https(&repo)?;
@@ -617,6 +628,9 @@ impl ControlPlane {
         let layers = &intent.layers;
         let (provider, provider_source) = pick(layers, platform, |l| l.provider)
             .ok_or_else(|| invalid("provider", "no layer names a provider"))?;
+        // Git reads many strings as commands or options: only the shapes a task may
+        // name get past here, and a local path only where the nodes can reach it.
+        crate::repository::check_repository(&repo, provider).map_err(|e| invalid("repo", e.0))?;
         // The provider's calls use the project's or user's own credential when one is
         // set; building it here opens the credential, so a wrong key or a credential
         // that does not fit fails the submission rather than the run.

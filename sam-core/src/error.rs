@@ -390,6 +390,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An input field is larger than its limit.
+    #[error("{field} is too large: {size} bytes, at most {limit}")]
+    TooLarge {
+        /// The field at fault.
+        field: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A policy's values contradict each other.
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -437,6 +447,7 @@ impl Classify for Error {
         match self {
             Self::Parse(_)
             | Self::InvalidInput { .. }
+            | Self::TooLarge { .. }
             | Self::Policy(_)
             | Self::NoSizeFits(_)
             | Self::Plan(_) => ErrorCategory::InvalidConfig,
