@@ -5,8 +5,11 @@
 //! Client ([`crate::Callbacks`]) and server share this crate's body types
 //! ([`NodeReady`], [`Heartbeat`], [`HeartbeatResponse`]), so they cannot drift
 //! apart. Failures answer an [`ApiError`]: an [`ErrorBody`](crate::api::ErrorBody) with
-//! the status of its category: a token that is not the node's or the workspace's gets `401`,
-//! an unknown node `404`, a malformed body `400` naming the field.
+//! the status of its category: a token that is not the node's or the workspace's gets `401`
+//! (checked before the body is read, so a bad token with a malformed body is a `401` too),
+//! an unknown node `404`, a malformed body `400` naming the field, a callback that would
+//! change a task that has ended `409`. Bodies over [`crate::api::BODY_LIMIT`] get a `413`,
+//! and every failure, axum's own rejections included, is JSON ([`crate::api::json_errors`]).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -48,6 +51,8 @@ pub fn callback_router(control_plane: ControlPlane) -> Router {
         .route(workspace_ready_path, post(workspace_ready))
         .route(events_path, post(session_event))
         .layer(axum::middleware::from_fn(crate::api::run_to_completion))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::api::json_errors))
         .with_state(control_plane)
 }
 
@@ -80,6 +85,8 @@ pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) ->
         .route(credential_path, post(git_credential))
         .route(pull_request_path, post(pull_request))
         .layer(axum::middleware::from_fn(crate::api::run_to_completion))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::api::json_errors))
         .with_state(GitState {
             control_plane,
             host,
@@ -94,6 +101,7 @@ async fn git_credential(
 ) -> Result<axum::Json<GitCredentialResponse>, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
+    git.control_plane.verify_workspace_token(token, &workspace)?;
     let asked: GitCredentialRequest = parse_body(&bytes)?;
     let found = git
         .control_plane
@@ -130,6 +138,7 @@ async fn pull_request(
 ) -> Result<axum::Json<PullRequestCreated>, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
+    git.control_plane.verify_workspace_token(token, &workspace)?;
     let request: PullRequestRequest = parse_body(&bytes)?;
     let found = git
         .control_plane
@@ -176,6 +185,7 @@ async fn node_ready(
 ) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
     let node: NodeId = path_id(&id, "id")?;
+    cp.verify_node_token(token, &node)?;
     let ready: NodeReady = parse_body(&bytes)?;
     cp.node_ready(token, &node, &ready.version).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -189,6 +199,7 @@ async fn heartbeat(
 ) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
     let token = bearer(&headers)?;
     let node: NodeId = path_id(&id, "id")?;
+    cp.verify_node_token(token, &node)?;
     let beat: Heartbeat = parse_body(&bytes)?;
     let reply = cp.heartbeat(token, &node, &beat.metrics).await?;
     Ok(axum::Json(HeartbeatResponse {
@@ -204,6 +215,7 @@ async fn workspace_ready(
 ) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
+    cp.verify_workspace_token(token, &workspace)?;
     let report: WorkspaceReport = parse_body(&bytes)?;
     cp.workspace_ready(token, &workspace, &report).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -217,6 +229,7 @@ async fn session_event(
 ) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
+    cp.verify_workspace_token(token, &workspace)?;
     let callback: SessionCallback = parse_body(&bytes)?;
     cp.session_event(token, &workspace, &callback).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -346,6 +346,14 @@ pub enum TaskEventKind {
         /// The message, redacted.
         text: String,
     },
+    /// A callback that would have changed the task came after it ended, and was
+    /// refused.
+    Refused {
+        /// What was refused (`output`, `session report`, …).
+        callback: String,
+        /// Why, as one sentence.
+        reason: String,
+    },
 }
 
 /// The reply to a heartbeat.
@@ -1033,6 +1041,43 @@ impl ControlPlane {
             .map_err(|e: TokenError| Error::Unauthorized(e))
     }
 
+    /// Checks a node's callback token without acting on it: the callback routes
+    /// check it before they read the body.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this node's.
+    pub fn verify_node_token(&self, token: &str, node: &NodeId) -> Result<(), Error> {
+        self.verify(token, TokenScope::Node, node.as_str())
+    }
+
+    /// Checks a workspace's callback token without acting on it, as
+    /// [`ControlPlane::verify_node_token`].
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this workspace's.
+    pub fn verify_workspace_token(&self, token: &str, workspace: &WorkspaceId) -> Result<(), Error> {
+        self.verify(token, TokenScope::Workspace, workspace.as_str())
+    }
+
+    /// Refuses a callback that would change `task`, which has ended: the refusal
+    /// is an event of the task and the error to answer.
+    fn refuse_ended(&self, task: &TaskRecord, callback: &'static str) -> Error {
+        let error = Error::TaskEnded {
+            task: task.id.clone(),
+            status: task.status,
+            callback,
+        };
+        tracing::info!(task = %task.id, callback, "refused a callback for an ended task");
+        self.emit(
+            &task.id,
+            TaskEventKind::Refused {
+                callback: callback.to_owned(),
+                reason: error.to_string(),
+            },
+        );
+        error
+    }
+
     /// Issues the node-scoped token a node boots with.
     pub fn issue_node_token(&self, node: &NodeId) -> Secret {
         self.signer.issue(
@@ -1147,7 +1192,8 @@ impl ControlPlane {
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for a token that is not this workspace's; `not_found`;
-    /// store failures.
+    /// [`Error::TaskEnded`] for a failure reported once the task has ended; store
+    /// failures.
     pub async fn workspace_ready(
         &self,
         token: &str,
@@ -1156,6 +1202,12 @@ impl ControlPlane {
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
         let record = self.require_workspace(workspace).await?;
+        if let WorkspaceReport::Failed { .. } = report {
+            let task = self.require_task(&record.task_id).await?;
+            if task.status.is_terminal() {
+                return Err(self.refuse_ended(&task, "workspace failure"));
+            }
+        }
         if self.apply_workspace_report(&record, report).await? {
             self.wake(&record.task_id).await?;
         }
@@ -1214,7 +1266,8 @@ impl ControlPlane {
     /// Callback: something happened in a workspace's agent session.
     ///
     /// # Errors
-    /// As [`ControlPlane::workspace_ready`].
+    /// As [`ControlPlane::workspace_ready`]; [`Error::TaskEnded`] (`conflict`, with a
+    /// [`TaskEventKind::Refused`] event) once the workspace's task has ended.
     pub async fn session_event(
         &self,
         token: &str,
@@ -1223,6 +1276,18 @@ impl ControlPlane {
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
         let record = self.require_workspace(workspace).await?;
+        // A task that has ended is closed: nothing its agent says afterwards
+        // changes it (a late output would replace its branch, commit and pull
+        // request).
+        let task = self.require_task(&record.task_id).await?;
+        if task.status.is_terminal() {
+            let callback = match report {
+                SessionCallback::Event(_) => "session event",
+                SessionCallback::Report(_) => "session report",
+                SessionCallback::Output(_) => "output",
+            };
+            return Err(self.refuse_ended(&task, callback));
+        }
         match report {
             SessionCallback::Event(event) => {
                 self.emit(
@@ -1233,10 +1298,7 @@ impl ControlPlane {
                 );
                 Ok(())
             }
-            SessionCallback::Report(report) => {
-                let task = self.require_task(&record.task_id).await?;
-                self.apply_session_report(&task, report).await
-            }
+            SessionCallback::Report(report) => self.apply_session_report(&task, report).await,
             SessionCallback::Output(output) => {
                 self.store
                     .update_task(
