@@ -494,7 +494,9 @@ pub fn api_router(state: ApiState) -> Router {
         .merge(sam_agent::callback_router(state.control_plane))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(sam_agent::api::BODY_LIMIT))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            sam_agent::api::BODY_LIMIT,
+        ))
         // Every failure is JSON, axum's own rejections included.
         .layer(axum::middleware::from_fn(sam_agent::api::json_errors))
         .layer(axum::middleware::from_fn(request_id))

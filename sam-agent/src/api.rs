@@ -418,8 +418,7 @@ pub async fn json_errors(
     let error = ApiError::new(classify_status(status.as_u16()), &message);
     let mut answer = (status, axum::Json(error.body)).into_response();
     for (name, value) in &parts.headers {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH
-        {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
             answer.headers_mut().append(name, value.clone());
         }
     }

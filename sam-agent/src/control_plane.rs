@@ -13,8 +13,10 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::post;
 use std::sync::Arc;
 
@@ -45,11 +47,22 @@ pub fn callback_router(control_plane: ControlPlane) -> Router {
         workspace_ready_path,
         events_path,
     ] = CALLBACK_PATHS;
-    Router::new()
+    let nodes = Router::new()
         .route(node_ready_path, post(node_ready))
         .route(heartbeat_path, post(heartbeat))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            node_token_first,
+        ));
+    let workspaces = Router::new()
         .route(workspace_ready_path, post(workspace_ready))
         .route(events_path, post(session_event))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            workspace_token_first,
+        ));
+    nodes
+        .merge(workspaces)
         .layer(axum::middleware::from_fn(crate::api::run_to_completion))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::api::json_errors))
@@ -84,6 +97,10 @@ pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) ->
     Router::new()
         .route(credential_path, post(git_credential))
         .route(pull_request_path, post(pull_request))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            workspace_token_first,
+        ))
         .layer(axum::middleware::from_fn(crate::api::run_to_completion))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::api::json_errors))
@@ -101,7 +118,6 @@ async fn git_credential(
 ) -> Result<axum::Json<GitCredentialResponse>, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
-    git.control_plane.verify_workspace_token(token, &workspace)?;
     let asked: GitCredentialRequest = parse_body(&bytes)?;
     let found = git
         .control_plane
@@ -138,7 +154,6 @@ async fn pull_request(
 ) -> Result<axum::Json<PullRequestCreated>, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
-    git.control_plane.verify_workspace_token(token, &workspace)?;
     let request: PullRequestRequest = parse_body(&bytes)?;
     let found = git
         .control_plane
@@ -168,6 +183,32 @@ async fn pull_request(
     Ok(axum::Json(PullRequestCreated { url }))
 }
 
+/// Lets a node route's request through only with that node's token, before the
+/// handler reads its body: a caller without the token learns nothing about what the
+/// body should be, and sends no body that is read.
+async fn node_token_first(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let node: NodeId = path_id(&id, "id")?;
+    cp.verify_node_token(bearer(request.headers())?, &node)?;
+    Ok(next.run(request).await)
+}
+
+/// As [`node_token_first`], for the workspace routes and the workspace's token.
+async fn workspace_token_first(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let workspace: WorkspaceId = path_id(&id, "id")?;
+    cp.verify_workspace_token(bearer(request.headers())?, &workspace)?;
+    Ok(next.run(request).await)
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)
@@ -185,7 +226,6 @@ async fn node_ready(
 ) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
     let node: NodeId = path_id(&id, "id")?;
-    cp.verify_node_token(token, &node)?;
     let ready: NodeReady = parse_body(&bytes)?;
     cp.node_ready(token, &node, &ready.version).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -199,7 +239,6 @@ async fn heartbeat(
 ) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
     let token = bearer(&headers)?;
     let node: NodeId = path_id(&id, "id")?;
-    cp.verify_node_token(token, &node)?;
     let beat: Heartbeat = parse_body(&bytes)?;
     let reply = cp.heartbeat(token, &node, &beat.metrics).await?;
     Ok(axum::Json(HeartbeatResponse {
@@ -215,7 +254,6 @@ async fn workspace_ready(
 ) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
-    cp.verify_workspace_token(token, &workspace)?;
     let report: WorkspaceReport = parse_body(&bytes)?;
     cp.workspace_ready(token, &workspace, &report).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -229,7 +267,6 @@ async fn session_event(
 ) -> Result<StatusCode, ApiError> {
     let token = bearer(&headers)?;
     let workspace: WorkspaceId = path_id(&id, "id")?;
-    cp.verify_workspace_token(token, &workspace)?;
     let callback: SessionCallback = parse_body(&bytes)?;
     cp.session_event(token, &workspace, &callback).await?;
     Ok(StatusCode::NO_CONTENT)

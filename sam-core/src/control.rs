@@ -1055,7 +1055,11 @@ impl ControlPlane {
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for a token that is not this workspace's.
-    pub fn verify_workspace_token(&self, token: &str, workspace: &WorkspaceId) -> Result<(), Error> {
+    pub fn verify_workspace_token(
+        &self,
+        token: &str,
+        workspace: &WorkspaceId,
+    ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())
     }
 

@@ -111,7 +111,10 @@ enum TokensCommand {
 /// One line of `tokens list`.
 fn token_line(token: &TokenView) -> String {
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
     };
     format!(
         "{:<20} {:<9} {:<16} {:<16} {:<16} {:<16} {}",

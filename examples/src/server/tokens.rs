@@ -191,8 +191,17 @@ pub async fn list(store: &dyn Store) -> Result<Vec<TokenView>, ApiError> {
 ///
 /// # Errors
 /// `not_found` for an unknown id; store failures.
-pub async fn revoke(store: &dyn Store, id: &str, now: DateTime<Utc>) -> Result<TokenView, ApiError> {
-    let unknown = || ApiError::new(ErrorCategory::NotFound, &format!("API token {id} does not exist"));
+pub async fn revoke(
+    store: &dyn Store,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<TokenView, ApiError> {
+    let unknown = || {
+        ApiError::new(
+            ErrorCategory::NotFound,
+            &format!("API token {id} does not exist"),
+        )
+    };
     match store.revoke_api_token(id, now).await {
         Ok(_) => {}
         Err(e) if e.kind() == StoreErrorKind::NotFound => return Err(unknown()),
