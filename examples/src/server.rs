@@ -43,8 +43,9 @@
 //! [`sam_core::ApiTokenRecord`]). The token the server starts with is the bootstrap
 //! token: starting with another one revokes it ([`tokens::register_bootstrap`]).
 //! The callback routes check their own scoped tokens. Every failure is an
-//! [`ErrorBody`] with the status of its category; a malformed body names the field;
-//! unknown routes get a JSON `404`; bodies over [`sam_agent::api::BODY_LIMIT`] a JSON
+//! [`ErrorBody`](sam_agent::api::ErrorBody) with the status of its category; a
+//! malformed body names the field; unknown routes get a JSON `404`; bodies over
+//! [`sam_agent::api::BODY_LIMIT`] a JSON
 //! `413`, and so do axum's and hyper's own refusals ([`sam_agent::api::json_errors`],
 //! [`sam_agent::listener::JsonErrorListener`]). A task's repository must be
 //! `https://…`, `ssh://…`, `user@host:path` or, with the local provider, a git

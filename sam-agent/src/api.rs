@@ -221,8 +221,9 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     body: ErrorBody,
-    /// `413` for a field over its size limit; otherwise the category's status.
-    too_large: bool,
+    /// The status when it is not the category's: `413` for a field over its size
+    /// limit, `403` for a known caller that may not do this.
+    status: Option<u16>,
 }
 
 impl ApiError {
@@ -234,7 +235,7 @@ impl ApiError {
                 category,
                 field: None,
             },
-            too_large: false,
+            status: None,
         }
     }
 
@@ -242,7 +243,14 @@ impl ApiError {
     /// work), answered `413`.
     pub fn too_large(field: &str, message: &str) -> Self {
         let mut error = Self::field(ErrorCategory::InvalidConfig, field, message);
-        error.too_large = true;
+        error.status = Some(413);
+        error
+    }
+
+    /// A caller who is known but may not do this: `auth_error`, answered `403`.
+    pub fn forbidden(message: &str) -> Self {
+        let mut error = Self::new(ErrorCategory::AuthError, message);
+        error.status = Some(403);
         error
     }
 
@@ -260,10 +268,8 @@ impl ApiError {
 
     /// The HTTP status the error is answered with.
     pub fn status(&self) -> u16 {
-        if self.too_large {
-            return 413;
-        }
-        status_for(self.body.category)
+        self.status
+            .unwrap_or_else(|| status_for(self.body.category))
     }
 
     /// The JSON body the error is answered with.

@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::{ApiError, classify_status};
 
-/// A [`TcpListener`] for [`axum::serve`] whose connections answer hyper's own
+/// A [`TcpListener`] for [`axum::serve()`] whose connections answer hyper's own
 /// refusals as JSON; see the [module docs](self).
 #[derive(Debug)]
 pub struct JsonErrorListener {

@@ -217,19 +217,14 @@ pub async fn revoke(
 }
 
 /// Lets only an admin token through.
-fn require_admin(caller: &Authenticated) -> Result<(), Response> {
+fn require_admin(caller: &Authenticated) -> Result<(), ApiError> {
     if caller.0.kind.is_admin() {
         return Ok(());
     }
-    let error = ApiError::new(
-        ErrorCategory::AuthError,
-        &format!(
-            "managing API tokens needs an admin token; {} is a {} token",
-            caller.0.id, caller.0.kind
-        ),
-    );
-    // The token is known and valid: a 403, not the 401 of its category.
-    Err((StatusCode::FORBIDDEN, axum::Json(error.body().clone())).into_response())
+    Err(ApiError::forbidden(&format!(
+        "managing API tokens needs an admin token; {} is a {} token",
+        caller.0.id, caller.0.kind
+    )))
 }
 
 /// Every API token, revoked ones included; their values are never shown.
@@ -242,12 +237,11 @@ fn require_admin(caller: &Authenticated) -> Result<(), Response> {
 pub(super) async fn list_tokens(
     State(state): State<ApiState>,
     Extension(caller): Extension<Authenticated>,
-) -> Result<Response, Response> {
+) -> Result<axum::Json<Vec<TokenView>>, ApiError> {
     require_admin(&caller)?;
-    let tokens = list(state.control_plane.store().as_ref())
-        .await
-        .map_err(IntoResponse::into_response)?;
-    Ok(axum::Json(tokens).into_response())
+    Ok(axum::Json(
+        list(state.control_plane.store().as_ref()).await?,
+    ))
 }
 
 /// Creates a token; its value is in this answer only.
@@ -262,18 +256,12 @@ pub(super) async fn create_token(
     State(state): State<ApiState>,
     Extension(caller): Extension<Authenticated>,
     bytes: Bytes,
-) -> Result<Response, Response> {
+) -> Result<Response, ApiError> {
     require_admin(&caller)?;
-    let result = async {
-        let body: CreateTokenBody = parse_body(&bytes)?;
-        let created = create(state.control_plane.store().as_ref(), &body, Utc::now()).await?;
-        tracing::info!(token = %created.record.id, kind = %created.record.kind, by = %caller.0.id, "API token created");
-        Ok::<_, ApiError>(created)
-    };
-    match result.await {
-        Ok(created) => Ok((StatusCode::CREATED, axum::Json(created)).into_response()),
-        Err(e) => Err(e.into_response()),
-    }
+    let body: CreateTokenBody = parse_body(&bytes)?;
+    let created = create(state.control_plane.store().as_ref(), &body, Utc::now()).await?;
+    tracing::info!(token = %created.record.id, kind = %created.record.kind, by = %caller.0.id, "API token created");
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
 /// Revokes a token: it gets `401` from then on.
@@ -288,11 +276,9 @@ pub(super) async fn revoke_token(
     State(state): State<ApiState>,
     Extension(caller): Extension<Authenticated>,
     UrlPath(id): UrlPath<String>,
-) -> Result<Response, Response> {
+) -> Result<axum::Json<TokenView>, ApiError> {
     require_admin(&caller)?;
-    let revoked = revoke(state.control_plane.store().as_ref(), &id, Utc::now())
-        .await
-        .map_err(IntoResponse::into_response)?;
+    let revoked = revoke(state.control_plane.store().as_ref(), &id, Utc::now()).await?;
     tracing::info!(token = %revoked.id, by = %caller.0.id, "API token revoked");
-    Ok(axum::Json(revoked).into_response())
+    Ok(axum::Json(revoked))
 }
