@@ -621,13 +621,15 @@ async fn create_workspace(
 ) -> Result<(StatusCode, axum::Json<WorkspaceView>), ApiError> {
     let request: CreateWorkspace = parse_body(&body)?;
     workspace_id(request.id.as_str())?;
-    if request.repo.trim().is_empty() {
-        return Err(ApiError::field(
+    // The control plane checked it at submission; the agent, which hands it to git,
+    // checks the shape again.
+    sam_core::parse_repository(&request.repo).map_err(|e| {
+        ApiError::field(
             ErrorCategory::InvalidConfig,
             "repo",
-            "the repository must not be empty",
-        ));
-    }
+            &format!("the repository {e}"),
+        )
+    })?;
     if request.token.is_empty() {
         return Err(ApiError::field(
             ErrorCategory::InvalidConfig,

@@ -440,7 +440,8 @@ async fn raw_get(base: &str, path: &str) -> (u16, String, String) {
 
 /// Every failure of the agent's API is an `ErrorBody`, also the ones axum and hyper
 /// answer by themselves: a body over the limit, a path segment that does not decode,
-/// a 100 KB path; a prompt holding NUL or over the limit is refused naming it.
+/// a 100 KB path; a prompt holding NUL or over the limit, and a repository git would
+/// read as a command or an option, are refused naming them.
 #[tokio::test]
 async fn every_failure_is_json_and_prompts_are_bounded() {
     let h = Harness::start().await;
@@ -474,6 +475,20 @@ async fn every_failure_is_json_and_prompts_are_bounded() {
             session("a\u{0}b".to_owned()),
             400,
             Some("prompt"),
+        ),
+        (
+            "a git remote helper as the repository",
+            h.request(reqwest::Method::POST, "/v1/workspaces")
+                .json(&json!({"id": "ws-1", "repo": "ext::sh -c touch% /tmp/x", "token": "t"})),
+            400,
+            Some("repo"),
+        ),
+        (
+            "an option as the repository",
+            h.request(reqwest::Method::POST, "/v1/workspaces")
+                .json(&json!({"id": "ws-1", "repo": "--upload-pack=touch /tmp/x", "token": "t"})),
+            400,
+            Some("repo"),
         ),
         (
             "a prompt over the limit",
