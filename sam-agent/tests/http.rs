@@ -412,13 +412,15 @@ async fn malformed_requests_are_refused_naming_the_field() {
     h.stop().await;
 }
 
-/// `GET path` written by hand on a socket to `base` (`http://host:port`), as HTTP
-/// clients refuse very long URLs; the status, the content type and the body.
-async fn raw_get(base: &str, path: &str) -> (u16, String, String) {
+/// `GET path` with `headers` (whole lines) written by hand on a socket to `base`
+/// (`http://host:port`), as HTTP clients refuse very long URLs; the status, the
+/// content type and the body.
+async fn raw_get(base: &str, path: &str, headers: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let address = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: {address}\r\n{headers}connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     // The agent may close before it read the whole request; what it answered is
@@ -507,15 +509,18 @@ async fn every_failure_is_json_and_prompts_are_bounded() {
         assert!(answer["error"].is_string(), "{what}: {answer}");
         assert_eq!(answer["field"].as_str(), field, "{what}: {answer}");
     }
-    let (status, content_type, body) = raw_get(
-        &h.base,
-        &format!("/v1/workspaces/{}", "a".repeat(100 * 1024)),
-    )
-    .await;
-    assert_eq!(status, 414, "{body}");
-    assert_eq!(content_type, "application/json");
-    let answer: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["category"], "invalid_config", "{answer}");
+    let huge_path = format!("/v1/workspaces/{}", "a".repeat(100 * 1024));
+    let huge_header = format!("x-padding: {}\r\n", "a".repeat(600 * 1024));
+    for (what, path, headers, want) in [
+        ("a 100 KB path", huge_path.as_str(), "", 414),
+        ("600 KB of headers", "/health", huge_header.as_str(), 431),
+    ] {
+        let (status, content_type, body) = raw_get(&h.base, path, headers).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert_eq!(content_type, "application/json", "{what}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["category"], "invalid_config", "{what}: {answer}");
+    }
     h.stop().await;
 }
 
