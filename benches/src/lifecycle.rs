@@ -217,6 +217,22 @@ impl Store for CountingStore {
     async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
         self.inner.find_api_token(hash).await
     }
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        self.inner.list_api_tokens().await
+    }
+    async fn revoke_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.write("revoke_api_token")
+            .revoke_api_token(id, at)
+            .await
+    }
+    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.write("touch_api_token").touch_api_token(id, at).await
+    }
+    async fn rotate_bootstrap_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        self.write("rotate_bootstrap_api_token")
+            .rotate_bootstrap_api_token(token)
+            .await
+    }
     async fn put_github_installation(
         &self,
         installation: &GithubInstallation,

@@ -352,6 +352,7 @@ impl Embedded {
             let router = sam_agent::callback_router(control_plane.clone());
             let shutdown = until(stopped.clone());
             tasks.push(tokio::spawn(async move {
+                let listener = sam_agent::listener::JsonErrorListener::new(listener);
                 if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown)
                     .await

@@ -411,7 +411,7 @@ impl Follower {
                 self.display
                     .note(&format!("no {size} capacity in {location}"));
             }
-            TaskEventKind::Status { .. } => {}
+            TaskEventKind::Status { .. } | TaskEventKind::Refused { .. } => {}
         }
     }
 

@@ -29,18 +29,29 @@
 //!   `DELETE /v1/users/{id}/github/installations/{installation}`: the user's links
 //!   to GitHub App installations, checked with GitHub when made, shown by GitHub's
 //!   id ([`InstallationView`]); a task's `github` names one by that id with its `user`
+//! - `GET`/`POST /v1/tokens`, `DELETE /v1/tokens/{id}` (admin tokens only): list,
+//!   create (`{"name": …, "kind": "user"|"admin", "expires_in_days": n}`; the
+//!   answer shows the token this once) and revoke API tokens ([`tokens`])
 //! - `GET /v1/openapi.json`: the OpenAPI document of all of these and the callbacks
 //!   ([`openapi`]); like `/v1/health` it needs no token
 //!
 //! [`routes`] lists every route the router serves; the router is built from the same
 //! table.
 //!
-//! Every user route needs `Authorization: Bearer <token>`; tokens are stored only as
-//! SHA-256 hashes ([`token_hash`], [`sam_core::Store::put_api_token`]). The callback
-//! routes check their own scoped tokens. Every failure is an [`ErrorBody`] with the
-//! status of its category; a malformed body names the field; unknown routes get a
-//! JSON `404`. Each response carries an `x-request-id`, and each request is logged
-//! with it (tracing).
+//! Every user route needs `Authorization: Bearer <token>` of a token that is neither
+//! revoked nor expired; tokens are stored only as SHA-256 hashes ([`token_hash`],
+//! [`sam_core::ApiTokenRecord`]). The token the server starts with is the bootstrap
+//! token: starting with another one revokes it ([`tokens::register_bootstrap`]).
+//! The callback routes check their own scoped tokens. Every failure is an
+//! [`ErrorBody`](sam_agent::api::ErrorBody) with the status of its category; a
+//! malformed body names the field; unknown routes get a JSON `404`; bodies over
+//! [`sam_agent::api::BODY_LIMIT`] a JSON
+//! `413`, and so do axum's and hyper's own refusals ([`sam_agent::api::json_errors`],
+//! [`sam_agent::listener::JsonErrorListener`]). A task's repository must be
+//! `https://…`, `ssh://…`, `user@host:path` or, with the local provider, a git
+//! repository on this machine ([`check_local_repository`]); its prompt holds no NUL
+//! and at most [`sam_core::MAX_PROMPT_BYTES`] (`413` above). Each response carries an
+//! `x-request-id`, and each request is logged with it (tracing).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -64,7 +75,7 @@ use futures::Stream;
 pub use sam_agent::api::ApiError;
 use sam_agent::api::{parse_body, path_id};
 use sam_core::{
-    AgentOptions, ApiTokenRecord, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
+    AgentOptions, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
     ExternalInstallationId, GitCredential, GithubAccess, GithubError, InstallationKey, Layer,
     LayerSettings, Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation,
     ProjectId, ProviderKind, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost,
@@ -73,7 +84,6 @@ use sam_core::{
     WorkspaceProfile,
 };
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -92,8 +102,9 @@ pub struct ServerOptions {
     /// The base URL nodes call back to; `None` derives it from the bound address
     /// (loopback for an unspecified address, which suits the local provider).
     pub public_url: Option<url::Url>,
-    /// A user API token to accept; `None` creates one in `<data dir>/api-token`
-    /// (0600) at first start and accepts that.
+    /// The bootstrap API token (an admin token); `None` creates one in
+    /// `<data dir>/api-token` (0600) at first start and uses that. Another token
+    /// used as the bootstrap token before is revoked at start.
     pub api_token: Option<Secret>,
     /// The embedded control plane (its `callbacks` are replaced: this server serves them).
     pub embedded: EmbeddedOptions,
@@ -148,35 +159,10 @@ pub struct Server {
     http: tokio::task::JoinHandle<()>,
 }
 
-/// The hex SHA-256 of an API token: the only form in which tokens are stored.
+/// The hex SHA-256 of an API token: the only form in which tokens are stored
+/// ([`sam_core::hash_api_token`]).
 pub fn token_hash(token: &str) -> String {
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Stores `token` (as its hash) unless it is already known.
-///
-/// # Errors
-/// Store failures.
-pub async fn register_token(
-    store: &dyn sam_core::Store,
-    token: &Secret,
-    label: &str,
-) -> anyhow::Result<()> {
-    let hash = token_hash(token.expose());
-    if store.find_api_token(&hash).await?.is_none() {
-        store
-            .put_api_token(&ApiTokenRecord {
-                id: format!("tok-{}", &hash[..12]),
-                hash,
-                label: label.to_owned(),
-                created_at: Utc::now(),
-            })
-            .await?;
-    }
-    Ok(())
+    sam_core::hash_api_token(token)
 }
 
 impl Server {
@@ -216,7 +202,9 @@ impl Server {
             }
         };
         let store = embedded.control_plane.store();
-        register_token(store.as_ref(), &token, "sam-server").await?;
+        // The token the server starts with is the bootstrap token: another one it
+        // was started with before is revoked.
+        tokens::register_bootstrap(store.as_ref(), &token, Utc::now()).await?;
 
         let (stop, stopped) = watch::channel(false);
         let state = ApiState {
@@ -231,6 +219,7 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
+            let listener = sam_agent::listener::JsonErrorListener::new(listener);
             if let Err(e) = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -356,7 +345,9 @@ where
 }
 
 mod projects;
+pub mod tokens;
 pub use projects::{ForkBody, InstallationView, LinkInstallationBody};
+pub use tokens::{CreateTokenBody, CreatedToken, TokenView};
 
 /// The routes anyone may call.
 fn public_routes() -> Vec<RouteEntry<()>> {
@@ -376,6 +367,9 @@ fn user_routes() -> Vec<RouteEntry<ApiState>> {
         entry(Verb::Get, "/v1/tasks/{id}/events", events),
         entry(Verb::Get, "/v1/nodes", nodes),
         entry(Verb::Get, "/v1/catalog", catalog),
+        entry(Verb::Get, "/v1/tokens", tokens::list_tokens),
+        entry(Verb::Post, "/v1/tokens", tokens::create_token),
+        entry(Verb::Delete, "/v1/tokens/{id}", tokens::revoke_token),
         entry(Verb::Post, "/v1/tasks/{id}/retry", projects::retry),
         entry(Verb::Post, "/v1/tasks/{id}/fork", projects::fork),
         entry(Verb::Post, "/v1/users", projects::create_user),
@@ -501,6 +495,11 @@ pub fn api_router(state: ApiState) -> Router {
         .merge(sam_agent::callback_router(state.control_plane))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            sam_agent::api::BODY_LIMIT,
+        ))
+        // Every failure is JSON, axum's own rejections included.
+        .layer(axum::middleware::from_fn(sam_agent::api::json_errors))
         .layer(axum::middleware::from_fn(request_id))
 }
 
@@ -523,6 +522,7 @@ pub fn api_router(state: ApiState) -> Router {
         projects::list_profiles, projects::create_profile, projects::get_profile,
         projects::update_profile, projects::delete_profile, projects::link_installation,
         projects::list_installations, projects::unlink_installation,
+        tokens::list_tokens, tokens::create_token, tokens::revoke_token,
     ),
     components(schemas(ErrorDoc)),
     modifiers(&BearerAuth),
@@ -547,7 +547,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(ToSchema)]
 #[schema(as = ErrorBody)]
 #[expect(dead_code)] // Only its schema is used: the API answers with `ErrorBody`.
-struct ErrorDoc {
+pub(crate) struct ErrorDoc {
     /// One sentence, redacted.
     error: String,
     /// What kind of failure (`invalid_config`, `auth_error`, `not_found`, …).
@@ -641,10 +641,12 @@ async fn request_id(request: Request, next: Next) -> Response {
     response
 }
 
-/// Lets a request through only with a bearer token whose hash the store knows.
+/// Lets a request through only with a bearer token whose hash the store knows and
+/// that is neither revoked nor expired; records its use (at most once a minute) and
+/// hands its record to the handler ([`tokens::Authenticated`]).
 async fn authenticate(
     State(cp): State<ControlPlane>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let token = request
@@ -660,13 +662,29 @@ async fn authenticate(
                 "authentication required: send the API token in the Authorization header",
             )
         })?;
-    match cp.store().find_api_token(&token_hash(token)).await? {
-        Some(_) => Ok(next.run(request).await),
-        None => Err(ApiError::new(
-            ErrorCategory::AuthError,
-            "the server does not know this API token",
-        )),
+    let record = cp
+        .store()
+        .find_api_token(&token_hash(token))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCategory::AuthError,
+                "the server does not know this API token",
+            )
+        })?;
+    let now = Utc::now();
+    record
+        .check(now)
+        .map_err(|refusal| ApiError::new(ErrorCategory::AuthError, &refusal.to_string()))?;
+    if record.needs_touch(now)
+        && let Err(e) = cp.store().touch_api_token(&record.id, now).await
+    {
+        tracing::warn!(token = %record.id, error = %e, "could not record the API token's use");
     }
+    request
+        .extensions_mut()
+        .insert(tokens::Authenticated(record));
+    Ok(next.run(request).await)
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -881,6 +899,32 @@ pub fn submit_request(bytes: &[u8]) -> Result<SubmitRequest, ApiError> {
     parse_body::<SubmitBody>(bytes)?.to_request()
 }
 
+/// When `repo` is a path on this machine (`/path` or `file:///path`), checks that
+/// it is a git repository here: a directory holding `.git`, or a bare repository.
+/// Other repositories are the control plane's to check ([`ControlPlane::submit`]).
+///
+/// # Errors
+/// `invalid_config` naming `repo` for a path that is not a git repository.
+pub fn check_local_repository(repo: &str) -> Result<(), ApiError> {
+    let Ok(sam_core::Repository::Local { path }) = sam_core::parse_repository(repo) else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(&path);
+    let is_repository = path.join(".git").exists()
+        || (path.join("HEAD").is_file() && path.join("objects").is_dir());
+    if path.is_dir() && is_repository {
+        return Ok(());
+    }
+    Err(ApiError::field(
+        ErrorCategory::InvalidConfig,
+        "repo",
+        &format!(
+            "{} is not a git repository on the server's machine",
+            path.display()
+        ),
+    ))
+}
+
 /// The answer to `POST /v1/tasks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
@@ -895,11 +939,13 @@ pub struct Accepted {
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = SubmitBody,
     responses(
         (status = 202, description = "Queued", body = Accepted),
-        (status = 400, description = "A malformed body; `field` names the field", body = ErrorDoc),
+        (status = 400, description = "A malformed body, a repository that is not allowed, a prompt holding NUL; `field` names the field", body = ErrorDoc),
         (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+        (status = 413, description = "A prompt over 256 KiB (`field` is `prompt`), or a body over 2 MiB", body = ErrorDoc),
     ))]
 async fn submit(State(state): State<ApiState>, bytes: Bytes) -> Result<Response, ApiError> {
     let request = submit_request(&bytes)?;
+    check_local_repository(&request.repo)?;
     let id = state.control_plane.submit(&request).await?;
     tracing::info!(task = %id, "task submitted");
     let accepted = Accepted {
@@ -1280,6 +1326,7 @@ fn sse_event(event: &TaskEvent) -> Event {
         TaskEventKind::CapacityUnavailable { .. } => "capacity_unavailable",
         TaskEventKind::Session { .. } => "session",
         TaskEventKind::LastMessage { .. } => "last_message",
+        TaskEventKind::Refused { .. } => "refused",
     };
     Event::default()
         .event(name)
@@ -1520,14 +1567,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_hashed_with_sha256() {
-        assert_eq!(
-            token_hash("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
 
     #[test]
     fn a_missing_repo_is_named() {

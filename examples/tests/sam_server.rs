@@ -64,6 +64,46 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     );
     let node = task["node"].as_str().expect("a node").to_owned();
     let workspace = task["workspace"].as_str().expect("a workspace");
+
+    // The task has ended: a late output callback with the workspace's own token
+    // (what code in the workspace could send) is refused and changes nothing.
+    let signer = sam_core::TokenSigner::new(
+        sam_core::Secret::new(
+            std::fs::read_to_string(data.path().join("signing-key"))
+                .expect("the signing key")
+                .trim(),
+        ),
+        "sam-control-plane",
+    )
+    .expect("a signer");
+    let workspace_token = signer.issue(
+        sam_core::TokenScope::Workspace,
+        workspace,
+        chrono::Utc::now(),
+        Duration::from_secs(600),
+    );
+    let (status, refused) = call(
+        http.post(server.url(&format!("/v1/workspaces/{workspace}/events")))
+            .bearer_auth(workspace_token.expose())
+            .json(&json!({
+                "kind": "output",
+                "branch": "evil",
+                "commit": "0000000",
+                "pull_request_url": "https://evil.example/pr/1",
+            })),
+    )
+    .await;
+    assert_eq!(status, 409, "a late output is refused: {refused}");
+    assert_eq!(refused["category"], "conflict", "{refused}");
+    let (_, after) = call(
+        http.get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        after["output"], task["output"],
+        "the finished task's output is unchanged"
+    );
     let written = data
         .path()
         .join("workspaces")
@@ -184,9 +224,9 @@ async fn bad_requests_get_json_errors() {
         ),
         (
             "an unknown agent",
-            http.post(&tasks)
-                .bearer_auth(TOKEN)
-                .body(r#"{"repo": "/tmp", "prompt": "x", "agent": "nope"}"#),
+            http.post(&tasks).bearer_auth(TOKEN).body(
+                r#"{"repo": "https://example.invalid/o/r.git", "prompt": "x", "agent": "nope"}"#,
+            ),
             400,
             Some("agent"),
         ),
@@ -236,6 +276,326 @@ async fn bad_requests_get_json_errors() {
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// Each hostile or impossible submission is refused at the door with a JSON error
+/// naming the field, before any node is touched; so are bodies, paths and queries
+/// axum and hyper refuse by themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_input_is_refused_at_the_door_with_json() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+    let tasks = server.url("/v1/tasks");
+    let submit = |repo: &str, prompt: &str| {
+        http.post(&tasks)
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo": repo, "prompt": prompt, "agent": "demo"}))
+    };
+
+    let not_a_repository = tempfile::tempdir().unwrap();
+    let plain_dir = not_a_repository.path().display().to_string();
+    let file_url = format!("file://{plain_dir}");
+    for hostile in [
+        "fd::17",
+        "ext::sh -c touch% /tmp/pwned",
+        "--upload-pack=touch /tmp/pwned",
+        "-u",
+        "/tmp/x\n--upload-pack=x",
+        "relative/path",
+        ".",
+        "git://example.com/owner/name.git",
+        "http://example.com/owner/name.git",
+        "https://user:secret@example.com/owner/name.git",
+        "git@-oProxyCommand=x:owner/name",
+        plain_dir.as_str(),
+        file_url.as_str(),
+    ] {
+        let (status, body) = call(submit(hostile, "fix it")).await;
+        assert_eq!(status, 400, "{hostile:?}: {body}");
+        assert_eq!(body["field"], "repo", "{hostile:?}: {body}");
+        assert_eq!(body["category"], "invalid_config", "{hostile:?}: {body}");
+    }
+    let repo_path = repo.path().display().to_string();
+    let (status, body) = call(submit(&repo_path, "a\u{0}b")).await;
+    assert_eq!((status, &body["field"]), (400, &json!("prompt")), "{body}");
+    let large = "x".repeat(sam_core::MAX_PROMPT_BYTES + 1);
+    let (status, body) = call(submit(&repo_path, &large)).await;
+    assert_eq!((status, &body["field"]), (413, &json!("prompt")), "{body}");
+    assert_eq!(body["category"], "invalid_config", "{body}");
+
+    // Nothing was touched: no task, no node.
+    let (_, list) = call(http.get(&tasks).bearer_auth(TOKEN)).await;
+    assert_eq!(list["tasks"], json!([]), "{list}");
+    let (_, nodes) = call(http.get(server.url("/v1/nodes")).bearer_auth(TOKEN)).await;
+    assert_eq!(nodes, json!([]), "{nodes}");
+
+    // What axum and hyper refuse by themselves is JSON too, on the user routes and
+    // on the callback routes.
+    let huge_path = format!("/v1/tasks/{}", "a".repeat(100 * 1024));
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "a body over the limit",
+            http.post(&tasks)
+                .bearer_auth(TOKEN)
+                .body(vec![b' '; 3 * 1024 * 1024]),
+            413,
+        ),
+        (
+            "a callback body over the limit",
+            http.post(server.url("/v1/workspaces/ws-1/events"))
+                .bearer_auth("x")
+                .body(vec![b' '; 3 * 1024 * 1024]),
+            401,
+        ),
+        (
+            "a task id that does not decode",
+            http.get(server.url("/v1/tasks/%FF")).bearer_auth(TOKEN),
+            400,
+        ),
+        (
+            "a callback id that does not decode",
+            http.post(server.url("/v1/workspaces/%FF/events"))
+                .bearer_auth("x")
+                .body("{}"),
+            400,
+        ),
+        (
+            "a query that does not decode",
+            http.get(server.url("/v1/tasks?limit=%FF"))
+                .bearer_auth(TOKEN),
+            400,
+        ),
+        (
+            "a bad token with a malformed callback body",
+            http.post(server.url("/v1/workspaces/ws-1/events"))
+                .bearer_auth("not-a-token")
+                .body("{not json"),
+            401,
+        ),
+        (
+            "a bad node token with a malformed body",
+            http.post(server.url("/v1/nodes/n-1/heartbeat"))
+                .bearer_auth("not-a-token")
+                .body("[1,"),
+            401,
+        ),
+    ];
+    for (what, request, want) in cases {
+        let (status, body) = call(request).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(body["error"].is_string(), "{what}: {body}");
+        assert!(body["category"].is_string(), "{what}: {body}");
+    }
+    // HTTP clients refuse to send a URL this long, so it goes over a socket.
+    let (status, body) = raw_get(&server.base, &huge_path).await;
+    assert_eq!(status, 414, "a 100 KB path: {body}");
+    assert_eq!(body["category"], "invalid_config", "{body}");
+
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// `GET path` written by hand on a socket to `base` (`http://host:port`); the status
+/// and the JSON body of the answer.
+async fn raw_get(base: &str, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = base.trim_start_matches("http://");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        // The server may close before it read the whole request: what it answered
+        // is read either way.
+        let _ = stream.read_to_end(&mut answer).await;
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("answered within 30 s");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let body = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("HTTP {status}: the body is JSON ({e}): {body:?}"));
+    (status, body)
+}
+
+/// Runs `sam-server tokens …` on `data_dir`; returns stdout, or panics with stderr.
+async fn tokens_command(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("tokens")
+        .args(args)
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_")) {
+        command.env_remove(key);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("sam-server tokens finished within 30 s")
+        .expect("sam-server runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "sam-server tokens {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The token a server starts with is the bootstrap token: a restart with another
+/// one revokes it. Tokens are created, listed and revoked with `sam-server tokens`
+/// and under `/v1/tokens`, which needs an admin token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_bootstrap_token_revokes_the_old_one_and_tokens_are_managed() {
+    const FIRST: &str = "the-first-bootstrap-token";
+    const SECOND: &str = "the-second-bootstrap-token";
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let http = reqwest::Client::new();
+    let get = |server: &ServerProcess, path: &str, token: &str| {
+        http.get(server.url(path)).bearer_auth(token)
+    };
+
+    let server = ServerProcess::start_with(data.path(), &[], &[("SAM_API_TOKEN", FIRST)]).await;
+    let (status, body) = call(get(&server, "/v1/tasks", FIRST)).await;
+    assert_eq!(status, 200, "{body}");
+    // An admin creates a user token over the API; its value is shown once.
+    let (status, created) = call(
+        http.post(server.url("/v1/tokens"))
+            .bearer_auth(FIRST)
+            .json(&json!({"name": "ci", "expires_in_days": 30})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["kind"], "user", "{created}");
+    assert!(created["expires_at"].is_string(), "{created}");
+    let user = created["token"].as_str().expect("the token").to_owned();
+    let user_id = created["id"].as_str().expect("an id").to_owned();
+    let (status, body) = call(get(&server, "/v1/tasks", &user)).await;
+    assert_eq!(status, 200, "the created token works: {body}");
+    let (status, body) = call(get(&server, "/v1/tokens", &user)).await;
+    assert_eq!(status, 403, "a user token manages no tokens: {body}");
+    assert_eq!(body["category"], "auth_error", "{body}");
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+
+    // Restarted with another token: the first is revoked, the user token lives on.
+    let server = ServerProcess::start_with(data.path(), &[], &[("SAM_API_TOKEN", SECOND)]).await;
+    let (status, body) = call(get(&server, "/v1/tasks", FIRST)).await;
+    assert_eq!(
+        status, 401,
+        "the replaced bootstrap token is revoked: {body}"
+    );
+    assert_eq!(body["category"], "auth_error", "{body}");
+    for token in [SECOND, user.as_str()] {
+        let (status, body) = call(get(&server, "/v1/tasks", token)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, list) = call(get(&server, "/v1/tokens", SECOND)).await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list.as_array().expect("a list");
+    assert_eq!(listed.len(), 3, "{list}");
+    assert!(
+        listed.iter().all(|t| t.get("token").is_none()),
+        "no values: {list}"
+    );
+    let bootstraps: Vec<bool> = listed
+        .iter()
+        .filter(|t| t["kind"] == "bootstrap")
+        .map(|t| t["revoked_at"].is_string())
+        .collect();
+    assert_eq!(
+        bootstraps,
+        [true, false],
+        "the first revoked, the second live: {list}"
+    );
+    let used = listed
+        .iter()
+        .find(|t| t["id"] == user_id.as_str())
+        .expect("ci");
+    assert!(
+        used["last_used_at"].is_string(),
+        "its use is recorded: {used}"
+    );
+
+    // The command line, on the same store while the server runs.
+    let printed = tokens_command(data.path(), &["create", "--name", "laptop", "--admin"]).await;
+    let admin = printed.trim().to_owned();
+    assert!(admin.starts_with("sam_"), "{printed}");
+    let (status, body) = call(get(&server, "/v1/tokens", &admin)).await;
+    assert_eq!(
+        status, 200,
+        "the created admin token manages tokens: {body}"
+    );
+    let listing = tokens_command(data.path(), &["list"]).await;
+    assert!(
+        listing.contains("laptop") && listing.contains(&user_id),
+        "{listing}"
+    );
+    tokens_command(data.path(), &["revoke", &user_id]).await;
+    let (status, body) = call(get(&server, "/v1/tasks", &user)).await;
+    assert_eq!(status, 401, "a token revoked on the command line: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("revoked")),
+        "{body}"
+    );
+
+    // Revoked over the API.
+    let admin_id = listed_id(&http, &server, SECOND, "laptop").await;
+    let (status, body) = call(
+        http.delete(server.url(&format!("/v1/tokens/{admin_id}")))
+            .bearer_auth(SECOND),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["revoked_at"].is_string(), "{body}");
+    let (status, body) = call(get(&server, "/v1/tokens", &admin)).await;
+    assert_eq!(status, 401, "a token revoked over the API: {body}");
+    let (status, body) = call(
+        http.delete(server.url("/v1/tokens/tok-nope"))
+            .bearer_auth(SECOND),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// The id of the token named `name`, as `GET /v1/tokens` lists it.
+async fn listed_id(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    admin: &str,
+    name: &str,
+) -> String {
+    let (_, list) = call(http.get(server.url("/v1/tokens")).bearer_auth(admin)).await;
+    list.as_array()
+        .and_then(|l| l.iter().find(|t| t["name"] == name))
+        .and_then(|t| t["id"].as_str())
+        .unwrap_or_else(|| panic!("{name} is listed: {list}"))
+        .to_owned()
 }
 
 /// The OpenAPI document lists exactly the routes of `server::routes()` (the table the

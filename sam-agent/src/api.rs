@@ -225,6 +225,9 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     body: ErrorBody,
+    /// The status when it is not the category's: `413` for a field over its size
+    /// limit, `403` for a known caller that may not do this.
+    status: Option<u16>,
 }
 
 impl ApiError {
@@ -236,7 +239,23 @@ impl ApiError {
                 category,
                 field: None,
             },
+            status: None,
         }
+    }
+
+    /// A field over its size limit: `invalid_config` (sending it again cannot
+    /// work), answered `413`.
+    pub fn too_large(field: &str, message: &str) -> Self {
+        let mut error = Self::field(ErrorCategory::InvalidConfig, field, message);
+        error.status = Some(413);
+        error
+    }
+
+    /// A caller who is known but may not do this: `auth_error`, answered `403`.
+    pub fn forbidden(message: &str) -> Self {
+        let mut error = Self::new(ErrorCategory::AuthError, message);
+        error.status = Some(403);
+        error
     }
 
     /// A failure of `category` that names the request field at fault.
@@ -253,7 +272,8 @@ impl ApiError {
 
     /// The HTTP status the error is answered with.
     pub fn status(&self) -> u16 {
-        status_for(self.body.category)
+        self.status
+            .unwrap_or_else(|| status_for(self.body.category))
     }
 
     /// The JSON body the error is answered with.
@@ -268,6 +288,7 @@ impl From<sam_core::Error> for ApiError {
             sam_core::Error::InvalidInput { field, .. } => {
                 Self::field(error.category(), field, &error.to_string())
             }
+            sam_core::Error::TooLarge { field, .. } => Self::too_large(field, &error.to_string()),
             _ => Self::classified(&error),
         }
     }
@@ -367,6 +388,59 @@ pub async fn run_to_completion(
         )
         .into_response(),
     }
+}
+
+/// The largest request body either server reads (2 MiB); a larger one is answered
+/// `413` with an [`ErrorBody`]. Routes with smaller limits of their own (a task's
+/// prompt) check them after reading.
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Middleware for every server of the SDK: a failure answered without a JSON body
+/// (axum's own rejections: a body over [`BODY_LIMIT`], a path segment that does not
+/// decode such as `%FF`, a query or body it cannot read) is answered as an
+/// [`ErrorBody`] with the same status, its text as the message.
+///
+/// The failures hyper answers itself, before any route (a URL over 64 KiB, headers
+/// too large), are rewritten by [`crate::listener::JsonErrorListener`].
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // A rejection's text is one line; anything longer is cut.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_owned()
+    } else {
+        text
+    };
+    let error = ApiError::new(classify_status(status.as_u16()), &message);
+    let mut answer = (status, axum::Json(error.body)).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }
 
 /// The HTTP status that answers a failure of `category`.

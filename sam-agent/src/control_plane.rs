@@ -5,13 +5,18 @@
 //! Client ([`crate::Callbacks`]) and server share this crate's body types
 //! ([`NodeReady`], [`Heartbeat`], [`HeartbeatResponse`]), so they cannot drift
 //! apart. Failures answer an [`ApiError`]: an [`ErrorBody`](crate::api::ErrorBody) with
-//! the status of its category: a token that is not the node's or the workspace's gets `401`,
-//! an unknown node `404`, a malformed body `400` naming the field.
+//! the status of its category: a token that is not the node's or the workspace's gets `401`
+//! (checked before the body is read, so a bad token with a malformed body is a `401` too),
+//! an unknown node `404`, a malformed body `400` naming the field, a callback that would
+//! change a task that has ended `409`. Bodies over [`crate::api::BODY_LIMIT`] get a `413`,
+//! and every failure, axum's own rejections included, is JSON ([`crate::api::json_errors`]).
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::post;
 use std::sync::Arc;
 
@@ -42,12 +47,25 @@ pub fn callback_router(control_plane: ControlPlane) -> Router {
         workspace_ready_path,
         events_path,
     ] = CALLBACK_PATHS;
-    Router::new()
+    let nodes = Router::new()
         .route(node_ready_path, post(node_ready))
         .route(heartbeat_path, post(heartbeat))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            node_token_first,
+        ));
+    let workspaces = Router::new()
         .route(workspace_ready_path, post(workspace_ready))
         .route(events_path, post(session_event))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            workspace_token_first,
+        ));
+    nodes
+        .merge(workspaces)
         .layer(axum::middleware::from_fn(crate::api::run_to_completion))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::api::json_errors))
         .with_state(control_plane)
 }
 
@@ -79,7 +97,13 @@ pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) ->
     Router::new()
         .route(credential_path, post(git_credential))
         .route(pull_request_path, post(pull_request))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            workspace_token_first,
+        ))
         .layer(axum::middleware::from_fn(crate::api::run_to_completion))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::api::json_errors))
         .with_state(GitState {
             control_plane,
             host,
@@ -157,6 +181,32 @@ async fn pull_request(
         .open_pull_request(found.installation.external_id, &found.repo, &request)
         .await?;
     Ok(axum::Json(PullRequestCreated { url }))
+}
+
+/// Lets a node route's request through only with that node's token, before the
+/// handler reads its body: a caller without the token learns nothing about what the
+/// body should be, and sends no body that is read.
+async fn node_token_first(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let node: NodeId = path_id(&id, "id")?;
+    cp.verify_node_token(bearer(request.headers())?, &node)?;
+    Ok(next.run(request).await)
+}
+
+/// As [`node_token_first`], for the workspace routes and the workspace's token.
+async fn workspace_token_first(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let workspace: WorkspaceId = path_id(&id, "id")?;
+    cp.verify_workspace_token(bearer(request.headers())?, &workspace)?;
+    Ok(next.run(request).await)
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {

@@ -96,6 +96,7 @@ pub mod error;
 pub mod events;
 pub mod fake;
 pub mod git;
+pub mod listener;
 pub mod monitor;
 pub mod node_agent;
 pub mod node_config;

@@ -376,6 +376,8 @@ impl VmAgent {
             .merge(managed)
             .layer(middleware::from_fn(crate::api::run_to_completion))
             .fallback(|| async { ApiError::new(ErrorCategory::NotFound, "no such route") })
+            .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
+            .layer(middleware::from_fn(crate::api::json_errors))
             .with_state(Arc::clone(&self.shared))
     }
 
@@ -391,6 +393,7 @@ impl VmAgent {
     ) -> Result<()> {
         let sampler = tokio::spawn(sample_metrics(Arc::clone(&self.shared)));
         let background = tokio::spawn(run_node(Arc::clone(&self.shared)));
+        let listener = crate::listener::JsonErrorListener::new(listener);
         let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await;
@@ -618,13 +621,15 @@ async fn create_workspace(
 ) -> Result<(StatusCode, axum::Json<WorkspaceView>), ApiError> {
     let request: CreateWorkspace = parse_body(&body)?;
     workspace_id(request.id.as_str())?;
-    if request.repo.trim().is_empty() {
-        return Err(ApiError::field(
+    // The control plane checked it at submission; the agent, which hands it to git,
+    // checks the shape again.
+    sam_core::parse_repository(&request.repo).map_err(|e| {
+        ApiError::field(
             ErrorCategory::InvalidConfig,
             "repo",
-            "the repository must not be empty",
-        ));
-    }
+            &format!("the repository {e}"),
+        )
+    })?;
     if request.token.is_empty() {
         return Err(ApiError::field(
             ErrorCategory::InvalidConfig,
@@ -778,13 +783,16 @@ async fn start_session(
 ) -> Result<(StatusCode, axum::Json<SessionView>), ApiError> {
     let id = workspace_id(&id)?;
     let request: StartSession = parse_body(&body)?;
-    if request.prompt.trim().is_empty() {
-        return Err(ApiError::field(
+    sam_core::check_prompt(&request.prompt).map_err(|e| match e {
+        sam_core::PromptRefusal::TooLarge { .. } => {
+            ApiError::too_large("prompt", &format!("the prompt {e}"))
+        }
+        sam_core::PromptRefusal::Invalid(reason) => ApiError::field(
             ErrorCategory::InvalidConfig,
             "prompt",
-            "the prompt must not be empty",
-        ));
-    }
+            &format!("the prompt {reason}"),
+        ),
+    })?;
     let entry = shared.entry(&id)?;
     let (acp, dir) = {
         let mut state = lock(&entry.state);
@@ -930,11 +938,20 @@ async fn forward(
     mut receiver: mpsc::UnboundedReceiver<SessionCallback>,
 ) {
     while let Some(callback) = receiver.recv().await {
-        if let Err(e) = shared
+        let delivered = shared
             .callbacks
             .session_event(&entry.id, &entry.token, &callback)
-            .await
+            .await;
+        // The turn's end becomes visible to a poll only after its report (and
+        // everything before it: events, the output) went to the control plane. A
+        // control plane that polled first would end the task and then, rightly,
+        // refuse the output still on its way.
+        if let SessionCallback::Report(report) = &callback
+            && let Some(slot) = lock(&entry.state).session.as_mut()
         {
+            slot.report = report.clone();
+        }
+        if let Err(e) = delivered {
             shared
                 .record(
                     NewEvent::new(
@@ -1150,9 +1167,6 @@ async fn run_session(
                 };
             }
         }
-    }
-    if let Some(slot) = lock(&entry.state).session.as_mut() {
-        slot.report = report.clone();
     }
     let (level, message) = match &report {
         SessionReport::Failed { error } => (

@@ -412,6 +412,118 @@ async fn malformed_requests_are_refused_naming_the_field() {
     h.stop().await;
 }
 
+/// `GET path` with `headers` (whole lines) written by hand on a socket to `base`
+/// (`http://host:port`), as HTTP clients refuse very long URLs; the status, the
+/// content type and the body.
+async fn raw_get(base: &str, path: &str, headers: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: {address}\r\n{headers}connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // The agent may close before it read the whole request; what it answered is
+    // read either way.
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// Every failure of the agent's API is an `ErrorBody`, also the ones axum and hyper
+/// answer by themselves: a body over the limit, a path segment that does not decode,
+/// a 100 KB path; a prompt holding NUL or over the limit, and a repository git would
+/// read as a command or an option, are refused naming them.
+#[tokio::test]
+async fn every_failure_is_json_and_prompts_are_bounded() {
+    let h = Harness::start().await;
+    let session = |prompt: String| {
+        h.request(reqwest::Method::POST, "/v1/workspaces/ws-x/sessions")
+            .json(&json!({"agent": "fake", "prompt": prompt}))
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, Option<&str>)> = vec![
+        (
+            "a body over the limit",
+            h.request(reqwest::Method::POST, "/v1/workspaces")
+                .header("content-type", "application/json")
+                .body(vec![b' '; 3 * 1024 * 1024]),
+            413,
+            None,
+        ),
+        (
+            "an id that does not decode",
+            h.request(reqwest::Method::GET, "/v1/workspaces/%FF"),
+            400,
+            None,
+        ),
+        (
+            "a query that does not decode",
+            h.request(reqwest::Method::GET, "/v1/events?limit=%FF"),
+            400,
+            Some("limit"),
+        ),
+        (
+            "a prompt holding NUL",
+            session("a\u{0}b".to_owned()),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "a git remote helper as the repository",
+            h.request(reqwest::Method::POST, "/v1/workspaces")
+                .json(&json!({"id": "ws-1", "repo": "ext::sh -c touch% /tmp/x", "token": "t"})),
+            400,
+            Some("repo"),
+        ),
+        (
+            "an option as the repository",
+            h.request(reqwest::Method::POST, "/v1/workspaces")
+                .json(&json!({"id": "ws-1", "repo": "--upload-pack=touch /tmp/x", "token": "t"})),
+            400,
+            Some("repo"),
+        ),
+        (
+            "a prompt over the limit",
+            session("x".repeat(sam_core::MAX_PROMPT_BYTES + 1)),
+            413,
+            Some("prompt"),
+        ),
+    ];
+    for (what, request, status, field) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let text = response.text().await.unwrap();
+        let answer: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: the body is JSON ({e}): {text:?}"));
+        assert_eq!(answer["category"], "invalid_config", "{what}: {answer}");
+        assert!(answer["error"].is_string(), "{what}: {answer}");
+        assert_eq!(answer["field"].as_str(), field, "{what}: {answer}");
+    }
+    let huge_path = format!("/v1/workspaces/{}", "a".repeat(100 * 1024));
+    let huge_header = format!("x-padding: {}\r\n", "a".repeat(600 * 1024));
+    for (what, path, headers, want) in [
+        ("a 100 KB path", huge_path.as_str(), "", 414),
+        ("600 KB of headers", "/health", huge_header.as_str(), 431),
+    ] {
+        let (status, content_type, body) = raw_get(&h.base, path, headers).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert_eq!(content_type, "application/json", "{what}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["category"], "invalid_config", "{what}: {answer}");
+    }
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_workspace_and_a_session_end_to_end() {
     let h = Harness::start().await;

@@ -346,6 +346,14 @@ pub enum TaskEventKind {
         /// The message, redacted.
         text: String,
     },
+    /// A callback that would have changed the task came after it ended, and was
+    /// refused.
+    Refused {
+        /// What was refused (`output`, `session report`, …).
+        callback: String,
+        /// Why, as one sentence.
+        reason: String,
+    },
 }
 
 /// The reply to a heartbeat.
@@ -557,7 +565,11 @@ impl ControlPlane {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] (and other `invalid_config` errors) for a request that
-    /// can never run: empty repo or prompt, unknown provider or agent, a named
+    /// can never run: a repository that is not `https://…`, `ssh://…`,
+    /// `user@host:path` or (with a provider on this machine) an absolute path
+    /// ([`crate::repository::check_repository`]), an empty prompt or one holding NUL;
+    /// [`Error::TooLarge`] for a prompt over [`crate::MAX_PROMPT_BYTES`]; an
+    /// unknown provider or agent, a named
     /// devcontainer with the lightweight profile, requirements no size can meet, an
     /// explicit size too small for them, a GitHub installation link of another user
     /// (field `github`). `not_found` for a GitHub installation link the submitting
@@ -572,6 +584,16 @@ impl ControlPlane {
         request: &SubmitRequest,
         lineage: Option<Lineage>,
     ) -> Result<TaskId, Error> {
+        // The prompt first: a prompt that can never run is refused before anything
+        // is read or touched.
+        crate::repository::check_prompt(&request.prompt).map_err(|e| match e {
+            crate::repository::PromptRefusal::TooLarge { size, limit } => Error::TooLarge {
+                field: "prompt",
+                size,
+                limit,
+            },
+            crate::repository::PromptRefusal::Invalid(reason) => invalid("prompt", reason.0),
+        })?;
         let intent = self.intent(request).await?;
         // The task's own repository wins; a project's is the default.
         let (repo, repo_source) = match &intent.project {
@@ -580,9 +602,6 @@ impl ControlPlane {
         };
         if repo.trim().is_empty() {
             return Err(invalid("repo", "must not be empty"));
-        }
-        if request.prompt.trim().is_empty() {
-            return Err(invalid("prompt", "must not be empty"));
         }
         if let Some(access) = &request.github {
             RepoRef::parse_https(&repo)?;
@@ -617,6 +636,9 @@ impl ControlPlane {
         let layers = &intent.layers;
         let (provider, provider_source) = pick(layers, platform, |l| l.provider)
             .ok_or_else(|| invalid("provider", "no layer names a provider"))?;
+        // Git reads many strings as commands or options: only the shapes a task may
+        // name get past here, and a local path only where the nodes can reach it.
+        crate::repository::check_repository(&repo, provider).map_err(|e| invalid("repo", e.0))?;
         // The provider's calls use the project's or user's own credential when one is
         // set; building it here opens the credential, so a wrong key or a credential
         // that does not fit fails the submission rather than the run.
@@ -1019,6 +1041,47 @@ impl ControlPlane {
             .map_err(|e: TokenError| Error::Unauthorized(e))
     }
 
+    /// Checks a node's callback token without acting on it: the callback routes
+    /// check it before they read the body.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this node's.
+    pub fn verify_node_token(&self, token: &str, node: &NodeId) -> Result<(), Error> {
+        self.verify(token, TokenScope::Node, node.as_str())
+    }
+
+    /// Checks a workspace's callback token without acting on it, as
+    /// [`ControlPlane::verify_node_token`].
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this workspace's.
+    pub fn verify_workspace_token(
+        &self,
+        token: &str,
+        workspace: &WorkspaceId,
+    ) -> Result<(), Error> {
+        self.verify(token, TokenScope::Workspace, workspace.as_str())
+    }
+
+    /// Refuses a callback that would change `task`, which has ended: the refusal
+    /// is an event of the task and the error to answer.
+    fn refuse_ended(&self, task: &TaskRecord, callback: &'static str) -> Error {
+        let error = Error::TaskEnded {
+            task: task.id.clone(),
+            status: task.status,
+            callback,
+        };
+        tracing::info!(task = %task.id, callback, "refused a callback for an ended task");
+        self.emit(
+            &task.id,
+            TaskEventKind::Refused {
+                callback: callback.to_owned(),
+                reason: error.to_string(),
+            },
+        );
+        error
+    }
+
     /// Issues the node-scoped token a node boots with.
     pub fn issue_node_token(&self, node: &NodeId) -> Secret {
         self.signer.issue(
@@ -1133,7 +1196,8 @@ impl ControlPlane {
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for a token that is not this workspace's; `not_found`;
-    /// store failures.
+    /// [`Error::TaskEnded`] for a failure reported once the task has ended; store
+    /// failures.
     pub async fn workspace_ready(
         &self,
         token: &str,
@@ -1142,6 +1206,12 @@ impl ControlPlane {
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
         let record = self.require_workspace(workspace).await?;
+        if let WorkspaceReport::Failed { .. } = report {
+            let task = self.require_task(&record.task_id).await?;
+            if task.status.is_terminal() {
+                return Err(self.refuse_ended(&task, "workspace failure"));
+            }
+        }
         if self.apply_workspace_report(&record, report).await? {
             self.wake(&record.task_id).await?;
         }
@@ -1200,7 +1270,8 @@ impl ControlPlane {
     /// Callback: something happened in a workspace's agent session.
     ///
     /// # Errors
-    /// As [`ControlPlane::workspace_ready`].
+    /// As [`ControlPlane::workspace_ready`]; [`Error::TaskEnded`] (`conflict`, with a
+    /// [`TaskEventKind::Refused`] event) once the workspace's task has ended.
     pub async fn session_event(
         &self,
         token: &str,
@@ -1209,6 +1280,18 @@ impl ControlPlane {
     ) -> Result<(), Error> {
         self.verify(token, TokenScope::Workspace, workspace.as_str())?;
         let record = self.require_workspace(workspace).await?;
+        // A task that has ended is closed: nothing its agent says afterwards
+        // changes it (a late output would replace its branch, commit and pull
+        // request).
+        let task = self.require_task(&record.task_id).await?;
+        if task.status.is_terminal() {
+            let callback = match report {
+                SessionCallback::Event(_) => "session event",
+                SessionCallback::Report(_) => "session report",
+                SessionCallback::Output(_) => "output",
+            };
+            return Err(self.refuse_ended(&task, callback));
+        }
         match report {
             SessionCallback::Event(event) => {
                 self.emit(
@@ -1219,10 +1302,7 @@ impl ControlPlane {
                 );
                 Ok(())
             }
-            SessionCallback::Report(report) => {
-                let task = self.require_task(&record.task_id).await?;
-                self.apply_session_report(&task, report).await
-            }
+            SessionCallback::Report(report) => self.apply_session_report(&task, report).await,
             SessionCallback::Output(output) => {
                 self.store
                     .update_task(

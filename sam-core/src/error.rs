@@ -390,6 +390,26 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An input field is larger than its limit.
+    #[error("{field} is too large: {size} bytes, at most {limit}")]
+    TooLarge {
+        /// The field at fault.
+        field: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A callback would change a task that has ended: a finished task is closed.
+    #[error("task {task} has ended ({status}); it takes no more {callback}")]
+    TaskEnded {
+        /// The task.
+        task: crate::model::TaskId,
+        /// Its terminal status.
+        status: crate::model::TaskStatus,
+        /// What was refused (`output`, `session event`, …).
+        callback: &'static str,
+    },
     /// A policy's values contradict each other.
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -437,12 +457,16 @@ impl Classify for Error {
         match self {
             Self::Parse(_)
             | Self::InvalidInput { .. }
+            | Self::TooLarge { .. }
             | Self::Policy(_)
             | Self::NoSizeFits(_)
             | Self::Plan(_) => ErrorCategory::InvalidConfig,
             Self::Provider(e) => e.category(),
             Self::Store(e) => e.category(),
             Self::Unauthorized(_) => ErrorCategory::AuthError,
+            // The task's state refuses the request: answered `409`, and the callback
+            // client treats every 4xx as permanent.
+            Self::TaskEnded { .. } => ErrorCategory::Conflict,
             Self::NodeAgent(e) => e.category(),
             Self::Github(e) => e.category(),
             Self::Credential(e) => e.category(),

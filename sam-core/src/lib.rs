@@ -22,7 +22,8 @@
 //!   thresholds.
 //! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text.
 //! - **Tokens** ([`token`]): scoped, signed, expiring tokens between the control
-//!   plane and VM agents ([`TokenSigner`]).
+//!   plane and VM agents ([`TokenSigner`]); user API tokens as records
+//!   ([`api_token`]: [`ApiTokenRecord`], hashed, named, expiring, revocable).
 //! - **Traits**: [`Provider`], [`Store`], [`Scheduler`], [`AgentSession`] and
 //!   [`NodeAgent`], each with a `# Contract`.
 //! - **Control plane** ([`control`]): [`ControlPlane`] — submission with the source of
@@ -87,6 +88,7 @@
 //! ```
 
 mod account;
+pub mod api_token;
 pub mod classify;
 pub mod clock;
 pub mod control;
@@ -101,6 +103,7 @@ pub mod node_agent;
 pub mod placement;
 pub mod project;
 pub mod provider;
+pub mod repository;
 pub mod reservation;
 pub mod retry;
 mod runner;
@@ -117,6 +120,10 @@ pub mod token;
 pub mod testkit;
 
 pub use account::PROVIDER_CACHE_CAPACITY;
+pub use api_token::{
+    ApiTokenKind, ApiTokenRefusal, LAST_USE_GRANULARITY, MAX_API_TOKEN_NAME, check_api_token_name,
+    hash_api_token,
+};
 pub use classify::{classify_agent_error, is_agent_crash};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use control::{
@@ -158,6 +165,10 @@ pub use project::{
     AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
 };
 pub use provider::{Provider, ProviderCapabilities, ProviderCredential, ProviderFactory};
+pub use repository::{
+    MAX_PROMPT_BYTES, MAX_REPOSITORY_BYTES, PromptRefusal, Refusal, Repository, check_prompt,
+    check_repository, parse_repository,
+};
 pub use reservation::{
     Capacity, Layer, NoSizeFits, RequirementLayers, Reservation, ReservationSources,
     ResourceRequirements, SlotRejection, check_slot, resolve_reservation, smallest_size,

@@ -526,6 +526,12 @@ impl ProviderKind {
         Self::Fake,
     ];
 
+    /// Whether its nodes run on the control plane's own machine, so a task may name
+    /// a local path as its repository.
+    pub const fn runs_on_this_machine(self) -> bool {
+        matches!(self, Self::Local)
+    }
+
     /// The name users see in messages ("Hetzner Cloud").
     pub const fn display_name(self) -> &'static str {
         match self {

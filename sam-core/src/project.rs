@@ -219,6 +219,13 @@ impl ProjectRecord {
         if self.repo.trim().is_empty() {
             return Err(invalid("repo", "must not be empty"));
         }
+        // The same shapes a task may name; a local path only where the project's
+        // provider (when it names one) can reach it.
+        match self.settings.provider {
+            Some(provider) => crate::repository::check_repository(&self.repo, provider).map(drop),
+            None => crate::repository::parse_repository(&self.repo).map(drop),
+        }
+        .map_err(|e| invalid("repo", e.0))?;
         self.settings.validate()?;
         self.scaling.validate()
     }
@@ -337,6 +344,40 @@ mod tests {
         assert_eq!(project.layer().requirements.max_co_tenants, Some(3));
         project.settings.requirements.max_co_tenants = Some(2);
         assert_eq!(project.layer().requirements.max_co_tenants, Some(2));
+    }
+
+    #[test]
+    fn a_project_repository_is_checked_like_a_task_s() {
+        let project = |repo: &str, provider| ProjectRecord {
+            id: ProjectId::new("p-1").unwrap(),
+            name: "web".into(),
+            repo: repo.into(),
+            owner: None,
+            settings: LayerSettings {
+                provider,
+                ..LayerSettings::default()
+            },
+            scaling: ScalingOverrides::default(),
+            created_at: DateTime::UNIX_EPOCH,
+            updated_at: DateTime::UNIX_EPOCH,
+        };
+        let field = |p: ProjectRecord| match p.validate() {
+            Err(Error::InvalidInput { field, .. }) => Some(field),
+            _ => None,
+        };
+        assert_eq!(field(project("git@example.invalid:o/web.git", None)), None);
+        assert_eq!(field(project("/srv/web", None)), None);
+        assert_eq!(
+            field(project("/srv/web", Some(crate::model::ProviderKind::Local))),
+            None
+        );
+        for (repo, provider) in [
+            ("fd::17", None),
+            ("--upload-pack=x", None),
+            ("/srv/web", Some(crate::model::ProviderKind::Hetzner)),
+        ] {
+            assert_eq!(field(project(repo, provider)), Some("repo"), "{repo}");
+        }
     }
 
     #[test]

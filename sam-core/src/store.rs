@@ -495,18 +495,7 @@ pub enum SlotOutcome {
     Rejected(SlotRejection),
 }
 
-/// A user API token, stored only as a hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiTokenRecord {
-    /// Public id of the token.
-    pub id: String,
-    /// Hex SHA-256 of the token; the token itself is never stored.
-    pub hash: String,
-    /// A human label.
-    pub label: String,
-    /// When it was created.
-    pub created_at: DateTime<Utc>,
-}
+pub use crate::api_token::ApiTokenRecord;
 
 /// Durable state of the control plane.
 ///
@@ -582,6 +571,12 @@ pub struct ApiTokenRecord {
 ///   project is `NotFound`. Deleting a project deletes its profiles and credentials.
 ///   Nothing is created implicitly: a new project has no profiles, and deleting
 ///   every profile leaves none.
+/// - **API tokens are records**: `put_api_token` inserts (`AlreadyExists` for a taken
+///   id or hash); `find_api_token` finds revoked and expired tokens too;
+///   `list_api_tokens` is ordered by `(created_at, id)`; `revoke_api_token` sets the
+///   revocation time once; `touch_api_token` changes the last use only;
+///   `rotate_bootstrap_api_token` leaves exactly one unrevoked bootstrap token, in
+///   one transaction.
 /// - **Credentials are upserted by `(owner, target)`** and listed per owner ordered
 ///   by target; the store keeps them sealed and never opens them.
 #[cfg_attr(feature = "mock", mockall::automock)]
@@ -780,11 +775,40 @@ pub trait Store: Send + Sync + Debug {
     /// `AlreadyExists` for a taken id or hash.
     async fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
 
-    /// Finds an API token by its hash.
+    /// Finds an API token by its hash, revoked and expired ones included (the
+    /// caller decides with [`ApiTokenRecord::check`]).
     ///
     /// # Errors
     /// Backend failures.
     async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError>;
+
+    /// Every API token, revoked ones included, ordered by `(created_at, id)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError>;
+
+    /// Revokes the API token `id` at `at`; `Ok(false)` when it was revoked already
+    /// (its revocation time stays the first one).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    async fn revoke_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Records that the API token `id` was used at `at` (its `last_used_at` only).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Makes `token` the one live bootstrap token, atomically: every other
+    /// unrevoked bootstrap token is revoked at `token.created_at`; a row with
+    /// `token`'s hash becomes a live bootstrap token (keeping its id, creation and
+    /// last use); otherwise `token` is written.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when `token`'s id is taken by a row of another hash.
+    async fn rotate_bootstrap_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
 
     /// Writes one user's link to a GitHub App installation, replacing the row with
     /// the same key.

@@ -1047,6 +1047,86 @@ async fn workspace_callbacks_refuse_every_bad_token() {
     assert_eq!(task.status, TaskStatus::Completed);
 }
 
+/// A task that has ended is closed: a late output, session report, session event or
+/// workspace failure with the workspace's own token is refused as a conflict, says
+/// so in the task's events, and changes nothing.
+#[tokio::test(start_paused = true)]
+async fn an_ended_task_refuses_every_callback_that_would_change_it() {
+    use sam_core::{SessionCallback, SessionEvent, TaskError, TaskEventKind, TaskOutput};
+
+    let h = harness(config("d1"));
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    let ws = task.workspace_id.clone().expect("a workspace");
+    let token = h.cp.issue_workspace_token(&ws);
+    let mut events = h.cp.subscribe();
+
+    let late = [
+        SessionCallback::Output(TaskOutput {
+            branch: "evil".to_owned(),
+            commit: Some("0000000".to_owned()),
+            pull_request_url: Some("https://evil.example/pr/1".to_owned()),
+        }),
+        SessionCallback::Report(SessionReport::Failed {
+            error: TaskError {
+                category: ErrorCategory::Unknown,
+                message: "late".to_owned(),
+            },
+        }),
+        SessionCallback::Event(SessionEvent::Crashed {
+            reason: "late".to_owned(),
+            resumable: false,
+        }),
+    ];
+    for callback in &late {
+        let err =
+            h.cp.session_event(token.expose(), &ws, callback)
+                .await
+                .unwrap_err();
+        assert_eq!(
+            err.category(),
+            ErrorCategory::Conflict,
+            "{callback:?}: {err}"
+        );
+    }
+    let failed = WorkspaceReport::Failed {
+        error: TaskError {
+            category: ErrorCategory::Unknown,
+            message: "late".to_owned(),
+        },
+    };
+    let err =
+        h.cp.workspace_ready(token.expose(), &ws, &failed)
+            .await
+            .unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::Conflict, "{err}");
+
+    let after = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, &after.output, &after.error),
+        (task.status, &task.output, &task.error),
+        "the ended task is unchanged"
+    );
+    let mut refused = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let TaskEventKind::Refused { callback, reason } = event.kind {
+            assert!(reason.contains(id.as_str()), "{reason}");
+            refused.push(callback);
+        }
+    }
+    assert_eq!(
+        refused,
+        [
+            "output",
+            "session report",
+            "session event",
+            "workspace failure"
+        ],
+        "each refusal is a task event"
+    );
+}
+
 /// The node provisioned for a task can be filled by other tasks before the task
 /// reserves its own slot there (many tasks in flight, as in the scale-out test): the
 /// task is placed again rather than failed.

@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use foldhash::HashMap;
 use sam_core::{
-    AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
-    ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest,
-    NodeBeat, NodeFilter, NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus,
-    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, ProviderKind, Reservation,
-    SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate,
-    Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
-    check_slot,
+    AgentProfileRecord, ApiTokenKind, ApiTokenRecord, CredentialOwner, CredentialRecord,
+    CredentialTarget, ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease,
+    LeaseReleased, LeaseRequest, NodeBeat, NodeFilter, NodeHealth, NodeId, NodeLifecycle,
+    NodeRecord, NodeStatus, PlacementCandidate, ProfileId, ProjectId, ProjectRecord, ProviderKind,
+    Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord,
+    TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
+    WorkspaceStatus, check_slot,
 };
 
 use crate::error::Error;
@@ -568,6 +568,60 @@ impl Store for MemoryStore {
             .values()
             .find(|t| t.hash == hash)
             .cloned())
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        let mut tokens: Vec<ApiTokenRecord> = self.state().tokens.values().cloned().collect();
+        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(tokens)
+    }
+
+    async fn revoke_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let token = state
+            .tokens
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("API token {id}")))?;
+        if token.revoked_at.is_some() {
+            return Ok(false);
+        }
+        token.revoked_at = Some(at);
+        Ok(true)
+    }
+
+    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let token = state
+            .tokens
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("API token {id}")))?;
+        token.last_used_at = Some(at);
+        Ok(())
+    }
+
+    async fn rotate_bootstrap_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if state
+            .tokens
+            .get(&token.id)
+            .is_some_and(|t| t.hash != token.hash)
+        {
+            return Err(Error::already_exists(format!("API token {}", token.id)).into());
+        }
+        for other in state.tokens.values_mut() {
+            if other.hash == token.hash {
+                other.kind = ApiTokenKind::Bootstrap;
+                other.revoked_at = None;
+            } else if other.kind == ApiTokenKind::Bootstrap && other.revoked_at.is_none() {
+                other.revoked_at = Some(token.created_at);
+            }
+        }
+        if !state.tokens.values().any(|t| t.hash == token.hash) {
+            let mut fresh = token.clone();
+            fresh.kind = ApiTokenKind::Bootstrap;
+            state.tokens.insert(fresh.id.clone(), fresh);
+        }
+        Ok(())
     }
 
     async fn put_github_installation(

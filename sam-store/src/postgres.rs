@@ -76,6 +76,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 5,
             sql: include_str!("../migrations/postgres/0005_status_trigger.sql"),
         },
+        Migration {
+            version: 6,
+            sql: include_str!("../migrations/postgres/0006_api_token_records.sql"),
+        },
     ],
 };
 
@@ -222,7 +226,8 @@ mod upgrade {
     }
 
     /// A schema written before status events came from a trigger (version 4) gains
-    /// the trigger when opened, and the status changes of its old tasks are recorded.
+    /// the trigger (and the API token columns of version 6) when opened, and the
+    /// status changes of its old tasks are recorded.
     #[tokio::test]
     async fn a_version_4_schema_gains_the_status_trigger_keeping_its_tasks() {
         let Some(url) = sam_core::testkit::required_env("SAM_TEST_POSTGRES_URL") else {
@@ -242,7 +247,9 @@ mod upgrade {
             &schema,
             "DROP TRIGGER tasks_status_event ON tasks; DROP FUNCTION sam_task_status_event(); \
              ALTER TABLE tasks DROP COLUMN status_actor, DROP COLUMN status_reason; \
-             DELETE FROM sam_store_migrations WHERE version = 5;",
+             DROP INDEX api_tokens_by_creation; ALTER TABLE api_tokens DROP COLUMN kind, \
+             DROP COLUMN last_used_at, DROP COLUMN expires_at, DROP COLUMN revoked_at; \
+             DELETE FROM sam_store_migrations WHERE version IN (5, 6);",
         )
         .await;
 

@@ -86,6 +86,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 5,
             sql: include_str!("../migrations/sqlite/0005_status_trigger.sql"),
         },
+        Migration {
+            version: 6,
+            sql: include_str!("../migrations/sqlite/0006_api_token_records.sql"),
+        },
     ],
 };
 

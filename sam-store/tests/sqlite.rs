@@ -151,7 +151,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 5
+                supported: 6
             }
         ),
         "{err:?}"
@@ -187,6 +187,8 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
         .put_node(&sam_core::testkit::fixtures::node("n-old", 0))
         .await
         .expect("node");
+    let token = sam_core::testkit::fixtures::api_token("tok-old", 0x0a);
+    store.put_api_token(&token).await.expect("token");
     store.close().await;
     // Turn the file back into what version 1 wrote.
     raw(
@@ -199,7 +201,10 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
          CREATE INDEX nodes_warm ON nodes (provider, size, warm_since) WHERE lifecycle = 'warm'; \
          DROP TRIGGER tasks_status_created; DROP TRIGGER tasks_status_changed; \
          ALTER TABLE tasks DROP COLUMN status_actor; ALTER TABLE tasks DROP COLUMN status_reason; \
-         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5);",
+         DROP INDEX api_tokens_by_creation; ALTER TABLE api_tokens DROP COLUMN kind; \
+         ALTER TABLE api_tokens DROP COLUMN last_used_at; ALTER TABLE api_tokens DROP COLUMN expires_at; \
+         ALTER TABLE api_tokens DROP COLUMN revoked_at; \
+         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5, 6);",
     )
     .await;
     let store = SqliteStore::new(&SqliteConfig::new(&path))
@@ -227,6 +232,16 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
         .await
         .expect("the new tables exist");
     assert_eq!(store.list_projects().await.expect("list"), [project]);
+    // A token written before tokens were records was a server's start token: it is
+    // a bootstrap token, which the next start with another token revokes.
+    assert_eq!(
+        store.find_api_token(&token.hash).await.expect("find"),
+        Some(sam_core::ApiTokenRecord {
+            kind: sam_core::ApiTokenKind::Bootstrap,
+            ..token
+        }),
+        "an old token row decodes as a bootstrap token"
+    );
     // The old task's status changes are recorded by the triggers the migration added.
     sam_core::testkit::store::transition_is_recorded(&store, &task_id("t-old")).await;
     store.close().await;

@@ -6,14 +6,20 @@
 //! come from a TOML file (`--config FILE`) or a `SAM_*` environment variable; flags
 //! win over both (see `sam_examples::config`). SIGINT or SIGTERM stop it gracefully;
 //! unfinished tasks resume at the next start.
+//!
+//! `sam-server tokens create --name ci [--admin] [--expires-in-days 30]`, `sam-server
+//! tokens list` and `sam-server tokens revoke <id>` manage the API tokens in the
+//! store the same configuration names (a running server sees the change at once);
+//! a created token is printed once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
 use sam_examples::config::ServerConfig;
+use sam_examples::server::tokens::{self, CreateTokenBody, TokenView};
 use sam_examples::server::{self, ServerOptions};
 use serde::Serialize;
 
@@ -21,6 +27,10 @@ use serde::Serialize;
 #[derive(Debug, Parser, Serialize)]
 #[command(name = "sam-server", version)]
 struct Cli {
+    /// Manage API tokens instead of serving.
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
     /// A TOML configuration file (keys are the long flag names with `_`).
     #[arg(long)]
     #[serde(skip)]
@@ -68,6 +78,108 @@ struct Cli {
     provider: Option<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list or revoke API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a token and print it (it is shown this once).
+    Create {
+        /// Its name (1 to 64 characters).
+        #[arg(long)]
+        name: String,
+        /// An admin token, which may manage tokens (`/v1/tokens`).
+        #[arg(long)]
+        admin: bool,
+        /// Days until it expires (1 to 3650); without it it does not expire.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List every token, revoked ones included (never their values).
+    List,
+    /// Revoke a token by its id: it gets 401 from then on.
+    Revoke {
+        /// The token's id (`tok-…`, from `list`).
+        id: String,
+    },
+}
+
+/// One line of `tokens list`.
+fn token_line(token: &TokenView) -> String {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    format!(
+        "{:<20} {:<9} {:<16} {:<16} {:<16} {:<16} {}",
+        token.id,
+        token.kind,
+        time(Some(token.created_at)),
+        time(token.last_used_at),
+        time(token.expires_at),
+        time(token.revoked_at),
+        token.name,
+    )
+}
+
+/// Runs `sam-server tokens …` against the configured store.
+async fn manage_tokens(config: &ServerConfig, command: TokensCommand) -> anyhow::Result<()> {
+    let store = sam_examples::embedded::open_store(
+        &config.data_dir,
+        config.database_url.as_ref(),
+        config.database_schema.as_deref(),
+    )
+    .await?;
+    let refused = |e: server::ApiError| anyhow::anyhow!("{}", e.body().error);
+    match command {
+        TokensCommand::Create {
+            name,
+            admin,
+            expires_in_days,
+        } => {
+            let body = CreateTokenBody {
+                name,
+                kind: Some(if admin {
+                    sam_core::ApiTokenKind::Admin
+                } else {
+                    sam_core::ApiTokenKind::User
+                }),
+                expires_in_days,
+            };
+            let created = tokens::create(store.as_ref(), &body, chrono::Utc::now())
+                .await
+                .map_err(refused)?;
+            eprintln!(
+                "created {} ({} token {:?}); it is shown this once:",
+                created.record.id, created.record.kind, created.record.name
+            );
+            println!("{}", created.token);
+        }
+        TokensCommand::List => {
+            println!(
+                "{:<20} {:<9} {:<16} {:<16} {:<16} {:<16} name",
+                "id", "kind", "created", "last used", "expires", "revoked"
+            );
+            for token in tokens::list(store.as_ref()).await.map_err(refused)? {
+                println!("{}", token_line(&token));
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            let revoked = tokens::revoke(store.as_ref(), &id, chrono::Utc::now())
+                .await
+                .map_err(refused)?;
+            println!("revoked {}", token_line(&revoked));
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,6 +193,15 @@ async fn main() -> ExitCode {
     if cli.check_config {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Tokens(command)) = cli.command {
+        return match manage_tokens(&config, command).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sam-server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     server::init_logs(config.log_format);
     let result = async {

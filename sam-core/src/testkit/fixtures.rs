@@ -300,7 +300,11 @@ pub fn api_token(id: &str, seed: u8) -> ApiTokenRecord {
         id: id.into(),
         hash: format!("{seed:02x}").repeat(32),
         label: format!("token {id}"),
+        kind: crate::api_token::ApiTokenKind::User,
         created_at: at(0),
+        last_used_at: None,
+        expires_at: None,
+        revoked_at: None,
     }
 }
 

@@ -109,6 +109,8 @@ macro_rules! store_conformance {
             placement_candidates_are_running_active_nodes_with_live_slots,
             placement_candidates_say_which_nodes_are_held,
             api_tokens_are_found_by_hash,
+            api_tokens_are_listed_revoked_and_touched,
+            bootstrap_rotation_revokes_the_previous_token,
             github_installation_links_are_per_user,
             put_github_installation_replaces,
             delete_github_installation_keeps_other_users_links,
@@ -1976,6 +1978,174 @@ pub async fn api_tokens_are_found_by_hash(store: &dyn Store) {
         store.put_api_token(&api_token("tok-2", 0xab)).await,
         StoreErrorKind::AlreadyExists,
         "a taken token hash is AlreadyExists",
+    );
+}
+
+/// API tokens are listed by `(created_at, id)`, revoked once, and touched on their
+/// last use only; every field round-trips.
+pub async fn api_tokens_are_listed_revoked_and_touched(store: &dyn Store) {
+    let mut late = api_token("tok-b", 0x0b);
+    late.created_at = at(20);
+    late.expires_at = Some(at(3_600));
+    late.kind = crate::api_token::ApiTokenKind::Admin;
+    let mut early = api_token("tok-c", 0x0c);
+    early.created_at = at(10);
+    let mut tie = api_token("tok-a", 0x0a);
+    tie.created_at = at(20);
+    for token in [&late, &early, &tie] {
+        store.put_api_token(token).await.expect("put_api_token");
+    }
+    let ids = |tokens: Vec<crate::ApiTokenRecord>| -> Vec<String> {
+        tokens.into_iter().map(|t| t.id).collect()
+    };
+    assert_eq!(
+        ids(store.list_api_tokens().await.expect("list")),
+        ["tok-c", "tok-a", "tok-b"],
+        "tokens are listed by (created_at, id)"
+    );
+    assert_eq!(
+        store.find_api_token(&late.hash).await.expect("find"),
+        Some(late.clone()),
+        "kind and expiry round-trip"
+    );
+
+    assert!(
+        store
+            .revoke_api_token("tok-b", at(30))
+            .await
+            .expect("revoke"),
+        "the first revocation changes the token"
+    );
+    assert!(
+        !store
+            .revoke_api_token("tok-b", at(40))
+            .await
+            .expect("revoke"),
+        "a second revocation changes nothing"
+    );
+    let revoked = store.find_api_token(&late.hash).await.expect("find");
+    assert_eq!(
+        revoked.as_ref().and_then(|t| t.revoked_at),
+        Some(at(30)),
+        "a revoked token is still found, with its first revocation time"
+    );
+    expect_kind(
+        store.revoke_api_token("tok-nope", at(30)).await,
+        StoreErrorKind::NotFound,
+        "revoking an unknown token is NotFound",
+    );
+
+    store.touch_api_token("tok-c", at(50)).await.expect("touch");
+    let touched = store
+        .find_api_token(&early.hash)
+        .await
+        .expect("find")
+        .expect("tok-c exists");
+    assert_eq!(
+        touched,
+        crate::ApiTokenRecord {
+            last_used_at: Some(at(50)),
+            ..early
+        },
+        "a touch changes the last use only"
+    );
+    expect_kind(
+        store.touch_api_token("tok-nope", at(50)).await,
+        StoreErrorKind::NotFound,
+        "touching an unknown token is NotFound",
+    );
+}
+
+/// Starting with another bootstrap token revokes the previous one and leaves other
+/// tokens alone; starting again with a known token keeps its record.
+pub async fn bootstrap_rotation_revokes_the_previous_token(store: &dyn Store) {
+    use crate::api_token::ApiTokenKind;
+    let bootstrap = |id: &str, seed: u8, created: i64| crate::ApiTokenRecord {
+        kind: ApiTokenKind::Bootstrap,
+        created_at: at(created),
+        ..api_token(id, seed)
+    };
+    let user = api_token("tok-user", 0x55);
+    store.put_api_token(&user).await.expect("put_api_token");
+    let a = bootstrap("tok-a", 0xaa, 10);
+    store
+        .rotate_bootstrap_api_token(&a)
+        .await
+        .expect("rotate to a");
+    let found = |hash: String| async move {
+        store
+            .find_api_token(&hash)
+            .await
+            .expect("find")
+            .expect("the token exists")
+    };
+    assert_eq!(
+        found(a.hash.clone()).await,
+        a,
+        "the first bootstrap token is written"
+    );
+
+    // The same token again: nothing changes.
+    let again = bootstrap("tok-a", 0xaa, 15);
+    store
+        .rotate_bootstrap_api_token(&again)
+        .await
+        .expect("rotate to a again");
+    assert_eq!(
+        found(a.hash.clone()).await,
+        a,
+        "a known token keeps its record"
+    );
+
+    let b = bootstrap("tok-b", 0xbb, 20);
+    store
+        .rotate_bootstrap_api_token(&b)
+        .await
+        .expect("rotate to b");
+    assert_eq!(
+        found(a.hash.clone()).await.revoked_at,
+        Some(at(20)),
+        "the previous bootstrap token is revoked when the next one is written"
+    );
+    assert_eq!(
+        found(b.hash.clone()).await,
+        b,
+        "the new bootstrap token is live"
+    );
+    assert_eq!(
+        found(user.hash.clone()).await,
+        user,
+        "other tokens are left alone"
+    );
+
+    // Back to the first: it is live again, and the second is revoked.
+    let back = bootstrap("tok-a", 0xaa, 30);
+    store
+        .rotate_bootstrap_api_token(&back)
+        .await
+        .expect("rotate back to a");
+    let a_now = found(a.hash.clone()).await;
+    assert_eq!(
+        (a_now.revoked_at, a_now.created_at),
+        (None, at(10)),
+        "a token named again is live again, with its first creation time"
+    );
+    assert_eq!(found(b.hash.clone()).await.revoked_at, Some(at(30)));
+    let live: Vec<String> = store
+        .list_api_tokens()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|t| t.kind == ApiTokenKind::Bootstrap && t.revoked_at.is_none())
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(live, ["tok-a"], "exactly one bootstrap token is live");
+    expect_kind(
+        store
+            .rotate_bootstrap_api_token(&bootstrap("tok-user", 0xcc, 40))
+            .await,
+        StoreErrorKind::AlreadyExists,
+        "an id taken by another hash is AlreadyExists",
     );
 }
 

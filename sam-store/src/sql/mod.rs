@@ -921,20 +921,73 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     async fn try_put_token(&self, token: &ApiTokenRecord) -> Result<(), Error> {
-        let result =
-            query("INSERT INTO api_tokens (id, hash, label, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(token.id.clone())
-                .bind(token.hash.clone())
-                .bind(token.label.clone())
-                .bind(micros(token.created_at))
-                .execute(&self.writer)
-                .await;
-        match result.map_err(Self::db("storing an API token")) {
+        let result = Self::insert_token(&self.writer, token).await;
+        match result {
             Err(e) if e.kind() == sam_core::StoreErrorKind::AlreadyExists => Err(
                 Error::already_exists(format!("API token {} (or its hash)", token.id)),
             ),
-            other => other.map(drop),
+            other => other,
         }
+    }
+
+    /// Inserts an `api_tokens` row through `executor` (a transaction, or a pool).
+    async fn insert_token<'e>(
+        executor: impl sqlx::Executor<'e, Database = Any>,
+        token: &ApiTokenRecord,
+    ) -> Result<(), Error> {
+        query(
+            "INSERT INTO api_tokens (id, hash, label, kind, created_at, last_used_at, \
+             expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(token.id.clone())
+        .bind(token.hash.clone())
+        .bind(token.label.clone())
+        .bind(token.kind.as_str().to_owned())
+        .bind(micros(token.created_at))
+        .bind(opt_micros(token.last_used_at))
+        .bind(opt_micros(token.expires_at))
+        .bind(opt_micros(token.revoked_at))
+        .execute(executor)
+        .await
+        .map_err(Self::db("storing an API token"))?;
+        Ok(())
+    }
+
+    async fn try_rotate_bootstrap(&self, token: &ApiTokenRecord) -> Result<(), Error> {
+        let context = "rotating the bootstrap API token";
+        let mut tx = self.begin(context).await?;
+        let taken = query("SELECT 1 AS found FROM api_tokens WHERE id = $1 AND hash <> $2")
+            .bind(token.id.clone())
+            .bind(token.hash.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Self::db(context))?;
+        if taken.is_some() {
+            return Err(Error::already_exists(format!("API token {}", token.id)));
+        }
+        query(
+            "UPDATE api_tokens SET revoked_at = $1 \
+             WHERE kind = 'bootstrap' AND revoked_at IS NULL AND hash <> $2",
+        )
+        .bind(micros(token.created_at))
+        .bind(token.hash.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::db(context))?;
+        let kept =
+            query("UPDATE api_tokens SET kind = 'bootstrap', revoked_at = NULL WHERE hash = $1")
+                .bind(token.hash.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(Self::db(context))?;
+        if kept.rows_affected() == 0 {
+            let fresh = ApiTokenRecord {
+                kind: sam_core::ApiTokenKind::Bootstrap,
+                ..token.clone()
+            };
+            Self::insert_token(&mut *tx, &fresh).await?;
+        }
+        Self::commit(tx, context).await
     }
 
     /// Upserts a row of one of the JSON-bodied tables: `columns` are the key columns
@@ -1044,6 +1097,10 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 }
+
+/// The columns of an `api_tokens` row, as [`rows::api_token`] reads them.
+const TOKEN_COLUMNS: &str =
+    "id, hash, label, kind, created_at, last_used_at, expires_at, revoked_at";
 
 #[async_trait]
 impl<D: Dialect> Store for SqlStore<D> {
@@ -1217,11 +1274,44 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
-        let q = query("SELECT id, hash, label, created_at FROM api_tokens WHERE hash = $1")
-            .bind(hash.to_owned());
+        let q = query(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE hash = $1"
+        ))
+        .bind(hash.to_owned());
         Ok(self
             .fetch_optional(q, rows::api_token, "finding an API token")
             .await?)
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        let q = query(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"
+        ));
+        Ok(self
+            .fetch_all(q, rows::api_token, "listing API tokens")
+            .await?)
+    }
+
+    async fn revoke_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let q = query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(micros(at))
+            .bind(id.to_owned());
+        Ok(self
+            .update_existing(q, "api_tokens", id, "revoking an API token")
+            .await?)
+    }
+
+    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let q = query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(micros(at))
+            .bind(id.to_owned());
+        self.update_existing(q, "api_tokens", id, "recording an API token's use")
+            .await?;
+        Ok(())
+    }
+
+    async fn rotate_bootstrap_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        Ok(self.try_rotate_bootstrap(token).await?)
     }
 
     async fn put_github_installation(

@@ -274,7 +274,11 @@ pub(crate) fn api_token(row: &AnyRow) -> Result<ApiTokenRecord, Error> {
         id: c.text("id")?,
         hash: c.text("hash")?,
         label: c.text("label")?,
+        kind: c.parse("kind")?,
         created_at: c.time("created_at")?,
+        last_used_at: c.opt_time("last_used_at")?,
+        expires_at: c.opt_time("expires_at")?,
+        revoked_at: c.opt_time("revoked_at")?,
     })
 }
 
