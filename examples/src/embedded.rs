@@ -111,6 +111,9 @@ pub struct EmbeddedOptions {
     /// resolution); `sam run` fills them from its environment
     /// ([`agent_credentials_from_env`]).
     pub agent_credentials: BTreeMap<String, PlatformCredential>,
+    /// Where cloud nodes get their VM agent and the SHA-256 they pin; a cloud
+    /// provider needs it.
+    pub agent_delivery: Option<crate::server::agent_download::AgentDelivery>,
 }
 
 /// Which provider runs the nodes.
@@ -157,6 +160,7 @@ impl EmbeddedOptions {
             credential_key: None,
             provider_factory: None,
             agent_credentials: BTreeMap::new(),
+            agent_delivery: None,
         })
     }
 }
@@ -314,7 +318,9 @@ impl Embedded {
         let workspaces_dir = data_dir.join("workspaces");
         let (provider, boot, node_agent) = match &options.provider {
             NodeProvider::Local => local_parts(&options, &data_dir, &url, &keys)?,
-            NodeProvider::Cloud(provider) => cloud_parts(provider, &url, &keys)?,
+            NodeProvider::Cloud(provider) => {
+                cloud_parts(provider, &url, &keys, options.agent_delivery.as_ref())?
+            }
         };
 
         let mut config =
@@ -417,10 +423,20 @@ fn cloud_parts(
     provider: &Arc<dyn Provider>,
     url: &url::Url,
     keys: &FileNodeKeys,
+    delivery: Option<&crate::server::agent_download::AgentDelivery>,
 ) -> anyhow::Result<ProviderParts> {
     let port = sam_agent::node_config::DEFAULT_PORT;
-    let mut boot = sam_cloudinit::CloudInitBoot::new(url.as_str().trim_end_matches('/'));
+    let delivery = delivery.context(
+        "a cloud provider needs the VM agent its nodes install: set `agent_delivery` \
+         (sam-server: --vm-agent-binary, or --agent-download-url with --agent-sha256)",
+    )?;
+    let mut boot =
+        sam_cloudinit::CloudInitBoot::new(url.as_str().trim_end_matches('/'), delivery.sha256());
+    boot.agent_download_url = delivery.download_url().map(|u| u.to_string());
     boot.agent_port = port;
+    // The settings every node shares are checked now, not at the first node's boot.
+    boot.validate()
+        .context("the cloud nodes' boot settings are invalid")?;
     let agent = http_node_agent(provider, keys, port)?;
     Ok((Arc::clone(provider), Arc::new(boot), Arc::new(agent)))
 }

@@ -118,6 +118,7 @@ impl ServerOptions {
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();
         embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
+        embedded.agent_delivery = agent_download::AgentDelivery::from_config(config)?;
         // A GitHub App is optional: it is configured when `GITHUB_APP_ID` is set.
         let github = match std::env::var_os("GITHUB_APP_ID") {
             Some(_) => Some(Arc::new(sam_providers::GithubApp::new(
@@ -204,6 +205,10 @@ impl Server {
         };
         let mut embedded_options = options.embedded;
         embedded_options.callbacks = CallbackServing::External(public_url);
+        let agent_binary = embedded_options
+            .agent_delivery
+            .as_ref()
+            .and_then(|d| d.served().cloned());
         let data_dir: PathBuf = embedded_options.data_dir.clone();
         let embedded = Embedded::start(embedded_options).await?;
         let token = match options.api_token {
@@ -224,6 +229,7 @@ impl Server {
             catalog: Arc::new(embedded.catalog().clone()),
             stopped: stopped.clone(),
             github: options.github.unwrap_or_else(|| Arc::new(NoGithubApp)),
+            agent_binary,
         };
         let router = api_router(state);
         let http = tokio::spawn(async move {
@@ -267,6 +273,8 @@ pub struct ApiState {
     pub stopped: watch::Receiver<bool>,
     /// GitHub, for the git routes ([`sam_agent::git_router`]).
     pub github: Arc<dyn RepositoryHost>,
+    /// The VM agent binary served at [`agent_download::PATH`], if any.
+    pub agent_binary: Option<agent_download::AgentBinary>,
 }
 
 /// The GitHub of a server without a GitHub App: every request is `invalid_config`.
@@ -355,6 +363,7 @@ where
     (verb, path, axum::routing::on(verb.to_filter(), handler))
 }
 
+pub mod agent_download;
 mod projects;
 pub use projects::{ForkBody, InstallationView, LinkInstallationBody};
 
@@ -363,6 +372,7 @@ fn public_routes() -> Vec<RouteEntry<()>> {
     vec![
         entry(Verb::Get, "/v1/health", health),
         entry(Verb::Get, "/v1/openapi.json", openapi_json),
+        entry(Verb::Get, agent_download::PATH, agent_download::download),
     ]
 }
 
@@ -492,6 +502,7 @@ pub fn api_router(state: ApiState) -> Router {
             router.route(path, method)
         })
         .merge(user)
+        .layer(axum::Extension(state.agent_binary.clone()))
         // The git and callback routers run to completion by themselves.
         .layer(axum::middleware::from_fn(sam_agent::api::run_to_completion))
         .merge(sam_agent::git_router(
@@ -522,7 +533,7 @@ pub fn api_router(state: ApiState) -> Router {
         projects::set_project_credential, projects::delete_project_credential,
         projects::list_profiles, projects::create_profile, projects::get_profile,
         projects::update_profile, projects::delete_profile, projects::link_installation,
-        projects::list_installations, projects::unlink_installation,
+        projects::list_installations, projects::unlink_installation, agent_download::download,
     ),
     components(schemas(ErrorDoc)),
     modifiers(&BearerAuth),
