@@ -157,10 +157,14 @@ impl Phase {
             Self::Agents => {
                 let adapters = boot.agents.iter().map(|a| a.package);
                 let cli = docker.then_some(DEVCONTAINER_CLI_PACKAGE);
+                // `--engine-strict` turns a Node.js too old for a package (Debian 12's
+                // nodejs 18 for gemini-cli and the devcontainer CLI, which want 20)
+                // into a failed phase instead of a warning and a broken agent later.
                 let install = [
                     "npm",
                     "install",
                     "--global",
+                    "--engine-strict",
                     "--no-fund",
                     "--no-audit",
                     "--loglevel=error",

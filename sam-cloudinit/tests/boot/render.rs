@@ -80,6 +80,24 @@ fn output_starts_with_the_header_and_fits_the_cap() {
     }
 }
 
+/// Every agent, the devcontainer CLI and the largest CA bundle accepted still fit
+/// the smallest provider cap.
+#[test]
+fn every_agent_and_the_largest_ca_bundle_fit_the_cap() {
+    let block = include_str!("extra-ca.pem");
+    let copies = sam_cloudinit::MAX_CA_PEM_BYTES / block.len();
+    let boot = sam_cloudinit::NodeBoot {
+        agents: sam_cloudinit::AGENT_ADAPTERS
+            .iter()
+            .map(|a| a.agent.to_owned())
+            .collect(),
+        extra_ca_pem: Some(block.repeat(copies)),
+        ..full_boot()
+    };
+    let user_data = boot.render().unwrap();
+    assert!(user_data.len() <= MAX_USER_DATA_BYTES, "{user_data:?}");
+}
+
 #[test]
 fn swap_size_is_an_argument_and_swappiness_is_data() {
     let rendered = Rendered::parse(full_boot().render().unwrap().expose());
