@@ -7,13 +7,15 @@
 //! the programs that change the machine (apt-get, systemctl, curl, iptables, …)
 //! plus a few harmless real tools (sh, cat, grep, sha256sum, …): a program the
 //! sandbox does not know is "not found", so nothing outside the temporary
-//! directory is touched.
+//! directory is touched. The stand-in `logger` also writes a journal, which the VM
+//! agent's own boot-timeline parser reads back.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 
+use sam_agent::boot::BootTimeline;
 use sam_cloudinit::{AGENT_SHA256_PATH, ALL_PHASES_COMPLETE, NodeBoot, Phase};
 use sam_core::ProviderKind;
 use serde::Deserialize;
@@ -32,7 +34,8 @@ const RELOCATED: [&str; 3] = ["/etc/", "/usr/local/", "/swapfile"];
 const KEPT: [&str; 3] = ["/bin/sh", "/dev/null", "/dev/zero"];
 
 /// Real programs the boot scripts may run in the sandbox: none changes the machine.
-const REAL_TOOLS: [&str; 11] = [
+const REAL_TOOLS: [&str; 12] = [
+    "date",
     "sh",
     "env",
     "cat",
@@ -64,7 +67,7 @@ const STUBS: [&str; 13] = [
 ];
 
 /// The stand-in: records every call; `logger -t <tag> <message>` appends the message
-/// to the boot log; the program named by `STUB_FAIL` exits with `STUB_FAIL_STATUS`;
+/// to the boot log, and to a journal as `journalctl -o json` prints it; the program named by `STUB_FAIL` exits with `STUB_FAIL_STATUS`;
 /// `curl --output` writes the stand-in agent binary; `curl --header @file` and
 /// `--data-binary @-` keep what they send; `iptables -C` finds no rule (as on a fresh
 /// node); `fallocate` creates its file; `install` copies.
@@ -77,6 +80,8 @@ name=${0##*/}
 } >> "$SANDBOX/calls"
 if [ "$name" = logger ] && [ "$1" = -t ]; then
   printf '%s\n' "$3" >> "$SANDBOX/boot.log"
+  printf '{"__REALTIME_TIMESTAMP":"%s","SYSLOG_IDENTIFIER":"%s","MESSAGE":"%s"}\n' \
+    "$(date +%s%6N)" "$2" "$3" >> "$SANDBOX/journal.json"
 fi
 if [ "$name" = "${STUB_FAIL:-}" ]; then
   exit "$STUB_FAIL_STATUS"
@@ -317,6 +322,24 @@ fn check(boot: &NodeBoot, faults: &Faults, failed: Option<(&str, u8)>) -> Sandbo
         failed.map_or(0, |(_, status)| i32::from(status)),
         "calls:\n{calls}"
     );
+    // What the VM agent's own parser makes of the journal: every phase up to the
+    // failed one, which never ended, and complete only without a failure.
+    let timeline = BootTimeline::from_journal_json(&sandbox.read("journal.json"));
+    let read: Vec<(&str, bool)> = timeline
+        .phases
+        .iter()
+        .map(|p| (p.name.as_str(), p.ended_at.is_some()))
+        .collect();
+    let ran = match failed {
+        Some((phase, _)) => &phases[..=phases.iter().position(|p| *p == phase).unwrap()],
+        None => &phases[..],
+    };
+    let expected: Vec<(&str, bool)> = ran
+        .iter()
+        .map(|p| (*p, failed.is_none_or(|(name, _)| name != *p)))
+        .collect();
+    assert_eq!(read, expected);
+    assert_eq!(timeline.complete, failed.is_none());
     sandbox
 }
 
