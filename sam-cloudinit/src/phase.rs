@@ -42,8 +42,11 @@ pub const PHASE_SCRIPT: &str = "/usr/local/lib/sam-boot/phase.sh";
 /// `PHASE FAILED: <name> (exit <status>)`.
 pub const PHASE_FAILED: &str = "PHASE FAILED";
 /// The `event` of the JSON a node whose boot failed posts to [`BOOT_FAILED_PATH`]:
-/// `{"event": "boot_failed", "phase": <name>, "exit_status": <status>}`, with the
-/// node's callback token as bearer token.
+/// `{"event": "boot_failed", "phase": <name>, "exit_status": <status>, "journal":
+/// [<entry>…]}`, with the node's callback token as bearer token. The entries are the
+/// boot markers as `journalctl -t sam-boot -o json` prints them (one object each,
+/// empty on a node without a journal), the input of the VM agent's boot-timeline
+/// parser.
 pub const BOOT_FAILED_EVENT: &str = "boot_failed";
 /// Where the failed-boot report goes, relative to the control plane's base URL;
 /// `{id}` is the node's id.
@@ -65,7 +68,7 @@ const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
 /// Packages every node needs; Docker nodes add `docker.io`.
 const BASE_PACKAGES: [&str; 4] = ["ca-certificates", "curl", "git", "iptables"];
 
-/// A boot phase. [`Phase::ALL`] is the order boot runs them in (DESIGN.md §8).
+/// A boot phase. [`Phase::ALL`] is the order boot runs them in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Phase {

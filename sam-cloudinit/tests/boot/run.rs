@@ -34,8 +34,9 @@ const RELOCATED: [&str; 3] = ["/etc/", "/usr/local/", "/swapfile"];
 const KEPT: [&str; 3] = ["/bin/sh", "/dev/null", "/dev/zero"];
 
 /// Real programs the boot scripts may run in the sandbox: none changes the machine.
-const REAL_TOOLS: [&str; 12] = [
+const REAL_TOOLS: [&str; 13] = [
     "date",
+    "sed",
     "sh",
     "env",
     "cat",
@@ -50,8 +51,9 @@ const REAL_TOOLS: [&str; 12] = [
 ];
 
 /// Programs replaced by the stand-in below.
-const STUBS: [&str; 13] = [
+const STUBS: [&str; 14] = [
     "logger",
+    "journalctl",
     "apt-get",
     "systemctl",
     "curl",
@@ -68,7 +70,7 @@ const STUBS: [&str; 13] = [
 
 /// The stand-in: records every call; `logger -t <tag> <message>` appends the message
 /// to the boot log, and to a journal as `journalctl -o json` prints it; the program named by `STUB_FAIL` exits with `STUB_FAIL_STATUS`;
-/// `curl --output` writes the stand-in agent binary; `curl --header @file` and
+/// `journalctl` prints that journal; `curl --output` writes the stand-in agent binary; `curl --header @file` and
 /// `--data-binary @-` keep what they send; `iptables -C` finds no rule (as on a fresh
 /// node); `fallocate` creates its file; `install` copies.
 const STUB: &str = r#"#!/bin/sh
@@ -98,6 +100,7 @@ case "$name" in
     done
     ;;
   iptables | ip6tables) [ "$1" = -C ] && exit 1 ;;
+  journalctl) cat "$SANDBOX/journal.json" ;;
   fallocate) for last in "$@"; do :; done; : > "$last" ;;
   install) for arg in "$@"; do src=${dst:-}; dst=$arg; done; cp "$src" "$dst" ;;
 esac
@@ -361,12 +364,30 @@ fn check_report(sandbox: &Sandbox, url: &str, phase: &str, status: u8) {
         headers,
         format!("Authorization: Bearer {TOKEN}\nContent-Type: application/json\n")
     );
-    let body: serde_json::Value =
+    let mut body: serde_json::Value =
         serde_json::from_str(&sandbox.read("curl-body")).expect("the report is JSON");
+    let journal = body["journal"].take();
     assert_eq!(
         body,
-        serde_json::json!({"event": "boot_failed", "phase": phase, "exit_status": status})
+        serde_json::json!({
+            "event": "boot_failed",
+            "phase": phase,
+            "exit_status": status,
+            "journal": null,
+        })
     );
+    // The journal in the report reads as the node's own: up to the failed phase.
+    let lines: Vec<String> = journal
+        .as_array()
+        .expect("the journal is a list")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let reported = BootTimeline::from_journal_json(&lines.join("\n"));
+    let logged = BootTimeline::from_journal_json(&sandbox.read("journal.json"));
+    assert_eq!(reported.phases.last().map(|p| p.name.as_str()), Some(phase));
+    assert_eq!(reported.phases.last().and_then(|p| p.ended_at), None);
+    assert_eq!(reported, logged);
     let leftovers = std::fs::read_dir(sandbox.path("tmp")).unwrap().count();
     assert_eq!(leftovers, 0, "the header file was left behind");
 }
