@@ -111,9 +111,10 @@ pub struct EmbeddedOptions {
     /// resolution); `sam run` fills them from its environment
     /// ([`agent_credentials_from_env`]).
     pub agent_credentials: BTreeMap<String, PlatformCredential>,
-    /// Where cloud nodes get their VM agent and the SHA-256 they pin; a cloud
-    /// provider needs it.
-    pub agent_delivery: Option<crate::server::agent_download::AgentDelivery>,
+    /// The boot settings every cloud node shares: above all the VM agent's pinned
+    /// SHA-256 and where to download it. Its control-plane URL and agent port are
+    /// replaced at start; a cloud provider needs it.
+    pub cloud_boot: Option<sam_cloudinit::CloudInitBoot>,
 }
 
 /// Which provider runs the nodes.
@@ -160,7 +161,7 @@ impl EmbeddedOptions {
             credential_key: None,
             provider_factory: None,
             agent_credentials: BTreeMap::new(),
-            agent_delivery: None,
+            cloud_boot: None,
         })
     }
 }
@@ -319,7 +320,7 @@ impl Embedded {
         let (provider, boot, node_agent) = match &options.provider {
             NodeProvider::Local => local_parts(&options, &data_dir, &url, &keys)?,
             NodeProvider::Cloud(provider) => {
-                cloud_parts(provider, &url, &keys, options.agent_delivery.as_ref())?
+                cloud_parts(provider, &url, &keys, options.cloud_boot.as_ref())?
             }
         };
 
@@ -423,16 +424,18 @@ fn cloud_parts(
     provider: &Arc<dyn Provider>,
     url: &url::Url,
     keys: &FileNodeKeys,
-    delivery: Option<&crate::server::agent_download::AgentDelivery>,
+    template: Option<&sam_cloudinit::CloudInitBoot>,
 ) -> anyhow::Result<ProviderParts> {
     let port = sam_agent::node_config::DEFAULT_PORT;
-    let delivery = delivery.context(
-        "a cloud provider needs the VM agent its nodes install: set `agent_delivery` \
-         (sam-server: --vm-agent-binary, or --agent-download-url with --agent-sha256)",
-    )?;
-    let mut boot =
-        sam_cloudinit::CloudInitBoot::new(url.as_str().trim_end_matches('/'), delivery.sha256());
-    boot.agent_download_url = delivery.download_url().map(|u| u.to_string());
+    let mut boot = template
+        .context(
+            "a cloud provider needs the VM agent its nodes install: set `cloud_boot` \
+             (sam-server: --vm-agent-binary, or --agent-download-url with --agent-sha256)",
+        )?
+        .clone();
+    url.as_str()
+        .trim_end_matches('/')
+        .clone_into(&mut boot.control_plane_url);
     boot.agent_port = port;
     // The settings every node shares are checked now, not at the first node's boot.
     boot.validate()

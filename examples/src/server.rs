@@ -100,6 +100,8 @@ pub struct ServerOptions {
     /// The GitHub App that mints the workspaces' git credentials; `None` answers the
     /// git routes with `invalid_config`.
     pub github: Option<Arc<dyn RepositoryHost>>,
+    /// The VM agent binary served at [`agent_download::PATH`]; `None` answers `404`.
+    pub agent_binary: Option<agent_download::AgentBinary>,
 }
 
 impl ServerOptions {
@@ -118,7 +120,10 @@ impl ServerOptions {
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();
         embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
-        embedded.agent_delivery = agent_download::AgentDelivery::from_config(config)?;
+        let delivery = agent_download::AgentDelivery::from_config(config)?;
+        embedded.cloud_boot = delivery
+            .as_ref()
+            .map(agent_download::AgentDelivery::cloud_boot);
         // A GitHub App is optional: it is configured when `GITHUB_APP_ID` is set.
         let github = match std::env::var_os("GITHUB_APP_ID") {
             Some(_) => Some(Arc::new(sam_providers::GithubApp::new(
@@ -134,6 +139,7 @@ impl ServerOptions {
             api_token: config.api_token.clone(),
             embedded,
             github,
+            agent_binary: delivery.and_then(|d| d.served().cloned()),
         })
     }
 }
@@ -205,10 +211,6 @@ impl Server {
         };
         let mut embedded_options = options.embedded;
         embedded_options.callbacks = CallbackServing::External(public_url);
-        let agent_binary = embedded_options
-            .agent_delivery
-            .as_ref()
-            .and_then(|d| d.served().cloned());
         let data_dir: PathBuf = embedded_options.data_dir.clone();
         let embedded = Embedded::start(embedded_options).await?;
         let token = match options.api_token {
@@ -229,7 +231,7 @@ impl Server {
             catalog: Arc::new(embedded.catalog().clone()),
             stopped: stopped.clone(),
             github: options.github.unwrap_or_else(|| Arc::new(NoGithubApp)),
-            agent_binary,
+            agent_binary: options.agent_binary,
         };
         let router = api_router(state);
         let http = tokio::spawn(async move {

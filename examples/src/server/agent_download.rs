@@ -166,6 +166,14 @@ impl AgentDelivery {
         }
     }
 
+    /// The boot settings every cloud node shares, pinning this agent; the
+    /// control-plane URL (empty here) and the agent port are the embedding's to set.
+    pub fn cloud_boot(&self) -> sam_cloudinit::CloudInitBoot {
+        let mut boot = sam_cloudinit::CloudInitBoot::new(String::new(), self.sha256());
+        boot.agent_download_url = self.download_url().map(ToString::to_string);
+        boot
+    }
+
     /// The binary this server serves at [`PATH`], if any.
     pub fn served(&self) -> Option<&AgentBinary> {
         match self {
@@ -352,6 +360,12 @@ mod tests {
         assert_eq!(delivery.sha256(), "ab".repeat(32));
         assert_eq!(
             delivery.download_url().map(url::Url::as_str),
+            Some("https://downloads.example.com/sam-vm-agent")
+        );
+        let boot = delivery.cloud_boot();
+        assert_eq!(boot.agent_sha256, "ab".repeat(32));
+        assert_eq!(
+            boot.agent_download_url.as_deref(),
             Some("https://downloads.example.com/sam-vm-agent")
         );
     }
