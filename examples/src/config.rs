@@ -32,7 +32,7 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 16] = [
+pub const ENV_KEYS: [&str; 17] = [
     "listen",
     "data_dir",
     "database_url",
@@ -49,6 +49,7 @@ pub const ENV_KEYS: [&str; 16] = [
     "vm_agent_binary",
     "agent_download_url",
     "agent_sha256",
+    "node_agents",
 ];
 
 /// Which provider runs the nodes.
@@ -139,6 +140,13 @@ pub struct ServerConfig {
     /// The SHA-256 (64 hex digits) of the binary at `agent_download_url`.
     #[serde(default)]
     pub agent_sha256: Option<String>,
+    /// The agents whose ACP adapters cloud nodes install (a list, or one
+    /// comma-separated string). Default: every known agent.
+    #[serde(
+        default,
+        deserialize_with = "crate::server::agent_download::agent_names"
+    )]
+    pub node_agents: Option<Vec<String>>,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.

@@ -123,7 +123,7 @@ impl ServerOptions {
         let delivery = agent_download::AgentDelivery::from_config(config)?;
         embedded.cloud_boot = delivery
             .as_ref()
-            .map(agent_download::AgentDelivery::cloud_boot);
+            .map(|d| d.cloud_boot(config.node_agents.as_deref()));
         // A GitHub App is optional: it is configured when `GITHUB_APP_ID` is set.
         let github = match std::env::var_os("GITHUB_APP_ID") {
             Some(_) => Some(Arc::new(sam_providers::GithubApp::new(

@@ -79,6 +79,11 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     agent_sha256: Option<String>,
+    /// The agents whose ACP adapters cloud nodes install, comma-separated
+    /// [default: claude,codex,gemini,opencode].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_agents: Option<Vec<String>>,
 }
 
 #[tokio::main]

@@ -166,11 +166,15 @@ impl AgentDelivery {
         }
     }
 
-    /// The boot settings every cloud node shares, pinning this agent; the
-    /// control-plane URL (empty here) and the agent port are the embedding's to set.
-    pub fn cloud_boot(&self) -> sam_cloudinit::CloudInitBoot {
+    /// The boot settings every cloud node shares, pinning this agent and installing
+    /// `agents` (`None`: every known agent); the control-plane URL (empty here) and
+    /// the agent port are the embedding's to set.
+    pub fn cloud_boot(&self, agents: Option<&[String]>) -> sam_cloudinit::CloudInitBoot {
         let mut boot = sam_cloudinit::CloudInitBoot::new(String::new(), self.sha256());
         boot.agent_download_url = self.download_url().map(ToString::to_string);
+        if let Some(agents) = agents {
+            boot.agents = agents.to_vec();
+        }
         boot
     }
 
@@ -187,8 +191,37 @@ fn invalid(field: &'static str, message: String) -> ConfigError {
     ConfigError::Invalid { field, message }
 }
 
+/// Agent names as a list, or as one comma-separated string (an environment
+/// variable).
+///
+/// # Errors
+/// When the value is neither.
+pub fn agent_names<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(
+        match <Option<Names> as serde::Deserialize>::deserialize(d)? {
+            None => None,
+            Some(Names::List(names)) => Some(names),
+            Some(Names::Text(text)) => Some(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|name| !name.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        },
+    )
+}
+
 /// The checks that need no file: the URL and checksum come together, the checksum
-/// is 64 hex digits, and a named binary is a file.
+/// is 64 hex digits, a named binary is a file, and every node agent is known.
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] naming the field at fault.
@@ -222,6 +255,21 @@ pub fn check(config: &ServerConfig) -> Result<(), ConfigError> {
             }
         }
         (None, None) => {}
+    }
+    for name in config.node_agents.iter().flatten() {
+        if sam_cloudinit::agent_adapter(name).is_none() {
+            let known: Vec<&str> = sam_cloudinit::AGENT_ADAPTERS
+                .iter()
+                .map(|a| a.agent)
+                .collect();
+            return Err(invalid(
+                "node_agents",
+                format!(
+                    "names an unknown agent {name:?} (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
     }
     if let Some(path) = &config.vm_agent_binary
         && !path.is_file()
@@ -352,6 +400,7 @@ mod tests {
         let config = config(serde_json::json!({
             "agent_download_url": "https://downloads.example.com/sam-vm-agent",
             "agent_sha256": sha,
+            "node_agents": "codex, claude",
             "provider": "gcp",
             "public_url": "https://sam.example.com",
         }))
@@ -362,8 +411,9 @@ mod tests {
             delivery.download_url().map(url::Url::as_str),
             Some("https://downloads.example.com/sam-vm-agent")
         );
-        let boot = delivery.cloud_boot();
+        let boot = delivery.cloud_boot(config.node_agents.as_deref());
         assert_eq!(boot.agent_sha256, "ab".repeat(32));
+        assert_eq!(boot.agents, ["codex", "claude"]);
         assert_eq!(
             boot.agent_download_url.as_deref(),
             Some("https://downloads.example.com/sam-vm-agent")
@@ -402,6 +452,11 @@ mod tests {
             })),
             "agent_download_url",
             "https",
+        );
+        check_invalid(
+            cloud(serde_json::json!({"node_agents": ["claude", "aider"]})),
+            "node_agents",
+            "unknown agent \"aider\" (known: claude, codex, gemini, opencode)",
         );
         check_invalid(
             cloud(serde_json::json!({"vm_agent_binary": "/nonexistent/sam-vm-agent"})),
