@@ -105,6 +105,7 @@ fn cloud_init(c: &mut Criterion) {
         "node-000001",
         "https://sam.example.com",
         Secret::new("a-callback-token-of-some-length"),
+        "0".repeat(64),
     );
     c.bench_function("cloud_init_render", |b| {
         b.iter(|| black_box(&boot).render())

@@ -32,7 +32,7 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 13] = [
+pub const ENV_KEYS: [&str; 17] = [
     "listen",
     "data_dir",
     "database_url",
@@ -46,6 +46,10 @@ pub const ENV_KEYS: [&str; 13] = [
     "heartbeat_interval_secs",
     "credential_key",
     "lease_secs",
+    "vm_agent_binary",
+    "agent_download_url",
+    "agent_sha256",
+    "node_agents",
 ];
 
 /// Which provider runs the nodes.
@@ -126,6 +130,23 @@ pub struct ServerConfig {
     /// sharing the database takes over the tasks of one that died. Default 30.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// The VM agent binary cloud nodes download from `/v1/agent/download`, pinned by
+    /// its SHA-256. Default: the `sam-vm-agent` next to this executable.
+    #[serde(default)]
+    pub vm_agent_binary: Option<PathBuf>,
+    /// Where cloud nodes download the VM agent instead (https); needs `agent_sha256`.
+    #[serde(default)]
+    pub agent_download_url: Option<url::Url>,
+    /// The SHA-256 (64 hex digits) of the binary at `agent_download_url`.
+    #[serde(default)]
+    pub agent_sha256: Option<String>,
+    /// The agents whose ACP adapters cloud nodes install (a list, or one
+    /// comma-separated string). Default: every known agent.
+    #[serde(
+        default,
+        deserialize_with = "crate::server::agent_download::agent_names"
+    )]
+    pub node_agents: Option<Vec<String>>,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -313,6 +334,7 @@ impl ServerConfig {
         if self.database_schema.is_some() && self.database_url.is_none() {
             return invalid("database_schema", "needs `database_url`");
         }
+        crate::server::agent_download::check(self)?;
         if self.provider != ProviderChoice::Local
             && self
                 .public_url

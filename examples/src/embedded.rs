@@ -111,6 +111,10 @@ pub struct EmbeddedOptions {
     /// resolution); `sam run` fills them from its environment
     /// ([`agent_credentials_from_env`]).
     pub agent_credentials: BTreeMap<String, PlatformCredential>,
+    /// The boot settings every cloud node shares: above all the VM agent's pinned
+    /// SHA-256 and where to download it. Its control-plane URL and agent port are
+    /// replaced at start; a cloud provider needs it.
+    pub cloud_boot: Option<sam_cloudinit::CloudInitBoot>,
 }
 
 /// Which provider runs the nodes.
@@ -157,6 +161,7 @@ impl EmbeddedOptions {
             credential_key: None,
             provider_factory: None,
             agent_credentials: BTreeMap::new(),
+            cloud_boot: None,
         })
     }
 }
@@ -314,7 +319,9 @@ impl Embedded {
         let workspaces_dir = data_dir.join("workspaces");
         let (provider, boot, node_agent) = match &options.provider {
             NodeProvider::Local => local_parts(&options, &data_dir, &url, &keys)?,
-            NodeProvider::Cloud(provider) => cloud_parts(provider, &url, &keys)?,
+            NodeProvider::Cloud(provider) => {
+                cloud_parts(provider, &url, &keys, options.cloud_boot.as_ref())?
+            }
         };
 
         let mut config =
@@ -418,10 +425,22 @@ fn cloud_parts(
     provider: &Arc<dyn Provider>,
     url: &url::Url,
     keys: &FileNodeKeys,
+    template: Option<&sam_cloudinit::CloudInitBoot>,
 ) -> anyhow::Result<ProviderParts> {
     let port = sam_agent::node_config::DEFAULT_PORT;
-    let mut boot = sam_cloudinit::CloudInitBoot::new(url.as_str().trim_end_matches('/'));
+    let mut boot = template
+        .context(
+            "a cloud provider needs the VM agent its nodes install: set `cloud_boot` \
+             (sam-server: --vm-agent-binary, or --agent-download-url with --agent-sha256)",
+        )?
+        .clone();
+    url.as_str()
+        .trim_end_matches('/')
+        .clone_into(&mut boot.control_plane_url);
     boot.agent_port = port;
+    // The settings every node shares are checked now, not at the first node's boot.
+    boot.validate()
+        .context("the cloud nodes' boot settings are invalid")?;
     let agent = http_node_agent(provider, keys, port)?;
     Ok((Arc::clone(provider), Arc::new(boot), Arc::new(agent)))
 }

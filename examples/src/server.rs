@@ -111,6 +111,8 @@ pub struct ServerOptions {
     /// The GitHub App that mints the workspaces' git credentials; `None` answers the
     /// git routes with `invalid_config`.
     pub github: Option<Arc<dyn RepositoryHost>>,
+    /// The VM agent binary served at [`agent_download::PATH`]; `None` answers `404`.
+    pub agent_binary: Option<agent_download::AgentBinary>,
 }
 
 impl ServerOptions {
@@ -129,6 +131,10 @@ impl ServerOptions {
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();
         embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
+        let delivery = agent_download::AgentDelivery::from_config(config)?;
+        embedded.cloud_boot = delivery
+            .as_ref()
+            .map(|d| d.cloud_boot(config.node_agents.as_deref()));
         // A GitHub App is optional: it is configured when `GITHUB_APP_ID` is set.
         let github = match std::env::var_os("GITHUB_APP_ID") {
             Some(_) => Some(Arc::new(sam_providers::GithubApp::new(
@@ -144,6 +150,7 @@ impl ServerOptions {
             api_token: config.api_token.clone(),
             embedded,
             github,
+            agent_binary: delivery.and_then(|d| d.served().cloned()),
         })
     }
 }
@@ -212,6 +219,7 @@ impl Server {
             catalog: Arc::new(embedded.catalog().clone()),
             stopped: stopped.clone(),
             github: options.github.unwrap_or_else(|| Arc::new(NoGithubApp)),
+            agent_binary: options.agent_binary,
         };
         let router = api_router(state);
         let http = tokio::spawn(async move {
@@ -256,6 +264,8 @@ pub struct ApiState {
     pub stopped: watch::Receiver<bool>,
     /// GitHub, for the git routes ([`sam_agent::git_router`]).
     pub github: Arc<dyn RepositoryHost>,
+    /// The VM agent binary served at [`agent_download::PATH`], if any.
+    pub agent_binary: Option<agent_download::AgentBinary>,
 }
 
 /// The GitHub of a server without a GitHub App: every request is `invalid_config`.
@@ -344,6 +354,7 @@ where
     (verb, path, axum::routing::on(verb.to_filter(), handler))
 }
 
+pub mod agent_download;
 mod projects;
 pub mod tokens;
 pub use projects::{ForkBody, InstallationView, LinkInstallationBody};
@@ -354,6 +365,7 @@ fn public_routes() -> Vec<RouteEntry<()>> {
     vec![
         entry(Verb::Get, "/v1/health", health),
         entry(Verb::Get, "/v1/openapi.json", openapi_json),
+        entry(Verb::Get, agent_download::PATH, agent_download::download),
     ]
 }
 
@@ -486,6 +498,7 @@ pub fn api_router(state: ApiState) -> Router {
             router.route(path, method)
         })
         .merge(user)
+        .layer(axum::Extension(state.agent_binary.clone()))
         // The git and callback routers run to completion by themselves.
         .layer(axum::middleware::from_fn(sam_agent::api::run_to_completion))
         .merge(sam_agent::git_router(
@@ -521,7 +534,7 @@ pub fn api_router(state: ApiState) -> Router {
         projects::set_project_credential, projects::delete_project_credential,
         projects::list_profiles, projects::create_profile, projects::get_profile,
         projects::update_profile, projects::delete_profile, projects::link_installation,
-        projects::list_installations, projects::unlink_installation,
+        projects::list_installations, projects::unlink_installation, agent_download::download,
         tokens::list_tokens, tokens::create_token, tokens::revoke_token,
     ),
     components(schemas(ErrorDoc)),

@@ -14,7 +14,8 @@ struct Input {
     control_plane_url: String,
     token: String,
     agent_download_url: Option<String>,
-    agent_sha256: Option<String>,
+    agent_sha256: String,
+    agents: Vec<String>,
     agent_port: u16,
     swap_mb: u32,
     swappiness: u32,
@@ -33,7 +34,7 @@ fuzz_target!(|input: Input| {
         input.hostname.as_ref(),
         Some(&input.control_plane_url),
         input.agent_download_url.as_ref(),
-        input.agent_sha256.as_ref(),
+        Some(&input.agent_sha256),
         Some(&input.system_max_use),
         Some(&input.max_retention),
         input.extra_ca_pem.as_ref(),
@@ -45,10 +46,11 @@ fuzz_target!(|input: Input| {
         input.node_id,
         input.control_plane_url,
         Secret::new(input.token.clone()),
+        input.agent_sha256,
     );
     boot.hostname = input.hostname;
     boot.agent_download_url = input.agent_download_url;
-    boot.agent_sha256 = input.agent_sha256;
+    boot.agents = input.agents;
     boot.agent_port = input.agent_port;
     boot.swap_mb = input.swap_mb;
     boot.swappiness = input.swappiness;

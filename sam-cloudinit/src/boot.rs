@@ -10,6 +10,7 @@ use sam_core::{NodeId, ProviderKind, Secret};
 use serde::Serialize;
 use url::{Host, Url};
 
+use crate::agents::{AGENT_ADAPTERS, AgentAdapter, agent_adapter, known_agents};
 use crate::config::{CloudConfig, UserData};
 use crate::error::{Error, FieldError, Result};
 
@@ -49,8 +50,12 @@ pub struct NodeBoot {
     pub callback_token: Secret,
     /// Where to download the agent binary; `None` means `<control_plane_url>/v1/agent/download`.
     pub agent_download_url: Option<String>,
-    /// The agent binary's SHA-256 (64 hex digits); when set, a mismatch stops the install.
-    pub agent_sha256: Option<String>,
+    /// The agent binary's SHA-256 (64 hex digits), pinned in every boot: a missing
+    /// checksum or a mismatch fails the `agent-download` phase.
+    pub agent_sha256: String,
+    /// The agents whose ACP adapters the node installs, by name (see
+    /// [`crate::AGENT_ADAPTERS`]). Default: every known agent.
+    pub agents: Vec<String>,
     /// TCP port of the agent's HTTP API (1–65535). Default 8080.
     pub agent_port: u16,
     /// Size of the swap file in MiB, 0–65536; 0 creates no swap. Default 2048.
@@ -68,11 +73,13 @@ pub struct NodeBoot {
 }
 
 impl NodeBoot {
-    /// An input with the given identity and every other field at its default.
+    /// An input with the given identity and agent checksum, and every other field
+    /// at its default.
     pub fn new(
         node_id: impl Into<String>,
         control_plane_url: impl Into<String>,
         callback_token: Secret,
+        agent_sha256: impl Into<String>,
     ) -> Self {
         Self {
             node_id: node_id.into(),
@@ -80,7 +87,8 @@ impl NodeBoot {
             control_plane_url: control_plane_url.into(),
             callback_token,
             agent_download_url: None,
-            agent_sha256: None,
+            agent_sha256: agent_sha256.into(),
+            agents: AGENT_ADAPTERS.iter().map(|a| a.agent.to_owned()).collect(),
             agent_port: 8080,
             swap_mb: 2048,
             swappiness: 60,
@@ -125,9 +133,8 @@ impl NodeBoot {
             Some(url) => report.field("agent_download_url", check_url(url)),
             None => control_plane_url.as_ref().map(default_download_url),
         };
-        if let Some(sha) = &self.agent_sha256 {
-            report.field("agent_sha256", check_sha256(sha));
-        }
+        report.field("agent_sha256", check_sha256(&self.agent_sha256));
+        let agents = report.field("agents", check_agents(&self.agents));
         if self.agent_port == 0 {
             report.fail("agent_port", "must be between 1 and 65535".into());
         }
@@ -151,17 +158,19 @@ impl NodeBoot {
             report.field("extra_ca_pem", check_pem(pem));
         }
 
-        match (node_id, control_plane_url, agent_download_url) {
-            (Some(node_id), Some(control_plane_url), Some(agent_download_url))
+        match (node_id, control_plane_url, agent_download_url, agents) {
+            (Some(node_id), Some(control_plane_url), Some(agent_download_url), Some(agents))
                 if report.0.is_empty() =>
             {
                 Ok(Checked {
+                    boot_failed_url: boot_failed_url(&control_plane_url, &node_id),
                     node_id,
                     hostname: self.hostname.clone(),
                     control_plane_url,
                     callback_token: &self.callback_token,
                     agent_download_url,
-                    agent_sha256: self.agent_sha256.as_deref().map(str::to_ascii_lowercase),
+                    agent_sha256: self.agent_sha256.to_ascii_lowercase(),
+                    agents,
                     agent_port: self.agent_port,
                     swap_mb: self.swap_mb,
                     swappiness: self.swappiness,
@@ -242,7 +251,9 @@ pub(crate) struct Checked<'a> {
     pub(crate) control_plane_url: Url,
     pub(crate) callback_token: &'a Secret,
     pub(crate) agent_download_url: Url,
-    pub(crate) agent_sha256: Option<String>,
+    pub(crate) agent_sha256: String,
+    pub(crate) agents: Vec<&'static AgentAdapter>,
+    pub(crate) boot_failed_url: Url,
     pub(crate) agent_port: u16,
     pub(crate) swap_mb: u32,
     pub(crate) swappiness: u32,
@@ -325,15 +336,41 @@ fn is_loopback(url: &Url) -> bool {
 
 /// `<control plane>/v1/agent/download`, keeping any path prefix of the control plane.
 fn default_download_url(control_plane_url: &Url) -> Url {
-    let mut base = control_plane_url.clone();
-    base.set_query(None);
-    base.set_fragment(None);
-    if !base.path().ends_with('/') {
-        let path = format!("{}/", base.path());
-        base.set_path(&path);
+    below(control_plane_url, &["v1", "agent", "download"])
+}
+
+/// `<control plane>/v1/nodes/<node id>/boot-failed` ([`crate::BOOT_FAILED_PATH`]).
+fn boot_failed_url(control_plane_url: &Url, node_id: &NodeId) -> Url {
+    below(
+        control_plane_url,
+        &["v1", "nodes", node_id.as_str(), "boot-failed"],
+    )
+}
+
+/// `base` without query and fragment, with `segments` appended to its path.
+fn below(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
     }
-    base.join("v1/agent/download")
-        .unwrap_or_else(|e| unreachable!("a relative path always joins: {e}"))
+    url
+}
+
+/// Known agent names, each at most once; the reason names the known ones.
+fn check_agents(agents: &[String]) -> Result<Vec<&'static AgentAdapter>, String> {
+    let mut adapters: Vec<&'static AgentAdapter> = Vec::new();
+    for name in agents {
+        let adapter = agent_adapter(name).ok_or_else(|| {
+            let shown: String = name.chars().take(32).collect();
+            format!("unknown agent {shown:?} (known: {})", known_agents())
+        })?;
+        if !adapters.contains(&adapter) {
+            adapters.push(adapter);
+        }
+    }
+    Ok(adapters)
 }
 
 /// The token's length and character set; the reason never quotes the token.
@@ -445,6 +482,7 @@ mod tests {
             "node-1",
             "https://cp.example.com",
             Secret::new("abcdefghijklmnop"),
+            "a".repeat(64),
         )
     }
 
@@ -512,16 +550,55 @@ mod tests {
         input.swap_mb = MAX_SWAP_MB + 1;
         input.swappiness = MAX_SWAPPINESS + 1;
         input.agent_port = 0;
+        input.agent_sha256 = String::new();
+        input.agents = vec!["claude".into(), "aider".into()];
         let err = input.check().unwrap_err();
         assert_eq!(
             err.invalid_fields(),
             [
                 "node_id",
                 "control_plane_url",
+                "agent_sha256",
+                "agents",
                 "agent_port",
                 "swap_mb",
                 "swappiness"
             ]
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("unknown agent \"aider\" (known: claude, codex, gemini, opencode)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn agents_are_deduplicated_in_order() {
+        let mut input = boot();
+        input.agents = vec!["codex".into(), "claude".into(), "codex".into()];
+        let checked = input.check().unwrap();
+        let names: Vec<&str> = checked.agents.iter().map(|a| a.agent).collect();
+        assert_eq!(names, ["codex", "claude"]);
+        input.agents.clear();
+        assert!(input.check().unwrap().agents.is_empty());
+    }
+
+    #[test]
+    fn boot_failed_url_keeps_the_path_prefix_and_names_the_node() {
+        let check = |base: &str, node: &str, expected: &str| {
+            let node = NodeId::new(node).unwrap();
+            let url = boot_failed_url(&Url::parse(base).unwrap(), &node);
+            assert_eq!(url.as_str(), expected, "{base}");
+        };
+        check(
+            "https://cp.example.com",
+            "n-1",
+            "https://cp.example.com/v1/nodes/n-1/boot-failed",
+        );
+        check(
+            "https://cp.example.com:8443/sam/?q=1",
+            "node:7_a.b",
+            "https://cp.example.com:8443/sam/v1/nodes/node:7_a.b/boot-failed",
         );
     }
 
@@ -560,33 +637,53 @@ pub struct CloudInitBoot {
     /// Where to download the agent binary; `None` means
     /// `<control_plane_url>/v1/agent/download`.
     pub agent_download_url: Option<String>,
-    /// The agent binary's SHA-256 (64 hex digits), checked at install when set.
-    pub agent_sha256: Option<String>,
+    /// The agent binary's SHA-256 (64 hex digits), pinned in every node's boot.
+    pub agent_sha256: String,
+    /// The agents whose ACP adapters every node installs. Default: every known agent.
+    pub agents: Vec<String>,
 }
 
 impl CloudInitBoot {
-    /// Nodes calling back to `control_plane_url`, with the agent on port 8080 and
-    /// downloaded from the control plane.
-    pub fn new(control_plane_url: impl Into<String>) -> Self {
+    /// Nodes calling back to `control_plane_url`, with the agent whose SHA-256 is
+    /// `agent_sha256` on port 8080, downloaded from the control plane, and every
+    /// known agent's adapter.
+    pub fn new(control_plane_url: impl Into<String>, agent_sha256: impl Into<String>) -> Self {
         Self {
             control_plane_url: control_plane_url.into(),
             agent_port: 8080,
             agent_download_url: None,
-            agent_sha256: None,
+            agent_sha256: agent_sha256.into(),
+            agents: AGENT_ADAPTERS.iter().map(|a| a.agent.to_owned()).collect(),
         }
+    }
+
+    /// Checks the settings every node shares, by rendering a boot with them.
+    ///
+    /// # Errors
+    /// As [`NodeBoot::render`], naming the field at fault.
+    pub fn validate(&self) -> Result<()> {
+        let token = Secret::new("a-placeholder-token-to-validate-with");
+        self.boot_for("validate", ProviderKind::Hetzner, &token)
+            .render()
+            .map(drop)
     }
 
     /// The boot input of `node` with `token`.
     pub fn node_boot(&self, node: &sam_core::NodeRecord, token: &Secret) -> NodeBoot {
+        self.boot_for(node.id.as_str(), node.provider, token)
+    }
+
+    fn boot_for(&self, node_id: &str, provider: ProviderKind, token: &Secret) -> NodeBoot {
         let mut boot = NodeBoot::new(
-            node.id.to_string(),
+            node_id,
             self.control_plane_url.clone(),
             token.clone(),
+            self.agent_sha256.clone(),
         );
         boot.agent_port = self.agent_port;
         boot.agent_download_url = self.agent_download_url.clone();
-        boot.agent_sha256 = self.agent_sha256.clone();
-        boot.provider = node.provider;
+        boot.agents = self.agents.clone();
+        boot.provider = provider;
         boot
     }
 }
@@ -618,7 +715,7 @@ mod cloud_init_boot {
     fn renders_each_nodes_boot_with_its_token_and_names_bad_settings() {
         let node = sam_core::testkit::fixtures::node("n-1", 0);
         let token = Secret::new("node-scoped-token-0123456789");
-        let mut boot = CloudInitBoot::new("https://sam.example.com");
+        let mut boot = CloudInitBoot::new("https://sam.example.com", "b".repeat(64));
         boot.agent_port = 9090;
         let text = boot.user_data(&node, &token).unwrap();
         assert!(text.starts_with(crate::CLOUD_CONFIG_HEADER), "{text}");
@@ -627,8 +724,15 @@ mod cloud_init_boot {
         assert!(text.contains("9090"), "{text}");
         assert_eq!(boot.node_boot(&node, &token).provider, node.provider);
 
+        assert!(text.contains(&"b".repeat(64)), "{text}");
+
+        assert!(boot.validate().is_ok());
+        boot.agents = vec!["aider".into()];
+        assert_eq!(boot.validate().unwrap_err().invalid_fields(), ["agents"]);
         boot.control_plane_url = "http://sam.example.com".into();
-        let error = boot.user_data(&node, &token).unwrap_err();
-        assert!(error.to_string().contains("control_plane_url"), "{error}");
+        boot.agent_sha256 = "not-a-checksum".into();
+        let error = boot.user_data(&node, &token).unwrap_err().to_string();
+        assert!(error.contains("control_plane_url"), "{error}");
+        assert!(error.contains("agent_sha256"), "{error}");
     }
 }

@@ -4,8 +4,8 @@
 //! renderer that turns a validated [`NodeBoot`] into user-data.
 //!
 //! - **Input**: [`NodeBoot`] holds the node id, control-plane URL, callback token,
-//!   agent download URL and port, swap, [`JournaldLimits`], provider and
-//!   [`NodeRole`]. [`NodeBoot::render`] validates every field in one place by
+//!   agent download URL, the agent's pinned SHA-256 and port, the agents to install,
+//!   swap, [`JournaldLimits`], provider and [`NodeRole`]. [`NodeBoot::render`] validates every field in one place by
 //!   allow-list and reports all failures together in [`Error::Invalid`], each
 //!   naming its field. There is no field for a provider credential.
 //! - **Model**: [`CloudConfig`] with [`User`], [`WriteFile`] and [`Command`].
@@ -21,10 +21,19 @@
 //!
 //! ## Boot order
 //! `runcmd` runs the [`Phase`]s in the order of [`Phase::ALL`]: apt timers off,
-//! swap, packages, journald, Docker (the last point where Docker may restart),
-//! the metadata-endpoint block, TLS, agent download, and agent start last. Each
-//! phase is logged as `logger -t sam-boot "PHASE START: <name>"` and
-//! `"PHASE END: <name>"`, followed by [`ALL_PHASES_COMPLETE`].
+//! swap, packages, Node.js, the agents' ACP adapters ([`AGENT_ADAPTERS`], pinned;
+//! the devcontainer CLI on Docker nodes), journald, Docker (the last point where
+//! Docker may restart), the metadata-endpoint block (every address of the node's
+//! provider, [`metadata_endpoints`]), TLS, agent download (checked against its
+//! pinned SHA-256), and agent start last. Each phase is logged as
+//! `logger -t sam-boot "PHASE START: <name>"` and `"PHASE END: <name>"`, followed
+//! by [`ALL_PHASES_COMPLETE`].
+//!
+//! ## Failed boots
+//! `runcmd` runs under `set -e`, and each phase command runs through
+//! [`PHASE_SCRIPT`]: a failing command logs `PHASE FAILED: <name> (exit <status>)`,
+//! posts a [`BOOT_FAILED_EVENT`] to [`BOOT_FAILED_PATH`] with the callback token, and
+//! stops the boot; no later phase runs and [`ALL_PHASES_COMPLETE`] is not logged.
 //!
 //! The agent's systemd unit orders itself after Docker but never requires it, so
 //! a Docker restart cannot stop the agent. The callback token is written to
@@ -40,15 +49,19 @@
 //!     "node-42",
 //!     "https://sam.example.com",
 //!     Secret::new("eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl"),
+//!     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
 //! );
 //! boot.swap_mb = 4096;
 //! boot.role = NodeRole::Host;
+//! boot.agents = vec!["claude".into()];
 //!
 //! let user_data = boot.render()?;
 //! let text = user_data.expose();
 //! assert!(text.starts_with("#cloud-config\n"));
 //! assert!(text.contains("PHASE START: swap"));
 //! assert!(text.contains("https://sam.example.com/v1/agent/download"));
+//! assert!(text.contains("@zed-industries/claude-agent-acp@0.23.1"));
+//! assert!(!text.contains("codex-acp"));
 //! // The token reaches the VM only as the content of its root-only file.
 //! assert!(!format!("{boot:?}").contains("eyJhbGci"));
 //!
@@ -56,16 +69,22 @@
 //! boot.node_id = "node; rm -rf /".into();
 //! boot.control_plane_url = "http://sam.example.com".into();
 //! boot.swappiness = 101;
+//! boot.agents = vec!["aider".into()];
 //! let err = boot.render().unwrap_err();
-//! assert_eq!(err.invalid_fields(), ["node_id", "control_plane_url", "swappiness"]);
+//! assert_eq!(
+//!     err.invalid_fields(),
+//!     ["node_id", "control_plane_url", "agents", "swappiness"]
+//! );
 //! # Ok::<(), Error>(())
 //! ```
 
+mod agents;
 mod boot;
 mod config;
 mod error;
 mod phase;
 
+pub use agents::{AGENT_ADAPTERS, AgentAdapter, DEVCONTAINER_CLI_PACKAGE, agent_adapter};
 pub use boot::{
     CloudInitBoot, JournaldLimits, MAX_CA_PEM_BYTES, MAX_SWAP_MB, MAX_SWAPPINESS, MAX_TOKEN_LEN,
     MAX_URL_LEN, MIN_TOKEN_LEN, NodeBoot, NodeRole,
@@ -76,6 +95,7 @@ pub use config::{
 };
 pub use error::{Error, FieldError, Result};
 pub use phase::{
-    AGENT_BINARY_PATH, AGENT_CONFIG_PATH, AGENT_UNIT, AGENT_USER, ALL_PHASES_COMPLETE,
-    BOOT_LOG_TAG, CALLBACK_TOKEN_PATH, Phase,
+    AGENT_BINARY_PATH, AGENT_CONFIG_PATH, AGENT_SHA256_PATH, AGENT_UNIT, AGENT_USER,
+    ALL_PHASES_COMPLETE, BOOT_FAILED_EVENT, BOOT_FAILED_PATH, BOOT_LOG_TAG, CALLBACK_TOKEN_PATH,
+    PHASE_FAILED, PHASE_SCRIPT, Phase, metadata_endpoints,
 };

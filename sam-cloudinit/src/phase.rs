@@ -4,10 +4,19 @@
 //! `write_files`; `runcmd` holds only argument vectors. A value from the input
 //! reaches a command only as one argument of such a vector (the swap size, the
 //! agent URL), and everything else travels as file content.
+//!
+//! cloud-init runs `runcmd` as a plain `#!/bin/sh` script, where a failing command
+//! does not stop the next one. So `runcmd` opens with `set -e`, and each phase's
+//! command runs through [`PHASE_SCRIPT`], which logs `PHASE FAILED: <name> (exit
+//! <status>)`, reports the failed boot to the control plane ([`BOOT_FAILED_EVENT`])
+//! and passes the status on, which stops the boot.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sam_core::ProviderKind;
 use serde::Serialize;
 
+use crate::agents::{DEVCONTAINER_CLI_PACKAGE, NODE_PACKAGES};
 use crate::boot::{Checked, NodeRole};
 use crate::config::{Account, CloudConfig, Command, FileContent, User, WriteFile};
 
@@ -27,19 +36,39 @@ pub const AGENT_UNIT: &str = "sam-vm-agent.service";
 /// The unprivileged user that coding agents run as (some refuse to run as root).
 pub const AGENT_USER: &str = "sam";
 
+/// The script each phase command runs through: `phase.sh <phase> <program> [<arg>…]`.
+pub const PHASE_SCRIPT: &str = "/usr/local/lib/sam-boot/phase.sh";
+/// The message that opens the log line of a failed phase:
+/// `PHASE FAILED: <name> (exit <status>)`.
+pub const PHASE_FAILED: &str = "PHASE FAILED";
+/// The `event` of the JSON a node whose boot failed posts to [`BOOT_FAILED_PATH`]:
+/// `{"event": "boot_failed", "phase": <name>, "exit_status": <status>, "journal":
+/// [<entry>…]}`, with the node's callback token as bearer token. The entries are the
+/// boot markers as `journalctl -t sam-boot -o json` prints them (one object each,
+/// empty on a node without a journal), the input of the VM agent's boot-timeline
+/// parser.
+pub const BOOT_FAILED_EVENT: &str = "boot_failed";
+/// Where the failed-boot report goes, relative to the control plane's base URL;
+/// `{id}` is the node's id.
+pub const BOOT_FAILED_PATH: &str = "/v1/nodes/{id}/boot-failed";
+/// The agent binary's pinned SHA-256, in `sha256sum --check` format.
+pub const AGENT_SHA256_PATH: &str = "/etc/sam/sam-vm-agent.sha256";
+
 const SCRIPT_DIR: &str = "/usr/local/lib/sam-boot";
+const REPORT_FAILURE_SCRIPT: &str = "/usr/local/lib/sam-boot/report-boot-failure.sh";
+const BOOT_FAILED_URL_PATH: &str = "/etc/sam/boot-failed-url";
+const METADATA_ENDPOINTS_PATH: &str = "/etc/sam/metadata-endpoints";
 const SWAP_SCRIPT: &str = "/usr/local/lib/sam-boot/swap.sh";
 const METADATA_BLOCK_SCRIPT: &str = "/usr/local/lib/sam-boot/metadata-block.sh";
 const INSTALL_AGENT_SCRIPT: &str = "/usr/local/lib/sam-boot/install-agent.sh";
 const METADATA_BLOCK_UNIT: &str = "sam-metadata-block.service";
-const AGENT_SHA256_PATH: &str = "/etc/sam/sam-vm-agent.sha256";
 const AGENT_DOWNLOAD_PATH: &str = "/usr/local/bin/sam-vm-agent.download";
 const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
 
 /// Packages every node needs; Docker nodes add `docker.io`.
 const BASE_PACKAGES: [&str; 4] = ["ca-certificates", "curl", "git", "iptables"];
 
-/// A boot phase. [`Phase::ALL`] is the order boot runs them in (DESIGN.md §8).
+/// A boot phase. [`Phase::ALL`] is the order boot runs them in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Phase {
@@ -49,6 +78,12 @@ pub enum Phase {
     Swap,
     /// Install what the agent needs.
     Packages,
+    /// Install Node.js and npm (Debian's packages); left out when the node needs
+    /// neither an agent adapter nor the devcontainer CLI.
+    Node,
+    /// Install the enabled agents' ACP adapters, and on Docker nodes the
+    /// devcontainer CLI, globally with npm; left out like [`Phase::Node`].
+    Agents,
     /// Apply the journald limits.
     Journald,
     /// (Re)start Docker with its configuration; Docker nodes only. The last point
@@ -66,10 +101,12 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::AptTimers,
         Self::Swap,
         Self::Packages,
+        Self::Node,
+        Self::Agents,
         Self::Journald,
         Self::Docker,
         Self::MetadataBlock,
@@ -84,6 +121,8 @@ impl Phase {
             Self::AptTimers => "apt-timers",
             Self::Swap => "swap",
             Self::Packages => "packages",
+            Self::Node => "node",
+            Self::Agents => "agents",
             Self::Journald => "journald",
             Self::Docker => "docker",
             Self::MetadataBlock => "metadata-block",
@@ -110,22 +149,31 @@ impl Phase {
                 boot.swap_mb.to_string(),
             ])],
             Self::Packages => {
-                let install = [
-                    "env",
-                    "DEBIAN_FRONTEND=noninteractive",
-                    "apt-get",
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "-o",
-                    "DPkg::Lock::Timeout=300",
-                ];
                 let packages = BASE_PACKAGES.iter().chain(docker.then_some(&"docker.io"));
                 vec![
                     Command::new(["apt-get", "update", "-q"]),
-                    Command::new(install.iter().chain(packages).copied()),
+                    apt_install(packages.copied()),
                 ]
+            }
+            Self::Node | Self::Agents if !needs_node(boot) => return None,
+            Self::Node => vec![apt_install(NODE_PACKAGES)],
+            Self::Agents => {
+                let adapters = boot.agents.iter().map(|a| a.package);
+                let cli = docker.then_some(DEVCONTAINER_CLI_PACKAGE);
+                // Not `--engine-strict`: the providers' default images (Ubuntu 24.04,
+                // Debian 12) ship Node.js 18, while gemini-cli 0.61.0 and the
+                // devcontainer CLI 0.89.0 ask for 20; strict, every default Docker
+                // node would fail its boot. npm installs them with a warning in the
+                // boot log instead; an image with Node.js 20 (Debian 13) avoids it.
+                let install = [
+                    "npm",
+                    "install",
+                    "--global",
+                    "--no-fund",
+                    "--no-audit",
+                    "--loglevel=error",
+                ];
+                vec![Command::new(install.into_iter().chain(adapters).chain(cli))]
             }
             Self::Journald => vec![Command::new(["systemctl", "restart", "systemd-journald"])],
             Self::Docker if !docker => return None,
@@ -145,6 +193,27 @@ impl Phase {
     }
 }
 
+/// Whether the node installs Node.js: it runs an agent adapter or the devcontainer CLI.
+fn needs_node(boot: &Checked<'_>) -> bool {
+    !boot.agents.is_empty() || boot.role == NodeRole::Docker
+}
+
+/// `apt-get install` of `packages`, without prompts, waiting for the dpkg lock.
+fn apt_install<'a>(packages: impl IntoIterator<Item = &'a str>) -> Command {
+    let install = [
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "DPkg::Lock::Timeout=300",
+    ];
+    Command::new(install.into_iter().chain(packages))
+}
+
 fn enable_now(unit: &str) -> Vec<Command> {
     vec![
         Command::new(["systemctl", "daemon-reload"]),
@@ -154,6 +223,24 @@ fn enable_now(unit: &str) -> Vec<Command> {
 
 fn log(message: &str) -> Command {
     Command::new(["logger", "-t", BOOT_LOG_TAG, message])
+}
+
+/// The link-local metadata endpoint of Hetzner Cloud, Google Compute Engine and most clouds.
+const LINK_LOCAL_METADATA: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254));
+
+/// Every address where `provider` serves instance metadata (and so the node's
+/// user-data, callback token included): what the metadata block rejects.
+pub fn metadata_endpoints(provider: ProviderKind) -> &'static [IpAddr] {
+    const SCALEWAY: [IpAddr; 2] = [
+        IpAddr::V4(Ipv4Addr::new(169, 254, 42, 42)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42)),
+    ];
+    match provider {
+        ProviderKind::Scaleway => &SCALEWAY,
+        // Local and fake nodes have no metadata service; the common address is
+        // blocked anyway, so a node that meets one is covered.
+        _ => &[LINK_LOCAL_METADATA],
+    }
 }
 
 /// What the agent reads from [`AGENT_CONFIG_PATH`].
@@ -170,11 +257,16 @@ struct AgentConfig<'a> {
 
 /// Builds the cloud-config of a validated input.
 pub(crate) fn cloud_config(boot: &Checked<'_>) -> CloudConfig {
-    let mut runcmd = Vec::new();
+    // `set` stays the shell's builtin when quoted, as cloud-init quotes every
+    // element: this is what makes a failed phase stop the boot.
+    let mut runcmd = vec![Command::new(["set", "-e"])];
     for phase in Phase::ALL {
         if let Some(commands) = phase.commands(boot) {
             runcmd.push(log(&format!("PHASE START: {}", phase.as_str())));
-            runcmd.extend(commands);
+            runcmd.extend(commands.into_iter().map(|command| {
+                let wrapper = [PHASE_SCRIPT.to_owned(), phase.as_str().to_owned()];
+                Command::new(wrapper.into_iter().chain(command.argv().iter().cloned()))
+            }));
             runcmd.push(log(&format!("PHASE END: {}", phase.as_str())));
         }
     }
@@ -220,10 +312,21 @@ fn write_files(boot: &Checked<'_>) -> Vec<WriteFile> {
         secret_file(CALLBACK_TOKEN_PATH, boot),
         text(AGENT_CONFIG_PATH, format!("{agent_config}\n"), "0644"),
     ];
-    if let Some(sha) = &boot.agent_sha256 {
-        let line = format!("{sha}  {AGENT_DOWNLOAD_PATH}\n");
-        files.push(text(AGENT_SHA256_PATH, line, "0644"));
-    }
+    let line = format!("{}  {AGENT_DOWNLOAD_PATH}\n", boot.agent_sha256);
+    files.push(text(AGENT_SHA256_PATH, line, "0644"));
+    files.push(text(
+        BOOT_FAILED_URL_PATH,
+        format!("{}\n", boot.boot_failed_url),
+        "0644",
+    ));
+    let endpoints: String = metadata_endpoints(boot.provider)
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(v4) => format!("ipv4 {v4}\n"),
+            IpAddr::V6(v6) => format!("ipv6 {v6}\n"),
+        })
+        .collect();
+    files.push(text(METADATA_ENDPOINTS_PATH, endpoints, "0644"));
     if boot.swap_mb > 0 {
         let sysctl = format!("vm.swappiness = {}\n", boot.swappiness);
         files.push(text("/etc/sysctl.d/60-sam-swap.conf", sysctl, "0644"));
@@ -243,6 +346,11 @@ fn write_files(boot: &Checked<'_>) -> Vec<WriteFile> {
         files.push(text(path, pem.clone(), "0644"));
     }
     files.extend([
+        script(PHASE_SCRIPT, include_str!("files/phase.sh")),
+        script(
+            REPORT_FAILURE_SCRIPT,
+            include_str!("files/report-boot-failure.sh"),
+        ),
         script(
             METADATA_BLOCK_SCRIPT,
             include_str!("files/metadata-block.sh"),
@@ -311,5 +419,38 @@ mod tests {
         }
         let block = include_str!("files/metadata-block.sh");
         assert!(block.contains(&format!("--uid-owner {AGENT_USER} ")));
+        assert!(block.contains(METADATA_ENDPOINTS_PATH));
+        let phase = include_str!("files/phase.sh");
+        assert!(phase.contains(REPORT_FAILURE_SCRIPT));
+        assert!(phase.contains(&format!("{PHASE_FAILED}: $phase (exit $status)")));
+        assert!(phase.contains(&format!("-t {BOOT_LOG_TAG} ")));
+        let report = include_str!("files/report-boot-failure.sh");
+        for needle in [BOOT_FAILED_URL_PATH, CALLBACK_TOKEN_PATH, BOOT_FAILED_EVENT] {
+            assert!(
+                report.contains(needle),
+                "{needle} missing from the reporter"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_endpoints_per_provider() {
+        let shown = |p| -> Vec<String> {
+            metadata_endpoints(p)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            shown(ProviderKind::Scaleway),
+            ["169.254.42.42", "fd00:42::42"]
+        );
+        for provider in [
+            ProviderKind::Hetzner,
+            ProviderKind::Gcp,
+            ProviderKind::Local,
+        ] {
+            assert_eq!(shown(provider), ["169.254.169.254"], "{provider:?}");
+        }
     }
 }

@@ -76,6 +76,24 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     provider: Option<String>,
+    /// The VM agent binary cloud nodes download from /v1/agent/download
+    /// [default: the sam-vm-agent next to this executable].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vm_agent_binary: Option<PathBuf>,
+    /// Where cloud nodes download the VM agent instead (https); needs --agent-sha256.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_download_url: Option<String>,
+    /// The SHA-256 of the binary at --agent-download-url (64 hex digits).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_sha256: Option<String>,
+    /// The agents whose ACP adapters cloud nodes install, comma-separated
+    /// [default: claude,codex,gemini,opencode].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_agents: Option<Vec<String>>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -207,6 +207,16 @@ struct CloudInitArgs {
     /// The cloud the node runs on: hetzner, scaleway, gcp, local or fake [default: hetzner].
     #[arg(long)]
     provider: Option<ProviderKind>,
+    /// The VM agent binary's SHA-256 (64 hex digits): the node installs only that binary.
+    #[arg(long)]
+    agent_sha256: String,
+    /// Where the node downloads the VM agent [default: <control plane>/v1/agent/download].
+    #[arg(long)]
+    agent_download_url: Option<String>,
+    /// The agents whose ACP adapters the node installs, comma-separated
+    /// [default: claude,codex,gemini,opencode].
+    #[arg(long, value_delimiter = ',')]
+    agents: Option<Vec<String>>,
 }
 
 fn main() -> ExitCode {
@@ -438,7 +448,12 @@ fn cloud_init(args: &CloudInitArgs) -> anyhow::Result<()> {
         args.node_id.as_str(),
         args.control_plane_url.as_str(),
         read_token(&args.callback_token_file)?,
+        args.agent_sha256.as_str(),
     );
+    boot.agent_download_url.clone_from(&args.agent_download_url);
+    if let Some(agents) = &args.agents {
+        boot.agents.clone_from(agents);
+    }
     if let Some(swap_mb) = args.swap_mb {
         boot.swap_mb = swap_mb;
     }

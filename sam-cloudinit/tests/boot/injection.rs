@@ -50,7 +50,8 @@ fn with(field: &str, value: String) -> NodeBoot {
         "control_plane_url" => boot.control_plane_url = value,
         "agent_download_url" => boot.agent_download_url = Some(value),
         "callback_token" => boot.callback_token = Secret::new(value),
-        "agent_sha256" => boot.agent_sha256 = Some(value),
+        "agent_sha256" => boot.agent_sha256 = value,
+        "agents" => boot.agents = vec!["claude".into(), value],
         "journald.system_max_use" => boot.journald.system_max_use = value,
         "journald.max_retention" => boot.journald.max_retention = value,
         "extra_ca_pem" => boot.extra_ca_pem = Some(value),
@@ -76,13 +77,14 @@ fn check_rejected(field: &str, value: &str) {
 #[test]
 fn hostile_values_are_rejected_by_field() {
     let url = "https://sam.example.com/";
-    let cases: [(&str, Vec<String>); 9] = [
+    let cases: [(&str, Vec<String>); 10] = [
         ("node_id", prefixed("node-1")),
         ("hostname", prefixed("node-1")),
         ("control_plane_url", prefixed(url)),
         ("agent_download_url", prefixed(url)),
         ("callback_token", prefixed("abcdefghijklmnop")),
         ("agent_sha256", prefixed(&"a".repeat(64))),
+        ("agents", prefixed("claude")),
         ("journald.system_max_use", prefixed("500M")),
         ("journald.max_retention", prefixed("7day")),
         ("extra_ca_pem", prefixed("")),
@@ -170,13 +172,14 @@ fn range_bounds_are_accepted() {
     }
 }
 
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
     "node_id",
     "hostname",
     "control_plane_url",
     "agent_download_url",
     "callback_token",
     "agent_sha256",
+    "agents",
     "journald.system_max_use",
     "journald.max_retention",
     "extra_ca_pem",

@@ -1,9 +1,10 @@
-//! The boot order invariant, checked on the rendered output: phases run in the
-//! order of DESIGN.md §8, the agent starts last, and nothing after the agent's
-//! start can restart Docker.
+//! The boot order invariant, checked on the rendered output: the script stops at
+//! the first failure, phases run in the order of `Phase::ALL`, every command runs
+//! through the phase script under its own phase's name, the agent starts last, and
+//! nothing after the agent's start can restart Docker.
 
 use proptest::prelude::*;
-use sam_cloudinit::{ALL_PHASES_COMPLETE, BOOT_LOG_TAG, Phase};
+use sam_cloudinit::{ALL_PHASES_COMPLETE, BOOT_LOG_TAG, PHASE_SCRIPT, Phase};
 
 use crate::render::Rendered;
 use crate::support::{fixtures, valid_boot};
@@ -23,13 +24,24 @@ fn boot_log(argv: &[String]) -> Option<&str> {
 /// Checks the invariant on one rendered document; returns the phases it ran.
 fn check_order(text: &str) -> Vec<Phase> {
     let rendered = Rendered::parse(text);
-    let runcmd = &rendered.runcmd;
+    let (first, runcmd) = rendered.runcmd.split_first().expect("runcmd is empty");
+    assert_eq!(
+        first,
+        &["set", "-e"],
+        "the boot must stop at the first failure"
+    );
     let mut phases = Vec::new();
     let mut open: Option<Phase> = None;
     let mut agent_start_at = None;
     for (i, argv) in runcmd.iter().enumerate() {
         let Some(message) = boot_log(argv) else {
-            assert!(open.is_some(), "command {argv:?} runs outside any phase");
+            let Some(phase) = open else {
+                panic!("command {argv:?} runs outside any phase");
+            };
+            assert!(
+                argv.len() > 2 && argv[0] == PHASE_SCRIPT && argv[1] == phase.as_str(),
+                "command {argv:?} does not run through the phase script as {phase:?}"
+            );
             continue;
         };
         if let Some(name) = message.strip_prefix("PHASE START: ") {
@@ -103,6 +115,9 @@ fn fixtures_boot_in_order() {
         assert_eq!(phases.contains(&Phase::Swap), boot.swap_mb > 0, "{name}");
         let docker = boot.role == sam_cloudinit::NodeRole::Docker;
         assert_eq!(phases.contains(&Phase::Docker), docker, "{name}");
+        let node = docker || !boot.agents.is_empty();
+        assert_eq!(phases.contains(&Phase::Node), node, "{name}");
+        assert_eq!(phases.contains(&Phase::Agents), node, "{name}");
     }
 }
 
@@ -117,7 +132,9 @@ fn checker_rejects_a_late_docker_restart() {
     let end = format!("- - logger\n  - -t\n  - {BOOT_LOG_TAG}\n  - \"PHASE END: agent-start\"");
     let late = text.replace(
         &end,
-        &format!("- - systemctl\n  - restart\n  - docker\n{end}"),
+        &format!(
+            "- - {PHASE_SCRIPT}\n  - agent-start\n  - systemctl\n  - restart\n  - docker\n{end}"
+        ),
     );
     assert_ne!(late, text, "the replacement must apply");
     check_order(&late);

@@ -3,7 +3,7 @@
 use sam_cloudinit::{AGENT_UNIT, CALLBACK_TOKEN_PATH, CLOUD_CONFIG_HEADER, MAX_USER_DATA_BYTES};
 use serde::Deserialize;
 
-use crate::support::{TOKEN, default_boot, fixtures, full_boot};
+use crate::support::{AGENT_SHA256, TOKEN, default_boot, fixtures, full_boot};
 
 /// What the tests read back from rendered user-data.
 #[derive(Debug, Deserialize)]
@@ -80,11 +80,31 @@ fn output_starts_with_the_header_and_fits_the_cap() {
     }
 }
 
+/// Every agent, the devcontainer CLI and the largest CA bundle accepted still fit
+/// the smallest provider cap.
+#[test]
+fn every_agent_and_the_largest_ca_bundle_fit_the_cap() {
+    let block = include_str!("extra-ca.pem");
+    let copies = sam_cloudinit::MAX_CA_PEM_BYTES / block.len();
+    let boot = sam_cloudinit::NodeBoot {
+        agents: sam_cloudinit::AGENT_ADAPTERS
+            .iter()
+            .map(|a| a.agent.to_owned())
+            .collect(),
+        extra_ca_pem: Some(block.repeat(copies)),
+        ..full_boot()
+    };
+    let user_data = boot.render().unwrap();
+    assert!(user_data.len() <= MAX_USER_DATA_BYTES, "{user_data:?}");
+}
+
 #[test]
 fn swap_size_is_an_argument_and_swappiness_is_data() {
     let rendered = Rendered::parse(full_boot().render().unwrap().expose());
     assert!(rendered.runcmd.contains(&vec![
-        "/usr/local/lib/sam-boot/swap.sh".to_owned(),
+        sam_cloudinit::PHASE_SCRIPT.to_owned(),
+        "swap".into(),
+        "/usr/local/lib/sam-boot/swap.sh".into(),
         "8192".into()
     ]));
     let sysctl = rendered.file("/etc/sysctl.d/60-sam-swap.conf");
@@ -108,9 +128,9 @@ fn the_agent_configuration_carries_the_inputs_as_json() {
             "agent_user": "sam",
         })
     );
-    let sha = rendered.file("/etc/sam/sam-vm-agent.sha256");
+    let sha = rendered.file(sam_cloudinit::AGENT_SHA256_PATH);
     assert_eq!(
         sha.content,
-        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08  /usr/local/bin/sam-vm-agent.download\n"
+        format!("{AGENT_SHA256}  /usr/local/bin/sam-vm-agent.download\n")
     );
 }

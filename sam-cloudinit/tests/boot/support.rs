@@ -11,9 +11,21 @@ use sam_core::{ProviderKind, Secret};
 /// A callback token shaped like a JWT.
 pub(crate) const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzY29wZSI6Im5vZGUifQ.c2lnbmF0dXJlLXNpZw";
 
+/// The SHA-256 of [`AGENT_BINARY`], which the fixtures pin.
+pub(crate) const AGENT_SHA256: &str =
+    "8bb5fc60ba6109b4647f89baa0a8f76b7cc67de6167f1f9e9068e01a1d3d45f0";
+
+/// What the stand-in download serves as the agent binary.
+pub(crate) const AGENT_BINARY: &[u8] = b"#!/bin/sh\necho sam-vm-agent stand-in\n";
+
 /// Every field at its default.
 pub(crate) fn default_boot() -> NodeBoot {
-    NodeBoot::new("node-01", "https://sam.example.com", Secret::new(TOKEN))
+    NodeBoot::new(
+        "node-01",
+        "https://sam.example.com",
+        Secret::new(TOKEN),
+        AGENT_SHA256,
+    )
 }
 
 /// Every optional field set, every default changed.
@@ -23,9 +35,7 @@ pub(crate) fn full_boot() -> NodeBoot {
         agent_download_url: Some(
             "https://downloads.example.com/sam/v0.1.0/sam-vm-agent?arch=amd64&sig=ab_c-1".into(),
         ),
-        agent_sha256: Some(
-            "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08".into(),
-        ),
+        agents: vec!["codex".into(), "claude".into()],
         agent_port: 9443,
         swap_mb: 8192,
         swappiness: 10,
@@ -40,6 +50,8 @@ pub(crate) fn full_boot() -> NodeBoot {
             "node:7_a.b",
             "https://cp.example.com:8443/sam",
             Secret::new(TOKEN),
+            // Upper case: the checksum file gets it in lower case.
+            AGENT_SHA256.to_ascii_uppercase(),
         )
     }
 }
@@ -61,13 +73,23 @@ pub(crate) fn host_boot() -> NodeBoot {
     }
 }
 
+/// Workspaces on the host, no agent adapter: no Node.js either.
+pub(crate) fn bare_host_boot() -> NodeBoot {
+    NodeBoot {
+        agents: Vec::new(),
+        provider: ProviderKind::Gcp,
+        ..host_boot()
+    }
+}
+
 /// The named fixtures every external check runs on.
-pub(crate) fn fixtures() -> [(&'static str, NodeBoot); 4] {
+pub(crate) fn fixtures() -> [(&'static str, NodeBoot); 5] {
     [
         ("default", default_boot()),
         ("all-options", full_boot()),
         ("swap-disabled", swap_disabled_boot()),
         ("host-role", host_boot()),
+        ("bare-host", bare_host_boot()),
     ]
 }
 
@@ -82,7 +104,14 @@ pub(crate) fn valid_boot() -> impl Strategy<Value = NodeBoot> {
         ],
         "[A-Za-z0-9_.=-]{16,80}",
         proptest::option::of("https://[a-z]{1,12}\\.example\\.org/[a-z0-9/]{0,20}"),
-        proptest::option::of("[0-9a-f]{64}"),
+        "[0-9a-fA-F]{64}",
+        proptest::sample::subsequence(
+            sam_cloudinit::AGENT_ADAPTERS
+                .iter()
+                .map(|a| a.agent.to_owned())
+                .collect::<Vec<_>>(),
+            0..=4,
+        ),
     );
     let tuning = (
         1..=u16::MAX,
@@ -95,12 +124,12 @@ pub(crate) fn valid_boot() -> impl Strategy<Value = NodeBoot> {
     );
     (identity, tuning).prop_map(
         |(
-            (node_id, hostname, url, token, download, sha),
+            (node_id, hostname, url, token, download, sha, agents),
             (port, swap_mb, swappiness, max_use, retention, provider, role),
         )| NodeBoot {
             hostname,
             agent_download_url: download,
-            agent_sha256: sha,
+            agents,
             agent_port: port,
             swap_mb,
             swappiness,
@@ -110,7 +139,7 @@ pub(crate) fn valid_boot() -> impl Strategy<Value = NodeBoot> {
             },
             provider,
             role,
-            ..NodeBoot::new(node_id, url, Secret::new(token))
+            ..NodeBoot::new(node_id, url, Secret::new(token), sha)
         },
     )
 }
@@ -182,24 +211,34 @@ pub(crate) fn cloud_init_schema(text: &str) -> Result<(), String> {
 /// that is an unquoted YAML 1.1 trap.
 pub(crate) fn pyyaml_load(text: &str) -> serde_json::Value {
     let script = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
+    python_json("python3", script, text)
+}
+
+/// Runs the Python `program` of `interpreter` with `input` on its standard input and
+/// reads the JSON it prints; panics with its standard error when it fails.
+pub(crate) fn python_json<T: serde::de::DeserializeOwned>(
+    interpreter: &str,
+    program: &str,
+    input: &str,
+) -> T {
+    let mut child = Command::new(interpreter)
+        .args(["-c", program])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run python3");
+        .unwrap_or_else(|e| panic!("cannot run {interpreter}: {e}"));
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to python3");
-    let output = child.wait_with_output().expect("wait for python3");
+        .write_all(input.as_bytes())
+        .expect("write to python");
+    let output = child.wait_with_output().expect("wait for python");
     assert!(
         output.status.success(),
-        "PyYAML failed: {}",
+        "python failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).expect("python3 printed JSON")
+    serde_json::from_slice(&output.stdout).expect("python printed JSON")
 }
