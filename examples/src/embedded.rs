@@ -197,28 +197,39 @@ pub struct Embedded {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(bytes))
-        .with_context(|| format!("cannot write {}", path.display()))
+/// Tells apart the temporary files of threads of one process racing on one key.
+static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The secret in `path` when it holds one of at least `min_len` characters; `None`
+/// when the file does not exist.
+fn read_secret(path: &Path, min_len: usize) -> anyhow::Result<Option<Secret>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() >= min_len => Ok(Some(Secret::new(text.trim()))),
+        Ok(_) => anyhow::bail!(
+            "{} holds no usable secret (fewer than {min_len} characters): remove it to have a new one made",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// The secret kept in `path`, created there (0600) at first use as `bytes` random
 /// bytes from the kernel, in hex.
 ///
+/// Creation is atomic: the new secret is written in full to a temporary file beside
+/// `path`, then hard-linked into place, which fails when `path` exists. Processes
+/// and threads racing on a fresh directory therefore all end with the one secret that
+/// was linked first, never each with their own.
+///
 /// # Errors
-/// When the file can be neither read nor written, or the kernel gives no randomness.
+/// When the file can be neither read nor written, holds fewer than `bytes`
+/// characters, or the kernel gives no randomness.
 pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
-    if let Ok(text) = std::fs::read_to_string(path)
-        && text.trim().len() >= bytes
-    {
-        return Ok(Secret::new(text.trim()));
+    use std::io::Write as _;
+    if let Some(secret) = read_secret(path, bytes)? {
+        sam_core::secret::register(secret.expose());
+        return Ok(secret);
     }
     let mut random = vec![0_u8; bytes];
     std::io::Read::read_exact(
@@ -227,8 +238,52 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
     )
     .context("cannot read /dev/urandom")?;
     let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(path, secret.as_bytes())?;
-    Ok(Secret::new(secret))
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(secret.as_bytes())?;
+            f.sync_all()
+        });
+    let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        // Another process or thread linked its secret first: that one is used.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    linked.with_context(|| format!("cannot write {}", path.display()))?;
+    let secret = read_secret(path, bytes)?
+        .with_context(|| format!("{} vanished while it was made", path.display()))?;
+    sam_core::secret::register(secret.expose());
+    Ok(secret)
+}
+
+/// Creates `dir` and its missing parents, and makes `dir` itself private (0700):
+/// it holds the database, keys and tokens.
+///
+/// # Errors
+/// When the directory cannot be created or its mode cannot be set.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
 }
 
 /// Binds the callback listener on the address an earlier run used, else anywhere on
@@ -259,8 +314,7 @@ impl Embedded {
     /// When the data directory, the store, the listener or a part cannot be set up.
     pub async fn start(options: EmbeddedOptions) -> anyhow::Result<Self> {
         let data_dir = &options.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        private_dir(data_dir)?;
         let data_dir = data_dir
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
@@ -539,5 +593,73 @@ impl<A: NodeAgent> NodeAgent for HandOver<A> {
             }
         }
         self.inner.stop_workspace(node, workspace).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Threads racing to make the key of one fresh directory all get the same key,
+    /// the one on disk, and leave no temporary file behind.
+    #[test]
+    fn racing_makers_of_a_key_agree_on_one() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("signing-key");
+            let start = std::sync::Barrier::new(8);
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            secret_file(&path, 32).unwrap().expose().to_owned()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(on_disk.len(), 64);
+            assert!(keys.iter().all(|k| *k == on_disk), "{keys:?} vs {on_disk}");
+            assert_eq!(mode(&path), 0o600);
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["signing-key"], "temporary files are removed");
+        }
+    }
+
+    #[test]
+    fn a_key_file_too_short_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        std::fs::write(&path, "short\n").unwrap();
+        let err = secret_file(&path, 24).unwrap_err();
+        assert!(err.to_string().contains("no usable secret"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "short\n");
+        std::fs::write(&path, "a-token-that-is-long-enough-1234\n").unwrap();
+        assert_eq!(
+            secret_file(&path, 24).unwrap().expose(),
+            "a-token-that-is-long-enough-1234"
+        );
+    }
+
+    #[test]
+    fn the_data_directory_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a").join(".sam");
+        private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700, "an existing directory is narrowed");
     }
 }

@@ -905,6 +905,8 @@ fn with_session_env(
                 &format!("{name:?} is not an environment variable an agent may be given"),
             ));
         }
+        // The agent's credential: masked in this node's logs and events from now on.
+        sam_core::secret::register(value);
         command = command.with_env(name.clone(), Secret::new(value.clone()));
     }
     if let Some(model) = &request.options.model {

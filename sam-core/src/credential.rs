@@ -163,6 +163,8 @@ impl CredentialCipher {
             Aes256Gcm::new_from_slice(&bytes).map_err(|e| CredentialError::InvalidKey {
                 reason: e.to_string(),
             })?;
+        // The key seals every stored credential: never let it reach a log.
+        crate::secret::register(key.expose());
         Ok(Self { cipher })
     }
 
@@ -228,9 +230,10 @@ impl CredentialCipher {
                 },
             )
             .map_err(|_| CredentialError::WrongKey)?;
-        String::from_utf8(plain)
-            .map(Secret::new)
-            .map_err(|_| malformed("the secret is not UTF-8"))
+        let secret = String::from_utf8(plain).map_err(|_| malformed("the secret is not UTF-8"))?;
+        // An opened credential is masked wherever it might be echoed back.
+        crate::secret::register(&secret);
+        Ok(Secret::new(secret))
     }
 }
 
