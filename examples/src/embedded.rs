@@ -32,16 +32,17 @@ use sam_agent::{
     FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, LocalBoot, ProviderNodeDirectory,
 };
 use sam_core::{
-    AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, NodeAgent,
-    NodeAgentError, NodeRecord, Provider, Secret, SessionReport, SessionRequest, Store,
-    TokenSigner, TokioClock, WorkspaceId, WorkspaceReport, WorkspaceRequest,
+    AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialKind,
+    DefaultScheduler, NodeAgent, NodeAgentError, NodeRecord, PlatformCredential, Provider, Secret,
+    SessionReport, SessionRequest, Store, TokenSigner, TokioClock, WorkspaceId, WorkspaceReport,
+    WorkspaceRequest,
 };
 use sam_providers::{LocalConfig, LocalProvider};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The agent name under which `--agent-command` runs.
-pub const CUSTOM_AGENT: &str = "custom";
+pub use sam_core::CUSTOM_AGENT;
 
 /// How a process is started: a program and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,48 @@ pub struct EmbeddedOptions {
     /// Builds providers from users' and projects' own provider credentials, so their
     /// tasks' VMs are made in their account; `None` refuses such tasks.
     pub provider_factory: Option<Arc<dyn sam_core::ProviderFactory>>,
+    /// The platform's own agent credentials, by agent ([`agent_credentials_from`]):
+    /// each is given by name to its agent's process only, since nodes and agents never
+    /// inherit this process's environment.
+    pub agent_credentials: BTreeMap<String, PlatformCredential>,
+}
+
+/// The agents whose credentials [`agent_credentials_from`] looks for.
+const CREDENTIAL_AGENTS: [&str; 6] = [
+    "claude",
+    "codex",
+    "gemini",
+    "opencode",
+    "demo",
+    CUSTOM_AGENT,
+];
+
+/// The agent credentials `var` (an environment lookup) holds: for each known agent,
+/// its key's variable (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, …, `SAM_AGENT_API_KEY`
+/// for [`CUSTOM_AGENT`]), else its OAuth token's (`CLAUDE_CODE_OAUTH_TOKEN`); see
+/// [`sam_core::agent_env_var`]. Each value found is registered with the redactor.
+pub fn agent_credentials_from(
+    var: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, PlatformCredential> {
+    let mut credentials = BTreeMap::new();
+    for agent in CREDENTIAL_AGENTS {
+        for kind in [CredentialKind::ApiKey, CredentialKind::OauthToken] {
+            let Some(value) = sam_core::agent_env_var(agent, kind)
+                .and_then(&var)
+                .filter(|v| !v.trim().is_empty())
+            else {
+                continue;
+            };
+            sam_core::secret::register(&value);
+            credentials
+                .entry(agent.to_owned())
+                .or_insert(PlatformCredential {
+                    kind,
+                    secret: Secret::new(value),
+                });
+        }
+    }
+    credentials
 }
 
 /// Which provider runs the nodes.
@@ -132,7 +175,8 @@ pub enum CallbackServing {
 
 impl EmbeddedOptions {
     /// Defaults for `data_dir`: this executable's `sam-vm-agent` and `sam-demo-agent`
-    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s, leases for 30 s.
+    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s, leases for 30 s,
+    /// the agent credentials of this process's environment ([`agent_credentials_from`]).
     ///
     /// # Errors
     /// When the running executable cannot be found.
@@ -151,6 +195,7 @@ impl EmbeddedOptions {
             provider: NodeProvider::Local,
             credential_key: None,
             provider_factory: None,
+            agent_credentials: agent_credentials_from(|name| std::env::var(name).ok()),
         })
     }
 }
@@ -352,6 +397,7 @@ impl Embedded {
         config.lease = options.lease;
         config.agents.push(CUSTOM_AGENT.to_owned());
         config.credential_key = options.credential_key.clone();
+        config.agent_credentials = options.agent_credentials.clone();
         let mut control_plane = ControlPlane::new(
             ControlPlaneParts {
                 store: Arc::clone(&store),
@@ -649,6 +695,33 @@ mod tests {
         assert_eq!(
             secret_file(&path, 24).unwrap().expose(),
             "a-token-that-is-long-enough-1234"
+        );
+    }
+
+    #[test]
+    fn agent_credentials_come_from_each_agents_own_variable() {
+        let env = [
+            ("ANTHROPIC_API_KEY", "sk-ant-key-1234567"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token-1234567"),
+            ("GEMINI_API_KEY", "   "),
+            ("SAM_AGENT_API_KEY", "custom-key-1234567"),
+            ("HCLOUD_TOKEN", "not-an-agent-key"),
+        ];
+        let found = agent_credentials_from(|name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        let summary: Vec<(&str, CredentialKind, &str)> = found
+            .iter()
+            .map(|(agent, c)| (agent.as_str(), c.kind, c.secret.expose()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("claude", CredentialKind::ApiKey, "sk-ant-key-1234567"),
+                (CUSTOM_AGENT, CredentialKind::ApiKey, "custom-key-1234567"),
+            ]
         );
     }
 

@@ -991,7 +991,8 @@ async fn deliver(
     prompt: &str,
 ) -> Result<TaskOutput> {
     let git = shared.runtime.git();
-    git.commit_all(dir, &commit_message(prompt)).await?;
+    git.commit_all(dir, &commit_message(prompt, &entry.id))
+        .await?;
     let commit = git.head(dir).await?;
     git.push(dir, branch, entry.credentials.as_ref()).await?;
     let pull_request_url = match entry.github {
@@ -1006,7 +1007,7 @@ async fn deliver(
                     )
                 })?;
             let request = PullRequestRequest {
-                title: commit_message(prompt)
+                title: commit_message(prompt, &entry.id)
                     .lines()
                     .next()
                     .unwrap_or_default()

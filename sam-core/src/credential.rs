@@ -498,10 +498,18 @@ pub fn check_credential(
     Ok(())
 }
 
+/// The name of an agent given as a command of one's own rather than a known agent
+/// (`sam run --agent-command`).
+pub const CUSTOM_AGENT: &str = "custom";
+
 /// The environment variable an agent reads its credential of `kind` from, or `None`
-/// when the agent takes no credential of that kind.
+/// when the agent takes no credential of that kind. An agent given as a command of
+/// one's own (named [`CUSTOM_AGENT`]) reads `SAM_AGENT_API_KEY`.
 pub fn agent_env_var(agent: &str, kind: CredentialKind) -> Option<&'static str> {
     match (agent, kind) {
+        (CUSTOM_AGENT, CredentialKind::ApiKey | CredentialKind::OauthToken) => {
+            Some("SAM_AGENT_API_KEY")
+        }
         ("claude", CredentialKind::ApiKey) => Some("ANTHROPIC_API_KEY"),
         ("claude", CredentialKind::OauthToken) => Some("CLAUDE_CODE_OAUTH_TOKEN"),
         ("codex", CredentialKind::ApiKey) => Some("OPENAI_API_KEY"),

@@ -48,12 +48,24 @@ pub struct TimeoutPolicy {
     pub heartbeat_interval: Duration,
     /// A node whose last heartbeat is older than this is stale.
     pub heartbeat_stale: Duration,
+    /// The longest one git command on a node may run (a clone, a push) before it is
+    /// killed: a repository that never answers (or a transport that waits for ever)
+    /// fails its task instead of holding the workspace until a sweep. Within
+    /// `workspace_ready`, which the clone is part of.
+    #[serde(default = "default_git_command")]
+    pub git_command: Duration,
+}
+
+/// [`TimeoutPolicy::git_command`] when a stored policy predates it.
+fn default_git_command() -> Duration {
+    10 * MINUTE
 }
 
 impl Default for TimeoutPolicy {
     /// SAM's current values: capacity wait 5 min, provisioning 15 min, agent ready 15 min, workspace ready
     /// 30 min, queued grace 5 min, delegated grace 1 min, in-progress 4 h / 8 h,
-    /// absolute 24 h, warm 30 min, node lifetime 24 h, heartbeat every 60 s, stale at 180 s.
+    /// absolute 24 h, warm 30 min, node lifetime 24 h, heartbeat every 60 s, stale at 180 s,
+    /// one git command 10 min.
     fn default() -> Self {
         Self {
             capacity_wait: 5 * MINUTE,
@@ -69,6 +81,7 @@ impl Default for TimeoutPolicy {
             node_max_lifetime: 24 * HOUR,
             heartbeat_interval: MINUTE,
             heartbeat_stale: 3 * MINUTE,
+            git_command: default_git_command(),
         }
     }
 }
@@ -122,6 +135,7 @@ impl TimeoutPolicy {
             ("in_progress_soft", self.in_progress_soft),
             ("warm_node", self.warm_node),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("git_command", self.git_command),
         ];
         for (field, value) in positive {
             if value.is_zero() {
@@ -166,6 +180,13 @@ impl TimeoutPolicy {
             return bad(
                 "node_max_lifetime",
                 "must not be below warm_node".to_owned(),
+            );
+        }
+        if self.git_command > self.workspace_ready {
+            return bad(
+                "git_command",
+                "must not be above workspace_ready: the clone is part of preparing a workspace"
+                    .to_owned(),
             );
         }
         if self.heartbeat_stale <= self.heartbeat_interval {
