@@ -315,8 +315,25 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
     Ok(secret)
 }
 
-/// Creates `dir` and its missing parents, and makes `dir` itself private (0700):
-/// it holds the database, keys and tokens.
+/// What an embedded control plane keeps in its data directory.
+const DATA_DIR_ENTRIES: &[&str] = &[
+    ".gitignore",
+    "sam.db",
+    "sam.db-wal",
+    "sam.db-shm",
+    "signing-key",
+    "api-token",
+    "node-keys",
+    "local",
+    "workspaces",
+    "control-plane.addr",
+    "agent-command",
+];
+
+/// Creates `dir` (0700) and its missing parents: it holds the database, keys and
+/// tokens. An existing directory is narrowed to 0700 only when it holds nothing but
+/// what a data directory holds, so pointing `--data-dir` at a shared directory
+/// (`/tmp`, a home) never changes that directory's mode.
 ///
 /// # Errors
 /// When the directory cannot be created or its mode cannot be set.
@@ -327,8 +344,21 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make {} private", dir.display()))
+    let ours = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .all(|entry| {
+            entry.is_ok_and(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                DATA_DIR_ENTRIES.contains(&name.as_ref())
+                    || (name.starts_with('.') && name.ends_with(".tmp"))
+            })
+        });
+    if ours {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Binds the callback listener on the address an earlier run used, else anywhere on
@@ -731,8 +761,17 @@ mod tests {
         let data = dir.path().join("a").join(".sam");
         private_dir(&data).unwrap();
         assert_eq!(mode(&data), 0o700);
+        std::fs::write(data.join("sam.db"), "").unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
         private_dir(&data).unwrap();
-        assert_eq!(mode(&data), 0o700, "an existing directory is narrowed");
+        assert_eq!(mode(&data), 0o700, "an existing data directory is narrowed");
+        std::fs::write(data.join("notes.txt"), "mine").unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&data).unwrap();
+        assert_eq!(
+            mode(&data),
+            0o755,
+            "a directory holding other files is left alone"
+        );
     }
 }
