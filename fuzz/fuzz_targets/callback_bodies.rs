@@ -45,7 +45,7 @@ async fn world() -> World {
         ..FakeAgentScript::default()
     }));
     let signer = TokenSigner::new(Secret::new("k".repeat(32)), "sam").expect("a signer");
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::starting_at(sam_core::testkit::fixtures::at(0)));
     let control_plane = ControlPlane::new(
         ControlPlaneParts {
             scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),

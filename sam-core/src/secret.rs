@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, LazyLock, RwLock};
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::{Captures, Regex};
 use serde::{Deserialize, Deserializer};
 
@@ -162,16 +163,16 @@ pub const MIN_REGISTERED_LEN: usize = 8;
 
 /// The longest value [`register`] accepts; longer secrets (keys in PEM) are caught
 /// by their shape.
-const MAX_REGISTERED_LEN: usize = 4096;
+const MAX_REGISTERED_LEN: usize = 1024;
 
 /// The most values the registry keeps; past it, the oldest registration goes.
 const MAX_REGISTERED: usize = 1024;
 
-/// The secrets this process holds, and one pattern matching any of them.
+/// The secrets this process holds, and one automaton matching any of them.
 #[derive(Default)]
 struct Registry {
     values: VecDeque<String>,
-    matcher: Option<Arc<Regex>>,
+    matcher: Option<Arc<AhoCorasick>>,
 }
 
 static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(RwLock::default);
@@ -181,7 +182,7 @@ static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(RwLock::default);
 ///
 /// Call it where a secret is read: from the environment, a key file, a request that
 /// carries a credential. Values shorter than [`MIN_REGISTERED_LEN`] are ignored (they
-/// would mask ordinary words), as are values over 4 KiB; the registry keeps the
+/// would mask ordinary words), as are values over 1 KiB; the registry keeps the
 /// latest 1,024 values.
 pub fn register(value: &str) {
     let value = value.trim();
@@ -196,11 +197,18 @@ pub fn register(value: &str) {
         registry.values.pop_front();
     }
     registry.values.push_back(value.to_owned());
-    // Longest first: of two values where one starts the other, the longer goes whole.
-    let mut values: Vec<&String> = registry.values.iter().collect();
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    let alternatives: Vec<String> = values.iter().map(|v| regex::escape(v)).collect();
-    registry.matcher = Regex::new(&alternatives.join("|")).ok().map(Arc::new);
+    // Leftmost-longest: of two values where one starts the other, the longer goes
+    // whole.
+    match AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(&registry.values)
+    {
+        Ok(matcher) => registry.matcher = Some(Arc::new(matcher)),
+        // Too large to build: the values registered so far stay masked.
+        Err(_) => {
+            registry.values.pop_back();
+        }
+    }
 }
 
 /// Replaces secrets in `text` with `***`: every value given to [`register`], PEM
@@ -218,8 +226,13 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         .matcher
         .clone();
     if let Some(matcher) = matcher
-        && let Cow::Owned(replaced) = matcher.replace_all(&out, REDACTED)
+        && matcher.is_match(text)
     {
+        let mut replaced = String::with_capacity(text.len());
+        matcher.replace_all_with(text, &mut replaced, |_, _, dst| {
+            dst.push_str(REDACTED);
+            true
+        });
         out = Cow::Owned(replaced);
     }
     for (regex, replacement) in PATTERNS.iter() {
