@@ -130,6 +130,9 @@ pub fn allowed_protocols(repo: &str) -> Result<&'static str> {
             _ => refuse("uses a transport other than https, ssh or a local path"),
         };
     }
+    if repo.contains("::") {
+        return refuse("names a transport helper (`<helper>::<address>`)");
+    }
     // The scp-like form `user@host:path`: a host before the first ':', no '/' in it.
     match repo.split_once(':') {
         Some((host, path))
@@ -648,6 +651,7 @@ mod tests {
             "r",
             "",
             "github.com:o/r",
+            "git@host::evil",
             "git@host:",
             "/srv/r\n--upload-pack=x",
             "https://github.com/o/r\0",
