@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the hot pure paths: reservation resolve, fallback plan,
 //! both error classifiers on the recorded bodies, placement over 100, 1,000 and 10,000
-//! nodes (indexed and by linear scan), and the cloud-init render.
+//! nodes (indexed and by linear scan), the cloud-init render, and redaction of an
+//! event line with 100 registered secrets.
 
 use std::hint::black_box;
 
@@ -112,12 +113,31 @@ fn cloud_init(c: &mut Criterion) {
     });
 }
 
+fn redaction(c: &mut Criterion) {
+    for i in 0..100 {
+        sam_core::secret::register(&format!("registered-secret-{i:04}-value"));
+    }
+    // An agent's message of about 1 KB: prose, a path, JSON, a quoted value.
+    let clean = "The agent edited src/main.rs and ran `cargo test`: 42 passed. ".repeat(12)
+        + r#"{"tool": "bash", "input_tokens": 1234, "note": "a bearer token is required"}"#;
+    let dirty = format!(
+        "{clean} HCLOUD_TOKEN=\"abc def\" registered-secret-0042-value -----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----"
+    );
+    c.bench_function("redact_clean_line", |b| {
+        b.iter(|| sam_core::redact(black_box(&clean)).len())
+    });
+    c.bench_function("redact_line_with_secrets", |b| {
+        b.iter(|| sam_core::redact(black_box(&dirty)).len())
+    });
+}
+
 criterion_group!(
     benches,
     reservation,
     fallback,
     classify,
     placement,
-    cloud_init
+    cloud_init,
+    redaction
 );
 criterion_main!(benches);

@@ -269,6 +269,17 @@ impl ServerConfig {
             .extract()
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         config.validate()?;
+        // The secrets are masked in every log line from here on.
+        for secret in [
+            &config.api_token,
+            &config.credential_key,
+            &config.database_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            sam_core::secret::register(secret.expose());
+        }
         Ok(config)
     }
 

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The agent name under which `--agent-command` runs.
-pub const CUSTOM_AGENT: &str = "custom";
+pub use sam_core::CUSTOM_AGENT;
 
 /// How a process is started: a program and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,14 +107,52 @@ pub struct EmbeddedOptions {
     /// Builds providers from users' and projects' own provider credentials, so their
     /// tasks' VMs are made in their account; `None` refuses such tasks.
     pub provider_factory: Option<Arc<dyn sam_core::ProviderFactory>>,
-    /// The platform's own agent credentials, by agent (the last layer of credential
-    /// resolution); `sam run` fills them from its environment
-    /// ([`agent_credentials_from_env`]).
+    /// The platform's own agent credentials, by agent ([`agent_credentials_from`]):
+    /// each is given by name to its agent's process only, since nodes and agents never
+    /// inherit this process's environment.
     pub agent_credentials: BTreeMap<String, PlatformCredential>,
     /// The boot settings every cloud node shares: above all the VM agent's pinned
     /// SHA-256 and where to download it. Its control-plane URL and agent port are
     /// replaced at start; a cloud provider needs it.
     pub cloud_boot: Option<sam_cloudinit::CloudInitBoot>,
+}
+
+/// The agents whose credentials [`agent_credentials_from`] looks for.
+const CREDENTIAL_AGENTS: [&str; 6] = [
+    "claude",
+    "codex",
+    "gemini",
+    "opencode",
+    "demo",
+    CUSTOM_AGENT,
+];
+
+/// The agent credentials `var` (an environment lookup) holds: for each known agent,
+/// its key's variable (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, …, `SAM_AGENT_API_KEY`
+/// for [`CUSTOM_AGENT`]), else its OAuth token's (`CLAUDE_CODE_OAUTH_TOKEN`); see
+/// [`sam_core::agent_env_var`]. Each value found is registered with the redactor.
+pub fn agent_credentials_from(
+    var: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, PlatformCredential> {
+    let mut credentials = BTreeMap::new();
+    for agent in CREDENTIAL_AGENTS {
+        for kind in [CredentialKind::ApiKey, CredentialKind::OauthToken] {
+            let Some(value) = sam_core::agent_env_var(agent, kind)
+                .and_then(&var)
+                .filter(|v| !v.trim().is_empty())
+            else {
+                continue;
+            };
+            sam_core::secret::register(&value);
+            credentials
+                .entry(agent.to_owned())
+                .or_insert(PlatformCredential {
+                    kind,
+                    secret: Secret::new(value),
+                });
+        }
+    }
+    credentials
 }
 
 /// Which provider runs the nodes.
@@ -141,7 +179,8 @@ pub enum CallbackServing {
 
 impl EmbeddedOptions {
     /// Defaults for `data_dir`: this executable's `sam-vm-agent` and `sam-demo-agent`
-    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s, leases for 30 s.
+    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s, leases for 30 s,
+    /// the agent credentials of this process's environment ([`agent_credentials_from`]).
     ///
     /// # Errors
     /// When the running executable cannot be found.
@@ -160,29 +199,10 @@ impl EmbeddedOptions {
             provider: NodeProvider::Local,
             credential_key: None,
             provider_factory: None,
-            agent_credentials: BTreeMap::new(),
+            agent_credentials: agent_credentials_from(|name| std::env::var(name).ok()),
             cloud_boot: None,
         })
     }
-}
-
-/// The credentials this process's environment holds for `agent`, in the variables
-/// the agent reads ([`sam_core::agent_env_var`]): what `sam run` hands to the
-/// platform layer, so they travel with each task's session request and reach the
-/// agent on a warm node started by another run, user or key.
-pub fn agent_credentials_from_env(agent: &str) -> BTreeMap<String, PlatformCredential> {
-    [CredentialKind::ApiKey, CredentialKind::OauthToken]
-        .into_iter()
-        .find_map(|kind| {
-            let var = sam_core::agent_env_var(agent, kind)?;
-            let value = std::env::var(var).ok().filter(|v| !v.is_empty())?;
-            Some(PlatformCredential {
-                kind,
-                secret: Secret::new(value),
-            })
-        })
-        .map(|credential| BTreeMap::from([(agent.to_owned(), credential)]))
-        .unwrap_or_default()
 }
 
 /// Opens the store: PostgreSQL at `database_url` when given (its tables in `schema`
@@ -227,28 +247,39 @@ pub struct Embedded {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(bytes))
-        .with_context(|| format!("cannot write {}", path.display()))
+/// Tells apart the temporary files of threads of one process racing on one key.
+static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The secret in `path` when it holds one of at least `min_len` characters; `None`
+/// when the file does not exist.
+fn read_secret(path: &Path, min_len: usize) -> anyhow::Result<Option<Secret>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() >= min_len => Ok(Some(Secret::new(text.trim()))),
+        Ok(_) => anyhow::bail!(
+            "{} holds no usable secret (fewer than {min_len} characters): remove it to have a new one made",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// The secret kept in `path`, created there (0600) at first use as `bytes` random
 /// bytes from the kernel, in hex.
 ///
+/// Creation is atomic: the new secret is written in full to a temporary file beside
+/// `path`, then hard-linked into place, which fails when `path` exists. Processes
+/// and threads racing on a fresh directory therefore all end with the one secret that
+/// was linked first, never each with their own.
+///
 /// # Errors
-/// When the file can be neither read nor written, or the kernel gives no randomness.
+/// When the file can be neither read nor written, holds fewer than `bytes`
+/// characters, or the kernel gives no randomness.
 pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
-    if let Ok(text) = std::fs::read_to_string(path)
-        && text.trim().len() >= bytes
-    {
-        return Ok(Secret::new(text.trim()));
+    use std::io::Write as _;
+    if let Some(secret) = read_secret(path, bytes)? {
+        sam_core::secret::register(secret.expose());
+        return Ok(secret);
     }
     let mut random = vec![0_u8; bytes];
     std::io::Read::read_exact(
@@ -257,8 +288,82 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
     )
     .context("cannot read /dev/urandom")?;
     let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(path, secret.as_bytes())?;
-    Ok(Secret::new(secret))
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(secret.as_bytes())?;
+            f.sync_all()
+        });
+    let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        // Another process or thread linked its secret first: that one is used.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    linked.with_context(|| format!("cannot write {}", path.display()))?;
+    let secret = read_secret(path, bytes)?
+        .with_context(|| format!("{} vanished while it was made", path.display()))?;
+    sam_core::secret::register(secret.expose());
+    Ok(secret)
+}
+
+/// What an embedded control plane keeps in its data directory.
+const DATA_DIR_ENTRIES: &[&str] = &[
+    ".gitignore",
+    "sam.db",
+    "sam.db-wal",
+    "sam.db-shm",
+    "signing-key",
+    "api-token",
+    "node-keys",
+    "local",
+    "workspaces",
+    "control-plane.addr",
+    "agent-command",
+];
+
+/// Creates `dir` (0700) and its missing parents: it holds the database, keys and
+/// tokens. An existing directory is narrowed to 0700 only when it holds nothing but
+/// what a data directory holds, so pointing `--data-dir` at a shared directory
+/// (`/tmp`, a home) never changes that directory's mode.
+///
+/// # Errors
+/// When the directory cannot be created or its mode cannot be set.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let ours = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .all(|entry| {
+            entry.is_ok_and(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                DATA_DIR_ENTRIES.contains(&name.as_ref())
+                    || (name.starts_with('.') && name.ends_with(".tmp"))
+            })
+        });
+    if ours {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Binds the callback listener on the address an earlier run used, else anywhere on
@@ -289,8 +394,7 @@ impl Embedded {
     /// When the data directory, the store, the listener or a part cannot be set up.
     pub async fn start(options: EmbeddedOptions) -> anyhow::Result<Self> {
         let data_dir = &options.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        private_dir(data_dir)?;
         let data_dir = data_dir
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
@@ -585,5 +689,109 @@ impl<A: NodeAgent> NodeAgent for HandOver<A> {
             }
         }
         self.inner.stop_workspace(node, workspace).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Threads racing to make the key of one fresh directory all get the same key,
+    /// the one on disk, and leave no temporary file behind.
+    #[test]
+    fn racing_makers_of_a_key_agree_on_one() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("signing-key");
+            let start = std::sync::Barrier::new(8);
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            secret_file(&path, 32).unwrap().expose().to_owned()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(on_disk.len(), 64);
+            assert!(keys.iter().all(|k| *k == on_disk), "{keys:?} vs {on_disk}");
+            assert_eq!(mode(&path), 0o600);
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["signing-key"], "temporary files are removed");
+        }
+    }
+
+    #[test]
+    fn a_key_file_too_short_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        std::fs::write(&path, "short\n").unwrap();
+        let err = secret_file(&path, 24).unwrap_err();
+        assert!(err.to_string().contains("no usable secret"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "short\n");
+        std::fs::write(&path, "a-token-that-is-long-enough-1234\n").unwrap();
+        assert_eq!(
+            secret_file(&path, 24).unwrap().expose(),
+            "a-token-that-is-long-enough-1234"
+        );
+    }
+
+    #[test]
+    fn agent_credentials_come_from_each_agents_own_variable() {
+        let env = [
+            ("ANTHROPIC_API_KEY", "sk-ant-key-1234567"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "oauth-token-1234567"),
+            ("GEMINI_API_KEY", "   "),
+            ("SAM_AGENT_API_KEY", "custom-key-1234567"),
+            ("HCLOUD_TOKEN", "not-an-agent-key"),
+        ];
+        let found = agent_credentials_from(|name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        let summary: Vec<(&str, CredentialKind, &str)> = found
+            .iter()
+            .map(|(agent, c)| (agent.as_str(), c.kind, c.secret.expose()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("claude", CredentialKind::ApiKey, "sk-ant-key-1234567"),
+                (CUSTOM_AGENT, CredentialKind::ApiKey, "custom-key-1234567"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_data_directory_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a").join(".sam");
+        private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        std::fs::write(data.join("sam.db"), "").unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700, "an existing data directory is narrowed");
+        std::fs::write(data.join("notes.txt"), "mine").unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&data).unwrap();
+        assert_eq!(
+            mode(&data),
+            0o755,
+            "a directory holding other files is left alone"
+        );
     }
 }

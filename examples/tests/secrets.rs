@@ -120,3 +120,119 @@ async fn no_key_or_token_reaches_logs_events_the_database_or_user_data() {
         }
     }
 }
+
+/// Values in the server's environment that no node or agent may see.
+const CANARIES: [(&str, &str); 6] = [
+    (
+        "SAM_CREDENTIAL_KEY",
+        "Y2FuYXJ5LWNyZWRlbnRpYWwta2V5LTMyLWJ5dGVzISE=",
+    ),
+    ("HCLOUD_TOKEN", "canary-hcloud-token-5a1f"),
+    ("SCW_SECRET_KEY", "7c0e5b1a-canary-4d2e-9f3b-scw0secret0"),
+    ("AWS_SECRET_ACCESS_KEY", "canary/aws+secret/access0key9"),
+    ("SAM_CANARY", "canary-custom-variable-e4b7"),
+    ("ANTHROPIC_API_KEY", "sk-ant-canary-another-agents-key"),
+];
+
+/// The custom agent's own key: the one variable of the server's environment that is
+/// given to it, by name.
+const AGENT_OWN_KEY: &str = "custom-agent-own-key-61d3";
+
+fn mode(path: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+}
+
+/// A real agent process started by a real `sam-server` (local provider, real
+/// `sam-vm-agent` node) sees none of the server's secrets: a custom agent records
+/// its environment, then runs the demo agent to finish the task. Its own credential
+/// reaches it; the API token, the credential key, the cloud keys, another agent's
+/// key, an operator's variable and the path of the node's boot token do not. The
+/// warm node's own environment (read from `/proc`) holds none of them either, and
+/// the files that hold secrets are private.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_and_nodes_see_none_of_the_servers_secrets() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let dumps = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let agent_env = dumps.path().join("agent-env");
+    let command = format!(
+        "env > '{}.tmp' && mv '{0}.tmp' '{0}'; exec '{}'",
+        agent_env.display(),
+        env!("CARGO_BIN_EXE_sam-demo-agent")
+    );
+    let mut env: Vec<(&str, &str)> = CANARIES.to_vec();
+    env.push(("SAM_AGENT_COMMAND", &command));
+    env.push(("SAM_AGENT_API_KEY", AGENT_OWN_KEY));
+    let server = ServerProcess::start_with(data.path(), &[], &env).await;
+    let http = reqwest::Client::new();
+
+    let (status, accepted) =
+        call(http.post(server.url("/v1/tasks")).bearer_auth(TOKEN).json(
+            &serde_json::json!({"repo": repo.path(), "prompt": "say hello", "agent": "custom"}),
+        ))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    let events =
+        common::server::read_events(&http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    let (_, end) = events.last().expect("events");
+    assert_eq!(end["kind"]["status"], "completed", "{events:?}");
+
+    let agent = std::fs::read_to_string(&agent_env).expect("the agent recorded its environment");
+    assert!(
+        agent
+            .lines()
+            .any(|l| l == format!("SAM_AGENT_API_KEY={AGENT_OWN_KEY}")),
+        "the agent's own key reached it:\n{agent}"
+    );
+    assert!(agent.lines().any(|l| l.starts_with("PATH=")), "{agent}");
+    // The node: still running, warm for the next task.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.path().join("local").join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let nodes: Vec<&serde_json::Value> = state["vms"].as_object().unwrap().values().collect();
+    assert_eq!(nodes.len(), 1, "{state}");
+    let pid = nodes[0]["pid"].as_u64().unwrap();
+    let node = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
+        .replace('\0', "\n");
+    assert!(
+        node.contains("SAM_USER_DATA="),
+        "the node has its own settings:\n{node}"
+    );
+
+    for (who, environment) in [("agent", &agent), ("node", &node)] {
+        for (name, value) in CANARIES.iter().chain(&[("SAM_API_TOKEN", TOKEN)]) {
+            assert!(
+                !environment.contains(value),
+                "{name}'s value reached the {who}:\n{environment}"
+            );
+            assert!(
+                !environment
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name}="))),
+                "{name} reached the {who}"
+            );
+        }
+    }
+    for name in ["SAM_USER_DATA", "SAM_AGENT_COMMAND", "SAM_DATA_DIR"] {
+        assert!(
+            !agent.lines().any(|l| l.starts_with(&format!("{name}="))),
+            "{name} reached the agent:\n{agent}"
+        );
+    }
+
+    assert_eq!(mode(data.path()), 0o700, "the data directory");
+    for file in ["sam.db", "signing-key"] {
+        assert_eq!(mode(&data.path().join(file)), 0o600, "{file}");
+    }
+    for file in files_under(data.path()) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "user-data" || name.ends_with(".token") || name.starts_with("sam.db") {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}

@@ -164,6 +164,7 @@ impl NodeConfig {
                 "the callback token is empty".to_owned(),
             ));
         }
+        sam_core::secret::register(token.expose());
         Ok(token)
     }
 

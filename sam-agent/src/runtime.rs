@@ -239,6 +239,12 @@ pub(crate) async fn output_of(
         .output()
         .await
         .map_err(|e| Error::io(format!("cannot run {program}"), e))?;
+    checked_output(output, program)
+}
+
+/// The standard output of a finished process (named `program` in errors); a failure
+/// keeps the end of its error output, redacted.
+pub(crate) fn checked_output(output: std::process::Output, program: &str) -> Result<String> {
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: String = stderr

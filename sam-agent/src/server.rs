@@ -917,6 +917,8 @@ fn with_session_env(
                 &format!("{name:?} is not an environment variable an agent may be given"),
             ));
         }
+        // The agent's credential: masked in this node's logs and events from now on.
+        sam_core::secret::register(value);
         command = command.with_env(name.clone(), Secret::new(value.clone()));
     }
     if let Some(model) = &request.options.model {
@@ -1010,7 +1012,8 @@ async fn deliver(
     prompt: &str,
 ) -> Result<TaskOutput> {
     let git = shared.runtime.git();
-    git.commit_all(dir, &commit_message(prompt)).await?;
+    git.commit_all(dir, &commit_message(prompt, &entry.id))
+        .await?;
     let commit = git.head(dir).await?;
     git.push(dir, branch, entry.credentials.as_ref()).await?;
     let pull_request_url = match entry.github {
@@ -1025,7 +1028,7 @@ async fn deliver(
                     )
                 })?;
             let request = PullRequestRequest {
-                title: commit_message(prompt)
+                title: commit_message(prompt, &entry.id)
                     .lines()
                     .next()
                     .unwrap_or_default()

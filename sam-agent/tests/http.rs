@@ -283,6 +283,7 @@ async fn management_tokens_are_checked() {
     let signer = management_signer(&h.node_token).unwrap();
     let now = Utc::now();
     let hour = Duration::from_secs(3600);
+    const YEAR: i64 = 365 * 24 * 3600;
     let claims = |scope, sub: &str, exp_offset: i64| TokenClaims {
         aud: MANAGEMENT_AUDIENCE.to_owned(),
         scope,
@@ -317,6 +318,18 @@ async fn management_tokens_are_checked() {
         ),
         ("the node token itself", Some(h.node_token.clone())),
         ("garbage", Some(Secret::new("not-a-token"))),
+        (
+            "issued three years ahead, expiring in 31 years",
+            Some(signer.sign(&TokenClaims {
+                iat: now.timestamp() + 3 * YEAR,
+                exp: now.timestamp() + 31 * YEAR,
+                ..claims(Some(TokenScope::Node), NODE, 0)
+            })),
+        ),
+        (
+            "valid for 31 years",
+            Some(signer.sign(&claims(Some(TokenScope::Node), NODE, 31 * YEAR))),
+        ),
     ];
     for (why, token) in rejected {
         let mut request = h.http.get(format!("{}/v1/events", h.base));

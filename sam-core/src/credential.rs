@@ -163,6 +163,8 @@ impl CredentialCipher {
             Aes256Gcm::new_from_slice(&bytes).map_err(|e| CredentialError::InvalidKey {
                 reason: e.to_string(),
             })?;
+        // The key seals every stored credential: never let it reach a log.
+        crate::secret::register(key.expose());
         Ok(Self { cipher })
     }
 
@@ -228,9 +230,10 @@ impl CredentialCipher {
                 },
             )
             .map_err(|_| CredentialError::WrongKey)?;
-        String::from_utf8(plain)
-            .map(Secret::new)
-            .map_err(|_| malformed("the secret is not UTF-8"))
+        let secret = String::from_utf8(plain).map_err(|_| malformed("the secret is not UTF-8"))?;
+        // An opened credential is masked wherever it might be echoed back.
+        crate::secret::register(&secret);
+        Ok(Secret::new(secret))
     }
 }
 
@@ -495,10 +498,18 @@ pub fn check_credential(
     Ok(())
 }
 
+/// The name of an agent given as a command of one's own rather than a known agent
+/// (`sam run --agent-command`).
+pub const CUSTOM_AGENT: &str = "custom";
+
 /// The environment variable an agent reads its credential of `kind` from, or `None`
-/// when the agent takes no credential of that kind.
+/// when the agent takes no credential of that kind. An agent given as a command of
+/// one's own (named [`CUSTOM_AGENT`]) reads `SAM_AGENT_API_KEY`.
 pub fn agent_env_var(agent: &str, kind: CredentialKind) -> Option<&'static str> {
     match (agent, kind) {
+        (CUSTOM_AGENT, CredentialKind::ApiKey | CredentialKind::OauthToken) => {
+            Some("SAM_AGENT_API_KEY")
+        }
         ("claude", CredentialKind::ApiKey) => Some("ANTHROPIC_API_KEY"),
         ("claude", CredentialKind::OauthToken) => Some("CLAUDE_CODE_OAUTH_TOKEN"),
         ("codex", CredentialKind::ApiKey) => Some("OPENAI_API_KEY"),

@@ -20,7 +20,9 @@
 //! - **Retry and timeouts** ([`retry`], [`timeout`]): [`RetryPolicy`] with a pure
 //!   `next_delay` and one async [`retry()`] loop; [`TimeoutPolicy`] with derived sweep
 //!   thresholds.
-//! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text.
+//! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text and
+//!   masks every registered secret ([`secret::register`]); the processes started for
+//!   a task inherit only an allow-list of their parent's environment ([`environment`]).
 //! - **Tokens** ([`token`]): scoped, signed, expiring tokens between the control
 //!   plane and VM agents ([`TokenSigner`]); user API tokens as records
 //!   ([`api_token`]: [`ApiTokenRecord`], hashed, named, expiring, revocable).
@@ -94,6 +96,7 @@ pub mod clock;
 pub mod control;
 pub mod crash;
 pub mod credential;
+pub mod environment;
 pub mod error;
 pub mod fallback;
 pub mod github;
@@ -132,9 +135,9 @@ pub use control::{
     TaskEventKind, WorkspaceGithub, WorkspaceProfile,
 };
 pub use credential::{
-    CredentialCipher, CredentialError, CredentialKind, CredentialOwner, CredentialRecord,
-    CredentialTarget, CredentialView, Sealed, SetupItem, SetupStatus, agent_env_var,
-    check_credential, resolve_credential, setup_status,
+    CUSTOM_AGENT, CredentialCipher, CredentialError, CredentialKind, CredentialOwner,
+    CredentialRecord, CredentialTarget, CredentialView, Sealed, SetupItem, SetupStatus,
+    agent_env_var, check_credential, resolve_credential, setup_status,
 };
 pub use error::{
     BoxError, Classify, Error, ErrorCategory, MAX_BODY_BYTES, PolicyError, ProviderError, Result,

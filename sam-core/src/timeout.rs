@@ -53,17 +53,28 @@ pub struct TimeoutPolicy {
     /// written before this field existed read the default.
     #[serde(default = "default_agent_idle")]
     pub agent_idle: Duration,
+    /// The longest one git command on a node may run (a clone, a push) before it is
+    /// killed: a repository that never answers (or a transport that waits for ever)
+    /// fails its task instead of holding the workspace until a sweep. Within
+    /// `workspace_ready`, which the clone is part of.
+    #[serde(default = "default_git_command")]
+    pub git_command: Duration,
 }
 
 fn default_agent_idle() -> Duration {
     5 * MINUTE
 }
 
+/// [`TimeoutPolicy::git_command`] when a stored policy predates it.
+fn default_git_command() -> Duration {
+    10 * MINUTE
+}
+
 impl Default for TimeoutPolicy {
     /// SAM's current values: capacity wait 5 min, provisioning 15 min, agent ready 15 min, workspace ready
     /// 30 min, queued grace 5 min, delegated grace 1 min, in-progress 4 h / 8 h,
     /// absolute 24 h, warm 30 min, node lifetime 24 h, heartbeat every 60 s, stale at 180 s,
-    /// and an agent silent for 5 min ends its prompt attempt.
+    /// an agent silent for 5 min ends its prompt attempt, and one git command 10 min.
     fn default() -> Self {
         Self {
             capacity_wait: 5 * MINUTE,
@@ -80,6 +91,7 @@ impl Default for TimeoutPolicy {
             heartbeat_interval: MINUTE,
             heartbeat_stale: 3 * MINUTE,
             agent_idle: default_agent_idle(),
+            git_command: default_git_command(),
         }
     }
 }
@@ -134,6 +146,7 @@ impl TimeoutPolicy {
             ("warm_node", self.warm_node),
             ("heartbeat_interval", self.heartbeat_interval),
             ("agent_idle", self.agent_idle),
+            ("git_command", self.git_command),
         ];
         for (field, value) in positive {
             if value.is_zero() {
@@ -178,6 +191,13 @@ impl TimeoutPolicy {
             return bad(
                 "node_max_lifetime",
                 "must not be below warm_node".to_owned(),
+            );
+        }
+        if self.git_command > self.workspace_ready {
+            return bad(
+                "git_command",
+                "must not be above workspace_ready: the clone is part of preparing a workspace"
+                    .to_owned(),
             );
         }
         // A silent attempt must be noticed (and retried) while the task is still within

@@ -4,7 +4,9 @@
 //! Its claims name an audience, a scope (`node` or `workspace`), a subject (the node
 //! or workspace id) and an expiry in hours, not days; [`TokenSigner::verify`] rejects
 //! a token with a wrong audience, scope or subject, a bad signature, an expired one,
-//! and one without a scope. Cloud credentials never reach a VM: a node holds only
+//! one without a scope, one issued in the future (beyond [`CLOCK_SKEW`]) and one
+//! whose lifetime exceeds [`MAX_TOKEN_TTL`], so a leaked key cannot mint a token that
+//! outlives every rotation. Cloud credentials never reach a VM: a node holds only
 //! its node-scoped token.
 
 use std::time::Duration;
@@ -78,10 +80,21 @@ pub enum TokenError {
     /// The token is about another node or workspace.
     #[error("the token is for another subject")]
     WrongSubject,
+    /// The token claims to be issued later than now plus [`CLOCK_SKEW`].
+    #[error("the token is issued in the future")]
+    IssuedInFuture,
+    /// The token lives longer than any token is issued for ([`MAX_TOKEN_TTL`]), or
+    /// expires before it is issued.
+    #[error("the token's lifetime is out of bounds")]
+    BadLifetime,
 }
 
 /// Longest lifetime a signer issues: tokens live for hours, not days.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How far in the future a token's issue time may lie, for clocks that differ a little
+/// between the control plane and a node.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Issues and verifies tokens for one audience with one key.
 #[derive(Debug, Clone)]
@@ -151,7 +164,8 @@ impl TokenSigner {
     ///
     /// # Errors
     /// The first [`TokenError`] that applies: malformed, bad signature, wrong
-    /// audience, no scope, wrong scope, wrong subject, expired.
+    /// audience, no scope, wrong scope, wrong subject, issued in the future, bad
+    /// lifetime, expired.
     pub fn verify(
         &self,
         token: &str,
@@ -181,6 +195,13 @@ impl TokenSigner {
         }
         if claims.sub != subject {
             return Err(TokenError::WrongSubject);
+        }
+        if claims.iat > now.timestamp().saturating_add(CLOCK_SKEW.as_secs() as i64) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        let lifetime = claims.exp.saturating_sub(claims.iat);
+        if lifetime <= 0 || lifetime > MAX_TOKEN_TTL.as_secs() as i64 {
+            return Err(TokenError::BadLifetime);
         }
         if now.timestamp() >= claims.exp {
             return Err(TokenError::Expired);
@@ -298,6 +319,57 @@ mod tests {
                 signer()
                     .verify(garbage, TokenScope::Node, "node-1", now())
                     .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn future_dated_and_over_long_tokens_are_refused() {
+        let at = now().timestamp();
+        let claims = |iat: i64, exp: i64| {
+            signer().sign(&TokenClaims {
+                aud: "sam-control-plane".into(),
+                scope: Some(TokenScope::Node),
+                sub: "node-1".into(),
+                iat,
+                exp,
+            })
+        };
+        let year = 365 * 24 * 3600;
+        let day = MAX_TOKEN_TTL.as_secs() as i64;
+        let skew = CLOCK_SKEW.as_secs() as i64;
+        for (iat, exp, expected) in [
+            // The attack seen: issued 3 years ahead, expiring 31 years ahead.
+            (
+                at + 3 * year,
+                at + 31 * year,
+                Err(TokenError::IssuedInFuture),
+            ),
+            // Issued now, but valid for 31 years.
+            (at, at + 31 * year, Err(TokenError::BadLifetime)),
+            // One second over the longest lifetime.
+            (at - 10, at - 10 + day + 1, Err(TokenError::BadLifetime)),
+            // Expiring before it is issued.
+            (at, at - 1, Err(TokenError::BadLifetime)),
+            (at, at, Err(TokenError::BadLifetime)),
+            // Within the clock skew, and exactly the longest lifetime: accepted.
+            (at + skew, at + skew + 3600, Ok(())),
+            (
+                at + skew + 1,
+                at + skew + 3600,
+                Err(TokenError::IssuedInFuture),
+            ),
+            (at - 10, at - 10 + day, Ok(())),
+            // Extreme values do not overflow.
+            (i64::MIN, i64::MAX, Err(TokenError::BadLifetime)),
+            (i64::MAX, i64::MIN, Err(TokenError::IssuedInFuture)),
+        ] {
+            check(
+                claims(iat, exp).expose(),
+                TokenScope::Node,
+                "node-1",
+                now(),
+                expected,
             );
         }
     }

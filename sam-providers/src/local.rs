@@ -26,8 +26,13 @@ const LOCK_FILE: &str = "state.lock";
 /// The command runs once per node, in the node's data directory, with these
 /// variables set: `SAM_NODE_ID`, `SAM_VM_ID`, `SAM_PORT` (a free loopback port),
 /// `SAM_DATA_DIR`, and `SAM_USER_DATA` (the path of a file holding the spec's user
-/// data). In `args`, `{port}`, `{data_dir}`, `{node_id}` and `{vm_id}` are replaced
-/// by the same values.
+/// data, readable by its owner only). In `args`, `{port}`, `{data_dir}`, `{node_id}`
+/// and `{vm_id}` are replaced by the same values.
+///
+/// Nothing else of this process's environment reaches the node: it starts from an
+/// empty environment with only the allow-list of [`sam_core::environment`] (and
+/// `SSH_AUTH_SOCK`, for git over SSH), so the control plane's tokens, credential key
+/// and cloud keys never reach a node nor the agents it runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalConfig {
     /// Where the state file and one directory per node live.
@@ -270,6 +275,8 @@ impl LocalProvider {
         command
             .args(args)
             .current_dir(data_dir)
+            .env_clear()
+            .envs(node_env())
             .env("SAM_NODE_ID", spec.node_id.as_str())
             .env("SAM_VM_ID", vm_id)
             .env("SAM_PORT", &port_text)
@@ -293,6 +300,15 @@ impl LocalProvider {
             .with_source(e)
         })
     }
+}
+
+/// What a node keeps of this process's environment: the allow-list, and the SSH
+/// agent's socket for its git processes.
+fn node_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    sam_core::environment::inherited(
+        std::env::vars_os(),
+        sam_core::environment::Inherit::WithSshAgent,
+    )
 }
 
 /// The state character and start time (field 22) of `/proc/<pid>/stat`.
@@ -553,6 +569,69 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(!alive, "the process was killed");
+    }
+
+    /// The names a node's environment holds: what it is given, the allow-list, and
+    /// what the shell that records it adds itself.
+    fn allowed_in_node(name: &str) -> bool {
+        sam_core::environment::is_inherited(name, sam_core::environment::Inherit::WithSshAgent)
+            || [
+                "SAM_NODE_ID",
+                "SAM_VM_ID",
+                "SAM_PORT",
+                "SAM_DATA_DIR",
+                "SAM_USER_DATA",
+            ]
+            .contains(&name)
+            || ["PWD", "OLDPWD", "SHLVL", "_"].contains(&name)
+    }
+
+    /// The node starts from an empty environment: none of this process's variables
+    /// reaches it besides the allow-list. Cargo gives every test process its
+    /// `CARGO_*` variables, which stand in for the control plane's secrets here.
+    #[tokio::test]
+    async fn a_node_gets_only_its_own_variables_and_the_allow_list() {
+        assert!(
+            std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+            "the test runs under cargo, which sets CARGO_MANIFEST_DIR"
+        );
+        let root = tempfile::tempdir().expect("temp dir");
+        let config = LocalConfig {
+            root_dir: root.path().to_path_buf(),
+            command: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "env > node-env.tmp && mv node-env.tmp node-env; exec sleep 60".into(),
+            ],
+        };
+        let provider = LocalProvider::new(config).expect("valid");
+        let vm = provider
+            .create_vm(&spec(&provider, "env"))
+            .await
+            .expect("create");
+        let record = provider.load().await.expect("state").vms[vm.id.as_str()].clone();
+        let dump = record.data_dir.join("node-env");
+        let mut env = None;
+        for _ in 0..500 {
+            if let Ok(text) = std::fs::read_to_string(&dump) {
+                env = Some(text);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        provider.delete_vm(&vm.id).await.expect("delete");
+        let env = env.expect("the node recorded its environment");
+        let names: Vec<&str> = env
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        for name in &names {
+            assert!(allowed_in_node(name), "{name} reached the node:\n{env}");
+        }
+        for name in ["SAM_NODE_ID", "SAM_USER_DATA", "SAM_PORT", "PATH"] {
+            assert!(names.contains(&name), "the node has {name}:\n{env}");
+        }
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! busy timeout for the lock. Reads run on a small pool of reader connections,
 //! which WAL lets proceed alongside the writer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sam_core::{Classify, ErrorCategory, RetryError, RetryOn, RetryPolicy, StoreErrorKind, retry};
@@ -23,7 +23,7 @@ pub type SqliteStore = SqlStore<sql::Sqlite>;
 /// Settings of a SQLite database file.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct SqliteConfig {
-    /// The database file; created (with its directory's permissions) if missing.
+    /// The database file; created readable by its owner only (0600) if missing.
     pub path: PathBuf,
     /// How long a write waits for another process's lock before failing.
     #[serde(default = "default_busy_timeout", with = "millis")]
@@ -122,12 +122,40 @@ pub(crate) async fn open(
         },
         _ => e,
     };
+    make_private(path).map_err(|e| Error::Io {
+        path: path.clone(),
+        source: e,
+    })?;
     let writer = pool(config, 1).await.map_err(named)?;
     sql::migrate(&writer, Dialect::Sqlite, "BEGIN IMMEDIATE", None, schema)
         .await
         .map_err(named)?;
     let reader = pool(config, config.readers.max(1)).await.map_err(named)?;
     Ok((writer, reader))
+}
+
+/// Creates the database file readable and writable by its owner only (0600) when it
+/// is missing, and narrows an existing one and its `-wal` and `-shm` files to 0600.
+/// SQLite creates the files beside a database with the database's own mode, so they
+/// stay private too.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    // An empty file is an empty database to SQLite.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 async fn pool(config: &SqliteConfig, connections: u32) -> Result<AnyPool, Error> {
@@ -239,4 +267,50 @@ pub(crate) mod conformance {
     }
 
     sam_core::store_conformance!(fresh());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use sam_core::Store as _;
+
+    use super::{SqliteConfig, SqliteStore};
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The database and the files SQLite keeps beside it hold tokens' hashes and
+    /// sealed credentials: readable by their owner only, new or inherited.
+    #[tokio::test]
+    async fn the_database_and_its_wal_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sam.db");
+        let store = SqliteStore::new(&SqliteConfig::new(&path)).await.unwrap();
+        // A write, so the WAL and shared-memory files exist.
+        store.list_tasks(&Default::default()).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            // In WAL mode all three exist while a connection is open.
+            let file = dir.path().join(format!("sam.db{suffix}"));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+
+        // A database an older build left world-readable is narrowed when opened.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("sam.db{suffix}"));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let _store = SqliteStore::new(&SqliteConfig::new(&path)).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let file = dir.path().join(format!("sam.db{suffix}"));
+            if file.exists() {
+                assert_eq!(mode(&file), 0o600, "{}", file.display());
+            }
+        }
+    }
 }

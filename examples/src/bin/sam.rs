@@ -330,9 +330,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => args.agent.clone(),
     };
-    // The agent's key travels with each task, so a warm node started by an earlier
-    // run (without the key, or with another) runs this run's agent with this key.
-    options.agent_credentials = embedded::agent_credentials_from_env(&agent);
+    // The agent's key (read from this environment by `EmbeddedOptions::new`) travels
+    // with each task, so a warm node started by an earlier run, without the key or
+    // with another, runs this run's agent with this key.
     let embedded = Embedded::start(options).await?;
     let request = RunRequest {
         repo: args.repo.clone(),

@@ -122,13 +122,33 @@ fn spawn_error(message: String) -> AgentError {
 /// [`AgentCommand::new`]. The agent runs in its own process group, with a marker in
 /// its environment ([`super::tree::TREE_VAR`]); when the session drops it, its whole
 /// process tree is killed, tools started with `setsid` included.
+///
+/// The agent never inherits this process's environment: it starts from an empty one
+/// with the allow-list of [`sam_core::environment`] (`PATH`, `HOME`, `USER`, `LANG`,
+/// `LC_*`, `TERM`, `TMPDIR`), plus the variables given with
+/// [`AgentCommand::with_env`] (its credential, `SAM_AGENT_MODEL`, `SAM_AGENT_EFFORT`)
+/// and its tree marker.
 #[derive(Clone)]
 pub struct AgentCommand {
     program: String,
     args: Vec<String>,
     env: Vec<(String, Secret)>,
     cwd: Option<PathBuf>,
+    /// Variables of this process the command keeps besides the allow-list (the
+    /// Docker client's own settings for `docker exec`); never passed into a container.
+    passthrough: &'static [&'static str],
 }
+
+/// The Docker client's own settings: where the daemon is and how to reach it. They
+/// reach the `docker exec` client only, not the agent in the container.
+const DOCKER_CLIENT_ENV: &[&str] = &[
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "XDG_RUNTIME_DIR",
+];
 
 impl fmt::Debug for AgentCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -175,6 +195,7 @@ impl AgentCommand {
             args: Vec::new(),
             env: Vec::new(),
             cwd: None,
+            passthrough: &[],
         }
     }
 
@@ -221,7 +242,10 @@ impl AgentCommand {
 
     /// This command run inside a container with `docker exec -i`: the environment
     /// variables are named on `docker exec`'s command line and their values reach it
-    /// through its own environment, so they never appear in a process listing.
+    /// through its own environment, so they never appear in a process listing. The
+    /// `docker` client keeps the allow-list and its own `DOCKER_*` settings; inside
+    /// the container the agent sees the image's environment and the named variables
+    /// only.
     pub(crate) fn in_container(
         &self,
         docker: &str,
@@ -251,7 +275,28 @@ impl AgentCommand {
             args,
             env: self.env.clone(),
             cwd: None,
+            passthrough: DOCKER_CLIENT_ENV,
         }
+    }
+
+    /// The environment the process starts with: the allow-list and the passthrough
+    /// names from `parent`, then the given variables (which win).
+    fn environment(
+        &self,
+        parent: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        let parent: Vec<_> = parent.into_iter().collect();
+        let mut env = sam_core::environment::inherited(
+            parent.iter().cloned(),
+            sam_core::environment::Inherit::Base,
+        );
+        env.extend(
+            parent
+                .into_iter()
+                .filter(|(name, _)| name.to_str().is_some_and(|n| self.passthrough.contains(&n))),
+        );
+        env.extend(self.env.iter().map(|(k, v)| (k.into(), v.expose().into())));
+        env
     }
 
     /// Starts the command as a child process.
@@ -263,7 +308,8 @@ impl AgentCommand {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v.expose())))
+            .env_clear()
+            .envs(self.environment(std::env::vars_os()))
             .env(super::tree::TREE_VAR, &marker)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -341,6 +387,78 @@ mod tests {
         let text = format!("{command:?}");
         assert!(text.contains("ANTHROPIC_API_KEY"));
         assert!(!text.contains("sk-ant-123"));
+    }
+
+    fn os(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn the_environment_is_the_allow_list_and_the_given_variables() {
+        let parent = os(&[
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/sam"),
+            ("SAM_API_TOKEN", "canary-api-token"),
+            ("SAM_CREDENTIAL_KEY", "canary-credential-key"),
+            ("SAM_USER_DATA", "/var/lib/sam/user-data"),
+            ("HCLOUD_TOKEN", "canary-hcloud"),
+            ("DOCKER_HOST", "unix:///run/docker.sock"),
+            ("ANTHROPIC_API_KEY", "canary-parent-key"),
+        ]);
+        let command = AgentCommand::new("agent")
+            .with_env("ANTHROPIC_API_KEY", Secret::new("sk-ant-agent-own"))
+            .with_env("SAM_AGENT_MODEL", Secret::new("opus"));
+        let expected = os(&[
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/sam"),
+            ("ANTHROPIC_API_KEY", "sk-ant-agent-own"),
+            ("SAM_AGENT_MODEL", "opus"),
+        ]);
+        assert_eq!(command.environment(parent.clone()), expected);
+        // The docker client keeps its own settings, and nothing more.
+        let docker = command.in_container("docker", "c-1", None, "/workspace");
+        let mut expected = expected;
+        expected.insert(2, ("DOCKER_HOST".into(), "unix:///run/docker.sock".into()));
+        assert_eq!(docker.environment(parent), expected);
+    }
+
+    /// A real process: it sees none of this process's variables but the allow-list.
+    /// Cargo gives every test process its `CARGO_*` variables, which stand in for the
+    /// secrets of a node here.
+    #[tokio::test]
+    async fn a_real_agent_process_sees_only_its_environment() {
+        use tokio::io::AsyncReadExt as _;
+        assert!(
+            std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+            "the test runs under cargo, which sets CARGO_MANIFEST_DIR"
+        );
+        let mut io = AgentCommand::new("/bin/sh")
+            .with_args(["-c", "env"])
+            .with_env("ANTHROPIC_API_KEY", Secret::new("sk-ant-agent-own"))
+            .spawn()
+            .unwrap();
+        let mut out = String::new();
+        io.stdout.read_to_string(&mut out).await.unwrap();
+        let names: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            out.lines()
+                .any(|l| l == "ANTHROPIC_API_KEY=sk-ant-agent-own"),
+            "{out}"
+        );
+        for name in names {
+            assert!(
+                sam_core::environment::is_inherited(name, sam_core::environment::Inherit::Base)
+                    || ["ANTHROPIC_API_KEY", "PWD", "OLDPWD", "SHLVL", "_"].contains(&name),
+                "{name} reached the agent:\n{out}"
+            );
+        }
     }
 
     #[tokio::test]

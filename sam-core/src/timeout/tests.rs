@@ -40,6 +40,7 @@ fn derived_policy() -> impl Strategy<Value = TimeoutPolicy> {
                     heartbeat_interval: Duration::from_secs(beat),
                     heartbeat_stale: Duration::from_secs(beat * 3),
                     agent_idle: Duration::from_secs(idle),
+                    git_command: ws,
                 };
                 p.task_absolute = p.longest_legitimate_task() + abs_extra;
                 p
@@ -58,7 +59,7 @@ proptest! {
     }
 
     #[test]
-    fn crafted_bad_policies_are_rejected(p in derived_policy(), flaw in 0usize..7) {
+    fn crafted_bad_policies_are_rejected(p in derived_policy(), flaw in 0usize..9) {
         let mut bad = p;
         let field = match flaw {
             0 => { bad.queued_grace = Duration::ZERO; "queued_grace" }
@@ -67,6 +68,8 @@ proptest! {
             3 => { bad.task_absolute = bad.longest_legitimate_task() - Duration::from_secs(1); "task_absolute" }
             4 => { bad.heartbeat_stale = bad.heartbeat_interval; "heartbeat_stale" }
             5 => { bad.agent_idle = bad.in_progress_soft; "agent_idle" }
+            6 => { bad.git_command = Duration::ZERO; "git_command" }
+            7 => { bad.git_command = bad.workspace_ready + Duration::from_secs(1); "git_command" }
             _ => { bad.node_max_lifetime = bad.warm_node - Duration::from_secs(1); "node_max_lifetime" }
         };
         prop_assert_eq!(bad.validate().unwrap_err().field, field);

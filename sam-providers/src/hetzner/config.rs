@@ -42,6 +42,7 @@ impl HetznerConfig {
     /// [`Error::InvalidConfig`] when `HCLOUD_TOKEN` is missing or empty.
     pub fn from_env() -> Result<Self> {
         let token = crate::env_var(ProviderKind::Hetzner, "HCLOUD_TOKEN")?;
+        sam_core::secret::register(&token);
         let mut config = Self::new(Secret::new(token));
         if let Ok(url) = std::env::var("SAM_HETZNER_BASE_URL") {
             config.base_url = url;

@@ -50,6 +50,7 @@ impl ScalewayConfig {
     pub fn from_env() -> Result<Self> {
         let provider = ProviderKind::Scaleway;
         let key = crate::env_var(provider, "SCW_SECRET_KEY")?;
+        sam_core::secret::register(&key);
         let project = crate::env_var(provider, "SCW_DEFAULT_PROJECT_ID")?;
         let zone = std::env::var("SCW_DEFAULT_ZONE").unwrap_or_else(|_| "fr-par-1".into());
         let zone = Location::new(zone)
