@@ -179,7 +179,7 @@ pub fn hint(error: &TaskError, agent: &str) -> Option<String> {
         && rustix::process::geteuid().is_root()
     {
         return Some(
-            "Claude's ACP adapter refuses to run as root: run `sam` as an unprivileged user (or set IS_SANDBOX=1 if this machine is a sandbox)"
+            "Claude's ACP adapter refuses to run as root: run `sam` as an unprivileged user"
                 .to_owned(),
         );
     }

@@ -272,4 +272,12 @@ async fn a_key_set_on_a_later_run_reaches_the_reused_warm_node() {
     assert!(output.status.success(), "{second}");
     assert_eq!(second["node_reused"], true, "{second}");
     assert_eq!(second["last_message"], "key second-run-key", "{second}");
+    // Nothing of the second run's environment survives into the third.
+    let (output, third) = sam_run_with(repo.path(), data.path(), &["--agent", "gemini"], |c| {
+        c.env("PATH", &path).env_remove("GEMINI_API_KEY");
+    })
+    .await;
+    assert!(output.status.success(), "{third}");
+    assert_eq!(third["node_reused"], true, "{third}");
+    assert_eq!(third["last_message"], "no key", "{third}");
 }
