@@ -223,6 +223,13 @@ async fn agents_and_nodes_see_none_of_the_servers_secrets() {
         );
     }
 
+    // The node consumed its user data: the agent, the same user here, cannot read the
+    // node's token from it.
+    let node_dir = Path::new(nodes[0]["data_dir"].as_str().unwrap());
+    assert!(
+        !node_dir.join("user-data").exists(),
+        "the node's user data outlived its start"
+    );
     assert_eq!(mode(data.path()), 0o700, "the data directory");
     for file in ["sam.db", "signing-key"] {
         assert_eq!(mode(&data.path().join(file)), 0o600, "{file}");

@@ -455,7 +455,15 @@ mod tests {
         for name in names {
             assert!(
                 sam_core::environment::is_inherited(name, sam_core::environment::Inherit::Base)
-                    || ["ANTHROPIC_API_KEY", "PWD", "OLDPWD", "SHLVL", "_"].contains(&name),
+                    || [
+                        "ANTHROPIC_API_KEY",
+                        super::super::tree::TREE_VAR,
+                        "PWD",
+                        "OLDPWD",
+                        "SHLVL",
+                        "_",
+                    ]
+                    .contains(&name),
                 "{name} reached the agent:\n{out}"
             );
         }

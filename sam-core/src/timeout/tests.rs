@@ -108,6 +108,7 @@ fn sams_incident_is_rejected() {
 fn an_idle_limit_beyond_the_workspace_wait_is_rejected() {
     let p = TimeoutPolicy {
         workspace_ready: Duration::from_secs(120),
+        git_command: Duration::from_secs(60),
         agent_idle: Duration::from_secs(121),
         ..TimeoutPolicy::default()
     };
