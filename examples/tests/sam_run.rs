@@ -226,8 +226,8 @@ async fn an_interrupt_cancels_the_task_and_stops_the_agent_tree() {
     }
 }
 
-/// A `gemini` stand-in that says whether `GEMINI_API_KEY` reached it, and ends its
-/// turn.
+/// A `gemini` stand-in that says whether `GEMINI_API_KEY` reached it (by a digest:
+/// the key itself would be masked as the secret it is), and ends its turn.
 const KEY_REPORTING_GEMINI: &str = r#"#!/bin/sh
 while IFS= read -r line; do
   id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9][0-9]*\).*/\1/p')
@@ -235,7 +235,7 @@ while IFS= read -r line; do
     *'"method":"initialize"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":1,"agentCapabilities":{},"authMethods":[]}}\n' "$id" ;;
     *'"method":"session/new"'*) printf '{"jsonrpc":"2.0","id":%s,"result":{"sessionId":"s-1"}}\n' "$id" ;;
     *'"method":"session/prompt"'*)
-      if [ -n "$GEMINI_API_KEY" ]; then key="key $GEMINI_API_KEY"; else key="no key"; fi
+      if [ -n "$GEMINI_API_KEY" ]; then key="key $(printf %s "$GEMINI_API_KEY" | sha256sum | cut -c1-16)"; else key="no key"; fi
       printf '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"%s"}}}}\n' "$key"
       printf '{"jsonrpc":"2.0","id":%s,"result":{"stopReason":"end_turn"}}\n' "$id" ;;
   esac
@@ -271,7 +271,13 @@ async fn a_key_set_on_a_later_run_reaches_the_reused_warm_node() {
     .await;
     assert!(output.status.success(), "{second}");
     assert_eq!(second["node_reused"], true, "{second}");
-    assert_eq!(second["last_message"], "key second-run-key", "{second}");
+    // The first 16 hex digits of the SHA-256 of "second-run-key".
+    let digest = std::process::Command::new("sh")
+        .args(["-c", "printf %s second-run-key | sha256sum | cut -c1-16"])
+        .output()
+        .unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_owned();
+    assert_eq!(second["last_message"], format!("key {digest}"), "{second}");
     // Nothing of the second run's environment survives into the third.
     let (output, third) = sam_run_with(repo.path(), data.path(), &["--agent", "gemini"], |c| {
         c.env("PATH", &path).env_remove("GEMINI_API_KEY");
