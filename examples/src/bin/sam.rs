@@ -343,11 +343,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let interrupt = {
         let interrupted = Arc::clone(&interrupted);
         async move {
-            interruption().await;
+            sam_examples::node::shutdown_signal().await;
             interrupted.store(true, Ordering::SeqCst);
             // A second interrupt exits at once, leaving the cancel to the sweeps.
             tokio::spawn(async {
-                interruption().await;
+                sam_examples::node::shutdown_signal().await;
                 eprintln!("interrupted again: exiting without waiting");
                 std::process::exit(EXIT_INTERRUPTED);
             });
@@ -373,22 +373,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// The exit code of a run ended by SIGINT or SIGTERM, as shells report a command
 /// killed by SIGINT.
 const EXIT_INTERRUPTED: i32 = 130;
-
-/// Completes at the next SIGINT (Ctrl-C) or SIGTERM.
-async fn interruption() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-}
 
 fn print_json_or<T: serde::Serialize>(
     json: bool,
