@@ -11,9 +11,7 @@ use sam_agent::NodeConfig;
 /// `token_file` or the file the configuration names, and the boot timeline from the
 /// journal or cloud-init's log. Without it the agent runs under the local provider:
 /// the configuration is the user data at `SAM_USER_DATA`, with `SAM_PORT` and
-/// `SAM_DATA_DIR` ([`NodeConfig::from_local_env`]); once its token is read the user
-/// data file is removed, so the agents, which run as the same user under the local
-/// provider, cannot read the node's token from it.
+/// `SAM_DATA_DIR` ([`NodeConfig::from_local_env`]).
 ///
 /// # Errors
 /// When the configuration or token cannot be read, or the agent cannot serve.
@@ -26,16 +24,6 @@ pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> a
         None => (NodeConfig::from_local_env()?, None),
     };
     let token = node.token(token_file)?;
-    if config.is_none()
-        && let Some(path) = std::env::var_os("SAM_USER_DATA")
-    {
-        std::fs::remove_file(&path).with_context(|| {
-            format!(
-                "cannot remove the node's user data {}",
-                Path::new(&path).display()
-            )
-        })?;
-    }
     eprintln!(
         "sam-vm-agent {}: node {} on port {}, control plane {}",
         sam_agent::server::VERSION,
