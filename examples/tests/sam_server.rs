@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 mod common;
 use common::server::{
     ServerProcess, TOKEN, call, free_port, fresh_schema, read_events, server_command,
-    submit_and_follow,
+    server_command_of, submit_and_follow,
 };
 use common::{StopNodes, repo};
 
@@ -174,6 +174,59 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
 
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// `cargo run --release --bin sam-server` builds only `sam-server`: with no
+/// `sam-vm-agent` or `sam-demo-agent` beside it, its local nodes run the server's own
+/// `vm-agent` and `demo-agent` roles (and git its `git-credential` role).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_sam_server_runs_its_own_helper_roles() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let bin = tempfile::tempdir().unwrap();
+    let lone = bin.path().join("sam-server");
+    std::fs::copy(env!("CARGO_BIN_EXE_sam-server"), &lone).expect("copy sam-server");
+    assert_eq!(
+        std::fs::read_dir(bin.path()).unwrap().count(),
+        1,
+        "sam-server is alone in its directory"
+    );
+    let port = free_port();
+    let mut command = server_command_of(&lone, data.path(), port, &[], &[]);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let server = ServerProcess::launch(command, port).await;
+    let http = reqwest::Client::new();
+    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
+    let (_, end) = events.last().expect("events");
+    assert_eq!(end["kind"]["status"], "completed", "task {id}: {events:?}");
+    server.terminate().await;
+
+    // Each role answers as its own subcommand, hidden from the help.
+    let help = std::process::Command::new(&lone)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(commands, ["tokens", "help"], "{help}");
+    let credential = std::process::Command::new(&lone)
+        .args(["git-credential", "store"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        credential.status.success(),
+        "git-credential store is a no-op that succeeds: {credential:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

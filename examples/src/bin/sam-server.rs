@@ -11,6 +11,10 @@
 //! tokens list` and `sam-server tokens revoke <id>` manage the API tokens in the
 //! store the same configuration names (a running server sees the change at once);
 //! a created token is printed once.
+//!
+//! Like `sam`, it also plays the hidden helper roles (`vm-agent`, `demo-agent`,
+//! `git-credential`) its local nodes start when no sibling binary is installed
+//! (`sam_examples::roles`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +23,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
 use sam_examples::config::ServerConfig;
+use sam_examples::roles::Role;
 use sam_examples::server::tokens::{self, CreateTokenBody, TokenView};
 use sam_examples::server::{self, ServerOptions};
 use serde::Serialize;
@@ -101,6 +106,11 @@ enum Command {
     /// Create, list or revoke API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The helper roles the server's local nodes run when no `sam-vm-agent` or
+    /// `sam-demo-agent` is installed beside it (`vm-agent`, `demo-agent`,
+    /// `git-credential`), hidden.
+    #[command(flatten)]
+    Role(Role),
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +211,17 @@ async fn manage_tokens(config: &ServerConfig, command: TokensCommand) -> anyhow:
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Role(role)) = &cli.command {
+        // A role reads no server configuration: it runs with the environment its
+        // node gave it.
+        return match role.clone().run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sam-server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match ServerConfig::load(cli.config.as_deref(), Serialized::globals(&cli)) {
         Ok(config) => config,
         Err(e) => {

@@ -23,6 +23,7 @@ use sam_core::{Location, ProviderKind, Secret, TaskStatus, VmSize};
 use sam_examples::client::{self, Client};
 use sam_examples::embedded::{self, Embedded, EmbeddedOptions};
 use sam_examples::quickstart::{Progress, RunRequest, run_task_until};
+use sam_examples::roles::Role;
 use sam_examples::server::SubmitBody;
 
 /// Run AI coding agents on cloud VMs.
@@ -37,26 +38,9 @@ struct Cli {
 enum Command {
     /// Run one task end to end on this machine, and wait for it.
     Run(RunArgs),
-    /// Run the VM agent (as `sam-vm-agent` does).
-    #[command(hide = true)]
-    VmAgent {
-        /// The agent's configuration.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The file holding the node's callback token.
-        #[arg(long)]
-        callback_token_file: Option<PathBuf>,
-    },
-    /// Run the demo ACP agent on stdio (as `sam-demo-agent` does).
-    #[command(hide = true)]
-    DemoAgent,
-    /// The git credential helper a VM agent run as `sam vm-agent` configures (as
-    /// `sam-vm-agent git-credential` does).
-    #[command(hide = true)]
-    GitCredential {
-        /// The operation git asks for (`get`, `store`, `erase`).
-        operation: String,
-    },
+    /// The helper roles (`vm-agent`, `demo-agent`, `git-credential`), hidden.
+    #[command(flatten)]
+    Role(Role),
     /// Print the cloud-init user-data a node boots with (it includes the callback token).
     CloudInit(CloudInitArgs),
     /// Submit a task to a server.
@@ -271,26 +255,7 @@ fn main() -> ExitCode {
                 print_json_or(json, &catalog, || client::catalog_text(&catalog))
             })
         }),
-        Command::VmAgent {
-            config,
-            callback_token_file,
-        } => runtime().and_then(|rt| {
-            rt.block_on(sam_examples::node::run_vm_agent(
-                config.as_deref(),
-                callback_token_file.as_deref(),
-            ))
-        }),
-        Command::GitCredential { operation } => runtime().and_then(|rt| {
-            rt.block_on(sam_agent::git::run_credential_helper(&operation))
-                .map_err(Into::into)
-        }),
-        Command::DemoAgent => runtime().and_then(|rt| {
-            rt.block_on(sam_agent::demo::serve(
-                tokio::io::stdin(),
-                tokio::io::stdout(),
-            ))
-            .map_err(Into::into)
-        }),
+        Command::Role(role) => runtime().and_then(|rt| rt.block_on(role.run())),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

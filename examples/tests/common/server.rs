@@ -98,7 +98,24 @@ pub(crate) fn server_command(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+    server_command_of(
+        Path::new(env!("CARGO_BIN_EXE_sam-server")),
+        data_dir,
+        port,
+        args,
+        env,
+    )
+}
+
+/// As [`server_command`], for the `sam-server` executable at `program`.
+pub(crate) fn server_command_of(
+    program: &Path,
+    data_dir: &Path,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
     command
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
