@@ -17,10 +17,22 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 const TOKEN: &str = "test-secret-key";
 const IMAGE: &str = "3f1b9623-71ba-4fe3-b994-27fcdaa850ba";
 
-/// A small Scaleway: servers in memory per id, one per page when listing.
+/// A small Scaleway: servers in memory per id, one per page when listing; each
+/// server has an SBS root volume that outlives a server `DELETE` (as Scaleway's
+/// does) and is refused once, `412 resource_still_in_use`, while it detaches (the
+/// answer public Scaleway tooling retries on after deleting a server).
 #[derive(Clone, Default)]
 struct FakeScaleway {
     servers: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// Volume id → whether it was already refused once after its server went.
+    volumes: Arc<Mutex<BTreeMap<String, bool>>>,
+}
+
+impl FakeScaleway {
+    /// Volume ids still there.
+    fn volumes(&self) -> Vec<String> {
+        self.volumes.lock().expect("lock").keys().cloned().collect()
+    }
 }
 
 fn typed(status: u16, kind: &str, message: &str) -> ResponseTemplate {
@@ -53,7 +65,10 @@ impl Respond for FakeScaleway {
                 let body: Value = serde_json::from_slice(&request.body).expect("json body");
                 assert_eq!(body["image"], IMAGE, "the image label was resolved");
                 let id = format!("11111111-1111-4111-8111-{:012}", servers.len() + 1);
+                let volume = format!("22222222-2222-4222-8222-{:012}", servers.len() + 1);
+                self.volumes.lock().expect("lock").insert(volume.clone(), false);
                 let server = json!({
+                    "volumes": { "0": { "id": volume, "volume_type": "sbs_volume", "boot": false } },
                     "id": id, "name": body["name"], "state": "stopped", "commercial_type": body["commercial_type"],
                     "tags": body["tags"], "zone": zone, "public_ip": { "address": "192.0.2.20" },
                     "creation_date": "2026-01-01T00:00:00+00:00",
@@ -103,7 +118,13 @@ impl Respond for FakeScaleway {
                         match body["action"].as_str() {
                             Some("poweron") => servers.get_mut(*id).expect("found")["state"] = json!("starting"),
                             Some("terminate") => {
-                                servers.remove(*id);
+                                // Terminate deletes the server with its volumes.
+                                if let Some(server) = servers.remove(*id) {
+                                    let mut volumes = self.volumes.lock().expect("lock");
+                                    for v in server["volumes"].as_object().into_iter().flat_map(|m| m.values()) {
+                                        volumes.remove(v["id"].as_str().unwrap_or_default());
+                                    }
+                                }
                             }
                             _ => return typed(400, "invalid_request_error", "unknown action"),
                         }
@@ -112,15 +133,38 @@ impl Respond for FakeScaleway {
                     _ => typed(404, "not_found", "no such route"),
                 }
             }
+            ("DELETE", ["block", "v1alpha1", "zones", _zone, "volumes", id]) => {
+                let attached = servers.values().any(|s| {
+                    s["volumes"].as_object().into_iter().flat_map(|m| m.values()).any(|v| v["id"] == *id)
+                });
+                let mut volumes = self.volumes.lock().expect("lock");
+                match volumes.get_mut(*id) {
+                    None => typed(404, "unknown_resource", &format!("\"{id}\" not found")),
+                    Some(refused) if attached || !*refused => {
+                        *refused = true;
+                        ResponseTemplate::new(412).set_body_json(
+                            json!({ "type": "precondition_failed", "precondition": "resource_still_in_use" }),
+                        )
+                    }
+                    Some(_) => {
+                        volumes.remove(*id);
+                        ResponseTemplate::new(204)
+                    }
+                }
+            }
             _ => typed(404, "not_found", "no such route"),
         }
     }
 }
 
 async fn mocked() -> Mocked<ScalewayProvider> {
+    mocked_with(FakeScaleway::default()).await
+}
+
+async fn mocked_with(fake: FakeScaleway) -> Mocked<ScalewayProvider> {
     let server = MockServer::start().await;
     Mock::given(path_regex("^/.*"))
-        .respond_with(FakeScaleway::default())
+        .respond_with(fake)
         .with_priority(10)
         .mount(&server)
         .await;
@@ -214,7 +258,8 @@ async fn a_failed_upload_terminates_the_new_server() {
 
 #[tokio::test]
 async fn a_failed_power_on_falls_back_to_delete_when_terminate_is_refused() {
-    let mocked = mocked().await;
+    let fake = FakeScaleway::default();
+    let mocked = mocked_with(fake.clone()).await;
     let quota = case("scaleway-08");
     let not_running = case("scaleway-09");
     fail(
@@ -242,6 +287,77 @@ async fn a_failed_power_on_falls_back_to_delete_when_terminate_is_refused() {
     assert_eq!(error.category(), ErrorCategory::QuotaExceeded);
     assert!(error.cleanup_failure().is_none(), "DELETE cleaned up");
     assert_eq!(leftovers(&mocked).await, 0, "the server was deleted");
+    assert_eq!(
+        fake.volumes(),
+        Vec::<String>::new(),
+        "its root volume too, once detached (a server DELETE leaves it billed)"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_stopped_server_deletes_its_volumes_and_terminate_needs_no_more() {
+    let fake = FakeScaleway::default();
+    let mocked = mocked_with(fake.clone()).await;
+    // Created and powered on: running, so delete terminates (volumes go with it).
+    let running = mocked
+        .create_vm(&spec(&*mocked, "running"))
+        .await
+        .expect("create");
+    mocked.get_vm(&running.id).await.expect("get");
+    assert_eq!(fake.volumes().len(), 1);
+    mocked.delete_vm(&running.id).await.expect("delete");
+    assert!(fake.volumes().is_empty(), "terminate took the volume along");
+
+    // A stopped server cannot be terminated: DELETE, then its volume.
+    let stopped = mocked
+        .create_vm(&spec(&*mocked, "stopped"))
+        .await
+        .expect("create");
+    fake.servers
+        .lock()
+        .unwrap()
+        .values_mut()
+        .for_each(|s| s["state"] = json!("stopped"));
+    mocked.delete_vm(&stopped.id).await.expect("delete");
+    assert_eq!(leftovers(&mocked).await, 0);
+    assert!(
+        fake.volumes().is_empty(),
+        "the stopped server's volume was deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_volume_that_cannot_be_deleted_is_named_in_the_error() {
+    let fake = FakeScaleway::default();
+    let mocked = mocked_with(fake.clone()).await;
+    let vm = mocked
+        .create_vm(&spec(&*mocked, "stuck"))
+        .await
+        .expect("create");
+    fake.servers
+        .lock()
+        .unwrap()
+        .values_mut()
+        .for_each(|s| s["state"] = json!("stopped"));
+    fail(
+        &mocked,
+        "DELETE",
+        "/block/v1alpha1/zones/[^/]+/volumes/[^/]+$",
+        None,
+        500,
+        r#"{"type":"internal_error","message":"boom"}"#,
+    )
+    .await;
+    let error = mocked
+        .delete_vm(&vm.id)
+        .await
+        .expect_err("the volume stays");
+    let volume = fake.volumes().pop().expect("the volume is still there");
+    assert!(
+        error.to_string().contains(&volume) && error.to_string().contains("still billed"),
+        "{error}"
+    );
+    assert_eq!(leftovers(&mocked).await, 0, "the server itself is gone");
 }
 
 #[tokio::test]

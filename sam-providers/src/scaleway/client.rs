@@ -1,5 +1,8 @@
 //! Scaleway Instances REST calls and their private wire types.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use sam_core::{
@@ -54,7 +57,36 @@ pub(super) struct Server {
     #[serde(default)]
     public_ips: Vec<Value>,
     creation_date: Option<DateTime<Utc>>,
+    /// The server's volumes by slot (`"0"` is the root volume). `DELETE` on a
+    /// server leaves them behind, detached and still billed.
+    #[serde(default)]
+    volumes: BTreeMap<String, ServerVolume>,
 }
+
+/// A volume as a server lists it.
+#[derive(Deserialize)]
+pub(super) struct ServerVolume {
+    id: String,
+    /// `sbs_volume` (Block Storage API), `l_ssd` or `b_ssd` (Instance API).
+    #[serde(default)]
+    volume_type: String,
+}
+
+impl ServerVolume {
+    /// Where the volume is deleted: SBS volumes belong to the Block Storage API,
+    /// local and legacy block volumes to the Instance API.
+    fn path(&self, zone: &Location) -> String {
+        if self.volume_type == "sbs_volume" {
+            format!("/block/v1alpha1/zones/{zone}/volumes/{}", self.id)
+        } else {
+            format!("/instance/v1/zones/{zone}/volumes/{}", self.id)
+        }
+    }
+}
+
+/// Attempts per volume `DELETE`: a volume stays attached for a few seconds after its
+/// server is deleted, and is refused meanwhile.
+const VOLUME_ATTEMPTS: u32 = 5;
 
 #[derive(Deserialize)]
 struct LocalImages {
@@ -220,35 +252,85 @@ impl Client {
             })
     }
 
-    /// Removes a server this backend just created: terminate, or `DELETE` when
-    /// terminating fails; gone (404) counts as done.
+    /// Removes a server this backend just created: terminate, or `DELETE` (with its
+    /// volumes) when terminating fails; gone (404) counts as done.
     pub(super) async fn discard(&self, zone: &Location, id: &str) -> Result<(), ProviderError> {
         match self.action(zone, id, "terminate").await {
             Ok(()) => return Ok(()),
             Err(e) if e.category() == ErrorCategory::NotFound => return Ok(()),
             Err(_) => {}
         }
-        self.delete_server(zone, id).await
+        match self.get_server(zone, id).await {
+            Ok(server) => self.delete_server(zone, &server).await,
+            Err(e) if e.category() == ErrorCategory::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
-    /// `DELETE`s a server (its volumes stay); gone counts as done.
+    /// `DELETE`s a server, then each of its volumes, which the server's `DELETE`
+    /// leaves behind; gone counts as done. A volume that cannot be deleted fails
+    /// the call with an error naming it, since nothing would find it later.
     pub(super) async fn delete_server(
         &self,
         zone: &Location,
-        id: &str,
+        server: &Server,
     ) -> Result<(), ProviderError> {
         match self
             .call(
                 Method::DELETE,
-                &Self::server_path(zone, id),
+                &Self::server_path(zone, &server.id),
                 &[],
                 Body::None,
             )
             .await
         {
-            Ok(_) => Ok(()),
-            Err(e) if e.category() == ErrorCategory::NotFound => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(e) if e.category() == ErrorCategory::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut left = Vec::new();
+        let mut last = None;
+        for volume in server.volumes.values() {
+            if let Err(e) = self.delete_volume(zone, volume).await {
+                left.push(volume.id.as_str());
+                last = Some(e);
+            }
+        }
+        match last {
+            None => Ok(()),
+            Some(e) => Err(ProviderError::new(
+                KIND,
+                e.category(),
+                format!(
+                    "server {} deleted, but its volumes {} are left (still billed): {e}",
+                    server.id,
+                    left.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Deletes one detached volume, retrying while it is still attached.
+    async fn delete_volume(
+        &self,
+        zone: &Location,
+        volume: &ServerVolume,
+    ) -> Result<(), ProviderError> {
+        let path = volume.path(zone);
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match self.call(Method::DELETE, &path, &[], Body::None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.category() == ErrorCategory::NotFound => return Ok(()),
+                Err(e) if attempt >= VOLUME_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    tracing::debug!(volume = %volume.id, attempt, error = %e, "volume not deletable yet");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
+                    attempt += 1;
+                }
+            }
         }
     }
 }

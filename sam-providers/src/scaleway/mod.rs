@@ -146,8 +146,8 @@ mod provider {
             if server.state == "running" {
                 self.client.discard(&zone, &server.id).await
             } else {
-                // A stopped server cannot be terminated; delete it directly.
-                self.client.delete_server(&zone, &server.id).await
+                // A stopped server cannot be terminated; delete it and its volumes.
+                self.client.delete_server(&zone, &server).await
             }
         }
 
