@@ -20,6 +20,11 @@ pub const MAX_SWAP_MB: u32 = 65_536;
 pub const MAX_SWAPPINESS: u32 = 100;
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
+/// The image Docker nodes run a workspace in when its repository has no
+/// devcontainer; boot pulls it in the background ([`crate::Phase::ImagePull`]).
+pub const DEFAULT_LIGHTWEIGHT_IMAGE: &str = "mcr.microsoft.com/devcontainers/base:bookworm";
+/// Longest image reference accepted, in bytes.
+pub const MAX_IMAGE_LEN: usize = 255;
 /// Shortest callback token accepted, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest callback token accepted, in bytes.
@@ -70,6 +75,9 @@ pub struct NodeBoot {
     pub role: NodeRole,
     /// Extra PEM certificates to trust, for a control plane behind a private CA.
     pub extra_ca_pem: Option<String>,
+    /// The lightweight workspace image of a Docker node (written to the agent's
+    /// configuration, pulled at boot). Default [`DEFAULT_LIGHTWEIGHT_IMAGE`].
+    pub lightweight_image: String,
 }
 
 impl NodeBoot {
@@ -96,6 +104,7 @@ impl NodeBoot {
             provider: ProviderKind::Hetzner,
             role: NodeRole::Docker,
             extra_ca_pem: None,
+            lightweight_image: DEFAULT_LIGHTWEIGHT_IMAGE.to_owned(),
         }
     }
 
@@ -157,6 +166,7 @@ impl NodeBoot {
         if let Some(pem) = &self.extra_ca_pem {
             report.field("extra_ca_pem", check_pem(pem));
         }
+        report.field("lightweight_image", check_image(&self.lightweight_image));
 
         match (node_id, control_plane_url, agent_download_url, agents) {
             (Some(node_id), Some(control_plane_url), Some(agent_download_url), Some(agents))
@@ -178,6 +188,7 @@ impl NodeBoot {
                     provider: self.provider,
                     role: self.role,
                     extra_ca_pem: self.extra_ca_pem.as_deref().map(canonical_pem),
+                    lightweight_image: &self.lightweight_image,
                 })
             }
             _ => Err(Error::Invalid { errors: report.0 }),
@@ -261,6 +272,7 @@ pub(crate) struct Checked<'a> {
     pub(crate) provider: ProviderKind,
     pub(crate) role: NodeRole,
     pub(crate) extra_ca_pem: Option<String>,
+    pub(crate) lightweight_image: &'a str,
 }
 
 /// One DNS label: `[a-z0-9-]`, 1–63 bytes, no leading or trailing hyphen.
@@ -390,6 +402,28 @@ fn check_token(value: &str) -> Result<(), String> {
         return Err("contains a character outside [A-Za-z0-9_.=-]".into());
     }
     Ok(())
+}
+
+/// An image reference (`registry/name:tag` or `name@sha256:…`): 1–255 bytes of
+/// `[A-Za-z0-9._:/@-]`, starting with a letter or digit (it becomes one argument of
+/// `docker pull`, never an option), with no empty or `..` path component.
+fn check_image(value: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._:/@-".contains(c);
+    if value.is_empty() || value.len() > MAX_IMAGE_LEN {
+        Err(format!("must be 1 to {MAX_IMAGE_LEN} bytes"))
+    } else if !value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !value.chars().all(allowed)
+        || value.contains("..")
+        || value.contains("//")
+    {
+        Err(
+            "must be an image reference: letters, digits and . _ : / @ -, \
+             starting with a letter or digit, without .. or //"
+                .into(),
+        )
+    } else {
+        Ok(())
+    }
 }
 
 fn check_sha256(value: &str) -> Result<(), String> {
@@ -641,6 +675,9 @@ pub struct CloudInitBoot {
     pub agent_sha256: String,
     /// The agents whose ACP adapters every node installs. Default: every known agent.
     pub agents: Vec<String>,
+    /// The lightweight workspace image of Docker nodes. Default
+    /// [`DEFAULT_LIGHTWEIGHT_IMAGE`].
+    pub lightweight_image: String,
 }
 
 impl CloudInitBoot {
@@ -654,6 +691,7 @@ impl CloudInitBoot {
             agent_download_url: None,
             agent_sha256: agent_sha256.into(),
             agents: AGENT_ADAPTERS.iter().map(|a| a.agent.to_owned()).collect(),
+            lightweight_image: DEFAULT_LIGHTWEIGHT_IMAGE.to_owned(),
         }
     }
 
@@ -683,6 +721,7 @@ impl CloudInitBoot {
         boot.agent_port = self.agent_port;
         boot.agent_download_url = self.agent_download_url.clone();
         boot.agents = self.agents.clone();
+        boot.lightweight_image = self.lightweight_image.clone();
         boot.provider = provider;
         boot
     }

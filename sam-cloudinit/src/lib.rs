@@ -86,8 +86,8 @@ mod phase;
 
 pub use agents::{AGENT_ADAPTERS, AgentAdapter, DEVCONTAINER_CLI_PACKAGE, agent_adapter};
 pub use boot::{
-    CloudInitBoot, JournaldLimits, MAX_CA_PEM_BYTES, MAX_SWAP_MB, MAX_SWAPPINESS, MAX_TOKEN_LEN,
-    MAX_URL_LEN, MIN_TOKEN_LEN, NodeBoot, NodeRole,
+    CloudInitBoot, DEFAULT_LIGHTWEIGHT_IMAGE, JournaldLimits, MAX_CA_PEM_BYTES, MAX_IMAGE_LEN,
+    MAX_SWAP_MB, MAX_SWAPPINESS, MAX_TOKEN_LEN, MAX_URL_LEN, MIN_TOKEN_LEN, NodeBoot, NodeRole,
 };
 pub use config::{
     Account, CLOUD_CONFIG_HEADER, CloudConfig, Command, FileContent, MAX_USER_DATA_BYTES, User,
@@ -96,6 +96,6 @@ pub use config::{
 pub use error::{Error, FieldError, Result};
 pub use phase::{
     AGENT_BINARY_PATH, AGENT_CONFIG_PATH, AGENT_SHA256_PATH, AGENT_UNIT, AGENT_USER,
-    ALL_PHASES_COMPLETE, BOOT_FAILED_EVENT, BOOT_FAILED_PATH, BOOT_LOG_TAG, CALLBACK_TOKEN_PATH,
-    PHASE_FAILED, PHASE_SCRIPT, Phase, metadata_endpoints,
+    ALL_PHASES_COMPLETE, BACKGROUND_SCRIPT, BOOT_FAILED_EVENT, BOOT_FAILED_PATH, BOOT_LOG_TAG,
+    CALLBACK_TOKEN_PATH, PHASE_FAILED, PHASE_SCRIPT, Phase, metadata_endpoints,
 };

@@ -10,6 +10,11 @@
 //! command runs through [`PHASE_SCRIPT`], which logs `PHASE FAILED: <name> (exit
 //! <status>)`, reports the failed boot to the control plane ([`BOOT_FAILED_EVENT`])
 //! and passes the status on, which stops the boot.
+//!
+//! A background phase ([`Phase::ImagePull`]) starts its command through
+//! [`BACKGROUND_SCRIPT`] and lets the next phases run meanwhile; the command logs
+//! its own `PHASE END`, and the boot waits for it, through the phase script under
+//! the phase's name, right before the agent starts.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -27,7 +32,8 @@ pub const ALL_PHASES_COMPLETE: &str = "ALL PHASES COMPLETE";
 /// Where the agent binary is installed.
 pub const AGENT_BINARY_PATH: &str = "/usr/local/bin/sam-vm-agent";
 /// The agent's configuration (JSON: `node_id`, `control_plane_url`,
-/// `callback_token_file`, `port`, `provider`, `role`, `agent_user`).
+/// `callback_token_file`, `port`, `provider`, `role`, `agent_user`,
+/// `lightweight_image`).
 pub const AGENT_CONFIG_PATH: &str = "/etc/sam/agent.json";
 /// The node-scoped callback token: mode 0600, owned by root.
 pub const CALLBACK_TOKEN_PATH: &str = "/etc/sam/callback-token";
@@ -61,6 +67,10 @@ const METADATA_ENDPOINTS_PATH: &str = "/etc/sam/metadata-endpoints";
 const SWAP_SCRIPT: &str = "/usr/local/lib/sam-boot/swap.sh";
 const METADATA_BLOCK_SCRIPT: &str = "/usr/local/lib/sam-boot/metadata-block.sh";
 const INSTALL_AGENT_SCRIPT: &str = "/usr/local/lib/sam-boot/install-agent.sh";
+/// The script that runs a background phase: `background.sh start|wait <phase> …`.
+pub const BACKGROUND_SCRIPT: &str = "/usr/local/lib/sam-boot/background.sh";
+/// The longest a background image pull may take before it fails its phase.
+const IMAGE_PULL_TIMEOUT_SECS: u32 = 900;
 const METADATA_BLOCK_UNIT: &str = "sam-metadata-block.service";
 const AGENT_DOWNLOAD_PATH: &str = "/usr/local/bin/sam-vm-agent.download";
 const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
@@ -78,6 +88,14 @@ pub enum Phase {
     Swap,
     /// Install what the agent needs.
     Packages,
+    /// (Re)start Docker with its configuration; Docker nodes only. The last point
+    /// where Docker restarts: every later apt install runs with needrestart
+    /// suspended, so nothing restarts it under the image pull or a workload.
+    Docker,
+    /// Pull the lightweight workspace image; Docker nodes only. It runs in the
+    /// background beside the Node.js and adapter installs, and the boot waits for it
+    /// just before the agent starts.
+    ImagePull,
     /// Install Node.js and npm (Debian's packages); left out when the node needs
     /// neither an agent adapter nor the devcontainer CLI.
     Node,
@@ -86,9 +104,6 @@ pub enum Phase {
     Agents,
     /// Apply the journald limits.
     Journald,
-    /// (Re)start Docker with its configuration; Docker nodes only. The last point
-    /// where Docker may restart.
-    Docker,
     /// Keep workspaces away from the metadata endpoint.
     MetadataBlock,
     /// Refresh the trusted CA certificates (with the extra CA, if any).
@@ -101,14 +116,15 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::AptTimers,
         Self::Swap,
         Self::Packages,
+        Self::Docker,
+        Self::ImagePull,
         Self::Node,
         Self::Agents,
         Self::Journald,
-        Self::Docker,
         Self::MetadataBlock,
         Self::Tls,
         Self::AgentDownload,
@@ -121,6 +137,7 @@ impl Phase {
             Self::AptTimers => "apt-timers",
             Self::Swap => "swap",
             Self::Packages => "packages",
+            Self::ImagePull => "image-pull",
             Self::Node => "node",
             Self::Agents => "agents",
             Self::Journald => "journald",
@@ -130,6 +147,12 @@ impl Phase {
             Self::AgentDownload => "agent-download",
             Self::AgentStart => "agent-start",
         }
+    }
+
+    /// Whether the phase runs in the background: started in its place, waited for
+    /// before the agent starts.
+    pub fn is_background(self) -> bool {
+        self == Self::ImagePull
     }
 
     /// The phase's commands for this node, or `None` when the node skips it.
@@ -154,6 +177,14 @@ impl Phase {
                     Command::new(["apt-get", "update", "-q"]),
                     apt_install(packages.copied()),
                 ]
+            }
+            Self::ImagePull if !docker => return None,
+            Self::ImagePull => {
+                let timeout = IMAGE_PULL_TIMEOUT_SECS.to_string();
+                let pull = ["timeout", &timeout, "docker", "pull", "--quiet"];
+                let start = [BACKGROUND_SCRIPT, "start", self.as_str()];
+                let image = boot.lightweight_image;
+                vec![Command::new(start.into_iter().chain(pull).chain([image]))]
             }
             Self::Node | Self::Agents if !needs_node(boot) => return None,
             Self::Node => vec![apt_install(NODE_PACKAGES)],
@@ -198,11 +229,14 @@ fn needs_node(boot: &Checked<'_>) -> bool {
     !boot.agents.is_empty() || boot.role == NodeRole::Docker
 }
 
-/// `apt-get install` of `packages`, without prompts, waiting for the dpkg lock.
+/// `apt-get install` of `packages`, without prompts, waiting for the dpkg lock, and
+/// with needrestart (Ubuntu's images have it) suspended, so an install restarts no
+/// service, Docker included.
 fn apt_install<'a>(packages: impl IntoIterator<Item = &'a str>) -> Command {
     let install = [
         "env",
         "DEBIAN_FRONTEND=noninteractive",
+        "NEEDRESTART_SUSPEND=1",
         "apt-get",
         "install",
         "-y",
@@ -212,6 +246,12 @@ fn apt_install<'a>(packages: impl IntoIterator<Item = &'a str>) -> Command {
         "DPkg::Lock::Timeout=300",
     ];
     Command::new(install.into_iter().chain(packages))
+}
+
+/// `command`, run through the phase script as part of `phase`.
+fn in_phase(phase: Phase, command: Command) -> Command {
+    let wrapper = [PHASE_SCRIPT.to_owned(), phase.as_str().to_owned()];
+    Command::new(wrapper.into_iter().chain(command.argv().iter().cloned()))
 }
 
 fn enable_now(unit: &str) -> Vec<Command> {
@@ -253,6 +293,7 @@ struct AgentConfig<'a> {
     provider: ProviderKind,
     role: NodeRole,
     agent_user: &'a str,
+    lightweight_image: &'a str,
 }
 
 /// Builds the cloud-config of a validated input.
@@ -260,14 +301,25 @@ pub(crate) fn cloud_config(boot: &Checked<'_>) -> CloudConfig {
     // `set` stays the shell's builtin when quoted, as cloud-init quotes every
     // element: this is what makes a failed phase stop the boot.
     let mut runcmd = vec![Command::new(["set", "-e"])];
+    let mut running = Vec::new();
     for phase in Phase::ALL {
+        if phase == Phase::AgentStart {
+            // Everything the agent needs is there before it starts.
+            for background in running.drain(..) {
+                runcmd.push(in_phase(
+                    background,
+                    Command::new([BACKGROUND_SCRIPT, "wait", background.as_str()]),
+                ));
+            }
+        }
         if let Some(commands) = phase.commands(boot) {
             runcmd.push(log(&format!("PHASE START: {}", phase.as_str())));
-            runcmd.extend(commands.into_iter().map(|command| {
-                let wrapper = [PHASE_SCRIPT.to_owned(), phase.as_str().to_owned()];
-                Command::new(wrapper.into_iter().chain(command.argv().iter().cloned()))
-            }));
-            runcmd.push(log(&format!("PHASE END: {}", phase.as_str())));
+            runcmd.extend(commands.into_iter().map(|command| in_phase(phase, command)));
+            if phase.is_background() {
+                running.push(phase);
+            } else {
+                runcmd.push(log(&format!("PHASE END: {}", phase.as_str())));
+            }
         }
     }
     runcmd.push(log(ALL_PHASES_COMPLETE));
@@ -300,6 +352,7 @@ fn write_files(boot: &Checked<'_>) -> Vec<WriteFile> {
         provider: boot.provider,
         role: boot.role,
         agent_user: AGENT_USER,
+        lightweight_image: boot.lightweight_image,
     };
     let agent_config = serde_json::to_string_pretty(&agent_config)
         .expect("strings, numbers and unit enums always serialize");
@@ -356,6 +409,7 @@ fn write_files(boot: &Checked<'_>) -> Vec<WriteFile> {
             include_str!("files/metadata-block.sh"),
         ),
         script(INSTALL_AGENT_SCRIPT, include_str!("files/install-agent.sh")),
+        script(BACKGROUND_SCRIPT, include_str!("files/background.sh")),
         unit(
             METADATA_BLOCK_UNIT,
             include_str!("files/sam-metadata-block.service"),

@@ -55,6 +55,7 @@ fn with(field: &str, value: String) -> NodeBoot {
         "journald.system_max_use" => boot.journald.system_max_use = value,
         "journald.max_retention" => boot.journald.max_retention = value,
         "extra_ca_pem" => boot.extra_ca_pem = Some(value),
+        "lightweight_image" => boot.lightweight_image = value,
         other => panic!("no field {other}"),
     }
     boot
@@ -77,7 +78,7 @@ fn check_rejected(field: &str, value: &str) {
 #[test]
 fn hostile_values_are_rejected_by_field() {
     let url = "https://sam.example.com/";
-    let cases: [(&str, Vec<String>); 10] = [
+    let cases: [(&str, Vec<String>); 11] = [
         ("node_id", prefixed("node-1")),
         ("hostname", prefixed("node-1")),
         ("control_plane_url", prefixed(url)),
@@ -88,6 +89,7 @@ fn hostile_values_are_rejected_by_field() {
         ("journald.system_max_use", prefixed("500M")),
         ("journald.max_retention", prefixed("7day")),
         ("extra_ca_pem", prefixed("")),
+        ("lightweight_image", prefixed("debian:bookworm")),
     ];
     for (field, values) in cases {
         for value in values {
@@ -129,6 +131,10 @@ fn over_long_values_are_rejected() {
     check_rejected("journald.system_max_use", "1234567M");
     let pem = include_str!("extra-ca.pem").repeat(30);
     check_rejected("extra_ca_pem", &pem);
+    check_rejected("lightweight_image", &"i".repeat(256));
+    check_rejected("lightweight_image", "");
+    // An option, not an image, for `docker pull`.
+    check_rejected("lightweight_image", "--all-tags");
 }
 
 #[test]
@@ -172,7 +178,7 @@ fn range_bounds_are_accepted() {
     }
 }
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "node_id",
     "hostname",
     "control_plane_url",
@@ -183,6 +189,7 @@ const FIELDS: [&str; 10] = [
     "journald.system_max_use",
     "journald.max_retention",
     "extra_ca_pem",
+    "lightweight_image",
 ];
 
 proptest! {

@@ -1,10 +1,11 @@
 //! The boot order invariant, checked on the rendered output: the script stops at
 //! the first failure, phases run in the order of `Phase::ALL`, every command runs
-//! through the phase script under its own phase's name, the agent starts last, and
-//! nothing after the agent's start can restart Docker.
+//! through the phase script under its own phase's name, a background phase is
+//! waited for before the agent starts, the agent starts last, nothing after the
+//! Docker phase restarts Docker, and every apt install suspends needrestart.
 
 use proptest::prelude::*;
-use sam_cloudinit::{ALL_PHASES_COMPLETE, BOOT_LOG_TAG, PHASE_SCRIPT, Phase};
+use sam_cloudinit::{ALL_PHASES_COMPLETE, BACKGROUND_SCRIPT, BOOT_LOG_TAG, PHASE_SCRIPT, Phase};
 
 use crate::render::Rendered;
 use crate::support::{fixtures, valid_boot};
@@ -32,12 +33,37 @@ fn check_order(text: &str) -> Vec<Phase> {
     );
     let mut phases = Vec::new();
     let mut open: Option<Phase> = None;
+    let mut background: Vec<Phase> = Vec::new();
     let mut agent_start_at = None;
+    let mut docker_at = None;
+    let mut in_docker_phase = Vec::new();
     for (i, argv) in runcmd.iter().enumerate() {
         let Some(message) = boot_log(argv) else {
             let Some(phase) = open else {
-                panic!("command {argv:?} runs outside any phase");
+                // Outside a phase only the wait for a running background phase.
+                let waited = background
+                    .iter()
+                    .position(|p| {
+                        argv.len() == 5
+                            && argv[0] == PHASE_SCRIPT
+                            && argv[1] == p.as_str()
+                            && argv[2] == BACKGROUND_SCRIPT
+                            && argv[3] == "wait"
+                            && argv[4] == p.as_str()
+                    })
+                    .unwrap_or_else(|| panic!("command {argv:?} runs outside any phase"));
+                background.remove(waited);
+                continue;
             };
+            if phase == Phase::Docker {
+                in_docker_phase.push(i);
+            }
+            if phase.is_background() {
+                assert!(
+                    argv.len() > 4 && argv[2] == BACKGROUND_SCRIPT && argv[3] == "start",
+                    "background phase {phase:?} runs {argv:?} in the foreground"
+                );
+            }
             assert!(
                 argv.len() > 2 && argv[0] == PHASE_SCRIPT && argv[1] == phase.as_str(),
                 "command {argv:?} does not run through the phase script as {phase:?}"
@@ -45,6 +71,11 @@ fn check_order(text: &str) -> Vec<Phase> {
             continue;
         };
         if let Some(name) = message.strip_prefix("PHASE START: ") {
+            // A background phase is left running (it logs its own end).
+            if let Some(running) = open.filter(|p| p.is_background()) {
+                background.push(running);
+                open = None;
+            }
             assert_eq!(open, None, "{name} starts inside another phase");
             let phase = *Phase::ALL
                 .iter()
@@ -53,7 +84,14 @@ fn check_order(text: &str) -> Vec<Phase> {
             open = Some(phase);
             phases.push(phase);
             if phase == Phase::AgentStart {
+                assert!(
+                    background.is_empty(),
+                    "the agent starts before {background:?} ended"
+                );
                 agent_start_at = Some(i);
+            }
+            if phase == Phase::Docker {
+                docker_at = Some(i);
             }
         } else if let Some(name) = message.strip_prefix("PHASE END: ") {
             assert_eq!(
@@ -105,6 +143,31 @@ fn check_order(text: &str) -> Vec<Phase> {
             );
         }
     }
+
+    // Docker restarts only in its own phase; no apt install may restart it.
+    for (i, argv) in runcmd.iter().enumerate() {
+        let restarts =
+            argv.iter().any(|a| a == "restart") && argv.iter().any(|a| a.contains("docker"));
+        assert!(
+            !restarts || in_docker_phase.contains(&i),
+            "{argv:?} restarts Docker outside its phase"
+        );
+        if argv.iter().any(|a| a == "apt-get") && argv.iter().any(|a| a == "install") {
+            assert!(
+                argv.iter().any(|a| a == "NEEDRESTART_SUSPEND=1"),
+                "{argv:?} may restart services"
+            );
+        }
+    }
+    if let Some(at) = docker_at {
+        let pull = phases.iter().position(|p| *p == Phase::ImagePull);
+        let node = phases.iter().position(|p| *p == Phase::Node);
+        assert!(
+            pull.is_some() && pull < node,
+            "the image pull runs beside Node's install"
+        );
+        assert!(at < agent_start_at.unwrap_or(usize::MAX));
+    }
     phases
 }
 
@@ -115,6 +178,7 @@ fn fixtures_boot_in_order() {
         assert_eq!(phases.contains(&Phase::Swap), boot.swap_mb > 0, "{name}");
         let docker = boot.role == sam_cloudinit::NodeRole::Docker;
         assert_eq!(phases.contains(&Phase::Docker), docker, "{name}");
+        assert_eq!(phases.contains(&Phase::ImagePull), docker, "{name}");
         let node = docker || !boot.agents.is_empty();
         assert_eq!(phases.contains(&Phase::Node), node, "{name}");
         assert_eq!(phases.contains(&Phase::Agents), node, "{name}");

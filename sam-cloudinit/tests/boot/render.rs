@@ -126,6 +126,7 @@ fn the_agent_configuration_carries_the_inputs_as_json() {
             "provider": "scaleway",
             "role": "docker",
             "agent_user": "sam",
+            "lightweight_image": format!("registry.example.com:5000/team/workspace@sha256:{}", "e".repeat(64)),
         })
     );
     let sha = rendered.file(sam_cloudinit::AGENT_SHA256_PATH);

@@ -28,13 +28,17 @@ use crate::support::{
 const CLOUD_INIT_PYTHON: &str = "/usr/bin/python3";
 
 /// The system paths the boot writes, each relocated into the sandbox.
-const RELOCATED: [&str; 3] = ["/etc/", "/usr/local/", "/swapfile"];
+const RELOCATED: [&str; 4] = ["/etc/", "/usr/local/", "/run/", "/swapfile"];
 
 /// Absolute paths the boot may name as they are: none is written.
 const KEPT: [&str; 3] = ["/bin/sh", "/dev/null", "/dev/zero"];
 
 /// Real programs the boot scripts may run in the sandbox: none changes the machine.
-const REAL_TOOLS: [&str; 13] = [
+const REAL_TOOLS: [&str; 17] = [
+    "timeout",
+    "sleep",
+    "mv",
+    "tail",
     "date",
     "sed",
     "sh",
@@ -51,8 +55,9 @@ const REAL_TOOLS: [&str; 13] = [
 ];
 
 /// Programs replaced by the stand-in below.
-const STUBS: [&str; 14] = [
+const STUBS: [&str; 15] = [
     "logger",
+    "docker",
     "journalctl",
     "apt-get",
     "systemctl",
@@ -72,7 +77,8 @@ const STUBS: [&str; 14] = [
 /// to the boot log, and to a journal as `journalctl -o json` prints it; the program named by `STUB_FAIL` exits with `STUB_FAIL_STATUS`;
 /// `journalctl` prints that journal; `curl --output` writes the stand-in agent binary; `curl --header @file` and
 /// `--data-binary @-` keep what they send; `iptables -C` finds no rule (as on a fresh
-/// node); `fallocate` creates its file; `install` copies.
+/// node); `fallocate` creates its file; `install` copies; `docker pull` takes a
+/// moment, so the phases after it start while it runs.
 const STUB: &str = r#"#!/bin/sh
 name=${0##*/}
 {
@@ -80,7 +86,7 @@ name=${0##*/}
   for arg in "$@"; do printf ' %s' "$arg"; done
   printf '\n'
 } >> "$SANDBOX/calls"
-if [ "$name" = logger ] && [ "$1" = -t ]; then
+if [ "$name" = logger ] && [ "$1" = -t ] && [ "$2" = sam-boot ]; then
   printf '%s\n' "$3" >> "$SANDBOX/boot.log"
   printf '{"__REALTIME_TIMESTAMP":"%s","SYSLOG_IDENTIFIER":"%s","MESSAGE":"%s"}\n' \
     "$(date +%s%6N)" "$2" "$3" >> "$SANDBOX/journal.json"
@@ -102,6 +108,7 @@ case "$name" in
   iptables | ip6tables) [ "$1" = -C ] && exit 1 ;;
   journalctl) cat "$SANDBOX/journal.json" ;;
   fallocate) for last in "$@"; do :; done; : > "$last" ;;
+  docker) sleep 1 ;;
   install) for arg in "$@"; do src=${dst:-}; dst=$arg; done; cp "$src" "$dst" ;;
 esac
 exit 0
@@ -285,11 +292,35 @@ fn rendered_phases(script: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// The boot log of a boot that fails in `failed` with `status`, or completes.
+/// Whether the phase named `name` runs in the background.
+fn is_background(name: &str) -> bool {
+    Phase::ALL
+        .iter()
+        .any(|p| p.as_str() == name && p.is_background())
+}
+
+/// The boot log of a boot that fails in `failed` with `status`, or completes,
+/// without the `PHASE END` of background phases (see [`sequential`]). A background
+/// phase fails where the boot waits for it, before the agent starts.
 fn expected_log(phases: &[&str], failed: Option<(&str, u8)>) -> Vec<String> {
     let mut log = Vec::new();
+    let mut running = Vec::new();
     for phase in phases {
+        if *phase == "agent-start" {
+            for name in running.drain(..) {
+                if let Some((failed, status)) = failed
+                    && failed == name
+                {
+                    log.push(format!("PHASE FAILED: {name} (exit {status})"));
+                    return log;
+                }
+            }
+        }
         log.push(format!("PHASE START: {phase}"));
+        if is_background(phase) {
+            running.push(*phase);
+            continue;
+        }
         if let Some((name, status)) = failed
             && name == *phase
         {
@@ -300,6 +331,32 @@ fn expected_log(phases: &[&str], failed: Option<(&str, u8)>) -> Vec<String> {
     }
     log.push(ALL_PHASES_COMPLETE.to_owned());
     log
+}
+
+/// `log` without the `PHASE END` lines of background phases, which land wherever
+/// their command happens to end; checks each lands after its own start and before
+/// the agent's.
+fn sequential(log: &[String]) -> Vec<String> {
+    let position = |line: &str| log.iter().position(|l| l == line);
+    log.iter()
+        .enumerate()
+        .filter(|(at, line)| {
+            let Some(name) = line
+                .strip_prefix("PHASE END: ")
+                .filter(|n| is_background(n))
+            else {
+                return true;
+            };
+            let started = position(&format!("PHASE START: {name}")).expect("started");
+            let agent = position("PHASE START: agent-start").unwrap_or(usize::MAX);
+            assert!(
+                started < *at && *at < agent,
+                "{name} ended out of place: {log:#?}"
+            );
+            false
+        })
+        .map(|(_, line)| line.clone())
+        .collect()
 }
 
 /// The single check of a sandboxed boot: the exit status and the boot log.
@@ -316,7 +373,7 @@ fn check(boot: &NodeBoot, faults: &Faults, failed: Option<(&str, u8)>) -> Sandbo
         sandbox.read("stderr")
     );
     assert_eq!(
-        sandbox.boot_log(),
+        sequential(&sandbox.boot_log()),
         expected_log(&phases, failed),
         "calls:\n{calls}"
     );
@@ -334,12 +391,29 @@ fn check(boot: &NodeBoot, faults: &Faults, failed: Option<(&str, u8)>) -> Sandbo
         .map(|p| (p.name.as_str(), p.ended_at.is_some()))
         .collect();
     let ran = match failed {
+        // A background phase fails where the boot waits for it: every phase before
+        // the agent's start ran.
+        Some((phase, _)) if is_background(phase) => {
+            &phases[..phases.iter().position(|p| *p == "agent-start").unwrap()]
+        }
         Some((phase, _)) => &phases[..=phases.iter().position(|p| *p == phase).unwrap()],
         None => &phases[..],
     };
-    let expected: Vec<(&str, bool)> = ran
+    // A background phase still running when another phase failed may or may not
+    // have ended by then: its flag is left out of the comparison.
+    let undecided = |name: &str| {
+        is_background(name) && failed.is_some_and(|(f, _)| f != name && !is_background(f))
+    };
+    let read: Vec<(&str, Option<bool>)> = read
+        .into_iter()
+        .map(|(p, ended)| (p, (!undecided(p)).then_some(ended)))
+        .collect();
+    let expected: Vec<(&str, Option<bool>)> = ran
         .iter()
-        .map(|p| (*p, failed.is_none_or(|(name, _)| name != *p)))
+        .map(|p| {
+            let ended = failed.is_none_or(|(name, _)| name != *p);
+            (*p, (!undecided(p)).then_some(ended))
+        })
         .collect();
     assert_eq!(read, expected);
     assert_eq!(timeline.complete, failed.is_none());
@@ -385,8 +459,17 @@ fn check_report(sandbox: &Sandbox, url: &str, phase: &str, status: u8) {
         .collect();
     let reported = BootTimeline::from_journal_json(&lines.join("\n"));
     let logged = BootTimeline::from_journal_json(&sandbox.read("journal.json"));
-    assert_eq!(reported.phases.last().map(|p| p.name.as_str()), Some(phase));
-    assert_eq!(reported.phases.last().and_then(|p| p.ended_at), None);
+    let unended: Vec<&str> = reported
+        .phases
+        .iter()
+        .filter(|p| p.ended_at.is_none())
+        .map(|p| p.name.as_str())
+        .filter(|name| *name == phase || !is_background(name))
+        .collect();
+    assert_eq!(unended, [phase], "only the failed phase never ended");
+    if !is_background(phase) {
+        assert_eq!(reported.phases.last().map(|p| p.name.as_str()), Some(phase));
+    }
     assert_eq!(reported, logged);
     let leftovers = std::fs::read_dir(sandbox.path("tmp")).unwrap().count();
     assert_eq!(leftovers, 0, "the header file was left behind");
@@ -470,6 +553,69 @@ fn a_checksum_mismatch_fails_the_agent_download() {
 }
 
 #[test]
+fn the_image_pull_runs_beside_the_node_install_and_is_awaited_before_the_agent() {
+    if !cloud_init_modules_available() {
+        return;
+    }
+    let boot = full_boot();
+    let sandbox = check(&boot, &Faults::default(), None);
+    let calls = sandbox.calls();
+    let at = |prefix: &str| {
+        calls
+            .iter()
+            .position(|c| c.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}: {calls:#?}"))
+    };
+    // The pull started before Node's install, and pulled the configured image.
+    let pull = format!("docker pull --quiet {}", boot.lightweight_image);
+    assert!(calls.contains(&pull), "{calls:#?}");
+    assert!(
+        at("docker pull")
+            < at("apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 nodejs")
+            || at("docker pull") < at("npm "),
+        "{calls:#?}"
+    );
+    // Docker restarted before the pull, never after.
+    let restart = at("systemctl restart docker.service");
+    assert!(restart < at("docker pull"), "{calls:#?}");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.contains("restart docker"))
+            .count(),
+        1,
+        "{calls:#?}"
+    );
+    // The agent's configuration names the same image.
+    let config: serde_json::Value =
+        serde_json::from_str(&sandbox.read("etc/sam/agent.json")).expect("agent.json");
+    assert_eq!(config["lightweight_image"], boot.lightweight_image.as_str());
+}
+
+#[test]
+fn a_failed_image_pull_stops_the_boot_before_the_agent_starts() {
+    if !cloud_init_modules_available() {
+        return;
+    }
+    let faults = Faults {
+        fail: Some(("docker", 125)),
+        ..Faults::default()
+    };
+    let sandbox = check(&default_boot(), &faults, Some(("image-pull", 125)));
+    let calls = sandbox.calls();
+    assert!(
+        calls.iter().all(|c| !c.contains("sam-vm-agent.service")),
+        "the agent started: {calls:#?}"
+    );
+    check_report(
+        &sandbox,
+        "https://sam.example.com/v1/nodes/node-01/boot-failed",
+        "image-pull",
+        125,
+    );
+}
+
+#[test]
 fn a_missing_checksum_fails_the_agent_download() {
     if !cloud_init_modules_available() {
         return;
@@ -496,7 +642,7 @@ fn an_unreachable_download_fails_even_when_the_report_cannot_be_sent() {
     let (sandbox, script) = Sandbox::new(&default_boot());
     let status = sandbox.run(&script, &faults);
     assert_eq!(status, 4);
-    let log = sandbox.boot_log();
+    let log = sequential(&sandbox.boot_log());
     let phases = rendered_phases(&script);
     let mut expected = expected_log(&phases, Some(("agent-download", 4)));
     expected.push("the boot failure could not be reported".to_owned());

@@ -46,6 +46,10 @@ pub(crate) fn full_boot() -> NodeBoot {
         provider: ProviderKind::Scaleway,
         role: NodeRole::Docker,
         extra_ca_pem: Some(include_str!("extra-ca.pem").into()),
+        lightweight_image: format!(
+            "registry.example.com:5000/team/workspace@sha256:{}",
+            "e".repeat(64)
+        ),
         ..NodeBoot::new(
             "node:7_a.b",
             "https://cp.example.com:8443/sam",
