@@ -67,6 +67,8 @@ const METADATA_ENDPOINTS_PATH: &str = "/etc/sam/metadata-endpoints";
 const SWAP_SCRIPT: &str = "/usr/local/lib/sam-boot/swap.sh";
 const METADATA_BLOCK_SCRIPT: &str = "/usr/local/lib/sam-boot/metadata-block.sh";
 const INSTALL_AGENT_SCRIPT: &str = "/usr/local/lib/sam-boot/install-agent.sh";
+/// The script that installs missing packages: `install-packages.sh <package>…`.
+pub const INSTALL_PACKAGES_SCRIPT: &str = "/usr/local/lib/sam-boot/install-packages.sh";
 /// The script that runs a background phase: `background.sh start|wait <phase> …`.
 pub const BACKGROUND_SCRIPT: &str = "/usr/local/lib/sam-boot/background.sh";
 /// The longest a background image pull may take before it fails its phase.
@@ -173,10 +175,7 @@ impl Phase {
             ])],
             Self::Packages => {
                 let packages = BASE_PACKAGES.iter().chain(docker.then_some(&"docker.io"));
-                vec![
-                    Command::new(["apt-get", "update", "-q"]),
-                    apt_install(packages.copied()),
-                ]
+                vec![apt_install(packages.copied())]
             }
             Self::ImagePull if !docker => return None,
             Self::ImagePull => {
@@ -229,23 +228,12 @@ fn needs_node(boot: &Checked<'_>) -> bool {
     !boot.agents.is_empty() || boot.role == NodeRole::Docker
 }
 
-/// `apt-get install` of `packages`, without prompts, waiting for the dpkg lock, and
-/// with needrestart (Ubuntu's images have it) suspended, so an install restarts no
-/// service, Docker included.
+/// Installs those of `packages` that are missing ([`INSTALL_PACKAGES_SCRIPT`]):
+/// nothing on a pre-baked image; else `apt-get update` and `apt-get install` without
+/// prompts, waiting for the dpkg lock, with needrestart (Ubuntu's images have it)
+/// suspended, so an install restarts no service, Docker included.
 fn apt_install<'a>(packages: impl IntoIterator<Item = &'a str>) -> Command {
-    let install = [
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "NEEDRESTART_SUSPEND=1",
-        "apt-get",
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "-o",
-        "DPkg::Lock::Timeout=300",
-    ];
-    Command::new(install.into_iter().chain(packages))
+    Command::new([INSTALL_PACKAGES_SCRIPT].into_iter().chain(packages))
 }
 
 /// `command`, run through the phase script as part of `phase`.
@@ -410,6 +398,10 @@ fn write_files(boot: &Checked<'_>) -> Vec<WriteFile> {
         ),
         script(INSTALL_AGENT_SCRIPT, include_str!("files/install-agent.sh")),
         script(BACKGROUND_SCRIPT, include_str!("files/background.sh")),
+        script(
+            INSTALL_PACKAGES_SCRIPT,
+            include_str!("files/install-packages.sh"),
+        ),
         unit(
             METADATA_BLOCK_UNIT,
             include_str!("files/sam-metadata-block.service"),

@@ -55,8 +55,9 @@ const REAL_TOOLS: [&str; 17] = [
 ];
 
 /// Programs replaced by the stand-in below.
-const STUBS: [&str; 15] = [
+const STUBS: [&str; 16] = [
     "logger",
+    "dpkg-query",
     "docker",
     "journalctl",
     "apt-get",
@@ -78,7 +79,8 @@ const STUBS: [&str; 15] = [
 /// `journalctl` prints that journal; `curl --output` writes the stand-in agent binary; `curl --header @file` and
 /// `--data-binary @-` keep what they send; `iptables -C` finds no rule (as on a fresh
 /// node); `fallocate` creates its file; `install` copies; `docker pull` takes a
-/// moment, so the phases after it start while it runs.
+/// moment, so the phases after it start while it runs; `dpkg-query` finds every
+/// package installed when `STUB_INSTALLED` is set (a pre-baked image), else none.
 const STUB: &str = r#"#!/bin/sh
 name=${0##*/}
 {
@@ -109,6 +111,9 @@ case "$name" in
   journalctl) cat "$SANDBOX/journal.json" ;;
   fallocate) for last in "$@"; do :; done; : > "$last" ;;
   docker) sleep 1 ;;
+  dpkg-query)
+    [ -n "${STUB_INSTALLED:-}" ] || exit 1
+    printf 'install ok installed\n' ;;
   install) for arg in "$@"; do src=${dst:-}; dst=$arg; done; cp "$src" "$dst" ;;
 esac
 exit 0
@@ -155,6 +160,8 @@ struct Faults {
     agent_binary: Option<&'static [u8]>,
     /// Remove the pinned checksum before the boot runs.
     remove_checksum: bool,
+    /// Every package is already installed (a pre-baked image).
+    prebaked: bool,
 }
 
 /// One sandboxed boot and what it left behind.
@@ -251,6 +258,9 @@ impl Sandbox {
             .env("HOME", self.root.path())
             .env("TMPDIR", self.path("tmp"))
             .env("SANDBOX", self.root.path());
+        if faults.prebaked {
+            command.env("STUB_INSTALLED", "1");
+        }
         if let Some((program, status)) = faults.fail {
             command
                 .env("STUB_FAIL", program)
@@ -569,12 +579,11 @@ fn the_image_pull_runs_beside_the_node_install_and_is_awaited_before_the_agent()
     // The pull started before Node's install, and pulled the configured image.
     let pull = format!("docker pull --quiet {}", boot.lightweight_image);
     assert!(calls.contains(&pull), "{calls:#?}");
-    assert!(
-        at("docker pull")
-            < at("apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 nodejs")
-            || at("docker pull") < at("npm "),
-        "{calls:#?}"
-    );
+    let node_install = calls
+        .iter()
+        .position(|c| c.starts_with("apt-get install") && c.ends_with(" nodejs npm"))
+        .unwrap_or_else(|| panic!("no Node.js install: {calls:#?}"));
+    assert!(at("docker pull") < node_install, "{calls:#?}");
     // Docker restarted before the pull, never after.
     let restart = at("systemctl restart docker.service");
     assert!(restart < at("docker pull"), "{calls:#?}");
@@ -613,6 +622,68 @@ fn a_failed_image_pull_stops_the_boot_before_the_agent_starts() {
         "image-pull",
         125,
     );
+}
+
+#[test]
+fn a_prebaked_image_boots_without_apt() {
+    if !cloud_init_modules_available() {
+        return;
+    }
+    let faults = Faults {
+        prebaked: true,
+        ..Faults::default()
+    };
+    for boot in [default_boot(), full_boot()] {
+        let sandbox = check(&boot, &faults, None);
+        let calls = sandbox.calls();
+        assert!(
+            calls.iter().all(|c| !c.starts_with("apt-get")),
+            "apt ran on a pre-baked image: {calls:#?}"
+        );
+        assert!(
+            calls.iter().any(|c| c.starts_with("dpkg-query")),
+            "{calls:#?}"
+        );
+    }
+}
+
+/// The package check against this machine's real `dpkg-query`: packages it has
+/// are skipped, a missing one goes to (the stand-in) apt.
+#[test]
+fn installed_packages_are_found_by_the_real_dpkg_query() {
+    if !cloud_init_modules_available()
+        || !crate::support::tool_available("dpkg-query", &["--version"])
+    {
+        return;
+    }
+    let (sandbox, _) = Sandbox::new(&default_boot());
+    let script = sandbox.path("usr/local/lib/sam-boot/install-packages.sh");
+    let tools = sandbox.path("real");
+    std::fs::create_dir_all(&tools).unwrap();
+    for name in ["dpkg-query", "grep", "env", "sh"] {
+        std::os::unix::fs::symlink(find_program(name).expect(name), tools.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(sandbox.path("stub"), tools.join("apt-get")).unwrap();
+    let run = |packages: &[&str]| {
+        let output = Command::new(find_program("sh").unwrap())
+            .arg(&script)
+            .args(packages)
+            .env_clear()
+            .env("PATH", &tools)
+            .env("SANDBOX", sandbox.root.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        std::fs::read_to_string(sandbox.path("calls")).unwrap_or_default()
+    };
+    // Every Debian system has these two.
+    assert_eq!(run(&["dpkg", "coreutils"]), "");
+    let calls = run(&["dpkg", "sam-no-such-package"]);
+    assert!(
+        calls.ends_with("apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 sam-no-such-package\n"),
+        "{calls}"
+    );
+    assert!(calls.starts_with("apt-get update -q\n"), "{calls}");
 }
 
 #[test]
