@@ -135,11 +135,16 @@ impl NodeBoot {
         if let Some(hostname) = &self.hostname {
             report.field("hostname", check_hostname(hostname));
         }
-        let control_plane_url =
-            report.field("control_plane_url", check_url(&self.control_plane_url));
+        let control_plane_url = report.field(
+            "control_plane_url",
+            check_url_for(&self.control_plane_url, plain_http_hosts(self.provider)),
+        );
         report.field("callback_token", check_token(self.callback_token.expose()));
         let agent_download_url = match &self.agent_download_url {
-            Some(url) => report.field("agent_download_url", check_url(url)),
+            Some(url) => report.field(
+                "agent_download_url",
+                check_url_for(url, plain_http_hosts(self.provider)),
+            ),
             None => control_plane_url.as_ref().map(default_download_url),
         };
         report.field("agent_sha256", check_sha256(&self.agent_sha256));
@@ -302,7 +307,19 @@ fn is_url_char(c: char) -> bool {
 }
 
 /// Parses a URL: `https`, or plain `http` to a loopback host; no user info or fragment.
-fn check_url(value: &str) -> Result<Url, String> {
+/// Hosts besides loopback that `provider`'s nodes reach over plain http without
+/// leaving the machine: a QEMU guest's forward to the host's loopback.
+fn plain_http_hosts(provider: ProviderKind) -> &'static [IpAddr] {
+    const QEMU: [IpAddr; 1] = [IpAddr::V4(*sam_core::QEMU_CONTROL_PLANE_ADDRESS.ip())];
+    match provider {
+        ProviderKind::Qemu => &QEMU,
+        _ => &[],
+    }
+}
+
+/// A URL a node calls: `https`, or plain `http` to a loopback host or one of
+/// `http_hosts`.
+fn check_url_for(value: &str, http_hosts: &[IpAddr]) -> Result<Url, String> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
@@ -322,6 +339,8 @@ fn check_url(value: &str) -> Result<Url, String> {
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}
+        "http" if matches!(url.host(), Some(Host::Ipv4(ip)) if http_hosts.contains(&IpAddr::V4(ip))) =>
+            {}
         "http" => return Err("plain http is only allowed for a loopback host; use https".into()),
         other => return Err(format!("scheme {other:?} is not allowed; use https")),
     }
@@ -542,6 +561,7 @@ mod tests {
 
     #[test]
     fn loopback_http_is_allowed_and_other_http_is_not() {
+        let check_url = |url| check_url_for(url, plain_http_hosts(ProviderKind::Hetzner));
         for url in [
             "http://127.0.0.1:3000",
             "http://localhost",
@@ -552,12 +572,39 @@ mod tests {
         for url in [
             "http://cp.example.com",
             "http://10.0.0.1",
+            "http://10.0.2.100/",
             "ftp://cp.example.com",
             "https://user:pw@cp.example.com",
             "file:///etc/passwd",
         ] {
             assert!(check_url(url).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn a_qemu_node_reaches_its_forward_over_plain_http_and_nothing_else() {
+        let qemu = plain_http_hosts(ProviderKind::Qemu);
+        assert!(check_url_for("http://10.0.2.100/", qemu).is_ok());
+        assert!(check_url_for("http://10.0.2.100/v1/agent/download", qemu).is_ok());
+        for url in [
+            "http://10.0.2.2/",
+            "http://10.0.2.101/",
+            "http://cp.example.com",
+        ] {
+            assert!(check_url_for(url, qemu).is_err(), "{url}");
+        }
+        let mut boot = NodeBoot::new(
+            "n-1",
+            "http://10.0.2.100/",
+            Secret::new("t".repeat(32)),
+            "a".repeat(64),
+        );
+        assert_eq!(
+            boot.render().unwrap_err().invalid_fields(),
+            ["control_plane_url"]
+        );
+        boot.provider = ProviderKind::Qemu;
+        assert!(boot.render().is_ok());
     }
 
     #[test]

@@ -167,7 +167,9 @@ pub use placement::{
 pub use project::{
     AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
 };
-pub use provider::{Provider, ProviderCapabilities, ProviderCredential, ProviderFactory};
+pub use provider::{
+    Provider, ProviderCapabilities, ProviderCredential, ProviderFactory, QEMU_CONTROL_PLANE_ADDRESS,
+};
 pub use repository::{
     MAX_PROMPT_BYTES, MAX_REPOSITORY_BYTES, PromptRefusal, Refusal, Repository, check_prompt,
     check_repository, parse_repository,

@@ -503,6 +503,8 @@ pub enum ProviderKind {
     Local,
     /// The scriptable in-memory provider used by tests.
     Fake,
+    /// Nodes run as QEMU virtual machines on this machine.
+    Qemu,
 }
 
 impl Named for ProviderKind {
@@ -513,17 +515,19 @@ impl Named for ProviderKind {
         (Self::Gcp, "gcp"),
         (Self::Local, "local"),
         (Self::Fake, "fake"),
+        (Self::Qemu, "qemu"),
     ];
 }
 
 impl ProviderKind {
     /// Every provider kind.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Hetzner,
         Self::Scaleway,
         Self::Gcp,
         Self::Local,
         Self::Fake,
+        Self::Qemu,
     ];
 
     /// Whether its nodes run on the control plane's own machine, so a task may name
@@ -540,6 +544,7 @@ impl ProviderKind {
             Self::Gcp => "Google Compute Engine",
             Self::Local => "the local provider",
             Self::Fake => "the fake provider",
+            Self::Qemu => "the QEMU provider",
         }
     }
 }

@@ -11,6 +11,13 @@ use crate::error::{Error, ProviderError};
 use crate::model::{Catalog, Labels, ProviderKind, VmId, VmInstance, VmSpec};
 use crate::secret::Secret;
 
+/// Where a QEMU node's guest reaches the control plane: QEMU's user-mode network
+/// forwards this address (`guestfwd`) to a loopback port of the machine running the
+/// VM, and the guest reaches nothing else. A QEMU node's control plane URL is
+/// `http://10.0.2.100/`: plain http, which never leaves the machine.
+pub const QEMU_CONTROL_PLANE_ADDRESS: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 2, 100), 80);
+
 /// Optional abilities a provider may have; conformance cases check them first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProviderCapabilities {

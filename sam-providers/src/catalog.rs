@@ -41,6 +41,15 @@ pub fn catalog(provider: ProviderKind, locations: &[Location]) -> Catalog {
             ],
             &[],
         ),
+        // A VM of its own on this machine: what QEMU is told is what the guest gets.
+        ProviderKind::Qemu => (
+            &[
+                ("qemu-small", 1, 1, 10),
+                ("qemu-medium", 2, 2, 20),
+                ("qemu-large", 2, 4, 40),
+            ],
+            &["local"],
+        ),
         ProviderKind::Local | ProviderKind::Fake => (
             &[
                 ("local-small", 2, 4, 40),
@@ -122,7 +131,10 @@ impl<'a> SizeDisplay<'a> {
     /// The exact server type, when the provider's specs are known.
     fn exact(&self) -> Option<&'a ServerType> {
         match self.provider {
-            ProviderKind::Hetzner | ProviderKind::Scaleway | ProviderKind::Gcp => self.server_type,
+            ProviderKind::Hetzner
+            | ProviderKind::Scaleway
+            | ProviderKind::Gcp
+            | ProviderKind::Qemu => self.server_type,
             ProviderKind::Local | ProviderKind::Fake => None,
         }
     }

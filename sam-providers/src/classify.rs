@@ -58,7 +58,7 @@ pub fn classify_error_text(
         ProviderKind::Hetzner => crate::hetzner::error::classify(status, text),
         ProviderKind::Scaleway => crate::scaleway::error::classify(status, text),
         ProviderKind::Gcp => crate::gcp::error::classify(status, text),
-        ProviderKind::Local | ProviderKind::Fake => {
+        ProviderKind::Local | ProviderKind::Fake | ProviderKind::Qemu => {
             classify_with(provider, status, text, |_, _| None).0
         }
     }

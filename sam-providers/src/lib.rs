@@ -13,6 +13,9 @@
 //!   control plane's [`sam_core::RepositoryHost`], configured by [`GithubAppConfig`].
 //! - [`LocalProvider`]: runs each node as a local process with its own loopback port
 //!   and data directory; its state survives a restart of the control plane.
+//! - [`QemuProvider`]: runs each node as a QEMU virtual machine on this machine,
+//!   booted from cloud-init user data like a cloud node; [`qemu::image`] builds its
+//!   base image from Debian's packages.
 //! - [`FakeProvider`]: in memory, scripted per call, recording every call.
 //! - [`CloudProviderFactory`] and [`FakeProviderFactory`]: the
 //!   [`sam_core::ProviderFactory`]s that build a provider from a user's or project's
@@ -25,7 +28,7 @@
 //!
 //! ## Features
 //! - `hetzner`, `scaleway`, `gcp` (default): the cloud backends; `github` (default):
-//!   the GitHub App client. Without them the
+//!   the GitHub App client; `qemu` (default): the QEMU provider. Without them the
 //!   crate builds with no HTTP client at all; the fake and local providers and the
 //!   classifiers are always there.
 //!
@@ -79,6 +82,9 @@ mod http;
 #[cfg(feature = "jwt")]
 mod jwt;
 mod local;
+mod process;
+#[cfg(feature = "qemu")]
+pub mod qemu;
 mod scaleway;
 
 pub use catalog::{SPECS_UNAVAILABLE, SizeDisplay, catalog};
@@ -97,6 +103,8 @@ pub use hetzner::{HetznerConfig, HetznerProvider};
 #[cfg(feature = "http")]
 pub use http::REQUEST_TIMEOUT;
 pub use local::{LocalConfig, LocalProvider};
+#[cfg(feature = "qemu")]
+pub use qemu::{QemuConfig, QemuProvider};
 pub use sam_core::{ErrorCategory, ProviderError, ProviderKind};
 #[cfg(feature = "scaleway")]
 pub use scaleway::{ScalewayConfig, ScalewayProvider};

@@ -1,25 +1,19 @@
 //! Nodes as local processes: the embedded default for running everything on one machine.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sam_core::{
-    Catalog, ErrorCategory, Labels, Location, Provider, ProviderCapabilities, ProviderError,
-    ProviderKind, VmId, VmInstance, VmSpec, VmState,
+    Catalog, ErrorCategory, Labels, Provider, ProviderCapabilities, ProviderError, ProviderKind,
+    VmId, VmInstance, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::process::{Launch, NODE_LOG, ProcessNodes, io_error, write_private_file};
 
 const KIND: ProviderKind = ProviderKind::Local;
-const STATE_FILE: &str = "state.json";
-const LOCK_FILE: &str = "state.lock";
 
 /// Settings of [`LocalProvider`].
 ///
@@ -65,26 +59,6 @@ impl LocalConfig {
     }
 }
 
-/// What the state file keeps of one node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    name: String,
-    server_type: String,
-    location: Location,
-    labels: Labels,
-    pid: u32,
-    /// The process's start time in clock ticks, so a reused pid is not mistaken for it.
-    start_ticks: Option<u64>,
-    port: u16,
-    data_dir: PathBuf,
-    created_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    vms: BTreeMap<String, Record>,
-}
-
 /// Runs each node as a local process on a loopback port with its own data directory.
 ///
 /// The VMs' labels and processes are kept in `<root_dir>/state.json`, so `get_vm`
@@ -97,15 +71,7 @@ struct StateFile {
 pub struct LocalProvider {
     config: LocalConfig,
     catalog: Catalog,
-    /// Serializes read-modify-write of the state file.
-    state: tokio::sync::Mutex<()>,
-    /// Processes this instance started, so they are reaped, not left as zombies.
-    children: Mutex<HashMap<u32, Child>>,
-    next: AtomicU64,
-}
-
-fn io_error(what: &str, error: std::io::Error) -> ProviderError {
-    ProviderError::new(KIND, ErrorCategory::Unknown, format!("could not {what}")).with_source(error)
+    nodes: ProcessNodes,
 }
 
 impl LocalProvider {
@@ -118,159 +84,33 @@ impl LocalProvider {
         if config.command.as_os_str().is_empty() {
             return Err(Error::config(KIND, "command", "must not be empty"));
         }
-        if config.root_dir.as_os_str().is_empty() {
-            return Err(Error::config(KIND, "root_dir", "must not be empty"));
-        }
-        std::fs::create_dir_all(config.root_dir.join("vms")).map_err(|e| Error::Setup {
-            provider: KIND,
-            what: format!("the directory {}", config.root_dir.display()),
-            source: e.into(),
-        })?;
+        let nodes = ProcessNodes::new(KIND, &config.root_dir)?;
         Ok(Self {
             config,
             catalog: crate::catalog(KIND, &[]),
-            state: tokio::sync::Mutex::new(()),
-            children: Mutex::default(),
-            next: AtomicU64::new(0),
+            nodes,
         })
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.config.root_dir.join(STATE_FILE)
-    }
-
-    /// Takes the exclusive lock on `<root_dir>/state.lock` for a read-modify-write
-    /// of the state file, so several processes (control planes sharing one root)
-    /// never lose each other's writes. Released when the returned file is dropped.
-    async fn lock_state_file(&self) -> Result<std::fs::File, ProviderError> {
-        let path = self.config.root_dir.join(LOCK_FILE);
-        tokio::task::spawn_blocking(move || {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
-            file.lock()?;
-            Ok(file)
-        })
-        .await
-        .map_err(|e| {
-            ProviderError::new(KIND, ErrorCategory::Unknown, "the state lock task failed")
-                .with_source(e)
-        })?
-        .map_err(|e| io_error("lock the local state file", e))
-    }
-
-    async fn load(&self) -> Result<StateFile, ProviderError> {
-        match tokio::fs::read(self.state_path()).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ProviderError::new(
-                    KIND,
-                    ErrorCategory::Unknown,
-                    "the local state file is damaged",
-                )
-                .with_source(e)
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
-            Err(e) => Err(io_error("read the local state file", e)),
-        }
-    }
-
-    async fn save(&self, state: &StateFile) -> Result<(), ProviderError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| {
-            ProviderError::new(
-                KIND,
-                ErrorCategory::Unknown,
-                "could not encode the local state",
-            )
-            .with_source(e)
-        })?;
-        let tmp = self.state_path().with_extension("json.tmp");
-        tokio::fs::write(&tmp, bytes)
-            .await
-            .map_err(|e| io_error("write the local state file", e))?;
-        tokio::fs::rename(&tmp, self.state_path())
-            .await
-            .map_err(|e| io_error("replace the local state file", e))
-    }
-
-    fn children(&self) -> MutexGuard<'_, HashMap<u32, Child>> {
-        self.children.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether the record's process still runs (reaping it if this instance started it).
-    fn is_alive(&self, record: &Record) -> bool {
-        if let Some(child) = self.children().get_mut(&record.pid)
-            && !matches!(child.try_wait(), Ok(None))
-        {
-            return false;
-        }
-        match proc_stat(record.pid) {
-            Some((state, ticks)) => {
-                !matches!(state, 'Z' | 'X' | 'x')
-                    && (record.start_ticks.is_none() || record.start_ticks == Some(ticks))
-            }
-            None => false,
-        }
-    }
-
-    fn instance(&self, id: &str, record: &Record) -> Result<VmInstance, ProviderError> {
-        Ok(VmInstance {
-            id: crate::vm_id(KIND, id.to_owned())?,
-            provider: KIND,
-            name: record.name.clone(),
-            server_type: record.server_type.clone(),
-            location: record.location.clone(),
-            state: if self.is_alive(record) {
-                VmState::Running
-            } else {
-                VmState::Stopped
-            },
-            labels: record.labels.clone(),
-            address: Some(format!("127.0.0.1:{}", record.port)),
-            created_at: Some(record.created_at),
-        })
-    }
-
-    /// Kills the node's process group, if it is still the process we started.
-    fn stop(&self, record: &Record) {
-        // Already gone is fine: the goal is that it does not run.
-        if self.is_alive(record)
-            && let Some(pid) = i32::try_from(record.pid)
-                .ok()
-                .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-        let mut children = self.children();
-        if let Some(mut child) = children.remove(&record.pid) {
-            // SIGKILL was sent; reap now if it is already gone, else on a later call.
-            if matches!(child.try_wait(), Ok(None)) {
-                children.insert(record.pid, child);
-            }
-        }
-    }
-
-    fn spawn(
-        &self,
-        vm_id: &str,
-        spec: &VmSpec,
-        data_dir: &Path,
-        port: u16,
-    ) -> Result<Child, ProviderError> {
-        let port_text = port.to_string();
+    /// Writes the user data, then starts the node's process.
+    fn spawn(&self, spec: &VmSpec, launch: &Launch<'_>) -> Result<Child, ProviderError> {
+        let data_dir = launch.data_dir;
+        // The user data holds the node's token: readable by its owner only.
+        write_private_file(&data_dir.join("user-data"), spec.user_data.as_bytes())
+            .map_err(|e| io_error(KIND, "write the user data", e))?;
+        let port_text = launch.port.to_string();
         let dir_text = data_dir.display().to_string();
         let args = self.config.args.iter().map(|a| {
             a.replace("{port}", &port_text)
                 .replace("{data_dir}", &dir_text)
                 .replace("{node_id}", spec.node_id.as_str())
-                .replace("{vm_id}", vm_id)
+                .replace("{vm_id}", launch.id)
         });
-        let log = std::fs::File::create(data_dir.join("node.log"))
-            .map_err(|e| io_error("create the node log", e))?;
+        let log = std::fs::File::create(data_dir.join(NODE_LOG))
+            .map_err(|e| io_error(KIND, "create the node log", e))?;
         let log_err = log
             .try_clone()
-            .map_err(|e| io_error("create the node log", e))?;
+            .map_err(|e| io_error(KIND, "create the node log", e))?;
         let mut command = Command::new(&self.config.command);
         command
             .args(args)
@@ -278,7 +118,7 @@ impl LocalProvider {
             .env_clear()
             .envs(node_env())
             .env("SAM_NODE_ID", spec.node_id.as_str())
-            .env("SAM_VM_ID", vm_id)
+            .env("SAM_VM_ID", launch.id)
             .env("SAM_PORT", &port_text)
             .env("SAM_DATA_DIR", data_dir)
             .env("SAM_USER_DATA", data_dir.join("user-data"))
@@ -311,27 +151,6 @@ fn node_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     )
 }
 
-/// The state character and start time (field 22) of `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ticks = fields.nth(18)?.parse().ok()?;
-    Some((state, ticks))
-}
-
-/// A free loopback port, found by binding port 0.
-fn free_port() -> Result<u16, ProviderError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| io_error("find a free loopback port", e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| io_error("find a free loopback port", e))
-}
-
 #[async_trait]
 impl Provider for LocalProvider {
     fn kind(&self) -> ProviderKind {
@@ -348,151 +167,38 @@ impl Provider for LocalProvider {
 
     async fn check_credentials(&self) -> Result<(), ProviderError> {
         // No credentials: check that the state is readable instead.
-        self.load().await.map(|_| ())
+        self.nodes.load().await.map(|_| ())
     }
 
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmInstance, ProviderError> {
-        let _guard = self.state.lock().await;
-        let _file_lock = self.lock_state_file().await?;
-        let mut state = self.load().await?;
-        // The process id keeps ids unique across processes sharing the root.
-        let id = format!(
-            "local-{}-{}-{}",
-            Utc::now().timestamp_millis(),
-            std::process::id(),
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
-        let data_dir = self.config.root_dir.join("vms").join(&id);
-        tokio::fs::create_dir_all(&data_dir)
+        self.nodes
+            .create(spec, |launch| self.spawn(spec, &launch))
             .await
-            .map_err(|e| io_error("create the node directory", e))?;
-        let prepared = async {
-            // The user data holds the node's token: readable by its owner only.
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(data_dir.join("user-data"))
-                .await
-                .map_err(|e| io_error("create the user data file", e))?;
-            tokio::io::AsyncWriteExt::write_all(&mut file, spec.user_data.as_bytes())
-                .await
-                .map_err(|e| io_error("write the user data", e))?;
-            // A tokio file finishes its last write in the background: without the
-            // flush the node, started next, could read an empty file (seen under load
-            // in the scale-out test as "EOF while parsing" and a node that exited).
-            tokio::io::AsyncWriteExt::flush(&mut file)
-                .await
-                .map_err(|e| io_error("write the user data", e))?;
-            let port = free_port()?;
-            Ok::<_, ProviderError>((port, self.spawn(&id, spec, &data_dir, port)?))
-        }
-        .await;
-        let (port, child) = match prepared {
-            Ok(started) => started,
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&data_dir).await;
-                return Err(e);
-            }
-        };
-        let record = Record {
-            name: spec.name.clone(),
-            server_type: spec.server_type.clone(),
-            location: spec.location.clone(),
-            labels: spec.labels.clone(),
-            pid: child.id(),
-            start_ticks: proc_stat(child.id()).map(|(_, ticks)| ticks),
-            port,
-            data_dir,
-            created_at: Utc::now(),
-        };
-        self.children().insert(child.id(), child);
-        state.vms.insert(id.clone(), record.clone());
-        if let Err(e) = self.save(&state).await {
-            self.stop(&record);
-            let _ = tokio::fs::remove_dir_all(&record.data_dir).await;
-            return Err(e);
-        }
-        let mut vm = self.instance(&id, &record)?;
-        if vm.state == VmState::Running {
-            vm.state = VmState::Pending;
-        }
-        Ok(vm)
     }
 
     async fn poll_create(&self, vm: &VmInstance) -> Result<VmInstance, ProviderError> {
-        let Some(current) = self.get_vm(&vm.id).await? else {
-            return Err(ProviderError::new(
-                KIND,
-                ErrorCategory::NotFound,
-                "the node no longer exists",
-            ));
-        };
-        if current.state == VmState::Running {
-            Ok(current)
-        } else {
-            let log = self
-                .config
-                .root_dir
-                .join("vms")
-                .join(vm.id.as_str())
-                .join("node.log");
-            // The node's directory goes with the node: say how it ended here.
-            let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
-            let lines: Vec<&str> = text.lines().rev().take(3).collect();
-            let tail: Vec<&str> = lines.into_iter().rev().collect();
-            Err(ProviderError::new(
-                KIND,
-                ErrorCategory::Unknown,
-                format!(
-                    "the node process exited; see {}: {}",
-                    log.display(),
-                    tail.join(" | ")
-                ),
-            ))
-        }
+        self.nodes.poll_create(vm).await
     }
 
     async fn get_vm(&self, id: &VmId) -> Result<Option<VmInstance>, ProviderError> {
-        let state = self.load().await?;
-        state
-            .vms
-            .get(id.as_str())
-            .map(|record| self.instance(id.as_str(), record))
-            .transpose()
+        self.nodes.get(id).await
     }
 
     async fn delete_vm(&self, id: &VmId) -> Result<(), ProviderError> {
-        let _guard = self.state.lock().await;
-        let _file_lock = self.lock_state_file().await?;
-        let mut state = self.load().await?;
-        let Some(record) = state.vms.remove(id.as_str()) else {
-            return Ok(());
-        };
-        self.stop(&record);
-        match tokio::fs::remove_dir_all(&record.data_dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("remove the node directory", e)),
-        }
-        self.save(&state).await
+        self.nodes.delete(id).await
     }
 
     async fn list_vms(&self, labels: &Labels) -> Result<Vec<VmInstance>, ProviderError> {
-        let state = self.load().await?;
-        state
-            .vms
-            .iter()
-            .filter(|(_, record)| record.labels.matches(labels))
-            .map(|(id, record)| self.instance(id, record))
-            .collect()
+        self.nodes.list(labels).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sam_core::VmState;
     use sam_core::testkit::provider::{spec, wait_running};
+    use std::path::Path;
 
     /// A node program that runs until killed.
     fn sleeper(root: &Path) -> LocalConfig {
@@ -537,7 +243,7 @@ mod tests {
         let spec = spec(&first, "restart");
         let vm = first.create_vm(&spec).await.expect("create");
         let vm = wait_running(&first, &vm).await;
-        let record = first.load().await.expect("state").vms[vm.id.as_str()].clone();
+        let record = first.nodes.load().await.expect("state").vms[vm.id.as_str()].clone();
         let user_data = record.data_dir.join("user-data");
         assert!(user_data.exists());
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -562,7 +268,7 @@ mod tests {
         // reaps it and sees it gone within a moment.
         let mut alive = true;
         for _ in 0..100 {
-            alive = first.is_alive(&record);
+            alive = first.nodes.is_alive(&record);
             if !alive {
                 break;
             }
@@ -609,7 +315,7 @@ mod tests {
             .create_vm(&spec(&provider, "env"))
             .await
             .expect("create");
-        let record = provider.load().await.expect("state").vms[vm.id.as_str()].clone();
+        let record = provider.nodes.load().await.expect("state").vms[vm.id.as_str()].clone();
         let dump = record.data_dir.join("node-env");
         let mut env = None;
         for _ in 0..500 {
