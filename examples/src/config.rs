@@ -64,6 +64,9 @@ pub enum ProviderChoice {
     Scaleway,
     /// Google Compute Engine (see `sam_providers::GcpConfig::from_env`).
     Gcp,
+    /// Each node a QEMU virtual machine on this machine, booted from cloud-init user
+    /// data (see `sam_providers::QemuProvider`); its image comes from `sam image build`.
+    Qemu,
 }
 
 impl fmt::Display for ProviderChoice {
@@ -73,6 +76,7 @@ impl fmt::Display for ProviderChoice {
             Self::Hetzner => "hetzner",
             Self::Scaleway => "scaleway",
             Self::Gcp => "gcp",
+            Self::Qemu => "qemu",
         })
     }
 }
@@ -147,6 +151,10 @@ pub struct ServerConfig {
         deserialize_with = "crate::server::agent_download::agent_names"
     )]
     pub node_agents: Option<Vec<String>>,
+    /// The directory of the base image QEMU nodes boot from (`sam image build`
+    /// prints it). Default: the default recipe's image in the user's cache.
+    #[serde(default)]
+    pub qemu_image: Option<PathBuf>,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -346,6 +354,26 @@ impl ServerConfig {
             return invalid("database_schema", "needs `database_url`");
         }
         crate::server::agent_download::check(self)?;
+        if self.provider == ProviderChoice::Qemu {
+            // The VMs reach only this machine's loopback, through QEMU's forward.
+            if self.agent_download_url.is_some() {
+                return invalid(
+                    "agent_download_url",
+                    "QEMU nodes reach nothing but this server: they download the agent from it",
+                );
+            }
+            if let Some(url) = &self.public_url
+                && !url
+                    .host()
+                    .is_some_and(|h| matches!(h, url::Host::Ipv4(ip) if ip.is_loopback()))
+            {
+                return invalid(
+                    "public_url",
+                    "with provider `qemu` must be on 127.0.0.1: QEMU forwards its VMs to this machine's loopback",
+                );
+            }
+            return Ok(());
+        }
         if self.provider != ProviderChoice::Local
             && self
                 .public_url
@@ -378,6 +406,7 @@ impl ServerConfig {
 /// When a variable is missing or invalid; the message names it (`HCLOUD_TOKEN`, …).
 pub fn node_provider(
     choice: ProviderChoice,
+    qemu_image: Option<&std::path::Path>,
 ) -> anyhow::Result<(
     NodeProvider,
     Option<std::sync::Arc<dyn sam_core::ProviderFactory>>,
@@ -393,6 +422,10 @@ pub fn node_provider(
     let factory = CloudProviderFactory::new();
     let (provider, factory): (Arc<dyn sam_core::Provider>, _) = match choice {
         ProviderChoice::Local => return Ok((NodeProvider::Local, None)),
+        ProviderChoice::Qemu => {
+            let nodes = crate::embedded::QemuNodes::from_image_dir(qemu_image)?;
+            return Ok((NodeProvider::Qemu(nodes), None));
+        }
         ProviderChoice::Hetzner => {
             let config = HetznerConfig::from_env().with_context(context)?;
             let provider = HetznerProvider::new(config.clone()).with_context(context)?;

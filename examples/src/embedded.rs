@@ -165,6 +165,49 @@ pub enum NodeProvider {
     /// so the callback URL must be one the VMs can reach (`https`), and their agents
     /// are reached at their public address on [`sam_agent::node_config::DEFAULT_PORT`].
     Cloud(Arc<dyn Provider>),
+    /// [`sam_providers::QemuProvider`]: each node a QEMU VM on this machine, booted
+    /// from cloud-init like a cloud node ([`NodeProvider::Cloud`]'s `cloud_boot`
+    /// pins its agent), calling back through QEMU's forward to the callback port,
+    /// which must be on loopback; workspaces run on the host role and no agent
+    /// adapter is installed unless `cloud_boot` names agents (a pre-baked image has
+    /// them: the VMs reach no registry).
+    Qemu(QemuNodes),
+}
+
+/// What QEMU nodes boot from.
+#[derive(Debug, Clone)]
+pub struct QemuNodes {
+    /// The base image.
+    pub image: sam_providers::qemu::BaseImage,
+    /// How the guests' CPUs run.
+    pub accel: sam_providers::qemu::Accel,
+}
+
+impl QemuNodes {
+    /// The image in `dir`, or, without one, the default recipe's image in the
+    /// user's cache ([`sam_providers::qemu::image::default_cache_dir`]); the
+    /// accelerator chosen by probe.
+    ///
+    /// # Errors
+    /// When the image is missing or incomplete; the message says how to build it.
+    pub fn from_image_dir(dir: Option<&Path>) -> anyhow::Result<Self> {
+        use sam_providers::qemu::{BaseImage, ImageRecipe, image};
+        let dir = match dir {
+            Some(dir) => dir.to_path_buf(),
+            None => image::default_cache_dir()?.join(ImageRecipe::default().key()),
+        };
+        let image = BaseImage::in_dir(&dir);
+        image.check().with_context(|| {
+            format!(
+                "no QEMU base image in {}: build it with `sam image build`",
+                dir.display()
+            )
+        })?;
+        Ok(Self {
+            image,
+            accel: sam_providers::qemu::Accel::Auto,
+        })
+    }
 }
 
 /// Who serves the callback routes ([`sam_agent::callback_router`]).
@@ -426,6 +469,9 @@ impl Embedded {
             NodeProvider::Cloud(provider) => {
                 cloud_parts(provider, &url, &keys, options.cloud_boot.as_ref())?
             }
+            NodeProvider::Qemu(nodes) => {
+                qemu_parts(nodes, &data_dir, &url, &keys, options.cloud_boot.as_ref())?
+            }
         };
 
         let mut config =
@@ -547,6 +593,44 @@ fn cloud_parts(
         .context("the cloud nodes' boot settings are invalid")?;
     let agent = http_node_agent(provider, keys, port)?;
     Ok((Arc::clone(provider), Arc::new(boot), Arc::new(agent)))
+}
+
+/// The QEMU provider, forwarding its guests to the callback URL's loopback port; the
+/// cloud boot renderer with the guests' view of that URL; the node agent reaching
+/// each VM's forwarded agent port.
+fn qemu_parts(
+    nodes: &QemuNodes,
+    data_dir: &Path,
+    url: &url::Url,
+    keys: &FileNodeKeys,
+    template: Option<&sam_cloudinit::CloudInitBoot>,
+) -> anyhow::Result<ProviderParts> {
+    let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback());
+    let port = url
+        .port_or_known_default()
+        .filter(|_| loopback)
+        .with_context(|| {
+            format!(
+                "QEMU nodes call back through a forward to this machine's loopback, not to {url}"
+            )
+        })?;
+    let mut config = sam_providers::QemuConfig::new(data_dir.join("qemu"), nodes.image.clone());
+    config.accel = nodes.accel;
+    config.agent_port = sam_agent::node_config::DEFAULT_PORT;
+    config.control_plane_port = Some(port);
+    let provider: Arc<dyn Provider> = Arc::new(sam_providers::QemuProvider::new(config)?);
+
+    let mut boot = template
+        .context("QEMU nodes need the VM agent they install: set `cloud_boot` (sam-server serves its own)")?
+        .clone();
+    let guest = sam_core::QEMU_CONTROL_PLANE_ADDRESS;
+    boot.control_plane_url = format!("http://{}{}", guest.ip(), url.path().trim_end_matches('/'));
+    boot.agent_port = sam_agent::node_config::DEFAULT_PORT;
+    boot.role = sam_cloudinit::NodeRole::Host;
+    boot.validate_for(sam_core::ProviderKind::Qemu)
+        .context("the QEMU nodes' boot settings are invalid")?;
+    let agent = http_node_agent(&provider, keys, sam_agent::node_config::DEFAULT_PORT)?;
+    Ok((provider, Arc::new(boot), Arc::new(agent)))
 }
 
 /// The local provider, its boot renderer and its node agent (which hands workspaces

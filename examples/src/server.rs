@@ -125,16 +125,23 @@ impl ServerOptions {
     pub fn from_config(config: &crate::config::ServerConfig) -> anyhow::Result<Self> {
         let mut embedded = EmbeddedOptions::new(&config.data_dir)?;
         (embedded.provider, embedded.provider_factory) =
-            crate::config::node_provider(config.provider)?;
+            crate::config::node_provider(config.provider, config.qemu_image.as_deref())?;
         embedded.database_url = config.database_url.clone();
         embedded.database_schema = config.database_schema.clone();
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();
         embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
         let delivery = agent_download::AgentDelivery::from_config(config)?;
-        embedded.cloud_boot = delivery
-            .as_ref()
-            .map(|d| d.cloud_boot(config.node_agents.as_deref()));
+        // QEMU nodes reach no registry: they install no adapter unless told to (their
+        // image then has it pre-baked).
+        let no_agents: &[String] = &[];
+        let agents = match config.provider {
+            crate::config::ProviderChoice::Qemu => {
+                Some(config.node_agents.as_deref().unwrap_or(no_agents))
+            }
+            _ => config.node_agents.as_deref(),
+        };
+        embedded.cloud_boot = delivery.as_ref().map(|d| d.cloud_boot(agents));
         // A GitHub App is optional: it is configured when `GITHUB_APP_ID` is set.
         let github = match std::env::var_os("GITHUB_APP_ID") {
             Some(_) => Some(Arc::new(sam_providers::GithubApp::new(

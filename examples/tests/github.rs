@@ -8,8 +8,6 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-// This test needs no local repository: `common::repo` goes unused here.
-#[allow(dead_code)]
 mod common;
 use common::StopNodes;
 use common::server::{ServerProcess, TOKEN, call, read_events};

@@ -725,6 +725,8 @@ pub struct CloudInitBoot {
     /// The lightweight workspace image of Docker nodes. Default
     /// [`DEFAULT_LIGHTWEIGHT_IMAGE`].
     pub lightweight_image: String,
+    /// How the nodes run workspaces. Default [`NodeRole::Docker`].
+    pub role: NodeRole,
 }
 
 impl CloudInitBoot {
@@ -739,6 +741,7 @@ impl CloudInitBoot {
             agent_sha256: agent_sha256.into(),
             agents: AGENT_ADAPTERS.iter().map(|a| a.agent.to_owned()).collect(),
             lightweight_image: DEFAULT_LIGHTWEIGHT_IMAGE.to_owned(),
+            role: NodeRole::Docker,
         }
     }
 
@@ -747,8 +750,17 @@ impl CloudInitBoot {
     /// # Errors
     /// As [`NodeBoot::render`], naming the field at fault.
     pub fn validate(&self) -> Result<()> {
+        self.validate_for(ProviderKind::Hetzner)
+    }
+
+    /// As [`CloudInitBoot::validate`], for the nodes of `provider` (a QEMU node
+    /// calls its control plane over plain http through QEMU's forward).
+    ///
+    /// # Errors
+    /// As [`NodeBoot::render`], naming the field at fault.
+    pub fn validate_for(&self, provider: ProviderKind) -> Result<()> {
         let token = Secret::new("a-placeholder-token-to-validate-with");
-        self.boot_for("validate", ProviderKind::Hetzner, &token)
+        self.boot_for("validate", provider, &token)
             .render()
             .map(drop)
     }
@@ -769,6 +781,7 @@ impl CloudInitBoot {
         boot.agent_download_url = self.agent_download_url.clone();
         boot.agents = self.agents.clone();
         boot.lightweight_image = self.lightweight_image.clone();
+        boot.role = self.role;
         boot.provider = provider;
         boot
     }

@@ -77,7 +77,7 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
-    /// Which provider runs the nodes: local, hetzner, scaleway or gcp.
+    /// Which provider runs the nodes: local, qemu, hetzner, scaleway or gcp.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     provider: Option<String>,
@@ -99,6 +99,11 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     node_agents: Option<Vec<String>>,
+    /// With --provider qemu: the directory of the base image its VMs boot from
+    /// (`sam image build` prints it) [default: the default image in the user's cache].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qemu_image: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

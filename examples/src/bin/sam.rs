@@ -41,6 +41,9 @@ enum Command {
     /// The helper roles (`vm-agent`, `demo-agent`, `git-credential`), hidden.
     #[command(flatten)]
     Role(Role),
+    /// Build the base image QEMU nodes boot from.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print the cloud-init user-data a node boots with (it includes the callback token).
     CloudInit(CloudInitArgs),
     /// Submit a task to a server.
@@ -171,6 +174,67 @@ struct RunArgs {
     prompt: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build the Debian image QEMU nodes boot from (debootstrap; needs root and a few
+    /// minutes), or find it already built; prints its directory.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Args)]
+struct ImageBuildArgs {
+    /// Where images are cached [default: $XDG_CACHE_HOME/sam/images or ~/.cache/sam/images].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// A package to pre-bake besides the base set (repeatable): what the nodes'
+    /// boot would otherwise install, such as nodejs and npm.
+    #[arg(long = "package")]
+    packages: Vec<String>,
+    /// The Debian mirror [default: http://deb.debian.org/debian].
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Print the image as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sam image build`: progress on stderr, the image's directory (or JSON) on stdout.
+fn image_build(args: &ImageBuildArgs) -> anyhow::Result<()> {
+    use sam_providers::qemu::{ImageRecipe, image};
+    let mut recipe = ImageRecipe {
+        extra_packages: args.packages.clone(),
+        ..ImageRecipe::default()
+    };
+    if let Some(mirror) = &args.mirror {
+        recipe.mirror.clone_from(mirror);
+    }
+    let cache = match &args.cache_dir {
+        Some(dir) => dir.clone(),
+        None => image::default_cache_dir()?,
+    };
+    let built = image::build(&recipe, &cache, &mut |stage, elapsed| {
+        eprintln!("[{:>5.0}s] {}", elapsed.as_secs_f64(), stage.describe());
+    })?;
+    let dir = built
+        .disk
+        .parent()
+        .map_or_else(|| cache.clone(), Path::to_path_buf);
+    if args.json {
+        let value = serde_json::json!({
+            "dir": dir,
+            "key": recipe.key(),
+            "disk": built.disk,
+            "kernel": built.kernel,
+            "initrd": built.initrd,
+            "packages": recipe.packages(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}", dir.display());
+    }
+    Ok(())
+}
+
 #[derive(Debug, Args)]
 struct CloudInitArgs {
     /// The node's id.
@@ -206,6 +270,7 @@ struct CloudInitArgs {
 fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::CloudInit(args) => cloud_init(&args),
+        Command::Image(ImageCommand::Build(args)) => image_build(&args),
         Command::Run(args) => {
             return runtime()
                 .and_then(|rt| rt.block_on(run(args)))

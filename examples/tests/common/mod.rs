@@ -1,6 +1,9 @@
 //! What the end-to-end tests share: a temporary git repository, and cleanup of the
 //! local nodes a data directory started, and a `sam-server` process ([`server`]).
 
+// Each test binary that includes `common` uses a part of it.
+#![allow(dead_code)]
+
 pub(crate) mod server;
 
 /// A git repository with one commit.

@@ -222,6 +222,24 @@ impl Stage {
     }
 }
 
+/// Where images are cached by default: `$XDG_CACHE_HOME/sam/images`, else
+/// `$HOME/.cache/sam/images`.
+///
+/// # Errors
+/// [`ImageError::Recipe`] when neither variable is set.
+pub fn default_cache_dir() -> Result<PathBuf, ImageError> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .ok_or_else(|| {
+            ImageError::Recipe(
+                "neither XDG_CACHE_HOME nor HOME is set: name a cache directory".into(),
+            )
+        })?;
+    Ok(base.join("sam").join("images"))
+}
+
 /// The image of `recipe` in `cache_dir`, when it was built.
 pub fn cached(cache_dir: &Path, recipe: &ImageRecipe) -> Option<BaseImage> {
     let image = BaseImage::in_dir(&cache_dir.join(recipe.key()));
