@@ -7,6 +7,10 @@
 //!   not used.
 //! - [`DockerRuntime`] starts the lightweight image with `docker run`, or the
 //!   devcontainer with `devcontainer up`, and runs agents with `docker exec -i`.
+//!
+//! With an agent user ([`HostRuntime::with_user`], which the Docker runtime's host
+//! part carries) each clone belongs to that user, git runs as it, and agents run as
+//! it: as a host process, or with `docker exec --user <uid>:<gid>`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,7 @@ use crate::acp::AgentCommand;
 use crate::devcontainer::{self, DevcontainerConfig, DevcontainerKind};
 use crate::error::{Error, Result};
 use crate::git::{CredentialSource, GitConfig};
+use crate::user::AgentUser;
 
 /// The profile a workspace request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -266,10 +271,14 @@ pub(crate) fn checked_output(output: std::process::Output, program: &str) -> Res
 }
 
 /// The host runtime: a clone per workspace, agents as host processes.
+///
+/// With an agent user ([`HostRuntime::with_user`]) each workspace directory belongs
+/// to that user, and git and the agents run as it.
 #[derive(Debug, Clone)]
 pub struct HostRuntime {
     root: PathBuf,
     git: GitConfig,
+    user: Option<AgentUser>,
 }
 
 /// A fresh clone on its output branch.
@@ -287,6 +296,7 @@ impl HostRuntime {
         Self {
             root: root.into(),
             git: GitConfig::default(),
+            user: None,
         }
     }
 
@@ -297,11 +307,28 @@ impl HostRuntime {
         self
     }
 
-    /// Runs git as `git` says (its program and credential helper).
+    /// Runs git as `git` says (its program and credential helper), as the agent
+    /// user when there is one.
     #[must_use]
     pub fn with_git_config(mut self, git: GitConfig) -> Self {
-        self.git = git;
+        self.git = match &self.user {
+            Some(user) => git.with_user(user.clone()),
+            None => git,
+        };
         self
+    }
+
+    /// Gives each workspace directory to `user` and runs git and the agents as it.
+    #[must_use]
+    pub fn with_user(mut self, user: AgentUser) -> Self {
+        self.git = self.git.with_user(user.clone());
+        self.user = Some(user);
+        self
+    }
+
+    /// The user agents and git run as; `None` for this process's.
+    pub fn user(&self) -> Option<&AgentUser> {
+        self.user.as_ref()
     }
 
     /// How this runtime runs git.
@@ -326,6 +353,14 @@ impl HostRuntime {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
+        if let Some(user) = &self.user {
+            // Git runs as the user, so it clones into a directory the user owns
+            // (cloning into an empty directory is allowed).
+            tokio::fs::create_dir(&dir)
+                .await
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            user.take_ownership(&dir)?;
+        }
         self.git
             .clone(
                 &request.repo,
@@ -392,7 +427,11 @@ impl WorkspaceRuntime for HostRuntime {
     }
 
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
-        agent.clone().with_cwd(&workspace.dir)
+        let command = agent.clone().with_cwd(&workspace.dir);
+        match &self.user {
+            Some(user) => command.with_user(user.clone()),
+            None => command,
+        }
     }
 
     async fn remove(&self, workspace: &Workspace) -> Result<()> {
@@ -419,6 +458,16 @@ impl DockerRuntime {
             devcontainer_cli: "devcontainer".to_owned(),
             image: image.into(),
         }
+    }
+
+    /// The lightweight profile's image.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// How workspaces are cloned, and whose they are.
+    pub fn host(&self) -> &HostRuntime {
+        &self.host
     }
 
     /// Uses other `docker` and `devcontainer` executables.
@@ -566,8 +615,16 @@ impl WorkspaceRuntime for DockerRuntime {
 
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
         match &workspace.container {
-            Some(c) => agent.in_container(&self.docker, &c.id, c.user.as_deref(), &c.folder),
-            None => agent.clone().with_cwd(&workspace.dir),
+            Some(c) => {
+                // The agent user, by its numeric ids, owns the mounted clone and is
+                // never root; without one, the devcontainer's `remoteUser`.
+                let user = match self.host.user() {
+                    Some(user) => Some(user.container_user()),
+                    None => c.user.clone(),
+                };
+                agent.in_container(&self.docker, &c.id, user.as_deref(), &c.folder)
+            }
+            None => self.host.agent_command(workspace, agent),
         }
     }
 

@@ -154,8 +154,8 @@ pub use intent::{
 };
 pub use model::{
     Catalog, ExecutionStep, Id, Labels, Location, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId,
-    NodeLifecycle, NodeStatus, ParseError, Price, ProfileId, ProjectId, ProviderKind, ServerType,
-    TaskId, TaskStatus, UserId, VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
+    NodeLifecycle, NodeRole, NodeStatus, ParseError, Price, ProfileId, ProjectId, ProviderKind,
+    ServerType, TaskId, TaskStatus, UserId, VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
 };
 pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,

@@ -137,6 +137,8 @@ pub struct AgentCommand {
     /// Variables of this process the command keeps besides the allow-list (the
     /// Docker client's own settings for `docker exec`); never passed into a container.
     passthrough: &'static [&'static str],
+    /// The unprivileged account the process runs as; `None` keeps this process's.
+    user: Option<crate::user::AgentUser>,
 }
 
 /// The Docker client's own settings: where the daemon is and how to reach it. They
@@ -159,6 +161,10 @@ impl fmt::Debug for AgentCommand {
             .field("args", &self.args)
             .field("env", &env)
             .field("cwd", &self.cwd)
+            .field(
+                "user",
+                &self.user.as_ref().map(crate::user::AgentUser::name),
+            )
             .finish()
     }
 }
@@ -196,6 +202,7 @@ impl AgentCommand {
             env: Vec::new(),
             cwd: None,
             passthrough: &[],
+            user: None,
         }
     }
 
@@ -227,6 +234,14 @@ impl AgentCommand {
     #[must_use]
     pub fn with_cwd(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Runs the agent as `user` ([`crate::user`]): its uid and primary gid, with
+    /// `HOME`, `USER` and `LOGNAME` naming it.
+    #[must_use]
+    pub fn with_user(mut self, user: crate::user::AgentUser) -> Self {
+        self.user = Some(user);
         self
     }
 
@@ -276,6 +291,9 @@ impl AgentCommand {
             env: self.env.clone(),
             cwd: None,
             passthrough: DOCKER_CLIENT_ENV,
+            // The Docker client needs the daemon's socket; the container's user is
+            // the one `--user` names.
+            user: None,
         }
     }
 
@@ -318,6 +336,9 @@ impl AgentCommand {
             .process_group(0);
         if let Some(dir) = &self.cwd {
             command.current_dir(dir);
+        }
+        if let Some(user) = &self.user {
+            user.apply(&mut command);
         }
         let child = command
             .spawn()
