@@ -119,6 +119,24 @@ impl WorkspaceRoot {
         Ok(real)
     }
 
+    /// Gives `paths` (what a write created) to the owner of the workspace when this
+    /// process is root and the workspace belongs to another user: the agent runs as
+    /// that user and must be able to change what it asked the host to write.
+    pub(crate) fn hand_over(&self, paths: &[PathBuf]) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !rustix::process::geteuid().is_root() {
+            return Ok(());
+        }
+        let owner = std::fs::metadata(&self.real)?;
+        if owner.uid() == 0 {
+            return Ok(());
+        }
+        for path in paths {
+            std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))?;
+        }
+        Ok(())
+    }
+
     /// The real path to write, which may not exist yet; its nearest existing ancestor
     /// (and the file itself, when it is a symlink) must resolve inside the root.
     pub(crate) fn resolve_for_write(&self, requested: &str) -> Result<PathBuf, PathDenied> {
