@@ -11,95 +11,17 @@
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sam_agent::fake::FakeAgentScript;
 use sam_agent::runtime::WorkspaceRequest;
-use sam_agent::{AcpOptions, AcpSession, AgentCommand, AgentUser, HostRuntime, WorkspaceRuntime};
-use sam_core::{AgentSession, Secret, StopReason, WorkspaceId};
+use sam_agent::{AcpOptions, AcpSession, AgentUser, HostRuntime, WorkspaceRuntime};
+use sam_core::{AgentSession, StopReason, WorkspaceId};
 
-/// A user made for one test, deleted when dropped.
-struct TestUser {
-    name: String,
-}
-
-impl TestUser {
-    /// `None` (with a printed notice) when this process cannot make users.
-    fn create(home: &Path) -> Option<Self> {
-        if !rustix::process::geteuid().is_root() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI runs as root and must run the agent-user test"
-            );
-            eprintln!("notice: not root, cannot create a user; skipping the agent-user test");
-            return None;
-        }
-        let name = format!("sam-it-{}", std::process::id());
-        // A user left by an earlier run that crashed.
-        let _ = Command::new("userdel").arg(&name).output();
-        let out = Command::new("useradd")
-            .args(["--no-create-home", "--user-group", "--shell", "/bin/sh"])
-            .arg("--home-dir")
-            .arg(home)
-            .arg(&name)
-            .output()
-            .expect("useradd runs");
-        assert!(
-            out.status.success(),
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(Self { name })
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=sam",
-            "-c",
-            "user.email=sam@example.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "safe.directory=*",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), uid, gid);
-        }
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_owned()
-}
+#[path = "support/agent_user.rs"]
+mod support;
+use support::{TestUser, chown_tree, git, probing_agent, read};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_and_the_agent_run_as_the_agent_user() {
@@ -107,7 +29,7 @@ async fn git_and_the_agent_run_as_the_agent_user() {
     // The user must reach what the test lays out: the temporary directory is 0700.
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let home = base.path().join("home");
-    let Some(test_user) = TestUser::create(&home) else {
+    let Some(test_user) = TestUser::create(&home, "the agent-user test") else {
         return;
     };
     let user = AgentUser::lookup(&test_user.name).unwrap();
@@ -163,21 +85,12 @@ async fn git_and_the_agent_run_as_the_agent_user() {
     }
 
     // A real ACP agent, behind a shell that records who it is and tries the token.
-    let probe = format!(
-        "id -u > whoami.uid; id -G > whoami.groups; printf '%s' \"$HOME\" > whoami.home; \
-         if cat '{}' > token.read 2> token.err; then echo read; else echo refused; fi > token.outcome; \
-         rm -f token.read; exec \"$0\"",
-        token.display()
-    );
     let script = FakeAgentScript {
         stop_reason: "end_turn".to_owned(),
         write_path: Some("notes/agent.md".to_owned()),
         ..FakeAgentScript::default()
     };
-    let agent = script.to_env().into_iter().fold(
-        AgentCommand::new("/bin/sh").with_args(["-c".to_owned(), probe, bin.display().to_string()]),
-        |command, (k, v)| command.with_env(k, Secret::new(v)),
-    );
+    let agent = probing_agent(&bin.display().to_string(), &script, &token);
     let command = runtime.agent_command(&workspace, &agent);
     let options = AcpOptions {
         request_timeout: Duration::from_secs(20),
@@ -198,14 +111,14 @@ async fn git_and_the_agent_run_as_the_agent_user() {
     assert_eq!(read(&dir.join("whoami.groups")), user.gid().to_string());
     assert_eq!(Path::new(&read(&dir.join("whoami.home"))), user.home());
     assert_eq!(
-        read(&dir.join("token.outcome")),
+        read(&dir.join("secret.outcome")),
         "refused",
         "the agent read the node's token"
     );
     assert!(
-        read(&dir.join("token.err")).contains("Permission denied"),
+        read(&dir.join("secret.err")).contains("Permission denied"),
         "{}",
-        read(&dir.join("token.err"))
+        read(&dir.join("secret.err"))
     );
     // What the agent asked the host to write is the user's too, directory included.
     for path in [dir.join("notes"), dir.join("notes/agent.md")] {
