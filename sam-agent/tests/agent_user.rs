@@ -11,17 +11,15 @@
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use sam_agent::fake::FakeAgentScript;
 use sam_agent::runtime::WorkspaceRequest;
-use sam_agent::{AcpOptions, AcpSession, AgentUser, HostRuntime, WorkspaceRuntime};
-use sam_core::{AgentSession, StopReason, WorkspaceId};
+use sam_agent::{AgentUser, HostRuntime, WorkspaceRuntime};
+use sam_core::WorkspaceId;
 
 #[path = "support/agent_user.rs"]
 mod support;
-use support::{TestUser, chown_tree, git, probing_agent, read};
+use support::{TestUser, chown_tree, git, one_turn, probing_agent, read};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_and_the_agent_run_as_the_agent_user() {
@@ -92,18 +90,7 @@ async fn git_and_the_agent_run_as_the_agent_user() {
     };
     let agent = probing_agent(&bin.display().to_string(), &script, &token);
     let command = runtime.agent_command(&workspace, &agent);
-    let options = AcpOptions {
-        request_timeout: Duration::from_secs(20),
-        ..AcpOptions::default()
-    };
-    let session = AcpSession::new(Arc::new(command), options);
-    session.initialize().await.unwrap();
-    let id = session.new_session(&workspace.dir).await.unwrap();
-    assert_eq!(
-        session.prompt(&id, "write the notes").await.unwrap(),
-        StopReason::EndTurn
-    );
-    drop(session);
+    one_turn(command, &workspace.dir, "write the notes").await;
 
     let dir = &workspace.dir;
     assert_eq!(read(&dir.join("whoami.uid")), user.uid().to_string());

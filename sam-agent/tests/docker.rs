@@ -13,21 +13,18 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sam_agent::devcontainer::DevcontainerError;
 use sam_agent::fake::FakeAgentScript;
 use sam_agent::runtime::{EffectiveProfile, ProfileRequest, ReadyStatus, WorkspaceRequest};
-use sam_agent::{
-    AcpOptions, AcpSession, AgentUser, DockerRuntime, Error, HostRuntime, WorkspaceRuntime,
-};
-use sam_core::{AgentSession, StopReason, WorkspaceId};
+use sam_agent::{AgentUser, DockerRuntime, Error, HostRuntime, WorkspaceRuntime};
+use sam_core::WorkspaceId;
 use tempfile::TempDir;
 
 #[path = "support/agent_user.rs"]
 mod support;
-use support::{TestUser, chown_tree, git, probing_agent, read};
+use support::{TestUser, chown_tree, git, one_turn, probing_agent, read};
 
 /// The label of the images the tests import.
 const IMAGE_LABEL: &str = "sam-test=agent-rootfs";
@@ -254,18 +251,7 @@ impl Setup {
         let agent = probing_agent(AGENT_IN_IMAGE, &script, Path::new("/etc/shadow"));
         let command = runtime.agent_command(workspace, &agent);
         assert!(command.program().ends_with("docker"), "{command:?}");
-        let options = AcpOptions {
-            request_timeout: Duration::from_secs(30),
-            ..AcpOptions::default()
-        };
-        let session = AcpSession::new(Arc::new(command), options);
-        session.initialize().await.unwrap();
-        let id = session.new_session(&workspace.dir).await.unwrap();
-        assert_eq!(
-            session.prompt(&id, "hello").await.unwrap(),
-            StopReason::EndTurn
-        );
-        drop(session);
+        one_turn(command, &workspace.dir, "hello").await;
         // The probe wrote through the container's mount of the clone.
         let dir = &workspace.dir;
         assert_eq!(read(&dir.join("whoami.uid")), self.user.uid().to_string());

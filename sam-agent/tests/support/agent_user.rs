@@ -5,9 +5,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use sam_agent::AgentCommand;
+use std::sync::Arc;
+use std::time::Duration;
+
 use sam_agent::fake::FakeAgentScript;
-use sam_core::Secret;
+use sam_agent::{AcpOptions, AcpSession, AgentCommand};
+use sam_core::{AgentSession, Secret, StopReason};
 
 /// A user made for one test, deleted when dropped.
 pub(crate) struct TestUser {
@@ -116,4 +119,20 @@ pub(crate) fn probing_agent(
         AgentCommand::new("/bin/sh").with_args(["-c".to_owned(), probe, program.to_owned()]),
         |command, (k, v)| command.with_env(k, Secret::new(v)),
     )
+}
+
+/// Runs one prompt turn of the agent `command` starts, in the session directory
+/// `dir`, and checks that it ends its turn.
+pub(crate) async fn one_turn(command: AgentCommand, dir: &Path, prompt: &str) {
+    let options = AcpOptions {
+        request_timeout: Duration::from_secs(30),
+        ..AcpOptions::default()
+    };
+    let session = AcpSession::new(Arc::new(command), options);
+    session.initialize().await.unwrap();
+    let id = session.new_session(dir).await.unwrap();
+    assert_eq!(
+        session.prompt(&id, prompt).await.unwrap(),
+        StopReason::EndTurn
+    );
 }
