@@ -122,6 +122,16 @@ pub struct Workspace {
     pub base_branch: Option<String>,
 }
 
+impl Workspace {
+    /// Where the agent sees the workspace when that is not the clone on the host:
+    /// the container's folder.
+    pub fn agent_dir(&self) -> Option<PathBuf> {
+        self.container
+            .as_ref()
+            .map(|container| PathBuf::from(&container.folder))
+    }
+}
+
 /// A running workspace container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {

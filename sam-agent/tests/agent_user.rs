@@ -90,7 +90,7 @@ async fn git_and_the_agent_run_as_the_agent_user() {
     };
     let agent = probing_agent(&bin.display().to_string(), &script, &token);
     let command = runtime.agent_command(&workspace, &agent);
-    one_turn(command, &workspace.dir, "write the notes").await;
+    one_turn(command, &workspace, "write the notes").await;
 
     let dir = &workspace.dir;
     assert_eq!(read(&dir.join("whoami.uid")), user.uid().to_string());

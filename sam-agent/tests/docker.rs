@@ -152,6 +152,12 @@ impl TestImage {
 
 impl Drop for TestImage {
     fn drop(&mut self) {
+        // Containers a failed test left behind.
+        let ancestor = format!("ancestor={}", self.tag);
+        let left = docker(&["ps", "--all", "--quiet", "--filter", &ancestor]);
+        for id in String::from_utf8_lossy(&left.stdout).split_whitespace() {
+            let _ = docker(&["rm", "--force", id]);
+        }
         let _ = docker(&["rmi", "--force", &self.tag]);
         // The tests import the same files, so their tags may name one image, which
         // stays while another test's container uses it: the last one out removes it.
@@ -215,9 +221,11 @@ impl Setup {
         )
     }
 
+    /// A request for the workspace `id`, made unique to this process so that runs
+    /// side by side do not share container names.
     fn request(&self, id: &str) -> WorkspaceRequest {
         WorkspaceRequest {
-            id: WorkspaceId::new(id).unwrap(),
+            id: WorkspaceId::new(format!("{id}-{}", std::process::id())).unwrap(),
             repo: self.origin.display().to_string(),
             branch: None,
             profile: ProfileRequest::Auto,
@@ -244,14 +252,24 @@ impl Setup {
         runtime: &DockerRuntime,
         workspace: &sam_agent::runtime::Workspace,
     ) {
+        // The agent sees the clone at the container's folder: its session's `cwd`,
+        // and the paths of its file requests, are there.
+        let folder = workspace
+            .container
+            .as_ref()
+            .expect("a container")
+            .folder
+            .clone();
         let script = FakeAgentScript {
             stop_reason: "end_turn".to_owned(),
+            write_path: Some(format!("{folder}/notes/agent.md")),
+            transcript: Some(PathBuf::from(format!("{folder}/transcript.jsonl"))),
             ..FakeAgentScript::default()
         };
         let agent = probing_agent(AGENT_IN_IMAGE, &script, Path::new("/etc/shadow"));
         let command = runtime.agent_command(workspace, &agent);
         assert!(command.program().ends_with("docker"), "{command:?}");
-        one_turn(command, &workspace.dir, "hello").await;
+        one_turn(command, workspace, "hello").await;
         // The probe wrote through the container's mount of the clone.
         let dir = &workspace.dir;
         assert_eq!(read(&dir.join("whoami.uid")), self.user.uid().to_string());
@@ -261,6 +279,17 @@ impl Setup {
         );
         let meta = std::fs::metadata(dir.join("whoami.uid")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (self.user.uid(), self.user.gid()));
+        let transcript = read(&dir.join("transcript.jsonl"));
+        let new_session = transcript
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .find(|message| message["method"] == "session/new")
+            .expect("the agent got session/new");
+        assert_eq!(new_session["params"]["cwd"], folder.as_str());
+        // The host wrote the file the agent named by its container path, in the
+        // clone, and gave it to the user.
+        let written = std::fs::metadata(dir.join("notes/agent.md")).unwrap();
+        assert_eq!(written.uid(), self.user.uid());
     }
 }
 
@@ -277,7 +306,8 @@ async fn the_lightweight_image_runs_agents_as_the_agent_user() {
     };
     let runtime = setup.runtime();
     let started = Instant::now();
-    let workspace = runtime.prepare(&setup.request("ws-light")).await.unwrap();
+    let request = setup.request("ws-light");
+    let workspace = runtime.prepare(&request).await.unwrap();
     eprintln!("lightweight workspace ready in {:?}", started.elapsed());
     assert_eq!(workspace.report.status, ReadyStatus::Running);
     assert_eq!(
@@ -295,7 +325,7 @@ async fn the_lightweight_image_runs_agents_as_the_agent_user() {
             "{{index .Config.Labels \"sam-workspace\"}}",
             &container.id
         ]),
-        "ws-light"
+        request.id.as_str()
     );
     setup.agent_runs_as_the_user(&runtime, &workspace).await;
 
@@ -336,7 +366,8 @@ async fn devcontainer_up_starts_the_repositorys_container() {
         .runtime()
         .with_programs("docker", cli.display().to_string());
     let started = Instant::now();
-    let workspace = runtime.prepare(&setup.request("ws-dc")).await.unwrap();
+    let request = setup.request("ws-dc");
+    let workspace = runtime.prepare(&request).await.unwrap();
     eprintln!("devcontainer workspace ready in {:?}", started.elapsed());
     assert_eq!(workspace.report.status, ReadyStatus::Running);
     let EffectiveProfile::Devcontainer { name, path, .. } = &workspace.report.profile else {
@@ -358,7 +389,7 @@ async fn devcontainer_up_starts_the_repositorys_container() {
         ]),
         workspace.dir.display().to_string()
     );
-    assert_eq!(container.folder, "/workspaces/ws-dc");
+    assert_eq!(container.folder, format!("/workspaces/{}", request.id));
     setup.agent_runs_as_the_user(&runtime, &workspace).await;
 
     runtime.remove(&workspace).await.unwrap();
@@ -382,7 +413,7 @@ async fn a_named_devcontainer_that_is_missing_starts_no_container() {
         "--all",
         "--quiet",
         "--filter",
-        "label=sam-workspace=ws-missing",
+        &format!("label=sam-workspace={}", request.id),
     ]);
     assert_eq!(containers, "", "no container for a workspace that failed");
 }

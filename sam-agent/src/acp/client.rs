@@ -93,7 +93,7 @@ impl ClientHandler {
         self.roots
             .lock()
             .ok()
-            .and_then(|r| r.get(&session.0).map(|w| w.path().to_path_buf()))
+            .and_then(|r| r.get(&session.0).map(|w| w.agent_path().to_path_buf()))
     }
 
     /// When the agent last sent an update or a request of its own.

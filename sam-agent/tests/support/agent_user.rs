@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sam_agent::fake::FakeAgentScript;
+use sam_agent::runtime::Workspace;
 use sam_agent::{AcpOptions, AcpSession, AgentCommand};
 use sam_core::{AgentSession, Secret, StopReason};
 
@@ -121,16 +122,19 @@ pub(crate) fn probing_agent(
     )
 }
 
-/// Runs one prompt turn of the agent `command` starts, in the session directory
-/// `dir`, and checks that it ends its turn.
-pub(crate) async fn one_turn(command: AgentCommand, dir: &Path, prompt: &str) {
+/// Runs one prompt turn of the agent `command` starts in `workspace`, set up as the
+/// VM agent sets up its sessions, and checks that it ends its turn.
+pub(crate) async fn one_turn(command: AgentCommand, workspace: &Workspace, prompt: &str) {
     let options = AcpOptions {
         request_timeout: Duration::from_secs(30),
         ..AcpOptions::default()
     };
-    let session = AcpSession::new(Arc::new(command), options);
+    let mut session = AcpSession::new(Arc::new(command), options);
+    if let Some(dir) = workspace.agent_dir() {
+        session = session.with_agent_root(dir);
+    }
     session.initialize().await.unwrap();
-    let id = session.new_session(dir).await.unwrap();
+    let id = session.new_session(&workspace.dir).await.unwrap();
     assert_eq!(
         session.prompt(&id, prompt).await.unwrap(),
         StopReason::EndTurn
