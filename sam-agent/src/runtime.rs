@@ -10,7 +10,8 @@
 //!
 //! With an agent user ([`HostRuntime::with_user`], which the Docker runtime's host
 //! part carries) each clone belongs to that user, git runs as it, and agents run as
-//! it: as a host process, or with `docker exec --user <uid>:<gid>`.
+//! it: as a host process, or with `docker exec --user <uid>:<gid>` and a home of
+//! its own per workspace, mounted at [`CONTAINER_HOME`].
 
 use std::path::{Path, PathBuf};
 
@@ -449,6 +450,9 @@ impl WorkspaceRuntime for HostRuntime {
     }
 }
 
+/// Where the agent user's home is mounted in a workspace container.
+pub const CONTAINER_HOME: &str = "/home/sam-agent";
+
 /// The Docker runtime: a container per workspace, agents through `docker exec -i`.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -492,9 +496,36 @@ impl DockerRuntime {
         self
     }
 
-    async fn run_lightweight(&self, request: &WorkspaceRequest, dir: &Path) -> Result<Container> {
+    /// The agent user's home for workspace `id` on the host, beside the clones
+    /// (`@` is in no workspace id, so no clone can take the name).
+    fn home_dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.host.root.join(format!("{id}@home"))
+    }
+
+    /// Makes the agent user's home for `request`, when there is an agent user: a
+    /// directory of its own, mounted at [`CONTAINER_HOME`], so agents that keep
+    /// state in their home can write it (a numeric user has `/` for a home in a
+    /// container, which it cannot write).
+    async fn make_home(&self, request: &WorkspaceRequest) -> Result<Option<PathBuf>> {
+        let Some(user) = self.host.user() else {
+            return Ok(None);
+        };
+        let home = self.home_dir(&request.id);
+        tokio::fs::create_dir_all(&home)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", home.display()), e))?;
+        user.take_ownership(&home)?;
+        Ok(Some(home))
+    }
+
+    async fn run_lightweight(
+        &self,
+        request: &WorkspaceRequest,
+        dir: &Path,
+        home: Option<&Path>,
+    ) -> Result<Container> {
         let folder = format!("/workspaces/{}", request.id);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "run",
             "--detach",
             "--init",
@@ -506,13 +537,21 @@ impl DockerRuntime {
             &format!("{}:{folder}", dir.display()),
             "--workdir",
             &folder,
-            &self.image,
-            "sleep",
-            "infinity",
         ]
         .into_iter()
         .map(ToOwned::to_owned)
         .collect();
+        if let Some(home) = home {
+            args.extend([
+                "--volume".to_owned(),
+                format!("{}:{CONTAINER_HOME}", home.display()),
+            ]);
+        }
+        args.extend([
+            self.image.clone(),
+            "sleep".to_owned(),
+            "infinity".to_owned(),
+        ]);
         let id = run(&self.docker, &args, None).await?.trim().to_owned();
         if id.is_empty() {
             return Err(Error::Command {
@@ -528,8 +567,13 @@ impl DockerRuntime {
         })
     }
 
-    async fn devcontainer_up(&self, dir: &Path, config: &DevcontainerConfig) -> Result<Container> {
-        let args: Vec<String> = vec![
+    async fn devcontainer_up(
+        &self,
+        dir: &Path,
+        config: &DevcontainerConfig,
+        home: Option<&Path>,
+    ) -> Result<Container> {
+        let mut args: Vec<String> = vec![
             "up".to_owned(),
             "--workspace-folder".to_owned(),
             dir.display().to_string(),
@@ -538,6 +582,15 @@ impl DockerRuntime {
             "--docker-path".to_owned(),
             self.docker.clone(),
         ];
+        if let Some(home) = home {
+            args.extend([
+                "--mount".to_owned(),
+                format!(
+                    "type=bind,source={},target={CONTAINER_HOME}",
+                    home.display()
+                ),
+            ]);
+        }
         let out = run(&self.devcontainer_cli, &args, Some(dir)).await?;
         // `devcontainer up` prints logs, then one JSON object with the outcome.
         let outcome = out
@@ -575,9 +628,10 @@ impl WorkspaceRuntime for DockerRuntime {
     async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace> {
         let ClonedRepo { dir, base_branch } = self.host.clone_repo(request).await?;
         let choice = choose_profile(&dir, request)?;
+        let home = self.make_home(request).await?;
         let (container, profile, status, message) = match choice {
             ProfileChoice::Lightweight { fallback } => {
-                let container = self.run_lightweight(request, &dir).await?;
+                let container = self.run_lightweight(request, &dir, home.as_deref()).await?;
                 let status = if fallback.is_some() {
                     ReadyStatus::Recovery
                 } else {
@@ -593,7 +647,7 @@ impl WorkspaceRuntime for DockerRuntime {
                 )
             }
             ProfileChoice::Devcontainer(config) => {
-                let container = self.devcontainer_up(&dir, &config).await?;
+                let container = self.devcontainer_up(&dir, &config, home.as_deref()).await?;
                 let profile = EffectiveProfile::Devcontainer {
                     name: config.name.clone(),
                     path: config
@@ -627,12 +681,13 @@ impl WorkspaceRuntime for DockerRuntime {
         match &workspace.container {
             Some(c) => {
                 // The agent user, by its numeric ids, owns the mounted clone and is
-                // never root; without one, the devcontainer's `remoteUser`.
-                let user = match self.host.user() {
-                    Some(user) => Some(user.container_user()),
-                    None => c.user.clone(),
+                // never root, and its home is the one mounted for the workspace;
+                // without one, the devcontainer's `remoteUser` and its home.
+                let (user, home) = match self.host.user() {
+                    Some(user) => (Some(user.container_user()), Some(CONTAINER_HOME)),
+                    None => (c.user.clone(), None),
                 };
-                agent.in_container(&self.docker, &c.id, user.as_deref(), &c.folder)
+                agent.in_container(&self.docker, &c.id, user.as_deref(), home, &c.folder)
             }
             None => self.host.agent_command(workspace, agent),
         }
@@ -647,6 +702,7 @@ impl WorkspaceRuntime for DockerRuntime {
                 tracing::warn!(container = %container.id, error = %e, "could not remove the workspace container");
             }
         }
+        remove_dir(&self.home_dir(&workspace.report.workspace_id)).await?;
         remove_dir(&workspace.dir).await
     }
 }

@@ -97,6 +97,7 @@ async fn git_and_the_agent_run_as_the_agent_user() {
     // Only the user's own group: root's groups are dropped, and no other is added.
     assert_eq!(read(&dir.join("whoami.groups")), user.gid().to_string());
     assert_eq!(Path::new(&read(&dir.join("whoami.home"))), user.home());
+    assert_eq!(read(&dir.join("whoami.home-writable")), "yes");
     assert_eq!(
         read(&dir.join("secret.outcome")),
         "refused",

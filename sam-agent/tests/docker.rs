@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use sam_agent::devcontainer::DevcontainerError;
 use sam_agent::fake::FakeAgentScript;
-use sam_agent::runtime::{EffectiveProfile, ProfileRequest, ReadyStatus, WorkspaceRequest};
+use sam_agent::runtime::{
+    CONTAINER_HOME, EffectiveProfile, ProfileRequest, ReadyStatus, WorkspaceRequest,
+};
 use sam_agent::{AgentUser, DockerRuntime, Error, HostRuntime, WorkspaceRuntime};
 use sam_core::WorkspaceId;
 use tempfile::TempDir;
@@ -277,6 +279,9 @@ impl Setup {
             read(&dir.join("whoami.groups")),
             self.user.gid().to_string()
         );
+        // A home of its own, which it can write.
+        assert_eq!(read(&dir.join("whoami.home")), CONTAINER_HOME);
+        assert_eq!(read(&dir.join("whoami.home-writable")), "yes");
         let meta = std::fs::metadata(dir.join("whoami.uid")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (self.user.uid(), self.user.gid()));
         let transcript = read(&dir.join("transcript.jsonl"));
@@ -329,9 +334,18 @@ async fn the_lightweight_image_runs_agents_as_the_agent_user() {
     );
     setup.agent_runs_as_the_user(&runtime, &workspace).await;
 
+    let homes: Vec<_> = std::fs::read_dir(workspace.dir.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(homes.len(), 2, "the clone and the agent's home: {homes:?}");
     runtime.remove(&workspace).await.unwrap();
     assert!(!docker(&["inspect", &container.id]).status.success());
     assert!(!workspace.dir.exists());
+    let left = std::fs::read_dir(workspace.dir.parent().unwrap())
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the agent's home goes with the workspace");
     // Removing again is fine: the container and the clone are gone already.
     runtime.remove(&workspace).await.unwrap();
 }

@@ -261,11 +261,15 @@ impl AgentCommand {
     /// `docker` client keeps the allow-list and its own `DOCKER_*` settings; inside
     /// the container the agent sees the image's environment and the named variables
     /// only.
+    /// `user` is the container's user to run as, and `home` its `HOME` there (a
+    /// path, not a secret, so it is given on the command line: the `docker` client
+    /// reads its own `HOME`).
     pub(crate) fn in_container(
         &self,
         docker: &str,
         container: &str,
         user: Option<&str>,
+        home: Option<&str>,
         workdir: &str,
     ) -> Self {
         let mut args = vec![
@@ -276,6 +280,9 @@ impl AgentCommand {
         ];
         if let Some(user) = user {
             args.extend(["-u".to_owned(), user.to_owned()]);
+        }
+        if let Some(home) = home {
+            args.extend(["-e".to_owned(), format!("HOME={home}")]);
         }
         for (name, _) in &self.env {
             args.extend(["-e".to_owned(), name.clone()]);
@@ -440,7 +447,7 @@ mod tests {
         ]);
         assert_eq!(command.environment(parent.clone()), expected);
         // The docker client keeps its own settings, and nothing more.
-        let docker = command.in_container("docker", "c-1", None, "/workspace");
+        let docker = command.in_container("docker", "c-1", None, None, "/workspace");
         let mut expected = expected;
         expected.insert(2, ("DOCKER_HOST".into(), "unix:///run/docker.sock".into()));
         assert_eq!(docker.environment(parent), expected);

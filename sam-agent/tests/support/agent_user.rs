@@ -103,7 +103,7 @@ pub(crate) fn read(path: &Path) -> String {
 
 /// The fake ACP agent (`program`, playing `script`) behind `/bin/sh`, which first
 /// records in its working directory who it runs as (`whoami.uid`, `whoami.groups`,
-/// `whoami.home`) and whether it could read `secret` (`secret.outcome`: `read` or
+/// `whoami.home`, and `whoami.home-writable`: `yes` or `no`) and whether it could read `secret` (`secret.outcome`: `read` or
 /// `refused`; the error in `secret.err`).
 pub(crate) fn probing_agent(
     program: &str,
@@ -112,6 +112,7 @@ pub(crate) fn probing_agent(
 ) -> AgentCommand {
     let probe = format!(
         "id -u > whoami.uid; id -G > whoami.groups; printf '%s' \"$HOME\" > whoami.home; \
+         if touch \"$HOME/.sam-probe\"; then echo yes; else echo no; fi > whoami.home-writable; \
          if cat '{}' > /dev/null 2> secret.err; then echo read; else echo refused; fi \
          > secret.outcome; exec \"$0\"",
         secret.display()
