@@ -372,14 +372,23 @@ impl HostRuntime {
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             user.take_ownership(&dir)?;
         }
-        self.git
+        let cloned = self
+            .git
             .clone(
                 &request.repo,
                 request.branch.as_deref(),
                 &dir,
                 request.credentials.as_ref(),
             )
-            .await?;
+            .await;
+        if let Err(e) = cloned {
+            // As git does with a directory it made: a failed clone leaves nothing,
+            // so the workspace can be created again.
+            if self.user.is_some() {
+                remove_dir(&dir).await?;
+            }
+            return Err(e);
+        }
         let base_branch = self.git.current_branch(&dir).await?;
         if let Some(branch) = &request.output_branch {
             self.git.create_branch(&dir, branch).await?;

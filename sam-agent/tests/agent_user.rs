@@ -65,6 +65,13 @@ async fn git_and_the_agent_run_as_the_agent_user() {
         output_branch: Some("sam/agent-user".to_owned()),
         credentials: None,
     };
+    // A clone that fails leaves no directory behind, as git leaves none it made.
+    let missing = WorkspaceRequest {
+        repo: base.path().join("no-such-repo").display().to_string(),
+        ..request.clone()
+    };
+    assert!(runtime.prepare(&missing).await.is_err());
+    assert!(!base.path().join("workspaces/ws-user").exists());
     let workspace = runtime.prepare(&request).await.unwrap();
 
     // Git cloned as the user: the clone and everything in it are the user's.
