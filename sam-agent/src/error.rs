@@ -14,6 +14,15 @@ pub enum Error {
     /// A request was refused before anything ran.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The node's configuration cannot be served as it is (an unknown role, an agent
+    /// user that does not exist); found when the agent starts.
+    #[error("invalid node configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The setting (a path such as `role`, `.` for the whole file).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An external command (`git`, `docker`, `devcontainer`) failed.
     #[error("{program} failed ({status}): {stderr}")]
     Command {
@@ -87,7 +96,9 @@ impl Classify for Error {
     fn category(&self) -> ErrorCategory {
         match self {
             Self::Devcontainer(DevcontainerError::NotFound { .. }) => ErrorCategory::NotFound,
-            Self::Devcontainer(_) | Self::InvalidRequest(_) => ErrorCategory::InvalidConfig,
+            Self::Devcontainer(_) | Self::InvalidRequest(_) | Self::InvalidConfig { .. } => {
+                ErrorCategory::InvalidConfig
+            }
             Self::Command { .. } | Self::Store(_) => ErrorCategory::Unknown,
             Self::Io { .. } => ErrorCategory::Transient,
             Self::Agent(e) => e.category,

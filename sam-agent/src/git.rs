@@ -21,6 +21,7 @@ use url::Url;
 use crate::callbacks::{callback_policy, decode_answer, post_with_retry};
 use crate::error::{Error, Result};
 use crate::runtime::checked_output;
+use crate::user::AgentUser;
 
 /// The variable that tells the credential helper which route to ask.
 pub const CREDENTIAL_URL_ENV: &str = "SAM_GIT_CREDENTIAL_URL";
@@ -161,12 +162,15 @@ const NO_TRANSPORT: &str = "";
 /// `GIT_ALLOW_PROTOCOL` set to the transports the repository needs
 /// ([`allowed_protocols`]; none for commands that reach no remote); it is killed,
 /// with every process it started, after the timeout
-/// ([`sam_core::TimeoutPolicy::git_command`] by default).
+/// ([`sam_core::TimeoutPolicy::git_command`] by default). With an agent user
+/// ([`GitConfig::with_user`]) it runs as that user, so the clone belongs to the
+/// user the agent runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitConfig {
     program: String,
     helper: Option<(PathBuf, Vec<String>)>,
     timeout: Duration,
+    user: Option<AgentUser>,
 }
 
 impl Default for GitConfig {
@@ -175,6 +179,7 @@ impl Default for GitConfig {
             program: "git".to_owned(),
             helper: None,
             timeout: TimeoutPolicy::default().git_command,
+            user: None,
         }
     }
 }
@@ -197,6 +202,18 @@ impl GitConfig {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Runs git (and the credential helper it starts) as `user`.
+    #[must_use]
+    pub fn with_user(mut self, user: AgentUser) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// The user git runs as; `None` for this process's.
+    pub fn user(&self) -> Option<&AgentUser> {
+        self.user.as_ref()
     }
 
     /// The credential helper git runs for repositories behind an installation:
@@ -230,6 +247,9 @@ impl GitConfig {
         ));
         command.env("GIT_TERMINAL_PROMPT", "0");
         command.env("GIT_ALLOW_PROTOCOL", protocols);
+        if let Some(user) = &self.user {
+            user.apply(&mut command);
+        }
         if let Some(dir) = dir {
             command.current_dir(dir);
         }

@@ -25,7 +25,10 @@
 //! - **Demo agent** ([`demo`]): a real ACP agent that needs no model (it reads the
 //!   repository and writes one file), the `demo` agent of the offline quickstart.
 //! - **Node configuration** ([`node_config`]): [`NodeConfig`] (cloud-init's
-//!   `agent.json` or the local provider's user data) and [`LocalBoot`].
+//!   `agent.json` or the local provider's user data), the runtime its role selects
+//!   ([`NodeRuntime`]), and [`LocalBoot`].
+//! - **Agent user** ([`user`]): [`AgentUser`], the unprivileged account agents and
+//!   git run as on a cloud node.
 //! - **The control plane's side** ([`control_plane`]): [`callback_router`] serves the
 //!   callback routes over a `sam_core::ControlPlane`; [`ProviderNodeDirectory`] and
 //!   [`FileNodeKeys`] let [`HttpNodeAgent`] find nodes and keep their boot tokens.
@@ -103,6 +106,7 @@ pub mod node_config;
 pub mod runtime;
 pub mod server;
 pub mod storage;
+pub mod user;
 
 pub use acp::{
     AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
@@ -116,7 +120,8 @@ pub use node_agent::{
     FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, NodeDirectory, NodeEndpoint,
     ProviderNodeDirectory, StaticNodeDirectory,
 };
-pub use node_config::{LocalBoot, NodeConfig};
+pub use node_config::{LocalBoot, NodeConfig, NodeRuntime};
 pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
 pub use server::{VmAgent, VmAgentConfig};
 pub use storage::{SqliteStorage, Storage};
+pub use user::AgentUser;

@@ -10,23 +10,29 @@
 //!   file holding the user data [`LocalBoot`] rendered: the same fields, with the
 //!   token inline), `SAM_PORT` and `SAM_DATA_DIR` ([`NodeConfig::from_local_env`]).
 //!
-//! [`NodeConfig::agent_config`] turns either into a [`VmAgentConfig`].
+//! [`NodeConfig::agent_config`] turns either into a [`VmAgentConfig`], and
+//! [`NodeConfig::runtime`] chooses the workspace runtime from the node's `role`
+//! (`docker` or `host`, the host runtime when absent) and its `agent_user` (agents
+//! and git run as that account; as the agent's own when absent, as under the local
+//! provider). Both are resolved when the agent starts: an unknown role or a missing
+//! user stops it there, before it reports ready.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sam_core::{BootRenderer, NodeId, NodeRecord, Secret};
+use sam_core::{BootRenderer, NodeId, NodeRecord, NodeRole, Secret};
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
 use crate::acp::AgentCommand;
 use crate::error::{Error, Result};
 use crate::git::GitConfig;
-use crate::runtime::HostRuntime;
+use crate::runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
 use crate::server::{VmAgent, VmAgentConfig};
 use crate::storage::{SqliteStorage, Storage};
+use crate::user::AgentUser;
 
 /// The agent's port when the configuration names none.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -34,6 +40,10 @@ pub const DEFAULT_PORT: u16 = 8080;
 /// Where a cloud node keeps its workspaces when the configuration names no data
 /// directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/sam";
+
+/// The image of the lightweight profile on a `docker` node whose configuration
+/// names none (the one the boot pulls).
+pub const DEFAULT_LIGHTWEIGHT_IMAGE: &str = sam_core::DEFAULT_LIGHTWEIGHT_IMAGE;
 
 /// An agent command in a [`NodeConfig`]: a program and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,20 +98,61 @@ pub struct NodeConfig {
     /// Agents added to (or replacing) the known ones, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub agents: BTreeMap<String, AgentProgram>,
+    /// How the node runs workspaces: [`NodeRole::Docker`] (containers) or
+    /// [`NodeRole::Host`] (host processes, also when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<NodeRole>,
+    /// The unprivileged account agents and git run as; this process's own when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_user: Option<String>,
+    /// The lightweight profile's image on a `docker` node
+    /// ([`DEFAULT_LIGHTWEIGHT_IMAGE`] when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lightweight_image: Option<String>,
 }
 
 const fn default_port() -> u16 {
     DEFAULT_PORT
 }
 
+/// The workspace runtime a node's configuration selects ([`NodeConfig::runtime`]).
+#[derive(Debug, Clone)]
+pub enum NodeRuntime {
+    /// Agents as host processes (`role = host`).
+    Host(HostRuntime),
+    /// Containers (`role = docker`).
+    Docker(DockerRuntime),
+}
+
+impl NodeRuntime {
+    /// The runtime, ready for [`VmAgent::new`].
+    pub fn into_shared(self) -> Arc<dyn WorkspaceRuntime> {
+        match self {
+            Self::Host(runtime) => Arc::new(runtime),
+            Self::Docker(runtime) => Arc::new(runtime),
+        }
+    }
+}
+
 impl NodeConfig {
     /// Parses a configuration file's text.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] naming what is wrong.
+    /// [`Error::InvalidConfig`] naming the setting and what is wrong with it (an
+    /// unknown `role`, say).
     pub fn parse(text: &str) -> Result<Self> {
-        serde_json::from_str(text)
-            .map_err(|e| Error::InvalidRequest(format!("the node configuration is invalid: {e}")))
+        let mut json = serde_json::Deserializer::from_str(text);
+        let config: Self =
+            serde_path_to_error::deserialize(&mut json).map_err(|e| Error::InvalidConfig {
+                field: e.path().to_string(),
+                reason: e.inner().to_string(),
+            })?;
+        json.end().map_err(|e| Error::InvalidConfig {
+            field: ".".to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(config)
     }
 
     /// Reads and parses a configuration file.
@@ -209,14 +260,61 @@ impl NodeConfig {
 }
 
 impl NodeConfig {
+    /// The node's role; [`NodeRole::Host`] when the configuration names none.
+    pub fn role(&self) -> NodeRole {
+        self.role.unwrap_or(NodeRole::Host)
+    }
+
+    /// The agent user, looked up in the node's user database; `None` when the
+    /// configuration names none.
+    ///
+    /// # Errors
+    /// As [`AgentUser::lookup`]: no such user, or root.
+    pub fn agent_user(&self) -> Result<Option<AgentUser>> {
+        self.agent_user
+            .as_deref()
+            .map(AgentUser::lookup)
+            .transpose()
+    }
+
+    /// The workspace runtime this configuration selects, with workspaces under
+    /// `workspaces` and git run as `git` says: [`DockerRuntime`] with the
+    /// lightweight image for `role = docker`, [`HostRuntime`] for `role = host`; git
+    /// and the agents run as the agent user when there is one.
+    ///
+    /// # Errors
+    /// As [`NodeConfig::agent_user`]; [`Error::InvalidConfig`] for an empty image.
+    pub fn runtime(&self, workspaces: PathBuf, git: GitConfig) -> Result<NodeRuntime> {
+        let mut host = HostRuntime::new(workspaces).with_git_config(git);
+        if let Some(user) = self.agent_user()? {
+            host = host.with_user(user);
+        }
+        Ok(match self.role() {
+            NodeRole::Host => NodeRuntime::Host(host),
+            NodeRole::Docker => {
+                let image = self
+                    .lightweight_image
+                    .as_deref()
+                    .unwrap_or(DEFAULT_LIGHTWEIGHT_IMAGE);
+                if image.trim().is_empty() || image.starts_with('-') {
+                    return Err(Error::InvalidConfig {
+                        field: "lightweight_image".to_owned(),
+                        reason: format!("{image:?} is not an image name"),
+                    });
+                }
+                NodeRuntime::Docker(DockerRuntime::new(host, image))
+            }
+        })
+    }
+
     /// Runs the VM agent for this configuration until `shutdown` completes: binds
-    /// the API's port, prepares workspaces with the host runtime under
-    /// `<data dir>/workspaces`, keeps events and metrics in `<data dir>/events.db`
-    /// and `<data dir>/metrics.db`.
+    /// the API's port, prepares workspaces with the runtime of
+    /// [`NodeConfig::runtime`] under `<data dir>/workspaces`, keeps events and
+    /// metrics in `<data dir>/events.db` and `<data dir>/metrics.db`.
     ///
     /// # Errors
     /// [`Error::Io`] when the port cannot be bound or the listener fails; as
-    /// [`NodeConfig::agent_config`] and [`VmAgent::new`].
+    /// [`NodeConfig::agent_config`], [`NodeConfig::runtime`] and [`VmAgent::new`].
     pub async fn serve(
         &self,
         token: Secret,
@@ -225,15 +323,17 @@ impl NodeConfig {
     ) -> Result<()> {
         let agent_config = self.agent_config(token, boot_log)?;
         let workspaces = self.data_dir().join("workspaces");
-        std::fs::create_dir_all(&workspaces)
-            .map_err(|e| Error::io(format!("creating {}", workspaces.display()), e))?;
         // Git asks this very binary for credentials (`<binary> git-credential get`).
         let mut git = GitConfig::default();
         if let Ok(exe) = std::env::current_exe() {
             git = git.with_credential_helper(exe, vec!["git-credential".to_owned()]);
         }
-        let runtime = HostRuntime::new(workspaces).with_git_config(git);
-        let agent = VmAgent::new(agent_config, Arc::new(runtime)).await?;
+        // Resolved before anything is created: a bad role or user stops the agent
+        // here, and the node never reports ready.
+        let runtime = self.runtime(workspaces.clone(), git)?;
+        std::fs::create_dir_all(&workspaces)
+            .map_err(|e| Error::io(format!("creating {}", workspaces.display()), e))?;
+        let agent = VmAgent::new(agent_config, runtime.into_shared()).await?;
         let ip = self
             .listen
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -282,6 +382,10 @@ impl BootRenderer for LocalBoot {
             data_dir: None,
             heartbeat_interval_secs: self.heartbeat_interval_secs,
             agents: self.agents.clone(),
+            // A local node runs workspaces as host processes of its own user.
+            role: None,
+            agent_user: None,
+            lightweight_image: None,
         };
         serde_json::to_string_pretty(&config).map_err(|e| sam_core::Error::InvalidInput {
             field: "user_data",
@@ -325,5 +429,121 @@ mod tests {
                 .unwrap();
         assert!(config.token(None).is_err());
         assert!(NodeConfig::parse(r#"{"node_id":"n-1"}"#).is_err());
+    }
+
+    fn parse(json: &str) -> NodeConfig {
+        NodeConfig::parse(json).unwrap()
+    }
+
+    fn runtime(config: &NodeConfig) -> Result<NodeRuntime> {
+        config.runtime(PathBuf::from("/srv/ws"), GitConfig::default())
+    }
+
+    const BASE: &str = r#""node_id":"n-1","control_plane_url":"http://127.0.0.1:1/""#;
+
+    #[test]
+    fn the_role_selects_the_runtime() {
+        // No role (a local node): the host runtime, as this process's user.
+        match runtime(&parse(&format!("{{{BASE}}}"))).unwrap() {
+            NodeRuntime::Host(host) => {
+                assert!(host.user().is_none() && host.git().user().is_none());
+            }
+            other => panic!("expected the host runtime, got {other:?}"),
+        }
+        let host = parse(&format!(r#"{{{BASE},"role":"host"}}"#));
+        assert!(matches!(runtime(&host).unwrap(), NodeRuntime::Host(_)));
+        match runtime(&parse(&format!(r#"{{{BASE},"role":"docker"}}"#))).unwrap() {
+            NodeRuntime::Docker(docker) => assert_eq!(docker.image(), DEFAULT_LIGHTWEIGHT_IMAGE),
+            other => panic!("expected the Docker runtime, got {other:?}"),
+        }
+        let named = parse(&format!(
+            r#"{{{BASE},"role":"docker","lightweight_image":"sam-test/rootfs:1"}}"#
+        ));
+        match runtime(&named).unwrap() {
+            NodeRuntime::Docker(docker) => assert_eq!(docker.image(), "sam-test/rootfs:1"),
+            other => panic!("expected the Docker runtime, got {other:?}"),
+        }
+        for image in ["", " ", "--privileged"] {
+            let bad = parse(&format!(
+                r#"{{{BASE},"role":"docker","lightweight_image":{image:?}}}"#
+            ));
+            match runtime(&bad) {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "lightweight_image"),
+                other => panic!("{image:?}: expected a configuration error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_role_is_a_configuration_error_naming_the_field() {
+        for role in [r#""kvm""#, r#""Docker""#, "1", "null"] {
+            let json = format!(r#"{{{BASE},"role":{role}}}"#);
+            match NodeConfig::parse(&json) {
+                // `null` is the absent role.
+                Ok(config) if role == "null" => assert_eq!(config.role(), NodeRole::Host),
+                Err(Error::InvalidConfig { field, reason }) => {
+                    assert_eq!(field, "role", "{role}");
+                    if role.starts_with('"') {
+                        assert!(reason.contains("`docker` or `host`"), "{reason}");
+                    }
+                }
+                other => panic!("{role}: expected a configuration error, got {other:?}"),
+            }
+        }
+        match NodeConfig::parse(&format!("{{{BASE}}} trailing")) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "."),
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_agent_user_is_resolved_for_both_roles_and_a_missing_one_is_an_error() {
+        for role in ["host", "docker"] {
+            // `nobody` stands in for `sam`, which cloud-init creates on a node.
+            let config = parse(&format!(
+                r#"{{{BASE},"role":"{role}","agent_user":"nobody"}}"#
+            ));
+            let host = match runtime(&config).unwrap() {
+                NodeRuntime::Host(host) => host,
+                NodeRuntime::Docker(docker) => docker.host().clone(),
+            };
+            assert_eq!(host.user().map(AgentUser::name), Some("nobody"), "{role}");
+            assert_eq!(
+                host.git().user(),
+                host.user(),
+                "{role}: git runs as the user"
+            );
+            let missing = parse(&format!(
+                r#"{{{BASE},"role":"{role}","agent_user":"sam-no-such-user-7f3a"}}"#
+            ));
+            match runtime(&missing) {
+                Err(Error::InvalidConfig { field, reason }) => {
+                    assert_eq!(field, "agent_user");
+                    assert!(reason.contains("sam-no-such-user-7f3a"), "{reason}");
+                }
+                other => panic!("{role}: expected a configuration error, got {other:?}"),
+            }
+        }
+        let root = parse(&format!(r#"{{{BASE},"agent_user":"root"}}"#));
+        assert!(matches!(runtime(&root), Err(Error::InvalidConfig { .. })));
+    }
+
+    /// The agent refuses to start, before it binds its port or reports ready, when
+    /// its user does not exist.
+    #[tokio::test]
+    async fn serve_stops_at_a_missing_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = parse(&format!(
+            r#"{{{BASE},"role":"host","agent_user":"sam-no-such-user-7f3a"}}"#
+        ));
+        config.data_dir = Some(dir.path().to_path_buf());
+        let served = config
+            .serve(Secret::new("node-token"), None, std::future::pending())
+            .await;
+        assert!(
+            matches!(served, Err(Error::InvalidConfig { ref field, .. }) if field == "agent_user"),
+            "{served:?}"
+        );
+        assert!(!dir.path().join("workspaces").exists());
     }
 }

@@ -7,6 +7,11 @@
 //!   not used.
 //! - [`DockerRuntime`] starts the lightweight image with `docker run`, or the
 //!   devcontainer with `devcontainer up`, and runs agents with `docker exec -i`.
+//!
+//! With an agent user ([`HostRuntime::with_user`], which the Docker runtime's host
+//! part carries) each clone belongs to that user, git runs as it, and agents run as
+//! it: as a host process, or with `docker exec --user <uid>:<gid>` and a home of
+//! its own per workspace, mounted at [`CONTAINER_HOME`].
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +23,7 @@ use crate::acp::AgentCommand;
 use crate::devcontainer::{self, DevcontainerConfig, DevcontainerKind};
 use crate::error::{Error, Result};
 use crate::git::{CredentialSource, GitConfig};
+use crate::user::AgentUser;
 
 /// The profile a workspace request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -115,6 +121,16 @@ pub struct Workspace {
     pub container: Option<Container>,
     /// The branch the clone started on (the base of a pull request).
     pub base_branch: Option<String>,
+}
+
+impl Workspace {
+    /// Where the agent sees the workspace when that is not the clone on the host:
+    /// the container's folder.
+    pub fn agent_dir(&self) -> Option<PathBuf> {
+        self.container
+            .as_ref()
+            .map(|container| PathBuf::from(&container.folder))
+    }
 }
 
 /// A running workspace container.
@@ -266,10 +282,14 @@ pub(crate) fn checked_output(output: std::process::Output, program: &str) -> Res
 }
 
 /// The host runtime: a clone per workspace, agents as host processes.
+///
+/// With an agent user ([`HostRuntime::with_user`]) each workspace directory belongs
+/// to that user, and git and the agents run as it.
 #[derive(Debug, Clone)]
 pub struct HostRuntime {
     root: PathBuf,
     git: GitConfig,
+    user: Option<AgentUser>,
 }
 
 /// A fresh clone on its output branch.
@@ -287,6 +307,7 @@ impl HostRuntime {
         Self {
             root: root.into(),
             git: GitConfig::default(),
+            user: None,
         }
     }
 
@@ -297,11 +318,28 @@ impl HostRuntime {
         self
     }
 
-    /// Runs git as `git` says (its program and credential helper).
+    /// Runs git as `git` says (its program and credential helper), as the agent
+    /// user when there is one.
     #[must_use]
     pub fn with_git_config(mut self, git: GitConfig) -> Self {
-        self.git = git;
+        self.git = match &self.user {
+            Some(user) => git.with_user(user.clone()),
+            None => git,
+        };
         self
+    }
+
+    /// Gives each workspace directory to `user` and runs git and the agents as it.
+    #[must_use]
+    pub fn with_user(mut self, user: AgentUser) -> Self {
+        self.git = self.git.with_user(user.clone());
+        self.user = Some(user);
+        self
+    }
+
+    /// The user agents and git run as; `None` for this process's.
+    pub fn user(&self) -> Option<&AgentUser> {
+        self.user.as_ref()
     }
 
     /// How this runtime runs git.
@@ -326,14 +364,31 @@ impl HostRuntime {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
-        self.git
+        if let Some(user) = &self.user {
+            // Git runs as the user, so it clones into a directory the user owns
+            // (cloning into an empty directory is allowed).
+            tokio::fs::create_dir(&dir)
+                .await
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            user.take_ownership(&dir)?;
+        }
+        let cloned = self
+            .git
             .clone(
                 &request.repo,
                 request.branch.as_deref(),
                 &dir,
                 request.credentials.as_ref(),
             )
-            .await?;
+            .await;
+        if let Err(e) = cloned {
+            // As git does with a directory it made: a failed clone leaves nothing,
+            // so the workspace can be created again.
+            if self.user.is_some() {
+                remove_dir(&dir).await?;
+            }
+            return Err(e);
+        }
         let base_branch = self.git.current_branch(&dir).await?;
         if let Some(branch) = &request.output_branch {
             self.git.create_branch(&dir, branch).await?;
@@ -392,13 +447,20 @@ impl WorkspaceRuntime for HostRuntime {
     }
 
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
-        agent.clone().with_cwd(&workspace.dir)
+        let command = agent.clone().with_cwd(&workspace.dir);
+        match &self.user {
+            Some(user) => command.with_user(user.clone()),
+            None => command,
+        }
     }
 
     async fn remove(&self, workspace: &Workspace) -> Result<()> {
         remove_dir(&workspace.dir).await
     }
 }
+
+/// Where the agent user's home is mounted in a workspace container.
+pub const CONTAINER_HOME: &str = "/home/sam-agent";
 
 /// The Docker runtime: a container per workspace, agents through `docker exec -i`.
 #[derive(Debug, Clone)]
@@ -421,6 +483,16 @@ impl DockerRuntime {
         }
     }
 
+    /// The lightweight profile's image.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// How workspaces are cloned, and whose they are.
+    pub fn host(&self) -> &HostRuntime {
+        &self.host
+    }
+
     /// Uses other `docker` and `devcontainer` executables.
     #[must_use]
     pub fn with_programs(
@@ -433,9 +505,36 @@ impl DockerRuntime {
         self
     }
 
-    async fn run_lightweight(&self, request: &WorkspaceRequest, dir: &Path) -> Result<Container> {
+    /// The agent user's home for workspace `id` on the host, beside the clones
+    /// (`@` is in no workspace id, so no clone can take the name).
+    fn home_dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.host.root.join(format!("{id}@home"))
+    }
+
+    /// Makes the agent user's home for `request`, when there is an agent user: a
+    /// directory of its own, mounted at [`CONTAINER_HOME`], so agents that keep
+    /// state in their home can write it (a numeric user has `/` for a home in a
+    /// container, which it cannot write).
+    async fn make_home(&self, request: &WorkspaceRequest) -> Result<Option<PathBuf>> {
+        let Some(user) = self.host.user() else {
+            return Ok(None);
+        };
+        let home = self.home_dir(&request.id);
+        tokio::fs::create_dir_all(&home)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", home.display()), e))?;
+        user.take_ownership(&home)?;
+        Ok(Some(home))
+    }
+
+    async fn run_lightweight(
+        &self,
+        request: &WorkspaceRequest,
+        dir: &Path,
+        home: Option<&Path>,
+    ) -> Result<Container> {
         let folder = format!("/workspaces/{}", request.id);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "run",
             "--detach",
             "--init",
@@ -447,13 +546,21 @@ impl DockerRuntime {
             &format!("{}:{folder}", dir.display()),
             "--workdir",
             &folder,
-            &self.image,
-            "sleep",
-            "infinity",
         ]
         .into_iter()
         .map(ToOwned::to_owned)
         .collect();
+        if let Some(home) = home {
+            args.extend([
+                "--volume".to_owned(),
+                format!("{}:{CONTAINER_HOME}", home.display()),
+            ]);
+        }
+        args.extend([
+            self.image.clone(),
+            "sleep".to_owned(),
+            "infinity".to_owned(),
+        ]);
         let id = run(&self.docker, &args, None).await?.trim().to_owned();
         if id.is_empty() {
             return Err(Error::Command {
@@ -469,8 +576,13 @@ impl DockerRuntime {
         })
     }
 
-    async fn devcontainer_up(&self, dir: &Path, config: &DevcontainerConfig) -> Result<Container> {
-        let args: Vec<String> = vec![
+    async fn devcontainer_up(
+        &self,
+        dir: &Path,
+        config: &DevcontainerConfig,
+        home: Option<&Path>,
+    ) -> Result<Container> {
+        let mut args: Vec<String> = vec![
             "up".to_owned(),
             "--workspace-folder".to_owned(),
             dir.display().to_string(),
@@ -479,6 +591,15 @@ impl DockerRuntime {
             "--docker-path".to_owned(),
             self.docker.clone(),
         ];
+        if let Some(home) = home {
+            args.extend([
+                "--mount".to_owned(),
+                format!(
+                    "type=bind,source={},target={CONTAINER_HOME}",
+                    home.display()
+                ),
+            ]);
+        }
         let out = run(&self.devcontainer_cli, &args, Some(dir)).await?;
         // `devcontainer up` prints logs, then one JSON object with the outcome.
         let outcome = out
@@ -516,9 +637,10 @@ impl WorkspaceRuntime for DockerRuntime {
     async fn prepare(&self, request: &WorkspaceRequest) -> Result<Workspace> {
         let ClonedRepo { dir, base_branch } = self.host.clone_repo(request).await?;
         let choice = choose_profile(&dir, request)?;
+        let home = self.make_home(request).await?;
         let (container, profile, status, message) = match choice {
             ProfileChoice::Lightweight { fallback } => {
-                let container = self.run_lightweight(request, &dir).await?;
+                let container = self.run_lightweight(request, &dir, home.as_deref()).await?;
                 let status = if fallback.is_some() {
                     ReadyStatus::Recovery
                 } else {
@@ -534,7 +656,7 @@ impl WorkspaceRuntime for DockerRuntime {
                 )
             }
             ProfileChoice::Devcontainer(config) => {
-                let container = self.devcontainer_up(&dir, &config).await?;
+                let container = self.devcontainer_up(&dir, &config, home.as_deref()).await?;
                 let profile = EffectiveProfile::Devcontainer {
                     name: config.name.clone(),
                     path: config
@@ -566,8 +688,17 @@ impl WorkspaceRuntime for DockerRuntime {
 
     fn agent_command(&self, workspace: &Workspace, agent: &AgentCommand) -> AgentCommand {
         match &workspace.container {
-            Some(c) => agent.in_container(&self.docker, &c.id, c.user.as_deref(), &c.folder),
-            None => agent.clone().with_cwd(&workspace.dir),
+            Some(c) => {
+                // The agent user, by its numeric ids, owns the mounted clone and is
+                // never root, and its home is the one mounted for the workspace;
+                // without one, the devcontainer's `remoteUser` and its home.
+                let (user, home) = match self.host.user() {
+                    Some(user) => (Some(user.container_user()), Some(CONTAINER_HOME)),
+                    None => (c.user.clone(), None),
+                };
+                agent.in_container(&self.docker, &c.id, user.as_deref(), home, &c.folder)
+            }
+            None => self.host.agent_command(workspace, agent),
         }
     }
 
@@ -580,6 +711,7 @@ impl WorkspaceRuntime for DockerRuntime {
                 tracing::warn!(container = %container.id, error = %e, "could not remove the workspace container");
             }
         }
+        remove_dir(&self.home_dir(&workspace.report.workspace_id)).await?;
         remove_dir(&workspace.dir).await
     }
 }

@@ -847,7 +847,11 @@ async fn start_session(
             system_prompt: request.options.system_prompt.clone(),
             credentials: request.env.0.keys().cloned().collect(),
         };
-        let acp = Arc::new(AcpSession::new(Arc::new(command), options).with_settings(settings));
+        let mut acp = AcpSession::new(Arc::new(command), options).with_settings(settings);
+        if let Some(dir) = workspace.agent_dir() {
+            acp = acp.with_agent_root(dir);
+        }
+        let acp = Arc::new(acp);
         let dir = workspace.dir.clone();
         state.session = Some(Slot {
             agent: request.agent.clone(),

@@ -6,8 +6,7 @@
 
 use std::net::IpAddr;
 
-use sam_core::{NodeId, ProviderKind, Secret};
-use serde::Serialize;
+use sam_core::{NodeId, NodeRole, ProviderKind, Secret};
 use url::{Host, Url};
 
 use crate::agents::{AGENT_ADAPTERS, AgentAdapter, agent_adapter, known_agents};
@@ -22,7 +21,7 @@ pub const MAX_SWAPPINESS: u32 = 100;
 pub const MAX_URL_LEN: usize = 2048;
 /// The image Docker nodes run a workspace in when its repository has no
 /// devcontainer; boot pulls it in the background ([`crate::Phase::ImagePull`]).
-pub const DEFAULT_LIGHTWEIGHT_IMAGE: &str = "mcr.microsoft.com/devcontainers/base:bookworm";
+pub const DEFAULT_LIGHTWEIGHT_IMAGE: &str = sam_core::DEFAULT_LIGHTWEIGHT_IMAGE;
 /// Longest image reference accepted, in bytes.
 pub const MAX_IMAGE_LEN: usize = 255;
 /// Shortest callback token accepted, in bytes.
@@ -234,27 +233,6 @@ impl Default for JournaldLimits {
         Self {
             system_max_use: "500M".into(),
             max_retention: "7day".into(),
-        }
-    }
-}
-
-/// How a node runs workspaces, which decides what boot installs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeRole {
-    /// Workspaces run in containers: Docker is installed, and containers are kept
-    /// away from the metadata endpoint.
-    Docker,
-    /// Workspaces run as host processes of the unprivileged agent user; no Docker.
-    Host,
-}
-
-impl NodeRole {
-    /// The snake_case name, as written to the agent's configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Docker => "docker",
-            Self::Host => "host",
         }
     }
 }

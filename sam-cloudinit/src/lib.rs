@@ -87,7 +87,7 @@ mod phase;
 pub use agents::{AGENT_ADAPTERS, AgentAdapter, DEVCONTAINER_CLI_PACKAGE, agent_adapter};
 pub use boot::{
     CloudInitBoot, DEFAULT_LIGHTWEIGHT_IMAGE, JournaldLimits, MAX_CA_PEM_BYTES, MAX_IMAGE_LEN,
-    MAX_SWAP_MB, MAX_SWAPPINESS, MAX_TOKEN_LEN, MAX_URL_LEN, MIN_TOKEN_LEN, NodeBoot, NodeRole,
+    MAX_SWAP_MB, MAX_SWAPPINESS, MAX_TOKEN_LEN, MAX_URL_LEN, MIN_TOKEN_LEN, NodeBoot,
 };
 pub use config::{
     Account, CLOUD_CONFIG_HEADER, CloudConfig, Command, FileContent, MAX_USER_DATA_BYTES, User,
@@ -100,3 +100,5 @@ pub use phase::{
     CALLBACK_TOKEN_PATH, INSTALL_PACKAGES_SCRIPT, PHASE_FAILED, PHASE_SCRIPT, Phase,
     metadata_endpoints,
 };
+/// How a node runs workspaces (the VM agent reads the same value).
+pub use sam_core::NodeRole;

@@ -18,11 +18,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sam_core::ProviderKind;
+use sam_core::{NodeRole, ProviderKind};
 use serde::Serialize;
 
 use crate::agents::{DEVCONTAINER_CLI_PACKAGE, NODE_PACKAGES};
-use crate::boot::{Checked, NodeRole};
+use crate::boot::Checked;
 use crate::config::{Account, CloudConfig, Command, FileContent, User, WriteFile};
 
 /// Tag of every boot log line (`journalctl -t sam-boot`).

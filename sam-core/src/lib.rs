@@ -153,9 +153,10 @@ pub use intent::{
     CredentialInput, MAX_LINEAGE_DEPTH, ProfileInput, ProjectInput, TaskSource, UserInput,
 };
 pub use model::{
-    Catalog, ExecutionStep, Id, Labels, Location, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId,
-    NodeLifecycle, NodeStatus, ParseError, Price, ProfileId, ProjectId, ProviderKind, ServerType,
-    TaskId, TaskStatus, UserId, VmId, VmInstance, VmSize, VmSpec, VmState, WorkspaceId,
+    Catalog, DEFAULT_LIGHTWEIGHT_IMAGE, ExecutionStep, Id, Labels, Location, MANAGED_LABEL,
+    NODE_LABEL, NodeHealth, NodeId, NodeLifecycle, NodeRole, NodeStatus, ParseError, Price,
+    ProfileId, ProjectId, ProviderKind, ServerType, TaskId, TaskStatus, UserId, VmId, VmInstance,
+    VmSize, VmSpec, VmState, WorkspaceId,
 };
 pub use node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,

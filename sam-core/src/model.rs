@@ -489,6 +489,33 @@ impl VmSize {
     }
 }
 
+/// The image a `docker` node runs a workspace in when its repository has no
+/// devcontainer and the node's configuration names none: the Debian image the
+/// reference devcontainers build on. The boot pulls it, the VM agent runs it.
+pub const DEFAULT_LIGHTWEIGHT_IMAGE: &str = "mcr.microsoft.com/devcontainers/base:bookworm";
+
+/// How a node runs workspaces: what its boot installs, and which runtime its VM
+/// agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Workspaces run in containers: Docker is installed, containers are kept away
+    /// from the metadata endpoint, and the agent uses its Docker runtime.
+    Docker,
+    /// Workspaces run as host processes of the unprivileged agent user; no Docker.
+    Host,
+}
+
+impl NodeRole {
+    /// The snake_case name, as written to the agent's configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Host => "host",
+        }
+    }
+}
+
 /// The cloud (or local stand-in) that runs a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

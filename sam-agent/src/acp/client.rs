@@ -93,7 +93,7 @@ impl ClientHandler {
         self.roots
             .lock()
             .ok()
-            .and_then(|r| r.get(&session.0).map(|w| w.path().to_path_buf()))
+            .and_then(|r| r.get(&session.0).map(|w| w.agent_path().to_path_buf()))
     }
 
     /// When the agent last sent an update or a request of its own.
@@ -229,6 +229,14 @@ impl ClientHandler {
         let requested = str_param(params, "path")?;
         let content = str_param(params, "content")?;
         let path = root.resolve_for_write(requested).map_err(denied)?;
+        // The directories this write creates, and the file itself.
+        let mut created: Vec<PathBuf> = path
+            .ancestors()
+            .skip(1)
+            .take_while(|dir| !dir.exists())
+            .map(ToOwned::to_owned)
+            .collect();
+        created.push(path.clone());
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -236,6 +244,8 @@ impl ClientHandler {
         }
         tokio::fs::write(&path, content)
             .await
+            .map_err(|e| io_error(requested, &e))?;
+        root.hand_over(&created)
             .map_err(|e| io_error(requested, &e))?;
         Ok(json!({}))
     }

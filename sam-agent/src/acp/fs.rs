@@ -53,6 +53,9 @@ pub(crate) struct WorkspaceRoot {
     given: PathBuf,
     /// The root with every symlink resolved.
     real: PathBuf,
+    /// The root as the agent sees it, when it runs elsewhere (a container's mount
+    /// of the clone); its paths are taken as the same paths under the root.
+    seen: Option<PathBuf>,
 }
 
 impl WorkspaceRoot {
@@ -68,10 +71,23 @@ impl WorkspaceRoot {
         Ok(Self {
             given: root.to_path_buf(),
             real,
+            seen: None,
         })
     }
 
+    /// The same root, seen by the agent at `seen` (an absolute path).
+    pub(crate) fn seen_at(mut self, seen: &Path) -> Self {
+        self.seen = Some(seen.to_path_buf());
+        self
+    }
+
+    /// The root as the agent sees it: the `cwd` of its sessions.
+    pub(crate) fn agent_path(&self) -> &Path {
+        self.seen.as_deref().unwrap_or(&self.real)
+    }
+
     /// The root with every symlink resolved.
+    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
         &self.real
     }
@@ -85,8 +101,9 @@ impl WorkspaceRoot {
             });
         }
         if path.is_absolute() {
-            // Accept the root as configured and as resolved; anything else is outside.
-            for base in [&self.real, &self.given] {
+            // Accept the root as the agent sees it, as configured and as resolved;
+            // anything else is outside.
+            for base in self.seen.iter().chain([&self.real, &self.given]) {
                 if let Ok(rest) = path.strip_prefix(base) {
                     return Ok(self.real.join(rest));
                 }
@@ -117,6 +134,24 @@ impl WorkspaceRoot {
         })?;
         self.inside(&real, requested)?;
         Ok(real)
+    }
+
+    /// Gives `paths` (what a write created) to the owner of the workspace when this
+    /// process is root and the workspace belongs to another user: the agent runs as
+    /// that user and must be able to change what it asked the host to write.
+    pub(crate) fn hand_over(&self, paths: &[PathBuf]) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !rustix::process::geteuid().is_root() {
+            return Ok(());
+        }
+        let owner = std::fs::metadata(&self.real)?;
+        if owner.uid() == 0 {
+            return Ok(());
+        }
+        for path in paths {
+            std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))?;
+        }
+        Ok(())
     }
 
     /// The real path to write, which may not exist yet; its nearest existing ancestor
@@ -250,6 +285,35 @@ mod tests {
                 "{bad} must be refused"
             );
         }
+    }
+
+    /// An agent in a container sees the clone at its mount point: its paths there
+    /// are the same files on the host, and the host's own paths still work.
+    #[test]
+    fn paths_as_a_container_sees_them_map_onto_the_clone() {
+        let (dir, root) = root();
+        let root = root.seen_at(Path::new("/workspaces/ws1"));
+        assert_eq!(root.agent_path(), Path::new("/workspaces/ws1"));
+        check_read(&root, "/workspaces/ws1/a.txt", Ok("a.txt"));
+        check_read(&root, "a.txt", Ok("a.txt"));
+        check_read(
+            &root,
+            root.path().join("a.txt").to_str().unwrap(),
+            Ok("a.txt"),
+        );
+        check_read(&root, "/workspaces/ws1/../ws2/a.txt", Err(()));
+        check_read(&root, "/workspaces/ws2/a.txt", Err(()));
+        check_read(&root, "/workspaces/ws1-other/a.txt", Err(()));
+        check_read(&root, "/workspaces", Err(()));
+        assert_eq!(
+            root.resolve_for_write("/workspaces/ws1/new/file.txt")
+                .unwrap(),
+            root.path().join("new/file.txt")
+        );
+        assert!(
+            root.resolve_for_write(dir.path().join("secret.txt").to_str().unwrap())
+                .is_err()
+        );
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub struct AgentCommand {
     /// Variables of this process the command keeps besides the allow-list (the
     /// Docker client's own settings for `docker exec`); never passed into a container.
     passthrough: &'static [&'static str],
+    /// The unprivileged account the process runs as; `None` keeps this process's.
+    user: Option<crate::user::AgentUser>,
 }
 
 /// The Docker client's own settings: where the daemon is and how to reach it. They
@@ -159,6 +161,10 @@ impl fmt::Debug for AgentCommand {
             .field("args", &self.args)
             .field("env", &env)
             .field("cwd", &self.cwd)
+            .field(
+                "user",
+                &self.user.as_ref().map(crate::user::AgentUser::name),
+            )
             .finish()
     }
 }
@@ -196,6 +202,7 @@ impl AgentCommand {
             env: Vec::new(),
             cwd: None,
             passthrough: &[],
+            user: None,
         }
     }
 
@@ -230,6 +237,14 @@ impl AgentCommand {
         self
     }
 
+    /// Runs the agent as `user` ([`crate::user`]): its uid and primary gid, with
+    /// `HOME`, `USER` and `LOGNAME` naming it.
+    #[must_use]
+    pub fn with_user(mut self, user: crate::user::AgentUser) -> Self {
+        self.user = Some(user);
+        self
+    }
+
     /// The program.
     pub fn program(&self) -> &str {
         &self.program
@@ -246,11 +261,15 @@ impl AgentCommand {
     /// `docker` client keeps the allow-list and its own `DOCKER_*` settings; inside
     /// the container the agent sees the image's environment and the named variables
     /// only.
+    /// `user` is the container's user to run as, and `home` its `HOME` there (a
+    /// path, not a secret, so it is given on the command line: the `docker` client
+    /// reads its own `HOME`).
     pub(crate) fn in_container(
         &self,
         docker: &str,
         container: &str,
         user: Option<&str>,
+        home: Option<&str>,
         workdir: &str,
     ) -> Self {
         let mut args = vec![
@@ -261,6 +280,9 @@ impl AgentCommand {
         ];
         if let Some(user) = user {
             args.extend(["-u".to_owned(), user.to_owned()]);
+        }
+        if let Some(home) = home {
+            args.extend(["-e".to_owned(), format!("HOME={home}")]);
         }
         for (name, _) in &self.env {
             args.extend(["-e".to_owned(), name.clone()]);
@@ -276,6 +298,9 @@ impl AgentCommand {
             env: self.env.clone(),
             cwd: None,
             passthrough: DOCKER_CLIENT_ENV,
+            // The Docker client needs the daemon's socket; the container's user is
+            // the one `--user` names.
+            user: None,
         }
     }
 
@@ -318,6 +343,9 @@ impl AgentCommand {
             .process_group(0);
         if let Some(dir) = &self.cwd {
             command.current_dir(dir);
+        }
+        if let Some(user) = &self.user {
+            user.apply(&mut command);
         }
         let child = command
             .spawn()
@@ -419,7 +447,7 @@ mod tests {
         ]);
         assert_eq!(command.environment(parent.clone()), expected);
         // The docker client keeps its own settings, and nothing more.
-        let docker = command.in_container("docker", "c-1", None, "/workspace");
+        let docker = command.in_container("docker", "c-1", None, None, "/workspace");
         let mut expected = expected;
         expected.insert(2, ("DOCKER_HOST".into(), "unix:///run/docker.sock".into()));
         assert_eq!(docker.environment(parent), expected);

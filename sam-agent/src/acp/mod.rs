@@ -61,7 +61,7 @@ mod restart;
 mod rpc;
 mod tree;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -169,6 +169,8 @@ pub struct AcpSession {
     live: Mutex<Option<Live>>,
     restarts: StdMutex<RestartBudget>,
     cancelled: AtomicBool,
+    /// Where the agent sees its workspace, when that is not where the host has it.
+    agent_root: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -215,7 +217,27 @@ impl AcpSession {
             live: Mutex::new(None),
             restarts: StdMutex::new(RestartBudget::new(options.crash)),
             cancelled: AtomicBool::new(false),
+            agent_root: None,
         }
+    }
+
+    /// The same host, for an agent that sees its workspace at `dir` (inside a
+    /// container) rather than where the host has it: sessions get `dir` as their
+    /// `cwd`, and the agent's file requests under `dir` are served from the
+    /// workspace on the host.
+    #[must_use]
+    pub fn with_agent_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.agent_root = Some(dir.into());
+        self
+    }
+
+    /// The workspace at `cwd` on the host, as the agent sees it.
+    fn workspace(&self, cwd: &Path) -> Result<fs::WorkspaceRoot, AgentError> {
+        let root = workspace(cwd)?;
+        Ok(match &self.agent_root {
+            Some(seen) => root.seen_at(seen),
+            None => root,
+        })
     }
 
     /// The same host, running its sessions with `settings`.
@@ -696,10 +718,10 @@ impl AgentSession for AcpSession {
     }
 
     async fn new_session(&self, cwd: &Path) -> Result<SessionId, AgentError> {
-        let root = workspace(cwd)?;
+        let root = self.workspace(cwd)?;
         let (connection, info) = self.connection().await?;
         let (params, instructed) =
-            self.session_params(&info, json!({ "cwd": root.path(), "mcpServers": [] }));
+            self.session_params(&info, json!({ "cwd": root.agent_path(), "mcpServers": [] }));
         let result = match self.call(&connection, "session/new", params).await {
             Ok(result) => result,
             Err(e) => return Err(self.explained(Self::setup_error(e)).await),
@@ -730,11 +752,11 @@ impl AgentSession for AcpSession {
                 "the agent does not support session/load",
             ));
         }
-        let root = workspace(cwd)?;
+        let root = self.workspace(cwd)?;
         self.handler.set_root(id, root.clone());
         let (params, _) = self.session_params(
             &info,
-            json!({ "sessionId": id.0, "cwd": root.path(), "mcpServers": [] }),
+            json!({ "sessionId": id.0, "cwd": root.agent_path(), "mcpServers": [] }),
         );
         let result = self
             .call(&connection, "session/load", params)

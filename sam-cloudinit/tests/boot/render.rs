@@ -1,9 +1,11 @@
 //! Snapshots of the rendered user-data and the properties of its files.
 
-use sam_cloudinit::{AGENT_UNIT, CALLBACK_TOKEN_PATH, CLOUD_CONFIG_HEADER, MAX_USER_DATA_BYTES};
+use sam_cloudinit::{
+    AGENT_UNIT, CALLBACK_TOKEN_PATH, CLOUD_CONFIG_HEADER, MAX_USER_DATA_BYTES, NodeRole,
+};
 use serde::Deserialize;
 
-use crate::support::{AGENT_SHA256, TOKEN, default_boot, fixtures, full_boot};
+use crate::support::{AGENT_SHA256, TOKEN, default_boot, fixtures, full_boot, host_boot};
 
 /// What the tests read back from rendered user-data.
 #[derive(Debug, Deserialize)]
@@ -134,4 +136,28 @@ fn the_agent_configuration_carries_the_inputs_as_json() {
         sha.content,
         format!("{AGENT_SHA256}  /usr/local/bin/sam-vm-agent.download\n")
     );
+}
+
+/// The VM agent reads the configuration the boot writes: the node's role selects
+/// its runtime, and its agent user is named (resolving it needs the node's user
+/// database, which has `sam` only on a node).
+#[test]
+fn the_vm_agent_reads_the_role_and_user_the_boot_writes() {
+    for (boot, role) in [
+        (full_boot(), NodeRole::Docker),
+        (host_boot(), NodeRole::Host),
+    ] {
+        let rendered = Rendered::parse(boot.render().unwrap().expose());
+        let text = &rendered.file(sam_cloudinit::AGENT_CONFIG_PATH).content;
+        let config = sam_agent::NodeConfig::parse(text).unwrap();
+        assert_eq!(config.role(), role);
+        assert_eq!(
+            config.agent_user.as_deref(),
+            Some(sam_cloudinit::AGENT_USER)
+        );
+        assert_eq!(
+            config.callback_token_file.as_deref(),
+            Some(std::path::Path::new(CALLBACK_TOKEN_PATH))
+        );
+    }
 }

@@ -14,7 +14,7 @@ fn provider_kind_parses_and_prints() {
     let err = "aws".parse::<ProviderKind>().unwrap_err();
     assert_eq!(
         err.to_string(),
-        r#"invalid provider "aws": expected one of hetzner, scaleway, gcp, local, fake"#
+        r#"invalid provider "aws": expected one of hetzner, scaleway, gcp, local, fake, qemu"#
     );
 }
 
