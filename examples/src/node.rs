@@ -23,6 +23,22 @@ pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> a
         ),
         None => (NodeConfig::from_local_env()?, None),
     };
+    let mut node = node;
+    // A cloud or QEMU node has only this binary: without a `sam-demo-agent` beside
+    // it, the demo agent is this binary's own `demo-agent` role.
+    if !node.agents.contains_key(sam_agent::demo::DEMO_AGENT) {
+        let demo = crate::embedded::Program::sibling_or_self(
+            sam_agent::demo::DEMO_BINARY,
+            &["demo-agent"],
+        )?;
+        node.agents.insert(
+            sam_agent::demo::DEMO_AGENT.to_owned(),
+            sam_agent::node_config::AgentProgram {
+                program: demo.program.display().to_string(),
+                args: demo.args,
+            },
+        );
+    }
     let token = node.token(token_file)?;
     eprintln!(
         "sam-vm-agent {}: node {} on port {}, control plane {}",

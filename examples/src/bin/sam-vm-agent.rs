@@ -5,12 +5,15 @@
 //! passes `SAM_USER_DATA`, `SAM_PORT` and `SAM_DATA_DIR`.
 //!
 //! `sam-vm-agent git-credential <operation>` is the git credential helper the agent
-//! configures for repositories behind a GitHub installation (`sam_agent::git`).
+//! configures for repositories behind a GitHub installation (`sam_agent::git`), and
+//! `sam-vm-agent demo-agent` the demo agent of a node that has no `sam-demo-agent`
+//! (`sam_examples::roles`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use sam_examples::roles::Role;
 
 /// The SAM VM agent.
 #[derive(Debug, Parser)]
@@ -22,28 +25,20 @@ struct Cli {
     /// The file holding the node's callback token.
     #[arg(long)]
     callback_token_file: Option<PathBuf>,
-    /// What to run instead of the agent.
+    /// What to run instead of the agent: the git credential helper the agent
+    /// configures (`git-credential`), or the demo agent (`demo-agent`).
     #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum Command {
-    /// The git credential helper: answers git's `get` from the control plane.
-    GitCredential {
-        /// The operation git asks for (`get`, `store`, `erase`).
-        operation: String,
-    },
+    command: Option<Role>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::GitCredential { operation }) = &cli.command {
-        return match sam_agent::git::run_credential_helper(operation).await {
+    if let Some(role) = cli.command {
+        return match role.run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("sam-vm-agent git-credential: {e}");
+                eprintln!("sam-vm-agent: {e:#}");
                 ExitCode::FAILURE
             }
         };
