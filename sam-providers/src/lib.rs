@@ -16,6 +16,8 @@
 //! - [`QemuProvider`]: runs each node as a QEMU virtual machine on this machine,
 //!   booted from cloud-init user data like a cloud node; [`qemu::image`] builds its
 //!   base image from Debian's packages.
+//! - [`stop_nodes`]: stops every node the local or QEMU provider started under a
+//!   root directory (`sam down`).
 //! - [`FakeProvider`]: in memory, scripted per call, recording every call.
 //! - [`CloudProviderFactory`] and [`FakeProviderFactory`]: the
 //!   [`sam_core::ProviderFactory`]s that build a provider from a user's or project's
@@ -103,6 +105,7 @@ pub use hetzner::{HetznerConfig, HetznerProvider};
 #[cfg(feature = "http")]
 pub use http::REQUEST_TIMEOUT;
 pub use local::{LocalConfig, LocalProvider};
+pub use process::stop_nodes;
 #[cfg(feature = "qemu")]
 pub use qemu::{QemuConfig, QemuProvider};
 pub use sam_core::{ErrorCategory, ProviderError, ProviderKind};

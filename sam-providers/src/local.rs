@@ -341,6 +341,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stop_nodes_stops_every_node_of_the_root_from_another_instance() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let provider = LocalProvider::new(sleeper(root.path())).expect("valid");
+        let a = provider
+            .create_vm(&spec(&provider, "a"))
+            .await
+            .expect("create");
+        let b = provider
+            .create_vm(&spec(&provider, "b"))
+            .await
+            .expect("create");
+        let records = provider.nodes.load().await.expect("state").vms;
+        let mut stopped = crate::stop_nodes(KIND, root.path()).await.expect("stop");
+        stopped.sort();
+        let mut ids = vec![a.id, b.id];
+        ids.sort();
+        assert_eq!(stopped, ids);
+        assert!(provider.list_vms(&Labels::new()).await.unwrap().is_empty());
+        for record in records.values() {
+            assert!(!record.data_dir.exists());
+            let mut alive = true;
+            for _ in 0..100 {
+                alive = provider.nodes.is_alive(record);
+                if !alive {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(!alive, "the node process was killed");
+        }
+        let empty = tempfile::tempdir().expect("temp dir");
+        assert!(
+            crate::stop_nodes(KIND, empty.path())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_command_is_invalid_config() {
         let root = tempfile::tempdir().expect("temp dir");
         let config = LocalConfig::new(root.path(), root.path().join("no-such-program"));

@@ -340,6 +340,18 @@ impl ProcessNodes {
         self.save(&state).await
     }
 
+    /// Stops and removes every node of the root; returns their ids.
+    pub(crate) async fn stop_all(&self) -> Result<Vec<VmId>, ProviderError> {
+        let ids: Vec<String> = self.load().await?.vms.into_keys().collect();
+        let mut stopped = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = crate::vm_id(self.kind, id)?;
+            self.delete(&id).await?;
+            stopped.push(id);
+        }
+        Ok(stopped)
+    }
+
     pub(crate) async fn list(&self, labels: &Labels) -> Result<Vec<VmInstance>, ProviderError> {
         let state = self.load().await?;
         state
@@ -349,6 +361,22 @@ impl ProcessNodes {
             .map(|(id, record)| self.instance(id, record))
             .collect()
     }
+}
+
+/// Stops every node a [`crate::LocalProvider`] or [`crate::QemuProvider`] with this
+/// `root_dir` started (their processes, wherever they were started from) and removes
+/// their directories; returns their ids. A root that does not exist has none. What
+/// `sam down` does; the control plane finds the nodes gone at its next look.
+///
+/// # Errors
+/// When the state file cannot be read or a node's directory cannot be removed.
+pub async fn stop_nodes(kind: ProviderKind, root_dir: &Path) -> Result<Vec<VmId>, ProviderError> {
+    if !root_dir.join(STATE_FILE).exists() {
+        return Ok(Vec::new());
+    }
+    let nodes = ProcessNodes::new(kind, root_dir)
+        .map_err(|e| ProviderError::new(kind, ErrorCategory::Unknown, e.to_string()))?;
+    nodes.stop_all().await
 }
 
 /// A directory only its owner may enter: it holds the node's user data, and so its

@@ -41,6 +41,12 @@ enum Command {
     /// The helper roles (`vm-agent`, `demo-agent`, `git-credential`), hidden.
     #[command(flatten)]
     Role(Role),
+    /// Stop every node of a data directory: local node processes and QEMU VMs.
+    Down {
+        /// The data directory (`.sam` for `sam run`, `.sam-server` for the server).
+        #[arg(long, default_value = ".sam")]
+        data_dir: PathBuf,
+    },
     /// Build the base image QEMU nodes boot from.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -198,6 +204,27 @@ struct ImageBuildArgs {
     json: bool,
 }
 
+/// `sam down`: stops the local and QEMU nodes under the data directory.
+async fn down(data_dir: &Path) -> anyhow::Result<()> {
+    let mut total = 0;
+    for (kind, root) in [
+        (ProviderKind::Local, data_dir.join("local")),
+        (ProviderKind::Qemu, data_dir.join("qemu")),
+    ] {
+        let stopped = sam_providers::stop_nodes(kind, &root)
+            .await
+            .with_context(|| format!("cannot stop the nodes under {}", root.display()))?;
+        for id in &stopped {
+            println!("stopped {kind} node {id}");
+        }
+        total += stopped.len();
+    }
+    if total == 0 {
+        println!("no node runs under {}", data_dir.display());
+    }
+    Ok(())
+}
+
 /// `sam image build`: progress on stderr, the image's directory (or JSON) on stdout.
 fn image_build(args: &ImageBuildArgs) -> anyhow::Result<()> {
     use sam_providers::qemu::{ImageRecipe, image};
@@ -271,6 +298,7 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::CloudInit(args) => cloud_init(&args),
         Command::Image(ImageCommand::Build(args)) => image_build(&args),
+        Command::Down { data_dir } => runtime().and_then(|rt| rt.block_on(down(&data_dir))),
         Command::Run(args) => {
             return runtime()
                 .and_then(|rt| rt.block_on(run(args)))
