@@ -411,6 +411,10 @@ impl Follower {
                 self.display
                     .note(&format!("no {size} capacity in {location}"));
             }
+            TaskEventKind::NodeLost { node, reason } => {
+                self.display
+                    .note(&format!("server {node} lost: {reason}; moving on"));
+            }
             TaskEventKind::Status { .. } | TaskEventKind::Refused { .. } => {}
         }
     }

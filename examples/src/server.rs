@@ -1339,6 +1339,7 @@ fn sse_event(event: &TaskEvent) -> Event {
         TaskEventKind::CapacityUnavailable { .. } => "capacity_unavailable",
         TaskEventKind::Session { .. } => "session",
         TaskEventKind::LastMessage { .. } => "last_message",
+        TaskEventKind::NodeLost { .. } => "node_lost",
         TaskEventKind::Refused { .. } => "refused",
     };
     Event::default()

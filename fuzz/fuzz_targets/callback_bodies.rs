@@ -127,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
         let cp = &w.control_plane;
         let outcome = match route % 4 {
             0 => match parse_body::<NodeReady>(body) {
-                Ok(ready) => cp.node_ready(w.node_token.expose(), &w.node, &ready.version).await,
+                Ok(ready) => cp.node_ready(w.node_token.expose(), &w.node, &ready.version, &ready.boot.to_records()).await,
                 Err(e) => return check_malformed(&e),
             },
             1 => match parse_body::<Heartbeat>(body) {
