@@ -14,6 +14,7 @@
 //! - `GET /v1/tasks/{id}/events`: server-sent events, one [`TaskEvent`] each (the
 //!   event name is its `type`); the stream ends after the task's terminal status
 //! - `GET /v1/nodes` → [`NodeView`]s
+//! - `GET /v1/nodes/{id}` → one [`NodeView`], its boot timeline included
 //! - `GET /v1/catalog` → [`CatalogView`]
 //! - `POST /v1/tasks/{id}/retry`, `POST /v1/tasks/{id}/fork` (`{"prompt": …}`) →
 //!   `202` [`Accepted`]: a new task recording its parent (`source` in its view)
@@ -75,7 +76,7 @@ use futures::Stream;
 pub use sam_agent::api::ApiError;
 use sam_agent::api::{parse_body, path_id};
 use sam_core::{
-    AgentOptions, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
+    AgentOptions, BootPhaseRecord, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
     ExternalInstallationId, GitCredential, GithubAccess, GithubError, InstallationKey, Layer,
     LayerSettings, Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation,
     ProjectId, ProviderKind, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost,
@@ -378,6 +379,7 @@ fn user_routes() -> Vec<RouteEntry<ApiState>> {
         entry(Verb::Post, "/v1/tasks/{id}/cancel", cancel),
         entry(Verb::Get, "/v1/tasks/{id}/events", events),
         entry(Verb::Get, "/v1/nodes", nodes),
+        entry(Verb::Get, "/v1/nodes/{id}", node),
         entry(Verb::Get, "/v1/catalog", catalog),
         entry(Verb::Get, "/v1/tokens", tokens::list_tokens),
         entry(Verb::Post, "/v1/tokens", tokens::create_token),
@@ -525,7 +527,7 @@ pub fn api_router(state: ApiState) -> Router {
                        the VM agents' callbacks need their scoped tokens."
     ),
     paths(
-        health, openapi_json, submit, list, task, cancel, events, nodes, catalog,
+        health, openapi_json, submit, list, task, cancel, events, nodes, node, catalog,
         projects::retry, projects::fork, projects::create_user, projects::get_user,
         projects::update_user, projects::setup, projects::user_credentials,
         projects::set_user_credential, projects::delete_user_credential,
@@ -1042,6 +1044,15 @@ pub struct TaskView {
     pub node: Option<String>,
     /// Whether that node was a warm one from an earlier task.
     pub node_reused: bool,
+    /// The boot timeline of the node, when the task booted it (empty for a warm
+    /// node, and until the node reported it).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub boot_timeline: Vec<BootPhaseRecord>,
+    /// How many times the task moved off a node it lost (a failed boot, a VM that
+    /// vanished, an agent that stopped answering).
+    #[serde(default)]
+    pub node_replacements: u32,
     /// The workspace.
     pub workspace: Option<String>,
     /// The workspace's effective profile.
@@ -1127,6 +1138,12 @@ impl TaskView {
             node_reused: node
                 .as_ref()
                 .is_some_and(|n| n.created_for.as_ref() != Some(&task.id)),
+            boot_timeline: node
+                .as_ref()
+                .filter(|n| n.created_for.as_ref() == Some(&task.id))
+                .map(|n| n.boot.timeline.clone())
+                .unwrap_or_default(),
+            node_replacements: task.node_replacements,
             node: node.map(|n| n.id.to_string()),
             workspace: task.workspace_id.map(|w| w.to_string()),
             workspace_profile: workspace.and_then(|w| w.effective_profile),
@@ -1161,6 +1178,12 @@ impl TaskView {
                 " (new)"
             };
             field("node", format!("{node}{how}"));
+        }
+        if let Some(boot) = boot_line(&self.boot_timeline) {
+            field("boot", boot);
+        }
+        if self.node_replacements > 0 {
+            field("replacements", self.node_replacements.to_string());
         }
         let mut size = format!("{} (size from {})", self.size.display, self.size.source);
         if let Some(p) = self.size.provisioned.filter(|p| *p != self.size.requested) {
@@ -1204,6 +1227,31 @@ pub(crate) fn output_fields(output: Option<&TaskOutput>) -> Vec<(&'static str, S
         fields.push(("pull request", url.clone()));
     }
     fields
+}
+
+/// A node's boot timeline on one line: each phase with its duration, a phase that
+/// never ended marked `failed` or `unfinished`, and the total; `None` when empty.
+pub fn boot_line(timeline: &[BootPhaseRecord]) -> Option<String> {
+    let (first, last) = (timeline.first()?, timeline.last()?);
+    let phases: Vec<String> = timeline
+        .iter()
+        .map(|p| match p.ended_at {
+            _ if p.failed => format!("{} failed", p.phase),
+            Some(end) => format!("{} {}", p.phase, seconds(end - p.started_at)),
+            None => format!("{} unfinished", p.phase),
+        })
+        .collect();
+    let end = last.ended_at.unwrap_or(last.started_at);
+    Some(format!(
+        "{} in {}",
+        phases.join(", "),
+        seconds(end - first.started_at)
+    ))
+}
+
+/// A duration as seconds with one decimal (`31.5 s`).
+fn seconds(d: chrono::TimeDelta) -> String {
+    format!("{:.1} s", d.num_milliseconds().max(0) as f64 / 1000.0)
 }
 
 /// One task: status, step, size and location with their provenance, placement, error.
@@ -1485,6 +1533,36 @@ async fn nodes(State(state): State<ApiState>) -> Result<axum::Json<Vec<NodeView>
     ))
 }
 
+/// One node, with what it reported of its boot (`boot`: the timeline of its
+/// phases, and the failing phase, exit status and journal tail of a failed boot).
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])), params(("id" = String, Path, description = "The node id")),
+    responses(
+        (status = 200, description = "The node", body = NodeView),
+        (status = 404, description = "No such node", body = ErrorDoc),
+        (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+    ))]
+async fn node(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<axum::Json<NodeView>, ApiError> {
+    let id: sam_core::NodeId = path_id(&id, "id")?;
+    let node = state
+        .control_plane
+        .store()
+        .get_node(&id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCategory::NotFound,
+                &format!("node {id} does not exist"),
+            )
+        })?;
+    Ok(axum::Json(NodeView {
+        size_display: sam_providers::SizeDisplay::from_catalog(&state.catalog, node.size).inline(),
+        node,
+    }))
+}
+
 /// One size of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SizeEntry {
@@ -1581,6 +1659,38 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boot_timeline_reads_as_one_line() {
+        let at = |ms: i64| DateTime::from_timestamp_millis(1_765_000_000_000 + ms).unwrap();
+        let phase = |name: &str, start, end: Option<i64>, failed| BootPhaseRecord {
+            phase: name.into(),
+            started_at: at(start),
+            ended_at: end.map(at),
+            failed,
+        };
+        assert_eq!(boot_line(&[]), None);
+        assert_eq!(
+            boot_line(&[
+                phase("swap", 0, Some(1_500), false),
+                phase("packages", 1_500, Some(31_000), false),
+            ])
+            .as_deref(),
+            Some("swap 1.5 s, packages 29.5 s in 31.0 s")
+        );
+        assert_eq!(
+            boot_line(&[
+                phase("swap", 0, Some(1_500), false),
+                phase("packages", 1_500, None, true),
+            ])
+            .as_deref(),
+            Some("swap 1.5 s, packages failed in 1.5 s")
+        );
+        assert_eq!(
+            boot_line(&[phase("agent-start", 0, None, false)]).as_deref(),
+            Some("agent-start unfinished in 0.0 s")
+        );
+    }
 
     #[test]
     fn a_missing_repo_is_named() {

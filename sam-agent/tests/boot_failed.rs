@@ -291,3 +291,48 @@ async fn bad_boot_failure_reports_get_typed_json_errors() {
     assert!(read.boot.failure.is_none());
     assert_ne!(read.status, NodeStatus::Deleted);
 }
+
+#[tokio::test]
+async fn the_ready_callback_keeps_the_boot_timeline_on_the_node() {
+    let w = world().await;
+    let id = w.cp.submit(&request()).await.unwrap();
+    let booting = w
+        .drive_until(&id, |t| t.execution_step == ExecutionStep::NodeAgentReady)
+        .await;
+    let node = booting.provisioned_node_id.unwrap();
+    // The VM agent's own client, with the timeline its parser reads from a
+    // syslog-style boot log.
+    let log = "2026-12-07T10:00:00Z node sam-boot[1]: PHASE START: swap\n\
+               2026-12-07T10:00:02Z node sam-boot[1]: PHASE END: swap\n\
+               2026-12-07T10:00:02Z node sam-boot[1]: PHASE START: agent-start\n\
+               2026-12-07T10:00:09Z node sam-boot[1]: PHASE END: agent-start\n\
+               2026-12-07T10:00:09Z node sam-boot[1]: ALL PHASES COMPLETE\n";
+    let timeline = sam_agent::boot::BootTimeline::from_syslog(log);
+    let callbacks = sam_agent::Callbacks::new(sam_agent::CallbacksConfig {
+        base_url: w.url.parse().unwrap(),
+        node_id: node.clone(),
+        node_token: w.cp.issue_node_token(&node),
+        retry: sam_core::RetryPolicy::default(),
+    })
+    .unwrap();
+    callbacks
+        .node_ready(&sam_agent::api::NodeReady {
+            version: "1.2.3".into(),
+            boot: timeline,
+        })
+        .await
+        .unwrap();
+    let read = w.store.get_node(&node).await.unwrap().unwrap();
+    let phases: Vec<(&str, i64, bool)> = read
+        .boot
+        .timeline
+        .iter()
+        .map(|p| {
+            let took = p.ended_at.map(|end| (end - p.started_at).num_seconds());
+            (p.phase.as_str(), took.unwrap_or(-1), p.failed)
+        })
+        .collect();
+    assert_eq!(phases, [("swap", 2, false), ("agent-start", 7, false)]);
+    assert_eq!(read.agent_version.as_deref(), Some("1.2.3"));
+    assert!(read.boot.failure.is_none());
+}
