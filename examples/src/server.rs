@@ -145,6 +145,7 @@ impl ServerOptions {
         };
         embedded.credential_key = config.credential_key.clone();
         embedded.lease = Duration::from_secs(config.lease_secs);
+        embedded.node_replacements = config.node_replacements;
         Ok(Self {
             listen: config.listen,
             public_url: config.public_url.clone(),
