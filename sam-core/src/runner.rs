@@ -806,8 +806,8 @@ impl ControlPlane {
     }
 
     /// The task lost `node` before running on it: the node is deleted (one made
-    /// for the task, or one nobody else uses) or marked unhealthy, the task's slot
-    /// on it is freed, and the task moves to another node while its replacement
+    /// for the task, or one nobody else uses) or marked stale, the task's slot on
+    /// it is freed, and the task moves to another node while its replacement
     /// budget lasts ([`crate::replacement::after_node_loss`]), or fails.
     async fn lose_node(
         &self,
@@ -827,11 +827,12 @@ impl ControlPlane {
         if provisioned || !self.used_by_others(&node.id, &task.id).await {
             // A failure is logged and the node kept, `destroying`, for the node sweep.
             let _ = self.destroy_node(node).await;
-        } else if node.health != NodeHealth::Unhealthy {
-            let mut sick = node.clone();
-            sick.health = NodeHealth::Unhealthy;
-            sick.updated_at = self.clock.now();
-            self.store.put_node(&sick).await?;
+        } else {
+            // Others still run there: nothing more is placed on it, and the node
+            // sweep handles it as any silent node. The write is conditional, so a
+            // heartbeat (a sign the agent is back) is never undone, and heals it.
+            let now = self.clock.now();
+            self.store.mark_node_stale(&node.id, now, now).await?;
         }
         let ws = Self::workspace_id(task)?;
         if let Some(record) = self.store.get_workspace(&ws).await?

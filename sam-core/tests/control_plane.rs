@@ -1906,3 +1906,33 @@ async fn a_node_gone_stale_before_workspace_creation_is_left_for_another() {
         "only the first task's workspace was created there"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_agent_on_a_shared_node_marks_it_stale_and_leaves_it_to_its_tasks() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        session: SessionReport::Running,
+        ..FakeAgentScript::default()
+    });
+    let first = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&first, ExecutionStep::Running).await;
+    let shared = h.task_node(&first).await.id;
+    h.agent.kill(&shared);
+    let second = h.cp.submit(&request(&[])).await.unwrap();
+    let moved = h.until_step(&second, ExecutionStep::Running).await;
+    assert_ne!(moved.provisioned_node_id.as_ref(), Some(&shared));
+    assert_eq!(moved.node_replacements, 1);
+    let tried = h.agent.calls().into_iter().any(|c| {
+        matches!(c, sam_core::testkit::node_agent::FakeAgentCall::CreateWorkspace(n, _) if n == shared)
+    });
+    assert!(tried, "the second task was placed on the shared node first");
+    let node = h.store.get_node(&shared).await.unwrap().unwrap();
+    assert_eq!(node.health, sam_core::NodeHealth::Stale);
+    assert_ne!(
+        node.status,
+        sam_core::NodeStatus::Deleted,
+        "its other task still runs there"
+    );
+    let first = h.store.get_task(&first).await.unwrap().unwrap();
+    assert_eq!(first.status, TaskStatus::InProgress);
+}
