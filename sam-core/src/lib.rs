@@ -174,7 +174,7 @@ pub use project::{
     AgentOptions, AgentProfileRecord, Effort, ProjectRecord, ScalingOverrides, UserRecord,
 };
 pub use provider::{Provider, ProviderCapabilities, ProviderCredential, ProviderFactory};
-pub use replacement::{LossDecision, LostNode, NodeLoss, after_node_loss};
+pub use replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after_node_loss};
 pub use repository::{
     MAX_PROMPT_BYTES, MAX_REPOSITORY_BYTES, PromptRefusal, Refusal, Repository, check_prompt,
     check_repository, parse_repository,

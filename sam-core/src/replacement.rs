@@ -7,8 +7,14 @@
 //! naming what was lost once it is spent. [`after_node_loss`] is the whole decision.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::ErrorCategory;
+
+/// How long after its create a VM the provider does not know counts as vanished
+/// rather than not visible yet: some clouds list a new VM only once its create
+/// has progressed.
+pub const VANISHED_GRACE: Duration = Duration::from_secs(60);
 
 /// How a task's node was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]

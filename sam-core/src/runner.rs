@@ -18,7 +18,7 @@ use crate::model::{
 };
 use crate::node_agent::{SessionReport, SessionRequest, WorkspaceReport, WorkspaceRequest};
 use crate::provider::Provider;
-use crate::replacement::{LossDecision, LostNode, NodeLoss, after_node_loss};
+use crate::replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after_node_loss};
 use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::store::{
@@ -639,7 +639,11 @@ impl ControlPlane {
         };
         let Some(vm) = vm else {
             if node.vm_id.is_some() {
-                // The VM vanished while being created: the node is lost.
+                // The VM vanished while being created: the node is lost, once the
+                // VM has had time to become visible.
+                if elapsed(started, now) < VANISHED_GRACE {
+                    return Ok(self.poll());
+                }
                 return self.lose_node(task, &node, NodeLoss::VmVanished).await;
             }
             // No VM carries the label: the earlier create never happened. Create now.

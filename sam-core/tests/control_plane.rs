@@ -1936,3 +1936,35 @@ async fn a_dead_agent_on_a_shared_node_marks_it_stale_and_leaves_it_to_its_tasks
     let first = h.store.get_task(&first).await.unwrap().unwrap();
     assert_eq!(first.status, TaskStatus::InProgress);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_that_vanishes_while_it_is_created_is_replaced_after_the_grace() {
+    let h = harness(config("d1"));
+    // The first create is accepted but does not run yet.
+    h.provider.script(
+        FakeOp::PollCreate,
+        std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::Transient), 3),
+    );
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let mut vm = None;
+    for _ in 0..20 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        vm = h.provider.vms().first().map(|v| v.id.clone());
+        if vm.is_some() {
+            break;
+        }
+    }
+    let vm = vm.expect("the first VM was created");
+    h.provider.delete_vm(&vm).await.unwrap();
+    let before = tokio::time::Instant::now();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.node_replacements, 1);
+    let took = before.elapsed();
+    assert!(
+        took >= sam_core::VANISHED_GRACE - Duration::from_secs(5)
+            && took < Duration::from_secs(120),
+        "replaced after the grace, not at the provisioning timeout: {took:?}"
+    );
+}
