@@ -1693,6 +1693,84 @@ mod tests {
         );
     }
 
+    /// Drives `id` to its end (real time, 10 ms polls).
+    async fn drive(cp: &ControlPlane, id: &TaskId) -> TaskRecord {
+        for _ in 0..500 {
+            let task = cp.get(id).await.unwrap().unwrap();
+            if task.status.is_terminal() {
+                return task;
+            }
+            cp.tick().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{id} did not end");
+    }
+
+    #[tokio::test]
+    async fn a_task_shows_the_boot_timeline_of_the_node_it_booted_only() {
+        use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+        let store: Arc<dyn sam_core::Store> = Arc::new(sam_store::MemoryStore::new());
+        let provider = Arc::new(sam_providers::FakeProvider::new());
+        let mut config = sam_core::ControlPlaneConfig::new("t", ProviderKind::Fake);
+        config.poll_interval = Duration::from_millis(10);
+        let cp = ControlPlane::new(
+            sam_core::ControlPlaneParts {
+                store: Arc::clone(&store),
+                providers: vec![Arc::clone(&provider) as Arc<dyn sam_core::Provider>],
+                scheduler: Arc::new(sam_core::DefaultScheduler::new(Arc::clone(&store))),
+                node_agent: Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+                boot: Arc::new(PlainBoot),
+                signer: sam_core::TokenSigner::new(Secret::new("k".repeat(32)), "sam").unwrap(),
+                clock: Arc::new(sam_core::TokioClock::new()),
+            },
+            config,
+        )
+        .unwrap();
+        let request = SubmitRequest {
+            repo: "https://example.invalid/repo.git".into(),
+            prompt: "p".into(),
+            ..SubmitRequest::default()
+        };
+        let first = drive(&cp, &cp.submit(&request).await.unwrap()).await;
+        let node = first.provisioned_node_id.clone().unwrap();
+        // The node's ready callback carried its timeline.
+        let at = |s: i64| DateTime::from_timestamp(1_765_000_000 + s, 0).unwrap();
+        let timeline = vec![
+            BootPhaseRecord {
+                phase: "packages".into(),
+                started_at: at(0),
+                ended_at: Some(at(20)),
+                failed: false,
+            },
+            BootPhaseRecord {
+                phase: "agent-start".into(),
+                started_at: at(20),
+                ended_at: Some(at(23)),
+                failed: false,
+            },
+        ];
+        cp.node_ready(cp.issue_node_token(&node).expose(), &node, "1.0", &timeline)
+            .await
+            .unwrap();
+        let catalog = sam_core::Provider::catalog(provider.as_ref()).clone();
+        let view = TaskView::describe(&cp, &catalog, cp.get(&first.id).await.unwrap().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(view.boot_timeline, timeline);
+        let summary = view.summary(None);
+        assert!(
+            summary.contains("boot              packages 20.0 s, agent-start 3.0 s in 23.0 s"),
+            "{summary}"
+        );
+        // The next task reuses the warm node: its boot is not the task's.
+        let second = drive(&cp, &cp.submit(&request).await.unwrap()).await;
+        assert_eq!(second.provisioned_node_id.as_ref(), Some(&node));
+        let view = TaskView::describe(&cp, &catalog, second).await.unwrap();
+        assert!(view.node_reused);
+        assert!(view.boot_timeline.is_empty());
+        assert!(!view.summary(None).contains("boot  "));
+    }
+
     #[test]
     fn a_missing_repo_is_named() {
         let body = SubmitBody {
