@@ -812,13 +812,29 @@ impl ControlPlane {
     /// The task lost `node` before running on it: the node is deleted (one made
     /// for the task, or one nobody else uses) or marked stale, the task's slot on
     /// it is freed, and the task moves to another node while its replacement
-    /// budget lasts ([`crate::replacement::after_node_loss`]), or fails.
+    /// budget lasts ([`crate::replacement::after_node_loss`]), or fails. A node
+    /// made for the task is replaced only once its VM is deleted.
     async fn lose_node(
         &self,
         task: &TaskRecord,
         node: &NodeRecord,
         loss: NodeLoss,
     ) -> Result<Next, Error> {
+        let provisioned = node.created_for.as_ref() == Some(&task.id);
+        if provisioned || !self.used_by_others(&node.id, &task.id).await {
+            // A failure is logged and the node kept, `destroying`, for the node sweep.
+            if self.destroy_node(node).await.is_err() && provisioned {
+                // The task's VM may still run: no replacement is made before it is
+                // gone, so a task never has two VMs. The next visit tries again.
+                return Ok(self.poll());
+            }
+        } else {
+            // Others still run there: nothing more is placed on it, and the node
+            // sweep handles it as any silent node. The write is conditional, so a
+            // heartbeat (a sign the agent is back) is never undone, and heals it.
+            let now = self.clock.now();
+            self.store.mark_node_stale(&node.id, now, now).await?;
+        }
         tracing::warn!(task = %task.id, node = %node.id, %loss, "the task lost its node");
         self.emit(
             &task.id,
@@ -827,17 +843,6 @@ impl ControlPlane {
                 reason: loss.to_string(),
             },
         );
-        let provisioned = node.created_for.as_ref() == Some(&task.id);
-        if provisioned || !self.used_by_others(&node.id, &task.id).await {
-            // A failure is logged and the node kept, `destroying`, for the node sweep.
-            let _ = self.destroy_node(node).await;
-        } else {
-            // Others still run there: nothing more is placed on it, and the node
-            // sweep handles it as any silent node. The write is conditional, so a
-            // heartbeat (a sign the agent is back) is never undone, and heals it.
-            let now = self.clock.now();
-            self.store.mark_node_stale(&node.id, now, now).await?;
-        }
         let ws = Self::workspace_id(task)?;
         if let Some(record) = self.store.get_workspace(&ws).await?
             && record.node_id == node.id

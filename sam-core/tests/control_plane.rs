@@ -1968,3 +1968,52 @@ async fn a_vm_that_vanishes_while_it_is_created_is_replaced_after_the_grace() {
         "replaced after the grace, not at the provisioning timeout: {took:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_vm_is_replaced_only_once_it_is_deleted() {
+    let h = harness(config("d1"));
+    h.agent.queue_node_scripts([never_ready()]);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+    let vm = h.task_node(&id).await.vm_id.unwrap();
+    assert!(h.provider.fail_vm(&vm));
+    h.provider.script(
+        FakeOp::DeleteVm,
+        [
+            FakeOutcome::Fail(ErrorCategory::Transient),
+            FakeOutcome::Fail(ErrorCategory::Transient),
+        ],
+    );
+    for _ in 0..200 {
+        h.cp.tick().await.unwrap();
+        assert!(
+            h.provider.vms().len() <= 1,
+            "a replacement was created while the lost VM still ran: {:?}",
+            h.provider.vms()
+        );
+        if h.store
+            .get_task(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .is_terminal()
+        {
+            break;
+        }
+        tokio::time::advance(h.cp.config().poll_interval).await;
+    }
+    let task = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.node_replacements, 1);
+    let deletes = h
+        .provider
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, FakeCall::DeleteVm(v) if v == &vm))
+        .count();
+    assert_eq!(
+        deletes, 3,
+        "two refused deletes, then the one that went through"
+    );
+}
