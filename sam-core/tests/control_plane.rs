@@ -2017,3 +2017,42 @@ async fn a_lost_vm_is_replaced_only_once_it_is_deleted() {
         "two refused deletes, then the one that went through"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_task_on_a_replacement_node_gets_its_whole_boot_time_before_the_stuck_sweep() {
+    let h = harness(config("d1"));
+    // The first boot fails after 14 minutes; the replacement takes 14 more.
+    let slow = FakeAgentScript {
+        ready_after_probes: Some(420),
+        ..FakeAgentScript::default()
+    };
+    h.agent.queue_node_scripts([never_ready(), slow]);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+    let first = h.task_node(&id).await;
+    let poll = h.cp.config().poll_interval;
+    for _ in 0..420 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(poll).await;
+    }
+    h.boot_failed(&first.id).await;
+    let mut ticks = 0u32;
+    let task = loop {
+        h.cp.tick().await.unwrap();
+        if ticks.is_multiple_of(15) {
+            h.cp.sweep().await.unwrap();
+        }
+        let task = h.store.get_task(&id).await.unwrap().unwrap();
+        if task.status.is_terminal() || ticks > 3600 {
+            break task;
+        }
+        tokio::time::advance(poll).await;
+        ticks += 1;
+    };
+    assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+    let took = (task.updated_at - task.created_at).to_std().unwrap();
+    assert!(
+        took > h.cp.config().timeouts.stuck_queued(),
+        "the run outlasted the plain stuck-queued threshold ({took:?}), so the test shows something"
+    );
+}
