@@ -91,15 +91,7 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
 
     // The task has ended: a late output callback with the workspace's own token
     // (what code in the workspace could send) is refused and changes nothing.
-    let signer = sam_core::TokenSigner::new(
-        sam_core::Secret::new(
-            std::fs::read_to_string(data.path().join("signing-key"))
-                .expect("the signing key")
-                .trim(),
-        ),
-        "sam-control-plane",
-    )
-    .expect("a signer");
+    let signer = server_signer(data.path());
     let workspace_token = signer.issue(
         sam_core::TokenScope::Workspace,
         workspace,
@@ -1049,6 +1041,20 @@ async fn projects_profiles_credentials_and_lineage_over_the_api() {
     assert!(status.success(), "a graceful shutdown: {status}");
 }
 
+/// The server's token signer, from the signing key in its data directory: what a
+/// node or a workspace holds a token of.
+fn server_signer(data: &std::path::Path) -> sam_core::TokenSigner {
+    sam_core::TokenSigner::new(
+        sam_core::Secret::new(
+            std::fs::read_to_string(data.join("signing-key"))
+                .expect("the signing key")
+                .trim(),
+        ),
+        "sam-control-plane",
+    )
+    .expect("a signer")
+}
+
 /// The pid of the local node `node`'s VM agent, from the local provider's state file.
 fn local_node_pid(data: &std::path::Path, node: &str) -> u32 {
     let state: Value = serde_json::from_str(
@@ -1119,5 +1125,25 @@ async fn a_warm_node_whose_agent_died_hands_the_next_task_to_a_new_node() {
     assert_eq!(
         node["status"], "deleted",
         "the dead node is destroyed: {node}"
+    );
+
+    // The server serves the boot-failed callback with its own, smaller body limit.
+    let signer = server_signer(data.path());
+    let token = signer.issue(
+        sam_core::TokenScope::Node,
+        &warm,
+        chrono::Utc::now(),
+        Duration::from_secs(600),
+    );
+    let url = server.url(&format!("/v1/nodes/{warm}/boot-failed"));
+    let huge = json!({"event": "boot_failed", "phase": "packages", "exit_status": 100,
+        "journal": vec!["x".repeat(1024); 300]});
+    let (status, body) = call(http.post(&url).bearer_auth(token.expose()).json(&huge)).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = call(http.post(&url).bearer_auth(TOKEN).json(&huge)).await;
+    assert_eq!(
+        (status, &body["category"]),
+        (401, &json!("auth_error")),
+        "{body}"
     );
 }
