@@ -69,7 +69,8 @@ for body in [
 for query in ["status=queued,in_progress&limit=10", "after=t-0000000000000001", "limit=0"]:
     seed("server_bodies", b"\x01" + query.encode())
 # The callbacks: one byte choosing the route (0 node ready, 1 heartbeat, 2 workspace
-# ready, 3 session event), then a body as the VM agent sends it.
+# ready, 3 session event, 4 boot failed), then a body as the VM agent (or the boot
+# script) sends it.
 for route, body in [
     (0, {"version": "0.1.0", "boot": {"phases": [], "complete": True}}),
     (1, {"metrics": {"cpu_load_avg1": 0.5, "memory_percent": 40.0, "disk_percent": 10.0}}),
@@ -78,6 +79,12 @@ for route, body in [
     (3, {"kind": "report", "state": "running"}),
     (3, {"kind": "report", "state": "stopped", "reason": "end_turn", "last_message": "Done."}),
     (3, {"kind": "output", "branch": "sam/x-1", "commit": "abc", "pull_request_url": None}),
+    (4, {"event": "boot_failed", "phase": "packages", "exit_status": 100, "journal": [
+        {"__REALTIME_TIMESTAMP": "1765000000000000", "SYSLOG_IDENTIFIER": "sam-boot",
+         "MESSAGE": "PHASE START: packages"},
+        {"__REALTIME_TIMESTAMP": "1765000030000000", "SYSLOG_IDENTIFIER": "sam-boot",
+         "MESSAGE": "PHASE FAILED: packages (exit 100)"},
+    ]}),
 ]:
     seed("callback_bodies", bytes([route]) + json.dumps(body).encode())
 print(f"seeded {corpus}")

@@ -87,6 +87,7 @@ pub fn nodes(size: usize, seed: u64) -> Vec<NodeRecord> {
                 created_for: None,
                 credential_owner: None,
                 address: None,
+                boot: sam_core::NodeBootRecord::default(),
                 created_at: at,
                 updated_at: at,
             }

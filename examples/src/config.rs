@@ -32,7 +32,7 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 17] = [
+pub const ENV_KEYS: [&str; 18] = [
     "listen",
     "data_dir",
     "database_url",
@@ -50,6 +50,7 @@ pub const ENV_KEYS: [&str; 17] = [
     "agent_download_url",
     "agent_sha256",
     "node_agents",
+    "node_replacements",
 ];
 
 /// Which provider runs the nodes.
@@ -155,6 +156,11 @@ pub struct ServerConfig {
     /// prints it). Default: the default recipe's image in the user's cache.
     #[serde(default)]
     pub qemu_image: Option<PathBuf>,
+    /// How many times one task may move to another node after losing its node (a
+    /// failed boot, a VM that vanished or failed, an agent that stopped answering)
+    /// before it fails (0 to 10). Default 1.
+    #[serde(default = "default_node_replacements")]
+    pub node_replacements: u32,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -193,6 +199,10 @@ const fn default_heartbeat_interval_secs() -> u64 {
 
 const fn default_lease_secs() -> u64 {
     30
+}
+
+const fn default_node_replacements() -> u32 {
+    1
 }
 
 /// A configuration that cannot be used.
@@ -324,6 +334,12 @@ impl ServerConfig {
             && let Err(e) = sam_core::CredentialCipher::new(key)
         {
             return invalid("credential_key", &e.to_string());
+        }
+        if self.node_replacements > 10 {
+            return invalid(
+                "node_replacements",
+                &format!("must be 0 to 10, not {}", self.node_replacements),
+            );
         }
         if !(1..=3_600).contains(&self.lease_secs) {
             return invalid(
@@ -474,6 +490,16 @@ mod tests {
         check(
             serde_json::json!({"heartbeat_interval_secs": 7200}),
             Some("heartbeat_interval_secs"),
+        );
+        check(serde_json::json!({"node_replacements": 0}), None);
+        check(serde_json::json!({"node_replacements": 3}), None);
+        check(
+            serde_json::json!({"node_replacements": 11}),
+            Some("node_replacements"),
+        );
+        check(
+            serde_json::json!({"node_replacements": -1}),
+            Some("node_replacements"),
         );
         check(serde_json::json!({"api_token": "short"}), Some("api_token"));
         check(serde_json::json!({"api_token": 123_456_789}), None);

@@ -93,6 +93,8 @@ pub struct EmbeddedOptions {
     pub heartbeat_interval_secs: u64,
     /// How long a runner's lease on a task lasts.
     pub lease: Duration,
+    /// How many times one task may move off a node it lost.
+    pub node_replacements: u32,
     /// A PostgreSQL URL; `None` keeps state in SQLite at `<data dir>/sam.db`.
     pub database_url: Option<Secret>,
     /// The PostgreSQL schema for the tables (created if missing); `None` uses the
@@ -223,6 +225,7 @@ pub enum CallbackServing {
 impl EmbeddedOptions {
     /// Defaults for `data_dir`: this executable's `sam-vm-agent` and `sam-demo-agent`
     /// siblings (or itself), polls every 250 ms, heartbeats every 10 s, leases for 30 s,
+    /// one replacement node per task,
     /// the agent credentials of this process's environment ([`agent_credentials_from`]).
     ///
     /// # Errors
@@ -236,6 +239,7 @@ impl EmbeddedOptions {
             poll_interval: Duration::from_millis(250),
             heartbeat_interval_secs: 10,
             lease: Duration::from_secs(30),
+            node_replacements: 1,
             database_url: None,
             database_schema: None,
             callbacks: CallbackServing::Loopback,
@@ -478,6 +482,7 @@ impl Embedded {
             ControlPlaneConfig::new(format!("sam-{}", std::process::id()), provider.kind());
         config.poll_interval = options.poll_interval;
         config.lease = options.lease;
+        config.node_replacements = options.node_replacements;
         config.agents.push(CUSTOM_AGENT.to_owned());
         config.credential_key = options.credential_key.clone();
         config.agent_credentials = options.agent_credentials.clone();

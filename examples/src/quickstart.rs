@@ -70,6 +70,11 @@ pub struct RunOutcome {
     pub provisioned_size: Option<String>,
     /// Whether the node was a warm one from an earlier task.
     pub node_reused: bool,
+    /// The boot timeline of the node, when the task booted a fresh one: each
+    /// phase with `phase`, `started_at`, `ended_at` and `failed`.
+    pub boot_timeline: Vec<sam_core::BootPhaseRecord>,
+    /// How many times the task moved off a node it lost.
+    pub node_replacements: u32,
     /// The size with its specs and source.
     pub size: Option<SizeInfo>,
     /// The workspace's effective profile.
@@ -120,6 +125,12 @@ impl RunOutcome {
                 " (new)"
             };
             field("node", format!("{node}{how}"));
+        }
+        if let Some(boot) = crate::server::boot_line(&self.boot_timeline) {
+            field("boot", boot);
+        }
+        if self.node_replacements > 0 {
+            field("replacements", self.node_replacements.to_string());
         }
         if let Some(size) = &self.size {
             let mut text = format!("{} (size from {})", size.display, size.source);
@@ -411,6 +422,10 @@ impl Follower {
                 self.display
                     .note(&format!("no {size} capacity in {location}"));
             }
+            TaskEventKind::NodeLost { node, reason } => {
+                self.display
+                    .note(&format!("server {node} lost: {reason}; moving on"));
+            }
             TaskEventKind::Status { .. } | TaskEventKind::Refused { .. } => {}
         }
     }
@@ -650,6 +665,8 @@ async fn outcome(
         node: view.node,
         provisioned_size: view.size.provisioned.map(|s| s.to_string()),
         node_reused: view.node_reused,
+        boot_timeline: view.boot_timeline,
+        node_replacements: view.node_replacements,
         size,
         workspace_profile: view.workspace_profile,
         workspace_dir,

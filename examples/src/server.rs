@@ -14,6 +14,7 @@
 //! - `GET /v1/tasks/{id}/events`: server-sent events, one [`TaskEvent`] each (the
 //!   event name is its `type`); the stream ends after the task's terminal status
 //! - `GET /v1/nodes` → [`NodeView`]s
+//! - `GET /v1/nodes/{id}` → one [`NodeView`], its boot timeline included
 //! - `GET /v1/catalog` → [`CatalogView`]
 //! - `POST /v1/tasks/{id}/retry`, `POST /v1/tasks/{id}/fork` (`{"prompt": …}`) →
 //!   `202` [`Accepted`]: a new task recording its parent (`source` in its view)
@@ -75,7 +76,7 @@ use futures::Stream;
 pub use sam_agent::api::ApiError;
 use sam_agent::api::{parse_body, path_id};
 use sam_core::{
-    AgentOptions, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
+    AgentOptions, BootPhaseRecord, Catalog, ControlPlane, Effort, ErrorCategory, ExecutionStep,
     ExternalInstallationId, GitCredential, GithubAccess, GithubError, InstallationKey, Layer,
     LayerSettings, Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation,
     ProjectId, ProviderKind, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost,
@@ -151,6 +152,7 @@ impl ServerOptions {
         };
         embedded.credential_key = config.credential_key.clone();
         embedded.lease = Duration::from_secs(config.lease_secs);
+        embedded.node_replacements = config.node_replacements;
         Ok(Self {
             listen: config.listen,
             public_url: config.public_url.clone(),
@@ -385,6 +387,7 @@ fn user_routes() -> Vec<RouteEntry<ApiState>> {
         entry(Verb::Post, "/v1/tasks/{id}/cancel", cancel),
         entry(Verb::Get, "/v1/tasks/{id}/events", events),
         entry(Verb::Get, "/v1/nodes", nodes),
+        entry(Verb::Get, "/v1/nodes/{id}", node),
         entry(Verb::Get, "/v1/catalog", catalog),
         entry(Verb::Get, "/v1/tokens", tokens::list_tokens),
         entry(Verb::Post, "/v1/tokens", tokens::create_token),
@@ -532,7 +535,7 @@ pub fn api_router(state: ApiState) -> Router {
                        the VM agents' callbacks need their scoped tokens."
     ),
     paths(
-        health, openapi_json, submit, list, task, cancel, events, nodes, catalog,
+        health, openapi_json, submit, list, task, cancel, events, nodes, node, catalog,
         projects::retry, projects::fork, projects::create_user, projects::get_user,
         projects::update_user, projects::setup, projects::user_credentials,
         projects::set_user_credential, projects::delete_user_credential,
@@ -1049,6 +1052,15 @@ pub struct TaskView {
     pub node: Option<String>,
     /// Whether that node was a warm one from an earlier task.
     pub node_reused: bool,
+    /// The boot timeline of the node, when the task booted it (empty for a warm
+    /// node, and until the node reported it).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub boot_timeline: Vec<BootPhaseRecord>,
+    /// How many times the task moved off a node it lost (a failed boot, a VM that
+    /// vanished, an agent that stopped answering).
+    #[serde(default)]
+    pub node_replacements: u32,
     /// The workspace.
     pub workspace: Option<String>,
     /// The workspace's effective profile.
@@ -1134,6 +1146,12 @@ impl TaskView {
             node_reused: node
                 .as_ref()
                 .is_some_and(|n| n.created_for.as_ref() != Some(&task.id)),
+            boot_timeline: node
+                .as_ref()
+                .filter(|n| n.created_for.as_ref() == Some(&task.id))
+                .map(|n| n.boot.timeline.clone())
+                .unwrap_or_default(),
+            node_replacements: task.node_replacements,
             node: node.map(|n| n.id.to_string()),
             workspace: task.workspace_id.map(|w| w.to_string()),
             workspace_profile: workspace.and_then(|w| w.effective_profile),
@@ -1168,6 +1186,12 @@ impl TaskView {
                 " (new)"
             };
             field("node", format!("{node}{how}"));
+        }
+        if let Some(boot) = boot_line(&self.boot_timeline) {
+            field("boot", boot);
+        }
+        if self.node_replacements > 0 {
+            field("replacements", self.node_replacements.to_string());
         }
         let mut size = format!("{} (size from {})", self.size.display, self.size.source);
         if let Some(p) = self.size.provisioned.filter(|p| *p != self.size.requested) {
@@ -1211,6 +1235,31 @@ pub(crate) fn output_fields(output: Option<&TaskOutput>) -> Vec<(&'static str, S
         fields.push(("pull request", url.clone()));
     }
     fields
+}
+
+/// A node's boot timeline on one line: each phase with its duration, a phase that
+/// never ended marked `failed` or `unfinished`, and the total; `None` when empty.
+pub fn boot_line(timeline: &[BootPhaseRecord]) -> Option<String> {
+    let (first, last) = (timeline.first()?, timeline.last()?);
+    let phases: Vec<String> = timeline
+        .iter()
+        .map(|p| match p.ended_at {
+            _ if p.failed => format!("{} failed", p.phase),
+            Some(end) => format!("{} {}", p.phase, seconds(end - p.started_at)),
+            None => format!("{} unfinished", p.phase),
+        })
+        .collect();
+    let end = last.ended_at.unwrap_or(last.started_at);
+    Some(format!(
+        "{} in {}",
+        phases.join(", "),
+        seconds(end - first.started_at)
+    ))
+}
+
+/// A duration as seconds with one decimal (`31.5 s`).
+fn seconds(d: chrono::TimeDelta) -> String {
+    format!("{:.1} s", d.num_milliseconds().max(0) as f64 / 1000.0)
 }
 
 /// One task: status, step, size and location with their provenance, placement, error.
@@ -1346,6 +1395,7 @@ fn sse_event(event: &TaskEvent) -> Event {
         TaskEventKind::CapacityUnavailable { .. } => "capacity_unavailable",
         TaskEventKind::Session { .. } => "session",
         TaskEventKind::LastMessage { .. } => "last_message",
+        TaskEventKind::NodeLost { .. } => "node_lost",
         TaskEventKind::Refused { .. } => "refused",
     };
     Event::default()
@@ -1491,6 +1541,36 @@ async fn nodes(State(state): State<ApiState>) -> Result<axum::Json<Vec<NodeView>
     ))
 }
 
+/// One node, with what it reported of its boot (`boot`: the timeline of its
+/// phases, and the failing phase, exit status and journal tail of a failed boot).
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])), params(("id" = String, Path, description = "The node id")),
+    responses(
+        (status = 200, description = "The node", body = NodeView),
+        (status = 404, description = "No such node", body = ErrorDoc),
+        (status = 401, description = "No or an unknown API token", body = ErrorDoc),
+    ))]
+async fn node(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<axum::Json<NodeView>, ApiError> {
+    let id: sam_core::NodeId = path_id(&id, "id")?;
+    let node = state
+        .control_plane
+        .store()
+        .get_node(&id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCategory::NotFound,
+                &format!("node {id} does not exist"),
+            )
+        })?;
+    Ok(axum::Json(NodeView {
+        size_display: sam_providers::SizeDisplay::from_catalog(&state.catalog, node.size).inline(),
+        node,
+    }))
+}
+
 /// One size of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SizeEntry {
@@ -1587,6 +1667,116 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boot_timeline_reads_as_one_line() {
+        let at = |ms: i64| DateTime::from_timestamp_millis(1_765_000_000_000 + ms).unwrap();
+        let phase = |name: &str, start, end: Option<i64>, failed| BootPhaseRecord {
+            phase: name.into(),
+            started_at: at(start),
+            ended_at: end.map(at),
+            failed,
+        };
+        assert_eq!(boot_line(&[]), None);
+        assert_eq!(
+            boot_line(&[
+                phase("swap", 0, Some(1_500), false),
+                phase("packages", 1_500, Some(31_000), false),
+            ])
+            .as_deref(),
+            Some("swap 1.5 s, packages 29.5 s in 31.0 s")
+        );
+        assert_eq!(
+            boot_line(&[
+                phase("swap", 0, Some(1_500), false),
+                phase("packages", 1_500, None, true),
+            ])
+            .as_deref(),
+            Some("swap 1.5 s, packages failed in 1.5 s")
+        );
+        assert_eq!(
+            boot_line(&[phase("agent-start", 0, None, false)]).as_deref(),
+            Some("agent-start unfinished in 0.0 s")
+        );
+    }
+
+    /// Drives `id` to its end (real time, 10 ms polls).
+    async fn drive(cp: &ControlPlane, id: &TaskId) -> TaskRecord {
+        for _ in 0..500 {
+            let task = cp.get(id).await.unwrap().unwrap();
+            if task.status.is_terminal() {
+                return task;
+            }
+            cp.tick().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{id} did not end");
+    }
+
+    #[tokio::test]
+    async fn a_task_shows_the_boot_timeline_of_the_node_it_booted_only() {
+        use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
+        let store: Arc<dyn sam_core::Store> = Arc::new(sam_store::MemoryStore::new());
+        let provider = Arc::new(sam_providers::FakeProvider::new());
+        let mut config = sam_core::ControlPlaneConfig::new("t", ProviderKind::Fake);
+        config.poll_interval = Duration::from_millis(10);
+        let cp = ControlPlane::new(
+            sam_core::ControlPlaneParts {
+                store: Arc::clone(&store),
+                providers: vec![Arc::clone(&provider) as Arc<dyn sam_core::Provider>],
+                scheduler: Arc::new(sam_core::DefaultScheduler::new(Arc::clone(&store))),
+                node_agent: Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+                boot: Arc::new(PlainBoot),
+                signer: sam_core::TokenSigner::new(Secret::new("k".repeat(32)), "sam").unwrap(),
+                clock: Arc::new(sam_core::TokioClock::new()),
+            },
+            config,
+        )
+        .unwrap();
+        let request = SubmitRequest {
+            repo: "https://example.invalid/repo.git".into(),
+            prompt: "p".into(),
+            ..SubmitRequest::default()
+        };
+        let first = drive(&cp, &cp.submit(&request).await.unwrap()).await;
+        let node = first.provisioned_node_id.clone().unwrap();
+        // The node's ready callback carried its timeline.
+        let at = |s: i64| DateTime::from_timestamp(1_765_000_000 + s, 0).unwrap();
+        let timeline = vec![
+            BootPhaseRecord {
+                phase: "packages".into(),
+                started_at: at(0),
+                ended_at: Some(at(20)),
+                failed: false,
+            },
+            BootPhaseRecord {
+                phase: "agent-start".into(),
+                started_at: at(20),
+                ended_at: Some(at(23)),
+                failed: false,
+            },
+        ];
+        cp.node_ready(cp.issue_node_token(&node).expose(), &node, "1.0", &timeline)
+            .await
+            .unwrap();
+        let catalog = sam_core::Provider::catalog(provider.as_ref()).clone();
+        let view = TaskView::describe(&cp, &catalog, cp.get(&first.id).await.unwrap().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(view.boot_timeline, timeline);
+        let summary = view.summary(None);
+        assert!(
+            summary.contains("boot              packages 20.0 s, agent-start 3.0 s in 23.0 s"),
+            "{summary}"
+        );
+        // The next task reuses the warm node: its boot is not the task's.
+        let second = drive(&cp, &cp.submit(&request).await.unwrap()).await;
+        assert_eq!(second.provisioned_node_id.as_ref(), Some(&node));
+        let view = TaskView::describe(&cp, &catalog, second).await.unwrap();
+        assert!(view.node_reused);
+        assert!(view.boot_timeline.is_empty());
+        assert!(!view.summary(None).contains("boot  "));
+    }
 
     #[test]
     fn a_missing_repo_is_named() {

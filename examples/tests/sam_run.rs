@@ -106,6 +106,11 @@ async fn the_demo_agent_completes_and_a_second_task_reuses_the_warm_node() {
     assert_eq!(second["node"], first["node"], "the warm node was reused");
     assert_eq!(second["node_reused"], true);
     assert_ne!(second["task_id"], first["task_id"]);
+    // A local node has no boot script: its timeline is there, and empty; a warm
+    // node's boot is not the task's.
+    assert_eq!(first["boot_timeline"], serde_json::json!([]), "{first}");
+    assert_eq!(second["boot_timeline"], serde_json::json!([]), "{second}");
+    assert_eq!(first["node_replacements"], 0, "{first}");
 }
 
 /// An ACP agent that answers `initialize` and `session/new`, then refuses every

@@ -63,19 +63,35 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
         "the output branch is on the task: {task}"
     );
     let node = task["node"].as_str().expect("a node").to_owned();
+    assert!(task["boot_timeline"].is_array(), "{task}");
+    assert_eq!(task["node_replacements"], 0, "{task}");
+    // One node, with its boot record.
+    let (status, shown) = call(
+        http.get(server.url(&format!("/v1/nodes/{node}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["id"], node.as_str(), "{shown}");
+    assert!(shown["boot"]["timeline"].is_array(), "{shown}");
+    assert_eq!(shown["boot"]["failure"], Value::Null, "{shown}");
+    let (status, missing) = call(
+        http.get(server.url("/v1/nodes/n-missing"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (status, &missing["category"]),
+        (404, &Value::from("not_found")),
+        "{missing}"
+    );
+    let (status, _) = call(http.get(server.url(&format!("/v1/nodes/{node}")))).await;
+    assert_eq!(status, 401, "a node is shown only with a token");
     let workspace = task["workspace"].as_str().expect("a workspace");
 
     // The task has ended: a late output callback with the workspace's own token
     // (what code in the workspace could send) is refused and changes nothing.
-    let signer = sam_core::TokenSigner::new(
-        sam_core::Secret::new(
-            std::fs::read_to_string(data.path().join("signing-key"))
-                .expect("the signing key")
-                .trim(),
-        ),
-        "sam-control-plane",
-    )
-    .expect("a signer");
+    let signer = server_signer(data.path());
     let workspace_token = signer.issue(
         sam_core::TokenScope::Workspace,
         workspace,
@@ -1076,4 +1092,111 @@ async fn projects_profiles_credentials_and_lineage_over_the_api() {
 
     let status = server.terminate().await;
     assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// The server's token signer, from the signing key in its data directory: what a
+/// node or a workspace holds a token of.
+fn server_signer(data: &std::path::Path) -> sam_core::TokenSigner {
+    sam_core::TokenSigner::new(
+        sam_core::Secret::new(
+            std::fs::read_to_string(data.join("signing-key"))
+                .expect("the signing key")
+                .trim(),
+        ),
+        "sam-control-plane",
+    )
+    .expect("a signer")
+}
+
+/// The pid of the local node `node`'s VM agent, from the local provider's state file.
+fn local_node_pid(data: &std::path::Path, node: &str) -> u32 {
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("local/state.json")).expect("the state file"),
+    )
+    .expect("the state file is JSON");
+    state["vms"]
+        .as_object()
+        .expect("vms")
+        .values()
+        .find(|vm| vm["labels"]["sam-node"] == node || vm["name"] == node)
+        .and_then(|vm| vm["pid"].as_u64())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .unwrap_or_else(|| panic!("node {node} is not in {state}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_node_whose_agent_died_hands_the_next_task_to_a_new_node() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+
+    let (first, _) = submit_and_follow(&server, &http, repo.path()).await;
+    let (_, task) = call(
+        http.get(server.url(&format!("/v1/tasks/{first}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let warm = task["node"].as_str().expect("a node").to_owned();
+
+    // The warm node's VM agent dies; its heartbeats are not yet overdue, so the
+    // node still looks healthy and the next task is placed on it.
+    let pid = local_node_pid(data.path(), &warm);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+
+    let started = std::time::Instant::now();
+    let (second, events) = submit_and_follow(&server, &http, repo.path()).await;
+    let took = started.elapsed();
+    let (_, task) = call(
+        http.get(server.url(&format!("/v1/tasks/{second}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task} {events:?}");
+    assert_ne!(task["node"], warm.as_str(), "{task}");
+    assert_eq!(task["node_replacements"], 1, "{task}");
+    assert!(
+        events
+            .iter()
+            .any(|(name, data)| name == "node_lost" && data["kind"]["node"] == warm.as_str()),
+        "the loss was streamed: {events:?}"
+    );
+    // Without noticing, the task would poll the dead agent until the stuck-task
+    // sweep (31 minutes); a new local node boots in seconds.
+    assert!(took < Duration::from_secs(120), "took {took:?}");
+    let (_, node) = call(
+        http.get(server.url(&format!("/v1/nodes/{warm}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        node["status"], "deleted",
+        "the dead node is destroyed: {node}"
+    );
+
+    // The server serves the boot-failed callback with its own, smaller body limit.
+    let signer = server_signer(data.path());
+    let token = signer.issue(
+        sam_core::TokenScope::Node,
+        &warm,
+        chrono::Utc::now(),
+        Duration::from_secs(600),
+    );
+    let url = server.url(&format!("/v1/nodes/{warm}/boot-failed"));
+    let huge = json!({"event": "boot_failed", "phase": "packages", "exit_status": 100,
+        "journal": vec!["x".repeat(1024); 300]});
+    let (status, body) = call(http.post(&url).bearer_auth(token.expose()).json(&huge)).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = call(http.post(&url).bearer_auth(TOKEN).json(&huge)).await;
+    assert_eq!(
+        (status, &body["category"]),
+        (401, &json!("auth_error")),
+        "{body}"
+    );
 }

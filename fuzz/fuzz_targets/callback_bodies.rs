@@ -1,19 +1,19 @@
 //! The VM agent → control plane callbacks through the routes' own parsing, then the
 //! control plane itself with valid tokens: a node is ready, a heartbeat, a
-//! workspace is ready, a session's event. The control plane runs over an in-memory
+//! workspace is ready, a session's event, a node's boot failed. The control plane runs over an in-memory
 //! store with one task in progress on a fake node, so a body that parses reaches
 //! the task, its workspace and its node. A malformed body is a 400 with a JSON
 //! `ErrorBody`; a parsed one is accepted or refused with a 4xx; never a panic or a
 //! 5xx.
 //!
-//! Input: one byte choosing the route (its value modulo 4), then the body.
+//! Input: one byte choosing the route (its value modulo 5), then the body.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use sam_agent::api::{ApiError, Heartbeat, NodeReady, parse_body};
+use sam_agent::api::{ApiError, BootFailed, Heartbeat, NodeReady, parse_body};
 use sam_core::testkit::node_agent::{FakeAgentCall, FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     Clock as _, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler,
@@ -125,9 +125,17 @@ fuzz_target!(|data: &[u8]| {
     RUNTIME.block_on(async {
         let w = world().await;
         let cp = &w.control_plane;
-        let outcome = match route % 4 {
+        let outcome = match route % 5 {
             0 => match parse_body::<NodeReady>(body) {
-                Ok(ready) => cp.node_ready(w.node_token.expose(), &w.node, &ready.version).await,
+                Ok(ready) => {
+                    cp.node_ready(
+                        w.node_token.expose(),
+                        &w.node,
+                        &ready.version,
+                        &ready.boot.to_records(),
+                    )
+                    .await
+                }
                 Err(e) => return check_malformed(&e),
             },
             1 => match parse_body::<Heartbeat>(body) {
@@ -142,6 +150,16 @@ fuzz_target!(|data: &[u8]| {
                     cp.workspace_ready(w.workspace_token.expose(), &w.workspace, &report)
                         .await
                 }
+                Err(e) => return check_malformed(&e),
+            },
+            4 => match parse_body::<BootFailed>(body) {
+                Ok(failed) => match failed.to_report() {
+                    Ok(report) => {
+                        cp.node_boot_failed(w.node_token.expose(), &w.node, &report)
+                            .await
+                    }
+                    Err(e) => return check_malformed(&e),
+                },
                 Err(e) => return check_malformed(&e),
             },
             _ => match parse_body::<SessionCallback>(body) {

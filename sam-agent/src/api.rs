@@ -480,6 +480,63 @@ pub struct NodeReady {
     pub boot: BootTimeline,
 }
 
+/// The `event` of a [`BootFailed`] body.
+pub const BOOT_FAILED_EVENT: &str = "boot_failed";
+
+/// `POST /v1/nodes/{id}/boot-failed` (a node's boot script → control plane): the
+/// body `report-boot-failure.sh` posts when a boot phase fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFailed {
+    /// Always [`BOOT_FAILED_EVENT`].
+    pub event: String,
+    /// The phase that failed.
+    pub phase: String,
+    /// The exit status of its failing command.
+    pub exit_status: i32,
+    /// The boot's markers as `journalctl -o json` prints them, one object each
+    /// (empty on a node without a journal).
+    #[serde(default)]
+    pub journal: Vec<serde_json::Value>,
+}
+
+impl BootFailed {
+    /// The report the control plane keeps: the journal's messages (an entry
+    /// without a text message is kept as its JSON) and the timeline read from the
+    /// journal with the VM agent's own parser.
+    ///
+    /// # Errors
+    /// `invalid_config` (field `event`) for an event other than [`BOOT_FAILED_EVENT`].
+    pub fn to_report(&self) -> Result<sam_core::BootFailureReport, ApiError> {
+        if self.event != BOOT_FAILED_EVENT {
+            let mut error = ApiError::new(
+                ErrorCategory::InvalidConfig,
+                &format!(
+                    "the event must be {BOOT_FAILED_EVENT:?}, not {:?}",
+                    self.event.chars().take(64).collect::<String>()
+                ),
+            );
+            error.body.field = Some("event".to_owned());
+            return Err(error);
+        }
+        let lines: Vec<String> = self.journal.iter().map(ToString::to_string).collect();
+        let timeline = BootTimeline::from_journal_json(&lines.join("\n"));
+        Ok(sam_core::BootFailureReport {
+            phase: self.phase.clone(),
+            exit_status: self.exit_status,
+            journal: self
+                .journal
+                .iter()
+                .map(|entry| match entry.get("MESSAGE") {
+                    Some(serde_json::Value::String(message)) => message.clone(),
+                    _ => entry.to_string(),
+                })
+                .collect(),
+            timeline: timeline.to_records(),
+        })
+    }
+}
+
 /// `POST /v1/nodes/{id}/heartbeat` (agent → control plane).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -73,6 +73,20 @@ impl BootTimeline {
         timeline
     }
 
+    /// The phases as the control plane keeps them (`failed` stays unset: the
+    /// control plane marks the phase a failure report names).
+    pub fn to_records(&self) -> Vec<sam_core::BootPhaseRecord> {
+        self.phases
+            .iter()
+            .map(|p| sam_core::BootPhaseRecord {
+                phase: p.name.clone(),
+                started_at: p.started_at,
+                ended_at: p.ended_at,
+                failed: false,
+            })
+            .collect()
+    }
+
     /// Parses `journalctl -o json` output (one JSON object per line); entries of
     /// other tags and lines that are not JSON are skipped.
     pub fn from_journal_json(text: &str) -> Self {

@@ -1,6 +1,6 @@
 //! The control plane's side of the callback contract ([`crate::callbacks`]):
-//! [`callback_router`] serves the four routes VM agents call and hands each to a
-//! [`ControlPlane`].
+//! [`callback_router`] serves the five routes VM agents (and a failing boot script)
+//! call and hands each to a [`ControlPlane`].
 //!
 //! Client ([`crate::Callbacks`]) and server share this crate's body types
 //! ([`NodeReady`], [`Heartbeat`], [`HeartbeatResponse`]), so they cannot drift
@@ -25,18 +25,26 @@ use sam_core::{
     SessionCallback, WorkspaceId, WorkspaceReport, output_branch,
 };
 
-use crate::api::{ApiError, Heartbeat, HeartbeatResponse, NodeReady, parse_body, path_id};
+use crate::api::{
+    ApiError, BootFailed, Heartbeat, HeartbeatResponse, NodeReady, parse_body, path_id,
+};
 use crate::git::{GitCredentialRequest, GitCredentialResponse, PullRequestCreated};
 
 /// The paths of the callback routes, all `POST`, in the order [`callback_router`]
 /// registers them: a node is ready, a node's heartbeat, a workspace is ready, a
-/// session's events. Documentation (an OpenAPI document) and tests list them from here.
-pub const CALLBACK_PATHS: [&str; 4] = [
+/// session's events, a node's boot failed. Documentation (an OpenAPI document) and
+/// tests list them from here.
+pub const CALLBACK_PATHS: [&str; 5] = [
     "/v1/nodes/{id}/ready",
     "/v1/nodes/{id}/heartbeat",
     "/v1/workspaces/{id}/ready",
     "/v1/workspaces/{id}/events",
+    "/v1/nodes/{id}/boot-failed",
 ];
+
+/// The largest `boot-failed` body read (256 KiB): the boot script sends at most 200
+/// journal entries of a few hundred bytes each.
+pub const BOOT_FAILED_BODY_LIMIT: usize = 256 * 1024;
 
 /// The callback routes ([`CALLBACK_PATHS`]) over `control_plane`.
 /// Merge it into a larger router, or serve it alone.
@@ -46,10 +54,15 @@ pub fn callback_router(control_plane: ControlPlane) -> Router {
         heartbeat_path,
         workspace_ready_path,
         events_path,
+        boot_failed_path,
     ] = CALLBACK_PATHS;
     let nodes = Router::new()
         .route(node_ready_path, post(node_ready))
         .route(heartbeat_path, post(heartbeat))
+        .route(
+            boot_failed_path,
+            post(boot_failed).layer(axum::extract::DefaultBodyLimit::max(BOOT_FAILED_BODY_LIMIT)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             control_plane.clone(),
             node_token_first,
@@ -227,7 +240,22 @@ async fn node_ready(
     let token = bearer(&headers)?;
     let node: NodeId = path_id(&id, "id")?;
     let ready: NodeReady = parse_body(&bytes)?;
-    cp.node_ready(token, &node, &ready.version).await?;
+    cp.node_ready(token, &node, &ready.version, &ready.boot.to_records())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn boot_failed(
+    State(cp): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let token = bearer(&headers)?;
+    let node: NodeId = path_id(&id, "id")?;
+    let failed: BootFailed = parse_body(&bytes)?;
+    cp.node_boot_failed(token, &node, &failed.to_report()?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -113,7 +113,9 @@ pub use acp::{
     SYSTEM_PROMPT_META_AGENTS, SessionSettings,
 };
 pub use callbacks::{Callbacks, CallbacksConfig};
-pub use control_plane::{CALLBACK_PATHS, GIT_PATHS, callback_router, git_router};
+pub use control_plane::{
+    BOOT_FAILED_BODY_LIMIT, CALLBACK_PATHS, GIT_PATHS, callback_router, git_router,
+};
 pub use error::{Error, Result};
 pub use events::{EventLog, MemoryEventLog, SqliteEventLog};
 pub use node_agent::{

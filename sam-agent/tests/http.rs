@@ -804,6 +804,7 @@ fn node(id: &str) -> NodeRecord {
         created_for: None,
         credential_owner: None,
         address: None,
+        boot: sam_core::NodeBootRecord::default(),
         created_at: now,
         updated_at: now,
     }

@@ -63,6 +63,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::account::ProviderCache;
+use crate::boot::{BootFailure, BootFailureReport, BootPhaseRecord, NodeBootRecord};
 use crate::clock::Clock;
 use crate::credential::{CredentialCipher, CredentialKind, CredentialOwner, CredentialTarget};
 use crate::error::{Classify, Error, ErrorCategory};
@@ -201,6 +202,9 @@ pub struct ControlPlaneConfig {
     pub agents: Vec<String>,
     /// Provider VMs with the managed label and no live node are deleted once older than this.
     pub orphan_min_age: Duration,
+    /// How many times one task may move off a node it lost (a failed boot, a VM
+    /// that vanished or failed, an agent that does not answer) before it fails.
+    pub node_replacements: u32,
     /// Seeds the task and node ids and the backoff jitter, so a simulation replays
     /// exactly; `None` (the default) draws them from the process's random keys.
     /// Two control planes sharing a database must not share a seed.
@@ -225,7 +229,8 @@ pub struct PlatformCredential {
 impl ControlPlaneConfig {
     /// Defaults around a driver id and the platform's provider: medium size, the
     /// lightweight profile unless a devcontainer is named, the `demo` agent, SAM's
-    /// timeouts, leases of 30 s, polls every 2 s, 16 tasks at once, tokens for 8 h.
+    /// timeouts, leases of 30 s, polls every 2 s, 16 tasks at once, tokens for 8 h,
+    /// one replacement node per task.
     pub fn new(driver_id: impl Into<String>, provider: ProviderKind) -> Self {
         Self {
             driver_id: driver_id.into(),
@@ -247,6 +252,7 @@ impl ControlPlaneConfig {
                 .map(str::to_owned)
                 .to_vec(),
             orphan_min_age: Duration::from_secs(600),
+            node_replacements: 1,
             random_seed: None,
             credential_key: None,
             agent_credentials: BTreeMap::new(),
@@ -345,6 +351,15 @@ pub enum TaskEventKind {
     LastMessage {
         /// The message, redacted.
         text: String,
+    },
+    /// The task's node was lost before the task ran on it (a failed boot, a VM
+    /// that vanished or failed, an agent that does not answer); the task moves on
+    /// while its replacement budget lasts.
+    NodeLost {
+        /// The node.
+        node: NodeId,
+        /// What happened to it, as one sentence.
+        reason: String,
     },
     /// A callback that would have changed the task came after it ended, and was
     /// refused.
@@ -782,6 +797,7 @@ impl ControlPlane {
             lease_expires_at: None,
             provisioning_started_at: None,
             capacity_passes: 0,
+            node_replacements: 0,
             step_started_at: now,
             error: None,
             output: None,
@@ -942,7 +958,7 @@ impl ControlPlane {
 
     /// Whether a live task other than `task` runs on (or is headed for) `node`; `true`
     /// when the store cannot tell, so a node is never destroyed on a guess.
-    async fn used_by_others(&self, node: &NodeId, task: &TaskId) -> bool {
+    pub(crate) async fn used_by_others(&self, node: &NodeId, task: &TaskId) -> bool {
         let users = self
             .store
             .list_tasks(&TaskFilter {
@@ -1126,12 +1142,19 @@ impl ControlPlane {
         Ok(self.store.update_task(task, &update, now).await?)
     }
 
-    /// Callback: the VM agent on `node` is up.
+    /// Callback: the VM agent on `node` is up; `boot` is the timeline of the node's
+    /// boot phases, kept on the node (bounded, [`NodeBootRecord::bounded`]).
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for a token that is not this node's; `not_found` for an
     /// unknown node; store failures.
-    pub async fn node_ready(&self, token: &str, node: &NodeId, version: &str) -> Result<(), Error> {
+    pub async fn node_ready(
+        &self,
+        token: &str,
+        node: &NodeId,
+        version: &str,
+        boot: &[BootPhaseRecord],
+    ) -> Result<(), Error> {
         self.verify(token, TokenScope::Node, node.as_str())?;
         self.require_node(node).await?;
         // Only the liveness fields, in one statement: writing back the whole row read
@@ -1139,8 +1162,56 @@ impl ControlPlane {
         let beat = NodeBeat {
             at: self.clock.now(),
             ready_version: Some(version.chars().take(64).collect()),
+            boot_timeline: NodeBootRecord {
+                timeline: boot.to_vec(),
+                failure: None,
+            }
+            .bounded()
+            .timeline,
         };
         self.store.record_node_beat(node, &beat).await?;
+        self.wake_tasks_on(node).await
+    }
+
+    /// Callback: the boot of `node` failed. The failure (phase, exit status, journal
+    /// tail, timeline; bounded) is recorded on the node, the node is marked failed
+    /// and its VM deleted (a VM whose delete fails stays recorded, `destroying`, for
+    /// the node sweep), and the tasks headed for it are woken: each moves to a
+    /// replacement node while its budget lasts
+    /// ([`ControlPlaneConfig::node_replacements`]).
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this node's; `not_found` for an
+    /// unknown node; [`Error::InvalidInput`] for a phase that is not a phase name;
+    /// store failures.
+    pub async fn node_boot_failed(
+        &self,
+        token: &str,
+        node: &NodeId,
+        report: &BootFailureReport,
+    ) -> Result<(), Error> {
+        self.verify(token, TokenScope::Node, node.as_str())?;
+        report.check()?;
+        let record = self.require_node(node).await?;
+        let now = self.clock.now();
+        let mut failed = record.clone();
+        failed.boot = NodeBootRecord {
+            timeline: report.timeline.clone(),
+            failure: Some(BootFailure {
+                phase: report.phase.clone(),
+                exit_status: report.exit_status,
+                journal: report.journal.clone(),
+                reported_at: now,
+            }),
+        }
+        .bounded();
+        failed.status = NodeStatus::Error;
+        failed.health = NodeHealth::Unhealthy;
+        failed.updated_at = now;
+        self.store.put_node(&failed).await?;
+        tracing::warn!(node = %node, phase = %report.phase, exit_status = report.exit_status, "a node's boot failed; deleting its VM");
+        // A failed delete keeps the node, `destroying`, for the node sweep.
+        let _ = self.destroy_node(&failed).await;
         self.wake_tasks_on(node).await
     }
 
@@ -1182,6 +1253,7 @@ impl ControlPlane {
         let beat = NodeBeat {
             at: now,
             ready_version: None,
+            boot_timeline: Vec::new(),
         };
         self.store.record_node_beat(node, &beat).await?;
         tracing::debug!(node = %node, load = metrics.cpu_load_avg1, memory = metrics.memory_percent, disk = metrics.disk_percent, "heartbeat");

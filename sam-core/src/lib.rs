@@ -91,6 +91,7 @@
 
 mod account;
 pub mod api_token;
+pub mod boot;
 pub mod classify;
 pub mod clock;
 pub mod control;
@@ -106,6 +107,7 @@ pub mod node_agent;
 pub mod placement;
 pub mod project;
 pub mod provider;
+pub mod replacement;
 pub mod repository;
 pub mod reservation;
 pub mod retry;
@@ -126,6 +128,10 @@ pub use account::PROVIDER_CACHE_CAPACITY;
 pub use api_token::{
     ApiTokenKind, ApiTokenRefusal, LAST_USE_GRANULARITY, MAX_API_TOKEN_NAME, check_api_token_name,
     hash_api_token,
+};
+pub use boot::{
+    BootFailure, BootFailureReport, BootPhaseRecord, MAX_BOOT_PHASES, MAX_JOURNAL_LINE_CHARS,
+    MAX_JOURNAL_LINES, MAX_PHASE_NAME_CHARS, NodeBootRecord,
 };
 pub use classify::{classify_agent_error, is_agent_crash};
 pub use clock::{Clock, ManualClock, TokioClock};
@@ -171,6 +177,7 @@ pub use project::{
 pub use provider::{
     Provider, ProviderCapabilities, ProviderCredential, ProviderFactory, QEMU_CONTROL_PLANE_ADDRESS,
 };
+pub use replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after_node_loss};
 pub use repository::{
     MAX_PROMPT_BYTES, MAX_REPOSITORY_BYTES, PromptRefusal, Refusal, Repository, check_prompt,
     check_repository, parse_repository,

@@ -18,6 +18,7 @@ use crate::model::{
 };
 use crate::node_agent::{SessionReport, SessionRequest, WorkspaceReport, WorkspaceRequest};
 use crate::provider::Provider;
+use crate::replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after_node_loss};
 use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::store::{
@@ -71,8 +72,23 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// The loss a node's recorded boot failure means, if it has one.
+fn boot_loss(node: &NodeRecord) -> Option<NodeLoss> {
+    node.boot.failure.as_ref().map(|f| NodeLoss::BootFailed {
+        phase: f.phase.clone(),
+        exit_status: f.exit_status,
+    })
+}
+
 fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - since).to_std().unwrap_or_default()
+}
+
+/// The entry of `plan` that `node` was provisioned from, if it is one.
+fn plan_entry(plan: &FallbackPlan, node: &NodeRecord) -> Option<usize> {
+    plan.attempts()
+        .iter()
+        .position(|a| a.size == node.size && a.location == node.location)
 }
 
 /// Minutes, for messages ("within 15 minutes").
@@ -386,12 +402,16 @@ impl ControlPlane {
     async fn provision(&self, task: &TaskRecord) -> Result<Next, Error> {
         // Adopt the node recorded for this task, through the account that made it; a
         // row deleted after a capacity failure is gone, so it is never adopted.
-        if let Some(node_id) = &task.provisioned_node_id
-            && let Some(node) = self.store.get_node(node_id).await?
-            && node.status != NodeStatus::Deleted
-        {
-            let provider = self.node_provider(&node).await?;
-            return self.continue_node(task, node, provider.as_ref()).await;
+        if let Some(node) = self.recorded_node(task).await? {
+            // A node whose boot failed (its VM perhaps deleted already) is lost, not
+            // silently replaced: the move counts against the task's budget.
+            if let Some(loss) = boot_loss(&node) {
+                return self.lose_node(task, &node, loss).await;
+            }
+            if node.status != NodeStatus::Deleted {
+                let provider = self.node_provider(&node).await?;
+                return self.continue_node(task, node, provider.as_ref()).await;
+            }
         }
         let provider = self.task_provider(task).await?;
         let plan = self.plan(task, provider.as_ref())?;
@@ -437,6 +457,7 @@ impl ControlPlane {
                 created_for: Some(task.id.clone()),
                 credential_owner: task.spec.provider_credential_owner.clone(),
                 address: None,
+                boot: crate::boot::NodeBootRecord::default(),
                 created_at: now,
                 updated_at: now,
             };
@@ -618,13 +639,12 @@ impl ControlPlane {
         };
         let Some(vm) = vm else {
             if node.vm_id.is_some() {
-                // The VM vanished while being created: treat it as a failed attempt.
-                let error = ProviderError::new(
-                    provider.kind(),
-                    ErrorCategory::Transient,
-                    "the VM disappeared while it was being created",
-                );
-                return self.create_failed(task, &node, error).await;
+                // The VM vanished while being created: the node is lost, once the
+                // VM has had time to become visible.
+                if elapsed(started, now) < VANISHED_GRACE {
+                    return Ok(self.poll());
+                }
+                return self.lose_node(task, &node, NodeLoss::VmVanished).await;
             }
             // No VM carries the label: the earlier create never happened. Create now.
             return match self.create_vm(&node, provider).await {
@@ -632,11 +652,7 @@ impl ControlPlane {
                 Err(e) if e.category() == ErrorCategory::TransientCapacity => {
                     self.store.delete_node(&node.id).await?;
                     let plan = self.plan(task, provider)?;
-                    let index = plan
-                        .attempts()
-                        .iter()
-                        .position(|a| a.size == node.size && a.location == node.location)
-                        .map_or(0, |i| i + 1);
+                    let index = plan_entry(&plan, &node).map_or(0, |i| i + 1);
                     self.walk_plan(task, &plan, index, provider).await
                 }
                 Err(e) => self.create_failed(task, &node, e).await,
@@ -657,11 +673,7 @@ impl ControlPlane {
                 let _ = self.destroy_node(&node).await;
                 self.store.delete_node(&node.id).await?;
                 let plan = self.plan(task, provider)?;
-                let index = plan
-                    .attempts()
-                    .iter()
-                    .position(|a| a.size == node.size && a.location == node.location)
-                    .map_or(0, |i| i + 1);
+                let index = plan_entry(&plan, &node).map_or(0, |i| i + 1);
                 self.update(
                     task,
                     TaskUpdate {
@@ -685,14 +697,7 @@ impl ControlPlane {
                 self.show_downgrade(task, node.size);
                 Ok(self.step_to(ExecutionStep::NodeAgentReady))
             }
-            VmState::Failed => {
-                let error = ProviderError::new(
-                    provider.kind(),
-                    ErrorCategory::Unknown,
-                    "the provider reports the VM as failed",
-                );
-                self.create_failed(task, &node, error).await
-            }
+            VmState::Failed => self.lose_node(task, &node, NodeLoss::VmFailed).await,
             _ => Ok(self.poll()),
         }
     }
@@ -734,6 +739,13 @@ impl ControlPlane {
     }
 
     async fn await_agent_ready(&self, task: &TaskRecord) -> Result<Next, Error> {
+        // A node whose boot failed is read even once its VM is deleted: the task
+        // moves on because of it.
+        if let Some(node) = self.recorded_node(task).await?
+            && let Some(loss) = boot_loss(&node)
+        {
+            return self.lose_node(task, &node, loss).await;
+        }
         let Some(mut node) = self.task_node(task).await? else {
             return self.node_lost(task).await;
         };
@@ -744,6 +756,7 @@ impl ControlPlane {
                     let beat = NodeBeat {
                         at: now,
                         ready_version: Some(health.version),
+                        boot_timeline: Vec::new(),
                     };
                     self.store.record_node_beat(&node.id, &beat).await?;
                     node.ready_at = Some(now);
@@ -754,6 +767,11 @@ impl ControlPlane {
         }
         if node.ready_at.is_some() {
             return Ok(self.step_to(ExecutionStep::WorkspaceCreation));
+        }
+        // A VM that vanished or failed while its agent was awaited will never
+        // answer: the task moves on now rather than at the agent-ready timeout.
+        if let Some(loss) = self.vm_loss(&node).await {
+            return self.lose_node(task, &node, loss).await;
         }
         let started = task.provisioning_started_at.unwrap_or(node.created_at);
         if elapsed(started, now) > self.config.timeouts.agent_ready {
@@ -766,15 +784,137 @@ impl ControlPlane {
         Ok(self.poll())
     }
 
+    /// The node the task names, whatever its status (`None` when it names none or
+    /// the row is gone).
+    async fn recorded_node(&self, task: &TaskRecord) -> Result<Option<NodeRecord>, Error> {
+        match &task.provisioned_node_id {
+            Some(id) => Ok(self.store.get_node(id).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the provider says `node`'s VM vanished or failed. A provider that
+    /// cannot be asked says nothing: the agent-ready timeout still holds.
+    async fn vm_loss(&self, node: &NodeRecord) -> Option<NodeLoss> {
+        let vm = node.vm_id.as_ref()?;
+        let provider = self.node_provider(node).await.ok()?;
+        match provider.get_vm(vm).await {
+            Ok(None) => Some(NodeLoss::VmVanished),
+            Ok(Some(vm)) if vm.state == VmState::Failed => Some(NodeLoss::VmFailed),
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::debug!(node = %node.id, error = %e, "could not look the node's VM up");
+                None
+            }
+        }
+    }
+
+    /// The task lost `node` before running on it: the node is deleted (one made
+    /// for the task, or one nobody else uses) or marked stale, the task's slot on
+    /// it is freed, and the task moves to another node while its replacement
+    /// budget lasts ([`crate::replacement::after_node_loss`]), or fails. A node
+    /// made for the task is replaced only once its VM is deleted.
+    async fn lose_node(
+        &self,
+        task: &TaskRecord,
+        node: &NodeRecord,
+        loss: NodeLoss,
+    ) -> Result<Next, Error> {
+        let provisioned = node.created_for.as_ref() == Some(&task.id);
+        if provisioned || !self.used_by_others(&node.id, &task.id).await {
+            // A failure is logged and the node kept, `destroying`, for the node sweep.
+            if self.destroy_node(node).await.is_err() && provisioned {
+                // The task's VM may still run: no replacement is made before it is
+                // gone, so a task never has two VMs. The next visit tries again.
+                return Ok(self.poll());
+            }
+        } else {
+            // Others still run there: nothing more is placed on it, and the node
+            // sweep handles it as any silent node. The write is conditional, so a
+            // heartbeat (a sign the agent is back) is never undone, and heals it.
+            let now = self.clock.now();
+            self.store.mark_node_stale(&node.id, now, now).await?;
+        }
+        tracing::warn!(task = %task.id, node = %node.id, %loss, "the task lost its node");
+        self.emit(
+            &task.id,
+            TaskEventKind::NodeLost {
+                node: node.id.clone(),
+                reason: loss.to_string(),
+            },
+        );
+        let ws = Self::workspace_id(task)?;
+        if let Some(record) = self.store.get_workspace(&ws).await?
+            && record.node_id == node.id
+            && record.status.holds_slot()
+        {
+            self.store
+                .update_workspace(&ws, WorkspaceStatus::Error, None, self.clock.now())
+                .await?;
+            self.scheduler.released(&task.id, &ws);
+        }
+        let provider = self.task_provider(task).await?;
+        let plan = self.plan(task, provider.as_ref())?;
+        let lost = if provisioned {
+            LostNode::Provisioned {
+                plan_entry: plan_entry(&plan, node),
+            }
+        } else {
+            LostNode::Placed
+        };
+        let decision = after_node_loss(
+            &loss,
+            lost,
+            task.node_replacements,
+            self.config.node_replacements,
+            plan.attempts().len(),
+        );
+        let moved = TaskUpdate {
+            provisioned_node_id: Some(None),
+            provisioned_size: Some(None),
+            provisioned_location: Some(None),
+            provisioning_started_at: Some(None),
+            workspace_id: Some(None),
+            node_replacements: Some(task.node_replacements + 1),
+            ..TaskUpdate::default()
+        };
+        match decision {
+            LossDecision::Fail { category, message } => self.fail(task, category, &message).await,
+            LossDecision::PlaceAgain => Ok(Next::Step {
+                step: ExecutionStep::NodeSelection,
+                update: Box::new(moved),
+                at: self.clock.now(),
+            }),
+            LossDecision::Provision { from_entry } => {
+                self.update(task, moved).await?;
+                let mut moved_task = task.clone();
+                moved_task.node_replacements += 1;
+                self.set_step(&moved_task, ExecutionStep::NodeProvisioning)
+                    .await?;
+                self.walk_plan(&moved_task, &plan, from_entry, provider.as_ref())
+                    .await
+            }
+        }
+    }
+
+    /// The task's workspace: one per node it reaches, so a task that moved off a
+    /// lost node gets a fresh one (`w-<id>-<n>` after `n` replacements).
     fn workspace_id(task: &TaskRecord) -> Result<WorkspaceId, Error> {
         let suffix = task.id.as_str().trim_start_matches("t-");
-        Ok(WorkspaceId::new(format!("w-{suffix}"))?)
+        Ok(WorkspaceId::new(match task.node_replacements {
+            0 => format!("w-{suffix}"),
+            n => format!("w-{suffix}-{n}"),
+        })?)
     }
 
     async fn create_workspace(&self, task: &TaskRecord) -> Result<Next, Error> {
         let Some(node) = self.task_node(task).await? else {
             return self.node_lost(task).await;
         };
+        // A node whose heartbeats stopped gets no new work: the task moves on.
+        if node.health == NodeHealth::Stale {
+            return self.lose_node(task, &node, NodeLoss::HealthStale).await;
+        }
         let ws = Self::workspace_id(task)?;
         let now = self.clock.now();
         if self.store.get_workspace(&ws).await?.is_none() {
@@ -854,7 +994,18 @@ impl ControlPlane {
         };
         match self.node_agent.create_workspace(&node, &request).await {
             Ok(()) => Ok(self.step_to(ExecutionStep::WorkspaceReady)),
-            Err(e) if e.category.is_retryable() => Ok(self.poll()),
+            Err(e) if e.category.is_retryable() => {
+                // A refused or timed-out request and a health probe the agent does not
+                // answer either: the agent is gone, and polling it would hold the task
+                // until the stuck-task sweep. Anything else is tried again.
+                if let Ok(None) = self.node_agent.health(&node).await {
+                    tracing::info!(task = %task.id, node = %node.id, error = %e, "the node's agent does not answer; moving the task");
+                    return self
+                        .lose_node(task, &node, NodeLoss::AgentUnreachable)
+                        .await;
+                }
+                Ok(self.poll())
+            }
             Err(e) => self.fail(task, e.category, &e.message).await,
         }
     }

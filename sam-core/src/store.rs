@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::boot::NodeBootRecord;
 use crate::control::LayerSettings;
 use crate::credential::{CredentialOwner, CredentialRecord, CredentialTarget};
 use crate::error::{ErrorCategory, StoreError};
@@ -158,6 +159,11 @@ pub struct TaskRecord {
     /// the backoff before the next pass.
     #[serde(default)]
     pub capacity_passes: u32,
+    /// How many times the task moved off a node it lost (a failed boot, a VM that
+    /// vanished or failed, an agent that does not answer); bounded by
+    /// [`crate::ControlPlaneConfig::node_replacements`].
+    #[serde(default)]
+    pub node_replacements: u32,
     /// When `execution_step` last changed; the clock of the current wait.
     pub step_started_at: DateTime<Utc>,
     /// The error a failed task ended with.
@@ -225,6 +231,8 @@ pub struct TaskUpdate {
     pub provisioning_started_at: Option<Option<DateTime<Utc>>>,
     /// Full capacity passes so far.
     pub capacity_passes: Option<u32>,
+    /// Node replacements so far.
+    pub node_replacements: Option<u32>,
     /// What the task left in its repository.
     pub output: Option<Option<TaskOutput>>,
 }
@@ -319,6 +327,9 @@ pub struct NodeBeat {
     pub at: DateTime<Utc>,
     /// The agent's version, when the beat is its ready callback.
     pub ready_version: Option<String>,
+    /// The node's boot timeline, as its ready callback reported it; empty for a
+    /// heartbeat (and for a ready callback without one).
+    pub boot_timeline: Vec<crate::boot::BootPhaseRecord>,
 }
 
 /// A node as persisted.
@@ -366,6 +377,11 @@ pub struct NodeRecord {
     /// platform's provider cannot look those VMs up.
     #[serde(default)]
     pub address: Option<String>,
+    /// What the node reported of its boot: the timeline of its phases, and why it
+    /// failed when it did. Never cleared: a row written without a timeline or a
+    /// failure keeps the stored one.
+    #[serde(default)]
+    pub boot: NodeBootRecord,
     /// When the row was written.
     pub created_at: DateTime<Utc>,
     /// When the row last changed.
@@ -529,6 +545,10 @@ pub use crate::api_token::ApiTokenRecord;
 ///   location, when given) are claimed.
 /// - **Nodes keep their credential owner**: `put_node` and every read round-trip
 ///   [`NodeRecord::credential_owner`], `None` included.
+/// - **A node's boot record is never cleared**: `put_node` round-trips
+///   [`NodeRecord::boot`], and a row written without a boot timeline (or without a
+///   boot failure) keeps the one stored, so a writer holding a row read before the
+///   node reported its boot cannot erase the report.
 /// - **`reserve_workspace_slot` never over-commits**: in one transaction it checks
 ///   the node's capacity minus the reservations of its workspaces that hold a slot
 ///   with [`crate::reservation::check_slot`], and writes the workspace only if that
@@ -546,8 +566,9 @@ pub use crate::api_token::ApiTokenRecord;
 ///   workspace becomes `warm` with `warm_since` set; otherwise nothing changes.
 /// - **`record_node_beat` touches only liveness**: it sets `last_heartbeat_at` and
 ///   `updated_at`, turns a `stale` node `healthy`, and for a ready callback also sets
-///   `status` `running`, `health` `healthy`, `agent_version` and `ready_at` (kept when
-///   set), in one statement; it never changes `lifecycle`, `warm_since` or anything
+///   `status` `running`, `health` `healthy`, `agent_version`, `ready_at` (kept when
+///   set) and, when the beat carries one, the boot record's timeline (its failure
+///   kept), in one statement; it never changes `lifecycle`, `warm_since` or anything
 ///   else, so a beat racing a warm claim or release cannot undo it.
 /// - **`mark_node_stale` is conditional**: only a `healthy` node whose last heartbeat
 ///   is older than `beat_before` becomes `stale` (with `updated_at`), in one

@@ -108,12 +108,13 @@ impl ControlPlane {
                 t.task_absolute.as_secs() / 3600
             ));
         }
+        let stuck_queued = t.stuck_queued_after(task.node_replacements);
         match task.status {
-            TaskStatus::Queued if age > t.stuck_queued() => Some(format!(
+            TaskStatus::Queued if age > stuck_queued => Some(format!(
                 "The task was stuck in {} (\"{}\") for over {}: waiting for capacity, the server and its agent took longer than their limits allow.",
                 task.execution_step,
                 task.execution_step.label(),
-                minutes(t.stuck_queued())
+                minutes(stuck_queued)
             )),
             TaskStatus::Delegated if elapsed(task.step_started_at, now) > t.stuck_delegated() => {
                 Some(format!(

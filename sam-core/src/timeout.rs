@@ -110,6 +110,17 @@ impl TimeoutPolicy {
             .saturating_add(self.queued_grace)
     }
 
+    /// [`TimeoutPolicy::stuck_queued`] for a task that moved off `replacements`
+    /// lost nodes: each replacement node gets its whole boot time again (the
+    /// longer of `node_provisioning` and `agent_ready`), since the task may have
+    /// lost its node at the end of the previous one's.
+    pub fn stuck_queued_after(&self, replacements: u32) -> Duration {
+        self.node_provisioning
+            .max(self.agent_ready)
+            .saturating_mul(replacements)
+            .saturating_add(self.stuck_queued())
+    }
+
     /// When the sweep fails a task still delegated (waiting for its workspace):
     /// `workspace_ready` plus `delegated_grace`.
     pub fn stuck_delegated(&self) -> Duration {

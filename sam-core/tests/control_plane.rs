@@ -685,20 +685,22 @@ async fn callbacks_check_scope_and_subject() {
     let other = sam_core::NodeId::new("n-other").unwrap();
     let wrong_subject = h.cp.issue_node_token(&other);
     let err =
-        h.cp.node_ready(wrong_subject.expose(), &node, "1.0")
+        h.cp.node_ready(wrong_subject.expose(), &node, "1.0", &[])
             .await
             .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::AuthError);
     let ws_token =
         h.cp.issue_workspace_token(&sam_core::WorkspaceId::new(node.as_str()).unwrap());
     assert!(
-        h.cp.node_ready(ws_token.expose(), &node, "1.0")
+        h.cp.node_ready(ws_token.expose(), &node, "1.0", &[])
             .await
             .is_err()
     );
     // The right token moves the task on.
     let token = h.cp.issue_node_token(&node);
-    h.cp.node_ready(token.expose(), &node, "1.0").await.unwrap();
+    h.cp.node_ready(token.expose(), &node, "1.0", &[])
+        .await
+        .unwrap();
     let task = h.run(&id, HOUR).await;
     assert_eq!(task.status, TaskStatus::Completed);
 }
@@ -1651,4 +1653,406 @@ async fn a_step_longer_than_its_lease_is_not_driven_twice() {
     assert_eq!(h.creates().len(), 1, "{:?}", h.provider.calls());
     stop.send(()).unwrap();
     running.await.unwrap();
+}
+
+/// What `report-boot-failure.sh` reports for a boot that failed in `packages`
+/// (exit status 100, apt-get's), once the callback route has read its journal.
+fn packages_failed() -> sam_core::BootFailureReport {
+    let at = |s: i64| chrono::DateTime::from_timestamp(1_765_000_000 + s, 0).unwrap();
+    sam_core::BootFailureReport {
+        phase: "packages".into(),
+        exit_status: 100,
+        journal: vec![
+            "PHASE START: swap".into(),
+            "PHASE END: swap".into(),
+            "PHASE START: packages".into(),
+            "PHASE FAILED: packages (exit 100)".into(),
+        ],
+        timeline: vec![
+            sam_core::BootPhaseRecord {
+                phase: "swap".into(),
+                started_at: at(0),
+                ended_at: Some(at(2)),
+                failed: false,
+            },
+            sam_core::BootPhaseRecord {
+                phase: "packages".into(),
+                started_at: at(2),
+                ended_at: None,
+                failed: false,
+            },
+        ],
+    }
+}
+
+impl Harness {
+    /// The node the task is recorded on, read back.
+    async fn task_node(&self, id: &TaskId) -> sam_core::NodeRecord {
+        let task = self.store.get_task(id).await.unwrap().unwrap();
+        let node = task.provisioned_node_id.expect("the task names a node");
+        self.store.get_node(&node).await.unwrap().unwrap()
+    }
+
+    /// Reports a failed boot of `node` with its own token.
+    async fn boot_failed(&self, node: &sam_core::NodeId) {
+        let token = self.cp.issue_node_token(node);
+        self.cp
+            .node_boot_failed(token.expose(), node, &packages_failed())
+            .await
+            .unwrap();
+    }
+}
+
+/// A script for a node whose agent never comes up.
+fn never_ready() -> FakeAgentScript {
+    FakeAgentScript {
+        ready_after_probes: None,
+        ..FakeAgentScript::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_boot_failure_moves_the_task_to_a_new_node_and_deletes_the_first_vm() {
+    let h = harness(config("d1"));
+    h.agent.set_script(never_ready());
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+    let first = h.task_node(&id).await;
+    let first_vm = first.vm_id.clone().unwrap();
+    h.boot_failed(&first.id).await;
+    h.agent.set_script(FakeAgentScript::default());
+
+    // The callback itself records the failure and deletes the VM.
+    let failed = h.store.get_node(&first.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, sam_core::NodeStatus::Deleted);
+    let failure = failed.boot.failure.clone().expect("the failure is kept");
+    assert_eq!(
+        (failure.phase.as_str(), failure.exit_status),
+        ("packages", 100)
+    );
+    assert_eq!(failure.journal.len(), 4);
+    let failed_phases: Vec<(&str, bool)> = failed
+        .boot
+        .timeline
+        .iter()
+        .map(|p| (p.phase.as_str(), p.failed))
+        .collect();
+    assert_eq!(failed_phases, [("swap", false), ("packages", true)]);
+    assert!(h.provider.vms().iter().all(|vm| vm.id != first_vm));
+
+    let before = tokio::time::Instant::now();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert!(
+        before.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        before.elapsed()
+    );
+    assert_eq!(task.node_replacements, 1);
+    assert_ne!(task.provisioned_node_id.as_ref(), Some(&first.id));
+    assert!(
+        task.workspace_id.as_ref().unwrap().as_str().ends_with("-1"),
+        "a fresh workspace on the new node: {:?}",
+        task.workspace_id
+    );
+    assert_eq!(h.provider.vms().len(), 1, "only the replacement runs");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_boot_failure_fails_the_task_naming_the_phase_and_status() {
+    let h = harness(config("d1"));
+    h.agent.set_script(never_ready());
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+    let first = h.task_node(&id).await;
+    h.boot_failed(&first.id).await;
+    for _ in 0..20 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let task = h.store.get_task(&id).await.unwrap().unwrap();
+        if task
+            .provisioned_node_id
+            .as_ref()
+            .is_some_and(|n| n != &first.id)
+            && task.execution_step == ExecutionStep::NodeAgentReady
+        {
+            break;
+        }
+    }
+    let second = h.task_node(&id).await;
+    assert_ne!(second.id, first.id);
+    h.boot_failed(&second.id).await;
+    let task = h.run(&id, HOUR).await;
+    let error = failed_with(&task, "phase packages");
+    assert!(error.message.contains("exit status 100"), "{error:?}");
+    assert!(error.message.contains("replacement"), "{error:?}");
+    assert_ne!(error.category, ErrorCategory::TransientCapacity);
+    assert!(h.provider.vms().is_empty(), "both failed VMs are deleted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_that_vanishes_or_fails_while_booting_is_replaced_within_seconds() {
+    for vanish in [true, false] {
+        let h = harness(config("d1"));
+        h.agent.queue_node_scripts([never_ready()]);
+        let id = h.cp.submit(&request(&[])).await.unwrap();
+        h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+        let first = h.task_node(&id).await;
+        let vm = first.vm_id.clone().unwrap();
+        if vanish {
+            h.provider.delete_vm(&vm).await.unwrap();
+        } else {
+            assert!(h.provider.fail_vm(&vm));
+        }
+        let before = tokio::time::Instant::now();
+        let task = h.run(&id, HOUR).await;
+        assert_eq!(
+            task.status,
+            TaskStatus::Completed,
+            "vanish {vanish}: {task:?}"
+        );
+        assert!(
+            before.elapsed() < Duration::from_secs(60),
+            "vanish {vanish}"
+        );
+        assert_eq!(task.node_replacements, 1);
+        assert!(
+            h.provider.vms().iter().all(|v| v.id != vm),
+            "vanish {vanish}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_replacement_budget_is_configurable() {
+    let mut config = config("d1");
+    config.node_replacements = 0;
+    let h = harness(config);
+    h.agent.queue_node_scripts([never_ready()]);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+    let vm = h.task_node(&id).await.vm_id.unwrap();
+    assert!(h.provider.fail_vm(&vm));
+    let task = h.run(&id, HOUR).await;
+    let error = failed_with(&task, "no replacement server");
+    assert!(
+        error.message.contains("reports the server's VM as failed"),
+        "{error:?}"
+    );
+    assert!(h.provider.vms().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_node_whose_agent_died_hands_the_task_to_a_new_node_within_seconds() {
+    let h = harness(config("d1"));
+    let first = h.submit_and_run(&[]).await;
+    assert_eq!(first.status, TaskStatus::Completed);
+    let dead = first.provisioned_node_id.clone().unwrap();
+    h.agent.kill(&dead);
+    let before = tokio::time::Instant::now();
+    let task = h.submit_and_run(&[]).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert!(
+        before.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        before.elapsed()
+    );
+    assert_ne!(task.provisioned_node_id.as_ref(), Some(&dead));
+    assert_eq!(task.node_replacements, 1);
+    let node = h.store.get_node(&dead).await.unwrap().unwrap();
+    assert_eq!(
+        node.status,
+        sam_core::NodeStatus::Deleted,
+        "the dead node nobody else used is destroyed"
+    );
+    // The slot reserved on the dead node is free again.
+    let held: Vec<_> = h
+        .store
+        .list_workspaces(&dead)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.status.holds_slot())
+        .collect();
+    assert!(held.is_empty(), "{held:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_gone_stale_before_workspace_creation_is_left_for_another() {
+    let h = harness(config("d1"));
+    let first = h.submit_and_run(&[]).await;
+    let warm = first.provisioned_node_id.clone().unwrap();
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.cp.tick().await.unwrap();
+    let task = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.execution_step, ExecutionStep::WorkspaceCreation);
+    assert_eq!(task.provisioned_node_id.as_ref(), Some(&warm));
+    // Its heartbeats stop, and the sweep marks it stale before the task goes on.
+    tokio::time::advance(Duration::from_secs(10 * 60)).await;
+    assert_eq!(h.cp.sweep().await.unwrap().nodes_stale, 1);
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_ne!(task.provisioned_node_id.as_ref(), Some(&warm));
+    let on_warm = h
+        .agent
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            matches!(c, sam_core::testkit::node_agent::FakeAgentCall::CreateWorkspace(n, _) if n == &warm)
+        })
+        .count();
+    assert_eq!(
+        on_warm, 1,
+        "only the first task's workspace was created there"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_agent_on_a_shared_node_marks_it_stale_and_leaves_it_to_its_tasks() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        session: SessionReport::Running,
+        ..FakeAgentScript::default()
+    });
+    let first = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&first, ExecutionStep::Running).await;
+    let shared = h.task_node(&first).await.id;
+    h.agent.kill(&shared);
+    let second = h.cp.submit(&request(&[])).await.unwrap();
+    let moved = h.until_step(&second, ExecutionStep::Running).await;
+    assert_ne!(moved.provisioned_node_id.as_ref(), Some(&shared));
+    assert_eq!(moved.node_replacements, 1);
+    let tried = h.agent.calls().into_iter().any(|c| {
+        matches!(c, sam_core::testkit::node_agent::FakeAgentCall::CreateWorkspace(n, _) if n == shared)
+    });
+    assert!(tried, "the second task was placed on the shared node first");
+    let node = h.store.get_node(&shared).await.unwrap().unwrap();
+    assert_eq!(node.health, sam_core::NodeHealth::Stale);
+    assert_ne!(
+        node.status,
+        sam_core::NodeStatus::Deleted,
+        "its other task still runs there"
+    );
+    let first = h.store.get_task(&first).await.unwrap().unwrap();
+    assert_eq!(first.status, TaskStatus::InProgress);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_that_vanishes_while_it_is_created_is_replaced_after_the_grace() {
+    let h = harness(config("d1"));
+    // The first create is accepted but does not run yet.
+    h.provider.script(
+        FakeOp::PollCreate,
+        std::iter::repeat_n(FakeOutcome::Fail(ErrorCategory::Transient), 3),
+    );
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let mut vm = None;
+    for _ in 0..20 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        vm = h.provider.vms().first().map(|v| v.id.clone());
+        if vm.is_some() {
+            break;
+        }
+    }
+    let vm = vm.expect("the first VM was created");
+    h.provider.delete_vm(&vm).await.unwrap();
+    let before = tokio::time::Instant::now();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.node_replacements, 1);
+    let took = before.elapsed();
+    assert!(
+        took >= sam_core::VANISHED_GRACE - Duration::from_secs(5)
+            && took < Duration::from_secs(120),
+        "replaced after the grace, not at the provisioning timeout: {took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_vm_is_replaced_only_once_it_is_deleted() {
+    let h = harness(config("d1"));
+    h.agent.queue_node_scripts([never_ready()]);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+    let vm = h.task_node(&id).await.vm_id.unwrap();
+    assert!(h.provider.fail_vm(&vm));
+    h.provider.script(
+        FakeOp::DeleteVm,
+        [
+            FakeOutcome::Fail(ErrorCategory::Transient),
+            FakeOutcome::Fail(ErrorCategory::Transient),
+        ],
+    );
+    for _ in 0..200 {
+        h.cp.tick().await.unwrap();
+        assert!(
+            h.provider.vms().len() <= 1,
+            "a replacement was created while the lost VM still ran: {:?}",
+            h.provider.vms()
+        );
+        if h.store
+            .get_task(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .is_terminal()
+        {
+            break;
+        }
+        tokio::time::advance(h.cp.config().poll_interval).await;
+    }
+    let task = h.store.get_task(&id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.node_replacements, 1);
+    let deletes = h
+        .provider
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, FakeCall::DeleteVm(v) if v == &vm))
+        .count();
+    assert_eq!(
+        deletes, 3,
+        "two refused deletes, then the one that went through"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_on_a_replacement_node_gets_its_whole_boot_time_before_the_stuck_sweep() {
+    let h = harness(config("d1"));
+    // The first boot fails after 14 minutes; the replacement takes 14 more.
+    let slow = FakeAgentScript {
+        ready_after_probes: Some(420),
+        ..FakeAgentScript::default()
+    };
+    h.agent.queue_node_scripts([never_ready(), slow]);
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    h.until_step(&id, ExecutionStep::NodeAgentReady).await;
+    let first = h.task_node(&id).await;
+    let poll = h.cp.config().poll_interval;
+    for _ in 0..420 {
+        h.cp.tick().await.unwrap();
+        tokio::time::advance(poll).await;
+    }
+    h.boot_failed(&first.id).await;
+    let mut ticks = 0u32;
+    let task = loop {
+        h.cp.tick().await.unwrap();
+        if ticks.is_multiple_of(15) {
+            h.cp.sweep().await.unwrap();
+        }
+        let task = h.store.get_task(&id).await.unwrap().unwrap();
+        if task.status.is_terminal() || ticks > 3600 {
+            break task;
+        }
+        tokio::time::advance(poll).await;
+        ticks += 1;
+    };
+    assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+    let took = (task.updated_at - task.created_at).to_std().unwrap();
+    assert!(
+        took > h.cp.config().timeouts.stuck_queued(),
+        "the run outlasted the plain stuck-queued threshold ({took:?}), so the test shows something"
+    );
 }

@@ -5,8 +5,9 @@
 //! with random requirements and explicit or default sizes and locations, and faults:
 //! sold-out sizes, rate limits with `Retry-After`, 5xx errors, creates whose response
 //! is lost, creates that fail later in their action, agents that never call back,
-//! agents that crash, heartbeats that stop, and control planes that crash at a fail
-//! point and are replaced by another.
+//! agents that crash, heartbeats that stop, nodes lost while they boot (a reported
+//! boot failure, a VM the provider reports failed), and control planes that crash
+//! at a fail point and are replaced by another.
 //! After every step the simulation checks that no task has two VMs, that placement
 //! never over-commits a node, that explicit sizes never descend, that every
 //! downgrade is recorded, and that every retry stays inside its budget; at the end,
@@ -64,6 +65,8 @@ struct Scenario {
     crashes: Vec<(Duration, &'static str)>,
     /// Chance that a node's heartbeats stop at some point.
     silent_share: f64,
+    /// Chance that a booting node is lost (its boot fails, or its VM fails).
+    loss_share: f64,
 }
 
 fn pick<T: Clone>(rng: &mut TestRng, items: &[T]) -> T {
@@ -224,6 +227,7 @@ fn generate(seed: u64) -> Scenario {
         agents,
         crashes,
         silent_share: pick(&mut rng, &[0.0, 0.2, 0.5]),
+        loss_share: pick(&mut rng, &[0.0, 0.0, 0.3, 0.6]),
     }
 }
 
@@ -236,6 +240,8 @@ struct Run {
     broken: Vec<String>,
     tasks: usize,
     crashes: usize,
+    /// Booting nodes lost on purpose.
+    losses: usize,
 }
 
 struct Sim {
@@ -254,6 +260,8 @@ struct Sim {
     broken: Vec<String>,
     /// When each node's heartbeats stop (`None`: never), decided when first seen.
     heartbeats: BTreeMap<String, Option<Duration>>,
+    /// The booting nodes already judged for loss.
+    judged: BTreeSet<String>,
     node_rng: TestRng,
     /// Provider calls already attributed to a moment.
     calls_seen: usize,
@@ -296,6 +304,7 @@ impl Sim {
             trace: Vec::new(),
             broken: Vec::new(),
             heartbeats: BTreeMap::new(),
+            judged: BTreeSet::new(),
             node_rng: TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
             calls_seen: 0,
             create_times: Vec::new(),
@@ -389,14 +398,17 @@ impl Sim {
         }
     }
 
-    async fn heartbeat(&mut self) {
-        let now = self.elapsed();
-        let nodes = self
-            .store
+    /// Every node row.
+    async fn all_nodes(&self) -> Vec<sam_core::NodeRecord> {
+        self.store
             .list_nodes(&NodeFilter::default())
             .await
-            .expect("list nodes");
-        for node in nodes {
+            .expect("list nodes")
+    }
+
+    async fn heartbeat(&mut self) {
+        let now = self.elapsed();
+        for node in self.all_nodes().await {
             if node.ready_at.is_none() || !node.status.is_live() {
                 continue;
             }
@@ -421,6 +433,59 @@ impl Sim {
                 self.broke(format!("a heartbeat of node {} failed: {e}", node.id));
             }
         }
+    }
+
+    /// Loses some booting nodes, once each when first seen booting: the node reports
+    /// a failed boot through the control plane's callback, or the provider reports
+    /// its VM failed.
+    ///
+    /// Returns `false` when the control plane crashed in the callback (a crash
+    /// window armed inside its node deletion).
+    async fn lose_nodes(&mut self) -> bool {
+        for node in self.all_nodes().await {
+            if node.ready_at.is_some()
+                || node.status != NodeStatus::Running
+                || !self.judged.insert(node.id.to_string())
+            {
+                continue;
+            }
+            let share = self.scenario.loss_share;
+            if !self.node_rng.random_bool(share) {
+                continue;
+            }
+            if self.node_rng.random_bool(0.5) {
+                let token = self.cp.issue_node_token(&node.id);
+                let report = sam_core::BootFailureReport {
+                    phase: "packages".into(),
+                    exit_status: 100,
+                    journal: vec!["PHASE FAILED: packages (exit 100)".into()],
+                    timeline: Vec::new(),
+                };
+                self.trace
+                    .push(format!("{:?} boot failed {}", self.elapsed(), node.id));
+                let cp = self.cp.clone();
+                let id = node.id.clone();
+                let joined =
+                    tokio::spawn(
+                        async move { cp.node_boot_failed(token.expose(), &id, &report).await },
+                    )
+                    .await;
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => self.broke(format!(
+                        "the boot failure of node {} was refused: {e}",
+                        node.id
+                    )),
+                    Err(e) if e.is_panic() => return false,
+                    Err(e) => panic!("the callback task ended oddly: {e}"),
+                }
+            } else if let Some(vm) = &node.vm_id {
+                self.trace
+                    .push(format!("{:?} VM failed {}", self.elapsed(), node.id));
+                self.provider.fail_vm(vm);
+            }
+        }
+        true
     }
 
     /// Attributes new provider calls to this moment.
@@ -541,7 +606,14 @@ impl Sim {
         // Every retry stays inside its budget: no create for a task once its
         // capacity wait and one provisioning attempt are over, and none before a
         // `Retry-After` ran out.
-        let creates_budget = t.capacity_wait + t.node_provisioning + config.poll_interval * 2;
+        // A task that lost a node creates its replacement when it notices the loss,
+        // at most one boot (the longer of provisioning and agent ready) later.
+        let creates_budget = |replacements: u32| {
+            t.capacity_wait
+                + t.node_provisioning
+                + config.poll_interval * 2
+                + (t.node_provisioning.max(t.agent_ready) + config.poll_interval * 2) * replacements
+        };
         let scripted: Vec<FakeOutcome> = self
             .scenario
             .scripts
@@ -576,17 +648,20 @@ impl Sim {
                 let age = (self.start + chrono::Duration::from_std(*at).unwrap() - task.created_at)
                     .to_std()
                     .unwrap_or_default();
-                if age > creates_budget {
+                let budget = creates_budget(task.node_replacements);
+                if age > budget {
                     self.broke(format!(
-                        "task {} created a VM {age:?} after submission, past its budget of {creates_budget:?}",
+                        "task {} created a VM {age:?} after submission, past its budget of {budget:?}",
                         task.id
                     ));
                 }
             }
         }
         // Every task ended within the thresholds of the waits it went through.
-        let bound = t.stuck_queued() + t.stuck_delegated() + config.poll_interval * 30;
         for task in &tasks {
+            let bound = t.stuck_queued_after(task.node_replacements)
+                + t.stuck_delegated()
+                + config.poll_interval * 30;
             let took = (task.updated_at - task.created_at)
                 .to_std()
                 .unwrap_or_default();
@@ -671,7 +746,10 @@ impl Sim {
                 self.heartbeat().await;
             }
             let mut alive = true;
-            if ticks.is_multiple_of(15) {
+            if ticks.is_multiple_of(7) {
+                alive = self.lose_nodes().await;
+            }
+            if alive && ticks.is_multiple_of(15) {
                 alive = self.step(true).await;
             }
             if alive {
@@ -706,11 +784,17 @@ impl Sim {
         self.record_calls();
         self.check_end().await;
         self.drain_events();
+        let losses = self
+            .trace
+            .iter()
+            .filter(|l| l.contains(" boot failed ") || l.contains(" VM failed "))
+            .count();
         Run {
             trace: self.trace,
             broken: self.broken,
             tasks: submitted,
             crashes: crashed,
+            losses,
         }
     }
 }
@@ -742,7 +826,7 @@ fn seeded_simulations_keep_every_promise() {
         None => (0..env_u64("SAM_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
     };
     let started = std::time::Instant::now();
-    let (mut tasks, mut crashes) = (0, 0);
+    let (mut tasks, mut crashes, mut losses) = (0, 0, 0);
     let mut failures = String::new();
     for &seed in &seeds {
         let run = std::panic::catch_unwind(|| run_seed(seed));
@@ -756,6 +840,7 @@ fn seeded_simulations_keep_every_promise() {
             Ok(run) if run.broken.is_empty() => {
                 tasks += run.tasks;
                 crashes += run.crashes;
+                losses += run.losses;
             }
             Ok(run) => {
                 let _ = writeln!(failures, "seed={seed}: {:#?}", run.broken);
@@ -774,7 +859,7 @@ fn seeded_simulations_keep_every_promise() {
     }
     scenario.teardown();
     eprintln!(
-        "simulation: {} seeds, {tasks} tasks, {crashes} control-plane crashes, {:.1?}",
+        "simulation: {} seeds, {tasks} tasks, {crashes} control-plane crashes, {losses} nodes lost while booting, {:.1?}",
         seeds.len(),
         started.elapsed()
     );

@@ -151,6 +151,18 @@ impl FakeProvider {
         );
     }
 
+    /// Puts VM `id` in the `failed` state from now on, as a provider reports a VM
+    /// whose host failed; `false` when there is no such VM.
+    pub fn fail_vm(&self, id: &VmId) -> bool {
+        match self.lock().vms.get_mut(id) {
+            Some(fake) => {
+                fake.instance.state = VmState::Failed;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<FakeCall> {
         self.lock().calls.clone()

@@ -74,6 +74,7 @@
 //!     lease_expires_at: None,
 //!     provisioning_started_at: None,
 //!     capacity_passes: 0,
+//!     node_replacements: 0,
 //!     output: None,
 //!     step_started_at: now,
 //!     error: None,

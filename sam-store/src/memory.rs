@@ -159,6 +159,9 @@ fn apply_update(task: &mut TaskRecord, update: &TaskUpdate, at: DateTime<Utc>) {
     if let Some(passes) = update.capacity_passes {
         task.capacity_passes = passes;
     }
+    if let Some(replacements) = update.node_replacements {
+        task.node_replacements = replacements;
+    }
     set(&mut task.output, &update.output);
     task.updated_at = at;
 }
@@ -329,7 +332,18 @@ impl Store for MemoryStore {
     }
 
     async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.state().set_node(node.clone());
+        let mut state = self.state();
+        let mut node = node.clone();
+        // A boot record is never cleared by a row read before it was reported.
+        if let Some(stored) = state.nodes.get(&node.id) {
+            if node.boot.timeline.is_empty() {
+                node.boot.timeline.clone_from(&stored.boot.timeline);
+            }
+            if node.boot.failure.is_none() {
+                node.boot.failure.clone_from(&stored.boot.failure);
+            }
+        }
+        state.set_node(node);
         Ok(())
     }
 
@@ -374,6 +388,9 @@ impl Store for MemoryStore {
             node.health = NodeHealth::Healthy;
             node.ready_at.get_or_insert(beat.at);
             node.agent_version = Some(version.clone());
+            if !beat.boot_timeline.is_empty() {
+                node.boot.timeline.clone_from(&beat.boot_timeline);
+            }
         }
         Ok(())
     }

@@ -80,6 +80,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 6,
             sql: include_str!("../migrations/postgres/0006_api_token_records.sql"),
         },
+        Migration {
+            version: 7,
+            sql: include_str!("../migrations/postgres/0007_node_boot.sql"),
+        },
     ],
 };
 
@@ -249,7 +253,9 @@ mod upgrade {
              ALTER TABLE tasks DROP COLUMN status_actor, DROP COLUMN status_reason; \
              DROP INDEX api_tokens_by_creation; ALTER TABLE api_tokens DROP COLUMN kind, \
              DROP COLUMN last_used_at, DROP COLUMN expires_at, DROP COLUMN revoked_at; \
-             DELETE FROM sam_store_migrations WHERE version IN (5, 6);",
+             ALTER TABLE nodes DROP COLUMN boot_timeline, DROP COLUMN boot_failure; \
+             ALTER TABLE tasks DROP COLUMN node_replacements; \
+             DELETE FROM sam_store_migrations WHERE version IN (5, 6, 7);",
         )
         .await;
 

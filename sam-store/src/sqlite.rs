@@ -90,6 +90,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 6,
             sql: include_str!("../migrations/sqlite/0006_api_token_records.sql"),
         },
+        Migration {
+            version: 7,
+            sql: include_str!("../migrations/sqlite/0007_node_boot.sql"),
+        },
     ],
 };
 

@@ -151,7 +151,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 6
+                supported: 7
             }
         ),
         "{err:?}"
@@ -204,7 +204,9 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
          DROP INDEX api_tokens_by_creation; ALTER TABLE api_tokens DROP COLUMN kind; \
          ALTER TABLE api_tokens DROP COLUMN last_used_at; ALTER TABLE api_tokens DROP COLUMN expires_at; \
          ALTER TABLE api_tokens DROP COLUMN revoked_at; \
-         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5, 6);",
+         ALTER TABLE nodes DROP COLUMN boot_timeline; ALTER TABLE nodes DROP COLUMN boot_failure; \
+         ALTER TABLE tasks DROP COLUMN node_replacements; \
+         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5, 6, 7);",
     )
     .await;
     let store = SqliteStore::new(&SqliteConfig::new(&path))
@@ -226,6 +228,16 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
         old.credential_owner, None,
         "a node written before credential owners were recorded ran on the platform's"
     );
+    assert!(
+        old.boot.is_empty(),
+        "a node written before boot records reads with an empty one"
+    );
+    let old_task = store
+        .get_task(&task_id("t-old"))
+        .await
+        .expect("read")
+        .expect("the task is kept");
+    assert_eq!(old_task.node_replacements, 0);
     let project = sam_core::testkit::fixtures::project("p-1", 0);
     store
         .put_project(&project)

@@ -38,6 +38,7 @@ fn node(
         created_for: None,
         credential_owner: None,
         address: None,
+        boot: crate::boot::NodeBootRecord::default(),
         created_at: at,
         updated_at: at,
     }

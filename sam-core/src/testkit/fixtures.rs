@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 
+use crate::boot::NodeBootRecord;
 use crate::error::ErrorCategory;
 use crate::github::{
     ExternalInstallationId, GithubAccess, GithubInstallation, InstallationKey, PullRequestMode,
@@ -96,6 +97,7 @@ pub fn task(id: &str, created: i64) -> TaskRecord {
         lease_expires_at: None,
         provisioning_started_at: None,
         capacity_passes: 0,
+        node_replacements: 0,
         step_started_at: at(created),
         error: None,
         output: None,
@@ -248,6 +250,7 @@ pub fn node(id: &str, created: i64) -> NodeRecord {
         created_for: Some(task_id("task-origin")),
         credential_owner: None,
         address: Some("192.0.2.10".into()),
+        boot: NodeBootRecord::default(),
         created_at: at(created),
         updated_at: at(created),
     }

@@ -71,6 +71,8 @@ struct State {
     assigned: HashMap<NodeId, FakeAgentScript>,
     workspace_requests: Vec<WorkspaceRequest>,
     session_requests: Vec<SessionRequest>,
+    /// Nodes whose agent no longer answers.
+    dead: std::collections::HashSet<NodeId>,
 }
 
 /// A [`NodeAgent`] whose VM agents follow a [`FakeAgentScript`], answering at once.
@@ -102,6 +104,17 @@ impl FakeNodeAgent {
             .expect("state lock")
             .queued
             .extend(scripts);
+    }
+
+    /// Makes `node`'s agent stop answering, as a killed VM agent does through
+    /// `HttpNodeAgent`: its health probe is "not reachable" (`Ok(None)`) and every
+    /// other call a `transient` failure, as a refused connection is.
+    pub fn kill(&self, node: &NodeId) {
+        self.state
+            .lock()
+            .expect("state lock")
+            .dead
+            .insert(node.clone());
     }
 
     /// Every call so far.
@@ -148,6 +161,9 @@ impl NodeAgent for FakeNodeAgent {
         let mut state = self.state.lock().expect("state lock");
         let script = self.script(&mut state, &node.id);
         state.calls.push(FakeAgentCall::Health(node.id.clone()));
+        if state.dead.contains(&node.id) {
+            return Ok(None);
+        }
         let probes = state.probes.entry(node.id.clone()).or_default();
         let ready = script.ready_after_probes.is_some_and(|n| *probes >= n);
         *probes += 1;
@@ -166,6 +182,7 @@ impl NodeAgent for FakeNodeAgent {
             node.id.clone(),
             request.workspace_id.clone(),
         ));
+        refused(&state, node)?;
         state
             .workspaces
             .insert(request.workspace_id.clone(), node.id.clone());
@@ -193,6 +210,7 @@ impl NodeAgent for FakeNodeAgent {
     ) -> Result<(), NodeAgentError> {
         let mut state = self.state.lock().expect("state lock");
         let script = self.script(&mut state, &node.id);
+        refused(&state, node)?;
         state.calls.push(FakeAgentCall::StartSession(
             node.id.clone(),
             request.workspace_id.clone(),
@@ -253,6 +271,17 @@ impl NodeAgent for FakeNodeAgent {
         state.sessions.remove(workspace);
         Ok(())
     }
+}
+
+/// The failure a call to a dead node's agent gets.
+fn refused(state: &State, node: &NodeRecord) -> Result<(), NodeAgentError> {
+    if state.dead.contains(&node.id) {
+        return Err(NodeAgentError {
+            category: crate::error::ErrorCategory::Transient,
+            message: "the VM agent did not answer: connection refused".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// A [`BootRenderer`] that renders a minimal cloud-config naming the node; it never

@@ -11,6 +11,7 @@ use futures::future::join_all;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 
+use crate::boot::{BootFailure, BootPhaseRecord, NodeBootRecord};
 use crate::credential::{CredentialOwner, CredentialTarget};
 use crate::error::{ErrorCategory, StoreErrorKind};
 use crate::github::{GithubInstallation, TaskOutput};
@@ -90,6 +91,7 @@ macro_rules! store_conformance {
             release_lease_by_another_writes_nothing,
             terminal_transition_clears_wake_and_lease,
             record_node_beat_touches_only_liveness,
+            node_boot_record_round_trips_and_is_never_cleared,
             stopped_workspace_stays_stopped,
             mark_node_stale_is_conditional,
             put_node_replaces_and_round_trips,
@@ -609,6 +611,7 @@ pub async fn update_task_sets_and_clears(store: &dyn Store) {
         next_wake_at: Some(Some(at(40))),
         provisioning_started_at: Some(Some(at(30))),
         capacity_passes: Some(2),
+        node_replacements: Some(3),
         output: Some(Some(TaskOutput {
             branch: "sam/fix-1".into(),
             commit: Some("abc123".into()),
@@ -629,6 +632,7 @@ pub async fn update_task_sets_and_clears(store: &dyn Store) {
         next_wake_at: Some(at(40)),
         provisioning_started_at: Some(at(30)),
         capacity_passes: 2,
+        node_replacements: 3,
         output: Some(TaskOutput {
             branch: "sam/fix-1".into(),
             commit: Some("abc123".into()),
@@ -1023,6 +1027,7 @@ async fn beat(store: &dyn Store, id: &str, secs: i64, ready_version: Option<&str
     let beat = NodeBeat {
         at: at(secs),
         ready_version: ready_version.map(str::to_owned),
+        boot_timeline: Vec::new(),
     };
     store
         .record_node_beat(&node_id(id), &beat)
@@ -1033,6 +1038,105 @@ async fn beat(store: &dyn Store, id: &str, secs: i64, ready_version: Option<&str
         .await
         .expect("get")
         .expect("exists")
+}
+
+/// Reads node `id`, which must exist.
+async fn must_get_node(store: &dyn Store, id: &str) -> NodeRecord {
+    store
+        .get_node(&node_id(id))
+        .await
+        .expect("get_node")
+        .expect("the node exists")
+}
+
+/// A node's boot record round-trips, a ready beat sets its timeline (keeping a
+/// failure), and a row written without one keeps the stored record.
+pub async fn node_boot_record_round_trips_and_is_never_cleared(store: &dyn Store) {
+    let phase = |name: &str, start: i64, end: Option<i64>, failed: bool| BootPhaseRecord {
+        phase: name.into(),
+        started_at: at(start),
+        ended_at: end.map(at),
+        failed,
+    };
+    let failed = NodeRecord {
+        boot: NodeBootRecord {
+            timeline: vec![
+                phase("swap", 1, Some(2), false),
+                phase("packages", 2, None, true),
+            ],
+            failure: Some(BootFailure {
+                phase: "packages".into(),
+                exit_status: 100,
+                journal: vec!["PHASE FAILED: packages (exit 100)".into()],
+                reported_at: at(3),
+            }),
+        },
+        ..node("failed", 1)
+    };
+    put(store, failed.clone()).await;
+    assert_eq!(
+        store.get_node(&failed.id).await.expect("get_node"),
+        Some(failed.clone()),
+        "the boot record round-trips"
+    );
+    // A writer holding the row as read before the report writes it back.
+    let stale_read = NodeRecord {
+        boot: NodeBootRecord::default(),
+        status: NodeStatus::Deleted,
+        ..failed.clone()
+    };
+    put(store, stale_read.clone()).await;
+    assert_eq!(
+        store.get_node(&failed.id).await.expect("get_node"),
+        Some(NodeRecord {
+            boot: failed.boot.clone(),
+            ..stale_read
+        }),
+        "the row changes, the boot record stays"
+    );
+
+    put(store, node("ready", 2)).await;
+    let timeline = vec![
+        phase("swap", 1, Some(2), false),
+        phase("agent", 2, Some(9), false),
+    ];
+    let beat = NodeBeat {
+        at: at(10),
+        ready_version: Some("1.0".into()),
+        boot_timeline: timeline.clone(),
+    };
+    store
+        .record_node_beat(&node_id("ready"), &beat)
+        .await
+        .expect("record_node_beat");
+    let read = must_get_node(store, "ready").await;
+    assert_eq!(
+        read.boot.timeline, timeline,
+        "a ready beat sets the timeline"
+    );
+    let heartbeat = NodeBeat {
+        at: at(20),
+        ready_version: None,
+        boot_timeline: Vec::new(),
+    };
+    store
+        .record_node_beat(&node_id("ready"), &heartbeat)
+        .await
+        .expect("record_node_beat");
+    assert_eq!(
+        must_get_node(store, "ready").await.boot.timeline,
+        timeline,
+        "a heartbeat keeps it"
+    );
+    store
+        .record_node_beat(&failed.id, &beat)
+        .await
+        .expect("record_node_beat");
+    assert_eq!(
+        must_get_node(store, "failed").await.boot.failure,
+        failed.boot.failure,
+        "a ready beat keeps a recorded failure"
+    );
 }
 
 /// A beat changes only the liveness fields: a warm node stays warm, an active one
@@ -1086,6 +1190,7 @@ pub async fn record_node_beat_touches_only_liveness(store: &dyn Store) {
     let missing = NodeBeat {
         at: at(80),
         ready_version: None,
+        boot_timeline: Vec::new(),
     };
     expect_kind(
         store.record_node_beat(&node_id("nope"), &missing).await,

@@ -82,6 +82,11 @@ fn defaults_are_valid_and_match_sam() {
     p.validate().unwrap();
     assert_eq!(p.agent_idle, Duration::from_secs(5 * 60));
     assert_eq!(p.stuck_queued(), Duration::from_secs(25 * 60));
+    assert_eq!(p.stuck_queued_after(0), p.stuck_queued());
+    assert_eq!(
+        p.stuck_queued_after(2),
+        p.stuck_queued() + 2 * p.node_provisioning.max(p.agent_ready)
+    );
     assert_eq!(p.stuck_delegated(), Duration::from_secs(31 * 60));
 }
 

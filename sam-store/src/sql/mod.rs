@@ -111,13 +111,13 @@ const TASK_COLUMNS: &str = "id, status, execution_step, spec, provider, requeste
     size_source, requested_location, location_source, requirements, reservation, placement, \
     provisioned_node_id, provisioned_size, provisioned_location, workspace_id, next_wake_at, \
     lease_owner, lease_expires_at, provisioning_started_at, step_started_at, error_category, \
-    error_message, created_at, updated_at, capacity_passes, output";
+    error_message, created_at, updated_at, capacity_passes, output, node_replacements";
 
 const INSTALLATION_COLUMNS: &str = "id, user_id, external_id, account, created_at";
 
 const NODE_COLUMNS: &str = "id, provider, vm_id, size, server_type, location, capacity, labels, \
     status, lifecycle, warm_since, health, last_heartbeat_at, agent_version, ready_at, \
-    created_for, created_at, updated_at, credential_owner, address";
+    created_for, created_at, updated_at, credential_owner, address, boot_timeline, boot_failure";
 
 const WORKSPACE_COLUMNS: &str =
     "id, node_id, task_id, status, effective_profile, reservation, created_at, updated_at";
@@ -227,7 +227,7 @@ impl<D: Dialect> SqlStore<D> {
     /// `update_existing`); the `tasks_status_created` trigger records its first status
     /// event from `status_actor` inside it.
     async fn try_create_task(&self, task: &TaskRecord) -> Result<(), Error> {
-        let placeholders: Vec<String> = (1..=28).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=29).map(|i| format!("${i}")).collect();
         let result = query(format!(
             "INSERT INTO tasks ({TASK_COLUMNS}, status_actor) VALUES ({})",
             placeholders.join(", ")
@@ -259,6 +259,7 @@ impl<D: Dialect> SqlStore<D> {
         .bind(micros(task.updated_at))
         .bind(i64::from(task.capacity_passes))
         .bind(task.output.as_ref().map(json))
+        .bind(i64::from(task.node_replacements))
         .bind(SUBMISSION_ACTOR)
         .execute(&self.writer)
         .await;
@@ -422,6 +423,7 @@ impl<D: Dialect> SqlStore<D> {
             "provisioning_started_at",
             "capacity_passes",
             "output",
+            "node_replacements",
         ];
         let fields = *update != TaskUpdate::default() || (holder.is_none() && step.is_none());
         let moves = matches!(step, Some(StepGuard::Moves(_)));
@@ -488,6 +490,9 @@ impl<D: Dialect> SqlStore<D> {
                 .bind(i64::from(update.capacity_passes.is_some()))
                 .bind(i64::from(update.capacity_passes.unwrap_or_default()));
             q = text(q, &update.output, json);
+            q = q
+                .bind(i64::from(update.node_replacements.is_some()))
+                .bind(i64::from(update.node_replacements.unwrap_or_default()));
         }
         if at_param.is_some() {
             q = q.bind(micros(at));
@@ -598,11 +603,18 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     async fn try_put_node(&self, node: &NodeRecord) -> Result<(), Error> {
-        let placeholders: Vec<String> = (1..=20).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=22).map(|i| format!("${i}")).collect();
+        // A boot record is never cleared: an empty timeline or a missing failure is
+        // written as NULL and keeps the stored one.
         let updates: Vec<String> = NODE_COLUMNS
             .split(", ")
             .skip(1)
-            .map(|c| format!("{c} = excluded.{c}"))
+            .map(|c| match c {
+                "boot_timeline" | "boot_failure" => {
+                    format!("{c} = COALESCE(excluded.{c}, nodes.{c})")
+                }
+                c => format!("{c} = excluded.{c}"),
+            })
             .collect();
         query(format!(
             "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
@@ -629,6 +641,8 @@ impl<D: Dialect> SqlStore<D> {
         .bind(micros(node.updated_at))
         .bind(rows::owner_column(node.credential_owner.as_ref()))
         .bind(node.address.clone())
+        .bind((!node.boot.timeline.is_empty()).then(|| json(&node.boot.timeline)))
+        .bind(node.boot.failure.as_ref().map(json))
         .execute(&self.writer)
         .await
         .map_err(Self::db("writing a node"))?;
@@ -908,13 +922,16 @@ impl<D: Dialect> SqlStore<D> {
              health = CASE WHEN $2 = 1 OR health = 'stale' THEN 'healthy' ELSE health END, \
              status = CASE WHEN $2 = 1 THEN 'running' ELSE status END, \
              ready_at = CASE WHEN $2 = 1 AND ready_at IS NULL THEN $1 ELSE ready_at END, \
-             agent_version = CASE WHEN $2 = 1 THEN $3 ELSE agent_version END \
+             agent_version = CASE WHEN $2 = 1 THEN $3 ELSE agent_version END, \
+             boot_timeline = CASE WHEN $2 = 1 AND $5 = 1 THEN $6 ELSE boot_timeline END \
              WHERE id = $4",
         )
         .bind(micros(beat.at))
         .bind(i64::from(beat.ready_version.is_some()))
         .bind(beat.ready_version.clone())
-        .bind(id.to_string());
+        .bind(id.to_string())
+        .bind(i64::from(!beat.boot_timeline.is_empty()))
+        .bind(json(&beat.boot_timeline));
         self.update_existing(q, "nodes", id.as_str(), "recording a node's beat")
             .await?;
         Ok(())

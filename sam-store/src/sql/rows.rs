@@ -180,6 +180,10 @@ pub(crate) fn task(row: &AnyRow) -> Result<TaskRecord, Error> {
             .opt_int("capacity_passes")?
             .map_or(Ok(0), u32::try_from)
             .map_err(|e| c.bad("capacity_passes", e))?,
+        node_replacements: c
+            .opt_int("node_replacements")?
+            .map_or(Ok(0), u32::try_from)
+            .map_err(|e| c.bad("node_replacements", e))?,
         output: c.opt_json("output")?,
     })
 }
@@ -222,6 +226,10 @@ pub(crate) fn node(row: &AnyRow) -> Result<NodeRecord, Error> {
             owner => Some(owner.parse().map_err(|e| c.bad("credential_owner", e))?),
         },
         address: c.opt_text("address")?,
+        boot: sam_core::NodeBootRecord {
+            timeline: c.opt_json("boot_timeline")?.unwrap_or_default(),
+            failure: c.opt_json("boot_failure")?,
+        },
         created_at: c.time("created_at")?,
         updated_at: c.time("updated_at")?,
     })
