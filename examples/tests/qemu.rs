@@ -163,6 +163,39 @@ async fn a_qemu_node_boots_from_the_servers_user_data_and_reports_ready() {
         started.elapsed()
     );
     assert_eq!(node["provider"], "qemu", "{node}");
+    // The boot timeline the agent reported with its ready callback: every phase
+    // ended, the agent's start last; printed for BENCHMARKS.md.
+    let timeline = node["boot"]["timeline"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let phases: Vec<&str> = timeline
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert_eq!(phases.last(), Some(&"agent-start"), "{node}");
+    for required in ["packages", "agent-download"] {
+        assert!(phases.contains(&required), "{required} missing: {phases:?}");
+    }
+    assert!(
+        timeline
+            .iter()
+            .all(|p| p["ended_at"].is_string() && p["failed"] != true),
+        "{node}"
+    );
+    let time = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or_default()
+    };
+    for phase in &timeline {
+        let _ = writeln!(
+            std::io::stderr(),
+            "qemu boot phase {:<16} {:>7.1}s",
+            phase["phase"].as_str().unwrap_or_default(),
+            (time(&phase["ended_at"]) - time(&phase["started_at"])) as f64 / 1000.0
+        );
+    }
     assert!(node["agent_version"].is_string(), "{node}");
     assert!(
         node["address"]
