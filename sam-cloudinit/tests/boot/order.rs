@@ -178,6 +178,8 @@ fn fixtures_boot_in_order() {
         let docker = boot.role == sam_cloudinit::NodeRole::Docker;
         assert_eq!(phases.contains(&Phase::Docker), docker, "{name}");
         assert_eq!(phases.contains(&Phase::ImagePull), docker, "{name}");
+        let extra_ca = boot.extra_ca_pem.is_some();
+        assert_eq!(phases.contains(&Phase::Tls), extra_ca, "{name}");
         let node = docker || !boot.agents.is_empty();
         assert_eq!(phases.contains(&Phase::Node), node, "{name}");
         assert_eq!(phases.contains(&Phase::Agents), node, "{name}");
