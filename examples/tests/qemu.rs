@@ -1,7 +1,8 @@
 //! `sam-server --provider qemu` end to end: a real VM, booted by QEMU from the
 //! user data the server renders, under Debian's cloud-init, runs every boot phase,
 //! downloads the VM agent from the server and checks its SHA-256, starts it last,
-//! and the agent reports ready through QEMU's forward to the server's loopback port.
+//! and the agent reports ready through QEMU's forward to the server's loopback port;
+//! a VM killed while it boots is replaced.
 //!
 //! Needs root, `qemu-system-x86_64`, `qemu-img`, `socat` and `debootstrap` (the image
 //! is built once into `<target>/tmp/qemu-images`, as the provider's own tests do);
@@ -66,25 +67,32 @@ fn image_dir() -> PathBuf {
     built.disk.parent().expect("in its directory").to_path_buf()
 }
 
-/// Kills every QEMU process of `dir` (the nodes stay warm after the server stops).
-fn stop_vms(dir: &Path) -> usize {
+/// The QEMU processes of `dir`.
+fn qemu_pids(dir: &Path) -> Vec<u32> {
     let needle = dir.display().to_string();
-    let mut killed = 0;
-    for pid in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = pid.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .unwrap_or_default();
-        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            killed += 1;
-        }
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .is_ok_and(|c| c.contains("qemu-system") && c.contains(&needle))
+        })
+        .collect()
+}
+
+/// Kills every QEMU process of `dir` (the nodes stay warm after the server stops);
+/// returns how many there were.
+fn stop_vms(dir: &Path) -> usize {
+    let pids = qemu_pids(dir);
+    for pid in &pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
-    killed
+    pids.len()
 }
 
 struct StopVms(PathBuf);
@@ -127,6 +135,27 @@ async fn a_qemu_node_boots_from_the_servers_user_data_and_reports_ready() {
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().expect("an id").to_owned();
 
+    // The first VM dies while it boots (QEMU killed from outside): the task moves
+    // to a replacement node instead of waiting out the agent-ready timeout.
+    let first = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let (_, nodes) = call(http.get(server.url("/v1/nodes")).bearer_auth(TOKEN)).await;
+            if let Some(id) = nodes
+                .as_array()
+                .and_then(|n| n.first())
+                .and_then(|n| n["id"].as_str())
+                && !qemu_pids(data.path()).is_empty()
+            {
+                return id.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("the first node's VM started within 2 minutes");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(stop_vms(data.path()), 1, "one VM was booting");
+
     let started = std::time::Instant::now();
     let ready = tokio::time::timeout(Duration::from_secs(900), async {
         loop {
@@ -163,6 +192,11 @@ async fn a_qemu_node_boots_from_the_servers_user_data_and_reports_ready() {
         started.elapsed()
     );
     assert_eq!(node["provider"], "qemu", "{node}");
+    assert_ne!(
+        node["id"],
+        first.as_str(),
+        "the ready node is the replacement: {node}"
+    );
     // The boot timeline the agent reported with its ready callback: every phase
     // ended, the agent's start last; printed for BENCHMARKS.md.
     let timeline = node["boot"]["timeline"]
@@ -222,6 +256,7 @@ async fn a_qemu_node_boots_from_the_servers_user_data_and_reports_ready() {
     .await
     .expect("the task ended within 5 minutes of its node's start");
     assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["node_replacements"], 1, "{task}");
     let message = task["error"]["message"]
         .as_str()
         .unwrap_or_default()

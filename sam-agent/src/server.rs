@@ -429,10 +429,28 @@ impl Shared {
     }
 }
 
+/// How long the agent waits for the boot to log its end (`ALL PHASES COMPLETE`)
+/// before it reports ready with the timeline it has. The boot starts the agent in
+/// its last phase and logs that phase's end a moment later; without the wait the
+/// ready callback could miss it (seen on a QEMU node, once in six boots).
+const BOOT_END_WAIT: Duration = Duration::from_secs(30);
+
+/// The boot timeline once the boot logged its end, or after [`BOOT_END_WAIT`].
+async fn finished_timeline(log: &std::path::Path) -> crate::Result<BootTimeline> {
+    let deadline = tokio::time::Instant::now() + BOOT_END_WAIT;
+    loop {
+        let timeline = boot::read_timeline(log).await?;
+        if timeline.complete || tokio::time::Instant::now() >= deadline {
+            return Ok(timeline);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Reports ready, then heartbeats forever.
 async fn run_node(shared: Arc<Shared>) {
     let timeline = match &shared.boot_log {
-        Some(log) => match boot::read_timeline(log).await {
+        Some(log) => match finished_timeline(log).await {
             Ok(timeline) => timeline,
             Err(e) => {
                 shared

@@ -194,10 +194,13 @@ impl ProcessNodes {
             name: record.name.clone(),
             server_type: record.server_type.clone(),
             location: record.location.clone(),
+            // A node's process that exited on its own (a crash, a killed QEMU, a
+            // guest that powered off) cannot be started again: the node is lost,
+            // which the control plane treats as a failed VM and replaces.
             state: if self.is_alive(record) {
                 VmState::Running
             } else {
-                VmState::Stopped
+                VmState::Failed
             },
             labels: record.labels.clone(),
             address: Some(format!("127.0.0.1:{}", record.port)),

@@ -208,7 +208,7 @@ async fn a_vm_boots_from_user_data_and_reaches_only_the_control_plane() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_restarted_provider_adopts_its_vms_and_a_dead_vm_reads_stopped() {
+async fn a_restarted_provider_adopts_its_vms_and_a_dead_vm_reads_failed() {
     if !available() {
         return;
     }
@@ -221,7 +221,8 @@ async fn a_restarted_provider_adopts_its_vms_and_a_dead_vm_reads_stopped() {
     assert_eq!(adopted.len(), 1);
     assert_eq!(adopted[0].state, VmState::Running);
 
-    // QEMU killed from outside: the VM reads stopped, and its creation fails.
+    // QEMU killed from outside: the VM reads failed (it cannot start again), and
+    // its creation fails.
     for pid in qemu_processes(root.path()) {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -239,12 +240,12 @@ async fn a_restarted_provider_adopts_its_vms_and_a_dead_vm_reads_stopped() {
             .unwrap()
             .expect("recorded")
             .state;
-        if stopped == VmState::Stopped {
+        if stopped == VmState::Failed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(stopped, VmState::Stopped);
+    assert_eq!(stopped, VmState::Failed);
     let error = first.poll_create(&vm).await.expect_err("QEMU is gone");
     assert!(error.to_string().contains("exited"), "{error}");
     second.delete_vm(&vm.id).await.unwrap();
