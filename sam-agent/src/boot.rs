@@ -144,6 +144,11 @@ fn journal_message(value: &Value) -> Option<String> {
     }
 }
 
+/// The boot phase that downloads the VM agent (`sam_cloudinit::Phase::AgentDownload`):
+/// once it shows in the timeline, the boot is in its last phases and about to log
+/// its end.
+pub const AGENT_DOWNLOAD_PHASE: &str = "agent-download";
+
 /// Reads the timeline from the journal, or from `fallback_log` when `journalctl` is
 /// missing or fails, or when the journal holds no boot markers (the boot script's
 /// `logger` wrote to syslog files only).

@@ -435,12 +435,19 @@ impl Shared {
 /// ready callback could miss it (seen on a QEMU node, once in six boots).
 const BOOT_END_WAIT: Duration = Duration::from_secs(30);
 
-/// The boot timeline once the boot logged its end, or after [`BOOT_END_WAIT`].
+/// The boot timeline; when the boot has reached the agent's own phases
+/// ([`boot::AGENT_DOWNLOAD_PHASE`] onwards), once it logged its end, or after
+/// [`BOOT_END_WAIT`]. A boot that stopped earlier (the agent started by hand, say)
+/// is reported as it is at once.
 async fn finished_timeline(log: &std::path::Path) -> crate::Result<BootTimeline> {
     let deadline = tokio::time::Instant::now() + BOOT_END_WAIT;
     loop {
         let timeline = boot::read_timeline(log).await?;
-        if timeline.complete || tokio::time::Instant::now() >= deadline {
+        let ending = timeline
+            .phases
+            .iter()
+            .any(|p| p.name == boot::AGENT_DOWNLOAD_PHASE);
+        if timeline.complete || !ending || tokio::time::Instant::now() >= deadline {
             return Ok(timeline);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

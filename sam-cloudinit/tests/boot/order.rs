@@ -125,6 +125,11 @@ fn check_order(text: &str) -> Vec<Phase> {
     // The agent is downloaded, then started, and its start is the last phase.
     assert_eq!(phases.last(), Some(&Phase::AgentStart), "{phases:?}");
     assert!(phases.contains(&Phase::AgentDownload));
+    // The VM agent waits for the boot's end once it sees this phase.
+    assert_eq!(
+        Phase::AgentDownload.as_str(),
+        sam_agent::boot::AGENT_DOWNLOAD_PHASE
+    );
     for required in [
         Phase::AptTimers,
         Phase::Packages,
