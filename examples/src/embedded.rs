@@ -33,9 +33,9 @@ use sam_agent::{
 };
 use sam_core::{
     AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialKind,
-    DefaultScheduler, NodeAgent, NodeAgentError, NodeRecord, PlatformCredential, Provider, Secret,
-    SessionReport, SessionRequest, Store, TokenSigner, TokioClock, WorkspaceId, WorkspaceReport,
-    WorkspaceRequest,
+    DefaultScheduler, NodeAgent, NodeAgentError, NodeRecord, PlatformCredential, Provider,
+    ProviderKind, Secret, SessionReport, SessionRequest, Store, TokenSigner, TokioClock, VmId,
+    WorkspaceId, WorkspaceReport, WorkspaceRequest,
 };
 use sam_providers::{LocalConfig, LocalProvider};
 use tokio::sync::watch;
@@ -74,6 +74,33 @@ impl Program {
             },
         })
     }
+}
+
+/// Where the local provider's nodes live in a data directory.
+const LOCAL_DIR: &str = "local";
+/// Where the QEMU provider's VMs live in a data directory.
+const QEMU_DIR: &str = "qemu";
+
+/// Stops every node a control plane on `data_dir` started on this machine (local
+/// node processes and QEMU VMs) and removes their directories; returns each one's
+/// provider and id (`sam down`). The store still lists them: the next control plane
+/// finds them gone and replaces them as it would a dead node.
+///
+/// # Errors
+/// When a provider's state cannot be read or a node's directory cannot be removed.
+pub async fn stop_nodes(data_dir: &Path) -> anyhow::Result<Vec<(ProviderKind, VmId)>> {
+    let mut stopped = Vec::new();
+    for (kind, dir) in [
+        (ProviderKind::Local, LOCAL_DIR),
+        (ProviderKind::Qemu, QEMU_DIR),
+    ] {
+        let root = data_dir.join(dir);
+        let ids = sam_providers::stop_nodes(kind, &root)
+            .await
+            .with_context(|| format!("cannot stop the nodes under {}", root.display()))?;
+        stopped.extend(ids.into_iter().map(|id| (kind, id)));
+    }
+    Ok(stopped)
 }
 
 /// How [`Embedded::start`] builds the control plane.
@@ -619,7 +646,7 @@ fn qemu_parts(
                 "QEMU nodes call back through a forward to this machine's loopback, not to {url}"
             )
         })?;
-    let mut config = sam_providers::QemuConfig::new(data_dir.join("qemu"), nodes.image.clone());
+    let mut config = sam_providers::QemuConfig::new(data_dir.join(QEMU_DIR), nodes.image.clone());
     config.accel = nodes.accel;
     config.agent_port = sam_agent::node_config::DEFAULT_PORT;
     config.control_plane_port = Some(port);
@@ -632,7 +659,7 @@ fn qemu_parts(
     boot.control_plane_url = format!("http://{}{}", guest.ip(), url.path().trim_end_matches('/'));
     boot.agent_port = sam_agent::node_config::DEFAULT_PORT;
     boot.role = sam_cloudinit::NodeRole::Host;
-    boot.validate_for(sam_core::ProviderKind::Qemu)
+    boot.validate_for(ProviderKind::Qemu)
         .context("the QEMU nodes' boot settings are invalid")?;
     let agent = http_node_agent(&provider, keys, sam_agent::node_config::DEFAULT_PORT)?;
     Ok((provider, Arc::new(boot), Arc::new(agent)))
@@ -646,7 +673,7 @@ fn local_parts(
     url: &url::Url,
     keys: &FileNodeKeys,
 ) -> anyhow::Result<ProviderParts> {
-    let mut local = LocalConfig::new(data_dir.join("local"), &options.vm_agent.program);
+    let mut local = LocalConfig::new(data_dir.join(LOCAL_DIR), &options.vm_agent.program);
     local.args = options.vm_agent.args.clone();
     let provider: Arc<dyn Provider> = Arc::new(LocalProvider::new(local)?);
 
@@ -684,7 +711,7 @@ fn local_parts(
     let http = http_node_agent(&provider, keys, sam_agent::node_config::DEFAULT_PORT)?;
     let node_agent = HandOver {
         inner: http,
-        nodes_dir: data_dir.join("local").join("vms"),
+        nodes_dir: data_dir.join(LOCAL_DIR).join("vms"),
         to: data_dir.join("workspaces"),
     };
     Ok((provider, Arc::new(boot), Arc::new(node_agent)))

@@ -206,20 +206,11 @@ struct ImageBuildArgs {
 
 /// `sam down`: stops the local and QEMU nodes under the data directory.
 async fn down(data_dir: &Path) -> anyhow::Result<()> {
-    let mut total = 0;
-    for (kind, root) in [
-        (ProviderKind::Local, data_dir.join("local")),
-        (ProviderKind::Qemu, data_dir.join("qemu")),
-    ] {
-        let stopped = sam_providers::stop_nodes(kind, &root)
-            .await
-            .with_context(|| format!("cannot stop the nodes under {}", root.display()))?;
-        for id in &stopped {
-            println!("stopped {kind} node {id}");
-        }
-        total += stopped.len();
+    let stopped = embedded::stop_nodes(data_dir).await?;
+    for (kind, id) in &stopped {
+        println!("stopped {kind} node {id}");
     }
-    if total == 0 {
+    if stopped.is_empty() {
         println!("no node runs under {}", data_dir.display());
     }
     Ok(())
