@@ -162,7 +162,16 @@ async fn a_qemu_node_boots_from_the_servers_user_data_and_reports_ready() {
             let (_, nodes) = call(http.get(server.url("/v1/nodes")).bearer_auth(TOKEN)).await;
             if let Some(node) = nodes
                 .as_array()
-                .and_then(|n| n.iter().find(|n| n["ready_at"].is_string()))
+                // Ready, and its timeline stored: the control plane may see the agent
+                // answer its health probe before the ready callback brings the timeline.
+                .and_then(|n| {
+                    n.iter().find(|n| {
+                        n["ready_at"].is_string()
+                            && n["boot"]["timeline"]
+                                .as_array()
+                                .is_some_and(|t| !t.is_empty())
+                    })
+                })
             {
                 return node.clone();
             }
