@@ -42,11 +42,13 @@ pub fn catalog(provider: ProviderKind, locations: &[Location]) -> Catalog {
             &[],
         ),
         // A VM of its own on this machine: what QEMU is told is what the guest gets.
+        // Medium holds the platform's default reservation (2 vCPU, 4 GB, 40 GB): a
+        // smaller medium would make every default task a large one.
         ProviderKind::Qemu => (
             &[
-                ("qemu-small", 1, 1, 10),
-                ("qemu-medium", 2, 2, 20),
-                ("qemu-large", 2, 4, 40),
+                ("qemu-small", 1, 2, 20),
+                ("qemu-medium", 2, 4, 40),
+                ("qemu-large", 4, 8, 80),
             ],
             &["local"],
         ),
@@ -271,6 +273,26 @@ mod tests {
         let zone = Location::new("europe-west1-b").expect("valid");
         let gcp = catalog(ProviderKind::Gcp, std::slice::from_ref(&zone));
         assert_eq!(gcp.default_location, Some(zone));
+    }
+
+    #[test]
+    fn every_medium_holds_the_platforms_default_reservation() {
+        // Warm nodes are claimed by the size a task asks for (medium by default); a
+        // medium that cannot hold the default reservation is provisioned as a larger
+        // size, which no later default task claims. Found on QEMU, whose medium
+        // had 2 GB.
+        let reservation = sam_core::resolve_reservation(&Default::default()).expect("defaults");
+        for provider in ProviderKind::ALL {
+            let catalog = catalog(provider, &[]);
+            let medium = catalog
+                .server_type(VmSize::Medium)
+                .expect("medium is mapped");
+            assert!(
+                sam_core::Capacity::of(medium).covers(&reservation),
+                "{provider}'s medium ({}) cannot hold {reservation:?}",
+                medium.name
+            );
+        }
     }
 
     #[test]
