@@ -54,7 +54,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::boot::BootTimeline;
-use crate::git::CredentialSource;
+use crate::git::GitAccess;
 use crate::runtime::{ProfileRequest, WorkspaceRequest};
 
 /// The audience of management tokens (control plane → VM agent).
@@ -106,6 +106,11 @@ pub struct CreateWorkspace {
     pub id: WorkspaceId,
     /// The repository to clone (a URL or a path on the node).
     pub repo: String,
+    /// `repo` is a path on the control plane's machine, which this node cannot read:
+    /// clone it from (and push to) the control plane's git route for this workspace
+    /// (`…/v1/workspaces/{id}/repo`) with the workspace token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repo_served: bool,
     /// The branch; the repository's default when absent.
     #[serde(default)]
     pub branch: Option<String>,
@@ -128,12 +133,17 @@ pub struct CreateWorkspace {
 }
 
 impl CreateWorkspace {
-    /// What the workspace runtime prepares; `credentials` is where git asks for
-    /// credentials when the repository is behind a GitHub installation.
-    pub fn to_runtime_request(&self, credentials: Option<CredentialSource>) -> WorkspaceRequest {
+    /// What the workspace runtime prepares: the repository cloned from `repo` (the
+    /// request's own, or the control plane's git route for a served one) with
+    /// `credentials`, how git reaches it.
+    pub fn to_runtime_request(
+        &self,
+        repo: String,
+        credentials: Option<GitAccess>,
+    ) -> WorkspaceRequest {
         WorkspaceRequest {
             id: self.id.clone(),
-            repo: self.repo.clone(),
+            repo,
             branch: self.branch.clone(),
             profile: self.profile,
             devcontainer: self.devcontainer.clone(),
@@ -643,6 +653,7 @@ mod tests {
         let body = CreateWorkspace {
             id: WorkspaceId::new("ws-1").unwrap(),
             repo: "/srv/repo".to_owned(),
+            repo_served: false,
             branch: None,
             profile: ProfileRequest::Auto,
             devcontainer: None,

@@ -17,7 +17,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use std::sync::Arc;
 
 use sam_core::{
@@ -29,6 +29,7 @@ use crate::api::{
     ApiError, BootFailed, Heartbeat, HeartbeatResponse, NodeReady, parse_body, path_id,
 };
 use crate::git::{GitCredentialRequest, GitCredentialResponse, PullRequestCreated};
+use crate::served_repo::{GitService, ServeOptions};
 
 /// The paths of the callback routes, all `POST`, in the order [`callback_router`]
 /// registers them: a node is ready, a node's heartbeat, a workspace is ready, a
@@ -90,6 +91,12 @@ pub const GIT_PATHS: [&str; 2] = [
     "/v1/workspaces/{id}/pull-request",
 ];
 
+/// The path of the served-repository route ([`crate::served_repo`]): git's smart
+/// HTTP protocol (`GET …/info/refs`, `POST …/git-upload-pack`, `POST
+/// …/git-receive-pack`) for the path repository of the workspace's task, with the
+/// workspace token as a bearer token.
+pub const SERVED_REPO_PATH: &str = "/v1/workspaces/{id}/repo/{*git}";
+
 /// What the git routes need: the control plane, and GitHub.
 #[derive(Debug, Clone)]
 struct GitState {
@@ -105,6 +112,9 @@ struct GitState {
 /// host and path (`auth_error`, `401`, otherwise); GitHub is always addressed by the installation's
 /// external id. A pull request is opened only for the task's own output branch, and
 /// only when the task asked for one. Merge it next to [`callback_router`].
+///
+/// It also serves [`SERVED_REPO_PATH`]: the repository of a live task whose
+/// repository is a path on this machine, to that workspace's token only.
 pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) -> Router {
     let [credential_path, pull_request_path] = GIT_PATHS;
     Router::new()
@@ -114,6 +124,9 @@ pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) ->
             control_plane.clone(),
             workspace_token_first,
         ))
+        // Its token is checked by the handler, before the body is read: the route
+        // has two path parameters, which the middleware does not take.
+        .route(SERVED_REPO_PATH, get(served_repo).post(served_repo))
         .layer(axum::middleware::from_fn(crate::api::run_to_completion))
         .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::api::json_errors))
@@ -157,6 +170,39 @@ async fn git_credential(
         password: credential.password.expose().to_owned(),
         expires_at: credential.expires_at,
     }))
+}
+
+async fn served_repo(
+    State(git): State<GitState>,
+    Path((id, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let workspace: WorkspaceId = path_id(&id, "id")?;
+    let token = bearer(request.headers())?;
+    let repo = git
+        .control_plane
+        .workspace_repository(token, &workspace)
+        .await?;
+    let service =
+        GitService::parse(request.method(), &path, request.uri().query()).ok_or_else(|| {
+            ApiError::new(
+                ErrorCategory::NotFound,
+                &format!(
+                    "a served repository answers git's smart protocol only, not {} {path}",
+                    request.method()
+                ),
+            )
+        })?;
+    let (parts, body) = request.into_parts();
+    crate::served_repo::serve(
+        &ServeOptions::default(),
+        &repo,
+        workspace.as_str(),
+        service,
+        &parts.headers,
+        body,
+    )
+    .await
 }
 
 async fn pull_request(

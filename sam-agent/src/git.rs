@@ -10,6 +10,12 @@
 //! helper through the environment of the one git process ([`CREDENTIAL_URL_ENV`],
 //! [`CREDENTIAL_TOKEN_ENV`]), so nothing is written to disk: no token in
 //! `.git/config`, and the remote URL stays the plain repository URL.
+//!
+//! A repository the control plane serves (a path on its machine, for a VM on that
+//! machine: [`GitAccess::ControlPlane`]) is cloned from and pushed to the control
+//! plane's `…/v1/workspaces/{id}/repo` route; git sends the workspace token as a
+//! bearer header that it reads from its environment (`GIT_CONFIG_*`), never from its
+//! command line or a file.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +46,17 @@ pub struct CredentialSource {
     pub url: Url,
     /// The workspace-scoped token.
     pub token: Secret,
+}
+
+/// How git reaches a repository that needs more than the transport itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GitAccess {
+    /// A repository behind a GitHub installation: git's credential helper asks the
+    /// control plane for a short-lived token.
+    Helper(CredentialSource),
+    /// A repository the control plane serves at its git route: the URL is built
+    /// from the node's own control-plane URL, and git sends this workspace token.
+    ControlPlane(Secret),
 }
 
 /// The body of `POST /v1/workspaces/{id}/git-credential`: what git asked about.
@@ -148,6 +165,22 @@ pub fn allowed_protocols(repo: &str) -> Result<&'static str> {
     }
 }
 
+/// The transports for `repo` reached with `access`: the control plane's own route
+/// uses its URL's scheme (plain `http` too, to a QEMU VM's forwarded control plane),
+/// anything else what [`allowed_protocols`] allows.
+fn protocols_for(repo: &str, access: Option<&GitAccess>) -> Result<&'static str> {
+    match access {
+        Some(GitAccess::ControlPlane(_)) => match Url::parse(repo).as_ref().map(Url::scheme) {
+            Ok("https") => Ok(HTTPS),
+            Ok("http") => Ok(HTTP),
+            _ => Err(Error::InvalidRequest(format!(
+                "the control plane's git route {repo:?} is not an http(s) URL"
+            ))),
+        },
+        _ => allowed_protocols(repo),
+    }
+}
+
 const HTTPS: &str = "https";
 const HTTP: &str = "http";
 const SSH: &str = "ssh";
@@ -233,7 +266,7 @@ impl GitConfig {
     fn command(
         &self,
         dir: Option<&Path>,
-        credentials: Option<&CredentialSource>,
+        credentials: Option<&GitAccess>,
         protocols: &str,
     ) -> Result<tokio::process::Command> {
         let mut command = tokio::process::Command::new(&self.program);
@@ -253,7 +286,19 @@ impl GitConfig {
         if let Some(dir) = dir {
             command.current_dir(dir);
         }
-        if let Some(source) = credentials {
+        if let Some(GitAccess::ControlPlane(token)) = credentials {
+            // Configuration from the environment (git 2.31+): the header is neither on
+            // the command line (`ps` shows it) nor in `.git/config`. No helper runs.
+            command.env("GIT_CONFIG_COUNT", "2");
+            command.env("GIT_CONFIG_KEY_0", "credential.helper");
+            command.env("GIT_CONFIG_VALUE_0", "");
+            command.env("GIT_CONFIG_KEY_1", "http.extraHeader");
+            command.env(
+                "GIT_CONFIG_VALUE_1",
+                format!("Authorization: Bearer {}", token.expose()),
+            );
+        }
+        if let Some(GitAccess::Helper(source)) = credentials {
             let (program, args) = self.helper.as_ref().ok_or_else(|| {
                 Error::InvalidRequest(
                     "the repository needs the git credential helper, and none is configured"
@@ -281,7 +326,7 @@ impl GitConfig {
     async fn run(
         &self,
         dir: Option<&Path>,
-        credentials: Option<&CredentialSource>,
+        credentials: Option<&GitAccess>,
         protocols: &str,
         args: &[&str],
     ) -> Result<String> {
@@ -294,7 +339,7 @@ impl GitConfig {
     async fn run_with_input(
         &self,
         dir: Option<&Path>,
-        credentials: Option<&CredentialSource>,
+        credentials: Option<&GitAccess>,
         protocols: &str,
         args: &[&str],
         input: Option<&[u8]>,
@@ -355,9 +400,9 @@ impl GitConfig {
         repo: &str,
         branch: Option<&str>,
         dir: &Path,
-        credentials: Option<&CredentialSource>,
+        credentials: Option<&GitAccess>,
     ) -> Result<()> {
-        let protocols = allowed_protocols(repo)?;
+        let protocols = protocols_for(repo, credentials)?;
         if branch.is_some_and(|b| b.starts_with('-')) {
             return Err(Error::InvalidRequest(
                 "repository and branch must not start with '-'".to_owned(),
@@ -480,7 +525,7 @@ impl GitConfig {
         &self,
         dir: &Path,
         branch: &str,
-        credentials: Option<&CredentialSource>,
+        credentials: Option<&GitAccess>,
     ) -> Result<()> {
         let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
         // The remote is the repository the workspace was cloned from: the same
@@ -493,7 +538,7 @@ impl GitConfig {
                 &["config", "--get", "remote.origin.url"],
             )
             .await?;
-        let protocols = allowed_protocols(&origin)?;
+        let protocols = protocols_for(&origin, credentials)?;
         self.run(
             Some(dir),
             credentials,

@@ -104,6 +104,7 @@ pub mod monitor;
 pub mod node_agent;
 pub mod node_config;
 pub mod runtime;
+pub mod served_repo;
 pub mod server;
 pub mod storage;
 pub mod user;
@@ -114,7 +115,8 @@ pub use acp::{
 };
 pub use callbacks::{Callbacks, CallbacksConfig};
 pub use control_plane::{
-    BOOT_FAILED_BODY_LIMIT, CALLBACK_PATHS, GIT_PATHS, callback_router, git_router,
+    BOOT_FAILED_BODY_LIMIT, CALLBACK_PATHS, GIT_PATHS, SERVED_REPO_PATH, callback_router,
+    git_router,
 };
 pub use error::{Error, Result};
 pub use events::{EventLog, MemoryEventLog, SqliteEventLog};

@@ -253,6 +253,7 @@ fn create_body(request: &WorkspaceRequest) -> Result<CreateWorkspace, NodeAgentE
     Ok(CreateWorkspace {
         id: request.workspace_id.clone(),
         repo: request.repo.clone(),
+        repo_served: request.repo_served,
         branch: request.branch.clone(),
         profile,
         devcontainer: request.devcontainer.clone(),

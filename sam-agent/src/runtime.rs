@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::acp::AgentCommand;
 use crate::devcontainer::{self, DevcontainerConfig, DevcontainerKind};
 use crate::error::{Error, Result};
-use crate::git::{CredentialSource, GitConfig};
+use crate::git::{GitAccess, GitConfig};
 use crate::user::AgentUser;
 
 /// The profile a workspace request asks for.
@@ -59,10 +59,10 @@ pub struct WorkspaceRequest {
     /// The branch to create after the clone; the clone stays on its branch when `None`.
     #[serde(default)]
     pub output_branch: Option<String>,
-    /// Where git asks for credentials, for a repository behind a GitHub installation.
-    /// Never serialized: it holds the workspace token.
+    /// How git reaches a repository behind a GitHub installation or served by the
+    /// control plane. Never serialized: it holds the workspace token.
     #[serde(skip)]
-    pub credentials: Option<CredentialSource>,
+    pub credentials: Option<GitAccess>,
 }
 
 /// The profile a workspace actually runs with.
@@ -347,8 +347,8 @@ impl HostRuntime {
         &self.git
     }
 
-    /// Clones the repository for `request` (through the credential helper when the
-    /// request carries credentials) and checks out its output branch, if any.
+    /// Clones the repository for `request` (with the access it carries, if any) and
+    /// checks out its output branch, if any.
     ///
     /// # Errors
     /// A repository or branch that looks like an option, an existing workspace

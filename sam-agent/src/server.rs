@@ -65,7 +65,7 @@ use crate::boot::{self, BootTimeline};
 use crate::callbacks::{Callbacks, CallbacksConfig, callback_policy};
 use crate::error::{Error, Result};
 use crate::events::{EventLevel, NewEvent};
-use crate::git::{CredentialSource, commit_message};
+use crate::git::{CredentialSource, GitAccess, commit_message};
 use crate::monitor::{self, MetricsSnapshot};
 use crate::runtime::{EffectiveProfile, ReadyReport, ReadyStatus, Workspace, WorkspaceRuntime};
 use crate::storage::{ExportKind, Storage, Stores};
@@ -184,8 +184,9 @@ struct Entry {
     output_branch: Option<String>,
     /// Whether (and how) the repository is behind a GitHub installation.
     github: Option<PullRequestMode>,
-    /// Where git asks for credentials, for such a repository.
-    credentials: Option<CredentialSource>,
+    /// How git reaches the repository: for one behind an installation or served by
+    /// the control plane.
+    credentials: Option<GitAccess>,
     state: Mutex<EntryState>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -648,13 +649,27 @@ async fn create_workspace(
     workspace_id(request.id.as_str())?;
     // The control plane checked it at submission; the agent, which hands it to git,
     // checks the shape again.
-    sam_core::parse_repository(&request.repo).map_err(|e| {
+    let repository = sam_core::parse_repository(&request.repo).map_err(|e| {
         ApiError::field(
             ErrorCategory::InvalidConfig,
             "repo",
             &format!("the repository {e}"),
         )
     })?;
+    if request.repo_served && !repository.is_local() {
+        return Err(ApiError::field(
+            ErrorCategory::InvalidConfig,
+            "repo_served",
+            "only a path on the control plane's machine is served by it; this repository is a URL",
+        ));
+    }
+    if request.repo_served && request.github.is_some() {
+        return Err(ApiError::field(
+            ErrorCategory::InvalidConfig,
+            "repo_served",
+            "a served repository is not behind a GitHub installation",
+        ));
+    }
     if request.token.is_empty() {
         return Err(ApiError::field(
             ErrorCategory::InvalidConfig,
@@ -667,12 +682,25 @@ async fn create_workspace(
         if let Some(entry) = workspaces.get(&request.id) {
             return Ok((StatusCode::OK, axum::Json(entry.view())));
         }
-        let credentials = request.github.map(|_| CredentialSource {
-            url: shared
+        let route = |last: &str| {
+            shared
                 .callbacks
-                .url(&["v1", "workspaces", request.id.as_str(), "git-credential"]),
-            token: request.token.clone(),
-        });
+                .url(&["v1", "workspaces", request.id.as_str(), last])
+        };
+        let (repo, credentials) = if request.repo_served {
+            (
+                route(crate::served_repo::ROUTE_SEGMENT).to_string(),
+                Some(GitAccess::ControlPlane(request.token.clone())),
+            )
+        } else {
+            let helper = request.github.map(|_| {
+                GitAccess::Helper(CredentialSource {
+                    url: route("git-credential"),
+                    token: request.token.clone(),
+                })
+            });
+            (request.repo.clone(), helper)
+        };
         let entry = Arc::new(Entry {
             id: request.id.clone(),
             token: request.token.clone(),
@@ -696,7 +724,7 @@ async fn create_workspace(
             &format!("preparing workspace {} from {}", request.id, request.repo),
         )
         .with_workspace(&request.id);
-        let runtime_request = request.to_runtime_request(entry.credentials.clone());
+        let runtime_request = request.to_runtime_request(repo, entry.credentials.clone());
         let (task_shared, task_entry) = (Arc::clone(&shared), Arc::clone(&entry));
         entry.spawn(async move {
             task_shared.record(created).await;

@@ -7,24 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::Utc;
-use sam_agent::api::management_signer;
-use sam_agent::fake::FakeAgentScript;
 use sam_agent::git::GitConfig;
-use sam_agent::{AgentCommand, HostRuntime, VmAgent, VmAgentConfig, callback_router, git_router};
+use sam_agent::{HostRuntime, callback_router, git_router};
 use sam_core::testkit::fixtures::{node, reservation, user, workspace};
-use sam_core::testkit::node_agent::{FakeNodeAgent, PlainBoot};
 use sam_core::{
-    Classify, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, ErrorCategory,
-    ExternalInstallationId, GithubAccess, GithubInstallation, InstallationKey, NodeId, Provider,
-    ProviderKind, PullRequestMode, RepositoryHost, RetryOn, RetryPolicy, Secret, Store,
-    SubmitRequest, TaskRecord, TaskStatus, TokenScope, TokenSigner, TokioClock, UserId,
-    WorkspaceId, output_branch,
+    Classify, ControlPlane, ErrorCategory, ExternalInstallationId, GithubAccess,
+    GithubInstallation, InstallationKey, NodeId, PullRequestMode, RepositoryHost, Secret, Store,
+    SubmitRequest, TaskRecord, UserId, WorkspaceId, output_branch,
 };
-use sam_providers::{FakeProvider, GithubApp, GithubAppConfig};
-use sam_store::MemoryStore;
+use sam_providers::{GithubApp, GithubAppConfig};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header as has_header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -32,6 +24,9 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 #[path = "support/github_peers.rs"]
 mod github_peers;
 use github_peers::{GitHttp, git, mock_github, serve};
+#[path = "support/vm_node.rs"]
+mod vm_node;
+use vm_node::{VmNode, completed, control_plane};
 
 const INSTALLATION: u64 = 4242;
 const MINTED: &str = "ghs_minted_by_the_mock_github";
@@ -62,23 +57,7 @@ async fn world() -> World {
     app.api_url = github.uri();
     let app = Arc::new(GithubApp::new(app).unwrap());
 
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let provider: Arc<dyn Provider> = Arc::new(FakeProvider::new());
-    let cp = ControlPlane::new(
-        ControlPlaneParts {
-            store: Arc::clone(&store),
-            providers: vec![provider],
-            scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
-            node_agent: Arc::new(FakeNodeAgent::new(
-                sam_core::testkit::node_agent::FakeAgentScript::default(),
-            )),
-            boot: Arc::new(PlainBoot),
-            signer: TokenSigner::new(Secret::new("s".repeat(32)), "sam-control-plane").unwrap(),
-            clock: Arc::new(TokioClock::new()),
-        },
-        ControlPlaneConfig::new("test", ProviderKind::Fake),
-    )
-    .unwrap();
+    let (store, cp) = control_plane();
     let router = callback_router(cp.clone()).merge(git_router(
         cp.clone(),
         Arc::clone(&app) as Arc<dyn RepositoryHost>,
@@ -170,18 +149,6 @@ impl World {
     }
 }
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        initial_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        max_attempts: 3,
-        budget: Duration::from_secs(10),
-        jitter: 0.0,
-        per_attempt_timeout: Some(Duration::from_secs(10)),
-        retry_on: RetryOn::Retryable,
-    }
-}
-
 /// Every file under `dir` (the clone and its `.git`), as bytes.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -225,120 +192,31 @@ async fn a_task_behind_a_github_app_clones_and_pushes_without_a_token_on_the_nod
     let workspace_token = world.cp.issue_workspace_token(&ws);
 
     // The node: a real VM agent whose git asks the helper binary for credentials.
-    let node_token = TokenSigner::new(Secret::new("s".repeat(32)), "sam-control-plane")
-        .unwrap()
-        .issue(
-            TokenScope::Node,
-            NODE,
-            Utc::now(),
-            Duration::from_secs(3600),
-        );
-    let mut config = VmAgentConfig::new(
-        NodeId::new(NODE).unwrap(),
-        node_token.clone(),
-        format!("{}/", world.control_plane_url).parse().unwrap(),
-    );
-    config.boot_log = None;
-    config.callback_retry = fast_retry();
-    let script = FakeAgentScript {
-        write_path: Some("AGENT_NOTES.md".to_owned()),
-        ..FakeAgentScript::default()
-    };
-    config.agents.insert(
-        "fake".to_owned(),
-        script.to_env().into_iter().fold(
-            AgentCommand::new(env!("CARGO_BIN_EXE_fake-acp-agent")),
-            |c, (k, v)| c.with_env(k, Secret::new(v)),
-        ),
-    );
     let workspaces = tempfile::tempdir().unwrap();
     let runtime = HostRuntime::new(workspaces.path()).with_git_config(
         GitConfig::default()
             .with_credential_helper(env!("CARGO_BIN_EXE_sam-git-credential"), vec![]),
     );
-    let agent = VmAgent::new(config, Arc::new(runtime)).await.unwrap();
-    let agent_url = serve(agent.router()).await;
-    let management = management_signer(&node_token).unwrap().issue(
-        TokenScope::Node,
-        NODE,
-        Utc::now(),
-        Duration::from_secs(600),
-    );
-    let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut request = http
-            .request(method, format!("{agent_url}{path}"))
-            .bearer_auth(management.expose());
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        async move {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (
-                status,
-                response.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
+    let node = VmNode::start(NODE, &world.control_plane_url, runtime).await;
     let branch = output_branch(PROMPT, &task.id);
-    let (status, _) = call(
-        reqwest::Method::POST,
-        "/v1/workspaces",
-        Some(json!({
-            "id": "ws-1",
-            "repo": world.repo_url,
-            "token": workspace_token.expose(),
-            "output_branch": branch,
-            "github": "open",
-        })),
-    )
+    node.create_workspace(json!({
+        "id": "ws-1",
+        "repo": world.repo_url,
+        "token": workspace_token.expose(),
+        "output_branch": branch,
+        "github": "open",
+    }))
     .await;
-    assert_eq!(status, 202);
-    let mut ready = false;
-    for _ in 0..400 {
-        let (_, view) = call(reqwest::Method::GET, "/v1/workspaces/ws-1", None).await;
-        match view["report"]["state"].as_str() {
-            Some("ready") => {
-                ready = true;
-                break;
-            }
-            Some("failed") => panic!("the workspace failed: {view}"),
-            _ => tokio::time::sleep(Duration::from_millis(25)).await,
-        }
-    }
-    assert!(ready, "the workspace became ready");
     let clone = workspaces.path().join("ws-1");
     assert_eq!(
         git(&clone, &["rev-parse", "--abbrev-ref", "HEAD"]),
         branch,
         "the clone works on the output branch"
     );
-    let (status, view) = call(
-        reqwest::Method::POST,
-        "/v1/workspaces/ws-1/sessions",
-        Some(json!({ "agent": "fake", "prompt": PROMPT })),
-    )
-    .await;
-    assert_eq!(status, 202, "{view}");
+    node.start_session("ws-1", PROMPT).await;
 
     // The turn ends; the VM agent commits, pushes and reports the output.
-    let mut finished = None;
-    for _ in 0..800 {
-        let record = world.store.get_task(&task.id).await.unwrap().unwrap();
-        if record.status.is_terminal() {
-            finished = Some(record);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let finished = finished.expect("the task finished");
-    assert_eq!(
-        finished.status,
-        TaskStatus::Completed,
-        "{:?}",
-        finished.error
-    );
+    let finished = completed(world.store.as_ref(), &task.id).await;
     let output = finished.output.expect("the output is recorded on the task");
     assert_eq!(output.branch, branch);
     assert_eq!(

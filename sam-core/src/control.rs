@@ -1403,15 +1403,9 @@ impl ControlPlane {
         token: &str,
         workspace: &WorkspaceId,
     ) -> Result<WorkspaceGithub, Error> {
-        self.verify(token, TokenScope::Workspace, workspace.as_str())?;
-        let record = self.require_workspace(workspace).await?;
-        let task = self.require_task(&record.task_id).await?;
-        if task.status.is_terminal() {
-            return Err(invalid(
-                "workspace",
-                format!("task {} has finished; it gets no more credentials", task.id),
-            ));
-        }
+        let task = self
+            .live_workspace_task(token, workspace, "it gets no more credentials")
+            .await?;
         let access = task.spec.github.clone().ok_or_else(|| {
             invalid(
                 "workspace",
@@ -1437,6 +1431,54 @@ impl ControlPlane {
             repo,
             installation,
         })
+    }
+
+    /// The path of the repository a live task's workspace may fetch from and push to
+    /// through the control plane's git route: the task's repository, when it is a
+    /// path on this machine ([`crate::Repository::Local`]).
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for a token that is not this workspace's; `not_found`
+    /// for a missing workspace or task; `invalid_config` when the task has finished
+    /// or its repository is not a local path.
+    pub async fn workspace_repository(
+        &self,
+        token: &str,
+        workspace: &WorkspaceId,
+    ) -> Result<std::path::PathBuf, Error> {
+        let task = self
+            .live_workspace_task(token, workspace, "its repository is no longer served")
+            .await?;
+        match crate::repository::parse_repository(&task.spec.repo) {
+            Ok(crate::Repository::Local { path }) => Ok(path.into()),
+            _ => Err(invalid(
+                "workspace",
+                format!(
+                    "the repository of task {} is not a path on this machine; the control plane serves no other",
+                    task.id
+                ),
+            )),
+        }
+    }
+
+    /// The task a workspace serves, for that workspace's `token`, while it is live;
+    /// `invalid_config` saying `refusal` once it has ended.
+    async fn live_workspace_task(
+        &self,
+        token: &str,
+        workspace: &WorkspaceId,
+        refusal: &str,
+    ) -> Result<TaskRecord, Error> {
+        self.verify(token, TokenScope::Workspace, workspace.as_str())?;
+        let record = self.require_workspace(workspace).await?;
+        let task = self.require_task(&record.task_id).await?;
+        if task.status.is_terminal() {
+            return Err(invalid(
+                "workspace",
+                format!("task {} has finished; {refusal}", task.id),
+            ));
+        }
+        Ok(task)
     }
 
     pub(crate) async fn apply_session_report(

@@ -557,10 +557,19 @@ impl ProviderKind {
         Self::Qemu,
     ];
 
-    /// Whether its nodes run on the control plane's own machine, so a task may name
-    /// a local path as its repository.
+    /// Whether its nodes run on the control plane's own machine, so they clone a
+    /// local path as git does, from the file system.
     pub const fn runs_on_this_machine(self) -> bool {
         matches!(self, Self::Local)
+    }
+
+    /// Whether a task may name a path on the control plane's machine as its
+    /// repository: local nodes clone it from the file system, QEMU nodes (VMs on
+    /// this machine) through the control plane's git route, which serves that path
+    /// to the task's workspace alone. Cloud nodes cannot: the control plane of a
+    /// fleet holds no user's working copy.
+    pub const fn reaches_local_paths(self) -> bool {
+        matches!(self, Self::Local | Self::Qemu)
     }
 
     /// The name users see in messages ("Hetzner Cloud").

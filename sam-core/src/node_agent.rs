@@ -45,6 +45,11 @@ pub struct WorkspaceRequest {
     pub task_id: TaskId,
     /// Repository URL or path.
     pub repo: String,
+    /// `true` when `repo` is a path on the control plane's machine that the node
+    /// cannot read itself (a QEMU VM): the VM agent then clones it from, and pushes
+    /// it to, the control plane's git route for this workspace
+    /// (`…/v1/workspaces/{id}/repo`) with the workspace token.
+    pub repo_served: bool,
     /// Branch, if any.
     pub branch: Option<String>,
     /// Requested workspace profile.

@@ -6,8 +6,8 @@
 //! option, and a relative path is resolved wherever git happens to run. A task's
 //! repository is therefore one of a few shapes ([`Repository`]), each with the git
 //! transport it needs ([`Repository::protocol`]); everything else is refused with a
-//! reason. A local path is a repository only for a provider that runs its nodes on
-//! this machine ([`ProviderKind::runs_on_this_machine`]); whether it really is a git
+//! reason. A local path is a repository only for a provider whose nodes reach this
+//! machine's paths ([`ProviderKind::reaches_local_paths`]); whether it really is a git
 //! repository is for the caller to look at, since this crate reads no files.
 //!
 //! ```
@@ -248,15 +248,16 @@ fn local(path: &str) -> Result<Repository, Refusal> {
 }
 
 /// Reads a task's repository for `provider`: as [`parse_repository`], and a local
-/// path only for a provider that runs its nodes on this machine.
+/// path only for a provider whose nodes reach this machine's paths
+/// ([`ProviderKind::reaches_local_paths`]).
 ///
 /// # Errors
 /// A [`Refusal`] saying why.
 pub fn check_repository(repo: &str, provider: ProviderKind) -> Result<Repository, Refusal> {
     let parsed = parse_repository(repo)?;
-    if parsed.is_local() && !provider.runs_on_this_machine() {
+    if parsed.is_local() && !provider.reaches_local_paths() {
         return Err(refuse(format!(
-            "is a path on this machine, which only the local provider can reach; {provider} nodes need https://, ssh:// or user@host:path"
+            "is a path on this machine, which only local and QEMU nodes can reach; {provider} nodes need https://, ssh:// or user@host:path"
         )));
     }
     Ok(parsed)
@@ -378,10 +379,18 @@ mod tests {
     }
 
     #[test]
-    fn local_paths_only_for_a_provider_on_this_machine() {
+    fn local_paths_only_for_nodes_on_this_machine() {
         assert!(check_repository("/srv/repo", ProviderKind::Local).is_ok());
+        assert!(check_repository("/srv/repo", ProviderKind::Qemu).is_ok());
         let refusal = check_repository("/srv/repo", ProviderKind::Hetzner).unwrap_err();
-        assert!(refusal.0.contains("local provider"), "{refusal}");
+        assert!(refusal.0.contains("local and QEMU nodes"), "{refusal}");
+        for kind in ProviderKind::ALL {
+            assert_eq!(
+                check_repository("/srv/repo", kind).is_ok(),
+                kind.reaches_local_paths(),
+                "{kind}"
+            );
+        }
         assert!(check_repository("file:///srv/repo", ProviderKind::Gcp).is_err());
         assert!(check_repository("https://github.com/o/r", ProviderKind::Hetzner).is_ok());
     }

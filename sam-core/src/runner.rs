@@ -985,6 +985,8 @@ impl ControlPlane {
             workspace_id: ws.clone(),
             task_id: task.id.clone(),
             repo: task.spec.repo.clone(),
+            repo_served: !node.provider.runs_on_this_machine()
+                && crate::repository::parse_repository(&task.spec.repo).is_ok_and(|r| r.is_local()),
             branch: task.spec.branch.clone(),
             profile: task.spec.workspace_profile.clone(),
             devcontainer: task.spec.devcontainer.clone(),
