@@ -440,9 +440,16 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the callback listener on the address an earlier run used, else anywhere on
-/// loopback, and records the address.
-async fn callback_listener(data_dir: &Path) -> anyhow::Result<tokio::net::TcpListener> {
+/// Binds a listener on the loopback address an earlier run with `data_dir` (an
+/// existing directory) used, else anywhere on loopback, and records the address:
+/// nodes that outlive a run (warm local processes, QEMU VMs forwarding to this
+/// port) reach the next run at the address they booted with.
+///
+/// # Errors
+/// When no loopback port can be bound or the address cannot be recorded.
+pub async fn remembered_loopback_listener(
+    data_dir: &Path,
+) -> anyhow::Result<tokio::net::TcpListener> {
     let path = data_dir.join("control-plane.addr");
     let earlier = std::fs::read_to_string(&path)
         .ok()
@@ -486,7 +493,7 @@ impl Embedded {
         .await?;
         let (listener, url) = match &options.callbacks {
             CallbackServing::Loopback => {
-                let listener = callback_listener(&data_dir).await?;
+                let listener = remembered_loopback_listener(&data_dir).await?;
                 let url = url::Url::parse(&format!("http://{}/", listener.local_addr()?))?;
                 (Some(listener), url)
             }

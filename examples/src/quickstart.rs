@@ -649,9 +649,24 @@ async fn outcome(
         .as_ref()
         .map(|id| embedded.workspaces_dir.join(id.as_str()))
         .filter(|dir| dir.is_dir());
-    let files_changed = match &workspace_dir {
-        Some(dir) => files_changed(dir).await,
-        None => Vec::new(),
+    let files_changed = match (&workspace_dir, &view.output) {
+        (Some(dir), _) => files_changed(dir).await,
+        // The workspace stayed on its node (a QEMU VM): its pushed commit, in the
+        // repository it landed in, says what changed.
+        (
+            None,
+            Some(TaskOutput {
+                commit: Some(commit),
+                ..
+            }),
+        ) => {
+            git_lines(
+                &request.repo,
+                &["diff-tree", "--no-commit-id", "--name-only", "-r", commit],
+            )
+            .await
+        }
+        (None, _) => Vec::new(),
     };
     let error = task.error.as_ref().map(|e: &TaskError| RunError {
         category: e.category,

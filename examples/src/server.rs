@@ -190,6 +190,18 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
+        Self::start_on(listener, options).await
+    }
+
+    /// As [`Server::start`], on a listener already bound (`options.listen` is not
+    /// used).
+    ///
+    /// # Errors
+    /// When the control plane cannot start.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        options: ServerOptions,
+    ) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr()?;
         let public_url = match options.public_url {
             Some(url) => url,
@@ -478,7 +490,9 @@ fn user_routes() -> Vec<RouteEntry<ApiState>> {
 
 /// Every route [`api_router`] serves, as (method, path) in axum's path syntax (which
 /// is also OpenAPI's): the public and user routes from the table the router is built
-/// from, and the callback routes ([`sam_agent::CALLBACK_PATHS`], all `POST`).
+/// from, and the callback routes ([`sam_agent::CALLBACK_PATHS`], all `POST`). Not
+/// listed: the served repository ([`sam_agent::SERVED_REPO_PATH`]), which speaks
+/// git's smart HTTP protocol to git, not JSON.
 pub fn routes() -> Vec<(Verb, &'static str)> {
     let public = public_routes().into_iter().map(|(v, p, _)| (v, p));
     let user = user_routes().into_iter().map(|(v, p, _)| (v, p));

@@ -1,7 +1,10 @@
 //! `sam`: the SAM SDK's command line.
 //!
 //! - `sam run`: run one task end to end on the embedded defaults (SQLite in the data
-//!   directory, nodes as local `sam-vm-agent` processes, the demo agent by default).
+//!   directory, nodes as local `sam-vm-agent` processes, the demo agent by default);
+//!   `--provider qemu` runs the node in a VM on this machine instead.
+//! - `sam image build`: build the Debian image QEMU nodes boot from.
+//! - `sam down`: stop the nodes of a data directory.
 //! - `sam submit`, `sam status`, `sam watch`, `sam list`, `sam cancel`, `sam catalog`:
 //!   talk to a `sam-server` (`--server`, `--token` or `SAM_API_TOKEN`).
 //! - `sam cloud-init`: print the cloud-init user-data a node would boot with, so an
@@ -176,8 +179,27 @@ struct RunArgs {
     /// Print one JSON object at the end instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Where the task's node runs: `local` (a `sam-vm-agent` process on this
+    /// machine) or `qemu` (a VM on this machine, booted from the image of
+    /// `sam image build`, as a cloud node boots; needs `sam-vm-agent` built next to
+    /// `sam`).
+    #[arg(long, value_enum, default_value_t = RunProvider::Local)]
+    provider: RunProvider,
+    /// With `--provider qemu`: the image directory `sam image build` printed
+    /// [default: the default recipe's image in the user's cache].
+    #[arg(long)]
+    qemu_image: Option<PathBuf>,
     /// What the agent should do.
     prompt: String,
+}
+
+/// Where `sam run` runs its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunProvider {
+    /// A `sam-vm-agent` process on this machine.
+    Local,
+    /// A QEMU VM on this machine.
+    Qemu,
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,7 +404,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The agent's key (read from this environment by `EmbeddedOptions::new`) travels
     // with each task, so a warm node started by an earlier run, without the key or
     // with another, runs this run's agent with this key.
-    let embedded = Embedded::start(options).await?;
+    let runner = match args.provider {
+        RunProvider::Local => {
+            if args.qemu_image.is_some() {
+                anyhow::bail!("--qemu-image is for --provider qemu");
+            }
+            Runner::Embedded(Box::new(Embedded::start(options).await?))
+        }
+        RunProvider::Qemu => Runner::Server(Box::new(qemu_server(&args, options).await?)),
+    };
+    let embedded = runner.embedded();
     let request = RunRequest {
         repo: args.repo.clone(),
         prompt: args.prompt.clone(),
@@ -402,8 +433,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             });
         }
     };
-    let outcome = run_task_until(&embedded, &request, Progress::Auto, interrupt).await;
-    embedded.shutdown().await;
+    let outcome = run_task_until(embedded, &request, Progress::Auto, interrupt).await;
+    runner.shutdown().await;
     let outcome = outcome?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
@@ -417,6 +448,56 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What runs `sam run`'s task: the embedded control plane alone (local nodes call
+/// back to its loopback callback server), or, for QEMU nodes, the whole server,
+/// whose routes a VM needs besides the callbacks (the agent's download, the served
+/// repository).
+enum Runner {
+    Embedded(Box<Embedded>),
+    Server(Box<sam_examples::server::Server>),
+}
+
+impl Runner {
+    fn embedded(&self) -> &Embedded {
+        match self {
+            Self::Embedded(embedded) => embedded,
+            Self::Server(server) => &server.embedded,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Self::Embedded(embedded) => embedded.shutdown().await,
+            Self::Server(server) => server.shutdown().await,
+        }
+    }
+}
+
+/// A server for `sam run --provider qemu`: `sam-server --provider qemu`'s assembly,
+/// listening on the loopback port the data directory's earlier runs used (its warm
+/// VMs forward to that port), with `options`' agents and credentials.
+async fn qemu_server(
+    args: &RunArgs,
+    options: EmbeddedOptions,
+) -> anyhow::Result<sam_examples::server::Server> {
+    use sam_examples::config::ServerConfig;
+    use sam_examples::server::{Server, ServerOptions};
+    let mut config: ServerConfig = serde_json::from_value(serde_json::json!({
+        "provider": "qemu",
+        "data_dir": args.data_dir,
+        "qemu_image": args.qemu_image,
+    }))
+    .context("cannot build the QEMU server's configuration")?;
+    embedded::private_dir(&args.data_dir)?;
+    let listener = embedded::remembered_loopback_listener(&args.data_dir).await?;
+    config.listen = listener.local_addr()?;
+    config.validate()?;
+    let mut server = ServerOptions::from_config(&config)?;
+    server.embedded.agent_command = options.agent_command;
+    server.embedded.agent_credentials = options.agent_credentials;
+    Server::start_on(listener, server).await
 }
 
 /// The exit code of a run ended by SIGINT or SIGTERM, as shells report a command
