@@ -1,8 +1,12 @@
-//! `sam-server --provider qemu` end to end: a real VM, booted by QEMU from the
-//! user data the server renders, under Debian's cloud-init, runs every boot phase,
-//! downloads the VM agent from the server and checks its SHA-256, starts it last,
-//! and the agent reports ready through QEMU's forward to the server's loopback port;
-//! a VM killed while it boots is replaced.
+//! `sam-server --provider qemu` and `sam run --provider qemu` end to end: a real VM,
+//! booted by QEMU from the user data the server renders, under Debian's cloud-init,
+//! runs every boot phase, downloads the VM agent from the server and checks its
+//! SHA-256, starts it last, and the agent reports ready through QEMU's forward to
+//! the server's loopback port; a VM killed while it boots is replaced. A task on a
+//! repository of this machine then runs to `completed` inside the VM: git clones
+//! it through the server's served-repository route, the demo agent works, and the
+//! output branch is pushed back into the repository; a second task reuses the
+//! warm VM.
 //!
 //! Needs root, `qemu-system-x86_64`, `qemu-img`, `socat` and `debootstrap` (the image
 //! is built once into `<target>/tmp/qemu-images`, as the provider's own tests do);
@@ -16,6 +20,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 mod common;
+use common::repo;
 use common::server::{ServerProcess, TOKEN, call};
 
 /// Whether the machine can run the test; prints why not, and fails on CI.
@@ -124,16 +129,21 @@ async fn a_qemu_node_boots_from_the_servers_user_data_and_reports_ready() {
     .await;
     let http = reqwest::Client::new();
 
-    // A task whose repository the VM cannot reach (it reaches nothing but the
-    // server): the node still boots and reports ready before the clone fails.
-    let (status, accepted) = call(
-        http.post(server.url("/v1/tasks"))
+    // A task on a repository of this machine, which the VM reaches only through the
+    // server's served-repository route.
+    let repo = repo();
+    let submit = |prompt: &'static str| {
+        let request = http
+            .post(server.url("/v1/tasks"))
             .bearer_auth(TOKEN)
-            .json(&json!({"repo": "https://git.invalid/sam/repo.git", "prompt": "say hello", "agent": "demo"})),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["id"].as_str().expect("an id").to_owned();
+            .json(&json!({"repo": repo.path(), "prompt": prompt, "agent": "demo"}));
+        async move {
+            let (status, accepted) = call(request).await;
+            assert_eq!(status, 202, "{accepted}");
+            accepted["id"].as_str().expect("an id").to_owned()
+        }
+    };
+    let id = submit("say hello").await;
 
     // The first VM dies while it boots (QEMU killed from outside): the task moves
     // to a replacement node instead of waiting out the agent-ready timeout.
@@ -247,35 +257,143 @@ async fn a_qemu_node_boots_from_the_servers_user_data_and_reports_ready() {
         "{node}"
     );
 
-    // The task then fails on the clone, with git's reason, and nothing is left
-    // running once the server and its VMs are stopped.
-    let task = tokio::time::timeout(Duration::from_secs(300), async {
+    // The task runs to completion inside the VM, and its branch lands in the
+    // repository on this machine.
+    let task = wait_for_end(&server, &http, &id, Duration::from_secs(600)).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["node_replacements"], 1, "{task}");
+    assert_eq!(task["node"], node["id"], "{task}");
+    landed(repo.path(), &task);
+
+    // A second task reuses the warm VM: no boot, no new VM.
+    let started = std::time::Instant::now();
+    let second = submit("say hello again").await;
+    let task = wait_for_end(&server, &http, &second, Duration::from_secs(300)).await;
+    let _ = writeln!(
+        std::io::stderr(),
+        "qemu warm task: submission -> completed in {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["node"], node["id"], "the warm node ran it: {task}");
+    landed(repo.path(), &task);
+    assert_eq!(qemu_pids(data.path()).len(), 1, "one VM ran both tasks");
+
+    // Nothing is left running once the server and its VMs are stopped.
+    server.terminate().await;
+    assert_eq!(stop_vms(data.path()), 1, "the warm VM was still running");
+}
+
+/// Waits up to `limit` for task `id` to end; its view.
+async fn wait_for_end(
+    server: &ServerProcess,
+    http: &reqwest::Client,
+    id: &str,
+    limit: Duration,
+) -> Value {
+    tokio::time::timeout(limit, async {
         loop {
             let (_, task) = call(
                 http.get(server.url(&format!("/v1/tasks/{id}")))
                     .bearer_auth(TOKEN),
             )
             .await;
-            if task["status"] == "failed" || task["status"] == "completed" {
+            if ["failed", "completed", "cancelled"]
+                .contains(&task["status"].as_str().unwrap_or_default())
+            {
                 return task;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     })
     .await
-    .expect("the task ended within 5 minutes of its node's start");
-    assert_eq!(task["status"], "failed", "{task}");
-    assert_eq!(task["node_replacements"], 1, "{task}");
-    let message = task["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        message.contains("git.invalid") || message.contains("clone"),
+    .unwrap_or_else(|_| panic!("task {id} did not end within {limit:?}"))
+}
+
+/// Asserts the task's output branch is in `repo` at the commit the task reported,
+/// and the checked-out branch is untouched.
+fn landed(repo: &Path, task: &Value) {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(repo)
+            .output()
+            .expect("git runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let branch = task["output"]["branch"].as_str().expect("an output branch");
+    let commit = task["output"]["commit"].as_str().expect("a commit");
+    assert_eq!(
+        git(&["rev-parse", &format!("refs/heads/{branch}")]),
+        commit,
         "{task}"
     );
-    server.terminate().await;
-    assert_eq!(stop_vms(data.path()), 1, "the warm VM was still running");
+    assert_ne!(git(&["rev-parse", "--abbrev-ref", "HEAD"]), branch);
+    assert_eq!(
+        git(&["status", "--porcelain"]),
+        "",
+        "the working copy is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sam_run_with_the_qemu_provider_completes_in_a_fresh_data_directory() {
+    if !available() {
+        return;
+    }
+    let image = image_dir();
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _vms = StopVms(data.path().to_owned());
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam"))
+        .args(["run", "--provider", "qemu", "--json", "--qemu-image"])
+        .arg(&image)
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--data-dir")
+        .arg(data.path().join("sam"))
+        .arg("say hello")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(900), run)
+        .await
+        .expect("sam run finished within 15 minutes")
+        .expect("sam runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let outcome: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("stdout is one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    assert!(output.status.success(), "{outcome}\n{stderr}");
+    assert_eq!(outcome["status"], "completed", "{outcome}");
+    let phases: Vec<&str> = outcome["boot_timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert_eq!(phases.last(), Some(&"agent-start"), "{outcome}");
+    assert!(phases.contains(&"agent-download"), "{outcome}");
+    assert!(
+        !outcome["files_changed"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "the files the agent changed, read from its pushed commit: {outcome}"
+    );
+    landed(repo.path(), &outcome);
+
+    // `sam down` stops the VM the run left warm.
+    let down = std::process::Command::new(env!("CARGO_BIN_EXE_sam"))
+        .args(["down", "--data-dir"])
+        .arg(data.path().join("sam"))
+        .output()
+        .expect("sam down runs");
+    assert!(down.status.success(), "{down:?}");
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("stopped qemu node"),
+        "{down:?}"
+    );
+    assert_eq!(stop_vms(data.path()), 0, "sam down left a VM running");
 }
 
 /// Every VM's serial console, for a failure's message.
