@@ -71,7 +71,22 @@ pub(crate) struct ProcessNodes {
 }
 
 pub(crate) fn io_error(kind: ProviderKind, what: &str, error: std::io::Error) -> ProviderError {
+    if error.kind() == std::io::ErrorKind::StorageFull {
+        return disk_full(kind, &format!("could not {what}"));
+    }
     ProviderError::new(kind, ErrorCategory::Unknown, format!("could not {what}")).with_source(error)
+}
+
+/// This machine's disk is full: `quota_exceeded`, since a node of another size or
+/// a retry needs the same disk; the message says what to do.
+pub(crate) fn disk_full(kind: ProviderKind, what: &str) -> ProviderError {
+    ProviderError::new(
+        kind,
+        ErrorCategory::QuotaExceeded,
+        format!(
+            "{what}: no space left on this machine's disk; free some, or move the data directory"
+        ),
+    )
 }
 
 impl ProcessNodes {

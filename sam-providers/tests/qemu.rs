@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sam_core::testkit::provider::spec;
-use sam_core::{Labels, Provider, VmState};
+use sam_core::{ErrorCategory, Labels, Provider, VmState};
 use sam_providers::qemu::{Accel, BaseImage, ImageRecipe, QemuConfig, QemuProvider, image};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
@@ -284,6 +284,69 @@ async fn a_corrupt_image_fails_the_vm_with_its_reason_and_leaks_nothing() {
     qemu.delete_vm(&vm.id).await.unwrap();
     assert_eq!(
         none_left(root.path(), Duration::from_secs(10)).await,
+        Vec::<u32>::new()
+    );
+}
+
+/// A 64 KiB tmpfs mounted on a new directory, unmounted when dropped.
+struct TinyDisk(tempfile::TempDir);
+
+impl TinyDisk {
+    /// `None`, with a notice, where this process may not mount (not root, or no
+    /// `CAP_SYS_ADMIN`); on CI that fails the test.
+    fn mount() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if mounted {
+            return Some(Self(dir));
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "cannot mount a tmpfs for the full-disk test, and CI=true requires it"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "notice: skipping the full-disk test: cannot mount a tmpfs here"
+        );
+        None
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_a_quota_error_that_names_the_disk_and_leaks_nothing() {
+    if !available() {
+        return;
+    }
+    let Some(disk) = TinyDisk::mount() else {
+        return;
+    };
+    let root = disk.0.path().join("qemu");
+    let mut config = QemuConfig::new(&root, test_image());
+    config.accel = Accel::Tcg;
+    let qemu = QemuProvider::new(config).unwrap();
+    // Fill what is left, so the VM's first file cannot be written.
+    let _ = std::fs::write(disk.0.path().join("filler"), vec![0_u8; 64 * 1024]);
+    let error = qemu
+        .create_vm(&spec(&qemu, "full"))
+        .await
+        .expect_err("nothing fits on a full disk");
+    assert_eq!(error.category(), ErrorCategory::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("no space left"), "{error}");
+    assert!(qemu.list_vms(&Labels::new()).await.unwrap().is_empty());
+    assert_eq!(
+        none_left(&root, Duration::from_secs(5)).await,
         Vec::<u32>::new()
     );
 }

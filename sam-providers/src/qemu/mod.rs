@@ -218,14 +218,12 @@ impl QemuProvider {
             .output()
             .map_err(|e| io_error(KIND, "run qemu-img", e))?;
         if !output.status.success() {
-            return Err(ProviderError::new(
-                KIND,
-                ErrorCategory::Unknown,
-                format!(
-                    "qemu-img could not create the VM's disk: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ),
-            ));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let what = format!("qemu-img could not create the VM's disk: {}", stderr.trim());
+            if stderr.contains("No space left on device") {
+                return Err(crate::process::disk_full(KIND, &what));
+            }
+            return Err(ProviderError::new(KIND, ErrorCategory::Unknown, what));
         }
         // The NoCloud seed: the user data holds the node's token, owner only.
         let seed = dir.join("seed");
