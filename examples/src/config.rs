@@ -156,6 +156,12 @@ pub struct ServerConfig {
     /// prints it). Default: the default recipe's image in the user's cache.
     #[serde(default)]
     pub qemu_image: Option<PathBuf>,
+    /// With provider `qemu`: the loopback port of an HTTP proxy for apt on this
+    /// machine (apt-cacher-ng listens on 3142), so nodes booted from a bare image
+    /// (`sam image build --bare`) can install their packages. Default: none, and
+    /// the VMs reach no mirror.
+    #[serde(default)]
+    pub qemu_apt_proxy_port: Option<u16>,
     /// How many times one task may move to another node after losing its node (a
     /// failed boot, a VM that vanished or failed, an agent that stopped answering)
     /// before it fails (0 to 10). Default 1.
@@ -370,6 +376,12 @@ impl ServerConfig {
             return invalid("database_schema", "needs `database_url`");
         }
         crate::server::agent_download::check(self)?;
+        if self.qemu_apt_proxy_port == Some(0) {
+            return invalid("qemu_apt_proxy_port", "must not be 0");
+        }
+        if self.qemu_apt_proxy_port.is_some() && self.provider != ProviderChoice::Qemu {
+            return invalid("qemu_apt_proxy_port", "is for provider `qemu`");
+        }
         if self.provider == ProviderChoice::Qemu {
             // The VMs reach only this machine's loopback, through QEMU's forward.
             if self.agent_download_url.is_some() {

@@ -210,6 +210,9 @@ pub struct QemuNodes {
     pub image: sam_providers::qemu::BaseImage,
     /// How the guests' CPUs run.
     pub accel: sam_providers::qemu::Accel,
+    /// The loopback port of an apt proxy the guests reach
+    /// ([`sam_providers::QemuConfig::apt_proxy_port`]); `None` for none.
+    pub apt_proxy_port: Option<u16>,
 }
 
 impl QemuNodes {
@@ -235,6 +238,7 @@ impl QemuNodes {
         Ok(Self {
             image,
             accel: sam_providers::qemu::Accel::Auto,
+            apt_proxy_port: None,
         })
     }
 }
@@ -657,6 +661,7 @@ fn qemu_parts(
     config.accel = nodes.accel;
     config.agent_port = sam_agent::node_config::DEFAULT_PORT;
     config.control_plane_port = Some(port);
+    config.apt_proxy_port = nodes.apt_proxy_port;
     let provider: Arc<dyn Provider> = Arc::new(sam_providers::QemuProvider::new(config)?);
 
     let mut boot = template
@@ -820,6 +825,15 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// A bare QEMU image leaves out exactly what the boot installs.
+    #[test]
+    fn a_bare_image_leaves_out_what_the_boot_installs() {
+        assert_eq!(
+            sam_providers::qemu::image::BOOT_PACKAGES,
+            sam_cloudinit::BASE_PACKAGES
+        );
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -127,6 +127,9 @@ impl ServerOptions {
         let mut embedded = EmbeddedOptions::new(&config.data_dir)?;
         (embedded.provider, embedded.provider_factory) =
             crate::config::node_provider(config.provider, config.qemu_image.as_deref())?;
+        if let crate::embedded::NodeProvider::Qemu(nodes) = &mut embedded.provider {
+            nodes.apt_proxy_port = config.qemu_apt_proxy_port;
+        }
         embedded.database_url = config.database_url.clone();
         embedded.database_schema = config.database_schema.clone();
         embedded.agent_command = config.agent_command.clone();

@@ -77,8 +77,9 @@ const METADATA_BLOCK_UNIT: &str = "sam-metadata-block.service";
 const AGENT_DOWNLOAD_PATH: &str = "/usr/local/bin/sam-vm-agent.download";
 const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
 
-/// Packages every node needs; Docker nodes add `docker.io`.
-const BASE_PACKAGES: [&str; 4] = ["ca-certificates", "curl", "git", "iptables"];
+/// Packages every node needs (the `packages` phase installs those missing);
+/// Docker nodes add `docker.io`.
+pub const BASE_PACKAGES: [&str; 4] = ["ca-certificates", "curl", "git", "iptables"];
 
 /// A boot phase. [`Phase::ALL`] is the order boot runs them in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -104,6 +104,11 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     qemu_image: Option<PathBuf>,
+    /// With --provider qemu: the loopback port of an apt proxy (apt-cacher-ng: 3142)
+    /// through which nodes booted from a bare image install their packages.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qemu_apt_proxy_port: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -189,6 +189,10 @@ struct RunArgs {
     /// [default: the default recipe's image in the user's cache].
     #[arg(long)]
     qemu_image: Option<PathBuf>,
+    /// With `--provider qemu`: the loopback port of an apt proxy (apt-cacher-ng:
+    /// 3142), for a bare image whose boot installs packages.
+    #[arg(long)]
+    qemu_apt_proxy_port: Option<u16>,
     /// What the agent should do.
     prompt: String,
 }
@@ -221,6 +225,11 @@ struct ImageBuildArgs {
     /// The Debian mirror [default: http://deb.debian.org/debian].
     #[arg(long)]
     mirror: Option<String>,
+    /// Leave out what the nodes' boot installs (curl, git, …), as on a cloud
+    /// provider's stock image; its nodes need an apt proxy
+    /// (`--qemu-apt-proxy-port`).
+    #[arg(long)]
+    bare: bool,
     /// Print the image as JSON.
     #[arg(long)]
     json: bool,
@@ -243,6 +252,7 @@ fn image_build(args: &ImageBuildArgs) -> anyhow::Result<()> {
     use sam_providers::qemu::{ImageRecipe, image};
     let mut recipe = ImageRecipe {
         extra_packages: args.packages.clone(),
+        bare: args.bare,
         ..ImageRecipe::default()
     };
     if let Some(mirror) = &args.mirror {
@@ -406,8 +416,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // with another, runs this run's agent with this key.
     let runner = match args.provider {
         RunProvider::Local => {
-            if args.qemu_image.is_some() {
-                anyhow::bail!("--qemu-image is for --provider qemu");
+            if args.qemu_image.is_some() || args.qemu_apt_proxy_port.is_some() {
+                anyhow::bail!("--qemu-image and --qemu-apt-proxy-port are for --provider qemu");
             }
             Runner::Embedded(Box::new(Embedded::start(options).await?))
         }
@@ -488,6 +498,7 @@ async fn qemu_server(
         "provider": "qemu",
         "data_dir": args.data_dir,
         "qemu_image": args.qemu_image,
+        "qemu_apt_proxy_port": args.qemu_apt_proxy_port,
     }))
     .context("cannot build the QEMU server's configuration")?;
     embedded::private_dir(&args.data_dir)?;

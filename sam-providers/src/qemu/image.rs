@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 /// Bumped whenever [`build`] changes what it does with a recipe.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 2;
 /// What every node image holds: an init system and a kernel, cloud-init (with the
 /// dependency debootstrap does not resolve), and what the boot phases install on a
-/// plain image (so a node booted from this image skips apt entirely).
+/// plain image (so a node booted from this image skips apt entirely), unless the
+/// recipe is [`ImageRecipe::bare`].
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
@@ -35,6 +36,17 @@ pub const BASE_PACKAGES: &[&str] = &[
     "git",
     "iptables",
 ];
+
+/// The part of [`BASE_PACKAGES`] the boot's `packages` phase installs where they
+/// are missing: what a bare image leaves out.
+pub const BOOT_PACKAGES: &[&str] = &["ca-certificates", "curl", "git", "iptables"];
+
+/// Where every image's apt looks for its HTTP proxy: a guest address that
+/// [`super::QemuConfig::apt_proxy_port`] forwards to a proxy on this machine's
+/// loopback (apt-cacher-ng, say). Without the forward apt reaches nothing, as the
+/// guest reaches nothing else.
+pub const APT_PROXY_GUEST_ADDRESS: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 2, 101), 3142);
 
 /// The files of a built image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +96,11 @@ pub struct ImageRecipe {
     pub extra_packages: Vec<String>,
     /// The image's size in GiB (the root file system; a VM's overlay may be larger).
     pub size_gib: u32,
+    /// Leave out [`BOOT_PACKAGES`], so the boot installs them (through the apt
+    /// proxy, [`APT_PROXY_GUEST_ADDRESS`]): the image a cloud VM starts from, for
+    /// measuring what pre-baking saves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bare: bool,
 }
 
 impl Default for ImageRecipe {
@@ -94,6 +111,7 @@ impl Default for ImageRecipe {
             mirror: "http://deb.debian.org/debian".into(),
             extra_packages: Vec::new(),
             size_gib: 3,
+            bare: false,
         }
     }
 }
@@ -110,7 +128,11 @@ impl ImageRecipe {
 
     /// Every package the image holds, base first, without repeats.
     pub fn packages(&self) -> Vec<String> {
-        let mut all: Vec<String> = BASE_PACKAGES.iter().map(|p| (*p).to_owned()).collect();
+        let mut all: Vec<String> = BASE_PACKAGES
+            .iter()
+            .filter(|p| !(self.bare && BOOT_PACKAGES.contains(p)))
+            .map(|p| (*p).to_owned())
+            .collect();
         for extra in &self.extra_packages {
             if !all.contains(extra) {
                 all.push(extra.clone());
@@ -365,6 +387,11 @@ fn configure(rootfs: &Path) -> std::io::Result<()> {
         rootfs.join("etc/cloud/cloud.cfg.d/90-sam-datasource.cfg"),
         "datasource_list: [ NoCloud, None ]\n",
     )?;
+    // apt goes through the proxy QEMU may forward; nothing else would answer.
+    std::fs::write(
+        rootfs.join("etc/apt/apt.conf.d/90-sam-proxy"),
+        format!("Acquire::http::Proxy \"http://{APT_PROXY_GUEST_ADDRESS}/\";\n"),
+    )?;
     // cloud-init renders the guest's network for systemd-networkd here (there is
     // no ifupdown), so networkd must start at boot.
     let wants = rootfs.join("etc/systemd/system/multi-user.target.wants");
@@ -455,6 +482,22 @@ mod tests {
             ..ImageRecipe::default()
         };
         assert_eq!(repeated.packages().len(), BASE_PACKAGES.len());
+        let bare = ImageRecipe {
+            bare: true,
+            ..ImageRecipe::default()
+        };
+        assert_ne!(base.key(), bare.key());
+        assert_eq!(
+            bare.packages().len(),
+            BASE_PACKAGES.len() - BOOT_PACKAGES.len()
+        );
+        assert!(!bare.packages().iter().any(|p| p == "git"));
+        // A recipe written before `bare` existed reads as not bare.
+        let old: ImageRecipe = serde_json::from_str(
+            r#"{"suite":"bookworm","mirror":"http://deb.debian.org/debian","extra_packages":[],"size_gib":3}"#,
+        )
+        .unwrap();
+        assert_eq!(old, ImageRecipe::default());
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub struct QemuConfig {
     /// The loopback port of this machine the guest's [`CONTROL_PLANE_GUEST_ADDRESS`]
     /// reaches (the control plane's callbacks); `None` forwards nothing.
     pub control_plane_port: Option<u16>,
+    /// The loopback port of an HTTP proxy for apt on this machine (apt-cacher-ng,
+    /// say), which the guest's [`image::APT_PROXY_GUEST_ADDRESS`] reaches: how a
+    /// node booted from a bare image installs its packages. `None` forwards
+    /// nothing, and apt in the guest reaches no mirror.
+    pub apt_proxy_port: Option<u16>,
 }
 
 impl QemuConfig {
@@ -92,6 +97,7 @@ impl QemuConfig {
             accel: Accel::Auto,
             agent_port: 8080,
             control_plane_port: None,
+            apt_proxy_port: None,
         }
     }
 }
@@ -143,9 +149,19 @@ impl QemuProvider {
         if config.agent_port == 0 {
             return Err(Error::config(KIND, "agent_port", "must not be 0"));
         }
+        let mut config = config;
+        // QEMU runs in each VM's own directory: a relative image path (`sam run
+        // --qemu-image ./images/x`) would name nothing there.
+        for path in [
+            &mut config.image.disk,
+            &mut config.image.kernel,
+            &mut config.image.initrd,
+        ] {
+            *path = std::fs::canonicalize(&*path)
+                .map_err(|e| Error::config(KIND, "image", format!("{}: {e}", path.display())))?;
+        }
         // The forward's command goes into QEMU's comma-separated option list and
         // through a shell: an absolute path of plain characters only.
-        let mut config = config;
         config.socat = find_program(&config.socat).ok_or_else(|| {
             Error::config(KIND, "socat", "not found: install the Debian package socat")
         })?;
@@ -318,14 +334,19 @@ fn vm_args(
         "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{host_port}-:{}",
         config.agent_port
     );
-    if let Some(port) = config.control_plane_port {
-        let guest = CONTROL_PLANE_GUEST_ADDRESS;
-        netdev.push_str(&format!(
-            ",guestfwd=tcp:{}:{}-cmd:{} - TCP:127.0.0.1:{port}",
-            guest.ip(),
-            guest.port(),
-            config.socat.display()
-        ));
+    let forwards = [
+        (CONTROL_PLANE_GUEST_ADDRESS, config.control_plane_port),
+        (image::APT_PROXY_GUEST_ADDRESS, config.apt_proxy_port),
+    ];
+    for (guest, port) in forwards {
+        if let Some(port) = port {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{}:{}-cmd:{} - TCP:127.0.0.1:{port}",
+                guest.ip(),
+                guest.port(),
+                config.socat.display()
+            ));
+        }
     }
     vec![
         "-accel".into(),
@@ -479,6 +500,14 @@ mod tests {
         );
         assert!(args.windows(2).any(|w| w == ["-accel", "tcg,thread=multi"]));
         assert!(args.windows(2).any(|w| w == ["-m", "2048M"]));
+        config.apt_proxy_port = Some(3142);
+        let args = vm_args(&config, Accel::Tcg, 2, 2, dir.path(), 40001);
+        let netdev = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
+        assert!(
+            netdev
+                .ends_with(",guestfwd=tcp:10.0.2.101:3142-cmd:/usr/bin/socat - TCP:127.0.0.1:3142"),
+            "{netdev}"
+        );
         let seed = args.iter().find(|a| a.contains("vvfat")).unwrap();
         assert!(
             seed.contains("label=cidata") && seed.contains("read-only=on"),
@@ -508,5 +537,28 @@ mod tests {
         config.socat = "true".into();
         let error = QemuProvider::new(config).unwrap_err().to_string();
         assert!(error.contains("sam image build"), "{error}");
+    }
+
+    /// QEMU runs in the VM's directory: an image named relative to this process's
+    /// directory is made absolute (a relative `--qemu-image` once failed every VM).
+    #[test]
+    fn a_relative_image_path_is_made_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let relative = up.join(dir.path().strip_prefix("/").unwrap());
+        let mut config = QemuConfig::new(dir.path(), image(&relative));
+        assert!(config.image.kernel.is_relative());
+        config.qemu = "true".into();
+        config.qemu_img = "true".into();
+        config.socat = "true".into();
+        let provider = QemuProvider::new(config).unwrap();
+        for path in [
+            &provider.config.image.disk,
+            &provider.config.image.kernel,
+            &provider.config.image.initrd,
+        ] {
+            assert!(path.is_absolute() && path.is_file(), "{}", path.display());
+        }
     }
 }
