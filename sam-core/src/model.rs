@@ -855,6 +855,10 @@ pub struct VmInstance {
     pub address: Option<String>,
     /// When the provider created it, if known.
     pub created_at: Option<DateTime<Utc>>,
+    /// Why a [`VmState::Failed`] VM failed, when the provider can say (a local or
+    /// QEMU node's last lines of output); shown with the task's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// A monthly price in a currency, as the provider publishes it.

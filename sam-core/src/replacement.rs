@@ -29,7 +29,10 @@ pub enum NodeLoss {
     /// The provider no longer knows the node's VM.
     VmVanished,
     /// The provider reports the node's VM as failed.
-    VmFailed,
+    VmFailed {
+        /// Why, when the provider says ([`crate::VmInstance::failure`]).
+        reason: Option<String>,
+    },
     /// The node's VM agent does not answer (connection refused, timeout).
     AgentUnreachable,
     /// The node's heartbeats stopped (its health is `stale`).
@@ -44,7 +47,15 @@ impl fmt::Display for NodeLoss {
                 "the server's boot failed in phase {phase} (exit status {exit_status})"
             ),
             Self::VmVanished => f.write_str("the server's VM disappeared"),
-            Self::VmFailed => f.write_str("the provider reports the server's VM as failed"),
+            Self::VmFailed { reason: None } => {
+                f.write_str("the provider reports the server's VM as failed")
+            }
+            Self::VmFailed {
+                reason: Some(reason),
+            } => write!(
+                f,
+                "the provider reports the server's VM as failed ({reason})"
+            ),
             Self::AgentUnreachable => f.write_str("the server's agent does not answer"),
             Self::HealthStale => f.write_str("the server's heartbeats stopped"),
         }
@@ -198,11 +209,26 @@ mod tests {
         assert!(message.contains("phase packages"), "{message}");
         assert!(message.contains("exit status 100"), "{message}");
         assert!(message.contains("one replacement server"), "{message}");
-        let decision = after_node_loss(&NodeLoss::VmFailed, LostNode::Placed, 0, 0, 3);
+        let decision = after_node_loss(
+            &NodeLoss::VmFailed { reason: None },
+            LostNode::Placed,
+            0,
+            0,
+            3,
+        );
         assert!(
             matches!(&decision, LossDecision::Fail { category: ErrorCategory::Transient, message } if message.contains("no replacement")),
             "{decision:?}"
         );
+        // A failed VM's reason, when the provider gives one, is in the message.
+        let loss = NodeLoss::VmFailed {
+            reason: Some("its process exited: qemu: could not load kernel".to_owned()),
+        };
+        let LossDecision::Fail { message, .. } = after_node_loss(&loss, LostNode::Placed, 0, 0, 3)
+        else {
+            panic!("no budget: the task fails");
+        };
+        assert!(message.contains("could not load kernel"), "{message}");
     }
 
     proptest! {
@@ -210,7 +236,7 @@ mod tests {
         fn never_replaces_past_the_budget_and_never_leaves_the_plan(
             used in 0u32..10, budget in 0u32..10, entry in proptest::option::of(0usize..20), len in 0usize..20,
         ) {
-            let decision = after_node_loss(&NodeLoss::VmFailed, LostNode::Provisioned { plan_entry: entry }, used, budget, len);
+            let decision = after_node_loss(&NodeLoss::VmFailed { reason: None }, LostNode::Provisioned { plan_entry: entry }, used, budget, len);
             match decision {
                 LossDecision::Fail { .. } => prop_assert!(used >= budget),
                 LossDecision::Provision { from_entry } => {

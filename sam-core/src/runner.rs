@@ -697,7 +697,11 @@ impl ControlPlane {
                 self.show_downgrade(task, node.size);
                 Ok(self.step_to(ExecutionStep::NodeAgentReady))
             }
-            VmState::Failed => self.lose_node(task, &node, NodeLoss::VmFailed).await,
+            VmState::Failed => {
+                let reason = polled.failure.clone();
+                self.lose_node(task, &node, NodeLoss::VmFailed { reason })
+                    .await
+            }
             _ => Ok(self.poll()),
         }
     }
@@ -800,7 +804,9 @@ impl ControlPlane {
         let provider = self.node_provider(node).await.ok()?;
         match provider.get_vm(vm).await {
             Ok(None) => Some(NodeLoss::VmVanished),
-            Ok(Some(vm)) if vm.state == VmState::Failed => Some(NodeLoss::VmFailed),
+            Ok(Some(vm)) if vm.state == VmState::Failed => {
+                Some(NodeLoss::VmFailed { reason: vm.failure })
+            }
             Ok(Some(_)) => None,
             Err(e) => {
                 tracing::debug!(node = %node.id, error = %e, "could not look the node's VM up");

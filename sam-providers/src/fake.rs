@@ -288,6 +288,7 @@ impl Provider for FakeProvider {
             labels: spec.labels.clone(),
             address: Some("127.0.0.1".to_owned()),
             created_at: Some(self.clock.as_ref().map_or_else(Utc::now, |c| c.now())),
+            failure: None,
         };
         let action_failure = match outcome {
             FakeOutcome::FailInAction(c) => Some(c),

@@ -203,6 +203,7 @@ impl ProcessNodes {
     }
 
     fn instance(&self, id: &str, record: &Record) -> Result<VmInstance, ProviderError> {
+        let alive = self.is_alive(record);
         Ok(VmInstance {
             id: crate::vm_id(self.kind, id.to_owned())?,
             provider: self.kind,
@@ -212,7 +213,7 @@ impl ProcessNodes {
             // A node's process that exited on its own (a crash, a killed QEMU, a
             // guest that powered off) cannot be started again: the node is lost,
             // which the control plane treats as a failed VM and replaces.
-            state: if self.is_alive(record) {
+            state: if alive {
                 VmState::Running
             } else {
                 VmState::Failed
@@ -220,7 +221,31 @@ impl ProcessNodes {
             labels: record.labels.clone(),
             address: Some(format!("127.0.0.1:{}", record.port)),
             created_at: Some(record.created_at),
+            failure: (!alive).then(|| self.exit_reason(id)),
         })
+    }
+
+    /// What a node's process said last (the last lines of its output), for a node
+    /// whose process exited: QEMU's own reason, a crashed agent's last words.
+    fn exit_reason(&self, id: &str) -> String {
+        let log = self.node_dir(id).join(NODE_LOG);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .rev()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .collect();
+        let tail: Vec<&str> = lines.into_iter().rev().collect();
+        if tail.is_empty() {
+            format!("its process exited with no output (see {})", log.display())
+        } else {
+            format!(
+                "its process exited: {} (see {})",
+                tail.join(" | "),
+                log.display()
+            )
+        }
     }
 
     /// Kills the node's process group, if it is still the process we started.
@@ -316,19 +341,11 @@ impl ProcessNodes {
         if current.state == VmState::Running {
             return Ok(current);
         }
-        let log = self.node_dir(vm.id.as_str()).join(NODE_LOG);
         // The node's directory goes with the node: say how it ended here.
-        let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
-        let lines: Vec<&str> = text.lines().rev().take(3).collect();
-        let tail: Vec<&str> = lines.into_iter().rev().collect();
         Err(ProviderError::new(
             self.kind,
             ErrorCategory::Unknown,
-            format!(
-                "the node process exited; see {}: {}",
-                log.display(),
-                tail.join(" | ")
-            ),
+            format!("the node {}", self.exit_reason(vm.id.as_str())),
         ))
     }
 

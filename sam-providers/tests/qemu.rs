@@ -281,6 +281,15 @@ async fn a_corrupt_image_fails_the_vm_with_its_reason_and_leaks_nothing() {
     }
     let error = outcome.expect_err("a kernel that is not one ends QEMU");
     assert!(error.to_string().contains("node.log"), "{error}");
+    // The VM reads failed, with QEMU's own words as the reason the control plane
+    // shows when it replaces the node.
+    let failed = qemu.get_vm(&vm.id).await.unwrap().expect("recorded");
+    assert_eq!(failed.state, VmState::Failed);
+    let reason = failed.failure.expect("a failed VM says why");
+    assert!(
+        reason.contains("kernel") && reason.contains("node.log"),
+        "{reason}"
+    );
     qemu.delete_vm(&vm.id).await.unwrap();
     assert_eq!(
         none_left(root.path(), Duration::from_secs(10)).await,

@@ -99,6 +99,7 @@ impl Instance {
             labels: crate::lossy_labels(self.labels),
             address,
             created_at: self.creation_timestamp,
+            failure: None,
         })
     }
 }

@@ -137,6 +137,7 @@ mod provider {
                 labels: spec.labels.clone(),
                 address: None,
                 created_at: None,
+                failure: None,
             })
         }
 

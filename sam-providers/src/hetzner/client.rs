@@ -115,6 +115,7 @@ impl Server {
             labels: crate::lossy_labels(self.labels),
             address,
             created_at: self.created,
+            failure: None,
         })
     }
 }

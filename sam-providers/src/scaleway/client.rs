@@ -128,6 +128,7 @@ impl Server {
             labels: crate::lossy_labels(labels),
             address,
             created_at: self.creation_date,
+            failure: None,
         })
     }
 }
