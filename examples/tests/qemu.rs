@@ -6,7 +6,8 @@
 //! repository of this machine then runs to `completed` inside the VM: git clones
 //! it through the server's served-repository route, the demo agent works, and the
 //! output branch is pushed back into the repository; a second task reuses the
-//! warm VM.
+//! warm VM. A VM booted from a bare image installs what its boot needs with apt,
+//! through an apt proxy on this machine's loopback.
 //!
 //! Needs root, `qemu-system-x86_64`, `qemu-img`, `socat` and `debootstrap` (the image
 //! is built once into `<target>/tmp/qemu-images`, as the provider's own tests do);
@@ -59,9 +60,14 @@ fn available() -> bool {
 
 /// The image directory, built once per target directory.
 fn image_dir() -> PathBuf {
-    use sam_providers::qemu::{ImageRecipe, image};
+    recipe_dir(&sam_providers::qemu::ImageRecipe::default())
+}
+
+/// The directory of `recipe`'s image, built once per target directory.
+fn recipe_dir(recipe: &sam_providers::qemu::ImageRecipe) -> PathBuf {
+    use sam_providers::qemu::image;
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-images");
-    let built = image::build(&ImageRecipe::default(), &cache, &mut |stage, elapsed| {
+    let built = image::build(recipe, &cache, &mut |stage, elapsed| {
         let _ = writeln!(
             std::io::stderr(),
             "qemu image: {} ({elapsed:.0?})",
@@ -394,6 +400,109 @@ async fn sam_run_with_the_qemu_provider_completes_in_a_fresh_data_directory() {
         "{down:?}"
     );
     assert_eq!(stop_vms(data.path()), 0, "sam down left a VM running");
+}
+
+/// An HTTP proxy for apt on a loopback port: it fetches `http://` URLs of
+/// `mirror_host` only (what apt in the guest asks for) and answers anything else
+/// with a JSON `403`; the count of requests it forwarded. It stands in for
+/// apt-cacher-ng (which BENCHMARKS.md's measurement used) so that CI installs no
+/// system service; what is under test is apt, dpkg and cloud-init in the guest.
+async fn apt_proxy(
+    mirror_host: &'static str,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::http::{StatusCode, Uri, header};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let forwarded = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&forwarded);
+    let client = reqwest::Client::new();
+    let handler = move |uri: Uri| {
+        let (client, count) = (client.clone(), std::sync::Arc::clone(&count));
+        async move {
+            let refused = |why: &str| {
+                (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "application/json".to_owned())],
+                    axum::body::Bytes::from(json!({ "error": why }).to_string()),
+                )
+            };
+            if uri.scheme_str() != Some("http") || uri.host() != Some(mirror_host) {
+                return refused("this proxy fetches only the Debian mirror");
+            }
+            let Ok(response) = client.get(uri.to_string()).send().await else {
+                return refused("the mirror did not answer");
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let status =
+                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let kind = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let body = response.bytes().await.unwrap_or_default();
+            (status, [(header::CONTENT_TYPE, kind)], body)
+        }
+    };
+    let router = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (port, forwarded)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_image_installs_what_the_boot_needs_through_the_apt_proxy() {
+    if !available() {
+        return;
+    }
+    let image = recipe_dir(&sam_providers::qemu::ImageRecipe {
+        bare: true,
+        ..sam_providers::qemu::ImageRecipe::default()
+    });
+    let (port, forwarded) = apt_proxy("deb.debian.org").await;
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _vms = StopVms(data.path().to_owned());
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam"))
+        .args(["run", "--provider", "qemu", "--json", "--qemu-image"])
+        .arg(&image)
+        .args(["--qemu-apt-proxy-port", &port.to_string()])
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--data-dir")
+        .arg(data.path().join("sam"))
+        .arg("say hello")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(900), run)
+        .await
+        .expect("sam run finished within 15 minutes")
+        .expect("sam runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let outcome: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("stdout is one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    assert_eq!(outcome["status"], "completed", "{outcome}\n{stderr}");
+    // The packages phase ran apt in the guest, through the proxy: git, curl and
+    // the rest came from Debian's mirror, and the clone and the push used them.
+    let packages = outcome["boot_timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["phase"] == "packages")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        packages["ended_at"].is_string() && packages["failed"] != true,
+        "{outcome}"
+    );
+    assert!(
+        forwarded.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "apt in the guest fetched nothing through the proxy: {outcome}"
+    );
+    landed(repo.path(), &outcome);
 }
 
 /// Every VM's serial console, for a failure's message.
