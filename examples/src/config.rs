@@ -163,7 +163,8 @@ pub struct ServerConfig {
     #[serde(default)]
     pub qemu_apt_proxy_port: Option<u16>,
     /// How many times one task may move to another node after losing its node (a
-    /// failed boot, a VM that vanished or failed, an agent that stopped answering)
+    /// failed boot, a VM that vanished or failed, an agent that stopped answering, a node
+    /// that never reported ready)
     /// before it fails (0 to 10). Default 1.
     #[serde(default = "default_node_replacements")]
     pub node_replacements: u32,

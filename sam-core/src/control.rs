@@ -203,7 +203,8 @@ pub struct ControlPlaneConfig {
     /// Provider VMs with the managed label and no live node are deleted once older than this.
     pub orphan_min_age: Duration,
     /// How many times one task may move off a node it lost (a failed boot, a VM
-    /// that vanished or failed, an agent that does not answer) before it fails.
+    /// that vanished or failed, an agent that does not answer, a node that never reported
+    /// ready) before it fails.
     pub node_replacements: u32,
     /// Seeds the task and node ids and the backoff jitter, so a simulation replays
     /// exactly; `None` (the default) draws them from the process's random keys.
@@ -353,7 +354,8 @@ pub enum TaskEventKind {
         text: String,
     },
     /// The task's node was lost before the task ran on it (a failed boot, a VM
-    /// that vanished or failed, an agent that does not answer); the task moves on
+    /// that vanished or failed, an agent that does not answer, a node that never reported
+    /// ready); the task moves on
     /// while its replacement budget lasts.
     NodeLost {
         /// The node.

@@ -1,5 +1,6 @@
 //! What happens to a task whose node is lost before the task runs on it: a boot that
-//! failed, a VM that vanished or failed, an agent that does not answer.
+//! failed, a VM that vanished or failed, an agent that does not answer, a node that
+//! never reported ready.
 //!
 //! None of these is the task's fault, and none is `transient_capacity`: the task
 //! moves to another node while its replacement budget lasts
@@ -37,6 +38,12 @@ pub enum NodeLoss {
     AgentUnreachable,
     /// The node's heartbeats stopped (its health is `stale`).
     HealthStale,
+    /// The node's agent did not report ready within the agent-ready limit
+    /// ([`crate::TimeoutPolicy::agent_ready`]): a VM that hung while it booted.
+    NeverReady {
+        /// The limit that passed.
+        waited: Duration,
+    },
 }
 
 impl fmt::Display for NodeLoss {
@@ -58,6 +65,11 @@ impl fmt::Display for NodeLoss {
             ),
             Self::AgentUnreachable => f.write_str("the server's agent does not answer"),
             Self::HealthStale => f.write_str("the server's heartbeats stopped"),
+            Self::NeverReady { waited } => write!(
+                f,
+                "the server's agent did not report ready within {} (agent ready timeout)",
+                crate::runner::human(*waited)
+            ),
         }
     }
 }
@@ -229,6 +241,13 @@ mod tests {
             panic!("no budget: the task fails");
         };
         assert!(message.contains("could not load kernel"), "{message}");
+        let hung = NodeLoss::NeverReady {
+            waited: Duration::from_secs(900),
+        };
+        assert_eq!(
+            hung.to_string(),
+            "the server's agent did not report ready within 15 minutes (agent ready timeout)"
+        );
     }
 
     proptest! {

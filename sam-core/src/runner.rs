@@ -92,7 +92,7 @@ fn plan_entry(plan: &FallbackPlan, node: &NodeRecord) -> Option<usize> {
 }
 
 /// Minutes, for messages ("within 15 minutes").
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 120 && secs.is_multiple_of(60) {
         format!("{} minutes", secs / 60)
@@ -779,6 +779,14 @@ impl ControlPlane {
         }
         let started = task.provisioning_started_at.unwrap_or(node.created_at);
         if elapsed(started, now) > self.config.timeouts.agent_ready {
+            // A VM that hung while it booted (seen with QEMU under emulation): another
+            // node may boot, while the replacement budget lasts.
+            if task.node_replacements < self.config.node_replacements {
+                let waited = self.config.timeouts.agent_ready;
+                return self
+                    .lose_node(task, &node, NodeLoss::NeverReady { waited })
+                    .await;
+            }
             let message = format!(
                 "The server's agent did not report ready within {} (agent ready timeout).",
                 human(self.config.timeouts.agent_ready)

@@ -434,7 +434,9 @@ async fn a_restarted_runner_adopts_the_in_flight_vm() {
 
 #[tokio::test(start_paused = true)]
 async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
-    let h = harness(config("d1"));
+    let mut c = config("d1");
+    c.node_replacements = 0;
+    let h = harness(c);
     h.agent.set_script(FakeAgentScript {
         ready_after_probes: None,
         ..FakeAgentScript::default()
@@ -452,11 +454,57 @@ async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
     );
 }
 
+/// A VM that hung while it booted (a QEMU guest under emulation once stopped in its
+/// kernel for good) is replaced at the agent-ready limit, like a failed boot; the
+/// task fails only when the replacement hangs too.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_never_reports_ready_is_replaced_while_the_budget_lasts() {
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        ready_after_probes: None,
+        ..FakeAgentScript::default()
+    });
+    let task = h.submit_and_run(&[]).await;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.node_replacements, 1);
+    assert_eq!(h.creates().len(), 2, "the hung node was replaced once");
+    let error = task.error.unwrap();
+    assert!(error.message.contains("agent ready timeout"), "{error:?}");
+    let elapsed = task.updated_at - task.created_at;
+    assert!(
+        elapsed >= chrono::Duration::minutes(30) && elapsed < chrono::Duration::minutes(32),
+        "{elapsed}"
+    );
+    assert!(h.provider.vms().is_empty(), "both nodes are destroyed");
+
+    // A replacement that does boot runs the task.
+    let h = harness(config("d1"));
+    h.agent.set_script(FakeAgentScript {
+        ready_after_probes: None,
+        ..FakeAgentScript::default()
+    });
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    loop {
+        h.cp.tick().await.unwrap();
+        let task = h.store.get_task(&id).await.unwrap().unwrap();
+        if task.node_replacements == 1 {
+            break;
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+    }
+    h.agent.set_script(FakeAgentScript::default());
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+    assert_eq!(h.creates().len(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_vm_whose_delete_failed_is_destroyed_by_the_next_sweep() {
     // Found by the simulation: the failed delete left a live row, which the orphan
     // sweep counts as the VM's owner, so the VM ran until its 24 hour lifetime.
-    let h = harness(config("d1"));
+    let mut c = config("d1");
+    c.node_replacements = 0;
+    let h = harness(c);
     h.agent.set_script(FakeAgentScript {
         ready_after_probes: None,
         ..FakeAgentScript::default()
