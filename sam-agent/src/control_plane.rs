@@ -179,7 +179,7 @@ async fn served_repo(
 ) -> Result<Response, ApiError> {
     let workspace: WorkspaceId = path_id(&id, "id")?;
     let token = bearer(request.headers())?;
-    let repo = git
+    let served = git
         .control_plane
         .workspace_repository(token, &workspace)
         .await?;
@@ -196,11 +196,12 @@ async fn served_repo(
     let (parts, body) = request.into_parts();
     crate::served_repo::serve(
         &ServeOptions::default(),
-        &repo,
+        &served.path,
         workspace.as_str(),
         service,
         &parts.headers,
         body,
+        &format!("refs/heads/{}", served.output_branch),
     )
     .await
 }

@@ -9,9 +9,11 @@
 //! [`sam_core::environment`] and the CGI variables; the request body streams into it
 //! and its output streams back; it is killed past the timeout. Only the smart
 //! protocol's three exchanges are served ([`GitService`]): git's "dumb" file-by-file
-//! protocol is not. Pushes may neither delete a branch nor rewrite one
-//! (`receive.denyDeletes`, `receive.denyNonFastForwards`): a workspace adds its
-//! output branch and nothing else it does can lose a commit of the user's.
+//! protocol is not. A push may update the workspace's output branch only (its
+//! commands are read before git sees the request, [`push_commands`]), and may
+//! neither delete nor rewrite it (`receive.denyDeletes`,
+//! `receive.denyNonFastForwards`): nothing a workspace does can lose a commit of the
+//! user's or touch another branch.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -118,11 +120,13 @@ impl Default for ServeOptions {
 
 /// Answers one smart-protocol exchange on the repository at `repo` (a working copy
 /// or a bare repository) for `user` (the workspace, recorded as the pusher), with
-/// `headers` and `body` of the request.
+/// `headers` and `body` of the request; a push may update `push_ref` only (a full
+/// ref name, `refs/heads/…`).
 ///
 /// # Errors
 /// `not_found` when `repo` is not a directory; `transient` when git cannot start or
-/// writes no valid answer; `invalid_config` for a body over [`MAX_REQUEST_BYTES`].
+/// writes no valid answer; `invalid_config` for a body over [`MAX_REQUEST_BYTES`]
+/// or a push git's protocol does not describe; `403` for a push to another ref.
 pub async fn serve(
     options: &ServeOptions,
     repo: &Path,
@@ -130,6 +134,7 @@ pub async fn serve(
     service: GitService,
     headers: &HeaderMap,
     body: Body,
+    push_ref: &str,
 ) -> Result<Response, ApiError> {
     if !repo.is_dir() {
         return Err(ApiError::new(
@@ -143,6 +148,23 @@ pub async fn serve(
     {
         return Err(too_large());
     }
+    let body = if service == GitService::ReceivePack {
+        if header(header::CONTENT_ENCODING).is_some_and(|e| e != "identity") {
+            return Err(ApiError::new(
+                ErrorCategory::InvalidConfig,
+                "a push must not be compressed (git does not compress pushes)",
+            ));
+        }
+        let (refs, body) = push_commands(body).await?;
+        if let Some(other) = refs.iter().find(|r| *r != push_ref) {
+            return Err(ApiError::forbidden(&format!(
+                "this workspace may push {push_ref} only, not {other}"
+            )));
+        }
+        body
+    } else {
+        body
+    };
     let mut command = tokio::process::Command::new(&options.program);
     command
         .arg("http-backend")
@@ -282,6 +304,86 @@ pub async fn serve(
     Ok(response)
 }
 
+/// The most bytes of a push's commands (before its pack).
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// Reads the commands at the start of a push (`git-receive-pack`'s request: one
+/// pkt-line `<old> <new> <ref>` per ref, the first with its capabilities after a
+/// NUL, then a flush `0000`, then the pack) and returns the refs they update, and a
+/// body that gives git the whole request again.
+///
+/// # Errors
+/// `invalid_config` for a request that is not such a list within
+/// [`MAX_COMMAND_BYTES`] (a push certificate or shallow lines included: the VM
+/// agent's pushes send neither).
+pub async fn push_commands(body: Body) -> Result<(Vec<String>, Body), ApiError> {
+    use futures::StreamExt as _;
+    let bad = |why: &str| {
+        ApiError::new(
+            ErrorCategory::InvalidConfig,
+            &format!("a push this route does not take: {why}"),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut read = Vec::new();
+    let mut refs = Vec::new();
+    let mut at = 0;
+    loop {
+        // The next pkt-line's length, then the line, reading more as needed.
+        let line_end = loop {
+            if read.len() >= at + 4 {
+                let length = std::str::from_utf8(&read[at..at + 4])
+                    .ok()
+                    .and_then(|h| usize::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| bad("a pkt-line length is not hex"))?;
+                if length == 0 {
+                    break None;
+                }
+                if length < 5 {
+                    return Err(bad("a pkt-line is too short"));
+                }
+                if read.len() >= at + length {
+                    break Some(at + length);
+                }
+            }
+            if read.len() > MAX_COMMAND_BYTES {
+                return Err(bad("its commands are too long"));
+            }
+            match stream.next().await {
+                Some(Ok(chunk)) => read.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(bad(&e.to_string())),
+                None => return Err(bad("it ended before its commands did")),
+            }
+        };
+        let Some(end) = line_end else {
+            break;
+        };
+        let line = &read[at + 4..end];
+        let command = line.split(|b| *b == 0).next().unwrap_or_default();
+        let command = std::str::from_utf8(command)
+            .map_err(|_| bad("a command is not UTF-8"))?
+            .trim_end_matches('\n');
+        let mut parts = command.split(' ');
+        let (Some(old), Some(new), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(&format!("{command:?} is not a ref update")));
+        };
+        let oid = |o: &str| o.len() >= 40 && o.chars().all(|c| c.is_ascii_hexdigit());
+        if !oid(old) || !oid(new) {
+            return Err(bad(&format!("{command:?} is not a ref update")));
+        }
+        refs.push(name.to_owned());
+        at = end;
+    }
+    if refs.is_empty() {
+        return Err(bad("it updates no ref"));
+    }
+    let head =
+        futures::stream::once(async move { Ok::<_, axum::Error>(axum::body::Bytes::from(read)) });
+    Ok((refs, Body::from_stream(head.chain(stream))))
+}
+
 fn too_large() -> ApiError {
     ApiError::too_large(
         "body",
@@ -381,6 +483,51 @@ mod tests {
             .unwrap();
         assert_eq!(head.status, StatusCode::FORBIDDEN);
         assert_eq!(rest, "no\n");
+    }
+
+    fn pkt(line: &str) -> String {
+        format!("{:04x}{line}", line.len() + 4)
+    }
+
+    #[tokio::test]
+    async fn a_pushs_refs_are_read_and_the_body_given_back_whole() {
+        let old = "0".repeat(40);
+        let new = "a".repeat(40);
+        let request = format!(
+            "{}{}0000PACK-bytes",
+            pkt(&format!(
+                "{old} {new} refs/heads/sam/x\0report-status side-band-64k\n"
+            )),
+            pkt(&format!("{new} {old} refs/heads/main\n")),
+        );
+        let (refs, body) = push_commands(Body::from(request.clone())).await.unwrap();
+        assert_eq!(refs, ["refs/heads/sam/x", "refs/heads/main"]);
+        let given = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        assert_eq!(given, request.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn pushes_the_route_does_not_take_are_invalid() {
+        let oid = "b".repeat(40);
+        for request in [
+            String::new(),
+            "0000".to_owned(),
+            "zzzz".to_owned(),
+            "0003".to_owned(),
+            pkt("push-cert\0report-status\n") + "0000",
+            pkt(&format!("shallow {oid}\n")) + "0000",
+            pkt(&format!("{oid} {oid} refs/heads/x\n")),
+            format!("{:04x}", 60_000) + &"a".repeat(MAX_COMMAND_BYTES + 10),
+        ] {
+            let error = push_commands(Body::from(request.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.body().category,
+                ErrorCategory::InvalidConfig,
+                "{request:?}"
+            );
+        }
     }
 
     #[tokio::test]

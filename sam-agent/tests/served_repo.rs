@@ -194,7 +194,8 @@ async fn a_vm_agent_clones_a_served_repository_and_pushes_its_branch_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_served_repository_answers_its_own_workspace_only_and_loses_no_commit() {
     let world = world().await;
-    world.task("t-1", "ws-1", &world.repo_path()).await;
+    let task = world.task("t-1", "ws-1", &world.repo_path()).await;
+    let branch = output_branch(PROMPT, &task.id);
     world
         .task("t-2", "ws-2", "https://example.invalid/acme/widgets.git")
         .await;
@@ -264,22 +265,35 @@ async fn a_served_repository_answers_its_own_workspace_only_and_loses_no_commit(
     assert!(ok, "{stderr}");
     let clone = scratch.path().join("clone");
     let main = git(world.repo.path(), &["rev-parse", "main"]);
-    git(&clone, &["checkout", "--quiet", "-b", "sam/new"]);
+    git(&clone, &["checkout", "--quiet", "-b", &branch]);
     std::fs::write(clone.join("new.txt"), "new\n").unwrap();
     git(&clone, &["add", "new.txt"]);
     git(&clone, &["commit", "--quiet", "-m", "new"]);
     let (ok, stderr) = world.git_with_token(
         &clone,
         token.expose(),
-        &["push", "--quiet", "origin", "sam/new"],
+        &["push", "--quiet", "origin", &branch],
     );
     assert!(ok, "{stderr}");
     let pushed = git(&clone, &["rev-parse", "HEAD"]);
-    assert_eq!(git(world.repo.path(), &["rev-parse", "sam/new"]), pushed);
+    assert_eq!(git(world.repo.path(), &["rev-parse", &branch]), pushed);
+    // Only the task's output branch: another one is refused before git runs.
     let (ok, stderr) = world.git_with_token(
         &clone,
         token.expose(),
-        &["push", "--quiet", "origin", ":sam/new"],
+        &["push", "--quiet", "origin", "HEAD:refs/heads/elsewhere"],
+    );
+    assert!(!ok, "a branch other than the output branch was pushed");
+    assert!(stderr.contains("403"), "{stderr}");
+    assert_eq!(
+        git(world.repo.path(), &["branch", "--list", "elsewhere"]),
+        "",
+        "nothing landed"
+    );
+    let (ok, stderr) = world.git_with_token(
+        &clone,
+        token.expose(),
+        &["push", "--quiet", "origin", &format!(":{branch}")],
     );
     assert!(!ok, "a branch was deleted through the route");
     assert!(stderr.contains("deletion prohibited"), "{stderr}");
@@ -288,13 +302,19 @@ async fn a_served_repository_answers_its_own_workspace_only_and_loses_no_commit(
     let (ok, stderr) = world.git_with_token(
         &clone,
         token.expose(),
-        &["push", "--quiet", "--force", "origin", "rewrite:sam/new"],
+        &[
+            "push",
+            "--quiet",
+            "--force",
+            "origin",
+            &format!("rewrite:{branch}"),
+        ],
     );
     assert!(!ok, "a branch was rewritten through the route");
     assert!(stderr.contains("non-fast-forward"), "{stderr}");
     assert_eq!(git(world.repo.path(), &["rev-parse", "main"]), main);
     assert_eq!(
-        git(world.repo.path(), &["rev-parse", "sam/new"]),
+        git(world.repo.path(), &["rev-parse", &branch]),
         pushed,
         "the pushed branch is as it was pushed"
     );

@@ -68,7 +68,7 @@ use crate::clock::Clock;
 use crate::credential::{CredentialCipher, CredentialKind, CredentialOwner, CredentialTarget};
 use crate::error::{Classify, Error, ErrorCategory};
 use crate::fallback::SizeDescent;
-use crate::github::{GithubAccess, GithubInstallation, RepoRef, TaskOutput};
+use crate::github::{GithubAccess, GithubInstallation, RepoRef, TaskOutput, output_branch};
 use crate::model::{
     ExecutionStep, Location, NodeHealth, NodeId, NodeStatus, ProjectId, ProviderKind, TaskId,
     TaskStatus, UserId, VmSize, WorkspaceId,
@@ -1435,9 +1435,9 @@ impl ControlPlane {
         })
     }
 
-    /// The path of the repository a live task's workspace may fetch from and push to
-    /// through the control plane's git route: the task's repository, when it is a
-    /// path on this machine ([`crate::Repository::Local`]).
+    /// The repository a live task's workspace may fetch from and push to through
+    /// the control plane's git route: the task's repository, when it is a path on
+    /// this machine ([`crate::Repository::Local`]), and the one branch it may push.
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for a token that is not this workspace's; `not_found`
@@ -1447,12 +1447,15 @@ impl ControlPlane {
         &self,
         token: &str,
         workspace: &WorkspaceId,
-    ) -> Result<std::path::PathBuf, Error> {
+    ) -> Result<ServedRepository, Error> {
         let task = self
             .live_workspace_task(token, workspace, "its repository is no longer served")
             .await?;
         match crate::repository::parse_repository(&task.spec.repo) {
-            Ok(crate::Repository::Local { path }) => Ok(path.into()),
+            Ok(crate::Repository::Local { path }) => Ok(ServedRepository {
+                path: path.into(),
+                output_branch: output_branch(&task.spec.prompt, &task.id),
+            }),
             _ => Err(invalid(
                 "workspace",
                 format!(
@@ -1541,6 +1544,16 @@ fn stop_message(reason: StopReason) -> String {
         StopReason::Refusal => "The model refused to continue.".to_owned(),
         StopReason::EndTurn | StopReason::Cancelled => String::new(),
     }
+}
+
+/// A repository the control plane serves to a workspace, from
+/// [`ControlPlane::workspace_repository`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedRepository {
+    /// The repository's path on this machine.
+    pub path: std::path::PathBuf,
+    /// The only branch the workspace may push (the task's output branch).
+    pub output_branch: String,
 }
 
 /// The GitHub side of a workspace's task, from [`ControlPlane::workspace_github`].

@@ -137,8 +137,8 @@ pub use classify::{classify_agent_error, is_agent_crash};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use control::{
     BootRenderer, ControlPlane, ControlPlaneConfig, ControlPlaneParts, HeartbeatReply,
-    LayerSettings, NodeMetrics, PlatformCredential, SessionCallback, SubmitRequest, TaskEvent,
-    TaskEventKind, WorkspaceGithub, WorkspaceProfile,
+    LayerSettings, NodeMetrics, PlatformCredential, ServedRepository, SessionCallback,
+    SubmitRequest, TaskEvent, TaskEventKind, WorkspaceGithub, WorkspaceProfile,
 };
 pub use credential::{
     CUSTOM_AGENT, CredentialCipher, CredentialError, CredentialKind, CredentialOwner,
