@@ -342,6 +342,38 @@ fn landed(repo: &Path, task: &Value) {
     );
 }
 
+/// `sam run --provider qemu --json --qemu-image IMAGE EXTRA… --repo REPO --data-dir
+/// DATA "say hello"`, killed after 15 minutes: whether it exited 0, its JSON
+/// outcome, and its standard error.
+async fn sam_run_qemu(
+    image: &Path,
+    extra: &[&str],
+    repo: &Path,
+    data: &Path,
+) -> (bool, Value, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam"))
+        .args(["run", "--provider", "qemu", "--json", "--qemu-image"])
+        .arg(image)
+        .args(extra)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("say hello")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(900), run)
+        .await
+        .expect("sam run finished within 15 minutes")
+        .expect("sam runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let outcome: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("stdout is one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    (output.status.success(), outcome, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sam_run_with_the_qemu_provider_completes_in_a_fresh_data_directory() {
     if !available() {
@@ -351,26 +383,9 @@ async fn sam_run_with_the_qemu_provider_completes_in_a_fresh_data_directory() {
     let repo = repo();
     let data = tempfile::tempdir().unwrap();
     let _vms = StopVms(data.path().to_owned());
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam"))
-        .args(["run", "--provider", "qemu", "--json", "--qemu-image"])
-        .arg(&image)
-        .arg("--repo")
-        .arg(repo.path())
-        .arg("--data-dir")
-        .arg(data.path().join("sam"))
-        .arg("say hello")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(900), run)
-        .await
-        .expect("sam run finished within 15 minutes")
-        .expect("sam runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let outcome: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("stdout is one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
-    });
-    assert!(output.status.success(), "{outcome}\n{stderr}");
+    let (succeeded, outcome, stderr) =
+        sam_run_qemu(&image, &[], repo.path(), &data.path().join("sam")).await;
+    assert!(succeeded, "{outcome}\n{stderr}");
     assert_eq!(outcome["status"], "completed", "{outcome}");
     let phases: Vec<&str> = outcome["boot_timeline"]
         .as_array()
@@ -464,26 +479,14 @@ async fn a_bare_image_installs_what_the_boot_needs_through_the_apt_proxy() {
     let repo = repo();
     let data = tempfile::tempdir().unwrap();
     let _vms = StopVms(data.path().to_owned());
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_sam"))
-        .args(["run", "--provider", "qemu", "--json", "--qemu-image"])
-        .arg(&image)
-        .args(["--qemu-apt-proxy-port", &port.to_string()])
-        .arg("--repo")
-        .arg(repo.path())
-        .arg("--data-dir")
-        .arg(data.path().join("sam"))
-        .arg("say hello")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(900), run)
-        .await
-        .expect("sam run finished within 15 minutes")
-        .expect("sam runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let outcome: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("stdout is one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
-    });
+    let port = port.to_string();
+    let (_, outcome, stderr) = sam_run_qemu(
+        &image,
+        &["--qemu-apt-proxy-port", &port],
+        repo.path(),
+        &data.path().join("sam"),
+    )
+    .await;
     assert_eq!(outcome["status"], "completed", "{outcome}\n{stderr}");
     // The packages phase ran apt in the guest, through the proxy: git, curl and
     // the rest came from Debian's mirror, and the clone and the push used them.

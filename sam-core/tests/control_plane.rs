@@ -437,10 +437,7 @@ async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
     let mut c = config("d1");
     c.node_replacements = 0;
     let h = harness(c);
-    h.agent.set_script(FakeAgentScript {
-        ready_after_probes: None,
-        ..FakeAgentScript::default()
-    });
+    h.agent.set_script(never_ready());
     let task = h.submit_and_run(&[]).await;
     assert_eq!(task.status, TaskStatus::Failed);
     let error = task.error.unwrap();
@@ -460,10 +457,7 @@ async fn an_agent_that_never_reports_ready_fails_at_the_agent_ready_limit() {
 #[tokio::test(start_paused = true)]
 async fn a_node_that_never_reports_ready_is_replaced_while_the_budget_lasts() {
     let h = harness(config("d1"));
-    h.agent.set_script(FakeAgentScript {
-        ready_after_probes: None,
-        ..FakeAgentScript::default()
-    });
+    h.agent.set_script(never_ready());
     let task = h.submit_and_run(&[]).await;
     assert_eq!(task.status, TaskStatus::Failed);
     assert_eq!(task.node_replacements, 1);
@@ -479,10 +473,7 @@ async fn a_node_that_never_reports_ready_is_replaced_while_the_budget_lasts() {
 
     // A replacement that does boot runs the task.
     let h = harness(config("d1"));
-    h.agent.set_script(FakeAgentScript {
-        ready_after_probes: None,
-        ..FakeAgentScript::default()
-    });
+    h.agent.set_script(never_ready());
     let id = h.cp.submit(&request(&[])).await.unwrap();
     loop {
         h.cp.tick().await.unwrap();
@@ -505,10 +496,7 @@ async fn a_vm_whose_delete_failed_is_destroyed_by_the_next_sweep() {
     let mut c = config("d1");
     c.node_replacements = 0;
     let h = harness(c);
-    h.agent.set_script(FakeAgentScript {
-        ready_after_probes: None,
-        ..FakeAgentScript::default()
-    });
+    h.agent.set_script(never_ready());
     h.provider.script(
         FakeOp::DeleteVm,
         [FakeOutcome::Fail(ErrorCategory::Transient)],
@@ -718,10 +706,7 @@ async fn invalid_requests_are_rejected_at_submission() {
 #[tokio::test(start_paused = true)]
 async fn callbacks_check_scope_and_subject() {
     let h = harness(config("d1"));
-    h.agent.set_script(FakeAgentScript {
-        ready_after_probes: None,
-        ..FakeAgentScript::default()
-    });
+    h.agent.set_script(never_ready());
     let id = h.cp.submit(&request(&[])).await.unwrap();
     for _ in 0..5 {
         h.cp.tick().await.unwrap();
@@ -790,10 +775,7 @@ async fn sweeps_destroy_expired_warm_nodes_and_orphans() {
 #[tokio::test(start_paused = true)]
 async fn the_stuck_sweep_never_fires_before_the_waits_it_guards() {
     let h = harness(config("d1"));
-    h.agent.set_script(FakeAgentScript {
-        ready_after_probes: None,
-        ..FakeAgentScript::default()
-    });
+    h.agent.set_script(never_ready());
     let id = h.cp.submit(&request(&[])).await.unwrap();
     // Sweep throughout the agent-ready wait: the runner's own limit must fire first.
     let task = loop {
@@ -965,10 +947,7 @@ mod sweep_order {
                 .unwrap();
             let message = rt.block_on(async move {
                 let h = harness(c);
-                h.agent.set_script(FakeAgentScript {
-                    ready_after_probes: None,
-                    ..FakeAgentScript::default()
-                });
+                h.agent.set_script(never_ready());
                 let id = h.cp.submit(&request(&[])).await.unwrap();
                 loop {
                     h.cp.tick().await.unwrap();
