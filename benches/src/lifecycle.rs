@@ -16,12 +16,12 @@ use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, ControlPlane, ControlPlaneConfig, ControlPlaneParts,
     CredentialOwner, CredentialRecord, CredentialTarget, DefaultScheduler, ExecutionStep,
-    GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat,
-    NodeFilter, NodeId, NodeRecord, PlacementCandidate, ProfileId, ProjectId, ProjectRecord,
-    Provider, ProviderKind, Secret, SlotOutcome, StatusEvent, Store, StoreError, SubmitRequest,
-    TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord, TaskStatus, TaskUpdate, TokenSigner,
-    TokioClock, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
-    WorkspaceStatus,
+    GithubInstallation, InstallationKey, Lease, LeaseRelease, LeaseReleased, LeaseRequest,
+    LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeRecord, PlacementCandidate,
+    ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind, Secret, SlotOutcome, StatusEvent,
+    Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord,
+    TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition, UserId, UserRecord, WarmClaim,
+    WorkspaceId, WorkspaceRecord, WorkspaceStatus,
 };
 use sam_providers::FakeProvider;
 use sam_store::{SqliteConfig, SqliteStore};
@@ -127,6 +127,16 @@ impl Store for CountingStore {
         release: &LeaseRelease,
     ) -> Result<LeaseReleased, StoreError> {
         self.write("release_lease").release_lease(id, release).await
+    }
+    async fn write_leased(
+        &self,
+        lease: &Lease,
+        at: DateTime<Utc>,
+        writes: &[LeasedWrite],
+    ) -> Result<LeasedOutcome, StoreError> {
+        self.write("write_leased")
+            .write_leased(lease, at, writes)
+            .await
     }
     async fn mark_node_stale(
         &self,

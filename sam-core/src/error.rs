@@ -314,6 +314,8 @@ pub enum StoreErrorKind {
     InvalidData,
     /// The caller passed a value the store cannot hold.
     InvalidInput,
+    /// A write under a lease the caller no longer holds ([`crate::Store::write_leased`]).
+    LeaseLost,
     /// Any other failure of the backend.
     Backend,
 }
@@ -367,6 +369,7 @@ impl Classify for StoreError {
             StoreErrorKind::AlreadyExists => ErrorCategory::Conflict,
             StoreErrorKind::Unavailable => ErrorCategory::Transient,
             StoreErrorKind::InvalidInput => ErrorCategory::InvalidConfig,
+            StoreErrorKind::LeaseLost => ErrorCategory::Conflict,
             StoreErrorKind::Corrupt
             | StoreErrorKind::SchemaTooNew
             | StoreErrorKind::InvalidData

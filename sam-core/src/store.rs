@@ -153,6 +153,10 @@ pub struct TaskRecord {
     pub lease_owner: Option<String>,
     /// When that lease ends.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// How many times the task has been leased: every claim takes the next epoch,
+    /// so a driver holding an older one has lost the lease ([`Lease`]).
+    #[serde(default)]
+    pub lease_epoch: u64,
     /// When the current node's creation started; the provisioning and agent-ready clocks.
     pub provisioning_started_at: Option<DateTime<Utc>>,
     /// Full passes of the fallback plan that ended without capacity; the exponent of
@@ -288,6 +292,8 @@ pub struct LeaseRequest {
 pub struct LeaseRelease {
     /// The driver giving the lease back.
     pub owner: String,
+    /// The claim the lease came from; `None` releases whatever lease `owner` holds.
+    pub epoch: Option<u64>,
     /// The step to move to, as [`Store::set_execution_step`] would; `None` keeps it.
     pub step: Option<ExecutionStep>,
     /// Fields to change, as [`Store::update_task`] would; the default changes none.
@@ -301,11 +307,78 @@ impl LeaseRelease {
     pub fn plain(owner: impl Into<String>, at: DateTime<Utc>) -> Self {
         Self {
             owner: owner.into(),
+            epoch: None,
             step: None,
             update: TaskUpdate::default(),
             at,
         }
     }
+}
+
+/// A driver's hold on one task, as [`Store::claim_due_tasks`] granted it.
+///
+/// Every claim takes a new epoch, so a driver that lost the lease (to another
+/// driver, or to itself in a later claim) holds an epoch the row no longer has.
+/// [`Store::write_leased`] checks it in the same transaction as the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The task.
+    pub task: TaskId,
+    /// The driver holding it.
+    pub owner: String,
+    /// The claim it came from.
+    pub epoch: u64,
+}
+
+impl Lease {
+    /// The lease `task` records for `owner`; `None` when it records none, or
+    /// another driver's.
+    pub fn held_by(task: &TaskRecord, owner: &str) -> Option<Self> {
+        (task.lease_owner.as_deref() == Some(owner)).then(|| Self {
+            task: task.id.clone(),
+            owner: owner.to_owned(),
+            epoch: task.lease_epoch,
+        })
+    }
+}
+
+impl std::fmt::Display for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}'s lease on task {} (epoch {})",
+            self.owner, self.task, self.epoch
+        )
+    }
+}
+
+/// One write a step makes under its task's lease ([`Store::write_leased`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeasedWrite {
+    /// Extends the lease to `until`.
+    Renew {
+        /// When the lease ends now.
+        until: DateTime<Utc>,
+    },
+    /// Moves the task's execution step, as [`Store::set_execution_step`].
+    Step(ExecutionStep),
+    /// Changes task fields, as [`Store::update_task`].
+    Update(TaskUpdate),
+    /// Changes the task's status, as [`Store::transition_task`].
+    Transition(Transition),
+    /// Writes a node row, as [`Store::put_node`].
+    PutNode(Box<NodeRecord>),
+    /// Deletes a node row, as [`Store::delete_node`].
+    DeleteNode(NodeId),
+}
+
+/// What [`Store::write_leased`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeasedOutcome {
+    /// Whether a [`LeasedWrite::Step`] moved the step.
+    pub step_changed: bool,
+    /// Whether a [`LeasedWrite::Transition`] applied (the task was in its `from`).
+    pub transitioned: bool,
 }
 
 /// What [`Store::release_lease`] did.
@@ -533,9 +606,16 @@ pub use crate::api_token::ApiTokenRecord;
 /// - **`claim_due_tasks` leases atomically**: it returns live (non-terminal) tasks
 ///   whose `next_wake_at` is due, whose lease is free, expired or already the
 ///   caller's, and which are not in `except`, and leases them to the caller. Two concurrent callers never receive
-///   the same task while a lease holds. Leasing does not touch `updated_at`.
+///   the same task while a lease holds. Every claim sets `lease_epoch` to one more
+///   than the row had. Leasing does not touch `updated_at`.
+/// - **`write_leased` is fenced**: in one transaction it checks that `lease.owner`
+///   holds the task's lease at `lease.epoch` and that the lease has not expired at
+///   `at`, then applies the writes in order, each exactly as its own method would.
+///   Otherwise it writes nothing and fails with `LeaseLost`, naming the lease it was
+///   given and the one it found; a missing task is `NotFound`. A driver that lost
+///   its lease can neither write nor extend it.
 /// - **`release_lease` writes only for the holder**: when `owner` holds the lease
-///   (expired or not) it frees the lease and, in the same transaction, applies the
+///   (expired or not, at `epoch` when given) it frees the lease and, in the same transaction, applies the
 ///   release's step exactly as `set_execution_step` would (idempotent, reported in
 ///   `step_changed`) and its update exactly as `update_task` would; otherwise
 ///   (another owner, no lease, a missing task) it writes nothing and is `NotHeld`.
@@ -665,6 +745,19 @@ pub trait Store: Send + Sync + Debug {
         id: &TaskId,
         release: &LeaseRelease,
     ) -> Result<LeaseReleased, StoreError>;
+
+    /// Applies `writes` in one transaction while `lease` holds at `at`.
+    ///
+    /// # Errors
+    /// `LeaseLost` (and no write) when the lease is another owner's, of another
+    /// epoch, free or expired; `NotFound` for a missing task; what each write's own
+    /// method would return.
+    async fn write_leased(
+        &self,
+        lease: &Lease,
+        at: DateTime<Utc>,
+        writes: &[LeasedWrite],
+    ) -> Result<LeasedOutcome, StoreError>;
 
     /// The status events of a task, oldest first.
     ///

@@ -28,6 +28,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A write under a lease the writer no longer holds.
+    #[error("{held} is lost: the task's lease is {found}; nothing was written")]
+    LeaseLost {
+        /// The lease the writer gave.
+        held: String,
+        /// The lease the row has.
+        found: String,
+    },
     /// A stored value could not be decoded (bad JSON, an unknown enum name).
     #[error("stored {what} cannot be decoded: {source}")]
     InvalidData {
@@ -90,6 +98,7 @@ impl Error {
             Self::NotFound { .. } => StoreErrorKind::NotFound,
             Self::AlreadyExists { .. } => StoreErrorKind::AlreadyExists,
             Self::InvalidInput { .. } => StoreErrorKind::InvalidInput,
+            Self::LeaseLost { .. } => StoreErrorKind::LeaseLost,
             Self::InvalidData { .. } => StoreErrorKind::InvalidData,
             Self::Corrupt { .. } => StoreErrorKind::Corrupt,
             Self::SchemaTooNew { .. } => StoreErrorKind::SchemaTooNew,

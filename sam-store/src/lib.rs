@@ -72,6 +72,7 @@
 //!     next_wake_at: Some(now),
 //!     lease_owner: None,
 //!     lease_expires_at: None,
+//!     lease_epoch: 0,
 //!     provisioning_started_at: None,
 //!     capacity_passes: 0,
 //!     node_replacements: 0,

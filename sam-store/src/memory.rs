@@ -9,16 +9,18 @@ use chrono::{DateTime, Utc};
 use foldhash::HashMap;
 use sam_core::{
     AgentProfileRecord, ApiTokenKind, ApiTokenRecord, CredentialOwner, CredentialRecord,
-    CredentialTarget, ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease,
-    LeaseReleased, LeaseRequest, NodeBeat, NodeFilter, NodeHealth, NodeId, NodeLifecycle,
-    NodeRecord, NodeStatus, PlacementCandidate, ProfileId, ProjectId, ProjectRecord, ProviderKind,
-    Reservation, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord,
-    TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
-    WorkspaceStatus, check_slot,
+    CredentialTarget, ExecutionStep, GithubInstallation, InstallationKey, Lease, LeaseRelease,
+    LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeHealth,
+    NodeId, NodeLifecycle, NodeRecord, NodeStatus, PlacementCandidate, ProfileId, ProjectId,
+    ProjectRecord, ProviderKind, Reservation, SlotOutcome, StatusEvent, Store, StoreError,
+    TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim,
+    WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 
 use crate::error::Error;
-use crate::task::{SUBMISSION_ACTOR, check_transition, lease_until};
+use crate::task::{
+    LeaseState, SUBMISSION_ACTOR, check_lease, check_leased_writes, check_transition, lease_until,
+};
 
 /// A [`Store`] that keeps everything in memory behind one lock.
 ///
@@ -140,6 +142,55 @@ fn apply_step(task: &mut TaskRecord, step: ExecutionStep, at: DateTime<Utc>) -> 
 }
 
 /// Changes a task's fields as `update_task` does.
+impl State {
+    /// The optimistic status change of [`Store::transition_task`], checked already.
+    fn transition(&mut self, id: &TaskId, change: &Transition) -> Result<bool, Error> {
+        let task = self.task_mut(id)?;
+        if task.status != change.from {
+            return Ok(false);
+        }
+        task.status = change.to;
+        task.updated_at = change.at;
+        if change.error.is_some() {
+            task.error.clone_from(&change.error);
+        }
+        if change.to.is_terminal() {
+            task.next_wake_at = None;
+            task.lease_owner = None;
+            task.lease_expires_at = None;
+        }
+        self.events.push(StatusEvent {
+            task_id: id.clone(),
+            from: Some(change.from),
+            to: change.to,
+            actor: change.actor.clone(),
+            reason: change.reason.clone(),
+            at: change.at,
+        });
+        Ok(true)
+    }
+
+    /// [`Store::put_node`]: a boot record is never cleared by a row read before it
+    /// was reported.
+    fn put_node(&mut self, node: &NodeRecord) {
+        let mut node = node.clone();
+        if let Some(stored) = self.nodes.get(&node.id) {
+            if node.boot.timeline.is_empty() {
+                node.boot.timeline.clone_from(&stored.boot.timeline);
+            }
+            if node.boot.failure.is_none() {
+                node.boot.failure.clone_from(&stored.boot.failure);
+            }
+        }
+        self.set_node(node);
+    }
+
+    fn delete_node(&mut self, id: &NodeId) {
+        self.nodes.remove(id);
+        self.warm.remove(id);
+    }
+}
+
 fn apply_update(task: &mut TaskRecord, update: &TaskUpdate, at: DateTime<Utc>) {
     fn set<T: Clone>(field: &mut T, value: &Option<T>) {
         if let Some(v) = value {
@@ -218,30 +269,7 @@ impl Store for MemoryStore {
 
     async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError> {
         check_transition(change)?;
-        let mut state = self.state();
-        let task = state.task_mut(id)?;
-        if task.status != change.from {
-            return Ok(false);
-        }
-        task.status = change.to;
-        task.updated_at = change.at;
-        if change.error.is_some() {
-            task.error.clone_from(&change.error);
-        }
-        if change.to.is_terminal() {
-            task.next_wake_at = None;
-            task.lease_owner = None;
-            task.lease_expires_at = None;
-        }
-        state.events.push(StatusEvent {
-            task_id: id.clone(),
-            from: Some(change.from),
-            to: change.to,
-            actor: change.actor.clone(),
-            reason: change.reason.clone(),
-            at: change.at,
-        });
-        Ok(true)
+        Ok(self.state().transition(id, change)?)
     }
 
     async fn set_execution_step(
@@ -294,6 +322,7 @@ impl Store for MemoryStore {
             .map(|t| {
                 t.lease_owner = Some(request.owner.clone());
                 t.lease_expires_at = Some(until);
+                t.lease_epoch += 1;
                 t.clone()
             })
             .collect())
@@ -306,7 +335,10 @@ impl Store for MemoryStore {
     ) -> Result<LeaseReleased, StoreError> {
         let mut state = self.state();
         match state.tasks.get_mut(id) {
-            Some(t) if t.lease_owner.as_deref() == Some(release.owner.as_str()) => {
+            Some(t)
+                if t.lease_owner.as_deref() == Some(release.owner.as_str())
+                    && release.epoch.is_none_or(|e| e == t.lease_epoch) =>
+            {
                 t.lease_owner = None;
                 t.lease_expires_at = None;
                 let step_changed = release
@@ -321,6 +353,37 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn write_leased(
+        &self,
+        lease: &Lease,
+        at: DateTime<Utc>,
+        writes: &[LeasedWrite],
+    ) -> Result<LeasedOutcome, StoreError> {
+        check_leased_writes(writes)?;
+        let mut state = self.state();
+        check_lease(&LeaseState::of(state.task_mut(&lease.task)?), lease, at)?;
+        let mut outcome = LeasedOutcome::default();
+        for write in writes {
+            match write {
+                LeasedWrite::Renew { until } => {
+                    state.task_mut(&lease.task)?.lease_expires_at = Some(*until);
+                }
+                LeasedWrite::Step(step) => {
+                    outcome.step_changed |= apply_step(state.task_mut(&lease.task)?, *step, at);
+                }
+                LeasedWrite::Update(update) => {
+                    apply_update(state.task_mut(&lease.task)?, update, at);
+                }
+                LeasedWrite::Transition(change) => {
+                    outcome.transitioned |= state.transition(&lease.task, change)?;
+                }
+                LeasedWrite::PutNode(node) => state.put_node(node),
+                LeasedWrite::DeleteNode(id) => state.delete_node(id),
+            }
+        }
+        Ok(outcome)
+    }
+
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
         let state = self.state();
         Ok(state
@@ -332,18 +395,7 @@ impl Store for MemoryStore {
     }
 
     async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        let mut state = self.state();
-        let mut node = node.clone();
-        // A boot record is never cleared by a row read before it was reported.
-        if let Some(stored) = state.nodes.get(&node.id) {
-            if node.boot.timeline.is_empty() {
-                node.boot.timeline.clone_from(&stored.boot.timeline);
-            }
-            if node.boot.failure.is_none() {
-                node.boot.failure.clone_from(&stored.boot.failure);
-            }
-        }
-        state.set_node(node);
+        self.state().put_node(node);
         Ok(())
     }
 
@@ -366,9 +418,7 @@ impl Store for MemoryStore {
     }
 
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        let mut state = self.state();
-        state.nodes.remove(id);
-        state.warm.remove(id);
+        self.state().delete_node(id);
         Ok(())
     }
 

@@ -84,6 +84,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 7,
             sql: include_str!("../migrations/postgres/0007_node_boot.sql"),
         },
+        Migration {
+            version: 8,
+            sql: include_str!("../migrations/postgres/0008_lease_epoch.sql"),
+        },
     ],
 };
 
@@ -254,8 +258,8 @@ mod upgrade {
              DROP INDEX api_tokens_by_creation; ALTER TABLE api_tokens DROP COLUMN kind, \
              DROP COLUMN last_used_at, DROP COLUMN expires_at, DROP COLUMN revoked_at; \
              ALTER TABLE nodes DROP COLUMN boot_timeline, DROP COLUMN boot_failure; \
-             ALTER TABLE tasks DROP COLUMN node_replacements; \
-             DELETE FROM sam_store_migrations WHERE version IN (5, 6, 7);",
+             ALTER TABLE tasks DROP COLUMN node_replacements; ALTER TABLE tasks DROP COLUMN lease_epoch; \
+             DELETE FROM sam_store_migrations WHERE version IN (5, 6, 7, 8);",
         )
         .await;
 

@@ -94,6 +94,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 7,
             sql: include_str!("../migrations/sqlite/0007_node_boot.sql"),
         },
+        Migration {
+            version: 8,
+            sql: include_str!("../migrations/sqlite/0008_lease_epoch.sql"),
+        },
     ],
 };
 

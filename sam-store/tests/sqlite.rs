@@ -151,7 +151,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 7
+                supported: 8
             }
         ),
         "{err:?}"
@@ -205,8 +205,8 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
          ALTER TABLE api_tokens DROP COLUMN last_used_at; ALTER TABLE api_tokens DROP COLUMN expires_at; \
          ALTER TABLE api_tokens DROP COLUMN revoked_at; \
          ALTER TABLE nodes DROP COLUMN boot_timeline; ALTER TABLE nodes DROP COLUMN boot_failure; \
-         ALTER TABLE tasks DROP COLUMN node_replacements; \
-         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5, 6, 7);",
+         ALTER TABLE tasks DROP COLUMN node_replacements; ALTER TABLE tasks DROP COLUMN lease_epoch; \
+         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5, 6, 7, 8);",
     )
     .await;
     let store = SqliteStore::new(&SqliteConfig::new(&path))

@@ -89,6 +89,12 @@ macro_rules! store_conformance {
             release_lease_only_by_owner,
             release_lease_writes_step_and_fields,
             release_lease_by_another_writes_nothing,
+            claim_takes_a_new_epoch,
+            write_leased_applies_every_write_under_the_lease,
+            write_leased_refuses_a_lost_lease,
+            write_leased_refuses_an_expired_lease,
+            write_leased_writes_nothing_on_a_bad_batch,
+            release_lease_with_a_stale_epoch_writes_nothing,
             terminal_transition_clears_wake_and_lease,
             record_node_beat_touches_only_liveness,
             node_boot_record_round_trips_and_is_never_cleared,
@@ -861,6 +867,221 @@ pub async fn release_lease_only_by_owner(store: &dyn Store) {
     );
 }
 
+fn held(owner: &str, task: &str, epoch: u64) -> crate::store::Lease {
+    crate::store::Lease {
+        task: task_id(task),
+        owner: owner.into(),
+        epoch,
+    }
+}
+
+/// Every claim takes the next epoch: a renewal by the same owner, and a takeover.
+pub async fn claim_takes_a_new_epoch(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    let clause = "every claim sets lease_epoch to one more than the row had";
+    assert_eq!(
+        claim(store, "a", 100, 10).await[0].lease_epoch,
+        1,
+        "{clause}"
+    );
+    assert_eq!(
+        claim(store, "a", 110, 10).await[0].lease_epoch,
+        2,
+        "{clause}"
+    );
+    assert_eq!(
+        claim(store, "b", 140, 10).await[0].lease_epoch,
+        3,
+        "{clause}"
+    );
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.lease_epoch, 3, "the epoch is stored");
+}
+
+/// Under a held lease every write applies, in order, each as its own method would.
+pub async fn write_leased_applies_every_write_under_the_lease(store: &dyn Store) {
+    use crate::store::LeasedWrite;
+    create(store, due_task("t-1", 1, 10)).await;
+    claim(store, "a", 100, 10).await;
+    let writes = [
+        LeasedWrite::Renew { until: at(200) },
+        LeasedWrite::Step(ExecutionStep::NodeProvisioning),
+        LeasedWrite::Update(TaskUpdate {
+            capacity_passes: Some(2),
+            provisioned_node_id: Some(Some(node_id("n-1"))),
+            ..TaskUpdate::default()
+        }),
+        LeasedWrite::PutNode(Box::new(node("n-1", 110))),
+        LeasedWrite::Transition(transition(TaskStatus::Queued, TaskStatus::Delegated, 110)),
+    ];
+    let outcome = store
+        .write_leased(&held("a", "t-1", 1), at(110), &writes)
+        .await
+        .expect("write_leased under a held lease");
+    assert!(outcome.step_changed, "the step moved");
+    assert!(outcome.transitioned, "the transition applied");
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.lease_expires_at, Some(at(200)), "the lease is renewed");
+    assert_eq!(read.execution_step, ExecutionStep::NodeProvisioning);
+    assert_eq!(read.step_started_at, at(110));
+    assert_eq!(read.capacity_passes, 2);
+    assert_eq!(read.status, TaskStatus::Delegated);
+    assert_eq!(
+        read.lease_owner.as_deref(),
+        Some("a"),
+        "the lease stays held"
+    );
+    let events = store.list_status_events(&task_id("t-1")).await.unwrap();
+    assert_eq!(events.last().map(|e| e.to), Some(TaskStatus::Delegated));
+    assert!(store.get_node(&node_id("n-1")).await.unwrap().is_some());
+    // The renewed lease holds past the claim's end, and a repeated step is no change.
+    let again = store
+        .write_leased(
+            &held("a", "t-1", 1),
+            at(150),
+            &[
+                LeasedWrite::Step(ExecutionStep::NodeProvisioning),
+                LeasedWrite::DeleteNode(node_id("n-1")),
+            ],
+        )
+        .await
+        .expect("a renewed lease holds past the claim's end");
+    assert!(!again.step_changed, "a step the task is in is no change");
+    assert!(store.get_node(&node_id("n-1")).await.unwrap().is_none());
+}
+
+/// A driver whose lease was taken over, or who holds an older epoch of its own,
+/// can neither write nor renew: `LeaseLost`, and nothing is written.
+pub async fn write_leased_refuses_a_lost_lease(store: &dyn Store) {
+    use crate::store::LeasedWrite;
+    let clause = "a write under a lost lease is LeaseLost and writes nothing";
+    create(store, due_task("t-1", 1, 10)).await;
+    claim(store, "a", 100, 10).await;
+    claim(store, "b", 130, 10).await;
+    let writes = [
+        LeasedWrite::Update(TaskUpdate {
+            capacity_passes: Some(9),
+            ..TaskUpdate::default()
+        }),
+        LeasedWrite::PutNode(Box::new(node("n-1", 131))),
+    ];
+    let lost = store
+        .write_leased(&held("a", "t-1", 1), at(131), &writes)
+        .await;
+    match &lost {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("epoch 1") && text.contains("b's") && text.contains("epoch 2"),
+                "the error names both leases: {text}"
+            );
+        }
+        Ok(o) => panic!("{clause}: got Ok({o:?})"),
+    }
+    expect_kind(lost, StoreErrorKind::LeaseLost, clause);
+    let renew = [LeasedWrite::Renew { until: at(999) }];
+    expect_kind(
+        store
+            .write_leased(&held("a", "t-1", 1), at(131), &renew)
+            .await,
+        StoreErrorKind::LeaseLost,
+        "a lease renewed after it was lost",
+    );
+    // The right owner with a stale epoch is refused too.
+    claim(store, "b", 140, 10).await;
+    expect_kind(
+        store
+            .write_leased(&held("b", "t-1", 2), at(141), &writes)
+            .await,
+        StoreErrorKind::LeaseLost,
+        "a write with a stale epoch",
+    );
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.capacity_passes, 0, "{clause}");
+    assert_eq!(read.lease_expires_at, Some(at(170)), "{clause}");
+    assert!(
+        store.get_node(&node_id("n-1")).await.unwrap().is_none(),
+        "{clause}"
+    );
+    store
+        .write_leased(&held("b", "t-1", 3), at(141), &writes)
+        .await
+        .expect("the current holder writes");
+    expect_kind(
+        store
+            .write_leased(&held("a", "t-9", 1), at(141), &writes)
+            .await,
+        StoreErrorKind::NotFound,
+        "a missing task is NotFound",
+    );
+}
+
+/// A lease that expired is lost even before anyone takes it over.
+pub async fn write_leased_refuses_an_expired_lease(store: &dyn Store) {
+    use crate::store::LeasedWrite;
+    create(store, due_task("t-1", 1, 10)).await;
+    claim(store, "a", 100, 10).await;
+    let renew = [LeasedWrite::Renew { until: at(200) }];
+    expect_kind(
+        store
+            .write_leased(&held("a", "t-1", 1), at(130), &renew)
+            .await,
+        StoreErrorKind::LeaseLost,
+        "a lease is lost once it expired",
+    );
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.lease_expires_at, Some(at(130)), "nothing was written");
+}
+
+/// A batch with a forbidden transition is refused before any of it is written.
+pub async fn write_leased_writes_nothing_on_a_bad_batch(store: &dyn Store) {
+    use crate::store::LeasedWrite;
+    create(store, due_task("t-1", 1, 10)).await;
+    claim(store, "a", 100, 10).await;
+    let writes = [
+        LeasedWrite::PutNode(Box::new(node("n-1", 110))),
+        LeasedWrite::Transition(transition(TaskStatus::Queued, TaskStatus::Queued, 110)),
+    ];
+    expect_kind(
+        store
+            .write_leased(&held("a", "t-1", 1), at(110), &writes)
+            .await,
+        StoreErrorKind::InvalidInput,
+        "a forbidden transition in a leased batch",
+    );
+    assert!(
+        store.get_node(&node_id("n-1")).await.unwrap().is_none(),
+        "nothing of a refused batch is written"
+    );
+}
+
+/// A release naming an epoch the row no longer has writes nothing.
+pub async fn release_lease_with_a_stale_epoch_writes_nothing(store: &dyn Store) {
+    create(store, due_task("t-1", 1, 10)).await;
+    claim(store, "a", 100, 10).await;
+    claim(store, "a", 110, 10).await;
+    let mut stale = release(
+        "a",
+        Some(ExecutionStep::NodeProvisioning),
+        TaskUpdate::default(),
+        111,
+    );
+    stale.epoch = Some(1);
+    assert_eq!(
+        store.release_lease(&task_id("t-1"), &stale).await.unwrap(),
+        LeaseReleased::NotHeld,
+        "a release at a stale epoch is NotHeld"
+    );
+    let read = must_get_task(store, &task_id("t-1")).await;
+    assert_eq!(read.lease_owner.as_deref(), Some("a"), "the lease stays");
+    assert_eq!(read.execution_step, ExecutionStep::NodeSelection);
+    stale.epoch = Some(2);
+    assert!(matches!(
+        store.release_lease(&task_id("t-1"), &stale).await.unwrap(),
+        LeaseReleased::Released { step_changed: true }
+    ));
+}
+
 fn release(
     owner: &str,
     step: Option<ExecutionStep>,
@@ -869,6 +1090,7 @@ fn release(
 ) -> LeaseRelease {
     LeaseRelease {
         owner: owner.into(),
+        epoch: None,
         step,
         update,
         at: at(secs),

@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
-    ExecutionStep, GithubInstallation, InstallationKey, LeaseRelease, LeaseReleased, LeaseRequest,
-    NodeBeat, NodeFilter, NodeId, NodeLifecycle, NodeRecord, PlacementCandidate, ProfileId,
-    ProjectId, ProjectRecord, ProviderKind, SlotOutcome, StatusEvent, Store, StoreError,
-    TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim,
-    WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+    ExecutionStep, GithubInstallation, InstallationKey, Lease, LeaseRelease, LeaseReleased,
+    LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeLifecycle,
+    NodeRecord, PlacementCandidate, ProfileId, ProjectId, ProjectRecord, ProviderKind, SlotOutcome,
+    StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId,
+    UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
@@ -28,7 +28,9 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};
 pub(crate) use migrate::{Migration, Schema, migrate};
 
 use crate::error::Error;
-use crate::task::{SUBMISSION_ACTOR, check_transition, lease_until};
+use crate::task::{
+    LeaseState, SUBMISSION_ACTOR, check_lease, check_leased_writes, check_transition, lease_until,
+};
 use rows::{json, micros, name, opt_micros};
 
 /// Marks which SQL dialect a [`SqlStore`] speaks; implemented by [`Sqlite`] and
@@ -111,7 +113,8 @@ const TASK_COLUMNS: &str = "id, status, execution_step, spec, provider, requeste
     size_source, requested_location, location_source, requirements, reservation, placement, \
     provisioned_node_id, provisioned_size, provisioned_location, workspace_id, next_wake_at, \
     lease_owner, lease_expires_at, provisioning_started_at, step_started_at, error_category, \
-    error_message, created_at, updated_at, capacity_passes, output, node_replacements";
+    error_message, created_at, updated_at, capacity_passes, output, node_replacements, \
+    lease_epoch";
 
 const INSTALLATION_COLUMNS: &str = "id, user_id, external_id, account, created_at";
 
@@ -148,6 +151,14 @@ enum StepGuard {
 }
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments>;
+
+/// A lease epoch as its 64-bit signed column.
+fn epoch(epoch: u64) -> Result<i64, Error> {
+    i64::try_from(epoch).map_err(|_| Error::InvalidInput {
+        what: "lease epoch".into(),
+        reason: format!("{epoch} is out of range"),
+    })
+}
 
 fn query(sql: impl Into<String>) -> AnyQuery<'static> {
     sqlx::query(AssertSqlSafe(sql.into()))
@@ -227,7 +238,7 @@ impl<D: Dialect> SqlStore<D> {
     /// `update_existing`); the `tasks_status_created` trigger records its first status
     /// event from `status_actor` inside it.
     async fn try_create_task(&self, task: &TaskRecord) -> Result<(), Error> {
-        let placeholders: Vec<String> = (1..=29).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=30).map(|i| format!("${i}")).collect();
         let result = query(format!(
             "INSERT INTO tasks ({TASK_COLUMNS}, status_actor) VALUES ({})",
             placeholders.join(", ")
@@ -260,6 +271,7 @@ impl<D: Dialect> SqlStore<D> {
         .bind(i64::from(task.capacity_passes))
         .bind(task.output.as_ref().map(json))
         .bind(i64::from(task.node_replacements))
+        .bind(epoch(task.lease_epoch)?)
         .bind(SUBMISSION_ACTOR)
         .execute(&self.writer)
         .await;
@@ -314,8 +326,19 @@ impl<D: Dialect> SqlStore<D> {
     /// from `status_actor` and `status_reason` inside it.
     async fn try_transition(&self, id: &TaskId, change: &Transition) -> Result<bool, Error> {
         check_transition(change)?;
+        self.update_existing(
+            Self::transition_query(id, change),
+            "tasks",
+            id.as_str(),
+            "transitioning a task",
+        )
+        .await
+    }
+
+    /// The statement of a checked [`Transition`] of task `id`.
+    fn transition_query(id: &TaskId, change: &Transition) -> AnyQuery<'static> {
         // An ended task is never driven again: its wake-up and lease go with the move.
-        let q = query(
+        query(
             "UPDATE tasks SET status = $1, updated_at = $2, \
              error_category = CASE WHEN $3 = 1 THEN $4 ELSE error_category END, \
              error_message = CASE WHEN $3 = 1 THEN $5 ELSE error_message END, \
@@ -334,9 +357,7 @@ impl<D: Dialect> SqlStore<D> {
         .bind(change.from.as_str().to_owned())
         .bind(i64::from(change.to.is_terminal()))
         .bind(change.actor.clone())
-        .bind(change.reason.clone());
-        self.update_existing(q, "tasks", id.as_str(), "transitioning a task")
-            .await
+        .bind(change.reason.clone())
     }
 
     /// Runs a single-row update of `table`; `Ok(false)` when it matched no row and
@@ -408,7 +429,7 @@ impl<D: Dialect> SqlStore<D> {
         id: &TaskId,
         update: &TaskUpdate,
         at: DateTime<Utc>,
-        holder: Option<&str>,
+        holder: Option<(&str, Option<i64>)>,
         step: Option<StepGuard>,
     ) -> AnyQuery<'static> {
         // Fixed statements (a handful of shapes): each column takes a flag ("change
@@ -445,10 +466,14 @@ impl<D: Dialect> SqlStore<D> {
         });
         n += 1;
         let mut wheres = vec![format!("id = ${n}")];
-        if holder.is_some() {
+        if let Some((_, epoch)) = holder {
             sets.push("lease_owner = NULL, lease_expires_at = NULL".to_owned());
             n += 1;
             wheres.push(format!("lease_owner = ${n}"));
+            if epoch.is_some() {
+                n += 1;
+                wheres.push(format!("lease_epoch = ${n}"));
+            }
         }
         if let Some(guard) = step {
             n += 1;
@@ -498,8 +523,11 @@ impl<D: Dialect> SqlStore<D> {
             q = q.bind(micros(at));
         }
         q = q.bind(id.to_string());
-        if let Some(holder) = holder {
+        if let Some((holder, epoch)) = holder {
             q = q.bind(holder.to_owned());
+            if let Some(epoch) = epoch {
+                q = q.bind(epoch);
+            }
         }
         match step {
             Some(StepGuard::Moves(step) | StepGuard::Stays(step)) => {
@@ -525,7 +553,8 @@ impl<D: Dialect> SqlStore<D> {
                   AND (lease_owner IS NULL OR lease_expires_at IS NULL \
                        OR lease_expires_at <= $1 OR lease_owner = $2){except} \
                 ORDER BY next_wake_at, created_at, id LIMIT $3{}) \
-             UPDATE tasks SET lease_owner = $2, lease_expires_at = $4 \
+             UPDATE tasks SET lease_owner = $2, lease_expires_at = $4, \
+                lease_epoch = lease_epoch + 1 \
              WHERE id IN (SELECT id FROM due) \
              RETURNING {TASK_COLUMNS}",
             D::FOR_UPDATE_SKIP_LOCKED
@@ -564,8 +593,9 @@ impl<D: Dialect> SqlStore<D> {
         release: &LeaseRelease,
     ) -> Result<LeaseReleased, Error> {
         let context = "releasing a lease";
+        let held_epoch = release.epoch.map(epoch).transpose()?;
         let attempt = |step: Option<StepGuard>| async move {
-            let holder = Some(release.owner.as_str());
+            let holder = Some((release.owner.as_str(), held_epoch));
             let done = Self::update_query(id, &release.update, release.at, holder, step)
                 .execute(&self.writer)
                 .await
@@ -590,19 +620,117 @@ impl<D: Dialect> SqlStore<D> {
                     step_changed: false,
                 });
             }
-            let held = query("SELECT 1 AS held FROM tasks WHERE id = $1 AND lease_owner = $2")
-                .bind(id.to_string())
-                .bind(release.owner.clone())
-                .fetch_optional(&self.writer)
-                .await
-                .map_err(Self::db(context))?;
+            let held = query(
+                "SELECT 1 AS held FROM tasks WHERE id = $1 AND lease_owner = $2 \
+                 AND ($3 IS NULL OR lease_epoch = $3)",
+            )
+            .bind(id.to_string())
+            .bind(release.owner.clone())
+            .bind(held_epoch)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(Self::db(context))?;
             if held.is_none() {
                 return Ok(LeaseReleased::NotHeld);
             }
         }
     }
 
+    /// Locks the task row, checks the lease on it, then runs each write inside the
+    /// same transaction; an error anywhere rolls all of it back.
+    async fn try_write_leased(
+        &self,
+        lease: &Lease,
+        at: DateTime<Utc>,
+        writes: &[LeasedWrite],
+    ) -> Result<LeasedOutcome, Error> {
+        check_leased_writes(writes)?;
+        let context = "writing under a lease";
+        let mut tx = self.begin(context).await?;
+        match Self::leased_writes(&mut tx, lease, at, writes).await {
+            Ok(outcome) => {
+                Self::commit(tx, context).await?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Rolled back now, not when the connection is next used: on SQLite an
+                // open write transaction would hold the file's lock meanwhile. The
+                // write's own error is the one to report.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The check and the writes of [`Self::try_write_leased`], inside `tx`.
+    async fn leased_writes(
+        tx: &mut Transaction<'static, Any>,
+        lease: &Lease,
+        at: DateTime<Utc>,
+        writes: &[LeasedWrite],
+    ) -> Result<LeasedOutcome, Error> {
+        let context = "writing under a lease";
+        let id = &lease.task;
+        let sql = format!(
+            "SELECT id, lease_owner, lease_epoch, lease_expires_at FROM tasks WHERE id = $1{}",
+            D::FOR_UPDATE
+        );
+        let row = query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(Self::db(context))?
+            .ok_or_else(|| Error::not_found(format!("task {id}")))?;
+        let (owner, held_epoch, expires_at) = rows::lease(&row)?;
+        let state = LeaseState {
+            owner: owner.as_deref(),
+            epoch: held_epoch,
+            expires_at,
+        };
+        check_lease(&state, lease, at)?;
+        let mut outcome = LeasedOutcome::default();
+        for write in writes {
+            let q = match write {
+                LeasedWrite::Renew { until } => {
+                    query("UPDATE tasks SET lease_expires_at = $1 WHERE id = $2")
+                        .bind(micros(*until))
+                        .bind(id.to_string())
+                }
+                LeasedWrite::Step(step) => Self::update_query(
+                    id,
+                    &TaskUpdate::default(),
+                    at,
+                    None,
+                    Some(StepGuard::Moves(*step)),
+                ),
+                LeasedWrite::Update(update) => Self::update_query(id, update, at, None, None),
+                LeasedWrite::Transition(change) => Self::transition_query(id, change),
+                LeasedWrite::PutNode(node) => Self::put_node_query(node),
+                LeasedWrite::DeleteNode(node) => {
+                    query("DELETE FROM nodes WHERE id = $1").bind(node.to_string())
+                }
+            };
+            let done = q.execute(&mut **tx).await.map_err(Self::db(context))?;
+            let applied = done.rows_affected() > 0;
+            match write {
+                LeasedWrite::Step(_) => outcome.step_changed |= applied,
+                LeasedWrite::Transition(_) => outcome.transitioned |= applied,
+                _ => {}
+            }
+        }
+        Ok(outcome)
+    }
+
     async fn try_put_node(&self, node: &NodeRecord) -> Result<(), Error> {
+        Self::put_node_query(node)
+            .execute(&self.writer)
+            .await
+            .map_err(Self::db("writing a node"))?;
+        Ok(())
+    }
+
+    /// The upsert of a node row.
+    fn put_node_query(node: &NodeRecord) -> AnyQuery<'static> {
         let placeholders: Vec<String> = (1..=22).map(|i| format!("${i}")).collect();
         // A boot record is never cleared: an empty timeline or a missing failure is
         // written as NULL and keeps the stored one.
@@ -643,10 +771,6 @@ impl<D: Dialect> SqlStore<D> {
         .bind(node.address.clone())
         .bind((!node.boot.timeline.is_empty()).then(|| json(&node.boot.timeline)))
         .bind(node.boot.failure.as_ref().map(json))
-        .execute(&self.writer)
-        .await
-        .map_err(Self::db("writing a node"))?;
-        Ok(())
     }
 
     async fn try_list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, Error> {
@@ -1167,6 +1291,15 @@ impl<D: Dialect> Store for SqlStore<D> {
         release: &LeaseRelease,
     ) -> Result<LeaseReleased, StoreError> {
         Ok(self.try_release_lease(id, release).await?)
+    }
+
+    async fn write_leased(
+        &self,
+        lease: &Lease,
+        at: DateTime<Utc>,
+        writes: &[LeasedWrite],
+    ) -> Result<LeasedOutcome, StoreError> {
+        Ok(self.try_write_leased(lease, at, writes).await?)
     }
 
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {

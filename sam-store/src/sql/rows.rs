@@ -140,6 +140,24 @@ impl<'r> Columns<'r> {
 }
 
 /// Decodes a `tasks` row.
+/// A task row's lease: its owner, epoch and expiry.
+pub(crate) type LeaseColumns = (Option<String>, u64, Option<DateTime<Utc>>);
+
+/// A task row's lease columns (`id`, `lease_owner`, `lease_epoch`,
+/// `lease_expires_at`).
+pub(crate) fn lease(row: &AnyRow) -> Result<LeaseColumns, Error> {
+    let c = Columns::new(row, "tasks");
+    let epoch = c
+        .opt_int("lease_epoch")?
+        .map_or(Ok(0), u64::try_from)
+        .map_err(|e| c.bad("lease_epoch", e))?;
+    Ok((
+        c.opt_text("lease_owner")?,
+        epoch,
+        c.opt_time("lease_expires_at")?,
+    ))
+}
+
 pub(crate) fn task(row: &AnyRow) -> Result<TaskRecord, Error> {
     let c = Columns::new(row, "tasks");
     let error = match c.opt_text("error_message")? {
@@ -185,6 +203,10 @@ pub(crate) fn task(row: &AnyRow) -> Result<TaskRecord, Error> {
             .map_or(Ok(0), u32::try_from)
             .map_err(|e| c.bad("node_replacements", e))?,
         output: c.opt_json("output")?,
+        lease_epoch: c
+            .opt_int("lease_epoch")?
+            .map_or(Ok(0), u64::try_from)
+            .map_err(|e| c.bad("lease_epoch", e))?,
     })
 }
 
