@@ -230,7 +230,7 @@ pub struct PlatformCredential {
 impl ControlPlaneConfig {
     /// Defaults around a driver id and the platform's provider: medium size, the
     /// lightweight profile unless a devcontainer is named, the `demo` agent, SAM's
-    /// timeouts, leases of 30 s, polls every 2 s, 16 tasks at once, tokens for 8 h,
+    /// timeouts, leases of 60 s, polls every 2 s, 16 tasks at once, tokens for 8 h,
     /// one replacement node per task.
     pub fn new(driver_id: impl Into<String>, provider: ProviderKind) -> Self {
         Self {
@@ -245,7 +245,7 @@ impl ControlPlaneConfig {
             timeouts: TimeoutPolicy::default(),
             capacity_retry: RetryPolicy::capacity(),
             descent: SizeDescent::Allowed,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(2),
             max_concurrent: 16,
             token_ttl: Duration::from_secs(8 * 3600),
@@ -797,6 +797,7 @@ impl ControlPlane {
             next_wake_at: Some(now),
             lease_owner: None,
             lease_expires_at: None,
+            lease_epoch: 0,
             provisioning_started_at: None,
             capacity_passes: 0,
             node_replacements: 0,
@@ -879,25 +880,44 @@ impl ControlPlane {
         actor: &str,
         reason: &str,
     ) -> Result<bool, Error> {
+        self.end(task, to, error, actor, reason, None).await
+    }
+
+    /// [`ControlPlane::finish`], with the terminal transition fenced by `lease` when
+    /// given: a driver that lost its lease cannot end the task (`LeaseLost`).
+    pub(crate) async fn end(
+        &self,
+        task: &TaskRecord,
+        to: TaskStatus,
+        error: Option<TaskError>,
+        actor: &str,
+        reason: &str,
+        lease: Option<&crate::store::Lease>,
+    ) -> Result<bool, Error> {
         let mut current = task.clone();
         loop {
             if current.status.is_terminal() {
                 return Ok(false);
             }
-            let applied = self
-                .store
-                .transition_task(
-                    &current.id,
-                    &Transition {
-                        from: current.status,
-                        to,
-                        actor: actor.to_owned(),
-                        reason: Some(redact(reason).into_owned()),
-                        error: error.clone(),
-                        at: self.clock.now(),
-                    },
-                )
-                .await?;
+            let change = Transition {
+                from: current.status,
+                to,
+                actor: actor.to_owned(),
+                reason: Some(redact(reason).into_owned()),
+                error: error.clone(),
+                at: self.clock.now(),
+            };
+            let applied = match lease {
+                Some(lease) => {
+                    let writes = [crate::store::LeasedWrite::Transition(change)];
+                    let at = self.clock.now();
+                    self.store
+                        .write_leased(lease, at, &writes)
+                        .await?
+                        .transitioned
+                }
+                None => self.store.transition_task(&current.id, &change).await?,
+            };
             if applied {
                 break;
             }

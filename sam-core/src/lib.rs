@@ -19,7 +19,7 @@
 //!   [`classify_agent_error`] and [`is_agent_crash`] read what coding agents report.
 //! - **Retry and timeouts** ([`retry`], [`timeout`]): [`RetryPolicy`] with a pure
 //!   `next_delay` and one async [`retry()`] loop; [`TimeoutPolicy`] with derived sweep
-//!   thresholds.
+//!   thresholds, checked with the lease by [`TimeoutPolicy::validate_with_lease`].
 //! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text and
 //!   masks every registered secret ([`secret::register`]); the processes started for
 //!   a task inherit only an allow-list of their parent's environment ([`environment`]).
@@ -198,13 +198,13 @@ pub use session::{
 };
 pub use signal::{Signal, SignalKind, SignalOrigin, Signals};
 pub use store::{
-    ApiTokenRecord, LeaseRelease, LeaseReleased, LeaseRequest, Lineage, LineageKind, NodeBeat,
-    NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome, StatusEvent, Store, TaskError,
-    TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord,
-    WorkspaceStatus,
+    ApiTokenRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite,
+    Lineage, LineageKind, NodeBeat, NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome,
+    StatusEvent, Store, TaskError, TaskFilter, TaskRecord, TaskSpec, TaskUpdate, Transition,
+    WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 pub use sweep::{KeptNode, SweepReport};
-pub use timeout::TimeoutPolicy;
+pub use timeout::{DerivedTimeouts, LEASE_RENEWALS, STALE_HEARTBEATS, TimeoutPolicy};
 pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner};
 
 #[cfg(feature = "mock")]

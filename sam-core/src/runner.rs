@@ -9,6 +9,7 @@ use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use crate::control::{ControlPlane, TaskEventKind};
+use crate::error::StoreErrorKind;
 use crate::error::{Classify, Error, ErrorCategory, ProviderError};
 use crate::fallback::{FallbackPlan, PlanRequest};
 use crate::github::output_branch;
@@ -22,8 +23,9 @@ use crate::replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after
 use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::store::{
-    LeaseRelease, LeaseReleased, LeaseRequest, NodeBeat, NodeRecord, SlotOutcome, TaskError,
-    TaskRecord, TaskUpdate, Transition, WorkspaceRecord, WorkspaceStatus,
+    Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat,
+    NodeRecord, SlotOutcome, TaskError, TaskRecord, TaskUpdate, Transition, WorkspaceRecord,
+    WorkspaceStatus,
 };
 
 mod pipeline;
@@ -58,6 +60,39 @@ enum Work {
     Claimed(Result<Vec<TaskRecord>, Error>),
     /// A sweep finished (its failure already logged).
     Swept,
+}
+
+/// How often a step renews its task's lease: [`crate::timeout::LEASE_RENEWALS`]
+/// times a lease period, so a missed renewal or two still leaves time.
+pub(crate) fn renewal(lease: Duration) -> Duration {
+    lease / crate::timeout::LEASE_RENEWALS
+}
+
+/// Whether `e` says the step's lease was lost.
+fn is_lease_lost(e: &Error) -> bool {
+    matches!(e, Error::Store(s) if s.kind() == StoreErrorKind::LeaseLost)
+}
+
+/// Why a create did not happen: the provider refused, or the control plane could
+/// not go on (its lease was lost, its store failed).
+#[derive(Debug)]
+enum CreateError {
+    /// The provider's answer.
+    Provider(ProviderError),
+    /// The control plane's own failure.
+    Control(Error),
+}
+
+impl From<ProviderError> for CreateError {
+    fn from(e: ProviderError) -> Self {
+        Self::Provider(e)
+    }
+}
+
+impl From<Error> for CreateError {
+    fn from(e: Error) -> Self {
+        Self::Control(e)
+    }
 }
 
 /// Sleeps until `at`; `None` never comes (the `select!` branch is disabled then).
@@ -210,8 +245,20 @@ impl ControlPlane {
 
     async fn drive(&self, task: TaskRecord) {
         let id = task.id.clone();
-        let next = match self.advance(&task).await {
+        let lease = self.lease(&task);
+        let step = self.advance(&task);
+        let outcome = match &lease {
+            Some(lease) => self.holding(lease, step).await,
+            None => step.await,
+        };
+        let next = match outcome {
             Ok(next) => next,
+            Err(e) if is_lease_lost(&e) => {
+                // Another driver holds the task now: it decides what comes next, and
+                // this one writes nothing more.
+                tracing::warn!(task = %id, error = %e, "the step lost its lease; it stops here");
+                return;
+            }
             Err(e) if e.category().is_retryable() || matches!(e, Error::Store(_)) => {
                 tracing::warn!(task = %id, error = %e, "step failed; retrying later");
                 Next::At(after(self.clock.now(), self.config.poll_interval))
@@ -236,6 +283,7 @@ impl ControlPlane {
         update.next_wake_at = Some(Some(wake));
         let release = LeaseRelease {
             owner: self.config.driver_id.clone(),
+            epoch: lease.map(|l| l.epoch),
             step,
             update,
             at: self.clock.now(),
@@ -256,6 +304,115 @@ impl ControlPlane {
                 tracing::warn!(task = %id, error = %e, "could not write the step and release the lease; it will expire and the step runs again");
             }
         }
+    }
+
+    /// The lease this driver holds on `task`, as the record it drives says.
+    fn lease(&self, task: &TaskRecord) -> Option<Lease> {
+        Lease::held_by(task, &self.config.driver_id)
+    }
+
+    /// Runs `step` while renewing `lease` every [`renewal`] of the lease, so a step
+    /// that outlives one lease period (a slow provider call) keeps its task. A
+    /// renewal that finds the lease lost stops renewing: the step's own writes are
+    /// fenced and fail, so it stops without side effects.
+    async fn holding<T>(
+        &self,
+        lease: &Lease,
+        step: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        // The renewals run beside the step, polled with it, never in place of it: a
+        // step paused in the middle of a transaction would hold the store's only
+        // writer (SQLite) that the renewal waits for.
+        let renewals = async {
+            let every = renewal(self.config.lease);
+            loop {
+                tokio::time::sleep(every).await;
+                let now = self.clock.now();
+                let until = after(now, self.config.lease);
+                let renew = [LeasedWrite::Renew { until }];
+                match self.store.write_leased(lease, now, &renew).await {
+                    Ok(_) => tracing::debug!(task = %lease.task, "lease renewed"),
+                    Err(e) if e.kind() == StoreErrorKind::LeaseLost => {
+                        tracing::warn!(task = %lease.task, error = %e, "lease lost while its step runs");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %lease.task, error = %e, "could not renew the lease; trying again");
+                    }
+                }
+            }
+        };
+        tokio::pin!(step, renewals);
+        let mut renewing = true;
+        loop {
+            tokio::select! {
+                done = &mut step => return done,
+                () = &mut renewals, if renewing => renewing = false,
+            }
+        }
+    }
+
+    /// Writes what a step changes, in one transaction: fenced by the task's lease
+    /// when this driver holds it (a driver that lost it writes nothing and gets
+    /// `LeaseLost`), directly otherwise (a record this driver did not lease).
+    pub(crate) async fn write(
+        &self,
+        task: &TaskRecord,
+        writes: Vec<LeasedWrite>,
+    ) -> Result<LeasedOutcome, Error> {
+        let now = self.clock.now();
+        if let Some(lease) = self.lease(task) {
+            return Ok(self.store.write_leased(&lease, now, &writes).await?);
+        }
+        let mut outcome = LeasedOutcome::default();
+        for write in writes {
+            match write {
+                LeasedWrite::Renew { .. } => {}
+                LeasedWrite::Step(step) => {
+                    outcome.step_changed |=
+                        self.store.set_execution_step(&task.id, step, now).await?;
+                }
+                LeasedWrite::Update(update) => {
+                    self.store.update_task(&task.id, &update, now).await?
+                }
+                LeasedWrite::Transition(change) => {
+                    outcome.transitioned |= self.store.transition_task(&task.id, &change).await?;
+                }
+                LeasedWrite::PutNode(node) => self.store.put_node(&node).await?,
+                LeasedWrite::DeleteNode(id) => self.store.delete_node(&id).await?,
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Moves a task's status as a step does (fenced by its lease), and tells
+    /// listeners when it moved.
+    async fn move_status(
+        &self,
+        task: &TaskRecord,
+        to: TaskStatus,
+        reason: String,
+        also: Vec<LeasedWrite>,
+    ) -> Result<(), Error> {
+        let mut writes = vec![LeasedWrite::Transition(Transition {
+            from: task.status,
+            to,
+            actor: self.config.driver_id.clone(),
+            reason: Some(reason),
+            error: None,
+            at: self.clock.now(),
+        })];
+        writes.extend(also);
+        if self.write(task, writes).await?.transitioned {
+            self.emit(
+                &task.id,
+                TaskEventKind::Status {
+                    status: to,
+                    error: None,
+                },
+            );
+        }
+        Ok(())
     }
 
     fn emit_step(&self, id: &TaskId, step: ExecutionStep) {
@@ -291,21 +448,20 @@ impl ControlPlane {
         task: &TaskRecord,
         step: ExecutionStep,
     ) -> Result<(), Error> {
-        let changed = self
-            .store
-            .set_execution_step(&task.id, step, self.clock.now())
-            .await?;
-        if changed {
+        if self
+            .write(task, vec![LeasedWrite::Step(step)])
+            .await?
+            .step_changed
+        {
             self.emit_step(&task.id, step);
         }
         Ok(())
     }
 
     async fn update(&self, task: &TaskRecord, update: TaskUpdate) -> Result<(), Error> {
-        Ok(self
-            .store
-            .update_task(&task.id, &update, self.clock.now())
-            .await?)
+        self.write(task, vec![LeasedWrite::Update(update)])
+            .await
+            .map(drop)
     }
 
     /// Fails a task with a category and a message, releasing what it held.
@@ -319,12 +475,14 @@ impl ControlPlane {
             category,
             message: crate::secret::redact(message).into_owned(),
         };
-        self.finish(
+        let lease = self.lease(task);
+        self.end(
             task,
             TaskStatus::Failed,
             Some(error),
             &self.config.driver_id,
             message,
+            lease.as_ref(),
         )
         .await?;
         Ok(Next::Done)
@@ -479,11 +637,14 @@ impl ControlPlane {
             )
             .await?;
             crate::crash::point(crate::crash::NODE_NAMED);
-            self.store.put_node(&node).await?;
+            self.write(task, vec![LeasedWrite::PutNode(Box::new(node.clone()))])
+                .await?;
             crate::crash::point(crate::crash::NODE_ROW_WRITTEN);
-            match self.create_vm(&node, provider).await {
+            match self.create_vm(task, &node, provider, false).await {
                 Ok(next) => return Ok(next),
-                Err(e) if e.category() == ErrorCategory::TransientCapacity => {
+                Err(CreateError::Provider(e))
+                    if e.category() == ErrorCategory::TransientCapacity =>
+                {
                     self.emit(
                         &task.id,
                         TaskEventKind::CapacityUnavailable {
@@ -492,19 +653,23 @@ impl ControlPlane {
                         },
                     );
                     tracing::info!(task = %task.id, size = %attempt.size, location = %attempt.location, "no capacity; trying the next entry");
-                    self.store.delete_node(&node.id).await?;
-                    self.update(
+                    let forget = TaskUpdate {
+                        provisioned_node_id: Some(None),
+                        provisioned_size: Some(None),
+                        provisioned_location: Some(None),
+                        ..TaskUpdate::default()
+                    };
+                    self.write(
                         task,
-                        TaskUpdate {
-                            provisioned_node_id: Some(None),
-                            provisioned_size: Some(None),
-                            provisioned_location: Some(None),
-                            ..TaskUpdate::default()
-                        },
+                        vec![
+                            LeasedWrite::DeleteNode(node.id.clone()),
+                            LeasedWrite::Update(forget),
+                        ],
                     )
                     .await?;
                 }
-                Err(e) => return self.create_failed(task, &node, e).await,
+                Err(CreateError::Provider(e)) => return self.create_failed(task, &node, e).await,
+                Err(CreateError::Control(e)) => return Err(e),
             }
         }
         // A full pass without capacity: back off within the capacity budget.
@@ -538,11 +703,37 @@ impl ControlPlane {
 
     /// Calls the provider for a recorded node. Capacity errors go back to the caller
     /// (the plan moves on); everything else is handled here.
+    ///
+    /// The paid call is fenced: right before it, the lease is renewed for a full
+    /// period under its epoch, so a driver that lost the task never creates, and
+    /// the call (shorter than the lease, as the configuration checks) ends before
+    /// another driver can take the task over. With `look_first` (a node whose row
+    /// existed before this step), the VM is looked up by the node's label under
+    /// that lease first, and adopted when an earlier create went through.
     async fn create_vm(
         &self,
+        task: &TaskRecord,
         node: &NodeRecord,
         provider: &dyn Provider,
-    ) -> Result<Next, ProviderError> {
+        look_first: bool,
+    ) -> Result<Next, CreateError> {
+        let now = self.clock.now();
+        let renew = LeasedWrite::Renew {
+            until: after(now, self.config.lease),
+        };
+        self.write(task, vec![renew]).await?;
+        if look_first {
+            let found = provider.list_vms(&Labels::for_node(&node.id)).await?;
+            if let Some(vm) = found.into_iter().next() {
+                tracing::info!(node = %node.id, vm = %vm.id, "the node's VM exists already; adopting it");
+                let mut adopted = node.clone();
+                adopted.vm_id = Some(vm.id);
+                adopted.updated_at = self.clock.now();
+                self.write(task, vec![LeasedWrite::PutNode(Box::new(adopted))])
+                    .await?;
+                return Ok(Next::At(self.clock.now()));
+            }
+        }
         let token = self.issue_node_token(&node.id);
         let user_data = self
             .boot
@@ -563,7 +754,8 @@ impl ControlPlane {
         let mut created = node.clone();
         created.vm_id = Some(vm.id.clone());
         created.updated_at = self.clock.now();
-        if let Err(e) = self.store.put_node(&created).await {
+        let record = vec![LeasedWrite::PutNode(Box::new(created))];
+        if let Err(e) = self.write(task, record).await {
             // The VM carries the node label: the next visit adopts it by label.
             tracing::warn!(node = %node.id, error = %e, "could not record the VM id");
         }
@@ -646,22 +838,28 @@ impl ControlPlane {
                 }
                 return self.lose_node(task, &node, NodeLoss::VmVanished).await;
             }
-            // No VM carries the label: the earlier create never happened. Create now.
-            return match self.create_vm(&node, provider).await {
+            // No VM carries the label: the earlier create never happened. Create now
+            // (looking once more under the renewed lease).
+            return match self.create_vm(task, &node, provider, true).await {
                 Ok(next) => Ok(next),
-                Err(e) if e.category() == ErrorCategory::TransientCapacity => {
-                    self.store.delete_node(&node.id).await?;
+                Err(CreateError::Provider(e))
+                    if e.category() == ErrorCategory::TransientCapacity =>
+                {
+                    self.write(task, vec![LeasedWrite::DeleteNode(node.id.clone())])
+                        .await?;
                     let plan = self.plan(task, provider)?;
                     let index = plan_entry(&plan, &node).map_or(0, |i| i + 1);
                     self.walk_plan(task, &plan, index, provider).await
                 }
-                Err(e) => self.create_failed(task, &node, e).await,
+                Err(CreateError::Provider(e)) => self.create_failed(task, &node, e).await,
+                Err(CreateError::Control(e)) => Err(e),
             };
         };
         if node.vm_id.as_ref() != Some(&vm.id) {
             node.vm_id = Some(vm.id.clone());
             node.updated_at = now;
-            self.store.put_node(&node).await?;
+            self.write(task, vec![LeasedWrite::PutNode(Box::new(node.clone()))])
+                .await?;
         }
         let polled = match provider.poll_create(&vm).await {
             Ok(polled) => {
@@ -671,15 +869,18 @@ impl ControlPlane {
             Err(e) if e.category() == ErrorCategory::TransientCapacity => {
                 // Accepted, then failed for capacity in its action/operation.
                 let _ = self.destroy_node(&node).await;
-                self.store.delete_node(&node.id).await?;
                 let plan = self.plan(task, provider)?;
                 let index = plan_entry(&plan, &node).map_or(0, |i| i + 1);
-                self.update(
+                let forget = TaskUpdate {
+                    provisioned_node_id: Some(None),
+                    ..TaskUpdate::default()
+                };
+                self.write(
                     task,
-                    TaskUpdate {
-                        provisioned_node_id: Some(None),
-                        ..TaskUpdate::default()
-                    },
+                    vec![
+                        LeasedWrite::DeleteNode(node.id.clone()),
+                        LeasedWrite::Update(forget),
+                    ],
                 )
                 .await?;
                 return self.walk_plan(task, &plan, index, provider).await;
@@ -693,7 +894,8 @@ impl ControlPlane {
                     node.address.clone_from(&polled.address);
                 }
                 node.updated_at = self.clock.now();
-                self.store.put_node(&node).await?;
+                self.write(task, vec![LeasedWrite::PutNode(Box::new(node.clone()))])
+                    .await?;
                 self.show_downgrade(task, node.size);
                 Ok(self.step_to(ExecutionStep::NodeAgentReady))
             }
@@ -965,36 +1167,17 @@ impl ControlPlane {
             }
             crate::crash::point(crate::crash::SLOT_RESERVED);
         }
+        let named = LeasedWrite::Update(TaskUpdate {
+            workspace_id: Some(Some(ws.clone())),
+            ..TaskUpdate::default()
+        });
         if task.status == TaskStatus::Queued {
-            self.store
-                .transition_task(
-                    &task.id,
-                    &Transition {
-                        from: TaskStatus::Queued,
-                        to: TaskStatus::Delegated,
-                        actor: self.config.driver_id.clone(),
-                        reason: Some(format!("workspace {ws} on node {}", node.id)),
-                        error: None,
-                        at: now,
-                    },
-                )
+            let reason = format!("workspace {ws} on node {}", node.id);
+            self.move_status(task, TaskStatus::Delegated, reason, vec![named])
                 .await?;
-            self.emit(
-                &task.id,
-                TaskEventKind::Status {
-                    status: TaskStatus::Delegated,
-                    error: None,
-                },
-            );
+        } else {
+            self.write(task, vec![named]).await?;
         }
-        self.update(
-            task,
-            TaskUpdate {
-                workspace_id: Some(Some(ws.clone())),
-                ..TaskUpdate::default()
-            },
-        )
-        .await?;
         let request = WorkspaceRequest {
             workspace_id: ws.clone(),
             task_id: task.id.clone(),
@@ -1091,26 +1274,9 @@ impl ControlPlane {
         }
         crate::crash::point(crate::crash::PROMPT_SENT);
         if task.status == TaskStatus::Delegated {
-            self.store
-                .transition_task(
-                    &task.id,
-                    &Transition {
-                        from: TaskStatus::Delegated,
-                        to: TaskStatus::InProgress,
-                        actor: self.config.driver_id.clone(),
-                        reason: Some("agent session started".to_owned()),
-                        error: None,
-                        at: self.clock.now(),
-                    },
-                )
+            let reason = "agent session started".to_owned();
+            self.move_status(task, TaskStatus::InProgress, reason, Vec::new())
                 .await?;
-            self.emit(
-                &task.id,
-                TaskEventKind::Status {
-                    status: TaskStatus::InProgress,
-                    error: None,
-                },
-            );
         }
         Ok(Next::Step {
             step: ExecutionStep::Running,

@@ -5,6 +5,10 @@
 //! sweep killed tasks before the agent could report ready. Here the sweep thresholds
 //! are *derived* from the waits they guard, and [`TimeoutPolicy::validate`] rejects any
 //! policy where a sweep would fire before its wait can finish.
+//!
+//! [`TimeoutPolicy::validate_with_lease`] also checks the policy with the lease on
+//! tasks and the longest provider call: a server's configuration is checked this way
+//! when it loads, and the values it derives ([`DerivedTimeouts`]) are what it prints.
 
 use std::time::Duration;
 
@@ -14,6 +18,18 @@ use crate::error::PolicyError;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// How many times a lease is renewed within its own length: the driver renews the
+/// lease of every step under way each `lease / LEASE_RENEWALS`.
+///
+/// With 3, a lease survives one missed renewal with a third of it to spare.
+/// [`TimeoutPolicy::validate_with_lease`] uses it to check that the lease left after a
+/// missed renewal still covers one whole provider call.
+pub const LEASE_RENEWALS: u32 = 3;
+
+/// How many heartbeat intervals [`TimeoutPolicy::heartbeat_stale`] must cover at least,
+/// so one late or lost heartbeat never makes a node stale.
+pub const STALE_HEARTBEATS: u32 = 3;
 
 /// The base timeouts; the sweep thresholds are derived from them.
 ///
@@ -235,11 +251,131 @@ impl TimeoutPolicy {
         if self.heartbeat_stale <= self.heartbeat_interval {
             return bad(
                 "heartbeat_stale",
-                "must be longer than heartbeat_interval, or every node looks stale between beats"
-                    .to_owned(),
+                format!(
+                    "({}) must be longer than heartbeat_interval ({}), or every node looks stale between beats",
+                    seconds(self.heartbeat_stale),
+                    seconds(self.heartbeat_interval)
+                ),
             );
         }
         Ok(())
+    }
+}
+
+/// The values a [`TimeoutPolicy`] and a lease derive, once checked together by
+/// [`TimeoutPolicy::validate_with_lease`]: what a configuration check prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DerivedTimeouts {
+    /// [`TimeoutPolicy::stuck_queued`].
+    pub stuck_queued: Duration,
+    /// [`TimeoutPolicy::stuck_delegated`].
+    pub stuck_delegated: Duration,
+    /// [`TimeoutPolicy::longest_legitimate_task`].
+    pub longest_legitimate_task: Duration,
+    /// How long a lease on a task lasts.
+    pub lease: Duration,
+    /// How often the lease of a step under way is renewed: `lease / LEASE_RENEWALS`.
+    pub lease_renewal: Duration,
+    /// What is left of a lease when one renewal was missed: `lease - lease_renewal`.
+    /// At least `provider_call`.
+    pub lease_after_missed_renewal: Duration,
+    /// The longest a single provider call may take.
+    pub provider_call: Duration,
+    /// How many heartbeats fit in `heartbeat_stale`: at least [`STALE_HEARTBEATS`].
+    pub heartbeats_before_stale: u32,
+}
+
+impl TimeoutPolicy {
+    /// Checks the policy together with the lease on tasks and the longest single
+    /// provider call, and returns the values they derive.
+    ///
+    /// On top of [`TimeoutPolicy::validate`]:
+    /// - `heartbeat_stale` covers at least [`STALE_HEARTBEATS`] heartbeat intervals, so one
+    ///   late or lost heartbeat never marks a node stale;
+    /// - the lease is renewed [`LEASE_RENEWALS`] times within its length, and the lease
+    ///   left after one missed renewal still covers a whole provider call:
+    ///   `lease - lease / LEASE_RENEWALS >= provider_call`. A call started just before a
+    ///   renewal that never came then ends before another server may take the task over.
+    ///
+    /// `provider_call` is zero for providers with no network call and no timeout of
+    /// their own; only the renewal rule applies then.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the first field at fault and the values in conflict.
+    pub fn validate_with_lease(
+        &self,
+        lease: Duration,
+        provider_call: Duration,
+    ) -> Result<DerivedTimeouts, PolicyError> {
+        let bad = |field, reason: String| {
+            Err(PolicyError {
+                policy: "timeout",
+                field,
+                reason,
+            })
+        };
+        // Before `validate`, whose heartbeat rule is weaker: a contradiction is
+        // reported by the rule that names how far apart the values are.
+        if self.heartbeat_stale < self.heartbeat_interval.saturating_mul(STALE_HEARTBEATS) {
+            return bad(
+                "heartbeat_stale",
+                format!(
+                    "({}) must cover {STALE_HEARTBEATS} heartbeats of heartbeat_interval ({}), at least {}",
+                    seconds(self.heartbeat_stale),
+                    seconds(self.heartbeat_interval),
+                    seconds(self.heartbeat_interval.saturating_mul(STALE_HEARTBEATS)),
+                ),
+            );
+        }
+        self.validate()?;
+        let lease_renewal = lease / LEASE_RENEWALS;
+        if lease_renewal.is_zero() {
+            return bad(
+                "lease",
+                format!(
+                    "({}) is too short to be renewed {LEASE_RENEWALS} times",
+                    seconds(lease)
+                ),
+            );
+        }
+        let lease_after_missed_renewal = lease - lease_renewal;
+        if lease_after_missed_renewal < provider_call {
+            return bad(
+                "lease",
+                format!(
+                    "({}) must cover the longest provider call ({}) plus one renewal interval (lease / {LEASE_RENEWALS} = {}): \
+                     after a missed renewal only {} of it is left",
+                    seconds(lease),
+                    seconds(provider_call),
+                    seconds(lease_renewal),
+                    seconds(lease_after_missed_renewal),
+                ),
+            );
+        }
+        let heartbeats_before_stale = u32::try_from(
+            self.heartbeat_stale.as_nanos() / self.heartbeat_interval.as_nanos().max(1),
+        )
+        .unwrap_or(u32::MAX);
+        Ok(DerivedTimeouts {
+            stuck_queued: self.stuck_queued(),
+            stuck_delegated: self.stuck_delegated(),
+            longest_legitimate_task: self.longest_legitimate_task(),
+            lease,
+            lease_renewal,
+            lease_after_missed_renewal,
+            provider_call,
+            heartbeats_before_stale,
+        })
+    }
+}
+
+/// A duration as seconds for an error message: `180 s`, or `0.25 s` below a whole second.
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} s", d.as_secs_f64())
     }
 }
 
