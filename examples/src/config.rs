@@ -17,6 +17,25 @@
 //! provider = "hetzner"
 //! poll_interval_ms = 500
 //! ```
+//!
+//! # Timeouts
+//!
+//! Every field of [`TimeoutPolicy`] is a key of its own, in whole seconds: the field's
+//! name with `_secs` (`agent_ready_secs`, `heartbeat_stale_secs`, …; [`TIMEOUT_KEYS`]
+//! lists them), each defaulting to [`TimeoutPolicy::default`]'s value.
+//! `heartbeat_interval_secs` is the policy's `heartbeat_interval`: one key sets both
+//! how often local nodes beat and what the stale limit is checked against.
+//! The policy is checked with `lease_secs` and the provider's longest call
+//! ([`ProviderChoice::call_timeout`]) by [`TimeoutPolicy::validate_with_lease`], so a
+//! configuration whose timeouts contradict each other is refused at load, naming the
+//! values.
+//!
+//! ```toml
+//! agent_ready_secs = 1200
+//! heartbeat_interval_secs = 20
+//! heartbeat_stale_secs = 90
+//! lease_secs = 60
+//! ```
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -25,14 +44,14 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
-use sam_core::Secret;
+use sam_core::{DerivedTimeouts, PolicyError, Secret, TimeoutPolicy};
 use serde::Deserialize;
 
 use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 18] = [
+pub const ENV_KEYS: [&str; 32] = [
     "listen",
     "data_dir",
     "database_url",
@@ -51,7 +70,45 @@ pub const ENV_KEYS: [&str; 18] = [
     "agent_sha256",
     "node_agents",
     "node_replacements",
+    "capacity_wait_secs",
+    "node_provisioning_secs",
+    "agent_ready_secs",
+    "workspace_ready_secs",
+    "queued_grace_secs",
+    "delegated_grace_secs",
+    "in_progress_soft_secs",
+    "in_progress_hard_secs",
+    "task_absolute_secs",
+    "warm_node_secs",
+    "node_max_lifetime_secs",
+    "heartbeat_stale_secs",
+    "agent_idle_secs",
+    "git_command_secs",
 ];
+
+/// Each [`TimeoutPolicy`] field (and the lease) with the key that sets it, in the
+/// order `--check-config` prints them.
+pub const TIMEOUT_KEYS: [(&str, &str); 16] = [
+    ("capacity_wait", "capacity_wait_secs"),
+    ("node_provisioning", "node_provisioning_secs"),
+    ("agent_ready", "agent_ready_secs"),
+    ("workspace_ready", "workspace_ready_secs"),
+    ("queued_grace", "queued_grace_secs"),
+    ("delegated_grace", "delegated_grace_secs"),
+    ("in_progress_soft", "in_progress_soft_secs"),
+    ("in_progress_hard", "in_progress_hard_secs"),
+    ("task_absolute", "task_absolute_secs"),
+    ("warm_node", "warm_node_secs"),
+    ("node_max_lifetime", "node_max_lifetime_secs"),
+    ("heartbeat_interval", "heartbeat_interval_secs"),
+    ("heartbeat_stale", "heartbeat_stale_secs"),
+    ("agent_idle", "agent_idle_secs"),
+    ("git_command", "git_command_secs"),
+    ("lease", "lease_secs"),
+];
+
+/// The longest value a timeout key takes: 30 days, in seconds.
+const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 
 /// Which provider runs the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -79,6 +136,21 @@ impl fmt::Display for ProviderChoice {
             Self::Gcp => "gcp",
             Self::Qemu => "qemu",
         })
+    }
+}
+
+impl ProviderChoice {
+    /// The longest a single call to this provider may take, which the lease must
+    /// cover ([`TimeoutPolicy::validate_with_lease`]).
+    ///
+    /// A cloud's is the HTTP client's timeout ([`sam_providers::REQUEST_TIMEOUT`],
+    /// 30 s). The local and QEMU providers make no network call and bound none of
+    /// theirs: zero, so only the renewal rule applies to their lease.
+    pub const fn call_timeout(self) -> Duration {
+        match self {
+            Self::Hetzner | Self::Scaleway | Self::Gcp => sam_providers::REQUEST_TIMEOUT,
+            Self::Local | Self::Qemu => Duration::ZERO,
+        }
     }
 }
 
@@ -123,7 +195,11 @@ pub struct ServerConfig {
     /// Default 250.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
-    /// Seconds between the nodes' heartbeats (1 to 3600). Default 10.
+    /// Seconds between the nodes' heartbeats (1 to 3600): the timeout policy's
+    /// `heartbeat_interval`, which `heartbeat_stale_secs` must cover 3 times.
+    /// Default 10 (the policy's own default is 60). Local nodes are told it; cloud
+    /// and QEMU nodes boot from cloud-init, which does not carry it yet, and beat at
+    /// the VM agent's default of 60 s.
     #[serde(default = "default_heartbeat_interval_secs")]
     pub heartbeat_interval_secs: u64,
     /// The key users' and projects' credentials are sealed with (AES-256-GCM): 32
@@ -132,7 +208,9 @@ pub struct ServerConfig {
     #[serde(default, deserialize_with = "token_text")]
     pub credential_key: Option<Secret>,
     /// Seconds a runner's lease on a task lasts (1 to 3600): how soon another server
-    /// sharing the database takes over the tasks of one that died. Default 30.
+    /// sharing the database takes over the tasks of one that died. What is left of it
+    /// after one missed renewal (every third of it) must cover the provider's longest
+    /// call: at least 45 with a cloud provider. Default 60.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
     /// The VM agent binary cloud nodes download from `/v1/agent/download`, pinned by
@@ -168,6 +246,49 @@ pub struct ServerConfig {
     /// before it fails (0 to 10). Default 1.
     #[serde(default = "default_node_replacements")]
     pub node_replacements: u32,
+    /// The timeout policy's `capacity_wait`, in seconds. Default 300.
+    #[serde(default = "default_capacity_wait_secs")]
+    pub capacity_wait_secs: u64,
+    /// The timeout policy's `node_provisioning`, in seconds. Default 900.
+    #[serde(default = "default_node_provisioning_secs")]
+    pub node_provisioning_secs: u64,
+    /// The timeout policy's `agent_ready`, in seconds. Default 900.
+    #[serde(default = "default_agent_ready_secs")]
+    pub agent_ready_secs: u64,
+    /// The timeout policy's `workspace_ready`, in seconds. Default 1800.
+    #[serde(default = "default_workspace_ready_secs")]
+    pub workspace_ready_secs: u64,
+    /// The timeout policy's `queued_grace`, in seconds. Default 300.
+    #[serde(default = "default_queued_grace_secs")]
+    pub queued_grace_secs: u64,
+    /// The timeout policy's `delegated_grace`, in seconds. Default 60.
+    #[serde(default = "default_delegated_grace_secs")]
+    pub delegated_grace_secs: u64,
+    /// The timeout policy's `in_progress_soft`, in seconds. Default 14400.
+    #[serde(default = "default_in_progress_soft_secs")]
+    pub in_progress_soft_secs: u64,
+    /// The timeout policy's `in_progress_hard`, in seconds. Default 28800.
+    #[serde(default = "default_in_progress_hard_secs")]
+    pub in_progress_hard_secs: u64,
+    /// The timeout policy's `task_absolute`, in seconds. Default 86400.
+    #[serde(default = "default_task_absolute_secs")]
+    pub task_absolute_secs: u64,
+    /// The timeout policy's `warm_node`, in seconds. Default 1800.
+    #[serde(default = "default_warm_node_secs")]
+    pub warm_node_secs: u64,
+    /// The timeout policy's `node_max_lifetime`, in seconds. Default 86400.
+    #[serde(default = "default_node_max_lifetime_secs")]
+    pub node_max_lifetime_secs: u64,
+    /// The timeout policy's `heartbeat_stale`, in seconds: at least 3 heartbeat
+    /// intervals. Default 180.
+    #[serde(default = "default_heartbeat_stale_secs")]
+    pub heartbeat_stale_secs: u64,
+    /// The timeout policy's `agent_idle`, in seconds. Default 300.
+    #[serde(default = "default_agent_idle_secs")]
+    pub agent_idle_secs: u64,
+    /// The timeout policy's `git_command`, in seconds. Default 600.
+    #[serde(default = "default_git_command_secs")]
+    pub git_command_secs: u64,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -205,7 +326,68 @@ const fn default_heartbeat_interval_secs() -> u64 {
 }
 
 const fn default_lease_secs() -> u64 {
-    30
+    60
+}
+
+/// A field of [`TimeoutPolicy::default`] in seconds: the default of its key.
+fn default_secs(field: fn(&TimeoutPolicy) -> Duration) -> u64 {
+    field(&TimeoutPolicy::default()).as_secs()
+}
+
+fn default_capacity_wait_secs() -> u64 {
+    default_secs(|p| p.capacity_wait)
+}
+
+fn default_node_provisioning_secs() -> u64 {
+    default_secs(|p| p.node_provisioning)
+}
+
+fn default_agent_ready_secs() -> u64 {
+    default_secs(|p| p.agent_ready)
+}
+
+fn default_workspace_ready_secs() -> u64 {
+    default_secs(|p| p.workspace_ready)
+}
+
+fn default_queued_grace_secs() -> u64 {
+    default_secs(|p| p.queued_grace)
+}
+
+fn default_delegated_grace_secs() -> u64 {
+    default_secs(|p| p.delegated_grace)
+}
+
+fn default_in_progress_soft_secs() -> u64 {
+    default_secs(|p| p.in_progress_soft)
+}
+
+fn default_in_progress_hard_secs() -> u64 {
+    default_secs(|p| p.in_progress_hard)
+}
+
+fn default_task_absolute_secs() -> u64 {
+    default_secs(|p| p.task_absolute)
+}
+
+fn default_warm_node_secs() -> u64 {
+    default_secs(|p| p.warm_node)
+}
+
+fn default_node_max_lifetime_secs() -> u64 {
+    default_secs(|p| p.node_max_lifetime)
+}
+
+fn default_heartbeat_stale_secs() -> u64 {
+    default_secs(|p| p.heartbeat_stale)
+}
+
+fn default_agent_idle_secs() -> u64 {
+    default_secs(|p| p.agent_idle)
+}
+
+fn default_git_command_secs() -> u64 {
+    default_secs(|p| p.git_command)
 }
 
 const fn default_node_replacements() -> u32 {
@@ -224,6 +406,25 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// The timeouts contradict each other or the lease
+    /// ([`TimeoutPolicy::validate_with_lease`]).
+    Timeouts {
+        /// The key of the value at fault (`heartbeat_stale_secs`, `lease_secs`, …).
+        field: &'static str,
+        /// The rule broken, naming the values in conflict.
+        source: PolicyError,
+    },
+}
+
+impl ConfigError {
+    /// A timeout policy error, with the policy's field turned into its key.
+    fn timeouts(source: PolicyError) -> Self {
+        let field = TIMEOUT_KEYS
+            .iter()
+            .find(|(f, _)| *f == source.field)
+            .map_or(source.field, |(_, key)| *key);
+        Self::Timeouts { field, source }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -261,6 +462,9 @@ impl fmt::Display for ConfigError {
             Self::Invalid { field, message } => {
                 write!(f, "invalid configuration: `{field}` {message}")
             }
+            Self::Timeouts { field, source } => {
+                write!(f, "invalid configuration: `{field}`: {source}")
+            }
         }
     }
 }
@@ -270,6 +474,7 @@ impl std::error::Error for ConfigError {
         match self {
             Self::Parse(e) => Some(e.as_ref()),
             Self::Invalid { .. } => None,
+            Self::Timeouts { source, .. } => Some(source),
         }
     }
 }
@@ -354,6 +559,15 @@ impl ServerConfig {
                 &format!("must be 1 to 3600 (s), not {}", self.lease_secs),
             );
         }
+        for ((_, key), secs) in TIMEOUT_KEYS.into_iter().zip(self.timeout_values()) {
+            if secs > MAX_TIMEOUT_SECS {
+                return invalid(
+                    key,
+                    &format!("must be at most {MAX_TIMEOUT_SECS} (s, 30 days), not {secs}"),
+                );
+            }
+        }
+        self.derived_timeouts()?;
         if let Some(url) = &self.public_url
             && !matches!(url.scheme(), "http" | "https")
         {
@@ -424,6 +638,113 @@ impl ServerConfig {
     pub const fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
     }
+
+    /// How long a runner's lease on a task lasts.
+    pub const fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    /// The timeout policy the timeout keys describe.
+    pub fn timeouts(&self) -> TimeoutPolicy {
+        let s = Duration::from_secs;
+        TimeoutPolicy {
+            capacity_wait: s(self.capacity_wait_secs),
+            node_provisioning: s(self.node_provisioning_secs),
+            agent_ready: s(self.agent_ready_secs),
+            workspace_ready: s(self.workspace_ready_secs),
+            queued_grace: s(self.queued_grace_secs),
+            delegated_grace: s(self.delegated_grace_secs),
+            in_progress_soft: s(self.in_progress_soft_secs),
+            in_progress_hard: s(self.in_progress_hard_secs),
+            task_absolute: s(self.task_absolute_secs),
+            warm_node: s(self.warm_node_secs),
+            node_max_lifetime: s(self.node_max_lifetime_secs),
+            heartbeat_interval: s(self.heartbeat_interval_secs),
+            heartbeat_stale: s(self.heartbeat_stale_secs),
+            agent_idle: s(self.agent_idle_secs),
+            git_command: s(self.git_command_secs),
+        }
+    }
+
+    /// The value of each key of [`TIMEOUT_KEYS`] in seconds, in its order.
+    const fn timeout_values(&self) -> [u64; 16] {
+        [
+            self.capacity_wait_secs,
+            self.node_provisioning_secs,
+            self.agent_ready_secs,
+            self.workspace_ready_secs,
+            self.queued_grace_secs,
+            self.delegated_grace_secs,
+            self.in_progress_soft_secs,
+            self.in_progress_hard_secs,
+            self.task_absolute_secs,
+            self.warm_node_secs,
+            self.node_max_lifetime_secs,
+            self.heartbeat_interval_secs,
+            self.heartbeat_stale_secs,
+            self.agent_idle_secs,
+            self.git_command_secs,
+            self.lease_secs,
+        ]
+    }
+
+    /// The timeout policy checked with the lease and the provider's longest call,
+    /// and the values they derive.
+    ///
+    /// # Errors
+    /// [`ConfigError::Timeouts`] naming the key at fault and the values in conflict.
+    pub fn derived_timeouts(&self) -> Result<DerivedTimeouts, ConfigError> {
+        self.timeouts()
+            .validate_with_lease(self.lease(), self.provider.call_timeout())
+            .map_err(ConfigError::timeouts)
+    }
+
+    /// The timeouts and what they derive, one `name = seconds` line each, under two
+    /// headings: what `sam-server --check-config` prints after the configuration.
+    ///
+    /// # Errors
+    /// As [`ServerConfig::derived_timeouts`].
+    pub fn timeouts_report(&self) -> Result<String, ConfigError> {
+        use fmt::Write as _;
+        let derived = self.derived_timeouts()?;
+        let mut out = String::from("timeouts (seconds):\n");
+        for ((_, key), secs) in TIMEOUT_KEYS.into_iter().zip(self.timeout_values()) {
+            let _ = writeln!(out, "  {key} = {secs}");
+        }
+        let replacements = self.node_replacements;
+        let stuck_after = self.timeouts().stuck_queued_after(replacements);
+        let lines = [
+            ("stuck_queued", derived.stuck_queued),
+            ("stuck_queued_after_replacements", stuck_after),
+            ("stuck_delegated", derived.stuck_delegated),
+            ("longest_legitimate_task", derived.longest_legitimate_task),
+            ("lease_renewal", derived.lease_renewal),
+            (
+                "lease_after_missed_renewal",
+                derived.lease_after_missed_renewal,
+            ),
+            ("provider_call", derived.provider_call),
+        ];
+        out.push_str("derived (seconds):\n");
+        for (name, value) in lines {
+            let _ = writeln!(out, "  {name} = {}", seconds(value));
+        }
+        let _ = writeln!(
+            out,
+            "  heartbeats_before_stale = {}",
+            derived.heartbeats_before_stale
+        );
+        Ok(out)
+    }
+}
+
+/// A duration in seconds, with a fraction only when it has one (`20`, `3.333`).
+fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{:.3}", d.as_secs_f64())
+    }
 }
 
 /// The provider `choice` names, built from its environment variables
@@ -483,7 +804,13 @@ mod tests {
         let result = ServerConfig::load(None, Serialized::globals(flags.clone()));
         match (result, field) {
             (Ok(_), None) => {}
-            (Err(ConfigError::Invalid { field: got, .. }), Some(want)) => {
+            (
+                Err(
+                    ConfigError::Invalid { field: got, .. }
+                    | ConfigError::Timeouts { field: got, .. },
+                ),
+                Some(want),
+            ) => {
                 assert_eq!(got, want, "{flags}");
             }
             (Err(ConfigError::Parse(e)), Some(want)) => {
@@ -543,6 +870,153 @@ mod tests {
         check(
             serde_json::json!({"database_url": "postgres://h/d", "database_schema": "sam_1"}),
             None,
+        );
+        check(
+            serde_json::json!({"agent_ready_secs": "soon"}),
+            Some("agent_ready_secs"),
+        );
+        check(
+            serde_json::json!({"warm_node_secs": MAX_TIMEOUT_SECS + 1}),
+            Some("warm_node_secs"),
+        );
+        check(
+            serde_json::json!({"queued_grace_secs": 0}),
+            Some("queued_grace_secs"),
+        );
+    }
+
+    /// Every timeout key can come from the environment, and every one names a field.
+    #[test]
+    fn every_timeout_key_is_a_known_key() {
+        for (field, key) in TIMEOUT_KEYS {
+            assert!(ENV_KEYS.contains(&key), "{key} is read from SAM_*");
+            assert_eq!(key, format!("{field}_secs"));
+        }
+        let config = ServerConfig::load(None, Serialized::globals(serde_json::json!({}))).unwrap();
+        assert_eq!(
+            config.timeouts(),
+            TimeoutPolicy {
+                heartbeat_interval: Duration::from_secs(10),
+                ..TimeoutPolicy::default()
+            },
+            "every timeout defaults to the policy's, but the heartbeat's own 10 s"
+        );
+        assert_eq!(config.lease(), Duration::from_secs(60));
+    }
+
+    /// A timeout from the file, overridden by a flag; the rest keep their defaults.
+    #[test]
+    fn timeouts_come_from_the_file_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sam-server.toml");
+        std::fs::write(
+            &file,
+            "agent_ready_secs = 1200\nheartbeat_interval_secs = 20\nheartbeat_stale_secs = 90\nlease_secs = 90\n",
+        )
+        .unwrap();
+        let load = |flags| ServerConfig::load(Some(&file), Serialized::globals(flags));
+        let config = load(serde_json::json!({})).unwrap();
+        let t = config.timeouts();
+        assert_eq!(t.agent_ready, Duration::from_secs(1200));
+        assert_eq!(t.heartbeat_interval, Duration::from_secs(20));
+        assert_eq!(t.heartbeat_stale, Duration::from_secs(90));
+        assert_eq!(
+            t.node_provisioning,
+            TimeoutPolicy::default().node_provisioning
+        );
+        assert_eq!(config.lease(), Duration::from_secs(90));
+        let derived = config.derived_timeouts().unwrap();
+        assert_eq!(derived.lease_renewal, Duration::from_secs(30));
+        assert_eq!(derived.stuck_queued, Duration::from_secs(300 + 1200 + 300));
+
+        let config =
+            load(serde_json::json!({"agent_ready_secs": 600, "git_command_secs": 60})).unwrap();
+        assert_eq!(config.timeouts().agent_ready, Duration::from_secs(600));
+        assert_eq!(config.timeouts().git_command, Duration::from_secs(60));
+    }
+
+    /// Loads `flags` expecting a contradiction reported on `key`, whose message says
+    /// each of `wants`.
+    fn refused(flags: serde_json::Value, key: &str, wants: &[&str]) {
+        match ServerConfig::load(None, Serialized::globals(flags.clone())) {
+            Err(e @ ConfigError::Timeouts { field, .. }) => {
+                assert_eq!(field, key, "{flags}: {e}");
+                let text = e.to_string();
+                for want in wants {
+                    assert!(text.contains(want), "{want:?} in {text}");
+                }
+            }
+            other => panic!("{flags}: {other:?}, wanted a timeout error on {key}"),
+        }
+    }
+
+    #[test]
+    fn contradicting_timeouts_are_refused_at_load_naming_the_values() {
+        refused(
+            serde_json::json!({"heartbeat_interval_secs": 600, "heartbeat_stale_secs": 180}),
+            "heartbeat_stale_secs",
+            &[
+                "`heartbeat_stale_secs`",
+                "heartbeat_stale (180 s) must cover 3 heartbeats of heartbeat_interval (600 s)",
+            ],
+        );
+        // A cloud's calls take up to 30 s: a 30 s lease is too short, 45 s is enough.
+        let cloud = |lease: u64| {
+            serde_json::json!({
+                "provider": "hetzner",
+                "public_url": "https://sam.example/",
+                "lease_secs": lease,
+            })
+        };
+        refused(
+            cloud(30),
+            "lease_secs",
+            &["lease (30 s) must cover the longest provider call (30 s)"],
+        );
+        refused(cloud(20), "lease_secs", &["(20 s)", "(30 s)"]);
+        check(cloud(45), None);
+        // The local provider makes no call to cover: a short lease is enough.
+        check(serde_json::json!({"lease_secs": 3}), None);
+        // A sweep that fires before its wait can finish is refused as before.
+        refused(
+            serde_json::json!({"delegated_grace_secs": 0}),
+            "delegated_grace_secs",
+            &["stuck-delegated"],
+        );
+    }
+
+    #[test]
+    fn the_report_lists_every_timeout_and_what_it_derives() {
+        let config = ServerConfig::load(None, Serialized::globals(serde_json::json!({}))).unwrap();
+        let report = config.timeouts_report().unwrap();
+        for (_, key) in TIMEOUT_KEYS {
+            assert!(report.contains(&format!("  {key} = ")), "{key} in {report}");
+        }
+        for want in [
+            "timeouts (seconds):",
+            "derived (seconds):",
+            "  stuck_queued = 1500\n",
+            "  stuck_queued_after_replacements = 2400\n",
+            "  stuck_delegated = 1860\n",
+            "  longest_legitimate_task = 32160\n",
+            "  lease_renewal = 20\n",
+            "  lease_after_missed_renewal = 40\n",
+            "  provider_call = 0\n",
+            "  heartbeats_before_stale = 18\n",
+        ] {
+            assert!(report.contains(want), "{want:?} in {report}");
+        }
+        let config = ServerConfig::load(
+            None,
+            Serialized::globals(serde_json::json!({"lease_secs": 10})),
+        )
+        .unwrap();
+        assert!(
+            config
+                .timeouts_report()
+                .unwrap()
+                .contains("  lease_renewal = 3.333\n"),
+            "a fraction is shown"
         );
     }
 }

@@ -34,8 +34,8 @@ use sam_agent::{
 use sam_core::{
     AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialKind,
     DefaultScheduler, NodeAgent, NodeAgentError, NodeRecord, PlatformCredential, Provider,
-    ProviderKind, Secret, SessionReport, SessionRequest, Store, TokenSigner, TokioClock, VmId,
-    WorkspaceId, WorkspaceReport, WorkspaceRequest,
+    ProviderKind, Secret, SessionReport, SessionRequest, Store, TimeoutPolicy, TokenSigner,
+    TokioClock, VmId, WorkspaceId, WorkspaceReport, WorkspaceRequest,
 };
 use sam_providers::{LocalConfig, LocalProvider};
 use tokio::sync::watch;
@@ -116,8 +116,9 @@ pub struct EmbeddedOptions {
     pub agent_command: Option<String>,
     /// How often the runner looks at waiting tasks.
     pub poll_interval: Duration,
-    /// Seconds between the nodes' heartbeats.
-    pub heartbeat_interval_secs: u64,
+    /// Every wait's timeout; its `heartbeat_interval` (whole seconds, at least 1) is
+    /// also how often local nodes beat.
+    pub timeouts: TimeoutPolicy,
     /// How long a runner's lease on a task lasts.
     pub lease: Duration,
     /// How many times one task may move off a node it lost.
@@ -255,8 +256,9 @@ pub enum CallbackServing {
 
 impl EmbeddedOptions {
     /// Defaults for `data_dir`: this executable's `sam-vm-agent` and `sam-demo-agent`
-    /// siblings (or itself), polls every 250 ms, heartbeats every 10 s, leases for 30 s,
-    /// one replacement node per task,
+    /// siblings (or itself), polls every 250 ms, SAM's timeouts with heartbeats every
+    /// 10 s, leases for 60 s (what is left after a missed renewal covers a 30 s HTTP
+    /// call), one replacement node per task,
     /// the agent credentials of this process's environment ([`agent_credentials_from`]).
     ///
     /// # Errors
@@ -268,8 +270,11 @@ impl EmbeddedOptions {
             demo_agent: Program::sibling_or_self(sam_agent::demo::DEMO_BINARY, &["demo-agent"])?,
             agent_command: None,
             poll_interval: Duration::from_millis(250),
-            heartbeat_interval_secs: 10,
-            lease: Duration::from_secs(30),
+            timeouts: TimeoutPolicy {
+                heartbeat_interval: Duration::from_secs(10),
+                ..TimeoutPolicy::default()
+            },
+            lease: Duration::from_secs(60),
             node_replacements: 1,
             database_url: None,
             database_schema: None,
@@ -519,6 +524,7 @@ impl Embedded {
         let mut config =
             ControlPlaneConfig::new(format!("sam-{}", std::process::id()), provider.kind());
         config.poll_interval = options.poll_interval;
+        config.timeouts = options.timeouts;
         config.lease = options.lease;
         config.node_replacements = options.node_replacements;
         config.agents.push(CUSTOM_AGENT.to_owned());
@@ -717,7 +723,7 @@ fn local_parts(
     );
     let boot = LocalBoot {
         control_plane_url: url.clone(),
-        heartbeat_interval_secs: Some(options.heartbeat_interval_secs),
+        heartbeat_interval_secs: Some(options.timeouts.heartbeat_interval.as_secs().max(1)),
         agents,
     };
     let http = http_node_agent(&provider, keys, sam_agent::node_config::DEFAULT_PORT)?;

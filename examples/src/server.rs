@@ -134,7 +134,7 @@ impl ServerOptions {
         embedded.database_schema = config.database_schema.clone();
         embedded.agent_command = config.agent_command.clone();
         embedded.poll_interval = config.poll_interval();
-        embedded.heartbeat_interval_secs = config.heartbeat_interval_secs;
+        embedded.timeouts = config.timeouts();
         let delivery = agent_download::AgentDelivery::from_config(config)?;
         // QEMU nodes reach no registry: they install no adapter unless told to (their
         // image then has it pre-baked).
@@ -154,7 +154,7 @@ impl ServerOptions {
             None => None,
         };
         embedded.credential_key = config.credential_key.clone();
-        embedded.lease = Duration::from_secs(config.lease_secs);
+        embedded.lease = config.lease();
         embedded.node_replacements = config.node_replacements;
         Ok(Self {
             listen: config.listen,

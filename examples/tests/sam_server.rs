@@ -827,6 +827,82 @@ async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
     }
 }
 
+/// Timeouts come from the file, `SAM_*` and flags like every key; `--check-config`
+/// prints each with what it derives; timeouts that contradict each other stop the
+/// server at load, naming the values.
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_come_from_every_layer_and_check_config_prints_what_they_derive() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sam-server.toml");
+    std::fs::write(
+        &file,
+        "agent_ready_secs = 1200\nworkspace_ready_secs = 2400\nheartbeat_stale_secs = 240\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, out) = check_config(
+        &["--config", file, "--workspace-ready-secs", "2000"],
+        &[
+            ("SAM_HEARTBEAT_STALE_SECS", "150"),
+            ("SAM_HEARTBEAT_INTERVAL_SECS", "50"),
+            ("SAM_LEASE_SECS", "90"),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    for want in [
+        "agent_ready_secs: 1200,",
+        "workspace_ready_secs: 2000,",
+        "timeouts (seconds):\n",
+        "  agent_ready_secs = 1200\n",
+        "  heartbeat_interval_secs = 50\n",
+        "  heartbeat_stale_secs = 150\n",
+        "  lease_secs = 90\n",
+        "derived (seconds):\n",
+        // 300 s capacity wait, 1200 s agent ready, 300 s grace.
+        "  stuck_queued = 1800\n",
+        "  stuck_delegated = 2060\n",
+        "  lease_renewal = 30\n",
+        "  lease_after_missed_renewal = 60\n",
+        "  heartbeats_before_stale = 3\n",
+    ] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+
+    // Contradictions are refused naming the key and the values.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case<'_>; 2] = [
+        (
+            &["--heartbeat-interval-secs", "600"],
+            &[("SAM_HEARTBEAT_STALE_SECS", "180")],
+            &[
+                "heartbeat_stale_secs",
+                "heartbeat_stale (180 s) must cover 3 heartbeats of heartbeat_interval (600 s)",
+            ],
+        ),
+        (
+            &[
+                "--provider",
+                "hetzner",
+                "--public-url",
+                "https://sam.example.com/",
+            ],
+            &[("SAM_LEASE_SECS", "30")],
+            &[
+                "lease_secs",
+                "lease (30 s) must cover the longest provider call (30 s)",
+            ],
+        ),
+    ];
+    for (args, env, wants) in cases {
+        let (ok, out) = check_config(args, env).await;
+        assert!(!ok, "{args:?} {env:?}: {out}");
+        for want in wants {
+            assert!(out.contains(want), "{want:?} in {out}");
+        }
+    }
+}
+
 /// A cloud provider is built from its environment: without its token the server
 /// fails at once naming the variable; with one (and the API at a wiremock server)
 /// the catalog is the provider's. No real cloud is contacted.

@@ -7,6 +7,12 @@
 //! win over both (see `sam_examples::config`). SIGINT or SIGTERM stop it gracefully;
 //! unfinished tasks resume at the next start.
 //!
+//! Every timeout is a key in seconds (`--agent-ready-secs`, `SAM_HEARTBEAT_STALE_SECS`,
+//! `lease_secs = 60` in the file, …), checked together at start: timeouts that
+//! contradict each other or the lease stop the server, naming the values.
+//! `--check-config` prints the configuration, then every timeout and the values they
+//! derive (sweep thresholds, lease renewal).
+//!
 //! `sam-server tokens create --name ci [--admin] [--expires-in-days 30]`, `sam-server
 //! tokens list` and `sam-server tokens revoke <id>` manage the API tokens in the
 //! store the same configuration names (a running server sees the change at once);
@@ -109,6 +115,71 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     qemu_apt_proxy_port: Option<u16>,
+    /// How long a task may wait for capacity, from submission [default: 300].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity_wait_secs: Option<u64>,
+    /// From the create call until the provider reports the VM running [default: 900].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_provisioning_secs: Option<u64>,
+    /// From the create call until the node's agent reports ready [default: 900].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_ready_secs: Option<u64>,
+    /// From the workspace request until the agent reports it ready [default: 1800].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace_ready_secs: Option<u64>,
+    /// Added to the longer node wait to get the stuck-queued sweep [default: 300].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_grace_secs: Option<u64>,
+    /// Added to the workspace wait to get the stuck-delegated sweep [default: 60].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delegated_grace_secs: Option<u64>,
+    /// A running task older than this is probed [default: 14400].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_progress_soft_secs: Option<u64>,
+    /// A running task older than this fails unless the probe shows it alive [default: 28800].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_progress_hard_secs: Option<u64>,
+    /// No task lives longer than this [default: 86400].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_absolute_secs: Option<u64>,
+    /// How long an idle node stays warm [default: 1800].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warm_node_secs: Option<u64>,
+    /// No node lives longer than this [default: 86400].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_max_lifetime_secs: Option<u64>,
+    /// Seconds between the nodes' heartbeats, 1 to 3600 [default: 10].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_interval_secs: Option<u64>,
+    /// A node silent this long is stale; at least 3 heartbeats [default: 180].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_stale_secs: Option<u64>,
+    /// The longest a prompt attempt may go without a word from the agent [default: 300].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_idle_secs: Option<u64>,
+    /// The longest one git command on a node may run [default: 600].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    git_command_secs: Option<u64>,
+    /// How long a server's lease on a task lasts, 1 to 3600; after a missed renewal
+    /// it must still cover the provider's longest call [default: 60].
+    #[arg(long, help_heading = "Timeouts (seconds)")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +312,14 @@ async fn main() -> ExitCode {
     };
     if cli.check_config {
         println!("{config:#?}");
+        // `load` has checked the timeouts: the report cannot fail here.
+        match config.timeouts_report() {
+            Ok(report) => print!("{report}"),
+            Err(e) => {
+                eprintln!("sam-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Tokens(command)) = cli.command {
