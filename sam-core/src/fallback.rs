@@ -3,7 +3,9 @@
 //! The plan is computed here, never inside a provider.
 //! Sizes descend only when the size was default-derived (project, user or platform),
 //! never below the smallest size that holds the reservation, and never when descent
-//! is switched off. Locations move only when the location was not explicit.
+//! is switched off. Locations move only when the location was not explicit: only the
+//! platform's default moves ([`Layer::is_explicit_location`], the rule placement and
+//! warm claims follow too).
 //! On `transient_capacity` the runner moves to the next entry; after a full pass it
 //! backs off and starts again; any other category stops the plan at once.
 
@@ -35,7 +37,8 @@ pub struct PlanRequest<'a> {
     pub size_source: Layer,
     /// The requested location; `None` uses the catalog's default.
     pub location: Option<Location>,
-    /// Where the location came from; only a platform default may move.
+    /// Where the location came from; only a platform default may move
+    /// ([`Layer::is_explicit_location`]).
     pub location_source: Layer,
     /// The resolved reservation the VM must hold.
     pub reservation: &'a Reservation,
@@ -112,6 +115,16 @@ pub enum PlanStep {
     Stop,
 }
 
+impl PlanRequest<'_> {
+    /// The requested location when it is explicit ([`Layer::is_explicit_location`]):
+    /// then every attempt is in it.
+    pub fn explicit_location(&self) -> Option<&Location> {
+        self.location
+            .as_ref()
+            .filter(|_| self.location_source.is_explicit_location())
+    }
+}
+
 impl FallbackPlan {
     /// Builds the plan.
     ///
@@ -159,10 +172,7 @@ impl FallbackPlan {
             }
         };
 
-        let explicit_location = request
-            .location
-            .as_ref()
-            .filter(|_| request.location_source != Layer::Platform);
+        let explicit_location = request.explicit_location();
         let preferred = request
             .location
             .as_ref()

@@ -100,10 +100,7 @@ fn rejection<'a>(candidate: Candidate<'a>, request: &'a PlacementRequest) -> Opt
     if node.health != NodeHealth::Healthy {
         return Some(Rejection::Health(node.health));
     }
-    if let Some(location) = request
-        .location
-        .as_ref()
-        .filter(|_| request.location_source.is_explicit())
+    if let Some(location) = request.explicit_location()
         && &node.location != location
     {
         return Some(Rejection::Location(&node.location, location));
@@ -473,7 +470,7 @@ impl Scheduler for DefaultScheduler {
                     reason: format!("warm node {} cannot hold the reservation", node.id),
                 });
             }
-            if claim.location.is_none() || request.location_source.is_explicit() {
+            if claim.location.is_none() || request.explicit_location().is_some() {
                 break;
             }
             claim.location = None;

@@ -119,15 +119,29 @@ impl Layer {
         Self::Platform,
     ];
 
-    /// Whether a value from this layer is an explicit requirement (task, trigger,
+    /// Whether a *size* from this layer is an explicit requirement (task, trigger,
     /// skill, agent profile) rather than a default (project, user, platform).
     ///
     /// Explicit sizes are never downgraded; default-derived sizes may step down.
+    /// Locations follow another rule: [`Layer::is_explicit_location`].
     pub const fn is_explicit(self) -> bool {
         matches!(
             self,
             Self::Task | Self::Trigger | Self::Skill | Self::AgentProfile
         )
+    }
+
+    /// Whether a *location* from this layer is explicit: set by any layer but the
+    /// platform's. An explicit location is never left: placement, warm claims and the
+    /// fallback plan all stay in it, and all three ask this one function.
+    ///
+    /// A size set by a project or user is a default that may step down, since a
+    /// smaller machine still does the work. A location is different: a project or user
+    /// pins one for data residency, latency or a contract, and a task run elsewhere
+    /// breaks that promise without anyone noticing. So only the platform's default
+    /// location (its own or the catalog's) may move to find capacity or a running node.
+    pub const fn is_explicit_location(self) -> bool {
+        !matches!(self, Self::Platform)
     }
 
     /// The snake_case name.

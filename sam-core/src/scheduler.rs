@@ -25,7 +25,8 @@ pub struct PlacementRequest {
     pub size_source: Layer,
     /// The requested location, if any.
     pub location: Option<Location>,
-    /// Where the location came from.
+    /// Where the location came from: an explicit one
+    /// ([`Layer::is_explicit_location`]) is a requirement.
     pub location_source: Layer,
     /// The resolved reservation.
     pub reservation: Reservation,
@@ -36,6 +37,17 @@ pub struct PlacementRequest {
     pub credential_owner: Option<CredentialOwner>,
     /// The current time (for warm-node claims), supplied by the caller's clock.
     pub now: DateTime<Utc>,
+}
+
+impl PlacementRequest {
+    /// The requested location when it is explicit ([`Layer::is_explicit_location`]):
+    /// then the task is placed on, or claims, only a node in it, and provisions only
+    /// there.
+    pub fn explicit_location(&self) -> Option<&Location> {
+        self.location
+            .as_ref()
+            .filter(|_| self.location_source.is_explicit_location())
+    }
 }
 
 /// How an existing node was chosen.
@@ -110,6 +122,8 @@ pub struct PlacementDecision {
 /// # Contract
 /// - **Same account**: a task is placed only on nodes (preferred, warm or existing)
 ///   made with its own credential owner's provider credential.
+/// - **Explicit location**: when [`PlacementRequest::explicit_location`] is set, every
+///   node chosen (preferred, warm or existing) is in that location.
 /// - **Order**: the preferred node (if given and it fits, else a clear permanent
 ///   error), then a warm node claimed atomically (exact size first, then location),
 ///   then an existing healthy node whose capacity minus its live reservations covers
