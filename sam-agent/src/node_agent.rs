@@ -507,14 +507,19 @@ impl KeyedBoot {
 }
 
 impl sam_core::BootRenderer for KeyedBoot {
+    /// Renders with the key recorded for the node when there is one: a node's key is
+    /// made once, and a create made again (its first one never reached the provider,
+    /// or went through unseen) boots with the key a VM of the first may already hold.
     fn user_data(&self, node: &NodeRecord, token: &Secret) -> Result<String, sam_core::Error> {
+        let failed = |e: crate::Error| sam_core::Error::InvalidInput {
+            field: "node_keys",
+            reason: e.to_string(),
+        };
+        if let Some(kept) = self.keys.get(&node.id).map_err(failed)? {
+            return self.inner.user_data(node, &kept);
+        }
         // Recorded first: a node whose key is lost could not be managed.
-        self.keys
-            .put(&node.id, token)
-            .map_err(|e| sam_core::Error::InvalidInput {
-                field: "node_keys",
-                reason: e.to_string(),
-            })?;
+        self.keys.put(&node.id, token).map_err(failed)?;
         self.inner.user_data(node, token)
     }
 }

@@ -1463,3 +1463,34 @@ async fn a_node_is_reached_at_its_recorded_address() {
         "a user's node is never looked up there"
     );
 }
+
+/// A node's key is made once: a create made again for the same node boots with the
+/// key recorded the first time, which a VM of the first create may already hold.
+#[test]
+fn a_node_keeps_its_first_key_when_created_again() {
+    use sam_agent::{FileNodeKeys, KeyedBoot};
+    use sam_core::BootRenderer;
+
+    /// Puts the token into the user data, as the real renderers do.
+    #[derive(Debug)]
+    struct TokenBoot;
+    impl BootRenderer for TokenBoot {
+        fn user_data(&self, _: &NodeRecord, token: &Secret) -> Result<String, sam_core::Error> {
+            Ok(format!("token: {}", token.expose()))
+        }
+    }
+
+    let dir = TempDir::new().unwrap();
+    let keys = FileNodeKeys::new(dir.path().join("keys")).unwrap();
+    let boot = KeyedBoot::new(Arc::new(TokenBoot), keys.clone());
+    let n = node("n-again");
+    let first = boot.user_data(&n, &Secret::new("first-key")).unwrap();
+    let again = boot.user_data(&n, &Secret::new("second-key")).unwrap();
+    assert_eq!(first, "token: first-key");
+    assert_eq!(again, first, "the second create boots with the first key");
+    assert_eq!(keys.get(&n.id).unwrap().unwrap().expose(), "first-key");
+    let other = boot
+        .user_data(&node("n-other"), &Secret::new("own-key"))
+        .unwrap();
+    assert_eq!(other, "token: own-key", "another node gets its own key");
+}
