@@ -6,11 +6,14 @@
 //! sold-out sizes, rate limits with `Retry-After`, 5xx errors, creates whose response
 //! is lost, creates that fail later in their action, agents that never call back,
 //! agents that crash, heartbeats that stop, nodes lost while they boot (a reported
-//! boot failure, a VM the provider reports failed), and control planes that crash
-//! at a fail point and are replaced by another.
+//! boot failure, a VM the provider reports failed), creates slower than a lease, a
+//! second control plane driving beside the first, leases taken from a driver in the
+//! middle of its step, and control planes that crash at a fail point and are
+//! replaced by others.
 //! After every step the simulation checks that no task has two VMs, that placement
 //! never over-commits a node, that explicit sizes never descend, that every
-//! downgrade is recorded, and that every retry stays inside its budget; at the end,
+//! downgrade is recorded, that no node ever had two VMs, that no driver wrote a task
+//! whose lease was taken from it, and that every retry stays inside its budget; at the end,
 //! after one reconciliation, that the cloud holds exactly the VMs the store believes
 //! live, that nothing idles unaccounted, and that every task ended in time.
 //!
@@ -67,6 +70,10 @@ struct Scenario {
     silent_share: f64,
     /// Chance that a booting node is lost (its boot fails, or its VM fails).
     loss_share: f64,
+    /// Whether a second control plane drives beside the first.
+    second_driver: bool,
+    /// Chance, per tick, that a lease is taken from its driver mid-step.
+    theft_share: f64,
 }
 
 fn pick<T: Clone>(rng: &mut TestRng, items: &[T]) -> T {
@@ -140,13 +147,18 @@ fn generate(seed: u64) -> Scenario {
         });
     }
 
-    let create_fault = |rng: &mut TestRng| match rng.random_range(0..7) {
+    let create_fault = |rng: &mut TestRng| match rng.random_range(0..8) {
         0 => FakeOutcome::Fail(ErrorCategory::TransientCapacity),
         1 => FakeOutcome::RateLimited(Duration::from_secs(rng.random_range(1..90))),
         2 => FakeOutcome::Fail(ErrorCategory::Transient),
         3 => FakeOutcome::ResponseLost,
         4 => FakeOutcome::FailInAction(ErrorCategory::TransientCapacity),
         5 => FakeOutcome::FailInAction(ErrorCategory::Unknown),
+        // Slower than a lease (60 s): the step must renew it while it waits.
+        6 => FakeOutcome::Delayed(
+            Duration::from_secs(rng.random_range(30..150)),
+            Box::new(FakeOutcome::Succeed),
+        ),
         _ => FakeOutcome::Succeed,
     };
     let call_fault = |rng: &mut TestRng| match rng.random_range(0..4) {
@@ -228,6 +240,8 @@ fn generate(seed: u64) -> Scenario {
         crashes,
         silent_share: pick(&mut rng, &[0.0, 0.2, 0.5]),
         loss_share: pick(&mut rng, &[0.0, 0.0, 0.3, 0.6]),
+        second_driver: rng.random_bool(0.5),
+        theft_share: pick(&mut rng, &[0.0, 0.1, 0.3]),
     }
 }
 
@@ -242,6 +256,8 @@ struct Run {
     crashes: usize,
     /// Booting nodes lost on purpose.
     losses: usize,
+    /// Leases taken from their driver mid-step.
+    thefts: usize,
 }
 
 struct Sim {
@@ -253,8 +269,12 @@ struct Sim {
     clock: Arc<TokioClock>,
     start: DateTime<Utc>,
     cp: ControlPlane,
+    /// The second control plane, when the scenario has one.
+    cp2: Option<ControlPlane>,
     generation: u32,
     events: tokio::sync::broadcast::Receiver<sam_core::TaskEvent>,
+    /// The second control plane's events.
+    events2: Option<tokio::sync::broadcast::Receiver<sam_core::TaskEvent>>,
     downgraded: BTreeSet<TaskId>,
     trace: Vec<String>,
     broken: Vec<String>,
@@ -267,6 +287,10 @@ struct Sim {
     calls_seen: usize,
     /// The moment each CreateVm call happened, by index among creates.
     create_times: Vec<(Duration, FakeCall)>,
+    /// Every VM seen for each node label.
+    vms_by_node: BTreeMap<String, BTreeSet<String>>,
+    theft_rng: TestRng,
+    thefts: usize,
 }
 
 impl Sim {
@@ -286,9 +310,15 @@ impl Sim {
         agent.queue_node_scripts(scenario.agents.iter().cloned());
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let cp = Self::control_plane(seed, 0, &store, &provider, &agent, &clock);
+        let cp2 = scenario
+            .second_driver
+            .then(|| Self::control_plane(seed, 1_000, &store, &provider, &agent, &clock));
         let events = cp.subscribe();
+        let events2 = cp2.as_ref().map(ControlPlane::subscribe);
         let mut bytes = [1u8; 32];
         bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        let mut theft_bytes = [2u8; 32];
+        theft_bytes[..8].copy_from_slice(&seed.to_le_bytes());
         Self {
             seed,
             scenario,
@@ -298,8 +328,10 @@ impl Sim {
             clock,
             start,
             cp,
+            cp2,
             generation: 0,
             events,
+            events2,
             downgraded: BTreeSet::new(),
             trace: Vec::new(),
             broken: Vec::new(),
@@ -308,6 +340,9 @@ impl Sim {
             node_rng: TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
             calls_seen: 0,
             create_times: Vec::new(),
+            vms_by_node: BTreeMap::new(),
+            theft_rng: TestRng::from_seed(RngAlgorithm::ChaCha, &theft_bytes),
+            thefts: 0,
         }
     }
 
@@ -363,12 +398,33 @@ impl Sim {
             &self.clock,
         );
         self.events = self.cp.subscribe();
+        if self.cp2.is_some() {
+            let cp2 = Self::control_plane(
+                self.seed,
+                1_000 + self.generation,
+                &self.store,
+                &self.provider,
+                &self.agent,
+                &self.clock,
+            );
+            self.events2 = Some(cp2.subscribe());
+            self.cp2 = Some(cp2);
+        }
         self.trace
             .push(format!("{:?} restart {}", self.elapsed(), self.generation));
     }
 
     fn drain_events(&mut self) {
+        let mut events = Vec::new();
         while let Ok(event) = self.events.try_recv() {
+            events.push(event);
+        }
+        if let Some(second) = &mut self.events2 {
+            while let Ok(event) = second.try_recv() {
+                events.push(event);
+            }
+        }
+        for event in events {
             if let TaskEventKind::Downgraded { .. } = &event.kind {
                 self.downgraded.insert(event.task_id.clone());
             }
@@ -376,17 +432,61 @@ impl Sim {
         }
     }
 
-    /// Runs a tick or a sweep in a task of its own; `false` when it crashed.
+    /// Runs a sweep, or a tick of each control plane (at once, with perhaps a thief
+    /// taking a lease mid-step), each in a task of its own; `false` when one crashed.
     async fn step(&mut self, sweep: bool) -> bool {
         let cp = self.cp.clone();
-        let joined = tokio::spawn(async move {
-            if sweep {
-                cp.sweep().await.map(drop)
-            } else {
-                cp.tick().await.map(drop)
+        if sweep {
+            let joined = tokio::spawn(async move { cp.sweep().await.map(drop) }).await;
+            return self.joined(joined);
+        }
+        let theft = (self.scenario.theft_share > 0.0
+            && self.theft_rng.random_bool(self.scenario.theft_share))
+        .then(|| Duration::from_secs(self.theft_rng.random_range(1..40)));
+        let (done, finished) = tokio::sync::watch::channel(false);
+        let thief = theft.map(|after| {
+            let store = Arc::clone(&self.store);
+            let clock = self.clock.clone();
+            tokio::spawn(steal_a_lease(store, clock, after, finished))
+        });
+        let (first, second) = match self.cp2.clone() {
+            None => (tokio::spawn(async move { cp.tick().await.map(drop) }), None),
+            Some(cp2) => {
+                // Each driver ticks once, then keeps ticking while the other is still
+                // in its first tick: a step slower than a lease meets the other
+                // driver's claims, as it would with two servers.
+                let (a_done, a_seen) = tokio::sync::watch::channel(false);
+                let (b_done, b_seen) = tokio::sync::watch::channel(false);
+                let poll = self.cp.config().poll_interval;
+                (
+                    tokio::spawn(drive_beside(cp, poll, a_done, b_seen)),
+                    Some(tokio::spawn(drive_beside(cp2, poll, b_done, a_seen))),
+                )
             }
-        })
-        .await;
+        };
+        let mut alive = self.joined(first.await);
+        if let Some(second) = second {
+            alive &= self.joined(second.await);
+        }
+        let _ = done.send(true);
+        if let Some(thief) = thief {
+            match thief.await.expect("the thief does not panic") {
+                Theft::None => {}
+                Theft::Clean(line) => {
+                    self.thefts += 1;
+                    self.trace.push(format!("{:?} {line}", self.elapsed()));
+                }
+                Theft::Written(broken) => self.broke(broken),
+            }
+        }
+        alive
+    }
+
+    /// What a driver task ended with; `false` when it crashed.
+    fn joined(
+        &mut self,
+        joined: Result<Result<(), sam_core::Error>, tokio::task::JoinError>,
+    ) -> bool {
         match joined {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -488,15 +588,15 @@ impl Sim {
         true
     }
 
-    /// Attributes new provider calls to this moment.
+    /// Records new provider calls with the moment each was made.
     fn record_calls(&mut self) {
-        let calls = self.provider.calls();
-        let now = self.elapsed();
-        for call in &calls[self.calls_seen..] {
+        let calls = self.provider.timed_calls();
+        for (at, call) in &calls[self.calls_seen..] {
+            let at = (*at - self.start).to_std().unwrap_or_default();
             if let FakeCall::CreateVm(_) = call {
-                self.create_times.push((now, call.clone()));
+                self.create_times.push((at, call.clone()));
             }
-            self.trace.push(format!("{now:?} {call:?}"));
+            self.trace.push(format!("{at:?} {call:?}"));
         }
         self.calls_seen = calls.len();
     }
@@ -534,6 +634,18 @@ impl Sim {
                     "at {:?} task {task} has {count} VMs",
                     self.elapsed()
                 ));
+            }
+        }
+        // No node ever has two VMs (a create made twice, by two drivers, or by a
+        // driver that lost its lease).
+        for vm in self.provider.vms() {
+            if let Some(node) = vm.labels.get(sam_core::NODE_LABEL) {
+                let seen = self.vms_by_node.entry(node.to_owned()).or_default();
+                seen.insert(vm.id.to_string());
+                if seen.len() > 1 {
+                    let message = format!("node {node} had two VMs: {seen:?}");
+                    self.broke(message);
+                }
             }
         }
         // Placement never over-commits a node.
@@ -795,8 +907,123 @@ impl Sim {
             tasks: submitted,
             crashes: crashed,
             losses,
+            thefts: self.thefts,
         }
     }
+}
+
+/// Ticks `cp` once, says so, then ticks it every `poll` until the other driver
+/// finished its first tick.
+async fn drive_beside(
+    cp: ControlPlane,
+    poll: Duration,
+    done: tokio::sync::watch::Sender<bool>,
+    mut other: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), sam_core::Error> {
+    let first = cp.tick().await.map(drop);
+    let _ = done.send(true);
+    first?;
+    loop {
+        if *other.borrow() {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = other.changed() => return Ok(()),
+        }
+        cp.tick().await?;
+    }
+}
+
+/// What a thief saw.
+#[derive(Debug)]
+enum Theft {
+    /// No driver held a lease to take.
+    None,
+    /// A lease was taken and its driver wrote nothing more (the trace line).
+    Clean(String),
+    /// The driver wrote the task after its lease was taken (the broken promise).
+    Written(String),
+}
+
+/// After `after`, takes the lease of one task a driver holds (as if that driver
+/// stalled past it), holds it until the drivers' ticks are `finished`, checks that
+/// nothing a step writes changed meanwhile, and gives it back.
+async fn steal_a_lease(
+    store: Arc<dyn Store>,
+    clock: Arc<TokioClock>,
+    after: Duration,
+    mut finished: tokio::sync::watch::Receiver<bool>,
+) -> Theft {
+    use sam_core::{Clock, LeaseRelease, LeaseRequest};
+    tokio::select! {
+        () = tokio::time::sleep(after) => {}
+        _ = finished.wait_for(|done| *done) => return Theft::None,
+    }
+    let live = store.list_tasks(&TaskFilter::live()).await.expect("list");
+    let Some(victim) = live.iter().find(|t| t.lease_owner.is_some()) else {
+        return Theft::None;
+    };
+    // Far in the future: the victim's lease reads as expired, and the thief's holds
+    // past the end of the ticks.
+    let request = LeaseRequest {
+        owner: "thief".into(),
+        now: clock.now() + chrono::Duration::days(1),
+        lease: Duration::from_secs(60),
+        limit: 1,
+        except: live
+            .iter()
+            .filter(|t| t.id != victim.id)
+            .map(|t| t.id.clone())
+            .collect(),
+    };
+    let taken = store.claim_due_tasks(&request).await.expect("claim");
+    let Some(before) = taken.into_iter().next() else {
+        return Theft::None;
+    };
+    let _ = finished.wait_for(|done| *done).await;
+    let after = store
+        .get_task(&before.id)
+        .await
+        .expect("read")
+        .expect("kept");
+    let step_fields = |t: &sam_core::TaskRecord| {
+        format!(
+            "{} {} {:?} {:?} {:?} {} {} {:?}",
+            t.status,
+            t.execution_step,
+            t.provisioned_node_id,
+            t.workspace_id,
+            t.provisioning_started_at,
+            t.capacity_passes,
+            t.node_replacements,
+            (t.lease_owner.clone(), t.lease_epoch),
+        )
+    };
+    let verdict = if step_fields(&before) == step_fields(&after) {
+        Theft::Clean(format!(
+            "lease of {} taken from {} (epoch {})",
+            before.id,
+            victim.lease_owner.as_deref().unwrap_or("?"),
+            victim.lease_epoch
+        ))
+    } else {
+        Theft::Written(format!(
+            "task {} was written after its lease was taken from its driver: {} became {}",
+            before.id,
+            step_fields(&before),
+            step_fields(&after)
+        ))
+    };
+    let release = LeaseRelease {
+        epoch: Some(before.lease_epoch),
+        ..LeaseRelease::plain("thief", clock.now())
+    };
+    store
+        .release_lease(&before.id, &release)
+        .await
+        .expect("release");
+    verdict
 }
 
 /// Runs one seed on a fresh paused runtime.
@@ -826,7 +1053,7 @@ fn seeded_simulations_keep_every_promise() {
         None => (0..env_u64("SAM_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
     };
     let started = std::time::Instant::now();
-    let (mut tasks, mut crashes, mut losses) = (0, 0, 0);
+    let (mut tasks, mut crashes, mut losses, mut thefts) = (0, 0, 0, 0);
     let mut failures = String::new();
     for &seed in &seeds {
         let run = std::panic::catch_unwind(|| run_seed(seed));
@@ -841,6 +1068,7 @@ fn seeded_simulations_keep_every_promise() {
                 tasks += run.tasks;
                 crashes += run.crashes;
                 losses += run.losses;
+                thefts += run.thefts;
             }
             Ok(run) => {
                 let _ = writeln!(failures, "seed={seed}: {:#?}", run.broken);
@@ -859,7 +1087,7 @@ fn seeded_simulations_keep_every_promise() {
     }
     scenario.teardown();
     eprintln!(
-        "simulation: {} seeds, {tasks} tasks, {crashes} control-plane crashes, {losses} nodes lost while booting, {:.1?}",
+        "simulation: {} seeds, {tasks} tasks, {crashes} control-plane crashes, {losses} nodes lost while booting, {thefts} leases taken mid-step, {:.1?}",
         seeds.len(),
         started.elapsed()
     );

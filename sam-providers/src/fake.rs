@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sam_core::{
     Catalog, Clock, ErrorCategory, Labels, Location, Provider, ProviderCapabilities, ProviderError,
     ProviderKind, VmId, VmInstance, VmSpec, VmState,
@@ -73,6 +73,8 @@ struct State {
     vms: BTreeMap<VmId, FakeVm>,
     scripts: HashMap<FakeOp, VecDeque<FakeOutcome>>,
     calls: Vec<FakeCall>,
+    /// When each call began, by the fake's clock (tokio's when it has none).
+    call_times: Vec<DateTime<Utc>>,
     next_id: u64,
     /// Live VMs a (server type, location) can hold; absent means no limit.
     capacity: HashMap<(String, String), usize>,
@@ -168,6 +170,18 @@ impl FakeProvider {
         self.lock().calls.clone()
     }
 
+    /// Every call so far with the time it began, in order: a call that waits (a
+    /// [`FakeOutcome::Delayed`]) is timed when it was made, not when it returned.
+    pub fn timed_calls(&self) -> Vec<(DateTime<Utc>, FakeCall)> {
+        let state = self.lock();
+        state
+            .call_times
+            .iter()
+            .copied()
+            .zip(state.calls.iter().cloned())
+            .collect()
+    }
+
     /// The VMs that exist now.
     pub fn vms(&self) -> Vec<VmInstance> {
         self.lock()
@@ -188,6 +202,8 @@ impl FakeProvider {
         let mut outcome = {
             let mut state = self.lock();
             state.calls.push(call);
+            let now = self.clock.as_ref().map_or_else(Utc::now, |c| c.now());
+            state.call_times.push(now);
             state
                 .scripts
                 .get_mut(&op)
