@@ -19,9 +19,9 @@ use sam_core::{
     GithubInstallation, InstallationKey, Lease, LeaseRelease, LeaseReleased, LeaseRequest,
     LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeRecord, PlacementCandidate,
     ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind, Secret, SlotOutcome, StatusEvent,
-    Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord,
-    TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition, UserId, UserRecord, WarmClaim,
-    WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskNotice,
+    TaskNoticeRecord, TaskRecord, TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition,
+    UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
 };
 use sam_providers::FakeProvider;
 use sam_store::{SqliteConfig, SqliteStore};
@@ -137,6 +137,19 @@ impl Store for CountingStore {
         self.write("write_leased")
             .write_leased(lease, at, writes)
             .await
+    }
+    async fn add_task_notice(
+        &self,
+        id: &TaskId,
+        at: DateTime<Utc>,
+        notice: &TaskNotice,
+    ) -> Result<(), StoreError> {
+        self.write("add_task_notice")
+            .add_task_notice(id, at, notice)
+            .await
+    }
+    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {
+        self.read("list_task_notices").list_task_notices(id).await
     }
     async fn mark_node_stale(
         &self,

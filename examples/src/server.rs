@@ -81,8 +81,8 @@ use sam_core::{
     LayerSettings, Location, NodeFilter, NodeRecord, PermissionMode, PlacementExplanation,
     ProjectId, ProviderKind, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost,
     Reservation, ResourceRequirements, Secret, SubmitRequest, TaskError, TaskEvent, TaskEventKind,
-    TaskFilter, TaskId, TaskOutput, TaskRecord, TaskSource, TaskStatus, UserId, VmSize,
-    WorkspaceProfile,
+    TaskFilter, TaskId, TaskNoticeRecord, TaskOutput, TaskRecord, TaskSource, TaskStatus, UserId,
+    VmSize, WorkspaceProfile,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -1078,6 +1078,11 @@ pub struct TaskView {
     /// vanished, an agent that stopped answering).
     #[serde(default)]
     pub node_replacements: u32,
+    /// What the runner noticed about where the task could run, oldest first: each
+    /// attempt without capacity, each wait for capacity, a downgrade.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub notices: Vec<TaskNoticeRecord>,
     /// The workspace.
     pub workspace: Option<String>,
     /// The workspace's effective profile.
@@ -1131,6 +1136,7 @@ impl TaskView {
             Some(id) => store.get_workspace(id).await?,
             None => None,
         };
+        let notices = store.list_task_notices(&task.id).await?;
         // A claimed warm node records no provisioned size on the task: the node's is it.
         let provisioned = task.provisioned_size.or(node.as_ref().map(|n| n.size));
         let shown = provisioned.unwrap_or(task.requested_size);
@@ -1169,6 +1175,7 @@ impl TaskView {
                 .map(|n| n.boot.timeline.clone())
                 .unwrap_or_default(),
             node_replacements: task.node_replacements,
+            notices,
             node: node.map(|n| n.id.to_string()),
             workspace: task.workspace_id.map(|w| w.to_string()),
             workspace_profile: workspace.and_then(|w| w.effective_profile),
@@ -1215,6 +1222,10 @@ impl TaskView {
             size.push_str(&format!(", {p} instead of {}", self.size.requested));
         }
         field("size", size);
+        for notice in &self.notices {
+            let at = notice.at.format("%H:%M:%S");
+            field("notice", format!("{at} {}", notice.notice));
+        }
         if let Some(profile) = &self.workspace_profile {
             field("workspace", profile.clone());
         }
@@ -1793,6 +1804,35 @@ mod tests {
         assert!(view.node_reused);
         assert!(view.boot_timeline.is_empty());
         assert!(!view.summary(None).contains("boot  "));
+        assert!(
+            view.notices.is_empty(),
+            "nothing to notice: {:?}",
+            view.notices
+        );
+
+        // What the runner kept is in the view and the summary, after the fact.
+        let notice = sam_core::TaskNotice::Downgraded {
+            requested: VmSize::Large,
+            provisioned: VmSize::Medium,
+        };
+        store
+            .add_task_notice(&first.id, at(30), &notice)
+            .await
+            .unwrap();
+        let view = TaskView::describe(&cp, &catalog, cp.get(&first.id).await.unwrap().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(view.notices.len(), 1);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["notices"][0]["type"], "downgraded", "{json}");
+        assert_eq!(json["notices"][0]["seq"], 1, "{json}");
+        let summary = view.summary(None);
+        assert!(
+            summary.contains(
+                "notice            05:47:10 runs on medium instead of the large asked for"
+            ),
+            "{summary}"
+        );
     }
 
     #[test]

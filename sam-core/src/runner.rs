@@ -14,8 +14,8 @@ use crate::error::{Classify, Error, ErrorCategory, ProviderError};
 use crate::fallback::{FallbackPlan, PlanRequest};
 use crate::github::output_branch;
 use crate::model::{
-    ExecutionStep, Labels, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskId, TaskStatus,
-    VmSize, VmSpec, VmState, WorkspaceId,
+    ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, TaskId,
+    TaskStatus, VmSize, VmSpec, VmState, WorkspaceId,
 };
 use crate::node_agent::{SessionReport, SessionRequest, WorkspaceReport, WorkspaceRequest};
 use crate::provider::Provider;
@@ -24,8 +24,8 @@ use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::store::{
     Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat,
-    NodeRecord, SlotOutcome, TaskError, TaskRecord, TaskUpdate, Transition, WorkspaceRecord,
-    WorkspaceStatus,
+    NodeRecord, SlotOutcome, TaskError, TaskNotice, TaskRecord, TaskUpdate, Transition,
+    WorkspaceRecord, WorkspaceStatus,
 };
 
 mod pipeline;
@@ -346,6 +346,8 @@ impl ControlPlane {
         let mut renewing = true;
         loop {
             tokio::select! {
+                // In order, so a seeded run replays: the step first.
+                biased;
                 done = &mut step => return done,
                 () = &mut renewals, if renewing => renewing = false,
             }
@@ -380,6 +382,9 @@ impl ControlPlane {
                 }
                 LeasedWrite::PutNode(node) => self.store.put_node(&node).await?,
                 LeasedWrite::DeleteNode(id) => self.store.delete_node(&id).await?,
+                LeasedWrite::Notice(notice) => {
+                    self.store.add_task_notice(&task.id, now, &notice).await?;
+                }
             }
         }
         Ok(outcome)
@@ -529,7 +534,7 @@ impl ControlPlane {
                     None => self.store.get_node(node_id).await?,
                 };
                 if let Some(node) = &node {
-                    self.show_downgrade(task, node.size);
+                    self.show_downgrade(task, node.size).await?;
                 }
                 update.provisioned_node_id = Some(Some(node_id.clone()));
                 update.provisioned_size = Some(node.as_ref().map(|n| n.size));
@@ -645,13 +650,6 @@ impl ControlPlane {
                 Err(CreateError::Provider(e))
                     if e.category() == ErrorCategory::TransientCapacity =>
                 {
-                    self.emit(
-                        &task.id,
-                        TaskEventKind::CapacityUnavailable {
-                            size: attempt.size,
-                            location: attempt.location.clone(),
-                        },
-                    );
                     tracing::info!(task = %task.id, size = %attempt.size, location = %attempt.location, "no capacity; trying the next entry");
                     let forget = TaskUpdate {
                         provisioned_node_id: Some(None),
@@ -664,9 +662,11 @@ impl ControlPlane {
                         vec![
                             LeasedWrite::DeleteNode(node.id.clone()),
                             LeasedWrite::Update(forget),
+                            Self::capacity_notice(attempt.size, &attempt.location),
                         ],
                     )
                     .await?;
+                    self.tell_capacity(task, attempt.size, &attempt.location);
                 }
                 Err(CreateError::Provider(e)) => return self.create_failed(task, &node, e).await,
                 Err(CreateError::Control(e)) => return Err(e),
@@ -682,14 +682,19 @@ impl ControlPlane {
             (self.random_u64() >> 11) as f64 / (1u64 << 53) as f64,
         );
         match delay {
-            Some(delay) => Ok(Next::Step {
-                step: ExecutionStep::WaitingForCapacity,
-                update: Box::new(TaskUpdate {
-                    capacity_passes: Some(passes),
-                    ..TaskUpdate::default()
-                }),
-                at: after(now, delay),
-            }),
+            Some(delay) => {
+                let until = after(now, delay);
+                let notice = TaskNotice::WaitingForCapacity { passes, until };
+                self.write(task, vec![LeasedWrite::Notice(notice)]).await?;
+                Ok(Next::Step {
+                    step: ExecutionStep::WaitingForCapacity,
+                    update: Box::new(TaskUpdate {
+                        capacity_passes: Some(passes),
+                        ..TaskUpdate::default()
+                    }),
+                    at: until,
+                })
+            }
             None => {
                 self.fail(
                     task,
@@ -765,8 +770,13 @@ impl ControlPlane {
     /// Shows the user that the task runs on a smaller size than it asked for. Called
     /// once the task's node is settled (running, or placed), so a VM adopted by its
     /// label after a lost create response is shown too.
-    fn show_downgrade(&self, task: &TaskRecord, size: VmSize) {
+    async fn show_downgrade(&self, task: &TaskRecord, size: VmSize) -> Result<(), Error> {
         if size < task.requested_size {
+            let notice = TaskNotice::Downgraded {
+                requested: task.requested_size,
+                provisioned: size,
+            };
+            self.write(task, vec![LeasedWrite::Notice(notice)]).await?;
             self.emit(
                 &task.id,
                 TaskEventKind::Downgraded {
@@ -775,6 +785,28 @@ impl ControlPlane {
                 },
             );
         }
+        Ok(())
+    }
+
+    /// What a capacity failure of `size` in `location` writes, besides its own
+    /// changes: the notice that keeps it. Live listeners hear of it once the
+    /// writes are made ([`Self::tell_capacity`]).
+    fn capacity_notice(size: VmSize, location: &Location) -> LeasedWrite {
+        LeasedWrite::Notice(TaskNotice::CapacityUnavailable {
+            size,
+            location: location.clone(),
+        })
+    }
+
+    /// Tells live listeners of a capacity failure already written.
+    fn tell_capacity(&self, task: &TaskRecord, size: VmSize, location: &Location) {
+        self.emit(
+            &task.id,
+            TaskEventKind::CapacityUnavailable {
+                size,
+                location: location.clone(),
+            },
+        );
     }
 
     /// A create (or poll) failed with something other than capacity.
@@ -845,8 +877,12 @@ impl ControlPlane {
                 Err(CreateError::Provider(e))
                     if e.category() == ErrorCategory::TransientCapacity =>
                 {
-                    self.write(task, vec![LeasedWrite::DeleteNode(node.id.clone())])
-                        .await?;
+                    let writes = vec![
+                        LeasedWrite::DeleteNode(node.id.clone()),
+                        Self::capacity_notice(node.size, &node.location),
+                    ];
+                    self.write(task, writes).await?;
+                    self.tell_capacity(task, node.size, &node.location);
                     let plan = self.plan(task, provider)?;
                     let index = plan_entry(&plan, &node).map_or(0, |i| i + 1);
                     self.walk_plan(task, &plan, index, provider).await
@@ -880,9 +916,11 @@ impl ControlPlane {
                     vec![
                         LeasedWrite::DeleteNode(node.id.clone()),
                         LeasedWrite::Update(forget),
+                        Self::capacity_notice(node.size, &node.location),
                     ],
                 )
                 .await?;
+                self.tell_capacity(task, node.size, &node.location);
                 return self.walk_plan(task, &plan, index, provider).await;
             }
             Err(e) => return self.create_failed(task, &node, e).await,
@@ -896,7 +934,7 @@ impl ControlPlane {
                 node.updated_at = self.clock.now();
                 self.write(task, vec![LeasedWrite::PutNode(Box::new(node.clone()))])
                     .await?;
-                self.show_downgrade(task, node.size);
+                self.show_downgrade(task, node.size).await?;
                 Ok(self.step_to(ExecutionStep::NodeAgentReady))
             }
             VmState::Failed => {

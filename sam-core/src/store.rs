@@ -352,6 +352,69 @@ impl std::fmt::Display for Lease {
     }
 }
 
+/// What the runner noticed about where a task could run, kept with the task so a
+/// user sees it after the fact (a downgrade, a capacity wait), not only live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TaskNotice {
+    /// An attempt found no capacity: its create was refused, or accepted and then
+    /// failed for capacity.
+    CapacityUnavailable {
+        /// The size tried.
+        size: VmSize,
+        /// The location tried.
+        location: Location,
+    },
+    /// A full pass of the fallback plan found no capacity; the task waits.
+    WaitingForCapacity {
+        /// Full passes so far.
+        passes: u32,
+        /// When the next pass starts.
+        until: DateTime<Utc>,
+    },
+    /// The task runs on a smaller size than it asked for.
+    Downgraded {
+        /// The size asked for.
+        requested: VmSize,
+        /// The size it runs on.
+        provisioned: VmSize,
+    },
+}
+
+impl std::fmt::Display for TaskNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CapacityUnavailable { size, location } => {
+                write!(f, "no capacity for {size} in {location}")
+            }
+            Self::WaitingForCapacity { passes, until } => write!(
+                f,
+                "no capacity anywhere the task may run ({passes} passes); trying again at {}",
+                until.format("%H:%M:%S UTC")
+            ),
+            Self::Downgraded {
+                requested,
+                provisioned,
+            } => write!(
+                f,
+                "runs on {provisioned} instead of the {requested} asked for"
+            ),
+        }
+    }
+}
+
+/// A [`TaskNotice`] as stored: its place among the task's notices, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskNoticeRecord {
+    /// 1 for the task's first notice, then one more for each.
+    pub seq: u64,
+    /// When it was noticed.
+    pub at: DateTime<Utc>,
+    /// What.
+    #[serde(flatten)]
+    pub notice: TaskNotice,
+}
+
 /// One write a step makes under its task's lease ([`Store::write_leased`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeasedWrite {
@@ -370,6 +433,8 @@ pub enum LeasedWrite {
     PutNode(Box<NodeRecord>),
     /// Deletes a node row, as [`Store::delete_node`].
     DeleteNode(NodeId),
+    /// Adds a notice to the task, as [`Store::add_task_notice`].
+    Notice(TaskNotice),
 }
 
 /// What [`Store::write_leased`] did.
@@ -614,6 +679,9 @@ pub use crate::api_token::ApiTokenRecord;
 ///   Otherwise it writes nothing and fails with `LeaseLost`, naming the lease it was
 ///   given and the one it found; a missing task is `NotFound`. A driver that lost
 ///   its lease can neither write nor extend it.
+/// - **Notices are kept in order**: `add_task_notice` (and a leased `Notice`) numbers
+///   a task's notices 1, 2, … in the order written, and `list_task_notices` returns
+///   them in that order.
 /// - **`release_lease` writes only for the holder**: when `owner` holds the lease
 ///   (expired or not, at `epoch` when given) it frees the lease and, in the same transaction, applies the
 ///   release's step exactly as `set_execution_step` would (idempotent, reported in
@@ -758,6 +826,23 @@ pub trait Store: Send + Sync + Debug {
         at: DateTime<Utc>,
         writes: &[LeasedWrite],
     ) -> Result<LeasedOutcome, StoreError>;
+
+    /// Adds `notice` to the task's notices, numbered after the last.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing task.
+    async fn add_task_notice(
+        &self,
+        id: &TaskId,
+        at: DateTime<Utc>,
+        notice: &TaskNotice,
+    ) -> Result<(), StoreError>;
+
+    /// A task's notices, oldest first; empty for a missing task.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError>;
 
     /// The status events of a task, oldest first.
     ///

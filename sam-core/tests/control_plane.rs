@@ -268,6 +268,66 @@ async fn project_large_steps_down_to_medium_and_records_it() {
         );
     }
     assert!(downgraded, "the downgrade is an event the user sees");
+    let notices = h.cp.store().list_task_notices(&id).await.unwrap();
+    let kept: Vec<_> = notices.into_iter().map(|n| n.notice).collect();
+    assert_eq!(
+        kept,
+        [
+            sam_core::TaskNotice::CapacityUnavailable {
+                size: VmSize::Large,
+                location: task.provisioned_location.clone().unwrap(),
+            },
+            sam_core::TaskNotice::Downgraded {
+                requested: VmSize::Large,
+                provisioned: VmSize::Medium,
+            },
+        ],
+        "the capacity failure and the downgrade are kept with the task"
+    );
+}
+
+/// Every capacity path leaves a notice, and tells live listeners: a create refused
+/// after an earlier one failed (the node's create made again), and a create accepted
+/// and then failed for capacity while polled.
+#[tokio::test(start_paused = true)]
+async fn every_capacity_path_is_kept_with_the_task() {
+    for (path, script) in [
+        (
+            "made again",
+            vec![
+                FakeOutcome::Fail(ErrorCategory::Transient),
+                FakeOutcome::Fail(ErrorCategory::TransientCapacity),
+            ],
+        ),
+        (
+            "failed while polled",
+            vec![FakeOutcome::FailInAction(ErrorCategory::TransientCapacity)],
+        ),
+    ] {
+        let h = harness(config("d1"));
+        h.provider.script(FakeOp::CreateVm, script);
+        let mut events = h.cp.subscribe();
+        let id =
+            h.cp.submit(&request(&[(Layer::Project, sized(VmSize::Large))]))
+                .await
+                .unwrap();
+        let task = h.run(&id, HOUR).await;
+        assert_eq!(task.status, TaskStatus::Completed, "{path}: {task:?}");
+        let notices = h.cp.store().list_task_notices(&id).await.unwrap();
+        let failed: Vec<_> = notices
+            .iter()
+            .filter_map(|n| match &n.notice {
+                sam_core::TaskNotice::CapacityUnavailable { size, .. } => Some(*size),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed, [VmSize::Large], "{path}: {notices:?}");
+        let mut told = 0;
+        while let Ok(e) = events.try_recv() {
+            told += usize::from(matches!(e.kind, TaskEventKind::CapacityUnavailable { .. }));
+        }
+        assert_eq!(told, 1, "{path}: live listeners hear of it once");
+    }
 }
 
 #[tokio::test(start_paused = true)]

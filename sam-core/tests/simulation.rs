@@ -692,16 +692,59 @@ impl Sim {
                     task.id, task.requested_size
                 ));
             }
-            // Every downgrade is recorded and shown.
+            // Every downgrade is recorded with the task and shown.
             if let Some(size) = task.provisioned_size
                 && size < task.requested_size
                 && task.workspace_id.is_some()
-                && !self.downgraded.contains(&task.id)
             {
-                self.broke(format!(
-                    "task {} runs on {size} instead of {} and no downgrade was shown",
-                    task.id, task.requested_size
-                ));
+                if !self.downgraded.contains(&task.id) {
+                    self.broke(format!(
+                        "task {} runs on {size} instead of {} and no downgrade was shown",
+                        task.id, task.requested_size
+                    ));
+                }
+                let notices = self
+                    .store
+                    .list_task_notices(&task.id)
+                    .await
+                    .expect("notices");
+                let kept = notices.iter().any(|n| {
+                    n.notice
+                        == sam_core::TaskNotice::Downgraded {
+                            requested: task.requested_size,
+                            provisioned: size,
+                        }
+                });
+                if !kept {
+                    self.broke(format!(
+                        "task {} runs on {size} instead of {} and its notices do not say so: {notices:?}",
+                        task.id, task.requested_size
+                    ));
+                }
+            }
+            // A task that waited for capacity keeps why.
+            if task.capacity_passes > 0 {
+                let notices = self
+                    .store
+                    .list_task_notices(&task.id)
+                    .await
+                    .expect("notices");
+                let waits = notices
+                    .iter()
+                    .filter(|n| matches!(n.notice, sam_core::TaskNotice::WaitingForCapacity { .. }))
+                    .count();
+                let failures = notices
+                    .iter()
+                    .filter(|n| {
+                        matches!(n.notice, sam_core::TaskNotice::CapacityUnavailable { .. })
+                    })
+                    .count();
+                if waits < task.capacity_passes as usize || failures == 0 {
+                    self.broke(format!(
+                        "task {} made {} capacity passes but keeps {waits} waits and {failures} capacity failures",
+                        task.id, task.capacity_passes
+                    ));
+                }
             }
         }
     }
@@ -928,6 +971,7 @@ async fn drive_beside(
             return Ok(());
         }
         tokio::select! {
+            biased;
             () = tokio::time::sleep(poll) => {}
             _ = other.changed() => return Ok(()),
         }
@@ -957,6 +1001,7 @@ async fn steal_a_lease(
 ) -> Theft {
     use sam_core::{Clock, LeaseRelease, LeaseRequest};
     tokio::select! {
+            biased;
         () = tokio::time::sleep(after) => {}
         _ = finished.wait_for(|done| *done) => return Theft::None,
     }

@@ -13,8 +13,8 @@ use sam_core::{
     LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeHealth,
     NodeId, NodeLifecycle, NodeRecord, NodeStatus, PlacementCandidate, ProfileId, ProjectId,
     ProjectRecord, ProviderKind, Reservation, SlotOutcome, StatusEvent, Store, StoreError,
-    TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim,
-    WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+    TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord, TaskUpdate, Transition, UserId,
+    UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 
 use crate::error::Error;
@@ -34,6 +34,7 @@ pub struct MemoryStore {
 struct State {
     tasks: BTreeMap<TaskId, TaskRecord>,
     events: Vec<StatusEvent>,
+    notices: BTreeMap<TaskId, Vec<TaskNoticeRecord>>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     /// The nodes whose lifecycle is `warm`, so a claim looks at those only.
     warm: BTreeSet<NodeId>,
@@ -183,6 +184,15 @@ impl State {
             }
         }
         self.set_node(node);
+    }
+
+    fn add_notice(&mut self, id: &TaskId, at: DateTime<Utc>, notice: &TaskNotice) {
+        let notices = self.notices.entry(id.clone()).or_default();
+        notices.push(TaskNoticeRecord {
+            seq: notices.len() as u64 + 1,
+            at,
+            notice: notice.clone(),
+        });
     }
 
     fn delete_node(&mut self, id: &NodeId) {
@@ -379,9 +389,26 @@ impl Store for MemoryStore {
                 }
                 LeasedWrite::PutNode(node) => state.put_node(node),
                 LeasedWrite::DeleteNode(id) => state.delete_node(id),
+                LeasedWrite::Notice(notice) => state.add_notice(&lease.task, at, notice),
             }
         }
         Ok(outcome)
+    }
+
+    async fn add_task_notice(
+        &self,
+        id: &TaskId,
+        at: DateTime<Utc>,
+        notice: &TaskNotice,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        state.task_mut(id)?;
+        state.add_notice(id, at, notice);
+        Ok(())
+    }
+
+    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {
+        Ok(self.state().notices.get(id).cloned().unwrap_or_default())
     }
 
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {

@@ -98,6 +98,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 8,
             sql: include_str!("../migrations/sqlite/0008_lease_epoch.sql"),
         },
+        Migration {
+            version: 9,
+            sql: include_str!("../migrations/sqlite/0009_task_notices.sql"),
+        },
     ],
 };
 

@@ -95,6 +95,7 @@ macro_rules! store_conformance {
             write_leased_refuses_an_expired_lease,
             write_leased_writes_nothing_on_a_bad_batch,
             release_lease_with_a_stale_epoch_writes_nothing,
+            task_notices_are_kept_in_order,
             terminal_transition_clears_wake_and_lease,
             record_node_beat_touches_only_liveness,
             node_boot_record_round_trips_and_is_never_cleared,
@@ -1052,6 +1053,96 @@ pub async fn write_leased_writes_nothing_on_a_bad_batch(store: &dyn Store) {
     assert!(
         store.get_node(&node_id("n-1")).await.unwrap().is_none(),
         "nothing of a refused batch is written"
+    );
+}
+
+/// Notices are numbered per task in the order written, whether added directly or
+/// under the lease, and a lost lease adds none.
+pub async fn task_notices_are_kept_in_order(store: &dyn Store) {
+    use crate::store::{LeasedWrite, TaskNotice};
+    create(store, due_task("t-1", 1, 10)).await;
+    create(store, due_task("t-2", 1, 10)).await;
+    let capacity = TaskNotice::CapacityUnavailable {
+        size: VmSize::Large,
+        location: location("fsn1"),
+    };
+    let downgrade = TaskNotice::Downgraded {
+        requested: VmSize::Large,
+        provisioned: VmSize::Medium,
+    };
+    let waiting = TaskNotice::WaitingForCapacity {
+        passes: 2,
+        until: at(300),
+    };
+    store
+        .add_task_notice(&task_id("t-1"), at(100), &capacity)
+        .await
+        .expect("add_task_notice");
+    claim(store, "a", 100, 1).await;
+    store
+        .write_leased(
+            &held("a", "t-1", 1),
+            at(110),
+            &[
+                LeasedWrite::Notice(waiting.clone()),
+                LeasedWrite::Notice(downgrade.clone()),
+            ],
+        )
+        .await
+        .expect("notices under the lease");
+    claim(store, "b", 200, 1).await;
+    expect_kind(
+        store
+            .write_leased(
+                &held("a", "t-1", 1),
+                at(201),
+                &[LeasedWrite::Notice(capacity.clone())],
+            )
+            .await,
+        StoreErrorKind::LeaseLost,
+        "a notice under a lost lease",
+    );
+    let notices = store.list_task_notices(&task_id("t-1")).await.unwrap();
+    let seen: Vec<(u64, chrono::DateTime<chrono::Utc>, TaskNotice)> = notices
+        .into_iter()
+        .map(|n| (n.seq, n.at, n.notice))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, at(100), capacity),
+            (2, at(110), waiting),
+            (3, at(110), downgrade)
+        ],
+        "notices are kept in order, numbered per task"
+    );
+    assert!(
+        store
+            .list_task_notices(&task_id("t-2"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_task_notices(&task_id("t-9"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    expect_kind(
+        store
+            .add_task_notice(
+                &task_id("t-9"),
+                at(1),
+                &TaskNotice::Downgraded {
+                    requested: VmSize::Large,
+                    provisioned: VmSize::Small,
+                },
+            )
+            .await,
+        StoreErrorKind::NotFound,
+        "a notice for a missing task",
     );
 }
 

@@ -18,8 +18,9 @@ use sam_core::{
     ExecutionStep, GithubInstallation, InstallationKey, Lease, LeaseRelease, LeaseReleased,
     LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeLifecycle,
     NodeRecord, PlacementCandidate, ProfileId, ProjectId, ProjectRecord, ProviderKind, SlotOutcome,
-    StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskRecord, TaskUpdate, Transition, UserId,
-    UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+    StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord,
+    TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
+    WorkspaceStatus, check_slot,
 };
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
@@ -709,6 +710,7 @@ impl<D: Dialect> SqlStore<D> {
                 LeasedWrite::DeleteNode(node) => {
                     query("DELETE FROM nodes WHERE id = $1").bind(node.to_string())
                 }
+                LeasedWrite::Notice(notice) => Self::notice_query(id, at, notice),
             };
             let done = q.execute(&mut **tx).await.map_err(Self::db(context))?;
             let applied = done.rows_affected() > 0;
@@ -727,6 +729,17 @@ impl<D: Dialect> SqlStore<D> {
             .await
             .map_err(Self::db("writing a node"))?;
         Ok(())
+    }
+
+    /// The insert of a task's next notice, numbered after its last.
+    fn notice_query(id: &TaskId, at: DateTime<Utc>, notice: &TaskNotice) -> AnyQuery<'static> {
+        query(
+            "INSERT INTO task_notices (task_id, seq, at, notice) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM task_notices WHERE task_id = $1",
+        )
+        .bind(id.to_string())
+        .bind(micros(at))
+        .bind(json(notice))
     }
 
     /// The upsert of a node row.
@@ -1300,6 +1313,31 @@ impl<D: Dialect> Store for SqlStore<D> {
         writes: &[LeasedWrite],
     ) -> Result<LeasedOutcome, StoreError> {
         Ok(self.try_write_leased(lease, at, writes).await?)
+    }
+
+    async fn add_task_notice(
+        &self,
+        id: &TaskId,
+        at: DateTime<Utc>,
+        notice: &TaskNotice,
+    ) -> Result<(), StoreError> {
+        let context = "adding a task notice";
+        if !Self::exists(&self.writer, "tasks", id.as_str()).await? {
+            return Err(Error::not_found(format!("task {id}")).into());
+        }
+        Self::notice_query(id, at, notice)
+            .execute(&self.writer)
+            .await
+            .map_err(Self::db(context))?;
+        Ok(())
+    }
+
+    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {
+        let q = query("SELECT seq, at, notice FROM task_notices WHERE task_id = $1 ORDER BY seq")
+            .bind(id.to_string());
+        Ok(self
+            .fetch_all(q, rows::notice, "listing task notices")
+            .await?)
     }
 
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {

@@ -140,6 +140,19 @@ impl<'r> Columns<'r> {
 }
 
 /// Decodes a `tasks` row.
+/// A `task_notices` row (`seq`, `at`, `notice`).
+pub(crate) fn notice(row: &AnyRow) -> Result<sam_core::TaskNoticeRecord, Error> {
+    let c = Columns::new(row, "task_notices");
+    Ok(sam_core::TaskNoticeRecord {
+        seq: c
+            .opt_int("seq")?
+            .map_or(Ok(0), u64::try_from)
+            .map_err(|e| c.bad("seq", e))?,
+        at: c.time("at")?,
+        notice: c.json("notice")?,
+    })
+}
+
 /// A task row's lease: its owner, epoch and expiry.
 pub(crate) type LeaseColumns = (Option<String>, u64, Option<DateTime<Utc>>);
 
