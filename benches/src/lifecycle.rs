@@ -16,12 +16,13 @@ use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, ControlPlane, ControlPlaneConfig, ControlPlaneParts,
     CredentialOwner, CredentialRecord, CredentialTarget, DefaultScheduler, ExecutionStep,
-    GithubInstallation, InstallationKey, Lease, LeaseRelease, LeaseReleased, LeaseRequest,
-    LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeRecord, PlacementCandidate,
-    ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind, Secret, SlotOutcome, StatusEvent,
-    Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskNotice,
-    TaskNoticeRecord, TaskRecord, TaskStatus, TaskUpdate, TokenSigner, TokioClock, Transition,
-    UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    GithubInstallation, InstallationKey, KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased,
+    LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeRecord,
+    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind, Secret,
+    SlotOutcome, StatusEvent, Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind,
+    TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord, TaskStatus, TaskUpdate,
+    TokenSigner, TokioClock, Transition, UserId, UserRecord, WarmClaim, WorkspaceId,
+    WorkspaceRecord, WorkspaceStatus,
 };
 use sam_providers::FakeProvider;
 use sam_store::{SqliteConfig, SqliteStore};
@@ -137,6 +138,12 @@ impl Store for CountingStore {
         self.write("write_leased")
             .write_leased(lease, at, writes)
             .await
+    }
+    async fn put_key_if_absent(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError> {
+        self.write("put_key_if_absent").put_key_if_absent(key).await
+    }
+    async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read("list_keys").list_keys(purpose).await
     }
     async fn add_task_notice(
         &self,

@@ -364,13 +364,8 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
         sam_core::secret::register(secret.expose());
         return Ok(secret);
     }
-    let mut random = vec![0_u8; bytes];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?,
-        &mut random,
-    )
-    .context("cannot read /dev/urandom")?;
-    let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = random_secret(bytes)?;
+    let secret = secret.expose();
     let name = path
         .file_name()
         .with_context(|| format!("{} names no file", path.display()))?
@@ -401,6 +396,86 @@ pub fn secret_file(path: &Path, bytes: usize) -> anyhow::Result<Secret> {
         .with_context(|| format!("{} vanished while it was made", path.display()))?;
     sam_core::secret::register(secret.expose());
     Ok(secret)
+}
+
+/// Who the control plane's tokens are for.
+const TOKEN_AUDIENCE: &str = "sam-control-plane";
+
+/// The id of the first signing key kept in the store.
+pub const FIRST_SIGNING_KEY: &str = "signing-1";
+
+/// The control plane's token signer.
+///
+/// With a credential key, the signing keys live in the store, sealed with it, so
+/// every server on one database signs and verifies alike, whatever its data
+/// directory: the first server writes the key (its data directory's `signing-key`
+/// when it has one, so the tokens it issued before still verify), and the others
+/// read that one. Without a credential key, the key is the data directory's file,
+/// which is enough for one server.
+///
+/// # Errors
+/// A credential key that does not open the stored keys (servers on one database
+/// need the same one), store failures, and those of [`secret_file`].
+pub async fn token_signer(
+    store: &dyn Store,
+    credential_key: Option<&Secret>,
+    data_dir: &Path,
+) -> anyhow::Result<TokenSigner> {
+    let file = data_dir.join("signing-key");
+    let Some(credential_key) = credential_key else {
+        return Ok(TokenSigner::new(secret_file(&file, 32)?, TOKEN_AUDIENCE)?);
+    };
+    let cipher = sam_core::CredentialCipher::new(credential_key)?;
+    let purpose = sam_core::KeyPurpose::Signing;
+    let mut keys = store.list_keys(purpose).await?;
+    if keys.is_empty() {
+        let key = match read_secret(&file, 32)? {
+            Some(key) => key,
+            None => random_secret(32)?,
+        };
+        let record = sam_core::KeyRecord {
+            id: FIRST_SIGNING_KEY.to_owned(),
+            purpose,
+            sealed: cipher.seal(
+                &key,
+                &sam_core::KeyRecord::context(purpose, FIRST_SIGNING_KEY),
+            )?,
+            created_at: chrono::Utc::now(),
+        };
+        // Servers starting at once each offer a key; the first one written is kept.
+        store.put_key_if_absent(&record).await?;
+        keys = store.list_keys(purpose).await?;
+    }
+    let mut opened = Vec::with_capacity(keys.len());
+    for key in keys {
+        let context = sam_core::KeyRecord::context(key.purpose, &key.id);
+        let secret = cipher.open(&key.sealed, &context).with_context(|| {
+            format!(
+                "the signing key {} in the database does not open with this credential_key: \
+                 every server on one database needs the same credential_key",
+                key.id
+            )
+        })?;
+        sam_core::secret::register(secret.expose());
+        opened.push((key.id, secret));
+    }
+    Ok(TokenSigner::with_keys(opened, TOKEN_AUDIENCE)?)
+}
+
+/// `bytes` random bytes from the kernel, in hex.
+fn random_secret(bytes: usize) -> anyhow::Result<Secret> {
+    let mut random = vec![0_u8; bytes];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?,
+        &mut random,
+    )
+    .context("cannot read /dev/urandom")?;
+    Ok(Secret::new(
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    ))
 }
 
 /// What an embedded control plane keeps in its data directory.
@@ -537,10 +612,8 @@ impl Embedded {
                 scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
                 node_agent,
                 boot: Arc::new(KeyedBoot::new(boot, keys)),
-                signer: TokenSigner::new(
-                    secret_file(&data_dir.join("signing-key"), 32)?,
-                    "sam-control-plane",
-                )?,
+                signer: token_signer(store.as_ref(), options.credential_key.as_ref(), &data_dir)
+                    .await?,
                 clock: Arc::new(TokioClock::new()),
             },
             config,
@@ -831,6 +904,72 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// Servers with separate data directories on one database sign and verify alike
+    /// once they share the credential key: the first writes the signing key into the
+    /// store (its data directory's, so its earlier tokens still verify), the others
+    /// read it; a server with another credential key is refused, naming it.
+    #[tokio::test]
+    async fn servers_on_one_database_share_the_signing_key_through_it() {
+        use sam_core::{TokenScope, TokenSigner};
+        let store: Arc<dyn Store> = Arc::new(sam_store::MemoryStore::new());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Server A ran alone before: its data directory has a key, and a node holds a
+        // token it signed (without a key id).
+        let old_key = secret_file(&a.path().join("signing-key"), 32).unwrap();
+        let now = chrono::Utc::now();
+        let ttl = Duration::from_secs(3600);
+        let old_token = TokenSigner::new(old_key, TOKEN_AUDIENCE).unwrap().issue(
+            TokenScope::Node,
+            "n-1",
+            now,
+            ttl,
+        );
+        let credential_key = Secret::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+        let first = token_signer(store.as_ref(), Some(&credential_key), a.path())
+            .await
+            .unwrap();
+        let second = token_signer(store.as_ref(), Some(&credential_key), b.path())
+            .await
+            .unwrap();
+        assert_eq!(first.signing_key_id(), Some(FIRST_SIGNING_KEY));
+        assert!(
+            !b.path().join("signing-key").exists(),
+            "the second server keeps no key of its own"
+        );
+        for signer in [&first, &second] {
+            signer
+                .verify(old_token.expose(), TokenScope::Node, "n-1", now)
+                .expect("a token signed before the key moved into the store");
+        }
+        let token = first.issue(TokenScope::Node, "n-2", now, ttl);
+        second
+            .verify(token.expose(), TokenScope::Node, "n-2", now)
+            .expect("a token one server signed verifies on the other");
+        let keys = store
+            .list_keys(sam_core::KeyPurpose::Signing)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "one key for every server");
+        assert!(
+            !keys[0].sealed.as_str().contains(old_token.expose()),
+            "the key is stored sealed"
+        );
+
+        let other = Secret::new("AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+        let refused = token_signer(store.as_ref(), Some(&other), b.path())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{refused:#}")
+                .contains("every server on one database needs the same credential_key"),
+            "{refused:#}"
+        );
+        // Without a credential key the data directory's file is the key, as before.
+        let alone = token_signer(store.as_ref(), None, b.path()).await.unwrap();
+        assert_eq!(alone.signing_key_id(), None);
+        assert!(b.path().join("signing-key").exists());
+    }
 
     /// A bare QEMU image leaves out exactly what the boot installs.
     #[test]

@@ -290,6 +290,7 @@ async fn management_tokens_are_checked() {
         sub: sub.to_owned(),
         iat: now.timestamp() - 7200,
         exp: now.timestamp() + exp_offset,
+        kid: None,
     };
     let other_key = TokenSigner::new(Secret::new("x".repeat(40)), MANAGEMENT_AUDIENCE).unwrap();
     let other_audience = TokenSigner::new(h.node_token.clone(), "sam-control-plane").unwrap();

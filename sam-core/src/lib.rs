@@ -198,10 +198,11 @@ pub use session::{
 };
 pub use signal::{Signal, SignalKind, SignalOrigin, Signals};
 pub use store::{
-    ApiTokenRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite,
-    Lineage, LineageKind, NodeBeat, NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome,
-    StatusEvent, Store, TaskError, TaskFilter, TaskNotice, TaskNoticeRecord, TaskRecord, TaskSpec,
-    TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
+    ApiTokenRecord, KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest,
+    LeasedOutcome, LeasedWrite, Lineage, LineageKind, NodeBeat, NodeFilter, NodeRecord,
+    PlacementCandidate, SlotOutcome, StatusEvent, Store, TaskError, TaskFilter, TaskNotice,
+    TaskNoticeRecord, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord,
+    WorkspaceStatus,
 };
 pub use sweep::{KeptNode, SweepReport};
 pub use timeout::{DerivedTimeouts, LEASE_RENEWALS, STALE_HEARTBEATS, TimeoutPolicy};

@@ -651,6 +651,46 @@ pub enum SlotOutcome {
 
 pub use crate::api_token::ApiTokenRecord;
 
+/// What a [`KeyRecord`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPurpose {
+    /// Signs the tokens the control plane issues ([`crate::TokenSigner`]).
+    Signing,
+}
+
+impl KeyPurpose {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signing => "signing",
+        }
+    }
+}
+
+/// A key every control plane on one database shares, kept in the store sealed with
+/// the credential key ([`crate::CredentialCipher`]), so servers share nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The key's id (tokens name it, so a key can be replaced while the tokens it
+    /// signed still verify).
+    pub id: String,
+    /// What it is for.
+    pub purpose: KeyPurpose,
+    /// The key, sealed for [`KeyRecord::context`].
+    pub sealed: crate::credential::Sealed,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+}
+
+impl KeyRecord {
+    /// What the key is sealed for: its purpose and id, so a sealed key copied to
+    /// another row does not open.
+    pub fn context(purpose: KeyPurpose, id: &str) -> String {
+        format!("key:{}:{id}", purpose.as_str())
+    }
+}
+
 /// Durable state of the control plane.
 ///
 /// # Contract
@@ -679,6 +719,10 @@ pub use crate::api_token::ApiTokenRecord;
 ///   Otherwise it writes nothing and fails with `LeaseLost`, naming the lease it was
 ///   given and the one it found; a missing task is `NotFound`. A driver that lost
 ///   its lease can neither write nor extend it.
+/// - **A key is written once**: `put_key_if_absent` writes a key whose id is new and
+///   otherwise leaves the stored one, and returns the key stored under the id either
+///   way, so control planes starting at once on one database agree on it;
+///   `list_keys` returns the keys of a purpose ordered by `(created_at, id)`.
 /// - **Notices are kept in order**: `add_task_notice` (and a leased `Notice`) numbers
 ///   a task's notices 1, 2, … in the order written, and `list_task_notices` returns
 ///   them in that order.
@@ -843,6 +887,18 @@ pub trait Store: Send + Sync + Debug {
     /// # Errors
     /// Backend or decoding failures.
     async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError>;
+
+    /// Writes `key` unless a key with its id exists; returns the stored key.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn put_key_if_absent(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError>;
+
+    /// The keys of `purpose`, ordered by `(created_at, id)`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError>;
 
     /// The status events of a task, oldest first.
     ///

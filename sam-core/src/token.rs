@@ -1,6 +1,9 @@
 //! Scoped, signed, expiring tokens between the control plane and VM agents.
 //!
 //! A token is `base64url(claims JSON) . base64url(HMAC-SHA256(key, claims))`.
+//! A signer may hold several keys, each with an id ([`TokenSigner::with_keys`]):
+//! its tokens name the key that signed them (`kid`), the newest key signs, and a
+//! token signed by an older key verifies until it expires, so a key can be replaced.
 //! Its claims name an audience, a scope (`node` or `workspace`), a subject (the node
 //! or workspace id) and an expiry in hours, not days; [`TokenSigner::verify`] rejects
 //! a token with a wrong audience, scope or subject, a bad signature, an expired one,
@@ -45,6 +48,16 @@ pub struct TokenClaims {
     pub iat: i64,
     /// Expires at, seconds since the epoch.
     pub exp: i64,
+    /// The id of the key that signed it; absent for a signer whose one key has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+}
+
+/// The part of the claims read before the signature is checked: which key to use.
+#[derive(Deserialize)]
+struct KeyId {
+    #[serde(default)]
+    kid: Option<String>,
 }
 
 impl TokenClaims {
@@ -96,10 +109,11 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// between the control plane and a node.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// Issues and verifies tokens for one audience with one key.
+/// Issues and verifies tokens for one audience, with one key or several.
 #[derive(Debug, Clone)]
 pub struct TokenSigner {
-    key: Secret,
+    /// The keys by id, oldest first; the last one signs.
+    keys: Vec<(Option<String>, Secret)>,
     audience: String,
 }
 
@@ -109,8 +123,43 @@ impl TokenSigner {
     /// # Errors
     /// [`crate::Error::InvalidInput`] for a key shorter than 32 bytes or an empty audience.
     pub fn new(key: Secret, audience: impl Into<String>) -> Result<Self, crate::Error> {
-        let audience = audience.into();
-        if key.expose().len() < 32 {
+        Self::checked(vec![(None, key)], audience.into())
+    }
+
+    /// A signer for `audience` with `keys` (id, key), oldest first: the last signs,
+    /// and a token naming any of them verifies.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] for no key, a key shorter than 32 bytes, an
+    /// empty or repeated id, or an empty audience.
+    pub fn with_keys(
+        keys: Vec<(String, Secret)>,
+        audience: impl Into<String>,
+    ) -> Result<Self, crate::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, _) in &keys {
+            if id.is_empty() || !seen.insert(id.as_str()) {
+                return Err(crate::Error::InvalidInput {
+                    field: "token_key",
+                    reason: format!("key ids must be set and distinct, not {id:?}"),
+                });
+            }
+        }
+        let keys = keys.into_iter().map(|(id, key)| (Some(id), key)).collect();
+        Self::checked(keys, audience.into())
+    }
+
+    fn checked(
+        keys: Vec<(Option<String>, Secret)>,
+        audience: String,
+    ) -> Result<Self, crate::Error> {
+        if keys.is_empty() {
+            return Err(crate::Error::InvalidInput {
+                field: "token_key",
+                reason: "at least one key is needed".to_owned(),
+            });
+        }
+        if keys.iter().any(|(_, key)| key.expose().len() < 32) {
             return Err(crate::Error::InvalidInput {
                 field: "token_key",
                 reason: "must be at least 32 bytes".to_owned(),
@@ -122,11 +171,29 @@ impl TokenSigner {
                 reason: "must not be empty".to_owned(),
             });
         }
-        Ok(Self { key, audience })
+        Ok(Self { keys, audience })
     }
 
-    fn mac(&self, payload: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(self.key.expose().as_bytes())
+    /// The id of the key that signs new tokens.
+    pub fn signing_key_id(&self) -> Option<&str> {
+        self.keys.last().and_then(|(id, _)| id.as_deref())
+    }
+
+    /// The key named `kid`; a token that names none (issued before its signer had
+    /// ids) is checked with the oldest key.
+    fn key(&self, kid: Option<&str>) -> Option<&Secret> {
+        match kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|(id, _)| id.as_deref() == Some(kid))
+                .map(|(_, key)| key),
+            None => self.keys.first().map(|(_, key)| key),
+        }
+    }
+
+    fn mac(key: &Secret, payload: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(key.expose().as_bytes())
             .expect("HMAC takes keys of any length");
         mac.update(payload);
         mac
@@ -147,16 +214,21 @@ impl TokenSigner {
             sub: subject.to_owned(),
             iat: now.timestamp(),
             exp: now.timestamp() + ttl,
+            kid: self.signing_key_id().map(str::to_owned),
         };
         self.sign(&claims)
     }
 
-    /// Signs arbitrary claims (tests use it to craft bad tokens).
+    /// Signs arbitrary claims (tests use it to craft bad tokens) with the key they
+    /// name, or the signing key when they name none of this signer's.
     pub fn sign(&self, claims: &TokenClaims) -> Secret {
+        let key = self
+            .key(claims.kid.as_deref())
+            .unwrap_or_else(|| &self.keys[self.keys.len() - 1].1);
         let payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims always serialize"));
         let signature =
-            URL_SAFE_NO_PAD.encode(self.mac(payload.as_bytes()).finalize().into_bytes());
+            URL_SAFE_NO_PAD.encode(Self::mac(key, payload.as_bytes()).finalize().into_bytes());
         Secret::new(format!("{payload}.{signature}"))
     }
 
@@ -177,12 +249,18 @@ impl TokenSigner {
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| TokenError::Malformed)?;
-        self.mac(payload.as_bytes())
-            .verify_slice(&signature)
-            .map_err(|_| TokenError::BadSignature)?;
         let json = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
+        // Only the key id is read before the signature is checked; a key this signer
+        // does not hold signs nothing it accepts.
+        let kid: KeyId = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        let key = self
+            .key(kid.kid.as_deref())
+            .ok_or(TokenError::BadSignature)?;
+        Self::mac(key, payload.as_bytes())
+            .verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
         let claims: TokenClaims =
             serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
         if claims.aud != self.audience {
@@ -235,6 +313,54 @@ mod tests {
             expected,
             "token {token}"
         );
+    }
+
+    /// Several keys: the newest signs and names itself; tokens of an older key, and
+    /// tokens that name no key (checked with the oldest), verify until they expire;
+    /// a key the signer does not hold signs nothing it accepts.
+    #[test]
+    fn a_signer_with_several_keys_verifies_each_and_signs_with_the_newest() {
+        let key = |c: &str| Secret::new(c.repeat(32));
+        let old = TokenSigner::with_keys(vec![("k1".into(), key("a"))], "sam").unwrap();
+        let both = TokenSigner::with_keys(
+            vec![("k1".into(), key("a")), ("k2".into(), key("b"))],
+            "sam",
+        )
+        .unwrap();
+        let ttl = Duration::from_secs(3600);
+        let old_token = old.issue(TokenScope::Node, "n-1", now(), ttl);
+        let new_token = both.issue(TokenScope::Node, "n-1", now(), ttl);
+        assert_eq!(both.signing_key_id(), Some("k2"));
+        let claims = both
+            .verify(new_token.expose(), TokenScope::Node, "n-1", now())
+            .unwrap();
+        assert_eq!(claims.kid.as_deref(), Some("k2"));
+        both.verify(old_token.expose(), TokenScope::Node, "n-1", now())
+            .expect("an older key's token verifies");
+        assert_eq!(
+            old.verify(new_token.expose(), TokenScope::Node, "n-1", now()),
+            Err(TokenError::BadSignature),
+            "a key the signer does not hold"
+        );
+        let unnamed =
+            TokenSigner::new(key("a"), "sam")
+                .unwrap()
+                .issue(TokenScope::Node, "n-1", now(), ttl);
+        both.verify(unnamed.expose(), TokenScope::Node, "n-1", now())
+            .expect("a token naming no key is checked with the oldest");
+        let later = now() + chrono::Duration::hours(2);
+        assert_eq!(
+            both.verify(old_token.expose(), TokenScope::Node, "n-1", later),
+            Err(TokenError::Expired)
+        );
+        for keys in [
+            vec![],
+            vec![("k1".to_owned(), key("a")), ("k1".to_owned(), key("b"))],
+            vec![(String::new(), key("a"))],
+            vec![("k1".to_owned(), Secret::new("short"))],
+        ] {
+            assert!(TokenSigner::with_keys(keys, "sam").is_err());
+        }
     }
 
     #[test]
@@ -290,6 +416,7 @@ mod tests {
             sub: "node-1".into(),
             iat: now().timestamp(),
             exp: now().timestamp() + 3600,
+            kid: None,
         });
         check(
             scopeless.expose(),
@@ -333,6 +460,7 @@ mod tests {
                 sub: "node-1".into(),
                 iat,
                 exp,
+                kid: None,
             })
         };
         let year = 365 * 24 * 3600;

@@ -1057,6 +1057,7 @@ async fn workspace_callbacks_refuse_every_bad_token() {
         sub: ws.to_string(),
         iat: now.timestamp() - 7200,
         exp,
+        kid: None,
     };
     let valid = signer.issue(TokenScope::Workspace, ws.as_str(), now, hour);
     let tampered = {

@@ -9,12 +9,13 @@ use chrono::{DateTime, Utc};
 use foldhash::HashMap;
 use sam_core::{
     AgentProfileRecord, ApiTokenKind, ApiTokenRecord, CredentialOwner, CredentialRecord,
-    CredentialTarget, ExecutionStep, GithubInstallation, InstallationKey, Lease, LeaseRelease,
-    LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeHealth,
-    NodeId, NodeLifecycle, NodeRecord, NodeStatus, PlacementCandidate, ProfileId, ProjectId,
-    ProjectRecord, ProviderKind, Reservation, SlotOutcome, StatusEvent, Store, StoreError,
-    TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord, TaskUpdate, Transition, UserId,
-    UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
+    CredentialTarget, ExecutionStep, GithubInstallation, InstallationKey, KeyPurpose, KeyRecord,
+    Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat,
+    NodeFilter, NodeHealth, NodeId, NodeLifecycle, NodeRecord, NodeStatus, PlacementCandidate,
+    ProfileId, ProjectId, ProjectRecord, ProviderKind, Reservation, SlotOutcome, StatusEvent,
+    Store, StoreError, TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord, TaskUpdate,
+    Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord, WorkspaceStatus,
+    check_slot,
 };
 
 use crate::error::Error;
@@ -35,6 +36,7 @@ struct State {
     tasks: BTreeMap<TaskId, TaskRecord>,
     events: Vec<StatusEvent>,
     notices: BTreeMap<TaskId, Vec<TaskNoticeRecord>>,
+    keys: BTreeMap<String, KeyRecord>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     /// The nodes whose lifecycle is `warm`, so a claim looks at those only.
     warm: BTreeSet<NodeId>,
@@ -405,6 +407,27 @@ impl Store for MemoryStore {
         state.task_mut(id)?;
         state.add_notice(id, at, notice);
         Ok(())
+    }
+
+    async fn put_key_if_absent(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError> {
+        let mut state = self.state();
+        Ok(state
+            .keys
+            .entry(key.id.clone())
+            .or_insert_with(|| key.clone())
+            .clone())
+    }
+
+    async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut keys: Vec<KeyRecord> = self
+            .state()
+            .keys
+            .values()
+            .filter(|k| k.purpose == purpose)
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
     }
 
     async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {

@@ -102,6 +102,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 9,
             sql: include_str!("../migrations/sqlite/0009_task_notices.sql"),
         },
+        Migration {
+            version: 10,
+            sql: include_str!("../migrations/sqlite/0010_keys.sql"),
+        },
     ],
 };
 

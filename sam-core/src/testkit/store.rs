@@ -96,6 +96,7 @@ macro_rules! store_conformance {
             write_leased_writes_nothing_on_a_bad_batch,
             release_lease_with_a_stale_epoch_writes_nothing,
             task_notices_are_kept_in_order,
+            a_key_is_written_once,
             terminal_transition_clears_wake_and_lease,
             record_node_beat_touches_only_liveness,
             node_boot_record_round_trips_and_is_never_cleared,
@@ -1143,6 +1144,33 @@ pub async fn task_notices_are_kept_in_order(store: &dyn Store) {
             .await,
         StoreErrorKind::NotFound,
         "a notice for a missing task",
+    );
+}
+
+/// A key is written once: a second write under its id leaves the first, and both
+/// writers read the first back.
+pub async fn a_key_is_written_once(store: &dyn Store) {
+    use crate::store::{KeyPurpose, KeyRecord};
+    let key = |id: &str, sealed: &str, created: i64| KeyRecord {
+        id: id.into(),
+        purpose: KeyPurpose::Signing,
+        sealed: crate::credential::Sealed::from_stored(sealed),
+        created_at: at(created),
+    };
+    let first = key("signing-1", "v1:aaaa:bbbb", 10);
+    assert_eq!(store.put_key_if_absent(&first).await.unwrap(), first);
+    let racing = key("signing-1", "v1:cccc:dddd", 11);
+    assert_eq!(
+        store.put_key_if_absent(&racing).await.unwrap(),
+        first,
+        "the key written first stays, and the second writer reads it back"
+    );
+    let second = key("signing-2", "v1:eeee:ffff", 20);
+    store.put_key_if_absent(&second).await.unwrap();
+    assert_eq!(
+        store.list_keys(KeyPurpose::Signing).await.unwrap(),
+        [first, second],
+        "keys are listed by (created_at, id)"
     );
 }
 

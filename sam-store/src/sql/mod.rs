@@ -15,12 +15,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
-    ExecutionStep, GithubInstallation, InstallationKey, Lease, LeaseRelease, LeaseReleased,
-    LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeLifecycle,
-    NodeRecord, PlacementCandidate, ProfileId, ProjectId, ProjectRecord, ProviderKind, SlotOutcome,
-    StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord,
-    TaskUpdate, Transition, UserId, UserRecord, WarmClaim, WorkspaceId, WorkspaceRecord,
-    WorkspaceStatus, check_slot,
+    ExecutionStep, GithubInstallation, InstallationKey, KeyPurpose, KeyRecord, Lease, LeaseRelease,
+    LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId,
+    NodeLifecycle, NodeRecord, PlacementCandidate, ProfileId, ProjectId, ProjectRecord,
+    ProviderKind, SlotOutcome, StatusEvent, Store, StoreError, TaskFilter, TaskId, TaskNotice,
+    TaskNoticeRecord, TaskRecord, TaskUpdate, Transition, UserId, UserRecord, WarmClaim,
+    WorkspaceId, WorkspaceRecord, WorkspaceStatus, check_slot,
 };
 use sqlx::any::{Any, AnyArguments, AnyRow};
 use sqlx::query::Query;
@@ -1330,6 +1330,40 @@ impl<D: Dialect> Store for SqlStore<D> {
             .await
             .map_err(Self::db(context))?;
         Ok(())
+    }
+
+    async fn put_key_if_absent(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError> {
+        let context = "writing a key";
+        // One statement, so two control planes starting at once both read the key
+        // that was written first.
+        query(
+            "INSERT INTO keys (id, purpose, sealed, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(key.id.clone())
+        .bind(key.purpose.as_str().to_owned())
+        .bind(key.sealed.as_str().to_owned())
+        .bind(micros(key.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(Self::db(context))?;
+        let q = query("SELECT id, purpose, sealed, created_at FROM keys WHERE id = $1")
+            .bind(key.id.clone());
+        let stored = q
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(Self::db(context))?
+            .ok_or_else(|| Error::not_found(format!("key {}", key.id)))?;
+        Ok(rows::key(&stored)?)
+    }
+
+    async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError> {
+        let q = query(
+            "SELECT id, purpose, sealed, created_at FROM keys WHERE purpose = $1 \
+             ORDER BY created_at, id",
+        )
+        .bind(purpose.as_str().to_owned());
+        Ok(self.fetch_all(q, rows::key, "listing keys").await?)
     }
 
     async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {

@@ -140,6 +140,17 @@ impl<'r> Columns<'r> {
 }
 
 /// Decodes a `tasks` row.
+/// A `keys` row (`id`, `purpose`, `sealed`, `created_at`).
+pub(crate) fn key(row: &AnyRow) -> Result<sam_core::KeyRecord, Error> {
+    let c = Columns::new(row, "keys");
+    Ok(sam_core::KeyRecord {
+        id: c.text("id")?,
+        purpose: c.named("purpose")?,
+        sealed: sam_core::Sealed::from_stored(c.text("sealed")?),
+        created_at: c.time("created_at")?,
+    })
+}
+
 /// A `task_notices` row (`seq`, `at`, `notice`).
 pub(crate) fn notice(row: &AnyRow) -> Result<sam_core::TaskNoticeRecord, Error> {
     let c = Columns::new(row, "task_notices");
