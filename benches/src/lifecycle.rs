@@ -142,6 +142,13 @@ impl Store for CountingStore {
     async fn put_key_if_absent(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError> {
         self.write("put_key_if_absent").put_key_if_absent(key).await
     }
+    async fn get_key(
+        &self,
+        purpose: KeyPurpose,
+        id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.read("get_key").get_key(purpose, id).await
+    }
     async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError> {
         self.read("list_keys").list_keys(purpose).await
     }

@@ -51,9 +51,10 @@ use crate::embedded::NodeProvider;
 use crate::server::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 32] = [
+pub const ENV_KEYS: [&str; 33] = [
     "listen",
     "data_dir",
+    "local_root",
     "database_url",
     "database_schema",
     "public_url",
@@ -167,6 +168,11 @@ pub struct ServerConfig {
     /// Default `.sam-server` (relative to the working directory).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// With provider `local`: where the local provider keeps its nodes, the
+    /// machine's "cloud". Servers that share a local fleet, each with its own data
+    /// directory, give the same one. Default `<data_dir>/local`.
+    #[serde(default)]
+    pub local_root: Option<PathBuf>,
     /// A PostgreSQL URL; without it state is in SQLite in the data directory.
     #[serde(default)]
     pub database_url: Option<Secret>,

@@ -134,6 +134,9 @@ pub struct EmbeddedOptions {
     pub provider: NodeProvider,
     /// The key credentials are sealed with; `None` disables stored credentials.
     pub credential_key: Option<Secret>,
+    /// Where the local provider keeps its nodes; `None`: `<data dir>/local`.
+    /// Servers sharing a local fleet with separate data directories give one root.
+    pub local_root: Option<PathBuf>,
     /// Builds providers from users' and projects' own provider credentials, so their
     /// tasks' VMs are made in their account; `None` refuses such tasks.
     pub provider_factory: Option<Arc<dyn sam_core::ProviderFactory>>,
@@ -281,6 +284,7 @@ impl EmbeddedOptions {
             callbacks: CallbackServing::Loopback,
             provider: NodeProvider::Local,
             credential_key: None,
+            local_root: None,
             provider_factory: None,
             agent_credentials: agent_credentials_from(|name| std::env::var(name).ok()),
             cloud_boot: None,
@@ -584,7 +588,17 @@ impl Embedded {
             CallbackServing::External(url) => (None, url.clone()),
         };
 
-        let keys = FileNodeKeys::new(data_dir.join("node-keys"))?;
+        // With a credential key, node keys live in the store (every server on the
+        // database reads them); the files keep serving nodes booted before.
+        let files = FileNodeKeys::new(data_dir.join("node-keys"))?;
+        let keys: Arc<dyn sam_agent::NodeKeys> = match &options.credential_key {
+            Some(key) => Arc::new(sam_agent::StoreNodeKeys::new(
+                Arc::clone(&store),
+                sam_core::CredentialCipher::new(key)?,
+                Some(files.clone()),
+            )),
+            None => Arc::new(files.clone()),
+        };
         let workspaces_dir = data_dir.join("workspaces");
         let (provider, boot, node_agent) = match &options.provider {
             NodeProvider::Local => local_parts(&options, &data_dir, &url, &keys)?,
@@ -611,7 +625,12 @@ impl Embedded {
                 providers: vec![Arc::clone(&provider)],
                 scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
                 node_agent,
-                boot: Arc::new(KeyedBoot::new(boot, keys)),
+                // The control plane keeps node keys in the store itself when it
+                // has a credential key; otherwise they are kept in files here.
+                boot: match &options.credential_key {
+                    Some(_) => boot,
+                    None => Arc::new(KeyedBoot::new(boot, files)),
+                },
                 signer: token_signer(store.as_ref(), options.credential_key.as_ref(), &data_dir)
                     .await?,
                 clock: Arc::new(TokioClock::new()),
@@ -680,10 +699,10 @@ type ProviderParts = (
 /// Reaches the nodes' agents at their provider address on `port`, with the keys.
 fn http_node_agent(
     provider: &Arc<dyn Provider>,
-    keys: &FileNodeKeys,
+    keys: &Arc<dyn sam_agent::NodeKeys>,
     port: u16,
 ) -> anyhow::Result<HttpNodeAgent> {
-    let directory = ProviderNodeDirectory::new([Arc::clone(provider)], keys.clone(), port);
+    let directory = ProviderNodeDirectory::new([Arc::clone(provider)], Arc::clone(keys), port);
     Ok(HttpNodeAgent::new(
         Arc::new(directory),
         HttpNodeAgentConfig {
@@ -696,7 +715,7 @@ fn http_node_agent(
 fn cloud_parts(
     provider: &Arc<dyn Provider>,
     url: &url::Url,
-    keys: &FileNodeKeys,
+    keys: &Arc<dyn sam_agent::NodeKeys>,
     template: Option<&sam_cloudinit::CloudInitBoot>,
 ) -> anyhow::Result<ProviderParts> {
     let port = sam_agent::node_config::DEFAULT_PORT;
@@ -724,7 +743,7 @@ fn qemu_parts(
     nodes: &QemuNodes,
     data_dir: &Path,
     url: &url::Url,
-    keys: &FileNodeKeys,
+    keys: &Arc<dyn sam_agent::NodeKeys>,
     template: Option<&sam_cloudinit::CloudInitBoot>,
 ) -> anyhow::Result<ProviderParts> {
     let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback());
@@ -762,9 +781,13 @@ fn local_parts(
     options: &EmbeddedOptions,
     data_dir: &Path,
     url: &url::Url,
-    keys: &FileNodeKeys,
+    keys: &Arc<dyn sam_agent::NodeKeys>,
 ) -> anyhow::Result<ProviderParts> {
-    let mut local = LocalConfig::new(data_dir.join(LOCAL_DIR), &options.vm_agent.program);
+    let root = options
+        .local_root
+        .clone()
+        .unwrap_or_else(|| data_dir.join(LOCAL_DIR));
+    let mut local = LocalConfig::new(root, &options.vm_agent.program);
     local.args = options.vm_agent.args.clone();
     let provider: Arc<dyn Provider> = Arc::new(LocalProvider::new(local)?);
 

@@ -130,6 +130,7 @@ impl ServerOptions {
         if let crate::embedded::NodeProvider::Qemu(nodes) = &mut embedded.provider {
             nodes.apt_proxy_port = config.qemu_apt_proxy_port;
         }
+        embedded.local_root.clone_from(&config.local_root);
         embedded.database_url = config.database_url.clone();
         embedded.database_schema = config.database_schema.clone();
         embedded.agent_command = config.agent_command.clone();

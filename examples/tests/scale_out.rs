@@ -1,5 +1,7 @@
 //! Two `sam-server` processes share one PostgreSQL database (a fresh schema) and one
-//! local provider (real `sam-vm-agent` nodes, real demo agents) and drive 500 tasks,
+//! local provider (real `sam-vm-agent` nodes, real demo agents), and nothing else:
+//! each has its own data directory, and both have the same credential key, so the
+//! signing key and the node keys they share live in the database. They drive 500 tasks,
 //! submitted through both APIs with a bounded number in flight. One server is killed
 //! with SIGKILL while it holds leases on tasks; the survivor takes those tasks over
 //! once their leases expire, and every task completes exactly once: one transition to
@@ -66,18 +68,25 @@ async fn balancer(backends: [u16; 2]) -> u16 {
     port
 }
 
-/// A server on `port` with the shared data directory and database, whose nodes call
-/// back through the balancer at `public`, logging to `log`.
+/// The credential key both servers are given (base64 of 32 bytes).
+const CREDENTIAL_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+/// A server on `port` with its own data directory `data`, the shared database and
+/// the shared local fleet at `fleet`, whose nodes call back through the balancer at
+/// `public`, logging to `log`.
 async fn start(
     port: u16,
     public: &str,
     data: &Path,
+    fleet: &Path,
     url: &str,
     schema: &str,
     log: &Path,
 ) -> ServerProcess {
     let lease = LEASE.as_secs().to_string();
     let poll = POLL.as_millis().to_string();
+    std::fs::create_dir_all(data).expect("a data directory");
+    let fleet = fleet.display().to_string();
     let mut command = server_command(
         data,
         port,
@@ -86,6 +95,8 @@ async fn start(
             ("SAM_DATABASE_URL", url),
             ("SAM_LEASE_SECS", &lease),
             ("SAM_POLL_INTERVAL_MS", &poll),
+            ("SAM_LOCAL_ROOT", &fleet),
+            ("SAM_CREDENTIAL_KEY", CREDENTIAL_KEY),
         ],
     );
     let log = std::fs::File::create(log).expect("a log file");
@@ -150,20 +161,41 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
         .unwrap_or(500);
     let schema = fresh_schema("sam_scale");
     let repo = repo();
-    // The servers' logs and the data directory (with the nodes' logs) stay for a
-    // look after a failure.
+    // The servers' logs, their data directories and the fleet (with the nodes' logs)
+    // stay for a look after a failure.
     let logs = tempfile::Builder::new()
         .prefix("scale-out-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap()
         .keep();
-    let data = logs.join("data");
-    std::fs::create_dir(&data).unwrap();
-    let stop_nodes = StopNodes(data.clone());
+    // StopNodes stops the nodes of `<dir>/local`: the fleet is that directory.
+    let shared = logs.join("shared");
+    let fleet = shared.join("local");
+    std::fs::create_dir_all(&fleet).unwrap();
+    let stop_nodes = StopNodes(shared.clone());
     let ports = [free_port(), free_port()];
     let public = format!("http://127.0.0.1:{}/", balancer(ports).await);
-    let mut a = start(ports[0], &public, &data, &url, &schema, &logs.join("a.log")).await;
-    let b = start(ports[1], &public, &data, &url, &schema, &logs.join("b.log")).await;
+    let (data_a, data_b) = (logs.join("data-a"), logs.join("data-b"));
+    let mut a = start(
+        ports[0],
+        &public,
+        &data_a,
+        &fleet,
+        &url,
+        &schema,
+        &logs.join("a.log"),
+    )
+    .await;
+    let b = start(
+        ports[1],
+        &public,
+        &data_b,
+        &fleet,
+        &url,
+        &schema,
+        &logs.join("b.log"),
+    )
+    .await;
     let owner_a = format!("sam-{}", a.pid());
     let owner_b = format!("sam-{}", b.pid());
     let store: Arc<dyn Store> = Arc::new(
@@ -303,11 +335,9 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
         "a task got two workspaces"
     );
     // Every VM the provider runs belongs to a recorded node, one VM per node.
-    let provider = sam_providers::LocalProvider::new(sam_providers::LocalConfig::new(
-        data.join("local"),
-        "unused",
-    ))
-    .unwrap();
+    let provider =
+        sam_providers::LocalProvider::new(sam_providers::LocalConfig::new(&fleet, "unused"))
+            .unwrap();
     let vms = provider.list_vms(&Labels::new()).await.unwrap();
     let recorded: BTreeSet<_> = nodes.iter().filter_map(|n| n.vm_id.clone()).collect();
     let mut per_node: HashMap<String, usize> = HashMap::new();
@@ -320,6 +350,20 @@ async fn two_servers_drive_every_task_exactly_once_through_a_sigkill() {
         per_node.values().all(|n| *n == 1),
         "two VMs carry one node's labels"
     );
+
+    // The servers shared nothing but the database: no signing key and no node key in
+    // either data directory.
+    for data in [&data_a, &data_b] {
+        assert!(
+            !data.join("signing-key").exists(),
+            "{} holds a signing key",
+            data.display()
+        );
+        let node_keys = std::fs::read_dir(data.join("node-keys"))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        assert_eq!(node_keys, 0, "{} holds node keys", data.display());
+    }
 
     // The survivor took over what the dead server held, within the lease (plus slack).
     let killed_at = killed_at.expect("server A was killed while holding leases");

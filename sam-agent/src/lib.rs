@@ -122,7 +122,7 @@ pub use error::{Error, Result};
 pub use events::{EventLog, MemoryEventLog, SqliteEventLog};
 pub use node_agent::{
     FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, NodeDirectory, NodeEndpoint,
-    ProviderNodeDirectory, StaticNodeDirectory,
+    NodeKeys, ProviderNodeDirectory, StaticNodeDirectory, StoreNodeKeys,
 };
 pub use node_config::{LocalBoot, NodeConfig, NodeRuntime};
 pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};

@@ -491,6 +491,82 @@ impl FileNodeKeys {
     }
 }
 
+/// Where a control plane finds the boot token each node was booted with (its
+/// management key): files ([`FileNodeKeys`]) or the store ([`StoreNodeKeys`]).
+#[async_trait]
+pub trait NodeKeys: Send + Sync + std::fmt::Debug {
+    /// `node`'s boot token, if one was kept.
+    ///
+    /// # Errors
+    /// When the keys cannot be read or opened.
+    async fn node_key(&self, node: &NodeId) -> crate::Result<Option<Secret>>;
+}
+
+#[async_trait]
+impl NodeKeys for FileNodeKeys {
+    async fn node_key(&self, node: &NodeId) -> crate::Result<Option<Secret>> {
+        self.get(node)
+    }
+}
+
+/// Node keys kept in the store, sealed with the credential key, as the control
+/// plane writes them when it creates a node with one: every control plane on the
+/// database reads them. A node booted before (its key only in a file) is found in
+/// `files`.
+#[derive(Debug, Clone)]
+pub struct StoreNodeKeys {
+    store: Arc<dyn sam_core::Store>,
+    cipher: sam_core::CredentialCipher,
+    files: Option<FileNodeKeys>,
+}
+
+impl StoreNodeKeys {
+    /// Keys in `store`, opened with `cipher`; `files` for nodes booted before.
+    pub fn new(
+        store: Arc<dyn sam_core::Store>,
+        cipher: sam_core::CredentialCipher,
+        files: Option<FileNodeKeys>,
+    ) -> Self {
+        Self {
+            store,
+            cipher,
+            files,
+        }
+    }
+}
+
+#[async_trait]
+impl NodeKeys for StoreNodeKeys {
+    async fn node_key(&self, node: &NodeId) -> crate::Result<Option<Secret>> {
+        let purpose = sam_core::KeyPurpose::Node;
+        let failed = |reason: String| crate::Error::InvalidConfig {
+            field: "node_keys".to_owned(),
+            reason,
+        };
+        let stored = self
+            .store
+            .get_key(purpose, node.as_str())
+            .await
+            .map_err(|e| failed(format!("reading the key of node {node}: {e}")))?;
+        match stored {
+            Some(key) => {
+                let context = sam_core::KeyRecord::context(purpose, &key.id);
+                let secret = self.cipher.open(&key.sealed, &context).map_err(|e| {
+                    failed(format!(
+                        "the key of node {node} does not open with this credential_key ({e}): \
+                         every server on one database needs the same credential_key"
+                    ))
+                })?;
+                Ok(Some(secret))
+            }
+            None => match &self.files {
+                Some(files) => files.get(node),
+                None => Ok(None),
+            },
+        }
+    }
+}
+
 /// A [`sam_core::BootRenderer`] that records each node's boot token in
 /// [`FileNodeKeys`] before the wrapped renderer puts it into the user data.
 #[derive(Debug, Clone)]
@@ -525,7 +601,7 @@ impl sam_core::BootRenderer for KeyedBoot {
 }
 
 /// A [`NodeDirectory`] that reaches a node at the address recorded when its VM ran
-/// ([`NodeRecord::address`]) and finds its management key in [`FileNodeKeys`].
+/// ([`NodeRecord::address`]) and finds its management key in [`NodeKeys`].
 /// Only a node without a recorded address (a row from before the address was kept)
 /// is looked up through its provider ([`sam_core::VmInstance::address`]), and only
 /// when it is in the platform's account: a node made with a user's or project's own
@@ -538,7 +614,7 @@ impl sam_core::BootRenderer for KeyedBoot {
 #[derive(Debug, Clone)]
 pub struct ProviderNodeDirectory {
     providers: HashMap<sam_core::ProviderKind, Arc<dyn sam_core::Provider>>,
-    keys: FileNodeKeys,
+    keys: Arc<dyn NodeKeys>,
     port: u16,
 }
 
@@ -546,7 +622,7 @@ impl ProviderNodeDirectory {
     /// A directory over `providers`, with agents on `port` unless the address says.
     pub fn new(
         providers: impl IntoIterator<Item = Arc<dyn sam_core::Provider>>,
-        keys: FileNodeKeys,
+        keys: Arc<dyn NodeKeys>,
         port: u16,
     ) -> Self {
         Self {
@@ -595,7 +671,8 @@ impl NodeDirectory for ProviderNodeDirectory {
         };
         let key = self
             .keys
-            .get(&node.id)
+            .node_key(&node.id)
+            .await
             .map_err(|e| failure(ErrorCategory::Unknown, &e.to_string()))?;
         let Some(management_key) = key else {
             return Err(failure(

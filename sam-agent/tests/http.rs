@@ -1408,7 +1408,7 @@ async fn a_node_is_reached_at_its_recorded_address() {
     let platform = Arc::new(FakeProvider::new());
     let directory = ProviderNodeDirectory::new(
         [Arc::clone(&platform) as Arc<dyn sam_core::Provider>],
-        keys.clone(),
+        Arc::new(keys.clone()),
         7000,
     );
     let mut owned = node("n-user");
@@ -1494,4 +1494,45 @@ fn a_node_keeps_its_first_key_when_created_again() {
         .user_data(&node("n-other"), &Secret::new("own-key"))
         .unwrap();
     assert_eq!(other, "token: own-key", "another node gets its own key");
+}
+
+/// Node keys in the store: a key the control plane kept opens with the credential
+/// key; a node booted before (its key only in a file) is found in the files; another
+/// credential key is refused, naming the setting.
+#[tokio::test]
+async fn node_keys_are_read_from_the_store_then_the_files() {
+    use sam_agent::{FileNodeKeys, NodeKeys, StoreNodeKeys};
+    use sam_core::{CredentialCipher, KeyPurpose, KeyRecord, Store};
+
+    let store: Arc<dyn Store> = Arc::new(sam_store::MemoryStore::new());
+    let key = Secret::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    let cipher = CredentialCipher::new(&key).unwrap();
+    let context = KeyRecord::context(KeyPurpose::Node, "n-new");
+    store
+        .put_key_if_absent(&KeyRecord {
+            id: "n-new".into(),
+            purpose: KeyPurpose::Node,
+            sealed: cipher.seal(&Secret::new("boot-token"), &context).unwrap(),
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let files = FileNodeKeys::new(dir.path().join("keys")).unwrap();
+    files
+        .put(&node("n-old").id, &Secret::new("old-token"))
+        .unwrap();
+    let keys = StoreNodeKeys::new(Arc::clone(&store), cipher, Some(files));
+    let read = |id: &'static str| {
+        let keys = keys.clone();
+        async move { keys.node_key(&node(id).id).await }
+    };
+    assert_eq!(read("n-new").await.unwrap().unwrap().expose(), "boot-token");
+    assert_eq!(read("n-old").await.unwrap().unwrap().expose(), "old-token");
+    assert!(read("n-none").await.unwrap().is_none());
+    let other = CredentialCipher::new(&Secret::new("AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="))
+        .unwrap();
+    let wrong = StoreNodeKeys::new(store, other, None);
+    let err = wrong.node_key(&node("n-new").id).await.unwrap_err();
+    assert!(err.to_string().contains("the same credential_key"), "{err}");
 }

@@ -22,10 +22,11 @@ use crate::provider::Provider;
 use crate::replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after_node_loss};
 use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
+use crate::secret::Secret;
 use crate::store::{
-    Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat,
-    NodeRecord, SlotOutcome, TaskError, TaskNotice, TaskRecord, TaskUpdate, Transition,
-    WorkspaceRecord, WorkspaceStatus,
+    KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome,
+    LeasedWrite, NodeBeat, NodeRecord, SlotOutcome, TaskError, TaskNotice, TaskRecord, TaskUpdate,
+    Transition, WorkspaceRecord, WorkspaceStatus,
 };
 
 mod pipeline;
@@ -739,7 +740,7 @@ impl ControlPlane {
                 return Ok(Next::At(self.clock.now()));
             }
         }
-        let token = self.issue_node_token(&node.id);
+        let token = self.node_key(node).await?;
         let user_data = self
             .boot
             .user_data(node, &token)
@@ -765,6 +766,28 @@ impl ControlPlane {
             tracing::warn!(node = %node.id, error = %e, "could not record the VM id");
         }
         Ok(Next::At(self.clock.now()))
+    }
+
+    /// The token `node` boots with, which its VM agent keys its management tokens
+    /// with. With a credential key it is kept in the store, sealed, and made once:
+    /// a create made again for the node boots with the key a VM of the first may
+    /// already hold, and every control plane on the database reads it back.
+    /// Without one, a new token is issued (the caller's boot renderer keeps it).
+    async fn node_key(&self, node: &NodeRecord) -> Result<Secret, Error> {
+        let token = self.issue_node_token(&node.id);
+        let Some(cipher) = &self.cipher else {
+            return Ok(token);
+        };
+        let id = node.id.to_string();
+        let context = KeyRecord::context(KeyPurpose::Node, &id);
+        let record = KeyRecord {
+            sealed: cipher.seal(&token, &context)?,
+            id,
+            purpose: KeyPurpose::Node,
+            created_at: self.clock.now(),
+        };
+        let stored = self.store.put_key_if_absent(&record).await?;
+        Ok(cipher.open(&stored.sealed, &context)?)
     }
 
     /// Shows the user that the task runs on a smaller size than it asked for. Called

@@ -657,6 +657,9 @@ pub use crate::api_token::ApiTokenRecord;
 pub enum KeyPurpose {
     /// Signs the tokens the control plane issues ([`crate::TokenSigner`]).
     Signing,
+    /// A node's boot token, which its VM agent keys its management tokens with;
+    /// the key's id is the node's.
+    Node,
 }
 
 impl KeyPurpose {
@@ -664,6 +667,7 @@ impl KeyPurpose {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Signing => "signing",
+            Self::Node => "node",
         }
     }
 }
@@ -723,6 +727,7 @@ impl KeyRecord {
 ///   otherwise leaves the stored one, and returns the key stored under the id either
 ///   way, so control planes starting at once on one database agree on it;
 ///   `list_keys` returns the keys of a purpose ordered by `(created_at, id)`.
+///   Deleting a node (`delete_node`, or a leased `DeleteNode`) deletes its `node` key.
 /// - **Notices are kept in order**: `add_task_notice` (and a leased `Notice`) numbers
 ///   a task's notices 1, 2, … in the order written, and `list_task_notices` returns
 ///   them in that order.
@@ -893,6 +898,13 @@ pub trait Store: Send + Sync + Debug {
     /// # Errors
     /// Backend or decoding failures.
     async fn put_key_if_absent(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError>;
+
+    /// The key of `purpose` with `id`.
+    ///
+    /// # Errors
+    /// Backend or decoding failures.
+    async fn get_key(&self, purpose: KeyPurpose, id: &str)
+    -> Result<Option<KeyRecord>, StoreError>;
 
     /// The keys of `purpose`, ordered by `(created_at, id)`.
     ///

@@ -2144,3 +2144,75 @@ async fn a_task_on_a_replacement_node_gets_its_whole_boot_time_before_the_stuck_
         "the run outlasted the plain stuck-queued threshold ({took:?}), so the test shows something"
     );
 }
+
+/// With a credential key, a node's boot token is kept in the store, sealed, and made
+/// once: a create made again for the node (its first never reached the provider)
+/// boots with the same token, and the key goes with the node's row.
+#[tokio::test(start_paused = true)]
+async fn a_node_boots_with_one_key_kept_sealed_in_the_store() {
+    use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent};
+    use sam_core::{BootRenderer, KeyPurpose, NodeRecord};
+
+    /// Records the token of every rendering, by node.
+    #[derive(Debug, Default)]
+    struct TokenBoot(std::sync::Mutex<Vec<(String, String)>>);
+    impl BootRenderer for TokenBoot {
+        fn user_data(&self, node: &NodeRecord, token: &Secret) -> Result<String, sam_core::Error> {
+            let mut seen = self.0.lock().unwrap();
+            seen.push((node.id.to_string(), token.expose().to_owned()));
+            Ok(format!("#cloud-config\nhostname: {}\n", node.id))
+        }
+    }
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let provider = Arc::new(FakeProvider::new());
+    provider.script(
+        FakeOp::CreateVm,
+        [FakeOutcome::Fail(ErrorCategory::Transient)],
+    );
+    let boot = Arc::new(TokenBoot::default());
+    let mut config = config("d1");
+    config.credential_key = Some(Secret::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="));
+    let cp = ControlPlane::new(
+        sam_core::ControlPlaneParts {
+            scheduler: Arc::new(sam_core::DefaultScheduler::new(Arc::clone(&store))),
+            store: Arc::clone(&store),
+            providers: vec![Arc::clone(&provider) as Arc<dyn Provider>],
+            node_agent: Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+            boot: Arc::clone(&boot) as Arc<dyn BootRenderer>,
+            signer: TokenSigner::new(Secret::new("k".repeat(32)), "sam").unwrap(),
+            clock: Arc::new(TokioClock::new()),
+        },
+        config,
+    )
+    .unwrap();
+    let h = Harness {
+        cp,
+        store: Arc::clone(&store),
+        provider,
+        agent: Arc::new(FakeNodeAgent::new(FakeAgentScript::default())),
+    };
+    let id = h.cp.submit(&request(&[])).await.unwrap();
+    let task = h.run(&id, HOUR).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    let rendered = boot.0.lock().unwrap().clone();
+    assert_eq!(rendered.len(), 2, "the create was made twice: {rendered:?}");
+    assert_eq!(rendered[0], rendered[1], "the node kept its first key");
+    let (node, token) = &rendered[0];
+    let stored = store
+        .get_key(KeyPurpose::Node, node)
+        .await
+        .unwrap()
+        .expect("the key is kept in the store");
+    assert!(
+        !stored.sealed.as_str().contains(token.as_str()),
+        "the key is stored sealed"
+    );
+    h.cp.verify_node_token(token, &sam_core::NodeId::new(node.clone()).unwrap())
+        .expect("the kept key is a token of this node");
+    store
+        .delete_node(&sam_core::NodeId::new(node.clone()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(store.get_key(KeyPurpose::Node, node).await.unwrap(), None);
+}

@@ -198,6 +198,13 @@ impl State {
     }
 
     fn delete_node(&mut self, id: &NodeId) {
+        if self
+            .keys
+            .get(id.as_str())
+            .is_some_and(|k| k.purpose == KeyPurpose::Node)
+        {
+            self.keys.remove(id.as_str());
+        }
         self.nodes.remove(id);
         self.warm.remove(id);
     }
@@ -416,6 +423,19 @@ impl Store for MemoryStore {
             .entry(key.id.clone())
             .or_insert_with(|| key.clone())
             .clone())
+    }
+
+    async fn get_key(
+        &self,
+        purpose: KeyPurpose,
+        id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self
+            .state()
+            .keys
+            .get(id)
+            .filter(|k| k.purpose == purpose)
+            .cloned())
     }
 
     async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError> {

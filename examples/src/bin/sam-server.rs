@@ -105,6 +105,11 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     node_agents: Option<Vec<String>>,
+    /// With the local provider: where it keeps its nodes, shared by servers that
+    /// share a local fleet with separate data directories [default: DATA_DIR/local].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_root: Option<PathBuf>,
     /// With --provider qemu: the directory of the base image its VMs boot from
     /// (`sam image build` prints it) [default: the default image in the user's cache].
     #[arg(long)]

@@ -1169,9 +1169,48 @@ pub async fn a_key_is_written_once(store: &dyn Store) {
     store.put_key_if_absent(&second).await.unwrap();
     assert_eq!(
         store.list_keys(KeyPurpose::Signing).await.unwrap(),
-        [first, second],
+        [first.clone(), second],
         "keys are listed by (created_at, id)"
     );
+    assert_eq!(
+        store
+            .get_key(KeyPurpose::Signing, "signing-1")
+            .await
+            .unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        store.get_key(KeyPurpose::Node, "signing-1").await.unwrap(),
+        None,
+        "a key is read for its purpose only"
+    );
+    // A node's key goes with its row, directly or under a lease.
+    for (id, leased) in [("n-1", false), ("n-2", true)] {
+        put(store, node(id, 1)).await;
+        let node_key = KeyRecord {
+            purpose: KeyPurpose::Node,
+            ..key(id, "v1:gggg:hhhh", 30)
+        };
+        store.put_key_if_absent(&node_key).await.unwrap();
+        assert!(store.get_key(KeyPurpose::Node, id).await.unwrap().is_some());
+        if leased {
+            create(store, due_task("t-1", 1, 10)).await;
+            claim(store, "a", 100, 1).await;
+            let writes = [crate::store::LeasedWrite::DeleteNode(node_id(id))];
+            store
+                .write_leased(&held("a", "t-1", 1), at(101), &writes)
+                .await
+                .unwrap();
+        } else {
+            store.delete_node(&node_id(id)).await.unwrap();
+        }
+        assert_eq!(
+            store.get_key(KeyPurpose::Node, id).await.unwrap(),
+            None,
+            "deleting node {id} deletes its key"
+        );
+    }
+    assert_eq!(store.list_keys(KeyPurpose::Signing).await.unwrap().len(), 2);
 }
 
 /// A release naming an epoch the row no longer has writes nothing.

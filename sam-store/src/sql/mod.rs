@@ -691,6 +691,12 @@ impl<D: Dialect> SqlStore<D> {
         check_lease(&state, lease, at)?;
         let mut outcome = LeasedOutcome::default();
         for write in writes {
+            if let LeasedWrite::DeleteNode(node) = write {
+                Self::delete_node_key_query(node)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(Self::db(context))?;
+            }
             let q = match write {
                 LeasedWrite::Renew { until } => {
                     query("UPDATE tasks SET lease_expires_at = $1 WHERE id = $2")
@@ -729,6 +735,11 @@ impl<D: Dialect> SqlStore<D> {
             .await
             .map_err(Self::db("writing a node"))?;
         Ok(())
+    }
+
+    /// The delete of a node's key, which goes with its row.
+    fn delete_node_key_query(node: &NodeId) -> AnyQuery<'static> {
+        query("DELETE FROM keys WHERE purpose = 'node' AND id = $1").bind(node.to_string())
     }
 
     /// The insert of a task's next notice, numbered after its last.
@@ -1357,6 +1368,19 @@ impl<D: Dialect> Store for SqlStore<D> {
         Ok(rows::key(&stored)?)
     }
 
+    async fn get_key(
+        &self,
+        purpose: KeyPurpose,
+        id: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let q = query(
+            "SELECT id, purpose, sealed, created_at FROM keys WHERE purpose = $1 AND id = $2",
+        )
+        .bind(purpose.as_str().to_owned())
+        .bind(id.to_owned());
+        Ok(self.fetch_optional(q, rows::key, "reading a key").await?)
+    }
+
     async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError> {
         let q = query(
             "SELECT id, purpose, sealed, created_at FROM keys WHERE purpose = $1 \
@@ -1400,11 +1424,15 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        query("DELETE FROM nodes WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&self.writer)
-            .await
-            .map_err(Self::db("deleting a node"))?;
+        let context = "deleting a node";
+        let mut tx = self.begin(context).await?;
+        for q in [
+            Self::delete_node_key_query(id),
+            query("DELETE FROM nodes WHERE id = $1").bind(id.to_string()),
+        ] {
+            q.execute(&mut *tx).await.map_err(Self::db(context))?;
+        }
+        Self::commit(tx, context).await?;
         Ok(())
     }
 
