@@ -408,6 +408,14 @@ const TOKEN_AUDIENCE: &str = "sam-control-plane";
 /// The id of the first signing key kept in the store.
 pub const FIRST_SIGNING_KEY: &str = "signing-1";
 
+/// How often a server reads the signing keys again, to pick up a rotation.
+pub const SIGNING_KEYS_RELOAD: Duration = Duration::from_secs(30);
+
+/// How long a new signing key only verifies before servers sign with it: long
+/// enough for every server to have read it ([`SIGNING_KEYS_RELOAD`], with margin),
+/// so no server meets a token signed with a key it has not read yet.
+pub const SIGNING_KEY_ACTIVATION: Duration = Duration::from_secs(120);
+
 /// The control plane's token signer.
 ///
 /// With a credential key, the signing keys live in the store, sealed with it, so
@@ -450,6 +458,17 @@ pub async fn token_signer(
         store.put_key_if_absent(&record).await?;
         keys = store.list_keys(purpose).await?;
     }
+    open_signing_keys(&cipher, keys)
+}
+
+/// A signer over the stored signing `keys` (oldest first), signing with the one
+/// [`sam_core::active_key`] picks now.
+fn open_signing_keys(
+    cipher: &sam_core::CredentialCipher,
+    keys: Vec<sam_core::KeyRecord>,
+) -> anyhow::Result<TokenSigner> {
+    let created: Vec<_> = keys.iter().map(|k| k.created_at).collect();
+    let active = sam_core::active_key(&created, chrono::Utc::now(), SIGNING_KEY_ACTIVATION);
     let mut opened = Vec::with_capacity(keys.len());
     for key in keys {
         let context = sam_core::KeyRecord::context(key.purpose, &key.id);
@@ -463,7 +482,81 @@ pub async fn token_signer(
         sam_core::secret::register(secret.expose());
         opened.push((key.id, secret));
     }
-    Ok(TokenSigner::with_keys(opened, TOKEN_AUDIENCE)?)
+    let signing = opened[active].0.clone();
+    Ok(TokenSigner::with_keys(opened, TOKEN_AUDIENCE)?.signing_with(&signing)?)
+}
+
+/// Reads the signing keys again and gives them to `control_plane` when they
+/// changed (a rotation), or when a new key's activation came.
+async fn reload_signing_keys(
+    control_plane: &ControlPlane,
+    store: &dyn Store,
+    cipher: &sam_core::CredentialCipher,
+) -> anyhow::Result<()> {
+    let keys = store.list_keys(sam_core::KeyPurpose::Signing).await?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let signer = open_signing_keys(cipher, keys)?;
+    let now = (
+        signer
+            .key_ids()
+            .into_iter()
+            .map(|id| id.map(str::to_owned))
+            .collect::<Vec<_>>(),
+        signer.signing_key_id().map(str::to_owned),
+    );
+    if control_plane.signer_keys() != now {
+        tracing::info!(keys = ?now.0, signing = ?now.1, "the signing keys changed; using them");
+        control_plane.replace_signer(signer);
+    }
+    Ok(())
+}
+
+/// Adds a signing key to the store, sealed with `credential_key`, and returns it.
+/// Every server reads it within [`SIGNING_KEYS_RELOAD`] and signs with it once it is
+/// [`SIGNING_KEY_ACTIVATION`] old; tokens signed with older keys verify until they
+/// expire (at most [`sam_core::MAX_TOKEN_TTL`]).
+///
+/// # Errors
+/// A credential key that does not open the stored keys, or store failures.
+pub async fn rotate_signing_key(
+    store: &dyn Store,
+    credential_key: &Secret,
+) -> anyhow::Result<sam_core::KeyRecord> {
+    let cipher = sam_core::CredentialCipher::new(credential_key)?;
+    let purpose = sam_core::KeyPurpose::Signing;
+    let keys = store.list_keys(purpose).await?;
+    // The stored keys must open with this credential key: a rotation made with
+    // another would add a key no server can read.
+    for key in &keys {
+        cipher
+            .open(&key.sealed, &sam_core::KeyRecord::context(purpose, &key.id))
+            .with_context(|| {
+                format!(
+                    "the signing key {} does not open with this credential_key; rotate with \
+                     the servers' credential_key",
+                    key.id
+                )
+            })?;
+    }
+    let next = keys
+        .iter()
+        .filter_map(|k| k.id.strip_prefix("signing-")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let id = format!("signing-{next}");
+    let record = sam_core::KeyRecord {
+        sealed: cipher.seal(
+            &random_secret(32)?,
+            &sam_core::KeyRecord::context(purpose, &id),
+        )?,
+        id,
+        purpose,
+        created_at: chrono::Utc::now(),
+    };
+    Ok(store.put_key_if_absent(&record).await?)
 }
 
 /// `bytes` random bytes from the kernel, in hex.
@@ -646,6 +739,29 @@ impl Embedded {
             let _ = rx.wait_for(|s| *s).await;
         };
         let mut tasks = Vec::new();
+        if let Some(key) = &options.credential_key {
+            // A rotation made by `sam-server keys rotate` reaches this server here.
+            let cipher = sam_core::CredentialCipher::new(key)?;
+            let cp = control_plane.clone();
+            let store = Arc::clone(&store);
+            let shutdown = until(stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                tokio::pin!(shutdown);
+                let mut every = tokio::time::interval(SIGNING_KEYS_RELOAD);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        _ = every.tick() => {
+                            if let Err(e) = reload_signing_keys(&cp, store.as_ref(), &cipher).await {
+                                tracing::warn!(error = %format!("{e:#}"), "could not read the signing keys; keeping the ones in use");
+                            }
+                        }
+                    }
+                }
+            }));
+        }
         if let Some(listener) = listener {
             let router = sam_agent::callback_router(control_plane.clone());
             let shutdown = until(stopped.clone());
@@ -992,6 +1108,71 @@ mod tests {
         let alone = token_signer(store.as_ref(), None, b.path()).await.unwrap();
         assert_eq!(alone.signing_key_id(), None);
         assert!(b.path().join("signing-key").exists());
+    }
+
+    /// A rotation adds a key that every server verifies at once and signs with only
+    /// once it is old enough; a rotation with another credential key is refused.
+    #[tokio::test]
+    async fn a_rotated_key_verifies_at_once_and_signs_once_active() {
+        use sam_core::{KeyPurpose, TokenScope};
+        let store: Arc<dyn Store> = Arc::new(sam_store::MemoryStore::new());
+        let dir = tempfile::tempdir().unwrap();
+        let credential_key = Secret::new("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+        let first = token_signer(store.as_ref(), Some(&credential_key), dir.path())
+            .await
+            .unwrap();
+        let added = rotate_signing_key(store.as_ref(), &credential_key)
+            .await
+            .unwrap();
+        assert_eq!(added.id, "signing-2");
+        let now = chrono::Utc::now();
+        let ttl = Duration::from_secs(3600);
+        let reloaded = token_signer(store.as_ref(), Some(&credential_key), dir.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            reloaded.signing_key_id(),
+            Some(FIRST_SIGNING_KEY),
+            "a new key does not sign before its activation"
+        );
+        let new_token = reloaded.clone().signing_with("signing-2").unwrap().issue(
+            TokenScope::Node,
+            "n-1",
+            now,
+            ttl,
+        );
+        reloaded
+            .verify(new_token.expose(), TokenScope::Node, "n-1", now)
+            .expect("every server verifies the new key at once");
+        let old_token = first.issue(TokenScope::Node, "n-1", now, ttl);
+        // A key made long enough ago signs; the earlier ones still verify.
+        let cipher = sam_core::CredentialCipher::new(&credential_key).unwrap();
+        let context = sam_core::KeyRecord::context(KeyPurpose::Signing, "signing-3");
+        store
+            .put_key_if_absent(&sam_core::KeyRecord {
+                id: "signing-3".into(),
+                purpose: KeyPurpose::Signing,
+                sealed: cipher.seal(&Secret::new("c".repeat(64)), &context).unwrap(),
+                created_at: now - chrono::Duration::minutes(10),
+            })
+            .await
+            .unwrap();
+        let later = token_signer(store.as_ref(), Some(&credential_key), dir.path())
+            .await
+            .unwrap();
+        assert_eq!(later.signing_key_id(), Some("signing-3"));
+        later
+            .verify(old_token.expose(), TokenScope::Node, "n-1", now)
+            .expect("tokens of earlier keys verify until they expire");
+        let other = Secret::new("AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+        let refused = rotate_signing_key(store.as_ref(), &other)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("does not open with this credential_key"),
+            "{refused:#}"
+        );
+        assert_eq!(store.list_keys(KeyPurpose::Signing).await.unwrap().len(), 3);
     }
 
     /// A bare QEMU image leaves out exactly what the boot installs.

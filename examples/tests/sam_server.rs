@@ -233,7 +233,7 @@ async fn a_lone_sam_server_runs_its_own_helper_roles() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["tokens", "help"], "{help}");
+    assert_eq!(commands, ["tokens", "keys", "help"], "{help}");
     let credential = std::process::Command::new(&lone)
         .args(["git-credential", "store"])
         .stdin(std::process::Stdio::null())
@@ -1274,5 +1274,61 @@ async fn a_warm_node_whose_agent_died_hands_the_next_task_to_a_new_node() {
         (status, &body["category"]),
         (401, &json!("auth_error")),
         "{body}"
+    );
+}
+
+/// `sam-server keys` rotates and lists the signing keys kept in the database, and
+/// says why it cannot without a credential key.
+#[test]
+fn signing_keys_are_rotated_and_listed_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+        command
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("keys")
+            .args(args);
+        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_")) {
+            command.env_remove(name);
+        }
+        if let Some(key) = key {
+            command.env("SAM_CREDENTIAL_KEY", key);
+        }
+        let output = command.output().expect("sam-server runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let key = Some("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    let (ok, _, err) = run(&["rotate"], None);
+    assert!(!ok);
+    assert!(err.contains("only with a credential_key"), "{err}");
+    for expected in ["signing-1", "signing-2"] {
+        let (ok, out, err) = run(&["rotate"], key);
+        assert!(ok, "{err}");
+        assert!(
+            out.starts_with(&format!("added {expected}: servers sign with it from ")),
+            "{out}"
+        );
+    }
+    let (ok, out, err) = run(&["list"], key);
+    assert!(ok, "{err}");
+    let ids: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids, ["signing-1", "signing-2"], "{out}");
+    let (ok, _, err) = run(
+        &["rotate"],
+        Some("AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("does not open with this credential_key"),
+        "{err}"
     );
 }

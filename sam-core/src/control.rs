@@ -399,7 +399,9 @@ pub struct ControlPlane {
     pub(crate) scheduler: Arc<dyn Scheduler>,
     pub(crate) node_agent: Arc<dyn NodeAgent>,
     pub(crate) boot: Arc<dyn BootRenderer>,
-    pub(crate) signer: TokenSigner,
+    /// Shared by clones, and replaced when the signing keys change
+    /// ([`ControlPlane::replace_signer`]).
+    pub(crate) signer: Arc<std::sync::RwLock<TokenSigner>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: ControlPlaneConfig,
     pub(crate) events: broadcast::Sender<TaskEvent>,
@@ -497,7 +499,7 @@ impl ControlPlane {
             scheduler: parts.scheduler,
             node_agent: parts.node_agent,
             boot: parts.boot,
-            signer: parts.signer,
+            signer: Arc::new(std::sync::RwLock::new(parts.signer)),
             clock: parts.clock,
             seeded: config
                 .random_seed
@@ -1072,8 +1074,31 @@ impl ControlPlane {
         }
     }
 
+    /// The token signer in use.
+    fn signer(&self) -> std::sync::RwLockReadGuard<'_, TokenSigner> {
+        // A panic while replacing it leaves a whole signer: keep using it.
+        self.signer.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the token signer, for every clone of this control plane: a server
+    /// that read new signing keys (a rotation) signs and verifies with them from now.
+    pub fn replace_signer(&self, signer: TokenSigner) {
+        *self.signer.write().unwrap_or_else(|e| e.into_inner()) = signer;
+    }
+
+    /// The ids of the keys the signer verifies with, and of the one that signs.
+    pub fn signer_keys(&self) -> (Vec<Option<String>>, Option<String>) {
+        let signer = self.signer();
+        let ids = signer
+            .key_ids()
+            .into_iter()
+            .map(|id| id.map(str::to_owned))
+            .collect();
+        (ids, signer.signing_key_id().map(str::to_owned))
+    }
+
     fn verify(&self, token: &str, scope: TokenScope, subject: &str) -> Result<(), Error> {
-        self.signer
+        self.signer()
             .verify(token, scope, subject, self.clock.now())
             .map(|_| ())
             .map_err(|e: TokenError| Error::Unauthorized(e))
@@ -1122,7 +1147,7 @@ impl ControlPlane {
 
     /// Issues the node-scoped token a node boots with.
     pub fn issue_node_token(&self, node: &NodeId) -> Secret {
-        self.signer.issue(
+        self.signer().issue(
             TokenScope::Node,
             node.as_str(),
             self.clock.now(),
@@ -1132,7 +1157,7 @@ impl ControlPlane {
 
     /// Issues a workspace-scoped token.
     pub fn issue_workspace_token(&self, workspace: &WorkspaceId) -> Secret {
-        self.signer.issue(
+        self.signer().issue(
             TokenScope::Workspace,
             workspace.as_str(),
             self.clock.now(),
@@ -1265,7 +1290,7 @@ impl ControlPlane {
         metrics: &NodeMetrics,
     ) -> Result<HeartbeatReply, Error> {
         let claims = self
-            .signer
+            .signer()
             .verify(token, TokenScope::Node, node.as_str(), self.clock.now())
             .map_err(Error::Unauthorized)?;
         self.require_node(node).await?;

@@ -206,7 +206,7 @@ pub use store::{
 };
 pub use sweep::{KeptNode, SweepReport};
 pub use timeout::{DerivedTimeouts, LEASE_RENEWALS, STALE_HEARTBEATS, TimeoutPolicy};
-pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner};
+pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner, active_key};
 
 #[cfg(feature = "mock")]
 pub use node_agent::MockNodeAgent;

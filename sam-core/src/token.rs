@@ -112,9 +112,23 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Issues and verifies tokens for one audience, with one key or several.
 #[derive(Debug, Clone)]
 pub struct TokenSigner {
-    /// The keys by id, oldest first; the last one signs.
+    /// The keys by id, oldest first.
     keys: Vec<(Option<String>, Secret)>,
+    /// The one that signs: the last, unless [`TokenSigner::signing_with`] chose.
+    signing: usize,
     audience: String,
+}
+
+/// Which of several keys, made at `created` (oldest first), signs at `now`: the
+/// newest that is at least `activation` old, or the first. A new key is thus only
+/// verified for `activation`, long enough for every server to have read it,
+/// before any server signs with it.
+pub fn active_key(created: &[DateTime<Utc>], now: DateTime<Utc>, activation: Duration) -> usize {
+    let activation = chrono::Duration::from_std(activation).unwrap_or(chrono::Duration::MAX);
+    created
+        .iter()
+        .rposition(|made| now.signed_duration_since(*made) >= activation)
+        .unwrap_or(0)
 }
 
 impl TokenSigner {
@@ -171,12 +185,38 @@ impl TokenSigner {
                 reason: "must not be empty".to_owned(),
             });
         }
-        Ok(Self { keys, audience })
+        let signing = keys.len() - 1;
+        Ok(Self {
+            keys,
+            signing,
+            audience,
+        })
+    }
+
+    /// This signer, signing with the key `kid` (the others still verify).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] when it holds no key `kid`.
+    pub fn signing_with(mut self, kid: &str) -> Result<Self, crate::Error> {
+        self.signing = self
+            .keys
+            .iter()
+            .position(|(id, _)| id.as_deref() == Some(kid))
+            .ok_or_else(|| crate::Error::InvalidInput {
+                field: "token_key",
+                reason: format!("no key {kid:?} to sign with"),
+            })?;
+        Ok(self)
     }
 
     /// The id of the key that signs new tokens.
     pub fn signing_key_id(&self) -> Option<&str> {
-        self.keys.last().and_then(|(id, _)| id.as_deref())
+        self.keys[self.signing].0.as_deref()
+    }
+
+    /// The ids of every key it verifies with, oldest first.
+    pub fn key_ids(&self) -> Vec<Option<&str>> {
+        self.keys.iter().map(|(id, _)| id.as_deref()).collect()
     }
 
     /// The key named `kid`; a token that names none (issued before its signer had
@@ -224,7 +264,7 @@ impl TokenSigner {
     pub fn sign(&self, claims: &TokenClaims) -> Secret {
         let key = self
             .key(claims.kid.as_deref())
-            .unwrap_or_else(|| &self.keys[self.keys.len() - 1].1);
+            .unwrap_or_else(|| &self.keys[self.signing].1);
         let payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims always serialize"));
         let signature =
@@ -313,6 +353,37 @@ mod tests {
             expected,
             "token {token}"
         );
+    }
+
+    /// A new key only verifies until it is `activation` old; then it signs.
+    #[test]
+    fn a_new_key_signs_once_it_is_old_enough() {
+        let t = |secs: i64| now() + chrono::Duration::seconds(secs);
+        let activation = Duration::from_secs(120);
+        assert_eq!(
+            active_key(&[t(0)], t(0), activation),
+            0,
+            "the first key signs at once"
+        );
+        assert_eq!(active_key(&[t(0), t(100)], t(150), activation), 0);
+        assert_eq!(active_key(&[t(0), t(100)], t(220), activation), 1);
+        assert_eq!(active_key(&[t(0), t(100), t(300)], t(350), activation), 1);
+        assert_eq!(active_key(&[], t(0), activation), 0);
+        let key = |c: &str| Secret::new(c.repeat(32));
+        let signer = TokenSigner::with_keys(
+            vec![("k1".into(), key("a")), ("k2".into(), key("b"))],
+            "sam",
+        )
+        .unwrap()
+        .signing_with("k1")
+        .unwrap();
+        assert_eq!(signer.signing_key_id(), Some("k1"));
+        let token = signer.issue(TokenScope::Node, "n-1", now(), Duration::from_secs(60));
+        let claims = signer
+            .verify(token.expose(), TokenScope::Node, "n-1", now())
+            .unwrap();
+        assert_eq!(claims.kid.as_deref(), Some("k1"));
+        assert!(signer.signing_with("k9").is_err());
     }
 
     /// Several keys: the newest signs and names itself; tokens of an older key, and

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
 use sam_examples::config::ServerConfig;
@@ -192,6 +193,10 @@ enum Command {
     /// Create, list or revoke API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Rotate or list the keys that sign node and workspace tokens (kept in the
+    /// database when a credential key is configured).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// The helper roles the server's local nodes run when no `sam-vm-agent` or
     /// `sam-demo-agent` is installed beside it (`vm-agent`, `demo-agent`,
     /// `git-credential`), hidden.
@@ -220,6 +225,54 @@ enum TokensCommand {
         /// The token's id (`tok-…`, from `list`).
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a signing key: every server reads it within 30 s and signs with it two
+    /// minutes after it was made; tokens signed with earlier keys verify until they
+    /// expire (at most 24 h).
+    Rotate,
+    /// List the signing keys (never their values).
+    List,
+}
+
+/// Runs `sam-server keys …` against the configured store.
+async fn manage_keys(config: &ServerConfig, command: KeysCommand) -> anyhow::Result<()> {
+    use sam_examples::embedded::{SIGNING_KEY_ACTIVATION, rotate_signing_key};
+    let credential_key = config.credential_key.as_ref().context(
+        "signing keys live in the database only with a credential_key \
+         (SAM_CREDENTIAL_KEY); without one the key is the data directory's signing-key file",
+    )?;
+    let store = sam_examples::embedded::open_store(
+        &config.data_dir,
+        config.database_url.as_ref(),
+        config.database_schema.as_deref(),
+    )
+    .await?;
+    match command {
+        KeysCommand::Rotate => {
+            let key = rotate_signing_key(store.as_ref(), credential_key).await?;
+            let from = key.created_at
+                + chrono::Duration::from_std(SIGNING_KEY_ACTIVATION).unwrap_or_default();
+            println!(
+                "added {}: servers sign with it from {} on; tokens signed with earlier keys verify until they expire",
+                key.id,
+                from.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+        }
+        KeysCommand::List => {
+            println!("{:<12} created", "id");
+            for key in store.list_keys(sam_core::KeyPurpose::Signing).await? {
+                println!(
+                    "{:<12} {}",
+                    key.id,
+                    key.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One line of `tokens list`.
@@ -327,8 +380,13 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Tokens(command)) = cli.command {
-        return match manage_tokens(&config, command).await {
+    let managed = match cli.command {
+        Some(Command::Tokens(command)) => Some(manage_tokens(&config, command).await),
+        Some(Command::Keys(command)) => Some(manage_keys(&config, command).await),
+        _ => None,
+    };
+    if let Some(done) = managed {
+        return match done {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sam-server: {e:#}");
