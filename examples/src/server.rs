@@ -670,11 +670,13 @@ async fn request_id(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
+        let status = response.status().as_u16();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if routine_request(&path, status) {
+            tracing::debug!(status, elapsed_ms, "request");
+        } else {
+            tracing::info!(status, elapsed_ms, "request");
+        }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
@@ -1667,15 +1669,30 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber on stderr, filtered by `RUST_LOG`
 /// (default `info`).
 pub fn init_logs(format: LogFormat) {
+    init_logs_at(format, "info");
+}
+
+/// Installs the global tracing subscriber on stderr, filtered by `RUST_LOG`, else
+/// by `default` (`info`, `debug`, `warn`, …). Text is coloured only when stderr is
+/// a terminal, so a log file or a pipe gets plain lines.
+pub fn init_logs_at(format: LogFormat, default: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Whether a request is routine enough to log at DEBUG rather than INFO: a node's
+/// heartbeat that went through, which every node sends every few seconds.
+fn routine_request(path: &str, status: u16) -> bool {
+    path.starts_with("/v1/nodes/") && path.ends_with("/heartbeat") && status < 400
 }
 
 /// Runs the server until `shutdown` completes, then shuts it down gracefully.
@@ -1696,6 +1713,16 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Heartbeats that went through are routine; everything else, and a refused
+    /// heartbeat, is logged at INFO.
+    #[test]
+    fn only_accepted_heartbeats_are_routine() {
+        assert!(routine_request("/v1/nodes/n-1/heartbeat", 200));
+        assert!(!routine_request("/v1/nodes/n-1/heartbeat", 401));
+        assert!(!routine_request("/v1/nodes/n-1/ready", 200));
+        assert!(!routine_request("/v1/tasks", 202));
+    }
 
     #[test]
     fn a_boot_timeline_reads_as_one_line() {

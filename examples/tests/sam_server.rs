@@ -1332,3 +1332,34 @@ fn signing_keys_are_rotated_and_listed_from_the_command_line() {
         "{err}"
     );
 }
+
+/// A server that cannot start says why once, in its log on stderr, as plain text
+/// when stderr is not a terminal (no colour codes in a log file).
+#[test]
+fn a_fatal_error_is_logged_once_in_plain_text() {
+    let data = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+    command.arg("--data-dir").arg(data.path()).args([
+        "--provider",
+        "hetzner",
+        "--public-url",
+        "https://example.invalid",
+    ]);
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_") || k == "HCLOUD_TOKEN")
+    {
+        command.env_remove(name);
+    }
+    let output = command.output().expect("sam-server runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("HCLOUD_TOKEN is not set").count(),
+        1,
+        "the error is printed once: {stderr}"
+    );
+    assert!(stderr.contains("ERROR"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes when piped: {stderr:?}"
+    );
+}

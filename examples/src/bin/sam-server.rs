@@ -402,8 +402,8 @@ async fn main() -> ExitCode {
     match result.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once, through the logs (which go to stderr): plain or JSON as configured.
             tracing::error!("{e:#}");
-            eprintln!("sam-server: {e:#}");
             ExitCode::FAILURE
         }
     }

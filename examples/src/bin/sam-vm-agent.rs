@@ -43,6 +43,9 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // The agent's own log, on stderr (the node's journal or log file): plain lines
+    // at INFO unless `RUST_LOG` says otherwise.
+    sam_examples::server::init_logs(sam_examples::server::LogFormat::Text);
     match sam_examples::node::run_vm_agent(
         cli.config.as_deref(),
         cli.callback_token_file.as_deref(),

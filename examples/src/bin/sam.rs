@@ -33,6 +33,10 @@ use sam_examples::server::SubmitBody;
 #[derive(Debug, Parser)]
 #[command(name = "sam", version)]
 struct Cli {
+    /// Log what the embedded control plane and its clients do, on stderr: `-v` at
+    /// INFO, `-vv` at DEBUG (`RUST_LOG` overrides). Without it only the progress shows.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -318,7 +322,13 @@ struct CloudInitArgs {
 }
 
 fn main() -> ExitCode {
-    let outcome = match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.verbose {
+        0 => {}
+        1 => sam_examples::server::init_logs_at(sam_examples::server::LogFormat::Text, "info"),
+        _ => sam_examples::server::init_logs_at(sam_examples::server::LogFormat::Text, "debug"),
+    }
+    let outcome = match cli.command {
         Command::CloudInit(args) => cloud_init(&args),
         Command::Image(ImageCommand::Build(args)) => image_build(&args),
         Command::Down { data_dir } => runtime().and_then(|rt| rt.block_on(down(&data_dir))),
