@@ -292,3 +292,34 @@ async fn a_key_set_on_a_later_run_reaches_the_reused_warm_node() {
     assert_eq!(third["node_reused"], true, "{third}");
     assert_eq!(third["last_message"], "no key", "{third}");
 }
+
+/// `sam completions SHELL` prints a completion script naming the commands, for
+/// every shell clap_complete knows; another shell is a usage error (exit 2).
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let sam = env!("CARGO_BIN_EXE_sam");
+    for (shell, marker) in [
+        ("bash", "_sam()"),
+        ("zsh", "#compdef sam"),
+        ("fish", "complete -c sam"),
+        ("elvish", "edit:completion:arg-completer[sam]"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let output = std::process::Command::new(sam)
+            .args(["completions", shell])
+            .output()
+            .expect("sam runs");
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["run", "status", "watch", "down", "completions"] {
+            assert!(script.contains(command), "{shell} completes {command}");
+        }
+    }
+    let refused = std::process::Command::new(sam)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("sam runs");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"));
+}

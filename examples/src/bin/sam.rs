@@ -48,6 +48,11 @@ enum Command {
     /// The helper roles (`vm-agent`, `demo-agent`, `git-credential`), hidden.
     #[command(flatten)]
     Role(Role),
+    /// Print a completion script for SHELL (`sam completions bash > /etc/bash_completion.d/sam`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Stop every node of a data directory: local node processes and QEMU VMs.
     Down {
         /// The data directory (`.sam` for `sam run`, `.sam-server` for the server).
@@ -332,6 +337,11 @@ fn main() -> ExitCode {
         Command::CloudInit(args) => cloud_init(&args),
         Command::Image(ImageCommand::Build(args)) => image_build(&args),
         Command::Down { data_dir } => runtime().and_then(|rt| rt.block_on(down(&data_dir))),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "sam", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Run(args) => {
             return runtime()
                 .and_then(|rt| rt.block_on(run(args)))
