@@ -445,15 +445,13 @@ pub async fn token_signer(
             Some(key) => key,
             None => random_secret(32)?,
         };
-        let record = sam_core::KeyRecord {
-            id: FIRST_SIGNING_KEY.to_owned(),
+        let record = sam_core::KeyRecord::seal(
             purpose,
-            sealed: cipher.seal(
-                &key,
-                &sam_core::KeyRecord::context(purpose, FIRST_SIGNING_KEY),
-            )?,
-            created_at: chrono::Utc::now(),
-        };
+            FIRST_SIGNING_KEY,
+            &key,
+            &cipher,
+            chrono::Utc::now(),
+        )?;
         // Servers starting at once each offer a key; the first one written is kept.
         store.put_key_if_absent(&record).await?;
         keys = store.list_keys(purpose).await?;
@@ -471,8 +469,7 @@ fn open_signing_keys(
     let active = sam_core::active_key(&created, chrono::Utc::now(), SIGNING_KEY_ACTIVATION);
     let mut opened = Vec::with_capacity(keys.len());
     for key in keys {
-        let context = sam_core::KeyRecord::context(key.purpose, &key.id);
-        let secret = cipher.open(&key.sealed, &context).with_context(|| {
+        let secret = key.open(cipher).with_context(|| {
             format!(
                 "the signing key {} in the database does not open with this credential_key: \
                  every server on one database needs the same credential_key",
@@ -529,33 +526,20 @@ pub async fn rotate_signing_key(
     let keys = store.list_keys(purpose).await?;
     // The stored keys must open with this credential key: a rotation made with
     // another would add a key no server can read.
-    for key in &keys {
-        cipher
-            .open(&key.sealed, &sam_core::KeyRecord::context(purpose, &key.id))
-            .with_context(|| {
-                format!(
-                    "the signing key {} does not open with this credential_key; rotate with \
-                     the servers' credential_key",
-                    key.id
-                )
-            })?;
-    }
+    open_signing_keys(&cipher, keys.clone())?;
     let next = keys
         .iter()
         .filter_map(|k| k.id.strip_prefix("signing-")?.parse::<u64>().ok())
         .max()
         .unwrap_or(0)
         + 1;
-    let id = format!("signing-{next}");
-    let record = sam_core::KeyRecord {
-        sealed: cipher.seal(
-            &random_secret(32)?,
-            &sam_core::KeyRecord::context(purpose, &id),
-        )?,
-        id,
+    let record = sam_core::KeyRecord::seal(
         purpose,
-        created_at: chrono::Utc::now(),
-    };
+        format!("signing-{next}"),
+        &random_secret(32)?,
+        &cipher,
+        chrono::Utc::now(),
+    )?;
     Ok(store.put_key_if_absent(&record).await?)
 }
 

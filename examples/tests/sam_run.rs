@@ -315,6 +315,22 @@ fn completions_are_generated_for_each_shell() {
         for command in ["run", "status", "watch", "down", "completions"] {
             assert!(script.contains(command), "{shell} completes {command}");
         }
+        if shell == "bash" {
+            // Real bash parses it (`-n`: read, do not run).
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("sam.bash");
+            std::fs::write(&file, script.as_bytes()).unwrap();
+            let parsed = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .expect("bash runs");
+            assert!(
+                parsed.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+        }
     }
     let refused = std::process::Command::new(sam)
         .args(["completions", "tcsh"])

@@ -550,8 +550,7 @@ impl NodeKeys for StoreNodeKeys {
             .map_err(|e| failed(format!("reading the key of node {node}: {e}")))?;
         match stored {
             Some(key) => {
-                let context = sam_core::KeyRecord::context(purpose, &key.id);
-                let secret = self.cipher.open(&key.sealed, &context).map_err(|e| {
+                let secret = key.open(&self.cipher).map_err(|e| {
                     failed(format!(
                         "the key of node {node} does not open with this credential_key ({e}): \
                          every server on one database needs the same credential_key"

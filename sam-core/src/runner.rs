@@ -778,16 +778,15 @@ impl ControlPlane {
         let Some(cipher) = &self.cipher else {
             return Ok(token);
         };
-        let id = node.id.to_string();
-        let context = KeyRecord::context(KeyPurpose::Node, &id);
-        let record = KeyRecord {
-            sealed: cipher.seal(&token, &context)?,
-            id,
-            purpose: KeyPurpose::Node,
-            created_at: self.clock.now(),
-        };
+        let record = KeyRecord::seal(
+            KeyPurpose::Node,
+            node.id.as_str(),
+            &token,
+            cipher,
+            self.clock.now(),
+        )?;
         let stored = self.store.put_key_if_absent(&record).await?;
-        Ok(cipher.open(&stored.sealed, &context)?)
+        Ok(stored.open(cipher)?)
     }
 
     /// Shows the user that the task runs on a smaller size than it asked for. Called

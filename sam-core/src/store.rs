@@ -693,6 +693,38 @@ impl KeyRecord {
     pub fn context(purpose: KeyPurpose, id: &str) -> String {
         format!("key:{}:{id}", purpose.as_str())
     }
+
+    /// A key record holding `key`, sealed with `cipher` for its purpose and id.
+    ///
+    /// # Errors
+    /// [`crate::CredentialError`] for a key the cipher cannot seal (empty, oversized).
+    pub fn seal(
+        purpose: KeyPurpose,
+        id: impl Into<String>,
+        key: &crate::secret::Secret,
+        cipher: &crate::credential::CredentialCipher,
+        created_at: DateTime<Utc>,
+    ) -> Result<Self, crate::credential::CredentialError> {
+        let id = id.into();
+        Ok(Self {
+            sealed: cipher.seal(key, &Self::context(purpose, &id))?,
+            id,
+            purpose,
+            created_at,
+        })
+    }
+
+    /// The key, opened with `cipher`.
+    ///
+    /// # Errors
+    /// [`crate::CredentialError`] when it was sealed with another key, or for
+    /// another purpose or id.
+    pub fn open(
+        &self,
+        cipher: &crate::credential::CredentialCipher,
+    ) -> Result<crate::secret::Secret, crate::credential::CredentialError> {
+        cipher.open(&self.sealed, &Self::context(self.purpose, &self.id))
+    }
 }
 
 /// Durable state of the control plane.

@@ -27,11 +27,25 @@ fn control_plane(
     store: Arc<dyn Store>,
     provider: Arc<FakeProvider>,
     agent: Arc<FakeNodeAgent>,
+    lease: Duration,
 ) -> ControlPlane {
     let mut config = ControlPlaneConfig::new(driver, ProviderKind::Fake);
     config.poll_interval = Duration::from_millis(5);
-    config.lease = Duration::from_secs(10);
+    config.lease = lease;
     support::control_plane(store, provider, agent, Arc::new(TokioClock::new()), config)
+}
+
+/// Submits `count` tasks through `cp`, each on a repository of its own.
+async fn submit_tasks(cp: &ControlPlane, count: usize) {
+    for i in 0..count {
+        cp.submit(&SubmitRequest {
+            repo: format!("https://example.invalid/repo-{i}.git"),
+            prompt: "fix it".into(),
+            ..SubmitRequest::default()
+        })
+        .await
+        .unwrap();
+    }
 }
 
 /// Submits through the first store, drives with two control planes (each on its own
@@ -40,17 +54,16 @@ fn control_plane(
 async fn two_drivers(first: Arc<dyn Store>, second: Arc<dyn Store>) {
     let provider = Arc::new(FakeProvider::new());
     let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
-    let a = control_plane("driver-a", first, Arc::clone(&provider), Arc::clone(&agent));
-    let b = control_plane("driver-b", second, Arc::clone(&provider), agent);
-    for i in 0..TASKS {
-        a.submit(&SubmitRequest {
-            repo: format!("https://example.invalid/repo-{i}.git"),
-            prompt: "fix it".into(),
-            ..SubmitRequest::default()
-        })
-        .await
-        .unwrap();
-    }
+    let lease = Duration::from_secs(10);
+    let a = control_plane(
+        "driver-a",
+        first,
+        Arc::clone(&provider),
+        Arc::clone(&agent),
+        lease,
+    );
+    let b = control_plane("driver-b", second, Arc::clone(&provider), agent, lease);
+    submit_tasks(&a, TASKS).await;
     let drive = |cp: ControlPlane| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
@@ -146,36 +159,15 @@ async fn slow_creates(first: Arc<dyn Store>, second: Arc<dyn Store>, backend: &s
             .map(|_| FakeOutcome::Delayed(SLOW_CREATE, Box::new(FakeOutcome::Succeed))),
     );
     let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
-    let config = |driver: &str| {
-        let mut config = ControlPlaneConfig::new(driver, ProviderKind::Fake);
-        config.poll_interval = Duration::from_millis(5);
-        config.lease = SLOW_LEASE;
-        config
-    };
-    let clock = Arc::new(TokioClock::new());
-    let a = support::control_plane(
+    let a = control_plane(
+        "driver-a",
         first,
         Arc::clone(&provider),
         Arc::clone(&agent),
-        clock.clone(),
-        config("driver-a"),
+        SLOW_LEASE,
     );
-    let b = support::control_plane(
-        second,
-        Arc::clone(&provider),
-        agent,
-        clock,
-        config("driver-b"),
-    );
-    for i in 0..SLOW_TASKS {
-        a.submit(&SubmitRequest {
-            repo: format!("https://example.invalid/repo-{i}.git"),
-            prompt: "fix it".into(),
-            ..SubmitRequest::default()
-        })
-        .await
-        .unwrap();
-    }
+    let b = control_plane("driver-b", second, Arc::clone(&provider), agent, SLOW_LEASE);
+    submit_tasks(&a, SLOW_TASKS).await;
     let started = std::time::Instant::now();
     let drive = |cp: ControlPlane| async move {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
