@@ -465,6 +465,7 @@ fn open_signing_keys(
     cipher: &sam_core::CredentialCipher,
     keys: Vec<sam_core::KeyRecord>,
 ) -> anyhow::Result<TokenSigner> {
+    anyhow::ensure!(!keys.is_empty(), "the database holds no signing key");
     let created: Vec<_> = keys.iter().map(|k| k.created_at).collect();
     let active = sam_core::active_key(&created, chrono::Utc::now(), SIGNING_KEY_ACTIVATION);
     let mut opened = Vec::with_capacity(keys.len());
@@ -526,7 +527,9 @@ pub async fn rotate_signing_key(
     let keys = store.list_keys(purpose).await?;
     // The stored keys must open with this credential key: a rotation made with
     // another would add a key no server can read.
-    open_signing_keys(&cipher, keys.clone())?;
+    if !keys.is_empty() {
+        open_signing_keys(&cipher, keys.clone())?;
+    }
     let next = keys
         .iter()
         .filter_map(|k| k.id.strip_prefix("signing-")?.parse::<u64>().ok())
