@@ -89,7 +89,6 @@
 //! assert_eq!(classify_agent_error(text), ErrorCategory::TransientCapacity);
 //! ```
 
-mod account;
 pub mod api_token;
 pub mod boot;
 pub mod classify;
@@ -101,7 +100,6 @@ pub mod environment;
 pub mod error;
 pub mod fallback;
 pub mod github;
-pub mod intent;
 pub mod model;
 pub mod node_agent;
 pub mod placement;
@@ -111,20 +109,17 @@ pub mod replacement;
 pub mod repository;
 pub mod reservation;
 pub mod retry;
-mod runner;
 pub mod scheduler;
 pub mod secret;
 pub mod session;
 pub mod signal;
 pub mod store;
-pub mod sweep;
 pub mod timeout;
 pub mod token;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use account::PROVIDER_CACHE_CAPACITY;
 pub use api_token::{
     ApiTokenKind, ApiTokenRefusal, LAST_USE_GRANULARITY, MAX_API_TOKEN_NAME, check_api_token_name,
     hash_api_token,
@@ -135,11 +130,16 @@ pub use boot::{
 };
 pub use classify::{classify_agent_error, is_agent_crash};
 pub use clock::{Clock, ManualClock, TokioClock};
+pub use control::PROVIDER_CACHE_CAPACITY;
 pub use control::{
     BootRenderer, ControlPlane, ControlPlaneConfig, ControlPlaneParts, HeartbeatReply,
     LayerSettings, NodeMetrics, PlatformCredential, ServedRepository, SessionCallback,
     SubmitRequest, TaskEvent, TaskEventKind, WorkspaceGithub, WorkspaceProfile,
 };
+pub use control::{
+    CredentialInput, MAX_LINEAGE_DEPTH, ProfileInput, ProjectInput, TaskSource, UserInput,
+};
+pub use control::{KeptNode, SweepReport};
 pub use credential::{
     CUSTOM_AGENT, CredentialCipher, CredentialError, CredentialKind, CredentialOwner,
     CredentialRecord, CredentialTarget, CredentialView, Sealed, SetupItem, SetupStatus,
@@ -154,9 +154,6 @@ pub use github::{
     ExternalInstallationId, GitCredential, GithubAccess, GithubError, GithubInstallation,
     InstallationKey, PullRequestMode, PullRequestRequest, RepoRef, RepositoryHost, TaskOutput,
     output_branch, token_is_fresh,
-};
-pub use intent::{
-    CredentialInput, MAX_LINEAGE_DEPTH, ProfileInput, ProjectInput, TaskSource, UserInput,
 };
 pub use model::{
     Catalog, DEFAULT_LIGHTWEIGHT_IMAGE, ExecutionStep, Id, Labels, Location, MANAGED_LABEL,
@@ -204,7 +201,6 @@ pub use store::{
     TaskNoticeRecord, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord,
     WorkspaceStatus,
 };
-pub use sweep::{KeptNode, SweepReport};
 pub use timeout::{DerivedTimeouts, LEASE_RENEWALS, STALE_HEARTBEATS, TimeoutPolicy};
 pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner, active_key};
 

@@ -414,7 +414,7 @@ pub async fn set_provider_token(
 ) {
     cp.set_credential(
         &crate::credential::CredentialOwner::User(user.clone()),
-        &crate::intent::CredentialInput {
+        &crate::control::CredentialInput {
             target: crate::credential::CredentialTarget::Provider(provider),
             kind: crate::credential::CredentialKind::ApiToken,
             secret: crate::secret::Secret::new(token),

@@ -1,9 +1,9 @@
 //! Whose cloud account a provider call uses: the platform's providers, or providers
-//! built from a user's or project's own credential by a [`ProviderFactory`].
+//! built from a user's or project's own credential by a [`ProviderFactory`](crate::ProviderFactory).
 //!
 //! A task's provider calls use the credential resolved at submission (project →
 //! user → platform, [`crate::store::TaskSpec::provider_credential_owner`]); a node's
-//! calls use the owner it was created with ([`NodeRecord::credential_owner`]), so a
+//! calls use the owner it was created with ([`NodeRecord::credential_owner`](crate::store::NodeRecord::credential_owner)), so a
 //! VM is always polled and deleted through the account that pays for it.
 //!
 //! Built providers are cached per owner and provider kind, keyed by a fingerprint of
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, invalid};
 use crate::credential::{CredentialError, CredentialOwner, CredentialRecord, CredentialTarget};
 use crate::error::Error;
 use crate::model::ProviderKind;
@@ -27,7 +27,7 @@ use crate::store::{NodeRecord, TaskRecord};
 pub const PROVIDER_CACHE_CAPACITY: usize = 256;
 
 /// A cached provider and what it was built from.
-struct Entry {
+pub(super) struct Entry {
     /// The fingerprint of the sealed credential it was built from.
     fingerprint: [u8; 32],
     provider: Arc<dyn Provider>,
@@ -36,7 +36,7 @@ struct Entry {
 }
 
 #[derive(Default)]
-struct Entries {
+pub(super) struct Entries {
     map: HashMap<(CredentialOwner, ProviderKind), Entry>,
     tick: u64,
 }
@@ -56,11 +56,11 @@ impl fmt::Debug for ProviderCache {
 }
 
 impl ProviderCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(
+    pub(super) fn get(
         &self,
         key: &(CredentialOwner, ProviderKind),
         fingerprint: &[u8; 32],
@@ -76,7 +76,7 @@ impl ProviderCache {
         Some(Arc::clone(&entry.provider))
     }
 
-    fn insert(
+    pub(super) fn insert(
         &self,
         key: (CredentialOwner, ProviderKind),
         fingerprint: [u8; 32],
@@ -113,7 +113,7 @@ impl ProviderCache {
 
 /// What identifies one stored credential's content without opening it: its seal
 /// (a fresh nonce on every write), its details and when it last changed.
-fn fingerprint(credential: &CredentialRecord) -> [u8; 32] {
+pub(super) fn fingerprint(credential: &CredentialRecord) -> [u8; 32] {
     let mut hash = Sha256::new();
     hash.update(credential.sealed.as_str().as_bytes());
     hash.update([0]);
@@ -218,5 +218,11 @@ impl ControlPlane {
     /// How many providers built from owners' credentials are cached.
     pub fn cached_owner_providers(&self) -> usize {
         self.provider_cache.len()
+    }
+
+    pub(crate) fn provider(&self, kind: ProviderKind) -> Result<&Arc<dyn Provider>, Error> {
+        self.providers
+            .get(&kind)
+            .ok_or_else(|| invalid("provider", format!("{kind} is not configured")))
     }
 }

@@ -13,9 +13,9 @@ use crate::control::ControlPlane;
 use crate::credential::CredentialOwner;
 use crate::error::{Error, ErrorCategory};
 use crate::model::{
-    Labels, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeLifecycle, NodeStatus, TaskStatus,
+    Labels, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
+    TaskId, TaskStatus,
 };
-use crate::model::{NodeId, ProviderKind, TaskId};
 use crate::node_agent::SessionReport;
 use crate::store::{NodeFilter, NodeRecord, TaskFilter, TaskRecord, WorkspaceRecord};
 
@@ -43,20 +43,9 @@ pub struct SweepReport {
     pub nodes_kept: Vec<KeptNode>,
 }
 
-/// A node the sweep could not destroy, kept recorded for the next sweep.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeptNode {
-    /// The node.
-    pub node: NodeId,
-    /// The category of the failure (`auth_error` when its owner's credential is gone).
-    pub category: ErrorCategory,
-    /// Why, as a sentence.
-    pub reason: String,
-}
-
 impl SweepReport {
     /// Counts a destroyed node, or records why it was kept.
-    fn destroyed(&mut self, node: &NodeId, result: Result<(), Error>) {
+    pub(super) fn destroyed(&mut self, node: &NodeId, result: Result<(), Error>) {
         match result {
             Ok(()) => self.nodes_destroyed += 1,
             Err(e) => self.nodes_kept.push(KeptNode {
@@ -68,19 +57,30 @@ impl SweepReport {
     }
 }
 
-fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+/// A node the sweep could not destroy, kept recorded for the next sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptNode {
+    /// The node.
+    pub node: NodeId,
+    /// The category of the failure (`auth_error` when its owner's credential is gone).
+    pub category: ErrorCategory,
+    /// Why, as a sentence.
+    pub reason: String,
+}
+
+pub(super) fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - since).to_std().unwrap_or_default()
 }
 
 /// The time `d` before `now` (the earliest time when that is out of range).
-fn silent_since(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(super) fn silent_since(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-fn minutes(d: Duration) -> String {
+pub(super) fn minutes(d: Duration) -> String {
     format!("{} minutes", d.as_secs().div_ceil(60))
 }
 
@@ -99,7 +99,7 @@ impl ControlPlane {
     }
 
     /// Why a live task is stuck, or `None`.
-    fn stuck_reason(&self, task: &TaskRecord, now: DateTime<Utc>) -> Option<String> {
+    pub(super) fn stuck_reason(&self, task: &TaskRecord, now: DateTime<Utc>) -> Option<String> {
         let t = &self.config.timeouts;
         let age = elapsed(task.created_at, now);
         if age > t.task_absolute {
@@ -128,7 +128,7 @@ impl ControlPlane {
         }
     }
 
-    async fn sweep_tasks(&self, report: &mut SweepReport) -> Result<(), Error> {
+    pub(super) async fn sweep_tasks(&self, report: &mut SweepReport) -> Result<(), Error> {
         let now = self.clock.now();
         let live = self.store.list_tasks(&TaskFilter::live()).await?;
         for task in live {
@@ -194,7 +194,7 @@ impl ControlPlane {
 
     /// How long `node` may stay warm: the warm timeout of the project whose task the
     /// node was provisioned for, when that project overrides it, else the policy's.
-    async fn warm_timeout(&self, node: &NodeRecord) -> Result<Duration, Error> {
+    pub(super) async fn warm_timeout(&self, node: &NodeRecord) -> Result<Duration, Error> {
         let default = self.config.timeouts.warm_node;
         let Some(creator) = &node.created_for else {
             return Ok(default);
@@ -215,7 +215,7 @@ impl ControlPlane {
             .map_or(default, Duration::from_secs))
     }
 
-    async fn sweep_nodes(&self, report: &mut SweepReport) -> Result<(), Error> {
+    pub(super) async fn sweep_nodes(&self, report: &mut SweepReport) -> Result<(), Error> {
         let now = self.clock.now();
         let t = &self.config.timeouts;
         // Nodes whose destruction failed earlier: try again.
@@ -317,7 +317,7 @@ impl ControlPlane {
         Ok(())
     }
 
-    async fn sweep_orphans(&self, report: &mut SweepReport) -> Result<(), Error> {
+    pub(super) async fn sweep_orphans(&self, report: &mut SweepReport) -> Result<(), Error> {
         let now = self.clock.now();
         let rows = self.store.list_nodes(&NodeFilter::default()).await?;
         let live: HashSet<String> = rows
