@@ -80,6 +80,7 @@ impl Harness {
 
     async fn user(&self) -> UserId {
         self.cp
+            .accounts()
             .create_user(&UserInput {
                 name: "Ada".into(),
                 settings: LayerSettings {
@@ -96,6 +97,7 @@ impl Harness {
 
     async fn project(&self, owner: Option<UserId>, settings: LayerSettings) -> ProjectId {
         self.cp
+            .accounts()
             .create_project(&ProjectInput {
                 name: "web".into(),
                 repo: "https://example.invalid/web.git".into(),
@@ -113,6 +115,7 @@ impl Harness {
 
     async fn reviewer(&self, project: &ProjectId) {
         self.cp
+            .accounts()
             .create_profile(
                 project,
                 &ProfileInput {
@@ -137,6 +140,7 @@ impl Harness {
 
     async fn set_key(&self, owner: &CredentialOwner, secret: &str) {
         self.cp
+            .accounts()
             .set_credential(
                 owner,
                 &CredentialInput {
@@ -283,7 +287,8 @@ async fn a_task_in_a_project_with_a_profile_runs_on_its_settings_with_every_sour
         .unwrap();
     assert!(!serde_json::to_string(&stored).unwrap().contains(USER_KEY));
     let views =
-        h.cp.list_credentials(&CredentialOwner::User(user))
+        h.cp.accounts()
+            .list_credentials(&CredentialOwner::User(user))
             .await
             .unwrap();
     assert!(!serde_json::to_string(&views).unwrap().contains(USER_KEY));
@@ -327,12 +332,13 @@ async fn agent_credentials_resolve_project_then_user_then_platform() {
         submit_and_run().await,
         (Layer::Project, PROJECT_KEY.to_owned())
     );
-    h.cp.delete_credential(
-        &CredentialOwner::Project(project.clone()),
-        &CredentialTarget::Agent("claude".into()),
-    )
-    .await
-    .unwrap();
+    h.cp.accounts()
+        .delete_credential(
+            &CredentialOwner::Project(project.clone()),
+            &CredentialTarget::Agent("claude".into()),
+        )
+        .await
+        .unwrap();
     assert_eq!(submit_and_run().await, (Layer::User, USER_KEY.to_owned()));
 }
 
@@ -368,6 +374,7 @@ async fn a_wrong_or_missing_key_is_a_typed_error() {
     let keyless = harness_on(store, None);
     let err = keyless
         .cp
+        .accounts()
         .set_credential(
             &CredentialOwner::User(user),
             &CredentialInput {
@@ -397,7 +404,13 @@ async fn a_project_with_agents_but_no_profile_asks_for_one_and_none_is_created()
             },
         )
         .await;
-    assert!(h.cp.list_profiles(&project).await.unwrap().is_empty());
+    assert!(
+        h.cp.accounts()
+            .list_profiles(&project)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let err =
         h.cp.submit(&in_project(&project, None, LayerSettings::default()))
             .await
@@ -405,7 +418,11 @@ async fn a_project_with_agents_but_no_profile_asks_for_one_and_none_is_created()
     assert_eq!(invalid_field(&err), "profile");
     assert!(err.to_string().contains("create one"), "{err}");
     assert!(
-        h.cp.list_profiles(&project).await.unwrap().is_empty(),
+        h.cp.accounts()
+            .list_profiles(&project)
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing is created behind the user's back"
     );
 
@@ -416,10 +433,19 @@ async fn a_project_with_agents_but_no_profile_asks_for_one_and_none_is_created()
             .await
             .unwrap_err();
     assert!(err.to_string().contains("reviewer"), "{err}");
-    for profile in h.cp.list_profiles(&project).await.unwrap() {
-        h.cp.delete_profile(&project, &profile.id).await.unwrap();
+    for profile in h.cp.accounts().list_profiles(&project).await.unwrap() {
+        h.cp.accounts()
+            .delete_profile(&project, &profile.id)
+            .await
+            .unwrap();
     }
-    assert!(h.cp.list_profiles(&project).await.unwrap().is_empty());
+    assert!(
+        h.cp.accounts()
+            .list_profiles(&project)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let err =
         h.cp.submit(&in_project(
             &project,
@@ -454,46 +480,49 @@ async fn projects_and_profiles_are_validated() {
             warm_timeout_secs: None,
         },
     };
-    let err = h.cp.create_project(&input).await.unwrap_err();
+    let err = h.cp.accounts().create_project(&input).await.unwrap_err();
     assert_eq!(invalid_field(&err), "scaling.max_workspaces_per_node");
     let err =
-        h.cp.create_project(&ProjectInput {
-            owner: Some(UserId::new("u-nobody").unwrap()),
-            scaling: ScalingOverrides::default(),
-            ..input.clone()
-        })
-        .await
-        .unwrap_err();
+        h.cp.accounts()
+            .create_project(&ProjectInput {
+                owner: Some(UserId::new("u-nobody").unwrap()),
+                scaling: ScalingOverrides::default(),
+                ..input.clone()
+            })
+            .await
+            .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::NotFound);
     let project = h.project(None, LayerSettings::default()).await;
     h.reviewer(&project).await;
     let err =
-        h.cp.create_profile(
-            &project,
-            &ProfileInput {
-                name: "reviewer".into(),
-                settings: LayerSettings {
-                    agent: Some("claude".into()),
-                    ..LayerSettings::default()
+        h.cp.accounts()
+            .create_profile(
+                &project,
+                &ProfileInput {
+                    name: "reviewer".into(),
+                    settings: LayerSettings {
+                        agent: Some("claude".into()),
+                        ..LayerSettings::default()
+                    },
                 },
-            },
-        )
-        .await
-        .unwrap_err();
+            )
+            .await
+            .unwrap_err();
     assert_eq!(err.category(), ErrorCategory::Conflict, "{err}");
     let err =
-        h.cp.create_profile(
-            &project,
-            &ProfileInput {
-                name: "other".into(),
-                settings: LayerSettings {
-                    agent: Some("cursor".into()),
-                    ..LayerSettings::default()
+        h.cp.accounts()
+            .create_profile(
+                &project,
+                &ProfileInput {
+                    name: "other".into(),
+                    settings: LayerSettings {
+                        agent: Some("cursor".into()),
+                        ..LayerSettings::default()
+                    },
                 },
-            },
-        )
-        .await
-        .unwrap_err();
+            )
+            .await
+            .unwrap_err();
     assert_eq!(invalid_field(&err), "agent");
 }
 
@@ -561,7 +590,7 @@ async fn retries_and_forks_record_their_parent_up_to_the_depth_limit() {
 async fn setup_status_counts_what_the_user_chose_not_what_the_platform_offers() {
     let h = harness();
     let user = h.user().await;
-    let status = h.cp.setup_status(&user, None).await.unwrap();
+    let status = h.cp.accounts().setup_status(&user, None).await.unwrap();
     assert!(
         !status.ai_access.configured,
         "the platform's claude key does not complete the user's setup"
@@ -572,18 +601,19 @@ async fn setup_status_counts_what_the_user_chose_not_what_the_platform_offers() 
     let project = h
         .project(Some(user.clone()), LayerSettings::default())
         .await;
-    h.cp.set_credential(
-        &CredentialOwner::Project(project.clone()),
-        &CredentialInput {
-            target: CredentialTarget::Provider(ProviderKind::Hetzner),
-            kind: CredentialKind::ApiToken,
-            secret: Secret::new("hcloud-token"),
-            details: BTreeMap::new(),
-        },
-    )
-    .await
-    .unwrap();
-    let status = h.cp.setup_status(&user, None).await.unwrap();
+    h.cp.accounts()
+        .set_credential(
+            &CredentialOwner::Project(project.clone()),
+            &CredentialInput {
+                target: CredentialTarget::Provider(ProviderKind::Hetzner),
+                kind: CredentialKind::ApiToken,
+                secret: Secret::new("hcloud-token"),
+                details: BTreeMap::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let status = h.cp.accounts().setup_status(&user, None).await.unwrap();
     assert_eq!(status.ai_access.how, ["agent:claude api_key (user)"]);
     assert_eq!(
         status.cloud_access.how,

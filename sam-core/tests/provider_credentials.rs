@@ -45,6 +45,7 @@ impl World {
     async fn user(&self, token: &str) -> UserId {
         let user = self
             .cp
+            .accounts()
             .create_user(&UserInput {
                 name: "someone".into(),
                 settings: Default::default(),
@@ -133,12 +134,13 @@ async fn a_task_whose_credential_is_gone_fails_with_the_typed_error() {
         })
         .await
         .expect("submitted");
-    w.cp.delete_credential(
-        &CredentialOwner::User(user),
-        &CredentialTarget::Provider(ProviderKind::Fake),
-    )
-    .await
-    .expect("deleted");
+    w.cp.accounts()
+        .delete_credential(
+            &CredentialOwner::User(user),
+            &CredentialTarget::Provider(ProviderKind::Fake),
+        )
+        .await
+        .expect("deleted");
     for _ in 0..50 {
         w.cp.tick().await.expect("tick");
         w.clock.advance(w.cp.config().poll_interval);

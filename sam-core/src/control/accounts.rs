@@ -74,22 +74,37 @@ pub struct CredentialInput {
 }
 
 impl ControlPlane {
+    /// Users, projects, agent profiles, credentials and GitHub links.
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts { cp: self }
+    }
+}
+
+/// Users, projects, agent profiles, credentials and GitHub installation links, as
+/// [`ControlPlane::accounts`] returns them: every change is checked (owners exist,
+/// agents are known, secrets fit their target) before it is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Accounts<'a> {
+    cp: &'a ControlPlane,
+}
+
+impl Accounts<'_> {
     /// Creates a user.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the field; store failures.
     pub async fn create_user(&self, input: &UserInput) -> Result<UserRecord, Error> {
-        let now = self.clock.now();
+        let now = self.cp.clock.now();
         let user = UserRecord {
-            id: self.new_id("u")?,
+            id: self.cp.new_id("u")?,
             name: input.name.clone(),
             settings: input.settings.clone(),
             created_at: now,
             updated_at: now,
         };
         user.validate()?;
-        self.check_agent(&user.settings)?;
-        self.store.put_user(&user).await?;
+        self.cp.check_agent(&user.settings)?;
+        self.cp.store.put_user(&user).await?;
         Ok(user)
     }
 
@@ -99,16 +114,17 @@ impl ControlPlane {
     /// `not_found` for an unknown user; as [`ControlPlane::create_user`].
     pub async fn update_user(&self, id: &UserId, input: &UserInput) -> Result<UserRecord, Error> {
         let mut user = self
+            .cp
             .store
             .get_user(id)
             .await?
             .ok_or_else(|| missing(format_args!("user {id}")))?;
         user.name.clone_from(&input.name);
         user.settings = input.settings.clone();
-        user.updated_at = self.clock.now();
+        user.updated_at = self.cp.clock.now();
         user.validate()?;
-        self.check_agent(&user.settings)?;
-        self.store.put_user(&user).await?;
+        self.cp.check_agent(&user.settings)?;
+        self.cp.store.put_user(&user).await?;
         Ok(user)
     }
 
@@ -117,7 +133,7 @@ impl ControlPlane {
     /// # Errors
     /// Store failures.
     pub async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, Error> {
-        Ok(self.store.get_user(id).await?)
+        Ok(self.cp.store.get_user(id).await?)
     }
 
     pub(super) fn project_from(
@@ -134,16 +150,16 @@ impl ControlPlane {
             settings: input.settings.clone(),
             scaling: input.scaling,
             created_at,
-            updated_at: self.clock.now(),
+            updated_at: self.cp.clock.now(),
         };
         project.validate()?;
-        self.check_agent(&project.settings)?;
+        self.cp.check_agent(&project.settings)?;
         Ok(project)
     }
 
     pub(super) async fn check_owner(&self, owner: Option<&UserId>) -> Result<(), Error> {
         if let Some(owner) = owner
-            && self.store.get_user(owner).await?.is_none()
+            && self.cp.store.get_user(owner).await?.is_none()
         {
             return Err(missing(format_args!("user {owner}")));
         }
@@ -156,9 +172,9 @@ impl ControlPlane {
     /// [`Error::InvalidInput`] naming the field (an out-of-range scaling override, an
     /// unknown agent or provider); `not_found` for an unknown owner; store failures.
     pub async fn create_project(&self, input: &ProjectInput) -> Result<ProjectRecord, Error> {
-        let project = self.project_from(self.new_id("p")?, input, self.clock.now())?;
+        let project = self.project_from(self.cp.new_id("p")?, input, self.cp.clock.now())?;
         self.check_owner(project.owner.as_ref()).await?;
-        self.store.put_project(&project).await?;
+        self.cp.store.put_project(&project).await?;
         Ok(project)
     }
 
@@ -171,10 +187,10 @@ impl ControlPlane {
         id: &ProjectId,
         input: &ProjectInput,
     ) -> Result<ProjectRecord, Error> {
-        let current = self.require_project(id).await?;
+        let current = self.cp.require_project(id).await?;
         let project = self.project_from(id.clone(), input, current.created_at)?;
         self.check_owner(project.owner.as_ref()).await?;
-        self.store.put_project(&project).await?;
+        self.cp.store.put_project(&project).await?;
         Ok(project)
     }
 
@@ -183,7 +199,7 @@ impl ControlPlane {
     /// # Errors
     /// Store failures.
     pub async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, Error> {
-        Ok(self.store.get_project(id).await?)
+        Ok(self.cp.store.get_project(id).await?)
     }
 
     /// Lists every project, oldest first.
@@ -191,7 +207,7 @@ impl ControlPlane {
     /// # Errors
     /// Store failures.
     pub async fn list_projects(&self) -> Result<Vec<ProjectRecord>, Error> {
-        Ok(self.store.list_projects().await?)
+        Ok(self.cp.store.list_projects().await?)
     }
 
     /// Deletes a project with its profiles and credentials; its tasks keep their
@@ -200,7 +216,7 @@ impl ControlPlane {
     /// # Errors
     /// Store failures.
     pub async fn delete_project(&self, id: &ProjectId) -> Result<(), Error> {
-        Ok(self.store.delete_project(id).await?)
+        Ok(self.cp.store.delete_project(id).await?)
     }
 
     /// Creates an agent profile in a project.
@@ -213,10 +229,10 @@ impl ControlPlane {
         project: &ProjectId,
         input: &ProfileInput,
     ) -> Result<AgentProfileRecord, Error> {
-        self.require_project(project).await?;
-        let now = self.clock.now();
+        self.cp.require_project(project).await?;
+        let now = self.cp.clock.now();
         let profile = AgentProfileRecord {
-            id: self.new_id("pf")?,
+            id: self.cp.new_id("pf")?,
             project_id: project.clone(),
             name: input.name.clone(),
             settings: input.settings.clone(),
@@ -224,8 +240,8 @@ impl ControlPlane {
             updated_at: now,
         };
         profile.validate()?;
-        self.check_agent(&profile.settings)?;
-        self.store.put_profile(&profile).await?;
+        self.cp.check_agent(&profile.settings)?;
+        self.cp.store.put_profile(&profile).await?;
         Ok(profile)
     }
 
@@ -246,10 +262,10 @@ impl ControlPlane {
             .ok_or_else(|| missing(format_args!("agent profile {id} of project {project}")))?;
         profile.name.clone_from(&input.name);
         profile.settings = input.settings.clone();
-        profile.updated_at = self.clock.now();
+        profile.updated_at = self.cp.clock.now();
         profile.validate()?;
-        self.check_agent(&profile.settings)?;
-        self.store.put_profile(&profile).await?;
+        self.cp.check_agent(&profile.settings)?;
+        self.cp.store.put_profile(&profile).await?;
         Ok(profile)
     }
 
@@ -263,6 +279,7 @@ impl ControlPlane {
         id: &ProfileId,
     ) -> Result<Option<AgentProfileRecord>, Error> {
         Ok(self
+            .cp
             .store
             .get_profile(id)
             .await?
@@ -277,8 +294,8 @@ impl ControlPlane {
         &self,
         project: &ProjectId,
     ) -> Result<Vec<AgentProfileRecord>, Error> {
-        self.require_project(project).await?;
-        Ok(self.store.list_profiles(project).await?)
+        self.cp.require_project(project).await?;
+        Ok(self.cp.store.list_profiles(project).await?)
     }
 
     /// Deletes a project's agent profile; deleting the last one leaves none.
@@ -287,7 +304,7 @@ impl ControlPlane {
     /// Store failures.
     pub async fn delete_profile(&self, project: &ProjectId, id: &ProfileId) -> Result<(), Error> {
         if self.get_profile(project, id).await?.is_some() {
-            self.store.delete_profile(id).await?;
+            self.cp.store.delete_profile(id).await?;
         }
         Ok(())
     }
@@ -298,7 +315,7 @@ impl ControlPlane {
     ) -> Result<(), Error> {
         match owner {
             CredentialOwner::User(id) => self.check_owner(Some(id)).await,
-            CredentialOwner::Project(id) => self.require_project(id).await.map(drop),
+            CredentialOwner::Project(id) => self.cp.require_project(id).await.map(drop),
         }
     }
 
@@ -314,7 +331,7 @@ impl ControlPlane {
         owner: &CredentialOwner,
         input: &CredentialInput,
     ) -> Result<CredentialView, Error> {
-        let cipher = self.cipher()?;
+        let cipher = self.cp.cipher()?;
         check_credential(&input.target, input.kind, &input.details)?;
         if let CredentialTarget::Agent(agent) = &input.target
             && agent_env_var(agent, input.kind).is_none()
@@ -325,8 +342,9 @@ impl ControlPlane {
             ));
         }
         self.check_credential_owner(owner).await?;
-        let now = self.clock.now();
+        let now = self.cp.clock.now();
         let created_at = self
+            .cp
             .store
             .list_credentials(owner)
             .await?
@@ -345,7 +363,7 @@ impl ControlPlane {
             created_at,
             updated_at: now,
         };
-        self.store.put_credential(&record).await?;
+        self.cp.store.put_credential(&record).await?;
         Ok(record.view())
     }
 
@@ -358,6 +376,7 @@ impl ControlPlane {
         owner: &CredentialOwner,
     ) -> Result<Vec<CredentialView>, Error> {
         Ok(self
+            .cp
             .store
             .list_credentials(owner)
             .await?
@@ -375,7 +394,7 @@ impl ControlPlane {
         owner: &CredentialOwner,
         target: &CredentialTarget,
     ) -> Result<(), Error> {
-        Ok(self.store.delete_credential(owner, target).await?)
+        Ok(self.cp.store.delete_credential(owner, target).await?)
     }
 
     /// Which of AI, cloud and repository access a user has configured, and how:
@@ -394,11 +413,12 @@ impl ControlPlane {
         let mut owners = vec![CredentialOwner::User(user.clone())];
         match project {
             Some(id) => {
-                self.require_project(id).await?;
+                self.cp.require_project(id).await?;
                 owners.push(CredentialOwner::Project(id.clone()));
             }
             None => owners.extend(
-                self.store
+                self.cp
+                    .store
                     .list_projects()
                     .await?
                     .into_iter()
@@ -409,9 +429,9 @@ impl ControlPlane {
         }
         let mut credentials = Vec::new();
         for owner in &owners {
-            credentials.extend(self.store.list_credentials(owner).await?);
+            credentials.extend(self.cp.store.list_credentials(owner).await?);
         }
-        let installations = self.store.list_github_installations(user).await?;
+        let installations = self.cp.store.list_github_installations(user).await?;
         Ok(setup_status(&credentials, &installations))
     }
 
@@ -448,17 +468,18 @@ impl ControlPlane {
                 })?;
         let key = InstallationKey::new(user.clone(), external);
         let created_at = self
+            .cp
             .store
             .get_github_installation(&key)
             .await?
-            .map_or_else(|| self.clock.now(), |link| link.created_at);
+            .map_or_else(|| self.cp.clock.now(), |link| link.created_at);
         let link = GithubInstallation {
             user_id: user.clone(),
             external_id: external,
             account,
             created_at,
         };
-        self.store.put_github_installation(&link).await?;
+        self.cp.store.put_github_installation(&link).await?;
         Ok(link)
     }
 
@@ -471,7 +492,7 @@ impl ControlPlane {
         user: &UserId,
     ) -> Result<Vec<GithubInstallation>, Error> {
         self.check_owner(Some(user)).await?;
-        Ok(self.store.list_github_installations(user).await?)
+        Ok(self.cp.store.list_github_installations(user).await?)
     }
 
     /// Removes the user's link to the installation `external`; other users' links to
@@ -485,6 +506,6 @@ impl ControlPlane {
         external: ExternalInstallationId,
     ) -> Result<(), Error> {
         let key = InstallationKey::new(user.clone(), external);
-        Ok(self.store.delete_github_installation(&key).await?)
+        Ok(self.cp.store.delete_github_installation(&key).await?)
     }
 }

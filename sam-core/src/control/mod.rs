@@ -90,7 +90,7 @@ mod sweep;
 mod teardown;
 mod tokens;
 
-pub use accounts::{CredentialInput, ProfileInput, ProjectInput, UserInput};
+pub use accounts::{Accounts, CredentialInput, ProfileInput, ProjectInput, UserInput};
 pub use callbacks::{
     HeartbeatReply, NodeMetrics, ServedRepository, SessionCallback, WorkspaceGithub,
 };
@@ -98,11 +98,10 @@ pub use config::{ControlPlaneConfig, LayerSettings, PlatformCredential, Workspac
 pub use events::{TaskEvent, TaskEventKind};
 pub use lineage::{MAX_LINEAGE_DEPTH, TaskSource};
 pub use providers::PROVIDER_CACHE_CAPACITY;
-pub(crate) use providers::ProviderCache;
+use providers::ProviderRegistry;
 pub use submit::SubmitRequest;
 pub use sweep::{KeptNode, SweepReport};
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -111,7 +110,7 @@ use tokio::sync::broadcast;
 use crate::clock::Clock;
 use crate::credential::CredentialCipher;
 use crate::error::Error;
-use crate::model::{ProviderKind, TaskId};
+use crate::model::TaskId;
 use crate::node_agent::NodeAgent;
 use crate::provider::{Provider, ProviderFactory};
 use crate::scheduler::Scheduler;
@@ -153,7 +152,8 @@ pub trait BootRenderer: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
     store: Arc<dyn Store>,
-    providers: HashMap<ProviderKind, Arc<dyn Provider>>,
+    /// The platform's providers, and those built from owners' credentials.
+    providers: ProviderRegistry,
     scheduler: Arc<dyn Scheduler>,
     node_agent: Arc<dyn NodeAgent>,
     boot: Arc<dyn BootRenderer>,
@@ -166,11 +166,6 @@ pub struct ControlPlane {
     /// The state of the seeded sequence, shared by clones; `None` when unseeded.
     seeded: Option<Arc<std::sync::Mutex<u64>>>,
     cipher: Option<CredentialCipher>,
-    /// Builds providers from users' and projects' own credentials; without it only
-    /// the platform's providers are used.
-    provider_factory: Option<Arc<dyn ProviderFactory>>,
-    /// The providers built by `provider_factory`, per owner.
-    provider_cache: ProviderCache,
 }
 
 /// A random 64-bit value from the standard library's per-process random keys.
@@ -221,10 +216,9 @@ impl ControlPlane {
         if config.driver_id.is_empty() {
             return Err(invalid("driver_id", "must not be empty"));
         }
-        let providers: HashMap<ProviderKind, Arc<dyn Provider>> =
-            parts.providers.into_iter().map(|p| (p.kind(), p)).collect();
+        let providers = ProviderRegistry::new(parts.providers);
         if let Some(p) = config.platform.provider
-            && !providers.contains_key(&p)
+            && !providers.has_platform(p)
         {
             return Err(invalid(
                 "platform.provider",
@@ -251,8 +245,6 @@ impl ControlPlane {
                 .map(|seed| Arc::new(std::sync::Mutex::new(seed))),
             config,
             events,
-            provider_factory: None,
-            provider_cache: ProviderCache::default(),
         })
     }
 
@@ -274,8 +266,7 @@ impl ControlPlane {
     /// whose project or user has a provider credential is refused at submission
     /// ([`crate::CredentialError::NoFactory`]) rather than run on the platform's.
     pub fn with_provider_factory(mut self, factory: Arc<dyn ProviderFactory>) -> Self {
-        self.provider_factory = Some(factory);
-        self.provider_cache = ProviderCache::default();
+        self.providers = self.providers.with_factory(factory);
         self
     }
 

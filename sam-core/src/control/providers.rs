@@ -20,7 +20,8 @@ use crate::control::{ControlPlane, invalid};
 use crate::credential::{CredentialError, CredentialOwner, CredentialRecord, CredentialTarget};
 use crate::error::Error;
 use crate::model::ProviderKind;
-use crate::provider::{Provider, ProviderCredential};
+use crate::provider::{Provider, ProviderCredential, ProviderFactory};
+use crate::secret::Secret;
 use crate::store::{NodeRecord, TaskRecord};
 
 /// How many owner providers the cache keeps; the least recently used goes first.
@@ -157,37 +158,8 @@ impl ControlPlane {
                 owner: owner.clone(),
                 target: target.clone(),
             })?;
-        let Some(factory) = &self.provider_factory else {
-            return Err(CredentialError::NoFactory {
-                owner: owner.clone(),
-                target,
-            }
-            .into());
-        };
-        let key = (owner.clone(), kind);
-        let fingerprint = fingerprint(&credential);
-        if let Some(provider) = self.provider_cache.get(&key, &fingerprint) {
-            return Ok(provider);
-        }
-        let opened = ProviderCredential {
-            kind: credential.kind,
-            secret: self.open(&credential)?,
-            details: credential.details.clone(),
-        };
-        let provider = factory.build(kind, &opened)?;
-        if provider.kind() != kind {
-            return Err(crate::control::invalid(
-                "provider_factory",
-                format!(
-                    "asked for a {kind} provider, the factory built a {}",
-                    provider.kind()
-                ),
-            ));
-        }
-        tracing::debug!(owner = %owner, provider = %kind, "built a provider from the owner's credential");
-        self.provider_cache
-            .insert(key, fingerprint, Arc::clone(&provider));
-        Ok(provider)
+        self.providers
+            .owned(kind, owner, &credential, |c| self.open(c))
     }
 
     /// The provider a task's calls use: its provider, with the credential owner
@@ -217,12 +189,109 @@ impl ControlPlane {
 
     /// How many providers built from owners' credentials are cached.
     pub fn cached_owner_providers(&self) -> usize {
-        self.provider_cache.len()
+        self.providers.cache.len()
     }
 
     pub(crate) fn provider(&self, kind: ProviderKind) -> Result<&Arc<dyn Provider>, Error> {
-        self.providers
+        self.providers.platform(kind)
+    }
+}
+
+/// The provider registry: the platform's providers by kind, and those built from
+/// owners' own credentials by the factory, cached per owner.
+#[derive(Debug, Clone)]
+pub(super) struct ProviderRegistry {
+    platform: HashMap<ProviderKind, Arc<dyn Provider>>,
+    /// Builds providers from users' and projects' own credentials; without it only
+    /// the platform's providers are used.
+    factory: Option<Arc<dyn ProviderFactory>>,
+    /// The providers built by `factory`, per owner.
+    cache: ProviderCache,
+}
+
+impl ProviderRegistry {
+    /// The platform's providers, one per kind (a later one of the same kind wins).
+    pub(super) fn new(platform: Vec<Arc<dyn Provider>>) -> Self {
+        Self {
+            platform: platform.into_iter().map(|p| (p.kind(), p)).collect(),
+            factory: None,
+            cache: ProviderCache::default(),
+        }
+    }
+
+    /// The same platform providers, building owners' providers with `factory` (and
+    /// an empty cache).
+    pub(super) fn with_factory(self, factory: Arc<dyn ProviderFactory>) -> Self {
+        Self {
+            factory: Some(factory),
+            cache: ProviderCache::default(),
+            ..self
+        }
+    }
+
+    /// Whether the platform has a provider of `kind`.
+    pub(super) fn has_platform(&self, kind: ProviderKind) -> bool {
+        self.platform.contains_key(&kind)
+    }
+
+    /// The kinds the platform has providers for.
+    pub(super) fn platform_kinds(&self) -> impl Iterator<Item = ProviderKind> + '_ {
+        self.platform.keys().copied()
+    }
+
+    /// The platform's provider of `kind`.
+    ///
+    /// # Errors
+    /// `invalid_config` when the platform has none.
+    pub(super) fn platform(&self, kind: ProviderKind) -> Result<&Arc<dyn Provider>, Error> {
+        self.platform
             .get(&kind)
             .ok_or_else(|| invalid("provider", format!("{kind} is not configured")))
+    }
+
+    /// The provider of `kind` in `owner`'s account, built from `credential` (opened
+    /// with `open`) by the factory, or the cached one while the sealed credential is
+    /// unchanged.
+    ///
+    /// # Errors
+    /// [`CredentialError::NoFactory`] without a factory; the opening's and the
+    /// factory's failures; `invalid_config` when the factory built another kind.
+    pub(super) fn owned(
+        &self,
+        kind: ProviderKind,
+        owner: &CredentialOwner,
+        credential: &CredentialRecord,
+        open: impl FnOnce(&CredentialRecord) -> Result<Secret, Error>,
+    ) -> Result<Arc<dyn Provider>, Error> {
+        let Some(factory) = &self.factory else {
+            return Err(CredentialError::NoFactory {
+                owner: owner.clone(),
+                target: CredentialTarget::Provider(kind),
+            }
+            .into());
+        };
+        let key = (owner.clone(), kind);
+        let fingerprint = fingerprint(credential);
+        if let Some(provider) = self.cache.get(&key, &fingerprint) {
+            return Ok(provider);
+        }
+        let opened = ProviderCredential {
+            kind: credential.kind,
+            secret: open(credential)?,
+            details: credential.details.clone(),
+        };
+        let provider = factory.build(kind, &opened)?;
+        if provider.kind() != kind {
+            return Err(invalid(
+                "provider_factory",
+                format!(
+                    "asked for a {kind} provider, the factory built a {}",
+                    provider.kind()
+                ),
+            ));
+        }
+        tracing::debug!(owner = %owner, provider = %kind, "built a provider from the owner's credential");
+        self.cache.insert(key, fingerprint, Arc::clone(&provider));
+        Ok(provider)
     }
 }

@@ -329,8 +329,11 @@ impl ControlPlane {
         managed.insert(MANAGED_LABEL, "true")?;
         // Every account VMs are made in: the platform's providers, and the provider
         // of each credential owner that has nodes recorded.
-        let mut accounts: BTreeSet<(ProviderKind, Option<CredentialOwner>)> =
-            self.providers.keys().map(|kind| (*kind, None)).collect();
+        let mut accounts: BTreeSet<(ProviderKind, Option<CredentialOwner>)> = self
+            .providers
+            .platform_kinds()
+            .map(|kind| (kind, None))
+            .collect();
         accounts.extend(
             rows.iter()
                 .filter_map(|n| n.credential_owner.clone().map(|o| (n.provider, Some(o)))),

@@ -412,17 +412,18 @@ pub async fn set_provider_token(
     provider: ProviderKind,
     token: &str,
 ) {
-    cp.set_credential(
-        &crate::credential::CredentialOwner::User(user.clone()),
-        &crate::control::CredentialInput {
-            target: crate::credential::CredentialTarget::Provider(provider),
-            kind: crate::credential::CredentialKind::ApiToken,
-            secret: crate::secret::Secret::new(token),
-            details: std::collections::BTreeMap::new(),
-        },
-    )
-    .await
-    .expect("the credential is stored");
+    cp.accounts()
+        .set_credential(
+            &crate::credential::CredentialOwner::User(user.clone()),
+            &crate::control::CredentialInput {
+                target: crate::credential::CredentialTarget::Provider(provider),
+                kind: crate::credential::CredentialKind::ApiToken,
+                secret: crate::secret::Secret::new(token),
+                details: std::collections::BTreeMap::new(),
+            },
+        )
+        .await
+        .expect("the credential is stored");
 }
 
 /// Submits a task of `user` (on `preferred`, when given).
