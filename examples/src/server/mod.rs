@@ -96,6 +96,8 @@ mod views;
 
 pub use accounts::{InstallationView, LinkInstallationBody};
 pub use auth::{Authenticated, token_hash};
+// The route modules take `ErrorDoc` (the error schema their annotations name),
+// `parse_body` and `path_id` from here, as `super::…`.
 use routes::ErrorDoc;
 pub use routes::{Verb, openapi, routes};
 pub use tasks::{
