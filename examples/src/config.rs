@@ -48,7 +48,7 @@ use sam_core::{DerivedTimeouts, PolicyError, Secret, TimeoutPolicy};
 use serde::Deserialize;
 
 use crate::embedded::NodeProvider;
-use crate::server::LogFormat;
+use crate::logging::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
 pub const ENV_KEYS: [&str; 33] = [

@@ -8,12 +8,14 @@
 //! - [`client`]: the `sam` commands that talk to a `sam-server`.
 //! - [`server`]: the control plane as an HTTP service, for `sam-server`.
 //! - [`config`]: the layered configuration of `sam-server` (file, `SAM_*`, flags).
+//! - [`logging`]: the log setup of the binaries (a tracing subscriber on stderr).
 //! - [`roles`]: the helper roles (VM agent, demo agent, git credential helper) that
 //!   `sam` and `sam-server` play when no sibling binary is installed.
 
 pub mod client;
 pub mod config;
 pub mod embedded;
+pub mod logging;
 pub mod node;
 pub mod quickstart;
 pub mod roles;

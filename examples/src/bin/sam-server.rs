@@ -394,7 +394,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    server::init_logs(config.log_format);
+    sam_examples::logging::init(config.log_format);
     let result = async {
         let options = ServerOptions::from_config(&config)?;
         server::serve(options, sam_examples::node::shutdown_signal()).await

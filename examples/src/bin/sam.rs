@@ -330,8 +330,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.verbose {
         0 => {}
-        1 => sam_examples::server::init_logs_at(sam_examples::server::LogFormat::Text, "info"),
-        _ => sam_examples::server::init_logs_at(sam_examples::server::LogFormat::Text, "debug"),
+        1 => sam_examples::logging::init_at(sam_examples::logging::LogFormat::Text, "info"),
+        _ => sam_examples::logging::init_at(sam_examples::logging::LogFormat::Text, "debug"),
     }
     let outcome = match cli.command {
         Command::CloudInit(args) => cloud_init(&args),

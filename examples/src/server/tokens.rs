@@ -18,6 +18,7 @@ use sam_core::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::Authenticated;
 use super::{ApiState, ErrorDoc};
 
 /// How many random bytes a created token holds (shown as hex after [`TOKEN_PREFIX`]).
@@ -28,10 +29,6 @@ pub const TOKEN_PREFIX: &str = "sam_";
 
 /// The longest expiry a created token may have, in days (ten years).
 pub const MAX_EXPIRY_DAYS: u32 = 3650;
-
-/// The token a request was let through with (set by the authentication layer).
-#[derive(Debug, Clone)]
-pub struct Authenticated(pub ApiTokenRecord);
 
 /// A token as `GET /v1/tokens` and `sam-server tokens list` show it: never its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -1,6 +1,5 @@
-//! The routes of whose intent a task carries: users, projects, agent profiles,
-//! credentials (write-only), GitHub installation links, setup status, and retry and
-//! fork of tasks.
+//! The account routes, whose settings a task carries: users, projects, agent
+//! profiles, credentials (write-only), GitHub installation links and setup status.
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -10,12 +9,12 @@ use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, CredentialInput, CredentialOwner, CredentialTarget, CredentialView,
     ErrorCategory, ExternalInstallationId, GithubInstallation, ProfileId, ProfileInput, ProjectId,
-    ProjectInput, ProjectRecord, SetupStatus, TaskStatus, UserId, UserInput, UserRecord,
+    ProjectInput, ProjectRecord, SetupStatus, UserId, UserInput, UserRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Accepted, ApiError, ApiState, parse_body, path_id};
+use super::{ApiError, ApiState, parse_body, path_id};
 
 type Json<T> = Result<axum::Json<T>, ApiError>;
 
@@ -25,55 +24,6 @@ fn missing(what: std::fmt::Arguments<'_>) -> ApiError {
 
 fn created<T: Serialize>(value: T) -> Response {
     (StatusCode::CREATED, axum::Json(value)).into_response()
-}
-
-fn accepted(id: sam_core::TaskId) -> Response {
-    let body = Accepted {
-        id: id.to_string(),
-        status: TaskStatus::Queued,
-    };
-    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
-}
-
-/// Runs a finished task's prompt again as a new task that records its parent.
-#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks", security(("bearer" = [])),
-    responses(
-        (status = 202, description = "The new task", body = Accepted),
-        (status = 400, description = "The task is still running, or has 10 ancestors already", body = super::ErrorDoc),
-        (status = 404, description = "No such task", body = super::ErrorDoc),
-    ))]
-pub(super) async fn retry(
-    State(state): State<ApiState>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    let id: sam_core::TaskId = path_id(&id, "id")?;
-    Ok(accepted(state.control_plane.retry(&id).await?))
-}
-
-/// The body of `POST /v1/tasks/{id}/fork`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForkBody {
-    /// What the agent should do next.
-    pub prompt: String,
-}
-
-/// Continues from a task with a new prompt, as a new task that records its parent.
-#[utoipa::path(post, path = "/v1/tasks/{id}/fork", tag = "tasks", security(("bearer" = [])),
-    request_body = ForkBody,
-    responses(
-        (status = 202, description = "The new task", body = Accepted),
-        (status = 400, description = "An empty prompt, or 10 ancestors already", body = super::ErrorDoc),
-        (status = 404, description = "No such task", body = super::ErrorDoc),
-    ))]
-pub(super) async fn fork(
-    State(state): State<ApiState>,
-    UrlPath(id): UrlPath<String>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
-    let id: sam_core::TaskId = path_id(&id, "id")?;
-    let body: ForkBody = parse_body(&bytes)?;
-    Ok(accepted(state.control_plane.fork(&id, &body.prompt).await?))
 }
 
 /// Creates a user.
