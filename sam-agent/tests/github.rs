@@ -106,6 +106,7 @@ impl World {
             self.store.put_user(&user(name, 0)).await.unwrap();
         }
         self.cp
+            .accounts()
             .link_github_installation(
                 self.app.as_ref(),
                 &id,
@@ -383,6 +384,7 @@ async fn links_are_checked_with_github_and_never_shared_between_users() {
     for who in ["alice", "bob"] {
         let links = world
             .cp
+            .accounts()
             .list_github_installations(&UserId::new(who).unwrap())
             .await
             .unwrap();
@@ -397,6 +399,7 @@ async fn links_are_checked_with_github_and_never_shared_between_users() {
     }
     let status = world
         .cp
+        .accounts()
         .setup_status(&UserId::new("alice").unwrap(), None)
         .await
         .unwrap();
@@ -434,6 +437,7 @@ async fn links_are_checked_with_github_and_never_shared_between_users() {
     // Once Bob unlinks, his tasks cannot use the installation; Alice's link stays.
     world
         .cp
+        .accounts()
         .unlink_github_installation(&bob.user_id, bob.external_id)
         .await
         .unwrap();
@@ -452,6 +456,7 @@ async fn links_are_checked_with_github_and_never_shared_between_users() {
     // An installation the App does not have is a typed not-found, and no link is made.
     let error = world
         .cp
+        .accounts()
         .link_github_installation(
             world.app.as_ref(),
             &alice.user_id,
@@ -464,6 +469,7 @@ async fn links_are_checked_with_github_and_never_shared_between_users() {
     assert!(error.to_string().contains("no installation 999"), "{error}");
     let links = world
         .cp
+        .accounts()
         .list_github_installations(&alice.user_id)
         .await
         .unwrap();
@@ -471,6 +477,7 @@ async fn links_are_checked_with_github_and_never_shared_between_users() {
     // An unknown user cannot link anything.
     let error = world
         .cp
+        .accounts()
         .link_github_installation(
             world.app.as_ref(),
             &UserId::new("nobody").unwrap(),

@@ -83,6 +83,7 @@ impl World {
     async fn user(&self, name: &str, token: Option<&str>) -> UserId {
         let user = self
             .cp
+            .accounts()
             .create_user(&UserInput {
                 name: name.to_owned(),
                 settings: Default::default(),
@@ -244,7 +245,8 @@ async fn each_users_nodes_are_made_polled_and_deleted_with_their_own_token() {
 
     // B deletes their credential; the warm nodes expire. A's and the platform's are
     // deleted with their own tokens; B's cannot be, says why, and stays recorded.
-    w.cp.delete_credential(&owner_b, &CredentialTarget::Provider(ProviderKind::Hetzner))
+    w.cp.accounts()
+        .delete_credential(&owner_b, &CredentialTarget::Provider(ProviderKind::Hetzner))
         .await
         .expect("deleted");
     w.clock
@@ -308,17 +310,18 @@ async fn each_users_nodes_are_made_polled_and_deleted_with_their_own_token() {
 async fn without_a_factory_a_users_credential_is_refused_not_replaced() {
     let w = world().await;
     let user = w.user("a", None).await;
-    w.cp.set_credential(
-        &CredentialOwner::User(user.clone()),
-        &CredentialInput {
-            target: CredentialTarget::Provider(ProviderKind::Hetzner),
-            kind: CredentialKind::ApiToken,
-            secret: Secret::new(TOKEN_A),
-            details: BTreeMap::new(),
-        },
-    )
-    .await
-    .expect("stored");
+    w.cp.accounts()
+        .set_credential(
+            &CredentialOwner::User(user.clone()),
+            &CredentialInput {
+                target: CredentialTarget::Provider(ProviderKind::Hetzner),
+                kind: CredentialKind::ApiToken,
+                secret: Secret::new(TOKEN_A),
+                details: BTreeMap::new(),
+            },
+        )
+        .await
+        .expect("stored");
     // Without a factory, a user's own credential is refused rather than replaced by
     // the platform's.
     let bare = ControlPlane::new(

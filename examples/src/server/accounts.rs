@@ -35,7 +35,9 @@ pub(super) async fn create_user(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let input: UserInput = parse_body(&bytes)?;
-    Ok(created(state.control_plane.create_user(&input).await?))
+    Ok(created(
+        state.control_plane.accounts().create_user(&input).await?,
+    ))
 }
 
 /// Reads a user.
@@ -46,7 +48,7 @@ pub(super) async fn get_user(
     UrlPath(raw): UrlPath<String>,
 ) -> Json<UserRecord> {
     let user: UserId = path_id(&raw, "id")?;
-    let found = state.control_plane.get_user(&user).await?;
+    let found = state.control_plane.accounts().get_user(&user).await?;
     Ok(axum::Json(
         found.ok_or_else(|| missing(format_args!("user {user}")))?,
     ))
@@ -64,7 +66,11 @@ pub(super) async fn update_user(
     let user: UserId = path_id(&raw, "id")?;
     let input: UserInput = parse_body(&bytes)?;
     Ok(axum::Json(
-        state.control_plane.update_user(&user, &input).await?,
+        state
+            .control_plane
+            .accounts()
+            .update_user(&user, &input)
+            .await?,
     ))
 }
 
@@ -102,6 +108,7 @@ pub(super) async fn setup(
     Ok(axum::Json(
         state
             .control_plane
+            .accounts()
             .setup_status(&user, project.as_ref())
             .await?,
     ))
@@ -109,7 +116,11 @@ pub(super) async fn setup(
 
 async fn list_credentials(state: &ApiState, owner: CredentialOwner) -> Json<Vec<CredentialView>> {
     Ok(axum::Json(
-        state.control_plane.list_credentials(&owner).await?,
+        state
+            .control_plane
+            .accounts()
+            .list_credentials(&owner)
+            .await?,
     ))
 }
 
@@ -120,7 +131,11 @@ async fn set_credential(
 ) -> Json<CredentialView> {
     let input: CredentialInput = parse_body(bytes)?;
     Ok(axum::Json(
-        state.control_plane.set_credential(&owner, &input).await?,
+        state
+            .control_plane
+            .accounts()
+            .set_credential(&owner, &input)
+            .await?,
     ))
 }
 
@@ -134,6 +149,7 @@ async fn delete_credential(
     })?;
     state
         .control_plane
+        .accounts()
         .delete_credential(&owner, &target)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -217,7 +233,9 @@ pub(super) async fn delete_project_credential(
 #[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
     responses((status = 200, description = "The projects", body = Object)))]
 pub(super) async fn list_projects(State(state): State<ApiState>) -> Json<Vec<ProjectRecord>> {
-    Ok(axum::Json(state.control_plane.list_projects().await?))
+    Ok(axum::Json(
+        state.control_plane.accounts().list_projects().await?,
+    ))
 }
 
 /// Creates a project; it starts with no agent profiles.
@@ -232,7 +250,13 @@ pub(super) async fn create_project(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let input: ProjectInput = parse_body(&bytes)?;
-    Ok(created(state.control_plane.create_project(&input).await?))
+    Ok(created(
+        state
+            .control_plane
+            .accounts()
+            .create_project(&input)
+            .await?,
+    ))
 }
 
 /// Reads a project.
@@ -243,7 +267,7 @@ pub(super) async fn get_project(
     UrlPath(raw): UrlPath<String>,
 ) -> Json<ProjectRecord> {
     let project: ProjectId = path_id(&raw, "id")?;
-    let found = state.control_plane.get_project(&project).await?;
+    let found = state.control_plane.accounts().get_project(&project).await?;
     Ok(axum::Json(found.ok_or_else(|| {
         missing(format_args!("project {project}"))
     })?))
@@ -261,7 +285,11 @@ pub(super) async fn update_project(
     let project: ProjectId = path_id(&raw, "id")?;
     let input: ProjectInput = parse_body(&bytes)?;
     Ok(axum::Json(
-        state.control_plane.update_project(&project, &input).await?,
+        state
+            .control_plane
+            .accounts()
+            .update_project(&project, &input)
+            .await?,
     ))
 }
 
@@ -273,7 +301,11 @@ pub(super) async fn delete_project(
     UrlPath(raw): UrlPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let project: ProjectId = path_id(&raw, "id")?;
-    state.control_plane.delete_project(&project).await?;
+    state
+        .control_plane
+        .accounts()
+        .delete_project(&project)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -286,7 +318,11 @@ pub(super) async fn list_profiles(
 ) -> Json<Vec<AgentProfileRecord>> {
     let project: ProjectId = path_id(&raw, "id")?;
     Ok(axum::Json(
-        state.control_plane.list_profiles(&project).await?,
+        state
+            .control_plane
+            .accounts()
+            .list_profiles(&project)
+            .await?,
     ))
 }
 
@@ -305,7 +341,11 @@ pub(super) async fn create_profile(
     let project: ProjectId = path_id(&raw, "id")?;
     let input: ProfileInput = parse_body(&bytes)?;
     Ok(created(
-        state.control_plane.create_profile(&project, &input).await?,
+        state
+            .control_plane
+            .accounts()
+            .create_profile(&project, &input)
+            .await?,
     ))
 }
 
@@ -321,7 +361,11 @@ pub(super) async fn get_profile(
     UrlPath((raw, profile)): UrlPath<(String, String)>,
 ) -> Json<AgentProfileRecord> {
     let (project, profile) = profile_ids(&raw, &profile)?;
-    let found = state.control_plane.get_profile(&project, &profile).await?;
+    let found = state
+        .control_plane
+        .accounts()
+        .get_profile(&project, &profile)
+        .await?;
     Ok(axum::Json(found.ok_or_else(|| {
         missing(format_args!("agent profile {profile} of project {project}"))
     })?))
@@ -341,6 +385,7 @@ pub(super) async fn update_profile(
     Ok(axum::Json(
         state
             .control_plane
+            .accounts()
             .update_profile(&project, &profile, &input)
             .await?,
     ))
@@ -356,6 +401,7 @@ pub(super) async fn delete_profile(
     let (project, profile) = profile_ids(&raw, &profile)?;
     state
         .control_plane
+        .accounts()
         .delete_profile(&project, &profile)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -411,6 +457,7 @@ pub(super) async fn link_installation(
     let body: LinkInstallationBody = parse_body(&bytes)?;
     let link = state
         .control_plane
+        .accounts()
         .link_github_installation(state.github.as_ref(), &user, body.installation)
         .await?;
     Ok(created(InstallationView::from(link)))
@@ -427,7 +474,11 @@ pub(super) async fn list_installations(
     UrlPath(raw): UrlPath<String>,
 ) -> Json<Vec<InstallationView>> {
     let user: UserId = path_id(&raw, "id")?;
-    let links = state.control_plane.list_github_installations(&user).await?;
+    let links = state
+        .control_plane
+        .accounts()
+        .list_github_installations(&user)
+        .await?;
     Ok(axum::Json(links.into_iter().map(Into::into).collect()))
 }
 
@@ -448,6 +499,7 @@ pub(super) async fn unlink_installation(
             })?;
     state
         .control_plane
+        .accounts()
         .unlink_github_installation(&user, installation)
         .await?;
     Ok(StatusCode::NO_CONTENT)
