@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::InvalidInput;
 use crate::secret::redact;
 
 /// The most boot phases kept per node (the last ones: a failure is at the end).
@@ -83,8 +83,8 @@ impl BootFailureReport {
     /// the boot script itself allows).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] (field `phase`) otherwise.
-    pub fn check(&self) -> Result<(), Error> {
+    /// [`InvalidInput`] (field `phase`) otherwise.
+    pub fn check(&self) -> Result<(), InvalidInput> {
         let valid = !self.phase.is_empty()
             && self.phase.len() <= MAX_PHASE_NAME_CHARS
             && self
@@ -94,7 +94,7 @@ impl BootFailureReport {
         if valid {
             Ok(())
         } else {
-            Err(Error::InvalidInput {
+            Err(InvalidInput {
                 field: "phase",
                 reason: format!(
                     "a boot phase is 1 to {MAX_PHASE_NAME_CHARS} lowercase letters, digits and dashes, not {:?}",
@@ -255,7 +255,7 @@ mod tests {
         for bad in ["", "Packages", "a b", "x\n", "é", &"a".repeat(65)] {
             let error = report(bad).check().unwrap_err();
             assert!(
-                matches!(error, Error::InvalidInput { field: "phase", .. }),
+                matches!(error, InvalidInput { field: "phase", .. }),
                 "{bad:?}: {error}"
             );
         }

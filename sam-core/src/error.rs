@@ -1,5 +1,10 @@
 //! The shared error vocabulary: [`ErrorCategory`], the [`Classify`] trait, and the
-//! error types the traits return ([`ProviderError`], [`StoreError`]) and sam-core's own [`Error`].
+//! small error types the traits and policies return ([`ProviderError`],
+//! [`StoreError`], [`PolicyError`], [`InvalidInput`]).
+//!
+//! This is the base of the crate's layering: it imports only the model and the
+//! secret scrubber, and every other module may import it. sam-core's one error,
+//! which holds every module's, is [`crate::failure::Error`], at the top.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -7,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ParseError, ProviderKind};
+use crate::model::ProviderKind;
 use crate::secret::redact;
 
 /// What kind of failure happened, which decides what the SDK does next.
@@ -378,112 +383,6 @@ impl Classify for StoreError {
     }
 }
 
-/// sam-core's error: everything its policies and (later) its runner can report.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A value could not be parsed.
-    #[error(transparent)]
-    Parse(#[from] ParseError),
-    /// An input field is out of range or inconsistent.
-    #[error("invalid {field}: {reason}")]
-    InvalidInput {
-        /// The field at fault.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// An input field is larger than its limit.
-    #[error("{field} is too large: {size} bytes, at most {limit}")]
-    TooLarge {
-        /// The field at fault.
-        field: &'static str,
-        /// Its size in bytes.
-        size: usize,
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// A callback would change a task that has ended: a finished task is closed.
-    #[error("task {task} has ended ({status}); it takes no more {callback}")]
-    TaskEnded {
-        /// The task.
-        task: crate::model::TaskId,
-        /// Its terminal status.
-        status: crate::model::TaskStatus,
-        /// What was refused (`output`, `session event`, …).
-        callback: &'static str,
-    },
-    /// A policy's values contradict each other.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    /// No catalog size can meet a reservation.
-    #[error(transparent)]
-    NoSizeFits(#[from] crate::reservation::NoSizeFits),
-    /// A fallback plan could not be built.
-    #[error(transparent)]
-    Plan(#[from] crate::fallback::PlanError),
-    /// A provider call failed.
-    #[error(transparent)]
-    Provider(Box<ProviderError>),
-    /// A store call failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A callback's token was rejected.
-    #[error("unauthorized: {0}")]
-    Unauthorized(crate::token::TokenError),
-    /// A VM agent call failed.
-    #[error(transparent)]
-    NodeAgent(#[from] crate::node_agent::NodeAgentError),
-    /// A GitHub call failed.
-    #[error(transparent)]
-    Github(#[from] crate::github::GithubError),
-    /// A credential could not be sealed, opened or accepted.
-    #[error(transparent)]
-    Credential(#[from] crate::credential::CredentialError),
-}
-
-impl From<ProviderError> for Error {
-    fn from(value: ProviderError) -> Self {
-        Self::Provider(Box::new(value))
-    }
-}
-
-impl Error {
-    /// Whether the same operation may succeed later.
-    pub fn is_retryable(&self) -> bool {
-        self.category().is_retryable()
-    }
-}
-
-impl Classify for Error {
-    fn category(&self) -> ErrorCategory {
-        match self {
-            Self::Parse(_)
-            | Self::InvalidInput { .. }
-            | Self::TooLarge { .. }
-            | Self::Policy(_)
-            | Self::NoSizeFits(_)
-            | Self::Plan(_) => ErrorCategory::InvalidConfig,
-            Self::Provider(e) => e.category(),
-            Self::Store(e) => e.category(),
-            Self::Unauthorized(_) => ErrorCategory::AuthError,
-            // The task's state refuses the request: answered `409`, and the callback
-            // client treats every 4xx as permanent.
-            Self::TaskEnded { .. } => ErrorCategory::Conflict,
-            Self::NodeAgent(e) => e.category(),
-            Self::Github(e) => e.category(),
-            Self::Credential(e) => e.category(),
-        }
-    }
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Provider(e) => e.retry_after(),
-            Self::Github(e) => e.retry_after(),
-            _ => None,
-        }
-    }
-}
-
 /// A retry or timeout policy whose values cannot work together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {policy} policy: {field} {reason}")]
@@ -496,8 +395,32 @@ pub struct PolicyError {
     pub reason: String,
 }
 
-/// sam-core's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// An input field out of range or inconsistent, as the policies below the control
+/// plane report it (a reservation's, a project's, a boot report's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidInput {
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl InvalidInput {
+    /// An [`InvalidInput`] for `field`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Classify for InvalidInput {
+    fn category(&self) -> ErrorCategory {
+        ErrorCategory::InvalidConfig
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -98,6 +98,7 @@ pub mod crash;
 pub mod credential;
 pub mod environment;
 pub mod error;
+pub mod failure;
 pub mod fallback;
 pub mod github;
 pub mod model;
@@ -146,9 +147,10 @@ pub use credential::{
     agent_env_var, check_credential, resolve_credential, setup_status,
 };
 pub use error::{
-    BoxError, Classify, Error, ErrorCategory, MAX_BODY_BYTES, PolicyError, ProviderError, Result,
+    BoxError, Classify, ErrorCategory, InvalidInput, MAX_BODY_BYTES, PolicyError, ProviderError,
     StoreError, StoreErrorKind, truncate_body,
 };
+pub use failure::{Error, Result};
 pub use fallback::{Attempt, FallbackPlan, PlanError, PlanRequest, PlanStep, SizeDescent};
 pub use github::{
     ExternalInstallationId, GitCredential, GithubAccess, GithubError, GithubInstallation,

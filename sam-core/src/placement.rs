@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::credential::CredentialOwner;
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::{
     Location, NodeHealth, NodeLifecycle, NodeStatus, ProviderKind, TaskId, VmSize, WorkspaceId,
 };

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::control::LayerSettings;
-use crate::error::Error;
+use crate::error::InvalidInput;
 use crate::model::{ProfileId, ProjectId, UserId};
 use crate::reservation::MAX_CO_TENANTS;
 use crate::session::PermissionMode;
@@ -85,8 +85,8 @@ impl ScalingOverrides {
     /// Checks the ranges.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field out of range.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`InvalidInput`] naming the field out of range.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
         if let Some(n) = self.max_workspaces_per_node
             && !(1..=MAX_CO_TENANTS).contains(&n)
         {
@@ -107,14 +107,14 @@ impl ScalingOverrides {
     }
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidInput {
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidInput {
+    InvalidInput {
         field,
         reason: reason.into(),
     }
 }
 
-fn check_name(field: &'static str, name: &str) -> Result<(), Error> {
+fn check_name(field: &'static str, name: &str) -> Result<(), InvalidInput> {
     if name.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -132,8 +132,8 @@ impl LayerSettings {
     /// system-prompt addition within their limits, no empty names.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
         self.requirements.validate()?;
         for (field, value, max) in [
             ("agent", &self.agent, MAX_NAME_LEN),
@@ -180,8 +180,8 @@ impl UserRecord {
     /// Checks the name and settings.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
         check_name("name", &self.name)?;
         self.settings.validate()
     }
@@ -213,8 +213,8 @@ impl ProjectRecord {
     /// Checks the name, repository, settings and scaling overrides.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
         check_name("name", &self.name)?;
         if self.repo.trim().is_empty() {
             return Err(invalid("repo", "must not be empty"));
@@ -264,8 +264,8 @@ impl AgentProfileRecord {
     /// Checks the name and settings; a profile must name its agent.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
         check_name("name", &self.name)?;
         if self.settings.agent.is_none() {
             return Err(invalid("agent", "an agent profile must name its agent"));
@@ -283,7 +283,7 @@ mod tests {
         let check =
             |scaling: ScalingOverrides, field: Option<&str>| match (scaling.validate(), field) {
                 (Ok(()), None) => {}
-                (Err(Error::InvalidInput { field: got, .. }), Some(want)) => assert_eq!(got, want),
+                (Err(InvalidInput { field: got, .. }), Some(want)) => assert_eq!(got, want),
                 (other, want) => panic!("{scaling:?}: got {other:?}, wanted {want:?}"),
             };
         let max = "scaling.max_workspaces_per_node";
@@ -362,7 +362,7 @@ mod tests {
             updated_at: DateTime::UNIX_EPOCH,
         };
         let field = |p: ProjectRecord| match p.validate() {
-            Err(Error::InvalidInput { field, .. }) => Some(field),
+            Err(InvalidInput { field, .. }) => Some(field),
             _ => None,
         };
         assert_eq!(field(project("git@example.invalid:o/web.git", None)), None);
@@ -392,13 +392,13 @@ mod tests {
         };
         assert!(matches!(
             profile.validate(),
-            Err(Error::InvalidInput { field: "agent", .. })
+            Err(InvalidInput { field: "agent", .. })
         ));
         profile.settings.agent = Some("claude".into());
         profile.settings.system_prompt = Some("x".repeat(MAX_SYSTEM_PROMPT_LEN + 1));
         assert!(matches!(
             profile.validate(),
-            Err(Error::InvalidInput {
+            Err(InvalidInput {
                 field: "system_prompt",
                 ..
             })

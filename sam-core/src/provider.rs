@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::credential::CredentialKind;
-use crate::error::{Error, ProviderError};
+use crate::error::ProviderError;
+use crate::failure::Error;
 use crate::model::{Catalog, Labels, ProviderKind, VmId, VmInstance, VmSpec};
 use crate::secret::Secret;
 

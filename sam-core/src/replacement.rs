@@ -68,7 +68,7 @@ impl fmt::Display for NodeLoss {
             Self::NeverReady { waited } => write!(
                 f,
                 "the server's agent did not report ready within {} (agent ready timeout)",
-                crate::control::runner::human(*waited)
+                crate::timeout::human(*waited)
             ),
         }
     }

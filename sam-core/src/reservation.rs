@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::InvalidInput;
 use crate::model::{Catalog, ServerType, VmSize};
 
 /// Minimum resources and tenancy rules; every field optional.
@@ -58,8 +58,8 @@ impl ResourceRequirements {
     /// Checks every set field is finite and in range, naming the first field that is not.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
         let amounts = [
             ("min_vcpu", self.min_vcpu, MAX_VCPU),
             ("min_memory_gb", self.min_memory_gb, MAX_GB),
@@ -69,7 +69,7 @@ impl ResourceRequirements {
             if let Some(v) = value
                 && !(v.is_finite() && (0.0..=max).contains(&v))
             {
-                return Err(Error::InvalidInput {
+                return Err(InvalidInput {
                     field,
                     reason: format!("{v} is not a number between 0 and {max}"),
                 });
@@ -78,7 +78,7 @@ impl ResourceRequirements {
         if let Some(n) = self.max_co_tenants
             && !(1..=MAX_CO_TENANTS).contains(&n)
         {
-            return Err(Error::InvalidInput {
+            return Err(InvalidInput {
                 field: "max_co_tenants",
                 reason: format!("{n} is not between 1 and {MAX_CO_TENANTS}"),
             });
@@ -268,8 +268,8 @@ fn megabytes(gb: f64) -> u64 {
 /// Resolves `layers` into a concrete reservation, recording every field's source.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when any layer holds an out-of-range value.
-pub fn resolve_reservation(layers: &RequirementLayers) -> Result<Reservation, Error> {
+/// [`InvalidInput`] when any layer holds an out-of-range value.
+pub fn resolve_reservation(layers: &RequirementLayers) -> Result<Reservation, InvalidInput> {
     for layer in Layer::ALL {
         layers.layer(layer).validate()?;
     }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialOwner;
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::{Location, NodeId, ProviderKind, TaskId, VmSize, WorkspaceId};
 use crate::reservation::{Layer, Reservation};
 use crate::store::NodeRecord;

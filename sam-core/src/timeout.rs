@@ -379,5 +379,15 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// Minutes, for messages ("within 15 minutes").
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 120 && secs.is_multiple_of(60) {
+        format!("{} minutes", secs / 60)
+    } else {
+        format!("{secs} seconds")
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,8 @@ use crate::credential::{
     CredentialKind, CredentialOwner, CredentialRecord, CredentialTarget, CredentialView,
     SetupStatus, agent_env_var, check_credential, setup_status,
 };
-use crate::error::{Classify, Error, ErrorCategory};
+use crate::error::{Classify, ErrorCategory};
+use crate::failure::Error;
 use crate::github::{
     ExternalInstallationId, GithubError, GithubInstallation, InstallationKey, RepositoryHost,
 };

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot::{BootFailure, BootFailureReport, BootPhaseRecord, NodeBootRecord};
 use crate::control::{ControlPlane, TaskEventKind, invalid, missing};
-use crate::error::{Error, ErrorCategory};
+use crate::error::ErrorCategory;
+use crate::failure::Error;
 use crate::github::{GithubInstallation, RepoRef, TaskOutput, output_branch};
 use crate::model::{NodeHealth, NodeId, NodeStatus, TaskId, TaskStatus, WorkspaceId};
 use crate::node_agent::{SessionReport, WorkspaceReport};

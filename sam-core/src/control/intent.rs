@@ -12,7 +12,7 @@ use crate::credential::{
     CredentialError, CredentialOwner, CredentialRecord, CredentialTarget, agent_env_var,
     resolve_credential,
 };
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::{ProjectId, UserId};
 use crate::project::{AgentProfileRecord, ProjectRecord};
 use crate::reservation::Layer;

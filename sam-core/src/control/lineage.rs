@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::control::{ControlPlane, SubmitRequest, invalid};
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::{TaskId, WorkspaceId};
 use crate::store::{Lineage, LineageKind, TaskRecord};
 

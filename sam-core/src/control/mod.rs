@@ -109,7 +109,7 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::credential::CredentialCipher;
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::TaskId;
 use crate::node_agent::NodeAgent;
 use crate::provider::{Provider, ProviderFactory};

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::control::{ControlPlane, invalid};
 use crate::credential::{CredentialError, CredentialOwner, CredentialRecord, CredentialTarget};
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::ProviderKind;
 use crate::provider::{Provider, ProviderCredential, ProviderFactory};
 use crate::secret::Secret;

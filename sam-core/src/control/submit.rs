@@ -10,7 +10,7 @@ use crate::control::{
     ControlPlane, LayerSettings, TaskEventKind, WorkspaceProfile, invalid, missing,
 };
 use crate::credential::{CredentialOwner, CredentialTarget};
-use crate::error::Error;
+use crate::failure::Error;
 use crate::fallback::SizeDescent;
 use crate::github::{GithubAccess, RepoRef};
 use crate::model::{Catalog, Location, ProviderKind};

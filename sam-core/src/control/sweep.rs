@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::ControlPlane;
 use crate::credential::CredentialOwner;
-use crate::error::{Error, ErrorCategory};
+use crate::error::ErrorCategory;
+use crate::failure::Error;
 use crate::model::{
     Labels, MANAGED_LABEL, NODE_LABEL, NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind,
     TaskId, TaskStatus,

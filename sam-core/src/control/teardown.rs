@@ -3,7 +3,8 @@
 //! callbacks and cancellation all end tasks here.
 
 use crate::control::{ControlPlane, TaskEventKind};
-use crate::error::{Classify, Error, ErrorCategory};
+use crate::error::{Classify, ErrorCategory};
+use crate::failure::Error;
 use crate::model::{NodeHealth, NodeId, NodeStatus, TaskId, TaskStatus};
 use crate::secret::redact;
 use crate::store::{NodeRecord, TaskError, TaskFilter, TaskRecord, Transition, WorkspaceStatus};

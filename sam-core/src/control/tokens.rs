@@ -2,7 +2,7 @@
 //! verified against every key the control plane holds.
 
 use crate::control::ControlPlane;
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::{NodeId, WorkspaceId};
 use crate::secret::Secret;
 use crate::token::{TokenError, TokenScope, TokenSigner};

@@ -1,4 +1,5 @@
 use super::*;
+use crate::failure::Error;
 use proptest::prelude::*;
 
 #[test]

@@ -29,7 +29,7 @@ use std::ops::Bound;
 
 use foldhash::HashMap;
 
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::{NodeHealth, NodeId, NodeLifecycle, NodeStatus, ProviderKind, WorkspaceId};
 use crate::reservation::{Reservation, check_slot};
 use crate::scheduler::PlacementRequest;

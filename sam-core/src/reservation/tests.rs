@@ -73,7 +73,7 @@ proptest! {
         let mut layers = RequirementLayers::default();
         layers.layer_mut(layer).min_memory_gb = Some(bad);
         match resolve_reservation(&layers) {
-            Err(Error::InvalidInput { field, .. }) => prop_assert_eq!(field, "min_memory_gb"),
+            Err(InvalidInput { field, .. }) => prop_assert_eq!(field, "min_memory_gb"),
             other => prop_assert!(false, "expected InvalidInput, got {:?}", other),
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::control::BootRenderer;
-use crate::error::Error;
+use crate::failure::Error;
 use crate::model::{NodeId, WorkspaceId};
 use crate::node_agent::{
     AgentHealth, NodeAgent, NodeAgentError, SessionReport, SessionRequest, WorkspaceReport,

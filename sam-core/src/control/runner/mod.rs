@@ -19,7 +19,8 @@ use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use crate::control::{ControlPlane, TaskEventKind};
-use crate::error::{Classify, Error, ErrorCategory, StoreErrorKind};
+use crate::error::{Classify, ErrorCategory, StoreErrorKind};
+use crate::failure::Error;
 use crate::model::{ExecutionStep, TaskId, TaskStatus};
 use crate::store::{
     Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, TaskError,
@@ -81,16 +82,6 @@ pub(in crate::control) fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc
 
 pub(in crate::control) fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - since).to_std().unwrap_or_default()
-}
-
-/// Minutes, for messages ("within 15 minutes").
-pub(crate) fn human(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 120 && secs.is_multiple_of(60) {
-        format!("{} minutes", secs / 60)
-    } else {
-        format!("{secs} seconds")
-    }
 }
 
 impl ControlPlane {

@@ -2,9 +2,10 @@
 //! fallback plan, with the lease renewed around every create.
 
 use super::steps::boot_loss;
-use super::{Next, after, elapsed, human};
+use super::{Next, after, elapsed};
 use crate::control::{ControlPlane, TaskEventKind};
-use crate::error::{Classify, Error, ErrorCategory, ProviderError};
+use crate::error::{Classify, ErrorCategory, ProviderError};
+use crate::failure::Error;
 use crate::fallback::{FallbackPlan, PlanRequest};
 use crate::model::{
     ExecutionStep, Labels, Location, NodeHealth, NodeId, NodeLifecycle, NodeStatus, VmSize, VmSpec,
@@ -18,6 +19,7 @@ use crate::secret::Secret;
 use crate::store::{
     KeyPurpose, KeyRecord, LeasedWrite, NodeRecord, TaskNotice, TaskRecord, TaskUpdate,
 };
+use crate::timeout::human;
 
 /// Why a create did not happen: the provider refused, or the control plane could
 /// not go on (its lease was lost, its store failed).

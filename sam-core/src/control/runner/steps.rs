@@ -2,9 +2,10 @@
 //! starting the agent session and probing it, and what happens when a node is lost.
 
 use super::provision::plan_entry;
-use super::{Next, after, elapsed, human};
+use super::{Next, after, elapsed};
 use crate::control::{ControlPlane, TaskEventKind};
-use crate::error::{Classify, Error, ErrorCategory};
+use crate::error::{Classify, ErrorCategory};
+use crate::failure::Error;
 use crate::github::output_branch;
 use crate::model::{ExecutionStep, NodeHealth, TaskStatus, VmState, WorkspaceId};
 use crate::node_agent::{SessionReport, SessionRequest, WorkspaceReport, WorkspaceRequest};
@@ -13,6 +14,7 @@ use crate::store::{
     LeasedWrite, NodeBeat, NodeRecord, SlotOutcome, TaskRecord, TaskUpdate, WorkspaceRecord,
     WorkspaceStatus,
 };
+use crate::timeout::human;
 
 /// The loss a node's recorded boot failure means, if it has one.
 pub(in crate::control) fn boot_loss(node: &NodeRecord) -> Option<NodeLoss> {
