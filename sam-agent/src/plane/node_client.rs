@@ -4,7 +4,7 @@
 //! A [`NodeRecord`] does not say where its agent listens nor which key signs its
 //! management tokens, so the client asks a [`NodeDirectory`] for each node's
 //! [`NodeEndpoint`]: the embedding control plane knows the VM's address (from its
-//! provider) and the node token it booted the node with. [`StaticNodeDirectory`] is
+//! provider) and the node token it booted the node with. [`StaticNodeDirectory`](super::StaticNodeDirectory) is
 //! a map for tests and small embeddings.
 //!
 //! Per the trait's contract every call is one request: nothing here retries or

@@ -15,7 +15,7 @@ use sam_core::{NodeId, NodeRecord, Secret};
 /// A VM agent keys its management tokens with its boot token
 /// ([`crate::wire::management_signer`]); the token is signed with an issue time, so
 /// it cannot be derived again and must be kept. [`KeyedBoot`] records each token as
-/// it is issued; [`ProviderNodeDirectory`] reads it back.
+/// it is issued; [`ProviderNodeDirectory`](super::ProviderNodeDirectory) reads it back.
 #[derive(Debug, Clone)]
 pub struct FileNodeKeys {
     dir: std::path::PathBuf,

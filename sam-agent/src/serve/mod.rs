@@ -10,7 +10,7 @@ use sam_core::ErrorCategory;
 
 use crate::wire::{ApiError, classify_status};
 
-mod listener;
+pub mod listener;
 
 pub use listener::{JsonErrorListener, JsonErrorStream};
 
