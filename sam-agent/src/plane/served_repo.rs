@@ -28,10 +28,6 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::wire::ApiError;
 
-/// The last path segment of the route a served repository lives under
-/// (`…/v1/workspaces/{id}/repo`); git appends its own paths to it.
-pub const ROUTE_SEGMENT: &str = "repo";
-
 /// The largest request body git may send (a push's pack), in bytes: 2 GiB.
 pub const MAX_REQUEST_BYTES: u64 = 2 << 30;
 

@@ -669,7 +669,7 @@ async fn create_workspace(
         };
         let (repo, credentials) = if request.repo_served {
             (
-                route(crate::plane::served_repo::ROUTE_SEGMENT).to_string(),
+                route(crate::wire::SERVED_REPO_SEGMENT).to_string(),
                 Some(GitAccess::ControlPlane(request.token.clone())),
             )
         } else {

@@ -89,6 +89,10 @@ pub struct HeartbeatResponse {
     pub refreshed_token: Option<Secret>,
 }
 
+/// The last path segment of the route a served repository lives under
+/// (`…/v1/workspaces/{id}/repo`); git appends its own paths to it.
+pub const SERVED_REPO_SEGMENT: &str = "repo";
+
 /// The body of `POST /v1/workspaces/{id}/git-credential`: what git asked about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

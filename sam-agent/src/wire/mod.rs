@@ -37,7 +37,7 @@ pub use api_error::{ApiError, ErrorBody, classify_status, parse_body, path_id, s
 pub use boot_timeline::{BootPhase, BootTimeline};
 pub use callback_api::{
     BOOT_FAILED_EVENT, BootFailed, GitCredentialRequest, GitCredentialResponse, Heartbeat,
-    HeartbeatResponse, NodeReady, PullRequestCreated,
+    HeartbeatResponse, NodeReady, PullRequestCreated, SERVED_REPO_SEGMENT,
 };
 pub use node_config::{AgentProgram, NodeConfig};
 
