@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use sam_agent::acp::{AcpOptions, AcpSession, AgentIo, AgentLauncher};
+use sam_agent::vm::acp::{AcpOptions, AcpSession, AgentIo, AgentLauncher};
 use sam_core::{AgentError, AgentFailure, AgentSession, ErrorCategory, SessionEvent};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};

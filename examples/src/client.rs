@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sam_agent::api::ErrorBody;
+use sam_agent::wire::ErrorBody;
 use sam_core::{Secret, TaskEvent, TaskStatus};
 use serde::de::DeserializeOwned;
 

@@ -27,10 +27,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use sam_agent::node_config::AgentProgram;
-use sam_agent::{
-    FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, LocalBoot, ProviderNodeDirectory,
-};
+use sam_agent::plane::{FileNodeKeys, KeyedBoot, LocalBoot, ProviderNodeDirectory};
+use sam_agent::wire::AgentProgram;
+use sam_agent::{HttpNodeAgent, HttpNodeAgentConfig};
 use sam_core::{
     AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialKind,
     DefaultScheduler, NodeAgent, NodeAgentError, NodeRecord, PlatformCredential, Provider,
@@ -196,7 +195,7 @@ pub enum NodeProvider {
     Local,
     /// A cloud provider: nodes boot from cloud-init ([`sam_cloudinit::CloudInitBoot`]),
     /// so the callback URL must be one the VMs can reach (`https`), and their agents
-    /// are reached at their public address on [`sam_agent::node_config::DEFAULT_PORT`].
+    /// are reached at their public address on [`sam_agent::wire::node_config::DEFAULT_PORT`].
     Cloud(Arc<dyn Provider>),
     /// [`sam_providers::QemuProvider`]: each node a QEMU VM on this machine, booted
     /// from cloud-init like a cloud node ([`NodeProvider::Cloud`]'s `cloud_boot`
@@ -270,7 +269,10 @@ impl EmbeddedOptions {
         Ok(Self {
             data_dir: data_dir.into(),
             vm_agent: Program::sibling_or_self("sam-vm-agent", &["vm-agent"])?,
-            demo_agent: Program::sibling_or_self(sam_agent::demo::DEMO_BINARY, &["demo-agent"])?,
+            demo_agent: Program::sibling_or_self(
+                sam_agent::vm::demo::DEMO_BINARY,
+                &["demo-agent"],
+            )?,
             agent_command: None,
             poll_interval: Duration::from_millis(250),
             timeouts: TimeoutPolicy {
@@ -671,8 +673,8 @@ impl Embedded {
         // With a credential key, node keys live in the store (every server on the
         // database reads them); the files keep serving nodes booted before.
         let files = FileNodeKeys::new(data_dir.join("node-keys"))?;
-        let keys: Arc<dyn sam_agent::NodeKeys> = match &options.credential_key {
-            Some(key) => Arc::new(sam_agent::StoreNodeKeys::new(
+        let keys: Arc<dyn sam_agent::plane::NodeKeys> = match &options.credential_key {
+            Some(key) => Arc::new(sam_agent::plane::StoreNodeKeys::new(
                 Arc::clone(&store),
                 sam_core::CredentialCipher::new(key)?,
                 Some(files.clone()),
@@ -753,7 +755,7 @@ impl Embedded {
             let router = sam_agent::callback_router(control_plane.clone());
             let shutdown = until(stopped.clone());
             tasks.push(tokio::spawn(async move {
-                let listener = sam_agent::listener::JsonErrorListener::new(listener);
+                let listener = sam_agent::serve::JsonErrorListener::new(listener);
                 if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown)
                     .await
@@ -802,7 +804,7 @@ type ProviderParts = (
 /// Reaches the nodes' agents at their provider address on `port`, with the keys.
 fn http_node_agent(
     provider: &Arc<dyn Provider>,
-    keys: &Arc<dyn sam_agent::NodeKeys>,
+    keys: &Arc<dyn sam_agent::plane::NodeKeys>,
     port: u16,
 ) -> anyhow::Result<HttpNodeAgent> {
     let directory = ProviderNodeDirectory::new([Arc::clone(provider)], Arc::clone(keys), port);
@@ -818,10 +820,10 @@ fn http_node_agent(
 fn cloud_parts(
     provider: &Arc<dyn Provider>,
     url: &url::Url,
-    keys: &Arc<dyn sam_agent::NodeKeys>,
+    keys: &Arc<dyn sam_agent::plane::NodeKeys>,
     template: Option<&sam_cloudinit::CloudInitBoot>,
 ) -> anyhow::Result<ProviderParts> {
-    let port = sam_agent::node_config::DEFAULT_PORT;
+    let port = sam_agent::wire::node_config::DEFAULT_PORT;
     let mut boot = template
         .context(
             "a cloud provider needs the VM agent its nodes install: set `cloud_boot` \
@@ -846,7 +848,7 @@ fn qemu_parts(
     nodes: &QemuNodes,
     data_dir: &Path,
     url: &url::Url,
-    keys: &Arc<dyn sam_agent::NodeKeys>,
+    keys: &Arc<dyn sam_agent::plane::NodeKeys>,
     template: Option<&sam_cloudinit::CloudInitBoot>,
 ) -> anyhow::Result<ProviderParts> {
     let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback());
@@ -860,7 +862,7 @@ fn qemu_parts(
         })?;
     let mut config = sam_providers::QemuConfig::new(data_dir.join(QEMU_DIR), nodes.image.clone());
     config.accel = nodes.accel;
-    config.agent_port = sam_agent::node_config::DEFAULT_PORT;
+    config.agent_port = sam_agent::wire::node_config::DEFAULT_PORT;
     config.control_plane_port = Some(port);
     config.apt_proxy_port = nodes.apt_proxy_port;
     let provider: Arc<dyn Provider> = Arc::new(sam_providers::QemuProvider::new(config)?);
@@ -870,11 +872,11 @@ fn qemu_parts(
         .clone();
     let guest = sam_core::QEMU_CONTROL_PLANE_ADDRESS;
     boot.control_plane_url = format!("http://{}{}", guest.ip(), url.path().trim_end_matches('/'));
-    boot.agent_port = sam_agent::node_config::DEFAULT_PORT;
+    boot.agent_port = sam_agent::wire::node_config::DEFAULT_PORT;
     boot.role = sam_cloudinit::NodeRole::Host;
     boot.validate_for(ProviderKind::Qemu)
         .context("the QEMU nodes' boot settings are invalid")?;
-    let agent = http_node_agent(&provider, keys, sam_agent::node_config::DEFAULT_PORT)?;
+    let agent = http_node_agent(&provider, keys, sam_agent::wire::node_config::DEFAULT_PORT)?;
     Ok((provider, Arc::new(boot), Arc::new(agent)))
 }
 
@@ -884,7 +886,7 @@ fn local_parts(
     options: &EmbeddedOptions,
     data_dir: &Path,
     url: &url::Url,
-    keys: &Arc<dyn sam_agent::NodeKeys>,
+    keys: &Arc<dyn sam_agent::plane::NodeKeys>,
 ) -> anyhow::Result<ProviderParts> {
     let root = options
         .local_root
@@ -896,7 +898,7 @@ fn local_parts(
 
     let mut agents = BTreeMap::new();
     agents.insert(
-        sam_agent::demo::DEMO_AGENT.to_owned(),
+        sam_agent::vm::demo::DEMO_AGENT.to_owned(),
         AgentProgram {
             program: options.demo_agent.program.display().to_string(),
             args: options.demo_agent.args.clone(),
@@ -925,7 +927,7 @@ fn local_parts(
         heartbeat_interval_secs: Some(options.timeouts.heartbeat_interval.as_secs().max(1)),
         agents,
     };
-    let http = http_node_agent(&provider, keys, sam_agent::node_config::DEFAULT_PORT)?;
+    let http = http_node_agent(&provider, keys, sam_agent::wire::node_config::DEFAULT_PORT)?;
     let node_agent = HandOver {
         inner: http,
         nodes_dir: data_dir.join(LOCAL_DIR).join("vms"),

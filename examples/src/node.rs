@@ -19,21 +19,21 @@ pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> a
     let (node, boot_log) = match config {
         Some(path) => (
             NodeConfig::read(path)?,
-            Some(sam_agent::server::DEFAULT_BOOT_LOG.into()),
+            Some(sam_agent::vm::http::DEFAULT_BOOT_LOG.into()),
         ),
         None => (NodeConfig::from_local_env()?, None),
     };
     let mut node = node;
     // A cloud or QEMU node has only this binary: without a `sam-demo-agent` beside
     // it, the demo agent is this binary's own `demo-agent` role.
-    if !node.agents.contains_key(sam_agent::demo::DEMO_AGENT) {
+    if !node.agents.contains_key(sam_agent::vm::demo::DEMO_AGENT) {
         let demo = crate::embedded::Program::sibling_or_self(
-            sam_agent::demo::DEMO_BINARY,
+            sam_agent::vm::demo::DEMO_BINARY,
             &["demo-agent"],
         )?;
         node.agents.insert(
-            sam_agent::demo::DEMO_AGENT.to_owned(),
-            sam_agent::node_config::AgentProgram {
+            sam_agent::vm::demo::DEMO_AGENT.to_owned(),
+            sam_agent::wire::AgentProgram {
                 program: demo.program.display().to_string(),
                 args: demo.args,
             },
@@ -42,7 +42,7 @@ pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> a
     let token = node.token(token_file)?;
     eprintln!(
         "sam-vm-agent {}: node {} on port {}, control plane {}",
-        sam_agent::server::VERSION,
+        sam_agent::vm::http::VERSION,
         node.node_id,
         node.port,
         node.control_plane_url

@@ -173,7 +173,7 @@ impl RunOutcome {
 pub fn hint(error: &TaskError, agent: &str) -> Option<String> {
     // The VM agent's own wording for an agent program it could not start.
     if error.message.contains("cannot start agent") {
-        return Some(match sam_agent::acp::agent_package(agent) {
+        return Some(match sam_agent::vm::acp::agent_package(agent) {
             Some(package) => format!(
                 "the {agent} agent is not installed on the node: `npm install -g {package}` puts it on PATH; `--agent demo` needs nothing"
             ),

@@ -50,11 +50,11 @@ impl Role {
                 callback_token_file,
             } => crate::node::run_vm_agent(config.as_deref(), callback_token_file.as_deref()).await,
             Self::DemoAgent => {
-                sam_agent::demo::serve(tokio::io::stdin(), tokio::io::stdout()).await?;
+                sam_agent::vm::demo::serve(tokio::io::stdin(), tokio::io::stdout()).await?;
                 Ok(())
             }
             Self::GitCredential { operation } => {
-                sam_agent::git::run_credential_helper(&operation).await?;
+                sam_agent::vm::git::run_credential_helper(&operation).await?;
                 Ok(())
             }
         }

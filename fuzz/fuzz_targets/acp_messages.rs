@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use libfuzzer_sys::fuzz_target;
-use sam_agent::{AcpOptions, AcpSession, AgentIo, AgentLauncher, CrashPolicy};
+use sam_agent::vm::CrashPolicy;
+use sam_agent::{AcpOptions, AcpSession, AgentIo, AgentLauncher};
 use sam_core::{AgentError, AgentSession, RetryPolicy};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use sam_agent::api::{ApiError, BootFailed, Heartbeat, NodeReady, parse_body};
+use sam_agent::wire::{ApiError, BootFailed, Heartbeat, NodeReady, parse_body};
 use sam_core::testkit::node_agent::{FakeAgentCall, FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
     Clock as _, ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler,

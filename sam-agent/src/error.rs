@@ -2,13 +2,16 @@
 
 use sam_core::{AgentError, Classify, ErrorCategory};
 
-use crate::devcontainer::DevcontainerError;
+#[cfg(feature = "vm")]
+use crate::vm::devcontainer::DevcontainerError;
 
-/// Everything that can go wrong in the VM agent.
+/// Everything that can go wrong in the VM agent, and in the control plane's side
+/// of the wire.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Devcontainer discovery or selection failed.
+    #[cfg(feature = "vm")]
     #[error(transparent)]
     Devcontainer(#[from] DevcontainerError),
     /// A request was refused before anything ran.
@@ -59,6 +62,7 @@ pub enum Error {
     #[error("store: {0}")]
     Store(String),
     /// The SQLite event log or metrics store failed; `sam-store` classified it.
+    #[cfg(feature = "vm")]
     #[error("event log or metrics: {0}")]
     Sqlite(#[from] sam_store::Error),
 }
@@ -95,14 +99,16 @@ impl Error {
 impl Classify for Error {
     fn category(&self) -> ErrorCategory {
         match self {
+            #[cfg(feature = "vm")]
             Self::Devcontainer(DevcontainerError::NotFound { .. }) => ErrorCategory::NotFound,
-            Self::Devcontainer(_) | Self::InvalidRequest(_) | Self::InvalidConfig { .. } => {
-                ErrorCategory::InvalidConfig
-            }
+            #[cfg(feature = "vm")]
+            Self::Devcontainer(_) => ErrorCategory::InvalidConfig,
+            Self::InvalidRequest(_) | Self::InvalidConfig { .. } => ErrorCategory::InvalidConfig,
             Self::Command { .. } | Self::Store(_) => ErrorCategory::Unknown,
             Self::Io { .. } => ErrorCategory::Transient,
             Self::Agent(e) => e.category,
             Self::Callback { category, .. } => *category,
+            #[cfg(feature = "vm")]
             Self::Sqlite(e) => e.category(),
         }
     }

@@ -1,37 +1,32 @@
 //! # sam-agent
 //!
-//! The SAM VM agent as a library: what runs on a node to prepare workspaces and host
-//! coding agents.
+//! Both ends of the wire between SAM's control plane and the agent on each node, in
+//! three parts:
 //!
-//! - **ACP session host** ([`acp`]): [`AcpSession`] implements
-//!   [`sam_core::AgentSession`] over the Agent Client Protocol for any
-//!   [`AgentLauncher`] — an [`AgentCommand`] (the registry knows `claude`, `codex`,
-//!   `gemini` and `opencode`; any command works), or an in-process agent. It answers
-//!   permission requests by [`PermissionMode`], serves file requests strictly inside
-//!   the workspace, retries prompts that fail before the agent accepted them
-//!   ([`sam_core::RetryPolicy::prompt`]), and recovers crashed agents with
-//!   `session/load` ([`CrashPolicy`]).
-//! - **Devcontainers** ([`devcontainer`]): `discover` and `select` in the
-//!   specification's order, JSONC with comments and trailing commas.
-//! - **Workspace runtimes** ([`runtime`]): [`HostRuntime`] (the embedded default) and
-//!   [`DockerRuntime`]; the [`runtime::ReadyReport`] carries the effective profile.
-//! - **Boot timeline** ([`boot`]) and **resource monitor** ([`monitor`]): parsing of
-//!   the `sam-boot` phase markers, `/proc` and `statvfs`.
-//! - **Event log and metrics** ([`events`], [`storage`]): [`SqliteEventLog`] and
-//!   `sam-store`'s metrics store in the node's data directory ([`Storage::Sqlite`]),
-//!   or a [`MemoryEventLog`] for tests and embedding ([`Storage::Memory`]).
-//! - **Fake agent** ([`fake`]): a scripted ACP agent, always compiled, also shipped as
-//!   the `fake-acp-agent` binary for tests.
-//! - **Demo agent** ([`demo`]): a real ACP agent that needs no model (it reads the
-//!   repository and writes one file), the `demo` agent of the offline quickstart.
-//! - **Node configuration** ([`node_config`]): [`NodeConfig`] (cloud-init's
-//!   `agent.json` or the local provider's user data), the runtime its role selects
-//!   ([`NodeRuntime`]), and [`LocalBoot`].
-//! - **Agent user** ([`user`]): [`AgentUser`], the unprivileged account agents and
-//!   git run as on a cloud node.
-//! - **The control plane's side** ([`control_plane`]): [`callback_router`] serves the
-//!   callback routes over a `sam_core::ControlPlane`; [`ProviderNodeDirectory`] and
-//!   [`FileNodeKeys`] let [`HttpNodeAgent`] find nodes and keep their boot tokens.
+//! - **[`wire`]**: every body the two sides exchange (the agent's API and its
+//!   management tokens, the callbacks, the error answer, the boot timeline, the
+//!   node's configuration). It imports nothing else of this crate, so the client
+//!   and the server of each route share one definition.
+//! - **[`vm`]** (the `vm` feature, on by default): the VM agent, what runs on a
+//!   node. [`VmAgent`] serves the agent's HTTP API, prepares workspaces with a
+//!   [`WorkspaceRuntime`] ([`HostRuntime`], [`DockerRuntime`]; devcontainers, git,
+//!   the agent user), hosts coding agents with the ACP session host ([`AcpSession`]
+//!   for any [`AgentLauncher`], such as an [`AgentCommand`]), keeps an event log
+//!   ([`SqliteEventLog`], [`MemoryEventLog`]) and metrics, and calls the control
+//!   plane back. [`NodeConfig`] tells it who it is.
+//! - **[`plane`]**: the control plane's side. [`HttpNodeAgent`] is its
+//!   [`sam_core::NodeAgent`] over the agent's API; [`callback_router`] and
+//!   [`git_router`] serve the routes nodes call.
+//!
+//! [`serve`] holds what both servers put around their routes (every failure is a
+//! JSON [`wire::ErrorBody`]), and [`Error`] is the crate's error type.
+//!
+//! ## Features
+//! - `vm` (default): the [`vm`] part and the `fake-acp-agent` and
+//!   `sam-git-credential` binaries. Without it (`default-features = false`) a control
+//!   plane gets [`wire`] and [`plane`] only, and does not compile the ACP host, the
+//!   workspace runtimes, devcontainer parsing (`jsonc-parser`), the agent user
+//!   (`nix`) or the node's SQLite stores (`sam-store`).
 //!
 //! ## Example
 //! Discover a repository's devcontainer, then run one prompt turn against the fake
@@ -39,8 +34,9 @@
 //! ```
 //! use std::sync::Arc;
 //! use futures::StreamExt;
-//! use sam_agent::{AcpOptions, AcpSession, devcontainer};
-//! use sam_agent::fake::FakeAgentScript;
+//! use sam_agent::{AcpOptions, AcpSession};
+//! use sam_agent::vm::devcontainer;
+//! use sam_agent::vm::fake::FakeAgentScript;
 //! use sam_core::{AgentSession, SessionEvent, StopReason};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -77,55 +73,23 @@
 //! # }
 //! ```
 //!
-//! ## The VM agent over HTTP
-//! [`VmAgent`] wires it together ([`server`]): it serves the HTTP API of [`api`]
-//! (`GET /health`, and under `/v1` with a management token: workspaces, sessions,
-//! cancel, events, and the exports of the event log and metrics), prepares workspaces with a [`WorkspaceRuntime`], hosts one
-//! [`AcpSession`] per workspace, and reports to the control plane through
-//! [`Callbacks`] (node ready with the boot timeline, heartbeats with metrics,
-//! workspace ready, session events), retrying with [`callbacks::callback_policy`].
-//! [`HttpNodeAgent`] is the control plane's [`sam_core::NodeAgent`] over that API.
-//! Events go to an [`events::EventLog`] and resource snapshots (every minute) to a
-//! metrics store, both chosen by [`VmAgentConfig::storage`].
 
-pub mod acp;
-pub mod api;
-pub mod boot;
-pub mod callbacks;
-pub mod control_plane;
-pub mod demo;
-pub mod devcontainer;
+// The crate docs above name the `vm` part's types; without the feature they are not
+// there to link to, and the docs of that build are the control plane's only.
+#![cfg_attr(not(feature = "vm"), allow(rustdoc::broken_intra_doc_links))]
+
 pub mod error;
-pub mod events;
-pub mod fake;
-pub mod git;
-pub mod listener;
-pub mod monitor;
-pub mod node_agent;
-pub mod node_config;
-pub mod runtime;
-pub mod served_repo;
-pub mod server;
-pub mod storage;
-pub mod user;
+pub mod plane;
+pub mod serve;
+#[cfg(feature = "vm")]
+pub mod vm;
+pub mod wire;
 
-pub use acp::{
-    AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, CrashPolicy, PermissionMode,
-    SYSTEM_PROMPT_META_AGENTS, SessionSettings,
-};
-pub use callbacks::{Callbacks, CallbacksConfig};
-pub use control_plane::{
-    BOOT_FAILED_BODY_LIMIT, CALLBACK_PATHS, GIT_PATHS, SERVED_REPO_PATH, callback_router,
-    git_router,
-};
 pub use error::{Error, Result};
-pub use events::{EventLog, MemoryEventLog, SqliteEventLog};
-pub use node_agent::{
-    FileNodeKeys, HttpNodeAgent, HttpNodeAgentConfig, KeyedBoot, NodeDirectory, NodeEndpoint,
-    NodeKeys, ProviderNodeDirectory, StaticNodeDirectory, StoreNodeKeys,
+pub use plane::{HttpNodeAgent, HttpNodeAgentConfig, callback_router, git_router};
+#[cfg(feature = "vm")]
+pub use vm::{
+    AcpOptions, AcpSession, AgentCommand, AgentIo, AgentLauncher, DockerRuntime, EventLog,
+    HostRuntime, MemoryEventLog, SqliteEventLog, VmAgent, VmAgentConfig, WorkspaceRuntime,
 };
-pub use node_config::{LocalBoot, NodeConfig, NodeRuntime};
-pub use runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
-pub use server::{VmAgent, VmAgentConfig};
-pub use storage::{SqliteStorage, Storage};
-pub use user::AgentUser;
+pub use wire::NodeConfig;

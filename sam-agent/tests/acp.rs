@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use sam_agent::fake::{FakeAgentScript, FakeCrash};
-use sam_agent::{
-    AcpOptions, AcpSession, AgentCommand, CrashPolicy, PermissionMode, SessionSettings,
-};
+use sam_agent::vm::fake::{FakeAgentScript, FakeCrash};
+use sam_agent::vm::{CrashPolicy, PermissionMode, SessionSettings};
+use sam_agent::{AcpOptions, AcpSession, AgentCommand};
 use sam_core::{
     AgentError, AgentFailure, AgentSession, ErrorCategory, RetryOn, RetryPolicy, Secret,
     SessionEvent, StopReason, TaskStatus, TimedEvent,
@@ -603,7 +602,7 @@ fn prompt_text(params: &serde_json::Value) -> &str {
 async fn the_claude_adapter_gets_its_model_and_system_prompt_over_acp() {
     let dir = workspace();
     let script = FakeAgentScript {
-        name: Some(sam_agent::SYSTEM_PROMPT_META_AGENTS[0].to_owned()),
+        name: Some(sam_agent::vm::SYSTEM_PROMPT_META_AGENTS[0].to_owned()),
         models: vec!["default".to_owned(), "opus".to_owned()],
         ..FakeAgentScript::default()
     };

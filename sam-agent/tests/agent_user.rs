@@ -12,9 +12,10 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
-use sam_agent::fake::FakeAgentScript;
-use sam_agent::runtime::WorkspaceRequest;
-use sam_agent::{AgentUser, HostRuntime, WorkspaceRuntime};
+use sam_agent::vm::AgentUser;
+use sam_agent::vm::fake::FakeAgentScript;
+use sam_agent::vm::runtime::WorkspaceRequest;
+use sam_agent::{HostRuntime, WorkspaceRuntime};
 use sam_core::WorkspaceId;
 
 #[path = "support/agent_user.rs"]

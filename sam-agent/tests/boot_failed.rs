@@ -307,8 +307,8 @@ async fn the_ready_callback_keeps_the_boot_timeline_on_the_node() {
                2026-12-07T10:00:02Z node sam-boot[1]: PHASE START: agent-start\n\
                2026-12-07T10:00:09Z node sam-boot[1]: PHASE END: agent-start\n\
                2026-12-07T10:00:09Z node sam-boot[1]: ALL PHASES COMPLETE\n";
-    let timeline = sam_agent::boot::BootTimeline::from_syslog(log);
-    let callbacks = sam_agent::Callbacks::new(sam_agent::CallbacksConfig {
+    let timeline = sam_agent::wire::boot_timeline::BootTimeline::from_syslog(log);
+    let callbacks = sam_agent::vm::Callbacks::new(sam_agent::vm::CallbacksConfig {
         base_url: w.url.parse().unwrap(),
         node_id: node.clone(),
         node_token: w.cp.issue_node_token(&node),
@@ -316,7 +316,7 @@ async fn the_ready_callback_keeps_the_boot_timeline_on_the_node() {
     })
     .unwrap();
     callbacks
-        .node_ready(&sam_agent::api::NodeReady {
+        .node_ready(&sam_agent::wire::NodeReady {
             version: "1.2.3".into(),
             boot: timeline,
         })

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use sam_agent::api::NodeReady;
-use sam_agent::boot::BootTimeline;
-use sam_agent::{Callbacks, CallbacksConfig, Error};
+use sam_agent::Error;
+use sam_agent::vm::{Callbacks, CallbacksConfig};
+use sam_agent::wire::NodeReady;
+use sam_agent::wire::boot_timeline::BootTimeline;
 use sam_core::{
     ErrorCategory, NodeId, NodeMetrics, RetryOn, RetryPolicy, Secret, SessionCallback,
     SessionReport, StopReason, WorkspaceId, WorkspaceReport,

@@ -1,6 +1,6 @@
 //! A differential test of devcontainer discovery against the reference
 //! implementation, `@devcontainers/cli`: for many repository layouts, the file
-//! `sam_agent::devcontainer::select` picks (or its error) is compared with what
+//! `sam_agent::vm::devcontainer::select` picks (or its error) is compared with what
 //! `devcontainer read-configuration` picks (or its error), with `--config` for a
 //! named configuration.
 //!
@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sam_agent::devcontainer::{self, DevcontainerConfig, DevcontainerError};
+use sam_agent::vm::devcontainer::{self, DevcontainerConfig, DevcontainerError};
 
 /// Layouts where the project deliberately disagrees with the reference, and why. In
 /// each the reference reads the same file the project rejects.

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sam_agent::devcontainer::DevcontainerError;
-use sam_agent::fake::FakeAgentScript;
-use sam_agent::runtime::{
-    CONTAINER_HOME, EffectiveProfile, ProfileRequest, ReadyStatus, WorkspaceRequest,
-};
-use sam_agent::{AgentUser, DockerRuntime, Error, HostRuntime, WorkspaceRuntime};
+use sam_agent::vm::AgentUser;
+use sam_agent::vm::devcontainer::DevcontainerError;
+use sam_agent::vm::fake::FakeAgentScript;
+use sam_agent::vm::runtime::{CONTAINER_HOME, EffectiveProfile, ReadyStatus, WorkspaceRequest};
+use sam_agent::wire::ProfileRequest;
+use sam_agent::{DockerRuntime, Error, HostRuntime, WorkspaceRuntime};
 use sam_core::WorkspaceId;
 use tempfile::TempDir;
 
@@ -252,7 +252,7 @@ impl Setup {
     async fn agent_runs_as_the_user(
         &self,
         runtime: &DockerRuntime,
-        workspace: &sam_agent::runtime::Workspace,
+        workspace: &sam_agent::vm::runtime::Workspace,
     ) {
         // The agent sees the clone at the container's folder: its session's `cwd`,
         // and the paths of its file requests, are there.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use sam_agent::git::GitConfig;
+use sam_agent::vm::git::GitConfig;
 use sam_agent::{HostRuntime, callback_router, git_router};
 use sam_core::testkit::fixtures::{node, reservation, user, workspace};
 use sam_core::{

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use sam_agent::api::{MANAGEMENT_AUDIENCE, SessionView, WorkspaceView, management_signer};
-use sam_agent::fake::FakeAgentScript;
+use sam_agent::plane::{NodeEndpoint, StaticNodeDirectory};
+use sam_agent::vm::fake::FakeAgentScript;
+use sam_agent::vm::{SqliteStorage, Storage};
+use sam_agent::wire::{MANAGEMENT_AUDIENCE, SessionView, WorkspaceView, management_signer};
 use sam_agent::{
-    AcpOptions, AgentCommand, HostRuntime, HttpNodeAgent, HttpNodeAgentConfig, NodeEndpoint,
-    SqliteStorage, StaticNodeDirectory, Storage, VmAgent, VmAgentConfig,
+    AcpOptions, AgentCommand, HostRuntime, HttpNodeAgent, HttpNodeAgentConfig, VmAgent,
+    VmAgentConfig,
 };
 use sam_core::{
     Capacity, ErrorCategory, Labels, Location, NodeAgent, NodeHealth, NodeId, NodeLifecycle,
@@ -968,7 +970,7 @@ async fn download(h: &Harness, path: &str, dir: &std::path::Path) -> std::path::
     assert_eq!(response.status(), 200, "{path}");
     assert_eq!(
         response.headers()["content-type"],
-        sam_agent::server::SQLITE_MEDIA_TYPE
+        sam_agent::vm::http::SQLITE_MEDIA_TYPE
     );
     let length: u64 = response.headers()["content-length"]
         .to_str()
@@ -1400,7 +1402,7 @@ async fn the_model_is_selected_over_acp_and_an_unoffered_one_fails_the_session()
 /// provider (a node of a user's account lives where that provider cannot see).
 #[tokio::test]
 async fn a_node_is_reached_at_its_recorded_address() {
-    use sam_agent::{FileNodeKeys, NodeDirectory, ProviderNodeDirectory};
+    use sam_agent::plane::{FileNodeKeys, NodeDirectory, ProviderNodeDirectory};
     use sam_providers::FakeProvider;
 
     let dir = TempDir::new().unwrap();
@@ -1469,7 +1471,7 @@ async fn a_node_is_reached_at_its_recorded_address() {
 /// key recorded the first time, which a VM of the first create may already hold.
 #[test]
 fn a_node_keeps_its_first_key_when_created_again() {
-    use sam_agent::{FileNodeKeys, KeyedBoot};
+    use sam_agent::plane::{FileNodeKeys, KeyedBoot};
     use sam_core::BootRenderer;
 
     /// Puts the token into the user data, as the real renderers do.
@@ -1501,7 +1503,7 @@ fn a_node_keeps_its_first_key_when_created_again() {
 /// credential key is refused, naming the setting.
 #[tokio::test]
 async fn node_keys_are_read_from_the_store_then_the_files() {
-    use sam_agent::{FileNodeKeys, NodeKeys, StoreNodeKeys};
+    use sam_agent::plane::{FileNodeKeys, NodeKeys, StoreNodeKeys};
     use sam_core::{CredentialCipher, KeyPurpose, KeyRecord, Store};
 
     let store: Arc<dyn Store> = Arc::new(sam_store::MemoryStore::new());

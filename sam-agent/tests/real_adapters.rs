@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use sam_agent::{AcpOptions, AcpSession, AgentCommand, SessionSettings};
+use sam_agent::vm::SessionSettings;
+use sam_agent::{AcpOptions, AcpSession, AgentCommand};
 use sam_core::{AgentFailure, AgentSession, ErrorCategory, Secret, SessionEvent};
 
 fn adapter_path(bin: &str) -> Option<PathBuf> {

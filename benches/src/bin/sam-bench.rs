@@ -287,7 +287,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(sam_examples::node::run_vm_agent(None, None)))
         }
         Some(DEMO_AGENT_ROLE) => runtime().and_then(|rt| {
-            rt.block_on(sam_agent::demo::serve(
+            rt.block_on(sam_agent::vm::demo::serve(
                 tokio::io::stdin(),
                 tokio::io::stdout(),
             ))

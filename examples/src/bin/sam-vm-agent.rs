@@ -5,7 +5,7 @@
 //! passes `SAM_USER_DATA`, `SAM_PORT` and `SAM_DATA_DIR`.
 //!
 //! `sam-vm-agent git-credential <operation>` is the git credential helper the agent
-//! configures for repositories behind a GitHub installation (`sam_agent::git`), and
+//! configures for repositories behind a GitHub installation (`sam_agent::vm::git`), and
 //! `sam-vm-agent demo-agent` the demo agent of a node that has no `sam-demo-agent`
 //! (`sam_examples::roles`).
 

@@ -44,11 +44,11 @@
 //! [`sam_core::ApiTokenRecord`]). The token the server starts with is the bootstrap
 //! token: starting with another one revokes it ([`tokens::register_bootstrap`]).
 //! The callback routes check their own scoped tokens. Every failure is an
-//! [`ErrorBody`](sam_agent::api::ErrorBody) with the status of its category; a
+//! [`ErrorBody`](sam_agent::wire::ErrorBody) with the status of its category; a
 //! malformed body names the field; unknown routes get a JSON `404`; bodies over
-//! [`sam_agent::api::BODY_LIMIT`] a JSON
-//! `413`, and so do axum's and hyper's own refusals ([`sam_agent::api::json_errors`],
-//! [`sam_agent::listener::JsonErrorListener`]). A task's repository must be
+//! [`sam_agent::serve::BODY_LIMIT`] a JSON
+//! `413`, and so do axum's and hyper's own refusals ([`sam_agent::serve::json_errors`],
+//! [`sam_agent::serve::JsonErrorListener`]). A task's repository must be
 //! `https://…`, `ssh://…`, `user@host:path` or, with the local provider, a git
 //! repository on this machine ([`check_local_repository`]); its prompt holds no NUL
 //! and at most [`sam_core::MAX_PROMPT_BYTES`] (`413` above). Each response carries an
@@ -73,8 +73,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-pub use sam_agent::api::ApiError;
-use sam_agent::api::{parse_body, path_id};
+pub use sam_agent::wire::ApiError;
+use sam_agent::wire::{parse_body, path_id};
 use sam_core::{
     Catalog, ControlPlane, ErrorCategory, ExternalInstallationId, GitCredential, GithubError,
     PullRequestRequest, RepoRef, RepositoryHost, Secret,
@@ -261,7 +261,7 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let listener = sam_agent::listener::JsonErrorListener::new(listener);
+            let listener = sam_agent::serve::JsonErrorListener::new(listener);
             if let Err(e) = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -363,7 +363,9 @@ pub fn api_router(state: ApiState) -> Router {
         .merge(user)
         .layer(axum::Extension(state.agent_binary.clone()))
         // The git and callback routers run to completion by themselves.
-        .layer(axum::middleware::from_fn(sam_agent::api::run_to_completion))
+        .layer(axum::middleware::from_fn(
+            sam_agent::serve::run_to_completion,
+        ))
         .merge(sam_agent::git_router(
             state.control_plane.clone(),
             state.github,
@@ -372,10 +374,10 @@ pub fn api_router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(
-            sam_agent::api::BODY_LIMIT,
+            sam_agent::serve::BODY_LIMIT,
         ))
         // Every failure is JSON, axum's own rejections included.
-        .layer(axum::middleware::from_fn(sam_agent::api::json_errors))
+        .layer(axum::middleware::from_fn(sam_agent::serve::json_errors))
         .layer(axum::middleware::from_fn(request_id))
 }
 

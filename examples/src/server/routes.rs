@@ -163,15 +163,15 @@ pub(super) fn user_routes() -> Vec<RouteEntry<ApiState>> {
 
 /// Every route [`super::api_router`] serves, as (method, path) in axum's path syntax (which
 /// is also OpenAPI's): the public and user routes from the table the router is built
-/// from, and the callback routes ([`sam_agent::CALLBACK_PATHS`], all `POST`). Not
-/// listed: the served repository ([`sam_agent::SERVED_REPO_PATH`]), which speaks
+/// from, and the callback routes ([`sam_agent::plane::CALLBACK_PATHS`], all `POST`). Not
+/// listed: the served repository ([`sam_agent::plane::SERVED_REPO_PATH`]), which speaks
 /// git's smart HTTP protocol to git, not JSON.
 pub fn routes() -> Vec<(Verb, &'static str)> {
     let public = public_routes().into_iter().map(|(v, p, _)| (v, p));
     let user = user_routes().into_iter().map(|(v, p, _)| (v, p));
-    let callbacks = sam_agent::CALLBACK_PATHS
+    let callbacks = sam_agent::plane::CALLBACK_PATHS
         .into_iter()
-        .chain(sam_agent::GIT_PATHS)
+        .chain(sam_agent::plane::GIT_PATHS)
         .map(|p| (Verb::Post, p));
     public.chain(user).chain(callbacks).collect()
 }
@@ -236,9 +236,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
     use utoipa::openapi::{Required, ResponseBuilder};
     let mut doc = ApiDoc::openapi();
-    for path in sam_agent::CALLBACK_PATHS
+    for path in sam_agent::plane::CALLBACK_PATHS
         .into_iter()
-        .chain(sam_agent::GIT_PATHS)
+        .chain(sam_agent::plane::GIT_PATHS)
     {
         let operation = OperationBuilder::new()
             .summary(Some("A VM agent's callback; needs the node's scoped token"))

@@ -10,7 +10,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use sam_agent::api::{ApiError, parse_body};
+use sam_agent::wire::{ApiError, parse_body};
 use sam_core::{
     ApiTokenKind, ApiTokenRecord, ErrorCategory, Secret, Store, StoreErrorKind,
     check_api_token_name, hash_api_token,

@@ -1,9 +1,9 @@
-//! A scripted ACP agent on stdio, for tests: see `sam_agent::fake`.
+//! A scripted ACP agent on stdio, for tests: see `sam_agent::vm::fake`.
 //!
 //! The script comes from `FAKE_ACP_*` environment variables. A scripted crash exits
 //! with status 3 and a line on stderr.
 
-use sam_agent::fake::{FakeAgentScript, FakeExit, serve};
+use sam_agent::vm::fake::{FakeAgentScript, FakeExit, serve};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sam_agent::fake::FakeAgentScript;
-use sam_agent::runtime::Workspace;
+use sam_agent::vm::fake::FakeAgentScript;
+use sam_agent::vm::runtime::Workspace;
 use sam_agent::{AcpOptions, AcpSession, AgentCommand};
 use sam_core::{AgentSession, Secret, StopReason};
 

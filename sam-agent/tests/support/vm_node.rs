@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use sam_agent::api::management_signer;
-use sam_agent::fake::FakeAgentScript;
+use sam_agent::vm::fake::FakeAgentScript;
+use sam_agent::wire::management_signer;
 use sam_agent::{AgentCommand, HostRuntime, VmAgent, VmAgentConfig};
 use sam_core::testkit::node_agent::{FakeNodeAgent, PlainBoot};
 use sam_core::{

@@ -128,7 +128,7 @@ fn check_order(text: &str) -> Vec<Phase> {
     // The VM agent waits for the boot's end once it sees this phase.
     assert_eq!(
         Phase::AgentDownload.as_str(),
-        sam_agent::boot::AGENT_DOWNLOAD_PHASE
+        sam_agent::wire::boot_timeline::AGENT_DOWNLOAD_PHASE
     );
     for required in [
         Phase::AptTimers,

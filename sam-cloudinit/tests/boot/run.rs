@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-use sam_agent::boot::BootTimeline;
+use sam_agent::wire::boot_timeline::BootTimeline;
 use sam_cloudinit::{AGENT_SHA256_PATH, ALL_PHASES_COMPLETE, NodeBoot, Phase};
 use sam_core::ProviderKind;
 use serde::Deserialize;

@@ -7,7 +7,6 @@
 //! RFC 3339 timestamp (rsyslog's default format); lines without a timestamp cannot be
 //! placed in time and are skipped.
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -148,37 +147,6 @@ fn journal_message(value: &Value) -> Option<String> {
 /// once it shows in the timeline, the boot is in its last phases and about to log
 /// its end.
 pub const AGENT_DOWNLOAD_PHASE: &str = "agent-download";
-
-/// Reads the timeline from the journal, or from `fallback_log` when `journalctl` is
-/// missing or fails, or when the journal holds no boot markers (the boot script's
-/// `logger` wrote to syslog files only).
-///
-/// # Errors
-/// When neither source can be read.
-pub async fn read_timeline(fallback_log: &Path) -> crate::Result<BootTimeline> {
-    let journal = tokio::process::Command::new("journalctl")
-        .args(["-t", BOOT_TAG, "-o", "json", "--no-pager", "-b"])
-        .output()
-        .await;
-    if let Ok(output) = journal
-        && output.status.success()
-    {
-        let timeline = BootTimeline::from_journal_json(&String::from_utf8_lossy(&output.stdout));
-        if timeline != BootTimeline::default() {
-            return Ok(timeline);
-        }
-        // A readable journal without markers: the file may have them; if it cannot be
-        // read, the empty timeline from the journal stands.
-        return Ok(match tokio::fs::read_to_string(fallback_log).await {
-            Ok(text) => BootTimeline::from_syslog(&text),
-            Err(_) => timeline,
-        });
-    }
-    let text = tokio::fs::read_to_string(fallback_log)
-        .await
-        .map_err(|e| crate::Error::io(format!("reading {}", fallback_log.display()), e))?;
-    Ok(BootTimeline::from_syslog(&text))
-}
 
 #[cfg(test)]
 mod tests {

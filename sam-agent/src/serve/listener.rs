@@ -1,5 +1,5 @@
 //! [`JsonErrorListener`]: a TCP listener whose connections answer hyper's own
-//! refusals with a JSON [`ErrorBody`](crate::api::ErrorBody), as every other
+//! refusals with a JSON [`ErrorBody`](crate::wire::ErrorBody), as every other
 //! failure of the SDK's servers is.
 //!
 //! hyper answers a request it cannot parse before any route or middleware sees it:
@@ -8,12 +8,12 @@
 //! watch what hyper writes and replace such a response head (a `4xx` or `5xx`
 //! status, `content-length: 0`, no content type) with the same status and headers
 //! and an `ErrorBody`. Responses of the router always carry a body and a content
-//! type (the [`json_errors`](crate::api::json_errors) middleware sees to that), so
+//! type (the [`json_errors`](crate::serve::json_errors) middleware sees to that), so
 //! nothing else is touched.
 //!
 //! ```no_run
 //! # async fn serve() -> std::io::Result<()> {
-//! use sam_agent::listener::JsonErrorListener;
+//! use sam_agent::serve::JsonErrorListener;
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let router = axum::Router::new();
@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::api::{ApiError, classify_status};
+use crate::wire::{ApiError, classify_status};
 
 /// A [`TcpListener`] for [`axum::serve()`] whose connections answer hyper's own
 /// refusals as JSON; see the [module docs](self).

@@ -7,7 +7,8 @@ use sam_core::NodeId;
 use sam_store::{Event, EventQuery, LoggedEvent, RetentionConfig};
 
 use crate::error::{Error, Result};
-use crate::events::{AgentEvent, EventLevel, EventLog, NewEvent};
+use crate::vm::events::{EventLog, NewEvent};
+use crate::wire::{AgentEvent, EventLevel};
 
 /// The node's durable event log: one SQLite file in WAL mode with
 /// `synchronous=NORMAL`, whose events older than the retention are pruned while it

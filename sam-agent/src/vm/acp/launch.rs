@@ -138,7 +138,7 @@ pub struct AgentCommand {
     /// Docker client's own settings for `docker exec`); never passed into a container.
     passthrough: &'static [&'static str],
     /// The unprivileged account the process runs as; `None` keeps this process's.
-    user: Option<crate::user::AgentUser>,
+    user: Option<crate::vm::user::AgentUser>,
 }
 
 /// The Docker client's own settings: where the daemon is and how to reach it. They
@@ -163,7 +163,7 @@ impl fmt::Debug for AgentCommand {
             .field("cwd", &self.cwd)
             .field(
                 "user",
-                &self.user.as_ref().map(crate::user::AgentUser::name),
+                &self.user.as_ref().map(crate::vm::user::AgentUser::name),
             )
             .finish()
     }
@@ -237,10 +237,10 @@ impl AgentCommand {
         self
     }
 
-    /// Runs the agent as `user` ([`crate::user`]): its uid and primary gid, with
+    /// Runs the agent as `user` ([`crate::vm::user`]): its uid and primary gid, with
     /// `HOME`, `USER` and `LOGNAME` naming it.
     #[must_use]
-    pub fn with_user(mut self, user: crate::user::AgentUser) -> Self {
+    pub fn with_user(mut self, user: crate::vm::user::AgentUser) -> Self {
         self.user = Some(user);
         self
     }

@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sam_core::{ErrorCategory, Secret, TimeoutPolicy, WorkspaceId};
-use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::callbacks::{callback_policy, decode_answer, post_with_retry};
 use crate::error::{Error, Result};
-use crate::runtime::checked_output;
-use crate::user::AgentUser;
+use crate::vm::callbacks::{callback_policy, decode_answer, post_with_retry};
+use crate::vm::runtime::checked_output;
+use crate::vm::user::AgentUser;
+use crate::wire::{GitCredentialRequest, GitCredentialResponse};
 
 /// The variable that tells the credential helper which route to ask.
 pub const CREDENTIAL_URL_ENV: &str = "SAM_GIT_CREDENTIAL_URL";
@@ -57,37 +57,6 @@ pub enum GitAccess {
     /// A repository the control plane serves at its git route: the URL is built
     /// from the node's own control-plane URL, and git sends this workspace token.
     ControlPlane(Secret),
-}
-
-/// The body of `POST /v1/workspaces/{id}/git-credential`: what git asked about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GitCredentialRequest {
-    /// `https` (or `http` to a loopback host).
-    pub protocol: String,
-    /// The host, with its port when git names one.
-    pub host: String,
-    /// The repository path, when git sends it (`credential.useHttpPath`).
-    #[serde(default)]
-    pub path: Option<String>,
-}
-
-/// The answer of the credential route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GitCredentialResponse {
-    /// The user name git sends.
-    pub username: String,
-    /// The short-lived token.
-    pub password: String,
-    /// When it expires (RFC 3339).
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// The answer of `POST /v1/workspaces/{id}/pull-request`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PullRequestCreated {
-    /// The pull request's web URL.
-    pub url: String,
 }
 
 /// The most characters of the prompt's first line in a commit subject, so the

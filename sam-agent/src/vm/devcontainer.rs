@@ -39,7 +39,7 @@
 //!   is an error), and nesting deeper than 512 levels is an error.
 //!
 //! ```
-//! use sam_agent::devcontainer::{self, DevcontainerKind};
+//! use sam_agent::vm::devcontainer::{self, DevcontainerKind};
 //!
 //! let repo = tempfile::tempdir()?;
 //! std::fs::create_dir_all(repo.path().join(".devcontainer/gpu"))?;

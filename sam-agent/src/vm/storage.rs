@@ -17,8 +17,8 @@ use sam_core::NodeId;
 use sam_store::{MetricsStore, RetentionConfig};
 
 use crate::error::{Error, Result};
-use crate::events::{EventLog, MemoryEventLog, SqliteEventLog};
-use crate::monitor::MetricsSnapshot;
+use crate::vm::events::{EventLog, MemoryEventLog, SqliteEventLog};
+use crate::vm::monitor::MetricsSnapshot;
 
 /// The event log's file name in the data directory.
 pub const EVENTS_FILE: &str = "events.db";
@@ -31,7 +31,7 @@ const EXPORTS_DIR: &str = "exports";
 /// retention when that is shorter.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Where a [`crate::VmAgent`] keeps its events and metrics.
+/// Where a [`crate::vm::VmAgent`] keeps its events and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
     /// In the process: the latest `events_kept` events in a [`MemoryEventLog`], and

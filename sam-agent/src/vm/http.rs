@@ -1,8 +1,8 @@
 //! [`VmAgent`]: the agent on a node, wired together.
 //!
-//! [`VmAgent::serve`] answers the HTTP API of [`crate::api`] on a listener the
+//! [`VmAgent::serve`] answers the HTTP API of [`crate::wire`] on a listener the
 //! caller bound (so `GET /health` answers as soon as it runs), and meanwhile:
-//! - reads the boot timeline ([`crate::boot`]), records each phase as an event and
+//! - reads the boot timeline ([`crate::wire::boot_timeline`]), records each phase as an event and
 //!   reports the node ready with the agent's version and the timeline;
 //! - samples the resource monitor every [`VmAgentConfig::metrics_interval`] and
 //!   stores each snapshot under its minute ([`Storage`]);
@@ -14,7 +14,7 @@
 //!   to the control plane as [`SessionCallback::Event`], in order, and the end of the
 //!   turn as [`SessionCallback::Report`] (`stopped` with the stop reason and the
 //!   agent's last message, or `failed` with the classified error);
-//! - writes what happens to its [`EventLog`](crate::EventLog), which
+//! - writes what happens to its [`EventLog`](crate::vm::EventLog), which
 //!   `GET /v1/events` reads; with [`Storage::Sqlite`], `GET /v1/events/export` and
 //!   `GET /v1/metrics/export` stream the database files after a WAL checkpoint.
 //!
@@ -56,19 +56,22 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::acp::{AcpOptions, AcpSession, AgentCommand, KNOWN_AGENTS, SessionSettings};
-use crate::api::{
-    ApiError, CreateWorkspace, EventsQuery, MAX_EVENTS, NodeReady, SessionView, StartSession,
-    WorkspaceView, management_signer, parse_body, path_id,
-};
-use crate::boot::{self, BootTimeline};
-use crate::callbacks::{Callbacks, CallbacksConfig, callback_policy};
 use crate::error::{Error, Result};
-use crate::events::{EventLevel, NewEvent};
-use crate::git::{CredentialSource, GitAccess, commit_message};
-use crate::monitor::{self, MetricsSnapshot};
-use crate::runtime::{EffectiveProfile, ReadyReport, ReadyStatus, Workspace, WorkspaceRuntime};
-use crate::storage::{ExportKind, Storage, Stores};
+use crate::vm::acp::{AcpOptions, AcpSession, AgentCommand, KNOWN_AGENTS, SessionSettings};
+use crate::vm::boot_log::finished_timeline;
+use crate::vm::callbacks::{Callbacks, CallbacksConfig, callback_policy};
+use crate::vm::events::NewEvent;
+use crate::vm::git::{CredentialSource, GitAccess, commit_message};
+use crate::vm::monitor::{self, MetricsSnapshot};
+use crate::vm::runtime::{
+    EffectiveProfile, ReadyReport, ReadyStatus, Workspace, WorkspaceRequest, WorkspaceRuntime,
+};
+use crate::vm::storage::{ExportKind, Storage, Stores};
+use crate::wire::boot_timeline::{BootPhase, BootTimeline};
+use crate::wire::{
+    ApiError, CreateWorkspace, EventLevel, EventsQuery, MAX_EVENTS, NodeReady, SessionView,
+    StartSession, WorkspaceView, management_signer, parse_body, path_id,
+};
 
 /// The agent's version, reported by `/health` and the ready callback.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -95,7 +98,7 @@ pub struct VmAgentConfig {
     /// This node.
     pub node_id: NodeId,
     /// The node token from the node's root-only boot file: it authenticates
-    /// callbacks and keys management tokens ([`crate::api`]).
+    /// callbacks and keys management tokens ([`crate::wire`]).
     pub node_token: Secret,
     /// The control plane's base URL.
     pub control_plane: Url,
@@ -375,10 +378,12 @@ impl VmAgent {
         Router::new()
             .route("/health", get(health))
             .merge(managed)
-            .layer(middleware::from_fn(crate::api::run_to_completion))
+            .layer(middleware::from_fn(crate::serve::run_to_completion))
             .fallback(|| async { ApiError::new(ErrorCategory::NotFound, "no such route") })
-            .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
-            .layer(middleware::from_fn(crate::api::json_errors))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                crate::serve::BODY_LIMIT,
+            ))
+            .layer(middleware::from_fn(crate::serve::json_errors))
             .with_state(Arc::clone(&self.shared))
     }
 
@@ -394,7 +399,7 @@ impl VmAgent {
     ) -> Result<()> {
         let sampler = tokio::spawn(sample_metrics(Arc::clone(&self.shared)));
         let background = tokio::spawn(run_node(Arc::clone(&self.shared)));
-        let listener = crate::listener::JsonErrorListener::new(listener);
+        let listener = crate::serve::JsonErrorListener::new(listener);
         let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await;
@@ -427,31 +432,6 @@ impl Shared {
                 &format!("workspace {id} does not exist"),
             )
         })
-    }
-}
-
-/// How long the agent waits for the boot to log its end (`ALL PHASES COMPLETE`)
-/// before it reports ready with the timeline it has. The boot starts the agent in
-/// its last phase and logs that phase's end a moment later; without the wait the
-/// ready callback could miss it (seen on a QEMU node, once in six boots).
-const BOOT_END_WAIT: Duration = Duration::from_secs(30);
-
-/// The boot timeline; when the boot has reached the agent's own phases
-/// ([`boot::AGENT_DOWNLOAD_PHASE`] onwards), once it logged its end, or after
-/// [`BOOT_END_WAIT`]. A boot that stopped earlier (the agent started by hand, say)
-/// is reported as it is at once.
-async fn finished_timeline(log: &std::path::Path) -> crate::Result<BootTimeline> {
-    let deadline = tokio::time::Instant::now() + BOOT_END_WAIT;
-    loop {
-        let timeline = boot::read_timeline(log).await?;
-        let ending = timeline
-            .phases
-            .iter()
-            .any(|p| p.name == boot::AGENT_DOWNLOAD_PHASE);
-        if timeline.complete || !ending || tokio::time::Instant::now() >= deadline {
-            return Ok(timeline);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -509,7 +489,7 @@ async fn run_node(shared: Arc<Shared>) {
 }
 
 /// A boot phase as an event: its start, end and duration in the detail.
-fn boot_phase_event(phase: &boot::BootPhase) -> NewEvent {
+fn boot_phase_event(phase: &BootPhase) -> NewEvent {
     let duration_ms = phase
         .duration
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -689,7 +669,7 @@ async fn create_workspace(
         };
         let (repo, credentials) = if request.repo_served {
             (
-                route(crate::served_repo::ROUTE_SEGMENT).to_string(),
+                route(crate::wire::SERVED_REPO_SEGMENT).to_string(),
                 Some(GitAccess::ControlPlane(request.token.clone())),
             )
         } else {
@@ -724,7 +704,8 @@ async fn create_workspace(
             &format!("preparing workspace {} from {}", request.id, request.repo),
         )
         .with_workspace(&request.id);
-        let runtime_request = request.to_runtime_request(repo, entry.credentials.clone());
+        let runtime_request =
+            WorkspaceRequest::from_create(&request, repo, entry.credentials.clone());
         let (task_shared, task_entry) = (Arc::clone(&shared), Arc::clone(&entry));
         entry.spawn(async move {
             task_shared.record(created).await;
@@ -740,7 +721,7 @@ async fn create_workspace(
 async fn prepare(
     shared: Arc<Shared>,
     entry: Arc<Entry>,
-    request: crate::runtime::WorkspaceRequest,
+    request: crate::vm::runtime::WorkspaceRequest,
 ) {
     let (report, event) = match shared.runtime.prepare(&request).await {
         Ok(workspace) => {
@@ -1296,7 +1277,7 @@ async fn cancel_session(
 async fn list_events(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<axum::Json<Vec<crate::events::AgentEvent>>, ApiError> {
+) -> Result<axum::Json<Vec<crate::wire::AgentEvent>>, ApiError> {
     let Query(query) = query
         .map_err(|e| ApiError::field(ErrorCategory::InvalidConfig, "limit", &e.body_text()))?;
     let limit = query.limit.unwrap_or(100).min(MAX_EVENTS);

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::acp::AgentCommand;
-use crate::acp::endpoint::AgentEndpoint;
+use crate::vm::acp::AgentCommand;
+use crate::vm::acp::endpoint::AgentEndpoint;
 
 /// The demo agent's name in the agent registry.
 pub const DEMO_AGENT: &str = "demo";

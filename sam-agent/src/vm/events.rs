@@ -15,46 +15,14 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{WorkspaceId, redact};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::wire::{AgentEvent, EventLevel};
 
 mod sqlite;
 
 pub use sqlite::SqliteEventLog;
-
-/// How important an event is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventLevel {
-    /// Normal operation.
-    Info,
-    /// Something went wrong and was handled.
-    Warn,
-    /// Something failed.
-    Error,
-}
-
-/// An event as the log stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentEvent {
-    /// Increasing per log.
-    pub id: u64,
-    /// When it happened.
-    pub at: DateTime<Utc>,
-    /// How important it is.
-    pub level: EventLevel,
-    /// What kind of event (`workspace.ready`, `agent_session.prompt_retry`, …).
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// One sentence, redacted.
-    pub message: String,
-    /// The workspace it is about, if any.
-    pub workspace_id: Option<WorkspaceId>,
-    /// Structured detail, redacted.
-    pub detail: Value,
-}
 
 /// An event to append; built redacted, so its fields are read-only.
 #[derive(Debug, Clone, PartialEq)]

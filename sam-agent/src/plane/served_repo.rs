@@ -3,7 +3,7 @@
 //!
 //! A QEMU VM cannot read its host's paths, so a task naming a local repository is
 //! cloned from, and its output branch pushed to, `…/v1/workspaces/{id}/repo` on the
-//! control plane ([`crate::control_plane::git_router`]), with the workspace token.
+//! control plane ([`crate::plane::routes::git_router`]), with the workspace token.
 //! This module runs git's own server side (`git http-backend`, the CGI program git
 //! ships for exactly this) once per request: its environment is the allow-list of
 //! [`sam_core::environment`] and the CGI variables; the request body streams into it
@@ -26,11 +26,7 @@ use futures::TryStreamExt as _;
 use sam_core::ErrorCategory;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::api::ApiError;
-
-/// The last path segment of the route a served repository lives under
-/// (`…/v1/workspaces/{id}/repo`); git appends its own paths to it.
-pub const ROUTE_SEGMENT: &str = "repo";
+use crate::wire::ApiError;
 
 /// The largest request body git may send (a push's pack), in bytes: 2 GiB.
 pub const MAX_REQUEST_BYTES: u64 = 2 << 30;
@@ -58,7 +54,7 @@ impl GitService {
     ///
     /// ```
     /// use axum::http::Method;
-    /// use sam_agent::served_repo::GitService;
+    /// use sam_agent::plane::served_repo::GitService;
     ///
     /// assert_eq!(
     ///     GitService::parse(&Method::GET, "info/refs", Some("service=git-upload-pack")),
@@ -290,7 +286,7 @@ pub async fn serve(
             (&mut stdout).take(4096).read_to_string(&mut text),
         )
         .await;
-        let category = crate::api::classify_status(head.status.as_u16());
+        let category = crate::wire::classify_status(head.status.as_u16());
         let message = format!("git refused the request ({}): {}", head.status, text.trim());
         return Err(if head.status == StatusCode::FORBIDDEN {
             ApiError::forbidden(&message)

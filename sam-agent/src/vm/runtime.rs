@@ -19,25 +19,12 @@ use async_trait::async_trait;
 use sam_core::{WorkspaceId, redact};
 use serde::{Deserialize, Serialize};
 
-use crate::acp::AgentCommand;
-use crate::devcontainer::{self, DevcontainerConfig, DevcontainerKind};
 use crate::error::{Error, Result};
-use crate::git::{GitAccess, GitConfig};
-use crate::user::AgentUser;
-
-/// The profile a workspace request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProfileRequest {
-    /// The repository's devcontainer when it has one, else the lightweight image.
-    #[default]
-    Auto,
-    /// The lightweight image, even when the repository has a devcontainer.
-    Lightweight,
-    /// The repository's devcontainer; without one the workspace falls back to the
-    /// lightweight image and reports `recovery`.
-    Devcontainer,
-}
+use crate::vm::acp::AgentCommand;
+use crate::vm::devcontainer::{self, DevcontainerConfig, DevcontainerKind};
+use crate::vm::git::{GitAccess, GitConfig};
+use crate::vm::user::AgentUser;
+use crate::wire::{CreateWorkspace, ProfileRequest};
 
 /// A request to create a workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +50,27 @@ pub struct WorkspaceRequest {
     /// control plane. Never serialized: it holds the workspace token.
     #[serde(skip)]
     pub credentials: Option<GitAccess>,
+}
+
+impl WorkspaceRequest {
+    /// What the runtime prepares for a creation request: the repository cloned from
+    /// `repo` (the request's own, or the control plane's git route for a served one)
+    /// with `credentials`, how git reaches it.
+    pub fn from_create(
+        body: &CreateWorkspace,
+        repo: String,
+        credentials: Option<GitAccess>,
+    ) -> Self {
+        Self {
+            id: body.id.clone(),
+            repo,
+            branch: body.branch.clone(),
+            profile: body.profile,
+            devcontainer: body.devcontainer.clone(),
+            output_branch: body.output_branch.clone(),
+            credentials,
+        }
+    }
 }
 
 /// The profile a workspace actually runs with.

@@ -38,8 +38,8 @@ use sam_core::AgentError;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::acp::endpoint::AgentEndpoint;
-use crate::acp::{AgentIo, AgentLauncher};
+use crate::vm::acp::endpoint::AgentEndpoint;
+use crate::vm::acp::{AgentIo, AgentLauncher};
 
 /// When the fake agent crashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

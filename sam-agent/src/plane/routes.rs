@@ -1,15 +1,15 @@
-//! The control plane's side of the callback contract ([`crate::callbacks`]):
+//! The control plane's side of the callback contract ([`crate::wire::callback_api`]):
 //! [`callback_router`] serves the five routes VM agents (and a failing boot script)
 //! call and hands each to a [`ControlPlane`].
 //!
-//! Client ([`crate::Callbacks`]) and server share this crate's body types
+//! Client (the VM agent's `vm::Callbacks`) and server share this crate's body types
 //! ([`NodeReady`], [`Heartbeat`], [`HeartbeatResponse`]), so they cannot drift
-//! apart. Failures answer an [`ApiError`]: an [`ErrorBody`](crate::api::ErrorBody) with
+//! apart. Failures answer an [`ApiError`]: an [`ErrorBody`](crate::wire::ErrorBody) with
 //! the status of its category: a token that is not the node's or the workspace's gets `401`
 //! (checked before the body is read, so a bad token with a malformed body is a `401` too),
 //! an unknown node `404`, a malformed body `400` naming the field, a callback that would
-//! change a task that has ended `409`. Bodies over [`crate::api::BODY_LIMIT`] get a `413`,
-//! and every failure, axum's own rejections included, is JSON ([`crate::api::json_errors`]).
+//! change a task that has ended `409`. Bodies over [`crate::serve::BODY_LIMIT`] get a `413`,
+//! and every failure, axum's own rejections included, is JSON ([`crate::serve::json_errors`]).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,11 +25,11 @@ use sam_core::{
     SessionCallback, WorkspaceId, WorkspaceReport, output_branch,
 };
 
-use crate::api::{
+use crate::plane::served_repo::{GitService, ServeOptions};
+use crate::wire::{
     ApiError, BootFailed, Heartbeat, HeartbeatResponse, NodeReady, parse_body, path_id,
 };
-use crate::git::{GitCredentialRequest, GitCredentialResponse, PullRequestCreated};
-use crate::served_repo::{GitService, ServeOptions};
+use crate::wire::{GitCredentialRequest, GitCredentialResponse, PullRequestCreated};
 
 /// The paths of the callback routes, all `POST`, in the order [`callback_router`]
 /// registers them: a node is ready, a node's heartbeat, a workspace is ready, a
@@ -77,9 +77,11 @@ pub fn callback_router(control_plane: ControlPlane) -> Router {
         ));
     nodes
         .merge(workspaces)
-        .layer(axum::middleware::from_fn(crate::api::run_to_completion))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
-        .layer(axum::middleware::from_fn(crate::api::json_errors))
+        .layer(axum::middleware::from_fn(crate::serve::run_to_completion))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::serve::BODY_LIMIT,
+        ))
+        .layer(axum::middleware::from_fn(crate::serve::json_errors))
         .with_state(control_plane)
 }
 
@@ -91,7 +93,7 @@ pub const GIT_PATHS: [&str; 2] = [
     "/v1/workspaces/{id}/pull-request",
 ];
 
-/// The path of the served-repository route ([`crate::served_repo`]): git's smart
+/// The path of the served-repository route ([`crate::plane::served_repo`]): git's smart
 /// HTTP protocol (`GET …/info/refs`, `POST …/git-upload-pack`, `POST
 /// …/git-receive-pack`) for the path repository of the workspace's task, with the
 /// workspace token as a bearer token.
@@ -127,9 +129,11 @@ pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) ->
         // Its token is checked by the handler, before the body is read: the route
         // has two path parameters, which the middleware does not take.
         .route(SERVED_REPO_PATH, get(served_repo).post(served_repo))
-        .layer(axum::middleware::from_fn(crate::api::run_to_completion))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::BODY_LIMIT))
-        .layer(axum::middleware::from_fn(crate::api::json_errors))
+        .layer(axum::middleware::from_fn(crate::serve::run_to_completion))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::serve::BODY_LIMIT,
+        ))
+        .layer(axum::middleware::from_fn(crate::serve::json_errors))
         .with_state(GitState {
             control_plane,
             host,
@@ -194,7 +198,7 @@ async fn served_repo(
             )
         })?;
     let (parts, body) = request.into_parts();
-    crate::served_repo::serve(
+    crate::plane::served_repo::serve(
         &ServeOptions::default(),
         &served.path,
         workspace.as_str(),

@@ -1,120 +1,34 @@
-//! How a VM agent process learns who it is: [`NodeConfig`], and [`LocalBoot`], which
-//! writes that configuration for nodes of the local provider.
+//! How a VM agent process learns who it is: the node's side of [`NodeConfig`].
 //!
-//! Two sources, one format (JSON):
-//! - **cloud nodes**: cloud-init writes `/etc/sam/agent.json` (`node_id`,
-//!   `control_plane_url`, `callback_token_file`, `port`, and fields the agent does
-//!   not need) and the node token in a root-only file; the agent's unit runs
-//!   `sam-vm-agent --config /etc/sam/agent.json --callback-token-file /etc/sam/callback-token`.
-//! - **local nodes**: the local provider starts the agent with `SAM_USER_DATA` (a
-//!   file holding the user data [`LocalBoot`] rendered: the same fields, with the
-//!   token inline), `SAM_PORT` and `SAM_DATA_DIR` ([`NodeConfig::from_local_env`]).
-//!
+//! [`NodeConfig::parse`] and [`NodeConfig::read`] read cloud-init's `agent.json`,
+//! [`NodeConfig::from_local_env`] a local-provider node's user data (`SAM_USER_DATA`,
+//! with `SAM_PORT` and `SAM_DATA_DIR`).
 //! [`NodeConfig::agent_config`] turns either into a [`VmAgentConfig`], and
 //! [`NodeConfig::runtime`] chooses the workspace runtime from the node's `role`
 //! (`docker` or `host`, the host runtime when absent) and its `agent_user` (agents
 //! and git run as that account; as the agent's own when absent, as under the local
 //! provider). Both are resolved when the agent starts: an unknown role or a missing
 //! user stops it there, before it reports ready.
+//!
+//! The type itself is a wire format (`wire::node_config`): the control plane writes
+//! it and the node reads it. Its methods live here, in a second `impl` block, so
+//! that the control plane's build does not compile the agent they start; they are
+//! the only `impl` of the type outside its own module.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sam_core::{BootRenderer, NodeId, NodeRecord, NodeRole, Secret};
-use serde::{Deserialize, Serialize, Serializer};
-use url::Url;
+use sam_core::{NodeRole, Secret};
 
-use crate::acp::AgentCommand;
 use crate::error::{Error, Result};
-use crate::git::GitConfig;
-use crate::runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
-use crate::server::{VmAgent, VmAgentConfig};
-use crate::storage::{SqliteStorage, Storage};
-use crate::user::AgentUser;
-
-/// The agent's port when the configuration names none.
-pub const DEFAULT_PORT: u16 = 8080;
-
-/// Where a cloud node keeps its workspaces when the configuration names no data
-/// directory.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/sam";
-
-/// The image of the lightweight profile on a `docker` node whose configuration
-/// names none (the one the boot pulls).
-pub const DEFAULT_LIGHTWEIGHT_IMAGE: &str = sam_core::DEFAULT_LIGHTWEIGHT_IMAGE;
-
-/// An agent command in a [`NodeConfig`]: a program and its arguments.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentProgram {
-    /// The program.
-    pub program: String,
-    /// Its arguments.
-    #[serde(default)]
-    pub args: Vec<String>,
-}
-
-fn expose_option<S: Serializer>(secret: &Option<Secret>, serializer: S) -> Result<S::Ok, S::Error> {
-    match secret {
-        Some(s) => serializer.serialize_some(s.expose()),
-        None => serializer.serialize_none(),
-    }
-}
-
-/// A node agent's configuration; see the [module docs](self).
-///
-/// Unknown fields are ignored, so cloud-init may carry more than the agent reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeConfig {
-    /// This node.
-    pub node_id: NodeId,
-    /// The control plane's base URL.
-    pub control_plane_url: Url,
-    /// The file holding the node token (cloud nodes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callback_token_file: Option<PathBuf>,
-    /// The node token itself (local nodes, whose user data is a file of their own).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "expose_option"
-    )]
-    pub callback_token: Option<Secret>,
-    /// The port of the agent's HTTP API.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// The address the API listens on (all interfaces when absent; local nodes use
-    /// loopback).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<std::net::IpAddr>,
-    /// Where workspaces, the event log and the metrics live ([`DEFAULT_DATA_DIR`]
-    /// when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    /// Seconds between heartbeats (60 when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heartbeat_interval_secs: Option<u64>,
-    /// Agents added to (or replacing) the known ones, by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub agents: BTreeMap<String, AgentProgram>,
-    /// How the node runs workspaces: [`NodeRole::Docker`] (containers) or
-    /// [`NodeRole::Host`] (host processes, also when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<NodeRole>,
-    /// The unprivileged account agents and git run as; this process's own when
-    /// absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_user: Option<String>,
-    /// The lightweight profile's image on a `docker` node
-    /// ([`DEFAULT_LIGHTWEIGHT_IMAGE`] when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lightweight_image: Option<String>,
-}
-
-const fn default_port() -> u16 {
-    DEFAULT_PORT
-}
+use crate::vm::acp::AgentCommand;
+use crate::vm::git::GitConfig;
+use crate::vm::http::{VmAgent, VmAgentConfig};
+use crate::vm::runtime::{DockerRuntime, HostRuntime, WorkspaceRuntime};
+use crate::vm::storage::{SqliteStorage, Storage};
+use crate::vm::user::AgentUser;
+use crate::wire::node_config::{DEFAULT_DATA_DIR, DEFAULT_LIGHTWEIGHT_IMAGE, NodeConfig};
 
 /// The workspace runtime a node's configuration selects ([`NodeConfig::runtime`]).
 #[derive(Debug, Clone)]
@@ -227,7 +141,7 @@ impl NodeConfig {
     }
 
     /// The [`VmAgentConfig`] for this node with `token`: the known agents, plus the
-    /// demo agent ([`crate::demo::command`]), plus this configuration's agents; the
+    /// demo agent ([`crate::vm::demo::command`]), plus this configuration's agents; the
     /// event log and metrics in SQLite files in the data directory.
     /// `boot_log` is the boot timeline's fallback source (`None` off a real node).
     ///
@@ -246,9 +160,10 @@ impl NodeConfig {
             }
             config.heartbeat_interval = Duration::from_secs(secs);
         }
-        config
-            .agents
-            .insert(crate::demo::DEMO_AGENT.to_owned(), crate::demo::command());
+        config.agents.insert(
+            crate::vm::demo::DEMO_AGENT.to_owned(),
+            crate::vm::demo::command(),
+        );
         for (name, program) in &self.agents {
             config.agents.insert(
                 name.clone(),
@@ -341,56 +256,6 @@ impl NodeConfig {
             .await
             .map_err(|e| Error::io(format!("binding {ip}:{}", self.port), e))?;
         agent.serve(listener, shutdown).await
-    }
-}
-
-/// Renders local-provider user data: a [`NodeConfig`] with the token inline.
-///
-/// Used as the control plane's [`BootRenderer`] when nodes are local processes; the
-/// node's directory is its own, so the token travels in its user-data file.
-#[derive(Debug, Clone)]
-pub struct LocalBoot {
-    /// Where the control plane listens for callbacks.
-    pub control_plane_url: Url,
-    /// Seconds between heartbeats; `None` keeps the agent's default.
-    pub heartbeat_interval_secs: Option<u64>,
-    /// Extra agents by name (a demo agent run by another executable, say).
-    pub agents: BTreeMap<String, AgentProgram>,
-}
-
-impl LocalBoot {
-    /// Nodes calling back to `control_plane_url`, with the agent's defaults.
-    pub fn new(control_plane_url: Url) -> Self {
-        Self {
-            control_plane_url,
-            heartbeat_interval_secs: None,
-            agents: BTreeMap::new(),
-        }
-    }
-}
-
-impl BootRenderer for LocalBoot {
-    fn user_data(&self, node: &NodeRecord, token: &Secret) -> Result<String, sam_core::Error> {
-        let config = NodeConfig {
-            node_id: node.id.clone(),
-            control_plane_url: self.control_plane_url.clone(),
-            callback_token_file: None,
-            callback_token: Some(token.clone()),
-            // The local provider chooses the port and the directory (SAM_PORT, SAM_DATA_DIR).
-            port: DEFAULT_PORT,
-            listen: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-            data_dir: None,
-            heartbeat_interval_secs: self.heartbeat_interval_secs,
-            agents: self.agents.clone(),
-            // A local node runs workspaces as host processes of its own user.
-            role: None,
-            agent_user: None,
-            lightweight_image: None,
-        };
-        serde_json::to_string_pretty(&config).map_err(|e| sam_core::Error::InvalidInput {
-            field: "user_data",
-            reason: e.to_string(),
-        })
     }
 }
 

@@ -7,7 +7,7 @@
 //! | `POST /v1/nodes/{id}/heartbeat` | node | [`Heartbeat`] | `2xx` with a [`HeartbeatResponse`] (an empty body counts as no refresh) |
 //! | `POST /v1/workspaces/{id}/ready` | workspace | [`sam_core::WorkspaceReport`] | `2xx` |
 //! | `POST /v1/workspaces/{id}/events` | workspace | [`sam_core::SessionCallback`] | `2xx` |
-//! | `POST /v1/workspaces/{id}/git-credential` | workspace | [`crate::git::GitCredentialRequest`] | `2xx` with a [`crate::git::GitCredentialResponse`] (asked by the credential helper, [`crate::git`]) |
+//! | `POST /v1/workspaces/{id}/git-credential` | workspace | [`crate::wire::GitCredentialRequest`] | `2xx` with a [`crate::wire::GitCredentialResponse`] (asked by the credential helper, [`crate::vm::git`]) |
 //! | `POST /v1/workspaces/{id}/pull-request` | workspace | [`sam_core::PullRequestRequest`] | `2xx` with a [`PullRequestCreated`] |
 //!
 //! Each request carries `Authorization: Bearer <token>`: the node token for node
@@ -30,9 +30,9 @@ use sam_core::{
 use serde::Serialize;
 use url::Url;
 
-use crate::api::{Heartbeat, HeartbeatResponse, NodeReady, classify_status};
 use crate::error::{Error, Result, error_chain};
-use crate::git::PullRequestCreated;
+use crate::wire::PullRequestCreated;
+use crate::wire::{Heartbeat, HeartbeatResponse, NodeReady, classify_status};
 
 /// The callback retry policy: 1 s initial delay, 30 s maximum, 5 attempts, a 2 min
 /// budget, 20 % jitter, 30 s per attempt.
