@@ -355,6 +355,21 @@ mod tests {
         );
     }
 
+    /// A token signed by an earlier build (hmac 0.12, sha2 0.10) is byte for byte
+    /// what this build signs, and still verifies.
+    #[test]
+    fn a_token_signed_by_an_earlier_build_is_signed_alike_and_verifies() {
+        const TOKEN_EARLIER: &str = "eyJhdWQiOiJzYW0tY29udHJvbC1wbGFuZSIsInNjb3BlIjoid29ya3NwYWNlIiwic3ViIjoid3MtMSIsImlhdCI6MTc5NTI2MjQwMCwiZXhwIjoxNzk1MjYzMDAwfQ.ByFIv1CSkDf6a98zXvZPMUJSDQ0yw1V6atE6gqmKCF8";
+        let issued = signer().issue(
+            TokenScope::Workspace,
+            "ws-1",
+            now(),
+            Duration::from_secs(600),
+        );
+        assert_eq!(issued.expose(), TOKEN_EARLIER);
+        check(TOKEN_EARLIER, TokenScope::Workspace, "ws-1", now(), Ok(()));
+    }
+
     /// A new key only verifies until it is `activation` old; then it signs.
     #[test]
     fn a_new_key_signs_once_it_is_old_enough() {
