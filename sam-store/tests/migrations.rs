@@ -127,12 +127,35 @@ async fn check_recorded(
     }
 }
 
-/// Checks that an upgraded store keeps working and reopens (its checksums match).
-async fn check_store_works<S: Store>(store: &S) {
-    store.create_task(&task("t-new", 1)).await.expect("write");
+/// Migrates the database as the earlier migrator did up to `upto` (0: not at all),
+/// opens it with several stores at once, then checks what sqlx's table records, that
+/// the stores work, and that the database opens again (its checksums match).
+async fn check_upgrade<S: Store, F: std::future::Future<Output = Result<S, Error>>>(
+    conn: &mut AnyConnection,
+    migrations: &[&str],
+    upto: usize,
+    installed_on: &str,
+    open: impl Fn() -> F,
+) {
+    if upto > 0 {
+        migrate_as_earlier_builds_did(conn, migrations, upto).await;
+    }
+    let opened = join_all((0..4).map(|_| open())).await;
+    let stores: Vec<S> = opened
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.unwrap_or_else(|e| panic!("opener {i} of a database at {upto}: {e}")))
+        .collect();
+    check_recorded(conn, migrations, upto, installed_on).await;
+    for (i, store) in stores.iter().enumerate() {
+        let id = format!("t-{i}");
+        store.create_task(&task(&id, 1)).await.expect("write");
+    }
+    drop(stores);
+    let again = open().await.expect("reopen");
     assert!(
-        store
-            .get_task(&task_id("t-new"))
+        again
+            .get_task(&task_id("t-3"))
             .await
             .expect("read")
             .is_some()
@@ -151,50 +174,21 @@ mod sqlite {
         format!("sqlite://{}?mode=rwc", path.display())
     }
 
-    #[tokio::test]
-    async fn a_database_of_the_earlier_migrator_upgrades_in_place() {
-        // Part of the way (the rest is applied after the upgrade), and all the way.
-        for upto in [4, SQLITE.len()] {
+    /// Stores opening at once migrate one at a time: a fresh file, one the earlier
+    /// migrator took part of the way and one it took all the way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn earlier_databases_upgrade_in_place_with_stores_opening_at_once() {
+        for upto in [0, 4, SQLITE.len()] {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("store.db");
             let mut conn = connect(&url(&path), "").await;
-            migrate_as_earlier_builds_did(&mut conn, &SQLITE, upto).await;
             let config = SqliteConfig::new(&path);
-            let store = SqliteStore::new(&config)
-                .await
-                .unwrap_or_else(|e| panic!("an earlier database at {upto} opens: {e}"));
-            check_recorded(&mut conn, &SQLITE, upto, INSTALLED_ON).await;
-            check_store_works(&store).await;
-            store.close().await;
-            let again = SqliteStore::new(&config).await.expect("reopen");
-            assert!(
-                again
-                    .get_task(&task_id("t-new"))
-                    .await
-                    .expect("read")
-                    .is_some()
-            );
-            again.close().await;
+            check_upgrade(&mut conn, &SQLITE, upto, INSTALLED_ON, || {
+                SqliteStore::new(&config)
+            })
+            .await;
             conn.close().await.expect("close");
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn stores_opening_an_earlier_database_at_once_all_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("store.db");
-        let mut conn = connect(&url(&path), "").await;
-        migrate_as_earlier_builds_did(&mut conn, &SQLITE, 4).await;
-        let config = SqliteConfig::new(&path);
-        let opened = join_all((0..6).map(|_| SqliteStore::new(&config))).await;
-        for (i, store) in opened.into_iter().enumerate() {
-            store
-                .unwrap_or_else(|e| panic!("opener {i}: {e:?}"))
-                .close()
-                .await;
-        }
-        check_recorded(&mut conn, &SQLITE, 4, INSTALLED_ON).await;
-        conn.close().await.expect("close");
     }
 
     #[tokio::test]
@@ -202,30 +196,8 @@ mod sqlite {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store.db");
         let mut conn = connect(&url(&path), "").await;
-        migrate_as_earlier_builds_did(&mut conn, &SQLITE, SQLITE.len()).await;
-        run(
-            &mut conn,
-            "INSERT INTO sam_store_migrations (version, applied_at) VALUES (999, 0)",
-        )
-        .await;
-        let err = SqliteStore::new(&SqliteConfig::new(&path))
-            .await
-            .expect_err("a newer schema must be refused");
-        assert!(
-            matches!(
-                err,
-                Error::SchemaTooNew {
-                    found: 999,
-                    supported: 10
-                }
-            ),
-            "{err:?}"
-        );
-        let kept: i64 = sqlx::query_scalar("SELECT COUNT(applied_at) FROM sam_store_migrations")
-            .fetch_one(&mut conn)
-            .await
-            .expect("the earlier table is still there");
-        assert_eq!(kept, 11);
+        let config = SqliteConfig::new(&path);
+        check_newer_refused(&mut conn, &SQLITE, || SqliteStore::new(&config)).await;
         conn.close().await.expect("close");
     }
 
@@ -235,13 +207,8 @@ mod sqlite {
         let path = dir.path().join("store.db");
         let config = SqliteConfig::new(&path);
         SqliteStore::new(&config).await.expect("open").close().await;
-        // The database ran another text of migration 3 than this build carries.
         let mut conn = connect(&url(&path), "").await;
-        sqlx::query("UPDATE sam_store_migrations SET checksum = $1 WHERE version = 3")
-            .bind(checksum(&format!("{}\n-- edited", SQLITE[2])))
-            .execute(&mut conn)
-            .await
-            .expect("record another text");
+        record_another_text_of_migration_3(&mut conn, &SQLITE).await;
         conn.close().await.expect("close");
         let err = SqliteStore::new(&config)
             .await
@@ -251,6 +218,48 @@ mod sqlite {
             "Projects, users, agent profiles and credentials (SQLite).",
         );
     }
+}
+
+/// Plants a version this build lacks in the earlier migrator's table, then checks
+/// that `open` refuses the database and leaves that table as it was.
+async fn check_newer_refused<S: std::fmt::Debug, F>(
+    conn: &mut AnyConnection,
+    migrations: &[&str],
+    open: impl FnOnce() -> F,
+) where
+    F: std::future::Future<Output = Result<S, Error>>,
+{
+    migrate_as_earlier_builds_did(conn, migrations, migrations.len()).await;
+    run(
+        conn,
+        "INSERT INTO sam_store_migrations (version, applied_at) VALUES (999, 0)",
+    )
+    .await;
+    let err = open().await.expect_err("a newer schema must be refused");
+    assert!(
+        matches!(
+            err,
+            Error::SchemaTooNew {
+                found: 999,
+                supported: 10
+            }
+        ),
+        "{err:?}"
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(applied_at) FROM sam_store_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("the earlier table is still there");
+    assert_eq!(kept, 11);
+}
+
+/// Records that the database ran another text of migration 3 than this build carries.
+async fn record_another_text_of_migration_3(conn: &mut AnyConnection, migrations: &[&str]) {
+    sqlx::query("UPDATE sam_store_migrations SET checksum = $1 WHERE version = 3")
+        .bind(checksum(&format!("{}\n-- edited", migrations[2])))
+        .execute(&mut *conn)
+        .await
+        .expect("record another text");
 }
 
 /// Checks the error of an edited migration 3.
@@ -307,83 +316,32 @@ mod postgres {
         conn.close().await.expect("close");
     }
 
-    #[tokio::test]
-    async fn a_schema_of_the_earlier_migrator_upgrades_in_place() {
-        for upto in [4, POSTGRES.len()] {
+    /// Control planes starting at once migrate one at a time: on a fresh schema, on
+    /// one the earlier migrator took part of the way and on one it took all the way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn earlier_schemas_upgrade_in_place_with_servers_starting_at_once() {
+        for upto in [0, 4, POSTGRES.len()] {
             let Some((url, schema)) = fresh(&format!("earlier_{upto}")) else {
                 return;
             };
             let mut conn = in_schema(&url, &schema).await;
-            migrate_as_earlier_builds_did(&mut conn, &POSTGRES, upto).await;
-            let store = PgStore::new(&config(&url, &schema))
-                .await
-                .unwrap_or_else(|e| panic!("an earlier schema at {upto} opens: {e}"));
-            check_recorded(&mut conn, &POSTGRES, upto, INSTALLED_ON).await;
-            check_store_works(&store).await;
-            store.close().await;
-            let again = PgStore::new(&config(&url, &schema)).await.expect("reopen");
-            assert!(
-                again
-                    .get_task(&task_id("t-new"))
-                    .await
-                    .expect("read")
-                    .is_some()
-            );
-            again.close().await;
-            drop_schema(conn, &schema).await;
-        }
-    }
-
-    /// Control planes starting at once on one database migrate one at a time: on a
-    /// fresh schema and on one the earlier migrator left behind.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn servers_starting_at_once_all_open() {
-        for upto in [0, 4] {
-            let Some((url, schema)) = fresh(&format!("at_once_{upto}")) else {
-                return;
-            };
-            let mut conn = in_schema(&url, &schema).await;
-            if upto > 0 {
-                migrate_as_earlier_builds_did(&mut conn, &POSTGRES, upto).await;
-            }
             let config = config(&url, &schema);
-            let opened = join_all((0..4).map(|_| PgStore::new(&config))).await;
-            for (i, store) in opened.into_iter().enumerate() {
-                store
-                    .unwrap_or_else(|e| panic!("server {i}: {e:?}"))
-                    .close()
-                    .await;
-            }
-            check_recorded(&mut conn, &POSTGRES, upto, INSTALLED_ON).await;
+            check_upgrade(&mut conn, &POSTGRES, upto, INSTALLED_ON, || {
+                PgStore::new(&config)
+            })
+            .await;
             drop_schema(conn, &schema).await;
         }
     }
 
     #[tokio::test]
-    async fn an_earlier_table_with_a_newer_version_is_refused() {
+    async fn an_earlier_table_with_a_newer_version_is_refused_and_left_alone() {
         let Some((url, schema)) = fresh("newer") else {
             return;
         };
         let mut conn = in_schema(&url, &schema).await;
-        migrate_as_earlier_builds_did(&mut conn, &POSTGRES, POSTGRES.len()).await;
-        run(
-            &mut conn,
-            "INSERT INTO sam_store_migrations (version, applied_at) VALUES (999, 0)",
-        )
-        .await;
-        let err = PgStore::new(&config(&url, &schema))
-            .await
-            .expect_err("a newer schema must be refused");
-        assert!(
-            matches!(
-                err,
-                Error::SchemaTooNew {
-                    found: 999,
-                    supported: 10
-                }
-            ),
-            "{err:?}"
-        );
+        let config = config(&url, &schema);
+        check_newer_refused(&mut conn, &POSTGRES, || PgStore::new(&config)).await;
         drop_schema(conn, &schema).await;
     }
 
@@ -398,11 +356,7 @@ mod postgres {
             .expect("open")
             .close()
             .await;
-        sqlx::query("UPDATE sam_store_migrations SET checksum = $1 WHERE version = 3")
-            .bind(checksum(&format!("{}\n-- edited", POSTGRES[2])))
-            .execute(&mut conn)
-            .await
-            .expect("record another text");
+        record_another_text_of_migration_3(&mut conn, &POSTGRES).await;
         let err = PgStore::new(&config(&url, &schema))
             .await
             .expect_err("an edited migration must be refused");
