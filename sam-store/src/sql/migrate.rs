@@ -102,7 +102,11 @@ pub(crate) async fn migrate(
     }
     let migrator = schema.migrator();
     upgrade_earlier_table(&mut tx, dialect, schema, &migrator).await?;
-    match migrator.run(&mut *tx).await {
+    // `run_direct` is what `Migrator::run` does once it holds a connection. Through
+    // `run`, sqlx's higher-ranked `Acquire` bound leaves the opener's future not
+    // provably `Send` (so a store could not be opened in a spawned task); sqlx keeps
+    // `run_direct` public for exactly that.
+    match migrator.run_direct(None, &mut *tx, false).await {
         Ok(()) => {}
         Err(MigrateError::VersionMissing(_)) => {
             let found: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
