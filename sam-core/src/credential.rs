@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, Generate as _, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -175,7 +175,7 @@ impl CredentialCipher {
     /// [`CredentialError::Invalid`] for an empty or oversized secret.
     pub fn seal(&self, secret: &Secret, context: &str) -> Result<Sealed, CredentialError> {
         check_secret(secret)?;
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let nonce = aes_gcm::aead::Nonce::<Aes256Gcm>::generate();
         let ciphertext = self
             .cipher
             .encrypt(

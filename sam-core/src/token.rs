@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -353,6 +353,21 @@ mod tests {
             expected,
             "token {token}"
         );
+    }
+
+    /// A token signed by an earlier build (hmac 0.12, sha2 0.10) is byte for byte
+    /// what this build signs, and still verifies.
+    #[test]
+    fn a_token_signed_by_an_earlier_build_is_signed_alike_and_verifies() {
+        const TOKEN_EARLIER: &str = "eyJhdWQiOiJzYW0tY29udHJvbC1wbGFuZSIsInNjb3BlIjoid29ya3NwYWNlIiwic3ViIjoid3MtMSIsImlhdCI6MTc5NTI2MjQwMCwiZXhwIjoxNzk1MjYzMDAwfQ.ByFIv1CSkDf6a98zXvZPMUJSDQ0yw1V6atE6gqmKCF8";
+        let issued = signer().issue(
+            TokenScope::Workspace,
+            "ws-1",
+            now(),
+            Duration::from_secs(600),
+        );
+        assert_eq!(issued.expose(), TOKEN_EARLIER);
+        check(TOKEN_EARLIER, TokenScope::Workspace, "ws-1", now(), Ok(()));
     }
 
     /// A new key only verifies until it is `activation` old; then it signs.

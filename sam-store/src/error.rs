@@ -65,6 +65,21 @@ pub enum Error {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// A migration this build carries is not the one that was applied to the
+    /// database: its SQL was edited after it ran.
+    #[error(
+        "migration {version} ({description}) recorded in {table} was applied with other SQL \
+         than this build carries; restore the migration's original text and put the change \
+         in a new migration"
+    )]
+    MigrationEdited {
+        /// The table that records the migrations.
+        table: String,
+        /// The edited migration's version.
+        version: i64,
+        /// Its description (the first line of its comment).
+        description: String,
+    },
     /// A file could not be read or written.
     #[error("cannot access {}: {source}", path.display())]
     Io {
@@ -102,6 +117,8 @@ impl Error {
             Self::InvalidData { .. } => StoreErrorKind::InvalidData,
             Self::Corrupt { .. } => StoreErrorKind::Corrupt,
             Self::SchemaTooNew { .. } => StoreErrorKind::SchemaTooNew,
+            // The record of what ran disagrees with this build, like a damaged value.
+            Self::MigrationEdited { .. } => StoreErrorKind::InvalidData,
             Self::Io { .. } => StoreErrorKind::Backend,
             #[cfg(feature = "_sql")]
             Self::Database { kind, .. } => *kind,

@@ -140,7 +140,9 @@ async fn a_schema_newer_than_the_binary_is_refused() {
     store.close().await;
     raw(
         &path,
-        "INSERT INTO sam_store_migrations (version, applied_at) VALUES (999, 0)",
+        "INSERT INTO sam_store_migrations \
+         (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from a newer build', TRUE, x'00', 0)",
     )
     .await;
     let err = SqliteStore::new(&SqliteConfig::new(&path))

@@ -16,6 +16,29 @@ fn sealing_round_trips_with_a_fresh_nonce_each_time() {
     assert_eq!(cipher.open(&b, "ctx").unwrap().expose(), secret.expose());
 }
 
+/// A value sealed by an earlier build (aes-gcm 0.10) still opens: the stored format
+/// and the cipher do not change with the crate versions behind them.
+#[test]
+fn a_value_sealed_by_an_earlier_build_still_opens() {
+    const SEALED_EARLIER: &str =
+        "v1:eE7kL//+W7vS3XB2:72oTT0DfoWeUh4PACREqK2FhzzzR3DfYtD2uc/Dk/S9ZtN4=";
+    let cipher = CredentialCipher::new(&key(0x5a)).unwrap();
+    let sealed = Sealed::from_stored(SEALED_EARLIER);
+    assert_eq!(
+        cipher
+            .open(&sealed, "user:u-1:provider:hetzner")
+            .unwrap()
+            .expose(),
+        "hcloud-token-of-u-1"
+    );
+    assert_eq!(
+        cipher
+            .open(&sealed, "user:u-2:provider:hetzner")
+            .unwrap_err(),
+        CredentialError::WrongKey
+    );
+}
+
 #[test]
 fn a_wrong_key_or_context_is_a_typed_error() {
     let sealed = CredentialCipher::new(&key(1))
