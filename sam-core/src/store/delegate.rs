@@ -28,7 +28,7 @@ pub mod __private {
 /// A store that counts the calls that may write:
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// use sam_core::store::{Store, StoreAccess};
+/// use sam_core::store::{Store, StoreAccess, TaskStore};
 ///
 /// #[derive(Debug)]
 /// struct Counted<S> {
