@@ -468,7 +468,7 @@ pub struct Rejected {
 /// answer "why was this allowed".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacementExplanation {
-    /// What was chosen (a node id, or "new <size> in <location>").
+    /// What was chosen (a node id, or "new `<size>` in `<location>`").
     pub chosen: String,
     /// Why, as a sentence.
     pub reason: String,
