@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sam_benches::fleet::{Rng, Workload, nodes, request};
 use sam_benches::placement::in_service;
-use sam_core::{DefaultScheduler, Scheduler, Store};
+use sam_core::{DefaultScheduler, FleetStore, Scheduler, Store};
 use sam_store::MemoryStore;
 
 /// A store holding `size` nodes filled to about one workspace per node through the

@@ -10,19 +10,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent, PlainBoot};
 use sam_core::{
-    AgentProfileRecord, ApiTokenRecord, ControlPlane, ControlPlaneConfig, ControlPlaneParts,
-    CredentialOwner, CredentialRecord, CredentialTarget, DefaultScheduler, ExecutionStep,
-    GithubInstallation, InstallationKey, KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased,
-    LeaseRequest, LeasedOutcome, LeasedWrite, NodeBeat, NodeFilter, NodeId, NodeRecord,
-    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, Provider, ProviderKind, Secret,
-    SlotOutcome, StatusEvent, Store, StoreError, SubmitRequest, TaskEvent, TaskEventKind,
-    TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord, TaskStatus, TaskUpdate,
-    TokenSigner, TokioClock, Transition, UserId, UserRecord, WarmClaim, WorkspaceId,
-    WorkspaceRecord, WorkspaceStatus,
+    ControlPlane, ControlPlaneConfig, ControlPlaneParts, DefaultScheduler, Provider, ProviderKind,
+    Secret, Store, StoreAccess, SubmitRequest, TaskEvent, TaskEventKind, TaskId, TaskStatus,
+    TokenSigner, TokioClock,
 };
 use sam_providers::FakeProvider;
 use sam_store::{SqliteConfig, SqliteStore};
@@ -68,13 +60,13 @@ impl CountingStore {
         locked(&self.reads).clone()
     }
 
-    fn write(&self, method: &'static str) -> &dyn Store {
-        *locked(&self.writes).entry(method).or_default() += 1;
-        self.inner.as_ref()
-    }
-
-    fn read(&self, method: &'static str) -> &dyn Store {
-        *locked(&self.reads).entry(method).or_default() += 1;
+    /// Counts a call to `method` as a write or a read, and hands it to the inner store.
+    fn route(&self, method: &'static str, access: StoreAccess) -> &dyn Store {
+        let counts = match access {
+            StoreAccess::Write => &self.writes,
+            StoreAccess::Read => &self.reads,
+        };
+        *locked(counts).entry(method).or_default() += 1;
         self.inner.as_ref()
     }
 }
@@ -85,274 +77,9 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-#[async_trait]
-impl Store for CountingStore {
-    async fn create_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        self.write("create_task").create_task(task).await
-    }
-    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.read("get_task").get_task(id).await
-    }
-    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
-        self.read("list_tasks").list_tasks(filter).await
-    }
-    async fn transition_task(&self, id: &TaskId, change: &Transition) -> Result<bool, StoreError> {
-        self.write("transition_task")
-            .transition_task(id, change)
-            .await
-    }
-    async fn set_execution_step(
-        &self,
-        id: &TaskId,
-        step: ExecutionStep,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.write("set_execution_step")
-            .set_execution_step(id, step, at)
-            .await
-    }
-    async fn update_task(
-        &self,
-        id: &TaskId,
-        update: &TaskUpdate,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.write("update_task").update_task(id, update, at).await
-    }
-    async fn claim_due_tasks(&self, request: &LeaseRequest) -> Result<Vec<TaskRecord>, StoreError> {
-        self.write("claim_due_tasks").claim_due_tasks(request).await
-    }
-    async fn release_lease(
-        &self,
-        id: &TaskId,
-        release: &LeaseRelease,
-    ) -> Result<LeaseReleased, StoreError> {
-        self.write("release_lease").release_lease(id, release).await
-    }
-    async fn write_leased(
-        &self,
-        lease: &Lease,
-        at: DateTime<Utc>,
-        writes: &[LeasedWrite],
-    ) -> Result<LeasedOutcome, StoreError> {
-        self.write("write_leased")
-            .write_leased(lease, at, writes)
-            .await
-    }
-    async fn put_key_if_absent(&self, key: &KeyRecord) -> Result<KeyRecord, StoreError> {
-        self.write("put_key_if_absent").put_key_if_absent(key).await
-    }
-    async fn get_key(
-        &self,
-        purpose: KeyPurpose,
-        id: &str,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.read("get_key").get_key(purpose, id).await
-    }
-    async fn list_keys(&self, purpose: KeyPurpose) -> Result<Vec<KeyRecord>, StoreError> {
-        self.read("list_keys").list_keys(purpose).await
-    }
-    async fn add_task_notice(
-        &self,
-        id: &TaskId,
-        at: DateTime<Utc>,
-        notice: &TaskNotice,
-    ) -> Result<(), StoreError> {
-        self.write("add_task_notice")
-            .add_task_notice(id, at, notice)
-            .await
-    }
-    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {
-        self.read("list_task_notices").list_task_notices(id).await
-    }
-    async fn mark_node_stale(
-        &self,
-        id: &NodeId,
-        beat_before: DateTime<Utc>,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.write("mark_node_stale")
-            .mark_node_stale(id, beat_before, at)
-            .await
-    }
-    async fn record_node_beat(&self, id: &NodeId, beat: &NodeBeat) -> Result<(), StoreError> {
-        self.write("record_node_beat")
-            .record_node_beat(id, beat)
-            .await
-    }
-    async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {
-        self.read("list_status_events").list_status_events(id).await
-    }
-    async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.write("put_node").put_node(node).await
-    }
-    async fn get_node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        self.read("get_node").get_node(id).await
-    }
-    async fn list_nodes(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, StoreError> {
-        self.read("list_nodes").list_nodes(filter).await
-    }
-    async fn delete_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        self.write("delete_node").delete_node(id).await
-    }
-    async fn claim_warm_node(&self, claim: &WarmClaim) -> Result<Option<NodeRecord>, StoreError> {
-        self.write("claim_warm_node").claim_warm_node(claim).await
-    }
-    async fn release_node_to_warm(
-        &self,
-        id: &NodeId,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.write("release_node_to_warm")
-            .release_node_to_warm(id, at)
-            .await
-    }
-    async fn reserve_workspace_slot(
-        &self,
-        workspace: &WorkspaceRecord,
-    ) -> Result<SlotOutcome, StoreError> {
-        self.write("reserve_workspace_slot")
-            .reserve_workspace_slot(workspace)
-            .await
-    }
-    async fn list_placement_candidates(
-        &self,
-        provider: ProviderKind,
-    ) -> Result<Vec<PlacementCandidate>, StoreError> {
-        self.read("list_placement_candidates")
-            .list_placement_candidates(provider)
-            .await
-    }
-    async fn get_placement_candidate(
-        &self,
-        id: &NodeId,
-    ) -> Result<Option<PlacementCandidate>, StoreError> {
-        self.read("get_placement_candidate")
-            .get_placement_candidate(id)
-            .await
-    }
-    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>, StoreError> {
-        self.read("get_workspace").get_workspace(id).await
-    }
-    async fn list_workspaces(&self, node: &NodeId) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        self.read("list_workspaces").list_workspaces(node).await
-    }
-    async fn update_workspace(
-        &self,
-        id: &WorkspaceId,
-        status: WorkspaceStatus,
-        effective_profile: Option<String>,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.write("update_workspace")
-            .update_workspace(id, status, effective_profile, at)
-            .await
-    }
-    async fn put_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
-        self.write("put_api_token").put_api_token(token).await
-    }
-    async fn find_api_token(&self, hash: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
-        self.inner.find_api_token(hash).await
-    }
-    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
-        self.inner.list_api_tokens().await
-    }
-    async fn revoke_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.write("revoke_api_token")
-            .revoke_api_token(id, at)
-            .await
-    }
-    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.write("touch_api_token").touch_api_token(id, at).await
-    }
-    async fn rotate_bootstrap_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
-        self.write("rotate_bootstrap_api_token")
-            .rotate_bootstrap_api_token(token)
-            .await
-    }
-    async fn put_github_installation(
-        &self,
-        installation: &GithubInstallation,
-    ) -> Result<(), StoreError> {
-        self.write("put_github_installation")
-            .put_github_installation(installation)
-            .await
-    }
-    async fn get_github_installation(
-        &self,
-        key: &InstallationKey,
-    ) -> Result<Option<GithubInstallation>, StoreError> {
-        self.read("get_github_installation")
-            .get_github_installation(key)
-            .await
-    }
-    async fn list_github_installations(
-        &self,
-        user: &UserId,
-    ) -> Result<Vec<GithubInstallation>, StoreError> {
-        self.read("list_github_installations")
-            .list_github_installations(user)
-            .await
-    }
-    async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError> {
-        self.write("delete_github_installation")
-            .delete_github_installation(key)
-            .await
-    }
-    async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.write("put_user").put_user(user).await
-    }
-    async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.read("get_user").get_user(id).await
-    }
-    async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
-        self.write("put_project").put_project(project).await
-    }
-    async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
-        self.read("get_project").get_project(id).await
-    }
-    async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError> {
-        self.read("list_projects").list_projects().await
-    }
-    async fn delete_project(&self, id: &ProjectId) -> Result<(), StoreError> {
-        self.write("delete_project").delete_project(id).await
-    }
-    async fn put_profile(&self, profile: &AgentProfileRecord) -> Result<(), StoreError> {
-        self.write("put_profile").put_profile(profile).await
-    }
-    async fn get_profile(&self, id: &ProfileId) -> Result<Option<AgentProfileRecord>, StoreError> {
-        self.read("get_profile").get_profile(id).await
-    }
-    async fn list_profiles(
-        &self,
-        project: &ProjectId,
-    ) -> Result<Vec<AgentProfileRecord>, StoreError> {
-        self.read("list_profiles").list_profiles(project).await
-    }
-    async fn delete_profile(&self, id: &ProfileId) -> Result<(), StoreError> {
-        self.write("delete_profile").delete_profile(id).await
-    }
-    async fn put_credential(&self, credential: &CredentialRecord) -> Result<(), StoreError> {
-        self.write("put_credential")
-            .put_credential(credential)
-            .await
-    }
-    async fn list_credentials(
-        &self,
-        owner: &CredentialOwner,
-    ) -> Result<Vec<CredentialRecord>, StoreError> {
-        self.read("list_credentials").list_credentials(owner).await
-    }
-    async fn delete_credential(
-        &self,
-        owner: &CredentialOwner,
-        target: &CredentialTarget,
-    ) -> Result<(), StoreError> {
-        self.write("delete_credential")
-            .delete_credential(owner, target)
-            .await
-    }
-}
+sam_core::delegate_store!(
+    impl TaskStore, FleetStore, AccountStore for CountingStore => CountingStore::route
+);
 
 /// Ticks a control plane by hand and hands its events to the caller, failing when
 /// nothing advances for 30 s.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sam_core::{
-    DefaultScheduler, Placement, Scheduler, SlotOutcome, Store, WorkspaceRecord, WorkspaceStatus,
+    DefaultScheduler, FleetStore, Placement, Scheduler, SlotOutcome, Store, WorkspaceRecord,
+    WorkspaceStatus,
 };
 use sam_store::MemoryStore;
 

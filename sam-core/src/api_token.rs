@@ -10,7 +10,7 @@
 //!
 //! The token a server is started with (`SAM_API_TOKEN`, or the file it creates) is
 //! the *bootstrap* token ([`ApiTokenKind::Bootstrap`]): starting with another value
-//! revokes the previous one ([`crate::Store::rotate_bootstrap_api_token`]).
+//! revokes the previous one ([`crate::AccountStore::rotate_bootstrap_api_token`]).
 //!
 //! ```
 //! use chrono::{Duration, TimeZone, Utc};

@@ -319,7 +319,7 @@ pub enum StoreErrorKind {
     InvalidData,
     /// The caller passed a value the store cannot hold.
     InvalidInput,
-    /// A write under a lease the caller no longer holds ([`crate::Store::write_leased`]).
+    /// A write under a lease the caller no longer holds ([`crate::TaskStore::write_leased`]).
     LeaseLost,
     /// Any other failure of the backend.
     Backend,

@@ -26,8 +26,11 @@
 //! - **Tokens** ([`token`]): scoped, signed, expiring tokens between the control
 //!   plane and VM agents ([`TokenSigner`]); user API tokens as records
 //!   ([`api_token`]: [`ApiTokenRecord`], hashed, named, expiring, revocable).
-//! - **Traits**: [`Provider`], [`Store`], [`Scheduler`], [`AgentSession`] and
-//!   [`NodeAgent`], each with a `# Contract`.
+//! - **Records** ([`record`]): what the store keeps ([`TaskRecord`], [`NodeRecord`],
+//!   [`WorkspaceRecord`], [`KeyRecord`], …), plain data below every trait.
+//! - **Traits**: [`Provider`], [`Store`] (joining [`TaskStore`], [`FleetStore`] and
+//!   [`AccountStore`]), [`Scheduler`], [`AgentSession`] and [`NodeAgent`], each with a
+//!   `# Contract`; [`delegate_store!`] forwards a store wrapper's methods.
 //! - **Control plane** ([`control`]): [`ControlPlane`] — submission with the source of
 //!   every setting, the durable task runner ([`ControlPlane::tick`], [`ControlPlane::run`]),
 //!   callbacks with scoped tokens, and the sweeps ([`ControlPlane::sweep`]);
@@ -106,6 +109,7 @@ pub mod node_agent;
 pub mod placement;
 pub mod project;
 pub mod provider;
+pub mod record;
 pub mod replacement;
 pub mod repository;
 pub mod reservation;
@@ -176,6 +180,12 @@ pub use project::{
 pub use provider::{
     Provider, ProviderCapabilities, ProviderCredential, ProviderFactory, QEMU_CONTROL_PLANE_ADDRESS,
 };
+pub use record::{
+    KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome,
+    LeasedWrite, Lineage, LineageKind, NodeBeat, NodeFilter, NodeRecord, PlacementCandidate,
+    SlotOutcome, StatusEvent, TaskError, TaskFilter, TaskNotice, TaskNoticeRecord, TaskRecord,
+    TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
+};
 pub use replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after_node_loss};
 pub use repository::{
     MAX_PROMPT_BYTES, MAX_REPOSITORY_BYTES, PromptRefusal, Refusal, Repository, check_prompt,
@@ -196,13 +206,7 @@ pub use session::{
     StopReason, TimedEvent,
 };
 pub use signal::{Signal, SignalKind, SignalOrigin, Signals};
-pub use store::{
-    ApiTokenRecord, KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest,
-    LeasedOutcome, LeasedWrite, Lineage, LineageKind, NodeBeat, NodeFilter, NodeRecord,
-    PlacementCandidate, SlotOutcome, StatusEvent, Store, TaskError, TaskFilter, TaskNotice,
-    TaskNoticeRecord, TaskRecord, TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord,
-    WorkspaceStatus,
-};
+pub use store::{AccountStore, ApiTokenRecord, FleetStore, Store, StoreAccess, TaskStore};
 pub use timeout::{DerivedTimeouts, LEASE_RENEWALS, STALE_HEARTBEATS, TimeoutPolicy};
 pub use token::{MAX_TOKEN_TTL, TokenClaims, TokenError, TokenScope, TokenSigner, active_key};
 

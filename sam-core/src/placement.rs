@@ -231,9 +231,9 @@ const MAX_CHECKS: usize = 8;
 /// # Existing nodes: a cached fleet view, checked
 /// Finding the best-fit running node does not read the fleet per decision. The
 /// scheduler keeps, per provider, a [`FleetIndex`] built from one bulk read
-/// ([`Store::list_placement_candidates`]) and finds the best fit in it by a range
+/// ([`FleetStore::list_placement_candidates`]) and finds the best fit in it by a range
 /// lookup. The view only *proposes*:
-/// - the proposed node is read back ([`Store::get_placement_candidate`]: its row, its
+/// - the proposed node is read back ([`FleetStore::get_placement_candidate`]: its row, its
 ///   slot-holding workspaces, and the task it may be held for) and judged by the
 ///   same [`reject_reason`] before it is returned; when the store says otherwise, the
 ///   view takes in what was read and looks again (a few times, then it reads the
@@ -260,6 +260,9 @@ const MAX_CHECKS: usize = 8;
 /// the way (warm nodes given back, proposals the store contradicted), not every
 /// running node; a decision to provision explains the first 16 nodes of the fresh
 /// read by `(created_at, id)` one by one and counts the rest.
+///
+/// [`FleetStore::list_placement_candidates`]: crate::FleetStore::list_placement_candidates
+/// [`FleetStore::get_placement_candidate`]: crate::FleetStore::get_placement_candidate
 ///
 /// Clones share the view.
 #[derive(Debug, Clone)]

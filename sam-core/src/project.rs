@@ -8,11 +8,70 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::control::LayerSettings;
 use crate::error::InvalidInput;
-use crate::model::{ProfileId, ProjectId, UserId};
-use crate::reservation::MAX_CO_TENANTS;
+use crate::model::{Location, ProfileId, ProjectId, ProviderKind, UserId, VmSize};
+use crate::reservation::{MAX_CO_TENANTS, ResourceRequirements};
 use crate::session::PermissionMode;
+
+/// The workspace profile: a full devcontainer, or the lightweight image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceProfile {
+    /// Use the repository's devcontainer configuration when it has one.
+    Full,
+    /// The lightweight image, without a devcontainer.
+    Lightweight,
+}
+
+impl WorkspaceProfile {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Lightweight => "lightweight",
+        }
+    }
+}
+
+/// The settings one layer (task, trigger, skill, agent profile, project, user,
+/// platform) may set; each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSettings {
+    /// VM size.
+    #[serde(default)]
+    pub size: Option<VmSize>,
+    /// Provider.
+    #[serde(default)]
+    pub provider: Option<ProviderKind>,
+    /// Location.
+    #[serde(default)]
+    pub location: Option<Location>,
+    /// Workspace profile.
+    #[serde(default)]
+    pub workspace_profile: Option<WorkspaceProfile>,
+    /// Devcontainer configuration name.
+    #[serde(default)]
+    pub devcontainer: Option<String>,
+    /// Coding agent.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The agent's model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How hard the agent thinks.
+    #[serde(default)]
+    pub effort: Option<Effort>,
+    /// How the agent's permission requests are answered.
+    #[serde(default)]
+    pub permission_mode: Option<PermissionMode>,
+    /// Text added to the agent's instructions.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// Resource requirements.
+    #[serde(default)]
+    pub requirements: ResourceRequirements,
+}
 
 /// Longest name of a project, profile or user, in bytes.
 pub const MAX_NAME_LEN: usize = 100;

@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::credential::CredentialOwner;
 use crate::failure::Error;
 use crate::model::{Location, NodeId, ProviderKind, TaskId, VmSize, WorkspaceId};
+use crate::record::NodeRecord;
 use crate::reservation::{Layer, Reservation};
-use crate::store::NodeRecord;
+
+// Plain data persisted with the task, so it sits with the records.
+pub use crate::record::{PlacementExplanation, Rejected};
 
 /// What a placement decision is made from.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,27 +83,6 @@ pub enum Placement {
         /// The location to start from, if any.
         location: Option<Location>,
     },
-}
-
-/// A candidate placement turned down, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejected {
-    /// The candidate (a node id, or a size and location).
-    pub candidate: String,
-    /// Why it was turned down, as a sentence.
-    pub reason: String,
-}
-
-/// Why a task was placed where it was; persisted on the task so the database can
-/// answer "why was this allowed".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlacementExplanation {
-    /// What was chosen (a node id, or "new <size> in <location>").
-    pub chosen: String,
-    /// Why, as a sentence.
-    pub reason: String,
-    /// Every candidate considered and turned down, in the order considered.
-    pub rejected: Vec<Rejected>,
 }
 
 /// A placement and its explanation.

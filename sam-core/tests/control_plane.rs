@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use sam_core::testkit::node_agent::{FakeAgentScript, FakeNodeAgent};
 use sam_core::{
-    Classify, ControlPlane, ControlPlaneConfig, ErrorCategory, ExecutionStep, Layer, LayerSettings,
-    Provider, ProviderKind, Secret, SessionReport, SizeDescent, StopReason, Store, SubmitRequest,
-    TaskError, TaskEventKind, TaskId, TaskRecord, TaskStatus, TokenSigner, TokioClock, VmSize,
-    WorkspaceReport,
+    Classify, ControlPlane, ControlPlaneConfig, ErrorCategory, ExecutionStep, FleetStore, Layer,
+    LayerSettings, Provider, ProviderKind, Secret, SessionReport, SizeDescent, StopReason, Store,
+    SubmitRequest, TaskError, TaskEventKind, TaskId, TaskRecord, TaskStatus, TaskStore,
+    TokenSigner, TokioClock, VmSize, WorkspaceReport,
 };
 use sam_providers::{FakeCall, FakeOp, FakeOutcome, FakeProvider};
 use sam_store::MemoryStore;

@@ -32,8 +32,8 @@
 //!
 //! use chrono::{TimeZone, Utc};
 //! use sam_core::{
-//!     ExecutionStep, Layer, LeaseRequest, ProviderKind, RequirementLayers, Store, TaskId,
-//!     TaskRecord, TaskSpec, TaskStatus, VmSize, resolve_reservation,
+//!     ExecutionStep, Layer, LeaseRequest, ProviderKind, RequirementLayers, TaskId, TaskRecord,
+//!     TaskSpec, TaskStatus, TaskStore, VmSize, resolve_reservation,
 //! };
 //! use sam_store::MemoryStore;
 //!

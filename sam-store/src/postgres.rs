@@ -223,7 +223,7 @@ mod conformance {
 
 #[cfg(test)]
 mod upgrade {
-    use sam_core::Store;
+    use sam_core::TaskStore;
     use sam_core::testkit::fixtures::{task, task_id};
     use sqlx::{AssertSqlSafe, Connection, PgConnection};
 

@@ -289,7 +289,7 @@ pub(crate) mod conformance {
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
-    use sam_core::Store as _;
+    use sam_core::TaskStore as _;
 
     use super::{SqliteConfig, SqliteStore};
 

@@ -3,7 +3,7 @@
 use futures::future::join_all;
 use sam_core::StoreErrorKind;
 use sam_core::testkit::fixtures::{due_task, task, task_id};
-use sam_core::{LeaseRequest, Store, TaskFilter};
+use sam_core::{AccountStore, FleetStore, LeaseRequest, Store, TaskFilter, TaskStore};
 use sam_store::{Error, SqliteConfig, SqliteStore};
 use sqlx::{Connection, SqliteConnection};
 

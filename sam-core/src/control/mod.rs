@@ -90,11 +90,12 @@ mod sweep;
 mod teardown;
 mod tokens;
 
+pub use crate::project::{LayerSettings, WorkspaceProfile};
 pub use accounts::{Accounts, CredentialInput, ProfileInput, ProjectInput, UserInput};
 pub use callbacks::{
     HeartbeatReply, NodeMetrics, ServedRepository, SessionCallback, WorkspaceGithub,
 };
-pub use config::{ControlPlaneConfig, LayerSettings, PlatformCredential, WorkspaceProfile};
+pub use config::{ControlPlaneConfig, PlatformCredential};
 pub use events::{TaskEvent, TaskEventKind};
 pub use lineage::{MAX_LINEAGE_DEPTH, TaskSource};
 pub use providers::PROVIDER_CACHE_CAPACITY;

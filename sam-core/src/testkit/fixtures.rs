@@ -165,7 +165,7 @@ pub fn full_task(id: &str, created: i64) -> TaskRecord {
             user: Some(crate::model::UserId::new("u-1").expect("valid id")),
             submitted: [(
                 Layer::Task,
-                crate::control::LayerSettings {
+                crate::project::LayerSettings {
                     model: Some("gpt-5-codex".into()),
                     ..Default::default()
                 },
@@ -318,7 +318,7 @@ pub fn user(id: &str, created: i64) -> crate::project::UserRecord {
     crate::project::UserRecord {
         id: crate::model::UserId::new(id).expect("fixture user ids are valid"),
         name: format!("user {id}"),
-        settings: crate::control::LayerSettings {
+        settings: crate::project::LayerSettings {
             model: Some("claude-sonnet-4-5".into()),
             ..Default::default()
         },
@@ -339,7 +339,7 @@ pub fn project(id: &str, created: i64) -> crate::project::ProjectRecord {
         name: format!("project {id}"),
         repo: "https://example.invalid/web.git".into(),
         owner: Some(crate::model::UserId::new("u-1").expect("valid id")),
-        settings: crate::control::LayerSettings {
+        settings: crate::project::LayerSettings {
             size: Some(VmSize::Large),
             provider: Some(ProviderKind::Hetzner),
             location: Some(location("fsn1")),
@@ -370,7 +370,7 @@ pub fn profile(
         id: crate::model::ProfileId::new(id).expect("fixture profile ids are valid"),
         project_id: project_id(project),
         name: name.into(),
-        settings: crate::control::LayerSettings {
+        settings: crate::project::LayerSettings {
             agent: Some("claude".into()),
             model: Some("claude-opus-4-1".into()),
             effort: Some(crate::project::Effort::Low),
