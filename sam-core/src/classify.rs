@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn design_table() {
-        // DESIGN.md §4 and §10: SAM's agent-side table.
+        // SAM's agent-side table: what each agent error text means.
         check("API Error: 529 Overloaded", TransientCapacity);
         check(
             r#"API Error: 500 {"type":"error","error":{"type":"api_error","message":"Overloaded"}}"#,

@@ -17,7 +17,8 @@ use crate::secret::redact;
 
 /// What kind of failure happened, which decides what the SDK does next.
 ///
-/// The whole taxonomy of DESIGN.md §4; serialized in snake_case.
+/// The whole taxonomy: every failure in the SDK is one of these; serialized in
+/// snake_case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]

@@ -117,7 +117,7 @@ impl TimeoutPolicy {
     /// submission: the capacity wait, then the longer of `node_provisioning` and
     /// `agent_ready` (their clocks run together from the create call), plus `queued_grace`.
     ///
-    /// DESIGN.md starts from "agent ready + 5 min"; the capacity wait is added because a
+    /// The base is "agent ready + 5 min"; the capacity wait is added because a
     /// task that waited out its capacity budget and then got a VM must still have its
     /// whole boot time before the sweep may fire.
     pub fn stuck_queued(&self) -> Duration {

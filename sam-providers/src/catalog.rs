@@ -1,4 +1,4 @@
-//! The providers' catalogs (DESIGN.md §3) and the one size formatter every surface uses.
+//! The providers' catalogs and the one size formatter every surface uses.
 //!
 //! Prices are `None` throughout: no sourced list price is recorded here, and the
 //! formatter says "price unknown" rather than inventing one.

@@ -25,7 +25,7 @@
 //! node id as subject, issued for minutes ([`MANAGEMENT_TOKEN_TTL`]).
 //!
 //! Its HMAC key is the **node token** the agent was started with
-//! ([`management_signer`]). DESIGN.md §8 allows one secret on the VM: the
+//! ([`management_signer`]). The VM holds one secret only: the
 //! node-scoped callback token in a root-only file. Keying management tokens with it
 //! needs no second secret on the VM, and binds the key to the node: the token of one
 //! node is useless against another, and it is at least as long as the 32 bytes a

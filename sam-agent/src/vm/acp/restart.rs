@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-/// When a crashed agent is restarted (DESIGN.md §5): plain data.
+/// When a crashed agent is restarted: plain data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrashPolicy {
     /// Restarts allowed within [`CrashPolicy::decay`].
