@@ -317,7 +317,7 @@ pub(super) fn resolve(
             .as_ref()
             .map_or(Layer::Platform, CredentialOwner::layer),
     );
-    if let Some(source) = agent_credential(&intent, &agent)? {
+    if let Some(source) = agent_credential(intent, &agent)? {
         provenance.insert("agent_credential".to_owned(), source);
     }
 
