@@ -5,10 +5,15 @@
 //! ACP is newline-delimited JSON-RPC 2.0 on stdio, and the host needs nine message
 //! shapes (`initialize`, `session/new`, `session/load`, `session/set_model`,
 //! `session/prompt`, `session/cancel`, `session/update`, `session/request_permission`,
-//! the two `fs/*` requests). The requests the host sends are the stable v1 types of
-//! `agent-client-protocol-schema` (all but `session/set_model`, which the stable
-//! schema does not have); the framing and the process are this module's own small
-//! loop ([`rpc`](self)), not the SDK's:
+//! the two `fs/*` requests). The requests the host sends, the `initialize`,
+//! `session/new` and `session/prompt` results and the answers to `fs/*` are the
+//! stable v1 types of `agent-client-protocol-schema` (`session/set_model` is not in
+//! the stable schema and stays JSON); the framing and the process are this module's
+//! own small loop ([`rpc`](self)), not the SDK's. The agent's own requests are read
+//! as JSON, which tolerates the fields they leave out (the schema requires them,
+//! and the host's answers to missing ones name the field); so are `agentInfo` (the
+//! schema needs a version beside the name), `authMethods` and `models` (extensions
+//! the stable schema lacks). Where the crate stops:
 //! - the schema crate's `SessionUpdate` is a closed, internally tagged enum without a
 //!   catch-all variant, so an update kind newer than the pinned version fails to
 //!   deserialize, while the host must pass unknown kinds through untouched; updates
@@ -693,33 +698,31 @@ fn rpc_agent_error(error: &RpcError) -> AgentError {
 }
 
 fn parse_initialize(result: &Value) -> Result<AgentInfo, AgentError> {
-    let version = result
-        .get("protocolVersion")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| {
-            protocol_error(format!(
-                "initialize answered without a protocolVersion: {result}"
-            ))
-        })?;
+    let missing = || {
+        protocol_error(format!(
+            "initialize answered without a protocolVersion: {result}"
+        ))
+    };
+    let response = match serde_json::from_value::<acp::InitializeResponse>(result.clone()) {
+        Ok(response) => response,
+        // A version beyond the schema's range is still a version the host does not speak.
+        Err(_) => match result.get("protocolVersion").and_then(Value::as_u64) {
+            Some(version) => return Err(version_mismatch(version)),
+            None => return Err(missing()),
+        },
+    };
+    let version = u64::from(response.protocol_version.as_u16());
     if version != PROTOCOL_VERSION {
-        return Err(AgentError {
-            failure: AgentFailure::Protocol,
-            category: ErrorCategory::InvalidConfig,
-            code: None,
-            message: format!(
-                "the agent speaks ACP version {version}; the host speaks {PROTOCOL_VERSION}"
-            ),
-        });
+        return Err(version_mismatch(version));
     }
+    // `agentInfo` is read as JSON: the schema needs a version beside the name, and
+    // an agent that sends its name alone is still named.
     let agent = result.get("agentInfo");
     let name = agent.and_then(|a| a.get("name")).and_then(Value::as_str);
     let agent_version = agent.and_then(|a| a.get("version")).and_then(Value::as_str);
     Ok(AgentInfo {
         protocol_version: u32::try_from(version).unwrap_or(u32::MAX),
-        load_session: result
-            .pointer("/agentCapabilities/loadSession")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        load_session: response.agent_capabilities.load_session,
         name: match (name, agent_version) {
             (Some(n), Some(v)) => Some(format!("{n} {v}")),
             (Some(n), None) => Some(n.to_owned()),
@@ -728,10 +731,33 @@ fn parse_initialize(result: &Value) -> Result<AgentInfo, AgentError> {
     })
 }
 
+fn version_mismatch(version: u64) -> AgentError {
+    AgentError {
+        failure: AgentFailure::Protocol,
+        category: ErrorCategory::InvalidConfig,
+        code: None,
+        message: format!(
+            "the agent speaks ACP version {version}; the host speaks {PROTOCOL_VERSION}"
+        ),
+    }
+}
+
 fn parse_stop_reason(result: &Value) -> Result<StopReason, AgentError> {
-    let reason = result.get("stopReason").cloned().unwrap_or(Value::Null);
-    serde_json::from_value(reason.clone())
-        .map_err(|_| protocol_error(format!("unknown stopReason {reason}")))
+    let unknown = || {
+        let reason = result.get("stopReason").unwrap_or(&Value::Null);
+        protocol_error(format!("unknown stopReason {reason}"))
+    };
+    let response =
+        serde_json::from_value::<acp::PromptResponse>(result.clone()).map_err(|_| unknown())?;
+    Ok(match response.stop_reason {
+        acp::StopReason::EndTurn => StopReason::EndTurn,
+        acp::StopReason::MaxTokens => StopReason::MaxTokens,
+        acp::StopReason::MaxTurnRequests => StopReason::MaxTurnRequests,
+        acp::StopReason::Refusal => StopReason::Refusal,
+        acp::StopReason::Cancelled => StopReason::Cancelled,
+        // A reason newer than the schema the host was built with.
+        _ => return Err(unknown()),
+    })
 }
 
 #[async_trait]
@@ -756,15 +782,14 @@ impl AgentSession for AcpSession {
             Ok(result) => result,
             Err(e) => return Err(self.explained(Self::setup_error(e)).await),
         };
-        let id = result
-            .get("sessionId")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
+        let id = serde_json::from_value::<acp::NewSessionResponse>(result.clone())
+            .map_err(|_| {
                 protocol_error(format!(
                     "session/new answered without a sessionId: {result}"
                 ))
-            })?;
-        let id = SessionId(id.to_owned());
+            })?
+            .session_id;
+        let id = SessionId(id.0.to_string());
         self.select_model(&connection, &id, &result).await?;
         if instructed {
             self.mark_instructed(&id);
@@ -917,6 +942,49 @@ mod tests {
         assert_eq!(
             to_params(&acp::CancelNotification::new(acp_session(&session))).unwrap(),
             json!({ "sessionId": "s1" })
+        );
+    }
+
+    /// Incoming results read through the schema tolerate what they tolerated as JSON.
+    #[test]
+    fn results_read_as_before() {
+        let info = parse_initialize(&json!({
+            "protocolVersion": 1,
+            "agentCapabilities": { "loadSession": true, "promptCapabilities": "garbled" },
+            "agentInfo": { "name": "fake" },
+        }))
+        .unwrap();
+        assert!(info.load_session);
+        assert_eq!(info.name.as_deref(), Some("fake"));
+        for (result, expected) in [
+            (
+                json!({}),
+                "initialize answered without a protocolVersion: {}",
+            ),
+            (
+                json!({ "protocolVersion": 2 }),
+                "the agent speaks ACP version 2; the host speaks 1",
+            ),
+            (
+                json!({ "protocolVersion": 100_000 }),
+                "the agent speaks ACP version 100000; the host speaks 1",
+            ),
+        ] {
+            assert_eq!(parse_initialize(&result).unwrap_err().message, expected);
+        }
+        assert_eq!(
+            parse_stop_reason(&json!({ "stopReason": "refusal", "usage": {} })).unwrap(),
+            StopReason::Refusal
+        );
+        assert_eq!(
+            parse_stop_reason(&json!({ "stopReason": "bored" }))
+                .unwrap_err()
+                .message,
+            "unknown stopReason \"bored\""
+        );
+        assert_eq!(
+            parse_stop_reason(&json!({})).unwrap_err().message,
+            "unknown stopReason null"
         );
     }
 }
