@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use chrono::Utc;
 use sam_core::{SessionEvent, SessionId, TimedEvent, redact};
 
+use agent_client_protocol_schema::v1 as acp;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -221,7 +222,9 @@ impl ClientHandler {
             .map_err(|e| io_error(requested, &e))?;
         let line = params.get("line").and_then(Value::as_u64);
         let limit = params.get("limit").and_then(Value::as_u64);
-        Ok(json!({ "content": slice_lines(&text, line, limit) }))
+        to_result(&acp::ReadTextFileResponse::new(slice_lines(
+            &text, line, limit,
+        )))
     }
 
     async fn write_text_file(&self, params: &Value) -> Result<Value, RpcError> {
@@ -247,8 +250,13 @@ impl ClientHandler {
             .map_err(|e| io_error(requested, &e))?;
         root.hand_over(&created)
             .map_err(|e| io_error(requested, &e))?;
-        Ok(json!({}))
+        to_result(&acp::WriteTextFileResponse::new())
     }
+}
+
+/// The JSON result of an answer to the agent.
+fn to_result(result: &impl serde::Serialize) -> Result<Value, RpcError> {
+    serde_json::to_value(result).map_err(|e| RpcError::new(INTERNAL_ERROR, e.to_string()))
 }
 
 fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, RpcError> {

@@ -5,16 +5,22 @@
 //! ACP is newline-delimited JSON-RPC 2.0 on stdio, and the host needs nine message
 //! shapes (`initialize`, `session/new`, `session/load`, `session/set_model`,
 //! `session/prompt`, `session/cancel`, `session/update`, `session/request_permission`,
-//! the two `fs/*` requests). This module implements them with `serde_json` in a small loop
-//! ([`rpc`](self)) instead of depending on `agent-client-protocol-schema` (1.15) or
-//! the SDK:
+//! the two `fs/*` requests). The requests the host sends, the `initialize`,
+//! `session/new` and `session/prompt` results and the answers to `fs/*` are the
+//! stable v1 types of `agent-client-protocol-schema` (`session/set_model` is not in
+//! the stable schema and stays JSON); the framing and the process are this module's
+//! own small loop ([`rpc`](self)), not the SDK's. The agent's own requests are read
+//! as JSON, which tolerates the fields they leave out (the schema requires them,
+//! and the host's answers to missing ones name the field); so are `agentInfo` (the
+//! schema needs a version beside the name), `authMethods` and `models` (extensions
+//! the stable schema lacks). Where the crate stops:
 //! - the schema crate's `SessionUpdate` is a closed, internally tagged enum without a
 //!   catch-all variant, so an update kind newer than the pinned version fails to
 //!   deserialize, while the host must pass unknown kinds through untouched; updates
 //!   are therefore kept as raw JSON ([`SessionEvent::Update`]);
 //! - the schema crate turns on `serde_json`'s `preserve_order` feature, which feature
-//!   unification would switch on for every crate of the workspace, and brings
-//!   `anyhow`, `derive_more`, `serde_with` and `strum` along;
+//!   unification switches on for every crate built with this one (objects keep their
+//!   insertion order instead of being sorted by key);
 //! - the SDK's connection owns the process and its retry-free request flow, while
 //!   crash recovery here must replace the process under a live session.
 //!
@@ -66,6 +72,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use agent_client_protocol_schema::{ProtocolVersion, v1 as acp};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -256,21 +263,18 @@ impl AcpSession {
             .filter(|a| !a.is_empty())
     }
 
-    /// The `session/new` or `session/load` parameters for `cwd`: with the
-    /// system-prompt addition in `_meta` for an agent that reads it there.
-    fn session_params(&self, info: &AgentInfo, mut params: Value) -> (Value, bool) {
+    /// The `_meta` of a `session/new` or `session/load` request: the system-prompt
+    /// addition, for an agent that reads it there; `None` for every other agent.
+    fn session_meta(&self, info: &AgentInfo) -> Option<acp::Meta> {
         let reads_meta = info.name.as_deref().is_some_and(|name| {
             SYSTEM_PROMPT_META_AGENTS
                 .iter()
                 .any(|a| name == *a || name.strip_prefix(a).is_some_and(|v| v.starts_with(' ')))
         });
-        match self.addition() {
-            Some(addition) if reads_meta => {
-                params["_meta"] = json!({ "systemPrompt": { "append": addition } });
-                (params, true)
-            }
-            _ => (params, false),
-        }
+        let addition = self.addition().filter(|_| reads_meta)?;
+        let mut meta = acp::Meta::new();
+        meta.insert("systemPrompt".to_owned(), json!({ "append": addition }));
+        Some(meta)
     }
 
     /// Marks session `id` as having the system-prompt addition.
@@ -336,6 +340,8 @@ impl AcpSession {
         if models.get("currentModelId").and_then(Value::as_str) == Some(wanted.as_str()) {
             return Ok(());
         }
+        // `session/set_model` is not part of the stable v1 schema: its parameters are
+        // built here.
         self.call(
             connection,
             "session/set_model",
@@ -355,13 +361,8 @@ impl AcpSession {
     async fn start(&self) -> Result<Live, AgentError> {
         let io = self.launcher.launch().await?;
         let connection = Arc::new(Connection::start(io, Arc::clone(&self.handler)));
-        let params = json!({
-            "protocolVersion": PROTOCOL_VERSION,
-            "clientCapabilities": { "fs": { "readTextFile": true, "writeTextFile": true }, "terminal": false },
-            "clientInfo": { "name": "sam-agent", "title": "SAM VM agent", "version": env!("CARGO_PKG_VERSION") },
-        });
         let result = self
-            .call(&connection, "initialize", params)
+            .call(&connection, "initialize", to_params(&initialize_request())?)
             .await
             .map_err(Self::setup_error)?;
         let info = parse_initialize(&result)?;
@@ -370,7 +371,7 @@ impl AcpSession {
             self.call(
                 &connection,
                 "authenticate",
-                json!({ "methodId": method.id }),
+                to_params(&acp::AuthenticateRequest::new(method.id.clone()))?,
             )
             .await
             .map_err(|e| {
@@ -464,15 +465,19 @@ impl AcpSession {
             let (connection, info) = self.connection().await.map_err(fatal)?;
             let seen = self.handler.output();
             let accepted = || self.handler.output() > seen;
-            let params = json!({ "sessionId": id.0, "prompt": [{ "type": "text", "text": text }] });
+            let params = to_params(&acp::PromptRequest::new(
+                acp_session(id),
+                vec![acp::ContentBlock::Text(acp::TextContent::new(text))],
+            ))
+            .map_err(fatal)?;
             let Some(answer) = self
                 .until_idle(connection.request("session/prompt", params))
                 .await
             else {
                 // Ask the agent to end the silent turn; the next attempt starts afresh.
-                let _ = connection
-                    .notify("session/cancel", json!({ "sessionId": id.0 }))
-                    .await;
+                if let Ok(params) = to_params(&acp::CancelNotification::new(acp_session(id))) {
+                    let _ = connection.notify("session/cancel", params).await;
+                }
                 return Err(AttemptError {
                     error: agent_error(
                         AgentFailure::Timeout,
@@ -584,11 +589,11 @@ impl AcpSession {
         let recovery = async {
             let live = self.start().await?;
             self.handler.set_muted(true);
-            let (params, _) = self.session_params(
-                &live.info,
-                json!({ "sessionId": id.0, "cwd": cwd, "mcpServers": [] }),
-            );
-            let loaded = self.call(&live.connection, "session/load", params).await;
+            let params = acp::LoadSessionRequest::new(acp_session(id), cwd)
+                .meta(self.session_meta(&live.info));
+            let loaded = self
+                .call(&live.connection, "session/load", to_params(&params)?)
+                .await;
             self.handler.set_muted(false);
             let loaded = loaded.map_err(Self::setup_error)?;
             self.select_model(&live.connection, id, &loaded).await?;
@@ -608,6 +613,32 @@ impl AcpSession {
         self.handler.emit(SessionEvent::Restarted { restarts });
         Ok(())
     }
+}
+
+/// The `initialize` request: the host reads and writes text files for the agent, and
+/// has no terminal.
+fn initialize_request() -> acp::InitializeRequest {
+    acp::InitializeRequest::new(ProtocolVersion::V1)
+        .client_capabilities(
+            acp::ClientCapabilities::new().fs(acp::FileSystemCapabilities::new()
+                .read_text_file(true)
+                .write_text_file(true)),
+        )
+        .client_info(
+            acp::Implementation::new("sam-agent", env!("CARGO_PKG_VERSION"))
+                .title("SAM VM agent".to_owned()),
+        )
+}
+
+/// The protocol's id of session `id`.
+fn acp_session(id: &SessionId) -> acp::SessionId {
+    acp::SessionId::new(id.0.as_str())
+}
+
+/// The JSON parameters of a request or notification.
+fn to_params(params: &impl serde::Serialize) -> Result<Value, AgentError> {
+    serde_json::to_value(params)
+        .map_err(|e| protocol_error(format!("cannot encode the parameters: {e}")))
 }
 
 fn fatal(error: AgentError) -> AttemptError {
@@ -667,33 +698,31 @@ fn rpc_agent_error(error: &RpcError) -> AgentError {
 }
 
 fn parse_initialize(result: &Value) -> Result<AgentInfo, AgentError> {
-    let version = result
-        .get("protocolVersion")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| {
-            protocol_error(format!(
-                "initialize answered without a protocolVersion: {result}"
-            ))
-        })?;
+    let missing = || {
+        protocol_error(format!(
+            "initialize answered without a protocolVersion: {result}"
+        ))
+    };
+    let response = match serde_json::from_value::<acp::InitializeResponse>(result.clone()) {
+        Ok(response) => response,
+        // A version beyond the schema's range is still a version the host does not speak.
+        Err(_) => match result.get("protocolVersion").and_then(Value::as_u64) {
+            Some(version) => return Err(version_mismatch(version)),
+            None => return Err(missing()),
+        },
+    };
+    let version = u64::from(response.protocol_version.as_u16());
     if version != PROTOCOL_VERSION {
-        return Err(AgentError {
-            failure: AgentFailure::Protocol,
-            category: ErrorCategory::InvalidConfig,
-            code: None,
-            message: format!(
-                "the agent speaks ACP version {version}; the host speaks {PROTOCOL_VERSION}"
-            ),
-        });
+        return Err(version_mismatch(version));
     }
+    // `agentInfo` is read as JSON: the schema needs a version beside the name, and
+    // an agent that sends its name alone is still named.
     let agent = result.get("agentInfo");
     let name = agent.and_then(|a| a.get("name")).and_then(Value::as_str);
     let agent_version = agent.and_then(|a| a.get("version")).and_then(Value::as_str);
     Ok(AgentInfo {
         protocol_version: u32::try_from(version).unwrap_or(u32::MAX),
-        load_session: result
-            .pointer("/agentCapabilities/loadSession")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        load_session: response.agent_capabilities.load_session,
         name: match (name, agent_version) {
             (Some(n), Some(v)) => Some(format!("{n} {v}")),
             (Some(n), None) => Some(n.to_owned()),
@@ -702,10 +731,33 @@ fn parse_initialize(result: &Value) -> Result<AgentInfo, AgentError> {
     })
 }
 
+fn version_mismatch(version: u64) -> AgentError {
+    AgentError {
+        failure: AgentFailure::Protocol,
+        category: ErrorCategory::InvalidConfig,
+        code: None,
+        message: format!(
+            "the agent speaks ACP version {version}; the host speaks {PROTOCOL_VERSION}"
+        ),
+    }
+}
+
 fn parse_stop_reason(result: &Value) -> Result<StopReason, AgentError> {
-    let reason = result.get("stopReason").cloned().unwrap_or(Value::Null);
-    serde_json::from_value(reason.clone())
-        .map_err(|_| protocol_error(format!("unknown stopReason {reason}")))
+    let unknown = || {
+        let reason = result.get("stopReason").unwrap_or(&Value::Null);
+        protocol_error(format!("unknown stopReason {reason}"))
+    };
+    let response =
+        serde_json::from_value::<acp::PromptResponse>(result.clone()).map_err(|_| unknown())?;
+    Ok(match response.stop_reason {
+        acp::StopReason::EndTurn => StopReason::EndTurn,
+        acp::StopReason::MaxTokens => StopReason::MaxTokens,
+        acp::StopReason::MaxTurnRequests => StopReason::MaxTurnRequests,
+        acp::StopReason::Refusal => StopReason::Refusal,
+        acp::StopReason::Cancelled => StopReason::Cancelled,
+        // A reason newer than the schema the host was built with.
+        _ => return Err(unknown()),
+    })
 }
 
 #[async_trait]
@@ -720,21 +772,24 @@ impl AgentSession for AcpSession {
     async fn new_session(&self, cwd: &Path) -> Result<SessionId, AgentError> {
         let root = self.workspace(cwd)?;
         let (connection, info) = self.connection().await?;
-        let (params, instructed) =
-            self.session_params(&info, json!({ "cwd": root.agent_path(), "mcpServers": [] }));
-        let result = match self.call(&connection, "session/new", params).await {
+        let meta = self.session_meta(&info);
+        let instructed = meta.is_some();
+        let params = acp::NewSessionRequest::new(root.agent_path()).meta(meta);
+        let result = match self
+            .call(&connection, "session/new", to_params(&params)?)
+            .await
+        {
             Ok(result) => result,
             Err(e) => return Err(self.explained(Self::setup_error(e)).await),
         };
-        let id = result
-            .get("sessionId")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
+        let id = serde_json::from_value::<acp::NewSessionResponse>(result.clone())
+            .map_err(|_| {
                 protocol_error(format!(
                     "session/new answered without a sessionId: {result}"
                 ))
-            })?;
-        let id = SessionId(id.to_owned());
+            })?
+            .session_id;
+        let id = SessionId(id.0.to_string());
         self.select_model(&connection, &id, &result).await?;
         if instructed {
             self.mark_instructed(&id);
@@ -754,12 +809,10 @@ impl AgentSession for AcpSession {
         }
         let root = self.workspace(cwd)?;
         self.handler.set_root(id, root.clone());
-        let (params, _) = self.session_params(
-            &info,
-            json!({ "sessionId": id.0, "cwd": root.agent_path(), "mcpServers": [] }),
-        );
+        let params = acp::LoadSessionRequest::new(acp_session(id), root.agent_path())
+            .meta(self.session_meta(&info));
         let result = self
-            .call(&connection, "session/load", params)
+            .call(&connection, "session/load", to_params(&params)?)
             .await
             .map_err(Self::setup_error)?;
         self.select_model(&connection, id, &result).await?;
@@ -818,8 +871,9 @@ impl AgentSession for AcpSession {
     async fn cancel(&self, id: &SessionId) -> Result<(), AgentError> {
         self.cancelled.store(true, Ordering::SeqCst);
         let (connection, _) = self.connection().await?;
+        let params = to_params(&acp::CancelNotification::new(acp_session(id)))?;
         connection
-            .notify("session/cancel", json!({ "sessionId": id.0 }))
+            .notify("session/cancel", params)
             .await
             .map_err(Self::setup_error)
     }
@@ -838,5 +892,99 @@ impl AgentSession for AcpSession {
             }
         })
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outgoing requests as they go on the wire.
+    #[test]
+    fn requests_on_the_wire() {
+        let session = SessionId("s1".to_owned());
+        assert_eq!(
+            to_params(&initialize_request()).unwrap(),
+            json!({
+                "protocolVersion": 1,
+                // `auth` is the schema's: the client performs no terminal login.
+                "clientCapabilities": {
+                    "fs": { "readTextFile": true, "writeTextFile": true },
+                    "terminal": false,
+                    "auth": { "terminal": false },
+                },
+                "clientInfo": { "name": "sam-agent", "title": "SAM VM agent", "version": env!("CARGO_PKG_VERSION") },
+            })
+        );
+        assert_eq!(
+            to_params(&acp::AuthenticateRequest::new("codex-api-key")).unwrap(),
+            json!({ "methodId": "codex-api-key" })
+        );
+        assert_eq!(
+            to_params(&acp::NewSessionRequest::new("/ws")).unwrap(),
+            json!({ "cwd": "/ws", "mcpServers": [] })
+        );
+        let mut meta = acp::Meta::new();
+        meta.insert("systemPrompt".to_owned(), json!({ "append": "be brief" }));
+        assert_eq!(
+            to_params(&acp::LoadSessionRequest::new(acp_session(&session), "/ws").meta(meta))
+                .unwrap(),
+            json!({ "sessionId": "s1", "cwd": "/ws", "mcpServers": [], "_meta": { "systemPrompt": { "append": "be brief" } } })
+        );
+        assert_eq!(
+            to_params(&acp::PromptRequest::new(
+                acp_session(&session),
+                vec![acp::ContentBlock::Text(acp::TextContent::new("hi"))],
+            ))
+            .unwrap(),
+            json!({ "sessionId": "s1", "prompt": [{ "type": "text", "text": "hi" }] })
+        );
+        assert_eq!(
+            to_params(&acp::CancelNotification::new(acp_session(&session))).unwrap(),
+            json!({ "sessionId": "s1" })
+        );
+    }
+
+    /// Incoming results read through the schema tolerate what they tolerated as JSON.
+    #[test]
+    fn results_read_as_before() {
+        let info = parse_initialize(&json!({
+            "protocolVersion": 1,
+            "agentCapabilities": { "loadSession": true, "promptCapabilities": "garbled" },
+            "agentInfo": { "name": "fake" },
+        }))
+        .unwrap();
+        assert!(info.load_session);
+        assert_eq!(info.name.as_deref(), Some("fake"));
+        for (result, expected) in [
+            (
+                json!({}),
+                "initialize answered without a protocolVersion: {}",
+            ),
+            (
+                json!({ "protocolVersion": 2 }),
+                "the agent speaks ACP version 2; the host speaks 1",
+            ),
+            (
+                json!({ "protocolVersion": 100_000 }),
+                "the agent speaks ACP version 100000; the host speaks 1",
+            ),
+        ] {
+            assert_eq!(parse_initialize(&result).unwrap_err().message, expected);
+        }
+        assert_eq!(
+            parse_stop_reason(&json!({ "stopReason": "refusal", "usage": {} })).unwrap(),
+            StopReason::Refusal
+        );
+        assert_eq!(
+            parse_stop_reason(&json!({ "stopReason": "bored" }))
+                .unwrap_err()
+                .message,
+            "unknown stopReason \"bored\""
+        );
+        assert_eq!(
+            parse_stop_reason(&json!({})).unwrap_err().message,
+            "unknown stopReason null"
+        );
     }
 }
