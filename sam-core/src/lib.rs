@@ -12,8 +12,10 @@
 //!   source of every field; [`check_slot`] enforces it on a node; [`smallest_size`].
 //! - **Fallback** ([`fallback`]): the ordered `(size, location)` attempts of a
 //!   [`FallbackPlan`]; explicit sizes never descend.
-//! - **Errors** ([`error`]): one [`ErrorCategory`] for the whole SDK, the
-//!   [`Classify`] trait, [`ProviderError`], [`StoreError`]; [`signal`] finds the
+//! - **Errors** ([`error`], the base every module may import): one [`ErrorCategory`]
+//!   for the whole SDK, the [`Classify`] trait, [`ProviderError`], [`StoreError`],
+//!   [`InvalidInput`]; sam-core's one [`Error`] ([`failure`]) holds every module's
+//!   error and sits at the top; [`signal`] finds the
 //!   native codes, reasons, types and statuses in an error however a client rendered
 //!   it, [`classify::decide`] is the one order every classifier decides in, and
 //!   [`classify_agent_error`] and [`is_agent_crash`] read what coding agents report.
@@ -31,10 +33,12 @@
 //! - **Traits**: [`Provider`], [`Store`] (joining [`TaskStore`], [`FleetStore`] and
 //!   [`AccountStore`]), [`Scheduler`], [`AgentSession`] and [`NodeAgent`], each with a
 //!   `# Contract`; [`delegate_store!`] forwards a store wrapper's methods.
-//! - **Control plane** ([`control`]): [`ControlPlane`] — submission with the source of
-//!   every setting, the durable task runner ([`ControlPlane::tick`], [`ControlPlane::run`]),
-//!   callbacks with scoped tokens, and the sweeps ([`ControlPlane::sweep`]);
-//!   [`DefaultScheduler`] places tasks. The [`control`] module docs show the whole
+//! - **Control plane** ([`control`]): [`ControlPlane`], one type with one room per
+//!   job — submission as a pure resolution of the layers, with the source of every
+//!   setting; the durable task runner ([`ControlPlane::tick`], [`ControlPlane::run`]);
+//!   callbacks with scoped tokens; the sweeps ([`ControlPlane::sweep`]); users,
+//!   projects and credentials behind [`ControlPlane::accounts`]. [`DefaultScheduler`]
+//!   places tasks. The [`control`] module docs show the whole
 //!   control plane running over the in-memory store and the fake provider.
 //!
 //! sam-core performs no network, file or SQL IO of its own.
