@@ -42,7 +42,7 @@ pub fn event(n: u64) -> Event {
 const ROUNDS: u64 = 4;
 
 /// Appends `rows` events to a log in `dir`, one per call, and inserts the same rows
-/// with plain sqlx into a second file, in [`ROUNDS`] alternating rounds (a quarter
+/// with plain sqlx into a second file, in `ROUNDS` alternating rounds (a quarter
 /// of the rows to the log, the same quarter to the raw file, and so on), so a slow
 /// spell of the shared machine's disk falls on both sides alike.
 ///

@@ -188,7 +188,7 @@ const ROUNDS: u64 = 4;
 /// `in_flight` of them submitted at once (a closed loop, so warm nodes are reused as
 /// they would be in service), and measures the file's raw write rate alongside.
 ///
-/// The tasks run in [`ROUNDS`] rounds on one control plane, and the raw rate is
+/// The tasks run in `ROUNDS` rounds on one control plane, and the raw rate is
 /// measured before each round and after the last; the bound uses the mean. On a
 /// shared machine the raw rate drifts by tens of percent within a minute (one run
 /// here measured 1,770 and 5,418 tx/s a few seconds apart), so a bound taken on one

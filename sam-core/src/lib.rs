@@ -19,7 +19,7 @@
 //!   native codes, reasons, types and statuses in an error however a client rendered
 //!   it, [`classify::decide`] is the one order every classifier decides in, and
 //!   [`classify_agent_error`] and [`is_agent_crash`] read what coding agents report.
-//! - **Retry and timeouts** ([`retry`], [`timeout`]): [`RetryPolicy`] with a pure
+//! - **Retry and timeouts** ([`retry`](mod@retry), [`timeout`]): [`RetryPolicy`] with a pure
 //!   `next_delay` and one async [`retry()`] loop; [`TimeoutPolicy`] with derived sweep
 //!   thresholds, checked with the lease by [`TimeoutPolicy::validate_with_lease`].
 //! - **Secrets** ([`secret`]): [`Secret`] never prints; [`redact`] scrubs text and

@@ -1,6 +1,6 @@
 //! # sam-providers
 //!
-//! Provider backends of the SAM SDK: thin clients that translate a [`VmSpec`] into a
+//! Provider backends of the SAM SDK: thin clients that translate a [`VmSpec`](sam_core::VmSpec) into a
 //! provider's API calls and classify every failure once, at the HTTP edge, into an
 //! [`ErrorCategory`]. They never retry, sleep or fall back to another size: the
 //! policies in `sam-core` wrap any backend.

@@ -125,7 +125,7 @@ const SCHEMA: Schema = Schema {
 
 const COLUMNS: &str = "id, node_id, workspace_id, level, type, message, detail, created_at";
 
-/// The event log; see the [module docs](self).
+/// The event log; see the module docs.
 #[derive(Debug)]
 pub struct EventLog {
     file: RetainedFile,

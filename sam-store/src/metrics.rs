@@ -40,7 +40,7 @@ const SCHEMA: Schema = Schema {
     }],
 };
 
-/// The metrics store; see the [module docs](self).
+/// The metrics store; see the module docs.
 #[derive(Debug)]
 pub struct MetricsStore {
     file: RetainedFile,

@@ -101,7 +101,7 @@ pub fn new_token_value() -> std::io::Result<Secret> {
 }
 
 /// Makes `token` the server's bootstrap token: a different token the server was
-/// started with before is revoked ([`Store::rotate_bootstrap_api_token`]).
+/// started with before is revoked ([`AccountStore::rotate_bootstrap_api_token`](sam_core::AccountStore::rotate_bootstrap_api_token)).
 ///
 /// # Errors
 /// Store failures.

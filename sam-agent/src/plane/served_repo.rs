@@ -310,7 +310,7 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 ///
 /// # Errors
 /// `invalid_config` for a request that is not such a list within
-/// [`MAX_COMMAND_BYTES`] (a push certificate or shallow lines included: the VM
+/// `MAX_COMMAND_BYTES` (a push certificate or shallow lines included: the VM
 /// agent's pushes send neither).
 pub async fn push_commands(body: Body) -> Result<(Vec<String>, Body), ApiError> {
     use futures::StreamExt as _;

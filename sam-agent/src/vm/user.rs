@@ -8,7 +8,7 @@
 //! agent starts, so a missing account stops the agent there and not at the first
 //! task.
 //!
-//! A process started as the user ([`AgentUser::apply`]) gets the user's uid and
+//! A process started as the user (`AgentUser::apply`) gets the user's uid and
 //! primary gid and no supplementary group: the standard library clears them when it
 //! drops root, and this crate forbids the unsafe code it would take to set others.
 //! That is the stricter choice, since a group such as `docker` is root on the host

@@ -112,7 +112,7 @@ impl Accounts<'_> {
     /// Replaces a user's name and settings.
     ///
     /// # Errors
-    /// `not_found` for an unknown user; as [`ControlPlane::create_user`].
+    /// `not_found` for an unknown user; as [`Accounts::create_user`].
     pub async fn update_user(&self, id: &UserId, input: &UserInput) -> Result<UserRecord, Error> {
         let mut user = self
             .cp
@@ -182,7 +182,7 @@ impl Accounts<'_> {
     /// Replaces a project's fields.
     ///
     /// # Errors
-    /// `not_found` for an unknown project; as [`ControlPlane::create_project`].
+    /// `not_found` for an unknown project; as [`Accounts::create_project`].
     pub async fn update_project(
         &self,
         id: &ProjectId,
@@ -250,7 +250,7 @@ impl Accounts<'_> {
     ///
     /// # Errors
     /// `not_found` for a profile that is not the project's; as
-    /// [`ControlPlane::create_profile`].
+    /// [`Accounts::create_profile`].
     pub async fn update_profile(
         &self,
         project: &ProjectId,
@@ -324,7 +324,7 @@ impl Accounts<'_> {
     /// credential for the same target. Returns what can be shown of it.
     ///
     /// # Errors
-    /// [`CredentialError::NoKey`] without a configured key; [`CredentialError::Invalid`]
+    /// [`CredentialError::NoKey`](crate::CredentialError::NoKey) without a configured key; [`CredentialError::Invalid`](crate::CredentialError::Invalid)
     /// for a kind that does not fit the target or a missing detail; `not_found` for an
     /// unknown owner; store failures.
     pub async fn set_credential(

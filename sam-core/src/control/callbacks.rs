@@ -160,7 +160,7 @@ impl ControlPlane {
     /// and its VM deleted (a VM whose delete fails stays recorded, `destroying`, for
     /// the node sweep), and the tasks headed for it are woken: each moves to a
     /// replacement node while its budget lasts
-    /// ([`ControlPlaneConfig::node_replacements`]).
+    /// ([`ControlPlaneConfig::node_replacements`](crate::ControlPlaneConfig::node_replacements)).
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for a token that is not this node's; `not_found` for an

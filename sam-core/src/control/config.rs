@@ -11,7 +11,7 @@ use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::timeout::TimeoutPolicy;
 
-/// How the control plane behaves; plain data, checked by [`ControlPlane::new`].
+/// How the control plane behaves; plain data, checked by [`ControlPlane::new`](crate::ControlPlane::new).
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
     /// This process's name in leases and status events; unique per process.
@@ -28,7 +28,7 @@ pub struct ControlPlaneConfig {
     pub lease: Duration,
     /// How soon to look again at a task waiting on something outside (a booting VM).
     pub poll_interval: Duration,
-    /// Tasks advanced at once by one [`ControlPlane::tick`].
+    /// Tasks advanced at once by one [`ControlPlane::tick`](crate::ControlPlane::tick).
     pub max_concurrent: usize,
     /// Lifetime of issued node and workspace tokens.
     pub token_ttl: Duration,

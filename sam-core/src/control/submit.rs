@@ -29,7 +29,7 @@ pub struct SubmitRequest {
     pub branch: Option<String>,
     /// The prompt.
     pub prompt: String,
-    /// Settings by layer; the platform layer comes from [`ControlPlaneConfig::platform`]
+    /// Settings by layer; the platform layer comes from [`ControlPlaneConfig::platform`](crate::ControlPlaneConfig::platform)
     /// and is ignored here.
     pub layers: BTreeMap<Layer, LayerSettings>,
     /// A node to run on, if the caller wants one.

@@ -216,7 +216,7 @@ impl Group {
     }
 }
 
-/// The fleet sorted by free capacity; see the [module docs](self).
+/// The fleet sorted by free capacity; see the module docs.
 ///
 /// `K` is what holds a slot: a workspace, by its id, unless the index is kept for
 /// something that also counts slots not yet given to a workspace.

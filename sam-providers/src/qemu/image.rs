@@ -117,7 +117,7 @@ impl Default for ImageRecipe {
 }
 
 impl ImageRecipe {
-    /// The content key: a SHA-256 over the recipe and [`RECIPE_VERSION`], 16 hex
+    /// The content key: a SHA-256 over the recipe and `RECIPE_VERSION`, 16 hex
     /// digits, the name of the image's cache directory.
     pub fn key(&self) -> String {
         let text = serde_json::to_string(&(RECIPE_VERSION, self))
