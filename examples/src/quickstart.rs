@@ -319,7 +319,7 @@ fn describe(event: &SessionEvent) -> Option<String> {
         }
         SessionEvent::Crashed { .. } => Some("the agent crashed".into()),
         SessionEvent::Restarted { .. } => Some("the agent was restarted".into()),
-        SessionEvent::Stopped { .. } => None,
+        SessionEvent::Stopped { .. } | SessionEvent::Permission { .. } => None,
     }
 }
 
@@ -426,6 +426,7 @@ impl Follower {
                 self.display
                     .note(&format!("server {node} lost: {reason}; moving on"));
             }
+            TaskEventKind::WaitingForCapacity { .. } => self.display.note(&kind.to_string()),
             TaskEventKind::Status { .. } | TaskEventKind::Refused { .. } => {}
         }
     }

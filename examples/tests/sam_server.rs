@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 mod common;
 use common::server::{
-    ServerProcess, TOKEN, call, free_port, fresh_schema, read_events, server_command,
-    server_command_of, submit_and_follow,
+    ServerProcess, TOKEN, call, free_port, fresh_schema, read_events, read_events_after,
+    read_transcript, server_command, server_command_of, submit_and_follow,
 };
 use common::{StopNodes, repo};
 
@@ -39,6 +39,69 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
     );
     assert_eq!(end["kind"]["status"], "completed", "{end}");
     assert_eq!(end["task_id"], id.as_str());
+
+    // The transcript, read back as JSON pages after the end, is what the live client
+    // saw: every entry, numbered 1, 2, … without a gap.
+    let transcript = read_transcript(&http, &server, &id, 5).await;
+    let live: Vec<Value> = events.iter().map(|(_, data)| data.clone()).collect();
+    assert_eq!(transcript, live, "read back equals seen live");
+    let numbers: Vec<u64> = transcript
+        .iter()
+        .map(|e| e["id"].as_u64().expect("a number"))
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    let said: String = transcript
+        .iter()
+        .filter(|e| e["kind"]["event"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        .filter_map(|e| e["kind"]["event"]["update"]["content"]["text"].as_str())
+        .collect();
+    assert!(
+        !said.is_empty(),
+        "the agent's words are kept: {transcript:?}"
+    );
+    for kind in ["plan", "tool_call", "tool_call_update"] {
+        assert!(
+            transcript
+                .iter()
+                .any(|e| e["kind"]["event"]["update"]["sessionUpdate"] == kind),
+            "the agent's {kind} is kept: {transcript:?}"
+        );
+    }
+    assert!(
+        transcript
+            .iter()
+            .any(|e| e["kind"]["type"] == "last_message"),
+        "{transcript:?}"
+    );
+    // A stream resumed after an entry replays exactly what came after it.
+    let middle = numbers[numbers.len() / 2];
+    let resumed = read_events_after(
+        &http,
+        &server.url(&format!("/v1/tasks/{id}/events")),
+        Some(middle),
+    )
+    .await;
+    let resumed: Vec<Value> = resumed.into_iter().map(|(_, data)| data).collect();
+    assert_eq!(resumed, live[middle as usize..], "no gap, no repeat");
+    // Reads by kind.
+    let (status, page) = call(
+        http.get(server.url(&format!("/v1/tasks/{id}/events?kind=status")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let statuses: Vec<&str> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"]["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["queued", "delegated", "in_progress", "completed"],
+        "{page}"
+    );
+    assert_eq!(page["ended"], true);
 
     // Poll the task: completed, with its size, provenance and placement.
     let (status, task) = call(
@@ -195,6 +258,72 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
 /// `cargo run --release --bin sam-server` builds only `sam-server`: with no
 /// `sam-vm-agent` or `sam-demo-agent` beside it, its local nodes run the server's own
 /// `vm-agent` and `demo-agent` roles (and git its `git-credential` role).
+/// A client that loses its connection while the task runs reconnects with the
+/// last entry it saw and misses nothing and sees nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_dropped_while_the_task_runs_resumes_with_no_gap_and_no_repeat() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+    let (status, accepted) = call(
+        http.post(server.url("/v1/tasks"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo": repo.path(), "prompt": "say hello", "agent": "demo"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().expect("an id").to_owned();
+    let url = server.url(&format!("/v1/tasks/{id}/events"));
+
+    // Read the first three entries, then drop the connection.
+    let mut response = http
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("reachable");
+    let mut bytes = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let chunk = response.chunk().await.expect("the stream").expect("more");
+            bytes.extend_from_slice(&chunk);
+            // Whole frames only: up to the last blank line.
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let whole = &text[..text.rfind("\n\n").map_or(0, |i| i + 2)];
+            let frames = common::server::parse_frames(whole);
+            if frames.len() >= 3 {
+                return frames;
+            }
+        }
+    })
+    .await
+    .expect("three entries within a minute");
+    drop(response);
+    let last = first.last().expect("entries").1["id"]
+        .as_u64()
+        .expect("a number");
+    assert_eq!(last, first.len() as u64);
+
+    // Reconnect after the last entry seen, read to the end.
+    let rest = read_events_after(&http, &url, Some(last)).await;
+    let seen: Vec<Value> = first
+        .into_iter()
+        .chain(rest)
+        .map(|(_, data)| data)
+        .collect();
+    let numbers: Vec<u64> = seen.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "no gap and no repeat across the reconnect"
+    );
+    assert_eq!(seen.last().unwrap()["kind"]["status"], "completed");
+    assert_eq!(seen, read_transcript(&http, &server, &id, 1000).await);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lone_sam_server_runs_its_own_helper_roles() {
     let repo = repo();

@@ -142,8 +142,8 @@ pub use clock::{Clock, ManualClock, TokioClock};
 pub use control::PROVIDER_CACHE_CAPACITY;
 pub use control::{
     BootRenderer, ControlPlane, ControlPlaneConfig, ControlPlaneParts, HeartbeatReply,
-    LayerSettings, NodeMetrics, PlatformCredential, ServedRepository, SessionCallback,
-    SubmitRequest, TaskEvent, TaskEventKind, WorkspaceGithub, WorkspaceProfile,
+    LayerSettings, MAX_TRANSCRIPT_PAGE, NodeMetrics, PlatformCredential, ServedRepository,
+    SessionCallback, SubmitRequest, WorkspaceGithub, WorkspaceProfile,
 };
 pub use control::{
     CredentialInput, MAX_LINEAGE_DEPTH, ProfileInput, ProjectInput, TaskSource, UserInput,
@@ -187,8 +187,8 @@ pub use provider::{
 pub use record::{
     KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome,
     LeasedWrite, Lineage, LineageKind, NodeBeat, NodeFilter, NodeRecord, PlacementCandidate,
-    SlotOutcome, StatusEvent, TaskError, TaskFilter, TaskNotice, TaskNoticeRecord, TaskRecord,
-    TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
+    SlotOutcome, StatusEvent, TaskError, TaskEvent, TaskEventKind, TaskFilter, TaskRecord,
+    TaskSpec, TaskUpdate, TranscriptQuery, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 pub use replacement::{LossDecision, LostNode, NodeLoss, VANISHED_GRACE, after_node_loss};
 pub use repository::{
@@ -206,8 +206,8 @@ pub use scheduler::{
 };
 pub use secret::{REDACTED, Secret, redact};
 pub use session::{
-    AgentError, AgentFailure, AgentInfo, AgentSession, PermissionMode, SessionEvent, SessionId,
-    StopReason, TimedEvent,
+    AgentError, AgentFailure, AgentInfo, AgentSession, MAX_COALESCED_TEXT, PermissionMode,
+    SessionEvent, SessionId, StopReason, TimedEvent, coalesce_chunks,
 };
 pub use signal::{Signal, SignalKind, SignalOrigin, Signals};
 pub use store::{AccountStore, ApiTokenRecord, FleetStore, Store, StoreAccess, TaskStore};

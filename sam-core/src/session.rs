@@ -167,6 +167,122 @@ pub enum SessionEvent {
         /// Why.
         reason: StopReason,
     },
+    /// The agent asked to run a tool (`session/request_permission`), and the host
+    /// answered by the session's [`PermissionMode`].
+    Permission {
+        /// The tool call the agent asked about, as it sent it (redacted).
+        tool_call: serde_json::Value,
+        /// The tool's kind (`edit`, `execute`, …), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tool_kind: Option<String>,
+        /// Whether the answer allows it.
+        allowed: bool,
+        /// The option chosen (`optionId`); `None` when none fitted and the request
+        /// was answered `cancelled`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        option: Option<String>,
+    },
+}
+
+/// The largest text one coalesced chunk carries ([`coalesce_chunks`]), in bytes: a
+/// long message is kept as several entries rather than one unbounded one.
+pub const MAX_COALESCED_TEXT: usize = 64 * 1024;
+
+impl SessionEvent {
+    /// The event's name: its `type`, or for an update its `sessionUpdate` kind
+    /// (`agent_message_chunk`, `tool_call`, …).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Update { update } => update
+                .get("sessionUpdate")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("update"),
+            Self::PromptRetry { .. } => "prompt_retry",
+            Self::Crashed { .. } => "crashed",
+            Self::Restarted { .. } => "restarted",
+            Self::Stopped { .. } => "stopped",
+            Self::Permission { .. } => "permission",
+        }
+    }
+
+    /// The text of a message or thought chunk: its kind (`agent_message_chunk`,
+    /// `agent_thought_chunk`, `user_message_chunk`) and text, when the update is one
+    /// whose content is text.
+    pub fn chunk_text(&self) -> Option<(&str, &str)> {
+        let Self::Update { update } = self else {
+            return None;
+        };
+        let kind = update.get("sessionUpdate")?.as_str()?;
+        if !matches!(
+            kind,
+            "agent_message_chunk" | "agent_thought_chunk" | "user_message_chunk"
+        ) {
+            return None;
+        }
+        let content = update.get("content")?;
+        if content.get("type")?.as_str()? != "text" {
+            return None;
+        }
+        Some((kind, content.get("text")?.as_str()?))
+    }
+
+    /// Appends `next` to this chunk when both are text chunks of one kind that
+    /// differ only in their text, and the joined text stays within
+    /// [`MAX_COALESCED_TEXT`]; `false` (and no change) otherwise.
+    fn absorb(&mut self, next: &Self) -> bool {
+        let (Some((kind, text)), Some((next_kind, next_text))) =
+            (self.chunk_text(), next.chunk_text())
+        else {
+            return false;
+        };
+        if kind != next_kind || text.len() + next_text.len() > MAX_COALESCED_TEXT {
+            return false;
+        }
+        let (Self::Update { update }, Self::Update { update: other }) = (&*self, next) else {
+            return false;
+        };
+        // Only the text may differ: a message id, annotations or metadata that
+        // differ mark another message.
+        let without_text = |u: &serde_json::Value| {
+            let mut u = u.clone();
+            if let Some(content) = u
+                .get_mut("content")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                content.remove("text");
+            }
+            u
+        };
+        if without_text(update) != without_text(other) {
+            return false;
+        }
+        let joined = format!("{text}{next_text}");
+        if let Self::Update { update } = self
+            && let Some(content) = update
+                .get_mut("content")
+                .and_then(serde_json::Value::as_object_mut)
+        {
+            content.insert("text".to_owned(), serde_json::Value::String(joined));
+        }
+        true
+    }
+}
+
+/// Joins runs of adjacent message, thought and user-message chunks into one chunk
+/// each (the text concatenated, nothing else changed), so a transcript keeps
+/// messages rather than one entry per token. Everything else, and the order, is
+/// kept; a run is split where the joined text would pass [`MAX_COALESCED_TEXT`].
+pub fn coalesce_chunks(events: impl IntoIterator<Item = SessionEvent>) -> Vec<SessionEvent> {
+    let mut out: Vec<SessionEvent> = Vec::new();
+    for event in events {
+        if let Some(last) = out.last_mut()
+            && last.absorb(&event)
+        {
+            continue;
+        }
+        out.push(event);
+    }
+    out
 }
 
 /// A timestamped [`SessionEvent`].
@@ -227,4 +343,120 @@ pub trait AgentSession: Send + Sync + Debug {
 
     /// Subscribes to the session's events.
     fn events(&self) -> BoxStream<'static, TimedEvent>;
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn chunk(kind: &str, text: &str) -> SessionEvent {
+        SessionEvent::Update {
+            update: json!({"sessionUpdate": kind, "content": {"type": "text", "text": text}}),
+        }
+    }
+
+    fn other(n: u32) -> SessionEvent {
+        SessionEvent::Update {
+            update: json!({"sessionUpdate": "tool_call", "toolCallId": format!("t{n}"), "title": "Read"}),
+        }
+    }
+
+    /// The text a list of events says, per kind, with a separator wherever something
+    /// else comes between: what a reader shows, before and after coalescing.
+    fn spoken(events: &[SessionEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e.chunk_text() {
+                Some((kind, text)) => format!("{kind}:{text}"),
+                None => format!("<{}>", e.name()),
+            })
+            .fold(Vec::new(), |mut acc: Vec<String>, item| {
+                let joined = acc.last().and_then(|last| {
+                    let (lk, lt) = last.split_once(':')?;
+                    let (k, t) = item.split_once(':')?;
+                    (lk == k && !lk.starts_with('<')).then(|| format!("{lk}:{lt}{t}"))
+                });
+                match joined {
+                    Some(j) => *acc.last_mut().expect("a last item") = j,
+                    None => acc.push(item),
+                }
+                acc
+            })
+    }
+
+    fn event() -> impl Strategy<Value = SessionEvent> {
+        prop_oneof![
+            (
+                prop_oneof![
+                    Just("agent_message_chunk"),
+                    Just("agent_thought_chunk"),
+                    Just("user_message_chunk")
+                ],
+                "[a-z…é ]{0,8}"
+            )
+                .prop_map(|(k, t)| chunk(k, &t)),
+            (0u32..4).prop_map(other),
+            Just(SessionEvent::Stopped {
+                reason: StopReason::EndTurn
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Coalescing keeps every word in order and every other event in place, and
+        /// leaves no two adjacent chunks it could have joined.
+        #[test]
+        fn coalescing_keeps_what_was_said(events in proptest::collection::vec(event(), 0..40)) {
+            let joined = coalesce_chunks(events.clone());
+            prop_assert_eq!(spoken(&joined), spoken(&events));
+            let others = |list: &[SessionEvent]| list.iter().filter(|e| e.chunk_text().is_none()).cloned().collect::<Vec<_>>();
+            prop_assert_eq!(others(&joined), others(&events));
+            for pair in joined.windows(2) {
+                let (a, b) = (pair[0].chunk_text(), pair[1].chunk_text());
+                if let (Some((ka, _)), Some((kb, _))) = (a, b) {
+                    prop_assert_ne!(ka, kb);
+                }
+            }
+            prop_assert_eq!(coalesce_chunks(joined.clone()), joined);
+        }
+    }
+
+    #[test]
+    fn chunks_that_differ_beyond_their_text_stay_apart() {
+        let with_id = |id: &str, text: &str| SessionEvent::Update {
+            update: json!({"sessionUpdate": "agent_message_chunk", "messageId": id, "content": {"type": "text", "text": text}}),
+        };
+        let image = SessionEvent::Update {
+            update: json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "image", "data": "AA=="}}),
+        };
+        let events = vec![
+            with_id("m1", "Hel"),
+            with_id("m1", "lo"),
+            with_id("m2", "Bye"),
+            image.clone(),
+            chunk("agent_message_chunk", "x"),
+        ];
+        let joined = coalesce_chunks(events);
+        assert_eq!(
+            joined,
+            vec![
+                with_id("m1", "Hello"),
+                with_id("m2", "Bye"),
+                image,
+                chunk("agent_message_chunk", "x")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_message_is_kept_in_bounded_pieces() {
+        let piece = "a".repeat(MAX_COALESCED_TEXT / 2 + 1);
+        let joined = coalesce_chunks((0..3).map(|_| chunk("agent_message_chunk", &piece)));
+        assert_eq!(joined.len(), 3, "no piece grows past the bound");
+        let small = coalesce_chunks((0..100).map(|_| chunk("agent_message_chunk", "ab")));
+        assert_eq!(small, vec![chunk("agent_message_chunk", &"ab".repeat(100))]);
+    }
 }

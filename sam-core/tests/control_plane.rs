@@ -232,6 +232,21 @@ async fn a_second_task_reuses_the_warm_node() {
     assert!(placement.reason.contains("warm"), "{placement:?}");
 }
 
+/// The capacity entries of a task's transcript, oldest first.
+async fn notices(h: &Harness, id: &TaskId) -> Vec<TaskEventKind> {
+    let query = sam_core::TranscriptQuery::after(0, 1000).with_kinds([
+        "capacity_unavailable",
+        "waiting_for_capacity",
+        "downgraded",
+    ]);
+    h.cp.transcript(id, &query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn project_large_steps_down_to_medium_and_records_it() {
     let h = harness(config("d1"));
@@ -268,16 +283,15 @@ async fn project_large_steps_down_to_medium_and_records_it() {
         );
     }
     assert!(downgraded, "the downgrade is an event the user sees");
-    let notices = h.cp.store().list_task_notices(&id).await.unwrap();
-    let kept: Vec<_> = notices.into_iter().map(|n| n.notice).collect();
+    let kept = notices(&h, &id).await;
     assert_eq!(
         kept,
         [
-            sam_core::TaskNotice::CapacityUnavailable {
+            TaskEventKind::CapacityUnavailable {
                 size: VmSize::Large,
                 location: task.provisioned_location.clone().unwrap(),
             },
-            sam_core::TaskNotice::Downgraded {
+            TaskEventKind::Downgraded {
                 requested: VmSize::Large,
                 provisioned: VmSize::Medium,
             },
@@ -313,11 +327,11 @@ async fn every_capacity_path_is_kept_with_the_task() {
                 .unwrap();
         let task = h.run(&id, HOUR).await;
         assert_eq!(task.status, TaskStatus::Completed, "{path}: {task:?}");
-        let notices = h.cp.store().list_task_notices(&id).await.unwrap();
+        let notices = notices(&h, &id).await;
         let failed: Vec<_> = notices
             .iter()
-            .filter_map(|n| match &n.notice {
-                sam_core::TaskNotice::CapacityUnavailable { size, .. } => Some(*size),
+            .filter_map(|n| match n {
+                TaskEventKind::CapacityUnavailable { size, .. } => Some(*size),
                 _ => None,
             })
             .collect();

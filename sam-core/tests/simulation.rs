@@ -705,12 +705,12 @@ impl Sim {
                 }
                 let notices = self
                     .store
-                    .list_task_notices(&task.id)
+                    .list_task_events(&task.id, &sam_core::TranscriptQuery::after(0, 10_000))
                     .await
-                    .expect("notices");
+                    .expect("transcript");
                 let kept = notices.iter().any(|n| {
-                    n.notice
-                        == sam_core::TaskNotice::Downgraded {
+                    n.kind
+                        == sam_core::TaskEventKind::Downgraded {
                             requested: task.requested_size,
                             provisioned: size,
                         }
@@ -726,17 +726,19 @@ impl Sim {
             if task.capacity_passes > 0 {
                 let notices = self
                     .store
-                    .list_task_notices(&task.id)
+                    .list_task_events(&task.id, &sam_core::TranscriptQuery::after(0, 10_000))
                     .await
-                    .expect("notices");
+                    .expect("transcript");
                 let waits = notices
                     .iter()
-                    .filter(|n| matches!(n.notice, sam_core::TaskNotice::WaitingForCapacity { .. }))
+                    .filter(|n| {
+                        matches!(n.kind, sam_core::TaskEventKind::WaitingForCapacity { .. })
+                    })
                     .count();
                 let failures = notices
                     .iter()
                     .filter(|n| {
-                        matches!(n.notice, sam_core::TaskNotice::CapacityUnavailable { .. })
+                        matches!(n.kind, sam_core::TaskEventKind::CapacityUnavailable { .. })
                     })
                     .count();
                 if waits < task.capacity_passes as usize || failures == 0 {

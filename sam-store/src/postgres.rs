@@ -96,6 +96,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 10,
             sql: include_str!("../migrations/postgres/0010_keys.sql"),
         },
+        Migration {
+            version: 11,
+            sql: include_str!("../migrations/postgres/0011_task_events.sql"),
+        },
     ],
 };
 
@@ -267,8 +271,8 @@ mod upgrade {
              DROP COLUMN last_used_at, DROP COLUMN expires_at, DROP COLUMN revoked_at; \
              ALTER TABLE nodes DROP COLUMN boot_timeline, DROP COLUMN boot_failure; \
              ALTER TABLE tasks DROP COLUMN node_replacements; ALTER TABLE tasks DROP COLUMN lease_epoch; \
-             DROP TABLE task_notices; DROP TABLE keys; \
-             DELETE FROM sam_store_migrations WHERE version IN (5, 6, 7, 8, 9, 10);",
+             DROP TABLE task_events; DROP TABLE keys; \
+             DELETE FROM sam_store_migrations WHERE version IN (5, 6, 7, 8, 9, 10, 11);",
         )
         .await;
 

@@ -106,6 +106,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 10,
             sql: include_str!("../migrations/sqlite/0010_keys.sql"),
         },
+        Migration {
+            version: 11,
+            sql: include_str!("../migrations/sqlite/0011_task_events.sql"),
+        },
     ],
 };
 

@@ -11,8 +11,11 @@
 //! - `GET /v1/tasks?status=queued,in_progress&after=<id>&limit=<n>` → [`TaskList`]
 //! - `GET /v1/tasks/{id}` → [`TaskView`]
 //! - `POST /v1/tasks/{id}/cancel` → [`Cancelled`]
-//! - `GET /v1/tasks/{id}/events`: server-sent events, one [`TaskEvent`](sam_core::TaskEvent) each (the
-//!   event name is its `type`); the stream ends after the task's terminal status
+//! - `GET /v1/tasks/{id}/events?after=<n>&limit=<n>&kind=<kinds>` → the task's
+//!   transcript, a [`TranscriptPage`] of [`TaskEvent`](sam_core::TaskEvent)s; with
+//!   `Accept: text/event-stream`, server-sent events, one entry each (the event's
+//!   name is its `type`, its `id` the entry's number), resuming after
+//!   `Last-Event-ID` and ending after the task's terminal status
 //! - `GET /v1/nodes` → [`NodeView`]s
 //! - `GET /v1/nodes/{id}` → one [`NodeView`], its boot timeline included
 //! - `GET /v1/catalog` → [`CatalogView`]
@@ -96,6 +99,7 @@ mod views;
 
 pub use accounts::{InstallationView, LinkInstallationBody};
 pub use auth::{Authenticated, token_hash};
+pub use follow::{DEFAULT_TRANSCRIPT_PAGE, TranscriptPage};
 // The route modules take `ErrorDoc` (the error schema their annotations name),
 // `parse_body` and `path_id` from here, as `super::…`.
 use routes::ErrorDoc;

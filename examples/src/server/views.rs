@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sam_core::{
     AgentOptions, BootPhaseRecord, Catalog, ControlPlane, ExecutionStep, Layer, Location,
-    NodeRecord, PlacementExplanation, ProviderKind, Reservation, TaskError, TaskNoticeRecord,
-    TaskOutput, TaskRecord, TaskSource, TaskStatus, VmSize,
+    NodeRecord, PlacementExplanation, ProviderKind, Reservation, TaskError, TaskEventKind,
+    TaskOutput, TaskRecord, TaskSource, TaskStatus, TranscriptQuery, VmSize,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -72,6 +72,25 @@ pub struct LocationView {
     pub provisioned: Option<Location>,
 }
 
+/// The transcript kinds a [`TaskView`] shows as notices.
+const NOTICE_KINDS: [&str; 3] = ["capacity_unavailable", "waiting_for_capacity", "downgraded"];
+
+/// The most notices a [`TaskView`] shows (capacity waits are bounded by the
+/// capacity budget, far below this).
+const MAX_NOTICES: usize = 200;
+
+/// A capacity entry of a task's transcript, as a [`TaskView`] shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeView {
+    /// Its number in the task's transcript.
+    pub seq: u64,
+    /// When it was written.
+    pub at: DateTime<Utc>,
+    /// What.
+    #[serde(flatten)]
+    pub kind: TaskEventKind,
+}
+
 /// The answer to `GET /v1/tasks/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
@@ -116,10 +135,15 @@ pub struct TaskView {
     #[serde(default)]
     pub node_replacements: u32,
     /// What the runner noticed about where the task could run, oldest first: each
-    /// attempt without capacity, each wait for capacity, a downgrade.
+    /// attempt without capacity, each wait for capacity, a downgrade (the
+    /// transcript's entries of those kinds).
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
-    pub notices: Vec<TaskNoticeRecord>,
+    pub notices: Vec<NoticeView>,
+    /// The agent's last message, once its turn ended (the transcript's last
+    /// `last_message` entry).
+    #[serde(default)]
+    pub last_message: Option<String>,
     /// The workspace.
     pub workspace: Option<String>,
     /// The workspace's effective profile.
@@ -173,7 +197,32 @@ impl TaskView {
             Some(id) => store.get_workspace(id).await?,
             None => None,
         };
-        let notices = store.list_task_notices(&task.id).await?;
+        let notices = cp
+            .transcript(
+                &task.id,
+                &TranscriptQuery::after(0, MAX_NOTICES).with_kinds(NOTICE_KINDS),
+            )
+            .await?
+            .into_iter()
+            .map(|e| NoticeView {
+                seq: e.id,
+                at: e.at,
+                kind: e.kind,
+            })
+            .collect();
+        let last_message = cp
+            .transcript(
+                &task.id,
+                &TranscriptQuery::after(0, 1)
+                    .with_kinds(["last_message"])
+                    .newest_first(),
+            )
+            .await?
+            .into_iter()
+            .find_map(|e| match e.kind {
+                TaskEventKind::LastMessage { text } => Some(text),
+                _ => None,
+            });
         // A claimed warm node records no provisioned size on the task: the node's is it.
         let provisioned = task.provisioned_size.or(node.as_ref().map(|n| n.size));
         let shown = provisioned.unwrap_or(task.requested_size);
@@ -213,6 +262,7 @@ impl TaskView {
                 .unwrap_or_default(),
             node_replacements: task.node_replacements,
             notices,
+            last_message,
             node: node.map(|n| n.id.to_string()),
             workspace: task.workspace_id.map(|w| w.to_string()),
             workspace_profile: workspace.and_then(|w| w.effective_profile),
@@ -228,8 +278,9 @@ impl TaskView {
     }
 
     /// The human summary `sam status` and `sam watch` print; `last_message` is the
-    /// agent's, when the caller saw it in the event stream.
+    /// agent's, when the caller saw it in the event stream (else the view's own).
     pub fn summary(&self, last_message: Option<&str>) -> String {
+        let last_message = last_message.or(self.last_message.as_deref());
         let mut lines = vec![format!("Task {} {}", self.id, self.status)];
         let mut field = |name: &str, value: String| lines.push(format!("  {name:<18}{value}"));
         field(
@@ -261,7 +312,7 @@ impl TaskView {
         field("size", size);
         for notice in &self.notices {
             let at = notice.at.format("%H:%M:%S");
-            field("notice", format!("{at} {}", notice.notice));
+            field("notice", format!("{at} {}", notice.kind));
         }
         if let Some(profile) = &self.workspace_profile {
             field("workspace", profile.clone());
@@ -530,12 +581,12 @@ mod tests {
         );
 
         // What the runner kept is in the view and the summary, after the fact.
-        let notice = sam_core::TaskNotice::Downgraded {
+        let notice = sam_core::TaskEventKind::Downgraded {
             requested: VmSize::Large,
             provisioned: VmSize::Medium,
         };
-        store
-            .add_task_notice(&first.id, at(30), &notice)
+        let seq = store
+            .append_task_event(&first.id, at(30), &notice)
             .await
             .unwrap();
         let view = TaskView::describe(&cp, &catalog, cp.get(&first.id).await.unwrap().unwrap())
@@ -544,7 +595,7 @@ mod tests {
         assert_eq!(view.notices.len(), 1);
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["notices"][0]["type"], "downgraded", "{json}");
-        assert_eq!(json["notices"][0]["seq"], 1, "{json}");
+        assert_eq!(json["notices"][0]["seq"], seq, "{json}");
         let summary = view.summary(None);
         assert!(
             summary.contains(

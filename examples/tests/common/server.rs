@@ -146,15 +146,27 @@ pub(crate) async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, body)
 }
 
-/// Reads the task's event stream to its end; returns the `(event, data)` pairs.
+/// Reads a task's event stream (`Accept: text/event-stream`) to its end; returns
+/// each event's name and data.
 pub(crate) async fn read_events(http: &reqwest::Client, url: &str) -> Vec<(String, Value)> {
+    read_events_after(http, url, None).await
+}
+
+/// Reads a task's event stream to its end, resuming after `last_event_id`.
+pub(crate) async fn read_events_after(
+    http: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<u64>,
+) -> Vec<(String, Value)> {
     let read = async {
-        let mut response = http
+        let mut request = http
             .get(url)
             .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("reachable");
+            .header("accept", "text/event-stream");
+        if let Some(last) = last_event_id {
+            request = request.header("last-event-id", last.to_string());
+        }
+        let mut response = request.send().await.expect("reachable");
         assert_eq!(response.status(), 200);
         let content_type = response.headers()["content-type"]
             .to_str()
@@ -164,16 +176,23 @@ pub(crate) async fn read_events(http: &reqwest::Client, url: &str) -> Vec<(Strin
             content_type.starts_with("text/event-stream"),
             "{content_type}"
         );
-        let mut text = String::new();
+        // Bytes first, text once: a character may be split across chunks.
+        let mut bytes = Vec::new();
         while let Some(chunk) = response.chunk().await.expect("the stream") {
-            text.push_str(&String::from_utf8_lossy(&chunk));
+            bytes.extend_from_slice(&chunk);
         }
-        text
+        String::from_utf8(bytes).expect("the stream is UTF-8")
     };
     let text = tokio::time::timeout(Duration::from_secs(60), read)
         .await
         .expect("the event stream ended within a minute, with the task");
-    text.split("\n\n")
+    parse_frames(&text)
+}
+
+/// The events of server-sent event text: each frame's name and data.
+pub(crate) fn parse_frames(text: &str) -> Vec<(String, Value)> {
+    text.replace("\r\n", "\n")
+        .split("\n\n")
         .filter_map(|frame| {
             let name = frame.lines().find_map(|l| l.strip_prefix("event:"))?;
             let data = frame.lines().find_map(|l| l.strip_prefix("data:"))?;
@@ -183,6 +202,33 @@ pub(crate) async fn read_events(http: &reqwest::Client, url: &str) -> Vec<(Strin
             ))
         })
         .collect()
+}
+
+/// A task's whole transcript, read page by page (`limit` entries each) as JSON.
+pub(crate) async fn read_transcript(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    id: &str,
+    limit: usize,
+) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = call(
+            http.get(server.url(&format!(
+                "/v1/tasks/{id}/events?after={after}&limit={limit}"
+            )))
+            .bearer_auth(TOKEN),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let entries = page["events"].as_array().expect("events").clone();
+        events.extend(entries);
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => return events,
+        }
+    }
 }
 
 /// Submits a demo task on `repo` (checking the 202) and reads its event stream to

@@ -47,7 +47,7 @@ use sam_core::{
     AgentHealth, AgentSession, Classify, ErrorCategory, NodeId, NodeMetrics, PullRequestMode,
     PullRequestRequest, RetryPolicy, Secret, SessionCallback, SessionEvent, SessionId,
     SessionReport, StopReason, TaskError, TaskOutput, TokenScope, TokenSigner, WorkspaceId,
-    WorkspaceReport, redact,
+    WorkspaceReport, coalesce_chunks, redact,
 };
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -285,6 +285,7 @@ fn event_kind(event: &SessionEvent) -> &'static str {
         SessionEvent::Crashed { .. } => "agent_session.crashed",
         SessionEvent::Restarted { .. } => "agent_session.restarted",
         SessionEvent::Stopped { .. } => "agent_session.stopped",
+        SessionEvent::Permission { .. } => "agent_session.permission",
     }
 }
 
@@ -977,7 +978,8 @@ async fn forward(
     entry: Arc<Entry>,
     mut receiver: mpsc::UnboundedReceiver<SessionCallback>,
 ) {
-    while let Some(callback) = receiver.recv().await {
+    let mut pending = std::collections::VecDeque::new();
+    while let Some(callback) = next_callback(&mut receiver, &mut pending).await {
         let delivered = shared
             .callbacks
             .session_event(&entry.id, &entry.token, &callback)
@@ -1004,6 +1006,41 @@ async fn forward(
                 .await;
         }
     }
+}
+
+/// The next callback to send: what waited while the last one was on its way, its
+/// message and thought chunks joined ([`coalesce_chunks`]), so the transcript keeps
+/// messages rather than one entry per token and a slow control plane is sent fewer,
+/// larger callbacks. Nothing is held back waiting for more.
+async fn next_callback(
+    receiver: &mut mpsc::UnboundedReceiver<SessionCallback>,
+    pending: &mut std::collections::VecDeque<SessionCallback>,
+) -> Option<SessionCallback> {
+    if pending.is_empty() {
+        pending.push_back(receiver.recv().await?);
+    }
+    // Take what is already here, then join adjacent events.
+    while let Ok(more) = receiver.try_recv() {
+        pending.push_back(more);
+    }
+    let mut joined = Vec::with_capacity(pending.len());
+    let mut run = Vec::new();
+    for callback in pending.drain(..) {
+        match callback {
+            SessionCallback::Event(event) => run.push(event),
+            other => {
+                joined.extend(
+                    coalesce_chunks(run.drain(..))
+                        .into_iter()
+                        .map(SessionCallback::Event),
+                );
+                joined.push(other);
+            }
+        }
+    }
+    joined.extend(coalesce_chunks(run).into_iter().map(SessionCallback::Event));
+    pending.extend(joined);
+    pending.pop_front()
 }
 
 /// The agent's last message of a turn, assembled from its chunks.
@@ -1324,4 +1361,43 @@ async fn export(shared: &Shared, kind: ExportKind) -> Result<Response, ApiError>
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use sam_core::{SessionCallback, SessionEvent, SessionReport, StopReason};
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    use super::next_callback;
+
+    fn chunk(text: &str) -> SessionCallback {
+        SessionCallback::Event(SessionEvent::Update {
+            update: json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": text}}),
+        })
+    }
+
+    /// What waited while a callback was on its way goes as one message, in order,
+    /// and never across a report.
+    #[tokio::test]
+    async fn chunks_that_waited_go_as_one_message_in_order() {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let report = SessionCallback::Report(SessionReport::Stopped {
+            reason: StopReason::EndTurn,
+            last_message: Some("Done…".into()),
+        });
+        for text in ["Do", "ne", "…"] {
+            sender.send(chunk(text)).unwrap();
+        }
+        sender.send(report.clone()).unwrap();
+        sender.send(chunk("late")).unwrap();
+        let mut pending = std::collections::VecDeque::new();
+        let mut sent = Vec::new();
+        // The first arrives alone: nothing is held back waiting for more.
+        drop(sender);
+        while let Some(callback) = next_callback(&mut receiver, &mut pending).await {
+            sent.push(callback);
+        }
+        assert_eq!(sent, vec![chunk("Done…"), report, chunk("late")]);
+    }
 }

@@ -83,20 +83,21 @@ pub(super) fn stop_message(reason: StopReason) -> String {
 impl ControlPlane {
     /// Refuses a callback that would change `task`, which has ended: the refusal
     /// is an event of the task and the error to answer.
-    pub(super) fn refuse_ended(&self, task: &TaskRecord, callback: &'static str) -> Error {
+    pub(super) async fn refuse_ended(&self, task: &TaskRecord, callback: &'static str) -> Error {
         let error = Error::TaskEnded {
             task: task.id.clone(),
             status: task.status,
             callback,
         };
         tracing::info!(task = %task.id, callback, "refused a callback for an ended task");
-        self.emit(
+        self.emit_logged(
             &task.id,
             TaskEventKind::Refused {
                 callback: callback.to_owned(),
                 reason: error.to_string(),
             },
-        );
+        )
+        .await;
         error
     }
 
@@ -263,7 +264,7 @@ impl ControlPlane {
         if let WorkspaceReport::Failed { .. } = report {
             let task = self.require_task(&record.task_id).await?;
             if task.status.is_terminal() {
-                return Err(self.refuse_ended(&task, "workspace failure"));
+                return Err(self.refuse_ended(&task, "workspace failure").await);
             }
         }
         if self.apply_workspace_report(&record, report).await? {
@@ -344,7 +345,7 @@ impl ControlPlane {
                 SessionCallback::Report(_) => "session report",
                 SessionCallback::Output(_) => "output",
             };
-            return Err(self.refuse_ended(&task, callback));
+            return Err(self.refuse_ended(&task, callback).await);
         }
         match report {
             SessionCallback::Event(event) => {
@@ -353,7 +354,8 @@ impl ControlPlane {
                     TaskEventKind::Session {
                         event: event.clone(),
                     },
-                );
+                )
+                .await?;
                 Ok(())
             }
             SessionCallback::Report(report) => self.apply_session_report(&task, report).await,
@@ -483,7 +485,8 @@ impl ControlPlane {
                         TaskEventKind::LastMessage {
                             text: redact(text).into_owned(),
                         },
-                    );
+                    )
+                    .await?;
                 }
                 let to = reason.outcome();
                 let error = (to == TaskStatus::Failed).then(|| TaskError {

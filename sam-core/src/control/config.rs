@@ -50,13 +50,16 @@ pub struct ControlPlaneConfig {
     /// The platform's own agent credentials, by agent: the last layer of agent
     /// credential resolution (project → user → platform).
     pub agent_credentials: BTreeMap<String, PlatformCredential>,
+    /// How long a task's transcript is kept after the task ended; `None` keeps it
+    /// for good. The sweep deletes older ones.
+    pub transcript_retention: Option<Duration>,
 }
 
 impl ControlPlaneConfig {
     /// Defaults around a driver id and the platform's provider: medium size, the
     /// lightweight profile unless a devcontainer is named, the `demo` agent, SAM's
     /// timeouts, leases of 60 s, polls every 2 s, 16 tasks at once, tokens for 8 h,
-    /// one replacement node per task.
+    /// one replacement node per task, transcripts kept 30 days after their task ended.
     pub fn new(driver_id: impl Into<String>, provider: ProviderKind) -> Self {
         Self {
             driver_id: driver_id.into(),
@@ -82,6 +85,7 @@ impl ControlPlaneConfig {
             random_seed: None,
             credential_key: None,
             agent_credentials: BTreeMap::new(),
+            transcript_retention: Some(Duration::from_secs(30 * 24 * 3600)),
         }
     }
 

@@ -19,7 +19,7 @@
 //! - `tokens`: issuing and verifying the scoped tokens of nodes and workspaces.
 //! - `callbacks`: what VM agents report (ready, heartbeats, workspace and session
 //!   reports) and what they fetch (GitHub tokens, repositories).
-//! - `events`: the live [`TaskEvent`] stream.
+//! - `events`: each task's transcript ([`TaskEvent`]): written, announced, read back.
 //! - `runner`: the durable task runner: the driver ([`ControlPlane::tick`],
 //!   [`ControlPlane::run`]), its pure pipeline, and one handler per step.
 //! - `sweep`: stuck tasks, the warm pool, node lifetimes, stale heartbeats, orphans.
@@ -96,7 +96,7 @@ pub use callbacks::{
     HeartbeatReply, NodeMetrics, ServedRepository, SessionCallback, WorkspaceGithub,
 };
 pub use config::{ControlPlaneConfig, PlatformCredential};
-pub use events::{TaskEvent, TaskEventKind};
+pub use events::{MAX_TRANSCRIPT_PAGE, TaskEvent, TaskEventKind};
 pub use lineage::{MAX_LINEAGE_DEPTH, TaskSource};
 pub use providers::PROVIDER_CACHE_CAPACITY;
 use providers::ProviderRegistry;
@@ -296,18 +296,11 @@ impl ControlPlane {
         &self.store
     }
 
-    /// Subscribes to task events from now on.
+    /// Subscribes to transcript entries as they are written by this process, from now
+    /// on. A receiver that lags misses entries: read them back with
+    /// [`ControlPlane::transcript`].
     pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.events.subscribe()
-    }
-
-    pub(crate) fn emit(&self, task_id: &TaskId, kind: TaskEventKind) {
-        // Nobody listening is fine: events are for live displays, the store is the record.
-        let _ = self.events.send(TaskEvent {
-            task_id: task_id.clone(),
-            at: self.clock.now(),
-            kind,
-        });
     }
 
     /// Reads a task.

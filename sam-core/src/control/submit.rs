@@ -167,13 +167,16 @@ impl ControlPlane {
         let id: TaskId = self.new_id("t")?;
         let task = resolved.into_record(id.clone(), lineage, now);
         self.store.create_task(&task).await?;
-        self.emit(
+        // The task is written: a failed transcript entry must not make the caller
+        // submit it again.
+        self.emit_logged(
             &id,
             TaskEventKind::Status {
                 status: TaskStatus::Queued,
                 error: None,
             },
-        );
+        )
+        .await;
         Ok(id)
     }
 }

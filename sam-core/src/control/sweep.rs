@@ -42,6 +42,8 @@ pub struct SweepReport {
     /// Nodes that could not be destroyed this time, and why; each stays recorded
     /// (marked `destroying`) and the next sweep tries again.
     pub nodes_kept: Vec<KeptNode>,
+    /// Transcript entries of tasks ended longer ago than the retention, deleted.
+    pub transcript_entries_pruned: u64,
 }
 
 impl SweepReport {
@@ -96,7 +98,22 @@ impl ControlPlane {
         self.sweep_tasks(&mut report).await?;
         self.sweep_nodes(&mut report).await?;
         self.sweep_orphans(&mut report).await?;
+        self.sweep_transcripts(&mut report).await?;
         Ok(report)
+    }
+
+    /// Deletes the transcripts of tasks that ended longer ago than
+    /// [`ControlPlaneConfig::transcript_retention`](crate::ControlPlaneConfig::transcript_retention).
+    async fn sweep_transcripts(&self, report: &mut SweepReport) -> Result<(), Error> {
+        // A retention too long to subtract keeps everything.
+        let cutoff = self.config.transcript_retention.and_then(|retention| {
+            let retention = chrono::Duration::from_std(retention).ok()?;
+            self.clock.now().checked_sub_signed(retention)
+        });
+        if let Some(cutoff) = cutoff {
+            report.transcript_entries_pruned += self.store.prune_task_events(cutoff).await?;
+        }
+        Ok(())
     }
 
     /// Why a live task is stuck, or `None`.

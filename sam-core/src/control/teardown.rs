@@ -93,7 +93,8 @@ impl ControlPlane {
             current = self.require_task(&task.id).await?;
         }
         // The terminal transition cleared the task's wake-up and lease with it.
-        self.emit(&task.id, TaskEventKind::Status { status: to, error });
+        self.emit_logged(&task.id, TaskEventKind::Status { status: to, error })
+            .await;
         crate::crash::point(crate::crash::TASK_ENDED);
         self.release(&current).await;
         Ok(true)

@@ -4,8 +4,8 @@
 //!
 //! - [`task`]: [`TaskRecord`] and what it is submitted with ([`TaskSpec`]), changed
 //!   by ([`Transition`], [`TaskUpdate`]), leased with ([`LeaseRequest`], [`Lease`],
-//!   [`LeaseRelease`], [`LeasedWrite`]) and noticed about ([`TaskNotice`]), and the
-//!   [`PlacementExplanation`] it keeps.
+//!   [`LeaseRelease`], [`LeasedWrite`]), and the [`PlacementExplanation`] it keeps.
+//! - [`event`]: the task's transcript ([`TaskEvent`], [`TaskEventKind`]).
 //! - [`fleet`]: [`NodeRecord`], its signs of life ([`NodeBeat`]), warm claims
 //!   ([`WarmClaim`]), [`WorkspaceRecord`] and the slot it holds ([`SlotOutcome`]), and
 //!   a node as placement judges it ([`PlacementCandidate`]).
@@ -15,10 +15,12 @@
 //! profiles in [`crate::project`], credentials in [`crate::credential`], GitHub
 //! installations in [`crate::github`], API tokens in [`crate::api_token`].
 
+pub mod event;
 pub mod fleet;
 pub mod key;
 pub mod task;
 
+pub use event::{TaskEvent, TaskEventKind, TranscriptQuery};
 pub use fleet::{
     NodeBeat, NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome, WarmClaim, WorkspaceRecord,
     WorkspaceStatus,
@@ -26,6 +28,6 @@ pub use fleet::{
 pub use key::{KeyPurpose, KeyRecord};
 pub use task::{
     Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, Lineage,
-    LineageKind, PlacementExplanation, Rejected, StatusEvent, TaskError, TaskFilter, TaskNotice,
-    TaskNoticeRecord, TaskRecord, TaskSpec, TaskUpdate, Transition,
+    LineageKind, PlacementExplanation, Rejected, StatusEvent, TaskError, TaskFilter, TaskRecord,
+    TaskSpec, TaskUpdate, Transition,
 };

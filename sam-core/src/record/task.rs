@@ -1,5 +1,5 @@
 //! The records of a task's life: the task itself, its status changes, its lease and
-//! the writes made under it, its notices, and where it was placed and why.
+//! the writes made under it, and where it was placed and why.
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use crate::model::{
     UserId, VmSize, WorkspaceId,
 };
 use crate::project::{AgentOptions, LayerSettings};
-use crate::record::NodeRecord;
+use crate::record::{NodeRecord, TaskEventKind};
 use crate::reservation::{Layer, RequirementLayers, Reservation};
 
 /// What the user asked for, beyond sizing: the repository, the prompt, the agent.
@@ -349,69 +349,6 @@ impl std::fmt::Display for Lease {
     }
 }
 
-/// What the runner noticed about where a task could run, kept with the task so a
-/// user sees it after the fact (a downgrade, a capacity wait), not only live.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum TaskNotice {
-    /// An attempt found no capacity: its create was refused, or accepted and then
-    /// failed for capacity.
-    CapacityUnavailable {
-        /// The size tried.
-        size: VmSize,
-        /// The location tried.
-        location: Location,
-    },
-    /// A full pass of the fallback plan found no capacity; the task waits.
-    WaitingForCapacity {
-        /// Full passes so far.
-        passes: u32,
-        /// When the next pass starts.
-        until: DateTime<Utc>,
-    },
-    /// The task runs on a smaller size than it asked for.
-    Downgraded {
-        /// The size asked for.
-        requested: VmSize,
-        /// The size it runs on.
-        provisioned: VmSize,
-    },
-}
-
-impl std::fmt::Display for TaskNotice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::CapacityUnavailable { size, location } => {
-                write!(f, "no capacity for {size} in {location}")
-            }
-            Self::WaitingForCapacity { passes, until } => write!(
-                f,
-                "no capacity anywhere the task may run ({passes} passes); trying again at {}",
-                until.format("%H:%M:%S UTC")
-            ),
-            Self::Downgraded {
-                requested,
-                provisioned,
-            } => write!(
-                f,
-                "runs on {provisioned} instead of the {requested} asked for"
-            ),
-        }
-    }
-}
-
-/// A [`TaskNotice`] as stored: its place among the task's notices, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskNoticeRecord {
-    /// 1 for the task's first notice, then one more for each.
-    pub seq: u64,
-    /// When it was noticed.
-    pub at: DateTime<Utc>,
-    /// What.
-    #[serde(flatten)]
-    pub notice: TaskNotice,
-}
-
 /// One write a step makes under its task's lease ([`TaskStore::write_leased`](crate::store::TaskStore::write_leased)).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeasedWrite {
@@ -430,8 +367,8 @@ pub enum LeasedWrite {
     PutNode(Box<NodeRecord>),
     /// Deletes a node row, as [`FleetStore::delete_node`](crate::store::FleetStore::delete_node).
     DeleteNode(NodeId),
-    /// Adds a notice to the task, as [`TaskStore::add_task_notice`](crate::store::TaskStore::add_task_notice).
-    Notice(TaskNotice),
+    /// Adds an entry to the task's transcript, as [`TaskStore::append_task_event`](crate::store::TaskStore::append_task_event).
+    Event(TaskEventKind),
 }
 
 /// What [`TaskStore::write_leased`](crate::store::TaskStore::write_leased) did.
@@ -441,6 +378,9 @@ pub struct LeasedOutcome {
     pub step_changed: bool,
     /// Whether a [`LeasedWrite::Transition`] applied (the task was in its `from`).
     pub transitioned: bool,
+    /// The number of the last transcript entry a [`LeasedWrite::Event`] appended;
+    /// the entries of one write are numbered one after another, up to it.
+    pub last_event: Option<u64>,
 }
 
 /// What [`TaskStore::release_lease`](crate::store::TaskStore::release_lease) did.

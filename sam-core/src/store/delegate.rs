@@ -151,22 +151,31 @@ macro_rules! delegate_store {
                     .write_leased(lease, at, writes)
                     .await
             }
-            async fn add_task_notice(
+            async fn append_task_event(
                 &self,
                 id: &$crate::TaskId,
                 at: $crate::store::__private::Time,
-                notice: &$crate::TaskNotice,
-            ) -> $crate::store::__private::Result<()> {
-                ($route)(self, "add_task_notice", $crate::store::StoreAccess::Write)
-                    .add_task_notice(id, at, notice)
+                kind: &$crate::TaskEventKind,
+            ) -> $crate::store::__private::Result<u64> {
+                ($route)(self, "append_task_event", $crate::store::StoreAccess::Write)
+                    .append_task_event(id, at, kind)
                     .await
             }
-            async fn list_task_notices(
+            async fn list_task_events(
                 &self,
                 id: &$crate::TaskId,
-            ) -> $crate::store::__private::Result<::std::vec::Vec<$crate::TaskNoticeRecord>> {
-                ($route)(self, "list_task_notices", $crate::store::StoreAccess::Read)
-                    .list_task_notices(id)
+                query: &$crate::TranscriptQuery,
+            ) -> $crate::store::__private::Result<::std::vec::Vec<$crate::TaskEvent>> {
+                ($route)(self, "list_task_events", $crate::store::StoreAccess::Read)
+                    .list_task_events(id, query)
+                    .await
+            }
+            async fn prune_task_events(
+                &self,
+                ended_before: $crate::store::__private::Time,
+            ) -> $crate::store::__private::Result<u64> {
+                ($route)(self, "prune_task_events", $crate::store::StoreAccess::Write)
+                    .prune_task_events(ended_before)
                     .await
             }
             async fn list_status_events(

@@ -15,8 +15,8 @@ use crate::project::{AgentProfileRecord, ProjectRecord, UserRecord};
 use crate::record::{
     KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome,
     LeasedWrite, NodeBeat, NodeFilter, NodeRecord, PlacementCandidate, SlotOutcome, StatusEvent,
-    TaskFilter, TaskNotice, TaskNoticeRecord, TaskRecord, TaskUpdate, Transition, WarmClaim,
-    WorkspaceRecord, WorkspaceStatus,
+    TaskEvent, TaskEventKind, TaskFilter, TaskRecord, TaskUpdate, TranscriptQuery, Transition,
+    WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 
 mockall::mock! {
@@ -59,13 +59,18 @@ mockall::mock! {
             at: DateTime<Utc>,
             writes: &[LeasedWrite],
         ) -> Result<LeasedOutcome, StoreError>;
-        async fn add_task_notice(
+        async fn append_task_event(
             &self,
             id: &TaskId,
             at: DateTime<Utc>,
-            notice: &TaskNotice,
-        ) -> Result<(), StoreError>;
-        async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError>;
+            kind: &TaskEventKind,
+        ) -> Result<u64, StoreError>;
+        async fn list_task_events(
+            &self,
+            id: &TaskId,
+            query: &TranscriptQuery,
+        ) -> Result<Vec<TaskEvent>, StoreError>;
+        async fn prune_task_events(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError>;
         async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError>;
     }
     #[async_trait]

@@ -26,8 +26,8 @@ pub use crate::api_token::ApiTokenRecord;
 pub use crate::record::{
     KeyPurpose, KeyRecord, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome,
     LeasedWrite, Lineage, LineageKind, NodeBeat, NodeFilter, NodeRecord, PlacementCandidate,
-    SlotOutcome, StatusEvent, TaskError, TaskFilter, TaskNotice, TaskNoticeRecord, TaskRecord,
-    TaskSpec, TaskUpdate, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
+    SlotOutcome, StatusEvent, TaskError, TaskEvent, TaskEventKind, TaskFilter, TaskRecord,
+    TaskSpec, TaskUpdate, TranscriptQuery, Transition, WarmClaim, WorkspaceRecord, WorkspaceStatus,
 };
 
 /// Durable state of the control plane: [`TaskStore`], [`FleetStore`] and

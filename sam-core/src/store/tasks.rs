@@ -1,5 +1,5 @@
-//! [`TaskStore`]: tasks, their leases and the writes made under them, their notices
-//! and status events.
+//! [`TaskStore`]: tasks, their leases and the writes made under them, their
+//! transcripts and status events.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -8,7 +8,7 @@ use crate::error::StoreError;
 use crate::model::{ExecutionStep, TaskId};
 use crate::record::{
     Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite, StatusEvent,
-    TaskFilter, TaskNotice, TaskNoticeRecord, TaskRecord, TaskUpdate, Transition,
+    TaskEvent, TaskEventKind, TaskFilter, TaskRecord, TaskUpdate, TranscriptQuery, Transition,
 };
 #[cfg(doc)]
 use crate::{model::TaskStatus, store::Store};
@@ -42,9 +42,16 @@ use crate::{model::TaskStatus, store::Store};
 ///   writes nothing and fails with `LeaseLost`, naming the lease it was given and the
 ///   one it found; a missing task is `NotFound`. A driver that lost its lease can
 ///   neither write nor extend it.
-/// - **Notices are kept in order**: `add_task_notice` (and a leased `Notice`) numbers
-///   a task's notices 1, 2, … in the order written, and `list_task_notices` returns
-///   them in that order.
+/// - **A transcript is numbered without gaps, in commit order**: `append_task_event`
+///   (and a leased `Event`) numbers a task's entries 1, 2, … in the order written,
+///   also when several control planes append to one task at once (appends to one
+///   task are serialised); an entry is visible to readers only once every entry
+///   numbered before it is, so a reader that resumes after the last number it saw
+///   misses nothing. `list_task_events` returns the entries after a number, of the
+///   kinds asked for, in number order (or reversed), at most `limit` of them.
+/// - **Pruning removes whole transcripts of ended tasks only**: `prune_task_events`
+///   deletes the entries of tasks in a terminal status last updated before the
+///   cutoff, and nothing of a live task.
 /// - **`release_lease` writes only for the holder**: when `owner` holds the lease
 ///   (expired or not, at `epoch` when given) it frees the lease and, in the same
 ///   transaction, applies the release's step exactly as `set_execution_step` would
@@ -129,22 +136,35 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         writes: &[LeasedWrite],
     ) -> Result<LeasedOutcome, StoreError>;
 
-    /// Adds `notice` to the task's notices, numbered after the last.
+    /// Appends `kind` to the task's transcript, numbered after its last entry, and
+    /// returns the entry's number.
     ///
     /// # Errors
     /// `NotFound` for a missing task.
-    async fn add_task_notice(
+    async fn append_task_event(
         &self,
         id: &TaskId,
         at: DateTime<Utc>,
-        notice: &TaskNotice,
-    ) -> Result<(), StoreError>;
+        kind: &TaskEventKind,
+    ) -> Result<u64, StoreError>;
 
-    /// A task's notices, oldest first; empty for a missing task.
+    /// The task's transcript entries `query` selects, in number order (reversed
+    /// for `newest_first`); empty for a missing task.
     ///
     /// # Errors
     /// Backend or decoding failures.
-    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError>;
+    async fn list_task_events(
+        &self,
+        id: &TaskId,
+        query: &TranscriptQuery,
+    ) -> Result<Vec<TaskEvent>, StoreError>;
+
+    /// Deletes the transcripts of tasks that ended (a terminal status) and were last
+    /// updated before `ended_before`; returns how many entries went.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn prune_task_events(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// The status events of a task, oldest first.
     ///

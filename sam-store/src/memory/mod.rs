@@ -9,8 +9,8 @@ use foldhash::HashMap;
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
     GithubInstallation, InstallationKey, KeyRecord, NodeId, NodeLifecycle, NodeRecord,
-    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, Reservation, StatusEvent, TaskId,
-    TaskNoticeRecord, TaskRecord, UserId, UserRecord, WorkspaceId, WorkspaceRecord,
+    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, Reservation, StatusEvent, TaskEvent,
+    TaskId, TaskRecord, UserId, UserRecord, WorkspaceId, WorkspaceRecord,
 };
 
 use crate::error::Error;
@@ -31,7 +31,8 @@ pub struct MemoryStore {
 struct State {
     tasks: BTreeMap<TaskId, TaskRecord>,
     events: Vec<StatusEvent>,
-    notices: BTreeMap<TaskId, Vec<TaskNoticeRecord>>,
+    /// Each task's transcript, in number order.
+    transcripts: BTreeMap<TaskId, Vec<TaskEvent>>,
     keys: BTreeMap<String, KeyRecord>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     /// The nodes whose lifecycle is `warm`, so a claim looks at those only.

@@ -1,11 +1,11 @@
-//! [`TaskStore`] for [`MemoryStore`]: tasks, leases, notices and status events.
+//! [`TaskStore`] for [`MemoryStore`]: tasks, leases, transcripts and status events.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
     ExecutionStep, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite,
-    StatusEvent, StoreError, TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord,
-    TaskStore, TaskUpdate, Transition,
+    StatusEvent, StoreError, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord, TaskStore,
+    TaskUpdate, TranscriptQuery, Transition,
 };
 
 use super::{MemoryStore, State, by_creation};
@@ -80,13 +80,17 @@ impl State {
         Ok(true)
     }
 
-    fn add_notice(&mut self, id: &TaskId, at: DateTime<Utc>, notice: &TaskNotice) {
-        let notices = self.notices.entry(id.clone()).or_default();
-        notices.push(TaskNoticeRecord {
-            seq: notices.len() as u64 + 1,
+    /// Appends to a task's transcript (the task must exist) and returns the number.
+    fn append_event(&mut self, id: &TaskId, at: DateTime<Utc>, kind: &TaskEventKind) -> u64 {
+        let transcript = self.transcripts.entry(id.clone()).or_default();
+        let number = transcript.last().map_or(0, |e| e.id) + 1;
+        transcript.push(TaskEvent {
+            id: number,
+            task_id: id.clone(),
             at,
-            notice: notice.clone(),
+            kind: kind.clone(),
         });
+        number
     }
 }
 
@@ -246,26 +250,66 @@ impl TaskStore for MemoryStore {
                 }
                 LeasedWrite::PutNode(node) => state.put_node(node),
                 LeasedWrite::DeleteNode(id) => state.delete_node(id),
-                LeasedWrite::Notice(notice) => state.add_notice(&lease.task, at, notice),
+                LeasedWrite::Event(kind) => {
+                    outcome.last_event = Some(state.append_event(&lease.task, at, kind));
+                }
             }
         }
         Ok(outcome)
     }
 
-    async fn add_task_notice(
+    async fn append_task_event(
         &self,
         id: &TaskId,
         at: DateTime<Utc>,
-        notice: &TaskNotice,
-    ) -> Result<(), StoreError> {
+        kind: &TaskEventKind,
+    ) -> Result<u64, StoreError> {
         let mut state = self.state();
         state.task_mut(id)?;
-        state.add_notice(id, at, notice);
-        Ok(())
+        Ok(state.append_event(id, at, kind))
     }
 
-    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {
-        Ok(self.state().notices.get(id).cloned().unwrap_or_default())
+    async fn list_task_events(
+        &self,
+        id: &TaskId,
+        query: &TranscriptQuery,
+    ) -> Result<Vec<TaskEvent>, StoreError> {
+        let state = self.state();
+        let Some(transcript) = state.transcripts.get(id) else {
+            return Ok(Vec::new());
+        };
+        // Numbers are ascending: skip to the first after `after`.
+        let start = transcript.partition_point(|e| e.id <= query.after);
+        let picked = |e: &&TaskEvent| query.matches(e);
+        let chosen = transcript[start..].iter();
+        Ok(if query.newest_first {
+            chosen
+                .rev()
+                .filter(picked)
+                .take(query.limit)
+                .cloned()
+                .collect()
+        } else {
+            chosen.filter(picked).take(query.limit).cloned().collect()
+        })
+    }
+
+    async fn prune_task_events(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        let State {
+            tasks, transcripts, ..
+        } = &mut *state;
+        let mut pruned = 0;
+        transcripts.retain(|id, transcript| {
+            let ended = tasks
+                .get(id)
+                .is_some_and(|t| t.status.is_terminal() && t.updated_at < ended_before);
+            if ended {
+                pruned += transcript.len() as u64;
+            }
+            !ended
+        });
+        Ok(pruned)
     }
 
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {

@@ -151,16 +151,17 @@ pub(crate) fn key(row: &AnyRow) -> Result<sam_core::KeyRecord, Error> {
     })
 }
 
-/// A `task_notices` row (`seq`, `at`, `notice`).
-pub(crate) fn notice(row: &AnyRow) -> Result<sam_core::TaskNoticeRecord, Error> {
-    let c = Columns::new(row, "task_notices");
-    Ok(sam_core::TaskNoticeRecord {
-        seq: c
+/// A `task_events` row (`task_id`, `seq`, `at`, `kind`).
+pub(crate) fn task_event(row: &AnyRow) -> Result<sam_core::TaskEvent, Error> {
+    let c = Columns::new(row, "task_events");
+    Ok(sam_core::TaskEvent {
+        id: c
             .opt_int("seq")?
             .map_or(Ok(0), u64::try_from)
             .map_err(|e| c.bad("seq", e))?,
+        task_id: c.parse("task_id")?,
         at: c.time("at")?,
-        notice: c.json("notice")?,
+        kind: c.json("kind")?,
     })
 }
 

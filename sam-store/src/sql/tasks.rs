@@ -1,15 +1,15 @@
-//! [`TaskStore`] for [`SqlStore`]: the SQL of tasks, leases, notices and status
+//! [`TaskStore`] for [`SqlStore`]: the SQL of tasks, leases, transcripts and status
 //! events.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sam_core::{
     ExecutionStep, Lease, LeaseRelease, LeaseReleased, LeaseRequest, LeasedOutcome, LeasedWrite,
-    StatusEvent, StoreError, TaskFilter, TaskId, TaskNotice, TaskNoticeRecord, TaskRecord,
-    TaskStore, TaskUpdate, Transition,
+    StatusEvent, StoreError, TaskEvent, TaskEventKind, TaskFilter, TaskId, TaskRecord, TaskStore,
+    TaskUpdate, TranscriptQuery, Transition,
 };
-use sqlx::Transaction;
 use sqlx::any::Any;
+use sqlx::{Row as _, Transaction};
 
 use super::rows::{self, json, micros, name, opt_micros};
 use super::{AnyQuery, Dialect, SqlStore, TERMINAL, query};
@@ -499,7 +499,10 @@ impl<D: Dialect> SqlStore<D> {
                 LeasedWrite::DeleteNode(node) => {
                     query("DELETE FROM nodes WHERE id = $1").bind(node.to_string())
                 }
-                LeasedWrite::Notice(notice) => Self::notice_query(id, at, notice),
+                LeasedWrite::Event(kind) => {
+                    outcome.last_event = Some(Self::append_event(tx, id, at, kind).await?);
+                    continue;
+                }
             };
             let done = q.execute(&mut **tx).await.map_err(Self::db(context))?;
             let applied = done.rows_affected() > 0;
@@ -512,15 +515,62 @@ impl<D: Dialect> SqlStore<D> {
         Ok(outcome)
     }
 
-    /// The insert of a task's next notice, numbered after its last.
-    fn notice_query(id: &TaskId, at: DateTime<Utc>, notice: &TaskNotice) -> AnyQuery<'static> {
-        query(
-            "INSERT INTO task_notices (task_id, seq, at, notice) \
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3 FROM task_notices WHERE task_id = $1",
+    /// Appends a task's next transcript entry, numbered after its last, and returns
+    /// the number. The caller holds the task's row lock, so appends to one task are
+    /// serialised and commit in number order.
+    async fn append_event(
+        tx: &mut Transaction<'static, Any>,
+        id: &TaskId,
+        at: DateTime<Utc>,
+        kind: &TaskEventKind,
+    ) -> Result<u64, Error> {
+        let row = query(
+            "INSERT INTO task_events (task_id, seq, at, kind_name, kind) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM task_events \
+             WHERE task_id = $1 RETURNING seq",
         )
         .bind(id.to_string())
         .bind(micros(at))
-        .bind(json(notice))
+        .bind(kind.name())
+        .bind(json(kind))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(Self::db("appending to a transcript"))?;
+        let seq: i64 = row
+            .try_get("seq")
+            .map_err(|e| Error::invalid_data("task_events.seq", e))?;
+        u64::try_from(seq).map_err(|e| Error::invalid_data("task_events.seq", e))
+    }
+
+    async fn try_append_event(
+        &self,
+        id: &TaskId,
+        at: DateTime<Utc>,
+        kind: &TaskEventKind,
+    ) -> Result<u64, Error> {
+        let context = "appending to a transcript";
+        let mut tx = self.begin(context).await?;
+        let lock = format!("SELECT id FROM tasks WHERE id = $1{}", D::FOR_UPDATE);
+        let result = async {
+            query(lock)
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Self::db(context))?
+                .ok_or_else(|| Error::not_found(format!("task {id}")))?;
+            Self::append_event(&mut tx, id, at, kind).await
+        }
+        .await;
+        match result {
+            Ok(number) => {
+                Self::commit(tx, context).await?;
+                Ok(number)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -583,29 +633,58 @@ impl<D: Dialect> TaskStore for SqlStore<D> {
         Ok(self.try_write_leased(lease, at, writes).await?)
     }
 
-    async fn add_task_notice(
+    async fn append_task_event(
         &self,
         id: &TaskId,
         at: DateTime<Utc>,
-        notice: &TaskNotice,
-    ) -> Result<(), StoreError> {
-        let context = "adding a task notice";
-        if !Self::exists(&self.writer, "tasks", id.as_str()).await? {
-            return Err(Error::not_found(format!("task {id}")).into());
-        }
-        Self::notice_query(id, at, notice)
-            .execute(&self.writer)
-            .await
-            .map_err(Self::db(context))?;
-        Ok(())
+        kind: &TaskEventKind,
+    ) -> Result<u64, StoreError> {
+        Ok(self.try_append_event(id, at, kind).await?)
     }
 
-    async fn list_task_notices(&self, id: &TaskId) -> Result<Vec<TaskNoticeRecord>, StoreError> {
-        let q = query("SELECT seq, at, notice FROM task_notices WHERE task_id = $1 ORDER BY seq")
-            .bind(id.to_string());
+    async fn list_task_events(
+        &self,
+        id: &TaskId,
+        transcript: &TranscriptQuery,
+    ) -> Result<Vec<TaskEvent>, StoreError> {
+        let kinds: Vec<String> = (0..transcript.kinds.len())
+            .map(|i| format!("${}", i + 4))
+            .collect();
+        let kinds = if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" AND kind_name IN ({})", kinds.join(", "))
+        };
+        let order = if transcript.newest_first {
+            "DESC"
+        } else {
+            "ASC"
+        };
+        let mut q = query(format!(
+            "SELECT task_id, seq, at, kind FROM task_events \
+             WHERE task_id = $1 AND seq > $2{kinds} ORDER BY seq {order} LIMIT $3"
+        ))
+        .bind(id.to_string())
+        .bind(i64::try_from(transcript.after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(transcript.limit).unwrap_or(i64::MAX));
+        for kind in &transcript.kinds {
+            q = q.bind(kind.clone());
+        }
         Ok(self
-            .fetch_all(q, rows::notice, "listing task notices")
+            .fetch_all(q, rows::task_event, "reading a transcript")
             .await?)
+    }
+
+    async fn prune_task_events(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = query(format!(
+            "DELETE FROM task_events WHERE task_id IN \
+             (SELECT id FROM tasks WHERE status IN {TERMINAL} AND updated_at < $1)"
+        ))
+        .bind(micros(ended_before))
+        .execute(&self.writer)
+        .await
+        .map_err(Self::db("pruning transcripts"))?;
+        Ok(done.rows_affected())
     }
 
     async fn list_status_events(&self, id: &TaskId) -> Result<Vec<StatusEvent>, StoreError> {

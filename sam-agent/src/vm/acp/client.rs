@@ -195,6 +195,14 @@ impl ClientHandler {
                 .and_then(|o| o.get("optionId").cloned())
         });
         tracing::info!(?kind, allow, ?chosen, "answered a permission request");
+        if !self.muted.load(Ordering::SeqCst) {
+            self.emit(SessionEvent::Permission {
+                tool_call: redact_value(tool.clone()),
+                tool_kind: kind.clone(),
+                allowed: allow && chosen.is_some(),
+                option: chosen.as_ref().and_then(Value::as_str).map(str::to_owned),
+            });
+        }
         match chosen {
             Some(option) => json!({ "outcome": { "outcome": "selected", "optionId": option } }),
             None => json!({ "outcome": { "outcome": "cancelled" } }),
@@ -302,7 +310,7 @@ mod tests {
     use super::*;
 
     fn check_permission(mode: PermissionMode, kind: Option<&str>, expected: &str) {
-        let (tx, _) = broadcast::channel(8);
+        let (tx, mut rx) = broadcast::channel(8);
         let handler = ClientHandler::new(mode, tx);
         let mut tool = json!({ "toolCallId": "t1" });
         if let Some(kind) = kind {
@@ -320,6 +328,17 @@ mod tests {
         assert_eq!(
             answer["outcome"]["optionId"], expected,
             "{mode:?} {kind:?} -> {answer}"
+        );
+        // The question and the answer are in the session's events.
+        let event = rx.try_recv().expect("a permission event").event;
+        assert_eq!(
+            event,
+            SessionEvent::Permission {
+                tool_call: tool,
+                tool_kind: kind.map(str::to_owned),
+                allowed: expected == "yes",
+                option: Some(expected.to_owned()),
+            }
         );
     }
 

@@ -239,7 +239,7 @@ impl ControlPlane {
         match self.store.release_lease(&id, &release).await {
             Ok(LeaseReleased::Released { step_changed: true }) => {
                 if let Some(step) = step {
-                    self.emit_step(&id, step);
+                    self.emit_step(&id, step).await;
                 }
             }
             Ok(LeaseReleased::Released { .. }) => {}
@@ -312,26 +312,29 @@ impl ControlPlane {
     ) -> Result<LeasedOutcome, Error> {
         let now = self.clock.now();
         if let Some(lease) = self.lease(task) {
-            return Ok(self.store.write_leased(&lease, now, &writes).await?);
+            let outcome = self.store.write_leased(&lease, now, &writes).await?;
+            self.announce_written(&task.id, now, &writes, outcome.last_event);
+            return Ok(outcome);
         }
         let mut outcome = LeasedOutcome::default();
-        for write in writes {
+        for write in &writes {
             match write {
                 LeasedWrite::Renew { .. } => {}
                 LeasedWrite::Step(step) => {
                     outcome.step_changed |=
-                        self.store.set_execution_step(&task.id, step, now).await?;
+                        self.store.set_execution_step(&task.id, *step, now).await?;
                 }
                 LeasedWrite::Update(update) => {
-                    self.store.update_task(&task.id, &update, now).await?
+                    self.store.update_task(&task.id, update, now).await?
                 }
                 LeasedWrite::Transition(change) => {
-                    outcome.transitioned |= self.store.transition_task(&task.id, &change).await?;
+                    outcome.transitioned |= self.store.transition_task(&task.id, change).await?;
                 }
-                LeasedWrite::PutNode(node) => self.store.put_node(&node).await?,
-                LeasedWrite::DeleteNode(id) => self.store.delete_node(&id).await?,
-                LeasedWrite::Notice(notice) => {
-                    self.store.add_task_notice(&task.id, now, &notice).await?;
+                LeasedWrite::PutNode(node) => self.store.put_node(node).await?,
+                LeasedWrite::DeleteNode(id) => self.store.delete_node(id).await?,
+                // Unfenced, each entry is numbered (and announced) on its own.
+                LeasedWrite::Event(kind) => {
+                    outcome.last_event = Some(self.emit(&task.id, kind.clone()).await?);
                 }
             }
         }
@@ -363,19 +366,23 @@ impl ControlPlane {
                     status: to,
                     error: None,
                 },
-            );
+            )
+            .await?;
         }
         Ok(())
     }
 
-    pub(in crate::control) fn emit_step(&self, id: &TaskId, step: ExecutionStep) {
-        self.emit(
+    /// Writes a step entry; the step itself is already written, so a failure is
+    /// logged.
+    pub(in crate::control) async fn emit_step(&self, id: &TaskId, step: ExecutionStep) {
+        self.emit_logged(
             id,
             TaskEventKind::Step {
                 step,
                 label: step.label().to_owned(),
             },
-        );
+        )
+        .await;
     }
 
     /// One step handler for the task's current state.
@@ -406,7 +413,7 @@ impl ControlPlane {
             .await?
             .step_changed
         {
-            self.emit_step(&task.id, step);
+            self.emit_step(&task.id, step).await;
         }
         Ok(())
     }

@@ -16,9 +16,7 @@ use crate::replacement::{NodeLoss, VANISHED_GRACE};
 use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::secret::Secret;
-use crate::store::{
-    KeyPurpose, KeyRecord, LeasedWrite, NodeRecord, TaskNotice, TaskRecord, TaskUpdate,
-};
+use crate::store::{KeyPurpose, KeyRecord, LeasedWrite, NodeRecord, TaskRecord, TaskUpdate};
 use crate::timeout::human;
 
 /// Why a create did not happen: the provider refused, or the control plane could
@@ -224,7 +222,6 @@ impl ControlPlane {
                         ],
                     )
                     .await?;
-                    self.tell_capacity(task, attempt.size, &attempt.location);
                 }
                 Err(CreateError::Provider(e)) => return self.create_failed(task, &node, e).await,
                 Err(CreateError::Control(e)) => return Err(e),
@@ -242,8 +239,8 @@ impl ControlPlane {
         match delay {
             Some(delay) => {
                 let until = after(now, delay);
-                let notice = TaskNotice::WaitingForCapacity { passes, until };
-                self.write(task, vec![LeasedWrite::Notice(notice)]).await?;
+                let waiting = TaskEventKind::WaitingForCapacity { passes, until };
+                self.write(task, vec![LeasedWrite::Event(waiting)]).await?;
                 Ok(Next::Step {
                     step: ExecutionStep::WaitingForCapacity,
                     update: Box::new(TaskUpdate {
@@ -355,46 +352,23 @@ impl ControlPlane {
         size: VmSize,
     ) -> Result<(), Error> {
         if size < task.requested_size {
-            let notice = TaskNotice::Downgraded {
+            let downgraded = TaskEventKind::Downgraded {
                 requested: task.requested_size,
                 provisioned: size,
             };
-            self.write(task, vec![LeasedWrite::Notice(notice)]).await?;
-            self.emit(
-                &task.id,
-                TaskEventKind::Downgraded {
-                    requested: task.requested_size,
-                    provisioned: size,
-                },
-            );
+            self.write(task, vec![LeasedWrite::Event(downgraded)])
+                .await?;
         }
         Ok(())
     }
 
     /// What a capacity failure of `size` in `location` writes, besides its own
-    /// changes: the notice that keeps it. Live listeners hear of it once the
-    /// writes are made ([`Self::tell_capacity`]).
+    /// changes: the transcript entry that keeps it (announced once written).
     pub(in crate::control) fn capacity_notice(size: VmSize, location: &Location) -> LeasedWrite {
-        LeasedWrite::Notice(TaskNotice::CapacityUnavailable {
+        LeasedWrite::Event(TaskEventKind::CapacityUnavailable {
             size,
             location: location.clone(),
         })
-    }
-
-    /// Tells live listeners of a capacity failure already written.
-    pub(in crate::control) fn tell_capacity(
-        &self,
-        task: &TaskRecord,
-        size: VmSize,
-        location: &Location,
-    ) {
-        self.emit(
-            &task.id,
-            TaskEventKind::CapacityUnavailable {
-                size,
-                location: location.clone(),
-            },
-        );
     }
 
     /// A create (or poll) failed with something other than capacity.
@@ -470,7 +444,6 @@ impl ControlPlane {
                         Self::capacity_notice(node.size, &node.location),
                     ];
                     self.write(task, writes).await?;
-                    self.tell_capacity(task, node.size, &node.location);
                     let plan = self.plan(task, provider)?;
                     let index = plan_entry(&plan, &node).map_or(0, |i| i + 1);
                     self.walk_plan(task, &plan, index, provider).await
@@ -508,7 +481,6 @@ impl ControlPlane {
                     ],
                 )
                 .await?;
-                self.tell_capacity(task, node.size, &node.location);
                 return self.walk_plan(task, &plan, index, provider).await;
             }
             Err(e) => return self.create_failed(task, &node, e).await,

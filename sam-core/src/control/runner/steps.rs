@@ -155,13 +155,14 @@ impl ControlPlane {
             self.store.mark_node_stale(&node.id, now, now).await?;
         }
         tracing::warn!(task = %task.id, node = %node.id, %loss, "the task lost its node");
-        self.emit(
+        self.emit_logged(
             &task.id,
             TaskEventKind::NodeLost {
                 node: node.id.clone(),
                 reason: loss.to_string(),
             },
-        );
+        )
+        .await;
         let ws = Self::workspace_id(task)?;
         if let Some(record) = self.store.get_workspace(&ws).await?
             && record.node_id == node.id

@@ -818,93 +818,258 @@ pub async fn write_leased_writes_nothing_on_a_bad_batch(store: &dyn Store) {
     );
 }
 
-/// Notices are numbered per task in the order written, whether added directly or
-/// under the lease, and a lost lease adds none.
-pub async fn task_notices_are_kept_in_order(store: &dyn Store) {
-    use crate::store::{LeasedWrite, TaskNotice};
+/// Transcript entries are numbered per task in the order written, whether appended
+/// directly or under the lease; a lost lease appends none; reads page by number.
+pub async fn transcript_is_numbered_in_order(store: &dyn Store) {
+    use crate::store::{LeasedWrite, TaskEvent, TaskEventKind, TranscriptQuery};
     create(store, due_task("t-1", 1, 10)).await;
     create(store, due_task("t-2", 1, 10)).await;
-    let capacity = TaskNotice::CapacityUnavailable {
+    let capacity = TaskEventKind::CapacityUnavailable {
         size: VmSize::Large,
         location: location("fsn1"),
     };
-    let downgrade = TaskNotice::Downgraded {
+    let downgrade = TaskEventKind::Downgraded {
         requested: VmSize::Large,
         provisioned: VmSize::Medium,
     };
-    let waiting = TaskNotice::WaitingForCapacity {
+    let waiting = TaskEventKind::WaitingForCapacity {
         passes: 2,
         until: at(300),
     };
-    store
-        .add_task_notice(&task_id("t-1"), at(100), &capacity)
+    let said = TaskEventKind::Session {
+        event: crate::session::SessionEvent::Update {
+            update: serde_json::json!({
+                "sessionUpdate": "agent_message_chunk",
+                "content": {"type": "text", "text": "Done… ✓ 完成"}
+            }),
+        },
+    };
+    let first = store
+        .append_task_event(&task_id("t-1"), at(100), &capacity)
         .await
-        .expect("add_task_notice");
+        .expect("append_task_event");
+    assert_eq!(first, 1, "the first entry is number 1");
     claim(store, "a", 100, 1).await;
-    store
+    let outcome = store
         .write_leased(
             &held("a", "t-1", 1),
             at(110),
             &[
-                LeasedWrite::Notice(waiting.clone()),
-                LeasedWrite::Notice(downgrade.clone()),
+                LeasedWrite::Event(waiting.clone()),
+                LeasedWrite::Event(downgrade.clone()),
             ],
         )
         .await
-        .expect("notices under the lease");
+        .expect("entries under the lease");
+    assert_eq!(
+        outcome.last_event,
+        Some(3),
+        "a leased write reports the number of the last entry it appended"
+    );
+    let plain = store
+        .write_leased(&held("a", "t-1", 1), at(111), &[])
+        .await
+        .expect("an empty leased write");
+    assert_eq!(plain.last_event, None, "no entry, no number");
+    assert_eq!(
+        store
+            .append_task_event(&task_id("t-1"), at(120), &said)
+            .await
+            .expect("append_task_event"),
+        4
+    );
     claim(store, "b", 200, 1).await;
     expect_kind(
         store
             .write_leased(
                 &held("a", "t-1", 1),
                 at(201),
-                &[LeasedWrite::Notice(capacity.clone())],
+                &[LeasedWrite::Event(capacity.clone())],
             )
             .await,
         StoreErrorKind::LeaseLost,
-        "a notice under a lost lease",
+        "an entry under a lost lease",
     );
-    let notices = store.list_task_notices(&task_id("t-1")).await.unwrap();
-    let seen: Vec<(u64, chrono::DateTime<chrono::Utc>, TaskNotice)> = notices
-        .into_iter()
-        .map(|n| (n.seq, n.at, n.notice))
-        .collect();
+    let event = |id: u64, when: i64, kind: &TaskEventKind| TaskEvent {
+        id,
+        task_id: task_id("t-1"),
+        at: at(when),
+        kind: kind.clone(),
+    };
+    let all = vec![
+        event(1, 100, &capacity),
+        event(2, 110, &waiting),
+        event(3, 110, &downgrade),
+        event(4, 120, &said),
+    ];
     assert_eq!(
-        seen,
-        [
-            (1, at(100), capacity),
-            (2, at(110), waiting),
-            (3, at(110), downgrade)
-        ],
-        "notices are kept in order, numbered per task"
+        store
+            .list_task_events(&task_id("t-1"), &TranscriptQuery::after(0, 100))
+            .await
+            .unwrap(),
+        all,
+        "entries are kept in order, numbered per task, as written"
+    );
+    assert_eq!(
+        store
+            .list_task_events(&task_id("t-1"), &TranscriptQuery::after(1, 2))
+            .await
+            .unwrap(),
+        all[1..3].to_vec(),
+        "a page starts after the number given and holds at most the limit"
+    );
+    assert_eq!(
+        store
+            .list_task_events(
+                &task_id("t-1"),
+                &TranscriptQuery::after(0, 100).with_kinds(["downgraded", "capacity_unavailable"]),
+            )
+            .await
+            .unwrap(),
+        vec![all[0].clone(), all[2].clone()],
+        "a read by kind keeps only those kinds"
+    );
+    assert_eq!(
+        store
+            .list_task_events(
+                &task_id("t-1"),
+                &TranscriptQuery::after(1, 2).newest_first(),
+            )
+            .await
+            .unwrap(),
+        vec![all[3].clone(), all[2].clone()],
+        "newest first, still after the number given"
     );
     assert!(
         store
-            .list_task_notices(&task_id("t-2"))
+            .list_task_events(&task_id("t-1"), &TranscriptQuery::after(4, 100))
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "nothing after the last entry"
+    );
+    assert_eq!(
+        store
+            .append_task_event(&task_id("t-2"), at(130), &capacity)
+            .await
+            .unwrap(),
+        1,
+        "each task is numbered on its own"
     );
     assert!(
         store
-            .list_task_notices(&task_id("t-9"))
+            .list_task_events(&task_id("t-9"), &TranscriptQuery::after(0, 100))
             .await
             .unwrap()
             .is_empty()
     );
     expect_kind(
         store
-            .add_task_notice(
-                &task_id("t-9"),
-                at(1),
-                &TaskNotice::Downgraded {
-                    requested: VmSize::Large,
-                    provisioned: VmSize::Small,
-                },
-            )
+            .append_task_event(&task_id("t-9"), at(1), &downgrade)
             .await,
         StoreErrorKind::NotFound,
-        "a notice for a missing task",
+        "an entry for a missing task",
+    );
+}
+
+/// Appends to one task from many writers at once are numbered 1, 2, … without a gap
+/// or a repeat, each writer's entries in its own order.
+pub async fn concurrent_appends_number_without_gaps(store: &dyn Store) {
+    use crate::store::{TaskEventKind, TranscriptQuery};
+    const WRITERS: u64 = 4;
+    const EACH: u64 = 8;
+    create(store, due_task("t-1", 1, 10)).await;
+    let writer = |w: u64| async move {
+        let mut numbers = Vec::new();
+        for n in 0..EACH {
+            let kind = TaskEventKind::LastMessage {
+                text: format!("{w}/{n}"),
+            };
+            numbers.push(
+                store
+                    .append_task_event(&task_id("t-1"), at(100), &kind)
+                    .await
+                    .expect("append_task_event"),
+            );
+        }
+        numbers
+    };
+    let numbers: Vec<Vec<u64>> = futures::future::join_all((0..WRITERS).map(writer)).await;
+    let mut all: Vec<u64> = numbers.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=WRITERS * EACH).collect::<Vec<_>>(),
+        "numbers without a gap or a repeat"
+    );
+    let read = store
+        .list_task_events(&task_id("t-1"), &TranscriptQuery::after(0, 1000))
+        .await
+        .unwrap();
+    for w in 0..WRITERS {
+        let texts: Vec<String> = read
+            .iter()
+            .filter_map(|e| match &e.kind {
+                TaskEventKind::LastMessage { text } if text.starts_with(&format!("{w}/")) => {
+                    Some(text.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<String> = (0..EACH).map(|n| format!("{w}/{n}")).collect();
+        assert_eq!(texts, expected, "writer {w}'s entries in its order");
+    }
+}
+
+/// Pruning deletes the transcripts of tasks that ended before the cutoff, and
+/// nothing else.
+pub async fn prune_removes_only_ended_transcripts(store: &dyn Store) {
+    use crate::store::{TaskEventKind, TranscriptQuery};
+    create(store, due_task("t-1", 1, 10)).await;
+    create(store, due_task("t-2", 2, 10)).await;
+    create(store, due_task("t-3", 3, 10)).await;
+    let kind = TaskEventKind::LastMessage { text: "hi".into() };
+    for task in ["t-1", "t-2", "t-3"] {
+        for _ in 0..3 {
+            store
+                .append_task_event(&task_id(task), at(50), &kind)
+                .await
+                .expect("append_task_event");
+        }
+    }
+    let ended = |task: &'static str, when: i64| async move {
+        let end = transition(TaskStatus::Queued, TaskStatus::Cancelled, when);
+        assert!(store.transition_task(&task_id(task), &end).await.unwrap());
+    };
+    ended("t-1", 100).await;
+    ended("t-2", 300).await;
+    assert_eq!(
+        store.prune_task_events(at(100)).await.unwrap(),
+        0,
+        "a task that ended at the cutoff is kept"
+    );
+    assert_eq!(store.prune_task_events(at(200)).await.unwrap(), 3);
+    let count = |task: &'static str| async move {
+        store
+            .list_task_events(&task_id(task), &TranscriptQuery::after(0, 100))
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        (count("t-1").await, count("t-2").await, count("t-3").await),
+        (0, 3, 3),
+        "only the transcript of the task that ended before the cutoff went"
+    );
+    assert_eq!(
+        store.prune_task_events(at(10_000)).await.unwrap(),
+        3,
+        "a live task's transcript is never pruned"
+    );
+    assert_eq!(count("t-3").await, 3);
+    assert!(
+        store.get_task(&task_id("t-1")).await.unwrap().is_some(),
+        "the task itself stays"
     );
 }
 
