@@ -540,7 +540,171 @@ pub fn catalog_text(catalog: &CatalogView) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
+
+    /// Accepts one connection and reads its request head; returns the connection and
+    /// the head, lowercased.
+    async fn accept(listener: &TcpListener) -> (TcpStream, String) {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        (socket, String::from_utf8(head).unwrap().to_lowercase())
+    }
+
+    /// Starts a chunked `text/event-stream` answer.
+    async fn start_stream(socket: &mut TcpStream) {
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+    }
+
+    /// Writes `bytes` as one HTTP chunk in a TCP write of its own.
+    async fn chunk(socket: &mut TcpStream, bytes: &[u8]) {
+        let mut frame = format!("{:x}\r\n", bytes.len()).into_bytes();
+        frame.extend_from_slice(bytes);
+        frame.extend_from_slice(b"\r\n");
+        socket.write_all(&frame).await.unwrap();
+        socket.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    /// One SSE event with CRLF line ends, in the documented wire form.
+    fn sse(id: u64, kind: &str) -> String {
+        format!(
+            "event: x\r\nid: {id}\r\ndata: {{\"id\":{id},\"task_id\":\"t-1\",\"at\":\"2026-01-02T03:04:05Z\",\"kind\":{kind}}}\r\n\r\n"
+        )
+    }
+
+    const STEP: &str = r#"{"type":"step","step":"running","label":"Agent is working…"}"#;
+    const DONE: &str = r#"{"type":"status","status":"completed","error":null}"#;
+
+    fn test_client(listener: &TcpListener) -> Client {
+        let base = format!("http://{}/prefix", listener.local_addr().unwrap());
+        Client::new(base.parse().unwrap(), None)
+            .unwrap()
+            .with_reconnect(RetryPolicy {
+                initial_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                max_attempts: 3,
+                budget: Duration::from_secs(10),
+                jitter: 0.0,
+                per_attempt_timeout: None,
+                ..RetryPolicy::default()
+            })
+    }
+
+    async fn drain(mut feed: EventFeed) -> Vec<Received> {
+        let mut all = Vec::new();
+        while let Some(received) = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .expect("an event or the end within 10 s")
+        {
+            all.push(received.unwrap());
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn a_character_split_across_chunks_and_crlf_lines_arrive_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = test_client(&listener);
+        let server = tokio::spawn(async move {
+            let (mut socket, head) = accept(&listener).await;
+            assert!(
+                head.starts_with("get /prefix/v1/tasks/t-1/events "),
+                "{head}"
+            );
+            assert!(head.contains("accept: text/event-stream"), "{head}");
+            start_stream(&mut socket).await;
+            let first = sse(1, STEP);
+            let bytes = first.as_bytes();
+            // Inside the three bytes of "…" (U+2026).
+            let split = first.find('…').unwrap() + 1;
+            chunk(&mut socket, &bytes[..split]).await;
+            chunk(&mut socket, &bytes[split..]).await;
+            chunk(&mut socket, sse(2, DONE).as_bytes()).await;
+            chunk(&mut socket, b"").await;
+        });
+        let events = drain(client.follow("t-1", 0)).await;
+        server.await.unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].raw["kind"]["label"], "Agent is working…");
+        assert_eq!(events[0].id, Some(1));
+        assert!(events[1].is_terminal());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_resumes_after_the_last_id_with_no_gap_and_no_duplicate() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = test_client(&listener);
+        let chunk_kind = |text: &str| {
+            format!(
+                r#"{{"type":"session","event":{{"type":"update","update":{{"sessionUpdate":"agent_message_chunk","content":{{"type":"text","text":"{text}"}}}}}}}}"#
+            )
+        };
+        let (one, two, three) = (chunk_kind("Hel"), chunk_kind("lo"), chunk_kind("!"));
+        let server = tokio::spawn(async move {
+            let (mut socket, head) = accept(&listener).await;
+            assert!(!head.contains("last-event-id"), "{head}");
+            start_stream(&mut socket).await;
+            chunk(&mut socket, sse(1, &one).as_bytes()).await;
+            chunk(&mut socket, sse(2, &two).as_bytes()).await;
+            // Half an event, then the connection drops without the last chunk.
+            chunk(&mut socket, &sse(3, &three).as_bytes()[..20]).await;
+            drop(socket);
+            // The reconnect names the last whole event; the server replays after it.
+            let (mut socket, head) = accept(&listener).await;
+            assert!(head.contains("last-event-id: 2\r\n"), "{head}");
+            start_stream(&mut socket).await;
+            chunk(&mut socket, sse(3, &three).as_bytes()).await;
+            chunk(&mut socket, sse(4, DONE).as_bytes()).await;
+            chunk(&mut socket, b"").await;
+        });
+        let events = drain(client.follow("t-1", 0)).await;
+        server.await.unwrap();
+        let ids: Vec<Option<u64>> = events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [Some(1), Some(2), Some(3), Some(4)]);
+        let mut transcript = crate::transcript::Transcript::new();
+        let lines: Vec<String> = events.iter().flat_map(|e| transcript.push(e)).collect();
+        assert_eq!(lines, ["Hello!", "✓ 03:04:05 task completed"]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_keeps_breaking_gives_up_after_the_policys_attempts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = test_client(&listener);
+        let server = tokio::spawn(async move {
+            // One event, then every connection drops at once: 1 + 3 attempts at most.
+            let mut connections = 0;
+            while let Ok((mut socket, _)) =
+                tokio::time::timeout(Duration::from_secs(2), accept(&listener)).await
+            {
+                connections += 1;
+                start_stream(&mut socket).await;
+                if connections == 1 {
+                    chunk(&mut socket, sse(1, STEP).as_bytes()).await;
+                }
+            }
+            connections
+        });
+        let mut feed = client.follow("t-1", 0);
+        assert_eq!(feed.next().await.unwrap().unwrap().id, Some(1));
+        let error = feed.next().await.unwrap().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("broke 3 time(s) in a row"),
+            "{error:#}"
+        );
+        assert!(feed.next().await.is_none());
+        assert_eq!(server.await.unwrap(), 3);
+    }
 
     #[test]
     fn a_server_url_keeps_its_path_prefix() {
