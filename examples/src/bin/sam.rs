@@ -437,8 +437,7 @@ fn main() -> ExitCode {
         Command::CloudInit(args) => cloud_init(&args).map(|()| Exit::Success),
         Command::Image(ImageCommand::Build(args)) => image_build(&args).map(|()| Exit::Success),
         Command::Completions { shell } => {
-            use clap::CommandFactory as _;
-            clap_complete::generate(shell, &mut Cli::command(), "sam", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut completed(), "sam", &mut std::io::stdout());
             Ok(Exit::Success)
         }
         command => runtime().and_then(|rt| rt.block_on(serve(command))),
@@ -544,6 +543,18 @@ async fn serve(command: Command) -> anyhow::Result<Exit> {
             unreachable!("handled without a runtime")
         }
     }
+}
+
+/// The command line as completion scripts offer it: without the hidden helper
+/// roles, which clap_complete would otherwise list (it completes hidden
+/// subcommands).
+fn completed() -> clap::Command {
+    use clap::CommandFactory as _;
+    let full = Cli::command();
+    clap::Command::new("sam")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
