@@ -214,7 +214,7 @@ async fn a_finished_task_is_read_back_and_the_task_commands_work() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(nodes.starts_with("NODE "), "{nodes}");
     assert!(
-        nodes.contains(&task["node"].as_str().unwrap_or("n-")),
+        nodes.contains(task["node"].as_str().expect("a node")),
         "{nodes}"
     );
     let output = sam(&base, TOKEN, &["catalog"]).await;
