@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::embedded::Embedded;
+use crate::transcript::{Received, Transcript};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -31,6 +32,11 @@ pub struct RunRequest {
     pub prompt: String,
     /// The agent by name (`demo`, `claude`, …, or [`crate::embedded::CUSTOM_AGENT`]).
     pub agent: String,
+    /// The branch to start from [default: the repository's default branch].
+    pub branch: Option<String>,
+    /// The task's own settings (size, location, devcontainer, …); its `agent` is
+    /// replaced by [`RunRequest::agent`].
+    pub settings: LayerSettings,
 }
 
 /// How progress is shown.
@@ -333,6 +339,9 @@ pub struct Follower {
     heard: Instant,
     /// When the last "waiting for the agent" line was shown.
     waiting_shown: Option<Instant>,
+    /// The agent's text, tool calls and plan as lines, for `sam watch`; without it
+    /// only tool titles and retries are noted.
+    transcript: Option<Transcript>,
 }
 
 /// How long the agent may be silent before the display says it is waiting for it.
@@ -359,6 +368,30 @@ impl Follower {
             followed: Followed::default(),
             heard: Instant::now(),
             waiting_shown: None,
+            transcript: None,
+        }
+    }
+
+    /// Starts the display, showing the agent's session as its [`Transcript`] does:
+    /// its text, thoughts, tool calls and plan, line by line.
+    pub fn with_transcript(progress: Progress) -> Self {
+        Self {
+            transcript: Some(Transcript::new()),
+            ..Self::new(progress)
+        }
+    }
+
+    /// Shows one event as a client received it (an unknown kind is named).
+    pub fn received(&mut self, received: &Received) {
+        match &received.event {
+            Some(event) => self.event(&event.kind),
+            None => self.display.note(&format!(
+                "an event of a kind this sam does not know: {}",
+                received
+                    .raw
+                    .pointer("/kind/type")
+                    .unwrap_or(&serde_json::Value::Null)
+            )),
         }
     }
 
@@ -414,8 +447,17 @@ impl Follower {
                 if matches!(event, SessionEvent::PromptRetry { .. }) {
                     self.followed.prompt_retries += 1;
                 }
-                if let Some(text) = describe(event) {
-                    self.display.note(&text);
+                match &mut self.transcript {
+                    Some(transcript) => {
+                        for line in transcript.session(event) {
+                            self.display.line(&line);
+                        }
+                    }
+                    None => {
+                        if let Some(text) = describe(event) {
+                            self.display.note(&text);
+                        }
+                    }
                 }
             }
             TaskEventKind::CapacityUnavailable { size, location } => {
@@ -450,7 +492,12 @@ impl Follower {
     }
 
     /// Ends the display, marking the last step done or failed.
-    pub fn done(self, ok: bool) -> Followed {
+    pub fn done(mut self, ok: bool) -> Followed {
+        if let Some(transcript) = &mut self.transcript {
+            for line in transcript.finish() {
+                self.display.line(&line);
+            }
+        }
         self.display.done(ok);
         self.followed
     }
@@ -503,7 +550,7 @@ pub async fn run_task_until(
         Layer::Task,
         LayerSettings {
             agent: Some(request.agent.clone()),
-            ..LayerSettings::default()
+            ..request.settings.clone()
         },
     );
     let started = Instant::now();
@@ -511,6 +558,7 @@ pub async fn run_task_until(
         .submit(&SubmitRequest {
             repo: repo.display().to_string(),
             prompt: request.prompt.clone(),
+            branch: request.branch.clone(),
             layers,
             ..SubmitRequest::default()
         })

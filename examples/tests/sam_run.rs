@@ -137,7 +137,11 @@ async fn an_agent_without_credentials_fails_fast_with_auth_error() {
     let _nodes = StopNodes(data.path().to_owned());
     let started = Instant::now();
     let (output, json) = sam_run(repo.path(), data.path(), &["--agent-command", &command]).await;
-    assert!(!output.status.success(), "a failed task exits non-zero");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a failed task exits 3: {json}"
+    );
     assert_eq!(json["status"], "failed", "{json}");
     assert_eq!(json["error"]["category"], "auth_error", "{json}");
     assert!(
@@ -293,8 +297,9 @@ async fn a_key_set_on_a_later_run_reaches_the_reused_warm_node() {
     assert_eq!(third["last_message"], "no key", "{third}");
 }
 
-/// `sam completions SHELL` prints a completion script naming the commands, for
-/// every shell clap_complete knows; another shell is a usage error (exit 2).
+/// `sam completions SHELL` prints a completion script naming the commands and the
+/// values of closed sets, without the hidden helper roles, for every shell
+/// clap_complete knows; another shell is a usage error (exit 2).
 #[test]
 fn completions_are_generated_for_each_shell() {
     let sam = env!("CARGO_BIN_EXE_sam");
@@ -312,8 +317,38 @@ fn completions_are_generated_for_each_shell() {
         assert!(output.status.success(), "{shell}");
         let script = String::from_utf8_lossy(&output.stdout);
         assert!(script.contains(marker), "{shell}: {script}");
-        for command in ["run", "status", "watch", "down", "completions"] {
+        for command in [
+            "run",
+            "status",
+            "watch",
+            "logs",
+            "nodes",
+            "retry",
+            "fork",
+            "down",
+            "completions",
+        ] {
             assert!(script.contains(command), "{shell} completes {command}");
+        }
+        // The helper roles are hidden from completions too (the binaries
+        // `sam-vm-agent` and `sam-demo-agent` are named in descriptions).
+        let without_binaries = script
+            .replace("sam-vm-agent", "")
+            .replace("sam-demo-agent", "");
+        for role in ["vm-agent", "demo-agent", "git-credential"] {
+            assert!(
+                !without_binaries.contains(role),
+                "{shell} does not complete {role}"
+            );
+        }
+        // Closed sets list their values (in the shells whose scripts complete values).
+        if ["bash", "zsh", "fish"].contains(&shell) {
+            for value in ["medium", "scaleway", "in_progress"] {
+                assert!(
+                    script.contains(value),
+                    "{shell} completes the value {value}"
+                );
+            }
         }
         if shell == "bash" {
             // Real bash parses it (`-n`: read, do not run).
@@ -338,4 +373,76 @@ fn completions_are_generated_for_each_shell() {
         .expect("sam runs");
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"));
+}
+
+/// The directory `sam run` keeps its local nodes in holds no node.
+fn no_node_in(data_dir: &Path) -> bool {
+    std::fs::read_dir(data_dir.join("local")).map_or(true, |mut dir| dir.next().is_none())
+}
+
+/// `sam run` refuses, with the usage exit code 2 and before any node is started,
+/// a directory that is not a git repository and an agent command not on `PATH`.
+#[tokio::test(flavor = "multi_thread")]
+async fn pre_flight_checks_refuse_before_any_node_is_started() {
+    let not_git = tempfile::tempdir().unwrap();
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let empty_path = tempfile::tempdir().unwrap();
+    let cases: [(&Path, &[&str], &str); 3] = [
+        (not_git.path(), &[], "is not a git repository"),
+        (
+            repo.path(),
+            &["--agent-command", "/nonexistent/acp-agent --stdio"],
+            "`/nonexistent/acp-agent` is not on PATH",
+        ),
+        (
+            repo.path(),
+            &["--agent", "codex"],
+            "`codex-acp` is not on PATH: `npm install -g @zed-industries/codex-acp`",
+        ),
+    ];
+    for (repo, extra, expected) in cases {
+        let mut command = sam_command(repo, data.path(), extra);
+        // A PATH with git (the check needs it) and no agent.
+        command.env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", empty_path.path().display()),
+        );
+        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .expect("sam run finished within a minute")
+            .expect("sam runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(output.stdout.is_empty(), "{expected}: nothing on stdout");
+        assert!(no_node_in(data.path()), "{expected}: no node was started");
+    }
+}
+
+/// `sam run` takes the submit flags: an explicit size is the task's, never
+/// downgraded; an unknown size is a usage error listing the sizes.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_takes_the_size_and_branch_flags() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let (output, json) = sam_run(repo.path(), data.path(), &["--size", "small"]).await;
+    assert!(output.status.success(), "{json}");
+    assert_eq!(json["provisioned_size"], "small", "{json}");
+    assert_eq!(json["size"]["source"], "task", "{json}");
+    let (output, json) = sam_run(repo.path(), data.path(), &["--branch", "no-such-branch"]).await;
+    assert_eq!(output.status.code(), Some(3), "{json}");
+    assert_eq!(json["status"], "failed", "{json}");
+    let refused = sam_command(repo.path(), data.path(), &["--size", "huge"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("[possible values: small, medium, large]"),
+        "{stderr}"
+    );
 }

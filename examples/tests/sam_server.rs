@@ -216,7 +216,9 @@ async fn a_task_runs_through_the_server_and_a_second_reuses_the_warm_node() {
         stderr.contains("Agent is working…"),
         "the step display: {stderr}"
     );
-    let second: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    // NDJSON: the task's events, then the task.
+    let second: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .expect("the task as the last JSON line");
     assert_eq!(second["status"], "completed");
     assert_eq!(second["node"], node.as_str(), "the warm node was reused");
     assert_eq!(second["node_reused"], true);

@@ -5,8 +5,9 @@
 //!   `--provider qemu` runs the node in a VM on this machine instead.
 //! - `sam image build`: build the Debian image QEMU nodes boot from.
 //! - `sam down`: stop the nodes of a data directory.
-//! - `sam submit`, `sam status`, `sam watch`, `sam list`, `sam cancel`, `sam catalog`:
-//!   talk to a `sam-server` (`--server`, `--token` or `SAM_API_TOKEN`).
+//! - `sam submit`, `sam status`, `sam watch`, `sam logs`, `sam list`, `sam cancel`,
+//!   `sam retry`, `sam fork`, `sam nodes`, `sam catalog`: talk to a `sam-server`
+//!   (`--server` or `SAM_SERVER`, `--token` or `SAM_API_TOKEN`).
 //! - `sam cloud-init`: print the cloud-init user-data a node would boot with, so an
 //!   operator can preview exactly what the node will run.
 //!
@@ -16,22 +17,58 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use sam_cloudinit::NodeBoot;
-use sam_core::{Location, ProviderKind, Secret, TaskStatus, VmSize};
+use sam_core::{LayerSettings, Location, ProviderKind, Secret, TaskStatus, VmSize};
 use sam_examples::client::{self, Client};
 use sam_examples::embedded::{self, Embedded, EmbeddedOptions};
+use sam_examples::exit::{EXIT_CODES_HELP, Exit, UsageError};
 use sam_examples::quickstart::{Progress, RunRequest, run_task_until};
 use sam_examples::roles::Role;
 use sam_examples::server::SubmitBody;
+use sam_examples::watch::Output;
+
+/// A parser that accepts exactly `values` by their names (so `--help` and the
+/// completion scripts list them), as a closed set of sam-core's vocabulary.
+fn one_of<T>(values: &[T], name: fn(T) -> &'static str) -> impl TypedValueParser<Value = T>
+where
+    T: Copy + FromStr + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(values.iter().map(|v| name(*v))).try_map(|s| s.parse::<T>())
+}
+
+fn sizes() -> impl TypedValueParser<Value = VmSize> {
+    one_of(&VmSize::ALL, VmSize::as_str)
+}
+
+fn providers() -> impl TypedValueParser<Value = ProviderKind> {
+    one_of(&ProviderKind::ALL, ProviderKind::as_str)
+}
+
+/// Every task status (sam-core lists them only privately).
+const STATUSES: [TaskStatus; 6] = [
+    TaskStatus::Queued,
+    TaskStatus::Delegated,
+    TaskStatus::InProgress,
+    TaskStatus::Completed,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+];
+
+fn statuses() -> impl TypedValueParser<Value = TaskStatus> {
+    one_of(&STATUSES, TaskStatus::as_str)
+}
 
 /// Run AI coding agents on cloud VMs.
 #[derive(Debug, Parser)]
-#[command(name = "sam", version)]
+#[command(name = "sam", version, after_help = EXIT_CODES_HELP)]
 struct Cli {
     /// Log what the embedded control plane and its clients do, on stderr: `-v` at
     /// INFO, `-vv` at DEBUG (`RUST_LOG` overrides). Without it only the progress shows.
@@ -76,13 +113,66 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Follow a task of a server until it ends (exit 0 only when it completed).
+    /// Follow a task of a server until it ends, with the agent's text as it streams
+    /// (exit 0 only when it completed).
     Watch {
         #[command(flatten)]
         server: ServerArgs,
         /// The task.
         id: String,
-        /// Print the task as JSON at the end instead of the summary.
+        /// Print each event as a JSON line (NDJSON) on stdout, then the task as JSON
+        /// instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what the agent of a task said and did: its text, thoughts, tool calls,
+    /// plan, retries, the task's steps and final status.
+    Logs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The task.
+        id: String,
+        /// Then follow the task's new events until it ends (exit as `watch` does).
+        #[arg(long, short)]
+        follow: bool,
+        /// Print the events as JSON lines (NDJSON), one event per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a server's nodes with their health and boot timeline.
+    Nodes {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a finished task's prompt again, as a new task.
+    Retry {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The task.
+        id: String,
+        /// Follow the new task until it ends, as `sam watch` does.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue from a task with a new prompt, as a new task.
+    Fork {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The task.
+        id: String,
+        /// What the agent should do next.
+        #[arg(long)]
+        prompt: String,
+        /// Follow the new task until it ends, as `sam watch` does.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -90,8 +180,8 @@ enum Command {
     List {
         #[command(flatten)]
         server: ServerArgs,
-        /// Only tasks in these statuses (queued, delegated, in_progress, completed, failed, cancelled).
-        #[arg(long, value_delimiter = ',')]
+        /// Only tasks in these statuses.
+        #[arg(long, value_delimiter = ',', value_parser = statuses())]
         status: Vec<TaskStatus>,
         /// Only tasks after this one (the cursor a previous page printed).
         #[arg(long)]
@@ -143,24 +233,14 @@ struct SubmitArgs {
     /// The repository: a URL, or a local path (sent as an absolute path).
     #[arg(long, default_value = ".")]
     repo: String,
-    /// The branch to start from.
-    #[arg(long)]
-    branch: Option<String>,
     /// The agent: demo, claude, codex, gemini, opencode (or custom) [default: the server's].
     #[arg(long)]
     agent: Option<String>,
-    /// An explicit size (small, medium, large): never downgraded.
-    #[arg(long)]
-    size: Option<VmSize>,
-    /// An explicit location.
-    #[arg(long)]
-    location: Option<Location>,
-    /// The provider.
-    #[arg(long)]
+    /// The provider [default: the server's].
+    #[arg(long, value_parser = providers())]
     provider: Option<ProviderKind>,
-    /// A devcontainer configuration name.
-    #[arg(long)]
-    devcontainer: Option<String>,
+    #[command(flatten)]
+    task: TaskArgs,
     /// Follow the task until it ends, as `sam watch` does.
     #[arg(long)]
     watch: bool,
@@ -169,6 +249,23 @@ struct SubmitArgs {
     json: bool,
     /// What the agent should do.
     prompt: String,
+}
+
+/// The settings of a task that `sam submit` and `sam run` share.
+#[derive(Debug, Args)]
+struct TaskArgs {
+    /// The branch to start from [default: the repository's default branch].
+    #[arg(long)]
+    branch: Option<String>,
+    /// An explicit size: never downgraded.
+    #[arg(long, value_parser = sizes())]
+    size: Option<VmSize>,
+    /// An explicit location.
+    #[arg(long)]
+    location: Option<Location>,
+    /// A devcontainer configuration name.
+    #[arg(long)]
+    devcontainer: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +299,8 @@ struct RunArgs {
     /// 3142), for a bare image whose boot installs packages.
     #[arg(long)]
     qemu_apt_proxy_port: Option<u16>,
+    #[command(flatten)]
+    task: TaskArgs,
     /// What the agent should do.
     prompt: String,
 }
@@ -311,8 +410,8 @@ struct CloudInitArgs {
     /// vm.swappiness, 0 to 100 [default: 60].
     #[arg(long)]
     swappiness: Option<u32>,
-    /// The cloud the node runs on: hetzner, scaleway, gcp, local or fake [default: hetzner].
-    #[arg(long)]
+    /// The cloud the node runs on [default: hetzner].
+    #[arg(long, value_parser = providers())]
     provider: Option<ProviderKind>,
     /// The VM agent binary's SHA-256 (64 hex digits): the node installs only that binary.
     #[arg(long)]
@@ -327,6 +426,7 @@ struct CloudInitArgs {
 }
 
 fn main() -> ExitCode {
+    // Usage errors exit 2 (clap's own code); `--help` and `--version` exit 0.
     let cli = Cli::parse();
     match cli.verbose {
         0 => {}
@@ -334,67 +434,16 @@ fn main() -> ExitCode {
         _ => sam_examples::logging::init_at(sam_examples::logging::LogFormat::Text, "debug"),
     }
     let outcome = match cli.command {
-        Command::CloudInit(args) => cloud_init(&args),
-        Command::Image(ImageCommand::Build(args)) => image_build(&args),
-        Command::Down { data_dir } => runtime().and_then(|rt| rt.block_on(down(&data_dir))),
+        Command::CloudInit(args) => cloud_init(&args).map(|()| Exit::Success),
+        Command::Image(ImageCommand::Build(args)) => image_build(&args).map(|()| Exit::Success),
         Command::Completions { shell } => {
-            use clap::CommandFactory as _;
-            clap_complete::generate(shell, &mut Cli::command(), "sam", &mut std::io::stdout());
-            Ok(())
+            clap_complete::generate(shell, &mut completed(), "sam", &mut std::io::stdout());
+            Ok(Exit::Success)
         }
-        Command::Run(args) => {
-            return runtime()
-                .and_then(|rt| rt.block_on(run(args)))
-                .unwrap_or_else(report);
-        }
-        Command::Submit(args) => {
-            return runtime()
-                .and_then(|rt| rt.block_on(submit(args)))
-                .unwrap_or_else(report);
-        }
-        Command::Watch { server, id, json } => {
-            return runtime()
-                .and_then(|rt| rt.block_on(watch(&server.client()?, &id, json)))
-                .unwrap_or_else(report);
-        }
-        Command::Status { server, id, json } => runtime().and_then(|rt| {
-            rt.block_on(async {
-                let task = server.client()?.task(&id).await?;
-                print_json_or(json, &task, || task.summary(None))
-            })
-        }),
-        Command::List {
-            server,
-            status,
-            after,
-            limit,
-            json,
-        } => runtime().and_then(|rt| {
-            rt.block_on(async {
-                let list = server
-                    .client()?
-                    .list(&status, after.as_deref(), limit)
-                    .await?;
-                print_json_or(json, &list, || client::task_table(&list))
-            })
-        }),
-        Command::Cancel { server, id } => runtime().and_then(|rt| {
-            rt.block_on(async {
-                let cancelled = server.client()?.cancel(&id).await?;
-                println!("task {} {}", cancelled.id, cancelled.status);
-                Ok(())
-            })
-        }),
-        Command::Catalog { server, json } => runtime().and_then(|rt| {
-            rt.block_on(async {
-                let catalog = server.client()?.catalog().await?;
-                print_json_or(json, &catalog, || client::catalog_text(&catalog))
-            })
-        }),
-        Command::Role(role) => runtime().and_then(|rt| rt.block_on(role.run())),
+        command => runtime().and_then(|rt| rt.block_on(serve(command))),
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => exit.into(),
         Err(err) => {
             match err.downcast_ref::<sam_cloudinit::Error>() {
                 Some(sam_cloudinit::Error::Invalid { errors }) => {
@@ -405,9 +454,107 @@ fn main() -> ExitCode {
                 }
                 _ => eprintln!("error: {err:#}"),
             }
-            ExitCode::FAILURE
+            Exit::of_error(&err).into()
         }
     }
+}
+
+/// The commands that need a runtime.
+async fn serve(command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Run(args) => run(args).await,
+        Command::Down { data_dir } => down(&data_dir).await.map(|()| Exit::Success),
+        Command::Submit(args) => submit(args).await,
+        Command::Watch { server, id, json } => watch(&server.client()?, &id, json).await,
+        Command::Logs {
+            server,
+            id,
+            follow,
+            json,
+        } => {
+            let output = if json { Output::Json } else { Output::Text };
+            sam_examples::watch::logs(&server.client()?, &id, follow, output).await
+        }
+        Command::Status { server, id, json } => {
+            let client = server.client()?;
+            let task = client.task(&id).await?;
+            let last_message = if json {
+                None
+            } else {
+                sam_examples::watch::last_message(&client, &id).await
+            };
+            print_json_or(json, &task, || task.summary(last_message.as_deref()))?;
+            Ok(Exit::Success)
+        }
+        Command::List {
+            server,
+            status,
+            after,
+            limit,
+            json,
+        } => {
+            let list = server
+                .client()?
+                .list(&status, after.as_deref(), limit)
+                .await?;
+            print_json_or(json, &list, || client::task_table(&list))?;
+            Ok(Exit::Success)
+        }
+        Command::Cancel { server, id } => {
+            let cancelled = server.client()?.cancel(&id).await?;
+            println!("task {} {}", cancelled.id, cancelled.status);
+            Ok(Exit::Success)
+        }
+        Command::Retry {
+            server,
+            id,
+            watch: follow,
+            json,
+        } => {
+            let client = server.client()?;
+            let accepted = client.retry(&id).await?;
+            accepted_then(&client, &accepted, follow, json).await
+        }
+        Command::Fork {
+            server,
+            id,
+            prompt,
+            watch: follow,
+            json,
+        } => {
+            let client = server.client()?;
+            let accepted = client.fork(&id, &prompt).await?;
+            accepted_then(&client, &accepted, follow, json).await
+        }
+        Command::Nodes { server, json } => {
+            let nodes = server.client()?.nodes().await?;
+            print_json_or(json, &nodes, || {
+                client::node_table(&nodes, chrono::Utc::now())
+            })?;
+            Ok(Exit::Success)
+        }
+        Command::Catalog { server, json } => {
+            let catalog = server.client()?.catalog().await?;
+            print_json_or(json, &catalog, || client::catalog_text(&catalog))?;
+            Ok(Exit::Success)
+        }
+        Command::Role(role) => role.run().await.map(|()| Exit::Success),
+        Command::CloudInit(_) | Command::Image(_) | Command::Completions { .. } => {
+            unreachable!("handled without a runtime")
+        }
+    }
+}
+
+/// The command line as completion scripts offer it: without the hidden helper
+/// roles, which clap_complete would otherwise list (it completes hidden
+/// subcommands).
+fn completed() -> clap::Command {
+    use clap::CommandFactory as _;
+    let full = Cli::command();
+    clap::Command::new("sam")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -416,13 +563,80 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn report(err: anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
-    ExitCode::FAILURE
+/// Checks, before any node is touched, that `sam run` can run: the repository is
+/// a git repository, and for local nodes the agent's command is on `PATH`.
+///
+/// # Errors
+/// A [`UsageError`] saying what is missing.
+fn preflight(args: &RunArgs) -> anyhow::Result<()> {
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .current_dir(&args.repo)
+        .output();
+    match git {
+        Ok(out) if out.status.success() => {}
+        Ok(_) => {
+            return Err(UsageError(format!(
+                "{} is not a git repository: sam run works on a local git repository (`git init` one, or pass --repo)",
+                args.repo.display()
+            ))
+            .into());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.repo.is_dir() => {
+            return Err(UsageError("git is not installed: sam run needs it".into()).into());
+        }
+        Err(_) => {
+            return Err(UsageError(format!(
+                "cannot find the repository {}",
+                args.repo.display()
+            ))
+            .into());
+        }
+    }
+    // A QEMU node installs its agents on the VM; a local one runs them from this PATH.
+    if args.provider != RunProvider::Local {
+        return Ok(());
+    }
+    let program = match &args.agent_command {
+        Some(command) => command.split_whitespace().next().map(str::to_owned),
+        None => sam_agent::vm::acp::KNOWN_AGENTS
+            .iter()
+            .find(|(name, _, _)| *name == args.agent)
+            .map(|(_, program, _)| (*program).to_owned()),
+    };
+    if let Some(program) = program
+        && !on_path(&program)
+    {
+        let hint = match sam_agent::vm::acp::agent_package(&args.agent) {
+            Some(package) if args.agent_command.is_none() => {
+                format!(": `npm install -g {package}` installs it; `--agent demo` needs nothing")
+            }
+            _ => String::new(),
+        };
+        return Err(UsageError(format!(
+            "the agent's command `{program}` is not on PATH{hint}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `program` (a path, or a name looked up on `PATH`) is an executable file.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
 }
 
 /// `sam run`: exit 0 only when the task completed.
-async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run(args: RunArgs) -> anyhow::Result<Exit> {
+    preflight(&args)?;
     let mut options = EmbeddedOptions::new(&args.data_dir)?;
     let agent = match &args.agent_command {
         Some(command) => {
@@ -448,6 +662,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         repo: args.repo.clone(),
         prompt: args.prompt.clone(),
         agent,
+        branch: args.task.branch.clone(),
+        settings: LayerSettings {
+            size: args.task.size,
+            location: args.task.location.clone(),
+            devcontainer: args.task.devcontainer.clone(),
+            ..LayerSettings::default()
+        },
     };
     let interrupted = Arc::new(AtomicBool::new(false));
     let interrupt = {
@@ -459,7 +680,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tokio::spawn(async {
                 sam_examples::node::shutdown_signal().await;
                 eprintln!("interrupted again: exiting without waiting");
-                std::process::exit(EXIT_INTERRUPTED);
+                std::process::exit(i32::from(Exit::Interrupted.code()));
             });
         }
     };
@@ -472,11 +693,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         println!("{}", outcome.summary());
     }
     Ok(if interrupted.load(Ordering::SeqCst) {
-        ExitCode::from(EXIT_INTERRUPTED as u8)
-    } else if outcome.succeeded() {
-        ExitCode::SUCCESS
+        Exit::Interrupted
     } else {
-        ExitCode::FAILURE
+        Exit::of_status(outcome.status)
     })
 }
 
@@ -531,10 +750,6 @@ async fn qemu_server(
     Server::start_on(listener, server).await
 }
 
-/// The exit code of a run ended by SIGINT or SIGTERM, as shells report a command
-/// killed by SIGINT.
-const EXIT_INTERRUPTED: i32 = 130;
-
 fn print_json_or<T: serde::Serialize>(
     json: bool,
     value: &T,
@@ -549,7 +764,7 @@ fn print_json_or<T: serde::Serialize>(
 }
 
 /// `sam submit`: prints the task id, or follows it with `--watch`.
-async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+async fn submit(args: SubmitArgs) -> anyhow::Result<Exit> {
     // A local path is sent absolute: the server's local provider clones it from there.
     let repo = match std::fs::canonicalize(&args.repo) {
         Ok(path) if !args.repo.contains("://") => path.display().to_string(),
@@ -558,34 +773,39 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let body = SubmitBody {
         repo: Some(repo),
         prompt: Some(args.prompt.clone()),
-        branch: args.branch.clone(),
+        branch: args.task.branch.clone(),
         agent: args.agent.clone(),
-        size: args.size,
-        location: args.location.clone(),
+        size: args.task.size,
+        location: args.task.location.clone(),
         provider: args.provider,
-        devcontainer: args.devcontainer.clone(),
+        devcontainer: args.task.devcontainer.clone(),
         ..SubmitBody::default()
     };
     let client = args.server.client()?;
     let accepted = client.submit(&body).await?;
-    if args.watch {
-        return watch(&client, &accepted.id, args.json).await;
-    }
-    print_json_or(args.json, &accepted, || accepted.id.clone())?;
-    Ok(ExitCode::SUCCESS)
+    accepted_then(&client, &accepted, args.watch, args.json).await
 }
 
-/// `sam watch`: exit 0 only when the task completed.
-async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let (task, followed) = client.watch(id, Progress::Auto).await?;
-    print_json_or(json, &task, || {
-        task.summary(followed.last_message.as_deref())
-    })?;
-    Ok(if task.status == TaskStatus::Completed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+/// After a new task was accepted: follows it (`follow`), or prints its id.
+async fn accepted_then(
+    client: &Client,
+    accepted: &sam_examples::server::Accepted,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    if follow {
+        return watch(client, &accepted.id, json).await;
+    }
+    print_json_or(json, accepted, || accepted.id.clone())?;
+    Ok(Exit::Success)
+}
+
+/// `sam watch`: exits as the task ended (0 only when it completed).
+async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<Exit> {
+    let output = if json { Output::Json } else { Output::Text };
+    let (task, last_message) = sam_examples::watch::watch(client, id, output).await?;
+    print_json_or(json, &task, || task.summary(last_message.as_deref()))?;
+    Ok(Exit::of_status(task.status))
 }
 
 fn cloud_init(args: &CloudInitArgs) -> anyhow::Result<()> {

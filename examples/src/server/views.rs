@@ -283,8 +283,13 @@ impl TaskView {
         let last_message = last_message.or(self.last_message.as_deref());
         let mut lines = vec![format!("Task {} {}", self.id, self.status)];
         let mut field = |name: &str, value: String| lines.push(format!("  {name:<18}{value}"));
+        // A task that has ended shows the step it ended in, not one it is in.
         field(
-            "step",
+            if self.status.is_terminal() {
+                "last step"
+            } else {
+                "step"
+            },
             format!(
                 "{} ({})",
                 self.execution_step.label, self.execution_step.step
