@@ -1112,6 +1112,44 @@ async fn projects_profiles_credentials_and_lineage_over_the_api() {
     assert_eq!(setup["cloud_access"]["configured"], false, "{setup}");
     assert_eq!(setup["complete"], false);
 
+    // The user chooses the platform's infrastructure (the local machine); its AI
+    // cannot be chosen, since this server has no agent key of its own.
+    let setup_path = format!("/v1/users/{uid}/setup");
+    let (status, setup) = send(
+        Method::PUT,
+        &setup_path,
+        Some(json!({"platform_infrastructure": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{setup}");
+    assert_eq!(setup["cloud_access"]["configured"], true, "{setup}");
+    assert_eq!(
+        setup["cloud_access"]["how"],
+        json!(["the platform's infrastructure (chosen)"])
+    );
+    let (status, error) = send(
+        Method::PUT,
+        &setup_path,
+        Some(json!({"platform_ai": true, "platform_infrastructure": true})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "platform_ai", "{error}");
+    let (status, error) = send(Method::PUT, &setup_path, Some(json!({"platform": true}))).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = send(
+        Method::PUT,
+        "/v1/users/u-nobody/setup",
+        Some(json!({"platform_infrastructure": true})),
+    )
+    .await;
+    assert_eq!(status, 404, "{error}");
+    let (_, setup) = send(Method::GET, &setup_path, None).await;
+    assert_eq!(
+        setup["cloud_access"]["configured"], true,
+        "the refused change left the choice as it was: {setup}"
+    );
+
     // A task on the profile runs with every source recorded.
     let (status, accepted) =
         send(Method::POST, "/v1/tasks", Some(task_body(Some("greeter")))).await;

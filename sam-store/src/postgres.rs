@@ -96,6 +96,11 @@ const STORE_SCHEMA: Schema = Schema {
             version: 10,
             sql: include_str!("../migrations/postgres/0010_keys.sql"),
         },
+        // 11 is taken by a migration of another branch; versions meet again when merged.
+        Migration {
+            version: 12,
+            sql: include_str!("../migrations/postgres/0012_setup_choices.sql"),
+        },
     ],
 };
 

@@ -19,7 +19,10 @@
 //! - `POST /v1/tasks/{id}/retry`, `POST /v1/tasks/{id}/fork` (`{"prompt": …}`) →
 //!   `202` [`Accepted`]: a new task recording its parent (`source` in its view)
 //! - `POST /v1/users`, `GET`/`PUT /v1/users/{id}`, `GET /v1/users/{id}/setup`
-//!   (`?project=<id>`): which of AI, cloud and repository access the user chose
+//!   (`?project=<id>`): which of AI, cloud and repository access the user chose;
+//!   `PUT /v1/users/{id}/setup` (`{"platform_ai": true, "platform_infrastructure":
+//!   false}`) records the user's choice of the platform's own AI or infrastructure,
+//!   which counts only while the platform offers it
 //! - `GET`/`POST /v1/projects`, `GET`/`PUT`/`DELETE /v1/projects/{id}`
 //! - `GET`/`POST /v1/projects/{id}/profiles`, `GET`/`PUT`/`DELETE
 //!   /v1/projects/{id}/profiles/{profile}`
