@@ -51,7 +51,7 @@ use crate::embedded::NodeProvider;
 use crate::logging::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 33] = [
+pub const ENV_KEYS: [&str; 34] = [
     "listen",
     "data_dir",
     "local_root",
@@ -85,6 +85,7 @@ pub const ENV_KEYS: [&str; 33] = [
     "heartbeat_stale_secs",
     "agent_idle_secs",
     "git_command_secs",
+    "metrics_public",
 ];
 
 /// Each [`TimeoutPolicy`] field (and the lease) with the key that sets it, in the
@@ -295,6 +296,11 @@ pub struct ServerConfig {
     /// The timeout policy's `git_command`, in seconds. Default 600.
     #[serde(default = "default_git_command_secs")]
     pub git_command_secs: u64,
+    /// Whether `GET /metrics` is served without an API token, for a scraper on a
+    /// private network. Default `false`: scrapers send a token, since the port is
+    /// also the one nodes call back on.
+    #[serde(default)]
+    pub metrics_public: bool,
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.

@@ -1401,3 +1401,146 @@ fn a_fatal_error_is_logged_once_in_plain_text() {
         "no colour codes when piped: {stderr:?}"
     );
 }
+
+/// Scrapes `/metrics` of `server` with `token` (none when `None`): the status and
+/// the body.
+async fn scrape(server: &ServerProcess, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().get(server.url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = tokio::time::timeout(Duration::from_secs(30), request.send())
+        .await
+        .expect("answered within 30 s")
+        .expect("reachable");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels`
+/// (a histogram's value is its `+Inf` bucket: its count).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+/// A demo task runs through a real server; `/metrics` then shows it, parsed as the
+/// Prometheus text format: the task ended completed, its steps were timed, the local
+/// provider's create was counted, the node is counted by status, nothing is left
+/// queued, and the requests were timed by route template. Scrapes need a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_scraped_and_parsed_after_a_task() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
+    let (_, end) = events.last().expect("events");
+    assert_eq!(end["kind"]["status"], "completed", "{end}");
+    let (status, _) = call(
+        http.get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (status, body) = scrape(&server, None).await;
+    assert_eq!(status, 401, "a scrape needs a token: {body}");
+    let (status, body) = scrape(&server, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&parsed, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} in {body}"))
+    };
+    assert_eq!(
+        value("sam_tasks_ended_total", &[("status", "completed")]),
+        1.0
+    );
+    for status in ["queued", "delegated", "in_progress"] {
+        assert_eq!(value("sam_tasks", &[("status", status)]), 0.0, "{status}");
+    }
+    assert_eq!(value("sam_task_steps", &[("step", "running")]), 0.0);
+    assert!(value("sam_step_duration_seconds", &[("step", "running")]) >= 1.0);
+    assert!(
+        value("sam_step_duration_seconds_sum", &[("step", "running")]) > 0.0,
+        "the agent's turn took time"
+    );
+    assert_eq!(
+        value(
+            "sam_provider_calls_total",
+            &[
+                ("provider", "local"),
+                ("operation", "create_vm"),
+                ("outcome", "ok")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("sam_nodes", &[("status", "running")]),
+        1.0,
+        "the node stays warm"
+    );
+    assert_eq!(value("sam_leases_lost_total", &[]), 0.0);
+    assert!(
+        value(
+            "sam_http_request_duration_seconds_count",
+            &[
+                ("method", "POST"),
+                ("route", "/v1/tasks"),
+                ("status", "202")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "sam_http_request_duration_seconds",
+            &[
+                ("method", "POST"),
+                ("route", "/v1/tasks"),
+                ("status", "202")
+            ]
+        ) >= 1.0,
+        "the histogram's +Inf bucket counts the request"
+    );
+    // prometheus-parse reads a label set only up to its first `}`, so it skips the
+    // lines of a route template such as `/v1/tasks/{id}`: those are read as text.
+    assert!(
+        body.contains(
+            "sam_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/tasks/{id}\",status=\"200\"} 1\n"
+        ),
+        "requests are labelled by their route template, not the id: {body}"
+    );
+    assert!(!body.contains(&id), "no task id in a label");
+
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// `--metrics-public` serves `/metrics` without a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn public_metrics_need_no_token() {
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start_with(data.path(), &["--metrics-public"], &[]).await;
+    let (status, body) = scrape(&server, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("# TYPE sam_tasks gauge"), "{body}");
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}

@@ -186,6 +186,10 @@ struct Cli {
     #[arg(long, help_heading = "Timeouts (seconds)")]
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_secs: Option<u64>,
+    /// Serve /metrics without an API token (for a scraper on a private network).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    metrics_public: bool,
 }
 
 #[derive(Debug, Subcommand)]
