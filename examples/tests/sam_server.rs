@@ -788,12 +788,15 @@ async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
     .await;
     assert!(ok, "{out}");
     for want in [
-        "listen: 127.0.0.1:4003,",
-        "data_dir: \"/from/env\",",
-        "poll_interval_ms: 111,",
-        "agent_command: Some(\n        \"file-agent\",",
-        "heartbeat_interval_secs: 10,",
-        "provider: Local,",
+        "listen = \"127.0.0.1:4003\" # from --listen\n",
+        "data_dir = \"/from/env\" # from SAM_DATA_DIR\n",
+        &format!("poll_interval_ms = 111 # from {file}\n"),
+        &format!("agent_command = \"file-agent\" # from {file}\n"),
+        "heartbeat_interval_secs = 10 # default\n",
+        "provider = \"local\" # default\n",
+        "api_token = \"***\" # from SAM_API_TOKEN\n",
+        "# credential_key is not set\n",
+        "# provider `local`: what it needs is present\n",
     ] {
         assert!(out.contains(want), "{want:?} in {out}");
     }
@@ -827,6 +830,72 @@ async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
     }
 }
 
+/// `--check-config` prints TOML that parses back to the effective values, with
+/// secrets hidden, and checks the selected provider's credentials: without the
+/// cloud's token it fails naming the variable, with it it succeeds. No cloud is
+/// called.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_prints_toml_and_checks_the_providers_credentials() {
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let cloud = [
+        "--provider",
+        "hetzner",
+        "--public-url",
+        "https://sam.example.com/",
+        "--lease-secs",
+        "90",
+    ];
+    let run = |env: &'static [(&'static str, &'static str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+        command.arg("--check-config").args(cloud);
+        for (key, _) in
+            std::env::vars().filter(|(k, _)| k.starts_with("SAM_") || k.starts_with("HCLOUD_"))
+        {
+            command.env_remove(key);
+        }
+        command
+            .env("SAM_CREDENTIAL_KEY", KEY)
+            .envs(env.iter().copied());
+        command.output().expect("sam-server runs")
+    };
+
+    let output = run(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HCLOUD_TOKEN"),
+        "the missing variable is named: {stderr}"
+    );
+
+    let output = run(&[("HCLOUD_TOKEN", "a-fake-hetzner-token")]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(parsed["provider"].as_str(), Some("hetzner"));
+    assert_eq!(
+        parsed["public_url"].as_str(),
+        Some("https://sam.example.com/")
+    );
+    assert_eq!(parsed["lease_secs"].as_integer(), Some(90));
+    assert_eq!(parsed["agent_ready_secs"].as_integer(), Some(900));
+    assert_eq!(parsed["credential_key"].as_str(), Some("***"));
+    assert!(!parsed.contains_key("database_url"), "not set, so absent");
+    assert!(!stdout.contains(KEY), "the key is hidden: {stdout}");
+    assert!(!stdout.contains("a-fake-hetzner-token"), "{stdout}");
+    for want in [
+        "credential_key = \"***\" # from SAM_CREDENTIAL_KEY\n",
+        "lease_secs = 90 # from --lease-secs\n",
+        "agent_ready_secs = 900 # default\n",
+        "# provider `hetzner`: what it needs is present\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout}");
+    }
+}
+
 /// Timeouts come from the file, `SAM_*` and flags like every key; `--check-config`
 /// prints each with what it derives; timeouts that contradict each other stop the
 /// server at load, naming the values.
@@ -851,8 +920,8 @@ async fn timeouts_come_from_every_layer_and_check_config_prints_what_they_derive
     .await;
     assert!(ok, "{out}");
     for want in [
-        "agent_ready_secs: 1200,",
-        "workspace_ready_secs: 2000,",
+        &format!("agent_ready_secs = 1200 # from {file}\n"),
+        "workspace_ready_secs = 2000 # from --workspace-ready-secs\n",
         "timeouts (seconds):\n",
         "  agent_ready_secs = 1200\n",
         "  heartbeat_interval_secs = 50\n",
