@@ -220,6 +220,25 @@ async fn a_lone_sam_server_runs_its_own_helper_roles() {
     assert_eq!(end["kind"]["status"], "completed", "task {id}: {events:?}");
     server.terminate().await;
 
+    // The VM agent played as a role logs through tracing, like `sam-vm-agent`:
+    // plain lines (its log is a file, not a terminal).
+    let node_logs: Vec<String> = std::fs::read_dir(data.path().join("local/vms"))
+        .expect("the local provider's directory")
+        .flatten()
+        .map(|entry| entry.path().join("node.log"))
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect();
+    assert!(
+        node_logs
+            .iter()
+            .any(|log| log.contains(" INFO ") && log.contains("sam-vm-agent starting")),
+        "the role's log has its start at INFO: {node_logs:?}"
+    );
+    assert!(
+        node_logs.iter().all(|log| !log.contains('\u{1b}')),
+        "no colour codes in a log file: {node_logs:?}"
+    );
+
     // Each role answers as its own subcommand, hidden from the help.
     let help = std::process::Command::new(&lone)
         .arg("--help")
