@@ -37,6 +37,7 @@
 //! lease_secs = 60
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,13 +46,13 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
 use sam_core::{DerivedTimeouts, PolicyError, Secret, TimeoutPolicy};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::embedded::NodeProvider;
 use crate::logging::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 33] = [
+pub const ENV_KEYS: [&str; 34] = [
     "listen",
     "data_dir",
     "local_root",
@@ -85,6 +86,7 @@ pub const ENV_KEYS: [&str; 33] = [
     "heartbeat_stale_secs",
     "agent_idle_secs",
     "git_command_secs",
+    "metrics_public",
 ];
 
 /// Each [`TimeoutPolicy`] field (and the lease) with the key that sets it, in the
@@ -112,7 +114,7 @@ pub const TIMEOUT_KEYS: [(&str, &str); 16] = [
 const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 
 /// Which provider runs the nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderChoice {
     /// Each node a `sam-vm-agent` process on this machine.
@@ -158,7 +160,8 @@ impl ProviderChoice {
 /// Everything `sam-server` can be told; see the [module docs](self) for the layers.
 ///
 /// Deliberately without `Default` (it holds credentials): the defaults are per field.
-#[derive(Debug, Clone, Deserialize)]
+/// It serializes with its secrets shown as `***` (what `--check-config` prints).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// The address the API and the node callbacks listen on. Default `127.0.0.1:8080`.
@@ -174,6 +177,7 @@ pub struct ServerConfig {
     #[serde(default)]
     pub local_root: Option<PathBuf>,
     /// A PostgreSQL URL; without it state is in SQLite in the data directory.
+    #[serde(serialize_with = "hidden")]
     #[serde(default)]
     pub database_url: Option<Secret>,
     /// The PostgreSQL schema for the tables, created if missing (`a-z`, `0-9`, `_`,
@@ -186,6 +190,7 @@ pub struct ServerConfig {
     pub public_url: Option<url::Url>,
     /// The user API token (at least 8 characters). Default: one created in
     /// `<data dir>/api-token`.
+    #[serde(serialize_with = "hidden")]
     #[serde(default, deserialize_with = "token_text")]
     pub api_token: Option<Secret>,
     /// Any ACP agent, as a shell command (run as the `custom` agent).
@@ -211,6 +216,7 @@ pub struct ServerConfig {
     /// The key users' and projects' credentials are sealed with (AES-256-GCM): 32
     /// bytes as base64, for example from `openssl rand -base64 32`. Never stored;
     /// without it credentials cannot be set. Best given as `SAM_CREDENTIAL_KEY`.
+    #[serde(serialize_with = "hidden")]
     #[serde(default, deserialize_with = "token_text")]
     pub credential_key: Option<Secret>,
     /// Seconds a runner's lease on a task lasts (1 to 3600): how soon another server
@@ -295,6 +301,19 @@ pub struct ServerConfig {
     /// The timeout policy's `git_command`, in seconds. Default 600.
     #[serde(default = "default_git_command_secs")]
     pub git_command_secs: u64,
+    /// Whether `GET /metrics` is served without an API token, for a scraper on a
+    /// private network. Default `false`: scrapers send a token, since the port is
+    /// also the one nodes call back on.
+    #[serde(default)]
+    pub metrics_public: bool,
+}
+
+/// A secret as `***` (and nothing when it is not set).
+fn hidden<S: serde::Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
+    }
 }
 
 /// A token as text, also when the environment layer read an all-digit token as a number.
@@ -494,6 +513,18 @@ impl ServerConfig {
     /// key (or `file` is missing), [`ConfigError::Invalid`] naming the field when a
     /// value is out of range.
     pub fn load(file: Option<&Path>, flags: impl figment::Provider) -> Result<Self, ConfigError> {
+        Self::load_explained(file, flags).map(|(config, _)| config)
+    }
+
+    /// As [`ServerConfig::load`], with where each field's value came from, by field
+    /// name (every field is listed; one no layer set is [`ValueSource::Default`]).
+    ///
+    /// # Errors
+    /// As [`ServerConfig::load`].
+    pub fn load_explained(
+        file: Option<&Path>,
+        flags: impl figment::Provider,
+    ) -> Result<(Self, BTreeMap<String, ValueSource>), ConfigError> {
         let mut figment = Figment::new();
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
@@ -504,6 +535,26 @@ impl ServerConfig {
         let config: Self = figment
             .extract()
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let sources = config
+            .fields()
+            .into_iter()
+            .map(|(key, _)| {
+                let source = match figment.find_metadata(&key) {
+                    None => ValueSource::Default,
+                    Some(metadata) => match &metadata.source {
+                        Some(figment::Source::File(path)) => ValueSource::File(path.clone()),
+                        // The only layer built in code is the command line's.
+                        Some(figment::Source::Code(_)) => {
+                            ValueSource::Flag(format!("--{}", key.replace('_', "-")))
+                        }
+                        Some(other) => ValueSource::File(PathBuf::from(other.to_string())),
+                        // Only the environment layer has no source.
+                        None => ValueSource::Env(format!("SAM_{}", key.to_uppercase())),
+                    },
+                };
+                (key, source)
+            })
+            .collect();
         config.validate()?;
         // The secrets are masked in every log line from here on.
         for secret in [
@@ -516,7 +567,7 @@ impl ServerConfig {
         {
             sam_core::secret::register(secret.expose());
         }
-        Ok(config)
+        Ok((config, sources))
     }
 
     /// Checks the values a type cannot.
@@ -740,6 +791,82 @@ impl ServerConfig {
             "  heartbeats_before_stale = {}",
             derived.heartbeats_before_stale
         );
+        Ok(out)
+    }
+}
+
+/// Where a value of the effective configuration came from (`--check-config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    /// No layer set it: the built-in default.
+    Default,
+    /// The configuration file at this path.
+    File(PathBuf),
+    /// This environment variable (`SAM_LISTEN`, …).
+    Env(String),
+    /// This command-line flag (`--listen`, …).
+    Flag(String),
+}
+
+impl fmt::Display for ValueSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Env(name) | Self::Flag(name) => f.write_str(name),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Every field with its value, secrets as `***`, in declaration order; a field
+    /// that is not set is `null`.
+    fn fields(&self) -> Vec<(String, serde_json::Value)> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            // A struct of plain fields always serializes to an object.
+            _ => Vec::new(),
+        }
+    }
+
+    /// The effective configuration as TOML, one `key = value` line each with a
+    /// comment naming where it came from (`# from SAM_LISTEN`, `# from --listen`,
+    /// `# from /etc/sam.toml`, `# default`); secrets show as `***`; a key that is
+    /// not set is a comment. Then, as comments, every timeout and what it derives
+    /// ([`ServerConfig::timeouts_report`]). What `sam-server --check-config` prints;
+    /// the text parses as TOML.
+    ///
+    /// # Errors
+    /// As [`ServerConfig::derived_timeouts`].
+    pub fn check_report(
+        &self,
+        sources: &BTreeMap<String, ValueSource>,
+    ) -> Result<String, ConfigError> {
+        use fmt::Write as _;
+        let mut out = String::from(
+            "# The effective configuration of sam-server, with where each value came from.\n",
+        );
+        let mut unset = Vec::new();
+        for (key, value) in self.fields() {
+            let source = sources.get(&key).unwrap_or(&ValueSource::Default);
+            let from = match source {
+                ValueSource::Default => "default".to_owned(),
+                other => format!("from {other}"),
+            };
+            match toml::Value::try_from(&value) {
+                Ok(value) => {
+                    let _ = writeln!(out, "{key} = {value} # {from}");
+                }
+                // `null` has no TOML form (it fails to convert): the key is not set.
+                Err(_) => unset.push(key),
+            }
+        }
+        for key in unset {
+            let _ = writeln!(out, "# {key} is not set");
+        }
+        for line in self.timeouts_report()?.lines() {
+            let _ = writeln!(out, "# {line}");
+        }
         Ok(out)
     }
 }

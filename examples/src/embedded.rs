@@ -147,6 +147,36 @@ pub struct EmbeddedOptions {
     /// SHA-256 and where to download it. Its control-plane URL and agent port are
     /// replaced at start; a cloud provider needs it.
     pub cloud_boot: Option<sam_cloudinit::CloudInitBoot>,
+    /// Wraps every provider the control plane calls, the platform's and those built
+    /// from owners' credentials (`sam-server`'s metrics count their calls); `None`
+    /// wraps nothing.
+    pub provider_layer: Option<Arc<dyn ProviderLayer>>,
+}
+
+/// A decorator put around every provider the control plane calls
+/// ([`EmbeddedOptions::provider_layer`]): it implements [`Provider`] around an
+/// `inner` one.
+pub trait ProviderLayer: Send + Sync + std::fmt::Debug {
+    /// `provider`, decorated.
+    fn layer(self: Arc<Self>, provider: Arc<dyn Provider>) -> Arc<dyn Provider>;
+}
+
+/// A provider factory whose providers are decorated by a [`ProviderLayer`].
+#[derive(Debug)]
+struct LayeredFactory {
+    inner: Arc<dyn sam_core::ProviderFactory>,
+    layer: Arc<dyn ProviderLayer>,
+}
+
+impl sam_core::ProviderFactory for LayeredFactory {
+    fn build(
+        &self,
+        kind: sam_core::ProviderKind,
+        credential: &sam_core::ProviderCredential,
+    ) -> Result<Arc<dyn Provider>, sam_core::Error> {
+        let provider = self.inner.build(kind, credential)?;
+        Ok(Arc::clone(&self.layer).layer(provider))
+    }
 }
 
 /// The agents whose credentials [`agent_credentials_from`] looks for.
@@ -290,6 +320,7 @@ impl EmbeddedOptions {
             provider_factory: None,
             agent_credentials: agent_credentials_from(|name| std::env::var(name).ok()),
             cloud_boot: None,
+            provider_layer: None,
         })
     }
 }
@@ -692,6 +723,12 @@ impl Embedded {
             }
         };
 
+        // The control plane calls the decorated provider; the rest of this process
+        // (the catalog, the node directory) keeps the plain one.
+        let called = match &options.provider_layer {
+            Some(layer) => Arc::clone(layer).layer(Arc::clone(&provider)),
+            None => Arc::clone(&provider),
+        };
         let mut config =
             ControlPlaneConfig::new(format!("sam-{}", std::process::id()), provider.kind());
         config.poll_interval = options.poll_interval;
@@ -704,7 +741,7 @@ impl Embedded {
         let mut control_plane = ControlPlane::new(
             ControlPlaneParts {
                 store: Arc::clone(&store),
-                providers: vec![Arc::clone(&provider)],
+                providers: vec![called],
                 scheduler: Arc::new(DefaultScheduler::new(Arc::clone(&store))),
                 node_agent,
                 // The control plane keeps node keys in the store itself when it
@@ -720,7 +757,14 @@ impl Embedded {
             config,
         )?;
         if let Some(factory) = &options.provider_factory {
-            control_plane = control_plane.with_provider_factory(Arc::clone(factory));
+            let factory = match &options.provider_layer {
+                Some(layer) => Arc::new(LayeredFactory {
+                    inner: Arc::clone(factory),
+                    layer: Arc::clone(layer),
+                }),
+                None => Arc::clone(factory),
+            };
+            control_plane = control_plane.with_provider_factory(factory);
         }
 
         let (stop, stopped) = watch::channel(false);

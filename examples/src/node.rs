@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use sam_agent::NodeConfig;
 
-/// Runs the VM agent until SIGINT or SIGTERM.
+/// Runs the VM agent until SIGINT or SIGTERM, logging to stderr.
 ///
 /// With `config` (cloud-init's `/etc/sam/agent.json`) the token comes from
 /// `token_file` or the file the configuration names, and the boot timeline from the
@@ -16,6 +16,10 @@ use sam_agent::NodeConfig;
 /// # Errors
 /// When the configuration or token cannot be read, or the agent cannot serve.
 pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> anyhow::Result<()> {
+    // The agent's own log, on stderr (the node's journal or log file): plain lines
+    // at INFO unless `RUST_LOG` says otherwise; the same whether it runs as
+    // `sam-vm-agent` or as the `vm-agent` role of `sam` or `sam-server`.
+    crate::logging::init(crate::logging::LogFormat::Text);
     let (node, boot_log) = match config {
         Some(path) => (
             NodeConfig::read(path)?,
@@ -40,12 +44,12 @@ pub async fn run_vm_agent(config: Option<&Path>, token_file: Option<&Path>) -> a
         );
     }
     let token = node.token(token_file)?;
-    eprintln!(
-        "sam-vm-agent {}: node {} on port {}, control plane {}",
-        sam_agent::vm::http::VERSION,
-        node.node_id,
-        node.port,
-        node.control_plane_url
+    tracing::info!(
+        version = sam_agent::vm::http::VERSION,
+        node = %node.node_id,
+        port = node.port,
+        control_plane = %node.control_plane_url,
+        "sam-vm-agent starting"
     );
     node.serve(token, boot_log, shutdown_signal())
         .await

@@ -351,6 +351,25 @@ async fn a_lone_sam_server_runs_its_own_helper_roles() {
     assert_eq!(end["kind"]["status"], "completed", "task {id}: {events:?}");
     server.terminate().await;
 
+    // The VM agent played as a role logs through tracing, like `sam-vm-agent`:
+    // plain lines (its log is a file, not a terminal).
+    let node_logs: Vec<String> = std::fs::read_dir(data.path().join("local/vms"))
+        .expect("the local provider's directory")
+        .flatten()
+        .map(|entry| entry.path().join("node.log"))
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect();
+    assert!(
+        node_logs
+            .iter()
+            .any(|log| log.contains(" INFO ") && log.contains("sam-vm-agent starting")),
+        "the role's log has its start at INFO: {node_logs:?}"
+    );
+    assert!(
+        node_logs.iter().all(|log| !log.contains('\u{1b}')),
+        "no colour codes in a log file: {node_logs:?}"
+    );
+
     // Each role answers as its own subcommand, hidden from the help.
     let help = std::process::Command::new(&lone)
         .arg("--help")
@@ -919,12 +938,15 @@ async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
     .await;
     assert!(ok, "{out}");
     for want in [
-        "listen: 127.0.0.1:4003,",
-        "data_dir: \"/from/env\",",
-        "poll_interval_ms: 111,",
-        "agent_command: Some(\n        \"file-agent\",",
-        "heartbeat_interval_secs: 10,",
-        "provider: Local,",
+        "listen = \"127.0.0.1:4003\" # from --listen\n",
+        "data_dir = \"/from/env\" # from SAM_DATA_DIR\n",
+        &format!("poll_interval_ms = 111 # from {file}\n"),
+        &format!("agent_command = \"file-agent\" # from {file}\n"),
+        "heartbeat_interval_secs = 10 # default\n",
+        "provider = \"local\" # default\n",
+        "api_token = \"***\" # from SAM_API_TOKEN\n",
+        "# credential_key is not set\n",
+        "# provider `local`: what it needs is present\n",
     ] {
         assert!(out.contains(want), "{want:?} in {out}");
     }
@@ -958,6 +980,72 @@ async fn configuration_layers_flags_over_env_over_file_and_names_bad_fields() {
     }
 }
 
+/// `--check-config` prints TOML that parses back to the effective values, with
+/// secrets hidden, and checks the selected provider's credentials: without the
+/// cloud's token it fails naming the variable, with it it succeeds. No cloud is
+/// called.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_prints_toml_and_checks_the_providers_credentials() {
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let cloud = [
+        "--provider",
+        "hetzner",
+        "--public-url",
+        "https://sam.example.com/",
+        "--lease-secs",
+        "90",
+    ];
+    let run = |env: &'static [(&'static str, &'static str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sam-server"));
+        command.arg("--check-config").args(cloud);
+        for (key, _) in
+            std::env::vars().filter(|(k, _)| k.starts_with("SAM_") || k.starts_with("HCLOUD_"))
+        {
+            command.env_remove(key);
+        }
+        command
+            .env("SAM_CREDENTIAL_KEY", KEY)
+            .envs(env.iter().copied());
+        command.output().expect("sam-server runs")
+    };
+
+    let output = run(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HCLOUD_TOKEN"),
+        "the missing variable is named: {stderr}"
+    );
+
+    let output = run(&[("HCLOUD_TOKEN", "a-fake-hetzner-token")]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(parsed["provider"].as_str(), Some("hetzner"));
+    assert_eq!(
+        parsed["public_url"].as_str(),
+        Some("https://sam.example.com/")
+    );
+    assert_eq!(parsed["lease_secs"].as_integer(), Some(90));
+    assert_eq!(parsed["agent_ready_secs"].as_integer(), Some(900));
+    assert_eq!(parsed["credential_key"].as_str(), Some("***"));
+    assert!(!parsed.contains_key("database_url"), "not set, so absent");
+    assert!(!stdout.contains(KEY), "the key is hidden: {stdout}");
+    assert!(!stdout.contains("a-fake-hetzner-token"), "{stdout}");
+    for want in [
+        "credential_key = \"***\" # from SAM_CREDENTIAL_KEY\n",
+        "lease_secs = 90 # from --lease-secs\n",
+        "agent_ready_secs = 900 # default\n",
+        "# provider `hetzner`: what it needs is present\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout}");
+    }
+}
+
 /// Timeouts come from the file, `SAM_*` and flags like every key; `--check-config`
 /// prints each with what it derives; timeouts that contradict each other stop the
 /// server at load, naming the values.
@@ -982,8 +1070,8 @@ async fn timeouts_come_from_every_layer_and_check_config_prints_what_they_derive
     .await;
     assert!(ok, "{out}");
     for want in [
-        "agent_ready_secs: 1200,",
-        "workspace_ready_secs: 2000,",
+        &format!("agent_ready_secs = 1200 # from {file}\n"),
+        "workspace_ready_secs = 2000 # from --workspace-ready-secs\n",
         "timeouts (seconds):\n",
         "  agent_ready_secs = 1200\n",
         "  heartbeat_interval_secs = 50\n",
@@ -1243,6 +1331,44 @@ async fn projects_profiles_credentials_and_lineage_over_the_api() {
     assert_eq!(setup["cloud_access"]["configured"], false, "{setup}");
     assert_eq!(setup["complete"], false);
 
+    // The user chooses the platform's infrastructure (the local machine); its AI
+    // cannot be chosen, since this server has no agent key of its own.
+    let setup_path = format!("/v1/users/{uid}/setup");
+    let (status, setup) = send(
+        Method::PUT,
+        &setup_path,
+        Some(json!({"platform_infrastructure": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{setup}");
+    assert_eq!(setup["cloud_access"]["configured"], true, "{setup}");
+    assert_eq!(
+        setup["cloud_access"]["how"],
+        json!(["the platform's infrastructure (chosen)"])
+    );
+    let (status, error) = send(
+        Method::PUT,
+        &setup_path,
+        Some(json!({"platform_ai": true, "platform_infrastructure": true})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "platform_ai", "{error}");
+    let (status, error) = send(Method::PUT, &setup_path, Some(json!({"platform": true}))).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = send(
+        Method::PUT,
+        "/v1/users/u-nobody/setup",
+        Some(json!({"platform_infrastructure": true})),
+    )
+    .await;
+    assert_eq!(status, 404, "{error}");
+    let (_, setup) = send(Method::GET, &setup_path, None).await;
+    assert_eq!(
+        setup["cloud_access"]["configured"], true,
+        "the refused change left the choice as it was: {setup}"
+    );
+
     // A task on the profile runs with every source recorded.
     let (status, accepted) =
         send(Method::POST, "/v1/tasks", Some(task_body(Some("greeter")))).await;
@@ -1493,4 +1619,147 @@ fn a_fatal_error_is_logged_once_in_plain_text() {
         !stderr.contains('\u{1b}'),
         "no colour codes when piped: {stderr:?}"
     );
+}
+
+/// Scrapes `/metrics` of `server` with `token` (none when `None`): the status and
+/// the body.
+async fn scrape(server: &ServerProcess, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().get(server.url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = tokio::time::timeout(Duration::from_secs(30), request.send())
+        .await
+        .expect("answered within 30 s")
+        .expect("reachable");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels`
+/// (a histogram's value is its `+Inf` bucket: its count).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+/// A demo task runs through a real server; `/metrics` then shows it, parsed as the
+/// Prometheus text format: the task ended completed, its steps were timed, the local
+/// provider's create was counted, the node is counted by status, nothing is left
+/// queued, and the requests were timed by route template. Scrapes need a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_scraped_and_parsed_after_a_task() {
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start(data.path()).await;
+    let http = reqwest::Client::new();
+    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
+    let (_, end) = events.last().expect("events");
+    assert_eq!(end["kind"]["status"], "completed", "{end}");
+    let (status, _) = call(
+        http.get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (status, body) = scrape(&server, None).await;
+    assert_eq!(status, 401, "a scrape needs a token: {body}");
+    let (status, body) = scrape(&server, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&parsed, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} in {body}"))
+    };
+    assert_eq!(
+        value("sam_tasks_ended_total", &[("status", "completed")]),
+        1.0
+    );
+    for status in ["queued", "delegated", "in_progress"] {
+        assert_eq!(value("sam_tasks", &[("status", status)]), 0.0, "{status}");
+    }
+    assert_eq!(value("sam_task_steps", &[("step", "running")]), 0.0);
+    assert!(value("sam_step_duration_seconds", &[("step", "running")]) >= 1.0);
+    assert!(
+        value("sam_step_duration_seconds_sum", &[("step", "running")]) > 0.0,
+        "the agent's turn took time"
+    );
+    assert_eq!(
+        value(
+            "sam_provider_calls_total",
+            &[
+                ("provider", "local"),
+                ("operation", "create_vm"),
+                ("outcome", "ok")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("sam_nodes", &[("status", "running")]),
+        1.0,
+        "the node stays warm"
+    );
+    assert_eq!(value("sam_leases_lost_total", &[]), 0.0);
+    assert!(
+        value(
+            "sam_http_request_duration_seconds_count",
+            &[
+                ("method", "POST"),
+                ("route", "/v1/tasks"),
+                ("status", "202")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "sam_http_request_duration_seconds",
+            &[
+                ("method", "POST"),
+                ("route", "/v1/tasks"),
+                ("status", "202")
+            ]
+        ) >= 1.0,
+        "the histogram's +Inf bucket counts the request"
+    );
+    // prometheus-parse reads a label set only up to its first `}`, so it skips the
+    // lines of a route template such as `/v1/tasks/{id}`: those are read as text.
+    assert!(
+        body.contains(
+            "sam_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/tasks/{id}\",status=\"200\"} 1\n"
+        ),
+        "requests are labelled by their route template, not the id: {body}"
+    );
+    assert!(!body.contains(&id), "no task id in a label");
+
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
+}
+
+/// `--metrics-public` serves `/metrics` without a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn public_metrics_need_no_token() {
+    let data = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let server = ServerProcess::start_with(data.path(), &["--metrics-public"], &[]).await;
+    let (status, body) = scrape(&server, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("# TYPE sam_tasks gauge"), "{body}");
+    let status = server.terminate().await;
+    assert!(status.success(), "a graceful shutdown: {status}");
 }

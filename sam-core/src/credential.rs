@@ -541,12 +541,28 @@ pub struct SetupItem {
     pub how: Vec<String>,
 }
 
+/// The platform's own resources a user chose to use for a part of setup, recorded
+/// as their choice ([`crate::store::AccountStore::set_setup_choices`]).
+///
+/// A choice is the user's, never inferred from what the platform offers; and it
+/// counts only while the platform offers what was chosen ([`setup_status`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupChoices {
+    /// The user uses the platform's AI: its own agent credentials.
+    #[serde(default)]
+    pub platform_ai: bool,
+    /// The user runs their nodes on the platform's infrastructure: its own providers.
+    #[serde(default)]
+    pub platform_infrastructure: bool,
+}
+
 /// What a user has configured of the three parts of setup.
 ///
-/// It is computed only from credentials the user (or their project) set and the
-/// GitHub App installations the user linked, never from
-/// what the platform happens to offer: a platform key does not make a user's setup
-/// complete.
+/// It is computed only from credentials the user (or their project) set, the
+/// GitHub App installations the user linked and the platform resources the user
+/// chose ([`SetupChoices`]), never from what the platform happens to offer: a
+/// platform key does not make a user's setup complete unless the user chose it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetupStatus {
     /// A coding agent's model access.
@@ -559,15 +575,21 @@ pub struct SetupStatus {
     pub complete: bool,
 }
 
-/// Computes setup completeness from the credentials a user and their project set
-/// and the GitHub App installations the user linked (each is repository access:
-/// `"GitHub App installation <external id>"`).
+/// Computes setup completeness from the credentials a user and their project set,
+/// the GitHub App installations the user linked (each is repository access:
+/// `"GitHub App installation <external id>"`), and the platform resources the
+/// user `chose`. A choice counts only for what the platform `offers` (`"the
+/// platform's AI (chosen)"`, `"the platform's infrastructure (chosen)"`): a
+/// choice recorded while the platform offered something it no longer does
+/// configures nothing.
 pub fn setup_status(
     credentials: &[CredentialRecord],
     installations: &[GithubInstallation],
+    chose: SetupChoices,
+    offers: SetupChoices,
 ) -> SetupStatus {
-    let item = |wanted: fn(&CredentialTarget) -> bool| {
-        let how: Vec<String> = credentials
+    let item = |wanted: fn(&CredentialTarget) -> bool, chosen: Option<&str>| {
+        let mut how: Vec<String> = credentials
             .iter()
             .filter(|c| wanted(&c.target))
             .map(|c| {
@@ -578,14 +600,22 @@ pub fn setup_status(
                 format!("{} {} ({owner})", c.target, c.kind.as_str())
             })
             .collect();
+        how.extend(chosen.map(|what| format!("{what} (chosen)")));
         SetupItem {
             configured: !how.is_empty(),
             how,
         }
     };
-    let ai_access = item(|t| matches!(t, CredentialTarget::Agent(_)));
-    let cloud_access = item(|t| matches!(t, CredentialTarget::Provider(_)));
-    let mut repository_access = item(|t| matches!(t, CredentialTarget::Repository));
+    let ai_access = item(
+        |t| matches!(t, CredentialTarget::Agent(_)),
+        (chose.platform_ai && offers.platform_ai).then_some("the platform's AI"),
+    );
+    let cloud_access = item(
+        |t| matches!(t, CredentialTarget::Provider(_)),
+        (chose.platform_infrastructure && offers.platform_infrastructure)
+            .then_some("the platform's infrastructure"),
+    );
+    let mut repository_access = item(|t| matches!(t, CredentialTarget::Repository), None);
     repository_access.how.extend(
         installations
             .iter()

@@ -151,8 +151,8 @@ pub use control::{
 pub use control::{KeptNode, SweepReport};
 pub use credential::{
     CUSTOM_AGENT, CredentialCipher, CredentialError, CredentialKind, CredentialOwner,
-    CredentialRecord, CredentialTarget, CredentialView, Sealed, SetupItem, SetupStatus,
-    agent_env_var, check_credential, resolve_credential, setup_status,
+    CredentialRecord, CredentialTarget, CredentialView, Sealed, SetupChoices, SetupItem,
+    SetupStatus, agent_env_var, check_credential, resolve_credential, setup_status,
 };
 pub use error::{
     BoxError, Classify, ErrorCategory, InvalidInput, MAX_BODY_BYTES, PolicyError, ProviderError,

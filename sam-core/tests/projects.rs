@@ -13,8 +13,8 @@ use sam_core::{
     CredentialInput, CredentialKind, CredentialOwner, CredentialTarget, DefaultScheduler, Effort,
     Error, ErrorCategory, Layer, LayerSettings, LineageKind, MAX_LINEAGE_DEPTH, PermissionMode,
     PlatformCredential, ProfileInput, ProjectId, ProjectInput, Provider, ProviderKind,
-    ResourceRequirements, ScalingOverrides, Secret, Store, SubmitRequest, TaskId, TaskRecord,
-    TaskStatus, TokenSigner, TokioClock, UserId, UserInput, VmSize,
+    ResourceRequirements, ScalingOverrides, Secret, SetupChoices, Store, SubmitRequest, TaskId,
+    TaskRecord, TaskStatus, TokenSigner, TokioClock, UserId, UserInput, VmSize,
 };
 use sam_providers::FakeProvider;
 use sam_store::MemoryStore;
@@ -35,9 +35,7 @@ struct Harness {
 }
 
 fn harness_on(store: Arc<dyn Store>, credential_key: Option<Secret>) -> Harness {
-    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
     let mut config = ControlPlaneConfig::new("d1", ProviderKind::Fake);
-    config.credential_key = credential_key;
     config.agent_credentials.insert(
         "claude".into(),
         PlatformCredential {
@@ -45,6 +43,17 @@ fn harness_on(store: Arc<dyn Store>, credential_key: Option<Secret>) -> Harness 
             secret: Secret::new(PLATFORM_KEY),
         },
     );
+    harness_with(store, credential_key, config)
+}
+
+/// A harness on `store` with `config` (the fake provider is the platform's).
+fn harness_with(
+    store: Arc<dyn Store>,
+    credential_key: Option<Secret>,
+    mut config: ControlPlaneConfig,
+) -> Harness {
+    let agent = Arc::new(FakeNodeAgent::new(FakeAgentScript::default()));
+    config.credential_key = credential_key;
     let parts = ControlPlaneParts {
         store: Arc::clone(&store),
         providers: vec![Arc::new(FakeProvider::new()) as Arc<dyn Provider>],
@@ -620,6 +629,71 @@ async fn setup_status_counts_what_the_user_chose_not_what_the_platform_offers() 
         [format!("provider:hetzner api_token (project {project})")]
     );
     assert!(!status.complete);
+}
+
+/// A user who chose the platform's AI and infrastructure counts as set up for both,
+/// and only while the platform offers them: a server without an agent credential of
+/// its own refuses the AI choice, and a choice recorded before counts no longer.
+#[tokio::test(start_paused = true)]
+async fn setup_choices_count_only_what_the_platform_offers() {
+    let h = harness();
+    let user = h.user().await;
+    let offers = h.cp.accounts().platform_offers();
+    assert!(
+        offers.platform_ai && offers.platform_infrastructure,
+        "{offers:?}"
+    );
+    let both = SetupChoices {
+        platform_ai: true,
+        platform_infrastructure: true,
+    };
+    assert_eq!(
+        h.cp.accounts()
+            .set_setup_choices(&user, both)
+            .await
+            .unwrap(),
+        both
+    );
+    let status = h.cp.accounts().setup_status(&user, None).await.unwrap();
+    assert_eq!(status.ai_access.how, ["the platform's AI (chosen)"]);
+    assert_eq!(
+        status.cloud_access.how,
+        ["the platform's infrastructure (chosen)"]
+    );
+    assert!(!status.complete, "repository access is still missing");
+
+    // The same users, served by a control plane with no AI of its own.
+    let bare = harness_with(
+        Arc::clone(&h.store),
+        Some(key(1)),
+        ControlPlaneConfig::new("d2", ProviderKind::Fake),
+    );
+    let status = bare.cp.accounts().setup_status(&user, None).await.unwrap();
+    assert!(
+        !status.ai_access.configured,
+        "a platform AI that is gone configures nothing"
+    );
+    assert!(status.cloud_access.configured);
+    match bare.cp.accounts().set_setup_choices(&user, both).await {
+        Err(Error::InvalidInput { field, .. }) => assert_eq!(field, "platform_ai"),
+        other => panic!("wanted the AI choice refused, got {other:?}"),
+    }
+    let infrastructure = SetupChoices {
+        platform_ai: false,
+        platform_infrastructure: true,
+    };
+    bare.cp
+        .accounts()
+        .set_setup_choices(&user, infrastructure)
+        .await
+        .unwrap();
+    let missing = UserId::new("u-missing").unwrap();
+    let e =
+        h.cp.accounts()
+            .set_setup_choices(&missing, infrastructure)
+            .await
+            .unwrap_err();
+    assert_eq!(e.category(), ErrorCategory::NotFound, "{e}");
 }
 
 /// A project's warm timeout decides how long the nodes provisioned for its tasks stay

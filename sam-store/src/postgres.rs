@@ -100,6 +100,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 11,
             sql: include_str!("../migrations/postgres/0011_task_events.sql"),
         },
+        Migration {
+            version: 12,
+            sql: include_str!("../migrations/postgres/0012_setup_choices.sql"),
+        },
     ],
 };
 
@@ -272,7 +276,8 @@ mod upgrade {
              ALTER TABLE nodes DROP COLUMN boot_timeline, DROP COLUMN boot_failure; \
              ALTER TABLE tasks DROP COLUMN node_replacements; ALTER TABLE tasks DROP COLUMN lease_epoch; \
              DROP TABLE task_events; DROP TABLE keys; \
-             DELETE FROM sam_store_migrations WHERE version IN (5, 6, 7, 8, 9, 10, 11);",
+             ALTER TABLE users DROP COLUMN platform_ai, DROP COLUMN platform_infrastructure; \
+             DELETE FROM sam_store_migrations WHERE version IN (5, 6, 7, 8, 9, 10, 11, 12);",
         )
         .await;
 

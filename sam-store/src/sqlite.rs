@@ -110,6 +110,10 @@ const STORE_SCHEMA: Schema = Schema {
             version: 11,
             sql: include_str!("../migrations/sqlite/0011_task_events.sql"),
         },
+        Migration {
+            version: 12,
+            sql: include_str!("../migrations/sqlite/0012_setup_choices.sql"),
+        },
     ],
 };
 

@@ -19,7 +19,7 @@ const APPLIED_AT: i64 = 1_795_262_400_000_000;
 /// The last version the earlier migrator applied: later ones only ever ran under sqlx's.
 const EARLIER_LAST: usize = 10;
 
-const SQLITE: [&str; 11] = [
+const SQLITE: [&str; 12] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_github.sql"),
     include_str!("../migrations/sqlite/0003_projects.sql"),
@@ -31,10 +31,11 @@ const SQLITE: [&str; 11] = [
     include_str!("../migrations/sqlite/0009_task_notices.sql"),
     include_str!("../migrations/sqlite/0010_keys.sql"),
     include_str!("../migrations/sqlite/0011_task_events.sql"),
+    include_str!("../migrations/sqlite/0012_setup_choices.sql"),
 ];
 
 #[cfg(feature = "postgres")]
-const POSTGRES: [&str; 11] = [
+const POSTGRES: [&str; 12] = [
     include_str!("../migrations/postgres/0001_initial.sql"),
     include_str!("../migrations/postgres/0002_github.sql"),
     include_str!("../migrations/postgres/0003_projects.sql"),
@@ -46,6 +47,7 @@ const POSTGRES: [&str; 11] = [
     include_str!("../migrations/postgres/0009_task_notices.sql"),
     include_str!("../migrations/postgres/0010_keys.sql"),
     include_str!("../migrations/postgres/0011_task_events.sql"),
+    include_str!("../migrations/postgres/0012_setup_choices.sql"),
 ];
 
 /// The checksum sqlx (its `migrate!` macro and its CLI alike) records for `sql`.

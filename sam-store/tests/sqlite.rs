@@ -153,7 +153,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 11
+                supported: 12
             }
         ),
         "{err:?}"
@@ -209,7 +209,7 @@ async fn a_version_1_database_is_migrated_to_projects_keeping_its_tasks() {
          ALTER TABLE nodes DROP COLUMN boot_timeline; ALTER TABLE nodes DROP COLUMN boot_failure; \
          ALTER TABLE tasks DROP COLUMN node_replacements; ALTER TABLE tasks DROP COLUMN lease_epoch; \
              DROP TABLE task_events; DROP TABLE keys; \
-         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5, 6, 7, 8, 9, 10, 11);",
+         DELETE FROM sam_store_migrations WHERE version IN (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);",
     )
     .await;
     let store = SqliteStore::new(&SqliteConfig::new(&path))

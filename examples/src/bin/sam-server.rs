@@ -10,8 +10,11 @@
 //! Every timeout is a key in seconds (`--agent-ready-secs`, `SAM_HEARTBEAT_STALE_SECS`,
 //! `lease_secs = 60` in the file, …), checked together at start: timeouts that
 //! contradict each other or the lease stop the server, naming the values.
-//! `--check-config` prints the configuration, then every timeout and the values they
-//! derive (sweep thresholds, lease renewal).
+//! `--check-config` prints the effective configuration as TOML, each key with a
+//! comment naming where its value came from (`# default`, `# from SAM_LISTEN`,
+//! `# from --listen`, `# from <file>`) and secrets as `***`, then, as comments, every
+//! timeout and the values they derive (sweep thresholds, lease renewal); it fails
+//! naming the variable when the selected provider's credentials are missing.
 //!
 //! `sam-server tokens create --name ci [--admin] [--expires-in-days 30]`, `sam-server
 //! tokens list` and `sam-server tokens revoke <id>` manage the API tokens in the
@@ -47,7 +50,8 @@ struct Cli {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Print the effective configuration (secrets hidden) and exit.
+    /// Print the effective configuration as TOML, with where each value came from
+    /// (secrets hidden), check the provider's credentials are present, and exit.
     #[arg(long)]
     #[serde(skip)]
     check_config: bool,
@@ -186,6 +190,10 @@ struct Cli {
     #[arg(long, help_heading = "Timeouts (seconds)")]
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_secs: Option<u64>,
+    /// Serve /metrics without an API token (for a scraper on a private network).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    metrics_public: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +355,34 @@ async fn manage_tokens(config: &ServerConfig, command: TokensCommand) -> anyhow:
     Ok(())
 }
 
+/// `--check-config`: prints the effective configuration as TOML, each value with
+/// where it came from and secrets as `***`, then checks that the selected
+/// provider's credentials (or, for QEMU, its image) are there. Fails naming the
+/// value or the variable at fault.
+fn check_config(cli: &Cli) -> ExitCode {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("sam-server: {e}");
+        ExitCode::FAILURE
+    };
+    let (config, sources) =
+        match ServerConfig::load_explained(cli.config.as_deref(), Serialized::globals(cli)) {
+            Ok(loaded) => loaded,
+            Err(e) => return fail(&e),
+        };
+    match config.check_report(&sources) {
+        Ok(report) => print!("{report}"),
+        Err(e) => return fail(&e),
+    }
+    // Building the provider reads its variables and checks them; it calls nobody.
+    match sam_examples::config::node_provider(config.provider, config.qemu_image.as_deref()) {
+        Ok(_) => {
+            println!("# provider `{}`: what it needs is present", config.provider);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format_args!("{e:#}")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -361,6 +397,9 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if cli.check_config {
+        return check_config(&cli);
+    }
     let config = match ServerConfig::load(cli.config.as_deref(), Serialized::globals(&cli)) {
         Ok(config) => config,
         Err(e) => {
@@ -368,18 +407,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if cli.check_config {
-        println!("{config:#?}");
-        // `load` has checked the timeouts: the report cannot fail here.
-        match config.timeouts_report() {
-            Ok(report) => print!("{report}"),
-            Err(e) => {
-                eprintln!("sam-server: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        return ExitCode::SUCCESS;
-    }
     let managed = match cli.command {
         Some(Command::Tokens(command)) => Some(manage_tokens(&config, command).await),
         Some(Command::Keys(command)) => Some(manage_keys(&config, command).await),

@@ -43,9 +43,6 @@ async fn main() -> ExitCode {
             }
         };
     }
-    // The agent's own log, on stderr (the node's journal or log file): plain lines
-    // at INFO unless `RUST_LOG` says otherwise.
-    sam_examples::logging::init(sam_examples::logging::LogFormat::Text);
     match sam_examples::node::run_vm_agent(
         cli.config.as_deref(),
         cli.callback_token_file.as_deref(),

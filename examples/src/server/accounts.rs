@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sam_core::{
     AgentProfileRecord, CredentialInput, CredentialOwner, CredentialTarget, CredentialView,
     ErrorCategory, ExternalInstallationId, GithubInstallation, ProfileId, ProfileInput, ProjectId,
-    ProjectInput, ProjectRecord, SetupStatus, UserId, UserInput, UserRecord,
+    ProjectInput, ProjectRecord, SetupChoices, SetupStatus, UserId, UserInput, UserRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -72,6 +72,29 @@ pub(super) async fn update_user(
             .update_user(&user, &input)
             .await?,
     ))
+}
+
+/// Records the platform resources the user chose for their setup
+/// (`{"platform_ai": true, "platform_infrastructure": false}`; a missing field is
+/// `false`), replacing their earlier choices, and answers the setup status that
+/// follows. A choice of something the platform does not offer (no agent credential,
+/// no provider of its own) is `400`, naming the field.
+#[utoipa::path(put, path = "/v1/users/{id}/setup", tag = "users", security(("bearer" = [])),
+    request_body(content = Object, description = "`platform_ai`, `platform_infrastructure`: booleans"),
+    responses(
+        (status = 200, description = "The setup status with the choices", body = Object),
+        (status = 400, description = "The platform does not offer a chosen resource", body = super::ErrorDoc),
+        (status = 404, description = "No such user", body = super::ErrorDoc)))]
+pub(super) async fn set_setup(
+    State(state): State<ApiState>,
+    UrlPath(raw): UrlPath<String>,
+    bytes: Bytes,
+) -> Json<SetupStatus> {
+    let user: UserId = path_id(&raw, "id")?;
+    let choices: SetupChoices = parse_body(&bytes)?;
+    let accounts = state.control_plane.accounts();
+    accounts.set_setup_choices(&user, choices).await?;
+    Ok(axum::Json(accounts.setup_status(&user, None).await?))
 }
 
 /// The query of `GET /v1/users/{id}/setup`.

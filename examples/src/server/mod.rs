@@ -22,7 +22,10 @@
 //! - `POST /v1/tasks/{id}/retry`, `POST /v1/tasks/{id}/fork` (`{"prompt": …}`) →
 //!   `202` [`Accepted`]: a new task recording its parent (`source` in its view)
 //! - `POST /v1/users`, `GET`/`PUT /v1/users/{id}`, `GET /v1/users/{id}/setup`
-//!   (`?project=<id>`): which of AI, cloud and repository access the user chose
+//!   (`?project=<id>`): which of AI, cloud and repository access the user chose;
+//!   `PUT /v1/users/{id}/setup` (`{"platform_ai": true, "platform_infrastructure":
+//!   false}`) records the user's choice of the platform's own AI or infrastructure,
+//!   which counts only while the platform offers it
 //! - `GET`/`POST /v1/projects`, `GET`/`PUT`/`DELETE /v1/projects/{id}`
 //! - `GET`/`POST /v1/projects/{id}/profiles`, `GET`/`PUT`/`DELETE
 //!   /v1/projects/{id}/profiles/{profile}`
@@ -38,6 +41,8 @@
 //!   answer shows the token this once) and revoke API tokens ([`tokens`])
 //! - `GET /v1/openapi.json`: the OpenAPI document of all of these and the callbacks
 //!   ([`openapi`]); like `/v1/health` it needs no token
+//! - `GET /metrics`: the Prometheus metrics ([`metrics`]); it needs a token unless
+//!   the server is configured with `metrics_public = true`
 //!
 //! [`routes`] lists every route the router serves; the router is built from the same
 //! table.
@@ -91,6 +96,7 @@ mod accounts;
 pub mod agent_download;
 mod auth;
 mod follow;
+pub mod metrics;
 mod nodes;
 mod routes;
 mod tasks;
@@ -133,6 +139,8 @@ pub struct ServerOptions {
     pub github: Option<Arc<dyn RepositoryHost>>,
     /// The VM agent binary served at [`agent_download::PATH`]; `None` answers `404`.
     pub agent_binary: Option<agent_download::AgentBinary>,
+    /// Whether [`metrics::PATH`] is served without an API token.
+    pub metrics_public: bool,
 }
 
 impl ServerOptions {
@@ -183,6 +191,7 @@ impl ServerOptions {
             embedded,
             github,
             agent_binary: delivery.and_then(|d| d.served().cloned()),
+            metrics_public: config.metrics_public,
         })
     }
 }
@@ -235,6 +244,8 @@ impl Server {
         };
         let mut embedded_options = options.embedded;
         embedded_options.callbacks = CallbackServing::External(public_url);
+        let metrics = Arc::new(metrics::Metrics::new());
+        embedded_options.provider_layer = Some(Arc::clone(&metrics) as _);
         let data_dir: PathBuf = embedded_options.data_dir.clone();
         let embedded = Embedded::start(embedded_options).await?;
         let token = match options.api_token {
@@ -252,7 +263,10 @@ impl Server {
         tokens::register_bootstrap(store.as_ref(), &token, Utc::now()).await?;
 
         let (stop, stopped) = watch::channel(false);
+        metrics.listen(&embedded.control_plane, stopped.clone());
         let state = ApiState {
+            metrics,
+            metrics_public: options.metrics_public,
             control_plane: embedded.control_plane.clone(),
             catalog: Arc::new(embedded.catalog().clone()),
             stopped: stopped.clone(),
@@ -304,6 +318,10 @@ pub struct ApiState {
     pub github: Arc<dyn RepositoryHost>,
     /// The VM agent binary served at [`agent_download::PATH`], if any.
     pub agent_binary: Option<agent_download::AgentBinary>,
+    /// The series of [`metrics::PATH`].
+    pub metrics: Arc<metrics::Metrics>,
+    /// Whether [`metrics::PATH`] is served without an API token.
+    pub metrics_public: bool,
 }
 
 /// The GitHub of a server without a GitHub App: every request is `invalid_config`.
@@ -359,12 +377,24 @@ pub fn api_router(state: ApiState) -> Router {
             auth::authenticate,
         ))
         .with_state(state.clone());
+    // Scrapers call with an API token unless the operator made the metrics public.
+    let mut scrape = Router::new().route(metrics::PATH, axum::routing::get(metrics::scrape));
+    if !state.metrics_public {
+        scrape = scrape.route_layer(axum::middleware::from_fn_with_state(
+            state.control_plane.clone(),
+            auth::authenticate,
+        ));
+    }
+    let scrape = scrape.with_state((state.metrics.clone(), state.control_plane.clone()));
+    let timing =
+        axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::time_requests);
     routes::public_routes()
         .into_iter()
         .fold(Router::new(), |router, (_, path, method)| {
             router.route(path, method)
         })
         .merge(user)
+        .merge(scrape)
         .layer(axum::Extension(state.agent_binary.clone()))
         // The git and callback routers run to completion by themselves.
         .layer(axum::middleware::from_fn(
@@ -382,6 +412,7 @@ pub fn api_router(state: ApiState) -> Router {
         ))
         // Every failure is JSON, axum's own rejections included.
         .layer(axum::middleware::from_fn(sam_agent::serve::json_errors))
+        .layer(timing)
         .layer(axum::middleware::from_fn(request_id))
 }
 

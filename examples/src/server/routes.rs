@@ -83,6 +83,7 @@ pub(super) fn user_routes() -> Vec<RouteEntry<ApiState>> {
         entry(Verb::Get, "/v1/users/{id}", accounts::get_user),
         entry(Verb::Put, "/v1/users/{id}", accounts::update_user),
         entry(Verb::Get, "/v1/users/{id}/setup", accounts::setup),
+        entry(Verb::Put, "/v1/users/{id}/setup", accounts::set_setup),
         entry(
             Verb::Get,
             "/v1/users/{id}/credentials",
@@ -188,7 +189,7 @@ pub fn routes() -> Vec<(Verb, &'static str)> {
         health, openapi_json, tasks::submit, tasks::list, tasks::task, tasks::cancel,
         follow::events, nodes::nodes, nodes::node, nodes::catalog,
         tasks::retry, tasks::fork, accounts::create_user, accounts::get_user,
-        accounts::update_user, accounts::setup, accounts::user_credentials,
+        accounts::update_user, accounts::setup, accounts::set_setup, accounts::user_credentials,
         accounts::set_user_credential, accounts::delete_user_credential,
         accounts::list_projects, accounts::create_project, accounts::get_project,
         accounts::update_project, accounts::delete_project, accounts::project_credentials,

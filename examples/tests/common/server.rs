@@ -128,6 +128,18 @@ pub(crate) fn server_command_of(
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SAM_")) {
         command.env_remove(key);
     }
+    // No agent key of the machine running the tests becomes the server's own: a
+    // test that wants the platform to have one passes it in `env`.
+    for agent in ["claude", "codex", "gemini", "opencode", "demo", "custom"] {
+        for kind in [
+            sam_core::CredentialKind::ApiKey,
+            sam_core::CredentialKind::OauthToken,
+        ] {
+            if let Some(var) = sam_core::agent_env_var(agent, kind) {
+                command.env_remove(var);
+            }
+        }
+    }
     command
         .env("SAM_API_TOKEN", TOKEN)
         .envs(env.iter().copied());

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::{ControlPlane, LayerSettings, invalid, missing};
 use crate::credential::{
     CredentialKind, CredentialOwner, CredentialRecord, CredentialTarget, CredentialView,
-    SetupStatus, agent_env_var, check_credential, setup_status,
+    SetupChoices, SetupStatus, agent_env_var, check_credential, setup_status,
 };
 use crate::error::{Classify, ErrorCategory};
 use crate::failure::Error;
@@ -398,10 +398,11 @@ impl Accounts<'_> {
         Ok(self.cp.store.delete_credential(owner, target).await?)
     }
 
-    /// Which of AI, cloud and repository access a user has configured, and how:
-    /// from the user's credentials and those of the projects they own (or only
-    /// `project`, when given) and the user's GitHub installation links, never from
-    /// what the platform offers.
+    /// Which parts of setup `user` configured: computed from the credentials of the
+    /// user and of their projects (only `project`'s, when given), the user's GitHub
+    /// installation links and the platform resources the user chose
+    /// ([`Accounts::set_setup_choices`]) while the platform still offers them; never
+    /// from what the platform offers alone.
     ///
     /// # Errors
     /// `not_found` for an unknown user or project; store failures.
@@ -433,7 +434,62 @@ impl Accounts<'_> {
             credentials.extend(self.cp.store.list_credentials(owner).await?);
         }
         let installations = self.cp.store.list_github_installations(user).await?;
-        Ok(setup_status(&credentials, &installations))
+        let chose = self
+            .cp
+            .store
+            .setup_choices(user)
+            .await?
+            .ok_or_else(|| missing(format_args!("user {user}")))?;
+        Ok(setup_status(
+            &credentials,
+            &installations,
+            chose,
+            self.platform_offers(),
+        ))
+    }
+
+    /// What the platform offers a user in place of their own: its AI when it has
+    /// an agent credential of its own ([`crate::ControlPlaneConfig::agent_credentials`]),
+    /// its infrastructure when it has a provider of its own.
+    pub fn platform_offers(&self) -> SetupChoices {
+        SetupChoices {
+            platform_ai: !self.cp.config.agent_credentials.is_empty(),
+            platform_infrastructure: self.cp.providers.platform_kinds().next().is_some(),
+        }
+    }
+
+    /// Records the platform resources `user` chose for their setup, replacing their
+    /// earlier choices; returns them. A choice of something the platform does not
+    /// offer ([`Accounts::platform_offers`]) is refused, so a user cannot count as
+    /// set up on a platform AI or infrastructure that does not exist.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown user; [`Error::InvalidInput`] naming
+    /// `platform_ai` or `platform_infrastructure` when the platform does not offer
+    /// it; store failures.
+    pub async fn set_setup_choices(
+        &self,
+        user: &UserId,
+        choices: SetupChoices,
+    ) -> Result<SetupChoices, Error> {
+        self.check_owner(Some(user)).await?;
+        let offers = self.platform_offers();
+        if choices.platform_ai && !offers.platform_ai {
+            return Err(invalid(
+                "platform_ai",
+                "this platform has no AI of its own to use (no agent credential is configured); \
+                 set an agent credential of your own instead",
+            ));
+        }
+        if choices.platform_infrastructure && !offers.platform_infrastructure {
+            return Err(invalid(
+                "platform_infrastructure",
+                "this platform has no infrastructure of its own to use (no provider is \
+                 configured); set a provider credential of your own instead",
+            ));
+        }
+        self.cp.store.set_setup_choices(user, choices).await?;
+        Ok(choices)
     }
 
     /// Links `user` to the GitHub App installation `external`, after asking GitHub

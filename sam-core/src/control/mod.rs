@@ -167,6 +167,9 @@ pub struct ControlPlane {
     /// The state of the seeded sequence, shared by clones; `None` when unseeded.
     seeded: Option<Arc<std::sync::Mutex<u64>>>,
     cipher: Option<CredentialCipher>,
+    /// Steps of this process stopped because their task's lease was taken over,
+    /// shared by clones ([`ControlPlane::leases_lost`]).
+    leases_lost: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A random 64-bit value from the standard library's per-process random keys.
@@ -246,6 +249,7 @@ impl ControlPlane {
                 .map(|seed| Arc::new(std::sync::Mutex::new(seed))),
             config,
             events,
+            leases_lost: Arc::default(),
         })
     }
 
@@ -294,6 +298,14 @@ impl ControlPlane {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// How many steps this control plane (and its clones) stopped because their
+    /// task's lease expired and another driver took the task over, since it was
+    /// built. A driver that died counts nothing: the count is kept by the driver
+    /// that lost the lease, for its metrics.
+    pub fn leases_lost(&self) -> u64 {
+        self.leases_lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Subscribes to transcript entries as they are written by this process, from now

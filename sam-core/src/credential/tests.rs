@@ -160,7 +160,7 @@ fn resolution_prefers_the_project_then_the_user() {
 #[test]
 fn setup_status_counts_only_what_the_user_configured() {
     let user = CredentialOwner::User(UserId::new("u-1").unwrap());
-    let empty = setup_status(&[], &[]);
+    let empty = setup_status(&[], &[], SetupChoices::default(), SetupChoices::default());
     assert!(!empty.ai_access.configured && !empty.cloud_access.configured);
     assert!(!empty.complete);
     let status = setup_status(
@@ -172,6 +172,8 @@ fn setup_status_counts_only_what_the_user_configured() {
             ),
         ],
         &[],
+        SetupChoices::default(),
+        SetupChoices::default(),
     );
     assert!(status.ai_access.configured);
     assert_eq!(status.ai_access.how, ["agent:claude api_key (user)"]);
@@ -193,6 +195,8 @@ fn setup_status_counts_linked_github_installations_as_repository_access() {
             record(user, "provider:hetzner"),
         ],
         &[link],
+        SetupChoices::default(),
+        SetupChoices::default(),
     );
     assert!(status.repository_access.configured);
     assert_eq!(
@@ -200,6 +204,71 @@ fn setup_status_counts_linked_github_installations_as_repository_access() {
         ["GitHub App installation 4242"]
     );
     assert!(status.complete);
+}
+
+/// Every combination of what the user chose and what the platform offers, with and
+/// without a credential of the user's own: a part is configured when the user set a
+/// credential for it or chose the platform's while the platform offers it, never
+/// because the platform merely offers it.
+#[test]
+fn setup_status_counts_a_platform_choice_only_where_the_platform_offers_it() {
+    let user = CredentialOwner::User(UserId::new("u-1").unwrap());
+    let link = crate::testkit::fixtures::github_installation("u-1", 4242, 0);
+    let bools = [false, true];
+    for (chose_ai, chose_infra, offers_ai, offers_infra, own_ai, own_cloud) in bools
+        .into_iter()
+        .flat_map(|a| bools.map(move |b| (a, b)))
+        .flat_map(|(a, b)| bools.map(move |c| (a, b, c)))
+        .flat_map(|(a, b, c)| bools.map(move |d| (a, b, c, d)))
+        .flat_map(|(a, b, c, d)| bools.map(move |e| (a, b, c, d, e)))
+        .flat_map(|(a, b, c, d, e)| bools.map(move |f| (a, b, c, d, e, f)))
+    {
+        let chose = SetupChoices {
+            platform_ai: chose_ai,
+            platform_infrastructure: chose_infra,
+        };
+        let offers = SetupChoices {
+            platform_ai: offers_ai,
+            platform_infrastructure: offers_infra,
+        };
+        let mut credentials = Vec::new();
+        if own_ai {
+            credentials.push(record(user.clone(), "agent:claude"));
+        }
+        if own_cloud {
+            credentials.push(record(user.clone(), "provider:hetzner"));
+        }
+        let case =
+            format!("chose {chose:?}, offers {offers:?}, own ai {own_ai}, own cloud {own_cloud}");
+        let status = setup_status(&credentials, std::slice::from_ref(&link), chose, offers);
+        let ai = own_ai || (chose_ai && offers_ai);
+        let cloud = own_cloud || (chose_infra && offers_infra);
+        assert_eq!(status.ai_access.configured, ai, "{case}");
+        assert_eq!(status.cloud_access.configured, cloud, "{case}");
+        assert_eq!(status.complete, ai && cloud, "{case}");
+        assert_eq!(
+            status
+                .ai_access
+                .how
+                .iter()
+                .any(|h| h == "the platform's AI (chosen)"),
+            chose_ai && offers_ai,
+            "{case}"
+        );
+        assert_eq!(
+            status
+                .cloud_access
+                .how
+                .iter()
+                .any(|h| h == "the platform's infrastructure (chosen)"),
+            chose_infra && offers_infra,
+            "{case}"
+        );
+        // Offering alone never configures anything.
+        if !chose_ai && !own_ai {
+            assert!(!status.ai_access.configured, "{case}");
+        }
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::api_token::ApiTokenRecord;
-use crate::credential::{CredentialOwner, CredentialRecord, CredentialTarget};
+use crate::credential::{CredentialOwner, CredentialRecord, CredentialTarget, SetupChoices};
 use crate::error::StoreError;
 use crate::github::{GithubInstallation, InstallationKey};
 use crate::model::{ProfileId, ProjectId, UserId};
@@ -38,6 +38,12 @@ use crate::store::Store;
 ///   revocation time once; `touch_api_token` changes the last use only;
 ///   `rotate_bootstrap_api_token` leaves exactly one unrevoked bootstrap token, in
 ///   one transaction.
+/// - **Setup choices belong to a user and are written apart from it**:
+///   `set_setup_choices` replaces a stored user's choices (`NotFound` for an unknown
+///   user) and changes nothing else of the user; `put_user` never changes them, so
+///   a user's name and settings and their choices can change at once without one
+///   undoing the other. A user who never chose has [`SetupChoices::default`];
+///   `setup_choices` of an unknown user is `None`.
 /// - **Credentials are upserted by `(owner, target)`** and listed per owner ordered
 ///   by target; the store keeps them sealed and never opens them.
 #[async_trait]
@@ -128,6 +134,24 @@ pub trait AccountStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend or decoding failures.
     async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Replaces the platform resources `user` chose for their setup, leaving the
+    /// rest of the user as it is.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown user; backend failures.
+    async fn set_setup_choices(
+        &self,
+        user: &UserId,
+        choices: SetupChoices,
+    ) -> Result<(), StoreError>;
+
+    /// The platform resources `user` chose for their setup (the default when they
+    /// never chose); `None` for an unknown user.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn setup_choices(&self, user: &UserId) -> Result<Option<SetupChoices>, StoreError>;
 
     /// Writes a project, replacing any project with the same id.
     ///

@@ -437,6 +437,23 @@ macro_rules! delegate_store {
                     .get_user(id)
                     .await
             }
+            async fn set_setup_choices(
+                &self,
+                user: &$crate::UserId,
+                choices: $crate::SetupChoices,
+            ) -> $crate::store::__private::Result<()> {
+                ($route)(self, "set_setup_choices", $crate::store::StoreAccess::Write)
+                    .set_setup_choices(user, choices)
+                    .await
+            }
+            async fn setup_choices(
+                &self,
+                user: &$crate::UserId,
+            ) -> $crate::store::__private::Result<::core::option::Option<$crate::SetupChoices>> {
+                ($route)(self, "setup_choices", $crate::store::StoreAccess::Read)
+                    .setup_choices(user)
+                    .await
+            }
             async fn put_project(
                 &self,
                 project: &$crate::ProjectRecord,

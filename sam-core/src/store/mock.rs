@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{AccountStore, FleetStore, TaskStore};
 use crate::api_token::ApiTokenRecord;
-use crate::credential::{CredentialOwner, CredentialRecord, CredentialTarget};
+use crate::credential::{CredentialOwner, CredentialRecord, CredentialTarget, SetupChoices};
 use crate::error::StoreError;
 use crate::github::{GithubInstallation, InstallationKey};
 use crate::model::{
@@ -153,6 +153,12 @@ mockall::mock! {
         async fn delete_github_installation(&self, key: &InstallationKey) -> Result<(), StoreError>;
         async fn put_user(&self, user: &UserRecord) -> Result<(), StoreError>;
         async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError>;
+        async fn set_setup_choices(
+            &self,
+            user: &UserId,
+            choices: SetupChoices,
+        ) -> Result<(), StoreError>;
+        async fn setup_choices(&self, user: &UserId) -> Result<Option<SetupChoices>, StoreError>;
         async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError>;
         async fn get_project(&self, id: &ProjectId) -> Result<Option<ProjectRecord>, StoreError>;
         async fn list_projects(&self) -> Result<Vec<ProjectRecord>, StoreError>;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sam_core::{
     AccountStore, AgentProfileRecord, ApiTokenKind, ApiTokenRecord, CredentialOwner,
     CredentialRecord, CredentialTarget, GithubInstallation, InstallationKey, ProfileId, ProjectId,
-    ProjectRecord, StoreError, UserId, UserRecord,
+    ProjectRecord, SetupChoices, StoreError, UserId, UserRecord,
 };
 
 use super::{MemoryStore, by_creation};
@@ -132,6 +132,27 @@ impl AccountStore for MemoryStore {
 
     async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.state().users.get(id).cloned())
+    }
+
+    async fn set_setup_choices(
+        &self,
+        user: &UserId,
+        choices: SetupChoices,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if !state.users.contains_key(user) {
+            return Err(Error::not_found(format!("user {user}")).into());
+        }
+        state.setup_choices.insert(user.clone(), choices);
+        Ok(())
+    }
+
+    async fn setup_choices(&self, user: &UserId) -> Result<Option<SetupChoices>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .users
+            .contains_key(user)
+            .then(|| state.setup_choices.get(user).copied().unwrap_or_default()))
     }
 
     async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {

@@ -9,8 +9,8 @@ use foldhash::HashMap;
 use sam_core::{
     AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord, CredentialTarget,
     GithubInstallation, InstallationKey, KeyRecord, NodeId, NodeLifecycle, NodeRecord,
-    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, Reservation, StatusEvent, TaskEvent,
-    TaskId, TaskRecord, UserId, UserRecord, WorkspaceId, WorkspaceRecord,
+    PlacementCandidate, ProfileId, ProjectId, ProjectRecord, Reservation, SetupChoices,
+    StatusEvent, TaskEvent, TaskId, TaskRecord, UserId, UserRecord, WorkspaceId, WorkspaceRecord,
 };
 
 use crate::error::Error;
@@ -49,6 +49,8 @@ struct State {
     tokens: BTreeMap<String, ApiTokenRecord>,
     installations: BTreeMap<InstallationKey, GithubInstallation>,
     users: BTreeMap<UserId, UserRecord>,
+    /// Each user's setup choices, kept apart from the user as the contract asks.
+    setup_choices: BTreeMap<UserId, SetupChoices>,
     projects: BTreeMap<ProjectId, ProjectRecord>,
     profiles: BTreeMap<ProfileId, AgentProfileRecord>,
     credentials: BTreeMap<(CredentialOwner, CredentialTarget), CredentialRecord>,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sam_core::{
     AccountStore, AgentProfileRecord, ApiTokenRecord, CredentialOwner, CredentialRecord,
     CredentialTarget, GithubInstallation, InstallationKey, ProfileId, ProjectId, ProjectRecord,
-    StoreError, UserId, UserRecord,
+    SetupChoices, StoreError, UserId, UserRecord,
 };
 use sqlx::any::Any;
 
@@ -331,6 +331,35 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
     async fn get_user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
         let q = query("SELECT id, body FROM users WHERE id = $1").bind(id.to_string());
         Ok(self.fetch_optional(q, rows::user, "reading a user").await?)
+    }
+
+    async fn set_setup_choices(
+        &self,
+        user: &UserId,
+        choices: SetupChoices,
+    ) -> Result<(), StoreError> {
+        let context = "writing a user's setup choices";
+        // One statement: the body (name, settings) is not touched.
+        let done =
+            query("UPDATE users SET platform_ai = $1, platform_infrastructure = $2 WHERE id = $3")
+                .bind(i64::from(choices.platform_ai))
+                .bind(i64::from(choices.platform_infrastructure))
+                .bind(user.to_string())
+                .execute(&self.writer)
+                .await
+                .map_err(Self::db(context))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found(format!("user {user}")).into());
+        }
+        Ok(())
+    }
+
+    async fn setup_choices(&self, user: &UserId) -> Result<Option<SetupChoices>, StoreError> {
+        let q = query("SELECT id, platform_ai, platform_infrastructure FROM users WHERE id = $1")
+            .bind(user.to_string());
+        Ok(self
+            .fetch_optional(q, rows::setup_choices, "reading a user's setup choices")
+            .await?)
     }
 
     async fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {

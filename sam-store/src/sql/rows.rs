@@ -364,6 +364,21 @@ pub(crate) fn user(row: &AnyRow) -> Result<sam_core::UserRecord, Error> {
     Columns::new(row, "users").json("body")
 }
 
+/// Decodes a user's setup choices from their `users` row (1 is chosen).
+pub(crate) fn setup_choices(row: &AnyRow) -> Result<sam_core::SetupChoices, Error> {
+    let columns = Columns::new(row, "users");
+    let chosen = |column| {
+        columns
+            .opt_int(column)?
+            .map(|v| v != 0)
+            .ok_or_else(|| columns.bad(column, "unexpected NULL"))
+    };
+    Ok(sam_core::SetupChoices {
+        platform_ai: chosen("platform_ai")?,
+        platform_infrastructure: chosen("platform_infrastructure")?,
+    })
+}
+
 /// Decodes a `projects` row.
 pub(crate) fn project(row: &AnyRow) -> Result<sam_core::ProjectRecord, Error> {
     Columns::new(row, "projects").json("body")

@@ -205,6 +205,8 @@ impl ControlPlane {
                 // Another driver holds the task now: it decides what comes next, and
                 // this one writes nothing more.
                 tracing::warn!(task = %id, error = %e, "the step lost its lease; it stops here");
+                self.leases_lost
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
             Err(e) if e.category().is_retryable() || matches!(e, Error::Store(_)) => {

@@ -2,7 +2,7 @@
 //! contract: API tokens, GitHub installation links, users, projects, profiles and
 //! credentials.
 
-use crate::credential::{CredentialOwner, CredentialTarget};
+use crate::credential::{CredentialOwner, CredentialTarget, SetupChoices};
 use crate::error::StoreErrorKind;
 use crate::github::GithubInstallation;
 use crate::model::{ProviderKind, UserId};
@@ -345,6 +345,79 @@ pub async fn users_round_trip_and_upsert(store: &dyn Store) {
         store.get_user(&missing).await.expect(clause),
         None,
         "{clause}"
+    );
+}
+
+/// Setup choices belong to a stored user: a new user chose nothing, a choice is read
+/// back as written, writing the user keeps it, writing it keeps the user, and an
+/// unknown user has none and cannot choose.
+pub async fn setup_choices_are_kept_apart_from_the_user(store: &dyn Store) {
+    let clause = "setup choices are kept apart from the user";
+    let mut u = user("u-1", 0);
+    store.put_user(&u).await.expect(clause);
+    assert_eq!(
+        store.setup_choices(&u.id).await.expect(clause),
+        Some(SetupChoices::default()),
+        "a user who never chose chose nothing"
+    );
+    for choices in [
+        SetupChoices {
+            platform_ai: true,
+            platform_infrastructure: false,
+        },
+        SetupChoices {
+            platform_ai: false,
+            platform_infrastructure: true,
+        },
+        SetupChoices {
+            platform_ai: true,
+            platform_infrastructure: true,
+        },
+    ] {
+        store.set_setup_choices(&u.id, choices).await.expect(clause);
+        assert_eq!(
+            store.setup_choices(&u.id).await.expect(clause),
+            Some(choices),
+            "{clause}: read back as written"
+        );
+        assert_eq!(
+            store.get_user(&u.id).await.expect(clause),
+            Some(u.clone()),
+            "{clause}: the user's body is untouched"
+        );
+    }
+    u.name = "renamed".into();
+    u.updated_at = at(5);
+    store.put_user(&u).await.expect(clause);
+    assert_eq!(
+        store.setup_choices(&u.id).await.expect(clause),
+        Some(SetupChoices {
+            platform_ai: true,
+            platform_infrastructure: true,
+        }),
+        "{clause}: writing the user keeps the choices"
+    );
+    store
+        .set_setup_choices(&u.id, SetupChoices::default())
+        .await
+        .expect(clause);
+    assert_eq!(
+        store.setup_choices(&u.id).await.expect(clause),
+        Some(SetupChoices::default()),
+        "{clause}: a choice can be taken back"
+    );
+    let missing = UserId::new("u-missing").expect("valid id");
+    assert_eq!(
+        store.setup_choices(&missing).await.expect(clause),
+        None,
+        "an unknown user has no choices"
+    );
+    expect_kind(
+        store
+            .set_setup_choices(&missing, SetupChoices::default())
+            .await,
+        StoreErrorKind::NotFound,
+        "an unknown user cannot choose",
     );
 }
 

@@ -123,6 +123,7 @@ macro_rules! store_conformance {
             concurrent_warm_claims_have_one_winner,
             concurrent_reservations_never_over_commit,
             users_round_trip_and_upsert,
+            setup_choices_are_kept_apart_from_the_user,
             projects_round_trip_and_list_in_order,
             profiles_are_listed_per_project_in_order,
             profile_names_are_unique_per_project,
