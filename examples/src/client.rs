@@ -506,9 +506,7 @@ pub fn node_table(nodes: &[NodeView], now: chrono::DateTime<chrono::Utc>) -> Str
     lines.join("\n")
 }
 
-/// `sam catalog`'s text: the provider and each size with its specs, taken from the
-/// catalog's server types where the server sent them (a local provider's are the
-/// nominal capacities its nodes are placed by, and say so).
+/// `sam catalog`'s text: the provider and each size as the one formatter shows it.
 pub fn catalog_text(catalog: &CatalogView) -> String {
     let mut lines = vec![format!(
         "{} (default location: {})",
@@ -519,21 +517,7 @@ pub fn catalog_text(catalog: &CatalogView) -> String {
             .map_or_else(|| "none".to_owned(), ToString::to_string)
     )];
     for size in &catalog.sizes {
-        // The one formatter's line, unless it lacks the specs the JSON has: the
-        // local provider's, which are nominal (its nodes share this machine).
-        let text = match catalog.catalog.server_type(size.size) {
-            Some(t) if size.display.contains(sam_providers::SPECS_UNAVAILABLE) => {
-                let disk = t
-                    .disk_gb
-                    .map_or_else(String::new, |gb| format!(" · {gb} GB disk"));
-                format!(
-                    "{} · {} vCPU · {} GB RAM{disk} (nominal: nodes share this machine)",
-                    t.name, t.vcpu, t.memory_gb
-                )
-            }
-            _ => size.display.clone(),
-        };
-        lines.push(format!("  {:<7} {text}", size.size.to_string()));
+        lines.push(format!("  {:<7} {}", size.size.to_string(), size.display));
     }
     lines.join("\n")
 }

@@ -52,7 +52,7 @@ use crate::embedded::NodeProvider;
 use crate::logging::LogFormat;
 
 /// The fields `SAM_*` environment variables may set (upper-cased, after `SAM_`).
-pub const ENV_KEYS: [&str; 34] = [
+pub const ENV_KEYS: [&str; 35] = [
     "listen",
     "data_dir",
     "local_root",
@@ -87,6 +87,7 @@ pub const ENV_KEYS: [&str; 34] = [
     "agent_idle_secs",
     "git_command_secs",
     "metrics_public",
+    "transcript_retention_days",
 ];
 
 /// Each [`TimeoutPolicy`] field (and the lease) with the key that sets it, in the
@@ -306,6 +307,10 @@ pub struct ServerConfig {
     /// also the one nodes call back on.
     #[serde(default)]
     pub metrics_public: bool,
+    /// How many days a task's transcript is kept after the task ended (0 keeps it
+    /// for good; at most 36,500). Default 30.
+    #[serde(default = "default_transcript_retention_days")]
+    pub transcript_retention_days: u32,
 }
 
 /// A secret as `***` (and nothing when it is not set).
@@ -417,6 +422,10 @@ fn default_git_command_secs() -> u64 {
 
 const fn default_node_replacements() -> u32 {
     1
+}
+
+const fn default_transcript_retention_days() -> u32 {
+    30
 }
 
 /// A configuration that cannot be used.
@@ -604,6 +613,15 @@ impl ServerConfig {
         {
             return invalid("credential_key", &e.to_string());
         }
+        if self.transcript_retention_days > 36_500 {
+            return invalid(
+                "transcript_retention_days",
+                &format!(
+                    "must be 0 (keep for good) to 36500, not {}",
+                    self.transcript_retention_days
+                ),
+            );
+        }
         if self.node_replacements > 10 {
             return invalid(
                 "node_replacements",
@@ -699,6 +717,14 @@ impl ServerConfig {
     /// How long a runner's lease on a task lasts.
     pub const fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
+    }
+
+    /// How long a transcript is kept after its task ended; `None` keeps it for good.
+    pub const fn transcript_retention(&self) -> Option<Duration> {
+        match self.transcript_retention_days {
+            0 => None,
+            days => Some(Duration::from_secs(days as u64 * 24 * 3600)),
+        }
     }
 
     /// The timeout policy the timeout keys describe.
@@ -963,6 +989,15 @@ mod tests {
         check(
             serde_json::json!({"heartbeat_interval_secs": 7200}),
             Some("heartbeat_interval_secs"),
+        );
+        check(serde_json::json!({"transcript_retention_days": 0}), None);
+        check(
+            serde_json::json!({"transcript_retention_days": 36_500}),
+            None,
+        );
+        check(
+            serde_json::json!({"transcript_retention_days": 36_501}),
+            Some("transcript_retention_days"),
         );
         check(serde_json::json!({"node_replacements": 0}), None);
         check(serde_json::json!({"node_replacements": 3}), None);

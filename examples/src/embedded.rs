@@ -122,6 +122,9 @@ pub struct EmbeddedOptions {
     pub lease: Duration,
     /// How many times one task may move off a node it lost.
     pub node_replacements: u32,
+    /// How long a task's transcript is kept after the task ended; `None` keeps it
+    /// for good.
+    pub transcript_retention: Option<Duration>,
     /// A PostgreSQL URL; `None` keeps state in SQLite at `<data dir>/sam.db`.
     pub database_url: Option<Secret>,
     /// The PostgreSQL schema for the tables (created if missing); `None` uses the
@@ -311,6 +314,8 @@ impl EmbeddedOptions {
             },
             lease: Duration::from_secs(60),
             node_replacements: 1,
+            transcript_retention: ControlPlaneConfig::new("", ProviderKind::Local)
+                .transcript_retention,
             database_url: None,
             database_schema: None,
             callbacks: CallbackServing::Loopback,
@@ -735,6 +740,7 @@ impl Embedded {
         config.timeouts = options.timeouts;
         config.lease = options.lease;
         config.node_replacements = options.node_replacements;
+        config.transcript_retention = options.transcript_retention;
         config.agents.push(CUSTOM_AGENT.to_owned());
         config.credential_key = options.credential_key.clone();
         config.agent_credentials = options.agent_credentials.clone();

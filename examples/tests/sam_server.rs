@@ -1216,18 +1216,58 @@ async fn a_task_runs_with_state_in_postgres() {
     let repo = repo();
     let data = tempfile::tempdir().unwrap();
     let _nodes = StopNodes(data.path().to_owned());
-    let server = ServerProcess::start_with(
-        data.path(),
-        &["--database-schema", &schema],
-        &[("SAM_DATABASE_URL", &url)],
-    )
-    .await;
+    // Two servers on one database and one local fleet, sharing a credential key (so
+    // the signing and node keys in the database are both's). Nodes call back to the
+    // first only, whichever drives the task: the second hears no callback, and
+    // serves the same transcript from the store.
+    let fleet = tempfile::tempdir().unwrap();
+    let _fleet_nodes = StopNodes(fleet.path().to_owned());
+    let other_data = tempfile::tempdir().unwrap();
+    let (port, other_port) = (free_port(), free_port());
+    let public = format!("http://127.0.0.1:{port}");
+    let fleet_root = fleet.path().display().to_string();
+    let start = |data: &std::path::Path, port: u16| {
+        let mut command = server_command(
+            data,
+            port,
+            &["--database-schema", &schema, "--public-url", &public],
+            &[
+                ("SAM_DATABASE_URL", &url),
+                ("SAM_LOCAL_ROOT", &fleet_root),
+                (
+                    "SAM_CREDENTIAL_KEY",
+                    "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+                ),
+            ],
+        );
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        ServerProcess::launch(command, port)
+    };
+    let server = start(data.path(), port).await;
+    let other = start(other_data.path(), other_port).await;
     let http = reqwest::Client::new();
 
-    let (id, events) = submit_and_follow(&server, &http, repo.path()).await;
+    let (status, accepted) = call(
+        http.post(server.url("/v1/tasks"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"repo": repo.path(), "prompt": "say hello", "agent": "demo"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().expect("an id").to_owned();
+    let path = format!("/v1/tasks/{id}/events");
+    let (here, there) = (server.url(&path), other.url(&path));
+    let (events, elsewhere) = tokio::join!(read_events(&http, &here), read_events(&http, &there));
     let (last, end) = events.last().expect("events");
     assert_eq!(last, "status", "{events:?}");
     assert_eq!(end["kind"]["status"], "completed", "{end}");
+    assert_eq!(
+        elsewhere, events,
+        "a client of the other server sees every entry, live"
+    );
+    assert_eq!(other.terminate().await.code(), Some(0));
     let (_, task) = call(
         http.get(server.url(&format!("/v1/tasks/{id}")))
             .bearer_auth(TOKEN),

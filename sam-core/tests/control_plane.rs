@@ -2230,3 +2230,42 @@ async fn a_node_boots_with_one_key_kept_sealed_in_the_store() {
         .unwrap();
     assert_eq!(store.get_key(KeyPurpose::Node, node).await.unwrap(), None);
 }
+
+/// The sweep deletes the transcripts of tasks that ended longer ago than the
+/// retention, and keeps the rest; no retention keeps everything.
+#[tokio::test(start_paused = true)]
+async fn the_sweep_prunes_transcripts_past_their_retention() {
+    for retention in [Some(Duration::from_secs(3600)), None] {
+        let mut config = config("d1");
+        config.transcript_retention = retention;
+        let h = harness(config);
+        let ended = h.cp.submit(&request(&[])).await.unwrap();
+        assert_eq!(h.run(&ended, HOUR).await.status, TaskStatus::Completed);
+        let all = sam_core::TranscriptQuery::after(0, 1000);
+        let kept = h.cp.transcript(&ended, &all).await.unwrap();
+        assert!(
+            kept.iter().any(|e| e.kind.is_end()),
+            "the transcript ends with the status: {kept:?}"
+        );
+        assert_eq!(h.cp.sweep().await.unwrap().transcript_entries_pruned, 0);
+
+        tokio::time::advance(Duration::from_secs(2 * 3600)).await;
+        let later = h.cp.submit(&request(&[])).await.unwrap();
+        let report = h.cp.sweep().await.unwrap();
+        let left = h.cp.transcript(&ended, &all).await.unwrap();
+        match retention {
+            Some(_) => {
+                assert_eq!(report.transcript_entries_pruned, kept.len() as u64);
+                assert!(left.is_empty(), "{left:?}");
+            }
+            None => {
+                assert_eq!(report.transcript_entries_pruned, 0);
+                assert_eq!(left, kept);
+            }
+        }
+        assert!(
+            !h.cp.transcript(&later, &all).await.unwrap().is_empty(),
+            "a live task's transcript stays"
+        );
+    }
+}

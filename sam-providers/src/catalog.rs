@@ -15,7 +15,7 @@ type Row = (&'static str, u32, u32, u32);
 /// Hetzner and Scaleway list the locations SAM's catalogs offer. GCP lists no zone
 /// of its own: pass the configured zones, which [`crate::GcpProvider`] does.
 /// The local and fake catalogs carry nominal capacities (they run on this machine or
-/// nowhere), which the formatter reports as "exact specs unavailable".
+/// nowhere): placement reserves by them, and the formatter shows them as nominal.
 pub fn catalog(provider: ProviderKind, locations: &[Location]) -> Catalog {
     let (types, default_locations): (&[Row], &[&str]) = match provider {
         ProviderKind::Hetzner => (
@@ -115,6 +115,10 @@ pub struct SizeDisplay<'a> {
 /// What the formatter says when it does not know a server's exact specs.
 pub const SPECS_UNAVAILABLE: &str = "exact specs unavailable";
 
+/// What the formatter says of a local node's capacity: what placement reserves by,
+/// not what the node gets to itself.
+pub const NOMINAL: &str = "nominal: nodes share this machine";
+
 impl<'a> SizeDisplay<'a> {
     /// A size, with the server type it maps to if known.
     pub fn new(provider: ProviderKind, size: VmSize, server_type: Option<&'a ServerType>) -> Self {
@@ -141,13 +145,22 @@ impl<'a> SizeDisplay<'a> {
         }
     }
 
-    /// One line: `cx33 · 4 vCPU · 8 GB RAM · 80 GB disk · €7.49/mo`.
+    /// One line: `cx33 · 4 vCPU · 8 GB RAM · 80 GB disk · €7.49/mo`; a local node's
+    /// nominal capacity as `local-small · 2 vCPU · 4 GB RAM · 40 GB disk (nominal:
+    /// nodes share this machine)`.
     pub fn inline(&self) -> String {
         let Some(t) = self.exact() else {
-            let name = self
-                .server_type
-                .map_or(self.size.as_str(), |t| t.name.as_str());
-            return format!("{name} · {SPECS_UNAVAILABLE}");
+            return match self.server_type {
+                Some(t) => format!(
+                    "{} · {} vCPU · {} GB RAM{} ({NOMINAL})",
+                    t.name,
+                    t.vcpu,
+                    t.memory_gb,
+                    t.disk_gb
+                        .map_or_else(String::new, |gb| format!(" · {gb} GB disk"))
+                ),
+                None => format!("{} · {SPECS_UNAVAILABLE}", self.size.as_str()),
+            };
         };
         let mut out = format!("{} · {} vCPU · {} GB RAM · ", t.name, t.vcpu, t.memory_gb);
         match t.disk_gb {
@@ -174,10 +187,22 @@ impl<'a> SizeDisplay<'a> {
             self.provider.display_name()
         );
         let Some(t) = self.exact() else {
-            if let Some(t) = self.server_type {
-                let _ = writeln!(out, "Server type: {}", t.name);
+            match self.server_type {
+                Some(t) => {
+                    let _ = write!(
+                        out,
+                        "Server type: {}\nSpecs: {} vCPU, {} GB RAM{} ({NOMINAL})",
+                        t.name,
+                        t.vcpu,
+                        t.memory_gb,
+                        t.disk_gb
+                            .map_or_else(String::new, |gb| format!(", {gb} GB disk"))
+                    );
+                }
+                None => {
+                    let _ = write!(out, "Specs: {SPECS_UNAVAILABLE}");
+                }
             }
-            let _ = write!(out, "Specs: {SPECS_UNAVAILABLE}");
             return out;
         };
         let disk = t
@@ -311,7 +336,14 @@ mod tests {
         let local = catalog(ProviderKind::Local, &[]);
         assert_eq!(
             SizeDisplay::from_catalog(&local, VmSize::Small).inline(),
-            "local-small · exact specs unavailable"
+            "local-small · 2 vCPU · 4 GB RAM · 40 GB disk (nominal: nodes share this machine)"
+        );
+        assert!(
+            SizeDisplay::from_catalog(&local, VmSize::Small)
+                .detail()
+                .ends_with(
+                    "Specs: 2 vCPU, 4 GB RAM, 40 GB disk (nominal: nodes share this machine)"
+                )
         );
         let unmapped = SizeDisplay::new(ProviderKind::Gcp, VmSize::Large, None);
         assert_eq!(unmapped.inline(), "large · exact specs unavailable");

@@ -89,7 +89,7 @@ mod process;
 pub mod qemu;
 mod scaleway;
 
-pub use catalog::{SPECS_UNAVAILABLE, SizeDisplay, catalog};
+pub use catalog::{NOMINAL, SPECS_UNAVAILABLE, SizeDisplay, catalog};
 pub use classify::{classify_error_text, classify_http_error};
 pub use error::{Error, Result};
 pub use factory::{CloudProviderFactory, FakeProviderFactory};

@@ -444,6 +444,9 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(exit) => exit.into(),
+        // The reader went away (`sam logs … | head`): nothing more to say, as other
+        // tools do.
+        Err(err) if sam_examples::exit::is_broken_pipe(&err) => Exit::Success.into(),
         Err(err) => {
             match err.downcast_ref::<sam_cloudinit::Error>() {
                 Some(sam_cloudinit::Error::Invalid { errors }) => {

@@ -184,6 +184,7 @@ impl ServerOptions {
         embedded.credential_key = config.credential_key.clone();
         embedded.lease = config.lease();
         embedded.node_replacements = config.node_replacements;
+        embedded.transcript_retention = config.transcript_retention();
         Ok(Self {
             listen: config.listen,
             public_url: config.public_url.clone(),
