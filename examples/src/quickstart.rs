@@ -305,24 +305,7 @@ fn describe(event: &SessionEvent) -> Option<String> {
                 _ => None,
             }
         }
-        SessionEvent::PromptRetry {
-            attempt,
-            delay,
-            category,
-            max_retries,
-            ..
-        } => {
-            let what = match category {
-                ErrorCategory::TransientCapacity => "model overloaded",
-                ErrorCategory::RateLimited => "model provider rate limit",
-                _ => "model provider failed",
-            };
-            let of = max_retries.map_or_else(String::new, |m| format!("/{m}"));
-            Some(format!(
-                "{what}, retrying in {}s ({attempt}{of})",
-                delay.as_secs()
-            ))
-        }
+        SessionEvent::PromptRetry { .. } => crate::transcript::retry_summary(event),
         SessionEvent::Crashed { .. } => Some("the agent crashed".into()),
         SessionEvent::Restarted { .. } => Some("the agent was restarted".into()),
         SessionEvent::Stopped { .. } | SessionEvent::Permission { .. } => None,

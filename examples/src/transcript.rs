@@ -289,26 +289,36 @@ fn plan_line(content: &str, status: &str) -> String {
     format!("  {mark} {content}")
 }
 
+/// A prompt retry as `sam run` and `sam logs` show it: `model overloaded, retrying in
+/// 15s (1/2)`; `None` for other events.
+pub(crate) fn retry_summary(event: &SessionEvent) -> Option<String> {
+    let SessionEvent::PromptRetry {
+        attempt,
+        delay,
+        category,
+        max_retries,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    let what = match category {
+        ErrorCategory::TransientCapacity => "model overloaded",
+        ErrorCategory::RateLimited => "model provider rate limit",
+        _ => "model provider failed",
+    };
+    let of = max_retries.map_or_else(String::new, |m| format!("/{m}"));
+    Some(format!(
+        "{what}, retrying in {}s ({attempt}{of})",
+        delay.as_secs()
+    ))
+}
+
 /// A session event other than an update, on one line.
 fn session_line(event: &SessionEvent) -> String {
     match event {
-        SessionEvent::PromptRetry {
-            attempt,
-            delay,
-            category,
-            max_retries,
-            error,
-        } => {
-            let what = match category {
-                ErrorCategory::TransientCapacity => "model overloaded",
-                ErrorCategory::RateLimited => "model provider rate limit",
-                _ => "model provider failed",
-            };
-            let of = max_retries.map_or_else(String::new, |m| format!("/{m}"));
-            format!(
-                "! {what}: {error}; retrying in {}s ({attempt}{of})",
-                delay.as_secs()
-            )
+        SessionEvent::PromptRetry { error, .. } => {
+            format!("! {} ({error})", retry_summary(event).unwrap_or_default())
         }
         SessionEvent::Crashed { reason, resumable } => {
             let then = if *resumable {
@@ -504,7 +514,7 @@ mod tests {
                 "✓ tool: List the repository (completed)",
                 "  [x] Read",
                 "  [~] Write",
-                "! model overloaded: overloaded; retrying in 5s (1/3)",
+                "! model overloaded, retrying in 5s (1/3) (overloaded)",
                 "! the agent crashed: exit 1; its session will be resumed",
                 "! the agent was restarted (restart 1)",
                 "Done.",

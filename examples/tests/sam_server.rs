@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 mod common;
 use common::server::{
     ServerProcess, TOKEN, call, free_port, fresh_schema, read_events, read_events_after,
-    read_transcript, server_command, server_command_of, submit_and_follow,
+    read_transcript, server_command, server_command_of, submit_and_follow, submit_demo,
 };
 use common::{StopNodes, repo};
 
@@ -269,14 +269,7 @@ async fn a_stream_dropped_while_the_task_runs_resumes_with_no_gap_and_no_repeat(
     let _nodes = StopNodes(data.path().to_owned());
     let server = ServerProcess::start(data.path()).await;
     let http = reqwest::Client::new();
-    let (status, accepted) = call(
-        http.post(server.url("/v1/tasks"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"repo": repo.path(), "prompt": "say hello", "agent": "demo"})),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["id"].as_str().expect("an id").to_owned();
+    let id = submit_demo(&server, &http, repo.path()).await;
     let url = server.url(&format!("/v1/tasks/{id}/events"));
 
     // Read the first three entries, then drop the connection.
@@ -1249,14 +1242,7 @@ async fn a_task_runs_with_state_in_postgres() {
     let other = start(other_data.path(), other_port).await;
     let http = reqwest::Client::new();
 
-    let (status, accepted) = call(
-        http.post(server.url("/v1/tasks"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"repo": repo.path(), "prompt": "say hello", "agent": "demo"})),
-    )
-    .await;
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["id"].as_str().expect("an id").to_owned();
+    let id = submit_demo(&server, &http, repo.path()).await;
     let path = format!("/v1/tasks/{id}/events");
     let (here, there) = (server.url(&path), other.url(&path));
     let (events, elsewhere) = tokio::join!(read_events(&http, &here), read_events(&http, &there));

@@ -160,6 +160,17 @@ async fn the_specification_transcript_replays() {
                     break;
                 }
             }
+            // The host's answer to the agent's permission request is an event too.
+            SessionEvent::Permission {
+                tool_call,
+                allowed,
+                option,
+                ..
+            } => kinds.push(format!(
+                "permission:{}:{allowed}:{}",
+                tool_call["toolCallId"].as_str().unwrap(),
+                option.unwrap_or_default()
+            )),
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -171,6 +182,7 @@ async fn the_specification_transcript_replays() {
             "plan",
             "agent_message_chunk",
             "tool_call",
+            "permission:call_001:true:allow-once",
             "tool_call_update",
             "tool_call_update",
             "usage_update",

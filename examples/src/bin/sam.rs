@@ -52,18 +52,8 @@ fn providers() -> impl TypedValueParser<Value = ProviderKind> {
     one_of(&ProviderKind::ALL, ProviderKind::as_str)
 }
 
-/// Every task status (sam-core lists them only privately).
-const STATUSES: [TaskStatus; 6] = [
-    TaskStatus::Queued,
-    TaskStatus::Delegated,
-    TaskStatus::InProgress,
-    TaskStatus::Completed,
-    TaskStatus::Failed,
-    TaskStatus::Cancelled,
-];
-
 fn statuses() -> impl TypedValueParser<Value = TaskStatus> {
-    one_of(&STATUSES, TaskStatus::as_str)
+    one_of(&TaskStatus::ALL, TaskStatus::as_str)
 }
 
 /// Run AI coding agents on cloud VMs.

@@ -250,6 +250,17 @@ pub(crate) async fn submit_and_follow(
     http: &reqwest::Client,
     repo: &Path,
 ) -> (String, Vec<(String, Value)>) {
+    let id = submit_demo(server, http, repo).await;
+    let events = read_events(http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
+    (id, events)
+}
+
+/// Submits a demo task on `repo` (checking the 202); returns the task id.
+pub(crate) async fn submit_demo(
+    server: &ServerProcess,
+    http: &reqwest::Client,
+    repo: &Path,
+) -> String {
     let (status, accepted) = call(
         http.post(server.url("/v1/tasks"))
             .bearer_auth(TOKEN)
@@ -258,9 +269,7 @@ pub(crate) async fn submit_and_follow(
     .await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["status"], "queued");
-    let id = accepted["id"].as_str().expect("an id").to_owned();
-    let events = read_events(http, &server.url(&format!("/v1/tasks/{id}/events"))).await;
-    (id, events)
+    accepted["id"].as_str().expect("an id").to_owned()
 }
 
 /// A PostgreSQL schema name no other test run uses: `prefix`, the process id and the

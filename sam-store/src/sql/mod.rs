@@ -216,18 +216,11 @@ mod tests {
 
     #[test]
     fn status_lists_match_the_model() {
-        let terminal: Vec<String> = [
-            TaskStatus::Queued,
-            TaskStatus::Delegated,
-            TaskStatus::InProgress,
-            TaskStatus::Completed,
-            TaskStatus::Failed,
-            TaskStatus::Cancelled,
-        ]
-        .into_iter()
-        .filter(|s| s.is_terminal())
-        .map(|s| format!("'{s}'"))
-        .collect();
+        let terminal: Vec<String> = TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{s}'"))
+            .collect();
         assert_eq!(TERMINAL, format!("({})", terminal.join(", ")));
         let holding: Vec<String> = [
             WorkspaceStatus::Creating,
