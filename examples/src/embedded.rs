@@ -33,7 +33,7 @@ use sam_agent::{HttpNodeAgent, HttpNodeAgentConfig};
 use sam_core::{
     AgentHealth, ControlPlane, ControlPlaneConfig, ControlPlaneParts, CredentialKind,
     DefaultScheduler, NodeAgent, NodeAgentError, NodeRecord, PlatformCredential, Provider,
-    ProviderKind, Secret, SessionReport, SessionRequest, Store, TimeoutPolicy, TokenSigner,
+    ProviderKind, Secret, SessionReport, SessionRequest, Store, TaskId, TimeoutPolicy, TokenSigner,
     TokioClock, VmId, WorkspaceId, WorkspaceReport, WorkspaceRequest,
 };
 use sam_providers::{LocalConfig, LocalProvider};
@@ -125,6 +125,8 @@ pub struct EmbeddedOptions {
     /// How long a task's transcript is kept after the task ended; `None` keeps it
     /// for good.
     pub transcript_retention: Option<Duration>,
+    /// What happens to live tasks found at start.
+    pub leftovers: Leftovers,
     /// A PostgreSQL URL; `None` keeps state in SQLite at `<data dir>/sam.db`.
     pub database_url: Option<Secret>,
     /// The PostgreSQL schema for the tables (created if missing); `None` uses the
@@ -316,6 +318,7 @@ impl EmbeddedOptions {
             node_replacements: 1,
             transcript_retention: ControlPlaneConfig::new("", ProviderKind::Local)
                 .transcript_retention,
+            leftovers: Leftovers::Keep,
             database_url: None,
             database_schema: None,
             callbacks: CallbackServing::Loopback,
@@ -368,8 +371,57 @@ pub struct Embedded {
     pub workspaces_dir: PathBuf,
     /// The base URL nodes call back to.
     pub callback_url: url::Url,
+    /// The live tasks of earlier runs this one cancelled at start
+    /// ([`Leftovers::Cancel`]).
+    pub cancelled_leftovers: Vec<TaskId>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// What an embedded control plane does with the live tasks it finds in its store
+/// at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Leftovers {
+    /// Drives them, as any control plane sharing the store would (a server).
+    #[default]
+    Keep,
+    /// Cancels them before its runner starts: `sam run` drives its own task only,
+    /// and a task an interrupted or killed run left live must not start again in a
+    /// later one. The caller holds the data directory's run lock ([`lock_runs`]),
+    /// so no other run is using them.
+    Cancel,
+}
+
+/// Why a leftover task was cancelled, as its status event records it.
+pub const LEFTOVER_ACTOR: &str = "sam run (left live by an earlier run that stopped first)";
+
+/// Takes the run lock of `data_dir` (`run.lock`, the directory made if missing), or
+/// names why it cannot: one `sam run` at a time per data directory. Take it before
+/// anything else of the directory is touched (the remembered callback address above
+/// all, which the nodes of the run holding it call back to); it holds until the
+/// returned file is dropped.
+///
+/// # Errors
+/// When another run holds it, or the file cannot be made or locked.
+pub fn lock_runs(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    private_dir(data_dir)?;
+    let path = data_dir.join("run.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "another `sam run` is using {}; wait for it to end, or give this one another --data-dir",
+            data_dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Tells apart the temporary files of threads of one process racing on one key.
@@ -814,6 +866,15 @@ impl Embedded {
                 }
             }));
         }
+        let mut cancelled_leftovers = Vec::new();
+        if options.leftovers == Leftovers::Cancel {
+            for task in control_plane.list(&sam_core::TaskFilter::live()).await? {
+                if control_plane.cancel(&task.id, LEFTOVER_ACTOR).await? {
+                    tracing::info!(task = %task.id, "cancelled a task an earlier run left live");
+                    cancelled_leftovers.push(task.id);
+                }
+            }
+        }
         tasks.push(tokio::spawn({
             let cp = control_plane.clone();
             let shutdown = until(stopped);
@@ -824,6 +885,7 @@ impl Embedded {
             provider,
             workspaces_dir,
             callback_url: url,
+            cancelled_leftovers,
             stop,
             tasks,
         })

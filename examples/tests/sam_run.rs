@@ -178,6 +178,33 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// `sam run` with the stubborn agent on `data`, once the agent has its prompt: the
+/// process, and the pids of the agent and of its `setsid` tool.
+async fn run_stubborn(repo: &Path, data: &Path, pids: &Path) -> (tokio::process::Child, u32, u32) {
+    let script = data.join("stubborn-agent.sh");
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(&script, STUBBORN_AGENT).unwrap();
+    let command = format!("/bin/sh {} {}", script.display(), pids.display());
+    let mut sam = sam_command(repo, data, &["--agent-command", &command]);
+    sam.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = sam.spawn().expect("sam runs");
+    let tool_file = pids.join("tool.pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tool_file.exists() {
+        assert!(Instant::now() < deadline, "the agent never got its prompt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read_pid = |name: &str| -> u32 {
+        std::fs::read_to_string(pids.join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (child, read_pid("agent.pid"), read_pid("tool.pid"))
+}
+
 /// SIGINT on `sam run` cancels the task, prints the result and exits 130; no process
 /// of the agent's tree survives, the `setsid` tool included.
 #[tokio::test(flavor = "multi_thread")]
@@ -185,29 +212,9 @@ async fn an_interrupt_cancels_the_task_and_stops_the_agent_tree() {
     let repo = repo();
     let data = tempfile::tempdir().unwrap();
     let pids = tempfile::tempdir().unwrap();
-    let script = data.path().join("stubborn-agent.sh");
-    std::fs::write(&script, STUBBORN_AGENT).unwrap();
-    let command = format!("/bin/sh {} {}", script.display(), pids.path().display());
     let _nodes = StopNodes(data.path().to_owned());
-    let mut sam = sam_command(repo.path(), data.path(), &["--agent-command", &command]);
-    sam.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = sam.spawn().expect("sam runs");
+    let (child, agent, tool) = run_stubborn(repo.path(), data.path(), pids.path()).await;
     let sam_pid = child.id().unwrap();
-    let tool_file = pids.path().join("tool.pid");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !tool_file.exists() {
-        assert!(Instant::now() < deadline, "the agent never got its prompt");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let read_pid = |name: &str| -> u32 {
-        std::fs::read_to_string(pids.path().join(name))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (agent, tool) = (read_pid("agent.pid"), read_pid("tool.pid"));
     assert!(alive(agent) && alive(tool), "the agent and its tool run");
 
     let status = std::process::Command::new("kill")
@@ -233,6 +240,65 @@ async fn an_interrupt_cancels_the_task_and_stops_the_agent_tree() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A second `sam run` on a data directory another one is using is refused; a task
+/// that a killed `sam run` left live is cancelled by the next run (its agent
+/// stopped), never run again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_a_killed_run_left_live_is_cancelled_by_the_next_run() {
+    use sam_core::{TaskFilter, TaskStatus, TaskStore as _};
+    let repo = repo();
+    let data = tempfile::tempdir().unwrap();
+    let pids = tempfile::tempdir().unwrap();
+    let _nodes = StopNodes(data.path().to_owned());
+    let (mut first, agent, tool) = run_stubborn(repo.path(), data.path(), pids.path()).await;
+
+    // While the first runs, a second on the same data directory is refused.
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        sam_command(repo.path(), data.path(), &[]).output(),
+    )
+    .await
+    .expect("refused at once")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another `sam run` is using"), "{stderr}");
+
+    // Killed outright, the first leaves its task live.
+    first.kill().await.unwrap();
+    assert!(alive(agent), "the node's agent outlives the killed run");
+
+    let (output, json) = sam_run(repo.path(), data.path(), &[]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{json}\n{stderr}");
+    assert_eq!(json["status"], "completed", "{json}");
+    assert!(
+        stderr.contains("note: cancelled task t-"),
+        "the run says what it ended: {stderr}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(agent) || alive(tool) {
+        assert!(Instant::now() < deadline, "the left-over agent was stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store =
+        sam_store::SqliteStore::new(&sam_store::SqliteConfig::new(data.path().join("sam.db")))
+            .await
+            .unwrap();
+    let tasks = store.list_tasks(&TaskFilter::default()).await.unwrap();
+    let statuses: Vec<TaskStatus> = tasks.iter().map(|t| t.status).collect();
+    assert_eq!(
+        statuses,
+        [TaskStatus::Cancelled, TaskStatus::Completed],
+        "{tasks:?}"
+    );
+    let ended = store.list_status_events(&tasks[0].id).await.unwrap();
+    assert_eq!(
+        ended.last().map(|e| e.actor.as_str()),
+        Some(sam_examples::embedded::LEFTOVER_ACTOR)
+    );
 }
 
 /// A `gemini` stand-in that says whether `GEMINI_API_KEY` reached it (by a digest:

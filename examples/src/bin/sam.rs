@@ -630,6 +630,10 @@ fn on_path(program: &str) -> bool {
 /// `sam run`: exit 0 only when the task completed.
 async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     preflight(&args)?;
+    // One run per data directory, and it drives its own task only (what an earlier
+    // run left live is ended, `Leftovers::Cancel`). The lock comes before anything
+    // touches the directory.
+    let _run_lock = embedded::lock_runs(&args.data_dir)?;
     let mut options = EmbeddedOptions::new(&args.data_dir)?;
     let agent = match &args.agent_command {
         Some(command) => {
@@ -641,6 +645,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     // The agent's key (read from this environment by `EmbeddedOptions::new`) travels
     // with each task, so a warm node started by an earlier run, without the key or
     // with another, runs this run's agent with this key.
+    options.leftovers = embedded::Leftovers::Cancel;
     let runner = match args.provider {
         RunProvider::Local => {
             if args.qemu_image.is_some() || args.qemu_apt_proxy_port.is_some() {
@@ -651,6 +656,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         RunProvider::Qemu => Runner::Server(Box::new(qemu_server(&args, options).await?)),
     };
     let embedded = runner.embedded();
+    for id in &embedded.cancelled_leftovers {
+        eprintln!("note: cancelled task {id}, which an earlier run left unfinished");
+    }
     let request = RunRequest {
         repo: args.repo.clone(),
         prompt: args.prompt.clone(),
@@ -740,6 +748,7 @@ async fn qemu_server(
     let mut server = ServerOptions::from_config(&config)?;
     server.embedded.agent_command = options.agent_command;
     server.embedded.agent_credentials = options.agent_credentials;
+    server.embedded.leftovers = options.leftovers;
     Server::start_on(listener, server).await
 }
 
