@@ -392,15 +392,12 @@ impl Client {
             };
             failures += 1;
             let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-            let jitter = f64::from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos() % 1000),
-            ) / 1000.0;
-            match self
-                .reconnect
-                .next_delay(failures, since.elapsed(), None, jitter)
-            {
+            match self.reconnect.next_delay(
+                failures,
+                since.elapsed(),
+                None,
+                sam_core::jitter_sample(),
+            ) {
                 Some(delay) => {
                     tracing::debug!(%id, last, failures, ?delay, "event stream broke: {broke:#}");
                     tokio::time::sleep(delay).await;

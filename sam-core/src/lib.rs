@@ -199,7 +199,7 @@ pub use reservation::{
     Capacity, Layer, NoSizeFits, RequirementLayers, Reservation, ReservationSources,
     ResourceRequirements, SlotRejection, check_slot, resolve_reservation, smallest_size,
 };
-pub use retry::{RetryError, RetryEvent, RetryOn, RetryPolicy, retry, retry_notify};
+pub use retry::{RetryError, RetryEvent, RetryOn, RetryPolicy, jitter_sample, retry, retry_notify};
 pub use scheduler::{
     NodeChoice, Placement, PlacementDecision, PlacementExplanation, PlacementRequest, Rejected,
     Scheduler,

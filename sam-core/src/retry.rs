@@ -236,8 +236,9 @@ pub struct RetryEvent<'a, E> {
     pub error: Option<&'a E>,
 }
 
-/// A jitter sample in [0, 1) from the standard library's per-process random keys.
-fn jitter_sample() -> f64 {
+/// A jitter sample in [0, 1) from the standard library's per-process random keys,
+/// for [`RetryPolicy::next_delay`] in a loop of the caller's own.
+pub fn jitter_sample() -> f64 {
     let bits = RandomState::new().build_hasher().finish() >> 11;
     bits as f64 / (1u64 << 53) as f64
 }

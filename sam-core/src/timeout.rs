@@ -380,6 +380,15 @@ fn seconds(d: Duration) -> String {
 }
 
 /// Minutes, for messages ("within 15 minutes").
+/// The time from `since` to `now`; zero when `now` is earlier (a clock that moved
+/// back, a record from another machine).
+pub(crate) fn elapsed(
+    since: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Duration {
+    (now - since).to_std().unwrap_or_default()
+}
+
 pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 120 && secs.is_multiple_of(60) {

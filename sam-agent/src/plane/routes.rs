@@ -13,15 +13,18 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+
+use sam_core::model::id_kind::{self, IdKind};
 use sam_core::{
-    ControlPlane, ErrorCategory, NodeId, PullRequestMode, PullRequestRequest, RepositoryHost,
+    ControlPlane, ErrorCategory, Id, NodeId, PullRequestMode, PullRequestRequest, RepositoryHost,
     SessionCallback, WorkspaceId, WorkspaceReport, output_branch,
 };
 
@@ -142,27 +145,16 @@ pub fn git_router(control_plane: ControlPlane, host: Arc<dyn RepositoryHost>) ->
 
 async fn git_credential(
     State(git): State<GitState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    Callback { token, id, body }: Callback<id_kind::Workspace, GitCredentialRequest>,
 ) -> Result<axum::Json<GitCredentialResponse>, ApiError> {
-    let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id, "id")?;
-    let asked: GitCredentialRequest = parse_body(&bytes)?;
-    let found = git
-        .control_plane
-        .workspace_github(token, &workspace)
-        .await?;
+    let found = git.control_plane.workspace_github(&token, &id).await?;
     if !found
         .repo
-        .matches_credential_request(&asked.protocol, &asked.host, asked.path.as_deref())
+        .matches_credential_request(&body.protocol, &body.host, body.path.as_deref())
     {
         return Err(ApiError::new(
             ErrorCategory::AuthError,
-            &format!(
-                "workspace {workspace} gets credentials only for {}",
-                found.repo
-            ),
+            &format!("workspace {id} gets credentials only for {}", found.repo),
         ));
     }
     let credential = git
@@ -212,17 +204,9 @@ async fn served_repo(
 
 async fn pull_request(
     State(git): State<GitState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    Callback { token, id, body }: Callback<id_kind::Workspace, PullRequestRequest>,
 ) -> Result<axum::Json<PullRequestCreated>, ApiError> {
-    let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id, "id")?;
-    let request: PullRequestRequest = parse_body(&bytes)?;
-    let found = git
-        .control_plane
-        .workspace_github(token, &workspace)
-        .await?;
+    let found = git.control_plane.workspace_github(&token, &id).await?;
     let task = &found.task;
     if task.spec.github.as_ref().map(|g| g.pull_request) != Some(PullRequestMode::Open) {
         return Err(ApiError::new(
@@ -231,7 +215,7 @@ async fn pull_request(
         ));
     }
     let expected = output_branch(&task.spec.prompt, &task.id);
-    if request.head != expected {
+    if body.head != expected {
         return Err(ApiError::new(
             ErrorCategory::AuthError,
             &format!(
@@ -242,7 +226,7 @@ async fn pull_request(
     }
     let url = git
         .host
-        .open_pull_request(found.installation.external_id, &found.repo, &request)
+        .open_pull_request(found.installation.external_id, &found.repo, &body)
         .await?;
     Ok(axum::Json(PullRequestCreated { url }))
 }
@@ -273,6 +257,44 @@ async fn workspace_token_first(
     Ok(next.run(request).await)
 }
 
+/// A callback as its handler takes it: the caller's bearer token, the id in the
+/// path and the JSON body. Read as the handlers' own extractors did before: the
+/// path, the body's bytes (a body over its limit is a `413`), then the token (`401`),
+/// the id and the body (`400` naming the field).
+struct Callback<K: IdKind, B> {
+    token: String,
+    id: Id<K>,
+    body: B,
+}
+
+impl<S, K, B> FromRequest<S> for Callback<K, B>
+where
+    S: Send + Sync,
+    K: IdKind,
+    B: DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Path(raw) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let bytes = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let read = || -> Result<Self, ApiError> {
+            Ok(Self {
+                token: bearer(&headers)?.to_owned(),
+                id: path_id(&raw, "id")?,
+                body: parse_body(&bytes)?,
+            })
+        };
+        read().map_err(IntoResponse::into_response)
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)
@@ -284,42 +306,26 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 async fn node_ready(
     State(cp): State<ControlPlane>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    Callback { token, id, body }: Callback<id_kind::Node, NodeReady>,
 ) -> Result<StatusCode, ApiError> {
-    let token = bearer(&headers)?;
-    let node: NodeId = path_id(&id, "id")?;
-    let ready: NodeReady = parse_body(&bytes)?;
-    cp.node_ready(token, &node, &ready.version, &ready.boot.to_records())
+    cp.node_ready(&token, &id, &body.version, &body.boot.to_records())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn boot_failed(
     State(cp): State<ControlPlane>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    Callback { token, id, body }: Callback<id_kind::Node, BootFailed>,
 ) -> Result<StatusCode, ApiError> {
-    let token = bearer(&headers)?;
-    let node: NodeId = path_id(&id, "id")?;
-    let failed: BootFailed = parse_body(&bytes)?;
-    cp.node_boot_failed(token, &node, &failed.to_report()?)
-        .await?;
+    cp.node_boot_failed(&token, &id, &body.to_report()?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn heartbeat(
     State(cp): State<ControlPlane>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    Callback { token, id, body }: Callback<id_kind::Node, Heartbeat>,
 ) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
-    let token = bearer(&headers)?;
-    let node: NodeId = path_id(&id, "id")?;
-    let beat: Heartbeat = parse_body(&bytes)?;
-    let reply = cp.heartbeat(token, &node, &beat.metrics).await?;
+    let reply = cp.heartbeat(&token, &id, &body.metrics).await?;
     Ok(axum::Json(HeartbeatResponse {
         refreshed_token: reply.refreshed_token,
     }))
@@ -327,26 +333,16 @@ async fn heartbeat(
 
 async fn workspace_ready(
     State(cp): State<ControlPlane>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    Callback { token, id, body }: Callback<id_kind::Workspace, WorkspaceReport>,
 ) -> Result<StatusCode, ApiError> {
-    let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id, "id")?;
-    let report: WorkspaceReport = parse_body(&bytes)?;
-    cp.workspace_ready(token, &workspace, &report).await?;
+    cp.workspace_ready(&token, &id, &body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn session_event(
     State(cp): State<ControlPlane>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    bytes: Bytes,
+    Callback { token, id, body }: Callback<id_kind::Workspace, SessionCallback>,
 ) -> Result<StatusCode, ApiError> {
-    let token = bearer(&headers)?;
-    let workspace: WorkspaceId = path_id(&id, "id")?;
-    let callback: SessionCallback = parse_body(&bytes)?;
-    cp.session_event(token, &workspace, &callback).await?;
+    cp.session_event(&token, &id, &body).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,6 +19,7 @@ use crate::model::{
 };
 use crate::node_agent::SessionReport;
 use crate::store::{NodeFilter, NodeRecord, TaskFilter, TaskRecord, WorkspaceRecord};
+use crate::timeout::elapsed;
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,10 +70,6 @@ pub struct KeptNode {
     pub category: ErrorCategory,
     /// Why, as a sentence.
     pub reason: String,
-}
-
-pub(super) fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
-    (now - since).to_std().unwrap_or_default()
 }
 
 /// The time `d` before `now` (the earliest time when that is out of range).

@@ -98,6 +98,20 @@ pub enum TaskEventKind {
 }
 
 impl TaskEventKind {
+    /// Every kind's [`name`](Self::name), in declaration order: what a reader may
+    /// filter a transcript by.
+    pub const NAMES: [&'static str; 9] = [
+        "step",
+        "status",
+        "downgraded",
+        "capacity_unavailable",
+        "waiting_for_capacity",
+        "session",
+        "last_message",
+        "node_lost",
+        "refused",
+    ];
+
     /// The kind's name, as its JSON `type` and its server-sent event's name.
     pub const fn name(&self) -> &'static str {
         match self {
@@ -195,5 +209,52 @@ impl TranscriptQuery {
     pub fn matches(&self, event: &TaskEvent) -> bool {
         event.id > self.after
             && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == event.kind.name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_can_be_asked_for() {
+        let kinds: Vec<TaskEventKind> = vec![
+            TaskEventKind::Step {
+                step: crate::ExecutionStep::NodeSelection,
+                label: String::new(),
+            },
+            TaskEventKind::Status {
+                status: crate::TaskStatus::Queued,
+                error: None,
+            },
+            TaskEventKind::Downgraded {
+                requested: crate::VmSize::Large,
+                provisioned: crate::VmSize::Small,
+            },
+            TaskEventKind::CapacityUnavailable {
+                size: crate::VmSize::Large,
+                location: "fsn1".parse().unwrap(),
+            },
+            TaskEventKind::WaitingForCapacity {
+                passes: 1,
+                until: chrono::Utc::now(),
+            },
+            TaskEventKind::Session {
+                event: crate::SessionEvent::Restarted { restarts: 1 },
+            },
+            TaskEventKind::LastMessage {
+                text: String::new(),
+            },
+            TaskEventKind::NodeLost {
+                node: "n-1".parse().unwrap(),
+                reason: String::new(),
+            },
+            TaskEventKind::Refused {
+                callback: String::new(),
+                reason: String::new(),
+            },
+        ];
+        let names: Vec<&str> = kinds.iter().map(TaskEventKind::name).collect();
+        assert_eq!(names, TaskEventKind::NAMES);
     }
 }

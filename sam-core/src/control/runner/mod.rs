@@ -80,10 +80,6 @@ pub(in crate::control) fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-pub(in crate::control) fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
-    (now - since).to_std().unwrap_or_default()
-}
-
 impl ControlPlane {
     /// Leases the tasks that are due and advances each by one step, at most
     /// `max_concurrent` at once, and returns when all of them have taken theirs.

@@ -2,7 +2,7 @@
 //! fallback plan, with the lease renewed around every create.
 
 use super::steps::boot_loss;
-use super::{Next, after, elapsed};
+use super::{Next, after};
 use crate::control::{ControlPlane, TaskEventKind};
 use crate::error::{Classify, ErrorCategory, ProviderError};
 use crate::failure::Error;
@@ -17,6 +17,7 @@ use crate::reservation::Capacity;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::secret::Secret;
 use crate::store::{KeyPurpose, KeyRecord, LeasedWrite, NodeRecord, TaskRecord, TaskUpdate};
+use crate::timeout::elapsed;
 use crate::timeout::human;
 
 /// Why a create did not happen: the provider refused, or the control plane could

@@ -2,7 +2,7 @@
 //! starting the agent session and probing it, and what happens when a node is lost.
 
 use super::provision::plan_entry;
-use super::{Next, after, elapsed};
+use super::{Next, after};
 use crate::control::{ControlPlane, TaskEventKind};
 use crate::error::{Classify, ErrorCategory};
 use crate::failure::Error;
@@ -14,6 +14,7 @@ use crate::store::{
     LeasedWrite, NodeBeat, NodeRecord, SlotOutcome, TaskRecord, TaskUpdate, WorkspaceRecord,
     WorkspaceStatus,
 };
+use crate::timeout::elapsed;
 use crate::timeout::human;
 
 /// The loss a node's recorded boot failure means, if it has one.
